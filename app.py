@@ -1,0 +1,37 @@
+"""The Flask application; ``app`` is what gunicorn serves (``gunicorn app:app``)."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from api import build_api
+from config import Settings, load_settings
+from core.service import Service
+
+
+def create_app(settings: Settings | None = None, load_models: bool = True) -> Flask:
+    """Build the app; models load in a background thread unless ``load_models`` is false."""
+    settings = settings or load_settings()
+    logging.basicConfig(level=settings.log_level.upper())
+    flask_app = Flask(__name__)
+    flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    flask_app.config["RESTX_MASK_SWAGGER"] = False
+    flask_app.extensions["super_resolution"] = service = Service.create(settings)
+    build_api().init_app(flask_app)
+    if load_models:
+        service.start_loading()
+    return flask_app
+
+
+_served: Flask | None = None
+
+
+def __getattr__(name: str) -> Flask:
+    """``app`` is built on first access, so importing this module loads no model."""
+    global _served
+    if name != "app":
+        raise AttributeError(name)
+    if _served is None:
+        _served = create_app()
+    return _served

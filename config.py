@@ -1,0 +1,69 @@
+"""Every setting and limit of the service, read once from the environment.
+
+Each field is overridable by the environment variable of the same name in
+upper case (``TILE_SIZE=96``, ``MODELS=srgan,realsr``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MEBIBYTE = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, frozen=True)
+
+    # Serving
+    port: int = Field(5000, description="TCP port gunicorn binds to.")
+    workers: int = Field(1, ge=1, description="gunicorn worker processes; each holds every model once.")
+    threads: int = Field(4, ge=1, description="HTTP threads per worker (health and metrics stay responsive during inference).")
+    timeout_s: int = Field(600, ge=10, description="gunicorn worker timeout in seconds.")
+    log_level: str = Field("INFO", description="Python log level name.")
+    cors_enable: bool = Field(False, description="Send permissive CORS headers, as the original's CORS_ENABLE did.")
+
+    # Models
+    models: str = Field("srgan,srresnet,realsr,realesrgan", description="Comma-separated models each worker loads at start-up.")
+    default_model: str = Field("srgan", description="Model used when a request names none.")
+    backend: Literal["tensorflow", "xla"] = Field("tensorflow", description="Inference runtime for the Keras models.")
+    inference_threads: int = Field(0, ge=0, description="Threads TensorFlow uses per worker; 0 means cores divided by workers.")
+    max_srgan_checkpoint: Path | None = Field(None, description="Prefix of the original MAX TensorFlow-1 checkpoint; when set, model max-srgan is offered too.")
+
+    # Tiling
+    tile_size: int = Field(128, ge=16, description="Side of each tile's useful centre, in input pixels.")
+    tile_margin: int = Field(16, ge=0, description="Context each tile reads beyond its centre on every side, in input pixels.")
+    tile_batch: int = Field(4, ge=1, description="Tiles run through the network at once.")
+
+    # Limits
+    max_upload_bytes: int = Field(32 * MEBIBYTE, ge=1, description="Largest accepted upload (413 above).")
+    max_input_pixels: int = Field(2000 * 2000, ge=1, description="Largest accepted input, width x height (413 above).")
+    max_output_pixels: int = Field(8000 * 8000, ge=1, description="Largest produced output, width x height (413 above).")
+    queue_size: int = Field(2, ge=0, description="Requests that may wait for the worker's inference slot; more get 503 at once.")
+    request_time_limit_s: float = Field(300.0, gt=0, description="A request still running after this many seconds stops at its next tile (503).")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with every 503.")
+
+    # Evaluation data for tests and benchmarks (never copied into the repository)
+    datasets_dir: Path = Field(Path(__file__).resolve().parent.parent / "shared" / "datasets",
+                               description="Folder holding Set5, Set14, BSD100 and RealSRSet.")
+
+    @field_validator("models")
+    @classmethod
+    def _models_not_empty(cls, value: str) -> str:
+        if not [name for name in value.split(",") if name.strip()]:
+            raise ValueError("MODELS must name at least one model")
+        return value
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        names = [name.strip() for name in self.models.split(",") if name.strip()]
+        if self.max_srgan_checkpoint is not None and "max-srgan" not in names:
+            names.append("max-srgan")
+        return tuple(dict.fromkeys(names))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides winning (tests, CLI)."""
+    return Settings(**overrides)

@@ -1,0 +1,1 @@
+"""Super-resolution core: decoding, tiling, networks and encoding. Knows nothing of HTTP."""

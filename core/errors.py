@@ -1,0 +1,57 @@
+"""Errors a request can meet, each carrying the HTTP status that fits it.
+
+The core raises them; the API layer turns any of them into ``{"message": ...}``.
+"""
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class: ``status`` is the HTTP status, ``str(error)`` the message for the user."""
+
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ServiceError):
+    """The request is malformed: a missing part or an option out of range."""
+
+    status = 400
+
+
+class InvalidImage(InvalidInput):
+    """The bytes do not decode as a supported image."""
+
+
+class UnknownModel(InvalidInput):
+    """The request names a model this server does not offer."""
+
+
+class TooLarge(ServiceError):
+    """The upload, the input image or the output image exceeds a configured limit."""
+
+    status = 413
+
+
+class Unavailable(ServiceError):
+    """The server cannot take the request now; the client should retry later."""
+
+    status = 503
+
+
+class Busy(Unavailable):
+    """Every inference slot and queue place of this worker is taken."""
+
+
+class NotReady(Unavailable):
+    """The requested model is still loading."""
+
+
+class TimeLimitExceeded(Unavailable):
+    """The request ran past the configured time limit and was stopped."""
+
+
+class Cancelled(Exception):
+    """The client went away or asked to stop; the work ends at the next tile."""

@@ -1,0 +1,1 @@
+"""Networks (one module per architecture), weight loaders (one per format) and the registry."""

@@ -1,0 +1,45 @@
+"""What one worker process holds: settings, the loaded models and the inference slot."""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from config import Settings
+from core.admission import InferenceSlot
+from core.models.registry import ModelRegistry
+from core.models.runtime import configure_threads
+from core.pipeline import Progress, Result, UpscaleOptions, upscale
+
+
+@dataclass
+class Service:
+    settings: Settings
+    registry: ModelRegistry
+    slot: InferenceSlot
+    _loader: threading.Thread | None = field(default=None, repr=False)
+
+    @classmethod
+    def create(cls, settings: Settings) -> "Service":
+        configure_threads(settings.inference_threads or max(1, len(os.sched_getaffinity(0)) // settings.workers))
+        return cls(settings, ModelRegistry(settings),
+                   InferenceSlot(settings.queue_size, settings.request_time_limit_s))
+
+    def start_loading(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
+        """Load every model in the background, so that /health answers during start-up."""
+        self._loader = threading.Thread(target=self.registry.load_all, args=(on_loaded,),
+                                        name="model-loader", daemon=True)
+        self._loader.start()
+
+    def wait_until_loaded(self, timeout_s: float | None = None) -> bool:
+        if self._loader is not None:
+            self._loader.join(timeout_s)
+        return self.registry.ready
+
+    def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None) -> Result:
+        """Upscale in this worker's inference slot (503 at once when the queue is full)."""
+        options.validate()
+        self.registry.get(options.model or self.settings.default_model)
+        with self.slot.hold():
+            return upscale(data, options, self.registry, self.settings, on_progress)

@@ -1,0 +1,104 @@
+"""Tile geometry and tiled inference.
+
+The input is cut into windows of one fixed shape (``tile + 2 * margin`` a
+side) that always lie inside the image: at the image's edges a window is
+shifted inwards instead of padded, so the network pads there exactly as it
+would on the whole image. Only each window's centre (its *core*) is written
+to the output, so memory depends on the tile size, not on the image size.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+Predict = Callable[[np.ndarray], np.ndarray]
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Span:
+    """One tile along one axis: the window read, and the core written."""
+
+    window_start: int
+    window_size: int
+    core_start: int
+    core_size: int
+
+
+@dataclass(frozen=True)
+class Tile:
+    rows: Span
+    cols: Span
+
+    @property
+    def window_shape(self) -> tuple[int, int]:
+        return self.rows.window_size, self.cols.window_size
+
+
+def plan_axis(length: int, tile: int, margin: int) -> list[Span]:
+    """Cover ``[0, length)`` with cores of at most ``tile`` and windows of one size.
+
+    Cores are spread evenly so that no last sliver of a tile is left over.
+    """
+    window = tile + 2 * margin
+    if length <= window:
+        return [Span(0, length, 0, length)]
+    count = -(-length // tile)
+    bounds = [round(i * length / count) for i in range(count + 1)]
+    spans = []
+    for core_start, core_end in zip(bounds, bounds[1:]):
+        window_start = min(max(core_start - margin, 0), length - window)
+        spans.append(Span(window_start, window, core_start, core_end - core_start))
+    return spans
+
+
+def plan_tiles(height: int, width: int, tile: int, margin: int) -> list[Tile]:
+    """Every tile of an image; all share one window shape, so they batch freely."""
+    return [Tile(rows, cols) for rows in plan_axis(height, tile, margin) for cols in plan_axis(width, tile, margin)]
+
+
+def batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
+    for start in range(0, len(tiles), batch_size):
+        yield tiles[start:start + batch_size]
+
+
+def run_tiled(
+    predict: Predict,
+    image: np.ndarray,
+    scale: int,
+    tile: int,
+    margin: int,
+    batch_size: int,
+    write: Callable[[int, int, np.ndarray], None],
+    on_progress: Progress | None = None,
+) -> None:
+    """Upscale ``image`` (H, W, 3, float32) tile by tile.
+
+    ``write(y, x, block)`` receives each core's upscaled pixels and their
+    top-left position in the output. ``on_progress(done, total)`` is called
+    after each batch; it may raise to stop the work.
+    """
+    height, width = image.shape[:2]
+    tiles = plan_tiles(height, width, tile, margin)
+    done = 0
+    for group in batches(tiles, batch_size):
+        windows = np.stack([_window(image, t) for t in group])
+        upscaled = predict(windows)
+        for t, out in zip(group, upscaled):
+            write(t.rows.core_start * scale, t.cols.core_start * scale, _core(out, t, scale))
+        done += len(group)
+        if on_progress is not None:
+            on_progress(done, len(tiles))
+
+
+def _window(image: np.ndarray, t: Tile) -> np.ndarray:
+    r, c = t.rows, t.cols
+    return image[r.window_start:r.window_start + r.window_size, c.window_start:c.window_start + c.window_size]
+
+
+def _core(upscaled: np.ndarray, t: Tile, scale: int) -> np.ndarray:
+    top = (t.rows.core_start - t.rows.window_start) * scale
+    left = (t.cols.core_start - t.cols.window_start) * scale
+    return upscaled[top:top + t.rows.core_size * scale, left:left + t.cols.core_size * scale]

@@ -1,0 +1,27 @@
+"""GET /model/metadata and the Swagger document."""
+from __future__ import annotations
+
+
+def test_metadata_has_the_max_fields_and_models(client):
+    response = client.get("/model/metadata")
+    assert response.status_code == 200
+    body = response.json
+    assert body["id"] == "max-image-super-resolution-generator"
+    for key in ("name", "description", "type", "source", "license"):
+        assert body[key]
+    assert body["default_model"] == "srgan"
+    models = {m["id"]: m for m in body["models"]}
+    assert set(models) == {"srgan", "srresnet"}
+    assert models["srgan"]["default"] is True
+    assert models["srgan"]["parameters"] == 1_554_883
+    assert models["srgan"]["license"] and models["srgan"]["use_when"]
+
+
+def test_swagger_ui_and_document(client):
+    page = client.get("/")
+    assert page.status_code == 200 and b"swagger" in page.data.lower()
+    document = client.get("/swagger.json").json
+    assert {"/model/metadata", "/model/predict"} <= set(document["paths"])
+    parameters = {p["name"]: p for p in document["paths"]["/model/predict"]["post"]["parameters"]}
+    assert parameters["image"]["type"] == "file"
+    assert parameters["scale"]["enum"] == [2, 3, 4] and parameters["scale"]["default"] == 4

@@ -1,0 +1,61 @@
+"""Shared fixtures: one service with the real models per test session."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app import create_app
+from config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "assets" / "test_examples" / "low_resolution"
+TEST_MODELS = "srgan,srresnet"
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings(models=TEST_MODELS, default_model="srgan")
+
+
+@pytest.fixture(scope="session")
+def app(settings):
+    flask_app = create_app(settings, load_models=False)
+    flask_app.extensions["super_resolution"].registry.load_all()
+    return flask_app
+
+
+@pytest.fixture(scope="session")
+def service(app):
+    return app.extensions["super_resolution"]
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def datasets_dir(settings) -> Path:
+    if not (settings.datasets_dir / "Set5").is_dir():
+        pytest.skip(f"evaluation data not found at {settings.datasets_dir} (set DATASETS_DIR)")
+    return settings.datasets_dir
+
+
+def sample_bytes(name: str = "astronaut.png") -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+def encode(array: np.ndarray, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
