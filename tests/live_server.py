@@ -1,0 +1,64 @@
+"""Start the real service under gunicorn on a free loopback port, for end-to-end tests."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def live_server(start_timeout_s: float = 180, **settings: str) -> Iterator[LiveServer]:
+    """gunicorn serving ``app:app`` with ``settings`` as environment overrides, until every model is ready."""
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "MODELS": "srgan", **{k.upper(): str(v) for k, v in settings.items()}}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "app:app"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    server = LiveServer(f"http://127.0.0.1:{port}", process)
+    try:
+        _wait_until_models_ready(server, start_timeout_s)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_models_ready(server: LiveServer, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited: {server.process.stdout.read().decode(errors='replace')[-3000:]}")
+        try:
+            models = requests.get(f"{server.url}/model/metadata", timeout=5).json()["models"]
+            if all(m["state"] == "ready" for m in models):
+                return
+        except (requests.RequestException, ValueError, KeyError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"models not ready within {timeout_s} s")
