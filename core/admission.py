@@ -6,7 +6,7 @@ an overloaded server answers at once instead of piling requests up.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from core.errors import Busy
@@ -20,6 +20,16 @@ class InferenceSlot:
         self._wait_timeout_s = wait_timeout_s
         self._waiting = 0
         self._running = 0
+        self._observers: list[Callable[[int, int], None]] = []
+
+    def observe(self, callback: Callable[[int, int], None]) -> None:
+        """Call ``callback(waiting, running)`` on every change (the HTTP layer's metrics)."""
+        self._observers.append(callback)
+
+    def _changed(self) -> None:
+        # Called with the lock held, so that observers see the changes in order.
+        for callback in self._observers:
+            callback(self._waiting, self._running)
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -28,11 +38,13 @@ class InferenceSlot:
             self._wait_in_queue()
         with self._lock:
             self._running += 1
+            self._changed()
         try:
             yield
         finally:
             with self._lock:
                 self._running -= 1
+                self._changed()
             self._slot.release()
 
     def _wait_in_queue(self) -> None:
@@ -40,11 +52,13 @@ class InferenceSlot:
             if self._waiting >= self._queue_size:
                 raise Busy(f"the server is busy: 1 image running and {self._waiting} queued (queue size {self._queue_size}); retry later")
             self._waiting += 1
+            self._changed()
         try:
             acquired = self._slot.acquire(timeout=self._wait_timeout_s)
         finally:
             with self._lock:
                 self._waiting -= 1
+                self._changed()
         if not acquired:
             raise Busy(f"the server is busy: waited {self._wait_timeout_s:.0f} s for a free slot; retry later")
 
