@@ -1,11 +1,10 @@
 """The Flask application; ``app`` is what gunicorn serves (``gunicorn app:app``)."""
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
-from api import build_api
+from api import build_api, monitoring, observability, ops
+from api.web import blueprint as web_blueprint
 from config import Settings, load_settings
 from core.service import Service
 
@@ -13,14 +12,17 @@ from core.service import Service
 def create_app(settings: Settings | None = None, load_models: bool = True) -> Flask:
     """Build the app; models load in a background thread unless ``load_models`` is false."""
     settings = settings or load_settings()
-    logging.basicConfig(level=settings.log_level.upper())
+    observability.configure_logging(settings.log_level)
     flask_app = Flask(__name__)
     flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     flask_app.config["RESTX_MASK_SWAGGER"] = False
     flask_app.extensions["super_resolution"] = service = Service.create(settings)
     build_api().init_app(flask_app)
+    ops.register(flask_app)
+    observability.install(flask_app, settings)
+    flask_app.register_blueprint(web_blueprint)
     if load_models:
-        service.start_loading()
+        service.start_loading(on_loaded=monitoring.observe_model_load)
     return flask_app
 
 

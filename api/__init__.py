@@ -25,7 +25,8 @@ def build_api() -> Api:
     import api.predict  # noqa: F401
     from api.errors import register_error_handlers
 
-    rest_api = Api(title="MAX Image Super-Resolution Generator", version="2.0", description=DESCRIPTION,
+    rest_api = Api(title="MAX Image Super-Resolution Generator", version="2.0",
+              description=f"{DESCRIPTION} For people: the web page at [/app/](/app/).",
               doc="/", default_label="model")
     rest_api.add_namespace(namespace, path="/model")
     register_error_handlers(rest_api)

@@ -1,0 +1,160 @@
+"""The web page at /app and its one streaming endpoint, POST /app/upscale.
+
+The page uploads an image and reads back newline-delimited JSON events:
+``start`` (the tile count, known before any work), ``progress`` after each
+batch of tiles, ``heartbeat`` while waiting, then ``result`` (the image in
+base64) or ``error``. The upscale runs in a thread feeding a queue; when the
+client goes away, writing to it fails, the server closes the generator, and
+the next per-tile callback raises ``Cancelled`` so the work stops at the next
+tile. Nothing is kept between requests, so any gunicorn worker can answer.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from flask import Blueprint, Response, redirect, request
+from PIL import Image
+from werkzeug.exceptions import HTTPException
+
+from api.errors import error_body
+from core.errors import Cancelled, InvalidInput, ServiceError
+from core.pipeline import UpscaleOptions
+from core.service import Service
+from core.tiling import plan_tiles
+
+log = logging.getLogger(__name__)
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+# Short enough that a client that has gone away is noticed within a second or two,
+# even while one batch of tiles takes longer than that.
+HEARTBEAT_S = 0.5
+
+blueprint = Blueprint("web", __name__, url_prefix="/app", static_folder=str(WEB_ROOT), static_url_path="")
+
+
+@blueprint.get("")
+def page_redirect():
+    return redirect("/app/")
+
+
+@blueprint.get("/")
+def page():
+    return blueprint.send_static_file("index.html")
+
+
+@blueprint.post("/upscale")
+def upscale():
+    """Multipart like /model/predict; answers ``application/x-ndjson`` events."""
+    from api import service
+
+    upload = request.files.get("image")
+    if upload is None:
+        raise InvalidInput("no image: send the file as the multipart form field 'image'")
+    options = UpscaleOptions(
+        model=request.form.get("model") or None,
+        scale=_int_field("scale", 4),
+        output_format=request.form.get("format", "png"),
+        quality=_int_field("quality", 90),
+        ensemble=request.form.get("ensemble", "false").lower() in ("1", "true", "on", "yes"),
+    )
+    current = service()
+    options.validate()
+    network = current.registry.get(options.model or current.settings.default_model)  # 400/503 before streaming
+    data = upload.read()
+    total = _tile_count(data, current.settings.tile_size, network.margin)
+    return Response(_events(current, data, options, total), mimetype="application/x-ndjson",
+                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@blueprint.errorhandler(ServiceError)
+@blueprint.errorhandler(HTTPException)
+def _json_error(error: Exception):
+    body, status, headers = error_body(error)
+    return body, status, headers
+
+
+def _int_field(name: str, default: int) -> int:
+    value = request.form.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer, not {value!r}") from None
+
+
+def _tile_count(data: bytes, tile_size: int, margin: int) -> int | None:
+    """Tiles the pipeline will run, from the image header alone; None if the header does not read."""
+    try:
+        width, height = Image.open(io.BytesIO(data)).size
+    except Exception:  # noqa: BLE001 - the pipeline reports unreadable images with the proper message
+        return None
+    return len(plan_tiles(height, width, tile_size, margin))
+
+
+def _events(current: Service, data: bytes, options: UpscaleOptions, total: int | None) -> Iterator[bytes]:
+    events: queue.Queue[dict] = queue.Queue()
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def on_progress(done: int, tiles: int) -> None:
+        if stop.is_set():
+            raise Cancelled(f"cancelled by the client after {done} of {tiles} tiles")
+        events.put({"event": "progress", "done": done, "total": tiles, "elapsed_s": _since(started)})
+
+    worker = threading.Thread(target=_run, args=(current, data, options, on_progress, events, started),
+                              name="web-upscale", daemon=True)
+    worker.start()
+    try:
+        yield _line({"event": "start", "done": 0, "total": total, "elapsed_s": 0.0})
+        while True:
+            try:
+                event = events.get(timeout=HEARTBEAT_S)
+            except queue.Empty:
+                yield _line({"event": "heartbeat", "elapsed_s": _since(started)})
+                continue
+            yield _line(event)
+            if event["event"] in ("result", "error"):
+                return
+    finally:
+        # Reached on completion and when the server closes the stream because the client left.
+        stop.set()
+
+
+def _run(current: Service, data: bytes, options: UpscaleOptions, on_progress, events: queue.Queue,
+         started: float) -> None:
+    try:
+        result = current.upscale(data, options, on_progress)
+    except Cancelled as cancelled:
+        log.info("web upscale stopped: %s", cancelled)
+        events.put({"event": "error", "status": 499, "message": str(cancelled)})
+        return
+    except ServiceError as error:
+        events.put({"event": "error", "status": error.status, "message": error.message})
+        return
+    except Exception:  # noqa: BLE001 - the page gets a message, the log the traceback
+        log.exception("web upscale failed")
+        events.put({"event": "error", "status": 500, "message": "internal error; the request was logged"})
+        return
+    events.put({
+        "event": "result", "elapsed_s": _since(started), "model": result.model,
+        "content_type": result.content_type, "width": result.width, "height": result.height,
+        "input_width": result.input_width, "input_height": result.input_height,
+        "image": base64.b64encode(result.data).decode("ascii"),
+    })
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 2)
+
+
+def _line(event: dict) -> bytes:
+    return json.dumps(event).encode() + b"\n"
