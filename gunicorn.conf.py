@@ -1,4 +1,9 @@
 """gunicorn settings, taken from the same typed settings as the app (see config.py)."""
+import glob
+import os
+import shutil
+import tempfile
+
 from config import load_settings
 
 _settings = load_settings()
@@ -14,3 +19,34 @@ graceful_timeout = 30
 preload_app = False
 accesslog = None
 loglevel = _settings.log_level.lower()
+
+# Metric folders this master created (and removes on exit).
+_created_folders: list[str] = []
+
+
+def on_starting(server) -> None:
+    """Give the workers one folder for their Prometheus metrics, so that /metrics adds up all of them.
+
+    Set before any worker imports prometheus-client (it reads the variable at import). A folder given in
+    PROMETHEUS_MULTIPROC_DIR is emptied first: files from an earlier run would count twice.
+    """
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        for stale in glob.glob(os.path.join(folder, "*.db")):
+            os.remove(stale)
+    else:
+        folder = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="superres-metrics-")
+        _created_folders.append(folder)
+
+
+def child_exit(server, worker) -> None:
+    """A dead worker's gauges stop counting (its counters and histograms are kept)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    for folder in _created_folders:
+        shutil.rmtree(folder, ignore_errors=True)

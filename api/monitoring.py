@@ -1,0 +1,62 @@
+"""Prometheus metrics of one worker, added up across gunicorn workers when PROMETHEUS_MULTIPROC_DIR is set.
+
+gunicorn.conf.py sets that directory before any worker imports this module: prometheus-client decides
+at import time whether values live in this process or in files every worker shares.
+"""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
+                               disable_created_metrics, generate_latest)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The *_created series double the output and the multiprocess mode has none: the same text either way.
+disable_created_metrics()
+
+# From a health probe (milliseconds) to a 64-megapixel output on a CPU (minutes).
+LATENCY_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
+
+REQUESTS = Counter("superres_http_requests", "HTTP requests answered, by route, model and status.",
+                   ("route", "method", "model", "status"))
+LATENCY = Histogram("superres_http_request_duration_seconds", "Time to answer an HTTP request, by route and model.",
+                    ("route", "model"), buckets=LATENCY_BUCKETS)
+IN_FLIGHT = Gauge("superres_http_requests_in_flight", "HTTP requests being answered now, by route.",
+                  ("route",), multiprocess_mode="livesum")
+INFERENCE_RUNNING = Gauge("superres_inference_running", "Images being upscaled now (one slot per worker).",
+                          multiprocess_mode="livesum")
+INFERENCE_QUEUED = Gauge("superres_inference_queued", "Requests waiting for a worker's inference slot.",
+                         multiprocess_mode="livesum")
+PIXELS = Counter("superres_pixels", "Pixels of successfully upscaled images, by model and side (input or output).",
+                 ("model", "side"))
+MODEL_LOAD = Gauge("superres_model_load_seconds", "Seconds to build, load and warm up each model (slowest live worker).",
+                   ("model",), multiprocess_mode="livemax")
+
+
+def render() -> bytes:
+    """The exposition text: this process's registry, or the sum over all workers' files under gunicorn."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+def observe_request(route: str, method: str, model: str, status: int, seconds: float) -> None:
+    REQUESTS.labels(route, method, model, str(status)).inc()
+    LATENCY.labels(route, model).observe(seconds)
+
+
+def observe_pixels(model: str, input_pixels: int, output_pixels: int) -> None:
+    PIXELS.labels(model, "input").inc(input_pixels)
+    PIXELS.labels(model, "output").inc(output_pixels)
+
+
+def observe_model_load(model: str, seconds: float) -> None:
+    MODEL_LOAD.labels(model).set(seconds)
+
+
+def observe_slot(waiting: int, running: int) -> None:
+    INFERENCE_QUEUED.set(waiting)
+    INFERENCE_RUNNING.set(running)
