@@ -32,6 +32,8 @@ PIXELS = Counter("superres_pixels", "Pixels of successfully upscaled images, by 
                  ("model", "side"))
 MODEL_LOAD = Gauge("superres_model_load_seconds", "Seconds to build, load and warm up each model (slowest live worker).",
                    ("model",), multiprocess_mode="livemax")
+MODEL_READY = Gauge("superres_model_ready_workers", "Live workers that have loaded and warmed up each model.",
+                    ("model",), multiprocess_mode="livesum")
 
 
 def render() -> bytes:
@@ -55,6 +57,7 @@ def observe_pixels(model: str, input_pixels: int, output_pixels: int) -> None:
 
 def observe_model_load(model: str, seconds: float) -> None:
     MODEL_LOAD.labels(model).set(seconds)
+    MODEL_READY.labels(model).set(1)
 
 
 def observe_slot(waiting: int, running: int) -> None:

@@ -5,11 +5,13 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import requests
 
@@ -20,6 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 class LiveServer:
     url: str
     process: subprocess.Popen
+    output: IO[bytes]
+
+    def log(self) -> str:
+        """What gunicorn and the app wrote so far (JSON lines from the app)."""
+        # pread leaves the file offset alone: gunicorn shares it and goes on appending.
+        descriptor = self.output.fileno()
+        return os.pread(descriptor, os.fstat(descriptor).st_size, 0).decode(errors="replace")
 
 
 def free_port() -> int:
@@ -33,10 +42,12 @@ def live_server(start_timeout_s: float = 180, **settings: str) -> Iterator[LiveS
     """gunicorn serving ``app:app`` with ``settings`` as environment overrides, until every model is ready."""
     port = free_port()
     env = {**os.environ, "PORT": str(port), "MODELS": "srgan", **{k.upper(): str(v) for k, v in settings.items()}}
+    # The log goes to a file, not a pipe: one JSON line per request would fill a pipe nobody reads and block the server.
+    output = tempfile.TemporaryFile()
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "app:app"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    server = LiveServer(f"http://127.0.0.1:{port}", process)
+        cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    server = LiveServer(f"http://127.0.0.1:{port}", process, output)
     try:
         _wait_until_models_ready(server, start_timeout_s)
         yield server
@@ -47,18 +58,18 @@ def live_server(start_timeout_s: float = 180, **settings: str) -> Iterator[LiveS
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        output.close()
 
 
 def _wait_until_models_ready(server: LiveServer, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited: {server.process.stdout.read().decode(errors='replace')[-3000:]}")
+            raise RuntimeError(f"gunicorn exited: {server.log()[-3000:]}")
         try:
-            models = requests.get(f"{server.url}/model/metadata", timeout=5).json()["models"]
-            if all(m["state"] == "ready" for m in models):
+            if requests.get(f"{server.url}/ready", timeout=5).status_code == 200:
                 return
-        except (requests.RequestException, ValueError, KeyError):
+        except requests.RequestException:
             pass
         time.sleep(0.5)
     raise TimeoutError(f"models not ready within {timeout_s} s")
