@@ -23,5 +23,9 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
+# Build the Docker image, run it, and check /ready, /model/metadata and a real /model/predict (docs/deployment.md).
+docker-test:
+	bash scripts/docker-test.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

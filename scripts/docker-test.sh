@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Build the Docker image, run it, and check /ready, /model/metadata and a real /model/predict against it.
+#
+# Works on a bare Debian CI machine: installs docker.io if dockerd is missing, starts dockerd by hand when
+# none is running (and stops it at the end), and, when no registry is reachable and python:3.11-slim is
+# absent, builds a stand-in base image with debootstrap (Debian bookworm's Python is 3.11 too).
+#
+# Environment: IMAGE (tag to build), DOCKER_TEST_MODELS (MODELS inside the container; empty = the image's
+# default), READY_TIMEOUT_S (model loading), BASE_IMAGE (must stay python:3.11-slim for the Dockerfile).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+IMAGE=${IMAGE:-max-image-super-resolution-generator:test}
+BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim}
+DOCKER_TEST_MODELS=${DOCKER_TEST_MODELS-}
+READY_TIMEOUT_S=${READY_TIMEOUT_S:-600}
+SAMPLE=${SAMPLE:-assets/test_examples/low_resolution/chelsea.png}
+
+WORK=$(mktemp -d /tmp/docker-test.XXXXXX)
+CONTAINER=""
+DOCKERD_PID=""
+
+log() { printf '[docker-test %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+cleanup() {
+    local status=$?
+    if [ -n "$CONTAINER" ]; then
+        if [ "$status" -ne 0 ]; then
+            log "container log (last 60 lines):"
+            docker logs --tail 60 "$CONTAINER" >&2 || true
+        fi
+        docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
+    fi
+    if [ -n "$DOCKERD_PID" ]; then
+        log "stopping the dockerd this script started"
+        kill "$DOCKERD_PID" 2>/dev/null || true
+        for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
+    fi
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_install() {
+    log "installing $*"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+ensure_docker() {
+    command -v dockerd >/dev/null || apt_install docker.io
+    if docker info >/dev/null 2>&1; then
+        return
+    fi
+    log "starting dockerd"
+    as_root dockerd >"$WORK/dockerd.log" 2>&1 &
+    DOCKERD_PID=$!
+    for _ in $(seq 60); do
+        docker info >/dev/null 2>&1 && return
+        kill -0 "$DOCKERD_PID" 2>/dev/null || break
+        sleep 1
+    done
+    cat "$WORK/dockerd.log" >&2
+    log "dockerd did not start"
+    exit 1
+}
+
+# A Debian bookworm root filesystem with Python 3.11 and pip, trusting the same CAs as this machine
+# (so that pip can reach PyPI through a TLS-inspecting proxy), imported under the base image's tag.
+build_stand_in_base() {
+    log "$BASE_IMAGE is absent and cannot be pulled: building a stand-in with debootstrap"
+    command -v debootstrap >/dev/null || apt_install debootstrap
+    local root="$WORK/rootfs"
+    as_root debootstrap --variant=minbase \
+        --include=python3,python3-venv,python3-pip,python-is-python3,ca-certificates \
+        bookworm "$root" http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1 \
+        || { tail -30 "$WORK/debootstrap.log" >&2; exit 1; }
+    if compgen -G "/usr/local/share/ca-certificates/*" >/dev/null; then
+        as_root cp -r /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+    fi
+    as_root chroot "$root" update-ca-certificates >/dev/null
+    as_root rm -f "$root"/usr/lib/python3*/EXTERNALLY-MANAGED
+    as_root rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    as_root tar -C "$root" -c . | docker import - "$BASE_IMAGE" >/dev/null
+    as_root rm -rf "$root"
+}
+
+ensure_base_image() {
+    docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && return
+    if timeout 120 docker pull -q "$BASE_IMAGE" >/dev/null 2>&1; then
+        return
+    fi
+    build_stand_in_base
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_until_ready() {
+    local url=$1 deadline=$((SECONDS + READY_TIMEOUT_S))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        if [ "$(docker inspect -f '{{.State.Running}}' "$CONTAINER")" != "true" ]; then
+            log "the container exited"
+            return 1
+        fi
+        if curl -fsS -o "$WORK/ready.json" "$url/ready" 2>/dev/null; then
+            log "ready: $(cat "$WORK/ready.json")"
+            return 0
+        fi
+        sleep 2
+    done
+    log "not ready within ${READY_TIMEOUT_S} s: $(curl -sS "$url/ready" || true)"
+    return 1
+}
+
+# Width and height from a PNG's IHDR chunk (no imaging library needed on the host).
+png_size() {
+    python3 - "$1" <<'PY'
+import struct, sys
+data = open(sys.argv[1], "rb").read(24)
+if data[:8] != b"\x89PNG\r\n\x1a\n":
+    sys.exit(f"not a PNG: {data[:8]!r}")
+print(*struct.unpack(">II", data[16:24]))
+PY
+}
+
+check_service() {
+    local url=$1
+    wait_until_ready "$url"
+
+    curl -fsS "$url/model/metadata" >"$WORK/metadata.json"
+    grep -q '"max-image-super-resolution-generator"' "$WORK/metadata.json" \
+        || { log "unexpected metadata: $(cat "$WORK/metadata.json")"; return 1; }
+    log "metadata ok"
+
+    local status
+    status=$(curl -sS -o "$WORK/out.png" -w '%{http_code}' -F "image=@$SAMPLE" "$url/model/predict")
+    [ "$status" = 200 ] || { log "predict answered $status: $(head -c 500 "$WORK/out.png")"; return 1; }
+    read -r in_w in_h < <(png_size "$SAMPLE")
+    read -r out_w out_h < <(png_size "$WORK/out.png")
+    if [ "$out_w" -ne $((in_w * 4)) ] || [ "$out_h" -ne $((in_h * 4)) ]; then
+        log "predict returned ${out_w}x${out_h} for a ${in_w}x${in_h} input"
+        return 1
+    fi
+    log "predict ok: ${in_w}x${in_h} -> ${out_w}x${out_h} PNG"
+    curl -fsS "$url/health" >/dev/null
+    log "health ok"
+}
+
+main() {
+    local started=$SECONDS
+    ensure_docker
+    ensure_base_image
+    log "building $IMAGE"
+    docker build -t "$IMAGE" . >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log" >&2; exit 1; }
+    log "built in $((SECONDS - started)) s since start"
+
+    local port env_args=()
+    port=$(free_port)
+    [ -n "$DOCKER_TEST_MODELS" ] && env_args=(-e "MODELS=$DOCKER_TEST_MODELS")
+    CONTAINER=$(docker run -d -p "127.0.0.1:$port:5000" "${env_args[@]}" "$IMAGE")
+    log "container ${CONTAINER:0:12} on port $port"
+    check_service "http://127.0.0.1:$port"
+    log "passed in $((SECONDS - started)) s"
+}
+
+main "$@"
