@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     timeout_s: int = Field(600, ge=10, description="gunicorn worker timeout in seconds.")
     log_level: str = Field("INFO", description="Python log level name.")
     cors_enable: bool = Field(False, description="Send permissive CORS headers, as the original's CORS_ENABLE did.")
+    prometheus_multiproc_dir: Path | None = Field(None, description="Folder where gunicorn's workers share their Prometheus metrics (emptied at start); unset: a new temporary folder.")
 
     # Models
     models: str = Field("srgan,srresnet,realsr,realesrgan", description="Comma-separated models each worker loads at start-up.")

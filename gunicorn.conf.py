@@ -30,14 +30,15 @@ def on_starting(server) -> None:
     Set before any worker imports prometheus-client (it reads the variable at import). A folder given in
     PROMETHEUS_MULTIPROC_DIR is emptied first: files from an earlier run would count twice.
     """
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if folder:
+    if _settings.prometheus_multiproc_dir is not None:
+        folder = str(_settings.prometheus_multiproc_dir)
         os.makedirs(folder, exist_ok=True)
         for stale in glob.glob(os.path.join(folder, "*.db")):
             os.remove(stale)
     else:
-        folder = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="superres-metrics-")
+        folder = tempfile.mkdtemp(prefix="superres-metrics-")
         _created_folders.append(folder)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
 
 
 def child_exit(server, worker) -> None:

@@ -148,6 +148,9 @@ check_service() {
     log "predict ok: ${in_w}x${in_h} -> ${out_w}x${out_h} PNG"
     curl -fsS "$url/health" >/dev/null
     log "health ok"
+    curl -fsS "$url/metrics" | grep -q '^superres_http_requests_total{.*route="/model/predict".*status="200"} 1.0$' \
+        || { log "/metrics does not count the predict"; return 1; }
+    log "metrics ok"
 }
 
 main() {
@@ -161,7 +164,8 @@ main() {
     local port env_args=()
     port=$(free_port)
     [ -n "$DOCKER_TEST_MODELS" ] && env_args=(-e "MODELS=$DOCKER_TEST_MODELS")
-    CONTAINER=$(docker run -d -p "127.0.0.1:$port:5000" "${env_args[@]}" "$IMAGE")
+    # Read-only root with a writable /tmp, as the Kubernetes manifest runs it.
+    CONTAINER=$(docker run -d --read-only --tmpfs /tmp -p "127.0.0.1:$port:5000" "${env_args[@]}" "$IMAGE")
     log "container ${CONTAINER:0:12} on port $port"
     check_service "http://127.0.0.1:$port"
     log "passed in $((SECONDS - started)) s"
