@@ -22,7 +22,7 @@ ACCESS_LOG = logging.getLogger("superres.access")
 REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's own id is kept (so that it can follow a request through proxies) only if it is short and plain.
 _ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# Probes and scrapes come every few seconds; their successful answers are logged at DEBUG only.
+# Probes and scrapes come every few seconds: logged at DEBUG only (a model that fails to load is logged as an error).
 QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 UNMATCHED_ROUTE = "unmatched"
 CORS_HEADERS = {
@@ -88,6 +88,8 @@ def _start() -> None:
 
 
 def _finish(response: Response) -> Response:
+    if "started" not in g:  # another before_request hook answered before ours ran
+        _start()
     seconds = time.perf_counter() - g.started
     response.headers[REQUEST_ID_HEADER] = g.request_id
     model = response.headers.get("X-Model", "")
@@ -96,8 +98,7 @@ def _finish(response: Response) -> Response:
     monitoring.observe_request(g.route, request.method, model, response.status_code, seconds)
     if response.status_code == 200 and input_size and output_size:
         monitoring.observe_pixels(model, _pixels(input_size), _pixels(output_size))
-    quiet = g.route in QUIET_ROUTES and response.status_code < 500
-    ACCESS_LOG.log(logging.DEBUG if quiet else logging.INFO, "request", extra={
+    ACCESS_LOG.log(logging.DEBUG if g.route in QUIET_ROUTES else logging.INFO, "request", extra={
         "request_id": g.request_id,
         "method": request.method,
         "path": request.path,

@@ -49,13 +49,24 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# Runs in a subshell that becomes dockerd (or sudo), so that $! is the process to stop at the end.
+start_dockerd() {
+    # dockerd and its containerd must not keep the caller's descriptors open (a flock would stay held).
+    local fd
+    for fd in /proc/self/fd/*; do
+        fd=${fd##*/}
+        if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    if [ "$(id -u)" -eq 0 ]; then exec dockerd; else exec sudo dockerd; fi
+}
+
 ensure_docker() {
     command -v dockerd >/dev/null || apt_install docker.io
     if docker info >/dev/null 2>&1; then
         return
     fi
     log "starting dockerd"
-    as_root dockerd >"$WORK/dockerd.log" 2>&1 &
+    (start_dockerd) >"$WORK/dockerd.log" 2>&1 &
     DOCKERD_PID=$!
     for _ in $(seq 60); do
         docker info >/dev/null 2>&1 && return
@@ -148,8 +159,9 @@ check_service() {
     log "predict ok: ${in_w}x${in_h} -> ${out_w}x${out_h} PNG"
     curl -fsS "$url/health" >/dev/null
     log "health ok"
-    curl -fsS "$url/metrics" | grep -q '^superres_http_requests_total{.*route="/model/predict".*status="200"} 1.0$' \
-        || { log "/metrics does not count the predict"; return 1; }
+    curl -fsS -o "$WORK/metrics.txt" "$url/metrics"
+    grep -q '^superres_http_requests_total{.*route="/model/predict".*status="200"} 1.0$' "$WORK/metrics.txt" \
+        || { log "/metrics does not count the predict: $(grep superres_http_requests_total "$WORK/metrics.txt")"; return 1; }
     log "metrics ok"
 }
 
