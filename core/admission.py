@@ -1,7 +1,9 @@
 """One inference slot per worker, a bounded queue in front of it, and 503 beyond.
 
-Running one image at a time per worker bounds memory; a bounded queue means
-an overloaded server answers at once instead of piling requests up.
+Running one image at a time per worker bounds memory (the network's working
+set is paid once per worker, not once per request); a bounded queue means an
+overloaded server answers at once instead of piling requests up until the
+container runs out of memory or the clients time out.
 """
 from __future__ import annotations
 
@@ -13,9 +15,15 @@ from core.errors import Busy
 
 
 class InferenceSlot:
+    """Admission control for one worker: one image runs, ``queue_size`` wait, the rest get Busy (503).
+
+    Waiters are served in arrival order: a newcomer never takes the slot while
+    others are queued, so under steady load a queued request is not starved by
+    later ones and does not run into ``wait_timeout_s``.
+    """
+
     def __init__(self, queue_size: int, wait_timeout_s: float) -> None:
-        self._slot = threading.Semaphore(1)
-        self._lock = threading.Lock()
+        self._free = threading.Condition(threading.Lock())
         self._queue_size = queue_size
         self._wait_timeout_s = wait_timeout_s
         self._waiting = 0
@@ -33,41 +41,49 @@ class InferenceSlot:
 
     @contextmanager
     def hold(self) -> Iterator[None]:
-        """Run the block in the slot, waiting in the queue if there is room; else raise Busy."""
-        if not self._slot.acquire(blocking=False):
-            self._wait_in_queue()
-        with self._lock:
-            self._running += 1
-            self._changed()
+        """Run the block in the slot, waiting in the queue if there is room; else raise Busy at once."""
+        self._enter()
         try:
             yield
         finally:
-            with self._lock:
-                self._running -= 1
-                self._changed()
-            self._slot.release()
+            self._leave()
 
-    def _wait_in_queue(self) -> None:
-        with self._lock:
+    def _enter(self) -> None:
+        with self._free:
+            if self._running == 0 and self._waiting == 0:
+                self._start()
+                return
             if self._waiting >= self._queue_size:
-                raise Busy(f"the server is busy: 1 image running and {self._waiting} queued (queue size {self._queue_size}); retry later")
+                raise Busy(f"the server is busy: {self._running} image running and {self._waiting} queued "
+                           f"(queue size {self._queue_size}); retry later")
             self._waiting += 1
             self._changed()
-        try:
-            acquired = self._slot.acquire(timeout=self._wait_timeout_s)
-        finally:
-            with self._lock:
+            try:
+                # Condition.notify wakes the longest waiter first, which gives the arrival order.
+                acquired = self._free.wait_for(lambda: self._running == 0, self._wait_timeout_s)
+            finally:
                 self._waiting -= 1
                 self._changed()
-        if not acquired:
-            raise Busy(f"the server is busy: waited {self._wait_timeout_s:.0f} s for a free slot; retry later")
+            if not acquired:
+                raise Busy(f"the server is busy: waited {self._wait_timeout_s:g} s for a free slot; retry later")
+            self._start()
+
+    def _start(self) -> None:
+        self._running = 1
+        self._changed()
+
+    def _leave(self) -> None:
+        with self._free:
+            self._running = 0
+            self._changed()
+            self._free.notify()
 
     @property
     def waiting(self) -> int:
-        with self._lock:
+        with self._free:
             return self._waiting
 
     @property
     def running(self) -> int:
-        with self._lock:
+        with self._free:
             return self._running

@@ -1,0 +1,227 @@
+"""Backpressure: one image per worker, a bounded queue, 503 + Retry-After beyond it, and a time limit."""
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from api.predict import peer_closed, stop_when_client_leaves
+from config import load_settings
+from core.admission import InferenceSlot
+from core.errors import Busy, Cancelled
+from core.service import Service
+from tests.conftest import TEST_MODELS, sample_bytes
+from tests.live_server import live_server
+from tests.raw_http import png, start_predict
+
+
+# --- InferenceSlot on its own, with threads -------------------------------------------------------------------
+
+
+def hold_in_thread(slot: InferenceSlot, release: threading.Event, log: list[str], name: str) -> threading.Thread:
+    def run() -> None:
+        try:
+            with slot.hold():
+                log.append(f"{name} in")
+                release.wait(10)
+                log.append(f"{name} out")
+        except Busy:
+            log.append(f"{name} busy")
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def wait_until(condition, timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_slot_with_no_queue_refuses_a_second_image_at_once():
+    slot, release, log = InferenceSlot(queue_size=0, wait_timeout_s=60), threading.Event(), []
+    first = hold_in_thread(slot, release, log, "first")
+    wait_until(lambda: slot.running == 1)
+    started = time.monotonic()
+    with pytest.raises(Busy, match="queue size 0"):
+        with slot.hold():
+            pass
+    assert time.monotonic() - started < 0.1
+    release.set()
+    first.join()
+    with slot.hold():  # free again
+        assert slot.running == 1
+    assert slot.running == slot.waiting == 0
+
+
+def test_slot_queues_in_arrival_order_and_refuses_beyond_the_queue():
+    slot, release, log = InferenceSlot(queue_size=2, wait_timeout_s=60), threading.Event(), []
+    threads = [hold_in_thread(slot, release, log, "a")]
+    wait_until(lambda: slot.running == 1)
+    for name, queued in (("b", 1), ("c", 2)):
+        threads.append(hold_in_thread(slot, release, log, name))
+        wait_until(lambda: slot.waiting == queued)
+    threads.append(hold_in_thread(slot, release, log, "d"))
+    threads[-1].join(5)
+    assert log == ["a in", "d busy"]
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert log == ["a in", "d busy", "a out", "b in", "b out", "c in", "c out"]
+    assert slot.running == slot.waiting == 0
+
+
+def test_slot_runs_one_image_at_a_time_under_contention():
+    slot = InferenceSlot(queue_size=16, wait_timeout_s=60)
+    inside, most_inside, lock = 0, 0, threading.Lock()
+
+    def work() -> None:
+        nonlocal inside, most_inside
+        with slot.hold():
+            with lock:
+                inside += 1
+                most_inside = max(most_inside, inside)
+            time.sleep(0.002)
+            with lock:
+                inside -= 1
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: work(), range(64)))
+    assert most_inside == 1
+    assert slot.running == slot.waiting == 0
+
+
+def test_a_queued_request_gives_up_after_the_wait_timeout():
+    slot, release, log = InferenceSlot(queue_size=1, wait_timeout_s=0.2), threading.Event(), []
+    first = hold_in_thread(slot, release, log, "first")
+    wait_until(lambda: slot.running == 1)
+    started = time.monotonic()
+    with pytest.raises(Busy, match="waited 0.2 s"):
+        with slot.hold():
+            pass
+    assert 0.2 <= time.monotonic() - started < 1
+    assert slot.waiting == 0
+    release.set()
+    first.join()
+
+
+def test_the_slot_is_released_when_the_work_fails():
+    slot = InferenceSlot(queue_size=0, wait_timeout_s=1)
+    with pytest.raises(ValueError):
+        with slot.hold():
+            raise ValueError("the work failed")
+    with slot.hold():
+        assert slot.running == 1
+
+
+def test_observers_see_every_change_in_order():
+    slot, seen = InferenceSlot(queue_size=1, wait_timeout_s=5), []
+    slot.observe(lambda waiting, running: seen.append((waiting, running)))
+    with slot.hold():
+        pass
+    assert seen == [(0, 1), (0, 0)]
+
+
+# --- Detecting a client that hung up ------------------------------------------------------------------------
+
+
+def test_peer_closed_sees_a_hang_up_but_not_an_idle_or_pipelining_client():
+    server, client = socket.socketpair()
+    with server:
+        assert not peer_closed(server)  # open, nothing sent
+        client.sendall(b"GET / HTTP/1.1\r\n")
+        assert not peer_closed(server)  # a pipelined request is data, and the peek leaves it unread
+        assert server.recv(100) == b"GET / HTTP/1.1\r\n"
+        client.close()
+        assert peer_closed(server)
+
+
+def test_the_progress_check_raises_cancelled_only_under_a_server_socket():
+    assert stop_when_client_leaves({}) is None  # Flask's test client: nothing to watch
+    server, client = socket.socketpair()
+    with server:
+        check = stop_when_client_leaves({"gunicorn.socket": server})
+        check(1, 10)
+        client.close()
+        with pytest.raises(Cancelled, match="after 2 of 10 tiles"):
+            check(2, 10)
+
+
+# --- Through the Flask app: 503 + Retry-After, and the time limit ------------------------------------------
+
+
+@pytest.fixture()
+def strict_service(app, service):
+    """The app's service swapped for one with a queue of 0, a 50 ms time limit and tiny tiles (same models)."""
+    settings = load_settings(models=TEST_MODELS, queue_size=0, request_time_limit_s=0.05, retry_after_s=7,
+                             tile_size=32, tile_batch=1)
+    strict = Service(settings, service.registry, InferenceSlot(settings.queue_size, settings.request_time_limit_s))
+    app.extensions["super_resolution"] = strict
+    yield strict
+    app.extensions["super_resolution"] = service
+
+
+def post(client, data: bytes):
+    return client.post("/model/predict", data={"image": (io.BytesIO(data), "a.png")},
+                       content_type="multipart/form-data")
+
+
+def test_a_full_worker_answers_503_with_retry_after_at_once(client, strict_service):
+    with strict_service.slot.hold():  # another image is running
+        started = time.monotonic()
+        response = post(client, sample_bytes("camera.png"))
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "7"
+    assert "busy" in response.json["message"] and "queue size 0" in response.json["message"]
+    assert elapsed < 1
+
+
+def test_a_request_past_its_time_limit_stops_with_503(client, strict_service):
+    response = post(client, sample_bytes("astronaut.png"))  # 128x128 in 32 px tiles: 16 tiles
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "7"
+    message = response.json["message"]
+    assert "time limit" in message and "of 16 tiles" in message
+    assert strict_service.slot.running == 0  # the slot is free for the next request
+
+
+# --- Against a real gunicorn -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gunicorn_refuses_requests_beyond_the_queue_at_once_then_recovers():
+    with live_server(QUEUE_SIZE=1, THREADS=4, TILE_SIZE=32, TILE_BATCH=1, RETRY_AFTER_S=7) as server:
+        big = png(400, 400)  # 169 tiles of 32 px: over a minute of work
+        running = start_predict(server.url, big)
+        time.sleep(1)
+        queued = start_predict(server.url, big)
+        time.sleep(1)
+
+        def post_big(_) -> tuple[requests.Response, float]:
+            started = time.monotonic()
+            response = requests.post(f"{server.url}/model/predict", files={"image": ("big.png", big)}, timeout=60)
+            return response, time.monotonic() - started
+
+        with ThreadPoolExecutor(2) as pool:
+            refused = list(pool.map(post_big, range(2)))
+        for response, elapsed in refused:
+            assert response.status_code == 503
+            assert response.headers["Retry-After"] == "7"
+            assert "1 queued (queue size 1)" in response.json()["message"]
+            assert elapsed < 3
+
+        # Both clients hang up: their work stops at the next tile and the worker serves new requests.
+        running.close()
+        queued.close()
+        started = time.monotonic()
+        small = requests.post(f"{server.url}/model/predict", files={"image": ("small.png", png(48, 48))}, timeout=60)
+        assert small.status_code == 200
+        assert small.headers["X-Output-Size"] == "192x192"
+        assert time.monotonic() - started < 15

@@ -1,0 +1,93 @@
+"""A real gunicorn under trouble: clients that hang up mid-request, and a worker killed mid-request."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+import requests
+
+from tests.live_server import live_server
+from tests.raw_http import cpu_seconds, png, read_available, start_predict, wait_for, worker_pids
+
+pytestmark = pytest.mark.slow
+
+# 400x400 in 32 px tiles run one at a time: 169 network calls, over a minute of CPU on two cores.
+BIG = png(400, 400, seed=1)
+BIG_TILES = 169
+
+
+@pytest.fixture(scope="module")
+def server():
+    with live_server(WORKERS=1, THREADS=4, QUEUE_SIZE=1, TILE_SIZE=32, TILE_BATCH=1) as live:
+        yield live
+
+
+def the_worker(server) -> int:
+    (pid,) = wait_for(lambda: worker_pids(server.process.pid), 10)
+    return pid
+
+
+def post_small(server, timeout_s: float = 60) -> requests.Response:
+    return requests.post(f"{server.url}/model/predict", files={"image": ("small.png", png(40, 40))}, timeout=timeout_s)
+
+
+def test_a_client_that_hangs_up_stops_the_work_at_the_next_tile(server):
+    worker = the_worker(server)
+    read_available(server.process.stdout)  # forget the start-up log
+    request = start_predict(server.url, BIG)
+    time.sleep(1.5)
+    busy_cpu = cpu_seconds(worker)
+    time.sleep(1)
+    assert cpu_seconds(worker) - busy_cpu > 0.5, "the big request should be using the CPU"
+
+    request.close()
+    time.sleep(1.5)  # a tile of 64x64 takes well under a second
+    idle_cpu = cpu_seconds(worker)
+    time.sleep(2)
+    assert cpu_seconds(worker) - idle_cpu < 0.2, "the worker kept computing after the client left"
+
+    started = time.monotonic()
+    response = post_small(server)
+    assert response.status_code == 200
+    assert response.headers["X-Output-Size"] == "160x160"
+    assert time.monotonic() - started < 5
+
+    stopped = re.search(r"the client closed the connection after (\d+) of (\d+) tiles", read_available(server.process.stdout))
+    assert stopped, "the server should log the cancelled request"
+    done, total = map(int, stopped.groups())
+    assert total == BIG_TILES and done < total // 2
+
+
+def test_the_server_keeps_answering_when_a_worker_is_killed_mid_request(server):
+    master, worker = server.process.pid, the_worker(server)
+    request = start_predict(server.url, BIG)
+    time.sleep(1.5)
+    os.kill(worker, signal.SIGKILL)
+
+    # The request in flight is lost: its connection ends without an answer.
+    request.settimeout(10)
+    try:
+        assert request.recv(1024) == b""
+    except ConnectionResetError:
+        pass
+    request.close()
+
+    replacement = wait_for(lambda: [pid for pid in worker_pids(master) if pid != worker], 30)[0]
+    assert server.process.poll() is None, "the gunicorn master must survive its worker"
+
+    # While the new worker loads its models it answers 503 + Retry-After, then serves as before.
+    answers = []
+
+    def served() -> bool:
+        response = post_small(server)
+        answers.append(response.status_code)
+        if response.status_code == 503:
+            assert "Retry-After" in response.headers and "not ready" in response.json()["message"]
+        return response.status_code == 200
+
+    wait_for(served, 60, interval_s=0.5)
+    assert set(answers) <= {200, 503} and answers[-1] == 200
+    assert worker_pids(master) == [replacement]
