@@ -109,7 +109,8 @@ def _finish(response: Response) -> Response:
         "input_size": input_size,
         "output_size": output_size,
         "input_bytes": request.content_length,
-        "output_bytes": response.calculate_content_length(),
+        # The header only: calculate_content_length() would drain a streamed body (the web page's progress).
+        "output_bytes": response.content_length,
         "remote_addr": request.remote_addr,
     })
     return response
