@@ -29,3 +29,8 @@ docker-test:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+# PSNR/SSIM of every model on Set5, Set14 and BSD100 -> docs/benchmarks.md (about an hour on 2 cores).
+# Options go through ARGS, e.g. make bench-quality ARGS="--models srgan --sets Set5".
+bench-quality: setup
+	$(BIN)/python -m bench.quality $(ARGS)
