@@ -1,22 +1,56 @@
-"""Decoding uploads into arrays and encoding results, with Pillow.
+"""Decoding uploads into arrays and encoding results, with Pillow (and pypng for 16-bit colour).
 
 A decoded image is split into colour (grey or RGB, 8 or 16 bits) and an
 optional alpha channel, so that the network sees colour only and the alpha
 channel can be upscaled on its own and put back.
+
+Every way an upload can be wrong ends as ``InvalidImage`` (400) or
+``TooLarge`` (413): the container is checked before any decoder runs, the
+pixel count is checked from the header before any pixel is allocated, and
+whatever a decoder raises on corrupt data is turned into a message.
 """
 from __future__ import annotations
 
 import io
-import warnings
+import re
+import struct
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import png
+from PIL import ExifTags, Image, UnidentifiedImageError
 
-from core.errors import InvalidImage, TooLarge
+from core.errors import InvalidImage, InvalidInput, TooLarge
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
 OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+# Widest or tallest image each output format can hold.
+MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}
+
+# Magic numbers: the first bytes decide which single decoder may read the upload.
+SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),
+    (b"MM\x00+", "TIFF"),
+    (b"BM", "BMP"),
+)
+PNG_SIGNATURE = SIGNATURES[0][0]
+PNG_CRITICAL_CHUNKS = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
+
+# What decoders raise on corrupt data: Pillow's plugins and pypng use all of these.
+CORRUPT_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
+                       TypeError, ZeroDivisionError, zlib.error, png.Error)
+
+# Rows converted at a time when changing bit depth, so a 64 MP result needs no full-size temporary.
+ROWS_PER_BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -38,52 +72,212 @@ class DecodedImage:
         return int(np.iinfo(self.colour.dtype).max)
 
 
+@dataclass(frozen=True)
+class PngHeader:
+    width: int
+    height: int
+    bit_depth: int
+    exif: bytes | None
+
+
 def describe_accepted() -> str:
     return ", ".join(ACCEPTED_FORMATS)
 
 
 def decode(data: bytes, max_pixels: int) -> DecodedImage:
     """Decode ``data``; 400 when it is not an accepted image, 413 when it has too many pixels."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-            _check_pixels(image.size, max_pixels)
+    if not data:
+        raise InvalidImage(f"the upload is empty; send an image ({describe_accepted()})")
+    image_format = sniff_format(data)
+    # Pillow's own bomb guard backs up the header check below for anything a plugin sizes later.
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    png_header = _check_png(data, max_pixels) if image_format == "PNG" else None
+    if image_format == "GIF":
+        _check_gif(data)
+    if image_format == "WEBP":
+        _check_riff_end(data)
+    with _reading(image_format, max_pixels):
+        image = Image.open(io.BytesIO(data), formats=(image_format,))
+        check_pixels(image.size, max_pixels)
+        if png_header is not None and png_header.bit_depth == 16:
+            colour, alpha = _png16_pixels(data)
+            icc, orientation = image.info.get("icc_profile"), _exif_orientation(png_header.exif)
+        else:
             image.load()
-            image = ImageOps.exif_transpose(image)
-    except (TooLarge, InvalidImage):
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise TooLarge(f"image rejected by the decompression-bomb guard: {error}") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
-        raise InvalidImage(f"the upload is not a readable image ({error}); accepted formats: {describe_accepted()}") from error
-    return _split_channels(image)
+            colour, alpha, icc = _pillow_pixels(image)
+            orientation = _orientation(image)
+    return DecodedImage(_orient(colour, orientation), None if alpha is None else _orient(alpha, orientation),
+                        _matching_profile(icc, colour.shape[-1]))
 
 
-def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+def sniff_format(data: bytes) -> str:
+    """The accepted format ``data`` starts like; 400 naming the accepted ones when it starts like none."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for signature, image_format in SIGNATURES:
+        if data.startswith(signature):
+            return image_format
+    raise InvalidImage(f"the upload is not an image in an accepted format ({describe_accepted()}): "
+                       f"its first bytes match none of them")
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    """400 for an image without pixels, 413 for one over ``max_pixels``; the message names both sizes."""
     width, height = size
     if width < 1 or height < 1:
         raise InvalidImage(f"the image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise TooLarge(f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} input pixels")
+        raise TooLarge(f"the image is {width}x{height} = {width * height} pixels; "
+                       f"the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
 
 
-def _split_channels(image: Image.Image) -> DecodedImage:
+@contextmanager
+def _reading(image_format: str, max_pixels: int) -> Iterator[None]:
+    """Turn whatever a decoder raises on bad data into a 400 or 413 that says what was wrong."""
+    try:
+        yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{found.group(1)} pixels" if found else f"more than {max_pixels} pixels"
+        raise TooLarge(f"the image has {size}; the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)") from error
+    except UnidentifiedImageError as error:
+        raise InvalidImage(f"the upload starts like a {image_format} file but is not a readable {image_format} "
+                           f"image") from error
+    except CORRUPT_DATA_ERRORS as error:
+        raise InvalidImage(f"the {image_format} image is corrupt or truncated ({error})") from error
+
+
+# --- Containers: structure checks that need no decoder ------------------------------------------
+
+
+def _check_png(data: bytes, max_pixels: int) -> PngHeader:
+    """Walk the chunks: sizes from IHDR before any pixel, CRCs of critical chunks, nothing after IEND."""
+    view = memoryview(data)
+    header: PngHeader | None = None
+    exif = None
+    position = len(PNG_SIGNATURE)
+    while True:
+        if position + 12 > len(data):
+            raise InvalidImage("the PNG image is truncated: it ends before its IEND chunk")
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        end = position + 12 + length
+        if end > len(data):
+            raise InvalidImage(f"the PNG image is truncated: its {kind!r} chunk runs past the end of the file")
+        body = view[position + 8:end - 4]
+        _check_png_chunk(kind, body, view[end - 4:end], first=header is None)
+        if header is None:
+            width, height, bit_depth = struct.unpack(">IIB", body[:9])
+            check_pixels((width, height), max_pixels)
+            header = PngHeader(width, height, bit_depth, None)
+        elif kind == b"eXIf":
+            exif = bytes(body)
+        position = end
+        if kind == b"IEND":
+            break
+    if position != len(data):
+        raise InvalidImage(f"the PNG image has {len(data) - position} bytes after its IEND chunk "
+                           f"(another file appended to it, e.g. a polyglot); only a plain PNG is accepted")
+    return PngHeader(header.width, header.height, header.bit_depth, exif)
+
+
+def _check_png_chunk(kind: bytes, body: memoryview, crc: memoryview, first: bool) -> None:
+    if not kind.isalpha():
+        raise InvalidImage(f"the PNG image is corrupt: {kind!r} is not a chunk type")
+    if first and (kind != b"IHDR" or len(body) != 13):
+        raise InvalidImage("the PNG image is corrupt: it does not start with a 13-byte IHDR chunk")
+    if kind[:1].isupper() and kind not in PNG_CRITICAL_CHUNKS:
+        raise InvalidImage(f"the PNG image has an unknown critical chunk {kind.decode()!r}")
+    if kind in PNG_CRITICAL_CHUNKS and zlib.crc32(body, zlib.crc32(kind)) != struct.unpack(">I", crc)[0]:
+        raise InvalidImage(f"the PNG image is corrupt: the checksum of its {kind.decode()} chunk is wrong")
+
+
+def _check_gif(data: bytes) -> None:
+    """Reject an empty logical screen, and bytes after the trailer (where a GIF/JavaScript polyglot hides its script).
+
+    Pillow would quietly size a 0x0 screen from its first frame; viewers show nothing.
+    """
+    if len(data) >= 10:
+        width, height = struct.unpack("<HH", data[6:10])
+        if not width or not height:
+            raise InvalidImage(f"the GIF image has no pixels: its logical screen is {width}x{height}")
+    end = _gif_end(data)
+    if end is not None and end < len(data):
+        raise InvalidImage(f"the GIF image has {len(data) - end} bytes after its trailer "
+                           f"(another file appended to it, e.g. a polyglot); only a plain GIF is accepted")
+
+
+def _gif_end(data: bytes) -> int | None:
+    """Offset just past the GIF trailer; None when the blocks end early (the decoder judges those)."""
+    if len(data) < 13:
+        return None
+    position = 13 + _colour_table_size(data[10])
+    while position < len(data):
+        block = data[position]
+        if block == 0x3B:
+            return position + 1
+        if block == 0x21:
+            position = _skip_sub_blocks(data, position + 2)
+        elif block == 0x2C and position + 10 <= len(data):
+            position = _skip_sub_blocks(data, position + 11 + _colour_table_size(data[position + 9]))
+        else:
+            return None
+    return None
+
+
+def _colour_table_size(flags: int) -> int:
+    return 3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0
+
+
+def _skip_sub_blocks(data: bytes, position: int) -> int:
+    while position < len(data):
+        size = data[position]
+        position += 1 + size
+        if size == 0:
+            return position
+    return len(data) + 1
+
+
+def _check_riff_end(data: bytes) -> None:
+    """A WebP file is one RIFF chunk whose header gives its length: nothing may follow it."""
+    size = struct.unpack("<I", data[4:8])[0]
+    end = 8 + size + (size & 1)
+    if len(data) > end:
+        raise InvalidImage(f"the WEBP image has {len(data) - end} bytes after its RIFF chunk "
+                           f"(another file appended to it, e.g. a polyglot); only a plain WebP is accepted")
+
+
+# --- Pixels -------------------------------------------------------------------------------------
+
+
+def _png16_pixels(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+    """16-bit PNG (grey, grey+alpha, RGB, RGBA) with every level kept; Pillow would cut colour to 8 bits."""
+    width, height, rows, info = png.Reader(bytes=data).read()
+    planes = info["planes"]
+    pixels = np.vstack([np.frombuffer(row, np.uint16) for row in rows]).reshape(height, width, planes)
+    if info["alpha"]:
+        return np.ascontiguousarray(pixels[..., :-1]), np.ascontiguousarray(pixels[..., -1])
+    key = info.get("transparent")
+    if key is not None:  # tRNS: one colour is fully transparent
+        alpha = np.where((pixels == np.asarray(key, np.uint16).reshape(-1)).all(axis=-1), 0, 65535)
+        return pixels, alpha.astype(np.uint16)
+    return pixels, None
+
+
+def _pillow_pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
     icc = image.info.get("icc_profile")
-    if image.mode in ("I;16", "I;16L", "I;16B", "I"):
-        grey = np.asarray(image, dtype=np.uint32).clip(0, 65535).astype(np.uint16)
-        return DecodedImage(grey[..., None], None, icc)
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-    grey = image.mode in ("L", "LA", "1") or (image.mode == "P" and _palette_is_grey(image))
+    if image.mode == "F":
+        raise InvalidImage("32-bit floating-point images are not supported; save the image with 8 or 16 bits")
+    if image.mode.startswith("I"):  # I;16, I;16B, I: integer grey, kept at 16 bits
+        grey = np.asarray(image).astype(np.int64).clip(0, 65535).astype(np.uint16)
+        return grey[..., None], None, icc
     if image.mode == "CMYK":
-        icc = None  # a CMYK profile does not describe the RGB output
-    target = ("LA" if has_alpha else "L") if grey else ("RGBA" if has_alpha else "RGB")
-    pixels = np.asarray(image.convert(target))
-    if pixels.ndim == 2:
-        pixels = pixels[..., None]
-    if has_alpha:
-        return DecodedImage(np.ascontiguousarray(pixels[..., :-1]), np.ascontiguousarray(pixels[..., -1]), icc)
-    return DecodedImage(pixels, None, icc)
+        icc = None  # a CMYK profile does not describe the RGB the image is converted to
+    has_alpha = image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
+    grey = image.mode in ("1", "L", "LA", "La") or (image.mode == "P" and _palette_is_grey(image)
+                                                    and _profile_space(icc) != b"RGB ")
+    pixels = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
+    colour = np.ascontiguousarray(pixels[..., :1] if grey else pixels[..., :3])
+    return colour, np.ascontiguousarray(pixels[..., 3]) if has_alpha else None, icc
 
 
 def _palette_is_grey(image: Image.Image) -> bool:
@@ -91,27 +285,97 @@ def _palette_is_grey(image: Image.Image) -> bool:
     return bool(len(palette)) and bool((palette == palette[:, :1]).all())
 
 
-def resize_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Upscale an alpha channel to ``size`` (width, height) with Lanczos, keeping its dtype."""
-    resized = Image.fromarray(alpha.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS)
-    return np.clip(np.rint(np.asarray(resized)), 0, np.iinfo(alpha.dtype).max).astype(alpha.dtype)
+def _profile_space(icc: bytes | None) -> bytes | None:
+    """The colour space an ICC profile describes ('RGB ', 'GRAY', 'CMYK', ...), from its header."""
+    return icc[16:20] if isinstance(icc, bytes) and len(icc) >= 128 else None
 
 
-def downscale(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _matching_profile(icc: bytes | None, channels: int) -> bytes | None:
+    """Keep the profile only when it describes the colour we output: a mismatched one would mislead viewers."""
+    return icc if _profile_space(icc) == (b"GRAY" if channels == 1 else b"RGB ") else None
+
+
+# --- EXIF orientation ---------------------------------------------------------------------------
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return _valid_orientation(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except CORRUPT_DATA_ERRORS:
+        return 1  # unreadable EXIF: viewers show such images unrotated, and so do we
+
+
+def _exif_orientation(exif: bytes | None) -> int:
+    if not exif:
+        return 1
+    try:
+        tags = Image.Exif()
+        tags.load(exif if exif.startswith(b"Exif") else b"Exif\x00\x00" + exif)
+        return _valid_orientation(tags.get(ExifTags.Base.Orientation, 1))
+    except CORRUPT_DATA_ERRORS:
+        return 1
+
+
+def _valid_orientation(value: object) -> int:
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1..8) to (H, W, ...) pixels, as Pillow's ``exif_transpose`` does."""
+    oriented = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }[orientation](pixels)
+    return np.ascontiguousarray(oriented)
+
+
+# --- Output -------------------------------------------------------------------------------------
+
+
+def fit_output(image: DecodedImage, output_format: str, size: tuple[int, int]) -> DecodedImage:
+    """Check, before any upscaling, that ``output_format`` can hold the result of ``size`` (width, height).
+
+    jpeg has no alpha: an alpha channel that is fully opaque is dropped (nothing is lost), a real one is a 400.
+    """
+    width, height = size
+    if max(width, height) > MAX_SIDE[output_format]:
+        raise InvalidInput(f"{output_format} holds at most {MAX_SIDE[output_format]} pixels a side and the output "
+                           f"would be {width}x{height}; ask for format png")
+    if output_format != "jpeg" or image.alpha is None:
+        return image
+    transparent = int(np.count_nonzero(image.alpha != image.max_value))
+    if transparent:
+        raise InvalidInput(f"jpeg cannot hold transparency and {transparent} of the image's pixels are "
+                           f"transparent; ask for format png or webp")
+    return DecodedImage(image.colour, None, image.icc_profile)
+
+
+def resize_channel(channel: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize one (H, W) channel to ``size`` (width, height) with Lanczos, in float, keeping its dtype."""
+    resized = Image.fromarray(channel.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
+    return np.clip(np.rint(np.asarray(resized)), 0, np.iinfo(channel.dtype).max).astype(channel.dtype)
+
+
+def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize (H, W, C) pixels of any channel count and dtype to ``size`` with Lanczos."""
-    channels = [resize_alpha(pixels[..., c], size) for c in range(pixels.shape[-1])]
-    return np.stack(channels, axis=-1)
+    return np.stack([resize_channel(pixels[..., c], size) for c in range(pixels.shape[-1])], axis=-1)
 
 
 def encode(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | None,
            output_format: str, quality: int) -> bytes:
-    """Encode pixels as png, jpeg or webp; 16-bit grey stays 16-bit in PNG."""
+    """Encode pixels as png, jpeg or webp; 16-bit pixels stay 16-bit in PNG and are rounded to 8 bits otherwise."""
     pil_format, _ = OUTPUT_FORMATS[output_format]
-    image = _to_pillow(colour, alpha)
-    if pil_format == "JPEG" and image.mode in ("RGBA", "LA"):
-        raise InvalidImage("jpeg cannot hold the image's alpha channel; ask for format png or webp")
-    if pil_format != "PNG" and colour.dtype == np.uint16:
-        image = Image.fromarray((colour[..., 0] >> 8).astype(np.uint8)) if colour.shape[-1] == 1 else image
+    if pil_format == "JPEG" and alpha is not None:
+        raise InvalidInput("jpeg cannot hold an alpha channel; ask for format png or webp")
+    if pil_format == "PNG" and colour.dtype == np.uint16:
+        return _encode_png16(colour, alpha, icc_profile)
+    image = _to_pillow(_to_8bit(colour), None if alpha is None else _to_8bit(alpha))
     options: dict[str, object] = {"icc_profile": icc_profile} if icc_profile else {}
     if pil_format in ("JPEG", "WEBP"):
         options["quality"] = quality
@@ -120,9 +384,41 @@ def encode(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | No
     return buffer.getvalue()
 
 
+def _to_8bit(pixels: np.ndarray) -> np.ndarray:
+    """Round 16-bit levels to the nearest 8-bit level (65535 -> 255), a block of rows at a time."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    out = np.empty(pixels.shape, np.uint8)
+    for start in range(0, len(pixels), ROWS_PER_BLOCK):
+        out[start:start + ROWS_PER_BLOCK] = np.rint(pixels[start:start + ROWS_PER_BLOCK] / np.float32(257))
+    return out
+
+
 def _to_pillow(colour: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
-    if colour.shape[-1] == 1 and colour.dtype == np.uint16:
-        return Image.fromarray(colour[..., 0])
     if alpha is None:
         return Image.fromarray(colour[..., 0] if colour.shape[-1] == 1 else colour)
     return Image.fromarray(np.concatenate([colour, alpha[..., None]], axis=-1))
+
+
+def _encode_png16(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | None) -> bytes:
+    """16-bit grey, grey+alpha, RGB or RGBA PNG with pypng, converting one row at a time."""
+    height, width, channels = colour.shape
+    writer = png.Writer(width, height, greyscale=channels == 1, alpha=alpha is not None, bitdepth=16)
+
+    def rows() -> Iterator[bytes]:
+        for y in range(height):
+            row = colour[y] if alpha is None else np.concatenate([colour[y], alpha[y][:, None]], axis=-1)
+            yield row.astype(">u2").tobytes()
+
+    buffer = io.BytesIO()
+    writer.write_packed(buffer, rows())
+    encoded = buffer.getvalue()
+    return _with_icc_chunk(encoded, icc_profile) if icc_profile else encoded
+
+
+def _with_icc_chunk(encoded: bytes, icc_profile: bytes) -> bytes:
+    """Insert an iCCP chunk right after IHDR, where the PNG specification wants it (pypng cannot write one)."""
+    body = b"ICC Profile\x00\x00" + zlib.compress(icc_profile)
+    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(b"iCCP")))
+    after_header = len(PNG_SIGNATURE) + 8 + 13 + 4
+    return encoded[:after_header] + chunk + encoded[after_header:]

@@ -56,10 +56,12 @@ def upscale(data: bytes, options: UpscaleOptions, registry: ModelRegistry, setti
     model_name = options.model or settings.default_model
     network = registry.get(model_name)
     image = images.decode(data, settings.max_input_pixels)
+    size = (image.width * options.scale, image.height * options.scale)
+    image = images.fit_output(image, options.output_format, size)
     _check_output_size(image, settings.max_output_pixels)
     colour = _upscale_colour(image, network, settings, options.ensemble, _deadline(settings, on_progress))
-    alpha = None if image.alpha is None else images.resize_alpha(image.alpha, (colour.shape[1], colour.shape[0]))
-    colour, alpha = _rescale(colour, alpha, image, options.scale)
+    colour = _rescale(colour, size)
+    alpha = None if image.alpha is None else images.resize_channel(image.alpha, size)
     encoded = images.encode(colour, alpha, image.icc_profile, options.output_format, options.quality)
     return Result(encoded, images.OUTPUT_FORMATS[options.output_format][1], colour.shape[1], colour.shape[0],
                   model_name, image.width, image.height)
@@ -69,7 +71,7 @@ def _check_output_size(image: images.DecodedImage, max_output_pixels: int) -> No
     width, height = image.width * 4, image.height * 4
     if width * height > max_output_pixels:
         raise TooLarge(f"the 4x output would be {width}x{height} = {width * height} pixels; "
-                       f"the limit is {max_output_pixels} output pixels (input {image.width}x{image.height})")
+                       f"the limit is {max_output_pixels} output pixels (MAX_OUTPUT_PIXELS; input {image.width}x{image.height})")
 
 
 def _deadline(settings: Settings, on_progress: Progress | None) -> Progress:
@@ -97,17 +99,18 @@ def _upscale_colour(image: images.DecodedImage, network, settings: Settings, ens
     def write(y: int, x: int, block: np.ndarray) -> None:
         if channels == 1:
             block = (block @ LUMA)[..., None]
-        out[y:y + block.shape[0], x:x + block.shape[1]] = np.rint(block * image.max_value)
+        # clip before the cast: a level past the maximum would wrap around in uint8/uint16
+        levels = np.clip(np.rint(block * image.max_value), 0, image.max_value)
+        out[y:y + block.shape[0], x:x + block.shape[1]] = levels
 
     predict = self_ensemble(network.predict) if ensemble else network.predict
     run_tiled(predict, rgb, scale, settings.tile_size, network.margin, settings.tile_batch, write, on_progress)
     return out
 
 
-def _rescale(colour: np.ndarray, alpha: np.ndarray | None, image: images.DecodedImage,
-             scale: int) -> tuple[np.ndarray, np.ndarray | None]:
-    if scale == 4:
-        return colour, alpha
-    size = (image.width * scale, image.height * scale)
-    return images.downscale(colour, size), None if alpha is None else images.resize_alpha(alpha, size)
+def _rescale(colour: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The network's result at the asked scale: a Lanczos downscale when that is below the network's."""
+    if (colour.shape[1], colour.shape[0]) == size:
+        return colour
+    return images.resize(colour, size)
 

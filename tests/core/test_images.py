@@ -1,0 +1,431 @@
+"""Decoding and encoding with real Pillow and pypng: every mode, metadata, limits and bad input."""
+from __future__ import annotations
+
+import io
+import struct
+import tracemalloc
+import zipfile
+import zlib
+
+import numpy as np
+import png
+import pytest
+from PIL import Image, ImageCms, ImageOps
+
+from core import images
+from core.errors import InvalidImage, InvalidInput, TooLarge
+
+LIMIT = 64 * 64
+
+
+# --- Sample builders (also used by the API tests) -----------------------------------------------
+
+
+def pattern(height: int = 16, width: int = 16) -> np.ndarray:
+    """An RGB test card: every pixel distinct enough to see where it went."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) * 7 % 256],
+                    axis=-1).astype(np.uint8)
+
+
+def save(image: Image.Image, image_format: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def png16(pixels: np.ndarray, **writer_options) -> bytes:
+    """A 16-bit PNG of (H, W, C) uint16 pixels: C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA."""
+    height, width, channels = pixels.shape
+    writer = png.Writer(width, height, greyscale=channels < 3, alpha=channels in (2, 4), bitdepth=16,
+                        **writer_options)
+    buffer = io.BytesIO()
+    writer.write(buffer, pixels.reshape(height, -1))
+    return buffer.getvalue()
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def with_chunk_after_header(data: bytes, chunk: bytes) -> bytes:
+    return data[:33] + chunk + data[33:]
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` RGB and holds no pixel data at all."""
+    return (images.PNG_SIGNATURE + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + png_chunk(b"IEND", b""))
+
+
+def srgb_profile() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def grey_profile() -> bytes:
+    """A real GRAY-space profile: Pillow cannot create one, so patch the colour space of a valid one."""
+    profile = bytearray(srgb_profile())
+    profile[16:20] = b"GRAY"
+    return bytes(profile)
+
+
+def exif_orientation(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()
+
+
+def animated_gif() -> bytes:
+    red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
+    return save(red, "GIF", save_all=True, append_images=[blue], duration=100, loop=0)
+
+
+# --- Modes --------------------------------------------------------------------------------------
+
+
+def rgba_image() -> Image.Image:
+    alpha = np.zeros((16, 16), np.uint8)
+    alpha[:, 8:] = 255
+    return Image.fromarray(np.dstack([pattern(), alpha]))
+
+
+def palette_with_transparency() -> Image.Image:
+    image = Image.fromarray(pattern()).quantize(16)
+    image.info["transparency"] = 0
+    return image
+
+
+MODES = {
+    # name: (encoded bytes, colour channels, has alpha)
+    "RGB png": (lambda: save(Image.fromarray(pattern())), 3, False),
+    "RGBA png": (lambda: save(rgba_image()), 3, True),
+    "LA png": (lambda: save(rgba_image().convert("LA")), 1, True),
+    "L png": (lambda: save(Image.fromarray(pattern()).convert("L")), 1, False),
+    "L png with tRNS": (lambda: save(Image.fromarray(pattern()).convert("L"), transparency=0), 1, True),
+    "RGB png with tRNS": (lambda: save(Image.fromarray(pattern()), transparency=(0, 0, 0)), 3, True),
+    "P png": (lambda: save(Image.fromarray(pattern()).quantize(16)), 3, False),
+    "P png, grey palette": (lambda: save(Image.fromarray(pattern()).convert("L").convert("P")), 1, False),
+    "P png with transparency": (lambda: save(palette_with_transparency()), 3, True),
+    "1-bit png": (lambda: save(Image.fromarray(pattern()).convert("1")), 1, False),
+    "CMYK jpeg": (lambda: save(Image.fromarray(pattern()).convert("CMYK"), "JPEG", quality=95), 3, False),
+    "RGB jpeg": (lambda: save(Image.fromarray(pattern()), "JPEG"), 3, False),
+    "L jpeg": (lambda: save(Image.fromarray(pattern()).convert("L"), "JPEG"), 1, False),
+    "RGB webp lossless": (lambda: save(Image.fromarray(pattern()), "WEBP", lossless=True), 3, False),
+    "RGBA webp lossless": (lambda: save(rgba_image(), "WEBP", lossless=True), 3, True),
+    "RGB tiff": (lambda: save(Image.fromarray(pattern()), "TIFF"), 3, False),
+    "RGBA tiff": (lambda: save(rgba_image(), "TIFF", compression="tiff_deflate"), 3, True),
+    "RGB bmp": (lambda: save(Image.fromarray(pattern()), "BMP"), 3, False),
+    "P gif": (lambda: save(Image.fromarray(pattern()).quantize(64), "GIF"), 3, False),
+    "P gif with transparency": (lambda: save(palette_with_transparency(), "GIF"), 3, True),
+}
+
+
+@pytest.mark.parametrize("name", MODES)
+def test_every_mode_decodes_to_grey_or_rgb_with_alpha_where_the_file_has_it(name):
+    build, channels, has_alpha = MODES[name]
+    data = build()
+    decoded = images.decode(data, LIMIT)
+    assert decoded.colour.shape == (16, 16, channels) and decoded.colour.dtype == np.uint8
+    assert (decoded.alpha is not None) == has_alpha
+    reference = Image.open(io.BytesIO(data)).convert("RGBA")
+    expected = np.asarray(reference)
+    assert np.array_equal(decoded.colour, expected[..., :channels])
+    if has_alpha:
+        assert np.array_equal(decoded.alpha, expected[..., 3])
+
+
+def test_cmyk_jpeg_comes_out_as_rgb_of_the_right_colours():
+    cyan = Image.new("CMYK", (16, 16), (255, 0, 0, 0))
+    decoded = images.decode(save(cyan, "JPEG", quality=95), LIMIT)
+    red, green, blue = decoded.colour[8, 8].astype(int)
+    assert red < 10 and green > 245 and blue > 245
+
+
+def test_rgba_alpha_is_exact():
+    decoded = images.decode(save(rgba_image()), LIMIT)
+    assert (decoded.alpha[:, :8] == 0).all() and (decoded.alpha[:, 8:] == 255).all()
+
+
+def test_animated_gif_gives_its_first_frame():
+    decoded = images.decode(animated_gif(), LIMIT)
+    assert decoded.colour.shape == (8, 8, 3)
+    assert tuple(decoded.colour[4, 4]) == (255, 0, 0)
+
+
+# --- 16 bits ------------------------------------------------------------------------------------
+
+
+def levels16(channels: int, height: int = 16, width: int = 16) -> np.ndarray:
+    """Levels whose low bytes vary: an 8-bit path would lose or wrap them."""
+    rng = np.random.default_rng(channels)
+    return rng.integers(0, 65536, (height, width, channels), dtype=np.uint16)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4], ids=["grey", "grey+alpha", "RGB", "RGBA"])
+def test_16_bit_png_keeps_every_level(channels):
+    pixels = levels16(channels)
+    decoded = images.decode(png16(pixels), LIMIT)
+    colour_channels = 1 if channels < 3 else 3
+    assert decoded.colour.dtype == np.uint16
+    assert np.array_equal(decoded.colour, pixels[..., :colour_channels])
+    if channels in (2, 4):
+        assert np.array_equal(decoded.alpha, pixels[..., -1])
+    else:
+        assert decoded.alpha is None
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4], ids=["grey", "grey+alpha", "RGB", "RGBA"])
+def test_16_bit_png_round_trips_exactly(channels):
+    pixels = levels16(channels)
+    colour_channels = 1 if channels < 3 else 3
+    alpha = pixels[..., -1] if channels in (2, 4) else None
+    encoded = images.encode(pixels[..., :colour_channels], alpha, None, "png", 90)
+    width, height, rows, info = png.Reader(bytes=encoded).read()
+    assert info["bitdepth"] == 16 and info["planes"] == channels
+    assert np.array_equal(np.vstack([np.frombuffer(row, np.uint16) for row in rows]).reshape(pixels.shape), pixels)
+
+
+def test_16_bit_png_transparent_colour_becomes_alpha():
+    pixels = levels16(3)
+    key = tuple(int(v) for v in pixels[0, 0])
+    decoded = images.decode(png16(pixels, transparent=key), LIMIT)
+    assert decoded.alpha is not None and decoded.alpha.dtype == np.uint16
+    assert decoded.alpha[0, 0] == 0 and (decoded.alpha == 65535).sum() == 16 * 16 - 1
+
+
+def test_16_bit_grey_tiff_stays_16_bit():
+    pixels = levels16(1)[..., 0]
+    decoded = images.decode(save(Image.fromarray(pixels), "TIFF"), LIMIT)
+    assert decoded.colour.dtype == np.uint16 and np.array_equal(decoded.colour[..., 0], pixels)
+
+
+@pytest.mark.parametrize("output_format", ["jpeg", "webp"])
+def test_16_bit_levels_round_to_8_bit_for_lossy_formats(output_format):
+    # Flat images survive lossy coding exactly, so the rounding itself is visible.
+    for level16, level8 in [(65535, 255), (257 * 100, 100), (257 * 100 + 128, 100), (257 * 100 + 129, 101), (0, 0)]:
+        colour = np.full((16, 16, 3), level16, np.uint16)
+        result = np.asarray(Image.open(io.BytesIO(images.encode(colour, None, None, output_format, 100))))
+        assert abs(int(result[8, 8, 0]) - level8) <= 1 if output_format == "webp" else result[8, 8, 0] == level8
+
+
+# --- EXIF orientation and ICC profiles ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_like_pillow_does(orientation):
+    source = Image.fromarray(pattern(6, 10))
+    data = save(source, exif=exif_orientation(orientation))
+    decoded = images.decode(data, LIMIT)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    assert np.array_equal(decoded.colour, expected)
+
+
+def test_exif_orientation_of_a_16_bit_png_is_applied():
+    pixels = levels16(4, 6, 10)
+    data = with_chunk_after_header(png16(pixels), png_chunk(b"eXIf", exif_orientation(6)))
+    decoded = images.decode(data, LIMIT)
+    assert np.array_equal(decoded.colour, np.rot90(pixels[..., :3], -1))
+    assert np.array_equal(decoded.alpha, np.rot90(pixels[..., 3], -1))
+
+
+def test_exif_orientation_of_a_jpeg_swaps_its_sides():
+    data = save(Image.fromarray(pattern(8, 16)), "JPEG", exif=exif_orientation(6))
+    assert images.decode(data, LIMIT).colour.shape == (16, 8, 3)
+
+
+def test_corrupt_exif_is_ignored_like_viewers_do():
+    data = save(Image.fromarray(pattern()), "JPEG", exif=b"Exif\x00\x00MM\x00*garbage")
+    assert images.decode(data, LIMIT).colour.shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "WEBP", "TIFF"])
+def test_icc_profile_is_read(image_format):
+    profile = srgb_profile()
+    decoded = images.decode(save(Image.fromarray(pattern()), image_format, icc_profile=profile), LIMIT)
+    assert decoded.icc_profile == profile
+
+
+def test_icc_profile_of_a_16_bit_png_is_read():
+    profile = srgb_profile()
+    chunk = png_chunk(b"iCCP", b"sRGB\x00\x00" + zlib.compress(profile))
+    assert images.decode(with_chunk_after_header(png16(levels16(3)), chunk), LIMIT).icc_profile == profile
+
+
+@pytest.mark.parametrize("output_format", ["png", "jpeg", "webp"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_icc_profile_is_written(output_format, dtype):
+    profile = srgb_profile()
+    encoded = images.encode(np.zeros((8, 8, 3), dtype), None, profile, output_format, 90)
+    assert Image.open(io.BytesIO(encoded)).info.get("icc_profile") == profile
+
+
+def test_grey_profile_is_kept_for_grey_and_a_mismatched_profile_is_dropped():
+    grey = Image.fromarray(pattern()).convert("L")
+    assert images.decode(save(grey, icc_profile=grey_profile()), LIMIT).icc_profile == grey_profile()
+    assert images.decode(save(grey, icc_profile=srgb_profile()), LIMIT).icc_profile is None
+
+
+def test_grey_palette_with_an_rgb_profile_stays_rgb_so_the_profile_still_applies():
+    image = Image.fromarray(pattern()).convert("L").convert("P")
+    decoded = images.decode(save(image, icc_profile=srgb_profile()), LIMIT)
+    assert decoded.colour.shape[-1] == 3 and decoded.icc_profile == srgb_profile()
+
+
+# --- Limits -------------------------------------------------------------------------------------
+
+
+def test_pixel_limit_names_the_size_and_the_limit():
+    with pytest.raises(TooLarge, match=r"65x64 = 4160 pixels; the limit is 4096 input pixels \(MAX_INPUT_PIXELS\)"):
+        images.decode(save(Image.new("RGB", (65, 64))), LIMIT)
+    assert images.decode(save(Image.new("RGB", (64, 64))), LIMIT).width == 64
+
+
+def test_png_declaring_20000_by_20000_is_rejected_before_any_pixel_is_allocated():
+    data = png_header_only(20000, 20000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(TooLarge, match="20000x20000 = 400000000 pixels"):
+            images.decode(data, 2000 * 2000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+
+
+@pytest.mark.parametrize("side", [70, 20000])
+def test_jpeg_declaring_too_many_pixels_is_413(side):
+    data = bytearray(save(Image.fromarray(pattern()), "JPEG"))
+    start = data.find(b"\xff\xc0")
+    data[start + 5:start + 9] = struct.pack(">HH", side, side)
+    with pytest.raises(TooLarge, match=f"{side * side} pixels; the limit is 4096 input pixels"):
+        images.decode(bytes(data), LIMIT)
+
+
+def test_pillows_decompression_bomb_guard_follows_the_limit():
+    images.decode(save(Image.new("RGB", (8, 8))), 1234)
+    assert Image.MAX_IMAGE_PIXELS == 1234
+
+
+# --- Bad input ----------------------------------------------------------------------------------
+
+
+def zip_file() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("payload.txt", "hello")
+    return buffer.getvalue()
+
+
+def gif_javascript_polyglot() -> bytes:
+    """GIF89a/*...*/=1;alert(1); : the screen width bytes open a comment that closes after the trailer."""
+    data = bytearray(save(Image.new("P", (1, 1)), "GIF"))
+    data[6:10] = b"/*" + struct.pack("<H", 10)
+    return bytes(data) + b"*/=1;alert(1);"
+
+
+def zero_size_gif() -> bytes:
+    data = bytearray(save(Image.new("P", (4, 4)), "GIF"))
+    data[6:10] = bytes(4)
+    return bytes(data)
+
+
+def valid_png() -> bytes:
+    return save(Image.fromarray(pattern()))
+
+
+def with_bad_ihdr_checksum() -> bytes:
+    data = bytearray(valid_png())
+    data[29] ^= 0xFF
+    return bytes(data)
+
+
+BAD_INPUTS = {
+    "empty": (lambda: b"", "empty"),
+    "text": (lambda: b"this is plain text, not a picture", "not an image in an accepted format"),
+    "html": (lambda: b"<html><script>alert(1)</script></html>", "not an image in an accepted format"),
+    "zip": (zip_file, "not an image in an accepted format"),
+    "truncated png": (lambda: valid_png()[:60], "PNG image is truncated"),
+    "png without IEND": (lambda: valid_png()[:-12], "PNG image is truncated"),
+    "truncated jpeg": (lambda: save(Image.fromarray(pattern()), "JPEG")[:300], "JPEG image is corrupt or truncated"),
+    "jpeg signature only": (lambda: b"\xff\xd8\xff", "JPEG"),
+    "png signature only": (lambda: images.PNG_SIGNATURE, "PNG image is truncated"),
+    "zero-size gif": (zero_size_gif, "no pixels: its logical screen is 0x0"),
+    "png with zip appended": (lambda: valid_png() + zip_file(), "bytes after its IEND chunk"),
+    "gif/javascript polyglot": (gif_javascript_polyglot, "bytes after its trailer"),
+    "webp with data appended": (lambda: save(Image.fromarray(pattern()), "WEBP") + b"<?php", "after its RIFF chunk"),
+    "png with unknown critical chunk": (lambda: with_chunk_after_header(valid_png(), png_chunk(b"ZZZZ", b"x")),
+                                        "unknown critical chunk 'ZZZZ'"),
+    "png with a non-letter chunk type": (lambda: with_chunk_after_header(valid_png(), png_chunk(b"a1!#", b"")),
+                                         "is not a chunk type"),
+    "png with bad IHDR checksum": (with_bad_ihdr_checksum, "checksum of its IHDR chunk is wrong"),
+    "png with a chunk longer than the file": (
+        lambda: valid_png()[:33] + struct.pack(">I", 2**31) + b"tEXt" + valid_png()[33:], "runs past the end"),
+    "png declaring 0x0": (lambda: png_header_only(0, 0), "no pixels (0x0)"),
+    "png header without pixel data": (lambda: png_header_only(8, 8), "PNG image is corrupt or truncated"),
+    "bmp header only": (lambda: b"BM" + bytes(60), "BMP"),
+    "tiff header only": (lambda: b"II*\x00" + bytes(60), "TIFF"),
+    "webp header only": (lambda: b"RIFF\x04\x00\x00\x00WEBP", "WEBP"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_input_is_invalid_image_saying_what_is_wrong(name):
+    build, message = BAD_INPUTS[name]
+    with pytest.raises(InvalidImage, match=message.replace("(", r"\(").replace(")", r"\)")):
+        images.decode(build(), LIMIT)
+
+
+def test_float_tiff_is_refused_with_a_reason():
+    data = save(Image.fromarray(np.zeros((8, 8), np.float32)), "TIFF")
+    with pytest.raises(InvalidImage, match="floating-point"):
+        images.decode(data, LIMIT)
+
+
+# --- Output -------------------------------------------------------------------------------------
+
+
+def decoded_rgba(alpha_value: int) -> images.DecodedImage:
+    return images.DecodedImage(pattern(), np.full((16, 16), alpha_value, np.uint8), None)
+
+
+def test_jpeg_output_drops_a_fully_opaque_alpha_channel():
+    assert images.fit_output(decoded_rgba(255), "jpeg", (64, 64)).alpha is None
+
+
+def test_jpeg_output_of_a_transparent_image_is_refused_naming_the_way_out():
+    with pytest.raises(InvalidInput, match="jpeg cannot hold transparency.*png or webp"):
+        images.fit_output(decoded_rgba(128), "jpeg", (64, 64))
+
+
+@pytest.mark.parametrize("output_format", ["png", "webp"])
+def test_alpha_is_kept_for_png_and_webp(output_format):
+    assert images.fit_output(decoded_rgba(128), output_format, (64, 64)).alpha is not None
+
+
+def test_webp_side_limit_is_checked_before_upscaling():
+    with pytest.raises(InvalidInput, match="webp holds at most 16383 pixels a side.*20000x400"):
+        images.fit_output(decoded_rgba(255), "webp", (20000, 400))
+    assert images.fit_output(decoded_rgba(255), "png", (20000, 400)) is not None
+
+
+@pytest.mark.parametrize("output_format, mode", [("png", "RGBA"), ("webp", "RGBA"), ("jpeg", "RGB")])
+def test_encode_writes_the_asked_format(output_format, mode):
+    alpha = None if output_format == "jpeg" else np.full((16, 16), 200, np.uint8)
+    encoded = images.encode(pattern(), alpha, None, output_format, 90)
+    image = Image.open(io.BytesIO(encoded))
+    assert image.format == images.OUTPUT_FORMATS[output_format][0] and image.mode == mode
+
+
+def test_quality_changes_the_size_of_lossy_output():
+    noisy = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for output_format in ("jpeg", "webp"):
+        low, high = (len(images.encode(noisy, None, None, output_format, q)) for q in (10, 95))
+        assert low < high / 2
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_resize_gives_the_exact_size_and_keeps_the_dtype(dtype):
+    pixels = np.full((8, 12, 3), np.iinfo(dtype).max, dtype)
+    resized = images.resize(pixels, (36, 24))
+    assert resized.shape == (24, 36, 3) and resized.dtype == dtype
+    assert (resized == np.iinfo(dtype).max).all()
