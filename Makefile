@@ -34,3 +34,7 @@ clean:
 # Options go through ARGS, e.g. make bench-quality ARGS="--models srgan --sets Set5".
 bench-quality: setup
 	$(BIN)/python -m bench.quality $(ARGS)
+
+# Speed and memory table (docs/benchmarks.md speed section, docs/speed.png); about an hour on 2 cores.
+bench-speed: setup
+	flock /tmp/cpu.lock $(BIN)/python bench/speed.py

@@ -1,9 +1,10 @@
 """Tile geometry and tiled inference.
 
-The input is cut into windows of one fixed shape (``tile + 2 * margin`` a
-side) that always lie inside the image: at the image's edges a window is
-shifted inwards instead of padded, so the network pads there exactly as it
-would on the whole image. Only each window's centre (its *core*) is written
+The input is cut into windows of one shape per image (about ``tile + 2 *
+margin`` a side, fitted to the image so little overlap is recomputed) that
+always lie inside the image: at the image's edges a window is shifted inwards
+instead of padded, so the network pads there exactly as it would on the whole
+image. Only each window's centre (its *core*) is written
 to the output, so memory depends on the tile size, not on the image size.
 """
 from __future__ import annotations
@@ -12,6 +13,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+# Window sides are multiples of this: a compiled function per shape (XLA) is then reused
+# across images of similar sizes, at a cost of at most quantum - 1 extra pixels per axis.
+WINDOW_QUANTUM = 16
 
 Predict = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int, int], None]
@@ -37,21 +42,30 @@ class Tile:
         return self.rows.window_size, self.cols.window_size
 
 
-def plan_axis(length: int, tile: int, margin: int) -> list[Span]:
-    """Cover ``[0, length)`` with cores of at most ``tile`` and windows of one size.
+def plan_axis(length: int, tile: int, margin: int, quantum: int = WINDOW_QUANTUM) -> list[Span]:
+    """Cover ``[0, length)`` with cores of at most about ``tile`` and windows of one size.
 
-    Cores are spread evenly so that no last sliver of a tile is left over.
+    Every core gets ``margin`` pixels of context on each side that has image
+    there; at the image's edge the network's own zero padding is the context,
+    so an edge window needs no margin outside the image. The window is as small
+    as that allows for this length (less recomputed overlap), rounded up to a
+    multiple of ``quantum`` so that few distinct shapes occur across images.
     """
-    window = tile + 2 * margin
-    if length <= window:
+    inner = length - 2 * margin
+    count = max(1, -(-inner // tile))
+    if count == 1:
         return [Span(0, length, 0, length)]
-    count = -(-length // tile)
-    bounds = [round(i * length / count) for i in range(count + 1)]
+    window = min(length, _round_up(-(-inner // count) + 2 * margin, quantum))
+    bounds = [0] + [margin + round(i * inner / count) for i in range(1, count)] + [length]
     spans = []
     for core_start, core_end in zip(bounds, bounds[1:]):
         window_start = min(max(core_start - margin, 0), length - window)
         spans.append(Span(window_start, window, core_start, core_end - core_start))
     return spans
+
+
+def _round_up(value: int, quantum: int) -> int:
+    return -(-value // quantum) * quantum
 
 
 def plan_tiles(height: int, width: int, tile: int, margin: int) -> list[Tile]:

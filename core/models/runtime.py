@@ -1,6 +1,15 @@
-"""A loaded network ready to run: a Keras model compiled once for any tile shape."""
+"""A loaded network ready to run on one of the inference backends.
+
+Backends (setting ``BACKEND``):
+
+- ``tensorflow``: the Keras model in a ``tf.function``; the reference.
+- ``xla``: the same with XLA compilation (recompiles for every new tile shape).
+- ``openvino``: the model converted once to OpenVINO and run by its CPU plugin;
+  the fastest here, held to the reference by tests/core/test_backends.py.
+"""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -8,6 +17,34 @@ import numpy as np
 import tensorflow as tf
 
 SCALE = 4
+BACKENDS = ("tensorflow", "xla", "openvino")
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+def _tensorflow(model: keras.Model, jit_compile: bool) -> Predict:
+    compiled = tf.function(
+        lambda batch: model(batch, training=False),
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
+        jit_compile=jit_compile,
+    )
+    return lambda batch: compiled(tf.convert_to_tensor(batch, tf.float32)).numpy()
+
+
+def _openvino(model: keras.Model) -> Predict:
+    from core.models.openvino_backend import OpenVinoRunner
+
+    # The thread count configure_threads gave TensorFlow is the one this worker may use.
+    return OpenVinoRunner(model, tf.config.threading.get_intra_op_parallelism_threads())
+
+
+def build_predict(model: keras.Model, backend: str) -> Predict:
+    """The model as a function on float batches, run by ``backend``."""
+    if backend == "openvino":
+        return _openvino(model)
+    if backend in ("tensorflow", "xla"):
+        return _tensorflow(model, jit_compile=backend == "xla")
+    raise ValueError(f"unknown backend {backend!r}; known: {BACKENDS}")
 
 
 @dataclass(frozen=True)
@@ -20,13 +57,7 @@ class Network:
     backend: str = "tensorflow"
 
     def __post_init__(self) -> None:
-        model = self.keras_model
-        compiled = tf.function(
-            lambda batch: tf.clip_by_value(model(batch, training=False), 0.0, 1.0),
-            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
-            jit_compile=self.backend == "xla",
-        )
-        object.__setattr__(self, "_compiled", compiled)
+        object.__setattr__(self, "_predict", build_predict(self.keras_model, self.backend))
 
     @property
     def scale(self) -> int:
@@ -38,11 +69,14 @@ class Network:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, h, w, 3) RGB in [0, 1] -> (N, 4h, 4w, 3) RGB in [0, 1]."""
-        return self._compiled(tf.convert_to_tensor(batch, tf.float32)).numpy()
+        return np.clip(self._predict(batch), 0.0, 1.0)
 
 
 def configure_threads(threads: int) -> None:
-    """Pin TensorFlow's thread pools before any op runs; more threads than cores only adds contention."""
+    """Pin TensorFlow's thread pools before any op runs; more threads than cores only adds contention.
+
+    The OpenVINO backend reads the same count, so every backend fits the worker's share of the cores.
+    """
     if threads > 0:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -1,0 +1,60 @@
+"""Every inference backend reproduces the TensorFlow reference to within one grey level."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.models.registry import SPECS
+from core.models.runtime import BACKENDS, Network
+from tests.conftest import SAMPLES
+
+OTHER_BACKENDS = [backend for backend in BACKENDS if backend != "tensorflow"]
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    """A real photo, cropped so that every backend runs in about a second."""
+    image = Image.open(SAMPLES / "coffee.png").convert("RGB").crop((20, 10, 84, 74))
+    return np.asarray(image, np.float32)[None] / 255
+
+
+def _levels(batch: np.ndarray) -> np.ndarray:
+    return np.rint(batch * 255).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def keras_models(settings) -> dict:
+    return {}
+
+
+def _model(cache: dict, settings, name: str):
+    if name not in cache:
+        cache[name] = SPECS[name].build(settings)
+    return cache[name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+@pytest.mark.parametrize("name", ["srgan", "srresnet"])
+def test_backend_matches_tensorflow(keras_models, settings, photo, name, backend):
+    model = _model(keras_models, settings, name)
+    reference = _levels(Network(name, model, 16, "tensorflow").predict(photo))
+    candidate = Network(name, model, 16, backend).predict(photo)
+    assert candidate.shape == (1, 256, 256, 3)
+    assert np.abs(_levels(candidate) - reference).max() <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["realsr", "realesrgan"])
+def test_openvino_matches_tensorflow_on_rrdbnet(settings, photo, name):
+    model = SPECS[name].build(settings)
+    small = photo[:, :32, :32]
+    reference = _levels(Network(name, model, 16, "tensorflow").predict(small))
+    candidate = _levels(Network(name, model, 16, "openvino").predict(small))
+    assert np.abs(candidate - reference).max() <= 1
+
+
+def test_unknown_backend_is_refused(keras_models, settings):
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        Network("srgan", _model(keras_models, settings, "srgan"), 16, "tpu")

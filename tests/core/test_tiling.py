@@ -1,0 +1,112 @@
+"""Tile geometry, and tiled results equal to whole-image results (no seams)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.tiling import WINDOW_QUANTUM, plan_axis, plan_tiles, run_tiled
+from tests.conftest import SAMPLES
+
+LENGTHS = [1, 15, 16, 47, 48, 49, 63, 64, 65, 100, 127, 128, 129, 250, 333, 500, 1000, 2000]
+GEOMETRIES = [(16, 0), (32, 8), (64, 16), (128, 16), (240, 16), (256, 8)]
+SEAM_TILE = 32  # small tiles force many seams even on Set14's ~128 px inputs
+SEAM_IMAGES = ("baboonx4.png", "monarchx4.png", "zebrax4.png")
+
+
+@pytest.mark.parametrize("tile,margin", GEOMETRIES)
+@pytest.mark.parametrize("length", LENGTHS)
+def test_plan_axis_covers_every_pixel_once_with_context(length, tile, margin):
+    spans = plan_axis(length, tile, margin)
+    covered = np.zeros(length, int)
+    for span in spans:
+        covered[span.core_start:span.core_start + span.core_size] += 1
+        assert 0 <= span.window_start and span.window_start + span.window_size <= length
+        # context on each side: the margin, or the image's edge (where the network pads)
+        assert span.core_start - span.window_start >= min(margin, span.core_start)
+        core_end = span.core_start + span.core_size
+        assert span.window_start + span.window_size - core_end >= min(margin, length - core_end)
+    assert covered.tolist() == [1] * length
+
+
+@pytest.mark.parametrize("tile,margin", GEOMETRIES)
+@pytest.mark.parametrize("length", LENGTHS)
+def test_plan_axis_uses_one_small_window(length, tile, margin):
+    spans = plan_axis(length, tile, margin)
+    windows = {span.window_size for span in spans}
+    assert len(windows) == 1
+    window = windows.pop()
+    if len(spans) > 1:
+        assert window % WINDOW_QUANTUM == 0 or window == length
+        assert window <= tile + 2 * margin + WINDOW_QUANTUM - 1
+        # an edge core also owns the strip where no context is needed
+        assert all(span.core_size <= tile for span in spans[1:-1])
+        assert max(span.core_size for span in spans) <= tile + margin
+    else:
+        assert window == length <= tile + 2 * margin
+
+
+def test_plan_tiles_share_one_window_shape():
+    tiles = plan_tiles(333, 500, 128, 16)
+    assert len(tiles) == len(plan_axis(333, 128, 16)) * len(plan_axis(500, 128, 16))
+    assert len({t.window_shape for t in tiles}) == 1
+
+
+def test_plan_axis_recomputes_little_overlap():
+    # 500 px with 240 px tiles: two windows of 272 (500 + 2 * 16 context, rounded to 16)
+    spans = plan_axis(500, 240, 16)
+    assert [s.window_size for s in spans] == [272, 272]
+    assert sum(s.core_size for s in spans) == 500
+
+
+def test_run_tiled_writes_every_core_in_batches():
+    image = np.random.default_rng(0).random((70, 90, 3), np.float32)
+    out = np.full((140, 180, 3), -1.0, np.float32)
+    batch_sizes, progress = [], []
+
+    def predict(batch):
+        batch_sizes.append(len(batch))
+        return batch.repeat(2, axis=1).repeat(2, axis=2)
+
+    def write(y, x, block):
+        out[y:y + block.shape[0], x:x + block.shape[1]] = block
+
+    run_tiled(predict, image, 2, 32, 4, 3, write, lambda done, total: progress.append((done, total)))
+    assert np.array_equal(out, image.repeat(2, axis=0).repeat(2, axis=1))
+    total = len(plan_tiles(70, 90, 32, 4))
+    assert progress[-1] == (total, total) and max(batch_sizes) == 3
+
+
+def _photos(datasets_dir: Path | None) -> list[Path]:
+    if datasets_dir is not None and (datasets_dir / "Set14").is_dir():
+        return [datasets_dir / "Set14" / "LR_bicubic" / "X4" / name for name in SEAM_IMAGES]
+    return [SAMPLES / name for name in ("astronaut.png", "coffee.png", "rocket.png")]
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def _to_levels(rgb: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["srgan", "srresnet"])
+def test_tiled_equals_whole_image_on_photos(service, settings, model):
+    network = service.registry.get(model)
+    datasets = settings.datasets_dir if (settings.datasets_dir / "Set14").is_dir() else None
+    for path in _photos(datasets):
+        image = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255
+        whole = _to_levels(network.predict(image[None])[0])
+        tiled = np.zeros_like(whole)
+
+        def write(y, x, block):
+            tiled[y:y + block.shape[0], x:x + block.shape[1]] = _to_levels(block)
+
+        run_tiled(network.predict, image, network.scale, SEAM_TILE, network.margin, 4, write)
+        assert len(plan_tiles(*image.shape[:2], SEAM_TILE, network.margin)) >= 4
+        assert _psnr(tiled, whole) >= 45, f"{path.name}: tiled differs from whole image"
