@@ -1,0 +1,96 @@
+"""``sr-upscale`` on a small folder, as a user runs it: a subprocess with the real srgan model."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cli import plan_jobs
+from tests.conftest import ROOT, SAMPLES
+
+
+def sr_upscale(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+def size_of(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path) -> Path:
+    """photos/ with a sub-folder, a corrupt image and a text file; camera.png beside it."""
+    photos = tmp_path / "in" / "photos"
+    (photos / "sub").mkdir(parents=True)
+    shutil.copy(SAMPLES / "chelsea.png", photos / "chelsea.png")
+    shutil.copy(SAMPLES / "rocket.png", photos / "sub" / "rocket.png")
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    (photos / "notes.txt").write_text("not an image, ignored")
+    shutil.copy(SAMPLES / "camera.png", tmp_path / "in" / "camera.png")
+    return tmp_path / "in"
+
+
+@pytest.mark.slow
+def test_folder_keeps_structure_reports_failures_and_skips_what_is_done(inputs, tmp_path):
+    out = tmp_path / "out"
+    first = sr_upscale(inputs / "photos", inputs / "camera.png", inputs / "missing.png", "-o", out, "--tile", 64)
+
+    assert first.returncode == 1, first.stderr
+    assert size_of(out / "photos" / "chelsea.png") == (112 * 4, 75 * 4)
+    assert size_of(out / "photos" / "sub" / "rocket.png") == (80 * 4, 120 * 4)
+    assert size_of(out / "camera.png") == (96 * 4, 96 * 4)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "camera.png", "photos/chelsea.png", "photos/sub/rocket.png"]
+    assert "converted 3" in first.stdout and "failed 2" in first.stdout
+    assert f"FAILED {inputs / 'photos' / 'broken.png'}: the upload is not a readable image" in first.stderr
+    assert f"FAILED {inputs / 'missing.png'}: no such file or folder" in first.stderr
+
+    done_at = (out / "camera.png").stat().st_mtime_ns
+    skipped = sr_upscale(inputs / "camera.png", "-o", out)
+    assert skipped.returncode == 0, skipped.stderr
+    assert "converted 0" in skipped.stdout and "skipped 1 already done" in skipped.stdout
+    assert (out / "camera.png").stat().st_mtime_ns == done_at
+
+    redone = sr_upscale(inputs / "camera.png", "-o", out, "--overwrite", "--scale", 2)
+    assert redone.returncode == 0, redone.stderr
+    assert size_of(out / "camera.png") == (96 * 2, 96 * 2)
+
+
+@pytest.mark.slow
+def test_format_quality_and_model_options(inputs, tmp_path):
+    result = sr_upscale(inputs / "camera.png", "-o", tmp_path / "out", "--model", "srresnet",
+                        "--format", "jpeg", "--quality", 80)
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "out" / "camera.jpg") as image:
+        assert image.format == "JPEG" and image.size == (384, 384)
+    assert "srresnet x4" in result.stderr  # the progress bar names the model
+
+
+def test_bad_options_exit_with_a_usage_error(tmp_path):
+    result = sr_upscale(tmp_path, "-o", tmp_path / "out", "--model", "nope")
+    assert result.returncode == 2
+    assert "invalid choice: 'nope'" in result.stderr
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "sr-upscale"
+    assert script.exists(), "run `make setup` (pip install -e .) to install the sr-upscale command"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "OUTDIR" in result.stdout
+
+
+def test_plan_keeps_folder_structure_and_reports_clashing_names(tmp_path):
+    folder = tmp_path / "shots"
+    (folder / "day1").mkdir(parents=True)
+    for name in ("day1/a.jpg", "day1/a.png", "b.webp", "readme.md"):
+        (folder / name).write_bytes(b"x")
+    jobs, problems = plan_jobs([folder], tmp_path / "out", ".png")
+    assert [(j.source.relative_to(folder).as_posix(), j.target.relative_to(tmp_path).as_posix()) for j in jobs] == [
+        ("b.webp", "out/shots/b.png"), ("day1/a.jpg", "out/shots/day1/a.png")]
+    assert problems == [(folder / "day1" / "a.png", f"same output {tmp_path / 'out/shots/day1/a.png'} as {folder / 'day1/a.jpg'}")]
