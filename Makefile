@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast bench-quality bench-speed bench-load docker-test lint clean
+.PHONY: setup run test test-fast bench-quality bench-speed bench-load docker-test lint clean pictures
 
 setup: $(STAMP)
 
@@ -38,3 +38,7 @@ bench-quality: setup
 # Speed and memory table (docs/benchmarks.md speed section, docs/speed.png); about an hour on 2 cores.
 bench-speed: setup
 	flock /tmp/cpu.lock $(BIN)/python bench/speed.py
+
+# docs/comparison.png: a crop of a sample photo as input, bicubic and every model side by side (a few minutes).
+pictures: setup
+	flock /tmp/cpu.lock $(BIN)/python -m bench.pictures $(ARGS)
