@@ -276,10 +276,10 @@ async function showResult(event, request, seconds) {
   const download = $("download");
   download.href = state.result.url;
   download.download = fileName;
-  download.textContent = `Download ${fileName}`;
+  download.title = `Save as ${fileName}`;
   $("result-info").textContent =
-    `${formatSize(event.input_width, event.input_height)} → ${formatSize(event.width, event.height)} · ` +
-    `${formatBytes(blob.size)} · ${event.model} · ${seconds.toFixed(1)} s`;
+    `${fileName} · ${formatSize(event.width, event.height)} from ${formatSize(event.input_width, event.input_height)} · ` +
+    `${formatBytes(blob.size)} · ${seconds.toFixed(1)} s`;
   $("result").hidden = false;
   $("placeholder").hidden = true;
   showProgress(`${state.progress.done} of ${state.progress.total} tiles · done`, 1);
@@ -296,11 +296,16 @@ function layoutStage() {
     const maxHeight = Math.max(240, window.innerHeight * 0.7);
     scale = Math.min(viewer.clientWidth / width, maxHeight / height);
   }
+  // Keep the point at the centre of the view where it is while zooming.
+  const centreX = (viewer.scrollLeft + viewer.clientWidth / 2) / Math.max(1, viewer.scrollWidth);
+  const centreY = (viewer.scrollTop + viewer.clientHeight / 2) / Math.max(1, viewer.scrollHeight);
   const stage = $("stage");
   stage.style.width = `${Math.round(width * scale)}px`;
   stage.style.height = `${Math.round(height * scale)}px`;
   // Beyond one screen pixel per image pixel, show the output's real pixels instead of a blur.
   $("after").classList.toggle("pixelated", scale * (window.devicePixelRatio || 1) > 1.01);
+  viewer.scrollLeft = centreX * viewer.scrollWidth - viewer.clientWidth / 2;
+  viewer.scrollTop = centreY * viewer.scrollHeight - viewer.clientHeight / 2;
   setSplit(state.split);
 }
 
