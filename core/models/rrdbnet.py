@@ -21,6 +21,9 @@ LEAKY_RELU = 2
 ELTWISE_SUM = 1
 BINARY_ADD = 0
 INTERP_NEAREST = 1
+# Convolution parameters understood: out channels, kernel, dilation, stride, pad, bias, weight count,
+# activation type and its parameters. Others (separate pad sides, int8 scales...) change the result.
+CONVOLUTION_PARAMS = frozenset({0, 1, 2, 3, 4, 5, 6, 9, 10})
 
 
 class WeightedSum(keras.layers.Layer):
@@ -90,8 +93,10 @@ def _apply(layer: ncnn.Layer, tensors: list[keras.KerasTensor],
     if layer.type == "Concat" and layer.param(0, 0) == 0:
         # ncnn's axis 0 is channels (CHW without batch): the last axis in NHWC.
         return keras.layers.Concatenate(axis=-1, name=layer.name)(tensors)
-    if layer.type == "Eltwise" and layer.param(0, 1) == ELTWISE_SUM:
+    if layer.type == "Eltwise" and layer.param(0, 0) == ELTWISE_SUM:
         coefficients = layer.param(1, (1.0,) * len(tensors))
+        if len(coefficients) != len(tensors):
+            raise ValueError(f"layer {layer.name}: {len(coefficients)} coefficients for {len(tensors)} inputs")
         return WeightedSum(coefficients, name=layer.name)(tensors)
     if layer.type == "BinaryOp" and layer.param(0, 0) == BINARY_ADD:
         return keras.layers.Add(name=layer.name)(tensors)
@@ -105,6 +110,9 @@ def _is_nearest_x2(layer: ncnn.Layer) -> bool:
 
 
 def _convolution(layer: ncnn.Layer, tensor: keras.KerasTensor, weights: ncnn.Convolution) -> keras.KerasTensor:
+    unknown = set(layer.params) - CONVOLUTION_PARAMS
+    if unknown:
+        raise ValueError(f"layer {layer.name}: convolution parameters {sorted(unknown)} are not supported")
     kernel = int(layer.param(1, 0))
     plain = all(layer.param(key, 1) == 1 for key in (2, 3))  # dilation, stride
     if not plain or layer.param(4, 0) != (kernel - 1) // 2 or kernel % 2 == 0:
