@@ -77,9 +77,10 @@ def parse_arguments() -> dict:
     try:
         return parser.parse_args()
     except RequestEntityTooLarge as error:
-        limit = service().settings.max_upload_bytes
-        size = f"{request.content_length} bytes" if request.content_length else "larger than that"
-        raise TooLarge(f"the upload is {size}; the limit is {limit} bytes (MAX_UPLOAD_BYTES)") from error
+        limit = request.max_content_length  # set from MAX_UPLOAD_BYTES by create_app
+        size = f"{request.content_length} bytes" if request.content_length else "longer than that (chunked)"
+        raise TooLarge(f"the upload is too large: the limit is {limit} bytes (MAX_UPLOAD_BYTES) "
+                       f"and the request is {size}") from error
     except BadRequest as error:
         fields = (getattr(error, "data", None) or {}).get("errors") or {}
         problems = [f"{name} must be {ALLOWED[name]}, not {request.values.get(name)!r}"
