@@ -46,10 +46,10 @@ ENSEMBLE_SUFFIX = "+ensemble"
 
 # Published 4x PSNR / SSIM, for the comparison rows (Ledig et al., CVPR 2017, table 4; and the
 # original MAX model's README, which does not say how it measured).
-PUBLISHED: dict[str, dict[str, tuple[float, float]]] = {
-    "SRResNet, Ledig et al. 2017": {"Set5": (32.05, 0.9019), "Set14": (28.49, 0.8184), "BSD100": (27.58, 0.7620)},
-    "SRGAN, Ledig et al. 2017": {"Set5": (29.40, 0.8472), "Set14": (26.02, 0.7397), "BSD100": (25.16, 0.6688)},
-    "Original MAX model (its claims)": {"Set5": (29.56, 0.85), "Set14": (26.25, 0.72), "BSD100": (24.4, 0.67)},
+PUBLISHED: dict[str, dict[str, str]] = {
+    "SRResNet, Ledig et al. 2017 (published)": {"Set5": "32.05 / 0.9019", "Set14": "28.49 / 0.8184", "BSD100": "27.58 / 0.7620"},
+    "SRGAN, Ledig et al. 2017 (published)": {"Set5": "29.40 / 0.8472", "Set14": "26.02 / 0.7397", "BSD100": "25.16 / 0.6688"},
+    "Original MAX model (its README's claims)": {"Set5": "29.56 / 0.85", "Set14": "26.25 / 0.72", "BSD100": "24.4 / 0.67"},
 }
 
 
@@ -183,7 +183,7 @@ def _cell(result: dict[str, float] | None) -> str:
 
 
 def _time_cell(method: str, results: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Upscaling seconds per set; for an ensemble row also its cost relative to the plain model."""
+    """Upscaling seconds per set; for an ensemble row also its cost relative to the plain model on the same backend."""
     row = results.get(method, {})
     plain = results.get(method.removesuffix(ENSEMBLE_SUFFIX), {})
     parts = []
@@ -193,10 +193,14 @@ def _time_cell(method: str, results: dict[str, dict[str, dict[str, float]]]) -> 
             continue
         seconds = row[set_name]["seconds"]
         text = f"{seconds:.1f}"
-        if method.endswith(ENSEMBLE_SUFFIX) and set_name in plain:
+        if method.endswith(ENSEMBLE_SUFFIX) and plain.get(set_name, {}).get("backend") == row[set_name].get("backend"):
             text += f" (×{seconds / plain[set_name]['seconds']:.1f})"
         parts.append(text)
     return " / ".join(parts)
+
+
+def _backends(row: dict[str, dict[str, float]]) -> str:
+    return ", ".join(sorted({str(entry.get("backend", "NumPy / Pillow")) for entry in row.values()}))
 
 
 def _label(method: str) -> str:
@@ -217,11 +221,11 @@ def _method_order(results: dict[str, dict]) -> list[str]:
 
 def render_section(results: dict[str, dict[str, dict[str, float]]]) -> str:
     header = ("| method | Set5 PSNR / SSIM | Set14 PSNR / SSIM | BSD100 ¹ PSNR / SSIM | "
-              "upscaling seconds: Set5 / Set14 / BSD100 |\n|---|---|---|---|---|")
-    published = [f"| {name} (published) | " + " | ".join(f"{p:.2f} / {s:.4g}" for p, s in (row[k] for k in SETS))
-                 + " | |" for name, row in PUBLISHED.items()]
-    ours = [f"| {_label(m)} | " + " | ".join(_cell(results[m].get(s)) for s in SETS) + f" | {_time_cell(m, results)} |"
-            for m in _method_order(results)]
+              "upscaling seconds: Set5 / Set14 / BSD100 | backend |\n|---|---|---|---|---|---|")
+    published = [f"| {name} | " + " | ".join(row[s] for s in SETS) + " | | |"
+                 for name, row in PUBLISHED.items()]
+    ours = [f"| {_label(m)} | " + " | ".join(_cell(results[m].get(s)) for s in SETS)
+            + f" | {_time_cell(m, results)} | {_backends(results[m])} |" for m in _method_order(results)]
     return "\n".join([
         "## Quality (4x, PSNR dB / SSIM)",
         "",
@@ -250,7 +254,9 @@ def render_section(results: dict[str, dict[str, dict[str, float]]]) -> str:
         "",
         "Self-ensemble (`ensemble=true`) averages the model over the 8 flips and rotations; the factor in "
         "brackets is its time relative to the same model without it. Times are wall-clock seconds for all "
-        "images of a set (decode, tiles, network, PNG encode) on this project's 2-core CPU benchmark machine.",
+        "images of a set (decode, tiles, network, PNG encode) on this project's 2-core CPU benchmark machine, "
+        "with the inference backend named in the last column (the scores do not depend on it beyond the last "
+        "digit).",
         "",
         f"![Crops: LR, bicubic, each model, HR]({MONTAGE_FILE.name})",
         "",
@@ -366,14 +372,19 @@ def ready_models(service: Service, wanted: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.report_only:
+        write_section(render_section(_load_results()))
+        print(f"wrote {BENCHMARKS_FILE.relative_to(ROOT)} from {RESULTS_FILE.relative_to(ROOT)}")
+        return 0
     sets = tuple(args.sets.split(","))
     models = tuple(args.models.split(","))
     ensemble_plan = parse_ensemble(args.ensemble, sets)
-    # All four models are loaded even when fewer are evaluated: the montages always show every model.
-    settings = load_settings(models=",".join(MODELS), default_model=MODELS[0], request_time_limit_s=3600.0,
+    # The montages always show every model, so then all four are loaded even when fewer are scored.
+    loaded = MODELS if args.montage else tuple(m for m in MODELS if m in models or m in ensemble_plan)
+    settings = load_settings(models=",".join(loaded), default_model=loaded[0], request_time_limit_s=3600.0,
                              **({"datasets_dir": args.datasets_dir} if args.datasets_dir else {}))
     service = build_service(settings)
-    available = ready_models(service, MODELS)
+    available = ready_models(service, loaded)
 
     methods: dict[str, tuple[Upscaler, tuple[str, ...]]] = {
         BICUBIC_MATLAB: (array_upscaler(matlab_bicubic), sets),
@@ -397,7 +408,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{set_name:7s} {method:22s} PSNR {result.psnr:6.3f}  SSIM {result.ssim:.4f}  "
                   f"{result.images:3d} images  {result.seconds:7.1f} s", flush=True)
             if args.limit is None:
-                results.setdefault(method, {})[set_name] = asdict(result)
+                backend = {} if method in (BICUBIC_MATLAB, BICUBIC_PILLOW) else {"backend": settings.backend}
+                results.setdefault(method, {})[set_name] = asdict(result) | backend
                 RESULTS_FILE.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
 
     if args.limit is not None:
@@ -422,6 +434,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(model:Set5+Set14); 'none' for none")
     parser.add_argument("--limit", type=int, default=None, help="first N images per set only (prints, writes nothing)")
     parser.add_argument("--datasets-dir", type=Path, default=None, help="overrides DATASETS_DIR")
+    parser.add_argument("--report-only", action="store_true",
+                        help=f"redraw the table from {RESULTS_FILE.name} without measuring anything")
     parser.add_argument("--no-montage", dest="montage", action="store_false", help="skip the montage pictures")
     return parser.parse_args(argv)
 
