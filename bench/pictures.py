@@ -52,8 +52,13 @@ def upscaled_panels(models: list[str]) -> list[tuple[str, Image.Image]]:
             print(f"skipping {name}: {states[name]}", file=sys.stderr)
             continue
         result = service.upscale(data, UpscaleOptions(model=name, scale=SCALE))
-        panels.append((SPECS[name].title, Image.open(io.BytesIO(result.data)).convert("RGB").crop(output_box)))
+        panels.append((_short_title(name), Image.open(io.BytesIO(result.data)).convert("RGB").crop(output_box)))
     return panels
+
+
+def _short_title(name: str) -> str:
+    """The model's title without its parenthesised note: "SRGAN (perceptual)" -> "SRGAN"."""
+    return SPECS[name].title.split(" (")[0]
 
 
 def compose(panels: list[tuple[str, Image.Image]]) -> Image.Image:

@@ -48,8 +48,10 @@ def test_folder_keeps_structure_reports_failures_and_skips_what_is_done(inputs, 
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "camera.png", "photos/chelsea.png", "photos/sub/rocket.png"]
     assert "converted 3" in first.stdout and "failed 2" in first.stdout
-    assert f"FAILED {inputs / 'photos' / 'broken.png'}: the upload is not a readable image" in first.stderr
-    assert f"FAILED {inputs / 'missing.png'}: no such file or folder" in first.stderr
+    failures = dict(line.removeprefix("FAILED ").split(": ", 1) for line in first.stderr.splitlines()
+                    if line.startswith("FAILED "))
+    assert "image" in failures[str(inputs / "photos" / "broken.png")]  # the decoder's reason, e.g. truncated
+    assert failures[str(inputs / "missing.png")] == "no such file or folder"
 
     done_at = (out / "camera.png").stat().st_mtime_ns
     skipped = sr_upscale(inputs / "camera.png", "-o", out)
