@@ -68,13 +68,6 @@ def rss_bytes(pid: int) -> int:
     raise ValueError(f"no VmRSS for process {pid}")
 
 
-def read_available(stream) -> str:
-    """Whatever the server has logged so far, without waiting for more."""
-    os.set_blocking(stream.fileno(), False)
-    data = stream.read()
-    return data.decode(errors="replace") if data else ""
-
-
 def wait_for(condition, timeout_s: float, interval_s: float = 0.2):
     """Poll ``condition()`` until it returns something truthy; that value, or TimeoutError."""
     deadline = time.monotonic() + timeout_s
