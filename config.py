@@ -30,13 +30,13 @@ class Settings(BaseSettings):
     models: str = Field("srgan,srresnet,realsr,realesrgan", description="Comma-separated models each worker loads at start-up.")
     default_model: str = Field("srgan", description="Model used when a request names none.")
     backend: Literal["tensorflow", "xla", "openvino"] = Field("openvino", description="Inference runtime: tensorflow (the reference), xla, or openvino (about 2x faster on CPU; see docs/speed.md).")
-    inference_threads: int = Field(0, ge=0, description="Threads TensorFlow uses per worker; 0 means cores divided by workers.")
+    inference_threads: int = Field(0, ge=0, description="Threads the inference backend uses per worker; 0 means cores divided by workers.")
     max_srgan_checkpoint: Path | None = Field(None, description="Prefix of the original MAX TensorFlow-1 checkpoint; when set, model max-srgan is offered too.")
 
     # Tiling
-    tile_size: int = Field(128, ge=16, description="Side of each tile's useful centre, in input pixels.")
+    tile_size: int = Field(112, ge=16, description="Side of each tile's useful centre, in input pixels (measured choice: docs/speed.md).")
     tile_margin: int = Field(16, ge=0, description="Context each tile reads beyond its centre on every side, in input pixels.")
-    tile_batch: int = Field(4, ge=1, description="Tiles run through the network at once.")
+    tile_batch: int = Field(1, ge=1, description="Tiles run through the network at once (more costs memory, gains little with openvino).")
 
     # Limits
     max_upload_bytes: int = Field(32 * MEBIBYTE, ge=1, description="Largest accepted upload (413 above).")

@@ -40,14 +40,21 @@ START, END = "<!-- speed:start -->", "<!-- speed:end -->"
 # Multiply-adds x 2 of each network per input pixel (convolutions; activations are negligible).
 MFLOP_PER_PIXEL = {"srgan": 4.44, "srresnet": 4.44, "realsr": 36.3, "realesrgan": 36.3}
 SIDES = (128, 250, 500, 1000, 2000)
-# The RRDBNet models do about 8x the work: sides beyond these take minutes each on 2 cores.
-SIDES_BY_MODEL = {"srgan": SIDES, "srresnet": (128, 250, 500), "realsr": (128, 250), "realesrgan": (128, 250)}
-BACKENDS_BY_MODEL = {"srgan": ("openvino", "tensorflow", "xla"), "srresnet": ("openvino", "tensorflow"),
-                     "realsr": ("openvino", "tensorflow"), "realesrgan": ("openvino", "tensorflow")}
-# The reference backend is timed on the smaller sizes only: enough to compare, and it is slow.
-REFERENCE_MAX_SIDE = 500
-HTTP_MAX_SIDE = 1000
-SWEEP_TILES = (112, 160, 240, 336)
+# What each model is timed on, per backend. srresnet has srgan's architecture (same speed), and the
+# RRDBNet models do about 8x the work: larger sizes take minutes each on 2 cores, so they stop early.
+PLAN: dict[str, dict[str, tuple[int, ...]]] = {
+    "srgan": {"openvino": SIDES, "tensorflow": (128, 250, 500), "xla": (128, 250, 500)},
+    "srresnet": {"openvino": (128, 250, 500)},
+    "realsr": {"openvino": (128, 250), "tensorflow": (128,)},
+    "realesrgan": {"openvino": (128, 250), "tensorflow": (128,)},
+}
+# Through HTTP: the default model and backend, up to this size (the core rows show the rest).
+HTTP = ("srgan", "openvino", (128, 250, 500, 1000))
+SWEEP_TILES = (112, 160, 240)
+# A 2000² input takes minutes on 2 cores: longer than the service's default request time limit.
+TIME_LIMIT_S = 3600
+# The worker's peak RSS allowed at 500² (issue 5); the sweep picks the fastest tiling within it.
+RSS_TARGET_MB = 1024
 SWEEP_BATCHES = (1, 2)
 
 
@@ -68,7 +75,7 @@ class Row:
 
 
 def runs_for(side: int) -> int:
-    return 5 if side <= 250 else 3 if side <= 500 else 1
+    return 3 if side <= 500 else 1
 
 
 def photo_png(side: int) -> bytes:
@@ -104,7 +111,8 @@ def core_worker(model: str, backend: str, side: int, tile: int, batch: int, runs
     from core.pipeline import UpscaleOptions
     from core.service import Service
 
-    settings = load_settings(models=model, default_model=model, backend=backend, tile_size=tile, tile_batch=batch)
+    settings = load_settings(models=model, default_model=model, backend=backend, tile_size=tile, tile_batch=batch,
+                             request_time_limit_s=TIME_LIMIT_S)
     service = Service.create(settings)
     service.registry.load_all()
     if not service.registry.ready:
@@ -135,7 +143,7 @@ def run_http(model: str, backend: str, sides: tuple[int, ...], tile: int, batch:
     """One gunicorn worker serves every size; its peak RSS is read after each size."""
     rows = []
     with live_server(models=model, default_model=model, backend=backend, tile_size=tile, tile_batch=batch,
-                     workers=1) as server:
+                     workers=1, request_time_limit_s=TIME_LIMIT_S, timeout_s=TIME_LIMIT_S) as server:
         worker = _gunicorn_worker(server.process.pid)
         for side in sides:
             data, times = photo_png(side), []
@@ -160,23 +168,22 @@ def _gunicorn_worker(master: int) -> int:
 # --- the runs and the report --------------------------------------------------------------
 
 def full_table(tile: int, batch: int) -> list[Row]:
-    rows = []
-    for model, sides in SIDES_BY_MODEL.items():
-        for backend in BACKENDS_BY_MODEL[model]:
-            for side in sides:
-                if backend != "openvino" and side > REFERENCE_MAX_SIDE:
-                    continue
-                if backend == "xla" and model != "srgan":
-                    continue
-                rows.append(_report(run_core(model, backend, side, tile, batch)))
-        http_sides = tuple(side for side in sides if side <= HTTP_MAX_SIDE)
-        rows.extend(_report(row) for row in run_http(model, "openvino", http_sides, tile, batch))
-    return rows
+    rows = [_report(run_core(model, backend, side, tile, batch))
+            for model, backends in PLAN.items() for backend, sides in backends.items() for side in sides]
+    model, backend, sides = HTTP
+    return rows + [_report(row) for row in run_http(model, backend, sides, tile, batch)]
 
 
 def sweep() -> list[Row]:
     return [_report(run_core("srgan", "openvino", 500, tile, batch))
             for tile in SWEEP_TILES for batch in SWEEP_BATCHES]
+
+
+def _fastest_within(rows: list[Row], rss_mb: float) -> tuple[int, int]:
+    """The fastest tile and batch whose worker stays within ``rss_mb`` (or the leanest, if none does)."""
+    fitting = [r for r in rows if r.peak_rss_mb <= rss_mb]
+    best = min(fitting, key=lambda r: r.median_s) if fitting else min(rows, key=lambda r: r.peak_rss_mb)
+    return best.tile, best.batch
 
 
 def _report(row: Row) -> Row:
@@ -192,7 +199,7 @@ def markdown(rows: list[Row], ceilings: list[float], sweep_rows: list[Row]) -> s
         f"Measured by `make bench-speed` (bench/speed.py) on {os.cpu_count()} cores. "
         f"fp32 ceiling (numpy sgemm 4096², measured before and after the table): "
         f"{', '.join(f'{c:.0f}' for c in ceilings)} GFLOP/s; percentages use {ceiling:.0f}. "
-        "Time is the median of 5 runs (≤ 250²), 3 (500²) or 1 (larger), end to end: PNG decode, tiles, network, "
+        "Time is the median of 3 runs (≤ 500²) or 1 run (larger), end to end: PNG decode, tiles, network, "
         "PNG encode; *http* adds a real gunicorn worker and the upload/download. Peak RSS is the worker "
         "process's VmHWM (a fresh process per *core* row; for *http*, the worker's peak so far, sizes in "
         "increasing order). GFLOP/s counts useful network work only (MFLOP per input pixel × pixels ÷ time).", "",
@@ -272,7 +279,10 @@ def main() -> None:
         sweep()
         return
     sweep_rows = [] if args.no_sweep else sweep()
-    rows = full_table(defaults.tile_size, defaults.tile_batch)
+    tile, batch = _fastest_within(sweep_rows, RSS_TARGET_MB) if sweep_rows else (defaults.tile_size,
+                                                                                 defaults.tile_batch)
+    print(f"table with tile {tile} x batch {batch}", flush=True)
+    rows = full_table(tile, batch)
     ceilings.append(measure_ceiling())
     write_section(markdown(rows, ceilings, sweep_rows))
     plot(rows)

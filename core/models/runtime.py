@@ -9,12 +9,15 @@ Backends (setting ``BACKEND``):
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+log = logging.getLogger(__name__)
 
 SCALE = 4
 BACKENDS = ("tensorflow", "xla", "openvino")
@@ -77,6 +80,11 @@ def configure_threads(threads: int) -> None:
 
     The OpenVINO backend reads the same count, so every backend fits the worker's share of the cores.
     """
-    if threads > 0:
+    if threads <= 0 or tf.config.threading.get_intra_op_parallelism_threads() == threads:
+        return
+    try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        # TensorFlow ran an op already (a second service in one process, as in tests): its pools stay.
+        log.warning("TensorFlow is already initialised; keeping its thread pools instead of %d threads", threads)
