@@ -45,16 +45,23 @@ class WeightedSum(keras.layers.Layer):
 
 
 class Preset(keras.initializers.Initializer):
-    """Initialises a variable with known values: creating it once with the real weights
-    is much faster than random (or zero) initialisation followed by ``set_weights``."""
+    """Initialises one variable with known values.
+
+    Creating each variable once with its real weights is much faster than random
+    (or zero) initialisation followed by ``set_weights``. The values are handed
+    over once and then dropped, so the model holds no second copy of its weights.
+    """
 
     def __init__(self, values: np.ndarray) -> None:
-        self.values = values
+        self.values: np.ndarray | None = values
 
     def __call__(self, shape, dtype=None):
-        if tuple(shape) != self.values.shape:
-            raise ValueError(f"weights of shape {self.values.shape} for a variable of shape {tuple(shape)}")
-        return self.values
+        values, self.values = self.values, None
+        if values is None:
+            raise RuntimeError("a Preset initialiser serves one variable once")
+        if tuple(shape) != values.shape:
+            raise ValueError(f"weights of shape {values.shape} for a variable of shape {tuple(shape)}")
+        return values
 
 
 def build_from_ncnn(stem: Path) -> keras.Model:

@@ -109,8 +109,8 @@ def test_an_unsupported_layer_is_refused_when_building():
 
 # --- the Keras model against ncnn ---------------------------------------------------------------
 
-def run_ncnn(model: str, image: np.ndarray) -> np.ndarray:
-    """ncnn's own output for an (H, W, 3) image, computed in fp32 on the CPU."""
+def run_ncnn(path: Path, image: np.ndarray) -> np.ndarray:
+    """ncnn's own output of ``path.{param,bin}`` for an (H, W, 3) image, computed in fp32 on the CPU."""
     import ncnn as ncnn_runtime
 
     net = ncnn_runtime.Net()
@@ -118,7 +118,6 @@ def run_ncnn(model: str, image: np.ndarray) -> np.ndarray:
     # ncnn may store and compute in fp16/bf16 on CPUs that support it; the reference must be fp32.
     for option in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage"):
         setattr(net.opt, option, False)
-    path = stem(model)
     assert net.load_param(str(path.with_name(path.name + ".param"))) == 0
     assert net.load_model(str(path.with_name(path.name + ".bin"))) == 0
     chw = np.ascontiguousarray(image.transpose(2, 0, 1))
@@ -130,13 +129,51 @@ def run_ncnn(model: str, image: np.ndarray) -> np.ndarray:
     return np.array(output).transpose(1, 2, 0)
 
 
+# Every layer type and option of the RRDBNet files, in a graph small enough to run at once.
+SMALL_GRAPH = """7767517
+9 12
+Input in 0 1 data
+Split split_data 1 3 data d0 d1 d2
+Convolution conv_a 1 1 d0 a 0=4 1=3 4=1 5=1 6=108 9=2 -23310=1,2.000000e-01
+Concat cat 2 1 d1 a joined 0=0
+Convolution conv_b 1 1 joined b 0=3 1=3 4=1 5=1 6=189
+Split split_b 1 2 b b0 b1
+Eltwise sum 2 1 b0 d2 c 0=1 -23301=2,2.000000e-01,1.000000e+00
+BinaryOp add 2 1 c b1 e 0=0
+Interp up 1 1 e output 0=1 1=2.0 2=2.0
+"""
+
+
+def write_small_model(path: Path, rng: np.random.Generator) -> None:
+    """SMALL_GRAPH with random weights, written as ncnn writes them (fp16 kernels behind the tag, fp32 biases)."""
+    path.with_name(path.name + ".param").write_text(SMALL_GRAPH)
+    data = b""
+    for out_channels, in_channels in ((4, 3), (3, 7)):
+        kernel = rng.standard_normal((out_channels, in_channels, 3, 3)).astype("<f2").tobytes()
+        data += bytes.fromhex("476b3001") + kernel + bytes(-len(kernel) % 4)
+        data += rng.standard_normal(out_channels).astype("<f4").tobytes()
+    path.with_name(path.name + ".bin").write_bytes(data)
+
+
+def test_every_layer_type_computes_what_ncnn_computes(tmp_path):
+    rng = np.random.default_rng(7)
+    path = tmp_path / "small"
+    write_small_model(path, rng)
+    # ncnn.Mat wraps numpy memory with channels h * w floats apart, but ncnn's layers expect each
+    # channel 16-byte aligned: keep h * w a multiple of 4 or ncnn reads garbage.
+    image = rng.random((10, 14, 3), dtype=np.float32)
+    ours = np.asarray(build_from_ncnn(path)(image[None]))[0]
+    np.testing.assert_allclose(ours, run_ncnn(path, image), atol=1e-5)
+    assert ours.shape == (20, 28, 3)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", WEIGHT_FILES)
 def test_keras_model_matches_ncnn(keras_models, model):
     image = np.random.default_rng(4).random((24, 24, 3), dtype=np.float32)
     network = keras_model(keras_models, model)
     ours = np.clip(np.asarray(network(image[None]))[0], 0, 1)
-    reference = np.clip(run_ncnn(model, image), 0, 1)
+    reference = np.clip(run_ncnn(stem(model), image), 0, 1)
     assert ours.shape == reference.shape == (96, 96, 3)
     assert np.abs(ours - reference).max() <= 1e-4
 
