@@ -160,9 +160,11 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
         if position + 12 > len(data):
             raise InvalidImage("the PNG image is truncated: it ends before its IEND chunk")
         length, kind = struct.unpack(">I4s", data[position:position + 8])
+        if not kind.isalpha():
+            raise InvalidImage(f"the PNG image is corrupt: {kind!r} at byte {position + 4} is not a chunk type")
         end = position + 12 + length
         if end > len(data):
-            raise InvalidImage(f"the PNG image is truncated: its {kind!r} chunk runs past the end of the file")
+            raise InvalidImage(f"the PNG image is truncated: its {kind.decode()} chunk runs past the end of the file")
         body = view[position + 8:end - 4]
         _check_png_chunk(kind, body, view[end - 4:end], first=header is None)
         if header is None:
@@ -181,8 +183,6 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
 
 
 def _check_png_chunk(kind: bytes, body: memoryview, crc: memoryview, first: bool) -> None:
-    if not kind.isalpha():
-        raise InvalidImage(f"the PNG image is corrupt: {kind!r} is not a chunk type")
     if first and (kind != b"IHDR" or len(body) != 13):
         raise InvalidImage("the PNG image is corrupt: it does not start with a 13-byte IHDR chunk")
     if kind[:1].isupper() and kind not in PNG_CRITICAL_CHUNKS:

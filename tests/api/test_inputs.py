@@ -217,3 +217,13 @@ def test_output_pixel_limit_is_413_with_the_size(client, service, monkeypatch):
 def test_bad_input_is_400_saying_what_is_wrong(client, name):
     build, fragment = BAD_INPUTS[name]
     assert_message(post(client, build()), 400, fragment)
+
+
+def test_options_appear_in_swagger_with_their_ranges_and_defaults(client):
+    operation = client.get("/swagger.json").json["paths"]["/model/predict"]["post"]
+    parameters = {parameter["name"]: parameter for parameter in operation["parameters"]}
+    assert parameters["scale"]["enum"] == [2, 3, 4] and parameters["scale"]["default"] == 4
+    assert parameters["format"]["enum"] == ["png", "jpeg", "webp"] and parameters["format"]["default"] == "png"
+    assert (parameters["quality"]["minimum"], parameters["quality"]["maximum"]) == (1, 100)
+    assert parameters["quality"]["default"] == 90
+    assert set(operation["produces"]) == {"image/png", "image/jpeg", "image/webp"}

@@ -185,6 +185,11 @@ def test_16_bit_png_round_trips_exactly(channels):
     assert np.array_equal(np.vstack([np.frombuffer(row, np.uint16) for row in rows]).reshape(pixels.shape), pixels)
 
 
+def test_interlaced_16_bit_png_keeps_every_level():
+    pixels = levels16(3, 11, 13)
+    assert np.array_equal(images.decode(png16(pixels, interlace=True), LIMIT).colour, pixels)
+
+
 def test_16_bit_png_transparent_colour_becomes_alpha():
     pixels = levels16(3)
     key = tuple(int(v) for v in pixels[0, 0])
