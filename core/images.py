@@ -155,6 +155,7 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
     view = memoryview(data)
     header: PngHeader | None = None
     exif = None
+    pixel_data: list[memoryview] = []
     position = len(PNG_SIGNATURE)
     while True:
         if position + 12 > len(data):
@@ -168,18 +169,45 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
         body = view[position + 8:end - 4]
         _check_png_chunk(kind, body, view[end - 4:end], first=header is None)
         if header is None:
-            width, height, bit_depth = struct.unpack(">IIB", body[:9])
+            width, height, bit_depth, colour_type = struct.unpack(">IIBB", body[:10])
             check_pixels((width, height), max_pixels)
             header = PngHeader(width, height, bit_depth, None)
         elif kind == b"eXIf":
             exif = bytes(body)
+        elif kind == b"IDAT":
+            pixel_data.append(body)
         position = end
         if kind == b"IEND":
             break
     if position != len(data):
         raise InvalidImage(f"the PNG image has {len(data) - position} bytes after its IEND chunk "
                            f"(another file appended to it, e.g. a polyglot); only a plain PNG is accepted")
+    if header.bit_depth == 16:
+        _check_inflated_size(pixel_data, header, colour_type)
     return PngHeader(header.width, header.height, header.bit_depth, exif)
+
+
+def _check_inflated_size(pixel_data: list[memoryview], header: PngHeader, colour_type: int) -> None:
+    """Refuse IDAT that inflates past what the header declares (a zlib bomb), 1 MiB at a time.
+
+    Pillow inflates only into the image it allocated; pypng, which reads 16-bit PNGs, has no such bound.
+    """
+    planes = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour_type, 4)
+    # twice the raw size: room for the extra filter bytes of Adam7 interlacing
+    limit = 2 * header.height * (1 + header.width * planes * 2) + 64
+    inflater = zlib.decompressobj()
+    inflated = 0
+    try:
+        for body in pixel_data:
+            pending: bytes | memoryview = body
+            while pending:
+                inflated += len(inflater.decompress(pending, 1 << 20))
+                if inflated > limit:
+                    raise InvalidImage(f"the PNG image's pixel data inflates to more than {limit} bytes, "
+                                       f"far more than {header.width}x{header.height} pixels need (a zlib bomb)")
+                pending = inflater.unconsumed_tail
+    except zlib.error as error:
+        raise InvalidImage(f"the PNG image's pixel data is corrupt ({error})") from error
 
 
 def _check_png_chunk(kind: bytes, body: memoryview, crc: memoryview, first: bool) -> None:

@@ -297,6 +297,20 @@ def test_png_declaring_20000_by_20000_is_rejected_before_any_pixel_is_allocated(
     assert peak < 1_000_000
 
 
+def test_16_bit_png_whose_pixel_data_inflates_far_past_its_size_is_refused_in_bounded_memory():
+    bomb = zlib.compress(bytes(200_000_000), 9)  # 200 MB of zeros in about 200 kB
+    data = (images.PNG_SIGNATURE + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0))
+            + png_chunk(b"IDAT", bomb) + png_chunk(b"IEND", b""))
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidImage, match="zlib bomb"):
+            images.decode(data, LIMIT)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000
+
+
 @pytest.mark.parametrize("side", [70, 20000])
 def test_jpeg_declaring_too_many_pixels_is_413(side):
     data = bytearray(save(Image.fromarray(pattern()), "JPEG"))
