@@ -75,11 +75,6 @@ def exif_orientation(value: int) -> bytes:
     return exif.tobytes()
 
 
-def animated_gif() -> bytes:
-    red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
-    return save(red, "GIF", save_all=True, append_images=[blue], duration=100, loop=0)
-
-
 # --- Modes --------------------------------------------------------------------------------------
 
 
@@ -146,8 +141,11 @@ def test_rgba_alpha_is_exact():
     assert (decoded.alpha[:, :8] == 0).all() and (decoded.alpha[:, 8:] == 255).all()
 
 
-def test_animated_gif_gives_its_first_frame():
-    decoded = images.decode(animated_gif(), LIMIT)
+@pytest.mark.parametrize("image_format, options", [("GIF", {}), ("WEBP", {"lossless": True}), ("PNG", {})])
+def test_animation_gives_its_first_frame(image_format, options):
+    red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
+    data = save(red, image_format, save_all=True, append_images=[blue], duration=100, **options)
+    decoded = images.decode(data, LIMIT)
     assert decoded.colour.shape == (8, 8, 3)
     assert tuple(decoded.colour[4, 4]) == (255, 0, 0)
 
