@@ -203,6 +203,17 @@ def target(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
         yield server.url, server.process.pid
 
 
+def write_report(path: Path, text: str) -> None:
+    """Replace the text between the report markers in ``path`` (the hand-written rest stays), or write a new file."""
+    start, end = "<!-- load-report -->", "<!-- /load-report -->"
+    old = path.read_text() if path.exists() else ""
+    if start in old and end in old:
+        before, rest = old.split(start, 1)
+        path.write_text(f"{before}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
+    else:
+        path.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a running server (loopback); default: start gunicorn here")
@@ -213,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="for the server started here")
     parser.add_argument("--threads", type=int, default=4, help="for the server started here")
     parser.add_argument("--queue-size", type=int, default=2, help="for the server started here")
-    parser.add_argument("--models", default="srgan", help="for the server started here")
+    parser.add_argument("--models", default="srgan,srresnet,realsr,realesrgan",
+                        help="loaded by the server started here (requests use its default model)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--report", type=Path, help="also write the report (markdown) to this file")
+    parser.add_argument("--report", type=Path, help="also write the report (markdown) into this file, between "
+                        "its <!-- load-report --> markers if it has them")
     args = parser.parse_args(argv)
     if args.url and not args.url.startswith(("http://127.", "http://localhost")):
         parser.error("--url must be a loopback address: this script generates load")
@@ -224,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     text += f"\nVerdict: {'PASS' if passed else 'FAIL'}\n"
     print(text)
     if args.report:
-        args.report.write_text(text)
+        write_report(args.report, text)
     return 0 if passed else 1
 
 
