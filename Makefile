@@ -42,3 +42,8 @@ bench-speed: setup
 # docs/comparison.png: a crop of a sample photo as input, bicubic and every model side by side (a few minutes).
 pictures: setup
 	flock /tmp/cpu.lock $(BIN)/python -m bench.pictures $(ARGS)
+
+# Load test on loopback: starts gunicorn, 8 clients for 2 minutes, report -> docs/load.md.
+# Options go through ARGS, e.g. make bench-load ARGS="--workers 2 --duration 60".
+bench-load: setup
+	$(BIN)/python -m bench.load --report docs/load.md $(ARGS)
