@@ -89,8 +89,6 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
     if not data:
         raise InvalidImage(f"the upload is empty; send an image ({describe_accepted()})")
     image_format = sniff_format(data)
-    # Pillow's own bomb guard backs up the header check below for anything a plugin sizes later.
-    Image.MAX_IMAGE_PIXELS = max_pixels
     png_header = _check_png(data, max_pixels) if image_format == "PNG" else None
     if image_format == "GIF":
         _check_gif(data)
@@ -133,7 +131,11 @@ def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
 
 @contextmanager
 def _reading(image_format: str, max_pixels: int) -> Iterator[None]:
-    """Turn whatever a decoder raises on bad data into a 400 or 413 that says what was wrong."""
+    """Turn whatever a decoder raises on bad data into a 400 or 413 that says what was wrong.
+
+    Our own check runs on the header's size before any pixel is decoded; Pillow's bomb guard
+    (``Image.MAX_IMAGE_PIXELS``, process-wide) can still fire first inside ``Image.open`` for huge sizes.
+    """
     try:
         yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
