@@ -58,17 +58,17 @@ class Network:
     keras_model: keras.Model
     margin: int
     backend: str = "tensorflow"
+    # The published network's parameter count, where the model served is a rewritten form of it.
+    parameters: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_predict", build_predict(self.keras_model, self.backend))
+        if self.parameters is None:
+            object.__setattr__(self, "parameters", int(self.keras_model.count_params()))
 
     @property
     def scale(self) -> int:
         return SCALE
-
-    @property
-    def parameters(self) -> int:
-        return int(self.keras_model.count_params())
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, h, w, 3) RGB in [0, 1] -> (N, 4h, 4w, 3) RGB in [0, 1]."""
