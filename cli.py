@@ -4,7 +4,7 @@
 
 A file goes to ``OUTDIR/<name>``; a folder to ``OUTDIR/<folder name>/...`` with its
 structure kept. Outputs that already exist are skipped unless ``--overwrite``.
-Settings such as ``MAX_INPUT_PIXELS`` or ``TILE_MARGIN`` come from the environment,
+Settings such as ``MAX_INPUT_PIXELS`` or ``BACKEND`` come from the environment,
 as for the server.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="sr-upscale", description="Upscale images 4x (or 2x, 3x) with the service's models.",
         epilog="Limits and other settings come from the environment, as for the server "
-               "(MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, TILE_MARGIN, TILE_BATCH, REQUEST_TIME_LIMIT_S, ...).")
+               "(MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, BACKEND, TILE_BATCH, REQUEST_TIME_LIMIT_S, ...).")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files and folders")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
     parser.add_argument("--model", choices=sorted(SPECS), help="model (default: the server's default, srgan)")

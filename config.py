@@ -35,7 +35,6 @@ class Settings(BaseSettings):
 
     # Tiling
     tile_size: int = Field(112, ge=16, description="Side of each tile's useful centre, in input pixels (measured choice: docs/speed.md).")
-    tile_margin: int = Field(16, ge=0, description="Context each tile reads beyond its centre on every side, in input pixels.")
     tile_batch: int = Field(1, ge=1, description="Tiles run through the network at once (more costs memory, gains little with openvino).")
 
     # Limits
