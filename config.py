@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     max_srgan_checkpoint: Path | None = Field(None, description="Prefix of the original MAX TensorFlow-1 checkpoint; when set, model max-srgan is offered too.")
 
     # Tiling
-    tile_size: int = Field(112, ge=16, description="Side of each tile's useful centre, in input pixels (measured choice: docs/speed.md).")
+    tile_size: int = Field(160, ge=16, description="Side of each tile's useful centre, in input pixels (measured choice: docs/speed.md).")
     tile_batch: int = Field(1, ge=1, description="Tiles run through the network at once (more costs memory, gains little with openvino).")
 
     # Limits
