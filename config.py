@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     max_input_pixels: int = Field(2000 * 2000, ge=1, description="Largest accepted input, width x height (413 above).")
     max_output_pixels: int = Field(8000 * 8000, ge=1, description="Largest produced output, width x height (413 above).")
     queue_size: int = Field(2, ge=0, description="Requests that may wait for the worker's inference slot; more get 503 at once.")
-    request_time_limit_s: float = Field(300.0, gt=0, description="A request still running after this many seconds stops at its next tile (503).")
+    request_time_limit_s: float = Field(600.0, gt=0, description="A request still running after this many seconds stops at its next tile (503).")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with every 503.")
 
     # Evaluation data for tests and benchmarks (never copied into the repository)
