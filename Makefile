@@ -37,7 +37,7 @@ bench-quality: setup
 
 # Speed and memory table (docs/benchmarks.md speed section, docs/speed.png); about an hour on 2 cores.
 bench-speed: setup
-	flock /tmp/cpu.lock $(BIN)/python bench/speed.py
+	flock /tmp/cpu.lock $(BIN)/python bench/speed.py $(ARGS)
 
 # docs/comparison.png: a crop of a sample photo as input, bicubic and every model side by side (a few minutes).
 pictures: setup
