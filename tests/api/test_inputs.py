@@ -67,6 +67,13 @@ def test_grey_in_gives_grey_out_with_the_same_levels(client):
     assert abs(np.asarray(result, np.float32).mean() - np.asarray(grey, np.float32).mean()) < 8
 
 
+def test_a_dark_image_stays_dark(client):
+    # Levels are scaled by the format's fixed maximum, never by the image's own brightest pixel.
+    dark = (pattern().astype(np.uint16) * 40 // 255).astype(np.uint8)
+    result = np.asarray(opened(post(client, save(Image.fromarray(dark)))), np.float32)
+    assert dark.max() == 40 and abs(result.mean() - dark.mean()) < 4
+
+
 def test_animated_gif_upscales_its_first_frame(client):
     frames = [Image.new("RGB", (16, 16), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     data = save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
