@@ -129,12 +129,22 @@ def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
                        f"the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
 
 
+def guard_decompression_bombs(max_pixels: int) -> None:
+    """Set Pillow's own decompression-bomb guard from the input pixel limit, for this process.
+
+    The header check in ``decode`` is the one that answers with the limit and the size; Pillow's
+    guard backs it up inside ``Image.open`` for any plugin that sizes an image later. It is one
+    global for the process, so the process that serves (``Service.create``) sets it, not ``decode``.
+    """
+    Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 @contextmanager
 def _reading(image_format: str, max_pixels: int) -> Iterator[None]:
     """Turn whatever a decoder raises on bad data into a 400 or 413 that says what was wrong.
 
     Our own check runs on the header's size before any pixel is decoded; Pillow's bomb guard
-    (``Image.MAX_IMAGE_PIXELS``, process-wide) can still fire first inside ``Image.open`` for huge sizes.
+    (see ``guard_decompression_bombs``) can still fire first inside ``Image.open`` for huge sizes.
     """
     try:
         yield

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from config import Settings
+from core import images
 from core.admission import InferenceSlot
 from core.models.registry import ModelRegistry
 from core.models.runtime import configure_threads
@@ -22,6 +23,8 @@ class Service:
 
     @classmethod
     def create(cls, settings: Settings) -> "Service":
+        """The service of this process; also sets the process-wide thread counts and Pillow's bomb guard."""
+        images.guard_decompression_bombs(settings.max_input_pixels)
         configure_threads(settings.inference_threads or max(1, len(os.sched_getaffinity(0)) // settings.workers))
         return cls(settings, ModelRegistry(settings),
                    InferenceSlot(settings.queue_size, settings.request_time_limit_s))

@@ -324,6 +324,19 @@ def test_decoding_leaves_pillows_process_wide_bomb_guard_alone():
     assert Image.MAX_IMAGE_PIXELS == before
 
 
+def test_the_service_sets_pillows_bomb_guard_from_the_input_limit(service):
+    assert Image.MAX_IMAGE_PIXELS == service.settings.max_input_pixels
+
+
+def test_pillows_bomb_guard_answers_413_with_the_limit(monkeypatch):
+    # A GIF declaring 40000x40000: Pillow's guard (at twice its limit) stops it inside Image.open.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    gif = bytearray(save(Image.new("P", (8, 8)), "GIF"))
+    gif[6:10] = (40000).to_bytes(2, "little") * 2
+    with pytest.raises(TooLarge, match="the image has 1600000000 pixels; the limit is 4000000 input pixels"):
+        images.decode(bytes(gif), 4_000_000)
+
+
 # --- Bad input ----------------------------------------------------------------------------------
 
 
