@@ -92,7 +92,7 @@ def fold_output_convolution(model: keras.Model) -> keras.Model:
     output_conv = model.get_layer("output_conv")
     block = shuffle.block_size
     prelu = _prelu("upsample_2_prelu_folded")
-    conv = keras.layers.Conv2D(3 * block * block, output_conv.kernel_size[0] // block + 1, padding="same",
+    conv = keras.layers.Conv2D(output_conv.filters * block * block, output_conv.kernel_size[0] // block + 1, padding="same",
                                name="output_conv_folded")
     x = conv(prelu(shuffle.input))
     x = DepthToSpace(block, name="output_shuffle")(x)
