@@ -1,26 +1,36 @@
 """``sr-upscale``: upscale image files and folders on the same core and limits as the server.
 
     sr-upscale photo.jpg holiday/ -o upscaled/ --model srgan --format png
+    sr-upscale holiday/ -o upscaled/ --server http://sr-a:5000 --server http://sr-b:5000
 
 A file goes to ``OUTDIR/<name>``; a folder to ``OUTDIR/<folder name>/...`` with its
 structure kept. Outputs that already exist are skipped unless ``--overwrite``.
-Settings such as ``MAX_INPUT_PIXELS`` or ``BACKEND`` come from the environment,
-as for the server.
+Without ``--server`` the model runs in this process, with settings such as
+``MAX_INPUT_PIXELS`` or ``BACKEND`` from the environment as for the server; with it,
+each file is sent to a server's /model/predict (``remote.py``) and TensorFlow is never imported.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the progress bars
+if TYPE_CHECKING:
+    from core.pipeline import UpscaleOptions
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's later log lines out of the progress bars
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 FORMAT_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+JOBS_PER_SERVER = 2
 
 
 @dataclass(frozen=True)
@@ -35,31 +45,68 @@ class Summary:
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
+    # Lines after the totals: in remote mode, what each server did and how many files were retried.
+    notes: list[str] = field(default_factory=list)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; light on purpose: --help and remote mode import no TensorFlow."""
     from core.models.registry import SPECS
     from core.pipeline import SCALES
 
     parser = argparse.ArgumentParser(
-        prog="sr-upscale", description="Upscale images 4x (or 2x, 3x) with the service's models.",
-        epilog="Limits and other settings come from the environment, as for the server "
+        prog="sr-upscale", description="Upscale images 4x (or 2x, 3x) with the service's models, "
+                                       "here or on running servers (--server).",
+        epilog="Locally, limits and other settings come from the environment, as for the server "
                "(MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, BACKEND, TILE_BATCH, REQUEST_TIME_LIMIT_S, ...).")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files and folders")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
+    # The options of each upscale, the same in both modes (upscale_options turns them into UpscaleOptions).
     parser.add_argument("--model", choices=sorted(SPECS), help="model (default: the server's default, srgan)")
     parser.add_argument("--scale", type=int, choices=SCALES, default=4, help="output scale (default 4)")
     parser.add_argument("--format", choices=sorted(FORMAT_SUFFIXES), default="png", help="output format (default png)")
     parser.add_argument("--quality", type=int, default=90, help="jpeg/webp quality 1..100 (default 90)")
-    parser.add_argument("--tile", type=int, metavar="PX", help="tile size in input pixels (default TILE_SIZE, 128)")
     parser.add_argument("--ensemble", action="store_true", help="average 8 flips and rotations: slightly better, 8x slower")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    parser.add_argument("--tile", type=int, metavar="PX", help="local mode: tile size in input pixels (default TILE_SIZE)")
+    remote = parser.add_argument_group("remote mode", "send each file to a running server's /model/predict")
+    remote.add_argument("--server", action="append", metavar="URL",
+                        help="a server, e.g. http://host:5000 or a Kubernetes Service URL; repeat for several")
+    remote.add_argument("--jobs", type=int, metavar="N", help=f"requests in flight (default {JOBS_PER_SERVER} per server)")
+    remote.add_argument("--retries", type=int, default=3, metavar="N",
+                        help="tries of a file on another server after a connection error, a timeout or a 5xx (default 3)")
+    remote.add_argument("--timeout", type=float, default=1260, metavar="S",
+                        help="seconds to wait for one answer (default 1260: a request may wait in a server's "
+                             "queue, then run up to its REQUEST_TIME_LIMIT_S, 600 by default)")
+    remote.add_argument("--max-wait", type=float, default=600, metavar="S",
+                        help="seconds a file may spend waiting for busy servers (503 Retry-After) (default 600)")
     args = parser.parse_args(argv)
-    if not 1 <= args.quality <= 100:
-        parser.error(f"--quality must be between 1 and 100, not {args.quality}")
-    if args.tile is not None and args.tile < 16:
-        parser.error(f"--tile must be at least 16 pixels, not {args.tile}")
+    for problem in _option_problems(args):
+        parser.error(problem)
     return args
+
+
+def _option_problems(args: argparse.Namespace) -> Iterator[str]:
+    if not 1 <= args.quality <= 100:
+        yield f"--quality must be between 1 and 100, not {args.quality}"
+    if args.tile is not None and args.tile < 16:
+        yield f"--tile must be at least 16 pixels, not {args.tile}"
+    if args.server and args.tile is not None:
+        yield "--tile applies to local mode only: with --server, each server's TILE_SIZE decides"
+    if args.jobs is not None and args.jobs < 1:
+        yield f"--jobs must be at least 1, not {args.jobs}"
+    if args.retries < 0:
+        yield f"--retries must be 0 or more, not {args.retries}"
+    if args.timeout <= 0 or args.max_wait < 0:
+        yield "--timeout must be positive and --max-wait 0 or more"
+
+
+def upscale_options(args: argparse.Namespace, model: str) -> UpscaleOptions:
+    """What each upscale is asked for, in either mode."""
+    from core.pipeline import UpscaleOptions
+
+    return UpscaleOptions(model=model, scale=args.scale, output_format=args.format,
+                          quality=args.quality, ensemble=args.ensemble)
 
 
 def plan_jobs(inputs: Iterable[Path], output: Path, suffix: str) -> tuple[list[Job], list[tuple[Path, str]]]:
@@ -96,6 +143,7 @@ def _without_clashes(jobs: list[Job], problems: list[tuple[Path, str]]) -> tuple
 
 def load_service(model: str | None, tile: int | None):
     """The server's service with only the chosen model loaded."""
+    _import_tensorflow_quietly()
     from config import load_settings
     from core.service import Service
 
@@ -111,13 +159,34 @@ def load_service(model: str | None, tile: int | None):
     return service
 
 
-def convert(service, job: Job, options, tiles_bar) -> None:
-    """Upscale one file into its target; written beside it first, so a half-written file never counts as done."""
-    result = service.upscale(job.source.read_bytes(), options, tiles_bar)
-    job.target.parent.mkdir(parents=True, exist_ok=True)
-    partial = job.target.with_name(f".{job.target.name}.partial")
-    partial.write_bytes(result.data)
-    partial.replace(job.target)
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with file descriptor 2 captured, shown only if the import fails.
+
+    Its C++ start-up lines (absl's "All log messages before absl::InitializeLog()", oneDNN's
+    notice) are written before TF_CPP_MIN_LOG_LEVEL is read and would land in the progress bars.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def write_output(target: Path, data: bytes) -> None:
+    """Written beside the target first and renamed, so a half-written file never counts as done."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_bytes(data)
+    partial.replace(target)
 
 
 class TileBar:
@@ -142,51 +211,136 @@ class TileBar:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from core.pipeline import UpscaleOptions
-
     jobs, problems = plan_jobs(args.inputs, args.output, FORMAT_SUFFIXES[args.format])
     summary = Summary(failed=list(problems))
     todo = [job for job in jobs if args.overwrite or not job.target.exists()]
     summary.skipped = [job.source for job in jobs if job not in todo]
     if todo:
-        service = load_service(args.model, args.tile)
-        model = service.settings.default_model
-        state = service.registry.states()[model]
-        if state != "ready":
-            print(f"sr-upscale: model {model} could not be loaded: {state}", file=sys.stderr)
-            return 2
-        options = UpscaleOptions(model=model, scale=args.scale, output_format=args.format,
-                                 quality=args.quality, ensemble=args.ensemble)
-        started = time.perf_counter()
-        with tqdm(todo, desc=f"{model} x{args.scale}", unit="file", position=0) as files:
-            for job in files:
-                tiles = TileBar(job.source.name, service.settings.tile_batch)
-                try:
-                    convert(service, job, options, tiles)
-                    summary.converted.append(job.source)
-                except Exception as error:  # noqa: BLE001 - one bad file must not stop the others
-                    summary.failed.append((job.source, _reason(error)))
-                    files.write(f"failed: {job.source}: {summary.failed[-1][1]}")
-                finally:
-                    tiles.close()
-        summary.seconds = time.perf_counter() - started
+        status = run_remote(args, todo, summary) if args.server else run_local(args, todo, summary)
+        if status:
+            return status
     report(summary, args.output)
     return 1 if summary.failed else 0
 
 
+def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> int:
+    """Upscale in this process; 2 when the model cannot be loaded."""
+    _show_warnings_without_tracebacks()
+    service = load_service(args.model, args.tile)
+    model = service.settings.default_model
+    state = service.registry.states()[model]
+    if state != "ready":
+        print(f"sr-upscale: model {model} could not be loaded: {state.removeprefix('failed: ')}", file=sys.stderr)
+        return 2
+    options = upscale_options(args, model)
+
+    def convert(job: Job) -> None:
+        tiles = TileBar(job.source.name, service.settings.tile_batch)
+        try:
+            write_output(job.target, service.upscale(job.source.read_bytes(), options, tiles).data)
+        finally:
+            tiles.close()
+
+    convert_all(todo, convert, f"{model} x{args.scale}", summary, jobs=1)
+    return 0
+
+
+def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> int:
+    """Send every file to the servers; 2 when none of them can take the work."""
+    import remote
+
+    urls = list(dict.fromkeys(remote.server_url(text) for text in args.server))
+    model, usable, skipped = args.model, [], {}
+    for url in urls:
+        offered, problem = remote.probe(url, model)
+        if problem:
+            skipped[url] = problem
+            print(f"sr-upscale: skipping server {url}: {problem}", file=sys.stderr)
+        else:
+            model = offered
+            usable.append(url)
+    if not usable:
+        print("sr-upscale: no server can take the work", file=sys.stderr)
+        return 2
+    cluster = remote.Cluster(usable, args.retries, args.timeout, args.max_wait)
+    fields = remote.form_fields(upscale_options(args, model))
+
+    def convert(job: Job) -> None:
+        write_output(job.target, cluster.upscale(job.source.read_bytes(), job.source.name, fields).data)
+
+    convert_all(todo, convert, f"{model} x{args.scale}", summary, jobs=args.jobs or JOBS_PER_SERVER * len(usable))
+    summary.notes = cluster.report() + [f"  {url}: skipped at start: {problem}" for url, problem in skipped.items()]
+    return 0
+
+
+def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, summary: Summary, jobs: int) -> None:
+    """Run ``convert`` on every job, ``jobs`` at a time, under the files' progress bar; failures are recorded."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    with tqdm(total=len(todo), desc=title, unit="file", position=0) as files:
+        for job, error in _outcomes(todo, convert, jobs):
+            if error is None:
+                summary.converted.append(job.source)
+            else:
+                summary.failed.append((job.source, _reason(error)))
+                files.write(f"failed: {job.source}: {summary.failed[-1][1]}")
+            files.update()
+    summary.seconds = time.perf_counter() - started
+
+
+def _outcomes(todo: list[Job], convert: Callable[[Job], None], jobs: int) -> Iterator[tuple[Job, Exception | None]]:
+    """Each job with the exception it ended with (None when done), in the order they finish."""
+    if jobs == 1:  # in this thread: the local model and its tile bar need no pool
+        for job in todo:
+            yield job, _attempt(convert, job)
+        return
+    pool = ThreadPoolExecutor(jobs, thread_name_prefix="upload")
+    try:
+        futures = {pool.submit(_attempt, convert, job): job for job in todo}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _attempt(convert: Callable[[Job], None], job: Job) -> Exception | None:
+    try:
+        convert(job)
+    except Exception as error:  # noqa: BLE001 - one bad file must not stop the others
+        return error
+    return None
+
+
 def _reason(error: Exception) -> str:
     from core.errors import ServiceError
+    from remote import FileFailed
 
     if isinstance(error, ServiceError):
         return error.message
+    if isinstance(error, FileFailed):  # already worded for the user
+        return str(error)
     return f"{type(error).__name__}: {error}"
+
+
+class _MessageOnly(logging.Formatter):
+    """A log record's message without its traceback: the user gets the reason, not the call stack."""
+
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+        return ""
+
+
+def _show_warnings_without_tracebacks() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(_MessageOnly("sr-upscale: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
 def report(summary: Summary, output: Path) -> None:
     print(f"converted {len(summary.converted)} in {summary.seconds:.1f} s, skipped {len(summary.skipped)} already done"
           f"{' (use --overwrite to redo)' if summary.skipped else ''}, failed {len(summary.failed)}; output in {output}")
+    for line in summary.notes:
+        print(line)
     for source, reason in summary.failed:
         print(f"FAILED {source}: {reason}", file=sys.stderr)
 

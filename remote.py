@@ -1,0 +1,243 @@
+"""The command line's remote mode: files sent to running servers' ``POST /model/predict``.
+
+Each file goes to the server with the fewest requests in flight. A 503 waits for its
+Retry-After and tries again on any server; a connection error, a timeout or another 5xx
+marks that server down for a while and tries the file on another one, a bounded number
+of times; a 4xx is the file's own error and is not retried. Nothing here imports
+TensorFlow: a laptop can drive a cluster without the service's heavy dependencies loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import http.client
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+import requests
+
+if TYPE_CHECKING:
+    from core.pipeline import UpscaleOptions
+
+# A server marked down gets no files for this long; a restarted pod is usually back within it.
+DOWN_FOR_S = 30.0
+CONNECT_TIMEOUT_S = 10.0
+# When a 503 carries no usable Retry-After; the service itself always sends one (RETRY_AFTER_S).
+FALLBACK_RETRY_AFTER_S = 5.0
+
+
+class FileFailed(Exception):
+    """A file that cannot be upscaled: its own 4xx, or every attempt used up."""
+
+
+@dataclass
+class Server:
+    url: str
+    in_flight: int = 0
+    down_until: float = 0.0
+    done: int = 0
+    # Why the server was marked down, each time it was.
+    downs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Tries:
+    """One file's history: requests sent, servers that failed it, seconds waited for busy servers."""
+
+    sent: int = 0
+    failed_on: list[str] = field(default_factory=list)
+    waited: float = 0.0
+
+
+@dataclass(frozen=True)
+class Upscaled:
+    data: bytes
+    server: str
+    requests: int
+
+
+def server_url(text: str) -> str:
+    """``host:port`` or a full URL, without a trailing slash."""
+    url = text if "://" in text else f"http://{text}"
+    return url.rstrip("/")
+
+
+def form_fields(options: UpscaleOptions) -> dict[str, str]:
+    """/model/predict's form fields for ``options``: the same names, but ``format`` for ``output_format``."""
+    fields = {("format" if name == "output_format" else name): value
+              for name, value in dataclasses.asdict(options).items() if value is not None}
+    return {name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in fields.items()}
+
+
+def probe(url: str, model: str | None) -> tuple[str | None, str | None]:
+    """``(model, None)`` when the server offers ``model`` (or its default) ready, else ``(None, why not)``."""
+    try:
+        response = requests.get(f"{url}/model/metadata", timeout=CONNECT_TIMEOUT_S)
+    except requests.RequestException as error:
+        return None, f"cannot connect ({_describe(error, CONNECT_TIMEOUT_S)})"
+    if response.status_code != 200:
+        return None, f"GET /model/metadata answered HTTP {response.status_code}"
+    try:
+        metadata = response.json()
+        states = {entry["id"]: entry["state"] for entry in metadata["models"]}
+        chosen = model or metadata["default_model"]
+    except (ValueError, KeyError, TypeError):
+        return None, "GET /model/metadata did not answer this service's metadata"
+    if chosen not in states:
+        return None, f"does not offer model {chosen} (it offers {', '.join(states)})"
+    if states[chosen] != "ready":
+        return None, f"model {chosen} is not ready there ({states[chosen]})"
+    return chosen, None
+
+
+class Cluster:
+    """The usable servers, which file goes where, and the retry rules."""
+
+    def __init__(self, urls: list[str], retries: int, timeout_s: float, max_wait_s: float) -> None:
+        self.servers = [Server(url) for url in urls]
+        self.retries = retries
+        self.timeout_s = timeout_s
+        self.max_wait_s = max_wait_s
+        self.retried = 0  # files sent more than once
+        self._changed = threading.Condition()
+
+    def report(self) -> list[str]:
+        """What each server did, and how many files needed more than one request."""
+        lines = []
+        for server in self.servers:
+            downs = f", marked down {len(server.downs)}x (last: {server.downs[-1]})" if server.downs else ""
+            lines.append(f"  {server.url}: {server.done} files{downs}")
+        return [*lines, f"  retried {self.retried} files"]
+
+    def upscale(self, data: bytes, filename: str, fields: dict[str, str]) -> Upscaled:
+        """The upscaled file from whichever server could do it; FileFailed with the reason otherwise."""
+        tries = _Tries()
+        try:
+            while (done := self._try_once(data, filename, fields, tries)) is None:
+                pass
+            return done
+        finally:
+            if tries.sent > 1:
+                with self._changed:
+                    self.retried += 1
+
+    def _try_once(self, data: bytes, filename: str, fields: dict[str, str], tries: _Tries) -> Upscaled | None:
+        """One request for the file; None when it is to be tried again."""
+        server = self._checkout(avoid=tries.failed_on)
+        tries.sent += 1
+        try:
+            response = requests.post(f"{server.url}/model/predict", files={"image": (filename, data)},
+                                     data=fields, timeout=(CONNECT_TIMEOUT_S, self.timeout_s),
+                                     # A new connection per file: a Kubernetes Service balances
+                                     # connections, not requests, so this spreads files over its pods.
+                                     headers={"Connection": "close"})
+        except requests.RequestException as error:
+            self._mark_down(server, _describe(error, self.timeout_s), tries)
+            return None
+        finally:
+            self._release(server)
+        if response.status_code == 200:
+            with self._changed:
+                server.done += 1
+            return Upscaled(response.content, server.url, tries.sent)
+        message = _message(response)
+        if response.status_code == 503:
+            self._wait_until_retry(response, message, tries)
+        elif response.status_code >= 500:
+            self._mark_down(server, f"HTTP {response.status_code}: {message}", tries)
+        else:
+            raise FileFailed(message)
+        return None
+
+    def _wait_until_retry(self, response: requests.Response, message: str, tries: _Tries) -> None:
+        """Sleep for the 503's Retry-After; FileFailed once the file would wait past --max-wait."""
+        pause = _retry_after(response)
+        if tries.waited + pause > self.max_wait_s:
+            raise FileFailed(f"the servers stayed busy for more than {self.max_wait_s:g} s (--max-wait); "
+                             f"last answer: {message}")
+        time.sleep(pause)
+        tries.waited += pause
+
+    def _mark_down(self, server: Server, reason: str, tries: _Tries) -> None:
+        """No files to ``server`` for a while; FileFailed once the file has used all its attempts."""
+        with self._changed:
+            server.down_until = time.monotonic() + DOWN_FOR_S
+            server.downs.append(reason)
+            self._changed.notify_all()
+        tries.failed_on.append(server.url)
+        if len(tries.failed_on) > self.retries:
+            raise FileFailed(f"{reason} (gave up after {len(tries.failed_on)} attempts)")
+
+    def _checkout(self, avoid: list[str]) -> Server:
+        """The up server with the fewest files in flight, preferring those this file has not failed on."""
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                up = [server for server in self.servers if server.down_until <= now]
+                if up:
+                    server = min(up, key=lambda s: (s.url in avoid, s.in_flight, s.done))
+                    server.in_flight += 1
+                    return server
+                self._changed.wait(min(server.down_until for server in self.servers) - now)
+
+    def _release(self, server: Server) -> None:
+        with self._changed:
+            server.in_flight -= 1
+            self._changed.notify_all()
+
+
+def _retry_after(response: requests.Response) -> float:
+    """Retry-After in seconds: a number, or an HTTP date."""
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return FALLBACK_RETRY_AFTER_S
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _message(response: requests.Response) -> str:
+    """The service's ``{"message": ...}``, or the start of whatever else came back."""
+    try:
+        message = response.json().get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message) if message else f"HTTP {response.status_code}: {response.text[:200].strip()}"
+
+
+def _describe(error: requests.RequestException, timeout_s: float) -> str:
+    """A short reason ('connection refused', ...) rather than urllib3's nested exceptions."""
+    if isinstance(error, requests.ConnectTimeout):
+        return f"no connection within {CONNECT_TIMEOUT_S:g} s"
+    if isinstance(error, requests.ReadTimeout):
+        return f"no answer within {timeout_s:g} s (--timeout)"
+    causes = _causes(error)
+    for kind, reason in REASONS:
+        if any(isinstance(cause, kind) for cause in causes):
+            return reason
+    return f"{type(error).__name__}: {error}"
+
+
+REASONS = (
+    (ConnectionRefusedError, "connection refused"),
+    (ConnectionResetError, "connection reset"),
+    (http.client.RemoteDisconnected, "the connection closed without an answer"),
+)
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """Every exception ``error`` wraps, through causes, contexts and urllib3's ``reason`` and args."""
+    found: list[BaseException] = []
+    todo: list[object] = [error]
+    while todo:
+        item = todo.pop()
+        if not isinstance(item, BaseException) or any(item is seen for seen in found):
+            continue
+        found.append(item)
+        todo += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+    return found
