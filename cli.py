@@ -262,13 +262,14 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
     if not usable:
         print("sr-upscale: no server can take the work", file=sys.stderr)
         return 2
-    cluster = remote.Cluster(usable, args.retries, args.timeout, args.max_wait)
+    jobs = args.jobs or JOBS_PER_SERVER * len(usable)
+    cluster = remote.Cluster(usable, jobs, args.retries, args.timeout, args.max_wait)
     fields = remote.form_fields(upscale_options(args, model))
 
     def convert(job: Job) -> None:
         write_output(job.target, cluster.upscale(job.source.read_bytes(), job.source.name, fields).data)
 
-    convert_all(todo, convert, f"{model} x{args.scale}", summary, jobs=args.jobs or JOBS_PER_SERVER * len(usable))
+    convert_all(todo, convert, f"{model} x{args.scale}", summary, jobs)
     summary.notes = cluster.report() + [f"  {url}: skipped at start: {problem}" for url, problem in skipped.items()]
     return 0
 

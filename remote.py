@@ -96,8 +96,9 @@ def probe(url: str, model: str | None) -> tuple[str | None, str | None]:
 class Cluster:
     """The usable servers, which file goes where, and the retry rules."""
 
-    def __init__(self, urls: list[str], retries: int, timeout_s: float, max_wait_s: float) -> None:
+    def __init__(self, urls: list[str], jobs: int, retries: int, timeout_s: float, max_wait_s: float) -> None:
         self.servers = [Server(url) for url in urls]
+        self.per_server = -(-jobs // len(urls))
         self.retries = retries
         self.timeout_s = timeout_s
         self.max_wait_s = max_wait_s
@@ -172,16 +173,21 @@ class Cluster:
             raise FileFailed(f"{reason} (gave up after {len(tries.failed_on)} attempts)")
 
     def _checkout(self, avoid: list[str]) -> Server:
-        """The up server with the fewest files in flight, preferring those this file has not failed on."""
+        """The up server with the fewest files in flight, preferring those this file has not failed on.
+
+        Each server takes at most its share of the requests in flight: when one is down, the
+        others are not sent more than their queues hold (which would only earn 503s).
+        """
         with self._changed:
             while True:
                 now = time.monotonic()
                 up = [server for server in self.servers if server.down_until <= now]
-                if up:
-                    server = min(up, key=lambda s: (s.url in avoid, s.in_flight, s.done))
+                free = [server for server in up if server.in_flight < self.per_server]
+                if free:
+                    server = min(free, key=lambda s: (s.url in avoid, s.in_flight, s.done))
                     server.in_flight += 1
                     return server
-                self._changed.wait(min(server.down_until for server in self.servers) - now)
+                self._changed.wait(None if up else min(server.down_until for server in self.servers) - now)
 
     def _release(self, server: Server) -> None:
         with self._changed:

@@ -1,6 +1,7 @@
 """``sr-upscale`` on a small folder, as a user runs it: a subprocess with the real srgan model."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -13,9 +14,9 @@ from cli import plan_jobs
 from tests.conftest import ROOT, SAMPLES
 
 
-def sr_upscale(*args: object) -> subprocess.CompletedProcess:
+def sr_upscale(*args: object, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, env={**os.environ, **env})
 
 
 def size_of(path: Path) -> tuple[int, int]:
@@ -78,6 +79,28 @@ def test_bad_options_exit_with_a_usage_error(tmp_path):
     result = sr_upscale(tmp_path, "-o", tmp_path / "out", "--model", "nope")
     assert result.returncode == 2
     assert "invalid choice: 'nope'" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_load_gives_one_clean_message_without_tensorflow_noise(inputs, tmp_path):
+    result = sr_upscale(inputs / "camera.png", "-o", tmp_path / "out", "--model", "max-srgan",
+                        MAX_SRGAN_CHECKPOINT=str(tmp_path / "no-such-checkpoint"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"sr-upscale: model max-srgan could not be loaded: no readable TensorFlow checkpoint at {tmp_path}" in result.stderr
+    # TensorFlow was imported (the checkpoint reader is TensorFlow's): its C++ start-up lines stay out
+    assert "absl::InitializeLog" not in result.stderr and "oneDNN" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_imports_no_tensorflow():
+    probe = ("import sys, cli\n"
+             "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(name for name in sys.modules if name.split('.')[0] in ('tensorflow', 'keras', 'openvino')))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--server URL" in result.stdout and "OUTDIR" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_console_script_is_installed():

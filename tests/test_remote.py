@@ -1,0 +1,269 @@
+"""``sr-upscale --server`` against real gunicorn servers on loopback (MODELS=srgan, small images).
+
+No test waits a fixed time or assumes a speed: each waits for a condition (a request in
+flight, a line in a server's log) with a deadline that only bounds a failure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from core.pipeline import UpscaleOptions
+from remote import form_fields
+from tests.conftest import ROOT, SAMPLES
+from tests.live_server import LiveServer, free_port, live_server
+
+pytestmark = pytest.mark.slow
+SIDE = 48
+
+
+def sr_upscale(*args: object, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *python_flags, "-m", "cli", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def photos(folder: Path, count: int) -> Path:
+    """``count`` small distinct PNGs cut from the samples."""
+    folder.mkdir(parents=True)
+    samples = sorted(SAMPLES.glob("*.png"))
+    for index in range(count):
+        with Image.open(samples[index % len(samples)]) as image:
+            image.convert("RGB").crop((index, index, index + SIDE, index + SIDE)).save(folder / f"p{index:02}.png")
+    return folder
+
+
+def assert_all_upscaled(source: Path, out: Path) -> None:
+    names = sorted(path.name for path in source.iterdir())
+    assert sorted(path.name for path in (out / source.name).iterdir()) == names  # no .partial left either
+    for name in names:
+        with Image.open(out / source.name / name) as image:
+            image.load()
+            assert image.size == (SIDE * 4, SIDE * 4)
+
+
+def files_done(stdout: str) -> dict[str, int]:
+    """The summary's per-server lines: ``  http://127.0.0.1:5001: 3 files ...``."""
+    return {url: int(count) for url, count in re.findall(r"^  (http://\S+): (\d+) files", stdout, re.MULTILINE)}
+
+
+def predict_statuses(server: LiveServer) -> list[int]:
+    """The status of every /model/predict the server answered so far, from its access log."""
+    entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    return [entry["status"] for entry in entries
+            if entry.get("logger") == "superres.access" and entry.get("path") == "/model/predict"]
+
+
+def wait_for(condition, what: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout_s} s: {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[LiveServer, LiveServer]]:
+    with live_server() as first, live_server() as second:
+        yield first, second
+
+
+def test_work_is_spread_over_both_servers_without_tensorflow(servers, tmp_path):
+    first, second = servers
+    before = len(predict_statuses(first)), len(predict_statuses(second))
+    source = photos(tmp_path / "photos", 8)
+
+    result = sr_upscale(source, "-o", tmp_path / "out", "--server", first.url, "--server", second.url,
+                        python_flags=("-X", "importtime"))
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_all_upscaled(source, tmp_path / "out")
+    done = files_done(result.stdout)
+    assert done[first.url] >= 1 and done[second.url] >= 1 and done[first.url] + done[second.url] == 8
+    assert (len(predict_statuses(first)) - before[0], len(predict_statuses(second)) - before[1]) == (
+        done[first.url], done[second.url])
+    assert "retried 0 files" in result.stdout and "converted 8" in result.stdout
+    imported = re.findall(r"^import time:.*\|\s*(\S+)$", result.stderr, re.MULTILINE)
+    assert "requests" in imported
+    assert not [name for name in imported if name.split(".")[0] in ("tensorflow", "keras", "openvino")]
+
+
+def test_a_bad_file_is_reported_once_with_its_4xx_message(servers, tmp_path):
+    first, second = servers
+    before = predict_statuses(first) + predict_statuses(second)
+    source = photos(tmp_path / "photos", 3)
+    (source / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+
+    result = sr_upscale(source, "-o", tmp_path / "out", "--server", first.url, "--server", second.url)
+
+    assert result.returncode == 1
+    failed = [line for line in result.stderr.splitlines() if line.startswith("FAILED ")]
+    direct = requests.post(f"{first.url}/model/predict", files={"image": (source / "broken.png").read_bytes()}, timeout=60)
+    assert direct.status_code == 400
+    assert failed == [f"FAILED {source / 'broken.png'}: {direct.json()['message']}"]
+    after = predict_statuses(first) + predict_statuses(second)
+    # 3 good files, the bad one sent once (not retried), and the direct request above
+    assert (len(after) - len(before), after.count(400) - before.count(400)) == (5, 2)
+    assert "retried 0 files" in result.stdout and "converted 3" in result.stdout
+    assert not (tmp_path / "out" / "photos" / "broken.png").exists()
+
+
+def test_an_unreachable_server_is_skipped_with_a_clear_message(servers, tmp_path):
+    first, _ = servers
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    source = photos(tmp_path / "photos", 2)
+
+    result = sr_upscale(source, "-o", tmp_path / "out", "--server", nowhere, "--server", first.url)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"sr-upscale: skipping server {nowhere}: cannot connect (connection refused)" in result.stderr
+    assert files_done(result.stdout) == {first.url: 2}
+    assert f"  {nowhere}: skipped at start: cannot connect (connection refused)" in result.stdout
+    assert_all_upscaled(source, tmp_path / "out")
+
+    alone = sr_upscale(source, "-o", tmp_path / "again", "--server", nowhere)
+    assert alone.returncode == 2 and "no server can take the work" in alone.stderr
+
+
+def test_a_server_answering_503_is_waited_for(servers, tmp_path):
+    first, _ = servers
+    source = photos(tmp_path / "photos", 2)
+    with busy_once_in_front_of(first.url) as (proxy_url, seen):
+        result = sr_upscale(source, "-o", tmp_path / "out", "--server", proxy_url)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_all_upscaled(source, tmp_path / "out")
+    predicts = [(when, status, _uploaded_name(body)) for when, path, status, body in seen if path == "/model/predict"]
+    assert [status for _, status, _ in predicts].count(503) == 1 and len(predicts) == 3
+    refused_at, _, refused = next(entry for entry in predicts if entry[1] == 503)
+    retried_at = next(when for when, status, name in predicts if status == 200 and name == refused)
+    assert retried_at - refused_at >= RETRY_AFTER_S  # waited for Retry-After: a lower bound, not a speed
+    assert "retried 1 files" in result.stdout and files_done(result.stdout) == {proxy_url: 2}
+
+
+RETRY_AFTER_S = 1
+
+
+def _uploaded_name(multipart: bytes) -> bytes:
+    return re.search(rb'filename="([^"]+)"', multipart).group(1)
+
+
+@contextmanager
+def busy_once_in_front_of(upstream: str) -> Iterator[tuple[str, list]]:
+    """A loopback proxy to ``upstream`` that answers the first /model/predict with 503 and Retry-After.
+
+    Yields its URL and what it saw: (time, path, status, request body) per request.
+    """
+    seen: list[tuple[float, str, int, bytes]] = []
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self._answer(requests.get(upstream + self.path, timeout=60), b"")
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            with lock:
+                first_predict = not any(path == "/model/predict" for _, path, _, _ in seen)
+                if first_predict:
+                    seen.append((time.monotonic(), self.path, 503, body))
+            if first_predict:
+                message = json.dumps({"message": "the server is busy; retry later"}).encode()
+                self.send_response(503)
+                self.send_header("Retry-After", str(RETRY_AFTER_S))
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(message)))
+                self.end_headers()
+                self.wfile.write(message)
+                return
+            answer = requests.post(upstream + self.path, data=body, timeout=600,
+                                   headers={"Content-Type": self.headers["Content-Type"]})
+            self._answer(answer, body)
+
+        def _answer(self, answer: requests.Response, body: bytes) -> None:
+            with lock:
+                seen.append((time.monotonic(), self.path, answer.status_code, body))
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", answer.headers.get("Content-Type", "application/octet-stream"))
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_address[1]}", seen
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_a_server_killed_mid_run_loses_no_file(servers, tmp_path):
+    _, survivor = servers
+    source = photos(tmp_path / "photos", 24)
+    survivor_before = len(predict_statuses(survivor))
+    with live_server() as doomed:
+        port = int(doomed.url.rsplit(":", 1)[1])
+        run = subprocess.Popen([sys.executable, "-m", "cli", str(source), "-o", str(tmp_path / "out"),
+                                "--server", doomed.url, "--server", survivor.url],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The start-up probes are over once the survivor has answered a file; then catch the doomed
+        # server with a request in flight, freeze it, and kill it if the request is still there.
+        wait_for(lambda: len(predict_statuses(survivor)) > survivor_before, "the survivor answers a file")
+        wait_for(lambda: _frozen_with_request_in_flight(doomed, port), "a request in flight on the doomed server")
+        os.killpg(doomed.process.pid, signal.SIGKILL)
+        stdout, stderr = run.communicate(timeout=600)
+
+    assert run.returncode == 0, stderr[-3000:]
+    assert_all_upscaled(source, tmp_path / "out")
+    done = files_done(stdout)
+    assert done[doomed.url] + done[survivor.url] == 24
+    down = re.search(rf"^  {re.escape(doomed.url)}: \d+ files, marked down (\d+)x \(last: (.+)\)$", stdout, re.MULTILINE)
+    assert down and down.group(2) in ("connection reset", "the connection closed without an answer",
+                                      "connection refused"), stdout
+    assert int(re.search(r"retried (\d+) files", stdout).group(1)) >= 1
+
+
+def _frozen_with_request_in_flight(server: LiveServer, port: int) -> bool:
+    """Stop the server's processes if a client's request is open on ``port``; True if one still is then."""
+    if not _open_connections(port):
+        return False
+    os.killpg(server.process.pid, signal.SIGSTOP)
+    if _open_connections(port):
+        return True
+    os.killpg(server.process.pid, signal.SIGCONT)
+    return False
+
+
+def _open_connections(port: int) -> int:
+    """Server-side connections on loopback ``port`` not yet closed by the server: requests not yet answered.
+
+    The client asks for ``Connection: close``, so the server closes each connection once it has answered.
+    """
+    established = "01"
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if row[1] == f"0100007F:{port:04X}" and row[3] == established)
+
+
+def test_options_become_the_predict_form_fields():
+    options = UpscaleOptions(model="srresnet", scale=2, output_format="jpeg", quality=80, ensemble=True)
+    assert form_fields(options) == {"model": "srresnet", "scale": "2", "format": "jpeg", "quality": "80",
+                                    "ensemble": "true"}
