@@ -1,0 +1,94 @@
+"""A folder through ``sr-upscale --server``: one server against two, on loopback, in files per minute.
+
+    flock -x /tmp/cpu.lock .venv/bin/python -m bench.cluster --files 40 --side 128
+
+Each configuration starts its own gunicorn servers (MODELS=srgan, one worker each), runs the
+command line over the same folder into a fresh output folder, and takes the time from its summary
+line (the conversion, without start-up). The servers share this machine's cores, so "two servers
+of one thread each" stands for two one-core pods, and "one server of two threads" for one pod
+with the machine's two cores. Prints a Markdown table with the CPU and the fp32 ceiling.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from PIL import Image
+
+from tests.live_server import live_server
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "assets" / "test_examples" / "low_resolution"
+# (label, servers, INFERENCE_THREADS of each)
+CONFIGURATIONS = (("one server, 1 thread", 1, 1), ("two servers, 1 thread each", 2, 1),
+                  ("one server, 2 threads", 1, 2))
+
+
+def make_folder(folder: Path, count: int, side: int) -> None:
+    """``count`` distinct side x side photos cut from the samples."""
+    folder.mkdir(parents=True)
+    samples = sorted(SAMPLES.glob("*.png"))
+    for index in range(count):
+        with Image.open(samples[index % len(samples)]) as image:
+            shift = index // len(samples)
+            image.convert("RGB").resize((side + shift, side + shift)).crop((shift, shift, side + shift, side + shift)) \
+                .save(folder / f"photo{index:03}.png")
+
+
+def run_cli(folder: Path, out: Path, urls: list[str]) -> float:
+    """Seconds the conversion took, from the summary line; fails unless every file was converted."""
+    servers = [argument for url in urls for argument in ("--server", url)]
+    result = subprocess.run([sys.executable, "-m", "cli", str(folder), "-o", str(out), *servers],
+                            cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    converted = re.search(r"converted (\d+) in ([\d.]+) s, skipped 0 already done, failed 0", result.stdout)
+    if result.returncode != 0 or converted is None:
+        raise RuntimeError(f"sr-upscale failed: {result.stdout}{result.stderr[-2000:]}")
+    print(result.stdout.strip(), file=sys.stderr)
+    return float(converted.group(2))
+
+
+def cpu_description() -> str:
+    info = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.+)$", info, re.MULTILINE).group(1).strip()
+    flags = set(re.search(r"^flags\s*:\s*(.+)$", info, re.MULTILINE).group(1).split())
+    shown = [flag for flag in ("avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "amx_int8")
+             if flag in flags]
+    return f"{model}, {len(os.sched_getaffinity(0))} cores, {' '.join(shown)}"
+
+
+def fp32_ceiling() -> float:
+    """numpy's sgemm GFLOP/s (bench/speed.py), with OpenBLAS's core type and L2 overrides unset for it alone."""
+    env = {name: value for name, value in os.environ.items() if name not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    result = subprocess.run([sys.executable, "-c", "from bench.speed import measure_ceiling; print(measure_ceiling())"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=600)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=40)
+    parser.add_argument("--side", type=int, default=128)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        folder = Path(work) / "photos"
+        make_folder(folder, args.files, args.side)
+        for index, (label, count, threads) in enumerate(CONFIGURATIONS):
+            with ExitStack() as stack:
+                servers = [stack.enter_context(live_server(inference_threads=str(threads))) for _ in range(count)]
+                seconds = run_cli(folder, Path(work) / f"out{index}", [server.url for server in servers])
+            rows.append(f"| {label} | {args.files} | {seconds:.1f} | {args.files / seconds * 60:.0f} |")
+    print(f"CPU: {cpu_description()}; fp32 ceiling (numpy sgemm) {fp32_ceiling():.0f} GFLOP/s\n")
+    print(f"`srgan`, {args.side}x{args.side} PNGs, `--jobs` at its default (2 per server)\n")
+    print("| servers | files | seconds | files per minute |\n|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
