@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the progress bars
@@ -38,25 +38,28 @@ class Summary:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; ``args.options`` holds the upscale's options, checked as the server checks them."""
+    from config import load_settings
+    from core.errors import InvalidInput
     from core.models.registry import SPECS
-    from core.pipeline import SCALES
+    from core.options import OptionContext, add_cli_flags, cli_values, parse_options
 
     parser = argparse.ArgumentParser(
-        prog="sr-upscale", description="Upscale images 4x (or 2x, 3x) with the service's models.",
+        prog="sr-upscale", description="Upscale images (4x by default, any scale from 1 to 8, or to a size) "
+                                       "with the service's models.",
         epilog="Limits and other settings come from the environment, as for the server "
                "(MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, BACKEND, TILE_BATCH, REQUEST_TIME_LIMIT_S, ...).")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files and folders")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
-    parser.add_argument("--model", choices=sorted(SPECS), help="model (default: the server's default, srgan)")
-    parser.add_argument("--scale", type=int, choices=SCALES, default=4, help="output scale (default 4)")
-    parser.add_argument("--format", choices=sorted(FORMAT_SUFFIXES), default="png", help="output format (default png)")
-    parser.add_argument("--quality", type=int, default=90, help="jpeg/webp quality 1..100 (default 90)")
+    context = OptionContext(tuple(SPECS), load_settings().default_model)
+    add_cli_flags(parser, context)
     parser.add_argument("--tile", type=int, metavar="PX", help="tile size in input pixels (default TILE_SIZE, 128)")
-    parser.add_argument("--ensemble", action="store_true", help="average 8 flips and rotations: slightly better, 8x slower")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     args = parser.parse_args(argv)
-    if not 1 <= args.quality <= 100:
-        parser.error(f"--quality must be between 1 and 100, not {args.quality}")
+    try:
+        args.options = parse_options(cli_values(args), context)
+    except InvalidInput as error:
+        parser.error(error.message)
     if args.tile is not None and args.tile < 16:
         parser.error(f"--tile must be at least 16 pixels, not {args.tile}")
     return args
@@ -144,23 +147,20 @@ class TileBar:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from core.pipeline import UpscaleOptions
-
-    jobs, problems = plan_jobs(args.inputs, args.output, FORMAT_SUFFIXES[args.format])
+    jobs, problems = plan_jobs(args.inputs, args.output, FORMAT_SUFFIXES[args.options.output_format])
     summary = Summary(failed=list(problems))
     todo = [job for job in jobs if args.overwrite or not job.target.exists()]
     summary.skipped = [job.source for job in jobs if job not in todo]
     if todo:
-        service = load_service(args.model, args.tile)
+        service = load_service(args.options.model, args.tile)
         model = service.settings.default_model
         state = service.registry.states()[model]
         if state != "ready":
             print(f"sr-upscale: model {model} could not be loaded: {state}", file=sys.stderr)
             return 2
-        options = UpscaleOptions(model=model, scale=args.scale, output_format=args.format,
-                                 quality=args.quality, ensemble=args.ensemble)
+        options = replace(args.options, model=model)
         started = time.perf_counter()
-        with tqdm(todo, desc=f"{model} x{args.scale}", unit="file", position=0) as files:
+        with tqdm(todo, desc=f"{model} {size_label(options)}", unit="file", position=0) as files:
             for job in files:
                 tiles = TileBar(job.source.name, service.settings.tile_batch)
                 try:
@@ -174,6 +174,19 @@ def run(args: argparse.Namespace) -> int:
         summary.seconds = time.perf_counter() - started
     report(summary, args.output)
     return 1 if summary.failed else 0
+
+
+def size_label(options) -> str:
+    """The asked size for the progress bar: x4, x1.5, 1920 wide, 1920x1080 cover."""
+    from core.options import DEFAULT_SCALE
+
+    if options.width is not None and options.height is not None:
+        return f"{options.width}x{options.height} {options.fit}"
+    if options.width is not None:
+        return f"{options.width} wide"
+    if options.height is not None:
+        return f"{options.height} high"
+    return f"x{DEFAULT_SCALE if options.scale is None else options.scale:g}"
 
 
 def _reason(error: Exception) -> str:
