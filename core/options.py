@@ -132,7 +132,7 @@ def _offered_models(context: OptionContext, model: str | None) -> tuple[str, ...
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("model", "choice", "Model id from /model/metadata", choices=_offered_models,
+    Option("model", "choice", "Which model runs; /model/metadata describes each", choices=_offered_models,
            default_text="the server's default model"),
     Option("scale", "number", "Output size as a multiple of the input's: round(width x scale) by "
            "round(height x scale); the default applies when neither width nor height is sent, "
@@ -260,7 +260,7 @@ def markdown_table() -> str:
     """The options table of README.md and docs/inputs.md (tests check that both hold it unchanged)."""
     rows = ["| field | default | values | meaning |", "|---|---|---|---|"]
     for option in OPTIONS:
-        default = option.default_text or f"`{_show(option.default)}`"
+        default = option.default_text or ("unset" if option.default is None else f"`{_show(option.default)}`")
         # The models depend on the server's MODELS setting; /model/metadata lists them.
         allowed = "an id from /model/metadata" if callable(option.choices) else option.allowed(DOCUMENTED)
         rows.append(f"| `{option.name}` | {default} | {allowed} | {option.help} |")
