@@ -5,14 +5,13 @@ import io
 import re
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import ROOT, SAMPLES, sample_bytes
+from tests.conftest import SAMPLES, sample_bytes
 from tests.live_server import live_server
 
 pytestmark = pytest.mark.slow

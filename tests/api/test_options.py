@@ -163,7 +163,7 @@ def test_every_intermediate_size_is_checked_before_the_network_runs(client, serv
     monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_output_pixels": 1200}))
     response = predict(client, data, scale="1.5")  # 50 x 11 asked, but the first pass makes 132 x 28
     assert response.status_code == 413 and "the model's 4x result would be 132x28" in response.json["message"]
-    status, events = page_events(client, data, width="200")
+    _, events = page_events(client, data, width="200")
     assert events[-1]["status"] == 413 and "132x28" in events[-1]["message"]
 
 
@@ -222,7 +222,7 @@ def test_a_target_out_of_range_for_this_image_names_it_on_both_routes(client):
     response = predict(client, WIDE, width="10")
     assert response.status_code == 400
     assert "width 10 would enlarge the 15x9 image 0.667 times" in response.json["message"]
-    status, events = page_events(client, WIDE, width="10")
+    _, events = page_events(client, WIDE, width="10")
     assert events[-1] == {"event": "error", "status": 400, "message": response.json["message"]}
 
 
@@ -241,12 +241,12 @@ def test_ensemble_words_mean_true_on_both_routes(client, word):
 def test_format_names_in_any_case_and_jpg(client, word):
     response = predict(client, WIDE, format=word)
     assert response.status_code == 200 and response.mimetype == "image/jpeg"
-    status, events = page_events(client, WIDE, format=word)
+    _, events = page_events(client, WIDE, format=word)
     assert events[-1]["content_type"] == "image/jpeg"
 
 
 def page_answer(client, data: bytes, **fields) -> np.ndarray:
-    status, events = page_events(client, data, **fields)
+    _, events = page_events(client, data, **fields)
     assert status == 200 and events[-1]["event"] == "result", events[-1]
     return pixels(base64.b64decode(events[-1]["image"]))
 
@@ -257,7 +257,7 @@ def page_answer(client, data: bytes, **fields) -> np.ndarray:
 ])
 def test_both_routes_answer_the_same_image(client, fields):
     response = predict(client, WIDE, **fields)
-    status, events = page_events(client, WIDE, **fields)
+    _, events = page_events(client, WIDE, **fields)
     result = events[-1]
     assert result["event"] == "result"
     assert base64.b64decode(result["image"]) == response.data
@@ -265,7 +265,7 @@ def test_both_routes_answer_the_same_image(client, fields):
 
 
 def test_the_page_gets_both_layers_and_counts_every_pass_in_its_tiles(client):
-    status, events = page_events(client, WIDE, scale="8", strength="0.4")
+    _, events = page_events(client, WIDE, scale="8", strength="0.4")
     start, result = events[0], events[-1]
     progress = [event for event in events if event["event"] == "progress"]
     assert start["total"] == progress[-1]["total"] == progress[-1]["done"] == 2  # one tile per pass here
