@@ -246,7 +246,7 @@ def test_format_names_in_any_case_and_jpg(client, word):
 
 
 def page_answer(client, data: bytes, **fields) -> np.ndarray:
-    _, events = page_events(client, data, **fields)
+    status, events = page_events(client, data, **fields)
     assert status == 200 and events[-1]["event"] == "result", events[-1]
     return pixels(base64.b64decode(events[-1]["image"]))
 
