@@ -19,12 +19,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from core.pipeline import UpscaleOptions
+    from core.options import UpscaleOptions
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's later log lines out of the progress bars
 
@@ -50,23 +50,24 @@ class Summary:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command line; light on purpose: --help and remote mode import no TensorFlow."""
+    """The command line; light on purpose: --help and remote mode import no TensorFlow.
+
+    ``args.options`` holds the upscale's options, checked as the server checks them.
+    """
+    from config import load_settings
+    from core.errors import InvalidInput
     from core.models.registry import SPECS
-    from core.pipeline import SCALES
+    from core.options import OptionContext, add_cli_flags, cli_values, parse_options
 
     parser = argparse.ArgumentParser(
-        prog="sr-upscale", description="Upscale images 4x (or 2x, 3x) with the service's models, "
-                                       "here or on running servers (--server).",
+        prog="sr-upscale", description="Upscale images (4x by default, any scale from 1 to 8, or to a size) "
+                                       "with the service's models, here or on running servers (--server).",
         epilog="Locally, limits and other settings come from the environment, as for the server "
                "(MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, BACKEND, TILE_BATCH, REQUEST_TIME_LIMIT_S, ...).")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files and folders")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
-    # The options of each upscale, the same in both modes (upscale_options turns them into UpscaleOptions).
-    parser.add_argument("--model", choices=sorted(SPECS), help="model (default: the server's default, srgan)")
-    parser.add_argument("--scale", type=int, choices=SCALES, default=4, help="output scale (default 4)")
-    parser.add_argument("--format", choices=sorted(FORMAT_SUFFIXES), default="png", help="output format (default png)")
-    parser.add_argument("--quality", type=int, default=90, help="jpeg/webp quality 1..100 (default 90)")
-    parser.add_argument("--ensemble", action="store_true", help="average 8 flips and rotations: slightly better, 8x slower")
+    context = OptionContext(tuple(SPECS), load_settings().default_model)
+    add_cli_flags(parser, context)
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     parser.add_argument("--tile", type=int, metavar="PX", help="local mode: tile size in input pixels (default TILE_SIZE)")
     remote = parser.add_argument_group("remote mode", "send each file to a running server's /model/predict")
@@ -81,14 +82,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     remote.add_argument("--max-wait", type=float, default=600, metavar="S",
                         help="seconds a file may spend waiting for busy servers (503 Retry-After) (default 600)")
     args = parser.parse_args(argv)
+    try:
+        args.options = parse_options(cli_values(args), context)
+    except InvalidInput as error:
+        parser.error(error.message)
     for problem in _option_problems(args):
         parser.error(problem)
     return args
 
 
 def _option_problems(args: argparse.Namespace) -> Iterator[str]:
-    if not 1 <= args.quality <= 100:
-        yield f"--quality must be between 1 and 100, not {args.quality}"
     if args.tile is not None and args.tile < 16:
         yield f"--tile must be at least 16 pixels, not {args.tile}"
     if args.server and args.tile is not None:
@@ -99,14 +102,6 @@ def _option_problems(args: argparse.Namespace) -> Iterator[str]:
         yield f"--retries must be 0 or more, not {args.retries}"
     if args.timeout <= 0 or args.max_wait < 0:
         yield "--timeout must be positive and --max-wait 0 or more"
-
-
-def upscale_options(args: argparse.Namespace, model: str) -> UpscaleOptions:
-    """What each upscale is asked for, in either mode."""
-    from core.pipeline import UpscaleOptions
-
-    return UpscaleOptions(model=model, scale=args.scale, output_format=args.format,
-                          quality=args.quality, ensemble=args.ensemble)
 
 
 def plan_jobs(inputs: Iterable[Path], output: Path, suffix: str) -> tuple[list[Job], list[tuple[Path, str]]]:
@@ -211,7 +206,7 @@ class TileBar:
 
 
 def run(args: argparse.Namespace) -> int:
-    jobs, problems = plan_jobs(args.inputs, args.output, FORMAT_SUFFIXES[args.format])
+    jobs, problems = plan_jobs(args.inputs, args.output, FORMAT_SUFFIXES[args.options.output_format])
     summary = Summary(failed=list(problems))
     todo = [job for job in jobs if args.overwrite or not job.target.exists()]
     summary.skipped = [job.source for job in jobs if job not in todo]
@@ -226,13 +221,13 @@ def run(args: argparse.Namespace) -> int:
 def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> int:
     """Upscale in this process; 2 when the model cannot be loaded."""
     _show_warnings_without_tracebacks()
-    service = load_service(args.model, args.tile)
+    service = load_service(args.options.model, args.tile)
     model = service.settings.default_model
     state = service.registry.states()[model]
     if state != "ready":
         print(f"sr-upscale: model {model} could not be loaded: {state.removeprefix('failed: ')}", file=sys.stderr)
         return 2
-    options = upscale_options(args, model)
+    options = replace(args.options, model=model)
 
     def convert(job: Job) -> None:
         tiles = TileBar(job.source.name, service.settings.tile_batch)
@@ -241,7 +236,7 @@ def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> in
         finally:
             tiles.close()
 
-    convert_all(todo, convert, f"{model} x{args.scale}", summary, jobs=1)
+    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs=1)
     return 0
 
 
@@ -250,7 +245,7 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
     import remote
 
     urls = list(dict.fromkeys(remote.server_url(text) for text in args.server))
-    model, usable, skipped = args.model, [], {}
+    model, usable, skipped = args.options.model, [], {}
     for url in urls:
         offered, problem = remote.probe(url, model)
         if problem:
@@ -264,12 +259,13 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
         return 2
     jobs = args.jobs or JOBS_PER_SERVER * len(usable)
     cluster = remote.Cluster(usable, jobs, args.retries, args.timeout, args.max_wait)
-    fields = remote.form_fields(upscale_options(args, model))
+    options = replace(args.options, model=model)
+    fields = remote.form_fields(options)
 
     def convert(job: Job) -> None:
         write_output(job.target, cluster.upscale(job.source.read_bytes(), job.source.name, fields).data)
 
-    convert_all(todo, convert, f"{model} x{args.scale}", summary, jobs)
+    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs)
     summary.notes = cluster.report() + [f"  {url}: skipped at start: {problem}" for url, problem in skipped.items()]
     return 0
 
@@ -311,6 +307,19 @@ def _attempt(convert: Callable[[Job], None], job: Job) -> Exception | None:
     except Exception as error:  # noqa: BLE001 - one bad file must not stop the others
         return error
     return None
+
+
+def size_label(options: UpscaleOptions) -> str:
+    """The asked size for the progress bar: x4, x1.5, 1920 wide, 1920x1080 cover."""
+    from core.options import DEFAULT_SCALE
+
+    if options.width is not None and options.height is not None:
+        return f"{options.width}x{options.height} {options.fit}"
+    if options.width is not None:
+        return f"{options.width} wide"
+    if options.height is not None:
+        return f"{options.height} high"
+    return f"x{DEFAULT_SCALE if options.scale is None else options.scale:g}"
 
 
 def _reason(error: Exception) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import requests
 
 if TYPE_CHECKING:
-    from core.pipeline import UpscaleOptions
+    from core.options import UpscaleOptions
 
 # A server marked down gets no files for this long; a restarted pod is usually back within it.
 DOWN_FOR_S = 30.0
@@ -66,10 +66,16 @@ def server_url(text: str) -> str:
 
 
 def form_fields(options: UpscaleOptions) -> dict[str, str]:
-    """/model/predict's form fields for ``options``: the same names, but ``format`` for ``output_format``."""
+    """/model/predict's form fields for ``options``: those not at their default, and ``format`` for ``output_format``.
+
+    Defaults stay unsent because some options apply only together (``fit`` needs both ``width`` and ``height``).
+    """
+    defaults = {item.name: item.default for item in dataclasses.fields(options)}
     fields = {("format" if name == "output_format" else name): value
-              for name, value in dataclasses.asdict(options).items() if value is not None}
-    return {name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in fields.items()}
+              for name, value in dataclasses.asdict(options).items()
+              if value is not None and (name == "model" or value != defaults[name])}
+    return {name: str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float)
+            else str(value) for name, value in fields.items()}
 
 
 def probe(url: str, model: str | None) -> tuple[str | None, str | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask_restx import Resource, fields
 
 from api import DESCRIPTION, namespace, service
+from core.options import describe_options
 
 model_entry = namespace.model("ModelEntry", {
     "id": fields.String(description="Value for the predict form's model field"),
@@ -26,7 +27,9 @@ metadata = namespace.model("ModelMetadata", {
     "license": fields.String(required=True),
     "default_model": fields.String(required=True),
     "models": fields.List(fields.Nested(model_entry)),
-    "limits": fields.Raw(description="Upload and pixel limits, scales and formats"),
+    "limits": fields.Raw(description="Upload and pixel limits"),
+    "options": fields.Raw(description="The predict form's options: name, type, range or choices, default, help "
+                                      "(choices_by_model where the allowed values depend on the model)"),
 })
 
 
@@ -35,7 +38,8 @@ class Metadata(Resource):
     @namespace.marshal_with(metadata)
     def get(self):
         """Return the model's metadata and the models this server offers."""
-        settings = service().settings
+        current = service()
+        settings = current.settings
         return {
             "id": "max-image-super-resolution-generator",
             "name": "MAX Image Super-Resolution Generator",
@@ -44,12 +48,11 @@ class Metadata(Resource):
             "source": "https://github.com/IBM/MAX-Image-Resolution-Enhancer",
             "license": "Apache-2.0",
             "default_model": settings.default_model,
-            "models": service().registry.describe(),
+            "models": current.registry.describe(),
             "limits": {
                 "max_upload_bytes": settings.max_upload_bytes,
                 "max_input_pixels": settings.max_input_pixels,
                 "max_output_pixels": settings.max_output_pixels,
-                "scales": [2, 3, 4],
-                "formats": ["png", "jpeg", "webp"],
             },
+            "options": describe_options(current.option_context),
         }

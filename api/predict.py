@@ -6,32 +6,48 @@ import socket
 import ssl
 
 from flask import Response, request
-from flask_restx import Resource, inputs
+from flask_restx import Resource
+from flask_restx.reqparse import RequestParser
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from api import namespace, service
 from core.errors import Cancelled, InvalidInput, TooLarge
-from core.images import OUTPUT_FORMATS, describe_accepted
-from core.pipeline import SCALES, Progress, UpscaleOptions
+from core.images import describe_accepted
+from core.options import OPTIONS, Option, UpscaleOptions, parse_options
+from core.pipeline import Progress
 
 log = logging.getLogger(__name__)
 # nginx's code for "client closed the request": nobody reads it, but it marks the request in logs and metrics.
 CLIENT_CLOSED_REQUEST = 499
 
-parser = namespace.parser()
-parser.add_argument("image", location="files", type=FileStorage, required=False,
-                    help=f"The image to upscale ({describe_accepted()})")
-parser.add_argument("model", location=("form", "args"), type=str, required=False,
-                    help="Model id from /model/metadata (default: the server's default model)")
-parser.add_argument("scale", location=("form", "args"), type=int, choices=SCALES, default=4,
-                    help="Output scale: 4 from the network, 2 or 3 by a Lanczos downscale of its result")
-parser.add_argument("format", location=("form", "args"), type=str, choices=tuple(OUTPUT_FORMATS), default="png",
-                    help="Output format")
-parser.add_argument("quality", location=("form", "args"), type=inputs.int_range(1, 100), default=90,
-                    help="Quality for jpeg and webp, 1..100")
-parser.add_argument("ensemble", location=("form", "args"), type=inputs.boolean, default=False,
-                    help="Average the 8 flips and rotations: a little better, 8x slower")
+
+class Documented:
+    """An option's text as it arrives, with the Swagger schema of the option.
+
+    Flask-RESTX only reads the form here; ``parse_options`` gives the values their types,
+    so that the page's route, which shares it, answers the same value the same way.
+    """
+
+    def __init__(self, option: Option) -> None:
+        self.__schema__ = option.swagger()
+
+    def __call__(self, text: str) -> str:
+        return text
+
+
+def build_parser() -> RequestParser:
+    """The form: the image, then one argument per option of the schema."""
+    built = namespace.parser()
+    built.add_argument("image", location="files", type=FileStorage, required=False,
+                       help=f"The image to upscale ({describe_accepted()})")
+    for option in OPTIONS:
+        built.add_argument(option.name, location=("form", "args"), type=Documented(option), required=False,
+                           default=option.default, help=option.help)
+    return built
+
+
+parser = build_parser()
 
 
 @namespace.route("/predict")
@@ -43,13 +59,11 @@ class Predict(Resource):
     @namespace.response(413, "The upload, the image or the output exceeds a limit")
     @namespace.response(503, "Busy or still loading; see Retry-After")
     def post(self):
-        """Upscale an image 4x (or 2x, 3x) and return it."""
-        args = parse_arguments()
-        upload: FileStorage | None = args["image"]
+        """Upscale an image 4x (any scale from 1 to 8, or to a width and height) and return it."""
+        upload: FileStorage | None = parse_arguments()["image"]
         if upload is None:
             raise InvalidInput("no image: send the file as the multipart form field 'image'")
-        options = UpscaleOptions(model=args["model"], scale=args["scale"], output_format=args["format"],
-                                 quality=args["quality"], ensemble=args["ensemble"])
+        options = request_options()
         try:
             result = service().upscale(upload.read(), options, on_progress=stop_when_client_leaves(request.environ))
         except Cancelled as cancelled:
@@ -63,17 +77,13 @@ class Predict(Resource):
         })
 
 
-# What each option accepts, for the message when a request sends something else.
-ALLOWED = {
-    "scale": "one of " + ", ".join(map(str, SCALES)),
-    "format": "one of " + ", ".join(OUTPUT_FORMATS),
-    "quality": "a whole number from 1 to 100",
-    "ensemble": "true or false",
-}
+def request_options() -> UpscaleOptions:
+    """The options of this request, from its form fields and query parameters (400 naming each bad one)."""
+    return parse_options(request.values, service().option_context)
 
 
 def parse_arguments() -> dict:
-    """The request's options; a bad one is a 400 naming the field, the value sent and the values allowed."""
+    """The request's form (its options still text); a body over MAX_UPLOAD_BYTES is a 413."""
     try:
         return parser.parse_args()
     except RequestEntityTooLarge as error:
@@ -82,10 +92,7 @@ def parse_arguments() -> dict:
         raise TooLarge(f"the upload is too large: the limit is {limit} bytes (MAX_UPLOAD_BYTES) "
                        f"and the request is {size}") from error
     except BadRequest as error:
-        fields = (getattr(error, "data", None) or {}).get("errors") or {}
-        problems = [f"{name} must be {ALLOWED[name]}, not {request.values.get(name)!r}"
-                    if name in ALLOWED else f"{name}: {text}" for name, text in fields.items()]
-        raise InvalidInput("; ".join(problems) or str(error.description)) from error
+        raise InvalidInput(str(error.description)) from error
 
 
 def stop_when_client_leaves(environ: dict) -> Progress | None:

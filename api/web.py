@@ -11,7 +11,6 @@ tile. Nothing is kept between requests, so any gunicorn worker can answer.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import queue
@@ -21,14 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from flask import Blueprint, Response, redirect, request
-from PIL import Image
 from werkzeug.exceptions import HTTPException
 
 from api.errors import error_body
 from core.errors import Cancelled, InvalidInput, ServiceError
-from core.pipeline import UpscaleOptions
+from core.geometry import plan_output
+from core.images import oriented_size
+from core.models.runtime import Network
+from core.options import UpscaleOptions, parse_options
+from core.pipeline import tile_count
 from core.service import Service
-from core.tiling import plan_tiles
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +59,12 @@ def upscale():
     upload = request.files.get("image")
     if upload is None:
         raise InvalidInput("no image: send the file as the multipart form field 'image'")
-    options = UpscaleOptions(
-        model=request.form.get("model") or None,
-        scale=_int_field("scale", 4),
-        output_format=request.form.get("format", "png"),
-        quality=_int_field("quality", 90),
-        ensemble=request.form.get("ensemble", "false").lower() in ("1", "true", "on", "yes"),
-    )
     current = service()
-    options.validate()
-    network = current.registry.get(options.model or current.settings.default_model)  # 400/503 before streaming
+    options = parse_options(request.values, current.option_context)  # the schema /model/predict reads too
+    network = current.network_for(options)  # 400/503 before streaming
     data = upload.read()
-    total = _tile_count(data, current.settings.tile_size, network.margin)
-    return Response(_events(current, data, options, total), mimetype="application/x-ndjson",
+    total = _tile_count(data, options, network, current)
+    return Response(_events(current, data, options, network, total), mimetype="application/x-ndjson",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
@@ -81,26 +75,21 @@ def _json_error(error: Exception):
     return body, status, headers
 
 
-def _int_field(name: str, default: int) -> int:
-    value = request.form.get(name)
-    if value in (None, ""):
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidInput(f"{name} must be an integer, not {value!r}") from None
-
-
-def _tile_count(data: bytes, tile_size: int, margin: int) -> int | None:
-    """Tiles the pipeline will run, from the image header alone; None if the header does not read."""
-    try:
-        width, height = Image.open(io.BytesIO(data)).size
-    except Exception:  # noqa: BLE001 - the pipeline reports unreadable images with the proper message
+def _tile_count(data: bytes, options: UpscaleOptions, network: Network, current: Service) -> int | None:
+    """Tiles the pipeline will run, from the image header alone; None where that does not tell (the pipeline
+    then reports the problem with the proper message)."""
+    size = oriented_size(data)
+    if size is None:
         return None
-    return len(plan_tiles(height, width, tile_size, margin))
+    try:
+        plan = plan_output(*size, options, network.scale)
+    except ServiceError:
+        return None
+    return tile_count(plan, current.settings.tile_size, network.margin)
 
 
-def _events(current: Service, data: bytes, options: UpscaleOptions, total: int | None) -> Iterator[bytes]:
+def _events(current: Service, data: bytes, options: UpscaleOptions, network: Network,
+            total: int | None) -> Iterator[bytes]:
     events: queue.Queue[dict] = queue.Queue()
     stop = threading.Event()
     started = time.monotonic()
@@ -110,7 +99,7 @@ def _events(current: Service, data: bytes, options: UpscaleOptions, total: int |
             raise Cancelled(f"cancelled by the client after {done} of {tiles} tiles")
         events.put({"event": "progress", "done": done, "total": tiles, "elapsed_s": _since(started)})
 
-    worker = threading.Thread(target=_run, args=(current, data, options, on_progress, events, started),
+    worker = threading.Thread(target=_run, args=(current, data, options, network, on_progress, events, started),
                               name="web-upscale", daemon=True)
     worker.start()
     try:
@@ -129,10 +118,11 @@ def _events(current: Service, data: bytes, options: UpscaleOptions, total: int |
         stop.set()
 
 
-def _run(current: Service, data: bytes, options: UpscaleOptions, on_progress, events: queue.Queue,
-         started: float) -> None:
+def _run(current: Service, data: bytes, options: UpscaleOptions, network: Network, on_progress,
+         events: queue.Queue, started: float) -> None:
     try:
-        result = current.upscale(data, options, on_progress)
+        # The layers let the page show another strength at once, without running the model again.
+        result = current.upscale(data, options, on_progress, network=network, with_layers=True)
     except Cancelled as cancelled:
         log.info("web upscale stopped: %s", cancelled)
         events.put({"event": "error", "status": 499, "message": str(cancelled)})
@@ -149,6 +139,8 @@ def _run(current: Service, data: bytes, options: UpscaleOptions, on_progress, ev
         "content_type": result.content_type, "width": result.width, "height": result.height,
         "input_width": result.input_width, "input_height": result.input_height,
         "image": base64.b64encode(result.data).decode("ascii"),
+        "strength": options.strength,
+        "layers": {name: base64.b64encode(layer).decode("ascii") for name, layer in result.layers.items()},
     })
 
 

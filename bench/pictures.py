@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from config import load_settings  # noqa: E402 - after the path set-up, so that the script runs from anywhere
 from core.models.registry import SPECS  # noqa: E402
-from core.pipeline import UpscaleOptions  # noqa: E402
+from core.options import UpscaleOptions  # noqa: E402
 from core.service import Service  # noqa: E402
 
 SOURCE = ROOT / "assets" / "test_examples" / "low_resolution" / "chelsea.png"

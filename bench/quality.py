@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from config import Settings, load_settings
 from core import metrics
-from core.pipeline import UpscaleOptions
+from core.options import UpscaleOptions
 from core.service import Service
 
 ROOT = Path(__file__).resolve().parent.parent

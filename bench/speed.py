@@ -108,7 +108,7 @@ def peak_rss_mb(pid: int | str = "self") -> float:
 
 def core_worker(model: str, backend: str, side: int, tile: int, batch: int, runs: int) -> dict:
     from config import load_settings
-    from core.pipeline import UpscaleOptions
+    from core.options import UpscaleOptions
     from core.service import Service
 
     settings = load_settings(models=model, default_model=model, backend=backend, tile_size=tile, tile_batch=batch,

@@ -108,6 +108,16 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
                         _matching_profile(icc, colour.shape[-1]))
 
 
+def oriented_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as displayed, after EXIF orientation, from the header alone; None when it does not read."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
+    except Exception:  # noqa: BLE001 - decode reports unreadable images with the proper message
+        return None
+
+
 def sniff_format(data: bytes) -> str:
     """The accepted format ``data`` starts like; 400 naming the accepted ones when it starts like none."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":

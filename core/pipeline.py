@@ -1,4 +1,4 @@
-"""One upscale, end to end: decode -> tile -> network -> assemble -> encode."""
+"""One upscale, end to end: decode -> plan the sizes -> tile -> network -> blend -> assemble -> encode."""
 from __future__ import annotations
 
 import time
@@ -9,33 +9,19 @@ import numpy as np
 
 from config import Settings
 from core import images
-from core.errors import InvalidInput, TimeLimitExceeded, TooLarge
+from core.errors import TimeLimitExceeded, TooLarge
+from core.geometry import OutputPlan, Size, plan_output
 from core.models.ensemble import self_ensemble
-from core.models.registry import ModelRegistry
-from core.tiling import run_tiled
+from core.models.runtime import Network
+from core.options import UpscaleOptions
+from core.tiling import plan_tiles, run_tiled
 
-SCALES = (2, 3, 4)
 # ITU-R BT.601 luma, as Pillow's convert("L") uses: turns the network's RGB back into grey.
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+# The layers the page blends itself, to show a new strength at once; always PNG, so no level is lost.
+LAYER_FORMAT = "png"
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class UpscaleOptions:
-    model: str | None = None
-    scale: int = 4
-    output_format: str = "png"
-    quality: int = 90
-    ensemble: bool = False
-
-    def validate(self) -> None:
-        if self.scale not in SCALES:
-            raise InvalidInput(f"scale must be one of {SCALES}, not {self.scale}")
-        if self.output_format not in images.OUTPUT_FORMATS:
-            raise InvalidInput(f"format must be one of {sorted(images.OUTPUT_FORMATS)}, not {self.output_format!r}")
-        if not 1 <= self.quality <= 100:
-            raise InvalidInput(f"quality must be between 1 and 100, not {self.quality}")
 
 
 @dataclass(frozen=True)
@@ -47,31 +33,48 @@ class Result:
     model: str
     input_width: int
     input_height: int
+    # With ``with_layers``: the model's output and the Lanczos enlargement, each as PNG bytes.
+    layers: dict[str, bytes] | None = None
 
 
-def upscale(data: bytes, options: UpscaleOptions, registry: ModelRegistry, settings: Settings,
-            on_progress: Progress | None = None) -> Result:
-    """Upscale an encoded image; raises a ServiceError subclass for anything the user can fix."""
-    options.validate()
-    model_name = options.model or settings.default_model
-    network = registry.get(model_name)
+@dataclass(frozen=True)
+class Layers:
+    """The two pictures ``strength`` mixes, at the output's size; None where the strength does not need it."""
+
+    model: np.ndarray | None
+    lanczos: np.ndarray | None
+    alpha: np.ndarray | None
+
+
+def upscale(data: bytes, options: UpscaleOptions, network: Network, settings: Settings,
+            on_progress: Progress | None = None, with_layers: bool = False) -> Result:
+    """Upscale an encoded image with ``network``; raises a ServiceError subclass for anything the user can fix."""
     image = images.decode(data, settings.max_input_pixels)
-    size = (image.width * options.scale, image.height * options.scale)
-    image = images.fit_output(image, options.output_format, size)
-    _check_output_size(image, settings.max_output_pixels)
-    colour = _upscale_colour(image, network, settings, options.ensemble, _deadline(settings, on_progress))
-    colour = _rescale(colour, size)
-    alpha = None if image.alpha is None else images.resize_channel(image.alpha, size)
-    encoded = images.encode(colour, alpha, image.icc_profile, options.output_format, options.quality)
+    plan = plan_output(image.width, image.height, options, network.scale)
+    image = images.fit_output(image, options.output_format, plan.output)
+    check_sizes(plan, settings.max_output_pixels)
+    progress = _deadline(settings, on_progress)
+    layers = _layers(image, plan, network, settings, options, progress, with_layers)
+    colour = blend(layers, options.strength)
+    encoded = images.encode(colour, layers.alpha, image.icc_profile, options.output_format, options.quality)
     return Result(encoded, images.OUTPUT_FORMATS[options.output_format][1], colour.shape[1], colour.shape[0],
-                  model_name, image.width, image.height)
+                  network.name, image.width, image.height,
+                  _encoded_layers(layers, image.icc_profile) if with_layers else None)
 
 
-def _check_output_size(image: images.DecodedImage, max_output_pixels: int) -> None:
-    width, height = image.width * 4, image.height * 4
-    if width * height > max_output_pixels:
-        raise TooLarge(f"the 4x output would be {width}x{height} = {width * height} pixels; "
-                       f"the limit is {max_output_pixels} output pixels (MAX_OUTPUT_PIXELS; input {image.width}x{image.height})")
+def check_sizes(plan: OutputPlan, max_output_pixels: int) -> None:
+    """Every image the work makes (each pass's result, the enlarged image) must fit MAX_OUTPUT_PIXELS."""
+    made = [(f"the model's {plan.native_scale}x result", size) for size in plan.pass_outputs]
+    made.append(("the output", plan.scaled))
+    for what, (width, height) in made:
+        if width * height > max_output_pixels:
+            raise TooLarge(f"{what} would be {width}x{height} = {width * height} pixels; the limit is "
+                           f"{max_output_pixels} output pixels (MAX_OUTPUT_PIXELS; input {plan.input[0]}x{plan.input[1]})")
+
+
+def tile_count(plan: OutputPlan, tile_size: int, margin: int) -> int:
+    """Tiles of every pass together: the total the progress counts to."""
+    return sum(len(plan_tiles(height, width, tile_size, margin)) for width, height in plan.pass_inputs)
 
 
 def _deadline(settings: Settings, on_progress: Progress | None) -> Progress:
@@ -87,20 +90,64 @@ def _deadline(settings: Settings, on_progress: Progress | None) -> Progress:
     return check
 
 
-def _upscale_colour(image: images.DecodedImage, network, settings: Settings, ensemble: bool,
-                    on_progress: Progress) -> np.ndarray:
+def _layers(image: images.DecodedImage, plan: OutputPlan, network: Network, settings: Settings,
+            options: UpscaleOptions, progress: Progress, with_layers: bool) -> Layers:
+    model = lanczos = None
+    if options.strength > 0 or with_layers:
+        model = _crop(_model_colour(image, plan, network, settings, options.ensemble, progress), plan)
+    if options.strength < 1 or with_layers:
+        lanczos = _crop(images.resize(image.colour, plan.scaled), plan)
+    alpha = None if image.alpha is None else _crop(images.resize_channel(image.alpha, plan.scaled), plan)
+    return Layers(model, lanczos, alpha)
+
+
+def blend(layers: Layers, strength: float) -> np.ndarray:
+    """strength x model + (1 - strength) x Lanczos, rounded to the layers' levels."""
+    if strength >= 1:
+        return layers.model
+    if strength <= 0:
+        return layers.lanczos
+    mixed = strength * layers.model.astype(np.float32) + (1 - strength) * layers.lanczos.astype(np.float32)
+    return np.rint(mixed).astype(layers.model.dtype)  # a mean of two levels never leaves their range
+
+
+def _crop(pixels: np.ndarray, plan: OutputPlan) -> np.ndarray:
+    left, top, right, bottom = plan.crop
+    if (right - left, bottom - top) == (pixels.shape[1], pixels.shape[0]):
+        return pixels
+    return np.ascontiguousarray(pixels[top:bottom, left:right])
+
+
+def _model_colour(image: images.DecodedImage, plan: OutputPlan, network: Network, settings: Settings,
+                  ensemble: bool, progress: Progress) -> np.ndarray:
+    """The network's passes, each on the previous result resized to the plan, then Lanczos to the size asked."""
+    total = tile_count(plan, settings.tile_size, network.margin)
+    done_before = 0
+    colour = image.colour
+    for size in plan.pass_inputs:
+        colour = _resized(colour, size)
+        tiles = len(plan_tiles(size[1], size[0], settings.tile_size, network.margin))
+        offset = done_before
+        colour = _run_network(colour, image.max_value, network, settings, ensemble,
+                              lambda done, _tiles, offset=offset: progress(offset + done, total))
+        done_before += tiles
+    return _resized(colour, plan.scaled)
+
+
+def _run_network(colour: np.ndarray, max_value: int, network: Network, settings: Settings, ensemble: bool,
+                 on_progress: Progress) -> np.ndarray:
     scale = network.scale
-    channels = image.colour.shape[-1]
-    rgb = image.colour.astype(np.float32) / image.max_value
+    height, width, channels = colour.shape
+    rgb = colour.astype(np.float32) / max_value
     if channels == 1:
         rgb = np.repeat(rgb, 3, axis=-1)
-    out = np.empty((image.height * scale, image.width * scale, channels), image.colour.dtype)
+    out = np.empty((height * scale, width * scale, channels), colour.dtype)
 
     def write(y: int, x: int, block: np.ndarray) -> None:
         if channels == 1:
             block = (block @ LUMA)[..., None]
         # clip before the cast: a level past the maximum would wrap around in uint8/uint16
-        levels = np.clip(np.rint(block * image.max_value), 0, image.max_value)
+        levels = np.clip(np.rint(block * max_value), 0, max_value)
         out[y:y + block.shape[0], x:x + block.shape[1]] = levels
 
     predict = self_ensemble(network.predict) if ensemble else network.predict
@@ -108,9 +155,13 @@ def _upscale_colour(image: images.DecodedImage, network, settings: Settings, ens
     return out
 
 
-def _rescale(colour: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The network's result at the asked scale: a Lanczos downscale when that is below the network's."""
+def _resized(colour: np.ndarray, size: Size) -> np.ndarray:
+    """Lanczos to ``size`` (width, height), or the pixels as they are when they have that size."""
     if (colour.shape[1], colour.shape[0]) == size:
         return colour
     return images.resize(colour, size)
 
+
+def _encoded_layers(layers: Layers, icc_profile: bytes | None) -> dict[str, bytes]:
+    return {name: images.encode(pixels, layers.alpha, icc_profile, LAYER_FORMAT, quality=100)
+            for name, pixels in (("model", layers.model), ("lanczos", layers.lanczos))}

@@ -10,8 +10,9 @@ from config import Settings
 from core import images
 from core.admission import InferenceSlot
 from core.models.registry import ModelRegistry
-from core.models.runtime import configure_threads
-from core.pipeline import Progress, Result, UpscaleOptions, upscale
+from core.models.runtime import Network, configure_threads
+from core.options import OptionContext, UpscaleOptions
+from core.pipeline import Progress, Result, upscale
 
 
 @dataclass
@@ -40,9 +41,21 @@ class Service:
             self._loader.join(timeout_s)
         return self.registry.ready
 
-    def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None) -> Result:
-        """Upscale in this worker's inference slot (503 at once when the queue is full)."""
-        options.validate()
-        self.registry.get(options.model or self.settings.default_model)
+    @property
+    def option_context(self) -> OptionContext:
+        """What the options' allowed values depend on here: the models this server offers."""
+        return OptionContext(self.settings.model_names, self.settings.default_model)
+
+    def network_for(self, options: UpscaleOptions) -> Network:
+        """The network the options ask for; 400 if not offered, 503 while loading."""
+        return self.registry.get(options.model or self.settings.default_model)
+
+    def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None,
+                network: Network | None = None, with_layers: bool = False) -> Result:
+        """Upscale in this worker's inference slot (503 at once when the queue is full).
+
+        ``options`` come from ``parse_options``; a caller that has looked the network up already passes it.
+        """
+        network = network or self.network_for(options)
         with self.slot.hold():
-            return upscale(data, options, self.registry, self.settings, on_progress)
+            return upscale(data, options, network, self.settings, on_progress, with_layers)

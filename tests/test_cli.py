@@ -75,12 +75,6 @@ def test_format_quality_and_model_options(inputs, tmp_path):
     assert "srresnet x4" in result.stderr  # the progress bar names the model
 
 
-def test_bad_options_exit_with_a_usage_error(tmp_path):
-    result = sr_upscale(tmp_path, "-o", tmp_path / "out", "--model", "nope")
-    assert result.returncode == 2
-    assert "invalid choice: 'nope'" in result.stderr
-
-
 @pytest.mark.slow
 def test_a_model_that_cannot_load_gives_one_clean_message_without_tensorflow_noise(inputs, tmp_path):
     result = sr_upscale(inputs / "camera.png", "-o", tmp_path / "out", "--model", "max-srgan",
@@ -119,3 +113,43 @@ def test_plan_keeps_folder_structure_and_reports_clashing_names(tmp_path):
     assert [(j.source.relative_to(folder).as_posix(), j.target.relative_to(tmp_path).as_posix()) for j in jobs] == [
         ("b.webp", "out/shots/b.png"), ("day1/a.jpg", "out/shots/day1/a.png")]
     assert problems == [(folder / "day1" / "a.png", f"same output {tmp_path / 'out/shots/day1/a.png'} as {folder / 'day1/a.jpg'}")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags, fields", [
+    (["--scale", "1.5", "--strength", "0.5"], {"scale": "1.5", "strength": "0.5"}),
+    (["--width", "200", "--height", "100", "--fit", "cover", "--format", "JPG"],
+     {"width": "200", "height": "100", "fit": "cover", "format": "jpg"}),
+    (["--height", "150"], {"height": "150"}),
+])
+def test_size_and_strength_flags_give_what_the_api_answers(client, tmp_path, flags, fields):
+    """The CLI's flags come from the same schema as the form: the same values give the same image."""
+    result = sr_upscale(SAMPLES / "chelsea.png", "-o", tmp_path, *flags)
+    assert result.returncode == 0, result.stderr
+    written = next(tmp_path.iterdir())
+    answer = client.post("/model/predict", data=dict(fields, image=((SAMPLES / "chelsea.png").open("rb"), "c.png")),
+                         content_type="multipart/form-data")
+    assert answer.status_code == 200, answer.json
+    assert written.read_bytes() == answer.data
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--scale", "9"], "scale must be a number from 1 to 8, not '9'"),
+    (["--strength", "2"], "strength must be a number from 0 to 1, not '2'"),
+    (["--scale", "2", "--width", "30"], "scale cannot be combined with width or height"),
+    (["--fit", "cover", "--width", "30"], "fit applies only when both width and height are sent"),
+    (["--quality", "0"], "quality must be a whole number from 1 to 100, not '0'"),
+    (["--model", "nope"], "model must be one of srgan, srresnet"),
+])
+def test_bad_option_values_are_usage_errors_with_the_servers_message(tmp_path, flags, message):
+    result = sr_upscale(tmp_path, "-o", tmp_path / "out", *flags)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_help_lists_every_option_of_the_schema():
+    from core.options import OPTIONS
+
+    result = sr_upscale("--help")
+    assert result.returncode == 0
+    assert all(option.flag in result.stdout for option in OPTIONS)
+    assert "a number from 1 to 8 (default: 4)" in " ".join(result.stdout.split())

@@ -22,7 +22,7 @@ import pytest
 import requests
 from PIL import Image
 
-from core.pipeline import UpscaleOptions
+from core.options import UpscaleOptions
 from remote import form_fields
 from tests.conftest import ROOT, SAMPLES
 from tests.live_server import LiveServer, free_port, live_server
@@ -264,6 +264,8 @@ def _open_connections(port: int) -> int:
 
 
 def test_options_become_the_predict_form_fields():
-    options = UpscaleOptions(model="srresnet", scale=2, output_format="jpeg", quality=80, ensemble=True)
-    assert form_fields(options) == {"model": "srresnet", "scale": "2", "format": "jpeg", "quality": "80",
+    options = UpscaleOptions(model="srresnet", scale=2.5, output_format="jpeg", quality=80, ensemble=True)
+    assert form_fields(options) == {"model": "srresnet", "scale": "2.5", "format": "jpeg", "quality": "80",
                                     "ensemble": "true"}
+    sized = UpscaleOptions(model="srgan", width=300, height=200, fit="cover", strength=0.5)
+    assert form_fields(sized) == {"model": "srgan", "width": "300", "height": "200", "fit": "cover", "strength": "0.5"}

@@ -1,11 +1,16 @@
 // The page: choose an image and options, stream the upscale's progress, compare before and after.
 // Plain browser JavaScript, no build step. Talks to GET /model/metadata and POST /app/upscale.
+// The options' ranges and defaults come from /model/metadata, which publishes the server's schema.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 
+// The page's size choices: preset scales (those the schema allows), a free scale, or one target side.
+const SCALE_PRESETS = [2, 4, 8];
+
 const state = {
   limits: null,
+  options: {}, // by name, as /model/metadata publishes them
   models: [],
   file: null,
   fileUrl: null,
@@ -13,7 +18,8 @@ const state = {
   inputHeight: 0,
   controller: null,
   progress: { done: 0, total: null },
-  result: null, // { url, width, height, fileName }
+  result: null, // { url, width, height, fileName, model, lanczos, strength, serverBlob, format, quality }
+  blendVersion: 0,
   zoom: "fit",
   split: 50,
 };
@@ -31,10 +37,12 @@ function formatSize(width, height) {
   return `${width} × ${height} px (${megapixels < 0.1 ? megapixels.toFixed(3) : megapixels.toFixed(2)} MP)`;
 }
 
-function outputFileName(inputName, model, scale, format) {
+function outputFileName(inputName, model, size, strength, format) {
   const stem = inputName.replace(/\.[^.]*$/, "").replace(/[^\w.-]+/g, "_") || "image";
   const extension = format === "jpeg" ? "jpg" : format;
-  return `${stem}_${model}_x${scale}.${extension}`;
+  const label = { scale: `x${size.value}`, width: `w${size.value}`, height: `h${size.value}` }[size.field];
+  const blend = strength === state.options.strength.default ? "" : `_s${strength}`;
+  return `${stem}_${model}_${label}${blend}.${extension}`;
 }
 
 function setState(name) {
@@ -54,9 +62,9 @@ async function loadMetadata() {
     const response = await fetch("/model/metadata");
     const metadata = await response.json();
     state.limits = metadata.limits;
+    state.options = Object.fromEntries(metadata.options.map((option) => [option.name, option]));
     fillModels(metadata.models, metadata.default_model);
-    fillSelect($("scale"), metadata.limits.scales.map((s) => [s, `${s}x`]), 4);
-    fillSelect($("format"), metadata.limits.formats.map((f) => [f, f.toUpperCase()]), "png");
+    fillOptions(state.options);
     if (metadata.models.some((m) => m.state === "pending" || m.state === "loading")) {
       setTimeout(refreshModels, 2000); // models load in the background at start-up
     }
@@ -84,6 +92,58 @@ function fillModels(models, selected) {
     return option;
   }));
   select.value = selected;
+}
+
+function fillOptions(options) {
+  const { scale, format, quality, strength } = options;
+  const presets = SCALE_PRESETS.filter((s) => s >= scale.minimum && s <= scale.maximum);
+  fillSelect($("size-mode"), [...presets.map((s) => [`x${s}`, `${s}x`]), ["scale", "Other scale"],
+    ["width", "Width"], ["height", "Height"]], presets.includes(scale.default) ? `x${scale.default}` : "scale");
+  fillSelect($("format"), format.choices.map((f) => [f, f.toUpperCase()]), format.default);
+  setRange($("quality"), quality.minimum, quality.maximum, quality.default);
+  $("quality-value").textContent = String(quality.default);
+  setRange($("strength"), strength.minimum, strength.maximum, strength.default);
+  showStrength();
+  $("strength-field").title = strength.help;
+  showSizeField();
+}
+
+function setRange(input, minimum, maximum, value) {
+  input.min = String(minimum);
+  if (maximum !== null) input.max = String(maximum);
+  input.value = String(value);
+}
+
+// The free value's input: a scale within the schema's range, or a side in pixels.
+function showSizeField() {
+  const mode = $("size-mode").value;
+  const free = !mode.startsWith("x");
+  $("size-value-field").hidden = !free;
+  if (!free) return;
+  const option = state.options[mode];
+  $("size-value-label").textContent = { scale: "Scale", width: "Width (px)", height: "Height (px)" }[mode];
+  const input = $("size-value");
+  input.min = String(option.minimum);
+  input.max = option.maximum === null ? "" : String(option.maximum);
+  input.step = option.type === "number" ? "0.1" : "1";
+  if (mode === "scale") input.value = input.value && Number(input.value) <= option.maximum ? input.value : "1.5";
+  else input.value = String(Math.round(state.inputWidth && state.inputHeight
+    ? (mode === "width" ? state.inputWidth : state.inputHeight) * 2 : 1024));
+}
+
+// The form field and value the size choice sends: { field: "scale" | "width" | "height", value }.
+function chosenSize() {
+  const mode = $("size-mode").value;
+  if (mode.startsWith("x")) return { field: "scale", value: Number(mode.slice(1)) };
+  return { field: mode, value: Number($("size-value").value) };
+}
+
+// The output size as the server computes it (core/geometry.py): round half up, the other side by the ratio.
+function outputSize(width, height, size) {
+  const round = (value) => Math.max(1, Math.round(value));
+  if (size.field === "scale") return [round(width * size.value), round(height * size.value)];
+  if (size.field === "width") return [size.value, round(height * size.value / width)];
+  return [round(width * size.value / height), size.value];
 }
 
 function fillSelect(select, entries, selected) {
@@ -128,20 +188,19 @@ function limitWarnings() {
   if (pixels > limits.max_input_pixels) {
     warnings.push(`The image has ${pixels.toLocaleString("en")} pixels; the limit is ${limits.max_input_pixels.toLocaleString("en")} input pixels.`);
   }
-  const networkPixels = pixels * 16; // the network always makes 4x first, even for 2x and 3x
-  if (networkPixels > limits.max_output_pixels) {
-    warnings.push(`The 4x output would have ${networkPixels.toLocaleString("en")} pixels; the limit is ${limits.max_output_pixels.toLocaleString("en")} output pixels.`);
+  const [width, height] = outputSize(state.inputWidth, state.inputHeight, chosenSize());
+  if (width * height > limits.max_output_pixels) {
+    warnings.push(`The output would have ${(width * height).toLocaleString("en")} pixels; the limit is ${limits.max_output_pixels.toLocaleString("en")} output pixels.`);
   }
   return warnings;
 }
 
 // Everything that depends on the file and the options: sizes, warnings, buttons.
 function update() {
-  const scale = Number($("scale").value || 4);
   const format = $("format").value;
-  const known = state.inputWidth > 0;
+  const known = state.inputWidth > 0 && state.options.scale !== undefined;
   $("input-size").textContent = !state.file ? "–" : known ? formatSize(state.inputWidth, state.inputHeight) : "size shown after upscaling";
-  $("output-size").textContent = known ? formatSize(state.inputWidth * scale, state.inputHeight * scale) : "–";
+  $("output-size").textContent = known ? formatSize(...outputSize(state.inputWidth, state.inputHeight, chosenSize())) : "–";
   $("quality-field").hidden = !(format === "jpeg" || format === "webp");
   const model = state.models.find((m) => m.id === $("model").value);
   $("model-hint").textContent = model ? model.use_when : "";
@@ -158,11 +217,14 @@ async function run() {
   const form = new FormData();
   form.append("image", state.file, state.file.name);
   form.append("model", $("model").value);
-  form.append("scale", $("scale").value);
+  const size = chosenSize();
+  form.append(size.field, String(size.value));
+  form.append("strength", $("strength").value);
   form.append("format", $("format").value);
   form.append("quality", $("quality").value);
   form.append("ensemble", $("ensemble").checked ? "true" : "false");
-  const request = { name: state.file.name, model: $("model").value, scale: $("scale").value, format: $("format").value };
+  const request = { name: state.file.name, model: $("model").value, size, format: $("format").value,
+    quality: Number($("quality").value) };
 
   state.controller = new AbortController();
   state.progress = { done: 0, total: null };
@@ -262,29 +324,63 @@ function cancel() {
 
 // ---- the result: before/after comparison, zoom, download ---------------------------------------
 
+const base64Bytes = async (text) => (await fetch(`data:application/octet-stream;base64,${text}`)).arrayBuffer();
+
 async function showResult(event, request, seconds) {
   const blob = await (await fetch(`data:${event.content_type};base64,${event.image}`)).blob();
   if (state.result) URL.revokeObjectURL(state.result.url);
-  const fileName = outputFileName(request.name, event.model, request.scale, request.format);
-  state.result = { url: URL.createObjectURL(blob), width: event.width, height: event.height, fileName };
+  const [model, lanczos] = await Promise.all([event.layers.model, event.layers.lanczos]
+    .map(async (layer) => decodePng(await base64Bytes(layer))));
+  state.result = { url: null, width: event.width, height: event.height, model, lanczos, strength: event.strength,
+    serverBlob: blob, request, modelName: event.model, inputWidth: event.input_width,
+    inputHeight: event.input_height, seconds };
 
   const after = $("after");
-  after.src = state.result.url;
-  await after.decode().catch(() => {});
+  after.width = event.width;
+  after.height = event.height;
   $("before").src = state.fileUrl;
   $("after-tag").textContent = `After · ${event.model}`;
-  const download = $("download");
-  download.href = state.result.url;
-  download.download = fileName;
-  download.title = `Save as ${fileName}`;
-  $("result-info").textContent =
-    `${fileName} · ${formatSize(event.width, event.height)} from ${formatSize(event.input_width, event.input_height)} · ` +
-    `${formatBytes(blob.size)} · ${seconds.toFixed(1)} s`;
+  await showBlend();
   $("result").hidden = false;
   $("placeholder").hidden = true;
   showProgress(`${state.progress.done} of ${state.progress.total} tiles · done`, 1);
   setMessage("");
   layoutStage();
+}
+
+function showStrength() {
+  $("strength-value").textContent = Number($("strength").value).toFixed(2);
+}
+
+// The strength slider after an upscale: the new blend at once on the page, then the download to match.
+// At the strength the server used, the download is the server's answer itself.
+async function showBlend() {
+  const result = state.result;
+  if (!result) return;
+  const strength = Number($("strength").value);
+  const version = ++state.blendVersion;
+  const samples = blendLayers(result.model, result.lanczos, strength);
+  $("after").getContext("2d").putImageData(toImageData(result.model, samples), 0, 0);
+  const blob = strength === result.strength ? result.serverBlob : await encodeBlend(result, samples);
+  if (version !== state.blendVersion) return; // the slider moved on while this one was encoded
+  if (result.url) URL.revokeObjectURL(result.url);
+  result.url = URL.createObjectURL(blob);
+  const fileName = outputFileName(result.request.name, result.modelName, result.request.size, strength,
+    result.request.format);
+  const download = $("download");
+  download.href = result.url;
+  download.download = fileName;
+  download.title = `Save as ${fileName}`;
+  download.dataset.strength = String(strength);
+  $("result-info").textContent =
+    `${fileName} · ${formatSize(result.width, result.height)} from ${formatSize(result.inputWidth, result.inputHeight)} · ` +
+    `${formatBytes(blob.size)} · ${result.seconds.toFixed(1)} s`;
+}
+
+// PNG: the page's own encoder, bit for bit the server's layout. JPEG and WebP: the browser's encoder.
+async function encodeBlend(result, samples) {
+  if (result.request.format === "png") return encodePng(result.model, samples);
+  return new Promise((resolve) => $("after").toBlob(resolve, result.serverBlob.type, result.request.quality / 100));
 }
 
 function layoutStage() {
@@ -386,7 +482,10 @@ function main() {
   setUpSegments("before", showBefore);
   setUpSegments("zoom", (zoom) => { state.zoom = zoom; layoutStage(); });
   showBefore("nearest");
-  ["model", "scale", "format"].forEach((id) => $(id).addEventListener("change", update));
+  ["model", "format"].forEach((id) => $(id).addEventListener("change", update));
+  $("size-mode").addEventListener("change", () => { showSizeField(); update(); });
+  $("size-value").addEventListener("input", update);
+  $("strength").addEventListener("input", () => { showStrength(); showBlend(); });
   $("quality").addEventListener("input", () => { $("quality-value").textContent = $("quality").value; });
   $("run").addEventListener("click", run);
   $("cancel").addEventListener("click", cancel);

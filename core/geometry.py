@@ -1,0 +1,111 @@
+"""The output's size from the options and the input's size, and the model passes that reach it.
+
+Everything here is known from the image's size alone, so every limit is checked before any work.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from core.errors import InvalidInput
+from core.options import BY_NAME, DEFAULT_SCALE, UpscaleOptions
+
+Size = tuple[int, int]  # (width, height)
+MIN_SCALE = float(BY_NAME["scale"].minimum)
+MAX_SCALE = float(BY_NAME["scale"].maximum)
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    input: Size
+    scaled: Size                  # the input enlarged to this size ...
+    crop: tuple[int, int, int, int]  # ... then cut to (left, top, right, bottom) (the whole of it but for cover)
+    pass_inputs: tuple[Size, ...]  # the size the network sees in each pass
+    native_scale: int
+
+    @property
+    def output(self) -> Size:
+        left, top, right, bottom = self.crop
+        return right - left, bottom - top
+
+    @property
+    def pass_outputs(self) -> tuple[Size, ...]:
+        return tuple((w * self.native_scale, h * self.native_scale) for w, h in self.pass_inputs)
+
+
+def round_half_up(value: float) -> int:
+    """Rounding as the page's Math.round does it (Python's round() goes to even at .5)."""
+    return math.floor(value + 0.5)
+
+
+def plan_output(width: int, height: int, options: UpscaleOptions, native_scale: int) -> OutputPlan:
+    """The sizes for an input of ``width`` x ``height``; 400 when the options ask for less than 1x or more than 8x."""
+    _check_factors(width, height, options, _asked_factors(width, height, options))
+    scaled, crop = _scaled_and_crop(width, height, options)
+    made = max(scaled[0] / width, scaled[1] / height)
+    return OutputPlan((width, height), scaled, crop, _pass_inputs((width, height), scaled, made, native_scale),
+                      native_scale)
+
+
+def _scaled_and_crop(width: int, height: int, options: UpscaleOptions) -> tuple[Size, tuple[int, int, int, int]]:
+    if not options.target:
+        scale = DEFAULT_SCALE if options.scale is None else options.scale
+        scaled = (max(1, round_half_up(width * scale)), max(1, round_half_up(height * scale)))
+    elif options.height is None:
+        scaled = (options.width, max(1, round_half_up(height * options.width / width)))
+    elif options.width is None:
+        scaled = (max(1, round_half_up(width * options.height / height)), options.height)
+    elif options.fit == "fill":
+        scaled = (options.width, options.height)
+    else:
+        scaled = _fitted(width, height, options.width, options.height, cover=options.fit == "cover")
+    if options.fit == "cover" and options.width is not None and options.height is not None:
+        left, top = (scaled[0] - options.width) // 2, (scaled[1] - options.height) // 2
+        return scaled, (left, top, left + options.width, top + options.height)
+    return scaled, (0, 0, *scaled)
+
+
+def _fitted(width: int, height: int, box_width: int, box_height: int, cover: bool) -> Size:
+    """The input's aspect ratio, inside the box (contain) or around it (cover); one side equals the box's."""
+    width_decides = (box_width / width <= box_height / height) != cover
+    if width_decides:
+        return box_width, max(1, round_half_up(height * box_width / width))
+    return max(1, round_half_up(width * box_height / height)), box_height
+
+
+def _asked_factors(width: int, height: int, options: UpscaleOptions) -> tuple[float, ...]:
+    """The enlargement the options ask for, before any rounding: one factor, or one a side for fill."""
+    if not options.target:
+        return (DEFAULT_SCALE if options.scale is None else options.scale,)
+    if options.height is None:
+        return (options.width / width,)
+    if options.width is None:
+        return (options.height / height,)
+    factors = (options.width / width, options.height / height)
+    if options.fit == "fill":
+        return factors
+    return (max(factors) if options.fit == "cover" else min(factors),)
+
+
+def _check_factors(width: int, height: int, options: UpscaleOptions, factors: tuple[float, ...]) -> None:
+    """A target size is checked against the same range as scale, once the input's size is known."""
+    if all(MIN_SCALE <= factor <= MAX_SCALE for factor in factors):
+        return
+    asked = (f"scale {options.scale:g}" if not options.target else
+             " and ".join(f"{name} {getattr(options, name)}" for name in ("width", "height")
+                          if getattr(options, name) is not None))
+    shown = " x ".join(f"{factor:.3g}" for factor in factors)
+    raise InvalidInput(f"{asked} would enlarge the {width}x{height} image {shown} times; "
+                       f"the enlargement must be from {MIN_SCALE:g} to {MAX_SCALE:g} times (as for scale)")
+
+
+def _pass_inputs(size: Size, scaled: Size, factor: float, native_scale: int) -> tuple[Size, ...]:
+    """One pass up to the native scale; above it, each further pass runs on the previous result,
+    first resized so that the last pass lands just above the asked size (a pass then costs about the
+    asked size's pixels, not native_scale**2 times the input's)."""
+    passes = 1
+    while native_scale ** passes < factor - 1e-9:
+        passes += 1
+    later = tuple((math.ceil(scaled[0] / native_scale ** remaining), math.ceil(scaled[1] / native_scale ** remaining))
+                  for remaining in range(passes - 1, 0, -1))
+    return (size, *later)

@@ -1,0 +1,270 @@
+"""The options of one upscale, defined once.
+
+``OPTIONS`` is read by every route: /model/predict builds its Flask-RESTX parser and Swagger
+parameters from it, the page's route parses its form with ``parse_options`` too, /model/metadata
+publishes ``describe_options`` (the page builds its controls from that), and ``sr-upscale`` makes
+its flags with ``add_cli_flags``. A value therefore means the same everywhere (``ensemble=yes`` is
+true on every route, ``ensemble=maybe`` a 400 on every route).
+
+This module imports nothing heavy (no TensorFlow, no Keras), so ``sr-upscale --help`` stays fast.
+An option's allowed values may depend on the server (the models it offers) and on the model
+asked for: ``Option.choices`` is then a function of the ``OptionContext`` and the model.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from core.errors import InvalidInput
+from core.images import OUTPUT_FORMATS
+
+FITS = ("contain", "cover", "fill")
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+# Plain decimals only: Python's float() would also take "nan", "inf", "1e3" and "1_0".
+DECIMAL = re.compile(r"\d+(\.\d*)?|\.\d+")
+WHOLE = re.compile(r"\d+")
+
+
+@dataclass(frozen=True)
+class OptionContext:
+    """What the allowed values depend on: the models this server (or this CLI) offers."""
+
+    models: tuple[str, ...]
+    default_model: str
+
+
+Choices = tuple[str, ...] | Callable[[OptionContext, str | None], tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    kind: str  # "number", "integer", "choice" or "boolean"
+    help: str
+    default: object = None
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: Choices = ()
+    # Other spellings accepted for a choice, e.g. jpg for jpeg; choices are matched in any case.
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    # Default shown to people when ``default`` is None because the server decides it.
+    default_text: str | None = None
+
+    def allowed_choices(self, context: OptionContext, model: str | None) -> tuple[str, ...]:
+        return self.choices(context, model) if callable(self.choices) else self.choices
+
+    def allowed(self, context: OptionContext, model: str | None = None) -> str:
+        """What this option accepts, in words, for error messages and help."""
+        if self.kind == "boolean":
+            return f"true or false ({'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)})"
+        if self.kind == "choice":
+            aliases = "".join(f" ({alias} for {name})" for alias, name in self.aliases.items())
+            return "one of " + ", ".join(self.allowed_choices(context, model)) + aliases
+        noun = "a number" if self.kind == "number" else "a whole number"
+        if self.maximum is None:
+            return f"{noun} of at least {_number(self.minimum)}"
+        return f"{noun} from {_number(self.minimum)} to {_number(self.maximum)}"
+
+    def read(self, text: str, context: OptionContext, model: str | None) -> object:
+        """The typed value of ``text``; ValueError when it is not allowed."""
+        text = text.strip()
+        if self.kind == "boolean":
+            word = text.lower()
+            if word not in TRUE_WORDS + FALSE_WORDS:
+                raise ValueError(text)
+            return word in TRUE_WORDS
+        if self.kind == "choice":
+            word = self.aliases.get(text.lower(), text.lower())
+            if word not in self.allowed_choices(context, model):
+                raise ValueError(text)
+            return word
+        if not (DECIMAL if self.kind == "number" else WHOLE).fullmatch(text):
+            raise ValueError(text)
+        value = float(text) if self.kind == "number" else int(text)
+        if value < self.minimum or (self.maximum is not None and value > self.maximum):
+            raise ValueError(text)
+        return value
+
+    def describe(self, context: OptionContext) -> dict[str, object]:
+        """This option for /model/metadata: type, range or choices, default, help."""
+        entry: dict[str, object] = {"name": self.name, "type": self.kind, "help": self.help,
+                                    "default": self._default(context), "allowed": self.allowed(context)}
+        if self.kind in ("number", "integer"):
+            entry.update(minimum=self.minimum, maximum=self.maximum)
+        if self.kind == "choice":
+            entry["choices"] = list(self.allowed_choices(context, None))
+            if callable(self.choices):
+                entry["choices_by_model"] = {model: list(self.allowed_choices(context, model))
+                                             for model in context.models}
+            if self.aliases:
+                entry["aliases"] = dict(self.aliases)
+        return entry
+
+    def _default(self, context: OptionContext) -> object:
+        return context.default_model if self.name == "model" else self.default
+
+    def swagger(self) -> dict[str, object]:
+        """The Swagger (OpenAPI 2) schema of this parameter."""
+        schema: dict[str, object] = {"type": {"number": "number", "integer": "integer",
+                                              "boolean": "boolean"}.get(self.kind, "string")}
+        if self.minimum is not None:
+            schema["minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        if self.kind == "choice" and not callable(self.choices):
+            schema["enum"] = list(self.choices)
+        return schema
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.name}"
+
+
+def _number(value: float | None) -> str:
+    return f"{value:g}"
+
+
+def _offered_models(context: OptionContext, model: str | None) -> tuple[str, ...]:
+    return context.models
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("model", "choice", "Which model runs; /model/metadata describes each", choices=_offered_models,
+           default_text="the server's default model"),
+    Option("scale", "number", "Output size as a multiple of the input's: round(width x scale) by "
+           "round(height x scale); the default applies when neither width nor height is sent, "
+           "and scale cannot be combined with them",
+           default=4, minimum=1, maximum=8),
+    Option("width", "integer", "Target width in pixels; alone, the height follows the input's aspect ratio",
+           minimum=1),
+    Option("height", "integer", "Target height in pixels; alone, the width follows the input's aspect ratio",
+           minimum=1),
+    Option("fit", "choice", "With both width and height: contain (the largest size with the input's aspect "
+           "ratio inside them), cover (exactly that size, the centre cropped) or fill (exactly that size, stretched)",
+           default="contain", choices=FITS),
+    Option("strength", "number", "How much of the model's output: strength x model + (1 - strength) x a "
+           "Lanczos enlargement of the input", default=1, minimum=0, maximum=1),
+    Option("format", "choice", "Output format (any case)", default="png", choices=tuple(OUTPUT_FORMATS),
+           aliases={"jpg": "jpeg"}),
+    Option("quality", "integer", "Quality for jpeg and webp", default=90, minimum=1, maximum=100),
+    Option("ensemble", "boolean", "Average the 8 flips and rotations: a little better, 8x slower", default=False),
+)
+BY_NAME = {option.name: option for option in OPTIONS}
+DEFAULT_SCALE = float(BY_NAME["scale"].default)
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    """Typed options. ``scale`` None means the default scale unless ``width`` or ``height`` is given."""
+
+    model: str | None = None
+    scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    fit: str = "contain"
+    strength: float = 1.0
+    output_format: str = "png"
+    quality: int = 90
+    ensemble: bool = False
+
+    @property
+    def target(self) -> bool:
+        return self.width is not None or self.height is not None
+
+
+# Where each option lands in UpscaleOptions, when its field is named differently.
+FIELDS = {"format": "output_format"}
+
+
+def parse_options(values: Mapping[str, str | None], context: OptionContext) -> UpscaleOptions:
+    """The options sent as text (a form, a query, CLI flags); one 400 naming every bad field.
+
+    A field sent empty counts as not sent.
+    """
+    sent = {option.name: values.get(option.name) for option in OPTIONS}
+    sent = {name: text for name, text in sent.items() if text is not None and text.strip() != ""}
+    problems: list[str] = []
+    typed: dict[str, object] = {}
+    model = _read_one(BY_NAME["model"], sent, context, None, typed, problems)
+    for option in OPTIONS[1:]:
+        _read_one(option, sent, context, model, typed, problems)
+    problems += combination_problems(sent)
+    if problems:
+        raise InvalidInput("; ".join(problems))
+    return UpscaleOptions(**{FIELDS.get(name, name): value for name, value in typed.items()})
+
+
+def _read_one(option: Option, sent: dict[str, str], context: OptionContext, model: str | None,
+              typed: dict[str, object], problems: list[str]) -> object:
+    if option.name not in sent:
+        return None
+    try:
+        typed[option.name] = option.read(sent[option.name], context, model)
+    except ValueError:
+        problems.append(f"{option.name} must be {option.allowed(context, model)}, not {sent[option.name]!r}")
+        return None
+    return typed[option.name]
+
+
+def combination_problems(sent: Mapping[str, str]) -> list[str]:
+    """Options that are each valid but do not go together."""
+    problems = []
+    targets = [name for name in ("width", "height") if name in sent]
+    if "scale" in sent and targets:
+        given = ", ".join(f"{name}={sent[name]!r}" for name in ["scale", *targets])
+        problems.append(f"scale cannot be combined with width or height (sent {given}): "
+                        f"send either scale or a target size")
+    if "fit" in sent and len(targets) < 2:
+        problems.append(f"fit applies only when both width and height are sent (sent fit={sent['fit']!r}"
+                        f"{''.join(f', {name}={sent[name]!r}' for name in targets)})")
+    return problems
+
+
+def describe_options(context: OptionContext) -> list[dict[str, object]]:
+    return [option.describe(context) for option in OPTIONS]
+
+
+# --- The command line ---------------------------------------------------------------------------
+
+
+def add_cli_flags(parser: argparse.ArgumentParser, context: OptionContext) -> None:
+    """One flag per option (``--scale 1.5``, ``--ensemble``); values stay text for ``parse_options``."""
+    for option in OPTIONS:
+        default = option.default_text or option.default
+        if option.kind == "boolean":
+            parser.add_argument(option.flag, action="store_const", const="true", help=option.help.replace("%", "%%"))
+            continue
+        text = f"{option.help}; {option.allowed(context)} (default: {_show(default)})".replace("%", "%%")
+        parser.add_argument(option.flag, metavar=option.name.upper(), help=text)
+
+
+def cli_values(args: argparse.Namespace) -> dict[str, str | None]:
+    return {option.name: getattr(args, option.name) for option in OPTIONS}
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return _number(value)
+    return "unset" if value is None else str(value)
+
+
+# --- The documentation --------------------------------------------------------------------------
+
+
+def markdown_table() -> str:
+    """The options table of README.md and docs/inputs.md (tests check that both hold it unchanged)."""
+    rows = ["| field | default | values | meaning |", "|---|---|---|---|"]
+    for option in OPTIONS:
+        default = option.default_text or ("unset" if option.default is None else f"`{_show(option.default)}`")
+        # The models depend on the server's MODELS setting; /model/metadata lists them.
+        allowed = "an id from /model/metadata" if callable(option.choices) else option.allowed(DOCUMENTED)
+        rows.append(f"| `{option.name}` | {default} | {allowed} | {option.help} |")
+    return "\n".join(rows)
+
+
+DOCUMENTED = OptionContext(models=(), default_model="")

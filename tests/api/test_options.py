@@ -1,0 +1,293 @@
+"""The options schema through both routes, /model/predict and the page's /app/upscale, with the real SRGAN.
+
+Inputs are tiny (at most 16 px a side) so each answer costs milliseconds.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core import images
+from core.options import OPTIONS
+from tests.core.test_images import levels16, pattern, png16, rgba_image, save
+
+WIDE = save(Image.fromarray(pattern(9, 15)))  # 15 x 9
+
+
+def predict(client, data: bytes, **fields):
+    return client.post("/model/predict", data=dict(fields, image=(io.BytesIO(data), "upload.png")),
+                       content_type="multipart/form-data")
+
+
+def page_events(client, data: bytes, **fields) -> tuple[int, list[dict] | dict]:
+    """The page's route: (status, its events) when it streams, (status, the JSON error) when it refuses at once."""
+    response = client.post("/app/upscale", data=dict(fields, image=(io.BytesIO(data), "upload.png")),
+                           content_type="multipart/form-data")
+    if response.mimetype != "application/x-ndjson":
+        return response.status_code, response.json
+    return response.status_code, [json.loads(line) for line in response.data.splitlines() if line.strip()]
+
+
+def pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image).astype(np.int32)
+
+
+def ok(response) -> np.ndarray:
+    assert response.status_code == 200, response.data
+    return pixels(response.data)
+
+
+# --- Sizes --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fields, size", [
+    ({}, (60, 36)),
+    ({"scale": "4"}, (60, 36)),
+    ({"scale": "2"}, (30, 18)),
+    ({"scale": "1.5"}, (23, 14)),        # 22.5 and 13.5 round half up
+    ({"scale": "1"}, (15, 9)),
+    ({"scale": "8"}, (120, 72)),         # two model passes
+    ({"scale": "5.5"}, (83, 50)),        # 82.5 -> 83, 49.5 -> 50
+    ({"width": "40"}, (40, 24)),
+    ({"height": "20"}, (33, 20)),        # 33.3 -> 33
+    ({"width": "30", "height": "30"}, (30, 18)),                  # contain
+    ({"width": "30", "height": "30", "fit": "contain"}, (30, 18)),
+    ({"width": "30", "height": "30", "fit": "cover"}, (30, 30)),
+    ({"width": "30", "height": "30", "fit": "fill"}, (30, 30)),
+])
+def test_every_sizing_mode_gives_its_size(client, fields, size):
+    response = predict(client, WIDE, **fields)
+    assert ok(response).shape[1::-1] == size
+    assert response.headers["X-Output-Size"] == f"{size[0]}x{size[1]}"
+
+
+@pytest.mark.parametrize("shape, fields, size", [
+    ((16, 1), {"scale": "2.5"}, (3, 40)),      # 1 x N
+    ((1, 16), {"scale": "2.5"}, (40, 3)),      # N x 1
+    ((16, 1), {"height": "100"}, (6, 100)),    # 6.25 -> 6
+    ((1, 16), {"width": "128"}, (128, 8)),     # 8x: two passes on a one-pixel-high image
+    ((16, 1), {"width": "4", "height": "16", "fit": "cover"}, (4, 16)),
+])
+def test_extreme_aspect_ratios(client, shape, fields, size):
+    data = save(Image.fromarray(pattern(*shape)))
+    assert ok(predict(client, data, **fields)).shape[1::-1] == size
+
+
+def test_scale_2_is_the_lanczos_downscale_of_the_4x_answer_as_before(client):
+    four, two = ok(predict(client, WIDE)), ok(predict(client, WIDE, scale="2"))
+    assert np.array_equal(two, images.resize(four.astype(np.uint8), (30, 18)))
+
+
+def test_cover_is_the_centre_of_the_enlargement_that_covers_the_box(client):
+    covered = ok(predict(client, WIDE, width="30", height="30", fit="cover"))
+    enlarged = ok(predict(client, WIDE, width="50"))  # 50 x 30 covers the 30 x 30 box
+    assert enlarged.shape[:2] == (30, 50)
+    assert np.array_equal(covered, enlarged[:, 10:40])
+
+
+def test_fill_stretches(client):
+    stretched = ok(predict(client, WIDE, width="60", height="9", fit="fill"))
+    assert stretched.shape[:2] == (9, 60)
+
+
+# --- Strength -----------------------------------------------------------------------------------
+
+
+def pillow_lanczos(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.resize(size, Image.Resampling.LANCZOS)).astype(np.int32)
+
+
+@pytest.mark.parametrize("fields", [{}, {"scale": "2.5"}, {"width": "30", "height": "30", "fit": "cover"}])
+def test_strength_mixes_the_model_with_a_lanczos_enlargement(client, fields):
+    model = ok(predict(client, WIDE, **fields))
+    assert np.array_equal(ok(predict(client, WIDE, strength="1", **fields)), model)
+    lanczos = ok(predict(client, WIDE, strength="0", **fields))
+    if "fit" not in fields:  # Pillow's own 8-bit LANCZOS; ours runs in float, so one level apart at most
+        assert np.abs(lanczos - pillow_lanczos(WIDE, model.shape[1::-1])).max() <= 1
+    assert np.abs(lanczos - model).mean() > 2, "the model and Lanczos should differ"
+    half = ok(predict(client, WIDE, strength="0.5", **fields))
+    assert np.array_equal(half, np.rint((model + lanczos) / 2))
+    quarter = ok(predict(client, WIDE, strength="0.25", **fields))
+    assert np.abs(quarter - (0.25 * model + 0.75 * lanczos)).max() <= 0.5
+
+
+def test_strength_keeps_alpha_as_it_is(client):
+    data = save(rgba_image())
+    full, none = ok(predict(client, data)), ok(predict(client, data, strength="0"))
+    assert full.shape[-1] == none.shape[-1] == 4
+    assert np.array_equal(full[..., 3], none[..., 3])
+    assert np.abs(full[..., :3] - none[..., :3]).mean() > 2
+
+
+def test_strength_on_16_bit_stays_16_bit(client):
+    data = png16(levels16(3))
+    model = predict(client, data)
+    lanczos = predict(client, data, strength="0")
+    half = predict(client, data, strength="0.5")
+    levels = [images.decode(r.data, 10**6).colour.astype(np.int64) for r in (model, lanczos, half)]
+    assert all(level.dtype == np.int64 for level in levels) and levels[2].max() > 255
+    assert images.decode(half.data, 10**6).colour.dtype == np.uint16
+    assert np.array_equal(levels[2], np.rint((levels[0] + levels[1]) / 2))
+
+
+def test_strength_0_runs_no_model(client, monkeypatch):
+    import core.pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network ran")
+    monkeypatch.setattr(core.pipeline, "run_tiled", refuse)
+    assert ok(predict(client, WIDE, strength="0")).shape[:2] == (36, 60)
+
+
+# --- Limits before any work ---------------------------------------------------------------------
+
+
+def test_every_intermediate_size_is_checked_before_the_network_runs(client, service, monkeypatch):
+    import core.pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network ran")
+    monkeypatch.setattr(core.pipeline, "run_tiled", refuse)
+    data = save(Image.fromarray(pattern(7, 33)))
+    # scale 5: 165 x 35 asked; the second pass lands on 168 x 36 before the Lanczos step
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_output_pixels": 165 * 35}))
+    response = predict(client, data, scale="5")
+    assert response.status_code == 413 and "the model's 4x result would be 168x36" in response.json["message"]
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_output_pixels": 1200}))
+    response = predict(client, data, scale="1.5")  # 50 x 11 asked, but the first pass makes 132 x 28
+    assert response.status_code == 413 and "the model's 4x result would be 132x28" in response.json["message"]
+    _, events = page_events(client, data, width="200")
+    assert events[-1]["status"] == 413 and "132x28" in events[-1]["message"]
+
+
+# --- Bad values ---------------------------------------------------------------------------------
+
+BAD_VALUES = [
+    ("scale", "9", "a number from 1 to 8"),
+    ("scale", "0.5", "a number from 1 to 8"),
+    ("scale", "-2", "a number from 1 to 8"),
+    ("scale", "x", "a number from 1 to 8"),
+    ("scale", "nan", "a number from 1 to 8"),
+    ("scale", "1e1", "a number from 1 to 8"),
+    ("width", "0", "a whole number of at least 1"),
+    ("width", "1.5", "a whole number of at least 1"),
+    ("height", "tall", "a whole number of at least 1"),
+    ("strength", "1.5", "a number from 0 to 1"),
+    ("strength", "-0.1", "a number from 0 to 1"),
+    ("strength", "half", "a number from 0 to 1"),
+    ("format", "gif", "one of png, jpeg, webp (jpg for jpeg)"),
+    ("quality", "0", "a whole number from 1 to 100"),
+    ("quality", "101", "a whole number from 1 to 100"),
+    ("quality", "9.5", "a whole number from 1 to 100"),
+    ("ensemble", "maybe", "true or false (true/1/yes/on or false/0/no/off)"),
+    ("model", "waifu2x", "one of srgan, srresnet"),
+]
+
+
+@pytest.mark.parametrize("field, value, allowed", BAD_VALUES)
+def test_a_bad_value_is_the_same_400_on_both_routes(client, field, value, allowed):
+    response = predict(client, WIDE, **{field: value})
+    assert response.status_code == 400 and set(response.json) == {"message"}
+    message = response.json["message"]
+    assert f"{field} must be {allowed}, not {value!r}" in message, message
+    assert page_events(client, WIDE, **{field: value}) == (400, {"message": message})
+
+
+@pytest.mark.parametrize("fields, fragments", [
+    ({"scale": "2", "width": "40"}, ["scale cannot be combined with width or height", "scale='2'", "width='40'"]),
+    ({"scale": "2", "height": "40"}, ["scale cannot be combined", "height='40'"]),
+    ({"fit": "cover", "width": "40"}, ["fit applies only when both width and height are sent", "fit='cover'"]),
+    ({"fit": "cover"}, ["fit applies only when both"]),
+])
+def test_options_that_do_not_go_together_are_400_on_both_routes(client, fields, fragments):
+    response = predict(client, WIDE, **fields)
+    assert response.status_code == 400
+    assert all(fragment in response.json["message"] for fragment in fragments), response.json
+    assert page_events(client, WIDE, **fields) == (400, response.json)
+
+
+def test_every_bad_field_is_named_in_one_message(client):
+    message = predict(client, WIDE, scale="9", quality="0", ensemble="maybe").json["message"]
+    assert all(f"{name} must be" in message for name in ("scale", "quality", "ensemble")), message
+
+
+def test_a_target_out_of_range_for_this_image_names_it_on_both_routes(client):
+    response = predict(client, WIDE, width="10")
+    assert response.status_code == 400
+    assert "width 10 would enlarge the 15x9 image 0.667 times" in response.json["message"]
+    _, events = page_events(client, WIDE, width="10")
+    assert events[-1] == {"event": "error", "status": 400, "message": response.json["message"]}
+
+
+# --- One meaning on every route -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("word", ["yes", "true", "1", "on", "TRUE"])
+def test_ensemble_words_mean_true_on_both_routes(client, word):
+    expected = ok(predict(client, WIDE, ensemble="true"))
+    assert np.array_equal(ok(predict(client, WIDE, ensemble=word)), expected)
+    assert np.array_equal(page_answer(client, WIDE, ensemble=word), expected)
+    assert not np.array_equal(ok(predict(client, WIDE, ensemble="no")), expected)
+
+
+@pytest.mark.parametrize("word", ["JPG", "jpg", "Jpeg", "JPEG"])
+def test_format_names_in_any_case_and_jpg(client, word):
+    response = predict(client, WIDE, format=word)
+    assert response.status_code == 200 and response.mimetype == "image/jpeg"
+    _, events = page_events(client, WIDE, format=word)
+    assert events[-1]["content_type"] == "image/jpeg"
+
+
+def page_answer(client, data: bytes, **fields) -> np.ndarray:
+    status, events = page_events(client, data, **fields)
+    assert status == 200 and events[-1]["event"] == "result", events[-1]
+    return pixels(base64.b64decode(events[-1]["image"]))
+
+
+@pytest.mark.parametrize("fields", [
+    {}, {"scale": "2"}, {"scale": "1.5", "strength": "0.3"}, {"scale": "8"}, {"width": "30", "height": "30", "fit": "cover"},
+    {"height": "20", "format": "webp", "quality": "70"}, {"model": "srresnet", "strength": "0.7"},
+])
+def test_both_routes_answer_the_same_image(client, fields):
+    response = predict(client, WIDE, **fields)
+    _, events = page_events(client, WIDE, **fields)
+    result = events[-1]
+    assert result["event"] == "result"
+    assert base64.b64decode(result["image"]) == response.data
+    assert f"{result['width']}x{result['height']}" == response.headers["X-Output-Size"]
+
+
+def test_the_page_gets_both_layers_and_counts_every_pass_in_its_tiles(client):
+    _, events = page_events(client, WIDE, scale="8", strength="0.4")
+    start, result = events[0], events[-1]
+    progress = [event for event in events if event["event"] == "progress"]
+    assert start["total"] == progress[-1]["total"] == progress[-1]["done"] == 2  # one tile per pass here
+    model = pixels(base64.b64decode(result["layers"]["model"]))
+    lanczos = pixels(base64.b64decode(result["layers"]["lanczos"]))
+    assert np.array_equal(model, ok(predict(client, WIDE, scale="8")))
+    assert np.array_equal(lanczos, ok(predict(client, WIDE, scale="8", strength="0")))
+    assert result["strength"] == 0.4
+
+
+# --- Metadata -----------------------------------------------------------------------------------
+
+
+def test_metadata_publishes_every_option_with_its_range_and_default(client):
+    published = {entry["name"]: entry for entry in client.get("/model/metadata").json["options"]}
+    assert list(published) == [option.name for option in OPTIONS]
+    assert published["scale"] | {"help": ""} == {
+        "name": "scale", "type": "number", "default": 4, "minimum": 1, "maximum": 8, "help": "",
+        "allowed": "a number from 1 to 8"}
+    assert (published["strength"]["minimum"], published["strength"]["maximum"], published["strength"]["default"]) == (0, 1, 1)
+    assert published["fit"]["choices"] == ["contain", "cover", "fill"] and published["fit"]["default"] == "contain"
+    assert published["format"]["aliases"] == {"jpg": "jpeg"}
+    assert published["model"]["choices"] == ["srgan", "srresnet"] and published["model"]["default"] == "srgan"
+    assert published["model"]["choices_by_model"] == {"srgan": ["srgan", "srresnet"], "srresnet": ["srgan", "srresnet"]}
+    assert published["ensemble"]["type"] == "boolean" and published["ensemble"]["default"] is False

@@ -1,0 +1,53 @@
+"""The options schema on its own: parsing text, the CLI flags it makes, and the docs that print it."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from core.errors import InvalidInput
+from core.options import (BY_NAME, OPTIONS, OptionContext, UpscaleOptions, add_cli_flags, cli_values,
+                          markdown_table, parse_options)
+from scripts import options_table
+from tests.conftest import ROOT
+
+CONTEXT = OptionContext(("srgan", "srresnet"), "srgan")
+
+
+def test_nothing_sent_gives_the_defaults():
+    assert parse_options({}, CONTEXT) == UpscaleOptions()
+    assert parse_options({name: "" for name in BY_NAME}, CONTEXT) == UpscaleOptions()  # empty = not sent
+
+
+def test_text_becomes_typed_values():
+    parsed = parse_options({"model": "SRResNet", "scale": " 2.5 ", "strength": ".25", "format": "JPG",
+                            "quality": "70", "ensemble": "Yes"}, CONTEXT)
+    assert parsed == UpscaleOptions(model="srresnet", scale=2.5, strength=0.25, output_format="jpeg", quality=70,
+                                    ensemble=True)
+    assert parse_options({"width": "300", "height": "200", "fit": "COVER"}, CONTEXT) == UpscaleOptions(
+        width=300, height=200, fit="cover")
+
+
+def test_choices_may_depend_on_the_context_and_the_model():
+    context = OptionContext(("srgan",), "srgan")
+    with pytest.raises(InvalidInput, match="model must be one of srgan, not 'srresnet'"):
+        parse_options({"model": "srresnet"}, context)
+    assert BY_NAME["model"].describe(CONTEXT)["choices_by_model"] == {"srgan": ["srgan", "srresnet"],
+                                                                     "srresnet": ["srgan", "srresnet"]}
+
+
+def test_cli_flags_are_the_schema_and_parse_the_same_way():
+    parser = argparse.ArgumentParser()
+    add_cli_flags(parser, CONTEXT)
+    args = parser.parse_args(["--scale", "1.5", "--strength", "0.5", "--ensemble", "--format", "webp"])
+    assert parse_options(cli_values(args), CONTEXT) == UpscaleOptions(scale=1.5, strength=0.5, ensemble=True,
+                                                                       output_format="webp")
+    flags = {action.dest for action in parser._actions} - {"help"}
+    assert flags == {option.name for option in OPTIONS}
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/inputs.md"])
+def test_the_docs_hold_the_schemas_table(document):
+    # scripts/options_table.py prints it; paste its output when an option changes.
+    assert options_table.markdown_table is markdown_table
+    assert markdown_table() in (ROOT / document).read_text()
