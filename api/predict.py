@@ -13,6 +13,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from api import namespace, service
 from core.errors import Cancelled, InvalidInput, TooLarge
 from core.images import OUTPUT_FORMATS, describe_accepted
+from core.models.registry import DENOISE_LEVELS, NO_DENOISE
 from core.pipeline import SCALES, Progress, UpscaleOptions
 
 log = logging.getLogger(__name__)
@@ -25,13 +26,15 @@ parser.add_argument("image", location="files", type=FileStorage, required=False,
 parser.add_argument("model", location=("form", "args"), type=str, required=False,
                     help="Model id from /model/metadata (default: the server's default model)")
 parser.add_argument("scale", location=("form", "args"), type=int, choices=SCALES, default=4,
-                    help="Output scale: 4 from the network, 2 or 3 by a Lanczos downscale of its result")
+                    help="Output scale: the model runs its smallest native scale that reaches it (/model/metadata), then a Lanczos downscale where that is larger")
 parser.add_argument("format", location=("form", "args"), type=str, choices=tuple(OUTPUT_FORMATS), default="png",
                     help="Output format")
 parser.add_argument("quality", location=("form", "args"), type=inputs.int_range(1, 100), default=90,
                     help="Quality for jpeg and webp, 1..100")
 parser.add_argument("ensemble", location=("form", "args"), type=inputs.boolean, default=False,
                     help="Average the 8 flips and rotations: a little better, 8x slower")
+parser.add_argument("denoise", location=("form", "args"), type=str, choices=DENOISE_LEVELS, default=NO_DENOISE,
+                    help="Denoise level, for models that have them (/model/metadata lists each model's levels per scale)")
 
 
 @namespace.route("/predict")
@@ -49,7 +52,7 @@ class Predict(Resource):
         if upload is None:
             raise InvalidInput("no image: send the file as the multipart form field 'image'")
         options = UpscaleOptions(model=args["model"], scale=args["scale"], output_format=args["format"],
-                                 quality=args["quality"], ensemble=args["ensemble"])
+                                 quality=args["quality"], ensemble=args["ensemble"], denoise=args["denoise"])
         try:
             result = service().upscale(upload.read(), options, on_progress=stop_when_client_leaves(request.environ))
         except Cancelled as cancelled:
@@ -69,6 +72,7 @@ ALLOWED = {
     "format": "one of " + ", ".join(OUTPUT_FORMATS),
     "quality": "a whole number from 1 to 100",
     "ensemble": "true or false",
+    "denoise": "one of " + ", ".join(DENOISE_LEVELS),
 }
 
 

@@ -11,7 +11,7 @@ from config import Settings
 from core import images
 from core.errors import InvalidInput, TimeLimitExceeded, TooLarge
 from core.models.ensemble import self_ensemble
-from core.models.registry import ModelRegistry
+from core.models.registry import DENOISE_LEVELS, NO_DENOISE, ModelRegistry
 from core.tiling import run_tiled
 
 SCALES = (2, 3, 4)
@@ -28,6 +28,7 @@ class UpscaleOptions:
     output_format: str = "png"
     quality: int = 90
     ensemble: bool = False
+    denoise: str = NO_DENOISE
 
     def validate(self) -> None:
         if self.scale not in SCALES:
@@ -36,6 +37,8 @@ class UpscaleOptions:
             raise InvalidInput(f"format must be one of {sorted(images.OUTPUT_FORMATS)}, not {self.output_format!r}")
         if not 1 <= self.quality <= 100:
             raise InvalidInput(f"quality must be between 1 and 100, not {self.quality}")
+        if self.denoise not in DENOISE_LEVELS:
+            raise InvalidInput(f"denoise must be one of {', '.join(DENOISE_LEVELS)}, not {self.denoise!r}")
 
 
 @dataclass(frozen=True)
@@ -54,11 +57,11 @@ def upscale(data: bytes, options: UpscaleOptions, registry: ModelRegistry, setti
     """Upscale an encoded image; raises a ServiceError subclass for anything the user can fix."""
     options.validate()
     model_name = options.model or settings.default_model
-    network = registry.get(model_name)
+    network = registry.get(model_name, options.scale, options.denoise)
     image = images.decode(data, settings.max_input_pixels)
     size = (image.width * options.scale, image.height * options.scale)
     image = images.fit_output(image, options.output_format, size)
-    _check_output_size(image, settings.max_output_pixels)
+    _check_output_size(image, network.scale, settings.max_output_pixels)
     colour = _upscale_colour(image, network, settings, options.ensemble, _deadline(settings, on_progress))
     colour = _rescale(colour, size)
     alpha = None if image.alpha is None else images.resize_channel(image.alpha, size)
@@ -67,10 +70,11 @@ def upscale(data: bytes, options: UpscaleOptions, registry: ModelRegistry, setti
                   model_name, image.width, image.height)
 
 
-def _check_output_size(image: images.DecodedImage, max_output_pixels: int) -> None:
-    width, height = image.width * 4, image.height * 4
+def _check_output_size(image: images.DecodedImage, scale: int, max_output_pixels: int) -> None:
+    """The network's output, before any downscale to the asked size, must fit the limit."""
+    width, height = image.width * scale, image.height * scale
     if width * height > max_output_pixels:
-        raise TooLarge(f"the 4x output would be {width}x{height} = {width * height} pixels; "
+        raise TooLarge(f"the {scale}x output would be {width}x{height} = {width * height} pixels; "
                        f"the limit is {max_output_pixels} output pixels (MAX_OUTPUT_PIXELS; input {image.width}x{image.height})")
 
 

@@ -43,6 +43,6 @@ class Service:
     def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None) -> Result:
         """Upscale in this worker's inference slot (503 at once when the queue is full)."""
         options.validate()
-        self.registry.get(options.model or self.settings.default_model)
+        self.registry.get(options.model or self.settings.default_model, options.scale, options.denoise)
         with self.slot.hold():
             return upscale(data, options, self.registry, self.settings, on_progress)

@@ -19,7 +19,6 @@ import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
-SCALE = 4
 BACKENDS = ("tensorflow", "xla", "openvino")
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -52,7 +51,7 @@ def build_predict(model: keras.Model, backend: str) -> Predict:
 
 @dataclass(frozen=True)
 class Network:
-    """What the pipeline needs of a model: a 4x function on float batches and its context margin."""
+    """What the pipeline needs of a model: a function on float batches, its scale and its context margin."""
 
     name: str
     keras_model: keras.Model
@@ -60,18 +59,16 @@ class Network:
     backend: str = "tensorflow"
     # The published network's parameter count, where the model served is a rewritten form of it.
     parameters: int | None = None
+    # Output pixels per input pixel along each side (the registry checks it when warming the network up).
+    scale: int = 4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_predict", build_predict(self.keras_model, self.backend))
         if self.parameters is None:
             object.__setattr__(self, "parameters", int(self.keras_model.count_params()))
 
-    @property
-    def scale(self) -> int:
-        return SCALE
-
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, h, w, 3) RGB in [0, 1] -> (N, 4h, 4w, 3) RGB in [0, 1]."""
+        """(N, h, w, 3) RGB in [0, 1] -> (N, scale * h, scale * w, 3) RGB in [0, 1]."""
         return np.clip(self._predict(batch), 0.0, 1.0)
 
 

