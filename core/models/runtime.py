@@ -50,6 +50,24 @@ def build_predict(model: keras.Model, backend: str) -> Predict:
 
 
 @dataclass(frozen=True)
+class Border:
+    """A graph that crops its borders (valid convolutions, Crop layers), as Real-CUGAN's do.
+
+    The input is extended by ``pad`` mirrored pixels on each side, and on the bottom and right up to
+    a multiple of ``multiple`` (the graph halves its resolution that often), as Real-CUGAN's own runner
+    pads; the graph then gives back ``scale`` times the input, less the padding, which is cut off.
+    """
+
+    pad: int
+    multiple: int
+
+    def extend(self, batch: np.ndarray) -> np.ndarray:
+        height, width = batch.shape[1:3]
+        bottom, right = (self.pad + -side % self.multiple for side in (height, width))
+        return np.pad(batch, ((0, 0), (self.pad, bottom), (self.pad, right), (0, 0)), mode="reflect")
+
+
+@dataclass(frozen=True)
 class Network:
     """What the pipeline needs of a model: a function on float batches, its scale and its context margin."""
 
@@ -61,6 +79,7 @@ class Network:
     parameters: int | None = None
     # Output pixels per input pixel along each side (the registry checks it when warming the network up).
     scale: int = 4
+    border: Border | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_predict", build_predict(self.keras_model, self.backend))
@@ -69,7 +88,11 @@ class Network:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, h, w, 3) RGB in [0, 1] -> (N, scale * h, scale * w, 3) RGB in [0, 1]."""
-        return np.clip(self._predict(batch), 0.0, 1.0)
+        if self.border is None:
+            return np.clip(self._predict(batch), 0.0, 1.0)
+        height, width = batch.shape[1:3]
+        result = self._predict(np.ascontiguousarray(self.border.extend(batch)))
+        return np.clip(result[:, :height * self.scale, :width * self.scale], 0.0, 1.0)
 
 
 def configure_threads(threads: int) -> None:

