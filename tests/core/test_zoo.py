@@ -17,6 +17,7 @@ from core.errors import InvalidInput
 from core.models.ncnn_graph import build_from_ncnn
 from core.models.registry import REALCUGAN_SUFFIXES, SPECS
 from core.models.runtime import Network
+from core.tiling import plan_tiles, run_tiled
 from tests.conftest import SAMPLES, decode, encode
 from tests.core.ncnn_reference import run_ncnn
 
@@ -54,14 +55,17 @@ def test_whole_network_matches_ncnn(network):
 def test_each_realcugan_network_matches_ncnn_on_the_input_padded_as_its_runner_pads(variant):
     """ncnn runs the file on the input mirrored as Real-CUGAN's runner mirrors it; our network pads the same
     way itself and gives exactly scale times the input."""
-    network = Network("realcugan", variant.build(load_settings()), 32, "tensorflow", scale=variant.scale,
-                      border=variant.border)
+    settings = load_settings()
+    network = Network("realcugan", variant.build(settings), 32, "tensorflow", scale=variant.scale,
+                      border=variant.border, statistics=variant.statistics(settings))
     image = photo_crop(24)[:, :22]
     ours = network.predict(image[None])[0]
     stem = REALCUGAN_MODELS / f"REALCUGAN_SE_UP{variant.scale}X{REALCUGAN_SUFFIXES[variant.denoise]}"
     reference = np.clip(run_ncnn(stem, np.ascontiguousarray(variant.border.extend(image[None])[0])), 0, 1)
     assert ours.shape == (24 * variant.scale, 22 * variant.scale, 3)
     assert np.abs(ours - reference[:ours.shape[0], :ours.shape[1]]).max() <= 1e-4
+    # Within one statistics window, the averages measured for the whole image are the graph's own.
+    np.testing.assert_allclose(network.predictor(image)(image[None])[0], ours, atol=1e-6)
 
 
 def test_realcugan_offers_the_levels_its_files_have():
@@ -174,3 +178,50 @@ def test_metadata_lists_realcugan_levels_per_scale(realcugan_app):
     assert entry["state"] == "ready" and entry["license"] == "MIT" and entry["scales"] == [2, 3, 4]
     assert entry["denoise"] == {"2": ["none", "conservative", "1", "2", "3"],
                                 "3": ["none", "conservative", "3"], "4": ["none", "conservative", "3"]}
+
+
+# --- seams: tiles of 32 px against the whole image, on real photos --------------------------------
+
+SEAM_TILE = 32
+SEAM_PHOTOS = ("chelsea.png", "coffee.png")
+
+
+def levels(rgb: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def lowest_seam_psnr(network: Network) -> float:
+    worst = float("inf")
+    for name in SEAM_PHOTOS:
+        image = np.asarray(Image.open(SAMPLES / name).convert("RGB"), np.float32) / 255
+        predict = network.predictor(image)
+        whole = levels(predict(image[None])[0])
+        tiled = np.zeros_like(whole)
+
+        def write(y: int, x: int, block: np.ndarray) -> None:
+            tiled[y:y + block.shape[0], x:x + block.shape[1]] = levels(block)
+
+        run_tiled(predict, image, network.scale, SEAM_TILE, network.margin, 4, write, align=network.alignment)
+        assert len(plan_tiles(*image.shape[:2], SEAM_TILE, network.margin)) >= 4
+        worst = min(worst, psnr(tiled, whole))
+    return worst
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, scale", [("span", 2), ("span", 4), ("anime", 4)])
+def test_tiles_of_span_and_anime_match_the_whole_image(zoo_app, model, scale):
+    network = zoo_app.extensions["super_resolution"].registry.get(model, scale)
+    assert network.scale == scale
+    assert lowest_seam_psnr(network) >= 45
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_tiles_of_realcugan_match_the_whole_image(realcugan_app, scale):
+    network = realcugan_app.extensions["super_resolution"].registry.get("realcugan", scale)
+    assert lowest_seam_psnr(network) >= 45
