@@ -95,6 +95,14 @@ class Arithmetic(keras.layers.Layer):
         return function(other, inputs) if self.constant_first else function(inputs, other)
 
 
+class Swish(keras.layers.Layer):
+    """x * sigmoid(x), written out: Keras' silu carries a custom gradient whose intermediate tensors
+    OpenVINO's conversion keeps as extra outputs of the graph."""
+
+    def call(self, inputs):
+        return inputs * keras.ops.sigmoid(inputs)
+
+
 class TorchPixelShuffle(keras.layers.Layer):
     """Pixel shuffle in PyTorch's channel order (channel c * r * r + i * r + j -> pixel (i, j) of c)."""
 
@@ -154,6 +162,16 @@ def build_shared_statistics_pair(stem: Path) -> tuple[keras.Model, keras.Model]:
     graph, weights = ncnn.load(stem)
     return (build_graph(graph, weights, stem.name, pooling="outputs"),
             build_graph(graph, weights, stem.name, pooling="inputs"))
+
+
+def plus_nearest_input(model: keras.Model, crop: int, factor: int) -> keras.Model:
+    """The model's output plus its image input cut by ``crop`` on each side and enlarged ``factor`` times
+    (nearest): Real-CUGAN's 4x graph computes that residual, its runner adds the input."""
+    inputs = list(model.inputs)
+    enlarged = keras.layers.UpSampling2D(factor, interpolation="nearest", name="nearest_input")(
+        keras.layers.Cropping2D(crop, name="input_core")(inputs[0]))
+    output = keras.layers.Add(name="plus_input")([model(inputs if len(inputs) > 1 else inputs[0]), enlarged])
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0], output, name=model.name)
 
 
 def build_graph(graph: ncnn.Graph, weights: dict[str, ncnn.Weights], name: str,
@@ -362,6 +380,6 @@ BUILDERS = {
     "PixelShuffle": _pixel_shuffle,
     "Pooling": _pooling,
     "Crop": _crop,
-    "Swish": _activation_layer("silu"),
+    "Swish": lambda layer, tensors, weights: Swish(name=layer.name)(tensors[0]),
     "Sigmoid": _activation_layer("sigmoid"),
 }

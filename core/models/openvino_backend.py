@@ -38,6 +38,8 @@ class OpenVinoRunner:
 
     def __init__(self, model: keras.Model, threads: int) -> None:
         self._compiled = compile_for_cpu(model, threads)
+        # The converted graph may name more results than the Keras model has outputs; those come first.
+        self._outputs = self._compiled.outputs[:len(model.outputs)]
         self._request = self._compiled.create_infer_request()
         # One infer request is not safe to share between threads; the worker's inference
         # slot already runs one request at a time, the lock keeps that true for any caller.
@@ -48,5 +50,5 @@ class OpenVinoRunner:
         arrays = batch if isinstance(batch, list) else [batch]
         with self._lock:
             result = self._request.infer([np.ascontiguousarray(array, np.float32) for array in arrays])
-            outputs = [np.array(result[output]) for output in self._compiled.outputs]
+            outputs = [np.array(result[output]) for output in self._outputs]
         return outputs if len(outputs) > 1 else outputs[0]

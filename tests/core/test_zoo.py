@@ -32,6 +32,13 @@ NETWORKS = {
 }
 
 
+def follows_input(output: np.ndarray, image: np.ndarray, scale: int) -> bool:
+    """An upscale's block means stay near the input (not black, not shifted, not another colour)."""
+    height, width = image.shape[:2]
+    means = output.reshape(height, scale, width, scale, 3).mean(axis=(1, 3))
+    return float(np.abs(means - image).mean()) < 0.03
+
+
 def photo_crop(side: int = 24) -> np.ndarray:
     """A real photo in [0, 1]. (Uniform noise drives SPAN's activations to hundreds, where the order of
     float additions, ncnn's Winograd against TensorFlow's direct convolution, shows in the third digit.)"""
@@ -48,22 +55,27 @@ def test_whole_network_matches_ncnn(network):
     reference = np.clip(run_ncnn(stem, image), 0, 1)
     assert ours.shape == reference.shape == (24 * scale, 24 * scale, 3)
     assert np.abs(ours - reference).max() <= 1e-4
+    assert follows_input(ours, image, scale)
     assert model.count_params() == parameters
 
 
 @pytest.mark.parametrize("variant", SPECS["realcugan"].variants, ids=lambda v: f"{v.scale}x-denoise-{v.denoise}")
 def test_each_realcugan_network_matches_ncnn_on_the_input_padded_as_its_runner_pads(variant):
-    """ncnn runs the file on the input mirrored as Real-CUGAN's runner mirrors it; our network pads the same
-    way itself and gives exactly scale times the input."""
+    """ncnn runs the file on the input mirrored as Real-CUGAN's runner mirrors it (and the runner's 4x
+    residual is added); our network pads the same way itself and gives exactly scale times the input."""
     settings = load_settings()
     network = Network("realcugan", variant.build(settings), 32, "tensorflow", scale=variant.scale,
                       border=variant.border, statistics=variant.statistics(settings))
     image = photo_crop(24)[:, :22]
     ours = network.predict(image[None])[0]
     stem = REALCUGAN_MODELS / f"REALCUGAN_SE_UP{variant.scale}X{REALCUGAN_SUFFIXES[variant.denoise]}"
-    reference = np.clip(run_ncnn(stem, np.ascontiguousarray(variant.border.extend(image[None])[0])), 0, 1)
+    reference = run_ncnn(stem, np.ascontiguousarray(variant.border.extend(image[None])[0]))
+    if variant.scale == 4:  # the runner adds the input, enlarged (nearest), to the 4x graph's output
+        reference[:96, :88] += np.repeat(np.repeat(image, 4, axis=0), 4, axis=1)
+    reference = np.clip(reference, 0, 1)
     assert ours.shape == (24 * variant.scale, 22 * variant.scale, 3)
     assert np.abs(ours - reference[:ours.shape[0], :ours.shape[1]]).max() <= 1e-4
+    assert follows_input(ours, image, variant.scale)
     # Within one statistics window, the averages measured for the whole image are the graph's own.
     np.testing.assert_allclose(network.predictor(image)(image[None])[0], ours, atol=1e-6)
 
@@ -225,3 +237,19 @@ def test_tiles_of_span_and_anime_match_the_whole_image(zoo_app, model, scale):
 def test_tiles_of_realcugan_match_the_whole_image(realcugan_app, scale):
     network = realcugan_app.extensions["super_resolution"].registry.get("realcugan", scale)
     assert lowest_seam_psnr(network) >= 45
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["span", "anime", "realcugan"])
+def test_openvino_matches_tensorflow_on_the_zoo(model):
+    """OpenVINO runs the zoo's graphs (Real-CUGAN's with its averages as extra inputs and outputs)."""
+    settings = load_settings()
+    variant = SPECS[model].variants[0]
+    image = photo_crop(40)
+    outputs = []
+    for backend in ("tensorflow", "openvino"):
+        network = Network(model, variant.build(settings), SPECS[model].margin, backend, scale=variant.scale,
+                          border=variant.border, statistics=variant.statistics(settings) if variant.statistics else None)
+        outputs.append(levels(network.predictor(image)(image[None])[0]).astype(np.int16))
+    assert outputs[0].shape == (40 * variant.scale, 40 * variant.scale, 3)
+    assert np.abs(outputs[0] - outputs[1]).max() <= 1
