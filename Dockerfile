@@ -21,14 +21,15 @@ ENV VIRTUAL_ENV=/opt/venv \
 
 WORKDIR /app
 
-COPY requirements.txt ./
+COPY requirements.txt requirements-nodeps.txt ./
 RUN python -m venv /opt/venv \
     && if [ "$TENSORFLOW_BUILD" = "gpu" ]; then \
         sed -i -E 's/^tensorflow-cpu==/tensorflow[and-cuda]==/' requirements.txt; \
     elif [ "$TENSORFLOW_BUILD" != "cpu" ]; then \
         echo "TENSORFLOW_BUILD must be cpu or gpu, not $TENSORFLOW_BUILD" >&2; exit 1; \
     fi \
-    && python -m pip install --no-cache-dir -r requirements.txt
+    && python -m pip install --no-cache-dir -r requirements.txt \
+    && python -m pip install --no-cache-dir --no-deps -r requirements-nodeps.txt
 
 # Code last, so that editing it does not reinstall the requirements. Owned by root: the service cannot change itself.
 COPY . /app

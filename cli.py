@@ -56,8 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """
     from config import load_settings
     from core.errors import InvalidInput
-    from core.models.registry import SPECS
-    from core.options import OptionContext, add_cli_flags, cli_values, parse_options
+    from core.models.registry import SPECS, option_context
+    from core.options import add_cli_flags, cli_values, parse_options
 
     parser = argparse.ArgumentParser(
         prog="sr-upscale", description="Upscale images (4x by default, any scale from 1 to 8, or to a size) "
@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "(MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, BACKEND, TILE_BATCH, REQUEST_TIME_LIMIT_S, ...).")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files and folders")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
-    context = OptionContext(tuple(SPECS), load_settings().default_model)
+    context = option_context(tuple(SPECS), load_settings().default_model)
     add_cli_flags(parser, context)
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     parser.add_argument("--tile", type=int, metavar="PX", help="local mode: tile size in input pixels (default TILE_SIZE)")

@@ -14,6 +14,8 @@ model_entry = namespace.model("ModelEntry", {
     "weights": fields.String(description="Where the weights come from"),
     "license": fields.String(description="Licence of the weights"),
     "parameters": fields.Integer(description="Trainable and fixed parameters; null until loaded"),
+    "scales": fields.List(fields.Integer, description="Native scales; a request runs the smallest that reaches its size (above the largest, a second pass)"),
+    "denoise": fields.Raw(description="Denoise levels per native scale, e.g. {\"2\": [\"none\", \"conservative\"]}"),
     "state": fields.String(description="pending, loading, ready or failed: reason"),
     "default": fields.Boolean,
 })

@@ -61,8 +61,8 @@ def upscale():
         raise InvalidInput("no image: send the file as the multipart form field 'image'")
     current = service()
     options = parse_options(request.values, current.option_context)  # the schema /model/predict reads too
-    network = current.network_for(options)  # 400/503 before streaming
     data = upload.read()
+    network = current.network_for(options, data)  # 400/503 before streaming
     total = _tile_count(data, options, network, current)
     return Response(_events(current, data, options, network, total), mimetype="application/x-ndjson",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

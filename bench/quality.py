@@ -39,7 +39,7 @@ START_MARKER, END_MARKER = "<!-- quality:start -->", "<!-- quality:end -->"
 
 SCALE = 4
 SETS = ("Set5", "Set14", "BSD100")
-MODELS = ("srgan", "srresnet", "realsr", "realesrgan")
+MODELS = ("srgan", "srresnet", "realsr", "realesrgan", "span", "anime", "realcugan")
 DEFAULT_ENSEMBLE = "srresnet,srgan,realsr:Set5"
 BICUBIC_MATLAB, BICUBIC_PILLOW = "bicubic-matlab", "bicubic-pillow"
 ENSEMBLE_SUFFIX = "+ensemble"
@@ -379,7 +379,7 @@ def run(args: argparse.Namespace) -> int:
     sets = tuple(args.sets.split(","))
     models = tuple(args.models.split(","))
     ensemble_plan = parse_ensemble(args.ensemble, sets)
-    # The montages always show every model, so then all four are loaded even when fewer are scored.
+    # The montages always show every model, so then all of them are loaded even when fewer are scored.
     loaded = MODELS if args.montage else tuple(m for m in MODELS if m in models or m in ensemble_plan)
     settings = load_settings(models=",".join(loaded), default_model=loaded[0], request_time_limit_s=3600.0,
                              **({"datasets_dir": args.datasets_dir} if args.datasets_dir else {}))

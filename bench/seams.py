@@ -1,14 +1,16 @@
 """How much context a tile needs, and what it costs: chooses the models' tile margins.
 
-For each margin: the lowest PSNR, over Set14's inputs, between tiled and
-whole-image results (tiles of 32 px force many seams; ≥ 45 dB is the bar of
-tests/core/test_tiling.py), and the network time for a 500x500 input with the
-tile sizes worth choosing between. Run under ``flock /tmp/cpu.lock``.
+For each model, native scale and margin: the lowest PSNR, over Set14's inputs,
+between tiled and whole-image results (tiles of 32 px force many seams; ≥ 45 dB
+is the bar of tests/core/test_tiling.py); with ``--timing``, the network time
+for a 500x500 input with the tile sizes worth choosing between. Run under
+``flock /tmp/cpu.lock`` (``-x`` with ``--timing``).
 
-    python bench/seams.py
+    python bench/seams.py [--models srgan,srresnet] [--margins 8,12,16] [--timing]
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -21,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from config import load_settings  # noqa: E402
-from core.models.registry import SPECS  # noqa: E402
+from core.models.registry import NO_DENOISE, SPECS, Variant  # noqa: E402
 from core.models.runtime import Network  # noqa: E402
 from core.tiling import run_tiled  # noqa: E402
 
@@ -40,28 +42,49 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def tiled(network: Network, image: np.ndarray, tile: int, margin: int) -> np.ndarray:
-    out = np.zeros((image.shape[0] * 4, image.shape[1] * 4, 3), np.uint8)
+    scale = network.scale
+    out = np.zeros((image.shape[0] * scale, image.shape[1] * scale, 3), np.uint8)
 
     def write(y: int, x: int, block: np.ndarray) -> None:
         out[y:y + block.shape[0], x:x + block.shape[1]] = _levels(block)
 
-    run_tiled(network.predict, image, 4, tile, margin, 1, write)
+    run_tiled(network.predictor(image), image, scale, tile, margin, 1, write, align=network.alignment)
     return out
 
 
+def lowest_psnr(network: Network, images: list[np.ndarray], margin: int) -> float:
+    """The worst image's PSNR between tiles of SEAM_TILE px with ``margin`` and the whole image at once."""
+    return min(_psnr(tiled(network, image, SEAM_TILE, margin), _levels(network.predictor(image)(image[None])[0]))
+               for image in images)
+
+
+def network_of(name: str, variant: Variant, settings) -> Network:
+    return Network(name, variant.build(settings), SPECS[name].margin, settings.backend, scale=variant.scale,
+                   border=variant.border, statistics=variant.statistics(settings) if variant.statistics else None)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="srgan,srresnet", help="comma-separated model ids")
+    parser.add_argument("--margins", default=",".join(map(str, MARGINS)), help="comma-separated margins to try")
+    parser.add_argument("--timing", action="store_true", help="also time a 500x500 input (last model)")
+    args = parser.parse_args()
     settings = load_settings()
+    margins = tuple(int(m) for m in args.margins.split(","))
     photos = sorted((settings.datasets_dir / "Set14" / "LR_bicubic" / "X4").glob("*.png"))
-    for name in ("srgan", "srresnet"):
-        network = Network(name, SPECS[name].build(settings), 16, settings.backend)
-        images = [np.asarray(Image.open(p).convert("RGB"), np.float32) / 255 for p in photos]
-        wholes = [_levels(network.predict(image[None])[0]) for image in images]
-        for margin in MARGINS:
-            worst = min(_psnr(tiled(network, image, SEAM_TILE, margin), whole)
-                        for image, whole in zip(images, wholes))
-            print(f"{name} margin {margin:2}: lowest PSNR tiled vs whole over Set14 {worst:.1f} dB", flush=True)
+    images = [np.asarray(Image.open(p).convert("RGB"), np.float32) / 255 for p in photos]
+    for name in args.models.split(","):
+        for variant in SPECS[name].variants:
+            if variant.denoise != NO_DENOISE:
+                continue
+            network = network_of(name, variant, settings)
+            for margin in margins:
+                print(f"{name} {variant.scale}x margin {margin:2}: lowest PSNR tiled vs whole over Set14 "
+                      f"{lowest_psnr(network, images, margin):.1f} dB", flush=True)
+    if not args.timing:
+        return
     big = np.asarray(Image.open(photos[0]).convert("RGB").resize((500, 500)), np.float32) / 255
-    for margin in MARGINS:
+    for margin in margins:
         for tile in TILES:
             times = []
             for _ in range(2):

@@ -42,9 +42,15 @@ def plan_output(width: int, height: int, options: UpscaleOptions, native_scale: 
     """The sizes for an input of ``width`` x ``height``; 400 when the options ask for less than 1x or more than 8x."""
     _check_factors(width, height, options, _asked_factors(width, height, options))
     scaled, crop = _scaled_and_crop(width, height, options)
-    made = max(scaled[0] / width, scaled[1] / height)
+    made = enlargement(width, height, options)
     return OutputPlan((width, height), scaled, crop, _pass_inputs((width, height), scaled, made, native_scale),
                       native_scale)
+
+
+def enlargement(width: int, height: int, options: UpscaleOptions) -> float:
+    """How many times the model must enlarge the input (the larger side's factor): what picks its native scale."""
+    scaled, _ = _scaled_and_crop(width, height, options)
+    return max(scaled[0] / width, scaled[1] / height)
 
 
 def _scaled_and_crop(width: int, height: int, options: UpscaleOptions) -> tuple[Size, tuple[int, int, int, int]]:

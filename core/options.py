@@ -21,6 +21,9 @@ from core.errors import InvalidInput
 from core.images import OUTPUT_FORMATS
 
 FITS = ("contain", "cover", "fill")
+# The denoise option's values, weakest first; a model offers some of them at each of its scales.
+DENOISE_LEVELS = ("none", "conservative", "1", "2", "3")
+NO_DENOISE = DENOISE_LEVELS[0]
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
 # Plain decimals only: Python's float() would also take "nan", "inf", "1e3" and "1_0".
@@ -34,6 +37,8 @@ class OptionContext:
 
     models: tuple[str, ...]
     default_model: str
+    # Each model's denoise levels at any of its scales (which level exists at which scale: /model/metadata).
+    denoise_levels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 Choices = tuple[str, ...] | Callable[[OptionContext, str | None], tuple[str, ...]]
@@ -131,6 +136,14 @@ def _offered_models(context: OptionContext, model: str | None) -> tuple[str, ...
     return context.models
 
 
+def _denoise_levels(context: OptionContext, model: str | None) -> tuple[str, ...]:
+    """The model's levels; with no model, every level some offered model has."""
+    if model is not None:
+        return context.denoise_levels.get(model, (NO_DENOISE,))
+    offered = {level for levels in context.denoise_levels.values() for level in levels} | {NO_DENOISE}
+    return tuple(level for level in DENOISE_LEVELS if level in offered)
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("model", "choice", "Which model runs; /model/metadata describes each", choices=_offered_models,
            default_text="the server's default model"),
@@ -151,6 +164,9 @@ OPTIONS: tuple[Option, ...] = (
            aliases={"jpg": "jpeg"}),
     Option("quality", "integer", "Quality for jpeg and webp", default=90, minimum=1, maximum=100),
     Option("ensemble", "boolean", "Average the 8 flips and rotations: a little better, 8x slower", default=False),
+    Option("denoise", "choice", "How hard a model with denoise levels (realcugan) cleans noise and compression: "
+           "none, conservative (keeps the most detail), then 1 to 3; /model/metadata lists each model's levels "
+           "per scale", default=NO_DENOISE, choices=_denoise_levels),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 DEFAULT_SCALE = float(BY_NAME["scale"].default)
@@ -169,6 +185,7 @@ class UpscaleOptions:
     output_format: str = "png"
     quality: int = 90
     ensemble: bool = False
+    denoise: str = NO_DENOISE
 
     @property
     def target(self) -> bool:
@@ -189,6 +206,8 @@ def parse_options(values: Mapping[str, str | None], context: OptionContext) -> U
     problems: list[str] = []
     typed: dict[str, object] = {}
     model = _read_one(BY_NAME["model"], sent, context, None, typed, problems)
+    if "model" not in sent:
+        model = context.default_model  # the other options' allowed values are then the default model's
     for option in OPTIONS[1:]:
         _read_one(option, sent, context, model, typed, problems)
     problems += combination_problems(sent)
@@ -204,7 +223,8 @@ def _read_one(option: Option, sent: dict[str, str], context: OptionContext, mode
     try:
         typed[option.name] = option.read(sent[option.name], context, model)
     except ValueError:
-        problems.append(f"{option.name} must be {option.allowed(context, model)}, not {sent[option.name]!r}")
+        with_model = f" with model {model}" if callable(option.choices) and option.name != "model" else ""
+        problems.append(f"{option.name} must be {option.allowed(context, model)}{with_model}, not {sent[option.name]!r}")
         return None
     return typed[option.name]
 
@@ -262,9 +282,10 @@ def markdown_table() -> str:
     for option in OPTIONS:
         default = option.default_text or ("unset" if option.default is None else f"`{_show(option.default)}`")
         # The models depend on the server's MODELS setting; /model/metadata lists them.
-        allowed = "an id from /model/metadata" if callable(option.choices) else option.allowed(DOCUMENTED)
+        allowed = "an id from /model/metadata" if option.name == "model" else option.allowed(DOCUMENTED)
         rows.append(f"| `{option.name}` | {default} | {allowed} | {option.help} |")
     return "\n".join(rows)
 
 
-DOCUMENTED = OptionContext(models=(), default_model="")
+# No model named: a model-dependent choice shows every value (denoise: every level).
+DOCUMENTED = OptionContext(models=(), default_model="", denoise_levels={"": DENOISE_LEVELS})

@@ -150,8 +150,10 @@ def _run_network(colour: np.ndarray, max_value: int, network: Network, settings:
         levels = np.clip(np.rint(block * max_value), 0, max_value)
         out[y:y + block.shape[0], x:x + block.shape[1]] = levels
 
-    predict = self_ensemble(network.predict) if ensemble else network.predict
-    run_tiled(predict, rgb, scale, settings.tile_size, network.margin, settings.tile_batch, write, on_progress)
+    predict = network.predictor(rgb)
+    predict = self_ensemble(predict) if ensemble else predict
+    run_tiled(predict, rgb, scale, settings.tile_size, network.margin, settings.tile_batch, write, on_progress,
+              network.alignment)
     return out
 
 

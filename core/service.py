@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from config import Settings
 from core import images
 from core.admission import InferenceSlot
-from core.models.registry import ModelRegistry
+from core.geometry import enlargement
+from core.models.registry import ModelRegistry, option_context
 from core.models.runtime import Network, configure_threads
-from core.options import OptionContext, UpscaleOptions
+from core.options import DEFAULT_SCALE, OptionContext, UpscaleOptions
 from core.pipeline import Progress, Result, upscale
 
 
@@ -44,11 +45,14 @@ class Service:
     @property
     def option_context(self) -> OptionContext:
         """What the options' allowed values depend on here: the models this server offers."""
-        return OptionContext(self.settings.model_names, self.settings.default_model)
+        return option_context(self.settings.model_names, self.settings.default_model)
 
-    def network_for(self, options: UpscaleOptions) -> Network:
-        """The network the options ask for; 400 if not offered, 503 while loading."""
-        return self.registry.get(options.model or self.settings.default_model)
+    def network_for(self, options: UpscaleOptions, data: bytes) -> Network:
+        """The network the options ask for, at the model's smallest native scale that reaches the asked size
+        (for a width or height, that of the image's header); 400 if not offered, 503 while loading."""
+        size = images.oriented_size(data) if options.target else None
+        factor = enlargement(*size, options) if size else options.scale or DEFAULT_SCALE
+        return self.registry.get(options.model or self.settings.default_model, factor, options.denoise)
 
     def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None,
                 network: Network | None = None, with_layers: bool = False) -> Result:
@@ -56,6 +60,6 @@ class Service:
 
         ``options`` come from ``parse_options``; a caller that has looked the network up already passes it.
         """
-        network = network or self.network_for(options)
+        network = network or self.network_for(options, data)
         with self.slot.hold():
             return upscale(data, options, network, self.settings, on_progress, with_layers)

@@ -42,7 +42,7 @@ class Tile:
         return self.rows.window_size, self.cols.window_size
 
 
-def plan_axis(length: int, tile: int, margin: int, quantum: int = WINDOW_QUANTUM) -> list[Span]:
+def plan_axis(length: int, tile: int, margin: int, quantum: int = WINDOW_QUANTUM, align: int = 1) -> list[Span]:
     """Cover ``[0, length)`` with cores of at most about ``tile`` and windows of one size.
 
     Every core gets ``margin`` pixels of context on each side that has image
@@ -50,16 +50,22 @@ def plan_axis(length: int, tile: int, margin: int, quantum: int = WINDOW_QUANTUM
     so an edge window needs no margin outside the image. The window is as small
     as that allows for this length (less recomputed overlap), rounded up to a
     multiple of ``quantum`` so that few distinct shapes occur across images.
+
+    Every window starts at a multiple of ``align``: a network that halves its
+    resolution inside computes the same thing on a window as on the whole image
+    only where the window keeps the image's grid of those halvings.
     """
     inner = length - 2 * margin
     count = max(1, -(-inner // tile))
     if count == 1:
         return [Span(0, length, 0, length)]
-    window = min(length, _round_up(-(-inner // count) + 2 * margin, quantum))
+    window = min(length, _round_up(-(-inner // count) + 2 * margin + align - 1, quantum))
+    # The last window ends with the image; it starts aligned when the rest is a multiple of align.
+    window = min(length, window + (length - window) % align)
     bounds = [0] + [margin + round(i * inner / count) for i in range(1, count)] + [length]
     spans = []
     for core_start, core_end in zip(bounds, bounds[1:]):
-        window_start = min(max(core_start - margin, 0), length - window)
+        window_start = min(max(core_start - margin, 0) // align * align, length - window)
         spans.append(Span(window_start, window, core_start, core_end - core_start))
     return spans
 
@@ -68,9 +74,10 @@ def _round_up(value: int, quantum: int) -> int:
     return -(-value // quantum) * quantum
 
 
-def plan_tiles(height: int, width: int, tile: int, margin: int) -> list[Tile]:
+def plan_tiles(height: int, width: int, tile: int, margin: int, align: int = 1) -> list[Tile]:
     """Every tile of an image; all share one window shape, so they batch freely."""
-    return [Tile(rows, cols) for rows in plan_axis(height, tile, margin) for cols in plan_axis(width, tile, margin)]
+    return [Tile(rows, cols) for rows in plan_axis(height, tile, margin, align=align)
+            for cols in plan_axis(width, tile, margin, align=align)]
 
 
 def batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
@@ -87,15 +94,16 @@ def run_tiled(
     batch_size: int,
     write: Callable[[int, int, np.ndarray], None],
     on_progress: Progress | None = None,
+    align: int = 1,
 ) -> None:
     """Upscale ``image`` (H, W, 3, float32) tile by tile.
 
     ``write(y, x, block)`` receives each core's upscaled pixels and their
     top-left position in the output. ``on_progress(done, total)`` is called
-    after each batch; it may raise to stop the work.
+    after each batch; it may raise to stop the work. Windows start at multiples of ``align``.
     """
     height, width = image.shape[:2]
-    tiles = plan_tiles(height, width, tile, margin)
+    tiles = plan_tiles(height, width, tile, margin, align)
     done = 0
     for group in batches(tiles, batch_size):
         windows = np.stack([_window(image, t) for t in group])

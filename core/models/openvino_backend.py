@@ -15,11 +15,13 @@ import numpy as np
 import openvino as ov
 import tensorflow as tf
 
+from core.models.runtime import input_signature
+
 
 def compile_for_cpu(model: keras.Model, threads: int, **extra_config: object) -> ov.CompiledModel:
     """The Keras model's traced graph, converted and compiled for OpenVINO's CPU plugin in fp32."""
-    traced = tf.function(lambda batch: model(batch, training=False),
-                         input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    traced = tf.function(lambda *inputs: model(list(inputs) if len(inputs) > 1 else inputs[0], training=False),
+                         input_signature=input_signature(model))
     config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", **extra_config}
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = threads
@@ -36,12 +38,17 @@ class OpenVinoRunner:
 
     def __init__(self, model: keras.Model, threads: int) -> None:
         self._compiled = compile_for_cpu(model, threads)
+        # The converted graph may name more results than the Keras model has outputs; those come first.
+        self._outputs = self._compiled.outputs[:len(model.outputs)]
         self._request = self._compiled.create_infer_request()
         # One infer request is not safe to share between threads; the worker's inference
         # slot already runs one request at a time, the lock keeps that true for any caller.
         self._lock = threading.Lock()
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray | list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+        """The output for a batch (a list of arrays for a model of several inputs); a list for several outputs."""
+        arrays = batch if isinstance(batch, list) else [batch]
         with self._lock:
-            result = self._request.infer([np.ascontiguousarray(batch, np.float32)])
-            return np.array(result[self._compiled.output(0)])
+            result = self._request.infer([np.ascontiguousarray(array, np.float32) for array in arrays])
+            outputs = [np.array(result[output]) for output in self._outputs]
+        return outputs if len(outputs) > 1 else outputs[0]

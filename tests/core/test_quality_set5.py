@@ -43,7 +43,7 @@ def test_srgan_models_on_set5(service, set5, model, floor_db):
 
 @pytest.mark.slow
 def test_realsr_on_set5_matches_its_table_value(set5):
-    pytest.importorskip("core.models.rrdbnet", reason="the RRDBNet loader is not in this tree")
+    pytest.importorskip("core.models.ncnn_graph", reason="the ncnn graph builder is not in this tree")
     published = table_psnr("realsr")
     if published is None:
         pytest.skip(f"no realsr Set5 entry in {RESULTS_FILE.name} yet")

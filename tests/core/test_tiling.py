@@ -16,10 +16,13 @@ SEAM_TILE = 32  # small tiles force many seams even on Set14's ~128 px inputs
 SEAM_IMAGES = ("baboonx4.png", "monarchx4.png", "zebrax4.png")
 
 
+@pytest.mark.parametrize("align", [1, 2, 4])
 @pytest.mark.parametrize("tile,margin", GEOMETRIES)
 @pytest.mark.parametrize("length", LENGTHS)
-def test_plan_axis_covers_every_pixel_once_with_context(length, tile, margin):
-    spans = plan_axis(length, tile, margin)
+def test_plan_axis_covers_every_pixel_once_with_context(length, tile, margin, align):
+    spans = plan_axis(length, tile, margin, align=align)
+    assert len({span.window_size for span in spans}) == 1
+    assert all(span.window_start % align == 0 for span in spans)
     covered = np.zeros(length, int)
     for span in spans:
         covered[span.core_start:span.core_start + span.core_size] += 1
