@@ -12,6 +12,7 @@ model_entry = namespace.model("ModelEntry", {
     "architecture": fields.String,
     "weights": fields.String(description="Where the weights come from"),
     "license": fields.String(description="Licence of the weights"),
+    "scale": fields.Integer(description="The network's own scale; smaller scales are downscaled from it"),
     "parameters": fields.Integer(description="Trainable and fixed parameters; null until loaded"),
     "state": fields.String(description="pending, loading, ready or failed: reason"),
     "default": fields.Boolean,

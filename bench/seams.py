@@ -53,7 +53,7 @@ def main() -> None:
     settings = load_settings()
     photos = sorted((settings.datasets_dir / "Set14" / "LR_bicubic" / "X4").glob("*.png"))
     for name in ("srgan", "srresnet"):
-        network = Network(name, SPECS[name].build(settings), 16, settings.backend)
+        network = Network.from_keras(name, SPECS[name].build(settings), 16, settings.backend)
         images = [np.asarray(Image.open(p).convert("RGB"), np.float32) / 255 for p in photos]
         wholes = [_levels(network.predict(image[None])[0]) for image in images]
         for margin in MARGINS:

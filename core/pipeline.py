@@ -12,6 +12,7 @@ from core import images
 from core.errors import InvalidInput, TimeLimitExceeded, TooLarge
 from core.models.ensemble import self_ensemble
 from core.models.registry import ModelRegistry
+from core.models.runtime import Network
 from core.tiling import run_tiled
 
 SCALES = (2, 3, 4)
@@ -55,10 +56,11 @@ def upscale(data: bytes, options: UpscaleOptions, registry: ModelRegistry, setti
     options.validate()
     model_name = options.model or settings.default_model
     network = registry.get(model_name)
+    _check_scale(options.scale, network)
     image = images.decode(data, settings.max_input_pixels)
     size = (image.width * options.scale, image.height * options.scale)
     image = images.fit_output(image, options.output_format, size)
-    _check_output_size(image, settings.max_output_pixels)
+    _check_output_size(image, network.scale, settings.max_output_pixels)
     colour = _upscale_colour(image, network, settings, options.ensemble, _deadline(settings, on_progress))
     colour = _rescale(colour, size)
     alpha = None if image.alpha is None else images.resize_channel(image.alpha, size)
@@ -67,10 +69,16 @@ def upscale(data: bytes, options: UpscaleOptions, registry: ModelRegistry, setti
                   model_name, image.width, image.height)
 
 
-def _check_output_size(image: images.DecodedImage, max_output_pixels: int) -> None:
-    width, height = image.width * 4, image.height * 4
+def _check_scale(scale: int, network: Network) -> None:
+    # Results below the network's own scale are downscaled; none is upscaled by interpolation.
+    if scale > network.scale:
+        raise InvalidInput(f"model {network.name!r} upscales {network.scale}x; scale must be at most {network.scale}, not {scale}")
+
+
+def _check_output_size(image: images.DecodedImage, scale: int, max_output_pixels: int) -> None:
+    width, height = image.width * scale, image.height * scale
     if width * height > max_output_pixels:
-        raise TooLarge(f"the 4x output would be {width}x{height} = {width * height} pixels; "
+        raise TooLarge(f"the {scale}x output would be {width}x{height} = {width * height} pixels; "
                        f"the limit is {max_output_pixels} output pixels (MAX_OUTPUT_PIXELS; input {image.width}x{image.height})")
 
 

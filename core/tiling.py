@@ -6,6 +6,9 @@ always lie inside the image: at the image's edges a window is shifted inwards
 instead of padded, so the network pads there exactly as it would on the whole
 image. Only each window's centre (its *core*) is written
 to the output, so memory depends on the tile size, not on the image size.
+
+How much context (margin) a model needs is a fact of the model; ``seam_free_margin``
+measures it for a model that does not state it (an operator's model in MODELS_DIR).
 """
 from __future__ import annotations
 
@@ -14,12 +17,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.metrics import psnr
+
 # Window sides are multiples of this: a compiled function per shape (XLA) is then reused
 # across images of similar sizes, at a cost of at most quantum - 1 extra pixels per axis.
 WINDOW_QUANTUM = 16
 
 Predict = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int, int], None]
+
+# Margins tried, smallest first, when a model's margin is measured; each costs one probe run.
+MARGIN_CANDIDATES = (8, 16, 32, 48)
+# Tiled against whole image at or above this PSNR counts as seam-free (the bar of the built-in models).
+SEAM_FREE_DB = 45.0
+# Small cores, so that a probe of 2 x (margin + PROBE_TILE) pixels has a seam across its middle.
+PROBE_TILE = 16
 
 
 @dataclass(frozen=True)
@@ -116,3 +128,40 @@ def _core(upscaled: np.ndarray, t: Tile, scale: int) -> np.ndarray:
     top = (t.rows.core_start - t.rows.window_start) * scale
     left = (t.cols.core_start - t.cols.window_start) * scale
     return upscaled[top:top + t.rows.core_size * scale, left:left + t.cols.core_size * scale]
+
+
+def seam_free_margin(predict: Predict, photo: np.ndarray, scale: int,
+                     candidates: tuple[int, ...] = MARGIN_CANDIDATES) -> tuple[int, float]:
+    """The smallest margin in ``candidates`` at which tiles match the whole image, and that PSNR in dB.
+
+    For each margin, a centre crop of ``photo`` (H, W, 3 float32 in [0, 1]) two tiles wide and
+    high is run whole and tiled; the tiles' seams then lie exactly ``margin`` pixels from the
+    windows' edges, where a too-small margin shows. Raises ``ValueError`` when no margin does.
+    """
+    best = 0.0
+    for margin in candidates:
+        side = 2 * (margin + PROBE_TILE)
+        if min(photo.shape[:2]) < side:
+            raise ValueError(f"the probe photo is {photo.shape[1]}x{photo.shape[0]}; margin {margin} needs {side}x{side}")
+        top, left = (photo.shape[0] - side) // 2, (photo.shape[1] - side) // 2
+        crop = np.ascontiguousarray(photo[top:top + side, left:left + side])
+        decibels = psnr(_tiled_levels(predict, crop, scale, margin), _levels(predict(crop[None])[0]))
+        if decibels >= SEAM_FREE_DB:
+            return margin, decibels
+        best = max(best, decibels)
+    raise ValueError(f"tiles differ from the whole image at every margin up to {candidates[-1]} px "
+                     f"(best {best:.1f} dB, {SEAM_FREE_DB:.0f} dB needed)")
+
+
+def _tiled_levels(predict: Predict, image: np.ndarray, scale: int, margin: int) -> np.ndarray:
+    out = np.empty((image.shape[0] * scale, image.shape[1] * scale, 3), np.uint8)
+
+    def write(y: int, x: int, block: np.ndarray) -> None:
+        out[y:y + block.shape[0], x:x + block.shape[1]] = _levels(block)
+
+    run_tiled(predict, image, scale, PROBE_TILE, margin, 1, write)
+    return out
+
+
+def _levels(rgb: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)

@@ -14,7 +14,8 @@ import numpy as np
 
 from config import Settings
 from core.errors import NotReady, UnknownModel
-from core.models.runtime import Network
+from core.models import operator_models
+from core.models.runtime import SCALE, Network
 from core.models.srresnet import build_srresnet, fold_output_convolution
 
 log = logging.getLogger(__name__)
@@ -100,17 +101,19 @@ class ModelRegistry:
         unknown = [name for name in settings.model_names if name not in SPECS]
         if unknown:
             raise ValueError(f"MODELS names unknown models {unknown}; known: {sorted(SPECS)}")
-        if settings.default_model not in settings.model_names:
-            raise ValueError(f"DEFAULT_MODEL {settings.default_model!r} is not among MODELS {settings.model_names}")
         self.settings = settings
+        self._operator_models = _scan_models_dir(settings)
+        if settings.default_model not in self.names:
+            raise ValueError(f"DEFAULT_MODEL {settings.default_model!r} is not among the models offered {self.names}")
         self._networks: dict[str, Network] = {}
-        self._states: dict[str, str] = {name: "pending" for name in settings.model_names}
+        self._states: dict[str, str] = {name: "pending" for name in self.names}
         self._load_seconds: dict[str, float] = {}
         self._lock = threading.Lock()
 
     @property
     def names(self) -> tuple[str, ...]:
-        return self.settings.model_names
+        """The models of MODELS, then those found in MODELS_DIR."""
+        return self.settings.model_names + tuple(self._operator_models)
 
     def load_all(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
         """Build, load and warm up every configured model; a failure is recorded, not raised."""
@@ -118,7 +121,7 @@ class ModelRegistry:
             self._set_state(name, "loading")
             started = time.perf_counter()
             try:
-                network = self._load(SPECS[name])
+                network = self._load_named(name)
             except Exception as error:  # noqa: BLE001 - one broken model must not stop the others
                 log.exception("model %s failed to load", name)
                 self._set_state(name, f"failed: {error}")
@@ -132,10 +135,16 @@ class ModelRegistry:
             if on_loaded is not None:
                 on_loaded(name, seconds)
 
+    def _load_named(self, name: str) -> Network:
+        if name in self._operator_models:
+            return operator_models.load(self._operator_models[name], self.settings.backend)
+        return self._load(SPECS[name])
+
     def _load(self, spec: ModelSpec) -> Network:
         model = spec.build(self.settings)
         served = spec.inference_form(model) if spec.inference_form else model
-        network = Network(spec.name, served, spec.margin, self.settings.backend, parameters=model.count_params())
+        network = Network.from_keras(spec.name, served, spec.margin, self.settings.backend,
+                                     parameters=model.count_params())
         network.predict(np.zeros((1, WARM_UP_SIDE, WARM_UP_SIDE, 3), np.float32))
         return network
 
@@ -160,7 +169,10 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        return all(state == "ready" for state in self.states().values())
+        """Every model of MODELS ready, and every one of MODELS_DIR ready or failed (a broken file fails itself only)."""
+        states = self.states()
+        return (all(states[name] == "ready" for name in self.settings.model_names)
+                and all(states[name] == "ready" or states[name].startswith("failed") for name in self._operator_models))
 
     def describe(self) -> list[dict[str, object]]:
         """One entry per offered model, for /model/metadata."""
@@ -170,14 +182,28 @@ class ModelRegistry:
         return [
             {
                 "id": name,
-                "title": SPECS[name].title,
-                "use_when": SPECS[name].use_when,
-                "architecture": SPECS[name].architecture,
-                "weights": SPECS[name].weights,
-                "license": SPECS[name].licence,
+                **self._about(name),
                 "parameters": networks[name].parameters if name in networks else None,
                 "state": states[name],
                 "default": name == self.settings.default_model,
             }
             for name in self.names
         ]
+
+    def _about(self, name: str) -> dict[str, object]:
+        """What a model is, for its metadata entry: from its spec, or from its sidecar in MODELS_DIR."""
+        if name in self._operator_models:
+            return operator_models.describe(self._operator_models[name])
+        spec = SPECS[name]
+        return {"title": spec.title, "use_when": spec.use_when, "architecture": spec.architecture,
+                "weights": spec.weights, "license": spec.licence, "scale": SCALE}
+
+
+def _scan_models_dir(settings: Settings) -> dict[str, operator_models.OperatorModel]:
+    """The operator's models in MODELS_DIR by id (none when it is unset); built-in ids stay theirs."""
+    if settings.models_dir is None:
+        return {}
+    found = operator_models.scan(settings.models_dir, SPECS)
+    for model in found.values():
+        log.info("MODELS_DIR: model %s from %s%s", model.id, model.files, f" cannot be offered: {model.problem}" if model.problem else "")
+    return found

@@ -6,12 +6,15 @@ Backends (setting ``BACKEND``):
 - ``xla``: the same with XLA compilation (recompiles for every new tile shape).
 - ``openvino``: the model converted once to OpenVINO and run by its CPU plugin;
   the fastest here, held to the reference by tests/core/test_backends.py.
+
+An operator's ONNX model (MODELS_DIR) has no Keras form: OpenVINO reads and runs the file itself.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -52,27 +55,36 @@ def build_predict(model: keras.Model, backend: str) -> Predict:
 
 @dataclass(frozen=True)
 class Network:
-    """What the pipeline needs of a model: a 4x function on float batches and its context margin."""
+    """What the pipeline needs of a model: a function on float batches, its scale and its context margin."""
 
     name: str
-    keras_model: keras.Model
+    run: Predict
     margin: int
-    backend: str = "tensorflow"
+    scale: int = SCALE
     # The published network's parameter count, where the model served is a rewritten form of it.
     parameters: int | None = None
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_predict", build_predict(self.keras_model, self.backend))
-        if self.parameters is None:
-            object.__setattr__(self, "parameters", int(self.keras_model.count_params()))
-
-    @property
-    def scale(self) -> int:
-        return SCALE
+    @classmethod
+    def from_keras(cls, name: str, model: keras.Model, margin: int, backend: str = "tensorflow",
+                   parameters: int | None = None, scale: int = SCALE) -> "Network":
+        """``model`` run by ``backend``; ``parameters`` defaults to the model's own count."""
+        return cls(name, build_predict(model, backend), margin, scale,
+                   int(model.count_params()) if parameters is None else parameters)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, h, w, 3) RGB in [0, 1] -> (N, 4h, 4w, 3) RGB in [0, 1]."""
-        return np.clip(self._predict(batch), 0.0, 1.0)
+        """(N, h, w, 3) RGB in [0, 1] -> (N, scale*h, scale*w, 3) RGB in [0, 1]."""
+        return np.clip(self.run(batch), 0.0, 1.0)
+
+
+def onnx_predict(path: Path) -> tuple[Predict, int]:
+    """An ONNX file as a function on float batches, and its parameter count.
+
+    OpenVINO runs it whatever ``BACKEND`` says: there is no Keras model for TensorFlow to run.
+    """
+    from core.models.openvino_backend import OnnxRunner
+
+    runner = OnnxRunner(path, tf.config.threading.get_intra_op_parallelism_threads())
+    return runner, runner.parameters
 
 
 def configure_threads(threads: int) -> None:
