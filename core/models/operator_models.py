@@ -39,9 +39,9 @@ SCALE_PROBE = (24, 32)  # height, width
 
 
 class Sidecar(BaseModel):
-    """NAME.json. Unknown keys are refused, so that a misspelt one does not pass unnoticed."""
+    """NAME.json, read strictly: a misspelt key or a number in quotes is refused, not guessed at."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     title: str = Field(min_length=1)
     scale: int = Field(ge=2, le=8, description="How many times larger the file's output is than its input.")
@@ -121,13 +121,16 @@ def _files_problem(name: str, suffixes: set[str]) -> str | None:
 
 def _read_sidecar(path: Path) -> tuple[Sidecar | None, str | None]:
     try:
-        return Sidecar.model_validate(json.loads(path.read_bytes())), None
+        fields = json.loads(path.read_bytes())
+        if not isinstance(fields, dict):
+            return None, f"{path.name} must hold one JSON object {{...}}, not a {type(fields).__name__}"
+        return Sidecar.model_validate(fields), None
     except json.JSONDecodeError as error:
         return None, f"{path.name} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
     except UnicodeDecodeError:
         return None, f"{path.name} is not UTF-8 text"
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, item['loc'])) or 'the file'}: {item['msg']}"
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}"
                              for item in error.errors(include_url=False))
         return None, f"{path.name}: {problems}"
 
