@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 # A model id goes into form fields, URLs and metric labels: plain characters only.
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 SUFFIXES = (".onnx", ".param", ".bin", ".json")
-# A real photo (part of the repository and the image) for the scale check and the margin measurement.
-PROBE_PHOTO = Path(__file__).resolve().parents[2] / "assets" / "test_examples" / "low_resolution" / "astronaut.png"
+# Real photos (in the repository and the Docker image) for the scale check and the margin measurement:
+# the two of the samples whose seams show most (fine grey texture, coffee grains).
+PROBE_PHOTOS = tuple(Path(__file__).resolve().parents[2] / "assets" / "test_examples" / "low_resolution" / name
+                     for name in ("camera.png", "coffee.png"))
 # The scale check's input: small, and not square, so that swapped axes show.
 SCALE_PROBE = (24, 32)  # height, width
 
@@ -155,11 +157,11 @@ def load(model: OperatorModel, backend: str) -> Network:
     assert model.sidecar is not None  # no problem means the sidecar was read
     run, parameters = _build(model, backend)
     network = Network(model.id, run, 0, model.sidecar.scale, parameters)
-    photo = _probe_photo()
-    _check_scale(network, model, photo)
+    photos = _probe_photos()
+    _check_scale(network, model, photos[-1])
     margin = model.sidecar.margin
     if margin is None:
-        margin = _measure_margin(network, model, photo)
+        margin = _measure_margin(network, model, photos)
     return dataclasses.replace(network, margin=margin)
 
 
@@ -182,9 +184,11 @@ def _build(model: OperatorModel, backend: str) -> tuple[Predict, int]:
         raise OperatorModelError(f"{model.files} could not be read by {reader} (details in the log)") from error
 
 
-def _probe_photo() -> np.ndarray:
-    with Image.open(PROBE_PHOTO) as image:
-        return np.asarray(image.convert("RGB"), np.float32) / 255
+def _probe_photos() -> list[np.ndarray]:
+    def read(path: Path) -> np.ndarray:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), np.float32) / 255
+    return [read(path) for path in PROBE_PHOTOS]
 
 
 def _check_scale(network: Network, model: OperatorModel, photo: np.ndarray) -> None:
@@ -204,9 +208,9 @@ def _check_scale(network: Network, model: OperatorModel, photo: np.ndarray) -> N
                              f"{tuple(out.shape[1:])}, not a {scale}x larger RGB image")
 
 
-def _measure_margin(network: Network, model: OperatorModel, photo: np.ndarray) -> int:
+def _measure_margin(network: Network, model: OperatorModel, photos: list[np.ndarray]) -> int:
     try:
-        margin, decibels = seam_free_margin(network.predict, photo, network.scale)
+        margin, decibels = seam_free_margin(network.predict, photos, network.scale)
     except ValueError as error:
         raise OperatorModelError(f"{error}: state a margin in {model.stem.name}.json to serve it anyway") from error
     log.info("model %s: margin %d px measured (tiled against whole image %.1f dB)", model.id, margin, decibels)
