@@ -38,18 +38,20 @@ class SubpixelNet:
     def parameters(self) -> int:
         return self.weight.size + self.bias.size
 
-    def save(self, path: Path, input_side: int | None = None) -> Path:
-        """Write the ONNX file; ``input_side`` fixes the input shape, as some exports do."""
+    def save(self, path: Path, input_side: int | None = None, fp16: bool = False) -> Path:
+        """Write the ONNX file; ``input_side`` fixes the input shape and ``fp16`` halves every tensor, as some exports do."""
         kernel = self.weight.shape[-1]
+        element, dtype = (TensorProto.FLOAT16, np.float16) if fp16 else (TensorProto.FLOAT, np.float32)
         dims_in = [1, 3, input_side, input_side] if input_side else ["n", 3, "h", "w"]
         dims_out = [1, 3, input_side * self.scale, input_side * self.scale] if input_side else ["n", 3, "sh", "sw"]
         graph = helper.make_graph(
             [helper.make_node("Conv", ["image", "weight", "bias"], ["features"], pads=[(kernel - 1) // 2] * 4),
              helper.make_node("DepthToSpace", ["features"], ["upscaled"], blocksize=self.scale, mode="CRD")],
             "subpixel",
-            [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims_in)],
-            [helper.make_tensor_value_info("upscaled", TensorProto.FLOAT, dims_out)],
-            [numpy_helper.from_array(self.weight, "weight"), numpy_helper.from_array(self.bias, "bias")])
+            [helper.make_tensor_value_info("image", element, dims_in)],
+            [helper.make_tensor_value_info("upscaled", element, dims_out)],
+            [numpy_helper.from_array(self.weight.astype(dtype), "weight"),
+             numpy_helper.from_array(self.bias.astype(dtype), "bias")])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
         model.ir_version = IR_VERSION
         onnx.checker.check_model(model)

@@ -102,6 +102,16 @@ def test_onnx_file_computes_what_numpy_computes(tmp_path, scale, fixed_side):
     assert runner.parameters == net.parameters
 
 
+def test_an_fp16_onnx_export_takes_and_gives_float32(tmp_path):
+    net = SubpixelNet.random(2, seed=5)
+    runner = OnnxRunner(net.save(tmp_path / "half.onnx", fp16=True), threads=1)
+    image = photo()[:16, :24]
+    out = runner(image[None])
+    assert out.dtype == np.float32 and out.shape == (1, 32, 48, 3)
+    # fp16 weights and activations: within a fraction of one grey level of the fp32 computation.
+    assert np.abs(out[0] - net.reference(image)).max() < 2e-3
+
+
 # --- measuring the margin -------------------------------------------------------------------------
 
 def box_blur_4x(radius: int):
