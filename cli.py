@@ -82,6 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     remote.add_argument("--max-wait", type=float, default=600, metavar="S",
                         help="seconds a file may spend waiting for busy servers (503 Retry-After) (default 600)")
     args = parser.parse_args(argv)
+    if args.server and args.model:
+        # A server may offer its own models (MODELS_DIR); remote.probe asks it whether it has this one.
+        context = option_context((*context.models, args.model), context.default_model)
     try:
         args.options = parse_options(cli_values(args), context)
     except InvalidInput as error:

@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     backend: Literal["tensorflow", "xla", "openvino"] = Field("openvino", description="Inference runtime: tensorflow (the reference), xla, or openvino (about 2x faster on CPU; see docs/speed.md).")
     inference_threads: int = Field(0, ge=0, description="Threads the inference backend uses per worker; 0 means cores divided by workers.")
     max_srgan_checkpoint: Path | None = Field(None, description="Prefix of the original MAX TensorFlow-1 checkpoint; when set, model max-srgan is offered too.")
+    models_dir: Path | None = Field(None, description="Folder of the operator's own models: NAME.param + NAME.bin (ncnn) or NAME.onnx, each with a sidecar NAME.json; each is offered as model NAME (docs/deployment.md).")
 
     # Tiling
     tile_size: int = Field(160, ge=16, description="Side of each tile's useful centre, in input pixels (measured choice: docs/speed.md).")

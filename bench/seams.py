@@ -59,8 +59,9 @@ def lowest_psnr(network: Network, images: list[np.ndarray], margin: int) -> floa
 
 
 def network_of(name: str, variant: Variant, settings) -> Network:
-    return Network(name, variant.build(settings), SPECS[name].margin, settings.backend, scale=variant.scale,
-                   border=variant.border, statistics=variant.statistics(settings) if variant.statistics else None)
+    return Network.from_keras(name, variant.build(settings), SPECS[name].margin, settings.backend,
+                              scale=variant.scale, border=variant.border,
+                              statistics=variant.statistics(settings) if variant.statistics else None)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from config import Settings
 from core import images
 from core.admission import InferenceSlot
 from core.geometry import enlargement
-from core.models.registry import ModelRegistry, option_context
+from core.models.registry import ModelRegistry
 from core.models.runtime import Network, configure_threads
 from core.options import DEFAULT_SCALE, OptionContext, UpscaleOptions
 from core.pipeline import Progress, Result, upscale
@@ -45,7 +45,7 @@ class Service:
     @property
     def option_context(self) -> OptionContext:
         """What the options' allowed values depend on here: the models this server offers."""
-        return option_context(self.settings.model_names, self.settings.default_model)
+        return self.registry.option_context()
 
     def network_for(self, options: UpscaleOptions, data: bytes) -> Network:
         """The network the options ask for, at the model's smallest native scale that reaches the asked size

