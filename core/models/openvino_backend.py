@@ -43,6 +43,9 @@ class OpenVinoRunner:
     """
 
     def __init__(self, model: keras.Model, threads: int) -> None:
+        # The compiled model reads its weights from the Keras model's memory, without a copy: once the
+        # Keras model were freed, the next model loaded would overwrite them. The runner keeps it alive.
+        self._weights = model
         # The converted graph may name more results than the Keras model has outputs; those come first.
         self._start(compile_for_cpu(model, threads), len(model.outputs))
 

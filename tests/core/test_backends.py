@@ -64,3 +64,22 @@ def test_openvino_matches_tensorflow_on_rrdbnet(settings, photo, name):
 def test_unknown_backend_is_refused(keras_models, settings):
     with pytest.raises(ValueError, match="unknown backend 'tpu'"):
         Network.from_keras("srgan", _model(keras_models, settings, "srgan"), 16, "tpu")
+
+
+def test_an_openvino_network_keeps_its_weights_when_its_keras_model_is_dropped(settings, photo):
+    """OpenVINO reads the weights from the Keras model's memory: a network whose Keras model is gone must
+    still give its own answer after other models are loaded (the registry keeps only the networks)."""
+    import gc
+
+    def network(key: tuple[int, str], backend: str) -> Network:
+        variant = SPECS["realcugan"].variant(*key)
+        return Network.from_keras("realcugan", variant.build(settings), 20, backend, scale=variant.scale,
+                                  border=variant.border, statistics=variant.statistics(settings))
+
+    image = photo[:, :40, :40]
+    first = network((2, "none"), "openvino")
+    gc.collect()
+    network((4, "3"), "openvino")  # its weights land where the first's Keras model was
+    gc.collect()
+    expected = network((2, "none"), "tensorflow").predictor(image[0])(image)
+    assert np.abs(_levels(first.predictor(image[0])(image)) - _levels(expected)).max() <= 1
