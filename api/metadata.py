@@ -13,6 +13,7 @@ model_entry = namespace.model("ModelEntry", {
     "weights": fields.String(description="Where the weights come from"),
     "license": fields.String(description="Licence of the weights"),
     "parameters": fields.Integer(description="Trainable and fixed parameters; null until loaded"),
+    "precision": fields.String(description="Arithmetic the model runs in: f32 or bf16; null until loaded"),
     "state": fields.String(description="pending, loading, ready or failed: reason"),
     "default": fields.Boolean,
 })

@@ -69,7 +69,7 @@ def upscale():
     options.validate()
     network = current.registry.get(options.model or current.settings.default_model)  # 400/503 before streaming
     data = upload.read()
-    total = _tile_count(data, current.settings.tile_size, network.margin)
+    total = _tile_count(data, current.registry, network)
     return Response(_events(current, data, options, total), mimetype="application/x-ndjson",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -91,13 +91,13 @@ def _int_field(name: str, default: int) -> int:
         raise InvalidInput(f"{name} must be an integer, not {value!r}") from None
 
 
-def _tile_count(data: bytes, tile_size: int, margin: int) -> int | None:
+def _tile_count(data: bytes, registry, network) -> int | None:
     """Tiles the pipeline will run, from the image header alone; None if the header does not read."""
     try:
         width, height = Image.open(io.BytesIO(data)).size
     except Exception:  # noqa: BLE001 - the pipeline reports unreadable images with the proper message
         return None
-    return len(plan_tiles(height, width, tile_size, margin))
+    return len(plan_tiles(height, width, registry.tile_size(network.name, height, width), network.margin))
 
 
 def _events(current: Service, data: bytes, options: UpscaleOptions, total: int | None) -> Iterator[bytes]:

@@ -59,7 +59,11 @@ def upscale(data: bytes, options: UpscaleOptions, registry: ModelRegistry, setti
     size = (image.width * options.scale, image.height * options.scale)
     image = images.fit_output(image, options.output_format, size)
     _check_output_size(image, settings.max_output_pixels)
-    colour = _upscale_colour(image, network, settings, options.ensemble, _deadline(settings, on_progress))
+    tile = registry.tile_size(model_name, image.height, image.width)
+    try:
+        colour = _upscale_colour(image, network, settings, tile, options.ensemble, _deadline(settings, on_progress))
+    finally:
+        network.release_memory()
     colour = _rescale(colour, size)
     alpha = None if image.alpha is None else images.resize_channel(image.alpha, size)
     encoded = images.encode(colour, alpha, image.icc_profile, options.output_format, options.quality)
@@ -87,7 +91,7 @@ def _deadline(settings: Settings, on_progress: Progress | None) -> Progress:
     return check
 
 
-def _upscale_colour(image: images.DecodedImage, network, settings: Settings, ensemble: bool,
+def _upscale_colour(image: images.DecodedImage, network, settings: Settings, tile: int, ensemble: bool,
                     on_progress: Progress) -> np.ndarray:
     scale = network.scale
     channels = image.colour.shape[-1]
@@ -104,7 +108,7 @@ def _upscale_colour(image: images.DecodedImage, network, settings: Settings, ens
         out[y:y + block.shape[0], x:x + block.shape[1]] = levels
 
     predict = self_ensemble(network.predict) if ensemble else network.predict
-    run_tiled(predict, rgb, scale, settings.tile_size, network.margin, settings.tile_batch, write, on_progress)
+    run_tiled(predict, rgb, scale, tile, network.margin, settings.tile_batch, write, on_progress)
     return out
 
 

