@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     memory_budget_mb: int = Field(3072, ge=256, description="Peak resident memory of one worker, in MiB: the loaded models, the request's buffers and the tiles' windows; each model's tile size follows from it (docs/speed.md).")
     precision: Literal["auto", "f32", "bf16"] = Field("auto", description="Arithmetic of the openvino backend: auto runs bf16 only on a CPU with native bf16 and only for models measured to allow it (docs/speed.md); f32 or bf16 force one for every model.")
 
+    png_compression_level: int = Field(1, ge=0, le=9, description="zlib level of PNG results: 1 encodes several times faster than 6 for somewhat larger files (measured trade: docs/speed.md).")
+
     # Limits
     max_upload_bytes: int = Field(32 * MEBIBYTE, ge=1, description="Largest accepted upload (413 above).")
     max_input_pixels: int = Field(2000 * 2000, ge=1, description="Largest accepted input, width x height (413 above).")

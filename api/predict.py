@@ -14,6 +14,7 @@ from api import namespace, service
 from core.errors import Cancelled, InvalidInput, TooLarge
 from core.images import OUTPUT_FORMATS, describe_accepted
 from core.pipeline import SCALES, Progress, UpscaleOptions
+from core.timing import Stages
 
 log = logging.getLogger(__name__)
 # nginx's code for "client closed the request": nobody reads it, but it marks the request in logs and metrics.
@@ -44,14 +45,18 @@ class Predict(Resource):
     @namespace.response(503, "Busy or still loading; see Retry-After")
     def post(self):
         """Upscale an image 4x (or 2x, 3x) and return it."""
-        args = parse_arguments()
-        upload: FileStorage | None = args["image"]
-        if upload is None:
+        stages = Stages()
+        with stages.time("upload"):  # werkzeug reads and parses the multipart body here
+            args = parse_arguments()
+            upload: FileStorage | None = args["image"]
+            data = None if upload is None else upload.read()
+        if data is None:
             raise InvalidInput("no image: send the file as the multipart form field 'image'")
         options = UpscaleOptions(model=args["model"], scale=args["scale"], output_format=args["format"],
                                  quality=args["quality"], ensemble=args["ensemble"])
         try:
-            result = service().upscale(upload.read(), options, on_progress=stop_when_client_leaves(request.environ))
+            result = service().upscale(data, options, on_progress=stop_when_client_leaves(request.environ),
+                                       stages=stages)
         except Cancelled as cancelled:
             # Not an error of the server: the work stopped because nobody waits for it any more.
             log.info("predict stopped: %s", cancelled)
@@ -60,6 +65,7 @@ class Predict(Resource):
             "X-Model": result.model,
             "X-Input-Size": f"{result.input_width}x{result.input_height}",
             "X-Output-Size": f"{result.width}x{result.height}",
+            "Server-Timing": result.stages.server_timing(),
         })
 
 

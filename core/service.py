@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -12,6 +13,7 @@ from core.admission import InferenceSlot
 from core.models.registry import ModelRegistry
 from core.models.runtime import configure_threads
 from core.pipeline import Progress, Result, UpscaleOptions, upscale
+from core.timing import Stages
 
 
 @dataclass
@@ -40,9 +42,13 @@ class Service:
             self._loader.join(timeout_s)
         return self.registry.ready
 
-    def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None) -> Result:
+    def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None,
+                stages: Stages | None = None) -> Result:
         """Upscale in this worker's inference slot (503 at once when the queue is full)."""
         options.validate()
         self.registry.get(options.model or self.settings.default_model)
+        stages = stages or Stages()
+        queued = time.perf_counter()
         with self.slot.hold():
-            return upscale(data, options, self.registry, self.settings, on_progress)
+            stages.add("queue", time.perf_counter() - queued)
+            return upscale(data, options, self.registry, self.settings, on_progress, stages)

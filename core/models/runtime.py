@@ -82,7 +82,9 @@ class Network:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, h, w, 3) RGB in [0, 1] -> (N, 4h, 4w, 3) RGB in [0, 1]."""
-        return np.clip(self._predict(batch), 0.0, 1.0)
+        result = self._predict(batch)
+        # In place where the backend handed over its own copy (OpenVINO's, TensorFlow's numpy()).
+        return np.clip(result, 0.0, 1.0, out=result if result.flags.writeable else None)
 
 
 def configure_threads(threads: int) -> None:
