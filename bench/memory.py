@@ -19,64 +19,18 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import requests
 
 from bench.report import ROOT
-from bench.support import gunicorn_worker, peak_rss_mb, photo_png
+from harness.memory_probe import MEBIBYTE
+from harness.photos import photo_png
+from harness.process import gunicorn_worker, peak_rss_mb
 
-MEBIBYTE = 1024 * 1024
 MODELS = ("srgan", "srresnet", "realsr", "realesrgan")
 
 
-def rss_mb() -> float:
-    from core.memory import rss_bytes
-
-    return rss_bytes() / MEBIBYTE
-
-
-def loaded_service(model: str, **overrides: object):
-    from config import load_settings
-    from core.service import Service
-
-    service = Service.create(load_settings(models=model, default_model=model, request_time_limit_s=3600.0,
-                                           **overrides))
-    service.registry.load_all()
-    if not service.registry.ready:
-        raise RuntimeError(f"{model} did not load: {service.registry.states()}")
-    return service
-
-
-def probe_windows(model: str, arithmetic: str, sides: list[int]) -> dict:
-    network = loaded_service(model, precision=arithmetic).registry.get(model)
-    baseline = rss_mb()
-    peaks = {}
-    for side in sides:
-        network.predict(np.random.default_rng(0).random((1, side, side, 3), np.float32))
-        network.release_memory()
-        peaks[side] = peak_rss_mb() - baseline
-    return {"precision": network.precision, "baseline_mb": baseline, "peak_above_mb": peaks}
-
-
-def probe_request(sides: list[int], tile: int) -> dict:
-    from core.pipeline import UpscaleOptions
-
-    service = loaded_service("srgan", tile_size=tile)
-    network = service.registry.get("srgan")
-    window = tile + 2 * network.margin
-    network.predict(np.zeros((1, window, window, 3), np.float32))
-    network.release_memory()
-    baseline = rss_mb()
-    with_window = peak_rss_mb() - baseline
-    peaks = {}
-    for side in sides:
-        service.upscale(photo_png(side), UpscaleOptions(model="srgan"))
-        peaks[side] = peak_rss_mb() - baseline
-    return {"window_mb": with_window, "peak_above_mb": peaks}
-
-
 def fresh(*arguments: str) -> dict:
-    done = subprocess.run([sys.executable, "-m", "bench.memory", "--probe", *arguments], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "harness.memory_probe", *arguments], cwd=ROOT,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
@@ -108,7 +62,7 @@ def request(sides: list[int], tile: int) -> None:
 
 def worker(models: list[str], sides: list[int]) -> None:
     from config import Settings
-    from tests.live_server import live_server
+    from harness.live_server import live_server
 
     budget = Settings().memory_budget_mb
     with live_server(start_timeout_s=900, models=Settings.model_fields["models"].default, workers=1,
@@ -132,14 +86,6 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--sides", type=int, nargs="+")
     parser.add_argument("--tile", type=int, default=64, help="request: the fixed tile size")
-    parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)
-    if "--probe" in sys.argv:
-        kind, *rest = sys.argv[sys.argv.index("--probe") + 1:]
-        if kind == "windows":
-            print(json.dumps(probe_windows(rest[0], rest[1], [int(s) for s in rest[2:]])))
-        else:
-            print(json.dumps(probe_request([int(s) for s in rest[1:]], int(rest[0]))))
-        return
     args = parser.parse_args()
     models = args.models.split(",")
     if args.what == "windows":

@@ -19,15 +19,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench import quality
+from bench.machine import cpu_description
 from bench.report import ROOT, write_section
-from bench.support import photo_png
 from config import load_settings
 from core import metrics
 from core.models import precision
 from core.models.registry import SPECS
 from core.pipeline import UpscaleOptions
 from core.service import Service
+from harness import evaluation
+from harness.photos import photo_png
 
 PHOTOS = ROOT / "assets" / "test_examples" / "low_resolution"
 # Besides the test photos (at most 150 px, one window each), one photo at the size the speed targets
@@ -71,8 +72,8 @@ def photo_differences(f32: Service, bf16: Service, model: str) -> tuple[float, i
     options = UpscaleOptions(model=model)
     psnrs, largest, off, values = [], 0, 0, 0
     for name, data in photos().items():
-        reference = quality.read_image(f32.upscale(data, options).data)
-        candidate = quality.read_image(bf16.upscale(data, options).data)
+        reference = evaluation.read_image(f32.upscale(data, options).data)
+        candidate = evaluation.read_image(bf16.upscale(data, options).data)
         difference = np.abs(reference.astype(np.int16) - candidate)
         psnrs.append(metrics.psnr(reference.astype(np.float64), candidate.astype(np.float64)))
         largest, off, values = max(largest, int(difference.max())), off + int((difference > 1).sum()), values + difference.size
@@ -84,8 +85,8 @@ def quality_shift(f32: Service, bf16: Service, model: str, sets: tuple[str, ...]
     """bf16's mean PSNR minus fp32's on each set, scored as the quality table scores."""
     shifts = {}
     for set_name in sets:
-        pairs = quality.pairs(f32.settings.datasets_dir, set_name)
-        scores = {name: quality.evaluate(quality.service_upscaler(served, model), pairs).psnr
+        pairs = evaluation.pairs(f32.settings.datasets_dir, set_name)
+        scores = {name: evaluation.evaluate(evaluation.service_upscaler(served, model), pairs).psnr
                   for name, served in (("f32", f32), ("bf16", bf16))}
         shifts[set_name] = scores["bf16"] - scores["f32"]
         print(f"  {model} {set_name}: f32 {scores['f32']:.3f} dB, bf16 {scores['bf16']:.3f} dB", flush=True)
@@ -100,10 +101,9 @@ def compare(model: str, sets: tuple[str, ...]) -> Comparison:
 
 
 def markdown(rows: list[Comparison], sets: tuple[str, ...]) -> str:
-    flags = sorted(precision.cpu_flags() & (precision.NATIVE_BF16_FLAGS | {"amx_tile", "avx512f"}))
     lines = [
         "## bf16 against fp32", "",
-        f"Measured by `python -m bench.precision` on {quality_cpu()} (flags {', '.join(flags)}). Each model "
+        f"Measured by `python -m bench.precision` on {cpu_description()}. Each model "
         "runs as served (OpenVINO, tiled) once with `PRECISION=f32` and once with `PRECISION=bf16`; "
         f"*photos* compares the two outputs on the {len(photos()) - 1} test photos "
         f"(assets/test_examples) and on astronaut resampled to {LARGE_SIDE}² (several tiles), *quality shift* is bf16's mean PSNR minus fp32's on {', '.join(sets)} "
@@ -119,13 +119,6 @@ def markdown(rows: list[Comparison], sets: tuple[str, ...]) -> str:
                      f"{100 * row.share_off_by_more_than_one:.3f} % | " + " | ".join(shifts)
                      + f" | {'yes' if row.passes else 'no'} |")
     return "\n".join(lines)
-
-
-def quality_cpu() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "an unknown CPU"
 
 
 def main() -> int:

@@ -5,25 +5,20 @@ whole-image results (tiles of 32 px force many seams; ≥ 45 dB is the bar of
 tests/core/test_tiling.py), and the network time for a 500x500 input with the
 tile sizes worth choosing between. Run under ``flock /tmp/cpu.lock``.
 
-    python bench/seams.py
+    python -m bench.seams
 """
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from config import load_settings  # noqa: E402
-from core.models.registry import SPECS  # noqa: E402
-from core.models.runtime import Network  # noqa: E402
-from core.tiling import run_tiled  # noqa: E402
+from config import load_settings
+from core.models.registry import SPECS
+from core.models.runtime import Network
+from core.tiling import run_tiled
 
 MARGINS = (8, 12, 16)
 TILES = (112, 240)

@@ -8,7 +8,7 @@ import requests
 from PIL import Image
 
 from tests.conftest import sample_bytes
-from tests.live_server import live_server
+from harness.live_server import live_server
 
 pytestmark = pytest.mark.slow
 

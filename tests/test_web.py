@@ -11,7 +11,7 @@ import requests
 from PIL import Image
 
 from tests.conftest import ROOT, SAMPLES, sample_bytes
-from tests.live_server import live_server
+from harness.live_server import live_server
 
 pytestmark = pytest.mark.slow
 

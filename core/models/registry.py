@@ -13,8 +13,8 @@ import keras
 import numpy as np
 
 from config import Settings
-from core.errors import NotReady, UnknownModel
 from core import memory
+from core.errors import NotReady, UnknownModel
 from core.models import precision
 from core.models.runtime import Network
 from core.models.srresnet import build_srresnet, fold_output_convolution

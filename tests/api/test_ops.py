@@ -15,7 +15,7 @@ from api.observability import JsonFormatter
 from app import create_app
 from config import load_settings
 from tests.conftest import decode, sample_bytes
-from tests.live_server import live_server
+from harness.live_server import live_server
 
 SAMPLE = "chelsea.png"  # 112x75
 

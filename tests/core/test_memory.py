@@ -68,7 +68,7 @@ def test_srgan_window_stays_within_its_recorded_cost(arithmetic):
     if arithmetic == "bf16" and not precision.native_bf16():
         pytest.skip("this CPU has no native bf16")
     side = 256
-    done = subprocess.run([sys.executable, "-m", "bench.memory", "--probe", "windows", "srgan", arithmetic, str(side)],
+    done = subprocess.run([sys.executable, "-m", "harness.memory_probe", "windows", "srgan", arithmetic, str(side)],
                           cwd=ROOT, capture_output=True, text=True, check=True)
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert measured["precision"] == arithmetic

@@ -5,9 +5,16 @@ import json
 
 import pytest
 
-from bench.quality import RESULTS_FILE, array_upscaler, evaluate, matlab_bicubic, pairs, service_upscaler
 from config import load_settings
 from core.service import Service
+from harness.bicubic import matlab_bicubic
+from harness.evaluation import (
+    RESULTS_FILE,
+    array_upscaler,
+    evaluate,
+    pairs,
+    service_upscaler,
+)
 
 # How far a fresh run may drift from the published table (thread counts and CPU kernels move the last digits).
 TABLE_TOLERANCE_DB = 0.05

@@ -1,21 +1,7 @@
-"""What the benchmarks share: the photo they upscale, and a process's memory."""
+"""A process's memory, and gunicorn's worker process."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
-
-from PIL import Image
-
-from bench.report import ROOT
-
-PHOTO = ROOT / "assets" / "test_examples" / "low_resolution" / "astronaut.png"
-
-
-def photo_png(side: int) -> bytes:
-    """A real photo resampled to side x side: content like a user's, any size."""
-    buffer = io.BytesIO()
-    Image.open(PHOTO).convert("RGB").resize((side, side), Image.Resampling.BICUBIC).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def peak_rss_mb(pid: int | str = "self") -> float:
