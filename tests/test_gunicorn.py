@@ -7,8 +7,8 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import sample_bytes
 from harness.live_server import live_server
+from tests.conftest import sample_bytes
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import ROOT, SAMPLES, sample_bytes
 from harness.live_server import live_server
+from tests.conftest import ROOT, SAMPLES, sample_bytes
 
 pytestmark = pytest.mark.slow
 
