@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", type=int, choices=SCALES, default=4, help="output scale (default 4)")
     parser.add_argument("--format", choices=sorted(FORMAT_SUFFIXES), default="png", help="output format (default png)")
     parser.add_argument("--quality", type=int, default=90, help="jpeg/webp quality 1..100 (default 90)")
-    parser.add_argument("--tile", type=int, metavar="PX", help="tile size in input pixels (default TILE_SIZE, 128)")
+    parser.add_argument("--tile", type=int, metavar="PX", help="tile size in input pixels (default: TILE_SIZE, or the largest MEMORY_BUDGET_MB allows)")
     parser.add_argument("--ensemble", action="store_true", help="average 8 flips and rotations: slightly better, 8x slower")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     args = parser.parse_args(argv)
