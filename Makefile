@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast bench-quality bench-speed bench-load docker-test lint clean pictures
+.PHONY: setup run test test-fast bench-quality bench-speed bench-precision bench-memory bench-stages bench-load docker-test lint clean pictures
 
 setup: $(STAMP)
 
@@ -36,9 +36,21 @@ clean:
 bench-quality: setup
 	$(BIN)/python -m bench.quality $(ARGS)
 
-# Speed and memory table (docs/benchmarks.md speed section, docs/speed.png); about an hour on 2 cores.
+# Speed and memory table against the targets (docs/benchmarks.md speed section), under the exclusive CPU lock.
 bench-speed: setup
-	flock /tmp/cpu.lock $(BIN)/python bench/speed.py $(ARGS)
+	flock -x /tmp/cpu.lock $(BIN)/python -m bench.speed $(ARGS)
+
+# bf16 against fp32 for every model (docs/benchmarks.md precision section): which models may run in bf16.
+bench-precision: setup
+	flock -s /tmp/cpu.lock $(BIN)/python -m bench.precision $(ARGS)
+
+# Each model's memory per window pixel, and a worker's peak RSS against MEMORY_BUDGET_MB (docs/speed.md).
+bench-memory: setup
+	flock -s /tmp/cpu.lock $(BIN)/python -m bench.memory $(ARGS)
+
+# Where a 500² request's time goes, and the PNG compression level's size/time trade (docs/speed.md).
+bench-stages: setup
+	flock -x /tmp/cpu.lock $(BIN)/python -m bench.stages $(ARGS)
 
 # docs/comparison.png: a crop of a sample photo as input, bicubic and every model side by side (a few minutes).
 pictures: setup

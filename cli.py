@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     context = option_context(tuple(SPECS), load_settings().default_model)
     add_cli_flags(parser, context)
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
-    parser.add_argument("--tile", type=int, metavar="PX", help="local mode: tile size in input pixels (default TILE_SIZE)")
+    parser.add_argument("--tile", type=int, metavar="PX",
+                        help="local mode: tile size in input pixels (default: TILE_SIZE, or the largest MEMORY_BUDGET_MB allows)")
     remote = parser.add_argument_group("remote mode", "send each file to a running server's /model/predict")
     remote.add_argument("--server", action="append", metavar="URL",
                         help="a server, e.g. http://host:5000 or a Kubernetes Service URL; repeat for several")

@@ -35,8 +35,14 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="Folder of the operator's own models: NAME.param + NAME.bin (ncnn) or NAME.onnx, each with a sidecar NAME.json; each is offered as model NAME (docs/deployment.md).")
 
     # Tiling
-    tile_size: int = Field(160, ge=16, description="Side of each tile's useful centre, in input pixels (measured choice: docs/speed.md).")
+    tile_size: int | None = Field(None, ge=16, description="Side of each tile's useful centre, in input pixels; unset: the largest that MEMORY_BUDGET_MB allows for each model and image (docs/speed.md).")
     tile_batch: int = Field(1, ge=1, description="Tiles run through the network at once (more costs memory, gains little with openvino).")
+
+    # Precision and memory
+    memory_budget_mb: int = Field(3072, ge=256, description="Peak resident memory of one worker, in MiB: the loaded models, the request's buffers and the tiles' windows; each model's tile size follows from it (docs/speed.md).")
+    precision: Literal["auto", "f32", "bf16"] = Field("auto", description="Arithmetic of the openvino backend: auto runs bf16 only on a CPU with native bf16 and only for models measured to allow it (docs/speed.md); f32 or bf16 force one for every model.")
+
+    png_compression_level: int = Field(1, ge=0, le=9, description="zlib level of PNG results: 1 encodes several times faster than 6 for somewhat larger files (measured trade: docs/speed.md).")
 
     # Limits
     max_upload_bytes: int = Field(32 * MEBIBYTE, ge=1, description="Largest accepted upload (413 above).")

@@ -16,6 +16,7 @@ model_entry = namespace.model("ModelEntry", {
     "parameters": fields.Integer(description="Trainable and fixed parameters; null until loaded"),
     "scales": fields.List(fields.Integer, description="Native scales; a request runs the smallest that reaches its size (above the largest, a second pass)"),
     "denoise": fields.Raw(description="Denoise levels per native scale, e.g. {\"2\": [\"none\", \"conservative\"]}"),
+    "precision": fields.String(description="Arithmetic the model runs in: f32 or bf16; null until loaded"),
     "state": fields.String(description="pending, loading, ready or failed: reason"),
     "default": fields.Boolean,
 })

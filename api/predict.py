@@ -16,6 +16,7 @@ from core.errors import Cancelled, InvalidInput, TooLarge
 from core.images import describe_accepted
 from core.options import OPTIONS, Option, UpscaleOptions, parse_options
 from core.pipeline import Progress
+from core.timing import Stages
 
 log = logging.getLogger(__name__)
 # nginx's code for "client closed the request": nobody reads it, but it marks the request in logs and metrics.
@@ -60,12 +61,16 @@ class Predict(Resource):
     @namespace.response(503, "Busy or still loading; see Retry-After")
     def post(self):
         """Upscale an image 4x (any scale from 1 to 8, or to a width and height) and return it."""
-        upload: FileStorage | None = parse_arguments()["image"]
-        if upload is None:
+        stages = Stages()
+        with stages.time("upload"):  # werkzeug reads and parses the multipart body here
+            upload: FileStorage | None = parse_arguments()["image"]
+            data = None if upload is None else upload.read()
+        if data is None:
             raise InvalidInput("no image: send the file as the multipart form field 'image'")
         options = request_options()
         try:
-            result = service().upscale(upload.read(), options, on_progress=stop_when_client_leaves(request.environ))
+            result = service().upscale(data, options, on_progress=stop_when_client_leaves(request.environ),
+                                       stages=stages)
         except Cancelled as cancelled:
             # Not an error of the server: the work stopped because nobody waits for it any more.
             log.info("predict stopped: %s", cancelled)
@@ -74,6 +79,7 @@ class Predict(Resource):
             "X-Model": result.model,
             "X-Input-Size": f"{result.input_width}x{result.input_height}",
             "X-Output-Size": f"{result.width}x{result.height}",
+            "Server-Timing": result.stages.server_timing(),
         })
 
 

@@ -82,10 +82,9 @@ def _tile_count(data: bytes, options: UpscaleOptions, network: Network, current:
     if size is None:
         return None
     try:
-        plan = plan_output(*size, options, network.scale)
+        return tile_count(plan_output(*size, options, network.scale), network, current.registry.tile_size)
     except ServiceError:
         return None
-    return tile_count(plan, current.settings.tile_size, network.margin)
 
 
 def _events(current: Service, data: bytes, options: UpscaleOptions, network: Network,

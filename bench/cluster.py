@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.live_server import live_server
+from harness.live_server import live_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "test_examples" / "low_resolution"

@@ -4,8 +4,8 @@ For each window side, the network as published and its folded form (the one serv
 the way the service compiles them and run on the same window of a real photo; the script prints the
 median time of each and the share of time and of work of the output stage's layers.
 
-    python bench/fold.py                  # windows of 144 and 272 (docs/speed.md)
-    python bench/fold.py --sides 192 --runs 7
+    python -m bench.fold                  # windows of 144 and 272 (docs/speed.md)
+    python -m bench.fold --sides 192 --runs 7
 
 Run it under ``flock /tmp/cpu.lock`` on a shared machine.
 """
@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.report import ROOT
 
 PHOTO = ROOT / "assets" / "test_examples" / "low_resolution" / "astronaut.png"
 
@@ -68,7 +65,7 @@ def slowest_nodes(request_profile, count: int = 3) -> str:
 
 
 def main() -> None:
-    from bench.speed import measure_ceiling
+    from bench.machine import measure_ceiling
     from config import load_settings
     from core.models.openvino_backend import compile_for_cpu
     from core.models.registry import SPECS

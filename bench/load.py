@@ -26,8 +26,8 @@ from pathlib import Path
 
 import requests
 
-from tests.live_server import live_server
-from tests.raw_http import png, rss_bytes, worker_pids
+from harness.live_server import live_server
+from harness.raw_http import png, rss_bytes, worker_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "test_examples" / "low_resolution"

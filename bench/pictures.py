@@ -15,13 +15,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from config import load_settings  # noqa: E402 - after the path set-up, so that the script runs from anywhere
-from core.models.registry import SPECS  # noqa: E402
-from core.options import UpscaleOptions  # noqa: E402
-from core.service import Service  # noqa: E402
+from bench.report import ROOT
+from config import load_settings
+from core.models.registry import SPECS
+from core.options import UpscaleOptions
+from core.service import Service
 
 SOURCE = ROOT / "assets" / "test_examples" / "low_resolution" / "chelsea.png"
 # The cat's eye and fur: sharp edges and fine texture, where the models differ most.

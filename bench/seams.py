@@ -6,26 +6,22 @@ is the bar of tests/core/test_tiling.py); with ``--timing``, the network time
 for a 500x500 input with the tile sizes worth choosing between. Run under
 ``flock /tmp/cpu.lock`` (``-x`` with ``--timing``).
 
-    python bench/seams.py [--models srgan,srresnet] [--margins 8,12,16] [--timing]
+    python -m bench.seams [--models srgan,srresnet] [--margins 8,12,16] [--timing]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from config import load_settings  # noqa: E402
-from core.models.registry import NO_DENOISE, SPECS, Variant  # noqa: E402
-from core.models.runtime import Network  # noqa: E402
-from core.tiling import run_tiled  # noqa: E402
+from config import load_settings
+from core.models.registry import SPECS, Variant
+from core.models.runtime import Network
+from core.options import NO_DENOISE
+from core.tiling import run_tiled
 
 MARGINS = (8, 12, 16)
 TILES = (112, 240)

@@ -418,17 +418,20 @@ def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def encode(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | None,
-           output_format: str, quality: int) -> bytes:
-    """Encode pixels as png, jpeg or webp; 16-bit pixels stay 16-bit in PNG and are rounded to 8 bits otherwise."""
+           output_format: str, quality: int, png_level: int) -> bytes:
+    """Encode pixels as png (zlib level ``png_level``), jpeg or webp; 16-bit pixels stay 16-bit in PNG and
+    are rounded to 8 bits otherwise."""
     pil_format, _ = OUTPUT_FORMATS[output_format]
     if pil_format == "JPEG" and alpha is not None:
         raise InvalidInput("jpeg cannot hold an alpha channel; ask for format png or webp")
     if pil_format == "PNG" and colour.dtype == np.uint16:
-        return _encode_png16(colour, alpha, icc_profile)
+        return _encode_png16(colour, alpha, icc_profile, png_level)
     image = _to_pillow(_to_8bit(colour), None if alpha is None else _to_8bit(alpha))
     options: dict[str, object] = {"icc_profile": icc_profile} if icc_profile else {}
     if pil_format in ("JPEG", "WEBP"):
         options["quality"] = quality
+    else:
+        options["compress_level"] = png_level
     buffer = io.BytesIO()
     image.save(buffer, pil_format, **options)
     return buffer.getvalue()
@@ -450,10 +453,10 @@ def _to_pillow(colour: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
     return Image.fromarray(np.concatenate([colour, alpha[..., None]], axis=-1))
 
 
-def _encode_png16(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | None) -> bytes:
+def _encode_png16(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | None, level: int) -> bytes:
     """16-bit grey, grey+alpha, RGB or RGBA PNG with pypng, converting one row at a time."""
     height, width, channels = colour.shape
-    writer = png.Writer(width, height, greyscale=channels == 1, alpha=alpha is not None, bitdepth=16)
+    writer = png.Writer(width, height, greyscale=channels == 1, alpha=alpha is not None, bitdepth=16, compression=level)
 
     def rows() -> Iterator[bytes]:
         for y in range(height):

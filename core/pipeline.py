@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from core.models.ensemble import self_ensemble
 from core.models.runtime import Network
 from core.options import UpscaleOptions
 from core.tiling import plan_tiles, run_tiled
+from core.timing import Stages
 
 # ITU-R BT.601 luma, as Pillow's convert("L") uses: turns the network's RGB back into grey.
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -22,6 +23,8 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 LAYER_FORMAT = "png"
 
 Progress = Callable[[int, int], None]
+# The tile side for a network on an image of (height, width): TILE_SIZE, or what MEMORY_BUDGET_MB allows.
+TileSizer = Callable[[Network, int, int], int]
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Result:
     input_height: int
     # With ``with_layers``: the model's output and the Lanczos enlargement, each as PNG bytes.
     layers: dict[str, bytes] | None = None
+    stages: Stages = field(default_factory=Stages)
 
 
 @dataclass(frozen=True)
@@ -46,20 +50,39 @@ class Layers:
     alpha: np.ndarray | None
 
 
-def upscale(data: bytes, options: UpscaleOptions, network: Network, settings: Settings,
-            on_progress: Progress | None = None, with_layers: bool = False) -> Result:
-    """Upscale an encoded image with ``network``; raises a ServiceError subclass for anything the user can fix."""
-    image = images.decode(data, settings.max_input_pixels)
+@dataclass(frozen=True)
+class Work:
+    """What the request runs with: its network, how its tiles are sized, and the clock of its stages."""
+
+    network: Network
+    settings: Settings
+    tile_size: TileSizer
+    stages: Stages
+
+
+def upscale(data: bytes, options: UpscaleOptions, network: Network, settings: Settings, tile_size: TileSizer,
+            on_progress: Progress | None = None, with_layers: bool = False, stages: Stages | None = None) -> Result:
+    """Upscale an encoded image with ``network``; raises a ServiceError subclass for anything the user can fix.
+
+    ``stages`` (new if not given, returned in the result) receives the seconds of each stage."""
+    work = Work(network, settings, tile_size, stages or Stages())
+    with work.stages.time("decode"):
+        image = images.decode(data, settings.max_input_pixels)
     plan = plan_output(image.width, image.height, options, network.scale)
     image = images.fit_output(image, options.output_format, plan.output)
     check_sizes(plan, settings.max_output_pixels)
     progress = _deadline(settings, on_progress)
-    layers = _layers(image, plan, network, settings, options, progress, with_layers)
+    try:
+        layers = _layers(image, plan, work, options, progress, with_layers)
+    finally:
+        network.release_memory()
     colour = blend(layers, options.strength)
-    encoded = images.encode(colour, layers.alpha, image.icc_profile, options.output_format, options.quality)
+    with work.stages.time("encode"):
+        encoded = images.encode(colour, layers.alpha, image.icc_profile, options.output_format, options.quality,
+                                settings.png_compression_level)
+        encoded_layers = _encoded_layers(layers, image.icc_profile, settings) if with_layers else None
     return Result(encoded, images.OUTPUT_FORMATS[options.output_format][1], colour.shape[1], colour.shape[0],
-                  network.name, image.width, image.height,
-                  _encoded_layers(layers, image.icc_profile) if with_layers else None)
+                  network.name, image.width, image.height, encoded_layers, work.stages)
 
 
 def check_sizes(plan: OutputPlan, max_output_pixels: int) -> None:
@@ -72,9 +95,10 @@ def check_sizes(plan: OutputPlan, max_output_pixels: int) -> None:
                            f"{max_output_pixels} output pixels (MAX_OUTPUT_PIXELS; input {plan.input[0]}x{plan.input[1]})")
 
 
-def tile_count(plan: OutputPlan, tile_size: int, margin: int) -> int:
+def tile_count(plan: OutputPlan, network: Network, tile_size: TileSizer) -> int:
     """Tiles of every pass together: the total the progress counts to."""
-    return sum(len(plan_tiles(height, width, tile_size, margin)) for width, height in plan.pass_inputs)
+    return sum(len(plan_tiles(height, width, tile_size(network, height, width), network.margin))
+               for width, height in plan.pass_inputs)
 
 
 def _deadline(settings: Settings, on_progress: Progress | None) -> Progress:
@@ -90,14 +114,15 @@ def _deadline(settings: Settings, on_progress: Progress | None) -> Progress:
     return check
 
 
-def _layers(image: images.DecodedImage, plan: OutputPlan, network: Network, settings: Settings,
-            options: UpscaleOptions, progress: Progress, with_layers: bool) -> Layers:
+def _layers(image: images.DecodedImage, plan: OutputPlan, work: Work, options: UpscaleOptions,
+            progress: Progress, with_layers: bool) -> Layers:
     model = lanczos = None
     if options.strength > 0 or with_layers:
-        model = _crop(_model_colour(image, plan, network, settings, options.ensemble, progress), plan)
-    if options.strength < 1 or with_layers:
-        lanczos = _crop(images.resize(image.colour, plan.scaled), plan)
-    alpha = None if image.alpha is None else _crop(images.resize_channel(image.alpha, plan.scaled), plan)
+        model = _crop(_model_colour(image, plan, work, options.ensemble, progress), plan)
+    with work.stages.time("resize"):
+        if options.strength < 1 or with_layers:
+            lanczos = _crop(images.resize(image.colour, plan.scaled), plan)
+        alpha = None if image.alpha is None else _crop(images.resize_channel(image.alpha, plan.scaled), plan)
     return Layers(model, lanczos, alpha)
 
 
@@ -118,42 +143,48 @@ def _crop(pixels: np.ndarray, plan: OutputPlan) -> np.ndarray:
     return np.ascontiguousarray(pixels[top:bottom, left:right])
 
 
-def _model_colour(image: images.DecodedImage, plan: OutputPlan, network: Network, settings: Settings,
-                  ensemble: bool, progress: Progress) -> np.ndarray:
+def _model_colour(image: images.DecodedImage, plan: OutputPlan, work: Work, ensemble: bool,
+                  progress: Progress) -> np.ndarray:
     """The network's passes, each on the previous result resized to the plan, then Lanczos to the size asked."""
-    total = tile_count(plan, settings.tile_size, network.margin)
+    total = tile_count(plan, work.network, work.tile_size)
     done_before = 0
     colour = image.colour
     for size in plan.pass_inputs:
-        colour = _resized(colour, size)
-        tiles = len(plan_tiles(size[1], size[0], settings.tile_size, network.margin))
+        with work.stages.time("resize"):
+            colour = _resized(colour, size)
         offset = done_before
-        colour = _run_network(colour, image.max_value, network, settings, ensemble,
+        colour = _run_network(colour, image.max_value, work, ensemble,
                               lambda done, _tiles, offset=offset: progress(offset + done, total))
-        done_before += tiles
-    return _resized(colour, plan.scaled)
+        done_before += len(plan_tiles(size[1], size[0], work.tile_size(work.network, size[1], size[0]),
+                                      work.network.margin))
+    with work.stages.time("resize"):
+        return _resized(colour, plan.scaled)
 
 
-def _run_network(colour: np.ndarray, max_value: int, network: Network, settings: Settings, ensemble: bool,
-                 on_progress: Progress) -> np.ndarray:
+def _run_network(colour: np.ndarray, max_value: int, work: Work, ensemble: bool, on_progress: Progress) -> np.ndarray:
+    network, stages = work.network, work.stages
     scale = network.scale
     height, width, channels = colour.shape
-    rgb = colour.astype(np.float32) / max_value
-    if channels == 1:
-        rgb = np.repeat(rgb, 3, axis=-1)
-    out = np.empty((height * scale, width * scale, channels), colour.dtype)
+    with stages.time("convert"):
+        # One pass, one array: the same float32 quotient as astype(float32) / max, without the temporary.
+        rgb = np.true_divide(colour, np.float32(max_value), dtype=np.float32)
+        if channels == 1:
+            rgb = np.repeat(rgb, 3, axis=-1)
+        out = np.empty((height * scale, width * scale, channels), colour.dtype)
 
     def write(y: int, x: int, block: np.ndarray) -> None:
+        levels = (block @ LUMA)[..., None] if channels == 1 else block * np.float32(max_value)
         if channels == 1:
-            block = (block @ LUMA)[..., None]
-        # clip before the cast: a level past the maximum would wrap around in uint8/uint16
-        levels = np.clip(np.rint(block * max_value), 0, max_value)
+            levels *= np.float32(max_value)
+        # In place; clip before the cast: a level past the maximum would wrap around in uint8/uint16
+        np.rint(levels, out=levels)
+        np.clip(levels, 0, max_value, out=levels)
         out[y:y + block.shape[0], x:x + block.shape[1]] = levels
 
     predict = network.predictor(rgb)
     predict = self_ensemble(predict) if ensemble else predict
-    run_tiled(predict, rgb, scale, settings.tile_size, network.margin, settings.tile_batch, write, on_progress,
-              network.alignment)
+    run_tiled(stages.timed("network", predict), rgb, scale, work.tile_size(network, height, width), network.margin,
+              work.settings.tile_batch, stages.timed("assembly", write), on_progress, network.alignment)
     return out
 
 
@@ -164,6 +195,6 @@ def _resized(colour: np.ndarray, size: Size) -> np.ndarray:
     return images.resize(colour, size)
 
 
-def _encoded_layers(layers: Layers, icc_profile: bytes | None) -> dict[str, bytes]:
-    return {name: images.encode(pixels, layers.alpha, icc_profile, LAYER_FORMAT, quality=100)
+def _encoded_layers(layers: Layers, icc_profile: bytes | None, settings: Settings) -> dict[str, bytes]:
+    return {name: images.encode(pixels, layers.alpha, icc_profile, LAYER_FORMAT, 100, settings.png_compression_level)
             for name, pixels in (("model", layers.model), ("lanczos", layers.lanczos))}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from core.models.registry import ModelRegistry
 from core.models.runtime import Network, configure_threads
 from core.options import DEFAULT_SCALE, OptionContext, UpscaleOptions
 from core.pipeline import Progress, Result, upscale
+from core.timing import Stages
 
 
 @dataclass
@@ -55,11 +57,16 @@ class Service:
         return self.registry.get(options.model or self.settings.default_model, factor, options.denoise)
 
     def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None,
-                network: Network | None = None, with_layers: bool = False) -> Result:
+                network: Network | None = None, with_layers: bool = False, stages: Stages | None = None) -> Result:
         """Upscale in this worker's inference slot (503 at once when the queue is full).
 
         ``options`` come from ``parse_options``; a caller that has looked the network up already passes it.
+        ``stages`` receives the seconds of each stage, the wait for the slot as ``queue``.
         """
         network = network or self.network_for(options, data)
+        stages = stages or Stages()
+        queued = time.perf_counter()
         with self.slot.hold():
-            return upscale(data, options, network, self.settings, on_progress, with_layers)
+            stages.add("queue", time.perf_counter() - queued)
+            return upscale(data, options, network, self.settings, self.registry.tile_size, on_progress,
+                           with_layers, stages)

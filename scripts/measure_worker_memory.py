@@ -20,7 +20,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.live_server import ROOT, live_server  # noqa: E402
+from harness.live_server import ROOT, live_server  # noqa: E402
 
 SAMPLE = ROOT / "assets" / "test_examples" / "low_resolution" / "astronaut.png"
 

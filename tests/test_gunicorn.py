@@ -7,8 +7,8 @@ import pytest
 import requests
 from PIL import Image
 
+from harness.live_server import live_server
 from tests.conftest import sample_bytes
-from tests.live_server import live_server
 
 pytestmark = pytest.mark.slow
 

@@ -25,7 +25,7 @@ from PIL import Image
 from core.options import UpscaleOptions
 from remote import form_fields
 from tests.conftest import ROOT, SAMPLES
-from tests.live_server import LiveServer, free_port, live_server
+from harness.live_server import LiveServer, free_port, live_server
 
 pytestmark = pytest.mark.slow
 SIDE = 48

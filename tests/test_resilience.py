@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
-from tests.live_server import live_server
-from tests.raw_http import cpu_seconds, png, start_predict, wait_for, worker_pids
+from harness.live_server import live_server
+from harness.raw_http import cpu_seconds, png, start_predict, wait_for, worker_pids
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,9 @@ import requests
 from PIL import Image
 
 from core import images
+from harness.live_server import live_server
 from tests.conftest import SAMPLES, sample_bytes
 from tests.core.test_images import png16
-from tests.live_server import live_server
 
 pytestmark = pytest.mark.slow
 

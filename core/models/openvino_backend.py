@@ -1,9 +1,8 @@
 """Run a Keras model, or an operator's ONNX file, with OpenVINO's CPU runtime.
 
-On this kind of CPU (AVX2/FMA, no AVX-512) OpenVINO runs the SRGAN generator
-at about twice TensorFlow's throughput with the same fp32 arithmetic (see
-docs/speed.md). The model is converted once at load time from the Keras
-model's traced TensorFlow graph, so the Keras model stays the single source
+OpenVINO runs the SRGAN generator at about twice TensorFlow's throughput with
+the same fp32 arithmetic, and in bf16 where the CPU has it (see docs/speed.md).
+The model is converted once at load time from the Keras model's traced TensorFlow graph, so the Keras model stays the single source
 of the weights and TensorFlow remains the reference the tests compare with.
 """
 from __future__ import annotations
@@ -19,16 +18,18 @@ import tensorflow as tf
 from core.models.runtime import input_signature
 
 
-def compile_for_cpu(model: keras.Model, threads: int, **extra_config: object) -> ov.CompiledModel:
-    """The Keras model's traced graph, converted and compiled for OpenVINO's CPU plugin in fp32."""
+def compile_for_cpu(model: keras.Model, threads: int, precision: str = "f32",
+                    **extra_config: object) -> ov.CompiledModel:
+    """The Keras model's traced graph, converted and compiled for OpenVINO's CPU plugin in ``precision``
+    (``f32`` or ``bf16``; core/models/precision.py decides which)."""
     traced = tf.function(lambda *inputs: model(list(inputs) if len(inputs) > 1 else inputs[0], training=False),
                          input_signature=input_signature(model))
-    return compile_converted(ov.convert_model(traced.get_concrete_function()), threads, **extra_config)
+    return compile_converted(ov.convert_model(traced.get_concrete_function()), threads, precision, **extra_config)
 
 
-def compile_converted(model: ov.Model, threads: int, **extra_config: object) -> ov.CompiledModel:
-    """An OpenVINO model compiled for the CPU plugin in fp32, as every model served by OpenVINO is."""
-    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", **extra_config}
+def compile_converted(model: ov.Model, threads: int, precision: str = "f32", **extra_config: object) -> ov.CompiledModel:
+    """An OpenVINO model compiled for the CPU plugin in ``precision``."""
+    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision, **extra_config}
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = threads
     return ov.Core().compile_model(model, "CPU", config)
@@ -42,12 +43,12 @@ class OpenVinoRunner:
     shape and the memory that a cache of compiled shapes would hold.
     """
 
-    def __init__(self, model: keras.Model, threads: int) -> None:
+    def __init__(self, model: keras.Model, threads: int, precision: str = "f32") -> None:
         # The compiled model reads its weights from the Keras model's memory, without a copy: once the
         # Keras model were freed, the next model loaded would overwrite them. The runner keeps it alive.
         self._weights = model
         # The converted graph may name more results than the Keras model has outputs; those come first.
-        self._start(compile_for_cpu(model, threads), len(model.outputs))
+        self._start(compile_for_cpu(model, threads, precision), len(model.outputs))
 
     def _start(self, compiled: ov.CompiledModel, outputs: int) -> None:
         self._compiled = compiled
@@ -56,6 +57,11 @@ class OpenVinoRunner:
         # One infer request is not safe to share between threads; the worker's inference
         # slot already runs one request at a time, the lock keeps that true for any caller.
         self._lock = threading.Lock()
+
+    def release_memory(self) -> None:
+        """Free the intermediate buffers: OpenVINO keeps those of the largest window run until told."""
+        with self._lock:
+            self._compiled.release_memory()
 
     def __call__(self, batch: np.ndarray | list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
         """The output for a batch (a list of arrays for a model of several inputs); a list for several outputs."""

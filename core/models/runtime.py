@@ -50,17 +50,19 @@ def _tensorflow(model: keras.Model, jit_compile: bool) -> Predict:
     return predict
 
 
-def _openvino(model: keras.Model) -> Predict:
+def _openvino(model: keras.Model, precision: str) -> Predict:
     from core.models.openvino_backend import OpenVinoRunner
 
     # The thread count configure_threads gave TensorFlow is the one this worker may use.
-    return OpenVinoRunner(model, tf.config.threading.get_intra_op_parallelism_threads())
+    return OpenVinoRunner(model, tf.config.threading.get_intra_op_parallelism_threads(), precision)
 
 
-def build_predict(model: keras.Model, backend: str) -> Predict:
-    """The model as a function on float batches, run by ``backend``."""
+def build_predict(model: keras.Model, backend: str, precision: str = "f32") -> Predict:
+    """The model as a function on float batches, run by ``backend`` in ``precision`` (f32 or bf16)."""
     if backend == "openvino":
-        return _openvino(model)
+        return _openvino(model, precision)
+    if precision != "f32":
+        raise ValueError(f"precision {precision!r} needs the openvino backend, not {backend!r}")
     if backend in ("tensorflow", "xla"):
         return _tensorflow(model, jit_compile=backend == "xla")
     raise ValueError(f"unknown backend {backend!r}; known: {BACKENDS}")
@@ -81,20 +83,30 @@ class Network:
     # For a graph whose global poolings should see the whole image (Real-CUGAN's squeeze-excitation):
     # the function that measures those averages; ``run`` then takes them as extra inputs.
     measure: Predict | None = None
+    # The arithmetic the backend runs the network in: f32, or bf16 (core/models/precision.py).
+    precision: str = "f32"
 
     @classmethod
     def from_keras(cls, name: str, model: keras.Model, margin: int, backend: str = "tensorflow",
                    parameters: int | None = None, scale: int = 4, border: Border | None = None,
-                   statistics: keras.Model | None = None) -> "Network":
-        """``model`` run by ``backend``; ``parameters`` defaults to the model's own count."""
-        return cls(name, build_predict(model, backend), margin, scale,
+                   statistics: keras.Model | None = None, precision: str = "f32") -> "Network":
+        """``model`` run by ``backend`` in ``precision``; ``parameters`` defaults to the model's own count."""
+        return cls(name, build_predict(model, backend, precision), margin, scale,
                    int(model.count_params()) if parameters is None else parameters, border,
-                   None if statistics is None else build_predict(statistics, backend))
+                   None if statistics is None else build_predict(statistics, backend, precision), precision)
 
     @property
     def alignment(self) -> int:
         """Tiles must start at multiples of this to compute what the whole image computes."""
         return self.border.multiple if self.border is not None else 1
+
+    def release_memory(self) -> None:
+        """Give back what the backend holds between requests, so that one model's windows do not add to
+        the next request's (the memory budget counts one model's windows at a time)."""
+        for function in (self.run, self.measure):
+            release = getattr(function, "release_memory", None)
+            if release is not None:
+                release()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, h, w, 3) RGB in [0, 1] -> (N, scale * h, scale * w, 3) RGB in [0, 1], each image on its own."""
@@ -114,8 +126,9 @@ class Network:
         height, width = batch.shape[1:3]
         if self.border is not None:
             batch = np.ascontiguousarray(self.border.extend(batch))
-        result = self.run([batch, *averages] if averages else batch)
-        return np.clip(result[:, :height * self.scale, :width * self.scale], 0.0, 1.0)
+        result = self.run([batch, *averages] if averages else batch)[:, :height * self.scale, :width * self.scale]
+        # In place where the backend handed over its own copy (OpenVINO's, TensorFlow's numpy()).
+        return np.clip(result, 0.0, 1.0, out=result if result.flags.writeable else None)
 
     def _measure_windows(self, batch: np.ndarray) -> list[np.ndarray]:
         """Each global pooling's (N, 1, 1, C) averages for each image of the batch as the graph computes them."""

@@ -16,10 +16,9 @@ from config import load_settings
 from core.admission import InferenceSlot
 from core.errors import Busy, Cancelled
 from core.service import Service
+from harness.live_server import live_server
+from harness.raw_http import png, start_predict, wait_for
 from tests.conftest import TEST_MODELS, sample_bytes
-from tests.live_server import live_server
-from tests.raw_http import png, start_predict, wait_for
-
 
 # --- InferenceSlot on its own, with threads -------------------------------------------------------------------
 

@@ -12,8 +12,18 @@ import png
 import pytest
 from PIL import Image
 
-from tests.core.test_images import (BAD_INPUTS, MODES, exif_orientation, levels16, pattern, png16,
-                                    png_header_only, rgba_image, save, srgb_profile)
+from tests.core.test_images import (
+    BAD_INPUTS,
+    MODES,
+    exif_orientation,
+    levels16,
+    pattern,
+    png16,
+    png_header_only,
+    rgba_image,
+    save,
+    srgb_profile,
+)
 
 
 def post(client, data: bytes, **fields):

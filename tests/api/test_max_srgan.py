@@ -9,8 +9,13 @@ import pytest
 from app import create_app
 from config import Settings, load_settings
 from tests.conftest import decode, encode
-from tests.core.test_tf1_checkpoint import (SCOPE, random_weights, reference_forward, small_image,
-                                           write_checkpoint)
+from tests.core.test_tf1_checkpoint import (
+    SCOPE,
+    random_weights,
+    reference_forward,
+    small_image,
+    write_checkpoint,
+)
 
 MISSING = f"{SCOPE}/subpixelconv_stage1/Prelu/alpha"
 

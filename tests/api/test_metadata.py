@@ -1,6 +1,9 @@
 """GET /model/metadata and the Swagger document."""
 from __future__ import annotations
 
+from core.models import precision
+from core.models.registry import SPECS
+
 
 def test_metadata_has_the_max_fields_and_models(client):
     response = client.get("/model/metadata")
@@ -15,6 +18,14 @@ def test_metadata_has_the_max_fields_and_models(client):
     assert models["srgan"]["default"] is True
     assert models["srgan"]["parameters"] == 1_554_883
     assert models["srgan"]["license"] and models["srgan"]["use_when"]
+
+
+def test_metadata_says_each_models_precision(client):
+    """PRECISION=auto (the tests' setting): bf16 exactly for the models measured to allow it, on a CPU with it."""
+    models = {m["id"]: m for m in client.get("/model/metadata").json["models"]}
+    for name, entry in models.items():
+        expected = "bf16" if SPECS[name].bf16_ok and precision.native_bf16() else "f32"
+        assert entry["precision"] == expected
 
 
 def test_swagger_ui_and_document(client):

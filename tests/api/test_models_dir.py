@@ -15,7 +15,7 @@ from PIL import Image
 from app import create_app
 from config import load_settings
 from tests.conftest import SAMPLES, decode, encode
-from tests.live_server import live_server
+from harness.live_server import live_server
 from tests.onnx_nets import SubpixelNet
 
 # Real-ESRGAN's anime model: a 6-block RRDBNet in ncnn format, from an installed package (BSD-3-Clause).

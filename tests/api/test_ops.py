@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.observability import JsonFormatter
 from app import create_app
 from config import load_settings
+from harness.live_server import live_server
 from tests.conftest import decode, sample_bytes
-from tests.live_server import live_server
 
 SAMPLE = "chelsea.png"  # 112x75
 

@@ -39,6 +39,17 @@ def test_models_differ_and_model_is_selectable_by_form_or_query(client):
     assert np.abs(a - b).mean() > 1.0
 
 
+def test_server_timing_names_every_stage(client):
+    response = post(client, sample_bytes("chelsea.png"))
+    stages = {}
+    for entry in response.headers["Server-Timing"].split(", "):
+        name, duration = entry.split(";dur=")
+        stages[name] = float(duration)
+    assert set(stages) == {"upload", "queue", "decode", "convert", "network", "assembly", "rescale", "encode"}
+    assert all(milliseconds >= 0 for milliseconds in stages.values())
+    assert stages["network"] > 0
+
+
 def test_default_model_is_srgan(client):
     assert post(client, sample_bytes("chelsea.png")).headers["X-Model"] == "srgan"
 

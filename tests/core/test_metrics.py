@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from bench.quality import matlab_bicubic, pillow_bicubic
 from core import metrics
+from harness.bicubic import matlab_bicubic, pillow_bicubic
 
 
 def grey(values: np.ndarray) -> np.ndarray:

@@ -5,9 +5,18 @@ import json
 
 import pytest
 
-from bench.quality import RESULTS_FILE, array_upscaler, evaluate, matlab_bicubic, pairs, service_upscaler
 from config import load_settings
+from core.models import precision
+from core.models.registry import SPECS
 from core.service import Service
+from harness.bicubic import matlab_bicubic
+from harness.evaluation import (
+    RESULTS_FILE,
+    array_upscaler,
+    evaluate,
+    pairs,
+    service_upscaler,
+)
 
 # How far a fresh run may drift from the published table (thread counts and CPU kernels move the last digits).
 TABLE_TOLERANCE_DB = 0.05
@@ -52,3 +61,16 @@ def test_realsr_on_set5_matches_its_table_value(set5):
     result = evaluate(service_upscaler(realsr, "realsr"), set5)
     assert result.psnr >= 30.0
     assert result.psnr == pytest.approx(published, abs=TABLE_TOLERANCE_DB)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not precision.native_bf16(), reason="this CPU has no native bf16")
+@pytest.mark.parametrize("model", [name for name, spec in SPECS.items() if spec.bf16_ok])
+def test_bf16_moves_set5_by_at_most_the_quality_tolerance(set5, model):
+    scores = {}
+    for arithmetic in ("f32", "bf16"):
+        served = Service.create(load_settings(models=model, default_model=model, precision=arithmetic))
+        served.registry.load_all()
+        assert served.registry.get(model).precision == arithmetic
+        scores[arithmetic] = evaluate(service_upscaler(served, model), set5).psnr
+    assert abs(scores["bf16"] - scores["f32"]) <= precision.MAX_QUALITY_SHIFT_DB

@@ -14,7 +14,11 @@ import pytest
 import tensorflow as tf
 from numpy.lib.stride_tricks import sliding_window_view
 
-from core.models.tf1_checkpoint import build_max_srgan, checkpoint_layout, pytorch_to_depth_to_space
+from core.models.tf1_checkpoint import (
+    build_max_srgan,
+    checkpoint_layout,
+    pytorch_to_depth_to_space,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_TSV = ROOT.parent / "shared" / "reference" / "max-srgan-generator-variables.tsv"

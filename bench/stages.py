@@ -1,0 +1,94 @@
+"""Where a request's time goes, stage by stage, and what the PNG compression level trades.
+
+    python -m bench.stages [--model srgan] [--side 500] [--runs 3] [--levels 0 1 2 3 6 9]
+
+*stages*: one gunicorn worker with the default settings serves a side x side photo ``--runs`` times;
+each stage is the median of the worker's Server-Timing values (upload parse, queue, decode, float
+conversion, network, assembly, rescale, encode), and *transfer and framework* is the client's
+wall-clock time less their sum. *png*: the model's real output of that photo encoded at each zlib
+level: median seconds and bytes. Run it under ``flock -x /tmp/cpu.lock``; the figures go to
+docs/speed.md with the CPU they ran on.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import requests
+
+from harness.photos import photo_png
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    """Seconds per stage from a Server-Timing header."""
+    stages = {}
+    for entry in header.split(", "):
+        name, duration = entry.split(";dur=")
+        stages[name] = float(duration) / 1000
+    return stages
+
+
+def stages(model: str, side: int, runs: int) -> tuple[dict[str, float], float, bytes]:
+    from harness.live_server import live_server
+
+    data = photo_png(side)
+    totals, per_stage, output = [], [], b""
+    with live_server(models=model, default_model=model, workers=1) as server:
+        for _ in range(runs):
+            started = time.perf_counter()
+            answer = requests.post(f"{server.url}/model/predict", data={"model": model}, timeout=900,
+                                   files={"image": ("photo.png", data, "image/png")})
+            totals.append(time.perf_counter() - started)
+            answer.raise_for_status()
+            per_stage.append(parse_server_timing(answer.headers["Server-Timing"]))
+            output = answer.content
+    medians = {name: statistics.median(run[name] for run in per_stage) for name in per_stage[0]}
+    return medians, statistics.median(totals), output
+
+
+def png_levels(output: bytes, levels: list[int], runs: int) -> list[tuple[int, float, int]]:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from core import images
+
+    pixels = np.asarray(Image.open(io.BytesIO(output)).convert("RGB"))
+    rows = []
+    for level in levels:
+        times, size = [], 0
+        for _ in range(runs):
+            started = time.perf_counter()
+            size = len(images.encode(pixels, None, None, "png", 90, level))
+            times.append(time.perf_counter() - started)
+        rows.append((level, statistics.median(times), size))
+    return rows
+
+
+def main() -> None:
+    from bench.machine import ceiling_in_fresh_process, cpu_description
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="srgan")
+    parser.add_argument("--side", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2, 3, 6, 9])
+    args = parser.parse_args()
+    print(f"{cpu_description()}; fp32 ceiling {ceiling_in_fresh_process():.0f} GFLOP/s", flush=True)
+    medians, total, output = stages(args.model, args.side, args.runs)
+    print(f"{args.model} {args.side}² through HTTP, median of {args.runs}: {total:.3f} s")
+    print("| stage | seconds | share |\n|---|---:|---:|")
+    rest = total - sum(medians.values())
+    for name, seconds in [*medians.items(), ("transfer and framework", rest)]:
+        print(f"| {name} | {seconds:.3f} | {100 * seconds / total:.1f} % |")
+    outside = total - medians["network"]
+    print(f"outside the network: {outside:.3f} s = {100 * outside / total:.1f} % of the request")
+    print("| zlib level | encode seconds | bytes |\n|---|---:|---:|")
+    for level, seconds, size in png_levels(output, args.levels, args.runs):
+        print(f"| {level} | {seconds:.3f} | {size} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""What the tests and the benchmarks share: a live gunicorn, raw HTTP, the evaluation sets and the bicubic baselines."""

@@ -1,0 +1,75 @@
+"""MEMORY_BUDGET_MB: tiles sized from the budget, and the recorded per-pixel cost against a measurement."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from config import load_settings
+from core import memory
+from core.errors import TooLarge
+from core.models import precision
+from core.models.registry import SPECS, ModelRegistry, window_bytes_per_pixel
+from core.tiling import WINDOW_QUANTUM, plan_tiles
+from tests.conftest import ROOT
+
+MIB = memory.MEBIBYTE
+
+
+def test_the_largest_window_that_fits_is_chosen():
+    window = memory.largest_window(400 * MIB, 6700)
+    assert window % WINDOW_QUANTUM == 0
+    assert window ** 2 * 6700 <= 400 * MIB < (window + WINDOW_QUANTUM) ** 2 * 6700
+
+
+def test_tile_leaves_room_for_the_resident_models_and_the_request():
+    budget, resident, per_pixel, margin = 3072 * MIB, 1280 * MIB, 6700, 16
+    tile = memory.tile_for_budget(budget, resident, per_pixel, margin, 2000, 2000, 4)
+    window = tile + 2 * margin
+    assert resident + memory.request_bytes(2000, 2000, 4) + window ** 2 * per_pixel <= budget
+    # Every window the tiler then plans is at most that side.
+    assert max(max(t.window_shape) for t in plan_tiles(2000, 2000, tile, margin)) <= window
+    # A smaller image leaves more room: its tile is at least as large.
+    assert memory.tile_for_budget(budget, resident, per_pixel, margin, 500, 500, 4) >= tile
+
+
+def test_a_batch_of_windows_shares_the_room():
+    one = memory.tile_for_budget(3072 * MIB, 1024 * MIB, 6700, 16, 500, 500, 4)
+    two = memory.tile_for_budget(3072 * MIB, 1024 * MIB, 6700, 16, 500, 500, 4, batch=2)
+    assert two < one
+
+
+def test_a_budget_too_small_for_an_image_is_a_clear_413():
+    with pytest.raises(TooLarge, match="MEMORY_BUDGET_MB=1400") as error:
+        memory.tile_for_budget(1400 * MIB, 1280 * MIB, 19500, 32, 2000, 2000, 4)
+    assert error.value.status == 413
+
+
+def test_tile_size_overrides_the_budget(service):
+    registry = ModelRegistry(load_settings(models="srgan", tile_size=96))
+    assert registry.tile_size("srgan", 2000, 2000) == 96
+    # The session's service has no TILE_SIZE: its tile follows the budget and the image.
+    assert service.registry.tile_size("srgan", 2000, 2000) < service.registry.tile_size("srgan", 500, 500)
+
+
+def test_every_measured_model_has_its_cost_in_every_precision():
+    for spec in SPECS.values():
+        assert set(spec.window_bytes_per_pixel) == {"f32", "bf16"}
+    assert window_bytes_per_pixel("an-operator-model", "f32") == max(
+        max(spec.window_bytes_per_pixel.values()) for spec in SPECS.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arithmetic", ["f32", "bf16"])
+def test_srgan_window_stays_within_its_recorded_cost(arithmetic):
+    """A fresh process runs one 256² window: its peak above the loaded process is within the spec's figure."""
+    if arithmetic == "bf16" and not precision.native_bf16():
+        pytest.skip("this CPU has no native bf16")
+    side = 256
+    done = subprocess.run([sys.executable, "-m", "harness.memory_probe", "windows", "srgan", arithmetic, str(side)],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert measured["precision"] == arithmetic
+    assert measured["peak_above_mb"][str(side)] * MIB <= SPECS["srgan"].window_bytes_per_pixel[arithmetic] * side ** 2

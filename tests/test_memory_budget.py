@@ -1,0 +1,31 @@
+"""A real gunicorn worker under a tight MEMORY_BUDGET_MB: its tiles shrink so that its peak RSS stays within it."""
+from __future__ import annotations
+
+import pytest
+import requests
+
+from harness.live_server import live_server
+from harness.photos import photo_png
+from harness.process import gunicorn_worker, peak_rss_mb
+
+pytestmark = pytest.mark.slow
+# srgan alone is resident in about 0.7 GiB; this leaves its windows a few hundred MiB.
+BUDGET_MB = 1024
+
+
+def test_worker_peak_stays_within_a_tight_budget():
+    with live_server(models="srgan", memory_budget_mb=BUDGET_MB, workers=1) as server:
+        worker = gunicorn_worker(server.process.pid)
+        answer = requests.post(f"{server.url}/model/predict", timeout=600,
+                               files={"image": ("photo.png", photo_png(500), "image/png")})
+        assert answer.status_code == 200
+        assert answer.headers["X-Output-Size"] == "2000x2000"
+        assert peak_rss_mb(worker) <= BUDGET_MB
+
+
+def test_an_image_the_budget_cannot_hold_is_a_413_naming_the_setting():
+    with live_server(models="srgan", memory_budget_mb=760, workers=1) as server:
+        answer = requests.post(f"{server.url}/model/predict", timeout=600,
+                               files={"image": ("photo.png", photo_png(1500), "image/png")})
+        assert answer.status_code == 413
+        assert "MEMORY_BUDGET_MB=760" in answer.json()["message"]
