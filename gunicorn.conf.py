@@ -13,7 +13,12 @@ workers = _settings.workers
 threads = _settings.threads
 worker_class = "gthread"
 timeout = _settings.timeout_s
-graceful_timeout = 30
+# After SIGTERM the requests in flight get SHUTDOWN_GRACE_S; api/shutdown.py ends the ones still running just
+# before, with a 503, so that no client sees a cut connection.
+graceful_timeout = _settings.shutdown_grace_s
+# gunicorn 27's control socket sits at one path per user ($XDG_RUNTIME_DIR/gunicorn.ctl), shared by every
+# instance on the host; nothing here uses it.
+control_socket_disable = True
 # Each worker imports the app itself and so loads its own models once, after the fork:
 # TensorFlow's thread pools do not survive a fork.
 preload_app = False

@@ -111,7 +111,8 @@ def _finish(response: Response) -> Response:
         "input_bytes": request.content_length,
         # The header only: calculate_content_length() would drain a streamed body (the web page's progress).
         "output_bytes": response.content_length,
-        "remote_addr": request.remote_addr,
+        # Behind serve.py gunicorn listens on a Unix socket (no peer address) that only nginx can reach.
+        "remote_addr": request.remote_addr or request.headers.get("X-Real-IP"),
     })
     return response
 

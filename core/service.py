@@ -27,7 +27,7 @@ class Service:
         images.guard_decompression_bombs(settings.max_input_pixels)
         configure_threads(settings.inference_threads or max(1, len(os.sched_getaffinity(0)) // settings.workers))
         return cls(settings, ModelRegistry(settings),
-                   InferenceSlot(settings.queue_size, settings.request_time_limit_s))
+                   InferenceSlot(settings.queue_size, settings.queue_wait_s))
 
     def start_loading(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
         """Load every model in the background, so that /health answers during start-up."""

@@ -67,7 +67,7 @@ def test_slot_queues_in_arrival_order_and_refuses_beyond_the_queue():
     wait_until(lambda: slot.running == 1)
     for name, queued in (("b", 1), ("c", 2)):
         threads.append(hold_in_thread(slot, release, log, name))
-        wait_until(lambda: slot.waiting == queued)
+        wait_until(lambda queued=queued: slot.waiting == queued)
     threads.append(hold_in_thread(slot, release, log, "d"))
     threads[-1].join(5)
     assert log == ["a in", "d busy"]
