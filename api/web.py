@@ -108,7 +108,8 @@ def _events(current: Service, data: bytes, options: UpscaleOptions, total: int |
     def on_progress(done: int, tiles: int) -> None:
         if stop.is_set():
             raise Cancelled(f"cancelled by the client after {done} of {tiles} tiles")
-        events.put({"event": "progress", "done": done, "total": tiles, "elapsed_s": _since(started)})
+        if tiles:  # 0 before decoding: nothing to show yet
+            events.put({"event": "progress", "done": done, "total": tiles, "elapsed_s": _since(started)})
 
     worker = threading.Thread(target=_run, args=(current, data, options, on_progress, events, started),
                               name="web-upscale", daemon=True)

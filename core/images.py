@@ -49,6 +49,15 @@ PNG_CRITICAL_CHUNKS = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
 CORRUPT_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
                        TypeError, ZeroDivisionError, zlib.error, png.Error)
 
+# Scans a JPEG may hold. Encoders write 1 (baseline), 3 (non-interleaved), 6 or 10 (libjpeg's progressive
+# script for grey or colour) and mozjpeg's searched scripts stay within a few dozen; each scan costs a full
+# pass of the decoder over the image, so a file of a million empty scans decodes for minutes.
+MAX_JPEG_SCANS = 100
+# Markers without a length field: SOI, EOI, TEM and the restart markers.
+JPEG_STANDALONE_MARKERS = frozenset({0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)})
+# The next marker after entropy-coded data: 0xFF, any fill bytes, then neither a stuffed 0x00 nor a restart marker.
+JPEG_NEXT_MARKER = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
+
 # Rows converted at a time when changing bit depth, so a 64 MP result needs no full-size temporary.
 ROWS_PER_BLOCK = 256
 
@@ -94,6 +103,8 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
         _check_gif(data)
     if image_format == "WEBP":
         _check_riff_end(data)
+    if image_format == "JPEG":
+        _check_jpeg_scans(data)
     with _reading(image_format, max_pixels):
         image = Image.open(io.BytesIO(data), formats=(image_format,))
         check_pixels(image.size, max_pixels)
@@ -275,6 +286,38 @@ def _skip_sub_blocks(data: bytes, position: int) -> int:
         if size == 0:
             return position
     return len(data) + 1
+
+
+def _check_jpeg_scans(data: bytes) -> None:
+    """Count the scans from the markers alone, and refuse a file with more than any encoder writes.
+
+    Segments before and between scans are skipped by their length (an EXIF thumbnail's markers are not
+    counted); the entropy-coded data after a scan header is skipped to the next marker. A walk that loses
+    its way stops, and the decoder judges the rest.
+    """
+    scans, position = 0, 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker == 0xD9:
+            return
+        if marker in JPEG_STANDALONE_MARKERS:
+            position += 2
+            continue
+        position += 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
+        if marker == 0xDA:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise InvalidImage(f"the JPEG image has more than {MAX_JPEG_SCANS} scans; encoders write at most "
+                                   f"a few dozen, and each scan costs a full decoding pass (a scan bomb)")
+            following = JPEG_NEXT_MARKER.search(data, position)
+            if following is None:
+                return
+            position = following.start(1) - 1
 
 
 def _check_riff_end(data: bytes) -> None:

@@ -55,11 +55,15 @@ def upscale(data: bytes, options: UpscaleOptions, registry: ModelRegistry, setti
     options.validate()
     model_name = options.model or settings.default_model
     network = registry.get(model_name)
+    # The clock and the hang-up check start before decoding, which can itself take a while;
+    # (0, 0): no tile is known yet.
+    check = _deadline(settings, on_progress)
+    check(0, 0)
     image = images.decode(data, settings.max_input_pixels)
     size = (image.width * options.scale, image.height * options.scale)
     image = images.fit_output(image, options.output_format, size)
     _check_output_size(image, settings.max_output_pixels)
-    colour = _upscale_colour(image, network, settings, options.ensemble, _deadline(settings, on_progress))
+    colour = _upscale_colour(image, network, settings, options.ensemble, check)
     colour = _rescale(colour, size)
     alpha = None if image.alpha is None else images.resize_channel(image.alpha, size)
     encoded = images.encode(colour, alpha, image.icc_profile, options.output_format, options.quality)
@@ -81,7 +85,7 @@ def _deadline(settings: Settings, on_progress: Progress | None) -> Progress:
     def check(done: int, total: int) -> None:
         if on_progress is not None:
             on_progress(done, total)
-        if done < total and time.monotonic() > stop_at:
+        if done < total and time.monotonic() > stop_at:  # done == total: the work is done, keep it
             raise TimeLimitExceeded(f"stopped after {done} of {total} tiles: the request time limit is "
                                     f"{settings.request_time_limit_s:.0f} s")
     return check

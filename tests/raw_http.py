@@ -126,3 +126,17 @@ def closed_by_server(sock: socket.socket) -> bool:
         return False
     except OSError:  # reset: closed as well
         return True
+
+
+def scan_bomb(width: int, height: int, extra_scans: int) -> bytes:
+    """A progressive JPEG with ``extra_scans`` empty copies of its last scan header before EOI.
+
+    Each copy is a scan the decoder runs over the whole image: 100 k of them at 2000x2000 decode for minutes.
+    """
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, "JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    last_scan = data.rfind(b"\xff\xda")
+    header = data[last_scan:last_scan + 2 + int.from_bytes(data[last_scan + 2:last_scan + 4], "big")]
+    return data[:-2] + header * extra_scans + b"\xff\xd9"

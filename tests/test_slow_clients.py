@@ -1,4 +1,5 @@
-"""Slow, idle and non-reading clients against the deployed service (serve.py: nginx in front of gunicorn).
+"""Slow, idle and non-reading clients, and inputs that cost minutes, against the deployed service (serve.py:
+nginx in front of gunicorn).
 
 Against gunicorn alone, four connections that send ``GET /hea`` and nothing more take every thread of the
 worker (docs/load.md, "Slow and idle clients"); these tests fail there and pass with the front.
@@ -12,7 +13,7 @@ import pytest
 import requests
 
 from tests.live_server import live_server
-from tests.raw_http import closed_by_server, open_idle, open_non_reader, open_slow_body, png, wait_for
+from tests.raw_http import closed_by_server, open_idle, open_non_reader, open_slow_body, png, scan_bomb, wait_for
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
@@ -46,14 +47,28 @@ def _predict_served(url: str) -> requests.Response | None:
     return response if response.status_code == 200 else None
 
 
-def test_clients_that_stall_are_disconnected_after_the_client_timeout():
+@pytest.fixture(scope="module")
+def impatient_server():
     with live_server(front=True, CLIENT_TIMEOUT_S=2) as server:
-        idle, slow_body = open_idle(server.url), open_slow_body(server.url)
-        try:
-            assert not closed_by_server(idle)
-            wait_for(lambda: closed_by_server(idle), 30)
-            wait_for(lambda: closed_by_server(slow_body), 30)
-            assert requests.get(f"{server.url}/health", timeout=LIVENESS_S).status_code == 200
-        finally:
-            idle.close()
-            slow_body.close()
+        yield server
+
+
+def test_clients_that_stall_are_disconnected_after_the_client_timeout(impatient_server):
+    server = impatient_server
+    idle, slow_body = open_idle(server.url), open_slow_body(server.url)
+    try:
+        assert not closed_by_server(idle)
+        wait_for(lambda: closed_by_server(idle), 30)
+        wait_for(lambda: closed_by_server(slow_body), 30)
+        assert requests.get(f"{server.url}/health", timeout=LIVENESS_S).status_code == 200
+    finally:
+        idle.close()
+        slow_body.close()
+
+
+def test_a_progressive_jpeg_scan_bomb_is_refused_from_its_structure(impatient_server):
+    bomb = scan_bomb(256, 256, 20_000)  # 20 k empty scans: each one a decoding pass over the whole image
+    response = requests.post(f"{impatient_server.url}/model/predict",
+                             files={"image": ("bomb.jpg", bomb, "image/jpeg")}, timeout=120)
+    assert response.status_code == 400
+    assert "more than 100 scans" in response.json()["message"]

@@ -235,3 +235,20 @@ def test_gunicorn_refuses_requests_beyond_the_queue_at_once_then_recovers():
         small = wait_for(small_served, 15, interval_s=0.5)
         assert small.headers["X-Output-Size"] == "192x192"
         assert time.monotonic() - started < 15
+
+
+def test_the_hang_up_check_and_the_clock_start_before_decoding(service, monkeypatch):
+    from core import images, pipeline
+
+    calls: list[str] = []
+    decode = images.decode
+    monkeypatch.setattr(images, "decode", lambda *args: (calls.append("decode"), decode(*args))[1])
+
+    def client_gone(done: int, total: int) -> None:
+        calls.append(f"check {done}/{total}")
+        raise Cancelled("the client closed the connection")
+
+    with pytest.raises(Cancelled):
+        pipeline.upscale(sample_bytes("camera.png"), pipeline.UpscaleOptions(), service.registry, service.settings,
+                         client_gone)
+    assert calls == ["check 0/0"], "a client that has left must not cost a decode"
