@@ -69,6 +69,7 @@ def upscale():
     options.validate()
     network = current.registry.get(options.model or current.settings.default_model)  # 400/503 before streaming
     data = upload.read()
+    current.refuse_costly(data, options)  # 413 before streaming, not an error event after it
     total = _tile_count(data, current.settings.tile_size, network.margin)
     return Response(_events(current, data, options, total), mimetype="application/x-ndjson",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

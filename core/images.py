@@ -119,6 +119,16 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
                         _matching_profile(icc, colour.shape[-1]))
 
 
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header alone, decoding nothing; None when the header does not read."""
+    try:
+        with Image.open(io.BytesIO(data), formats=(sniff_format(data),)) as image:
+            width, height = image.size
+    except (InvalidImage, UnidentifiedImageError, Image.DecompressionBombError, *CORRUPT_DATA_ERRORS):
+        return None
+    return (width, height) if width > 0 and height > 0 else None
+
+
 def sniff_format(data: bytes) -> str:
     """The accepted format ``data`` starts like; 400 naming the accepted ones when it starts like none."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":

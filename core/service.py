@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from config import Settings
-from core import images
+from core import cost, images
 from core.admission import InferenceSlot
 from core.models.registry import ModelRegistry
 from core.models.runtime import configure_threads
@@ -43,6 +43,23 @@ class Service:
     def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None) -> Result:
         """Upscale in this worker's inference slot (503 at once when the queue is full)."""
         options.validate()
-        self.registry.get(options.model or self.settings.default_model)
+        self.refuse_costly(data, options)
         with self.slot.hold():
             return upscale(data, options, self.registry, self.settings, on_progress)
+
+    def refuse_costly(self, data: bytes, options: UpscaleOptions) -> None:
+        """413 at once for an ensemble over its pixel limit, or an image the time limit would stop anyway.
+
+        The size comes from the header alone; a header that does not read is left to the decoder's message.
+        """
+        name = options.model or self.settings.default_model
+        network = self.registry.get(name)
+        size = images.header_size(data)
+        if size is None:
+            return
+        width, height = size
+        if options.ensemble:
+            cost.check_ensemble_pixels(width, height, self.settings.max_ensemble_pixels)
+        seconds = cost.estimate_seconds(self.registry.throughput(name), width, height, self.settings.tile_size,
+                                        network.margin, options.ensemble)
+        cost.check_fits(seconds, self.settings.request_time_limit_s, name, width, height, options.ensemble)

@@ -13,9 +13,11 @@ import keras
 import numpy as np
 
 from config import Settings
+from core import cost
 from core.errors import NotReady, UnknownModel
 from core.models.runtime import Network
 from core.models.srresnet import build_srresnet, fold_output_convolution
+from core.tiling import plan_tiles
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,7 @@ class ModelRegistry:
         self._networks: dict[str, Network] = {}
         self._states: dict[str, str] = {name: "pending" for name in settings.model_names}
         self._load_seconds: dict[str, float] = {}
+        self._throughput: dict[str, cost.Throughput] = {}
         self._lock = threading.Lock()
 
     @property
@@ -119,6 +122,7 @@ class ModelRegistry:
             started = time.perf_counter()
             try:
                 network = self._load(SPECS[name])
+                throughput = cost.measure(network.predict, self._window_side(network.margin))
             except Exception as error:  # noqa: BLE001 - one broken model must not stop the others
                 log.exception("model %s failed to load", name)
                 self._set_state(name, f"failed: {error}")
@@ -128,7 +132,9 @@ class ModelRegistry:
                 self._networks[name] = network
                 self._states[name] = "ready"
                 self._load_seconds[name] = seconds
-            log.info("model %s ready in %.1f s", name, seconds)
+                self._throughput[name] = throughput
+            log.info("model %s ready in %.1f s", name, seconds,
+                     extra={"per_call_s": throughput.per_call_s, "per_pixel_s": throughput.per_pixel_s})
             if on_loaded is not None:
                 on_loaded(name, seconds)
 
@@ -138,6 +144,16 @@ class ModelRegistry:
         network = Network(spec.name, served, spec.margin, self.settings.backend, parameters=model.count_params())
         network.predict(np.zeros((1, WARM_UP_SIDE, WARM_UP_SIDE, 3), np.float32))
         return network
+
+    def _window_side(self, margin: int) -> int:
+        """The side of the windows the pipeline runs for a large image."""
+        side = 4 * self.settings.tile_size
+        return plan_tiles(side, side, self.settings.tile_size, margin)[0].window_shape[0]
+
+    def throughput(self, name: str) -> cost.Throughput:
+        """This machine's measured speed of a ready model (see core/cost.py)."""
+        with self._lock:
+            return self._throughput[name]
 
     def _set_state(self, name: str, state: str) -> None:
         with self._lock:
