@@ -11,7 +11,9 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from api import namespace, service
-from core.errors import Cancelled, InvalidInput, TooLarge
+from api.errors import upload_too_large
+from api.observability import note_model, note_result
+from core.errors import Cancelled, InvalidInput
 from core.images import OUTPUT_FORMATS, describe_accepted
 from core.pipeline import SCALES, Progress, UpscaleOptions
 
@@ -50,12 +52,14 @@ class Predict(Resource):
             raise InvalidInput("no image: send the file as the multipart form field 'image'")
         options = UpscaleOptions(model=args["model"], scale=args["scale"], output_format=args["format"],
                                  quality=args["quality"], ensemble=args["ensemble"])
+        note_model(options.model or service().settings.default_model, service().registry.names)
         try:
             result = service().upscale(upload.read(), options, on_progress=stop_when_client_leaves(request.environ))
         except Cancelled as cancelled:
             # Not an error of the server: the work stopped because nobody waits for it any more.
             log.info("predict stopped: %s", cancelled)
             return Response(status=CLIENT_CLOSED_REQUEST)
+        note_result(result.model, (result.input_width, result.input_height), (result.width, result.height))
         return Response(result.data, mimetype=result.content_type, headers={
             "X-Model": result.model,
             "X-Input-Size": f"{result.input_width}x{result.input_height}",
@@ -77,10 +81,7 @@ def parse_arguments() -> dict:
     try:
         return parser.parse_args()
     except RequestEntityTooLarge as error:
-        limit = request.max_content_length  # set from MAX_UPLOAD_BYTES by create_app
-        size = f"{request.content_length} bytes" if request.content_length else "longer than that (chunked)"
-        raise TooLarge(f"the upload is too large: the limit is {limit} bytes (MAX_UPLOAD_BYTES) "
-                       f"and the request is {size}") from error
+        raise upload_too_large(error) from error
     except BadRequest as error:
         fields = (getattr(error, "data", None) or {}).get("errors") or {}
         problems = [f"{name} must be {ALLOWED[name]}, not {request.values.get(name)!r}"

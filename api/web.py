@@ -17,14 +17,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from flask import Blueprint, Response, redirect, request
 from PIL import Image
-from werkzeug.exceptions import HTTPException
 
-from api.errors import error_body
+from api import observability
+from api.predict import CLIENT_CLOSED_REQUEST
 from core.errors import Cancelled, InvalidInput, ServiceError
 from core.pipeline import UpscaleOptions
 from core.service import Service
@@ -66,20 +66,15 @@ def upscale():
         ensemble=request.form.get("ensemble", "false").lower() in ("1", "true", "on", "yes"),
     )
     current = service()
+    observability.note_model(options.model or current.settings.default_model, current.registry.names)
     options.validate()
     network = current.registry.get(options.model or current.settings.default_model)  # 400/503 before streaming
     data = upload.read()
     current.refuse_costly(data, options)  # 413 before streaming, not an error event after it
     total = _tile_count(data, current.settings.tile_size, network.margin)
-    return Response(_events(current, data, options, total), mimetype="application/x-ndjson",
+    return Response(_events(current, data, options, total, observability.finish_later()),
+                    mimetype="application/x-ndjson",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-
-
-@blueprint.errorhandler(ServiceError)
-@blueprint.errorhandler(HTTPException)
-def _json_error(error: Exception):
-    body, status, headers = error_body(error)
-    return body, status, headers
 
 
 def _int_field(name: str, default: int) -> int:
@@ -101,8 +96,11 @@ def _tile_count(data: bytes, tile_size: int, margin: int) -> int | None:
     return len(plan_tiles(height, width, tile_size, margin))
 
 
-def _events(current: Service, data: bytes, options: UpscaleOptions, total: int | None) -> Iterator[bytes]:
+def _events(current: Service, data: bytes, options: UpscaleOptions, total: int | None,
+            finish: Callable[[int, observability.Outcome, int | None, str | None], None]) -> Iterator[bytes]:
     events: queue.Queue[dict] = queue.Queue()
+    last: dict = {"event": "error", "status": CLIENT_CLOSED_REQUEST, "message": "the client closed the connection"}
+    sent = 0
     stop = threading.Event()
     started = time.monotonic()
 
@@ -116,19 +114,38 @@ def _events(current: Service, data: bytes, options: UpscaleOptions, total: int |
                               name="web-upscale", daemon=True)
     worker.start()
     try:
-        yield _line({"event": "start", "done": 0, "total": total, "elapsed_s": 0.0})
-        while True:
-            try:
-                event = events.get(timeout=HEARTBEAT_S)
-            except queue.Empty:
-                yield _line({"event": "heartbeat", "elapsed_s": _since(started)})
-                continue
-            yield _line(event)
+        for event in _stream(events, total, started):
+            line = _line(event)
+            sent += len(line)
+            yield line
             if event["event"] in ("result", "error"):
-                return
+                last = event
     finally:
         # Reached on completion and when the server closes the stream because the client left.
         stop.set()
+        finish(*_stream_outcome(last, options, current.settings.default_model), sent, last.get("message"))
+
+
+def _stream(events: queue.Queue, total: int | None, started: float) -> Iterator[dict]:
+    """The start event, progress and heartbeats, up to and including the result or the error."""
+    yield {"event": "start", "done": 0, "total": total, "elapsed_s": 0.0}
+    while True:
+        try:
+            event = events.get(timeout=HEARTBEAT_S)
+        except queue.Empty:
+            yield {"event": "heartbeat", "elapsed_s": _since(started)}
+            continue
+        yield event
+        if event["event"] in ("result", "error"):
+            return
+
+
+def _stream_outcome(last: dict, options: UpscaleOptions, default_model: str) -> tuple[int, observability.Outcome]:
+    """The status and outcome a stream ended with, from its last event (the result's own sizes)."""
+    if last["event"] != "result":
+        return last["status"], observability.Outcome(model=options.model or default_model)
+    return 200, observability.Outcome(last["model"], (last["input_width"], last["input_height"]),
+                                      (last["width"], last["height"]))
 
 
 def _run(current: Service, data: bytes, options: UpscaleOptions, on_progress, events: queue.Queue,

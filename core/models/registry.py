@@ -124,8 +124,9 @@ class ModelRegistry:
                 network = self._load(SPECS[name])
                 throughput = cost.measure(network.predict, self._window_side(network.margin))
             except Exception as error:  # noqa: BLE001 - one broken model must not stop the others
+                # The log keeps the paths and the library's words; /ready and /model/metadata say only this.
                 log.exception("model %s failed to load", name)
-                self._set_state(name, f"failed: {error}")
+                self._set_state(name, f"failed: {type(error).__name__}; the server log has the details")
                 continue
             seconds = time.perf_counter() - started
             with self._lock:
