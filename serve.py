@@ -8,7 +8,7 @@ and hands gunicorn only complete requests over a Unix socket. The image and the 
 so does `make run`.
 
 SIGTERM (or SIGINT): nginx stops accepting at once and finishes what it has taken; gunicorn gets
-SHUTDOWN_GRACE_S for the requests in flight (see api/shutdown.py). If either process dies, the other is
+SHUTDOWN_GRACE_S for the requests in flight (see core/shutdown.py). If either process dies, the other is
 stopped and this process exits with an error, so that the container is restarted.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from config import Settings
-from core import images
+from core import images, shutdown
 from core.errors import InvalidInput, TimeLimitExceeded, TooLarge
 from core.models.ensemble import self_ensemble
 from core.models.registry import ModelRegistry
@@ -85,6 +85,7 @@ def _deadline(settings: Settings, on_progress: Progress | None) -> Progress:
     def check(done: int, total: int) -> None:
         if on_progress is not None:
             on_progress(done, total)
+        shutdown.check(done, total)
         if done < total and time.monotonic() > stop_at:  # done == total: the work is done, keep it
             raise TimeLimitExceeded(f"stopped after {done} of {total} tiles: the request time limit is "
                                     f"{settings.request_time_limit_s:.0f} s")
