@@ -30,12 +30,12 @@ UNMATCHED_ROUTE = "unmatched"
 # Every label of the request metrics takes its values from a fixed set: a client cannot add series.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER_METHOD = "other"
-# The page and the Swagger UI load their scripts, styles and pictures from this service only; images are shown
-# from data: and blob: URLs made in the page.
-CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
-                           "script-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'self'; "
-                           "base-uri 'self'; form-action 'self'")
-CSP_ROUTES = ("/app", "/swaggerui")
+# The page loads its script, style and pictures from this service only (pictures it makes itself are data: and
+# blob: URLs; its markup has style attributes). The Swagger UI also runs the inline script that starts it.
+PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; connect-src 'self' data: blob:; "
+               "style-src 'self' 'unsafe-inline'; "
+               "frame-ancestors 'self'; base-uri 'self'; form-action 'self'")
+SWAGGER_POLICY = PAGE_POLICY + "; script-src 'self' 'unsafe-inline'"
 CORS_HEADERS = {
     "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, X-Request-ID",
@@ -205,8 +205,10 @@ def _size(size: tuple[int, int] | None) -> str | None:
 
 def _secure(response: Response) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
-    if request.path.startswith(CSP_ROUTES) or request.path == "/":
-        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    if request.path.startswith("/app"):
+        response.headers["Content-Security-Policy"] = PAGE_POLICY
+    elif request.path == "/" or request.path.startswith("/swaggerui"):
+        response.headers["Content-Security-Policy"] = SWAGGER_POLICY
     return response
 
 
