@@ -3,7 +3,9 @@
 #   docker run -p 5000:5000 max-image-super-resolution-generator
 # GPU variant (CUDA build of TensorFlow; run with `docker run --gpus all`):
 #   docker build --build-arg TENSORFLOW_BUILD=gpu -t max-image-super-resolution-generator:gpu .
-FROM python:3.11-slim
+# BASE_IMAGE: scripts/docker-test.sh passes its own tag for a stand-in built offline, never python:3.11-slim.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 # cpu: tensorflow-cpu as pinned in requirements.txt; gpu: tensorflow[and-cuda] at the same version.
 ARG TENSORFLOW_BUILD=cpu
@@ -20,6 +22,12 @@ ENV VIRTUAL_ENV=/opt/venv \
     TF_CPP_MIN_LOG_LEVEL=2
 
 WORKDIR /app
+
+# nginx buffers every request and answer in front of gunicorn, so that slow or idle clients hold no thread (serve.py).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nginx-light \
+    && rm -rf /var/lib/apt/lists/*
 
 COPY requirements.txt requirements-nodeps.txt ./
 RUN python -m venv /opt/venv \
@@ -43,4 +51,5 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '5000'), timeout=8)"]
 
 # Every setting comes from the environment (see config.py and docs/deployment.md): PORT, WORKERS, MODELS ...
-CMD ["gunicorn", "-c", "gunicorn.conf.py", "app:app"]
+# serve.py runs nginx on PORT and gunicorn behind it, and forwards SIGTERM to both.
+CMD ["python", "serve.py"]

@@ -3,26 +3,41 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup run test test-fast bench-quality bench-speed bench-precision bench-memory bench-stages bench-load docker-test lint clean pictures
+.PHONY: setup setup-dev run test test-fast bench-quality bench-speed bench-precision bench-memory bench-stages bench-load docker-test lint clean pictures docs-pictures
 
+# Serving only: requirements.txt. The test tools (requirements-dev.txt) come with `make test`.
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
 
-run: setup
-	$(BIN)/gunicorn -c gunicorn.conf.py app:app
+setup-dev: $(DEV_STAMP)
 
-test: setup
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $(DEV_STAMP)
+
+# nginx in front of gunicorn (serve.py); needs nginx (Debian: apt-get install nginx-light).
+run: setup
+	$(BIN)/python serve.py
+
+test: setup-dev
 	$(BIN)/python -m pytest
 
-test-fast: setup
+test-fast: setup-dev
 	$(BIN)/python -m pytest -m "not slow"
+
+# ruff on the code, hadolint on the Dockerfile, strict schema validation of the manifest.
+lint: setup-dev
+	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/kubernetes-validate --strict --quiet max-image-super-resolution-generator.yaml
 
 # Build the Docker image, run it, and check /ready, /model/metadata and a real /model/predict (docs/deployment.md).
 docker-test:
@@ -33,30 +48,34 @@ clean:
 
 # PSNR/SSIM of every model on Set5, Set14 and BSD100 -> docs/benchmarks.md (about an hour on 2 cores).
 # Options go through ARGS, e.g. make bench-quality ARGS="--models srgan --sets Set5".
-bench-quality: setup
+bench-quality: setup-dev
 	$(BIN)/python -m bench.quality $(ARGS)
 
 # Speed and memory table against the targets (docs/benchmarks.md speed section), under the exclusive CPU lock.
-bench-speed: setup
+bench-speed: setup-dev
 	flock -x /tmp/cpu.lock $(BIN)/python -m bench.speed $(ARGS)
 
 # bf16 against fp32 for every model (docs/benchmarks.md precision section): which models may run in bf16.
-bench-precision: setup
+bench-precision: setup-dev
 	flock -s /tmp/cpu.lock $(BIN)/python -m bench.precision $(ARGS)
 
 # Each model's memory per window pixel, and a worker's peak RSS against MEMORY_BUDGET_MB (docs/speed.md).
-bench-memory: setup
+bench-memory: setup-dev
 	flock -s /tmp/cpu.lock $(BIN)/python -m bench.memory $(ARGS)
 
 # Where a 500² request's time goes, and the PNG compression level's size/time trade (docs/speed.md).
-bench-stages: setup
+bench-stages: setup-dev
 	flock -x /tmp/cpu.lock $(BIN)/python -m bench.stages $(ARGS)
 
+# docs/web-page.png: the browser test's screenshot of the page, on purpose (a plain test run writes it to a temporary folder).
+docs-pictures: setup-dev
+	WEB_SCREENSHOT=$(CURDIR)/docs/web-page.png $(BIN)/python -m pytest tests/test_web.py -k downloads -q
+
 # docs/comparison.png: a crop of a sample photo as input, bicubic and every model side by side (a few minutes).
-pictures: setup
+pictures: setup-dev
 	flock /tmp/cpu.lock $(BIN)/python -m bench.pictures $(ARGS)
 
 # Load test on loopback: starts gunicorn, 8 clients for 2 minutes, report -> docs/load.md.
 # Options go through ARGS, e.g. make bench-load ARGS="--workers 2 --duration 60".
-bench-load: setup
+bench-load: setup-dev
 	$(BIN)/python -m bench.load --report docs/load.md $(ARGS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Flask
 
 from api import build_api, monitoring, observability, ops
+from api.errors import register_error_handlers
 from api.web import blueprint as web_blueprint
 from config import Settings, load_settings
 from core.service import Service
@@ -18,6 +19,7 @@ def create_app(settings: Settings | None = None, load_models: bool = True) -> Fl
     flask_app.config["RESTX_MASK_SWAGGER"] = False
     flask_app.extensions["super_resolution"] = service = Service.create(settings)
     build_api().init_app(flask_app)
+    register_error_handlers(flask_app)
     ops.register(flask_app)
     observability.install(flask_app, settings)
     flask_app.register_blueprint(web_blueprint)

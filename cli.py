@@ -229,7 +229,8 @@ def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> in
     model = service.settings.default_model
     state = service.registry.states()[model]
     if state != "ready":
-        print(f"sr-upscale: model {model} could not be loaded: {state.removeprefix('failed: ')}", file=sys.stderr)
+        why = service.registry.failure(model) or state
+        print(f"sr-upscale: model {model} could not be loaded: {why}", file=sys.stderr)
         return 2
     options = replace(args.options, model=model)
 

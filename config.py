@@ -18,12 +18,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, frozen=True)
 
     # Serving
-    port: int = Field(5000, description="TCP port gunicorn binds to.")
+    port: int = Field(5000, description="TCP port the service listens on (nginx in front of gunicorn, see serve.py).")
+    host: str = Field("0.0.0.0", description="Address the service listens on.")
     workers: int = Field(1, ge=1, description="gunicorn worker processes; each holds every model once.")
     threads: int = Field(4, ge=1, description="HTTP threads per worker (health and metrics stay responsive during inference).")
     timeout_s: int = Field(600, ge=10, description="gunicorn worker timeout in seconds.")
     log_level: str = Field("INFO", description="Python log level name.")
-    cors_enable: bool = Field(False, description="Send permissive CORS headers, as the original's CORS_ENABLE did.")
+    cors_enable: bool = Field(False, description="Send CORS headers, as the original's CORS_ENABLE did; to the origins in CORS_ORIGINS, or to any origin (*) when that is empty.")
+    cors_origins: str = Field("", description="Comma-separated origins allowed to call the service from a browser (e.g. https://a.example,https://b.example); setting it turns CORS on.")
     prometheus_multiproc_dir: Path | None = Field(None, description="Folder where gunicorn's workers share their Prometheus metrics (emptied at start); unset: a new temporary folder.")
 
     # Models
@@ -51,6 +53,12 @@ class Settings(BaseSettings):
     queue_size: int = Field(2, ge=0, description="Requests that may wait for the worker's inference slot; more get 503 at once.")
     request_time_limit_s: float = Field(600.0, gt=0, description="A request still running after this many seconds stops at its next tile (503).")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with every 503.")
+    queue_wait_s: float = Field(60.0, gt=0, description="Longest wait of a queued request for the inference slot (then 503); the time limit starts once it runs.")
+    max_ensemble_pixels: int = Field(500 * 500, ge=1, description="Largest input, width x height, for ensemble=true (8 passes of the network; 413 above).")
+
+    # Clients and shutdown
+    client_timeout_s: float = Field(20.0, gt=0, description="A client whose headers do not arrive within this time, or that sends its body or reads the answer with a pause this long, is disconnected (nginx, see serve.py).")
+    shutdown_grace_s: int = Field(50, ge=1, description="After SIGTERM, requests in flight get this long to finish, then end with 503; the manifest's terminationGracePeriodSeconds is 10 s more.")
 
     # Evaluation data for tests and benchmarks (never copied into the repository)
     datasets_dir: Path = Field(Path(__file__).resolve().parent.parent / "shared" / "datasets",

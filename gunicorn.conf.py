@@ -2,6 +2,7 @@
 import glob
 import os
 import shutil
+import signal
 import tempfile
 
 from config import load_settings
@@ -13,7 +14,12 @@ workers = _settings.workers
 threads = _settings.threads
 worker_class = "gthread"
 timeout = _settings.timeout_s
-graceful_timeout = 30
+# After SIGTERM the requests in flight get SHUTDOWN_GRACE_S; core/shutdown.py ends the ones still running just
+# before, with a 503, so that no client sees a cut connection.
+graceful_timeout = _settings.shutdown_grace_s
+# gunicorn 27's control socket sits at one path per user ($XDG_RUNTIME_DIR/gunicorn.ctl), shared by every
+# instance on the host; nothing here uses it.
+control_socket_disable = True
 # Each worker imports the app itself and so loads its own models once, after the fork:
 # TensorFlow's thread pools do not survive a fork.
 preload_app = False
@@ -39,6 +45,21 @@ def on_starting(server) -> None:
         folder = tempfile.mkdtemp(prefix="superres-metrics-")
         _created_folders.append(folder)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+
+
+def post_worker_init(worker) -> None:
+    """Before gunicorn's own SIGTERM handler stops the worker, start the countdown of the requests in flight."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame) -> None:
+        from core import shutdown
+
+        service = worker.wsgi.extensions["super_resolution"]
+        shutdown.begin(_settings.shutdown_grace_s, service.slot.running, service.slot.waiting)
+        service.slot.close()
+        previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def child_exit(server, worker) -> None:

@@ -1,10 +1,15 @@
 """HTTP layer: Flask-RESTX namespaces that parse requests and delegate to ``core``."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import current_app
-from flask_restx import Api, Namespace
+from flask_restx import Namespace
 
 from core.service import Service
+
+if TYPE_CHECKING:
+    from api.errors import JsonApi
 
 DESCRIPTION = (
     "Upscales a photo 4x with an SRGAN generator and real pretrained weights. "
@@ -20,14 +25,13 @@ def service() -> Service:
     return current_app.extensions["super_resolution"]
 
 
-def build_api() -> Api:
+def build_api() -> JsonApi:
     import api.metadata  # noqa: F401 - registers its routes on the namespace
     import api.predict  # noqa: F401
-    from api.errors import register_error_handlers
+    from api.errors import JsonApi
 
-    rest_api = Api(title="MAX Image Super-Resolution Generator", version="2.0",
+    rest_api = JsonApi(title="MAX Image Super-Resolution Generator", version="2.0",
               description=f"{DESCRIPTION} For people: the web page at [/app/](/app/).",
               doc="/", default_label="model")
     rest_api.add_namespace(namespace, path="/model")
-    register_error_handlers(rest_api)
     return rest_api

@@ -1,30 +1,81 @@
-"""One place that turns every error into ``{"message": ...}`` with the status it carries."""
+"""The one error path of every route: each error becomes ``{"message": ...}`` with the status it carries.
+
+Handlers sit on the Flask app, so the MAX routes (Flask-RESTX), the web page and the operations routes answer
+alike, unknown routes included. Flask-RESTX's own handler is bypassed: it logs every status of 500 and above
+with a traceback, so that each deliberate 503 (busy, loading, time limit) would read as a crash. Here only an
+unexpected exception is logged with its traceback; the others are what the access line records (status,
+model and message).
+"""
 from __future__ import annotations
 
 import logging
 
+from flask import Flask, g, request
 from flask_restx import Api
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
 
-from core.errors import ServiceError, Unavailable
+from core.errors import ServiceError, TooLarge, Unavailable
 
 log = logging.getLogger(__name__)
+UNSUPPORTED_MEDIA_TYPE = 415
+
+
+class JsonApi(Api):
+    """Flask-RESTX without its error handling: errors take the app's path like any other route's."""
+
+    def error_router(self, original_handler, e):
+        return original_handler(e)
 
 
 def error_body(error: Exception) -> tuple[dict[str, str], int, dict[str, str]]:
     """The JSON body, status and headers for any exception a request can raise."""
     from api import service
 
+    if isinstance(error, RequestEntityTooLarge):
+        error = upload_too_large(error)
     if isinstance(error, ServiceError):
         headers = {"Retry-After": str(service().settings.retry_after_s)} if isinstance(error, Unavailable) else {}
         return {"message": error.message}, error.status, headers
+    if isinstance(error, NotFound):
+        return {"message": f"no route {request.method} {request.path}: the API is described at /"}, 404, {}
     if isinstance(error, HTTPException):
         return {"message": error.description or error.name}, error.code or 500, {}
     log.exception("unexpected error")
     return {"message": "internal error; the request was logged"}, 500, {}
 
 
-def register_error_handlers(api: Api) -> None:
-    @api.errorhandler(ServiceError)
-    def _service_error(error: ServiceError):
-        return error_body(error)
+def upload_too_large(error: RequestEntityTooLarge) -> TooLarge:
+    """413 naming the limit that was hit: the whole upload's size, or one of Werkzeug's form limits."""
+    limit = request.max_content_length  # set from MAX_UPLOAD_BYTES by create_app
+    length = request.content_length
+    if length is None or limit is None or length > limit:
+        size = f"{length} bytes" if length else "longer than that (chunked)"
+        return TooLarge(f"the upload is too large: the limit is {limit} bytes (MAX_UPLOAD_BYTES) and the request "
+                        f"is {size}")
+    return TooLarge(f"the form is too large: at most {request.max_form_parts} parts, and {request.max_form_memory_size} "
+                    f"bytes in a text field or a part's headers (its file name); send the image in the file field "
+                    f"'image' and the options as short fields")
+
+
+def _answer(error: Exception):
+    body, status, headers = error_body(error)
+    g.error_message = body["message"]  # for the access line
+    return body, status, headers
+
+
+def refuse_encoded_bodies() -> tuple[dict[str, str], int] | None:
+    """415 for a compressed request body: the decoders would read gzip as a broken image."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    message = (f"the request body is encoded ({encoding}); send it uncompressed (no Content-Encoding): "
+               f"images are compressed already")
+    g.error_message = message
+    return {"message": message}, UNSUPPORTED_MEDIA_TYPE
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.before_request(refuse_encoded_bodies)
+    app.register_error_handler(ServiceError, _answer)
+    app.register_error_handler(HTTPException, _answer)
+    app.register_error_handler(Exception, _answer)

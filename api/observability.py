@@ -1,4 +1,4 @@
-"""Per-request bookkeeping: request ids, one JSON log line per request, request metrics and CORS.
+"""Per-request bookkeeping: request ids, one JSON log line per request, request metrics, security headers, CORS.
 
 Installed on the Flask app as before/after/teardown hooks, so that every route (the MAX contract,
 the web page, the operations routes) is covered in the same way.
@@ -11,6 +11,8 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from flask import Flask, Response, g, request
@@ -25,8 +27,16 @@ _ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Probes and scrapes come every few seconds: logged at DEBUG only (a model that fails to load is logged as an error).
 QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 UNMATCHED_ROUTE = "unmatched"
+# Every label of the request metrics takes its values from a fixed set: a client cannot add series.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+# The page loads its script, style and pictures from this service only (pictures it makes itself are data: and
+# blob: URLs; its markup has style attributes). The Swagger UI also runs the inline script that starts it.
+PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; connect-src 'self' data: blob:; "
+               "style-src 'self' 'unsafe-inline'; "
+               "frame-ancestors 'self'; base-uri 'self'; form-action 'self'")
+SWAGGER_POLICY = PAGE_POLICY + "; script-src 'self' 'unsafe-inline'"
 CORS_HEADERS = {
-    "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, X-Request-ID",
     "Access-Control-Expose-Headers": "X-Request-ID, X-Model, X-Input-Size, X-Output-Size, Retry-After",
@@ -62,12 +72,51 @@ def configure_logging(level: str) -> None:
 
 
 def install(app: Flask, settings: Settings) -> None:
-    """Add the hooks to ``app``; CORS headers only when ``settings.cors_enable``."""
+    """Add the hooks to ``app``; CORS headers only when ``settings.cors_enable`` or ``settings.cors_origins``."""
     app.before_request(_start)
     app.after_request(_finish)
+    app.after_request(_secure)
     app.teardown_request(_leave)
-    if settings.cors_enable:
-        app.after_request(_allow_cross_origin)
+    origins = frozenset(origin.strip() for origin in settings.cors_origins.split(",") if origin.strip())
+    if settings.cors_enable or origins:
+        app.after_request(lambda response: _allow_cross_origin(response, origins))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a request served, from the route's own result (never read back from response headers)."""
+
+    model: str | None = None
+    input_size: tuple[int, int] | None = None
+    output_size: tuple[int, int] | None = None
+
+
+def note_model(name: str, offered: tuple[str, ...]) -> None:
+    """The model a request asked for, for its access line and metrics (also when it fails); unknown names stay out."""
+    if name in offered:
+        g.outcome = Outcome(model=name)
+
+
+def note_result(model: str, input_size: tuple[int, int], output_size: tuple[int, int]) -> None:
+    g.outcome = Outcome(model, input_size, output_size)
+
+
+def finish_later() -> Callable[[int, Outcome, int | None, str | None], None]:
+    """For a streamed answer: its access line and metrics come when the stream ends, with its real duration.
+
+    Flask runs after-request hooks before the body is read, so the route calls what this returns at the end of
+    the stream, with the status, outcome, size and error message the stream ended with.
+    """
+    g.deferred = True
+    line = _line_fields()
+    route, method, started = g.route, request.method, g.started
+
+    def finish(status: int, outcome: Outcome, output_bytes: int | None, error: str | None) -> None:
+        seconds = time.perf_counter() - started
+        _observe(route, method, status, outcome, seconds)
+        _log(route, status, seconds, outcome, output_bytes, error, line)
+        monitoring.IN_FLIGHT.labels(route).dec()
+    return finish
 
 
 def _route() -> str:
@@ -90,43 +139,88 @@ def _start() -> None:
 def _finish(response: Response) -> Response:
     if "started" not in g:  # another before_request hook answered before ours ran
         _start()
-    seconds = time.perf_counter() - g.started
     response.headers[REQUEST_ID_HEADER] = g.request_id
-    model = response.headers.get("X-Model", "")
-    input_size = response.headers.get("X-Input-Size")
-    output_size = response.headers.get("X-Output-Size")
-    monitoring.observe_request(g.route, request.method, model, response.status_code, seconds)
-    if response.status_code == 200 and input_size and output_size:
-        monitoring.observe_pixels(model, _pixels(input_size), _pixels(output_size))
-    ACCESS_LOG.log(logging.DEBUG if g.route in QUIET_ROUTES else logging.INFO, "request", extra={
-        "request_id": g.request_id,
-        "method": request.method,
-        "path": request.path,
-        "route": g.route,
-        "status": response.status_code,
-        "duration_ms": round(seconds * 1000, 1),
-        "model": model or None,
-        "input_size": input_size,
-        "output_size": output_size,
-        "input_bytes": request.content_length,
-        # The header only: calculate_content_length() would drain a streamed body (the web page's progress).
-        "output_bytes": response.content_length,
-        "remote_addr": request.remote_addr,
-    })
+    if g.get("deferred") and response.is_streamed:
+        return response
+    g.deferred = False  # the route failed before its stream began: this answer is the whole request
+    seconds = time.perf_counter() - g.started
+    outcome = g.get("outcome", Outcome())
+    _observe(g.route, request.method, response.status_code, outcome, seconds)
+    # The header only: calculate_content_length() would drain a streamed body.
+    _log(g.route, response.status_code, seconds, outcome, response.content_length, g.get("error_message"),
+         _line_fields())
     return response
 
 
+def _observe(route: str, method: str, status: int, outcome: Outcome, seconds: float) -> None:
+    model = outcome.model or ""
+    monitoring.observe_request(route, method if method in METHODS else OTHER_METHOD, model, status, seconds)
+    if status == 200 and outcome.input_size and outcome.output_size:
+        monitoring.observe_pixels(model, _area(outcome.input_size), _area(outcome.output_size))
+
+
+def _line_fields() -> dict[str, object]:
+    """The parts of the access line known from the request alone."""
+    return {
+        "request_id": g.request_id,
+        "method": request.method,
+        "path": request.path,
+        "input_bytes": request.content_length,
+        # Behind serve.py gunicorn listens on a Unix socket (no peer address) that only nginx can reach.
+        "remote_addr": request.remote_addr or request.headers.get("X-Real-IP"),
+    }
+
+
+def _log(route: str, status: int, seconds: float, outcome: Outcome, output_bytes: int | None, error: str | None,
+         fields: dict[str, object]) -> None:
+    """One line per request; a deliberate 4xx or 503 carries its message, and no traceback."""
+    quiet = route in QUIET_ROUTES and status < 500
+    ACCESS_LOG.log(logging.DEBUG if quiet else logging.INFO, "request", extra={
+        **fields,
+        "route": route,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 1),
+        "model": outcome.model,
+        "input_size": _size(outcome.input_size),
+        "output_size": _size(outcome.output_size),
+        "output_bytes": output_bytes,
+        "error": error,
+    })
+
+
 def _leave(error: BaseException | None) -> None:
-    # Teardown runs even when a hook failed, so the in-flight gauge cannot drift upwards.
-    if "route" in g:
+    # Teardown runs even when a hook failed, so the in-flight gauge cannot drift upwards; a stream's own
+    # finish counts it down when the stream ends.
+    if "route" in g and not g.get("deferred"):
         monitoring.IN_FLIGHT.labels(g.route).dec()
 
 
-def _pixels(size: str) -> int:
-    width, _, height = size.partition("x")
-    return int(width) * int(height)
+def _area(size: tuple[int, int]) -> int:
+    return size[0] * size[1]
 
 
-def _allow_cross_origin(response: Response) -> Response:
-    response.headers.update(CORS_HEADERS)
+def _size(size: tuple[int, int] | None) -> str | None:
+    return None if size is None else f"{size[0]}x{size[1]}"
+
+
+def _secure(response: Response) -> Response:
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if request.path.startswith("/app"):
+        response.headers["Content-Security-Policy"] = PAGE_POLICY
+    elif request.path == "/" or request.path.startswith("/swaggerui"):
+        response.headers["Content-Security-Policy"] = SWAGGER_POLICY
+    return response
+
+
+def _allow_cross_origin(response: Response, origins: frozenset[str]) -> Response:
+    """``*`` when no origins are listed (CORS_ENABLE alone, as the original); else the caller's origin if listed."""
+    if not origins:
+        response.headers.update(CORS_HEADERS)
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+    response.headers.add("Vary", "Origin")
+    origin = request.headers.get("Origin")
+    if origin in origins:
+        response.headers.update(CORS_HEADERS)
+        response.headers["Access-Control-Allow-Origin"] = origin
     return response

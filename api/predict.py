@@ -12,7 +12,9 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from api import namespace, service
-from core.errors import Cancelled, InvalidInput, TooLarge
+from api.errors import upload_too_large
+from api.observability import note_model, note_result
+from core.errors import Cancelled, InvalidInput
 from core.images import describe_accepted
 from core.options import OPTIONS, Option, UpscaleOptions, parse_options
 from core.pipeline import Progress
@@ -67,6 +69,7 @@ class Predict(Resource):
             data = None if upload is None else upload.read()
         if data is None:
             raise InvalidInput("no image: send the file as the multipart form field 'image'")
+        note_model(request.values.get("model") or service().settings.default_model, service().registry.names)
         options = request_options()
         try:
             result = service().upscale(data, options, on_progress=stop_when_client_leaves(request.environ),
@@ -75,6 +78,7 @@ class Predict(Resource):
             # Not an error of the server: the work stopped because nobody waits for it any more.
             log.info("predict stopped: %s", cancelled)
             return Response(status=CLIENT_CLOSED_REQUEST)
+        note_result(result.model, (result.input_width, result.input_height), (result.width, result.height))
         return Response(result.data, mimetype=result.content_type, headers={
             "X-Model": result.model,
             "X-Input-Size": f"{result.input_width}x{result.input_height}",
@@ -93,10 +97,7 @@ def parse_arguments() -> dict:
     try:
         return parser.parse_args()
     except RequestEntityTooLarge as error:
-        limit = request.max_content_length  # set from MAX_UPLOAD_BYTES by create_app
-        size = f"{request.content_length} bytes" if request.content_length else "longer than that (chunked)"
-        raise TooLarge(f"the upload is too large: the limit is {limit} bytes (MAX_UPLOAD_BYTES) "
-                       f"and the request is {size}") from error
+        raise upload_too_large(error) from error
     except BadRequest as error:
         raise InvalidInput(str(error.description)) from error
 

@@ -16,13 +16,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from flask import Blueprint, Response, redirect, request
-from werkzeug.exceptions import HTTPException
 
-from api.errors import error_body
+from api import observability
+from api.predict import CLIENT_CLOSED_REQUEST
 from core.errors import Cancelled, InvalidInput, ServiceError
 from core.geometry import plan_output
 from core.images import oriented_size
@@ -60,19 +60,15 @@ def upscale():
     if upload is None:
         raise InvalidInput("no image: send the file as the multipart form field 'image'")
     current = service()
+    observability.note_model(request.values.get("model") or current.settings.default_model, current.registry.names)
     options = parse_options(request.values, current.option_context)  # the schema /model/predict reads too
     data = upload.read()
     network = current.network_for(options, data)  # 400/503 before streaming
+    current.refuse_costly(data, options, network)  # 413 before streaming, not an error event after it
     total = _tile_count(data, options, network, current)
-    return Response(_events(current, data, options, network, total), mimetype="application/x-ndjson",
+    return Response(_events(current, data, options, network, total, observability.finish_later()),
+                    mimetype="application/x-ndjson",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-
-
-@blueprint.errorhandler(ServiceError)
-@blueprint.errorhandler(HTTPException)
-def _json_error(error: Exception):
-    body, status, headers = error_body(error)
-    return body, status, headers
 
 
 def _tile_count(data: bytes, options: UpscaleOptions, network: Network, current: Service) -> int | None:
@@ -87,34 +83,56 @@ def _tile_count(data: bytes, options: UpscaleOptions, network: Network, current:
         return None
 
 
-def _events(current: Service, data: bytes, options: UpscaleOptions, network: Network,
-            total: int | None) -> Iterator[bytes]:
+def _events(current: Service, data: bytes, options: UpscaleOptions, network: Network, total: int | None,
+            finish: Callable[[int, observability.Outcome, int | None, str | None], None]) -> Iterator[bytes]:
     events: queue.Queue[dict] = queue.Queue()
+    last: dict = {"event": "error", "status": CLIENT_CLOSED_REQUEST, "message": "the client closed the connection"}
+    sent = 0
     stop = threading.Event()
     started = time.monotonic()
 
     def on_progress(done: int, tiles: int) -> None:
         if stop.is_set():
             raise Cancelled(f"cancelled by the client after {done} of {tiles} tiles")
-        events.put({"event": "progress", "done": done, "total": tiles, "elapsed_s": _since(started)})
+        if tiles:  # 0 before decoding: nothing to show yet
+            events.put({"event": "progress", "done": done, "total": tiles, "elapsed_s": _since(started)})
 
     worker = threading.Thread(target=_run, args=(current, data, options, network, on_progress, events, started),
                               name="web-upscale", daemon=True)
     worker.start()
     try:
-        yield _line({"event": "start", "done": 0, "total": total, "elapsed_s": 0.0})
-        while True:
-            try:
-                event = events.get(timeout=HEARTBEAT_S)
-            except queue.Empty:
-                yield _line({"event": "heartbeat", "elapsed_s": _since(started)})
-                continue
-            yield _line(event)
+        for event in _stream(events, total, started):
+            line = _line(event)
+            sent += len(line)
+            yield line
             if event["event"] in ("result", "error"):
-                return
+                last = event
     finally:
         # Reached on completion and when the server closes the stream because the client left.
         stop.set()
+        finish(*_stream_outcome(last, options, current.settings.default_model), sent, last.get("message"))
+
+
+def _stream(events: queue.Queue, total: int | None, started: float) -> Iterator[dict]:
+    """The start event, progress and heartbeats, up to and including the result or the error."""
+    yield {"event": "start", "done": 0, "total": total, "elapsed_s": 0.0}
+    while True:
+        try:
+            event = events.get(timeout=HEARTBEAT_S)
+        except queue.Empty:
+            yield {"event": "heartbeat", "elapsed_s": _since(started)}
+            continue
+        yield event
+        if event["event"] in ("result", "error"):
+            return
+
+
+def _stream_outcome(last: dict, options: UpscaleOptions, default_model: str) -> tuple[int, observability.Outcome]:
+    """The status and outcome a stream ended with, from its last event (the result's own sizes)."""
+    if last["event"] != "result":
+        return last["status"], observability.Outcome(model=options.model or default_model)
+    return 200, observability.Outcome(last["model"], (last["input_width"], last["input_height"]),
+                                      (last["width"], last["height"]))
 
 
 def _run(current: Service, data: bytes, options: UpscaleOptions, network: Network, on_progress,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from core.errors import Busy
+from core.shutdown import ShuttingDown
 
 
 class InferenceSlot:
@@ -28,6 +29,7 @@ class InferenceSlot:
         self._wait_timeout_s = wait_timeout_s
         self._waiting = 0
         self._running = 0
+        self._closed = False
         self._observers: list[Callable[[int, int], None]] = []
 
     def observe(self, callback: Callable[[int, int], None]) -> None:
@@ -48,8 +50,15 @@ class InferenceSlot:
         finally:
             self._leave()
 
+    def close(self) -> None:
+        """The worker is stopping: requests waiting for the slot, and any that arrive, get ShuttingDown at once."""
+        with self._free:
+            self._closed = True
+            self._free.notify_all()
+
     def _enter(self) -> None:
         with self._free:
+            self._refuse_if_closed()
             if self._running == 0 and self._waiting == 0:
                 self._start()
                 return
@@ -60,13 +69,18 @@ class InferenceSlot:
             self._changed()
             try:
                 # Condition.notify wakes the longest waiter first, which gives the arrival order.
-                acquired = self._free.wait_for(lambda: self._running == 0, self._wait_timeout_s)
+                acquired = self._free.wait_for(lambda: self._running == 0 or self._closed, self._wait_timeout_s)
             finally:
                 self._waiting -= 1
                 self._changed()
+            self._refuse_if_closed()
             if not acquired:
                 raise Busy(f"the server is busy: waited {self._wait_timeout_s:g} s for a free slot; retry later")
             self._start()
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise ShuttingDown("the server is shutting down and starts no new image; retry")
 
     def _start(self) -> None:
         self._running = 1

@@ -55,3 +55,7 @@ class TimeLimitExceeded(Unavailable):
 
 class Cancelled(Exception):
     """The client went away or asked to stop; the work ends at the next tile."""
+
+
+class ModelLoadError(Exception):
+    """Why a model cannot be served, in words fit for an HTTP answer (other load errors stay in the log)."""

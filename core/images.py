@@ -49,6 +49,15 @@ PNG_CRITICAL_CHUNKS = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
 CORRUPT_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
                        TypeError, ZeroDivisionError, zlib.error, png.Error)
 
+# Scans a JPEG may hold. Encoders write 1 (baseline), 3 (non-interleaved), 6 or 10 (libjpeg's progressive
+# script for grey or colour) and mozjpeg's searched scripts stay within a few dozen; each scan costs a full
+# pass of the decoder over the image, so a file of a million empty scans decodes for minutes.
+MAX_JPEG_SCANS = 100
+# Markers without a length field: SOI, EOI, TEM and the restart markers.
+JPEG_STANDALONE_MARKERS = frozenset({0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)})
+# The next marker after entropy-coded data: 0xFF, any fill bytes, then neither a stuffed 0x00 nor a restart marker.
+JPEG_NEXT_MARKER = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
+
 # Rows converted at a time when changing bit depth, so a 64 MP result needs no full-size temporary.
 ROWS_PER_BLOCK = 256
 
@@ -94,6 +103,8 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
         _check_gif(data)
     if image_format == "WEBP":
         _check_riff_end(data)
+    if image_format == "JPEG":
+        _check_jpeg_scans(data)
     with _reading(image_format, max_pixels):
         image = Image.open(io.BytesIO(data), formats=(image_format,))
         check_pixels(image.size, max_pixels)
@@ -109,13 +120,17 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
 
 
 def oriented_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) as displayed, after EXIF orientation, from the header alone; None when it does not read."""
+    """(width, height) as displayed, after EXIF orientation, from the header alone, decoding nothing;
+    None when the header does not read (decode then reports it with the proper message)."""
     try:
-        image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
-    except Exception:  # noqa: BLE001 - decode reports unreadable images with the proper message
+        with Image.open(io.BytesIO(data), formats=(sniff_format(data),)) as image:
+            width, height = image.size
+            orientation = _orientation(image)
+    except (InvalidImage, UnidentifiedImageError, Image.DecompressionBombError, *CORRUPT_DATA_ERRORS):
         return None
+    if width <= 0 or height <= 0:
+        return None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def sniff_format(data: bytes) -> str:
@@ -285,6 +300,38 @@ def _skip_sub_blocks(data: bytes, position: int) -> int:
         if size == 0:
             return position
     return len(data) + 1
+
+
+def _check_jpeg_scans(data: bytes) -> None:
+    """Count the scans from the markers alone, and refuse a file with more than any encoder writes.
+
+    Segments before and between scans are skipped by their length (an EXIF thumbnail's markers are not
+    counted); the entropy-coded data after a scan header is skipped to the next marker. A walk that loses
+    its way stops, and the decoder judges the rest.
+    """
+    scans, position = 0, 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker == 0xD9:
+            return
+        if marker in JPEG_STANDALONE_MARKERS:
+            position += 2
+            continue
+        position += 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
+        if marker == 0xDA:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise InvalidImage(f"the JPEG image has more than {MAX_JPEG_SCANS} scans; encoders write at most "
+                                   f"a few dozen, and each scan costs a full decoding pass (a scan bomb)")
+            following = JPEG_NEXT_MARKER.search(data, position)
+            if following is None:
+                return
+            position = following.start(1) - 1
 
 
 def _check_riff_end(data: bytes) -> None:

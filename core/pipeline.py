@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from config import Settings
-from core import images
+from core import images, shutdown
 from core.errors import TimeLimitExceeded, TooLarge
 from core.geometry import OutputPlan, Size, plan_output
 from core.models.ensemble import self_ensemble
@@ -66,12 +66,15 @@ def upscale(data: bytes, options: UpscaleOptions, network: Network, settings: Se
 
     ``stages`` (new if not given, returned in the result) receives the seconds of each stage."""
     work = Work(network, settings, tile_size, stages or Stages())
+    # The clock and the hang-up check start before decoding, which can itself take a while;
+    # (0, 0): no tile is known yet.
+    progress = _deadline(settings, on_progress)
+    progress(0, 0)
     with work.stages.time("decode"):
         image = images.decode(data, settings.max_input_pixels)
     plan = plan_output(image.width, image.height, options, network.scale)
     image = images.fit_output(image, options.output_format, plan.output)
     check_sizes(plan, settings.max_output_pixels)
-    progress = _deadline(settings, on_progress)
     try:
         layers = _layers(image, plan, work, options, progress, with_layers)
     finally:
@@ -108,7 +111,8 @@ def _deadline(settings: Settings, on_progress: Progress | None) -> Progress:
     def check(done: int, total: int) -> None:
         if on_progress is not None:
             on_progress(done, total)
-        if done < total and time.monotonic() > stop_at:
+        shutdown.check(done, total)
+        if done < total and time.monotonic() > stop_at:  # done == total: the work is done, keep it
             raise TimeLimitExceeded(f"stopped after {done} of {total} tiles: the request time limit is "
                                     f"{settings.request_time_limit_s:.0f} s")
     return check

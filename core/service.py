@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from config import Settings
-from core import images
+from core import cost, images
 from core.admission import InferenceSlot
-from core.geometry import enlargement
+from core.geometry import enlargement, plan_output
 from core.models.registry import ModelRegistry
 from core.models.runtime import Network, configure_threads
 from core.options import DEFAULT_SCALE, OptionContext, UpscaleOptions
@@ -31,7 +31,7 @@ class Service:
         images.guard_decompression_bombs(settings.max_input_pixels)
         configure_threads(settings.inference_threads or max(1, len(os.sched_getaffinity(0)) // settings.workers))
         return cls(settings, ModelRegistry(settings),
-                   InferenceSlot(settings.queue_size, settings.request_time_limit_s))
+                   InferenceSlot(settings.queue_size, settings.queue_wait_s))
 
     def start_loading(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
         """Load every model in the background, so that /health answers during start-up."""
@@ -64,9 +64,31 @@ class Service:
         ``stages`` receives the seconds of each stage, the wait for the slot as ``queue``.
         """
         network = network or self.network_for(options, data)
+        self.refuse_costly(data, options, network)
         stages = stages or Stages()
         queued = time.perf_counter()
         with self.slot.hold():
             stages.add("queue", time.perf_counter() - queued)
             return upscale(data, options, network, self.settings, self.registry.tile_size, on_progress,
                            with_layers, stages)
+
+    def refuse_costly(self, data: bytes, options: UpscaleOptions, network: Network) -> None:
+        """413 at once for an ensemble over its pixel limit, or an image the time limit would stop anyway.
+
+        The sizes come from the header alone; a header that does not read is left to the decoder's message.
+        """
+        size = images.oriented_size(data)
+        if size is None:
+            return
+        images.check_pixels(size, self.settings.max_input_pixels)  # before planning the tiles of a huge header
+        width, height = size
+        if options.ensemble:
+            cost.check_ensemble_pixels(width, height, self.settings.max_ensemble_pixels)
+        if network.throughput is None:
+            return
+        plan = plan_output(width, height, options, network.scale)
+        seconds = sum(cost.estimate_seconds(network.throughput, pass_width, pass_height,
+                                            self.registry.tile_size(network, pass_height, pass_width),
+                                            network.margin, options.ensemble)
+                      for pass_width, pass_height in plan.pass_inputs)
+        cost.check_fits(seconds, self.settings.request_time_limit_s, network.name, width, height, options.ensemble)

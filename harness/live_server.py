@@ -38,15 +38,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(start_timeout_s: float = 180, **settings: str) -> Iterator[LiveServer]:
-    """gunicorn serving ``app:app`` with ``settings`` as environment overrides, until every model is ready."""
+def live_server(start_timeout_s: float = 180, front: bool = False, **settings: str) -> Iterator[LiveServer]:
+    """gunicorn serving ``app:app`` with ``settings`` as environment overrides, until every model is ready.
+
+    ``front``: the whole deployed service instead, nginx in front of gunicorn (serve.py).
+    """
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "MODELS": "srgan", **{k.upper(): str(v) for k, v in settings.items()}}
+    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "MODELS": "srgan",
+           **{k.upper(): str(v) for k, v in settings.items()}}
+    command = ["serve.py"] if front else ["-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+                                          "app:app"]
     # The log goes to a file, not a pipe: one JSON line per request would fill a pipe nobody reads and block the server.
     output = tempfile.TemporaryFile()
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "app:app"],
-        cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        [sys.executable, *command], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     server = LiveServer(f"http://127.0.0.1:{port}", process, output)
     try:
         _wait_until_models_ready(server, start_timeout_s)

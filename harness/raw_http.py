@@ -77,3 +77,66 @@ def wait_for(condition, timeout_s: float, interval_s: float = 0.2):
             return value
         time.sleep(interval_s)
     raise TimeoutError(f"not true within {timeout_s} s")
+
+
+def _connect(url: str, receive_buffer: int | None = None) -> socket.socket:
+    address = urlsplit(url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:  # before connecting, so that the window stays small
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    sock.connect((address.hostname, address.port))
+    return sock
+
+
+def open_idle(url: str) -> socket.socket:
+    """A client that starts a request line and then sends nothing more."""
+    sock = _connect(url)
+    sock.sendall(b"GET /hea")
+    return sock
+
+
+def open_slow_body(url: str) -> socket.socket:
+    """A client that announces a 100 kB upload and sends 10 bytes of it."""
+    sock = _connect(url)
+    host = urlsplit(url).netloc
+    sock.sendall(f"POST /model/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                 f"Content-Length: 100000\r\n\r\n--b\r\nCont".encode())
+    return sock
+
+
+def open_non_reader(url: str, image: bytes) -> socket.socket:
+    """A client that sends a whole predict and never reads its answer (with a 4 kB receive window)."""
+    prepared = requests.Request("POST", f"{url}/model/predict", files={"image": ("upload.png", image, "image/png")}).prepare()
+    sock = _connect(url, receive_buffer=4096)
+    head = "".join([f"POST /model/predict HTTP/1.1\r\nHost: {urlsplit(url).netloc}\r\n",
+                    *(f"{name}: {value}\r\n" for name, value in prepared.headers.items()), "\r\n"])
+    sock.sendall(head.encode() + prepared.body)
+    return sock
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """True once the server has closed the connection (whatever it sent before, e.g. a 408, is read and dropped)."""
+    sock.setblocking(False)
+    try:
+        while True:
+            if sock.recv(65536) == b"":
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:  # reset: closed as well
+        return True
+
+
+def scan_bomb(width: int, height: int, extra_scans: int) -> bytes:
+    """A progressive JPEG with ``extra_scans`` empty copies of its last scan header before EOI.
+
+    Each copy is a scan the decoder runs over the whole image: 100 k of them at 2000x2000 decode for minutes.
+    """
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, "JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    last_scan = data.rfind(b"\xff\xda")
+    header = data[last_scan:last_scan + 2 + int.from_bytes(data[last_scan + 2:last_scan + 4], "big")]
+    return data[:-2] + header * extra_scans + b"\xff\xd9"

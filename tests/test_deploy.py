@@ -97,15 +97,16 @@ def test_dockerfile_passes_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_dockerfile_uses_only_the_classic_builder_and_runs_gunicorn_as_non_root():
+def test_dockerfile_uses_only_the_classic_builder_and_runs_nginx_and_gunicorn_as_non_root():
     text = DOCKERFILE.read_text()
     assert not re.search(r"^#\s*syntax=", text, re.M | re.I)
     assert "--mount" not in text and "<<" not in text
-    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.M) and re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
     assert re.search(r"^EXPOSE 5000$", text, re.M)
     assert re.search(r"^USER 10001", text, re.M)
     assert re.search(r"^HEALTHCHECK .*\n.*/health", text, re.M)
-    assert 'CMD ["gunicorn", "-c", "gunicorn.conf.py", "app:app"]' in text
+    assert 'CMD ["python", "serve.py"]' in text
+    assert re.search(r"apt-get install -y --no-install-recommends nginx-light", text)
 
 
 def test_dockerignore_keeps_the_venv_git_and_tests_out():
@@ -117,3 +118,10 @@ def test_deployment_docs_hold_the_configuration_table_of_every_setting():
     # scripts/settings_table.py prints the table from config.Settings; the docs must hold it unchanged.
     assert settings_table.table() in DEPLOYMENT_DOCS.read_text()
     assert all(f"| `{name.upper()}` |" in settings_table.table() for name in Settings.model_fields)
+
+
+def test_termination_grace_period_leaves_ten_seconds_after_the_shutdown_grace():
+    pod = documents()["Deployment"]["spec"]["template"]["spec"]
+    env = {item["name"]: item["value"] for item in container()["env"]}
+    grace = int(env.get("SHUTDOWN_GRACE_S", Settings().shutdown_grace_s))
+    assert pod["terminationGracePeriodSeconds"] == grace + 10

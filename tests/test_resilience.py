@@ -90,3 +90,37 @@ def test_the_server_keeps_answering_when_a_worker_is_killed_mid_request(server):
     wait_for(served, 60, interval_s=0.5)
     assert set(answers) <= {200, 503} and answers[-1] == 200
     assert worker_pids(master) == [replacement]
+
+
+def read_answer(sock, timeout_s: float = 60) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    sock.settimeout(timeout_s)
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def inference_running(url: str) -> bool:
+    metrics = requests.get(f"{url}/metrics", timeout=10).text
+    return "superres_inference_running 1.0" in metrics
+
+
+def test_sigterm_ends_the_work_in_flight_with_a_503_within_the_grace_period_and_logs_it():
+    with live_server(SHUTDOWN_GRACE_S=6, QUEUE_SIZE=1, THREADS=4, TILE_SIZE=32, TILE_BATCH=1) as server:
+        running = start_predict(server.url, BIG)
+        wait_for(lambda: inference_running(server.url), 30)
+        queued = start_predict(server.url, BIG)
+        wait_for(lambda: "superres_inference_queued 1.0" in requests.get(f"{server.url}/metrics", timeout=10).text, 30)
+        server.process.send_signal(signal.SIGTERM)
+
+        told = read_answer(queued)
+        assert told.startswith(b"HTTP/1.1 503") and b"starts no new image" in told and b"Retry-After" in told
+        answer = read_answer(running)
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+        assert b"the server is shutting down: stopped after" in answer and b"Retry-After" in answer
+        server.process.wait(30)
+        assert "stopping: 1 image(s) running and 1 queued get 3 s to finish" in server.log()

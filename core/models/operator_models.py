@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core.errors import ModelLoadError
 from core.models.runtime import Network, Predict, build_predict, onnx_predict
 from core.tiling import seam_free_margin
 
@@ -68,7 +69,7 @@ class OperatorModel:
         return f"{self.stem.name}.onnx" if self.kind == "onnx" else f"{self.stem.name}.{{param,bin}}"
 
 
-class OperatorModelError(Exception):
+class OperatorModelError(ModelLoadError):
     """Why an operator's model cannot be served, in words fit for an HTTP answer."""
 
 

@@ -5,18 +5,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import distribution
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config import Settings
-from core import memory
-from core.errors import InvalidInput, NotReady, UnknownModel
+from core import cost, memory
+from core.errors import InvalidInput, ModelLoadError, NotReady, UnknownModel
 from core.models import precision
 from core.models.border import Border
 from core.options import DENOISE_LEVELS, NO_DENOISE, OptionContext
+from core.tiling import plan_tiles
 
 # Keras and TensorFlow are imported only when a model is built: the command line's --help and its
 # remote mode read SPECS without paying seconds for them.
@@ -301,6 +302,7 @@ class ModelRegistry:
         self._networks: dict[str, dict[Key, Network]] = {}
         self._states: dict[str, str] = {name: "pending" for name in self.names}
         self._load_seconds: dict[str, float] = {}
+        self._failures: dict[str, str] = {}  # the whole reason, for the log's reader and the command line
         self._resident: int | None = None
         self._lock = threading.Lock()
 
@@ -315,21 +317,38 @@ class ModelRegistry:
             self._set_state(name, "loading")
             started = time.perf_counter()
             try:
-                networks = self._load_named(name)
+                networks = self._measured(self._load_named(name))
             except Exception as error:  # noqa: BLE001 - one broken model must not stop the others
+                # The log keeps the paths and the library's words; /ready and /model/metadata say only this.
                 log.exception("model %s failed to load", name)
-                self._set_state(name, f"failed: {error}")
+                public = str(error) if isinstance(error, ModelLoadError) else \
+                    f"{type(error).__name__}; the server log has the details"
+                self._set_state(name, f"failed: {public}")
+                self._failures[name] = str(error)
                 continue
             seconds = time.perf_counter() - started
             with self._lock:
                 self._networks[name] = networks
                 self._states[name] = "ready"
                 self._load_seconds[name] = seconds
-            log.info("model %s ready in %.1f s", name, seconds)
+            main = self._main(networks).throughput
+            log.info("model %s ready in %.1f s", name, seconds,
+                     extra={"per_call_s": main.per_call_s, "per_pixel_s": main.per_pixel_s})
             if on_loaded is not None:
                 on_loaded(name, seconds)
         self._resident = memory.resident_estimate(memory.rss_bytes())
         log.info("models loaded: %d MiB resident", self._resident // memory.MEBIBYTE)
+
+    def _measured(self, networks: dict[Key, Network]) -> dict[Key, Network]:
+        """The networks with this machine's measured speed (core/cost.py), for refusing what cannot finish."""
+        return {key: replace(network, throughput=cost.measure(network.predict, self._window_side(network)))
+                for key, network in networks.items()}
+
+    def _window_side(self, network: Network) -> int:
+        """The side of the windows the pipeline runs for a large image (tiles of TILE_SIZE, or cost.MEASURED_TILE)."""
+        tile = self.settings.tile_size or cost.MEASURED_TILE
+        side = 4 * tile
+        return plan_tiles(side, side, tile, network.margin)[0].window_shape[0]
 
     def _load_named(self, name: str) -> dict[Key, Network]:
         if name in self._operator_models:
@@ -389,6 +408,11 @@ class ModelRegistry:
         if networks is None:
             raise NotReady(f"model {name!r} is not ready ({state})")
         return networks[choose(name, networks, scale, denoise)]
+
+    def failure(self, name: str) -> str | None:
+        """Why model ``name`` failed to load, in full (its public state may say less)."""
+        with self._lock:
+            return self._failures.get(name)
 
     def states(self) -> dict[str, str]:
         with self._lock:

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from core.cost import Throughput
 from core.models.border import Border
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class Network:
     measure: Predict | None = None
     # The arithmetic the backend runs the network in: f32, or bf16 (core/models/precision.py).
     precision: str = "f32"
+    # This machine's measured speed of the network, set when the registry loads it (core/cost.py).
+    throughput: Throughput | None = None
 
     @classmethod
     def from_keras(cls, name: str, model: keras.Model, margin: int, backend: str = "tensorflow",

@@ -66,7 +66,7 @@ def test_slot_queues_in_arrival_order_and_refuses_beyond_the_queue():
     wait_until(lambda: slot.running == 1)
     for name, queued in (("b", 1), ("c", 2)):
         threads.append(hold_in_thread(slot, release, log, name))
-        wait_until(lambda: slot.waiting == queued)
+        wait_until(lambda queued=queued: slot.waiting == queued)
     threads.append(hold_in_thread(slot, release, log, "d"))
     threads[-1].join(5)
     assert log == ["a in", "d busy"]
@@ -157,11 +157,18 @@ def test_the_progress_check_raises_cancelled_only_under_a_server_socket():
 
 
 @pytest.fixture()
-def strict_service(app, service):
-    """The app's service swapped for one with a queue of 0, a 50 ms time limit and tiny tiles (same models)."""
+def strict_service(app, service, monkeypatch):
+    """The app's service swapped for one with a queue of 0, a 50 ms time limit and tiny tiles (same models).
+
+    Its cost estimate says every image is free, as an estimate that is wrong would: the limit in flight is
+    what then stops a request.
+    """
+    from core import cost
+
+    monkeypatch.setattr(service.registry, "throughput", lambda name: cost.Throughput(0.0, 0.0))
     settings = load_settings(models=TEST_MODELS, queue_size=0, request_time_limit_s=0.05, retry_after_s=7,
                              tile_size=32, tile_batch=1)
-    strict = Service(settings, service.registry, InferenceSlot(settings.queue_size, settings.request_time_limit_s))
+    strict = Service(settings, service.registry, InferenceSlot(settings.queue_size, settings.queue_wait_s))
     app.extensions["super_resolution"] = strict
     yield strict
     app.extensions["super_resolution"] = service
@@ -234,3 +241,77 @@ def test_gunicorn_refuses_requests_beyond_the_queue_at_once_then_recovers():
         small = wait_for(small_served, 15, interval_s=0.5)
         assert small.headers["X-Output-Size"] == "192x192"
         assert time.monotonic() - started < 15
+
+
+def test_the_hang_up_check_and_the_clock_start_before_decoding(service, monkeypatch):
+    from core import images, pipeline
+
+    calls: list[str] = []
+    decode = images.decode
+    monkeypatch.setattr(images, "decode", lambda *args: (calls.append("decode"), decode(*args))[1])
+
+    def client_gone(done: int, total: int) -> None:
+        calls.append(f"check {done}/{total}")
+        raise Cancelled("the client closed the connection")
+
+    with pytest.raises(Cancelled):
+        pipeline.upscale(sample_bytes("camera.png"), pipeline.UpscaleOptions(), service.registry, service.settings,
+                         client_gone)
+    assert calls == ["check 0/0"], "a client that has left must not cost a decode"
+
+
+# --- Cost known before work ---------------------------------------------------------------------------------
+
+
+def service_with(service, **overrides) -> Service:
+    settings = load_settings(models=TEST_MODELS, **overrides)
+    return Service(settings, service.registry, InferenceSlot(settings.queue_size, settings.queue_wait_s))
+
+
+def estimate(service, width: int, height: int, ensemble: bool = False) -> float:
+    from core import cost
+
+    network = service.registry.get("srgan")
+    return cost.estimate_seconds(service.registry.throughput("srgan"), width, height, service.settings.tile_size,
+                                 network.margin, ensemble)
+
+
+def test_a_request_the_time_limit_would_stop_is_refused_before_it_queues(app, client, service):
+    # A 1 x 6000 strip: few pixels, but one network call per 160 pixels; the limit is set from this machine's speed.
+    strip = png(6000, 1)
+    limit = estimate(service, 6000, 1) / 2
+    app.extensions["super_resolution"] = strict = service_with(service, request_time_limit_s=limit)
+    try:
+        with strict.slot.hold():  # the slot is taken: a refusal that came from the queue would say "busy"
+            response = post(client, strip)
+    finally:
+        app.extensions["super_resolution"] = service
+    assert response.status_code == 413
+    message = response.json["message"]
+    assert "6000x1 image would take about" in message and "REQUEST_TIME_LIMIT_S" in message and "srgan" in message
+
+
+def test_a_request_within_the_estimate_is_served(app, client, service):
+    app.extensions["super_resolution"] = service_with(service, request_time_limit_s=max(10 * estimate(service, 48, 48), 5))
+    try:
+        response = post(client, png(48, 48))
+    finally:
+        app.extensions["super_resolution"] = service
+    assert response.status_code == 200
+
+
+def test_ensemble_has_its_own_pixel_limit(app, client, service):
+    app.extensions["super_resolution"] = service_with(service, max_ensemble_pixels=40 * 40)
+    try:
+        response = client.post("/model/predict", data={"image": (io.BytesIO(png(48, 48)), "a.png"), "ensemble": "true"},
+                               content_type="multipart/form-data")
+    finally:
+        app.extensions["super_resolution"] = service
+    assert response.status_code == 413
+    assert "48x48 = 2304 pixels" in response.json["message"] and "MAX_ENSEMBLE_PIXELS" in response.json["message"]
+
+
+def test_the_estimate_grows_with_calls_pixels_and_ensemble(service):
+    assert estimate(service, 6000, 1) > estimate(service, 160, 1)
+    assert estimate(service, 400, 400) > estimate(service, 100, 100)
+    assert estimate(service, 100, 100, ensemble=True) == pytest.approx(8 * estimate(service, 100, 100))

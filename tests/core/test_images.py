@@ -14,6 +14,8 @@ from PIL import Image, ImageCms, ImageOps
 
 from core import images
 from core.errors import InvalidImage, InvalidInput, TooLarge
+from tests.conftest import encode
+from harness.raw_http import scan_bomb
 
 LIMIT = 64 * 64
 
@@ -467,3 +469,26 @@ def test_png_compression_level_changes_size_not_pixels():
     fast, small = (images.encode(pixels, None, None, "png", 90, level) for level in (1, 9))
     assert len(small) < len(fast)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(fast))), np.asarray(Image.open(io.BytesIO(small))))
+
+
+# --- Progressive JPEG scan bombs ------------------------------------------------------------------
+
+
+def test_a_jpeg_with_more_scans_than_encoders_write_is_refused_before_decoding():
+    with pytest.raises(InvalidImage, match=f"more than {images.MAX_JPEG_SCANS} scans"):
+        images.decode(scan_bomb(64, 64, images.MAX_JPEG_SCANS), max_pixels=10**6)
+
+
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"progressive": True, "optimize": True}])
+def test_jpegs_as_encoders_write_them_pass_the_scan_count(options):
+    pixels = np.random.default_rng(1).integers(0, 255, (48, 40, 3), dtype=np.uint8)
+    decoded = images.decode(encode(pixels, "JPEG", **options), max_pixels=10**6)
+    assert (decoded.width, decoded.height) == (40, 48)
+
+
+def test_scan_markers_inside_an_exif_thumbnail_are_not_counted():
+    thumbnail = scan_bomb(8, 8, images.MAX_JPEG_SCANS)  # many scans, but inside an APP1 segment
+    main = encode(np.zeros((16, 16, 3), np.uint8), "JPEG", progressive=True)
+    app1 = b"\xff\xe1" + struct.pack(">H", len(thumbnail) + 8) + b"Exif\x00\x00" + thumbnail
+    decoded = images.decode(main[:2] + app1 + main[2:], max_pixels=10**6)
+    assert (decoded.width, decoded.height) == (16, 16)

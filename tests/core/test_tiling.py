@@ -107,7 +107,7 @@ def test_tiled_equals_whole_image_on_photos(service, settings, model):
         whole = _to_levels(network.predict(image[None])[0])
         tiled = np.zeros_like(whole)
 
-        def write(y, x, block):
+        def write(y, x, block, tiled=tiled):
             tiled[y:y + block.shape[0], x:x + block.shape[1]] = _to_levels(block)
 
         run_tiled(network.predict, image, network.scale, SEAM_TILE, network.margin, 4, write)

@@ -14,6 +14,7 @@ from PIL import Image
 from app import create_app
 from config import load_settings
 from core.errors import InvalidInput
+from core.metrics import psnr
 from core.models.ncnn_graph import build_from_ncnn
 from core.models.registry import REALCUGAN_SUFFIXES, SPECS
 from core.models.runtime import Network
@@ -203,11 +204,6 @@ def levels(rgb: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
 def lowest_seam_psnr(network: Network) -> float:
     worst = float("inf")
     for name in SEAM_PHOTOS:
@@ -216,7 +212,7 @@ def lowest_seam_psnr(network: Network) -> float:
         whole = levels(predict(image[None])[0])
         tiled = np.zeros_like(whole)
 
-        def write(y: int, x: int, block: np.ndarray) -> None:
+        def write(y: int, x: int, block: np.ndarray, tiled: np.ndarray = tiled) -> None:
             tiled[y:y + block.shape[0], x:x + block.shape[1]] = levels(block)
 
         run_tiled(predict, image, network.scale, SEAM_TILE, network.margin, 4, write, align=network.alignment)

@@ -1,0 +1,44 @@
+"""Graceful shutdown of a worker: what is in flight finishes within SHUTDOWN_GRACE_S, or ends with a 503.
+
+gunicorn stops accepting at SIGTERM and waits ``graceful_timeout`` (= SHUTDOWN_GRACE_S) for the requests in
+flight, then kills the worker: a request still running then would lose its connection without an answer.
+So once the stop begins, the per-tile check of every request (core/pipeline.py) ends the work a few seconds
+before that moment with ``ShuttingDown`` (503 + Retry-After: another pod answers the retry), and requests
+waiting for the slot are told at once.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from core.errors import Unavailable
+
+log = logging.getLogger(__name__)
+# Time kept back from the grace period to write the 503s before gunicorn's deadline.
+ANSWER_MARGIN_S = 3.0
+
+_stop_at: float | None = None
+
+
+class ShuttingDown(Unavailable):
+    """The worker is stopping and the request could not finish within the grace period."""
+
+
+def begin(grace_s: float, running: int, waiting: int) -> None:
+    """Start the countdown (from the worker's SIGTERM handler) and log what is in flight."""
+    global _stop_at
+    _stop_at = time.monotonic() + max(0.0, grace_s - ANSWER_MARGIN_S)
+    log.warning("stopping: %d image(s) running and %d queued get %.0f s to finish, then end with 503",
+                running, waiting, max(0.0, grace_s - ANSWER_MARGIN_S),
+                extra={"running": running, "queued": waiting, "grace_s": grace_s})
+
+
+def stopping() -> bool:
+    return _stop_at is not None
+
+
+def check(done: int, total: int) -> None:
+    """Raise ShuttingDown once the grace period is used up (and the work is not done)."""
+    if _stop_at is not None and done < total and time.monotonic() > _stop_at:
+        raise ShuttingDown(f"the server is shutting down: stopped after {done} of {total} tiles, at the end of "
+                           f"its grace period (SHUTDOWN_GRACE_S); retry")

@@ -1,0 +1,196 @@
+"""The service as it is deployed: nginx in front, buffering every request and answer, gunicorn behind it.
+
+gunicorn's threads read a request and write its answer themselves, so a client that sends its headers or
+its body slowly, or never reads the answer, holds a thread; four such clients take every thread of a worker
+and /health stops answering (docs/load.md, "Slow and idle clients", has the measurements). nginx reads whole
+requests and buffers whole answers with one event loop, closes clients that stall past CLIENT_TIMEOUT_S,
+and hands gunicorn only complete requests over a Unix socket. The image and the manifest run this file;
+so does `make run`.
+
+SIGTERM (or SIGINT): nginx stops accepting at once and finishes what it has taken; gunicorn gets
+SHUTDOWN_GRACE_S for the requests in flight (see core/shutdown.py). If either process dies, the other is
+stopped and this process exits with an error, so that the container is restarted.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent
+log = logging.getLogger("superres.serve")
+# The answer nginx gives itself for its own refusals, as every route of the app answers: {"message": ...}.
+JSON_ERRORS = {
+    "busy": (503, "the server is busy: every request slot of its workers is taken; retry later"),
+    "unavailable": (503, "the server is starting, restarting or stopping; retry later"),
+    "header_too_large": (431, "the request's headers are too large: the limit is {header_bytes} bytes a line"),
+    "uri_too_long": (414, "the request line is too long: the limit is {header_bytes} bytes"),
+    "too_large": (413, "the upload is too large: the limit is {max_upload_bytes} bytes (MAX_UPLOAD_BYTES)"),
+    "timeout": (408, "the request did not arrive within {client_timeout_s:g} s (CLIENT_TIMEOUT_S)"),
+    "bad_request": (400, "the request is not valid HTTP/1.1"),
+}
+# Longest request line and header line nginx takes (large_client_header_buffers).
+HEADER_BYTES = 8192
+
+
+def nginx_config(settings: Settings, runtime: Path, upstream: str) -> str:
+    """nginx's configuration for ``settings``: listen on HOST:PORT, pass complete requests to ``upstream``."""
+    facts = {"header_bytes": HEADER_BYTES, "max_upload_bytes": settings.max_upload_bytes,
+             "client_timeout_s": settings.client_timeout_s}
+    named = "\n".join(_json_location(name, status, message.format(**facts), settings.retry_after_s)
+                      for name, (status, message) in JSON_ERRORS.items())
+    # Work requests may take every thread but one per worker: that one is always free for /health,
+    # /ready and /metrics, so liveness never waits behind images.
+    work_slots = settings.workers * (settings.threads - 1)
+    # An image's answer comes only when it is done: queue wait plus the time limit, and some margin.
+    upstream_s = int(settings.queue_wait_s + settings.request_time_limit_s + 30)
+    # Started as root, nginx's workers would become "nobody" and could not open gunicorn's socket.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return f"""# Written by serve.py from the settings; see config.py.
+{user}worker_processes 1;
+daemon off;
+pid {runtime}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 4096; }}
+http {{
+    client_body_temp_path {runtime}/body;
+    proxy_temp_path {runtime}/proxy;
+    fastcgi_temp_path {runtime}/fastcgi;
+    uwsgi_temp_path {runtime}/uwsgi;
+    scgi_temp_path {runtime}/scgi;
+    server_tokens off;
+    default_type application/octet-stream;
+    # One JSON line for each request nginx answers itself (the app logs the others).
+    log_format json escape=json '{{"time":"$time_iso8601","level":"INFO","logger":"superres.front",'
+        '"message":"request","method":"$request_method","path":"$uri","status":$status,'
+        '"duration_s":$request_time,"input_bytes":"$content_length","remote_addr":"$remote_addr",'
+        '"request_id":"$http_x_request_id"}}';
+    map $upstream_status $answered_by_front {{ "" 1; default 0; }}
+    access_log /dev/stderr json if=$answered_by_front;
+
+    client_header_timeout {settings.client_timeout_s:g}s;
+    client_body_timeout {settings.client_timeout_s:g}s;
+    send_timeout {settings.client_timeout_s:g}s;
+    keepalive_timeout {settings.client_timeout_s:g}s;
+    reset_timedout_connection on;
+    client_max_body_size {settings.max_upload_bytes};
+    client_body_buffer_size 1m;
+    large_client_header_buffers 4 {HEADER_BYTES};
+    proxy_request_buffering on;
+    proxy_buffering on;
+    proxy_buffers 64 64k;
+    proxy_read_timeout {upstream_s}s;
+    proxy_send_timeout {settings.client_timeout_s:g}s;
+    proxy_intercept_errors off;
+
+    upstream ops {{ server unix:{upstream}; }}
+    upstream work {{ zone work 64k; server unix:{upstream} max_conns={work_slots}; }}
+
+    server {{
+        listen {settings.host}:{settings.port} backlog=1024;
+        add_header X-Content-Type-Options nosniff always;
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Real-IP $remote_addr;
+        proxy_set_header X-Forwarded-For $remote_addr;
+        error_page 400 = @bad_request;
+        error_page 408 = @timeout;
+        error_page 413 = @too_large;
+        error_page 414 = @uri_too_long;
+        error_page 494 = @header_too_large;
+        error_page 502 504 = @unavailable;
+
+        location / {{ proxy_pass http://ops; }}
+        location = /model/predict {{ error_page 502 504 = @busy; proxy_pass http://work; }}
+        location = /app/upscale {{ error_page 502 504 = @busy; proxy_pass http://work; }}
+{named}
+    }}
+}}
+"""
+
+
+def _json_location(name: str, status: int, message: str, retry_after_s: int) -> str:
+    escaped = message.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'")
+    retry = f"add_header Retry-After {retry_after_s} always; " if status == 503 else ""
+    return (f"        location @{name} {{ default_type application/json; {retry}"
+            f"add_header X-Content-Type-Options nosniff always; "
+            f"return {status} '{{\"message\": \"{escaped}\"}}\\n'; }}")
+
+
+def main() -> int:
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+    if nginx is None:
+        print("serve.py needs nginx in front of gunicorn (Debian: apt-get install nginx-light)", file=sys.stderr)
+        return 2
+    runtime = Path(tempfile.mkdtemp(prefix="superres-serve-"))
+    upstream = runtime / "gunicorn.sock"
+    (runtime / "nginx.conf").write_text(nginx_config(settings, runtime, str(upstream)))
+    gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+                                 "--bind", f"unix:{upstream}", "app:app"], cwd=ROOT)
+    front = None
+    try:
+        if not _wait_for(upstream, gunicorn):
+            return gunicorn.wait() or 1
+        front = subprocess.Popen([nginx, "-e", "stderr", "-p", str(runtime), "-c", str(runtime / "nginx.conf")])
+        return _supervise(gunicorn, front)
+    finally:
+        for process, stop in ((front, signal.SIGQUIT), (gunicorn, signal.SIGTERM)):
+            if process is not None and process.poll() is None:
+                process.send_signal(stop)
+        for process in (front, gunicorn):
+            if process is not None:
+                _wait_or_kill(process, settings.shutdown_grace_s + 10)
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _wait_for(upstream: Path, gunicorn: subprocess.Popen) -> bool:
+    """True once gunicorn listens on its socket; False if it exited first."""
+    while not upstream.exists():
+        if gunicorn.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _supervise(gunicorn: subprocess.Popen, front: subprocess.Popen) -> int:
+    """Forward SIGTERM/SIGINT (nginx: graceful quit, gunicorn: graceful stop); return when both have ended."""
+    stopping = False
+
+    def stop(signum: int, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+        log.info("serve.py: %s received: nginx stops accepting, gunicorn finishes what is in flight",
+                 signal.Signals(signum).name)
+        front.send_signal(signal.SIGQUIT)
+        gunicorn.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while gunicorn.poll() is None and front.poll() is None:
+        time.sleep(0.2)
+    if not stopping:
+        dead = "gunicorn" if gunicorn.poll() is not None else "nginx"
+        print(f"serve.py: {dead} exited unexpectedly; stopping the other", file=sys.stderr)
+        return 1
+    return gunicorn.wait() or front.wait()
+
+
+def _wait_or_kill(process: subprocess.Popen, timeout_s: float) -> None:
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Operations hardening through the Flask app: bounded metric labels, honest logs, JSON errors, exposure."""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import random
+import string
+
+import pytest
+
+from api.observability import METHODS, OTHER_METHOD
+from app import create_app
+from config import load_settings
+from core.admission import InferenceSlot
+from core.service import Service
+from tests.api.test_ops import scrape
+from tests.conftest import TEST_MODELS, sample_bytes
+
+
+def post_image(client, path: str = "/model/predict", **fields):
+    return client.post(path, data={"image": (io.BytesIO(sample_bytes("chelsea.png")), "chelsea.png"), **fields},
+                       content_type="multipart/form-data")
+
+
+def access_records(caplog) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == "superres.access"]
+
+
+# --- Metrics cardinality ------------------------------------------------------------------------------------
+
+
+def test_random_methods_and_paths_add_no_metric_series(client):
+    def series() -> set[frozenset]:
+        return {labels for name, labels in scrape(client.get("/metrics").text) if name == "superres_http_requests_total"}
+
+    series()  # the scrape counts itself from the next scrape on
+    for _ in range(3):  # the first round may add the "other" and the unknown-model series once
+        client.open("/x", method="XYZZY")
+        client.post("/model/predict", data={"model": "xyzzy"}, content_type="multipart/form-data")
+    before = series()
+    rng = random.Random(0)
+    for _ in range(50):
+        method = "".join(rng.choices(string.ascii_uppercase, k=rng.randint(3, 20)))
+        path = "/" + "".join(rng.choices(string.ascii_lowercase, k=12))
+        client.open(path, method=method)
+        client.post("/model/predict", data={"model": method.lower()}, content_type="multipart/form-data")
+    after = series()
+    assert after == before
+    methods = {value for labels in after for key, value in labels if key == "method"}
+    assert methods <= METHODS | {OTHER_METHOD}
+
+
+# --- Logs ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def no_queue(app, service):
+    settings = load_settings(models=TEST_MODELS, queue_size=0)
+    app.extensions["super_resolution"] = busy = Service(settings, service.registry, InferenceSlot(0, 1))
+    yield busy
+    app.extensions["super_resolution"] = service
+
+
+def test_a_busy_503_is_one_access_line_with_model_and_message_and_no_traceback(client, no_queue, caplog):
+    caplog.set_level(logging.INFO)
+    with no_queue.slot.hold():
+        response = post_image(client, model="srresnet")
+    assert response.status_code == 503
+    assert not [record for record in caplog.records if record.exc_info], "a deliberate 503 is not a crash"
+    [line] = access_records(caplog)
+    assert line.status == 503 and line.model == "srresnet" and "busy" in line.error
+
+
+def test_the_streaming_route_is_counted_when_its_stream_ends_with_the_results_sizes(client, caplog):
+    caplog.set_level(logging.INFO, logger="superres.access")
+    before = scrape(client.get("/metrics").text)
+    response = post_image(client, "/app/upscale")
+    body = response.get_data()
+    events = [json.loads(line) for line in body.splitlines()]
+    assert events[-1]["event"] == "result"
+    [line] = [record for record in access_records(caplog) if record.route == "/app/upscale"]
+    assert line.status == 200 and line.model == "srgan"
+    assert line.input_size == "112x75" and line.output_size == "448x300"
+    assert line.output_bytes == len(body)
+    after = scrape(client.get("/metrics").text)
+    key = ("superres_http_requests_total", frozenset({"route": "/app/upscale", "method": "POST", "model": "srgan",
+                                                      "status": "200"}.items()))
+    assert after.get(key, 0) - before.get(key, 0) == 1
+    in_flight = ("superres_http_requests_in_flight", frozenset({"route": "/app/upscale"}.items()))
+    assert after.get(in_flight, 0) == 0
+
+
+# --- JSON everywhere ----------------------------------------------------------------------------------------
+
+
+def test_an_unknown_route_answers_json_404(client):
+    response = client.get("/no/such/route")
+    assert response.status_code == 404
+    assert response.json["message"] == "no route GET /no/such/route: the API is described at /"
+
+
+def test_a_compressed_body_is_refused_with_415(client):
+    multipart = ("--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n").encode() \
+        + sample_bytes("chelsea.png") + b"\r\n--b--\r\n"
+    response = client.post("/model/predict", data=gzip.compress(multipart),
+                           headers={"Content-Encoding": "gzip", "Content-Type": "multipart/form-data; boundary=b"})
+    assert response.status_code == 415
+    assert "encoded (gzip)" in response.json["message"]
+
+
+def test_werkzeugs_form_limits_are_named_not_taken_for_the_upload_size(client, app):
+    fields = {f"f{i}": "x" for i in range(app.config.get("MAX_FORM_PARTS") or 1000)}
+    response = post_image(client, **fields)
+    assert response.status_code == 413
+    message = response.json["message"]
+    assert "the form is too large: at most 1000 parts" in message and "MAX_UPLOAD_BYTES" not in message
+    long_field = post_image(client, model="x" * 600_000)
+    assert long_field.status_code == 413 and "500000 bytes in a text field" in long_field.json["message"]
+
+
+# --- Exposure -----------------------------------------------------------------------------------------------
+
+
+def test_every_answer_says_nosniff_and_the_pages_allow_only_self(client):
+    for path in ("/health", "/model/metadata", "/no/such/route", "/app/", "/"):
+        response = client.get(path)
+        assert response.headers["X-Content-Type-Options"] == "nosniff", path
+    for path in ("/app/", "/"):
+        policy = client.get(path).headers["Content-Security-Policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'self'" in policy
+
+
+def test_cors_origins_lists_the_origins_allowed_on_every_route():
+    app = create_app(load_settings(models="srgan", cors_origins="https://a.example, https://b.example"),
+                     load_models=False)
+    client = app.test_client()
+    for path in ("/health", "/metrics", "/model/metadata"):
+        allowed = client.get(path, headers={"Origin": "https://b.example"})
+        assert allowed.headers["Access-Control-Allow-Origin"] == "https://b.example", path
+        assert "Origin" in allowed.headers["Vary"]
+        other = client.get(path, headers={"Origin": "https://evil.example"})
+        assert "Access-Control-Allow-Origin" not in other.headers, path
+
+
+def test_a_model_that_fails_to_load_keeps_its_path_and_error_in_the_log(monkeypatch, caplog):
+    app = create_app(load_settings(models="srgan"), load_models=False)
+    registry = app.extensions["super_resolution"].registry
+
+    def broken(spec):
+        raise OSError("Unable to open file /secret/site-packages/weights/generator.h5 (truncated)")
+
+    monkeypatch.setattr(registry, "_load", broken)
+    registry.load_all()
+    client = app.test_client()
+    for path in ("/ready", "/model/metadata"):
+        text = client.get(path).get_data(as_text=True)
+        assert "/secret" not in text and "truncated" not in text, path
+        assert "failed" in text
+    assert "/secret/site-packages" in caplog.text

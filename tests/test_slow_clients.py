@@ -1,0 +1,74 @@
+"""Slow, idle and non-reading clients, and inputs that cost minutes, against the deployed service (serve.py:
+nginx in front of gunicorn).
+
+Against gunicorn alone, four connections that send ``GET /hea`` and nothing more take every thread of the
+worker (docs/load.md, "Slow and idle clients"); these tests fail there and pass with the front.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import requests
+
+from harness.live_server import live_server
+from harness.raw_http import closed_by_server, open_idle, open_non_reader, open_slow_body, png, scan_bomb, wait_for
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
+                                 reason="nginx is not installed (Debian: apt-get install nginx-light)")]
+
+LIVENESS_S = 1.0  # what the liveness probe must get: an answer within a second
+
+
+def test_fifty_slow_and_idle_clients_leave_health_and_predict_answering():
+    with live_server(front=True, CLIENT_TIMEOUT_S=60, THREADS=4, QUEUE_SIZE=2) as server:
+        answer = png(96, 96, seed=3)
+        clients = ([open_idle(server.url) for _ in range(20)] + [open_slow_body(server.url) for _ in range(20)]
+                   + [open_non_reader(server.url, answer) for _ in range(10)])
+        try:
+            for _ in range(5):
+                health = requests.get(f"{server.url}/health", timeout=LIVENESS_S)
+                assert health.status_code == 200
+            # The non-readers' images may still be running or queued: the normal client retries on 503 as told.
+            served = wait_for(lambda: _predict_served(server.url), 120, interval_s=1)
+            assert served.headers["X-Output-Size"] == "192x192"
+            assert requests.get(f"{server.url}/health", timeout=LIVENESS_S).status_code == 200
+            assert not any(closed_by_server(client) for client in clients[:40]), "the slow clients should still wait"
+        finally:
+            for client in clients:
+                client.close()
+
+
+def _predict_served(url: str) -> requests.Response | None:
+    response = requests.post(f"{url}/model/predict", files={"image": ("small.png", png(48, 48))}, timeout=60)
+    assert response.status_code in (200, 503), response.text
+    return response if response.status_code == 200 else None
+
+
+@pytest.fixture(scope="module")
+def impatient_server():
+    with live_server(front=True, CLIENT_TIMEOUT_S=2) as server:
+        yield server
+
+
+def test_clients_that_stall_are_disconnected_after_the_client_timeout(impatient_server):
+    server = impatient_server
+    idle, slow_body = open_idle(server.url), open_slow_body(server.url)
+    try:
+        assert not closed_by_server(idle)
+        wait_for(lambda: closed_by_server(idle), 30)
+        wait_for(lambda: closed_by_server(slow_body), 30)
+        assert requests.get(f"{server.url}/health", timeout=LIVENESS_S).status_code == 200
+    finally:
+        idle.close()
+        slow_body.close()
+
+
+def test_a_progressive_jpeg_scan_bomb_is_refused_from_its_structure(impatient_server):
+    bomb = scan_bomb(256, 256, 20_000)  # 20 k empty scans: each one a decoding pass over the whole image
+    response = requests.post(f"{impatient_server.url}/model/predict",
+                             files={"image": ("bomb.jpg", bomb, "image/jpeg")}, timeout=120)
+    assert response.status_code == 400
+    assert "more than 100 scans" in response.json()["message"]
