@@ -3,15 +3,19 @@
 #
 # Works on a bare Debian CI machine: installs docker.io if dockerd is missing, starts dockerd by hand when
 # none is running (and stops it at the end), and, when no registry is reachable and python:3.11-slim is
-# absent, builds a stand-in base image with debootstrap (Debian bookworm's Python is 3.11 too).
+# absent, builds a stand-in base image with debootstrap (Debian bookworm's Python is 3.11 too) under its own
+# tag, passes it to the Dockerfile as BASE_IMAGE, and removes it at the end: a later plain `docker build`
+# on this host never takes the stand-in for the official image.
 #
 # Environment: IMAGE (tag to build), DOCKER_TEST_MODELS (MODELS inside the container; empty = the image's
-# default), READY_TIMEOUT_S (model loading), BASE_IMAGE (must stay python:3.11-slim for the Dockerfile).
+# default), READY_TIMEOUT_S (model loading), KEEP_STAND_IN=1 (keep the stand-in for the next run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 IMAGE=${IMAGE:-max-image-super-resolution-generator:test}
-BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim}
+OFFICIAL_BASE=python:3.11-slim
+STAND_IN_BASE=max-image-super-resolution-generator-base:debootstrap
+KEEP_STAND_IN=${KEEP_STAND_IN:-}
 DOCKER_TEST_MODELS=${DOCKER_TEST_MODELS-}
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-600}
 SAMPLE=${SAMPLE:-assets/test_examples/low_resolution/chelsea.png}
@@ -19,6 +23,8 @@ SAMPLE=${SAMPLE:-assets/test_examples/low_resolution/chelsea.png}
 WORK=$(mktemp -d /tmp/docker-test.XXXXXX)
 CONTAINER=""
 DOCKERD_PID=""
+BASE_IMAGE=""
+BUILT_STAND_IN=""
 
 log() { printf '[docker-test %s] %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -30,6 +36,9 @@ cleanup() {
             docker logs --tail 60 "$CONTAINER" >&2 || true
         fi
         docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
+    fi
+    if [ -n "$BUILT_STAND_IN" ] && [ -z "$KEEP_STAND_IN" ]; then
+        docker rmi -f "$STAND_IN_BASE" >/dev/null 2>&1 || true
     fi
     if [ -n "$DOCKERD_PID" ]; then
         log "stopping the dockerd this script started"
@@ -81,7 +90,7 @@ ensure_docker() {
 # A Debian bookworm root filesystem with Python 3.11 and pip, trusting the same CAs as this machine
 # (so that pip can reach PyPI through a TLS-inspecting proxy), imported under the base image's tag.
 build_stand_in_base() {
-    log "$BASE_IMAGE is absent and cannot be pulled: building a stand-in with debootstrap"
+    log "$OFFICIAL_BASE is absent and cannot be pulled: building a stand-in with debootstrap as $STAND_IN_BASE"
     command -v debootstrap >/dev/null || apt_install debootstrap
     local root="$WORK/rootfs"
     as_root debootstrap --variant=minbase \
@@ -94,15 +103,19 @@ build_stand_in_base() {
     as_root chroot "$root" update-ca-certificates >/dev/null
     as_root rm -f "$root"/usr/lib/python3*/EXTERNALLY-MANAGED
     as_root rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-    as_root tar -C "$root" -c . | docker import - "$BASE_IMAGE" >/dev/null
+    as_root tar -C "$root" -c . | docker import - "$STAND_IN_BASE" >/dev/null
     as_root rm -rf "$root"
+    BUILT_STAND_IN=1
 }
 
+# Sets BASE_IMAGE: the official image when present or pullable, else the stand-in (kept from a run with
+# KEEP_STAND_IN=1, or built now).
 ensure_base_image() {
-    docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && return
-    if timeout 120 docker pull -q "$BASE_IMAGE" >/dev/null 2>&1; then
-        return
-    fi
+    BASE_IMAGE=$OFFICIAL_BASE
+    docker image inspect "$OFFICIAL_BASE" >/dev/null 2>&1 && return
+    timeout 120 docker pull -q "$OFFICIAL_BASE" >/dev/null 2>&1 && return
+    BASE_IMAGE=$STAND_IN_BASE
+    docker image inspect "$STAND_IN_BASE" >/dev/null 2>&1 && return
     build_stand_in_base
 }
 
@@ -169,8 +182,9 @@ main() {
     local started=$SECONDS
     ensure_docker
     ensure_base_image
-    log "building $IMAGE"
-    docker build -t "$IMAGE" . >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log" >&2; exit 1; }
+    log "building $IMAGE on $BASE_IMAGE"
+    docker build --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$IMAGE" . >"$WORK/build.log" 2>&1 \
+        || { tail -40 "$WORK/build.log" >&2; exit 1; }
     log "built in $((SECONDS - started)) s since start"
 
     local port env_args=()
