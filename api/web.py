@@ -78,7 +78,7 @@ def _tile_count(data: bytes, options: UpscaleOptions, network: Network, current:
     if size is None:
         return None
     try:
-        return tile_count(plan_output(*size, options, network.scale), network, current.registry.tile_size)
+        return tile_count(plan_output(*size, options, network.scale), network, current.tile_size)
     except ServiceError:
         return None
 

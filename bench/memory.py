@@ -4,8 +4,8 @@
     python -m bench.memory request [--sides 500 1000]
     python -m bench.memory worker [--models ...] [--sides 500 1000 2000]
 
-*windows*: for each model in f32 (and in bf16 on a CPU with native bf16), a fresh process loads the model, gives the backend's buffers back, and runs one window of
-each side in increasing order; the peak RSS (VmHWM) above the loaded process's RSS, per window
+*windows*: for each model and native scale in f32 (and in bf16 on a CPU with native bf16), a fresh process
+loads the model, gives the backend's buffers back, and runs one window of each side in increasing order; the peak RSS (VmHWM) above the loaded process's RSS, per window
 pixel, is what the model's spec records as ``window_bytes_per_pixel`` (the largest over the sides).
 *request*: srgan with small fixed tiles on whole images: the peak above the loaded process and the
 windows, per input and per output pixel (core/memory.py's REQUEST_BYTES_PER_*).
@@ -15,6 +15,7 @@ peak RSS against the budget. Figures go to docs/speed.md with this command.
 from __future__ import annotations
 
 import argparse
+from itertools import product
 import json
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from harness.memory_probe import MEBIBYTE
 from harness.photos import photo_png
 from harness.process import gunicorn_worker, peak_rss_mb
 
-MODELS = ("srgan", "srresnet", "realsr", "realesrgan")
+MODELS = ("srgan", "srresnet", "realsr", "realesrgan", "span", "anime", "realcugan")
 
 
 def fresh(*arguments: str) -> dict:
@@ -40,11 +41,13 @@ def fresh(*arguments: str) -> dict:
 def windows(models: list[str], sides: list[int]) -> None:
     from core.models import precision
 
+    from core.models.registry import SPECS
+
     for model in models:
-        for arithmetic in ("f32", "bf16") if precision.native_bf16() else ("f32",):
-            result = fresh("windows", model, arithmetic, *map(str, sides))
+        for arithmetic, scale in product(("f32", "bf16") if precision.native_bf16() else ("f32",), SPECS[model].scales):
+            result = fresh("windows", model, arithmetic, str(scale), *map(str, sides))
             per_pixel = {side: mb * MEBIBYTE / int(side) ** 2 for side, mb in result["peak_above_mb"].items()}
-            print(f"{model:10} {result['precision']:4}: loaded {result['baseline_mb']:.0f} MiB; "
+            print(f"{model:10} {scale}x {result['precision']:4}: loaded {result['baseline_mb']:.0f} MiB; "
                   + ", ".join(f"{side}² +{result['peak_above_mb'][side]:.0f} MiB = {per_pixel[side]:.0f} B/px"
                               for side in per_pixel)
                   + f"; largest {max(per_pixel.values()):.0f} B/px", flush=True)

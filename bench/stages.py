@@ -4,7 +4,7 @@
 
 *stages*: one gunicorn worker with the default settings serves a side x side photo ``--runs`` times;
 each stage is the median of the worker's Server-Timing values (upload parse, queue, decode, float
-conversion, network, assembly, rescale, encode), and *transfer and framework* is the client's
+conversion, network, assembly, resize, encode), and *transfer and framework* is the client's
 wall-clock time less their sum. *png*: the model's real output of that photo encoded at each zlib
 level: median seconds and bytes. Run it under ``flock -x /tmp/cpu.lock``; the figures go to
 docs/speed.md with the CPU they ran on.

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from config import Settings
-from core import cost, images
+from core import cost, images, memory
 from core.admission import InferenceSlot
 from core.geometry import enlargement, plan_output
-from core.models.registry import ModelRegistry
+from core.models.registry import ModelRegistry, window_bytes_per_pixel
 from core.models.runtime import Network, configure_threads
 from core.options import DEFAULT_SCALE, OptionContext, UpscaleOptions
 from core.pipeline import Progress, Result, upscale
@@ -69,8 +69,16 @@ class Service:
         queued = time.perf_counter()
         with self.slot.hold():
             stages.add("queue", time.perf_counter() - queued)
-            return upscale(data, options, network, self.settings, self.registry.tile_size, on_progress,
-                           with_layers, stages)
+            return upscale(data, options, network, self.settings, self.tile_size, on_progress, with_layers, stages)
+
+    def tile_size(self, network: Network, height: int, width: int) -> int:
+        """The tile side for an image of this size on ``network``: TILE_SIZE when set, else the largest
+        that MEMORY_BUDGET_MB leaves room for beside the loaded models (413 when none does)."""
+        if self.settings.tile_size is not None:
+            return self.settings.tile_size
+        return memory.tile_for_budget(self.settings.memory_budget_mb * memory.MEBIBYTE, self.registry.resident,
+                                      window_bytes_per_pixel(network.name, network.precision), network.margin,
+                                      height, width, network.scale, self.settings.tile_batch)
 
     def refuse_costly(self, data: bytes, options: UpscaleOptions, network: Network) -> None:
         """413 at once for an ensemble over its pixel limit, or an image the time limit would stop anyway.
@@ -84,11 +92,15 @@ class Service:
         width, height = size
         if options.ensemble:
             cost.check_ensemble_pixels(width, height, self.settings.max_ensemble_pixels)
-        if network.throughput is None:
-            return
-        plan = plan_output(width, height, options, network.scale)
-        seconds = sum(cost.estimate_seconds(network.throughput, pass_width, pass_height,
-                                            self.registry.tile_size(network, pass_height, pass_width),
-                                            network.margin, options.ensemble)
-                      for pass_width, pass_height in plan.pass_inputs)
+        seconds = self.estimate_seconds(width, height, options, network)
         cost.check_fits(seconds, self.settings.request_time_limit_s, network.name, width, height, options.ensemble)
+
+    def estimate_seconds(self, width: int, height: int, options: UpscaleOptions, network: Network) -> float:
+        """The network's seconds for a ``width`` x ``height`` input, every pass with its tiles (0 if unmeasured)."""
+        if network.throughput is None:
+            return 0.0
+        plan = plan_output(width, height, options, network.scale)
+        return sum(cost.estimate_seconds(network.throughput, pass_width, pass_height,
+                                         self.tile_size(network, pass_height, pass_width),
+                                         network.margin, options.ensemble)
+                   for pass_width, pass_height in plan.pass_inputs)

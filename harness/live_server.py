@@ -31,6 +31,11 @@ class LiveServer:
         return os.pread(descriptor, os.fstat(descriptor).st_size, 0).decode(errors="replace")
 
 
+# MEMORY_BUDGET_MB of a test process's in-process services (tests/conftest.py), which hold many models at once;
+# never passed on to a real worker.
+IN_PROCESS_BUDGET = "65536"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -44,7 +49,9 @@ def live_server(start_timeout_s: float = 180, front: bool = False, **settings: s
     ``front``: the whole deployed service instead, nginx in front of gunicorn (serve.py).
     """
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "MODELS": "srgan",
+    inherited = {name: value for name, value in os.environ.items()
+                 if not (name == "MEMORY_BUDGET_MB" and value == IN_PROCESS_BUDGET)}
+    env = {**inherited, "PORT": str(port), "HOST": "127.0.0.1", "MODELS": "srgan",
            **{k.upper(): str(v) for k, v in settings.items()}}
     command = ["serve.py"] if front else ["-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
                                           "app:app"]

@@ -10,6 +10,7 @@ TILE on whole photos of each SIDE: the peak above the loaded process, and the sh
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -26,6 +27,11 @@ def rss_mb() -> float:
     return rss_bytes() / MEBIBYTE
 
 
+def reset_peak_rss() -> None:
+    """Start VmHWM again from the current RSS (Linux: 5 to clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def loaded_service(model: str, **overrides: object):
     from config import load_settings
     from core.service import Service
@@ -38,8 +44,9 @@ def loaded_service(model: str, **overrides: object):
     return service
 
 
-def probe_windows(model: str, arithmetic: str, sides: list[int]) -> dict:
-    network = loaded_service(model, precision=arithmetic).registry.get(model)
+def probe_windows(model: str, arithmetic: str, scale: int, sides: list[int]) -> dict:
+    network = loaded_service(model, precision=arithmetic).registry.get(model, scale)
+    reset_peak_rss()  # the peak of loading (converting every network) is not a window's
     baseline = rss_mb()
     peaks = {}
     for side in sides:
@@ -69,7 +76,7 @@ def probe_request(sides: list[int], tile: int) -> dict:
 def main(argv: list[str]) -> None:
     kind, *rest = argv
     if kind == "windows":
-        print(json.dumps(probe_windows(rest[0], rest[1], [int(side) for side in rest[2:]])))
+        print(json.dumps(probe_windows(rest[0], rest[1], int(rest[2]), [int(side) for side in rest[3:]])))
     else:
         print(json.dumps(probe_request([int(side) for side in rest[1:]], int(rest[0]))))
 

@@ -30,9 +30,10 @@ def png(width: int, height: int, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def start_predict(url: str, image: bytes) -> socket.socket:
+def start_predict(url: str, image: bytes, **fields: str) -> socket.socket:
     """Send a whole POST /model/predict on a new connection and return without reading the answer."""
-    prepared = requests.Request("POST", f"{url}/model/predict", files={"image": ("upload.png", image, "image/png")}).prepare()
+    prepared = requests.Request("POST", f"{url}/model/predict", data=fields,
+                                files={"image": ("upload.png", image, "image/png")}).prepare()
     address = urlsplit(url)
     head = "".join([f"POST /model/predict HTTP/1.1\r\nHost: {address.netloc}\r\n",
                     *(f"{name}: {value}\r\n" for name, value in prepared.headers.items()), "\r\n"])
@@ -66,6 +67,23 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise ValueError(f"no VmRSS for process {pid}")
+
+
+# A server on which one image takes minutes on any CPU here, and a small one a moment: the RRDBNet model in
+# fp32 on 32-px tiles (each a 96-px window for its 32-px margin) runs a 400x400 image as over 100 windows of about
+# 0.4 TFLOP each; srgan, the default, answers small images at once. Tests of work in flight send SLOW_IMAGE
+# with SLOW_FIELDS, so that what they watch cannot have finished, however fast the machine.
+SLOW_SERVER = {"models": "srgan,realesrgan", "default_model": "srgan", "precision": "f32", "tile_size": 32,
+               "tile_batch": 1, "request_time_limit_s": 3600}
+SLOW_FIELDS = {"model": "realesrgan"}
+
+
+def gauge(url: str, name: str) -> float:
+    """A gauge's value from /metrics (0 when absent)."""
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def wait_for(condition, timeout_s: float, interval_s: float = 0.2):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,12 @@ from PIL import Image
 
 from app import create_app
 from config import Settings, load_settings
+from harness.live_server import IN_PROCESS_BUDGET
+
+# The memory budget counts one worker's resident memory, but this process holds the models of every
+# test's service at once: its in-process services get a budget for that. A real gunicorn worker started
+# by harness.live_server gets the default budget, or the one its test gives.
+os.environ.setdefault("MEMORY_BUDGET_MB", IN_PROCESS_BUDGET)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "test_examples" / "low_resolution"

@@ -156,7 +156,7 @@ def test_strength_slider_shows_at_once_and_downloads_what_the_api_answers(page, 
     assert page.text_content("#strength-value") == "0.30"
     blended_view = canvas_pixels(page)  # already redrawn: the input handler draws before it returns
     assert np.abs(blended_view[..., :3] - model_view[..., :3]).mean() > 1, "the view did not change"
-    page.wait_for_function("document.getElementById('download').dataset.strength === '0.3'")
+    page.wait_for_selector("#download[data-strength='0.3']", state="attached")
     assert not [url for url in requests_made if "/app/upscale" in url or "/model/" in url], requests_made
 
     with page.expect_download() as download_info:
@@ -172,7 +172,7 @@ def test_strength_slider_shows_at_once_and_downloads_what_the_api_answers(page, 
 
     # Back at the strength the server ran with, the download is the server's own answer.
     page.fill("#strength", "1")
-    page.wait_for_function("document.getElementById('download').dataset.strength === '1'")
+    page.wait_for_selector("#download[data-strength='1']", state="attached")
     with page.expect_download() as download_info:
         page.click("#download")
     download_info.value.save_as(tmp_path / "full.png")
@@ -189,7 +189,7 @@ def test_strength_with_jpeg_downloads_the_browsers_encoding_of_the_blend(page, s
     page.click("#run")
     page.wait_for_selector("body[data-state=done]", timeout=180_000)
     page.fill("#strength", "0.5")
-    page.wait_for_function("document.getElementById('download').dataset.strength === '0.5'")
+    page.wait_for_selector("#download[data-strength='0.5']", state="attached")
     with page.expect_download() as download_info:
         page.click("#download")
     saved = tmp_path / download_info.value.suggested_filename

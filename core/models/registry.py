@@ -382,16 +382,10 @@ class ModelRegistry:
                              f"into {shape[2]}x{shape[1]}")
         return network
 
-    def tile_size(self, network: Network, height: int, width: int) -> int:
-        """The tile side for an image of this size on ``network``: TILE_SIZE when set, else the largest
-        that MEMORY_BUDGET_MB leaves room for (413 when none does)."""
-        if self.settings.tile_size is not None:
-            return self.settings.tile_size
-        # While models still load, what is resident now (less than when all are loaded).
-        resident = self._resident if self._resident is not None else memory.resident_estimate(memory.rss_bytes())
-        return memory.tile_for_budget(self.settings.memory_budget_mb * memory.MEBIBYTE, resident,
-                                      window_bytes_per_pixel(network.name, network.precision), network.margin,
-                                      height, width, network.scale, self.settings.tile_batch)
+    @property
+    def resident(self) -> int:
+        """Resident bytes of the loaded models, for the memory budget; while they still load, what is resident now."""
+        return self._resident if self._resident is not None else memory.resident_estimate(memory.rss_bytes())
 
     def _set_state(self, name: str, state: str) -> None:
         with self._lock:

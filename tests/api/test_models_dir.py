@@ -115,7 +115,7 @@ def test_metadata_describes_the_operators_models(models_client, models_dir):
     assert models["espcn4"] == {
         "id": "espcn4", "title": "ESPCN-like 4x", "use_when": "Tests", "architecture": "ONNX graph, run by OpenVINO",
         "weights": "MODELS_DIR: espcn4.onnx", "license": "CC0-1.0", "scales": [4], "denoise": {"4": ["none"]},
-        "parameters": NET4.parameters,
+        "parameters": NET4.parameters, "precision": "f32",
         "state": "ready", "default": False}
     assert models["espcn2"]["scales"] == [2] and models["espcn2"]["use_when"] == ""
     assert models["anime6b"]["parameters"] == ANIME_PARAMETERS and models["anime6b"]["license"] == "BSD-3-Clause"

@@ -222,8 +222,8 @@ def test_a_target_out_of_range_for_this_image_names_it_on_both_routes(client):
     response = predict(client, WIDE, width="10")
     assert response.status_code == 400
     assert "width 10 would enlarge the 15x9 image 0.667 times" in response.json["message"]
-    _, events = page_events(client, WIDE, width="10")
-    assert events[-1] == {"event": "error", "status": 400, "message": response.json["message"]}
+    status, refused = page_events(client, WIDE, width="10")  # from the header, before any stream starts
+    assert (status, refused) == (400, response.json)
 
 
 # --- One meaning on every route -----------------------------------------------------------------

@@ -11,7 +11,8 @@ from config import load_settings
 from core import memory
 from core.errors import TooLarge
 from core.models import precision
-from core.models.registry import SPECS, ModelRegistry, window_bytes_per_pixel
+from core.models.registry import SPECS, window_bytes_per_pixel
+from core.service import Service
 from core.tiling import WINDOW_QUANTUM, plan_tiles
 from tests.conftest import ROOT
 
@@ -48,10 +49,13 @@ def test_a_budget_too_small_for_an_image_is_a_clear_413():
 
 
 def test_tile_size_overrides_the_budget(service):
-    registry = ModelRegistry(load_settings(models="srgan", tile_size=96))
-    assert registry.tile_size("srgan", 2000, 2000) == 96
-    # The session's service has no TILE_SIZE: its tile follows the budget and the image.
-    assert service.registry.tile_size("srgan", 2000, 2000) < service.registry.tile_size("srgan", 500, 500)
+    network = service.registry.get("srgan")
+    fixed = Service(load_settings(models="srgan", tile_size=96), service.registry, service.slot)
+    assert fixed.tile_size(network, 2000, 2000) == 96
+    # Without TILE_SIZE the tile follows the budget and the image: a larger image leaves less room for windows.
+    room = service.registry.resident // memory.MEBIBYTE + 1024
+    budgeted = Service(load_settings(models="srgan", memory_budget_mb=room), service.registry, service.slot)
+    assert budgeted.tile_size(network, 2000, 2000) < budgeted.tile_size(network, 500, 500)
 
 
 def test_every_measured_model_has_its_cost_in_every_precision():
@@ -68,7 +72,7 @@ def test_srgan_window_stays_within_its_recorded_cost(arithmetic):
     if arithmetic == "bf16" and not precision.native_bf16():
         pytest.skip("this CPU has no native bf16")
     side = 256
-    done = subprocess.run([sys.executable, "-m", "harness.memory_probe", "windows", "srgan", arithmetic, str(side)],
+    done = subprocess.run([sys.executable, "-m", "harness.memory_probe", "windows", "srgan", arithmetic, "4", str(side)],
                           cwd=ROOT, capture_output=True, text=True, check=True)
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert measured["precision"] == arithmetic

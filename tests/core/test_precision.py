@@ -9,10 +9,11 @@ from core import metrics
 from core.models import precision
 from core.models.registry import SPECS
 from core.models.runtime import Network
+from core.options import NO_DENOISE
 from tests.conftest import SAMPLES
 
 needs_native_bf16 = pytest.mark.skipif(not precision.native_bf16(), reason="this CPU has no native bf16")
-MEASURED = [name for name in SPECS if name != "max-srgan"]
+BF16_OK = [name for name, spec in SPECS.items() if spec.bf16_ok]
 
 
 @pytest.mark.parametrize(("setting", "backend", "bf16_ok", "native", "expected"), [
@@ -54,14 +55,16 @@ def photos() -> list[np.ndarray]:
 
 @pytest.mark.slow
 @needs_native_bf16
-@pytest.mark.parametrize("name", MEASURED)
-def test_bf16_ok_is_what_the_photos_measure(settings, photos, name):
-    """A bf16_ok model stays within the bound on every test photo; a model that is not falls below it
-    on at least one (bench.precision also scores a 500² photo and the quality sets)."""
+@pytest.mark.parametrize("name", BF16_OK)
+def test_a_bf16_ok_model_stays_within_the_bound_on_every_photo(settings, photos, name):
+    """bench.precision decides bf16_ok from a 500² photo and the quality sets too: a model left in f32 may
+    pass on these small photos (realesrgan scores 50.2 dB here, 47.3 dB on the 500² photo)."""
     spec = SPECS[name]
-    model = spec.build(settings)
+    variant = spec.variant(spec.scales[-1], NO_DENOISE)
+    model = variant.build(settings)
     served = spec.inference_form(model) if spec.inference_form else model
-    f32 = Network(name, served, spec.margin, "openvino", "f32")
-    bf16 = Network(name, served, spec.margin, "openvino", "bf16")
+    statistics = variant.statistics(settings) if variant.statistics else None
+    f32, bf16 = (Network.from_keras(name, served, spec.margin, "openvino", scale=variant.scale, border=variant.border,
+                                    statistics=statistics, precision=arithmetic) for arithmetic in ("f32", "bf16"))
     lowest = min(metrics.psnr(_levels(f32.predict(photo)), _levels(bf16.predict(photo))) for photo in photos)
-    assert (lowest >= precision.MIN_BF16_PSNR_DB) == spec.bf16_ok, f"{name}: lowest {lowest:.1f} dB"
+    assert lowest >= precision.MIN_BF16_PSNR_DB, f"{name}: lowest {lowest:.1f} dB"
