@@ -4,9 +4,10 @@
 
 Each configuration starts its own gunicorn servers (MODELS=srgan, one worker each), runs the
 command line over the same folder into a fresh output folder, and takes the time from its summary
-line (the conversion, without start-up). The servers share this machine's cores, so "two servers
-of one thread each" stands for two one-core pods, and "one server of two threads" for one pod
-with the machine's two cores. Prints a Markdown table with the CPU and the fp32 ceiling.
+line (the conversion, without start-up), and the CPU time the servers' workers spent meanwhile
+(their busy cores). The servers share this machine's cores, so "two servers of one thread each"
+stands for two one-core pods, and "one server of two threads" for one pod with the machine's two
+cores. Prints a Markdown table with the CPU and the fp32 ceiling.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from harness.live_server import live_server
+from harness.raw_http import cpu_seconds, worker_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "test_examples" / "low_resolution"
@@ -82,11 +84,14 @@ def main() -> None:
         for index, (label, count, threads) in enumerate(CONFIGURATIONS):
             with ExitStack() as stack:
                 servers = [stack.enter_context(live_server(inference_threads=str(threads))) for _ in range(count)]
+                workers = [pid for server in servers for pid in worker_pids(server.process.pid)]
+                before = sum(cpu_seconds(pid) for pid in workers)
                 seconds = run_cli(folder, Path(work) / f"out{index}", [server.url for server in servers])
-            rows.append(f"| {label} | {args.files} | {seconds:.1f} | {args.files / seconds * 60:.0f} |")
+                busy = (sum(cpu_seconds(pid) for pid in workers) - before) / seconds
+            rows.append(f"| {label} | {args.files} | {seconds:.1f} | {args.files / seconds * 60:.0f} | {busy:.2f} |")
     print(f"CPU: {cpu_description()}; fp32 ceiling (numpy sgemm) {fp32_ceiling():.0f} GFLOP/s\n")
     print(f"`srgan`, {args.side}x{args.side} PNGs, `--jobs` at its default (2 per server)\n")
-    print("| servers | files | seconds | files per minute |\n|---|---|---|---|")
+    print("| servers | files | seconds | files per minute | cores busy in the servers |\n|---|---|---|---|---|")
     print("\n".join(rows))
 
 

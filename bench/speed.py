@@ -28,12 +28,16 @@ from harness.live_server import live_server
 from harness.photos import photo_png
 from harness.process import gunicorn_worker, peak_rss_mb
 
-# Multiply-adds x 2 of each network per input pixel (convolutions; activations are negligible).
-MFLOP_PER_PIXEL = {"srgan": 4.44, "srresnet": 4.44, "realsr": 36.3, "realesrgan": 36.3}
+# Multiply-adds x 2 of each 4x network per input pixel (convolutions; activations are negligible), from
+# TensorFlow's profiler on the Keras graphs. Real-CUGAN crops its borders, so its figure grows with the
+# window (0.8 at 64 px, 1.38 at 128, 1.74 at 256): 2.0 is the large-image value, rounded.
+MFLOP_PER_PIXEL = {"srgan": 4.44, "srresnet": 4.44, "realsr": 36.3, "realesrgan": 36.3,
+                   "span": 0.85, "anime": 1.24, "realcugan": 2.0}
 SIDES = (128, 500)
 # (model, PRECISION) pairs timed: every model in what PRECISION=auto gives it on a CPU with native bf16,
 # and srgan in f32 too (its f32 target holds on any CPU).
-PLAN = (("srgan", "bf16"), ("srgan", "f32"), ("srresnet", "bf16"), ("realsr", "f32"), ("realesrgan", "f32"))
+PLAN = (("srgan", "bf16"), ("srgan", "f32"), ("srresnet", "bf16"), ("realsr", "f32"), ("realesrgan", "f32"),
+        ("span", "f32"), ("anime", "f32"), ("realcugan", "f32"))
 # The targets, as ratios of useful GFLOP/s to the ceiling at 500² through HTTP.
 TARGETS = {("srgan", "bf16"): 1.2, ("srgan", "f32"): 0.8, ("realesrgan", "f32"): 0.7}
 MAX_OUTSIDE_SHARE = 0.15

