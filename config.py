@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     prometheus_multiproc_dir: Path | None = Field(None, description="Folder where gunicorn's workers share their Prometheus metrics (emptied at start); unset: a new temporary folder.")
 
     # Models
-    models: str = Field("srgan,srresnet,realsr,realesrgan", description="Comma-separated models each worker loads at start-up.")
+    models: str = Field("srgan,srresnet,realsr,realesrgan,span,anime", description="Comma-separated models each worker loads at start-up (realcugan, max-srgan: name them to load them).")
     default_model: str = Field("srgan", description="Model used when a request names none.")
     backend: Literal["tensorflow", "xla", "openvino"] = Field("openvino", description="Inference runtime: tensorflow (the reference), xla, or openvino (about 2x faster on CPU; see docs/speed.md).")
     inference_threads: int = Field(0, ge=0, description="Threads the inference backend uses per worker; 0 means cores divided by workers.")
