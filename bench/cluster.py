@@ -12,7 +12,6 @@ cores. Prints a Markdown table with the CPU and the fp32 ceiling.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from bench.machine import ceiling_in_fresh_process, cpu_description
 from harness.live_server import live_server
 from harness.raw_http import cpu_seconds, worker_pids
 
@@ -55,23 +55,6 @@ def run_cli(folder: Path, out: Path, urls: list[str]) -> float:
     return float(converted.group(2))
 
 
-def cpu_description() -> str:
-    info = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"^model name\s*:\s*(.+)$", info, re.MULTILINE).group(1).strip()
-    flags = set(re.search(r"^flags\s*:\s*(.+)$", info, re.MULTILINE).group(1).split())
-    shown = [flag for flag in ("avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "amx_int8")
-             if flag in flags]
-    return f"{model}, {len(os.sched_getaffinity(0))} cores, {' '.join(shown)}"
-
-
-def fp32_ceiling() -> float:
-    """numpy's sgemm GFLOP/s (bench/speed.py), with OpenBLAS's core type and L2 overrides unset for it alone."""
-    env = {name: value for name, value in os.environ.items() if name not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    result = subprocess.run([sys.executable, "-c", "from bench.speed import measure_ceiling; print(measure_ceiling())"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=600)
-    return float(result.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=40)
@@ -89,7 +72,7 @@ def main() -> None:
                 seconds = run_cli(folder, Path(work) / f"out{index}", [server.url for server in servers])
                 busy = (sum(cpu_seconds(pid) for pid in workers) - before) / seconds
             rows.append(f"| {label} | {args.files} | {seconds:.1f} | {args.files / seconds * 60:.0f} | {busy:.2f} |")
-    print(f"CPU: {cpu_description()}; fp32 ceiling (numpy sgemm) {fp32_ceiling():.0f} GFLOP/s\n")
+    print(f"CPU: {cpu_description()}; fp32 ceiling (numpy sgemm) {ceiling_in_fresh_process():.0f} GFLOP/s\n")
     print(f"`srgan`, {args.side}x{args.side} PNGs, `--jobs` at its default (2 per server)\n")
     print("| servers | files | seconds | files per minute | cores busy in the servers |\n|---|---|---|---|---|")
     print("\n".join(rows))

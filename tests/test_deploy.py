@@ -87,6 +87,17 @@ def test_memory_limit_leaves_room_above_the_request():
     assert resources["requests"]["cpu"] == resources["limits"]["cpu"]
 
 
+# What a pod holds besides its workers: the gunicorn master and nginx (docs/deployment.md, "Sizing").
+POD_OVERHEAD_MIB = 256
+
+
+def test_memory_request_is_each_workers_budget_and_the_pods_other_processes():
+    env = {item["name"]: item["value"] for item in container()["env"]}
+    workers, budget = int(env["WORKERS"]), int(env["MEMORY_BUDGET_MB"])
+    request = parse_gibibytes(container()["resources"]["requests"]["memory"]) * 1024
+    assert request == workers * budget + POD_OVERHEAD_MIB
+
+
 def parse_gibibytes(quantity: str) -> float:
     number, unit = re.fullmatch(r"([\d.]+)(Gi|Mi)", quantity).groups()
     return float(number) / (1024 if unit == "Mi" else 1)
