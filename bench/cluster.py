@@ -12,7 +12,9 @@ cores. Prints a Markdown table with the CPU and the fp32 ceiling.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -43,6 +45,19 @@ def make_folder(folder: Path, count: int, side: int) -> None:
                 .save(folder / f"photo{index:03}.png")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent on anything but idling and waiting, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def client_seconds() -> float:
+    """CPU seconds of this process's finished children (the command line runs as one)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_cli(folder: Path, out: Path, urls: list[str]) -> float:
     """Seconds the conversion took, from the summary line; fails unless every file was converted."""
     servers = [argument for url in urls for argument in ("--server", url)]
@@ -68,13 +83,17 @@ def main() -> None:
             with ExitStack() as stack:
                 servers = [stack.enter_context(live_server(inference_threads=str(threads))) for _ in range(count)]
                 workers = [pid for server in servers for pid in worker_pids(server.process.pid)]
-                before = sum(cpu_seconds(pid) for pid in workers)
+                before = sum(cpu_seconds(pid) for pid in workers), client_seconds(), machine_busy_seconds()
                 seconds = run_cli(folder, Path(work) / f"out{index}", [server.url for server in servers])
-                busy = (sum(cpu_seconds(pid) for pid in workers) - before) / seconds
-            rows.append(f"| {label} | {args.files} | {seconds:.1f} | {args.files / seconds * 60:.0f} | {busy:.2f} |")
+                after = sum(cpu_seconds(pid) for pid in workers), client_seconds(), machine_busy_seconds()
+                # The client's figure covers its whole run (start-up too), so it is an upper bound.
+                busy = [(late - early) / seconds for early, late in zip(before, after)]
+            rows.append(f"| {label} | {args.files} | {seconds:.1f} | {args.files / seconds * 60:.0f} | "
+                        + " | ".join(f"{value:.2f}" for value in busy) + " |")
     print(f"CPU: {cpu_description()}; fp32 ceiling (numpy sgemm) {ceiling_in_fresh_process():.0f} GFLOP/s\n")
     print(f"`srgan`, {args.side}x{args.side} PNGs, `--jobs` at its default (2 per server)\n")
-    print("| servers | files | seconds | files per minute | cores busy in the servers |\n|---|---|---|---|---|")
+    print("| servers | files | seconds | files per minute | cores busy: servers' workers | the client | "
+          "the whole machine |\n|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 
