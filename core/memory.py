@@ -27,6 +27,10 @@ RESIDENT_QUANTUM = 32 * MEBIBYTE
 REQUEST_BYTES_PER_INPUT_PIXEL = 24
 REQUEST_BYTES_PER_OUTPUT_PIXEL = 10
 MIN_TILE = 16
+# The windows' bytes per pixel are measured up to 384-px windows and still grow there (the backend's
+# buffers do not scale evenly): a larger window would be sized by a figure nobody measured, and a worker
+# serving anime at 1000² went 100 MiB past its budget with windows of the whole image.
+MAX_WINDOW = 384
 
 
 def rss_bytes() -> int:
@@ -57,7 +61,7 @@ def tile_for_budget(budget_bytes: int, resident: int, bytes_per_window_pixel: in
                     height: int, width: int, scale: int, batch: int = 1) -> int:
     """The tile side for this image and model within the budget; 413 when not even the smallest fits."""
     available = budget_bytes - resident - request_bytes(height, width, scale)
-    window = largest_window(available // batch, bytes_per_window_pixel)
+    window = min(largest_window(available // batch, bytes_per_window_pixel), MAX_WINDOW)
     tile = window - 2 * margin
     if tile < MIN_TILE:
         raise TooLarge(

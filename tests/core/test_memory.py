@@ -25,6 +25,11 @@ def test_the_largest_window_that_fits_is_chosen():
     assert window ** 2 * 6700 <= 400 * MIB < (window + WINDOW_QUANTUM) ** 2 * 6700
 
 
+def test_windows_stay_within_the_measured_sides_however_large_the_budget():
+    tile = memory.tile_for_budget(64 * 1024 * MIB, 1024 * MIB, 1400, 8, 1000, 1000, 4)
+    assert tile + 2 * 8 == memory.MAX_WINDOW
+
+
 def test_tile_leaves_room_for_the_resident_models_and_the_request():
     budget, resident, per_pixel, margin = 3072 * MIB, 1280 * MIB, 6700, 16
     tile = memory.tile_for_budget(budget, resident, per_pixel, margin, 2000, 2000, 4)
@@ -37,9 +42,9 @@ def test_tile_leaves_room_for_the_resident_models_and_the_request():
 
 
 def test_a_batch_of_windows_shares_the_room():
-    one = memory.tile_for_budget(3072 * MIB, 1024 * MIB, 6700, 16, 500, 500, 4)
-    two = memory.tile_for_budget(3072 * MIB, 1024 * MIB, 6700, 16, 500, 500, 4, batch=2)
-    assert two < one
+    one = memory.tile_for_budget(1536 * MIB, 1024 * MIB, 6700, 16, 500, 500, 4)
+    two = memory.tile_for_budget(1536 * MIB, 1024 * MIB, 6700, 16, 500, 500, 4, batch=2)
+    assert two < one < memory.MAX_WINDOW - 2 * 16
 
 
 def test_a_budget_too_small_for_an_image_is_a_clear_413():
