@@ -106,10 +106,8 @@ class Network:
     def release_memory(self) -> None:
         """Give back what the backend holds between requests, so that one model's windows do not add to
         the next request's (the memory budget counts one model's windows at a time)."""
-        for function in (self.run, self.measure):
-            release = getattr(function, "release_memory", None)
-            if release is not None:
-                release()
+        _release(self.run)
+        _release(self.measure)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, h, w, 3) RGB in [0, 1] -> (N, scale * h, scale * w, 3) RGB in [0, 1], each image on its own."""
@@ -123,6 +121,7 @@ class Network:
         if self.measure is None:
             return self.predict
         averages = self._image_averages(image)
+        _release(self.measure)  # its buffers would otherwise sit beside the tiles', outside the memory budget
         return lambda batch: self._run(batch, [np.repeat(average, len(batch), axis=0) for average in averages])
 
     def _run(self, batch: np.ndarray, averages: list[np.ndarray]) -> np.ndarray:
@@ -152,6 +151,13 @@ class Network:
                 averages = [weight * average for average in self._measure_windows(window[None])]
                 totals = averages if totals is None else [t + a for t, a in zip(totals, averages)]
         return totals
+
+
+def _release(function: Predict | None) -> None:
+    """The buffers of a backend that keeps them between calls (OpenVINO's), given back."""
+    release = getattr(function, "release_memory", None)
+    if release is not None:
+        release()
 
 
 def onnx_predict(path: Path) -> tuple[Predict, int]:
