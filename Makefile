@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev run test test-fast bench-quality bench-speed bench-precision bench-memory bench-stages bench-load docker-test lint clean pictures docs-pictures
+.PHONY: setup setup-dev nginx run test test-fast bench-quality bench-speed bench-precision bench-memory bench-stages bench-load docker-test lint clean pictures docs-pictures
 
 # Serving only: requirements.txt. The test tools (requirements-dev.txt) come with `make test`.
 setup: $(STAMP)
@@ -23,9 +23,12 @@ $(DEV_STAMP): $(STAMP) requirements-dev.txt
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
 	touch $(DEV_STAMP)
 
-# nginx in front of gunicorn (serve.py); needs nginx (Debian: apt-get install nginx-light).
-run: setup
+# nginx in front of gunicorn (serve.py); nginx-light is installed with apt where it is missing (Debian, as root).
+run: setup nginx
 	$(BIN)/python serve.py
+
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { apt-get update -q && apt-get install -y -q nginx-light; }
 
 test: setup-dev
 	$(BIN)/python -m pytest
