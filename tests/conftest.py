@@ -28,11 +28,16 @@ def settings() -> Settings:
     return load_settings(models=TEST_MODELS, default_model="srgan")
 
 
-@pytest.fixture(scope="session")
-def app(settings):
+def loaded_app(settings: Settings):
+    """The Flask app with every model of ``settings`` loaded before it is returned."""
     flask_app = create_app(settings, load_models=False)
     flask_app.extensions["super_resolution"].registry.load_all()
     return flask_app
+
+
+@pytest.fixture(scope="session")
+def app(settings):
+    return loaded_app(settings)
 
 
 @pytest.fixture(scope="session")

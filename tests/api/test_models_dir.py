@@ -12,9 +12,8 @@ import pytest
 import requests
 from PIL import Image
 
-from app import create_app
 from config import load_settings
-from tests.conftest import SAMPLES, decode, encode
+from tests.conftest import SAMPLES, decode, encode, loaded_app
 from harness.live_server import live_server
 from tests.onnx_nets import SubpixelNet
 
@@ -70,10 +69,7 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def models_dir_app(models_dir):
-    settings = load_settings(models="srgan", default_model="srgan", models_dir=models_dir, tile_size=TILE)
-    flask_app = create_app(settings, load_models=False)
-    flask_app.extensions["super_resolution"].registry.load_all()
-    return flask_app
+    return loaded_app(load_settings(models="srgan", default_model="srgan", models_dir=models_dir, tile_size=TILE))
 
 
 @pytest.fixture()

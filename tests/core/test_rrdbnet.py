@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import create_app
 from config import load_settings
 from core.models import ncnn
 from core.models.ncnn_graph import build_from_ncnn, build_graph
 from core.tiling import plan_tiles, run_tiled
-from tests.conftest import SAMPLES, decode, encode
+from tests.conftest import SAMPLES, decode, encode, loaded_app
 from tests.core.ncnn_reference import run_ncnn
 
 WEIGHT_FILES = {
@@ -171,10 +170,7 @@ def test_model_takes_any_input_size_and_has_the_rrdbnet_parameter_count(keras_mo
 
 @pytest.fixture(scope="session")
 def realsr_app():
-    settings = load_settings(models="srgan,realsr", default_model="srgan")
-    flask_app = create_app(settings, load_models=False)
-    flask_app.extensions["super_resolution"].registry.load_all()
-    return flask_app
+    return loaded_app(load_settings(models="srgan,realsr", default_model="srgan"))
 
 
 @pytest.mark.slow

