@@ -29,20 +29,22 @@ from harness.raw_http import cpu_seconds, worker_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "test_examples" / "low_resolution"
-# (label, servers, INFERENCE_THREADS of each)
-CONFIGURATIONS = (("one server, 1 thread", 1, 1), ("two servers, 1 thread each", 2, 1),
-                  ("one server, 2 threads", 1, 2))
+# (label, servers, INFERENCE_THREADS of each, one command line per server with its share of the files)
+CONFIGURATIONS = (("one server, 1 thread", 1, 1, False), ("two servers, 1 thread each", 2, 1, False),
+                  ("two servers, 1 thread each, a command line each", 2, 1, True),
+                  ("one server, 2 threads", 1, 2, False))
 
 
-def make_folder(folder: Path, count: int, side: int) -> None:
-    """``count`` distinct side x side photos cut from the samples."""
-    folder.mkdir(parents=True)
+def make_folder(folder: Path, count: int, side: int, parts: int = 2) -> None:
+    """``count`` distinct side x side photos cut from the samples, in ``parts`` sub-folders of equal share."""
     samples = sorted(SAMPLES.glob("*.png"))
     for index in range(count):
+        part = folder / f"part{index % parts}"
+        part.mkdir(parents=True, exist_ok=True)
         with Image.open(samples[index % len(samples)]) as image:
             shift = index // len(samples)
             image.convert("RGB").resize((side + shift, side + shift)).crop((shift, shift, side + shift, side + shift)) \
-                .save(folder / f"photo{index:03}.png")
+                .save(part / f"photo{index:03}.png")
 
 
 def machine_busy_seconds() -> float:
@@ -58,16 +60,22 @@ def client_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_cli(folder: Path, out: Path, urls: list[str]) -> float:
-    """Seconds the conversion took, from the summary line; fails unless every file was converted."""
-    servers = [argument for url in urls for argument in ("--server", url)]
-    result = subprocess.run([sys.executable, "-m", "cli", str(folder), "-o", str(out), *servers],
-                            cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    converted = re.search(r"converted (\d+) in ([\d.]+) s, skipped 0 already done, failed 0", result.stdout)
-    if result.returncode != 0 or converted is None:
-        raise RuntimeError(f"sr-upscale failed: {result.stdout}{result.stderr[-2000:]}")
-    print(result.stdout.strip(), file=sys.stderr)
-    return float(converted.group(2))
+def run_clis(jobs: list[tuple[list[Path], list[str]]], out: Path) -> float:
+    """Command lines run at once, each over its folders to its servers: seconds of the slowest conversion,
+    from the summary lines; fails unless every file was converted."""
+    started = [subprocess.Popen([sys.executable, "-m", "cli", *map(str, folders), "-o", str(out / str(index)),
+                                 *(argument for url in urls for argument in ("--server", url))],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for index, (folders, urls) in enumerate(jobs)]
+    seconds = []
+    for process in started:
+        stdout, stderr = process.communicate(timeout=1800)
+        converted = re.search(r"converted (\d+) in ([\d.]+) s, skipped 0 already done, failed 0", stdout)
+        if process.returncode != 0 or converted is None:
+            raise RuntimeError(f"sr-upscale failed: {stdout}{stderr[-2000:]}")
+        print(stdout.strip(), file=sys.stderr)
+        seconds.append(float(converted.group(2)))
+    return max(seconds)
 
 
 def main() -> None:
@@ -79,14 +87,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work) / "photos"
         make_folder(folder, args.files, args.side)
-        for index, (label, count, threads) in enumerate(CONFIGURATIONS):
+        parts = sorted(folder.iterdir())
+        for index, (label, count, threads, client_each) in enumerate(CONFIGURATIONS):
             with ExitStack() as stack:
                 servers = [stack.enter_context(live_server(inference_threads=str(threads))) for _ in range(count)]
+                urls = [server.url for server in servers]
+                jobs = [([part], [url]) for part, url in zip(parts, urls)] if client_each else [(parts, urls)]
                 workers = [pid for server in servers for pid in worker_pids(server.process.pid)]
                 before = sum(cpu_seconds(pid) for pid in workers), client_seconds(), machine_busy_seconds()
-                seconds = run_cli(folder, Path(work) / f"out{index}", [server.url for server in servers])
+                seconds = run_clis(jobs, Path(work) / f"out{index}")
                 after = sum(cpu_seconds(pid) for pid in workers), client_seconds(), machine_busy_seconds()
-                # The client's figure covers its whole run (start-up too), so it is an upper bound.
+                # The clients' figure covers their whole runs (start-up too), so it is an upper bound.
                 busy = [(late - early) / seconds for early, late in zip(before, after)]
             rows.append(f"| {label} | {args.files} | {seconds:.1f} | {args.files / seconds * 60:.0f} | "
                         + " | ".join(f"{value:.2f}" for value in busy) + " |")

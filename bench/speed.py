@@ -29,8 +29,9 @@ from harness.photos import photo_png
 from harness.process import gunicorn_worker, peak_rss_mb
 
 # Multiply-adds x 2 of each 4x network per input pixel (convolutions; activations are negligible), from
-# TensorFlow's profiler on the Keras graphs. Real-CUGAN crops its borders, so its figure grows with the
-# window (0.8 at 64 px, 1.38 at 128, 1.74 at 256): 2.0 is the large-image value, rounded.
+# TensorFlow's profiler on the Keras graphs (scripts/measure_flops.py). Real-CUGAN crops its borders, so
+# its figure grows with the window (0.80 at 64 px, 1.38 at 128, 1.74 at 256): 2.0 is an estimate for
+# large windows.
 MFLOP_PER_PIXEL = {"srgan": 4.44, "srresnet": 4.44, "realsr": 36.3, "realesrgan": 36.3,
                    "span": 0.85, "anime": 1.24, "realcugan": 2.0}
 SIDES = (128, 500)

@@ -87,8 +87,8 @@ def test_memory_limit_leaves_room_above_the_request():
     assert resources["requests"]["cpu"] == resources["limits"]["cpu"]
 
 
-# What a pod holds besides its workers: serve.py, gunicorn's master and nginx, 81 MiB measured, with room
-# for nginx's buffers (docs/deployment.md, "Sizing").
+# What a pod holds besides its workers: serve.py, gunicorn's master and nginx, 84 MiB measured by
+# scripts/measure_pod_memory.py, with room for nginx's buffers (docs/deployment.md, "Sizing").
 POD_OVERHEAD_MIB = 256
 
 
