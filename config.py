@@ -5,6 +5,7 @@ upper case (``TILE_SIZE=96``, ``MODELS=srgan,realsr``).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -70,6 +71,11 @@ class Settings(BaseSettings):
         if not [name for name in value.split(",") if name.strip()]:
             raise ValueError("MODELS must name at least one model")
         return value
+
+    @property
+    def worker_cores(self) -> int:
+        """Threads a worker runs its network and its PNG compression on."""
+        return self.inference_threads or max(1, len(os.sched_getaffinity(0)) // self.workers)
 
     @property
     def model_names(self) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ import png
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from core.errors import InvalidImage, InvalidInput, TooLarge
+from core.png_encoder import encode_png
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
 OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
@@ -465,20 +466,18 @@ def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def encode(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | None,
-           output_format: str, quality: int, png_level: int) -> bytes:
-    """Encode pixels as png (zlib level ``png_level``), jpeg or webp; 16-bit pixels stay 16-bit in PNG and
-    are rounded to 8 bits otherwise."""
+           output_format: str, quality: int, png_level: int, threads: int) -> bytes:
+    """Encode pixels as png (zlib level ``png_level`` on ``threads`` threads), jpeg or webp; 16-bit pixels stay
+    16-bit in PNG and are rounded to 8 bits otherwise."""
     pil_format, _ = OUTPUT_FORMATS[output_format]
     if pil_format == "JPEG" and alpha is not None:
         raise InvalidInput("jpeg cannot hold an alpha channel; ask for format png or webp")
-    if pil_format == "PNG" and colour.dtype == np.uint16:
-        return _encode_png16(colour, alpha, icc_profile, png_level)
-    image = _to_pillow(_to_8bit(colour), None if alpha is None else _to_8bit(alpha))
-    options: dict[str, object] = {"icc_profile": icc_profile} if icc_profile else {}
-    if pil_format in ("JPEG", "WEBP"):
-        options["quality"] = quality
-    else:
-        options["compress_level"] = png_level
+    if pil_format == "PNG":
+        return encode_png(_with_alpha(colour, alpha), icc_profile, png_level, threads)
+    image = _to_pillow(_with_alpha(_to_8bit(colour), alpha))
+    options: dict[str, object] = {"quality": quality}
+    if icc_profile:
+        options["icc_profile"] = icc_profile
     buffer = io.BytesIO()
     image.save(buffer, pil_format, **options)
     return buffer.getvalue()
@@ -494,31 +493,12 @@ def _to_8bit(pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _to_pillow(colour: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
+def _with_alpha(colour: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """(H, W, C) colour with the alpha plane appended, at the colour's bit depth."""
     if alpha is None:
-        return Image.fromarray(colour[..., 0] if colour.shape[-1] == 1 else colour)
-    return Image.fromarray(np.concatenate([colour, alpha[..., None]], axis=-1))
+        return colour
+    return np.concatenate([colour, (alpha if colour.dtype == np.uint16 else _to_8bit(alpha))[..., None]], axis=-1)
 
 
-def _encode_png16(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | None, level: int) -> bytes:
-    """16-bit grey, grey+alpha, RGB or RGBA PNG with pypng, converting one row at a time."""
-    height, width, channels = colour.shape
-    writer = png.Writer(width, height, greyscale=channels == 1, alpha=alpha is not None, bitdepth=16, compression=level)
-
-    def rows() -> Iterator[bytes]:
-        for y in range(height):
-            row = colour[y] if alpha is None else np.concatenate([colour[y], alpha[y][:, None]], axis=-1)
-            yield row.astype(">u2").tobytes()
-
-    buffer = io.BytesIO()
-    writer.write_packed(buffer, rows())
-    encoded = buffer.getvalue()
-    return _with_icc_chunk(encoded, icc_profile) if icc_profile else encoded
-
-
-def _with_icc_chunk(encoded: bytes, icc_profile: bytes) -> bytes:
-    """Insert an iCCP chunk right after IHDR, where the PNG specification wants it (pypng cannot write one)."""
-    body = b"ICC Profile\x00\x00" + zlib.compress(icc_profile)
-    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(b"iCCP")))
-    after_header = len(PNG_SIGNATURE) + 8 + 13 + 4
-    return encoded[:after_header] + chunk + encoded[after_header:]
+def _to_pillow(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)

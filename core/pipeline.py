@@ -82,7 +82,7 @@ def upscale(data: bytes, options: UpscaleOptions, network: Network, settings: Se
     colour = blend(layers, options.strength)
     with work.stages.time("encode"):
         encoded = images.encode(colour, layers.alpha, image.icc_profile, options.output_format, options.quality,
-                                settings.png_compression_level)
+                                settings.png_compression_level, settings.worker_cores)
         encoded_layers = _encoded_layers(layers, image.icc_profile, settings) if with_layers else None
     return Result(encoded, images.OUTPUT_FORMATS[options.output_format][1], colour.shape[1], colour.shape[0],
                   network.name, image.width, image.height, encoded_layers, work.stages)
@@ -200,5 +200,6 @@ def _resized(colour: np.ndarray, size: Size) -> np.ndarray:
 
 
 def _encoded_layers(layers: Layers, icc_profile: bytes | None, settings: Settings) -> dict[str, bytes]:
-    return {name: images.encode(pixels, layers.alpha, icc_profile, LAYER_FORMAT, 100, settings.png_compression_level)
+    return {name: images.encode(pixels, layers.alpha, icc_profile, LAYER_FORMAT, 100, settings.png_compression_level,
+                                settings.worker_cores)
             for name, pixels in (("model", layers.model), ("lanczos", layers.lanczos))}

@@ -1,7 +1,6 @@
 """What one worker process holds: settings, the loaded models and the inference slot."""
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ class Service:
     def create(cls, settings: Settings) -> "Service":
         """The service of this process; also sets the process-wide thread counts and Pillow's bomb guard."""
         images.guard_decompression_bombs(settings.max_input_pixels)
-        configure_threads(settings.inference_threads or max(1, len(os.sched_getaffinity(0)) // settings.workers))
+        configure_threads(settings.worker_cores)
         return cls(settings, ModelRegistry(settings),
                    InferenceSlot(settings.queue_size, settings.queue_wait_s))
 

@@ -179,7 +179,7 @@ def test_16_bit_png_round_trips_exactly(channels):
     pixels = levels16(channels)
     colour_channels = 1 if channels < 3 else 3
     alpha = pixels[..., -1] if channels in (2, 4) else None
-    encoded = images.encode(pixels[..., :colour_channels], alpha, None, "png", 90, 6)
+    encoded = images.encode(pixels[..., :colour_channels], alpha, None, "png", 90, 6, 2)
     width, height, rows, info = png.Reader(bytes=encoded).read()
     assert info["bitdepth"] == 16 and info["planes"] == channels
     assert np.array_equal(np.vstack([np.frombuffer(row, np.uint16) for row in rows]).reshape(pixels.shape), pixels)
@@ -209,7 +209,7 @@ def test_16_bit_levels_round_to_8_bit_for_lossy_formats(output_format):
     # Flat images survive lossy coding exactly, so the rounding itself is visible.
     for level16, level8 in [(65535, 255), (257 * 100, 100), (257 * 100 + 128, 100), (257 * 100 + 129, 101), (0, 0)]:
         colour = np.full((16, 16, 3), level16, np.uint16)
-        result = np.asarray(Image.open(io.BytesIO(images.encode(colour, None, None, output_format, 100, 6))))
+        result = np.asarray(Image.open(io.BytesIO(images.encode(colour, None, None, output_format, 100, 6, 2))))
         assert abs(int(result[8, 8, 0]) - level8) <= 1 if output_format == "webp" else result[8, 8, 0] == level8
 
 
@@ -260,7 +260,7 @@ def test_icc_profile_of_a_16_bit_png_is_read():
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_icc_profile_is_written(output_format, dtype):
     profile = srgb_profile()
-    encoded = images.encode(np.zeros((8, 8, 3), dtype), None, profile, output_format, 90, 6)
+    encoded = images.encode(np.zeros((8, 8, 3), dtype), None, profile, output_format, 90, 6, 2)
     assert Image.open(io.BytesIO(encoded)).info.get("icc_profile") == profile
 
 
@@ -444,7 +444,7 @@ def test_webp_side_limit_is_checked_before_upscaling():
 @pytest.mark.parametrize("output_format, mode", [("png", "RGBA"), ("webp", "RGBA"), ("jpeg", "RGB")])
 def test_encode_writes_the_asked_format(output_format, mode):
     alpha = None if output_format == "jpeg" else np.full((16, 16), 200, np.uint8)
-    encoded = images.encode(pattern(), alpha, None, output_format, 90, 6)
+    encoded = images.encode(pattern(), alpha, None, output_format, 90, 6, 2)
     image = Image.open(io.BytesIO(encoded))
     assert image.format == images.OUTPUT_FORMATS[output_format][0] and image.mode == mode
 
@@ -452,7 +452,7 @@ def test_encode_writes_the_asked_format(output_format, mode):
 def test_quality_changes_the_size_of_lossy_output():
     noisy = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     for output_format in ("jpeg", "webp"):
-        low, high = (len(images.encode(noisy, None, None, output_format, q, 6)) for q in (10, 95))
+        low, high = (len(images.encode(noisy, None, None, output_format, q, 6, 2)) for q in (10, 95))
         assert low < high / 2
 
 
@@ -466,7 +466,7 @@ def test_resize_gives_the_exact_size_and_keeps_the_dtype(dtype):
 
 def test_png_compression_level_changes_size_not_pixels():
     pixels = pattern()
-    fast, small = (images.encode(pixels, None, None, "png", 90, level) for level in (1, 9))
+    fast, small = (images.encode(pixels, None, None, "png", 90, level, 2) for level in (1, 9))
     assert len(small) < len(fast)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(fast))), np.asarray(Image.open(io.BytesIO(small))))
 
