@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev nginx run test test-fast bench-quality bench-speed bench-precision bench-memory bench-stages bench-load docker-test lint clean pictures docs-pictures
+.PHONY: setup setup-dev nginx run test test-fast bench-quality bench-speed bench-precision bench-memory bench-stages bench-load bench-hostile docker-test lint clean pictures docs-pictures
 
 # Serving only: requirements.txt. The test tools (requirements-dev.txt) come with `make test`.
 setup: $(STAMP)
@@ -82,3 +82,7 @@ pictures: setup-dev
 # Options go through ARGS, e.g. make bench-load ARGS="--workers 2 --duration 60".
 bench-load: setup-dev
 	$(BIN)/python -m bench.load --report docs/load.md $(ARGS)
+
+# 50 slow clients and the hostile inputs against gunicorn alone and behind nginx -> docs/load.md.
+bench-hostile: setup-dev
+	flock -x /tmp/cpu.lock $(BIN)/python -m bench.hostile --report docs/load.md $(ARGS)

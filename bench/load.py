@@ -26,6 +26,9 @@ from pathlib import Path
 
 import requests
 
+from bench.machine import ceiling_in_fresh_process, cpu_description
+from bench.report import markers, write_section
+from config import Settings
 from harness.live_server import live_server
 from harness.raw_http import png, rss_bytes, worker_pids
 
@@ -34,6 +37,7 @@ SAMPLES = ROOT / "assets" / "test_examples" / "low_resolution"
 GENERATED_SIZES = ((64, 64), (96, 96), (128, 128), (160, 120), (192, 192), (224, 160), (256, 256), (256, 144))
 REQUEST_TIMEOUT_S = 180
 MEBIBYTE = 1024 * 1024
+REPORT_NAME = "load-report"
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,8 @@ def report(args: argparse.Namespace, outcomes: list[Outcome], samples: list[Memo
     memory_flat = True
     failures = sum(n for status, n in statuses.items() if not (status == "200" or status.startswith("503") or status.startswith("4")))
     lines = [
+        f"Machine: {args.machine}.",
+        "",
         f"Clients: {args.clients}, duration: {args.duration:.0f} s (wall {wall_s:.1f} s until the last answer), "
         f"server: {args.describe_server}",
         "",
@@ -203,17 +209,6 @@ def target(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
         yield server.url, server.process.pid
 
 
-def write_report(path: Path, text: str) -> None:
-    """Replace the text between the report markers in ``path`` (the hand-written rest stays), or write a new file."""
-    start, end = "<!-- load-report -->", "<!-- /load-report -->"
-    old = path.read_text() if path.exists() else ""
-    if start in old and end in old:
-        before, rest = old.split(start, 1)
-        path.write_text(f"{before}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
-    else:
-        path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a running server (loopback); default: start gunicorn here")
@@ -224,20 +219,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="for the server started here")
     parser.add_argument("--threads", type=int, default=4, help="for the server started here")
     parser.add_argument("--queue-size", type=int, default=2, help="for the server started here")
-    parser.add_argument("--models", default="srgan,srresnet,realsr,realesrgan",
+    parser.add_argument("--models", default=Settings().models,
                         help="loaded by the server started here (requests use its default model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, help="also write the report (markdown) into this file, between "
-                        "its <!-- load-report --> markers if it has them")
+                        f"its {' and '.join(markers(REPORT_NAME))} markers if it has them")
     args = parser.parse_args(argv)
     if args.url and not args.url.startswith(("http://127.", "http://localhost")):
         parser.error("--url must be a loopback address: this script generates load")
+    args.machine = f"{cpu_description()}; fp32 ceiling {ceiling_in_fresh_process():.0f} GFLOP/s"
     with target(args) as (url, master_pid):
         text, passed = drive(args, url, master_pid)
     text += f"\nVerdict: {'PASS' if passed else 'FAIL'}\n"
     print(text)
     if args.report:
-        write_report(args.report, text)
+        write_section(REPORT_NAME, text, args.report)
     return 0 if passed else 1
 
 

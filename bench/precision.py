@@ -34,7 +34,7 @@ PHOTOS = ROOT / "assets" / "test_examples" / "low_resolution"
 # Besides the test photos (at most 150 px, one window each), one photo at the size the speed targets
 # name, so that tiles and their seams are compared too.
 LARGE_SIDE = 500
-MODELS = ("srgan", "srresnet", "realsr", "realesrgan")
+MODELS = ("srgan", "srresnet", "realsr", "realesrgan", "span", "anime", "realcugan")
 SETS = ("Set5", "Set14")
 
 
@@ -68,16 +68,20 @@ def photos() -> dict[str, bytes]:
 
 
 def photo_differences(f32: Service, bf16: Service, model: str) -> tuple[float, int, float]:
-    """Lowest PSNR, largest level difference and share of values off by more than one, over the photos."""
-    options = UpscaleOptions(model=model)
+    """Lowest PSNR, largest level difference and share of values off by more than one, over the photos and
+    every network of the model (each native scale and denoise level)."""
     psnrs, largest, off, values = [], 0, 0, 0
-    for name, data in photos().items():
-        reference = evaluation.read_image(f32.upscale(data, options).data)
-        candidate = evaluation.read_image(bf16.upscale(data, options).data)
-        difference = np.abs(reference.astype(np.int16) - candidate)
-        psnrs.append(metrics.psnr(reference.astype(np.float64), candidate.astype(np.float64)))
-        largest, off, values = max(largest, int(difference.max())), off + int((difference > 1).sum()), values + difference.size
-        print(f"  {model} {name}: {psnrs[-1]:.1f} dB, max {difference.max()} levels", flush=True)
+    for scale, denoise in SPECS[model].keys:
+        options = UpscaleOptions(model=model, scale=scale, denoise=denoise)
+        for name, data in photos().items():
+            reference = evaluation.read_image(f32.upscale(data, options).data)
+            candidate = evaluation.read_image(bf16.upscale(data, options).data)
+            difference = np.abs(reference.astype(np.int16) - candidate)
+            psnrs.append(metrics.psnr(reference.astype(np.float64), candidate.astype(np.float64)))
+            largest, off = max(largest, int(difference.max())), off + int((difference > 1).sum())
+            values += difference.size
+            print(f"  {model} {scale}x {denoise} {name}: {psnrs[-1]:.1f} dB, max {difference.max()} levels",
+                  flush=True)
     return min(psnrs), largest, off / values
 
 
@@ -106,7 +110,8 @@ def markdown(rows: list[Comparison], sets: tuple[str, ...]) -> str:
         f"Measured by `python -m bench.precision` on {cpu_description()}. Each model "
         "runs as served (OpenVINO, tiled) once with `PRECISION=f32` and once with `PRECISION=bf16`; "
         f"*photos* compares the two outputs on the {len(photos()) - 1} test photos "
-        f"(assets/test_examples) and on astronaut resampled to {LARGE_SIDE}² (several tiles), *quality shift* is bf16's mean PSNR minus fp32's on {', '.join(sets)} "
+        f"(assets/test_examples) and on astronaut resampled to {LARGE_SIDE}² (several tiles), through every "
+        "network of the model (each native scale and denoise level), *quality shift* is bf16's mean PSNR minus fp32's on {', '.join(sets)} "
         f"(scored only when the photos pass). `bf16_ok` needs ≥ {precision.MIN_BF16_PSNR_DB:.0f} dB on every "
         f"photo and a shift of at most {precision.MAX_QUALITY_SHIFT_DB} dB.", "",
         "| model | lowest PSNR vs f32 (dB) | max difference (levels) | values off by > 1 level | "
