@@ -134,8 +134,8 @@ def hostile_cases() -> list[HostileCase]:
         HostileCase("2000² PNG with model=realesrgan", len(flat_2000),
                     lambda url: _post(url, flat_2000, "flat.png", model="realesrgan")),
         HostileCase("gzip-encoded upload", len(small), lambda url: _gzip_post(url, small)),
-        HostileCase("6,000 form fields", 6000 * 10, lambda url: requests.post(
-            f"{url}/model/predict", data={f"f{i}": "x" for i in range(6000)}, timeout=60)),
+        HostileCase("an image with 1,500 other form fields", len(small) + 1500 * 60,
+                    lambda url: _post(url, small, "s.png", **{f"f{i}": "x" for i in range(1500)})),
         HostileCase("unknown route", 0, lambda url: requests.get(f"{url}/admin.php", timeout=60)),
     ]
 
