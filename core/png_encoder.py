@@ -1,10 +1,11 @@
 """PNG writing for results: 8- or 16-bit grey, grey+alpha, RGB and RGBA, compressed on several cores at once.
 
-Pillow's encoder tries every PNG filter on every row and runs zlib on one core; for a 2000x2000 result that
-is a fifth of a request's time (docs/speed.md). Here every row gets the Average filter (computed with numpy;
-on photos and their upscales it compresses as well as Pillow's adaptive choice) and the rows are cut into
-``parts`` runs, each deflated by its own thread; the runs end on a byte boundary (a full flush), so their
-concatenation is one valid zlib stream, as pigz writes them. zlib gives the GIL up while it works.
+Pillow's encoder tries every PNG filter on every row and runs zlib on one core, which made it most of a
+large request's time outside the network (docs/speed.md has the measurements). Here every row gets the
+Average filter (computed with numpy; on upscaled photos it compresses as well as Pillow's adaptive choice)
+and the rows are cut into ``parts`` runs, each deflated by its own thread; the runs end on a byte boundary
+(a full flush), so their concatenation is one valid zlib stream, as pigz writes them. zlib gives the GIL up
+while it works.
 """
 from __future__ import annotations
 
