@@ -28,22 +28,27 @@ def encode_png(pixels: np.ndarray, icc_profile: bytes | None, level: int, parts:
     height, width, channels = pixels.shape
     depth = 16 if pixels.dtype == np.uint16 else 8
     header = struct.pack(">IIBBBBB", width, height, depth, COLOUR_TYPES[channels], 0, 0, 0)
-    chunks = [_chunk(b"IHDR", header)]
+    pieces = [SIGNATURE, *_chunk(b"IHDR", [header])]
     if icc_profile:
-        chunks.append(_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile)))
-    chunks += [_chunk(b"IDAT", _zlib_stream(pixels, level, parts)), _chunk(b"IEND", b"")]
-    return SIGNATURE + b"".join(chunks)
+        pieces += _chunk(b"iCCP", [b"ICC Profile\x00\x00" + zlib.compress(icc_profile)])
+    pieces += [*_chunk(b"IDAT", _zlib_stream(pixels, level, parts)), *_chunk(b"IEND", [])]
+    # One join: a large result's compressed bytes are copied once, as Pillow's BytesIO copies them.
+    return b"".join(pieces)
 
 
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(kind)))
+def _chunk(kind: bytes, body: list[bytes]) -> list[bytes]:
+    """A chunk as pieces, its body left in the pieces it came in."""
+    crc = zlib.crc32(kind)
+    for piece in body:
+        crc = zlib.crc32(piece, crc)
+    return [struct.pack(">I", sum(len(piece) for piece in body)) + kind, *body, struct.pack(">I", crc)]
 
 
-def _zlib_stream(pixels: np.ndarray, level: int, parts: int) -> bytes:
+def _zlib_stream(pixels: np.ndarray, level: int, parts: int) -> list[bytes]:
     height = pixels.shape[0]
     bounds = [height * part // parts for part in range(parts + 1)]
     runs = [(start, stop) for start, stop in zip(bounds, bounds[1:]) if stop > start]
-    results: list[tuple[bytes, int, int]] = [(b"", 1, 0)] * len(runs)
+    results: list[tuple[list[bytes], int, int]] = [([], 1, 0)] * len(runs)
 
     def deflate(index: int) -> None:
         results[index] = _deflate_rows(pixels, *runs[index], level, last=index == len(runs) - 1)
@@ -57,10 +62,10 @@ def _zlib_stream(pixels: np.ndarray, level: int, parts: int) -> bytes:
     checksum = 1
     for _, adler, length in results:
         checksum = _adler32_combine(checksum, adler, length)
-    return ZLIB_HEADER + b"".join(body for body, _, _ in results) + struct.pack(">I", checksum)
+    return [ZLIB_HEADER, *(piece for pieces, _, _ in results for piece in pieces), struct.pack(">I", checksum)]
 
 
-def _deflate_rows(pixels: np.ndarray, start: int, stop: int, level: int, last: bool) -> tuple[bytes, int, int]:
+def _deflate_rows(pixels: np.ndarray, start: int, stop: int, level: int, last: bool) -> tuple[list[bytes], int, int]:
     """Rows ``start:stop`` filtered and raw-deflated; with their Adler-32 and length for the stream's checksum."""
     compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
     pixel_bytes = pixels.shape[2] * pixels.itemsize
@@ -74,7 +79,7 @@ def _deflate_rows(pixels: np.ndarray, start: int, stop: int, level: int, last: b
         adler = zlib.adler32(filtered, adler)
         length += filtered.nbytes
     pieces.append(compressor.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH))
-    return b"".join(pieces), adler, length
+    return pieces, adler, length
 
 
 def _row_bytes(pixels: np.ndarray, start: int, stop: int) -> np.ndarray:
