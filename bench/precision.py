@@ -22,7 +22,7 @@ import numpy as np
 from bench.machine import cpu_description
 from bench.report import ROOT, write_section
 from config import load_settings
-from core import metrics
+from core import memory, metrics
 from core.models import precision
 from core.models.registry import SPECS
 from core.options import UpscaleOptions
@@ -52,9 +52,12 @@ class Comparison:
                 and max(abs(shift) for shift in self.quality_shift_db.values()) <= precision.MAX_QUALITY_SHIFT_DB)
 
 
-def service(model: str, arithmetic: str) -> Service:
+def service(model: str, arithmetic: str, beside_mb: int = 0) -> Service:
+    """The model served in ``arithmetic``; ``beside_mb``: what another service in this process holds, added to
+    the budget so that the tiles are those a worker serving the model alone would choose."""
+    defaults = load_settings()
     settings = load_settings(models=model, default_model=model, backend="openvino", precision=arithmetic,
-                             request_time_limit_s=3600.0)
+                             request_time_limit_s=3600.0, memory_budget_mb=defaults.memory_budget_mb + beside_mb)
     created = Service.create(settings)
     created.registry.load_all()
     if not created.registry.ready:
@@ -98,7 +101,9 @@ def quality_shift(f32: Service, bf16: Service, model: str, sets: tuple[str, ...]
 
 
 def compare(model: str, sets: tuple[str, ...]) -> Comparison:
-    f32, bf16 = service(model, "f32"), service(model, "bf16")
+    before = memory.rss_bytes()
+    f32 = service(model, "f32")
+    bf16 = service(model, "bf16", beside_mb=(memory.rss_bytes() - before) // memory.MEBIBYTE)
     lowest, largest, share = photo_differences(f32, bf16, model)
     shifts = quality_shift(f32, bf16, model, sets) if lowest >= precision.MIN_BF16_PSNR_DB else {}
     return Comparison(model, lowest, largest, share, shifts)

