@@ -24,6 +24,7 @@ import requests
 from bench.machine import ceiling_in_fresh_process, cpu_description
 from bench.report import DOCS, write_section
 from bench.stages import parse_server_timing
+from core.models.registry import SPECS
 from harness.live_server import live_server
 from harness.photos import photo_png
 from harness.process import gunicorn_worker, peak_rss_mb
@@ -37,8 +38,9 @@ MFLOP_PER_PIXEL = {"srgan": 4.44, "srresnet": 4.44, "realsr": 36.3, "realesrgan"
 SIDES = (128, 500)
 # (model, PRECISION) pairs timed: every model in what PRECISION=auto gives it on a CPU with native bf16,
 # and srgan in f32 too (its f32 target holds on any CPU).
-PLAN = (("srgan", "bf16"), ("srgan", "f32"), ("srresnet", "bf16"), ("realsr", "f32"), ("realesrgan", "f32"),
-        ("span", "f32"), ("anime", "f32"), ("realcugan", "f32"))
+PLAN = tuple(pair for name in MFLOP_PER_PIXEL
+             for pair in ([(name, "bf16"), (name, "f32")] if name == "srgan" else
+                          [(name, "bf16" if SPECS[name].bf16_ok else "f32")]))
 # The targets, as ratios of useful GFLOP/s to the ceiling at 500² through HTTP.
 TARGETS = {("srgan", "bf16"): 1.2, ("srgan", "f32"): 0.8, ("realesrgan", "f32"): 0.7}
 MAX_OUTSIDE_SHARE = 0.15
