@@ -2,7 +2,7 @@
 
 A model's time is a fixed cost per network call (one window of tiles) plus a cost per window pixel. Both are
 measured on this machine when the model loads, from two window sizes, so the estimate covers what the pixel
-count alone misses: a 1 x 4,000,000 image is 25,000 calls on tiny windows. The tile plan is the pipeline's
+count alone misses: a 1 x 4,000,000 image is thousands of calls on tiny windows. The tile plan is the pipeline's
 own (``plan_tiles``), so the estimate counts exactly the windows that would run.
 """
 from __future__ import annotations
