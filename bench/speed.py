@@ -98,7 +98,8 @@ def markdown(rows: list[Row], ceilings: list[float], machine: str) -> str:
         "## Speed and memory", "",
         f"Measured by `make bench-speed` (`python -m bench.speed`) on {machine}. fp32 ceiling C (numpy sgemm "
         f"4096², a fresh process before and after the table): {', '.join(f'{c:.0f}' for c in ceilings)} GFLOP/s; "
-        f"ratios use {ceiling:.0f}. Each row: one gunicorn worker with the default settings but `PRECISION`, "
+        f"ratios use {ceiling:.0f}. Each row: one gunicorn worker with the default settings but `MODELS` (the "
+        "row's model alone) and `PRECISION`, "
         "tiles from `MEMORY_BUDGET_MB`; time is the client's median over the runs, end to end through HTTP "
         "(upload, decode, tiles, network, PNG encode, download); *network* is the worker's own Server-Timing "
         "share; peak RSS is the worker's VmHWM. Useful GFLOP/s count the network's work on the input pixels "
@@ -111,6 +112,7 @@ def markdown(rows: list[Row], ceilings: list[float], machine: str) -> str:
         lines.append(f"| {row.model} | {row.precision} | {row.side}² | {row.runs} | {row.seconds:.2f} | "
                      f"{row.stages['network']:.2f} | {100 * row.outside_share:.0f} % | {row.peak_rss_mb:.0f} | "
                      f"{row.gflops():.0f} | {row.gflops() / ceiling:.2f} | {_verdict(row, rows, ceiling)} |")
+    lines += ["", "Where a target is missed, [speed.md](speed.md) gives the measurements of what limits it."]
     return "\n".join(lines)
 
 
