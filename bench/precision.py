@@ -116,7 +116,7 @@ def markdown(rows: list[Comparison], sets: tuple[str, ...]) -> str:
         "runs as served (OpenVINO, tiled) once with `PRECISION=f32` and once with `PRECISION=bf16`; "
         f"*photos* compares the two outputs on the {len(photos()) - 1} test photos "
         f"(assets/test_examples) and on astronaut resampled to {LARGE_SIDE}² (several tiles), through every "
-        "network of the model (each native scale and denoise level), *quality shift* is bf16's mean PSNR minus fp32's on {', '.join(sets)} "
+        f"network of the model (each native scale and denoise level), *quality shift* is bf16's mean PSNR minus fp32's on {', '.join(sets)} "
         f"(scored only when the photos pass). `bf16_ok` needs ≥ {precision.MIN_BF16_PSNR_DB:.0f} dB on every "
         f"photo and a shift of at most {precision.MAX_QUALITY_SHIFT_DB} dB.", "",
         "| model | lowest PSNR vs f32 (dB) | max difference (levels) | values off by > 1 level | "
