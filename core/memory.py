@@ -21,9 +21,9 @@ MEBIBYTE = 1024 * 1024
 # start-ups rarely gives them different tiles (and so slightly different results) for one image.
 RESIDENT_QUANTUM = 32 * MEBIBYTE
 # A request's own buffers per input and per output pixel, whatever the model: decoded and float input;
-# the output, Pillow's 4-byte-per-pixel copy of it for the encoder, the encoded bytes and their copies
-# on the way out. `python -m bench.memory request` measures the core's share (docs/speed.md); these
-# leave room for HTTP's copies of the upload and of the response.
+# the output, the encoder's copy of it (alpha joined in, or Pillow's for JPEG and WebP), the encoded
+# bytes and their copies on the way out. `python -m bench.memory request` measures the core's share
+# (docs/speed.md); these leave room for HTTP's copies of the upload and of the response.
 REQUEST_BYTES_PER_INPUT_PIXEL = 24
 REQUEST_BYTES_PER_OUTPUT_PIXEL = 10
 MIN_TILE = 16
