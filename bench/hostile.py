@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
+import math
 import random
 import statistics
 import string
@@ -170,7 +171,14 @@ def run_hostile(server: LiveServer) -> list[HostileOutcome]:
     return outcomes
 
 
+def _seconds(value: float) -> str:
+    """Seconds for the report; a dash where no probe was answered."""
+    return "—" if math.isnan(value) else f"{value:.3f}"
+
+
 def _message(response: requests.Response) -> str:
+    if response.ok:
+        return "(the upscaled image)"
     try:
         return str(response.json().get("message", ""))
     except ValueError:
@@ -201,8 +209,8 @@ def report(machine: str, slow: list[SlowClientRun], hostile: list[HostileOutcome
     for run in slow:
         closed = f"after {run.stalled_closed_after_s:.0f} s" if run.stalled_closed_after_s is not None \
             else f"still open after {STALL_WATCH_S} s"
-        lines.append(f"| {run.server} | {run.health_within_1s} of {PROBES} | {run.health_median_s:.3f} | "
-                     f"{run.health_max_s:.3f} | {run.predict_status} | {run.predict_s:.1f} | {closed} |")
+        lines.append(f"| {run.server} | {run.health_within_1s} of {PROBES} | {_seconds(run.health_median_s)} | "
+                     f"{_seconds(run.health_max_s)} | {run.predict_status} | {run.predict_s:.2f} | {closed} |")
     lines += ["", "**Hostile inputs**, the deployed service with the default models, one at a time:", "",
               "| input | bytes sent | status | answered in s | worker CPU s | message |", "|---|---:|---:|---:|---:|---|"]
     for outcome in hostile:
