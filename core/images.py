@@ -24,6 +24,7 @@ import png
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from core.errors import InvalidImage, InvalidInput, TooLarge
+from core.png_encoder import SIGNATURE as PNG_SIGNATURE
 from core.png_encoder import encode_png
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
@@ -33,7 +34,7 @@ MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}
 
 # Magic numbers: the first bytes decide which single decoder may read the upload.
 SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (PNG_SIGNATURE, "PNG"),
     (b"\xff\xd8\xff", "JPEG"),
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
@@ -43,7 +44,6 @@ SIGNATURES = (
     (b"MM\x00+", "TIFF"),
     (b"BM", "BMP"),
 )
-PNG_SIGNATURE = SIGNATURES[0][0]
 PNG_CRITICAL_CHUNKS = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
 
 # What decoders raise on corrupt data: Pillow's plugins and pypng use all of these.
