@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     # Models
     models: str = Field("srgan,srresnet,realsr,realesrgan,span,anime", description="Comma-separated models each worker loads at start-up (realcugan, max-srgan: name them to load them).")
     default_model: str = Field("srgan", description="Model used when a request names none.")
-    backend: Literal["tensorflow", "xla", "openvino"] = Field("openvino", description="Inference runtime: tensorflow (the reference), xla, or openvino (about 2x faster on CPU; see docs/speed.md).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the networks run: cuda (an NVIDIA GPU through PyTorch; start fails when none is visible), cpu, or auto (cuda when PyTorch sees a GPU, else the CPU).")
+    backend: Literal["auto", "openvino", "tensorflow", "xla", "pytorch"] = Field("auto", description="Inference runtime: auto (pytorch on a GPU; on the CPU openvino where it is installed, as by make run, else pytorch), openvino (the CPU's fastest), tensorflow (the reference), xla, or pytorch (core/backends).")
     inference_threads: int = Field(0, ge=0, description="Threads the inference backend uses per worker; 0 means cores divided by workers.")
     max_srgan_checkpoint: Path | None = Field(None, description="Prefix of the original MAX TensorFlow-1 checkpoint; when set, model max-srgan is offered too.")
     models_dir: Path | None = Field(None, description="Folder of the operator's own models: NAME.param + NAME.bin (ncnn) or NAME.onnx, each with a sidecar NAME.json; each is offered as model NAME (docs/deployment.md).")
@@ -43,7 +44,7 @@ class Settings(BaseSettings):
 
     # Precision and memory
     memory_budget_mb: int = Field(3072, ge=256, description="Peak resident memory of one worker, in MiB: the loaded models, the request's buffers and the tiles' windows; each model's tile size follows from it (docs/speed.md).")
-    precision: Literal["auto", "f32", "bf16"] = Field("auto", description="Arithmetic of the openvino backend: auto runs bf16 only on a CPU with native bf16 and only for models measured to allow it (docs/speed.md); f32 or bf16 force one for every model.")
+    precision: Literal["auto", "f32", "bf16", "fp16"] = Field("auto", description="Arithmetic of the networks: auto runs bf16 on the CPU only where the CPU has it natively and the model was measured to allow it, and on a GPU each model's measured precision (docs/speed.md, docs/gpu.md); f32, bf16 or fp16 (GPU only) force one for every model.")
 
     png_compression_level: int = Field(1, ge=0, le=9, description="zlib level of PNG results: 1 encodes several times faster than 6 for somewhat larger files (measured trade: docs/speed.md).")
 

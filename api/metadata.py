@@ -16,7 +16,7 @@ model_entry = namespace.model("ModelEntry", {
     "parameters": fields.Integer(description="Trainable and fixed parameters; null until loaded"),
     "scales": fields.List(fields.Integer, description="Native scales; a request runs the smallest that reaches its size (above the largest, a second pass)"),
     "denoise": fields.Raw(description="Denoise levels per native scale, e.g. {\"2\": [\"none\", \"conservative\"]}"),
-    "precision": fields.String(description="Arithmetic the model runs in: f32 or bf16; null until loaded"),
+    "precision": fields.String(description="Arithmetic the model runs in: f32, bf16 or fp16; null until loaded"),
     "state": fields.String(description="pending, loading, ready or failed: reason"),
     "default": fields.Boolean,
 })
@@ -30,6 +30,8 @@ metadata = namespace.model("ModelMetadata", {
     "license": fields.String(required=True),
     "default_model": fields.String(required=True),
     "models": fields.List(fields.Nested(model_entry)),
+    "device": fields.Raw(description="Where the networks run: kind (cpu or cuda), name, memory_mib (a GPU's), "
+                                     "runtime and backend"),
     "limits": fields.Raw(description="Upload and pixel limits"),
     "options": fields.Raw(description="The predict form's options: name, type, range or choices, default, help "
                                       "(choices_by_model where the allowed values depend on the model)"),
@@ -52,6 +54,7 @@ class Metadata(Resource):
             "license": "Apache-2.0",
             "default_model": settings.default_model,
             "models": current.registry.describe(),
+            "device": current.device(),
             "limits": {
                 "max_upload_bytes": settings.max_upload_bytes,
                 "max_input_pixels": settings.max_input_pixels,

@@ -20,9 +20,9 @@ def health() -> Response:
 @blueprint.get("/ready")
 def ready() -> tuple[Response, int]:
     """Readiness: 200 once every configured model is loaded and has run once, 503 before (or if one failed)."""
-    registry = service().registry
-    is_ready = registry.ready
-    return jsonify(ready=is_ready, models=registry.states()), 200 if is_ready else 503
+    current = service()
+    is_ready = current.registry.ready
+    return jsonify(ready=is_ready, models=current.registry.states(), device=current.device()), 200 if is_ready else 503
 
 
 @blueprint.get("/metrics")

@@ -67,9 +67,9 @@ def slowest_nodes(request_profile, count: int = 3) -> str:
 def main() -> None:
     from bench.machine import measure_ceiling
     from config import load_settings
-    from core.models.openvino_backend import compile_for_cpu
+    from core.backends.openvino import compile_for_cpu
     from core.models.registry import SPECS
-    from core.models.runtime import configure_threads
+    from core.backends.tensorflow import configure_threads
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sides", type=int, nargs="+", default=[144, 272])

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{set_name:7s} {method:22s} PSNR {result.psnr:6.3f}  SSIM {result.ssim:.4f}  "
                   f"{result.images:3d} images  {result.seconds:7.1f} s", flush=True)
             if args.limit is None:
-                backend = {} if method in (BICUBIC_MATLAB, BICUBIC_PILLOW) else {"backend": settings.backend}
+                backend = {} if method in (BICUBIC_MATLAB, BICUBIC_PILLOW) else {"backend": service.registry.choice.backend}
                 results.setdefault(method, {})[set_name] = asdict(result) | backend
                 RESULTS_FILE.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from config import load_settings
 from core.models.registry import SPECS, Variant
+from core.backends import choose
 from core.models.runtime import Network
 from core.options import NO_DENOISE
 from core.tiling import run_tiled
@@ -55,9 +56,7 @@ def lowest_psnr(network: Network, images: list[np.ndarray], margin: int) -> floa
 
 
 def network_of(name: str, variant: Variant, settings) -> Network:
-    return Network.from_keras(name, variant.build(settings), SPECS[name].margin, settings.backend,
-                              scale=variant.scale, border=variant.border,
-                              statistics=variant.statistics(settings) if variant.statistics else None)
+    return choose(settings).module.network(SPECS[name], variant, settings, choose(settings))
 
 
 def main() -> None:

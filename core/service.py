@@ -7,11 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from config import Settings
-from core import cost, images, memory
+from core import backends, cost, images, memory
 from core.admission import InferenceSlot
 from core.geometry import enlargement, plan_output
 from core.models.registry import ModelRegistry, window_bytes_per_pixel
-from core.models.runtime import Network, configure_threads
+from core.models.runtime import Network
 from core.options import DEFAULT_SCALE, OptionContext, UpscaleOptions
 from core.pipeline import Progress, Result, upscale
 from core.timing import Stages
@@ -26,11 +26,19 @@ class Service:
 
     @classmethod
     def create(cls, settings: Settings) -> "Service":
-        """The service of this process; also sets the process-wide thread counts and Pillow's bomb guard."""
+        """The service of this process on the backend and device that DEVICE and BACKEND choose
+        (``backends.DeviceError`` where they cannot be had); also sets the backend's thread counts and
+        Pillow's bomb guard."""
         images.guard_decompression_bombs(settings.max_input_pixels)
-        configure_threads(settings.worker_cores)
-        return cls(settings, ModelRegistry(settings),
+        choice = backends.choose(settings)
+        choice.module.start(settings, choice.device)
+        return cls(settings, ModelRegistry(settings, choice),
                    InferenceSlot(settings.queue_size, settings.queue_wait_s))
+
+    def device(self) -> dict[str, object]:
+        """The device and backend the networks run on, for /model/metadata and /ready."""
+        choice = self.registry.choice
+        return {**choice.module.device_facts(choice.device), "backend": choice.backend}
 
     def start_loading(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
         """Load every model in the background, so that /health answers during start-up."""

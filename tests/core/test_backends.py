@@ -7,7 +7,9 @@ import pytest
 from PIL import Image
 
 from core.models.registry import SPECS
-from core.models.runtime import BACKENDS, Network
+from core.backends import KERAS_BACKENDS as BACKENDS
+from core.backends.tensorflow import from_keras
+from core.models.runtime import Network
 from tests.conftest import SAMPLES
 
 OTHER_BACKENDS = [backend for backend in BACKENDS if backend != "tensorflow"]
@@ -45,8 +47,8 @@ def _served(model, name: str):
 @pytest.mark.parametrize("name", ["srgan", "srresnet"])
 def test_backend_matches_tensorflow(keras_models, settings, photo, name, backend):
     model = _model(keras_models, settings, name)
-    reference = _levels(Network.from_keras(name, model, 16, "tensorflow").predict(photo))
-    candidate = Network.from_keras(name, _served(model, name), 16, backend).predict(photo)
+    reference = _levels(from_keras(name, model, 16, "tensorflow").predict(photo))
+    candidate = from_keras(name, _served(model, name), 16, backend).predict(photo)
     assert candidate.shape == (1, 256, 256, 3)
     assert np.abs(_levels(candidate) - reference).max() <= 1
 
@@ -56,14 +58,14 @@ def test_backend_matches_tensorflow(keras_models, settings, photo, name, backend
 def test_openvino_matches_tensorflow_on_rrdbnet(settings, photo, name):
     model = SPECS[name].build(settings)
     small = photo[:, :32, :32]
-    reference = _levels(Network.from_keras(name, model, 16, "tensorflow").predict(small))
-    candidate = _levels(Network.from_keras(name, model, 16, "openvino").predict(small))
+    reference = _levels(from_keras(name, model, 16, "tensorflow").predict(small))
+    candidate = _levels(from_keras(name, model, 16, "openvino").predict(small))
     assert np.abs(candidate - reference).max() <= 1
 
 
 def test_unknown_backend_is_refused(keras_models, settings):
     with pytest.raises(ValueError, match="unknown backend 'tpu'"):
-        Network.from_keras("srgan", _model(keras_models, settings, "srgan"), 16, "tpu")
+        from_keras("srgan", _model(keras_models, settings, "srgan"), 16, "tpu")
 
 
 def test_an_openvino_network_keeps_its_weights_when_its_keras_model_is_dropped(settings, photo):
@@ -73,7 +75,7 @@ def test_an_openvino_network_keeps_its_weights_when_its_keras_model_is_dropped(s
 
     def network(key: tuple[int, str], backend: str) -> Network:
         variant = SPECS["realcugan"].variant(*key)
-        return Network.from_keras("realcugan", variant.build(settings), 20, backend, scale=variant.scale,
+        return from_keras("realcugan", variant.build(settings), 20, backend, scale=variant.scale,
                                   border=variant.border, statistics=variant.statistics(settings))
 
     image = photo[:, :40, :40]

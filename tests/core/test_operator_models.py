@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from core.models import operator_models
-from core.models.openvino_backend import OnnxRunner
+from core.backends import Choice
+from core.backends.openvino import OnnxRunner
 from core.models.operator_models import OperatorModelError
 from core.models.registry import SPECS
 from core.tiling import seam_free_margin
@@ -142,7 +143,7 @@ def test_a_model_that_sees_the_whole_image_has_no_seam_free_margin():
 # --- loading: the checks that fail one model -------------------------------------------------------
 
 def load_one(folder: Path, name: str):
-    return operator_models.load(operator_models.scan(folder, SPECS)[name], "openvino")
+    return operator_models.load(operator_models.scan(folder, SPECS)[name], Choice("openvino", "cpu"), 0)
 
 
 def test_a_loaded_onnx_model_has_its_scale_and_measured_margin(tmp_path):

@@ -8,7 +8,7 @@ from PIL import Image
 from core import metrics
 from core.models import precision
 from core.models.registry import SPECS
-from core.models.runtime import Network
+from core.backends.tensorflow import from_keras
 from tests.conftest import SAMPLES
 
 needs_native_bf16 = pytest.mark.skipif(not precision.native_bf16(), reason="this CPU has no native bf16")
@@ -63,7 +63,7 @@ def test_every_network_of_a_bf16_ok_model_stays_within_the_bound_on_every_photo(
     model = variant.build(settings)
     served = spec.inference_form(model) if spec.inference_form else model
     statistics = variant.statistics(settings) if variant.statistics else None
-    f32, bf16 = (Network.from_keras(name, served, spec.margin, "openvino", scale=variant.scale, border=variant.border,
+    f32, bf16 = (from_keras(name, served, spec.margin, "openvino", scale=variant.scale, border=variant.border,
                                     statistics=statistics, precision=arithmetic) for arithmetic in ("f32", "bf16"))
     lowest = min(metrics.psnr(_levels(f32.predict(photo)), _levels(bf16.predict(photo))) for photo in photos)
     assert lowest >= precision.MIN_BF16_PSNR_DB, f"{name}: lowest {lowest:.1f} dB"

@@ -1,4 +1,4 @@
-"""Run a Keras model, or an operator's ONNX file, with OpenVINO's CPU runtime.
+"""The CPU backend (``BACKEND=openvino``): a Keras model, or an operator's ONNX file, run by OpenVINO's CPU plugin.
 
 OpenVINO runs the SRGAN generator at about twice TensorFlow's throughput with
 the same fp32 arithmetic, and in bf16 where the CPU has it (see docs/speed.md).
@@ -9,13 +9,37 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import openvino as ov
 import tensorflow as tf
 
-from core.models.runtime import input_signature
+from core.backends import Choice, cpu_name
+from core.backends.tensorflow import configure_threads, input_signature, keras_network
+from core.models import precision
+from core.models.runtime import Network
+
+if TYPE_CHECKING:
+    from config import Settings
+    from core.models.registry import ModelSpec, Variant
+
+
+def start(settings: Settings, device: str) -> None:
+    # TensorFlow traces the graphs that OpenVINO converts; its pools get the worker's share too.
+    configure_threads(settings.worker_cores)
+
+
+def network(spec: ModelSpec, variant: Variant, settings: Settings, choice: Choice) -> Network:
+    """A built-in model's network: its Keras graph converted, in bf16 where the CPU and the model allow it."""
+    arithmetic = precision.resolve(settings.precision, "openvino", spec.bf16_ok, precision.native_bf16())
+    return keras_network(spec, variant, settings, "openvino", arithmetic)
+
+
+def device_facts(device: str) -> dict[str, object]:
+    """What /model/metadata says of the device: the CPU, through OpenVINO."""
+    return {"kind": "cpu", "name": cpu_name(), "runtime": f"OpenVINO {ov.get_version().split('-')[0]}"}
 
 
 def compile_for_cpu(model: keras.Model, threads: int, precision: str = "f32",

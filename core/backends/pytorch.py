@@ -1,0 +1,115 @@
+"""The PyTorch backend (``BACKEND=pytorch``): spandrel's architectures and the project's SRResNet, holding
+the packaged weights, on CUDA in the precision measured for each model, or on the CPU in f32.
+
+A GPU runs 16-bit floats at several times its f32 rate, but fp16 overflows where a network's activations
+grow large (Real-ESRGAN's black fp16 images): a window whose output is not finite is run again in f32,
+and the log says so.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from core.backends import Batch, Choice, cpu_name
+from core.errors import ModelLoadError
+from core.models import precision
+from core.models.runtime import Network
+
+if TYPE_CHECKING:
+    from config import Settings
+    from core.models.registry import ModelSpec, Variant
+
+log = logging.getLogger(__name__)
+
+Output = torch.Tensor | list[torch.Tensor]
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TorchRunner:
+    """A module on one device in one precision, taking and giving NHWC float32 numpy batches."""
+
+    def __init__(self, module: torch.nn.Module, device: str, arithmetic: str, name: str = "") -> None:
+        self.name, self.device, self.precision = name, torch.device(device), arithmetic
+        # The f32 module on the CPU stays the source of the f32 rerun of a window that overflowed.
+        self._source = module
+        self._module = _placed(module, self.device, arithmetic)
+        self._f32: torch.nn.Module | None = self._module if arithmetic == "f32" else None
+
+    def __call__(self, batch: Batch) -> Batch:
+        """The output for a batch (a list of arrays for a graph of several inputs); a list for several outputs."""
+        arrays = batch if isinstance(batch, list) else [batch]
+        with torch.inference_mode():
+            result = self._run(self._module, arrays, DTYPES[self.precision])
+            if self.precision != "f32" and not all(bool(torch.isfinite(t).all()) for t in _tensors(result)):
+                log.warning("model %s: a %s window gave values that are not finite; running it again in f32",
+                            self.name, self.precision)
+                result = self._run(self._f32_module(), arrays, torch.float32)
+            if isinstance(result, torch.Tensor):
+                return _to_numpy(result)
+            return [_to_numpy(tensor) for tensor in result]
+
+    def release_memory(self) -> None:
+        """Nothing to give back: PyTorch returns a CPU call's buffers when it ends, and on a GPU its caching
+        allocator reuses one model's blocks for the next request's windows."""
+
+    def _run(self, module: torch.nn.Module, arrays: list[np.ndarray], dtype: torch.dtype) -> Output:
+        return module(*(self._tensor(array, dtype) for array in arrays))
+
+    def _tensor(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        # NHWC permuted to NCHW is the channels-last layout that cuDNN's and oneDNN's fast kernels read.
+        tensor = torch.from_numpy(np.ascontiguousarray(array, np.float32))
+        return tensor.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(dtype)
+
+    def _f32_module(self) -> torch.nn.Module:
+        if self._f32 is None:
+            self._f32 = _placed(self._source, self.device, "f32")
+        return self._f32
+
+
+def _placed(module: torch.nn.Module, device: torch.device, arithmetic: str) -> torch.nn.Module:
+    """A copy of ``module`` on ``device`` in ``arithmetic``; the module itself where nothing changes."""
+    if device.type == "cpu" and arithmetic == "f32":
+        return module
+    placed = copy.deepcopy(module).to(device=device, dtype=DTYPES[arithmetic])
+    return placed.to(memory_format=torch.channels_last) if device.type == "cuda" else placed
+
+
+def _tensors(result: Output) -> list[torch.Tensor]:
+    return [result] if isinstance(result, torch.Tensor) else list(result)
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.permute(0, 2, 3, 1).to(torch.float32).contiguous().cpu().numpy()
+
+
+def start(settings: Settings, device: str) -> None:
+    """Threads for the CPU's share of the work (all of it on the CPU; the copies around a GPU's)."""
+    torch.set_num_threads(settings.worker_cores)
+
+
+def network(spec: ModelSpec, variant: Variant, settings: Settings, choice: Choice) -> Network:
+    """A built-in model's network: its PyTorch module in the precision measured for it on this device."""
+    if variant.torch is None:
+        raise ModelLoadError(f"model {spec.name!r} has no PyTorch form: it is served on the CPU path "
+                             f"(BACKEND=openvino, make run or the CPU image)")
+    arithmetic = precision.resolve_torch(settings.precision, choice.device, spec.cuda_precision)
+    module, statistics = variant.torch()
+    parameters = sum(parameter.numel() for parameter in module.parameters())
+    return Network(spec.name, TorchRunner(module, choice.device, arithmetic, spec.name), spec.margin,
+                   variant.scale, parameters, variant.border,
+                   None if statistics is None else TorchRunner(statistics, choice.device, arithmetic, spec.name),
+                   arithmetic)
+
+
+def device_facts(device: str) -> dict[str, object]:
+    """What /model/metadata says of the device: the GPU's name and memory, or the CPU."""
+    runtime = f"PyTorch {torch.__version__}"
+    if device != "cuda":
+        return {"kind": "cpu", "name": cpu_name(), "runtime": runtime}
+    properties = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return {"kind": "cuda", "name": properties.name, "memory_mib": properties.total_memory // (1024 * 1024),
+            "runtime": f"{runtime}, CUDA {torch.version.cuda}"}
