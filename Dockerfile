@@ -1,14 +1,9 @@
 # The service's image: gunicorn serving app:app with every model's weights installed by pip.
 #   docker build -t max-image-super-resolution-generator .
 #   docker run -p 5000:5000 max-image-super-resolution-generator
-# GPU variant (CUDA build of TensorFlow; run with `docker run --gpus all`):
-#   docker build --build-arg TENSORFLOW_BUILD=gpu -t max-image-super-resolution-generator:gpu .
 # BASE_IMAGE: scripts/docker-test.sh passes its own tag for a stand-in built offline, never python:3.11-slim.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
-
-# cpu: tensorflow-cpu as pinned in requirements.txt; gpu: tensorflow[and-cuda] at the same version.
-ARG TENSORFLOW_BUILD=cpu
 
 # The venv makes `python` and `pip` the same on the official image (/usr/local/bin/python) and on a
 # Debian-based stand-in (/usr/bin/python3). KERAS_HOME points into /tmp so the root filesystem can be read-only.
@@ -29,13 +24,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends nginx-light \
     && rm -rf /var/lib/apt/lists/*
 
-COPY requirements.txt requirements-nodeps.txt ./
+COPY requirements.txt requirements-serving.txt requirements-nodeps.txt ./
 RUN python -m venv /opt/venv \
-    && if [ "$TENSORFLOW_BUILD" = "gpu" ]; then \
-        sed -i -E 's/^tensorflow-cpu==/tensorflow[and-cuda]==/' requirements.txt; \
-    elif [ "$TENSORFLOW_BUILD" != "cpu" ]; then \
-        echo "TENSORFLOW_BUILD must be cpu or gpu, not $TENSORFLOW_BUILD" >&2; exit 1; \
-    fi \
     && python -m pip install --no-cache-dir -r requirements.txt \
     && python -m pip install --no-cache-dir --no-deps -r requirements-nodeps.txt
 

@@ -1,16 +1,19 @@
-# Two commands do everything on a fresh machine: `make run` and `make test`.
+# Two commands do everything on a fresh machine: `make run` and `make test`; `make run-gpu` is the third, for GPU hosts.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
+# The PyTorch path's own venv: the serving stack and torch, without TensorFlow, Keras or OpenVINO.
+GPU_VENV := .venv-gpu
+GPU_STAMP := $(GPU_VENV)/.installed
 
-.PHONY: setup setup-dev nginx run test test-fast bench-quality bench-speed bench-precision bench-memory bench-stages bench-load bench-hostile docker-test lint clean pictures docs-pictures
+.PHONY: setup setup-dev setup-gpu nginx run run-gpu test test-fast bench-quality bench-speed bench-precision bench-memory bench-stages bench-load bench-hostile docker-test lint clean pictures docs-pictures
 
 # Serving only: requirements.txt. The test tools (requirements-dev.txt) come with `make test`.
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+$(STAMP): requirements.txt requirements-serving.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
@@ -19,13 +22,30 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 
 setup-dev: $(DEV_STAMP)
 
-$(DEV_STAMP): $(STAMP) requirements-dev.txt
-	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
+# The tests run the PyTorch backend on the CPU too, beside the CPU path. triton (torch.compile's GPU compiler,
+# unused here) is removed: its native library and TensorFlow's crash a process that imports both.
+$(DEV_STAMP): $(STAMP) requirements-dev.txt requirements-torch.txt
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt -r requirements-torch.txt
+	$(BIN)/pip uninstall --disable-pip-version-check -q -y triton
 	touch $(DEV_STAMP)
+
+setup-gpu: $(GPU_STAMP)
+
+$(GPU_STAMP): requirements-serving.txt requirements-torch.txt requirements-nodeps.txt pyproject.toml
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install --disable-pip-version-check -q -r requirements-serving.txt -r requirements-torch.txt
+	$(GPU_VENV)/bin/pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
+	$(GPU_VENV)/bin/pip install --disable-pip-version-check -q --no-deps -e .
+	touch $(GPU_STAMP)
 
 # nginx in front of gunicorn (serve.py); nginx-light is installed with apt where it is missing (Debian, as root).
 run: setup nginx
 	$(BIN)/python serve.py
+
+# The same service through PyTorch: every model on CUDA where PyTorch sees an NVIDIA GPU, else on the CPU
+# (slower, same answers). DEVICE=cuda stops at start where no GPU is visible.
+run-gpu: setup-gpu nginx
+	$(GPU_VENV)/bin/python serve.py
 
 nginx:
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { apt-get update -q && apt-get install -y -q nginx-light; }
@@ -47,7 +67,7 @@ docker-test:
 	bash scripts/docker-test.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(GPU_VENV) .pytest_cache .hypothesis
 
 # PSNR/SSIM of every model on Set5, Set14 and BSD100 -> docs/benchmarks.md (about an hour on 2 cores).
 # Options go through ARGS, e.g. make bench-quality ARGS="--models srgan --sets Set5".

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from config import Settings, load_settings
+from core import backends
 
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("superres.serve")
@@ -131,6 +132,12 @@ def main() -> int:
     if nginx is None:
         print("serve.py needs nginx in front of gunicorn (Debian: apt-get install nginx-light)", file=sys.stderr)
         return 2
+    try:
+        choice = backends.choose(settings)
+    except backends.DeviceError as error:
+        print(error, file=sys.stderr)
+        return 2
+    log.info("networks run on %s through %s", choice.device, choice.backend)
     runtime = Path(tempfile.mkdtemp(prefix="superres-serve-"))
     upstream = runtime / "gunicorn.sock"
     (runtime / "nginx.conf").write_text(nginx_config(settings, runtime, str(upstream)))
