@@ -128,16 +128,16 @@ def _json_location(name: str, status: int, message: str, retry_after_s: int) -> 
 def main() -> int:
     settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
-    if nginx is None:
-        print("serve.py needs nginx in front of gunicorn (Debian: apt-get install nginx-light)", file=sys.stderr)
-        return 2
     try:
         choice = backends.choose(settings)
     except backends.DeviceError as error:
         print(error, file=sys.stderr)
         return 2
     log.info("networks run on %s through %s", choice.device, choice.backend)
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+    if nginx is None:
+        print("serve.py needs nginx in front of gunicorn (Debian: apt-get install nginx-light)", file=sys.stderr)
+        return 2
     runtime = Path(tempfile.mkdtemp(prefix="superres-serve-"))
     upstream = runtime / "gunicorn.sock"
     (runtime / "nginx.conf").write_text(nginx_config(settings, runtime, str(upstream)))
