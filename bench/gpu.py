@@ -1,0 +1,181 @@
+"""Every built-in network on an NVIDIA GPU through the PyTorch backend, and whole requests through the service.
+
+    python -m bench.gpu [--models srgan,srresnet,realsr,realesrgan,span,anime,realcugan] [--runs 10]
+                        [--out gpu-results.jsonl]
+
+For each network of each model, in f32 (TF32), fp16 and bf16: the output on the sample photos against the
+CPU's f32 output of the same network (the reference the CPU tests hold to the Keras graphs), as PSNR on
+8-bit levels, worst photo; the precision PRECISION=auto should run (the faster 16-bit one within
+MIN_BF16_PSNR_DB, else f32); the median time of the network at 500² and 128² (the runner's, copies to and
+from the GPU included) and the network alone on tensors already on the GPU; the peak GPU memory at 500².
+Then, per model, whole requests: a 500² PNG through ``Service.upscale`` (decode, network, encode), median
+of ``--runs``, with each stage's seconds. One JSON line per measurement, the machine in the first; the
+figures go to docs/gpu.md. Needs torch, spandrel, h5py, numpy, Pillow, pydantic-settings and pypng, and
+the weight packages (docs/gpu.md: carrying them to a machine without network).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from config import load_settings
+from core.backends import Choice, pytorch
+from core.models.precision import MIN_BF16_PSNR_DB
+from core.models.registry import SPECS, Variant
+from core.models.runtime import Network
+from core.options import UpscaleOptions
+from core.timing import Stages
+from harness.photos import photo_png
+
+SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "test_examples" / "low_resolution"
+PRECISIONS = ("f32", "fp16", "bf16")
+SIDES = (500, 128)
+CUDA, CPU = Choice("pytorch", "cuda"), Choice("pytorch", "cpu")
+REQUEST_BUDGET_MB = 32768
+
+
+def machine() -> dict[str, object]:
+    properties = torch.cuda.get_device_properties(0)
+    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                            capture_output=True, text=True).stdout.strip()
+    return {"gpu": properties.name, "gpu_memory_mib": properties.total_memory // 2**20, "driver": driver,
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "torch": torch.__version__,
+            "cpus": os.cpu_count()}
+
+
+def photos() -> list[np.ndarray]:
+    return [np.asarray(Image.open(path).convert("RGB"), np.float32) / 255 for path in sorted(SAMPLES.glob("*.png"))]
+
+
+def levels(image: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(image, 0, 1) * 255)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    error = float(np.mean((levels(a) - levels(b)) ** 2))
+    return float("inf") if error == 0 else 10 * np.log10(255 ** 2 / error)
+
+
+def whole(network: Network, image: np.ndarray) -> np.ndarray:
+    """The network's output for a whole image, its graph's averages taken over that image."""
+    return network.predictor(image)(image[None])[0]
+
+
+def median_seconds(call: Callable[[], object], runs: int) -> float:
+    call()
+    times = []
+    for _ in range(runs):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        call()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def network_rows(name: str, variant: Variant, runs: int, images: list[np.ndarray]) -> list[dict]:
+    spec = SPECS[name]
+    reference_network = pytorch.network(spec, variant, load_settings(precision="f32"), CPU)
+    references = [whole(reference_network, image) for image in images]
+    rows = []
+    for arithmetic in PRECISIONS:
+        network = pytorch.network(spec, variant, load_settings(precision=arithmetic), CUDA)
+        row = {"model": name, "scale": variant.scale, "denoise": variant.denoise, "precision": arithmetic,
+               "psnr_vs_cpu_f32_db": min(psnr(whole(network, image), reference)
+                                         for image, reference in zip(images, references))}
+        for side in SIDES:
+            torch.cuda.reset_peak_memory_stats()
+            row[f"runner_s_{side}"] = runner_seconds(network, side, runs)
+            row[f"peak_gpu_mib_{side}"] = torch.cuda.max_memory_allocated() / 2**20
+            if network.measure is None:
+                row[f"network_s_{side}"] = module_seconds(network, side, runs)
+        rows.append(row)
+    chosen = choose(rows)
+    for row in rows:
+        row["chosen"] = row["precision"] == chosen
+    return rows
+
+
+def runner_seconds(network: Network, side: int, runs: int) -> float:
+    """The network through its runner on a side² photo: copies to and from the GPU included."""
+    batch = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB").resize((side, side)), np.float32)[None] / 255
+    predict = network.predictor(batch[0])
+    return median_seconds(lambda: predict(batch), runs)
+
+
+def module_seconds(network: Network, side: int, runs: int) -> float:
+    """The module alone on a tensor already on the GPU: what ../shared/gpu's reference figures time."""
+    runner = network.run
+    padded = side if network.border is None else network.border.extend(np.zeros((1, side, side, 3))).shape[1]
+    tensor = torch.rand(1, 3, padded, padded, device=runner.device, dtype=pytorch.DTYPES[runner.precision])
+    tensor = tensor.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return median_seconds(lambda: runner.module(tensor), runs)
+
+
+def choose(rows: list[dict]) -> str:
+    """The faster 16-bit precision whose worst photo stays within MIN_BF16_PSNR_DB of the reference, else f32."""
+    fit = [row for row in rows if row["precision"] != "f32" and row["psnr_vs_cpu_f32_db"] >= MIN_BF16_PSNR_DB]
+    return min(fit, key=lambda row: row[f"runner_s_{SIDES[0]}"])["precision"] if fit else "f32"
+
+
+def request_rows(name: str, runs: int) -> dict:
+    """A 500² PNG through the service on the GPU, in the precision PRECISION=auto gives the model."""
+    from core.service import Service
+
+    # A budget that holds a 500² window whole: the host budget's tile rule is the CPU's (docs/gpu.md).
+    service = Service.create(load_settings(device="cuda", models=name, default_model=name,
+                                           memory_budget_mb=REQUEST_BUDGET_MB))
+    service.registry.load_all()
+    data, options = photo_png(500), UpscaleOptions(model=name)
+    totals, stages_seen = [], []
+    for _ in range(runs + 1):
+        stages = Stages()
+        started = time.perf_counter()
+        service.upscale(data, options, stages=stages)
+        totals.append(time.perf_counter() - started)
+        stages_seen.append(stages.seconds)
+    totals, stages_seen = totals[1:], stages_seen[1:]
+    per_stage = {stage: statistics.median(seen.get(stage, 0.0) for seen in stages_seen) for stage in stages_seen[0]}
+    return {"model": name, "request_s_500": statistics.median(totals), "stages_s": per_stage,
+            "precision": service.registry.describe()[0]["precision"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(name for name in SPECS if name != "max-srgan"))
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=Path("gpu-results.jsonl"))
+    parser.add_argument("--no-requests", action="store_true", help="time the networks only")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench.gpu needs a GPU that PyTorch sees")
+    images = photos()
+    with args.out.open("w") as out:
+        def emit(row: dict) -> None:
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            print(json.dumps(row), flush=True)
+        emit({"machine": machine()})
+        for name in args.models.split(","):
+            for variant in SPECS[name].variants:
+                for row in network_rows(name, variant, args.runs, images):
+                    emit(row)
+        if not args.no_requests:
+            for name in args.models.split(","):
+                emit(request_rows(name, args.runs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
