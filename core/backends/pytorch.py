@@ -52,6 +52,11 @@ class TorchRunner:
                 return _to_numpy(result)
             return [_to_numpy(tensor) for tensor in result]
 
+    @property
+    def module(self) -> torch.nn.Module:
+        """The module as placed on the device, in the runner's precision."""
+        return self._module
+
     def release_memory(self) -> None:
         """Nothing to give back: PyTorch returns a CPU call's buffers when it ends, and on a GPU its caching
         allocator reuses one model's blocks for the next request's windows."""
