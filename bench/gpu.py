@@ -157,6 +157,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("gpu-results.jsonl"))
     parser.add_argument("--no-requests", action="store_true", help="time the networks only")
+    parser.add_argument("--no-networks", action="store_true", help="time whole requests only")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench.gpu needs a GPU that PyTorch sees")
@@ -167,7 +168,7 @@ def main() -> int:
             out.flush()
             print(json.dumps(row), flush=True)
         emit({"machine": machine()})
-        for name in args.models.split(","):
+        for name in args.models.split(",") if not args.no_networks else ():
             for variant in SPECS[name].variants:
                 for row in network_rows(name, variant, args.runs, images):
                     emit(row)
