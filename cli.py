@@ -142,8 +142,8 @@ def _without_clashes(jobs: list[Job], problems: list[tuple[Path, str]]) -> tuple
 
 def load_service(model: str | None, tile: int | None):
     """The server's service with only the chosen model loaded."""
-    _import_tensorflow_quietly()
     from config import load_settings
+    from core import backends
     from core.service import Service
 
     overrides: dict[str, object] = {}
@@ -153,7 +153,10 @@ def load_service(model: str | None, tile: int | None):
         overrides["models"] = load_settings().default_model
     if tile is not None:
         overrides["tile_size"] = tile
-    service = Service.create(load_settings(**overrides))
+    settings = load_settings(**overrides)
+    if backends.choose(settings).backend in backends.KERAS_BACKENDS:
+        _import_tensorflow_quietly()
+    service = Service.create(settings)
     service.registry.load_all()
     return service
 
