@@ -7,10 +7,14 @@ same topology.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
-import keras
 import numpy as np
+
+# The reader serves the PyTorch path too, which has no Keras: only the type is Keras'.
+if TYPE_CHECKING:
+    import keras
 
 
 def read_layer_weights(path: Path) -> list[list[np.ndarray]]:

