@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 
+import openvino
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.observability import JsonFormatter
 from app import create_app
 from config import load_settings
+from core.backends import cpu_name
 from harness.live_server import live_server
 from tests.conftest import decode, sample_bytes
 
@@ -47,16 +49,21 @@ def test_health_is_200_while_models_are_still_loading(unloaded_app):
     assert response.json == {"status": "ok"}
 
 
+# This machine has no GPU: the CPU path runs the networks, through OpenVINO.
+CPU_DEVICE = {"kind": "cpu", "name": cpu_name(), "runtime": f"OpenVINO {openvino.get_version().split('-')[0]}",
+              "backend": "openvino"}
+
+
 def test_ready_is_503_until_models_are_loaded(unloaded_app):
     response = unloaded_app.test_client().get("/ready")
     assert response.status_code == 503
-    assert response.json == {"ready": False, "models": {"srgan": "pending"}}
+    assert response.json == {"ready": False, "models": {"srgan": "pending"}, "device": CPU_DEVICE}
 
 
 def test_ready_is_200_and_names_models_once_loaded(client):
     response = client.get("/ready")
     assert response.status_code == 200
-    assert response.json == {"ready": True, "models": {"srgan": "ready", "srresnet": "ready"}}
+    assert response.json == {"ready": True, "models": {"srgan": "ready", "srresnet": "ready"}, "device": CPU_DEVICE}
 
 
 def test_operations_routes_stay_out_of_the_swagger_document(client):
