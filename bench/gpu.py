@@ -1,7 +1,7 @@
 """Every built-in network on an NVIDIA GPU through the PyTorch backend, and whole requests through the service.
 
     python -m bench.gpu [--models srgan,srresnet,realsr,realesrgan,span,anime,realcugan] [--runs 10]
-                        [--out gpu-results.jsonl]
+                        [--out gpu-results.jsonl] [--http --slots 1,2,4,8 --clients 8 --seconds 15]
 
 For each network of each model, in f32 (TF32), fp16 and bf16: the output on the sample photos against the
 CPU's f32 output of the same network (the reference the CPU tests hold to the Keras graphs), as PSNR on
@@ -9,7 +9,9 @@ CPU's f32 output of the same network (the reference the CPU tests hold to the Ke
 MIN_BF16_PSNR_DB, else f32); the median time of the network at 500² and 128² (the runner's, copies to and
 from the GPU included) and the network alone on tensors already on the GPU; the peak GPU memory at 500².
 Then, per model, whole requests: a 500² PNG through ``Service.upscale`` (decode, network, encode), median
-of ``--runs``, with each stage's seconds. One JSON line per measurement, the machine in the first; the
+of ``--runs``, with each stage's seconds. ``--http``: instead, gunicorn on loopback (no nginx) for each
+INFERENCE_SLOTS in ``--slots``: one client's median time per 500² PNG, and ``--clients`` clients' images per
+second against what the network alone does. One JSON line per measurement, the machine in the first; the
 figures go to docs/gpu.md. Needs torch, spandrel, h5py, numpy, Pillow, pydantic-settings and pypng, and
 the weight packages (docs/gpu.md: carrying them to a machine without network).
 """
@@ -20,6 +22,7 @@ import json
 import os
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -151,6 +154,51 @@ def request_rows(name: str, runs: int) -> dict:
             "precision": service.registry.describe()[0]["precision"]}
 
 
+def http_rows(name: str, slots: int, clients: int, seconds: float, runs: int) -> dict:
+    """One model behind gunicorn with ``slots`` images in flight: one client's latency, then ``clients``'."""
+    import requests
+
+    from harness.live_server import live_server
+
+    data = photo_png(500)
+    network = pytorch.network(SPECS[name], SPECS[name].variants[-1], load_settings(), CUDA)
+    alone = 1 / module_seconds(network, 500, runs)
+    environment = {"models": name, "default_model": name, "device": "cuda", "inference_slots": slots,
+                   "threads": slots + clients + 2, "queue_size": clients, "memory_budget_mb": REQUEST_BUDGET_MB}
+    with live_server(**environment) as server:
+        def post(session: requests.Session) -> None:
+            answer = session.post(f"{server.url}/model/predict", files={"image": ("photo.png", data)}, timeout=120)
+            answer.raise_for_status()
+
+        with requests.Session() as session:
+            one = median_seconds(lambda: post(session), runs)
+        done = concurrent_requests(post, clients, seconds)
+    return {"model": name, "http": True, "inference_slots": slots, "clients": clients, "request_s_500": one,
+            "images_per_s": done / seconds, "network_alone_images_per_s": alone,
+            "share_of_network_alone": done / seconds / alone}
+
+
+def concurrent_requests(post: Callable[[object], None], clients: int, seconds: float) -> int:
+    """Requests answered by ``clients`` clients, each posting one after another, within ``seconds``."""
+    import requests
+
+    stop_at = time.perf_counter() + seconds
+    counts = [0] * clients
+
+    def client(index: int) -> None:
+        with requests.Session() as session:
+            while time.perf_counter() < stop_at:
+                post(session)
+                counts[index] += 1
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(name for name in SPECS if name != "max-srgan"))
@@ -158,6 +206,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("gpu-results.jsonl"))
     parser.add_argument("--no-requests", action="store_true", help="time the networks only")
     parser.add_argument("--no-networks", action="store_true", help="time whole requests only")
+    parser.add_argument("--http", action="store_true", help="through gunicorn on loopback, one and several clients")
+    parser.add_argument("--slots", default="1,2,4,8", help="INFERENCE_SLOTS values for --http")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=15)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench.gpu needs a GPU that PyTorch sees")
@@ -168,6 +220,11 @@ def main() -> int:
             out.flush()
             print(json.dumps(row), flush=True)
         emit({"machine": machine()})
+        if args.http:
+            for name in args.models.split(","):
+                for slots in (int(value) for value in args.slots.split(",")):
+                    emit(http_rows(name, slots, args.clients, args.seconds, args.runs))
+            return 0
         for name in args.models.split(",") if not args.no_networks else ():
             for variant in SPECS[name].variants:
                 for row in network_rows(name, variant, args.runs, images):
