@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 GPU_VENV := .venv-gpu
 GPU_STAMP := $(GPU_VENV)/.installed
 
-.PHONY: setup setup-dev setup-gpu nginx run run-gpu test test-fast bench-quality bench-speed bench-precision bench-memory bench-stages bench-load bench-hostile docker-test lint clean pictures docs-pictures
+.PHONY: setup setup-dev setup-gpu nginx run run-gpu test test-fast bench-quality bench-speed bench-precision bench-memory bench-stages bench-load bench-hostile docker-test docker-test-gpu lint clean pictures docs-pictures
 
 # Serving only: requirements.txt. The test tools (requirements-dev.txt) come with `make test`.
 setup: $(STAMP)
@@ -56,15 +56,19 @@ test: setup-dev
 test-fast: setup-dev
 	$(BIN)/python -m pytest -m "not slow"
 
-# ruff on the code, hadolint on the Dockerfile, strict schema validation of the manifest.
+# ruff on the code, hadolint on the Dockerfiles, strict schema validation of the manifests.
 lint: setup-dev
 	$(BIN)/ruff check .
-	$(BIN)/hadolint Dockerfile
-	$(BIN)/kubernetes-validate --strict --quiet max-image-super-resolution-generator.yaml
+	$(BIN)/hadolint Dockerfile Dockerfile.gpu
+	$(BIN)/kubernetes-validate --strict --quiet max-image-super-resolution-generator.yaml max-image-super-resolution-generator-gpu.yaml
 
 # Build the Docker image, run it, and check /ready, /model/metadata and a real /model/predict (docs/deployment.md).
 docker-test:
 	bash scripts/docker-test.sh
+
+# The same for the GPU image (Dockerfile.gpu), run on this machine's CPU through PyTorch (docs/gpu.md).
+docker-test-gpu:
+	DOCKER_TEST_VARIANTS=gpu bash scripts/docker-test.sh
 
 clean:
 	rm -rf $(VENV) $(GPU_VENV) .pytest_cache .hypothesis

@@ -13,6 +13,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MEBIBYTE = 1024 * 1024
+# Images a GPU worker upscales at once by default (INFERENCE_SLOTS=0 on a GPU).
+GPU_INFERENCE_SLOTS = 4
 
 
 class Settings(BaseSettings):
@@ -36,7 +38,8 @@ class Settings(BaseSettings):
     backend: Literal["auto", "openvino", "tensorflow", "xla", "pytorch"] = Field("auto", description="Inference runtime: auto (pytorch on a GPU; on the CPU openvino where it is installed, as by make run, else pytorch), openvino (the CPU's fastest), tensorflow (the reference), xla, or pytorch (core/backends).")
     inference_threads: int = Field(0, ge=0, description="Threads the inference backend uses per worker; 0 means cores divided by workers.")
     max_srgan_checkpoint: Path | None = Field(None, description="Prefix of the original MAX TensorFlow-1 checkpoint; when set, model max-srgan is offered too.")
-    models_dir: Path | None = Field(None, description="Folder of the operator's own models: NAME.param + NAME.bin (ncnn) or NAME.onnx, each with a sidecar NAME.json; each is offered as model NAME (docs/deployment.md).")
+    models_dir: Path | None = Field(None, description="Folder of the operator's own models: NAME.param + NAME.bin (ncnn) or NAME.onnx, each with a sidecar NAME.json, or NAME.safetensors or NAME.pth (PyTorch, any architecture spandrel knows; sidecar optional); each is offered as model NAME (docs/deployment.md).")
+    models_dir_pickles: bool = Field(True, description="Load MODELS_DIR's NAME.pth files (pickles) through spandrel's restricted unpickler; false: only NAME.safetensors, and a .pth fails with this reason.")
 
     # Tiling
     tile_size: int | None = Field(None, ge=16, description="Side of each tile's useful centre, in input pixels; unset: the largest that MEMORY_BUDGET_MB allows for each model and image (docs/speed.md).")
@@ -44,6 +47,7 @@ class Settings(BaseSettings):
 
     # Precision and memory
     memory_budget_mb: int = Field(3072, ge=256, description="Peak resident memory of one worker, in MiB: the loaded models, the request's buffers and the tiles' windows; each model's tile size follows from it (docs/speed.md).")
+    gpu_memory_budget_mb: int = Field(0, ge=0, description="GPU memory a worker's networks may use, in MiB: the loaded models and one window; on a GPU each model's tile follows from it (whole images run as one window where they fit). 0: 90 % of the card's memory at start.")
     precision: Literal["auto", "f32", "bf16", "fp16"] = Field("auto", description="Arithmetic of the networks: auto runs bf16 on the CPU only where the CPU has it natively and the model was measured to allow it, and on a GPU each model's measured precision (docs/speed.md, docs/gpu.md); f32, bf16 or fp16 (GPU only) force one for every model.")
 
     png_compression_level: int = Field(1, ge=0, le=9, description="zlib level of PNG results: 1 encodes several times faster than 6 for somewhat larger files (measured trade: docs/speed.md).")
@@ -52,7 +56,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(32 * MEBIBYTE, ge=1, description="Largest accepted upload (413 above).")
     max_input_pixels: int = Field(2000 * 2000, ge=1, description="Largest accepted input, width x height (413 above).")
     max_output_pixels: int = Field(8000 * 8000, ge=1, description="Largest produced output, width x height (413 above).")
-    queue_size: int = Field(2, ge=0, description="Requests that may wait for the worker's inference slot; more get 503 at once.")
+    inference_slots: int = Field(0, ge=0, description="Images a worker upscales at once; 0: one on the CPU (the network takes every core), GPU_INFERENCE_SLOTS on a GPU (one request's decode and encode overlap another's network; the GPU runs one window at a time).")
+    queue_size: int = Field(2, ge=0, description="Requests that may wait for a worker's inference slots; more get 503 at once.")
     request_time_limit_s: float = Field(600.0, gt=0, description="A request still running after this many seconds stops at its next tile (503).")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with every 503.")
     queue_wait_s: float = Field(60.0, gt=0, description="Longest wait of a queued request for the inference slot (then 503); the time limit starts once it runs.")

@@ -17,6 +17,10 @@ model_entry = namespace.model("ModelEntry", {
     "scales": fields.List(fields.Integer, description="Native scales; a request runs the smallest that reaches its size (above the largest, a second pass)"),
     "denoise": fields.Raw(description="Denoise levels per native scale, e.g. {\"2\": [\"none\", \"conservative\"]}"),
     "precision": fields.String(description="Arithmetic the model runs in: f32, bf16 or fp16; null until loaded"),
+    "precisions": fields.List(fields.String, description="A MODELS_DIR PyTorch file's: the arithmetics its "
+                                                         "architecture runs in (f32, fp16, bf16); null otherwise"),
+    "runtime": fields.String(description="A MODELS_DIR PyTorch file's: what runs it (OpenVINO, converted at load, "
+                                         "or PyTorch, and why); null otherwise"),
     "state": fields.String(description="pending, loading, ready or failed: reason"),
     "default": fields.Boolean,
 })

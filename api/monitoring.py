@@ -6,6 +6,7 @@ at import time whether values live in this process or in files every worker shar
 from __future__ import annotations
 
 import os
+import threading
 
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
                                disable_created_metrics, generate_latest)
@@ -35,6 +36,13 @@ MODEL_LOAD = Gauge("superres_model_load_seconds", "Seconds to build, load and wa
 MODEL_READY = Gauge("superres_model_ready_workers", "Live workers that have loaded and warmed up each model.",
                     ("model",), multiprocess_mode="livesum")
 
+DEVICE_MEMORY = Gauge("superres_device_memory_bytes", "GPU memory the networks of each worker hold now (0 on the CPU, "
+                      "where the process's own memory counts).", multiprocess_mode="livesum")
+DEVICE_BUSY = Counter("superres_device_busy_seconds", "Seconds the device ran networks: a GPU's busy time "
+                      "(its rate over a window of time is the GPU's utilisation by the service).")
+_busy = {"seen_s": 0.0}
+_busy_lock = threading.Lock()
+
 
 def render() -> bytes:
     """The exposition text: this process's registry, or the sum over all workers' files under gunicorn."""
@@ -63,3 +71,13 @@ def observe_model_load(model: str, seconds: float) -> None:
 def observe_slot(waiting: int, running: int) -> None:
     INFERENCE_QUEUED.set(waiting)
     INFERENCE_RUNNING.set(running)
+
+
+def observe_device(usage: dict[str, float]) -> None:
+    """A worker's GPU memory now and its busy seconds so far (``Service.device_usage``); nothing on the CPU."""
+    if not usage:
+        return
+    DEVICE_MEMORY.set(usage["memory_bytes"])
+    with _busy_lock:
+        DEVICE_BUSY.inc(max(0.0, usage["busy_seconds"] - _busy["seen_s"]))
+        _busy["seen_s"] = max(_busy["seen_s"], usage["busy_seconds"])

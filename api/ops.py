@@ -27,6 +27,7 @@ def ready() -> tuple[Response, int]:
 
 @blueprint.get("/metrics")
 def metrics() -> Response:
+    monitoring.observe_device(service().device_usage())
     return Response(monitoring.render(), mimetype=None, content_type=monitoring.CONTENT_TYPE)
 
 

@@ -1,9 +1,10 @@
-"""One inference slot per worker, a bounded queue in front of it, and 503 beyond.
+"""The inference slots of a worker, a bounded queue in front of them, and 503 beyond.
 
-Running one image at a time per worker bounds memory (the network's working
-set is paid once per worker, not once per request); a bounded queue means an
-overloaded server answers at once instead of piling requests up until the
-container runs out of memory or the clients time out.
+On the CPU a worker runs one image at a time: the network takes every core, and its working set is
+paid once per worker, not once per request. On a GPU it runs several, so that one request's decode,
+resize and encode (on the host's cores) overlap another's network (on the GPU, which runs one window
+at a time: core/backends/pytorch.py). A bounded queue means an overloaded server answers at once
+instead of piling requests up until the container runs out of memory or the clients time out.
 """
 from __future__ import annotations
 
@@ -16,15 +17,16 @@ from core.shutdown import ShuttingDown
 
 
 class InferenceSlot:
-    """Admission control for one worker: one image runs, ``queue_size`` wait, the rest get Busy (503).
+    """Admission control for one worker: ``slots`` images run, ``queue_size`` wait, the rest get Busy (503).
 
     Waiters are served in arrival order: a newcomer never takes the slot while
     others are queued, so under steady load a queued request is not starved by
     later ones and does not run into ``wait_timeout_s``.
     """
 
-    def __init__(self, queue_size: int, wait_timeout_s: float) -> None:
+    def __init__(self, queue_size: int, wait_timeout_s: float, slots: int = 1) -> None:
         self._free = threading.Condition(threading.Lock())
+        self._slots = slots
         self._queue_size = queue_size
         self._wait_timeout_s = wait_timeout_s
         self._waiting = 0
@@ -59,17 +61,18 @@ class InferenceSlot:
     def _enter(self) -> None:
         with self._free:
             self._refuse_if_closed()
-            if self._running == 0 and self._waiting == 0:
+            if self._running < self._slots and self._waiting == 0:
                 self._start()
                 return
             if self._waiting >= self._queue_size:
-                raise Busy(f"the server is busy: {self._running} image running and {self._waiting} queued "
-                           f"(queue size {self._queue_size}); retry later")
+                raise Busy(f"the server is busy: {self._running} of {self._slots} images running and "
+                           f"{self._waiting} queued (queue size {self._queue_size}); retry later")
             self._waiting += 1
             self._changed()
             try:
                 # Condition.notify wakes the longest waiter first, which gives the arrival order.
-                acquired = self._free.wait_for(lambda: self._running == 0 or self._closed, self._wait_timeout_s)
+                acquired = self._free.wait_for(lambda: self._running < self._slots or self._closed,
+                                               self._wait_timeout_s)
             finally:
                 self._waiting -= 1
                 self._changed()
@@ -83,14 +86,18 @@ class InferenceSlot:
             raise ShuttingDown("the server is shutting down and starts no new image; retry")
 
     def _start(self) -> None:
-        self._running = 1
+        self._running += 1
         self._changed()
 
     def _leave(self) -> None:
         with self._free:
-            self._running = 0
+            self._running -= 1
             self._changed()
             self._free.notify()
+
+    @property
+    def slots(self) -> int:
+        return self._slots
 
     @property
     def waiting(self) -> int:

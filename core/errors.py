@@ -49,6 +49,10 @@ class NotReady(Unavailable):
     """The requested model is still loading."""
 
 
+class OutOfDeviceMemory(Unavailable):
+    """The GPU had no memory for a window, even at the smallest tile the retries go down to."""
+
+
 class TimeLimitExceeded(Unavailable):
     """The request ran past the configured time limit and was stopped."""
 

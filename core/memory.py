@@ -70,3 +70,22 @@ def tile_for_budget(budget_bytes: int, resident: int, bytes_per_window_pixel: in
             f"{request_bytes(height, width, scale) // MEBIBYTE} MiB this image's buffers, and the smallest "
             f"tile's window needs {(MIN_TILE + 2 * margin) ** 2 * bytes_per_window_pixel * batch // MEBIBYTE} MiB")
     return tile
+
+
+def tile_for_device_budget(budget_bytes: int, resident: int, bytes_per_window_pixel: int, margin: int,
+                           height: int, width: int, batch: int = 1) -> int:
+    """The tile side on a GPU: the whole image as one window where it fits what the budget leaves beside the
+    loaded models (no margins recomputed), else the largest square window that does; 413 below MIN_TILE.
+
+    The request's own buffers stay on the host, so only the window counts here, with no cap: the GPU's
+    figures were measured on whole 500² windows."""
+    available = (budget_bytes - resident) // batch
+    if height * width * bytes_per_window_pixel <= available:
+        return max(height, width)
+    tile = largest_window(available, bytes_per_window_pixel) - 2 * margin
+    if tile < MIN_TILE:
+        raise TooLarge(
+            f"a {width}x{height} image needs more GPU memory than GPU_MEMORY_BUDGET_MB={budget_bytes // MEBIBYTE} "
+            f"leaves: {resident // MEBIBYTE} MiB are the loaded models, and the smallest tile's window needs "
+            f"{(MIN_TILE + 2 * margin) ** 2 * bytes_per_window_pixel * batch // MEBIBYTE} MiB")
+    return tile

@@ -1,6 +1,7 @@
 """One upscale, end to end: decode -> plan the sizes -> tile -> network -> blend -> assemble -> encode."""
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ import numpy as np
 
 from config import Settings
 from core import images, shutdown
-from core.errors import TimeLimitExceeded, TooLarge
+from core.errors import OutOfDeviceMemory, TimeLimitExceeded, TooLarge
 from core.geometry import OutputPlan, Size, plan_output
 from core.models.ensemble import self_ensemble
 from core.models.runtime import Network
@@ -17,6 +18,11 @@ from core.options import UpscaleOptions
 from core.tiling import plan_tiles, run_tiled
 from core.timing import Stages
 
+log = logging.getLogger(__name__)
+
+# Below this the retries after a GPU's out-of-memory error stop: smaller tiles would spend more on their
+# margins (up to 32 px a side) than on their centres.
+MIN_RETRY_TILE = 64
 # ITU-R BT.601 luma, as Pillow's convert("L") uses: turns the network's RGB back into grey.
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 # The layers the page blends itself, to show a new strength at once; always PNG, so no level is lost.
@@ -187,9 +193,23 @@ def _run_network(colour: np.ndarray, max_value: int, work: Work, ensemble: bool,
 
     predict = network.predictor(rgb)
     predict = self_ensemble(predict) if ensemble else predict
-    run_tiled(stages.timed("network", predict), rgb, scale, work.tile_size(network, height, width), network.margin,
-              work.settings.tile_batch, stages.timed("assembly", write), on_progress, network.alignment)
-    return out
+    tile = work.tile_size(network, height, width)
+    while True:
+        try:
+            run_tiled(stages.timed("network", predict), rgb, scale, tile, network.margin, work.settings.tile_batch,
+                      stages.timed("assembly", write), on_progress, network.alignment)
+            return out
+        except OutOfDeviceMemory as error:
+            tile = _smaller_tile(tile, error)
+
+
+def _smaller_tile(tile: int, error: OutOfDeviceMemory) -> int:
+    """Half the tile after a window the GPU had no memory for, as chaiNNer's auto-split does; a 503 once the
+    half would fall below MIN_RETRY_TILE (the worker goes on serving)."""
+    if tile // 2 < MIN_RETRY_TILE:
+        raise OutOfDeviceMemory(f"{error.message}, even with tiles of {tile} px; retry later") from error
+    log.warning("%s: running the pass again with tiles of %d px", error.message, tile // 2)
+    return tile // 2
 
 
 def _resized(colour: np.ndarray, size: Size) -> np.ndarray:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from config import Settings
+from config import GPU_INFERENCE_SLOTS, Settings
 from core import backends, cost, images, memory
 from core.admission import InferenceSlot
 from core.geometry import enlargement, plan_output
@@ -15,6 +15,15 @@ from core.models.runtime import Network
 from core.options import DEFAULT_SCALE, OptionContext, UpscaleOptions
 from core.pipeline import Progress, Result, upscale
 from core.timing import Stages
+
+
+# What GPU_MEMORY_BUDGET_MB=0 leaves to the networks: the rest is the CUDA context's and other processes'.
+GPU_MEMORY_SHARE = 0.9
+
+
+def inference_slots(settings: Settings, device: str) -> int:
+    """INFERENCE_SLOTS, or its default for the device."""
+    return settings.inference_slots or (GPU_INFERENCE_SLOTS if device == "cuda" else 1)
 
 
 @dataclass
@@ -33,12 +42,18 @@ class Service:
         choice = backends.choose(settings)
         choice.module.start(settings, choice.device)
         return cls(settings, ModelRegistry(settings, choice),
-                   InferenceSlot(settings.queue_size, settings.queue_wait_s))
+                   InferenceSlot(settings.queue_size, settings.queue_wait_s, inference_slots(settings, choice.device)))
 
     def device(self) -> dict[str, object]:
         """The device and backend the networks run on, for /model/metadata and /ready."""
         choice = self.registry.choice
-        return {**choice.module.device_facts(choice.device), "backend": choice.backend}
+        return {**choice.module.device_facts(choice.device), "backend": choice.backend,
+                "inference_slots": self.slot.slots}
+
+    def device_usage(self) -> dict[str, float]:
+        """A GPU's memory in use and the seconds its networks ran, for /metrics; empty on the CPU."""
+        choice = self.registry.choice
+        return choice.module.usage(choice.device)
 
     def start_loading(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
         """Load every model in the background, so that /health answers during start-up."""
@@ -83,9 +98,21 @@ class Service:
         that MEMORY_BUDGET_MB leaves room for beside the loaded models (413 when none does)."""
         if self.settings.tile_size is not None:
             return self.settings.tile_size
+        device = self.registry.choice.device
+        bytes_per_pixel = window_bytes_per_pixel(network.name, network.precision, device)
+        if device == "cuda":
+            return memory.tile_for_device_budget(self.device_budget(), self.registry.device_resident, bytes_per_pixel,
+                                                 network.margin, height, width, self.settings.tile_batch)
         return memory.tile_for_budget(self.settings.memory_budget_mb * memory.MEBIBYTE, self.registry.resident,
-                                      window_bytes_per_pixel(network.name, network.precision), network.margin,
-                                      height, width, network.scale, self.settings.tile_batch)
+                                      bytes_per_pixel, network.margin, height, width, network.scale,
+                                      self.settings.tile_batch)
+
+    def device_budget(self) -> int:
+        """GPU_MEMORY_BUDGET_MB in bytes, or by default that share of the card's memory."""
+        if self.settings.gpu_memory_budget_mb:
+            return self.settings.gpu_memory_budget_mb * memory.MEBIBYTE
+        choice = self.registry.choice
+        return int(choice.module.memory_total(choice.device) * GPU_MEMORY_SHARE)
 
     def refuse_costly(self, data: bytes, options: UpscaleOptions, network: Network) -> None:
         """413 at once for an ensemble over its pixel limit, or an image the time limit would stop anyway.

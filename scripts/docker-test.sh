@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the Docker image, run it, and check /ready, /model/metadata and a real /model/predict against it.
+# Build the Docker image, run it, and check /ready, /model/metadata and a real /model/predict against it;
+# the same for the GPU image (Dockerfile.gpu), run on the CPU, with DOCKER_TEST_VARIANTS="cpu gpu" or gpu.
 #
 # Works on a bare Debian CI machine: installs docker.io if dockerd is missing, starts dockerd by hand when
 # none is running (and stops it at the end), and, when no registry is reachable and python:3.11-slim is
@@ -7,16 +8,24 @@
 # tag, passes it to the Dockerfile as BASE_IMAGE, and removes it at the end: a later plain `docker build`
 # on this host never takes the stand-in for the official image.
 #
-# Environment: IMAGE (tag to build), DOCKER_TEST_MODELS (MODELS inside the container; empty = the image's
-# default), READY_TIMEOUT_S (model loading), KEEP_STAND_IN=1 (keep the stand-in for the next run).
+# Environment: DOCKER_TEST_VARIANTS (images to test, in order: cpu = Dockerfile, gpu = Dockerfile.gpu; default
+# cpu), IMAGE and GPU_IMAGE (tags to build), DOCKER_TEST_MODELS and DOCKER_TEST_GPU_MODELS (MODELS inside each
+# container; empty = the image's default), READY_TIMEOUT_S (model loading), KEEP_STAND_IN=1 (keep the
+# stand-in for the next run). The variants share one dockerd and one base image.
+#
+# The GPU image runs here without a GPU, as on any CI machine: its /model/metadata must say so (device kind
+# cpu, backend pytorch: PyTorch on the CPU, the fallback of DEVICE=auto), and its predict goes through PyTorch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+DOCKER_TEST_VARIANTS=${DOCKER_TEST_VARIANTS:-cpu}
 IMAGE=${IMAGE:-max-image-super-resolution-generator:test}
+GPU_IMAGE=${GPU_IMAGE:-max-image-super-resolution-generator:gpu-test}
 OFFICIAL_BASE=python:3.11-slim
 STAND_IN_BASE=max-image-super-resolution-generator-base:debootstrap
 KEEP_STAND_IN=${KEEP_STAND_IN:-}
 DOCKER_TEST_MODELS=${DOCKER_TEST_MODELS-}
+DOCKER_TEST_GPU_MODELS=${DOCKER_TEST_GPU_MODELS-}
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-600}
 SAMPLE=${SAMPLE:-assets/test_examples/low_resolution/chelsea.png}
 
@@ -151,14 +160,32 @@ print(*struct.unpack(">II", data[16:24]))
 PY
 }
 
+# "KIND/BACKEND NAME" of /model/metadata's device, e.g. "cpu/pytorch Intel(R) Xeon(R) ...".
+device_of() {
+    python3 - "$1" <<'PY'
+import json, sys
+device = json.load(open(sys.argv[1]))["device"]
+print(f"{device['kind']}/{device['backend']} {device.get('name', '')}")
+PY
+}
+
+# check_service URL [KIND/BACKEND]: the second argument, when given, is what /model/metadata's device must say.
 check_service() {
-    local url=$1
+    local url=$1 expected_device=${2-}
     wait_until_ready "$url"
 
     curl -fsS "$url/model/metadata" >"$WORK/metadata.json"
     grep -q '"max-image-super-resolution-generator"' "$WORK/metadata.json" \
         || { log "unexpected metadata: $(cat "$WORK/metadata.json")"; return 1; }
-    log "metadata ok"
+    if [ -n "$expected_device" ]; then
+        local device
+        device=$(device_of "$WORK/metadata.json") || { log "no device in the metadata: $(cat "$WORK/metadata.json")"; return 1; }
+        [ "${device%% *}" = "$expected_device" ] \
+            || { log "metadata says device $device, expected $expected_device"; return 1; }
+        log "metadata ok: device $device"
+    else
+        log "metadata ok"
+    fi
 
     local status
     status=$(curl -sS -o "$WORK/out.png" -w '%{http_code}' -F "image=@$SAMPLE" "$url/model/predict")
@@ -178,23 +205,50 @@ check_service() {
     log "metrics ok"
 }
 
-main() {
-    local started=$SECONDS
-    ensure_docker
-    ensure_base_image
-    log "building $IMAGE on $BASE_IMAGE"
-    docker build --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$IMAGE" . >"$WORK/build.log" 2>&1 \
-        || { tail -40 "$WORK/build.log" >&2; exit 1; }
-    log "built in $((SECONDS - started)) s since start"
+# build_and_check VARIANT: build the variant's image, run it read-only on a free port, check it, remove it.
+build_and_check() {
+    local variant=$1 dockerfile image models expected_device="" started=$SECONDS
+    case "$variant" in
+        cpu) dockerfile=Dockerfile image=$IMAGE models=$DOCKER_TEST_MODELS ;;
+        # No GPU here: DEVICE=auto falls back to the CPU, through PyTorch (the only runtime in that image).
+        gpu) dockerfile=Dockerfile.gpu image=$GPU_IMAGE models=$DOCKER_TEST_GPU_MODELS expected_device=cpu/pytorch ;;
+        *) log "unknown variant $variant (cpu or gpu)"; exit 2 ;;
+    esac
+    log "[$variant] building $image from $dockerfile on $BASE_IMAGE"
+    local previous
+    previous=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
+    docker build --build-arg "BASE_IMAGE=$BASE_IMAGE" -f "$dockerfile" -t "$image" . >"$WORK/build-$variant.log" 2>&1 \
+        || { tail -40 "$WORK/build-$variant.log" >&2; exit 1; }
+    # The tag's previous build, now untagged, would stay on disk (6.5 GB for the GPU image): remove it.
+    if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
+        docker rmi "$previous" >/dev/null 2>&1 || true
+    fi
+    log "[$variant] built in $((SECONDS - started)) s; $(docker image inspect -f '{{.Size}}' "$image" \
+        | awk '{printf "%.2f GB", $1 / 1e9}')"
 
     local port env_args=()
     port=$(free_port)
-    [ -n "$DOCKER_TEST_MODELS" ] && env_args=(-e "MODELS=$DOCKER_TEST_MODELS")
+    [ -n "$models" ] && env_args=(-e "MODELS=$models")
     # Read-only root with a writable /tmp, as the Kubernetes manifest runs it.
-    CONTAINER=$(docker run -d --read-only --tmpfs /tmp -p "127.0.0.1:$port:5000" "${env_args[@]}" "$IMAGE")
-    log "container ${CONTAINER:0:12} on port $port"
-    check_service "http://127.0.0.1:$port"
-    log "passed in $((SECONDS - started)) s"
+    CONTAINER=$(docker run -d --read-only --tmpfs /tmp -p "127.0.0.1:$port:5000" "${env_args[@]}" "$image")
+    log "[$variant] container ${CONTAINER:0:12} on port $port"
+    local loading=$SECONDS
+    check_service "http://127.0.0.1:$port" "$expected_device"
+    log "[$variant] ready and checked in $((SECONDS - loading)) s; memory $(docker stats --no-stream \
+        --format '{{.MemUsage}}' "$CONTAINER")"
+    docker rm -f "$CONTAINER" >/dev/null
+    CONTAINER=""
+    log "[$variant] passed in $((SECONDS - started)) s"
+}
+
+main() {
+    local started=$SECONDS variant
+    ensure_docker
+    ensure_base_image
+    for variant in $DOCKER_TEST_VARIANTS; do
+        build_and_check "$variant"
+    done
+    log "passed ($DOCKER_TEST_VARIANTS) in $((SECONDS - started)) s"
 }
 
 main "$@"

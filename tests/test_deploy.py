@@ -1,4 +1,5 @@
-"""The deployment files: the Kubernetes manifest (validated offline), the Dockerfile (hadolint) and the docs' table."""
+"""The deployment files: the Kubernetes manifests, CPU and GPU (validated offline), the Dockerfiles (hadolint),
+the docker test's GPU run in CI, and the docs' table."""
 from __future__ import annotations
 
 import re
@@ -6,25 +7,34 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from config import Settings
+from api import monitoring
+from config import GPU_INFERENCE_SLOTS, Settings
 from scripts import settings_table
 from tests.conftest import ROOT
 
 MANIFEST = ROOT / "max-image-super-resolution-generator.yaml"
+GPU_MANIFEST = ROOT / "max-image-super-resolution-generator-gpu.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
+GPU_DOCKERFILE = ROOT / "Dockerfile.gpu"
+DOCKERFILES = (DOCKERFILE, GPU_DOCKERFILE)
 DEPLOYMENT_DOCS = ROOT / "docs" / "deployment.md"
 TOOLS = Path(sys.executable).parent
 
 
-def documents() -> dict[str, dict]:
-    return {doc["kind"]: doc for doc in yaml.safe_load_all(MANIFEST.read_text())}
+def documents(manifest: Path = MANIFEST) -> dict[str, dict]:
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(manifest.read_text())}
 
 
-def container() -> dict:
-    [only] = documents()["Deployment"]["spec"]["template"]["spec"]["containers"]
+def container(manifest: Path = MANIFEST) -> dict:
+    [only] = documents(manifest)["Deployment"]["spec"]["template"]["spec"]["containers"]
     return only
+
+
+def environment(manifest: Path = MANIFEST) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container(manifest)["env"]}
 
 
 def kubernetes_validate(path: Path) -> subprocess.CompletedProcess:
@@ -104,13 +114,15 @@ def parse_gibibytes(quantity: str) -> float:
     return float(number) / (1024 if unit == "Mi" else 1)
 
 
-def test_dockerfile_passes_hadolint():
-    result = subprocess.run([TOOLS / "hadolint", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
+def test_dockerfile_passes_hadolint(dockerfile):
+    result = subprocess.run([TOOLS / "hadolint", str(dockerfile)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_dockerfile_uses_only_the_classic_builder_and_runs_nginx_and_gunicorn_as_non_root():
-    text = DOCKERFILE.read_text()
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
+def test_dockerfile_uses_only_the_classic_builder_and_runs_nginx_and_gunicorn_as_non_root(dockerfile):
+    text = dockerfile.read_text()
     assert not re.search(r"^#\s*syntax=", text, re.M | re.I)
     assert "--mount" not in text and "<<" not in text
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.M) and re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
@@ -123,7 +135,48 @@ def test_dockerfile_uses_only_the_classic_builder_and_runs_nginx_and_gunicorn_as
 
 def test_dockerignore_keeps_the_venv_git_and_tests_out():
     ignored = set((ROOT / ".dockerignore").read_text().split())
-    assert {".venv", ".git", "tests"} <= ignored
+    assert {".venv", ".venv-gpu", ".git", "tests", "Dockerfile.gpu"} <= ignored
+
+
+def requirement_names(path: Path) -> set[str]:
+    """The packages a requirements file pins, following its -r includes."""
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("-r"):
+            names |= requirement_names(path.parent / line[2:].strip())
+        elif line:
+            names.add(re.split(r"[=<>!~\[; ]", line, maxsplit=1)[0].lower())
+    return names
+
+
+def test_gpu_image_installs_pytorch_and_the_serving_stack_without_tensorflow():
+    text = GPU_DOCKERFILE.read_text()
+    installed = set(re.findall(r"pip install [^\n]*-r (requirements[\w-]*\.txt)", text))
+    assert installed == {"requirements-torch.txt", "requirements-serving.txt", "requirements-nodeps.txt"}
+    assert "requirements.txt" not in re.findall(r"requirements[\w-]*\.txt", text)
+    packages = set().union(*(requirement_names(ROOT / name) for name in installed))
+    assert {"torch", "spandrel", "flask", "gunicorn"} <= packages
+    assert not packages & {"tensorflow", "tensorflow-cpu", "keras", "openvino"}
+    # PyTorch's 3 GB of wheels sit in a layer of their own, before the serving stack's and the code's.
+    torch_layer = text.index("-r requirements-torch.txt")
+    assert torch_layer < text.index("COPY requirements-serving.txt") < text.index("COPY . /app")
+
+
+def test_gpu_image_asks_the_nvidia_runtime_for_every_gpu_and_its_compute_libraries():
+    text = GPU_DOCKERFILE.read_text()
+    assert re.search(r"^\s+NVIDIA_VISIBLE_DEVICES=all\b", text, re.M)
+    assert re.search(r"^\s+NVIDIA_DRIVER_CAPABILITIES=compute,utility\b", text, re.M)
+    # DEVICE stays auto in the image: CUDA where the container sees a GPU, the CPU elsewhere (CI).
+    assert not re.search(r"^(ENV)?\s+DEVICE[= ]", text, re.M)
+
+
+def test_ci_builds_the_gpu_image_and_checks_it_serves_on_the_cpu_through_pytorch():
+    script = (ROOT / "scripts" / "docker-test.sh").read_text()
+    assert re.search(r"gpu\) dockerfile=Dockerfile\.gpu .*expected_device=cpu/pytorch", script)
+    ci = (ROOT / ".ci" / "run").read_text()
+    [variants] = re.findall(r'DOCKER_TEST_VARIANTS="([^"]*)" make docker-test', ci)
+    assert variants.split() == ["cpu", "gpu"]
 
 
 def test_deployment_docs_hold_the_configuration_table_of_every_setting():
@@ -137,3 +190,105 @@ def test_termination_grace_period_leaves_ten_seconds_after_the_shutdown_grace():
     env = {item["name"]: item["value"] for item in container()["env"]}
     grace = int(env.get("SHUTDOWN_GRACE_S", Settings().shutdown_grace_s))
     assert pod["terminationGracePeriodSeconds"] == grace + 10
+
+
+# The GPU Deployment (max-image-super-resolution-generator-gpu.yaml).
+
+def gpu_pod() -> dict:
+    return documents(GPU_MANIFEST)["Deployment"]["spec"]["template"]["spec"]
+
+
+def test_gpu_manifest_passes_strict_schema_validation():
+    result = kubernetes_validate(GPU_MANIFEST)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert set(documents(GPU_MANIFEST)) == {"Service", "Deployment", "HorizontalPodAutoscaler"}
+
+
+def test_gpu_strict_validation_rejects_a_misspelt_field(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(GPU_MANIFEST.read_text().replace("tolerations:", "toleration:"))
+    assert kubernetes_validate(broken).returncode != 0
+
+
+def test_gpu_deployment_asks_for_one_gpu_and_tolerates_the_gpu_taint():
+    resources = container(GPU_MANIFEST)["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == 1
+    assert resources["requests"].get("nvidia.com/gpu", 1) == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu_pod()["tolerations"]
+
+
+def test_gpu_deployment_runs_on_cuda_or_not_at_all():
+    env = environment(GPU_MANIFEST)
+    assert env["DEVICE"] == "cuda"
+    assert env["WORKERS"] == "1"
+    assert set(env) <= {field.upper() for field in Settings.model_fields}
+    assert Settings(**{name.lower(): value for name, value in env.items()}).device == "cuda"
+
+
+def test_gpu_deployment_gives_nginx_a_thread_for_every_slot_and_queue_place_and_one_for_probes():
+    env = environment(GPU_MANIFEST)
+    settings = Settings(**{name.lower(): value for name, value in env.items()})
+    slots = settings.inference_slots or GPU_INFERENCE_SLOTS
+    assert settings.threads - 1 >= slots + settings.queue_size
+
+
+def test_gpu_probes_cover_model_load_and_warm_up_and_point_at_real_routes(client):
+    probes = {kind: container(GPU_MANIFEST)[kind] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert probes["readinessProbe"]["httpGet"]["path"] == probes["startupProbe"]["httpGet"]["path"] == "/ready"
+    # The six default models load in 27-59 s on 2 CPU cores (docs/gpu.md): the startup probe allows 5 times that.
+    startup = probes["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 5 * 59
+    for probe in probes.values():
+        assert probe["httpGet"]["port"] == "http"
+        assert client.get(probe["httpGet"]["path"]).status_code == 200
+
+
+# Measured with the GPU image on the CPU (docs/gpu.md, "Image and Deployment"): the container's memory once the
+# six default models are loaded; and what CUDA's context and libraries are allowed on a GPU (not measured here).
+GPU_IMAGE_LOADED_MIB = 1089
+CUDA_HOST_MIB = 1536
+
+
+def test_gpu_memory_request_covers_the_measured_worker_and_the_limit_leaves_room():
+    resources = container(GPU_MANIFEST)["resources"]
+    request = parse_gibibytes(resources["requests"]["memory"]) * 1024
+    limit = parse_gibibytes(resources["limits"]["memory"]) * 1024
+    assert request >= GPU_IMAGE_LOADED_MIB + CUDA_HOST_MIB
+    assert limit > request
+    assert resources["requests"]["cpu"] == resources["limits"]["cpu"] == environment(GPU_MANIFEST)["INFERENCE_THREADS"]
+
+
+def test_gpu_pod_runs_as_non_root_on_a_read_only_root_like_the_cpu_pod():
+    pod, cpu_pod = gpu_pod(), documents()["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"] == cpu_pod["securityContext"]
+    assert container(GPU_MANIFEST)["securityContext"] == container()["securityContext"]
+    mounts = {mount["mountPath"] for mount in container(GPU_MANIFEST)["volumeMounts"]}
+    assert {"/tmp", environment(GPU_MANIFEST)["PROMETHEUS_MULTIPROC_DIR"]} <= mounts
+    grace = int(environment(GPU_MANIFEST)["SHUTDOWN_GRACE_S"])
+    assert pod["terminationGracePeriodSeconds"] == grace + 10
+
+
+def test_gpu_service_and_autoscaler_point_at_the_gpu_deployment_not_the_cpu_one():
+    docs, cpu_docs = documents(GPU_MANIFEST), documents()
+    name = docs["Deployment"]["metadata"]["name"]
+    assert name != cpu_docs["Deployment"]["metadata"]["name"]
+    assert docs["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == name
+    pod_labels = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert docs["Service"]["spec"]["selector"].items() <= pod_labels.items()
+    # The CPU Service must not send requests to GPU pods, nor the GPU Service to CPU pods.
+    assert not cpu_docs["Service"]["spec"]["selector"].items() <= pod_labels.items()
+    [port] = container(GPU_MANIFEST)["ports"]
+    assert port["name"] == docs["Service"]["spec"]["ports"][0]["targetPort"] == "http"
+    assert port["containerPort"] == int(environment(GPU_MANIFEST)["PORT"]) == 5000
+
+
+def test_gpu_autoscaler_scales_on_the_work_in_the_pods_from_metrics_not_on_cpu():
+    metrics = documents(GPU_MANIFEST)["HorizontalPodAutoscaler"]["spec"]["metrics"]
+    assert all(metric["type"] == "Pods" for metric in metrics)
+    names = {metric["pods"]["metric"]["name"] for metric in metrics}
+    gauges = {monitoring.INFERENCE_RUNNING._name, monitoring.INFERENCE_QUEUED._name}
+    assert names == gauges == {"superres_inference_running", "superres_inference_queued"}
+    # A pod never runs more than its slots: a target above them would never scale up on that metric.
+    running = next(metric for metric in metrics if metric["pods"]["metric"]["name"] == "superres_inference_running")
+    assert 0 < float(running["pods"]["target"]["averageValue"]) < GPU_INFERENCE_SLOTS

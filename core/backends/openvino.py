@@ -17,7 +17,8 @@ import openvino as ov
 import tensorflow as tf
 
 from core.backends import Choice, cpu_name
-from core.backends.tensorflow import configure_threads, input_signature, keras_network
+# usage and memory_total: the CPU's, as TensorFlow's backend gives them.
+from core.backends.tensorflow import configure_threads, input_signature, keras_network, memory_total, usage  # noqa: F401
 from core.models import precision
 from core.models.runtime import Network
 

@@ -4,18 +4,26 @@ the packaged weights, on CUDA in the precision measured for each model, or on th
 A GPU runs 16-bit floats at several times its f32 rate, but fp16 overflows where a network's activations
 grow large (Real-ESRGAN's black fp16 images): a window whose output is not finite is run again in f32,
 and the log says so.
+
+A device runs one window at a time (its lock): requests in flight together (INFERENCE_SLOTS) overlap
+their decoding and encoding on the host with another's network, not two networks. A window the GPU has
+no memory for raises ``OutOfDeviceMemory``, on which the pipeline retries with smaller tiles.
 """
 from __future__ import annotations
 
 import copy
 import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from core.backends import Batch, Choice, cpu_name
-from core.errors import ModelLoadError
+from core.errors import ModelLoadError, OutOfDeviceMemory
 from core.models import precision
 from core.models.runtime import Network
 
@@ -27,6 +35,26 @@ log = logging.getLogger(__name__)
 
 Output = torch.Tensor | list[torch.Tensor]
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class DeviceLock:
+    """One device's networks run one window at a time; the seconds they held it are its busy time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.busy_s = 0.0
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._lock:
+            started = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.busy_s += time.perf_counter() - started
+
+
+DEVICE_LOCKS: dict[str, DeviceLock] = {"cpu": DeviceLock(), "cuda": DeviceLock()}
 
 
 class TorchRunner:
@@ -42,15 +70,17 @@ class TorchRunner:
     def __call__(self, batch: Batch) -> Batch:
         """The output for a batch (a list of arrays for a graph of several inputs); a list for several outputs."""
         arrays = batch if isinstance(batch, list) else [batch]
-        with torch.inference_mode():
+        with DEVICE_LOCKS[self.device.type].held(), torch.inference_mode(), self._out_of_memory(arrays[0].shape):
             result = self._run(self._module, arrays, DTYPES[self.precision])
             if self.precision != "f32" and not all(bool(torch.isfinite(t).all()) for t in _tensors(result)):
                 log.warning("model %s: a %s window gave values that are not finite; running it again in f32",
                             self.name, self.precision)
                 result = self._run(self._f32_module(), arrays, torch.float32)
-            if isinstance(result, torch.Tensor):
-                return _to_numpy(result)
-            return [_to_numpy(tensor) for tensor in result]
+            hosted = [self._to_host(tensor) for tensor in _tensors(result)]
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
+        outputs = [tensor.numpy() for tensor in hosted]
+        return outputs[0] if isinstance(result, torch.Tensor) else outputs
 
     @property
     def module(self) -> torch.nn.Module:
@@ -61,8 +91,27 @@ class TorchRunner:
         """Nothing to give back: PyTorch returns a CPU call's buffers when it ends, and on a GPU its caching
         allocator reuses one model's blocks for the next request's windows."""
 
+    @contextmanager
+    def _out_of_memory(self, shape: tuple[int, ...]) -> Iterator[None]:
+        try:
+            yield
+        except torch.OutOfMemoryError as error:
+            # The failed window's blocks go back to the card, for the smaller windows that follow.
+            torch.cuda.empty_cache()
+            raise OutOfDeviceMemory(f"the GPU has no memory for a window of {shape[0]} x {shape[2]}x{shape[1]} "
+                                    f"pixels on model {self.name}") from error
+
     def _run(self, module: torch.nn.Module, arrays: list[np.ndarray], dtype: torch.dtype) -> Output:
         return module(*(self._tensor(array, dtype) for array in arrays))
+
+    def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        """NHWC float32 on the host. From a GPU, through pinned memory: pageable copies ran at a tenth of the
+        speed on the H200 (40 ms for a 2000² result, docs/gpu.md); torch caches the pinned blocks."""
+        nhwc = tensor.permute(0, 2, 3, 1).to(torch.float32).contiguous()
+        if self.device.type != "cuda":
+            return nhwc
+        host = torch.empty(nhwc.shape, dtype=torch.float32, pin_memory=True)
+        return host.copy_(nhwc, non_blocking=True)
 
     def _tensor(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         # NHWC permuted to NCHW is the channels-last layout that cuDNN's and oneDNN's fast kernels read.
@@ -85,10 +134,6 @@ def _placed(module: torch.nn.Module, device: torch.device, arithmetic: str) -> t
 
 def _tensors(result: Output) -> list[torch.Tensor]:
     return [result] if isinstance(result, torch.Tensor) else list(result)
-
-
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.permute(0, 2, 3, 1).to(torch.float32).contiguous().cpu().numpy()
 
 
 def start(settings: Settings, device: str) -> None:
@@ -118,3 +163,16 @@ def device_facts(device: str) -> dict[str, object]:
     properties = torch.cuda.get_device_properties(torch.cuda.current_device())
     return {"kind": "cuda", "name": properties.name, "memory_mib": properties.total_memory // (1024 * 1024),
             "runtime": f"{runtime}, CUDA {torch.version.cuda}"}
+
+
+def usage(device: str) -> dict[str, float]:
+    """The device's memory in use by this process and the seconds its networks held it, for /metrics."""
+    memory = torch.cuda.memory_allocated() if device == "cuda" else 0
+    return {"memory_bytes": float(memory), "busy_seconds": DEVICE_LOCKS[device].busy_s}
+
+
+def memory_total(device: str) -> int | None:
+    """The GPU's memory in bytes; None on the CPU, whose budget is MEMORY_BUDGET_MB."""
+    if device != "cuda":
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory

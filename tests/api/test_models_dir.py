@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from config import load_settings
+from core.models.registry import SPECS
 from tests.conftest import SAMPLES, decode, encode, loaded_app
 from harness.live_server import live_server
 from tests.onnx_nets import SubpixelNet
@@ -30,6 +33,7 @@ BROKEN = {
     "garbage": "garbage.onnx could not be read by OpenVINO as an ONNX model (details in the log)",
     "lstm": "lstm.bin: layer lstm of type LSTM is not supported",
     "srgan.onnx": "srgan is the id of a built-in model; rename the files",
+    "cutpth": "cutpth.pth is not a PyTorch model file, or it is damaged (details in the log)",
 }
 
 
@@ -37,8 +41,19 @@ def sidecar(folder: Path, name: str, **fields: object) -> None:
     (folder / f"{name}.json").write_text(json.dumps(fields))
 
 
-def fill_models_dir(folder: Path, with_anime: bool = True) -> Path:
-    """Two working ONNX models (4x and a fixed-size 2x export), the ncnn anime model, and every broken case."""
+def write_compact(folder: Path) -> None:
+    """The anime model's packaged weights (SRVGGNetCompact) as a PyTorch file without a sidecar, and a cut .pth."""
+    module, _ = SPECS["anime"].variants[0].torch()
+    state = {key: tensor.contiguous() for key, tensor in module.state_dict().items()}
+    save_file(state, folder / "compact.safetensors")
+    torch.save({"params": state}, folder / "cutpth.pth")
+    whole = (folder / "cutpth.pth").read_bytes()
+    (folder / "cutpth.pth").write_bytes(whole[:len(whole) // 2])
+
+
+def fill_models_dir(folder: Path, with_anime: bool = True, with_pytorch: bool = True) -> Path:
+    """Two working ONNX models (4x and a fixed-size 2x export), the ncnn anime model, a PyTorch file, and every
+    broken case."""
     NET4.save(folder / "espcn4.onnx")
     sidecar(folder, "espcn4", title="ESPCN-like 4x", scale=4, license="CC0-1.0", use_when="Tests")
     NET2.save(folder / "espcn2.onnx", input_side=64)
@@ -59,6 +74,8 @@ def fill_models_dir(folder: Path, with_anime: bool = True) -> Path:
     sidecar(folder, "lstm", title="Unknown layer", scale=4, license="MIT")
     NET4.save(folder / "srgan.onnx")
     sidecar(folder, "srgan", title="Clash", scale=4, license="MIT")
+    if with_pytorch:
+        write_compact(folder)
     return folder
 
 
@@ -96,10 +113,10 @@ def test_ready_lists_every_model_and_broken_ones_fail_alone(models_client, model
     # Every model of MODELS is ready and every model of MODELS_DIR has settled: the server takes traffic.
     assert response.status_code == 200 and response.json["ready"] is True
     states = response.json["models"]
-    assert {name: states[name] for name in ("srgan", "espcn4", "espcn2", "anime6b")} == dict.fromkeys(
-        ("srgan", "espcn4", "espcn2", "anime6b"), "ready")
+    ready = ("srgan", "espcn4", "espcn2", "anime6b", "compact")
+    assert {name: states[name] for name in ready} == dict.fromkeys(ready, "ready")
     assert {name: states[name] for name in BROKEN} == {name: f"failed: {why}" for name, why in BROKEN.items()}
-    assert set(states) == {"srgan", "espcn4", "espcn2", "anime6b", *BROKEN}
+    assert set(states) == {*ready, *BROKEN}
     # Reasons name files, never the folder, and carry no stack trace.
     assert str(models_dir) not in response.text and "Traceback" not in response.text
 
@@ -111,13 +128,21 @@ def test_metadata_describes_the_operators_models(models_client, models_dir):
     assert models["espcn4"] == {
         "id": "espcn4", "title": "ESPCN-like 4x", "use_when": "Tests", "architecture": "ONNX graph, run by OpenVINO",
         "weights": "MODELS_DIR: espcn4.onnx", "license": "CC0-1.0", "scales": [4], "denoise": {"4": ["none"]},
-        "parameters": NET4.parameters, "precision": "f32",
+        "parameters": NET4.parameters, "precision": "f32", "precisions": None, "runtime": None,
         "state": "ready", "default": False}
     assert models["espcn2"]["scales"] == [2] and models["espcn2"]["use_when"] == ""
     assert models["anime6b"]["parameters"] == ANIME_PARAMETERS and models["anime6b"]["license"] == "BSD-3-Clause"
     assert models["anime6b"]["architecture"] == "ncnn graph" and models["anime6b"]["weights"] == "MODELS_DIR: anime6b.{param,bin}"
     assert models["srgan"]["scales"] == [4] and models["srgan"]["title"] == "SRGAN (perceptual)"
     assert models["nosidecar"]["title"] == "nosidecar" and models["nosidecar"]["state"].startswith("failed: no sidecar")
+    # A PyTorch file without a sidecar: spandrel's reading of it, converted by OpenVINO on this CPU worker.
+    assert models["compact"] == {
+        "id": "compact", "title": "RealESRGAN Compact", "use_when": "",
+        "architecture": "RealESRGAN Compact, 64nf, 16nc (read from the file by spandrel)",
+        "weights": "MODELS_DIR: compact.safetensors", "license": "unknown, stated by the operator",
+        "scales": [4], "denoise": {"4": ["none"]}, "parameters": 621_424, "precision": "f32",
+        "precisions": ["f32", "fp16", "bf16"], "runtime": "OpenVINO, converted from PyTorch at load",
+        "state": "ready", "default": False}
     assert str(models_dir) not in response.text
 
 
@@ -186,7 +211,7 @@ def test_a_failed_operator_model_answers_503_with_its_reason_and_the_others_serv
 
 @pytest.mark.slow
 def test_gunicorn_serves_an_onnx_model_from_models_dir(tmp_path):
-    folder = fill_models_dir(tmp_path, with_anime=False)
+    folder = fill_models_dir(tmp_path, with_anime=False, with_pytorch=False)
     image = photo("rocket.png")
     with live_server(models_dir=str(folder)) as server:
         ready = requests.get(f"{server.url}/ready", timeout=10).json()

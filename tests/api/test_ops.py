@@ -51,7 +51,7 @@ def test_health_is_200_while_models_are_still_loading(unloaded_app):
 
 # This machine has no GPU: the CPU path runs the networks, through OpenVINO.
 CPU_DEVICE = {"kind": "cpu", "name": cpu_name(), "runtime": f"OpenVINO {openvino.get_version().split('-')[0]}",
-              "backend": "openvino"}
+              "backend": "openvino", "inference_slots": 1}
 
 
 def test_ready_is_503_until_models_are_loaded(unloaded_app):

@@ -10,12 +10,14 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from config import load_settings
 from core import backends
 from core.backends import Choice, DeviceError, choose
 from core.backends.pytorch import TorchRunner
 from core.models import precision
+from core.models.registry import SPECS
 from tests.conftest import ROOT
 
 # What a worker process imports and runs, reported on stdout: the modules of each runtime it imported.
@@ -42,18 +44,24 @@ def run_worker(model: str, **environment: str) -> dict:
 
 
 @pytest.mark.slow
-def test_a_pytorch_worker_never_imports_tensorflow_keras_or_openvino():
-    report = run_worker("srgan", BACKEND="pytorch")
+def test_a_pytorch_worker_never_imports_tensorflow_keras_or_openvino(tmp_path):
+    # A PyTorch file in MODELS_DIR runs on PyTorch itself, without OpenVINO's conversion.
+    module, _ = SPECS["anime"].variants[0].torch()
+    save_file({key: tensor.contiguous() for key, tensor in module.state_dict().items()}, tmp_path / "mine.safetensors")
+    report = run_worker("srgan", BACKEND="pytorch", MODELS_DIR=str(tmp_path))
     assert report["choice"] == ["pytorch", "cpu"]
-    assert report["states"] == {"srgan": "ready"}
+    assert report["states"] == {"srgan": "ready", "mine": "ready"}
     assert report["shape"] == [1, 96, 96, 3]
     assert report["imported"] == ["spandrel", "torch"] or report["imported"] == ["torch"]
 
 
 @pytest.mark.slow
-def test_a_cpu_worker_through_openvino_never_imports_torch():
-    report = run_worker("srgan")  # DEVICE and BACKEND as the service's defaults: auto
+def test_a_cpu_worker_through_openvino_never_imports_torch(tmp_path):
+    # A .pth refused by MODELS_DIR_PICKLES=false is refused when the folder is read, before torch is needed.
+    (tmp_path / "refused.pth").write_bytes(b"never read")
+    report = run_worker("srgan", MODELS_DIR=str(tmp_path), MODELS_DIR_PICKLES="false")  # DEVICE, BACKEND: auto
     assert report["choice"] == ["openvino", "cpu"]
+    assert report["states"]["refused"].startswith("failed: refused.pth is a pickle, and MODELS_DIR_PICKLES=false")
     assert report["shape"] == [1, 96, 96, 3]
     assert "torch" not in report["imported"] and "spandrel" not in report["imported"]
 

@@ -77,7 +77,8 @@ def test_each_incomplete_or_clashing_model_has_its_own_problem(tmp_path):
         "bad.name.onnx": "'bad.name' cannot be a model id: use letters, digits, '-' and '_'",
         "both": "both both.onnx and both.param are there: keep one model per name",
         "half": "half.param has no half.bin",
-        "orphan": "orphan.json describes no model: orphan.onnx or orphan.param with orphan.bin is missing",
+        "orphan": "orphan.json describes no model: orphan.onnx, orphan.safetensors, orphan.pth "
+                  "or orphan.param with orphan.bin is missing",
         # A built-in id stays the built-in model's; the file is listed under its file name.
         "srgan.onnx": "srgan is the id of a built-in model; rename the files",
     }
@@ -143,7 +144,7 @@ def test_a_model_that_sees_the_whole_image_has_no_seam_free_margin():
 # --- loading: the checks that fail one model -------------------------------------------------------
 
 def load_one(folder: Path, name: str):
-    return operator_models.load(operator_models.scan(folder, SPECS)[name], Choice("openvino", "cpu"), 0)
+    return operator_models.load(operator_models.scan(folder, SPECS)[name], Choice("openvino", "cpu"), 0).network
 
 
 def test_a_loaded_onnx_model_has_its_scale_and_measured_margin(tmp_path):

@@ -1,0 +1,352 @@
+"""The operator's PyTorch model files (NAME.safetensors, NAME.pth in MODELS_DIR): read by spandrel, run by
+whichever backend the worker has.
+
+- Reading: spandrel's main package (MIT; never spandrel-extra-arches, whose architectures carry
+  non-commercial licences) detects the architecture, scale and channels from the state dict alone. A
+  ``.pth`` is a pickle: it is read only through spandrel's restricted unpickler, which refuses any global
+  but tensors' storages and dicts before it is imported; a ``.safetensors`` holds nothing but tensors.
+- The pytorch backend runs the module on the worker's device: on CUDA in fp16 or bf16 where spandrel says
+  the architecture allows it and the output on the probe photos stays within
+  ``precision.MIN_BF16_PSNR_DB`` of f32's, else in f32; on the CPU in f32.
+- A Keras backend (the CPU path) runs the module converted once by OpenVINO for inputs of any size, so CPU
+  speed stays. The conversion runs in a child process, as OpenVINO's converter crashes the process on some
+  architectures (DAT), and its result is checked against PyTorch at two sizes other than the traced one. An
+  architecture that converts only at the traced size (SwinIR), or not at all, runs through PyTorch on the CPU.
+- spandrel's size requirements (a minimum side, a multiple of, square) are met by mirroring the input on
+  the bottom and right; ``Network`` cuts the output back.
+
+Messages of ``TorchFileError`` name the file, never its folder: they are shown over HTTP.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from spandrel import MAIN_REGISTRY, ImageModelDescriptor, ModelLoader, SizeRequirements
+from torch import nn
+
+from core.backends import Runner
+from core.backends.pytorch import DTYPES, TorchRunner
+from core.metrics import psnr
+from core.models import precision
+from core.models.border import Border
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+SCALES = range(2, 9)  # as a sidecar's scale: what the service serves
+RGB = 3
+# The side of the input OpenVINO traces the module with (raised to the architecture's requirements).
+TRACED_SIDE = 32
+# Sizes, as (height, width), at which the converted model must equal PyTorch: neither is the traced size,
+# nor square, so a graph that kept the traced shape fails or differs.
+CHECKED_SIZES = ((28, 44), (52, 36))
+CONVERSION_TIMEOUT_S = 600
+# The conversion's child process: this module run as a program (``convert`` below).
+CONVERTER = (sys.executable, "-m", __name__)
+# The 16-bit arithmetics on CUDA, in the order tried: fp16 is the faster on most GPUs.
+CUDA_CANDIDATES = ("fp16", "bf16")
+UNPICKLER_REFUSAL = re.compile(r"Global '(.{1,120})' is forbidden")
+
+
+class TorchFileError(ValueError):
+    """Why a PyTorch model file cannot be served, in words fit for an HTTP answer."""
+
+
+class Call(nn.Module):
+    """The architecture's module called as spandrel calls it: some give a tuple and are served its first item.
+
+    spandrel keeps that call in its descriptor (``_call_fn``), reachable otherwise only through the
+    descriptor's ``__call__``, which also pads and clamps in place: done here by the service itself.
+    """
+
+    def __init__(self, descriptor: ImageModelDescriptor) -> None:
+        super().__init__()
+        self.model = descriptor.model
+        self._call = descriptor._call_fn
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # Some architectures scale their input in place (RCAN: x *= rgb_range); on the CPU that input shares
+        # its memory with the caller's numpy array, which must stay as it was.
+        return self._call(self.model, image.clone())
+
+
+@dataclass(frozen=True)
+class TorchWeights:
+    """A model file as spandrel read it: its architecture, what it promises, and the module with its weights."""
+
+    path: Path
+    architecture: str
+    tags: tuple[str, ...]
+    scale: int
+    precisions: tuple[str, ...]  # f32 and the 16-bit floats spandrel says the architecture runs in
+    requirements: SizeRequirements
+    module: nn.Module
+
+    @property
+    def parameters(self) -> int:
+        return sum(parameter.numel() for parameter in self.module.parameters())
+
+    @property
+    def border(self) -> Border | None:
+        """Mirrored padding up to the architecture's multiple, which tiles then start at, as the whole image's
+        windows do (a network that downsamples that often computes the same there)."""
+        multiple = self.requirements.multiple_of
+        return Border(0, multiple) if multiple > 1 else None
+
+
+@dataclass(frozen=True)
+class Built:
+    """The model made runnable: its runner (NHWC float32), the arithmetic, and what runs it, in words."""
+
+    runner: Runner
+    precision: str
+    runtime: str
+
+
+class SizeFit:
+    """A runner whose inputs are mirrored on the bottom and right up to the size the architecture requires.
+
+    The extra rows and columns of the output stay: ``Network`` cuts every output to the input's size.
+    """
+
+    def __init__(self, runner: Runner, requirements: SizeRequirements) -> None:
+        self.runner, self.requirements = runner, requirements
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.runner(fit(batch, self.requirements))
+
+    def release_memory(self) -> None:
+        self.runner.release_memory()
+
+
+def fit(batch: np.ndarray, requirements: SizeRequirements) -> np.ndarray:
+    """(N, H, W, C) mirrored on the bottom and right to the smallest size that meets ``requirements``."""
+    right, bottom = requirements.get_padding(batch.shape[2], batch.shape[1])
+    if not (right or bottom):
+        return batch
+    # numpy mirrors again and again where the padding is wider than the input (a tile narrower than a minimum).
+    return np.pad(batch, ((0, 0), (0, bottom), (0, right), (0, 0)), mode="reflect")
+
+
+# --- reading --------------------------------------------------------------------------------------------
+
+def read(path: Path) -> TorchWeights:
+    """``path`` read by spandrel and checked to be an RGB super-resolution model; ``TorchFileError`` says why not."""
+    descriptor = _descriptor(_state_dict(path), path.name)
+    _check_serves(descriptor, path.name)
+    precisions = ("f32", *(["fp16"] if descriptor.supports_half else []),
+                  *(["bf16"] if descriptor.supports_bfloat16 else []))
+    module = Call(descriptor).float().eval().requires_grad_(False)
+    return TorchWeights(path, descriptor.architecture.name, tuple(descriptor.tags), descriptor.scale, precisions,
+                        descriptor.size_requirements, module)
+
+
+def _state_dict(path: Path) -> dict:
+    try:
+        # spandrel reads a .pth with torch.load(..., pickle_module=RestrictedUnpickle), never a full unpickler.
+        return ModelLoader("cpu").load_state_dict_from_file(path)
+    except pickle.UnpicklingError as error:
+        refused = UNPICKLER_REFUSAL.search(str(error))
+        if refused is None:
+            raise TorchFileError(f"{path.name} is not a PyTorch model file (details in the log)") from error
+        raise TorchFileError(f"{path.name} asks to import {refused.group(1)}, which is no part of a state dict: "
+                             f"refused by spandrel's restricted unpickler, nothing was run") from error
+    except Exception as error:
+        # A truncated zip, a file of another kind, a header safetensors cannot read: the log has the library's words.
+        raise TorchFileError(f"{path.name} is not a PyTorch model file, or it is damaged "
+                             f"(details in the log)") from error
+
+
+def _descriptor(state: dict, name: str) -> ImageModelDescriptor:
+    """The model spandrel's main package detects in ``state``, loaded (as ``ArchRegistry.load`` does, but
+    knowing the architecture, so that a state dict that does not fit it is named as such)."""
+    if not isinstance(state, dict) or not state:
+        raise TorchFileError(f"{name} holds no state dict")
+    for support in MAIN_REGISTRY.architectures("detection"):
+        if _main_package(support.architecture) and _detects(support, state):
+            try:
+                return support.architecture.load(state)
+            except Exception as error:
+                raise TorchFileError(f"{name} looks like a {support.architecture.name} model, but its tensors "
+                                     f"do not fit that architecture (details in the log)") from error
+    log.warning("%s: no architecture detected; its first keys: %s", name, sorted(state)[:8])
+    raise TorchFileError(f"{name}: spandrel knows no architecture of these {len(state)} tensors "
+                         f"(only spandrel's main package is served, not spandrel-extra-arches)")
+
+
+def _main_package(architecture: object) -> bool:
+    """Whether an architecture is spandrel's own: spandrel-extra-arches adds its own to the same registry."""
+    return type(architecture).__module__.startswith("spandrel.")
+
+
+def _detects(support: object, state: dict) -> bool:
+    try:
+        return bool(support.detect(state))
+    except Exception:  # noqa: BLE001 - a detector that trips on foreign keys has not detected its architecture
+        return False
+
+
+def _check_serves(descriptor: object, name: str) -> None:
+    """The service runs RGB images to a 2x to 8x larger RGB image: no inpainting, no 1x restoration, no grey."""
+    if not isinstance(descriptor, ImageModelDescriptor):
+        raise TorchFileError(f"{name} holds a {descriptor.architecture.name} {descriptor.purpose.lower()} model, "
+                             f"which takes a mask beside the image: not super-resolution")
+    architecture = descriptor.architecture.name
+    if descriptor.scale not in SCALES:
+        raise TorchFileError(f"{name} holds a {descriptor.scale}x {architecture} model ({descriptor.purpose}); "
+                             f"the service serves 2x to 8x super-resolution")
+    if (descriptor.input_channels, descriptor.output_channels) != (RGB, RGB):
+        raise TorchFileError(f"{name} holds a {architecture} model of {descriptor.input_channels} input and "
+                             f"{descriptor.output_channels} output channels; the service runs RGB (3 and 3)")
+
+
+# --- running --------------------------------------------------------------------------------------------
+
+def on_pytorch(weights: TorchWeights, device: str, setting: str, photos: list[np.ndarray]) -> Built:
+    """The module on ``device`` in the arithmetic PRECISION (``setting``), the architecture and a measurement allow."""
+    arithmetic = _torch_precision(weights, device, setting, photos)
+    runner = TorchRunner(weights.module, device, arithmetic, weights.path.stem)
+    return Built(SizeFit(runner, weights.requirements), arithmetic,
+                 "PyTorch on CUDA" if device == "cuda" else "PyTorch on the CPU")
+
+
+def _torch_precision(weights: TorchWeights, device: str, setting: str, photos: list[np.ndarray]) -> str:
+    if setting == "auto":
+        return measured_precision(weights, device, photos) if device == "cuda" else "f32"
+    try:
+        forced = precision.resolve_torch(setting, device, "f32")
+    except ValueError as error:
+        raise TorchFileError(str(error)) from error
+    if forced == "f32" or forced in weights.precisions and _agreement_db(weights, device, forced, photos) > -np.inf:
+        return forced
+    log.warning("%s: PRECISION=%s, but %s does not run in it; running f32", weights.path.name, setting,
+                weights.architecture)
+    return "f32"
+
+
+def measured_precision(weights: TorchWeights, device: str, photos: list[np.ndarray]) -> str:
+    """The first 16-bit arithmetic the architecture runs in whose output on ``photos`` stays within
+    ``precision.MIN_BF16_PSNR_DB`` of f32's on ``device`` (CUDA; the CPU for tests), else f32."""
+    for arithmetic in (candidate for candidate in CUDA_CANDIDATES if candidate in weights.precisions):
+        decibels = _agreement_db(weights, device, arithmetic, photos)
+        log.info("%s: %s against f32 on the probe photos: %.1f dB", weights.path.name, arithmetic, decibels)
+        if decibels >= precision.MIN_BF16_PSNR_DB:
+            return arithmetic
+    return "f32"
+
+
+def _agreement_db(weights: TorchWeights, device: str, arithmetic: str, photos: list[np.ndarray]) -> float:
+    """The worst PSNR of the module's output in ``arithmetic`` against f32's over ``photos``; -inf where it does not
+    run in it, whatever spandrel says (SwinIR in bf16 fails at sizes other than the one it was trained at)."""
+    try:
+        reference = TorchRunner(weights.module, device, "f32").module
+        placed = TorchRunner(weights.module, device, arithmetic).module
+        return min(_psnr(_run_module(placed, photo, weights, arithmetic), _run_module(reference, photo, weights, "f32"))
+                   for photo in photos)
+    except Exception:  # noqa: BLE001 - any failure in that arithmetic only rules the arithmetic out
+        log.warning("%s: %s does not run in %s", weights.path.name, weights.architecture, arithmetic, exc_info=True)
+        return -np.inf
+
+
+def _run_module(module: nn.Module, photo: np.ndarray, weights: TorchWeights, arithmetic: str) -> np.ndarray:
+    """One photo through a placed module, with no f32 rerun: an overflow must show as a failed measurement."""
+    parameter = next(module.parameters())
+    batch = torch.from_numpy(fit(photo[None], weights.requirements)).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        out = module(batch.to(parameter.device, DTYPES[arithmetic])).float()
+    if not bool(torch.isfinite(out).all()):
+        return np.full(out.shape, np.nan, np.float32)
+    return out.permute(0, 2, 3, 1).cpu().numpy()[0]
+
+
+def on_openvino(weights: TorchWeights, threads: int, photos: list[np.ndarray]) -> Built:
+    """The module converted by OpenVINO for inputs of any size, or where that fails, PyTorch on the CPU."""
+    if threads > 0:
+        torch.set_num_threads(threads)  # the fallback's and the check's share of the cores
+    reference = SizeFit(TorchRunner(weights.module, "cpu", "f32", weights.path.stem), weights.requirements)
+    try:
+        converted = SizeFit(_converted(weights, threads), weights.requirements)
+        _check_conversion(converted, reference, photos[-1])
+    except ConversionError as error:
+        log.warning("%s: %s; PyTorch runs it on the CPU", weights.path.name, error)
+        return Built(reference, "f32", f"PyTorch on the CPU: OpenVINO's conversion {error}")
+    log.info("%s: converted by OpenVINO for inputs of any size, equal to PyTorch at %s",
+             weights.path.name, " and ".join(f"{w}x{h}" for h, w in CHECKED_SIZES))
+    return Built(converted, "f32", "OpenVINO, converted from PyTorch at load")
+
+
+class ConversionError(Exception):
+    """Why OpenVINO's form of a module is not served, completing "OpenVINO's conversion ..."."""
+
+
+def _converted(weights: TorchWeights, threads: int) -> Runner:
+    from core.backends.openvino import OnnxRunner
+
+    with tempfile.TemporaryDirectory(prefix="sr-convert-") as folder:
+        target = Path(folder) / "model.xml"
+        try:
+            done = subprocess.run([*CONVERTER, str(weights.path), str(target)], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=CONVERSION_TIMEOUT_S)
+        except subprocess.TimeoutExpired as error:
+            raise ConversionError(f"took more than {CONVERSION_TIMEOUT_S} s") from error
+        if done.returncode < 0:
+            log.warning("%s: OpenVINO's converter died: %s", weights.path.name, done.stderr[-2000:])
+            raise ConversionError(f"crashed ({signal.Signals(-done.returncode).name})")
+        if done.returncode != 0:
+            log.warning("%s: OpenVINO could not convert it: %s", weights.path.name, done.stderr[-2000:])
+            raise ConversionError("failed (details in the log)")
+        try:
+            # OnnxRunner reads any format OpenVINO reads: the IR gets the same NHWC float32 pre- and
+            # post-processing as an ONNX file, and is compiled with the worker's threads.
+            return OnnxRunner(target, threads)
+        except Exception as error:
+            log.warning("%s: OpenVINO could not compile its conversion", weights.path.name, exc_info=True)
+            raise ConversionError("gave a graph OpenVINO could not compile (details in the log)") from error
+
+
+def _check_conversion(converted: Runner, reference: Runner, photo: np.ndarray) -> None:
+    """The converted model equals PyTorch at sizes it was not traced at."""
+    for height, width in CHECKED_SIZES:
+        crop = np.ascontiguousarray(photo[None, :height, :width])
+        expected = reference(crop)
+        try:
+            out = converted(crop)
+        except Exception as error:
+            raise ConversionError(f"works only at the size it was traced at (fails at {width}x{height})") from error
+        decibels = _psnr(out, expected) if out.shape == expected.shape else -np.inf
+        if decibels < precision.MIN_BF16_PSNR_DB:
+            raise ConversionError(f"differs from PyTorch at {width}x{height} ({decibels:.1f} dB)")
+
+
+def _psnr(out: np.ndarray, expected: np.ndarray) -> float:
+    """PSNR of two outputs as 8-bit images would show them; -inf where either is not finite."""
+    if not (np.isfinite(out).all() and np.isfinite(expected).all()):
+        return -np.inf
+    return psnr(*(np.rint(np.clip(image, 0.0, 1.0) * 255) for image in (out, expected)))
+
+
+# --- the conversion's child process ---------------------------------------------------------------------
+
+def convert(source: Path, target: Path) -> None:
+    """OpenVINO's form of the model in ``source``, for any batch, height and width, saved as IR at ``target``."""
+    import openvino as ov
+
+    weights = read(source)
+    side = TRACED_SIDE + max(weights.requirements.get_padding(TRACED_SIDE, TRACED_SIDE))
+    example = torch.rand(1, RGB, side, side, generator=torch.Generator().manual_seed(0))
+    model = ov.convert_model(weights.module, example_input=example, input=[ov.PartialShape([-1, RGB, -1, -1])])
+    ov.save_model(model, target, compress_to_fp16=False)
+
+
+if __name__ == "__main__":
+    convert(Path(sys.argv[1]), Path(sys.argv[2]))

