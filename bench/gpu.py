@@ -199,7 +199,7 @@ def concurrent_requests(post: Callable[[object], None], clients: int, seconds: f
     return sum(counts)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(name for name in SPECS if name != "max-srgan"))
     parser.add_argument("--runs", type=int, default=10)
@@ -210,7 +210,7 @@ def main() -> int:
     parser.add_argument("--slots", default="1,2,4,8", help="INFERENCE_SLOTS values for --http")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=15)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench.gpu needs a GPU that PyTorch sees")
     images = photos()

@@ -9,7 +9,8 @@ share of values off by more than one level, and how far the quality table's PSNR
 ``bf16_ok`` (core/models/registry.py) when it meets both bounds of core/models/precision.py; the
 quality sets are scored only for models that pass the photo bound. The results go to the precision
 section of docs/benchmarks.md. Needs a CPU with native bf16 (elsewhere bf16 is emulated, and the
-service never picks it).
+service never picks it). Where PyTorch sees a GPU, the GPU's precisions are measured instead: fp16 and
+bf16 against f32 for every network (``python -m bench.gpu --no-requests``, docs/gpu.md).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from bench.machine import cpu_description
 from bench.report import ROOT, write_section
 from config import load_settings
 from core import memory, metrics
+from core.backends import cuda_available
 from core.models import precision
 from core.models.registry import SPECS
 from core.options import UpscaleOptions
@@ -137,6 +139,10 @@ def main() -> int:
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
+    if cuda_available():
+        from bench import gpu
+
+        return gpu.main(["--no-requests", "--models", args.models])
     if not precision.native_bf16():
         print("this CPU has no native bf16: nothing to measure", file=sys.stderr)
         return 1
