@@ -74,7 +74,8 @@ def observe_slot(waiting: int, running: int) -> None:
 
 
 def observe_device(usage: dict[str, float]) -> None:
-    """A worker's GPU memory now and its busy seconds so far (``Service.device_usage``); nothing on the CPU."""
+    """A worker's GPU memory now and its busy seconds so far (``Service.device_usage``), read when /metrics is
+    asked (the worker that answers brings its figures up to date); nothing on the CPU."""
     if not usage:
         return
     DEVICE_MEMORY.set(usage["memory_bytes"])

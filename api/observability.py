@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 
 from api import monitoring
 from config import Settings
@@ -157,7 +157,6 @@ def _observe(route: str, method: str, status: int, outcome: Outcome, seconds: fl
     monitoring.observe_request(route, method if method in METHODS else OTHER_METHOD, model, status, seconds)
     if status == 200 and outcome.input_size and outcome.output_size:
         monitoring.observe_pixels(model, _area(outcome.input_size), _area(outcome.output_size))
-        monitoring.observe_device(current_app.extensions["super_resolution"].device_usage())
 
 
 def _line_fields() -> dict[str, object]:
