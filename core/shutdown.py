@@ -33,10 +33,6 @@ def begin(grace_s: float, running: int, waiting: int) -> None:
                 extra={"running": running, "queued": waiting, "grace_s": grace_s})
 
 
-def stopping() -> bool:
-    return _stop_at is not None
-
-
 def check(done: int, total: int) -> None:
     """Raise ShuttingDown once the grace period is used up (and the work is not done)."""
     if _stop_at is not None and done < total and time.monotonic() > _stop_at:
