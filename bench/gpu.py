@@ -154,8 +154,9 @@ def request_rows(name: str, runs: int) -> dict:
             "precision": service.registry.describe()[0]["precision"]}
 
 
-def http_rows(name: str, slots: int, clients: int, seconds: float, runs: int) -> dict:
-    """One model behind gunicorn with ``slots`` images in flight: one client's latency, then ``clients``'."""
+def http_rows(name: str, slots: int, clients: int, seconds: float, runs: int, workers: int = 1) -> dict:
+    """One model behind gunicorn (``workers`` processes sharing the GPU) with ``slots`` images in flight each:
+    one client's latency, then ``clients``'."""
     import requests
 
     from harness.live_server import live_server
@@ -163,7 +164,7 @@ def http_rows(name: str, slots: int, clients: int, seconds: float, runs: int) ->
     data = photo_png(500)
     network = pytorch.network(SPECS[name], SPECS[name].variants[-1], load_settings(), CUDA)
     alone = 1 / module_seconds(network, 500, runs)
-    environment = {"models": name, "default_model": name, "device": "cuda", "inference_slots": slots,
+    environment = {"models": name, "default_model": name, "device": "cuda", "inference_slots": slots, "workers": workers,
                    "threads": slots + clients + 2, "queue_size": clients, "memory_budget_mb": REQUEST_BUDGET_MB}
     with live_server(**environment) as server:
         def post(session: requests.Session) -> None:
@@ -173,7 +174,8 @@ def http_rows(name: str, slots: int, clients: int, seconds: float, runs: int) ->
         with requests.Session() as session:
             one = median_seconds(lambda: post(session), runs)
         done = concurrent_requests(post, clients, seconds)
-    return {"model": name, "http": True, "inference_slots": slots, "clients": clients, "request_s_500": one,
+    return {"model": name, "http": True, "workers": workers, "inference_slots": slots, "clients": clients,
+            "request_s_500": one,
             "images_per_s": done / seconds, "network_alone_images_per_s": alone,
             "share_of_network_alone": done / seconds / alone}
 
@@ -209,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http", action="store_true", help="through gunicorn on loopback, one and several clients")
     parser.add_argument("--slots", default="1,2,4,8", help="INFERENCE_SLOTS values for --http")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--workers", default="1", help="gunicorn worker counts for --http, e.g. 1,2")
     parser.add_argument("--seconds", type=float, default=15)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -222,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         emit({"machine": machine()})
         if args.http:
             for name in args.models.split(","):
-                for slots in (int(value) for value in args.slots.split(",")):
-                    emit(http_rows(name, slots, args.clients, args.seconds, args.runs))
+                for workers in (int(value) for value in args.workers.split(",")):
+                    for slots in (int(value) for value in args.slots.split(",")):
+                        emit(http_rows(name, slots, args.clients, args.seconds, args.runs, workers))
             return 0
         for name in args.models.split(",") if not args.no_networks else ():
             for variant in SPECS[name].variants:
