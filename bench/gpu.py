@@ -34,7 +34,7 @@ from PIL import Image
 from config import load_settings
 from core.backends import Choice, pytorch
 from core.models.precision import MIN_BF16_PSNR_DB
-from core.models.registry import SPECS, Variant
+from core.models.registry import PACKAGED, SPECS, Variant
 from core.models.runtime import Network
 from core.options import UpscaleOptions
 from core.timing import Stages
@@ -203,7 +203,7 @@ def concurrent_requests(post: Callable[[object], None], clients: int, seconds: f
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(name for name in SPECS if name != "max-srgan"))
+    parser.add_argument("--models", default=",".join(PACKAGED))
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("gpu-results.jsonl"))
     parser.add_argument("--no-requests", action="store_true", help="time the networks only")

@@ -25,9 +25,10 @@ import requests
 from bench.report import ROOT
 from harness.memory_probe import MEBIBYTE
 from harness.photos import photo_png
+from core.models.registry import PACKAGED
 from harness.process import gunicorn_worker, peak_rss_mb
 
-MODELS = ("srgan", "srresnet", "realsr", "realesrgan", "span", "anime", "realcugan")
+MODELS = PACKAGED
 
 
 def fresh(*arguments: str) -> dict:

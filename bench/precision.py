@@ -26,7 +26,7 @@ from config import load_settings
 from core import memory, metrics
 from core.backends import cuda_available
 from core.models import precision
-from core.models.registry import SPECS
+from core.models.registry import PACKAGED, SPECS
 from core.options import UpscaleOptions
 from core.service import Service
 from harness import evaluation
@@ -36,7 +36,7 @@ PHOTOS = ROOT / "assets" / "test_examples" / "low_resolution"
 # Besides the test photos (at most 150 px, one window each), one photo at the size the speed targets
 # name, so that tiles and their seams are compared too.
 LARGE_SIDE = 500
-MODELS = ("srgan", "srresnet", "realsr", "realesrgan", "span", "anime", "realcugan")
+MODELS = PACKAGED
 SETS = ("Set5", "Set14")
 
 

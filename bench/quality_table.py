@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 
 from bench.montage import MONTAGE_FILE, REALSR_MONTAGE_FILE
+from core.models.registry import PACKAGED
 from harness.evaluation import RESULTS_FILE
 
 SETS = ("Set5", "Set14", "BSD100")
-MODELS = ("srgan", "srresnet", "realsr", "realesrgan", "span", "anime", "realcugan")
+MODELS = PACKAGED
 BICUBIC_MATLAB, BICUBIC_PILLOW = "bicubic-matlab", "bicubic-pillow"
 ENSEMBLE_SUFFIX = "+ensemble"
 

@@ -97,6 +97,8 @@ class ModelSpec:
     cuda_precision: str = "f32"
     # GPU memory of the network per window input pixel in each precision (bench.gpu); absent: the hungriest.
     cuda_window_bytes_per_pixel: dict[str, int] | None = None
+    # Its weights arrive with a pip package (max-srgan's are the operator's checkpoint): the benchmarks' models.
+    packaged: bool = True
     # Peak memory of the network per window input pixel in each precision, the largest measured by
     # `python -m bench.memory windows` rounded up (docs/speed.md); absent: sized as the hungriest model.
     window_bytes_per_pixel: dict[str, int] | None = None
@@ -317,8 +319,12 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         "The original MAX model's own weights, for users who have its checkpoint.",
         "SRResNet, 16 residual blocks", "TensorFlow-1 checkpoint at MAX_SRGAN_CHECKPOINT",
         # Not measured in bf16 (its checkpoint is not shipped), so it stays in f32 under PRECISION=auto.
-        "Apache-2.0", 16, (Variant(4, _max_checkpoint),), _folded, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES),
+        "Apache-2.0", 16, (Variant(4, _max_checkpoint),), _folded, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES,
+        packaged=False),
 )}
+
+# The models whose weights come with the installation, in SPECS order: what the benchmarks measure.
+PACKAGED = tuple(name for name, spec in SPECS.items() if spec.packaged)
 
 WARM_UP_SIDE = 32
 

@@ -7,10 +7,11 @@ import io
 import pytest
 
 from config import load_settings
+from core.models.registry import PACKAGED
 from tests.conftest import decode, loaded_app, sample_bytes
 from tests.core.test_zoo import lowest_seam_psnr
 
-BUILT_IN = ("srgan", "srresnet", "realsr", "realesrgan", "span", "anime", "realcugan")
+BUILT_IN = PACKAGED
 
 
 @pytest.fixture(scope="module")
