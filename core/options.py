@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from core.errors import InvalidInput
-from core.images import OUTPUT_FORMATS
+from core.formats import OUTPUT_FORMATS
 
 FITS = ("contain", "cover", "fill")
 # The denoise option's values, weakest first; a model offers some of them at each of its scales.

@@ -7,7 +7,7 @@ instead of padded, so the network pads there exactly as it would on the whole
 image. Only each window's centre (its *core*) is written
 to the output, so memory depends on the tile size, not on the image size.
 
-How much context (margin) a model needs is a fact of the model; ``seam_free_margin``
+How much context (margin) a model needs is a fact of the model; core/models/margin_probe.py
 measures it for a model that does not state it (an operator's model in MODELS_DIR).
 """
 from __future__ import annotations
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.metrics import psnr
 
 # Window sides are multiples of this: a compiled function per shape (XLA) is then reused
 # across images of similar sizes, at a cost of at most quantum - 1 extra pixels per axis.
@@ -26,12 +25,6 @@ WINDOW_QUANTUM = 16
 Predict = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int, int], None]
 
-# Margins tried, smallest first, when a model's margin is measured; each costs one probe run.
-MARGIN_CANDIDATES = (8, 16, 32, 48)
-# Tiled against whole image at or above this PSNR counts as seam-free (the bar of the built-in models).
-SEAM_FREE_DB = 45.0
-# Small cores, so that a probe of 2 x (margin + PROBE_TILE) pixels has a seam across its middle.
-PROBE_TILE = 16
 
 
 @dataclass(frozen=True)
@@ -136,59 +129,3 @@ def _core(upscaled: np.ndarray, t: Tile, scale: int) -> np.ndarray:
     top = (t.rows.core_start - t.rows.window_start) * scale
     left = (t.cols.core_start - t.cols.window_start) * scale
     return upscaled[top:top + t.rows.core_size * scale, left:left + t.cols.core_size * scale]
-
-
-def seam_free_margin(predict: Predict, photos: list[np.ndarray], scale: int,
-                     candidates: tuple[int, ...] = MARGIN_CANDIDATES) -> tuple[int, float]:
-    """The smallest margin in ``candidates`` at which tiles match the whole image, and the worst PSNR in dB.
-
-    For each margin, a square from the centre of each photo (H, W, 3 float32 in [0, 1]), two
-    tiles wide and high, is run whole and tiled: the seams then lie exactly ``margin`` pixels
-    from the windows' edges, where a too-small margin shows. Raises ``ValueError`` when no margin does.
-    """
-    best = 0.0
-    for margin in candidates:
-        worst = min(_probe(predict, photo, scale, margin) for photo in photos)
-        if worst >= SEAM_FREE_DB:
-            return margin, worst
-        best = max(best, worst)
-    raise ValueError(f"tiles differ from the whole image at every margin up to {candidates[-1]} px "
-                     f"(best {best:.1f} dB, {SEAM_FREE_DB:.0f} dB needed)")
-
-
-def _probe(predict: Predict, photo: np.ndarray, scale: int, margin: int) -> float:
-    """PSNR of tiled against whole near the seams, on a square of ``photo`` that fits ``margin``."""
-    side = 2 * (margin + PROBE_TILE)
-    square = _centre_square(photo, side)
-    # Only the pixels within PROBE_TILE of the seams count: as dense in seams as tiles of
-    # 2 * PROBE_TILE pixels, the bar the built-in models' margins were chosen by.
-    near_seams = slice(margin * scale, (side - margin) * scale)
-    tiled, whole = _tiled_levels(predict, square, scale, margin), _levels(predict(square[None])[0])
-    return psnr(tiled[near_seams, near_seams], whole[near_seams, near_seams])
-
-
-def _centre_square(photo: np.ndarray, side: int) -> np.ndarray:
-    """The centre ``side`` x ``side`` of ``photo``, mirrored outwards where the photo is smaller."""
-    cropped = []
-    for axis in (0, 1):
-        length = photo.shape[axis]
-        start = max(0, (length - side) // 2)
-        cropped.append(slice(start, start + min(side, length)))
-    square = photo[cropped[0], cropped[1]]
-    missing = [side - square.shape[0], side - square.shape[1]]
-    pads = [(gap // 2, gap - gap // 2) for gap in missing] + [(0, 0)]
-    return np.ascontiguousarray(np.pad(square, pads, mode="reflect"))
-
-
-def _tiled_levels(predict: Predict, image: np.ndarray, scale: int, margin: int) -> np.ndarray:
-    out = np.empty((image.shape[0] * scale, image.shape[1] * scale, 3), np.uint8)
-
-    def write(y: int, x: int, block: np.ndarray) -> None:
-        out[y:y + block.shape[0], x:x + block.shape[1]] = _levels(block)
-
-    run_tiled(predict, image, scale, PROBE_TILE, margin, 1, write)
-    return out
-
-
-def _levels(rgb: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)

@@ -6,7 +6,7 @@ The sidecar NAME.json says what a file cannot: ``{"title": ..., "scale": 4, "lic
 says its architecture, scale and channels itself (``core.models.torch_files`` reads it), so its
 sidecar, and each key of it, is optional: without a title it is the architecture's name, without a
 licence "unknown, stated by the operator", and a scale it states must be the file's. Without a
-margin, the smallest seam-free one is measured when the model loads (``core.tiling.seam_free_margin``).
+margin, the smallest seam-free one is measured when the model loads (``core.models.margin_probe``).
 
 A .pth is a pickle: it is read only through spandrel's restricted unpickler, and not at all with
 MODELS_DIR_PICKLES=false. PyTorch files need PyTorch (requirements-torch.txt): where it is not
@@ -39,7 +39,7 @@ from core import backends
 from core.errors import ModelLoadError
 from core.backends import KERAS_BACKENDS, Choice, Runner
 from core.models.runtime import Network
-from core.tiling import seam_free_margin
+from core.models.margin_probe import seam_free_margin
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,9 @@
+"""The output formats a request may ask for: what the request schema offers and the encoder writes.
+
+Kept apart from the image codec (core/images.py), so that the options and the command line read them
+without importing numpy and Pillow.
+"""
+from __future__ import annotations
+
+# format option -> (Pillow's format name, the answer's content type)
+OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
