@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from config import load_settings
+from core import metrics
 from core.backends import Choice, pytorch
 from core.models.precision import MIN_BF16_PSNR_DB
 from core.models.registry import PACKAGED, SPECS, Variant
@@ -60,13 +61,9 @@ def photos() -> list[np.ndarray]:
     return [np.asarray(Image.open(path).convert("RGB"), np.float32) / 255 for path in sorted(SAMPLES.glob("*.png"))]
 
 
-def levels(image: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(image, 0, 1) * 255)
-
-
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    error = float(np.mean((levels(a) - levels(b)) ** 2))
-    return float("inf") if error == 0 else 10 * np.log10(255 ** 2 / error)
+    """PSNR of two network outputs as 8-bit images would show them."""
+    return metrics.psnr(*(np.rint(np.clip(image, 0, 1) * 255) for image in (a, b)))
 
 
 def whole(network: Network, image: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from core.backends import cpu_name
 from core.models import precision
 
 # The flags that say which vector and matrix arithmetic the CPU has.
@@ -13,20 +14,12 @@ RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx51
                   "amx_int8")
 
 
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "an unknown CPU"
-
-
 def cpu_description() -> str:
     """'<model>, <n> cores, flags a b c' for the figures' captions."""
     import os
 
     flags = [flag for flag in RELEVANT_FLAGS if flag in precision.cpu_flags()]
-    return f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores, flags {' '.join(flags) or 'none of ' + ' '.join(RELEVANT_FLAGS)}"
+    return f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores, flags {' '.join(flags) or 'none of ' + ' '.join(RELEVANT_FLAGS)}"
 
 
 def measure_ceiling(n: int = 4096, repeats: int = 3) -> float:

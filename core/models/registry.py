@@ -350,8 +350,7 @@ def window_bytes_per_pixel(name: str, arithmetic: str, device: str = "cpu") -> i
 
     spec = SPECS.get(name)
     if spec is not None and measured(spec) is not None:
-        # A GPU's fp16 windows live in GPU memory; what the host holds of them is at most the f32 figure.
-        return measured(spec).get(arithmetic, measured(spec)["f32"])
+        return measured(spec)[arithmetic]
     return max(max(measured(s).values()) for s in SPECS.values() if measured(s))
 
 

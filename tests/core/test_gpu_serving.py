@@ -3,6 +3,7 @@ flight whose host stages overlap another's network, the out-of-memory retry with
 budget's arithmetic, and the device's figures in /model/metadata and /metrics."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 
@@ -113,7 +114,7 @@ def short_of_memory(service, monkeypatch):
     networks = service.registry._networks["anime"]
     (key, network), = networks.items()
     failing = OutOfMemoryAbove(network.run, 0)
-    monkeypatch.setitem(networks, key, type(network)(**{**network.__dict__, "run": failing}))
+    monkeypatch.setitem(networks, key, dataclasses.replace(network, run=failing))
     return failing
 
 
