@@ -56,8 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """
     from config import load_settings
     from core.errors import InvalidInput
-    from core.models.registry import SPECS, option_context
-    from core.options import add_cli_flags, cli_values, parse_options
+    from core.models.levels import all_levels
+    from core.models.registry import SPECS
+    from core.options import OptionContext, add_cli_flags, cli_values, parse_options
 
     parser = argparse.ArgumentParser(
         prog="sr-upscale", description="Upscale images (4x by default, any scale from 1 to 8, or to a size) "
@@ -66,7 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "(MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, BACKEND, TILE_BATCH, REQUEST_TIME_LIMIT_S, ...).")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files and folders")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
-    context = option_context(tuple(SPECS), load_settings().default_model)
+    context = OptionContext(tuple(SPECS), load_settings().default_model,
+                            {name: all_levels(spec.keys) for name, spec in SPECS.items()})
     add_cli_flags(parser, context)
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     parser.add_argument("--tile", type=int, metavar="PX",
@@ -85,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.server and args.model:
         # A server may offer its own models (MODELS_DIR); remote.probe asks it whether it has this one.
-        context = option_context((*context.models, args.model), context.default_model)
+        context = replace(context, models=(*context.models, args.model))
     try:
         args.options = parse_options(cli_values(args), context)
     except InvalidInput as error:
@@ -140,17 +142,13 @@ def _without_clashes(jobs: list[Job], problems: list[tuple[Path, str]]) -> tuple
     return kept, problems
 
 
-def load_service(model: str | None, tile: int | None):
+def load_service(model: str, tile: int | None):
     """The server's service with only the chosen model loaded."""
     from config import load_settings
     from core import backends
     from core.service import Service
 
-    overrides: dict[str, object] = {}
-    if model is not None:
-        overrides.update(models=model, default_model=model)
-    else:
-        overrides["models"] = load_settings().default_model
+    overrides: dict[str, object] = {"models": model, "default_model": model}
     if tile is not None:
         overrides["tile_size"] = tile
     settings = load_settings(**overrides)
@@ -228,19 +226,20 @@ def run(args: argparse.Namespace) -> int:
 def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> int:
     """Upscale in this process; 2 when the model cannot be loaded."""
     _show_warnings_without_tracebacks()
-    service = load_service(args.options.model, args.tile)
-    model = service.settings.default_model
+    options = args.options
+    model = options.model
+    service = load_service(model, args.tile)
     state = service.registry.states()[model]
     if state != "ready":
         why = service.registry.failure(model) or state
         print(f"sr-upscale: model {model} could not be loaded: {why}", file=sys.stderr)
         return 2
-    options = replace(args.options, model=model)
 
     def convert(job: Job) -> None:
         tiles = TileBar(job.source.name, service.settings.tile_batch)
         try:
-            write_output(job.target, service.upscale(job.source.read_bytes(), options, tiles).data)
+            plan = service.prepare(job.source.read_bytes(), options)
+            write_output(job.target, service.run(plan, tiles).data)
         finally:
             tiles.close()
 
@@ -251,9 +250,11 @@ def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> in
 def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> int:
     """Send every file to the servers; 2 when none of them can take the work."""
     import remote
+    from core.options import form_fields
 
     urls = list(dict.fromkeys(remote.server_url(text) for text in args.server))
-    model, usable, skipped = args.options.model, [], {}
+    # Without --model, each server's own default model (probe asks it which).
+    model, usable, skipped = args.options.model if args.model else None, [], {}
     for url in urls:
         offered, problem = remote.probe(url, model)
         if problem:
@@ -268,7 +269,7 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
     jobs = args.jobs or JOBS_PER_SERVER * len(usable)
     cluster = remote.Cluster(usable, jobs, args.retries, args.timeout, args.max_wait)
     options = replace(args.options, model=model)
-    fields = remote.form_fields(options)
+    fields = form_fields(options)
 
     def convert(job: Job) -> None:
         write_output(job.target, cluster.upscale(job.source.read_bytes(), job.source.name, fields).data)

@@ -8,19 +8,15 @@ TensorFlow: a laptop can drive a cluster without the service's heavy dependencie
 """
 from __future__ import annotations
 
-import dataclasses
 import email.utils
 import http.client
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 import requests
 
-if TYPE_CHECKING:
-    from core.options import UpscaleOptions
 
 # A server marked down gets no files for this long; a restarted pod is usually back within it.
 DOWN_FOR_S = 30.0
@@ -63,19 +59,6 @@ def server_url(text: str) -> str:
     """``host:port`` or a full URL, without a trailing slash."""
     url = text if "://" in text else f"http://{text}"
     return url.rstrip("/")
-
-
-def form_fields(options: UpscaleOptions) -> dict[str, str]:
-    """/model/predict's form fields for ``options``: those not at their default, and ``format`` for ``output_format``.
-
-    Defaults stay unsent because some options apply only together (``fit`` needs both ``width`` and ``height``).
-    """
-    defaults = {item.name: item.default for item in dataclasses.fields(options)}
-    fields = {("format" if name == "output_format" else name): value
-              for name, value in dataclasses.asdict(options).items()
-              if value is not None and (name == "model" or value != defaults[name])}
-    return {name: str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float)
-            else str(value) for name, value in fields.items()}
 
 
 def probe(url: str, model: str | None) -> tuple[str | None, str | None]:

@@ -15,7 +15,7 @@ from api import namespace, service
 from api.errors import upload_too_large
 from api.observability import note_model, note_result
 from core.errors import Cancelled, InvalidInput
-from core.images import describe_accepted
+from core.containers import describe_accepted
 from core.options import OPTIONS, Option, UpscaleOptions, parse_options
 from core.pipeline import Progress
 from core.timing import Stages
@@ -70,10 +70,9 @@ class Predict(Resource):
         if data is None:
             raise InvalidInput("no image: send the file as the multipart form field 'image'")
         note_model(request.values.get("model") or service().settings.default_model, service().registry.names)
-        options = request_options()
+        plan = service().prepare(data, request_options())
         try:
-            result = service().upscale(data, options, on_progress=stop_when_client_leaves(request.environ),
-                                       stages=stages)
+            result = service().run(plan, on_progress=stop_when_client_leaves(request.environ), stages=stages)
         except Cancelled as cancelled:
             # Not an error of the server: the work stopped because nobody waits for it any more.
             log.info("predict stopped: %s", cancelled)

@@ -24,11 +24,8 @@ from flask import Blueprint, Response, redirect, request
 from api import observability
 from api.predict import CLIENT_CLOSED_REQUEST
 from core.errors import Cancelled, InvalidInput, ServiceError
-from core.geometry import plan_output
-from core.images import oriented_size
-from core.models.runtime import Network
-from core.options import UpscaleOptions, parse_options
-from core.pipeline import tile_count
+from core.options import parse_options
+from core.plan import Plan
 from core.service import Service
 
 log = logging.getLogger(__name__)
@@ -62,28 +59,12 @@ def upscale():
     current = service()
     observability.note_model(request.values.get("model") or current.settings.default_model, current.registry.names)
     options = parse_options(request.values, current.option_context)  # the schema /model/predict reads too
-    data = upload.read()
-    network = current.network_for(options, data)  # 400/503 before streaming
-    current.refuse_costly(data, options, network)  # 413 before streaming, not an error event after it
-    total = _tile_count(data, options, network, current)
-    return Response(_events(current, data, options, network, total, observability.finish_later()),
-                    mimetype="application/x-ndjson",
+    plan = current.prepare(upload.read(), options)  # 400, 413 and 503 before streaming, not error events in it
+    return Response(_events(current, plan, observability.finish_later()), mimetype="application/x-ndjson",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-def _tile_count(data: bytes, options: UpscaleOptions, network: Network, current: Service) -> int | None:
-    """Tiles the pipeline will run, from the image header alone; None where that does not tell (the pipeline
-    then reports the problem with the proper message)."""
-    size = oriented_size(data)
-    if size is None:
-        return None
-    try:
-        return tile_count(plan_output(*size, options, network.scale), network, current.tile_size)
-    except ServiceError:
-        return None
-
-
-def _events(current: Service, data: bytes, options: UpscaleOptions, network: Network, total: int | None,
+def _events(current: Service, plan: Plan,
             finish: Callable[[int, observability.Outcome, int | None, str | None], None]) -> Iterator[bytes]:
     events: queue.Queue[dict] = queue.Queue()
     last: dict = {"event": "error", "status": CLIENT_CLOSED_REQUEST, "message": "the client closed the connection"}
@@ -97,11 +78,11 @@ def _events(current: Service, data: bytes, options: UpscaleOptions, network: Net
         if tiles:  # 0 before decoding: nothing to show yet
             events.put({"event": "progress", "done": done, "total": tiles, "elapsed_s": _since(started)})
 
-    worker = threading.Thread(target=_run, args=(current, data, options, network, on_progress, events, started),
+    worker = threading.Thread(target=_run, args=(current, plan, on_progress, events, started),
                               name="web-upscale", daemon=True)
     worker.start()
     try:
-        for event in _stream(events, total, started):
+        for event in _stream(events, plan.tile_count, started):
             line = _line(event)
             sent += len(line)
             yield line
@@ -110,10 +91,10 @@ def _events(current: Service, data: bytes, options: UpscaleOptions, network: Net
     finally:
         # Reached on completion and when the server closes the stream because the client left.
         stop.set()
-        finish(*_stream_outcome(last, options, current.settings.default_model), sent, last.get("message"))
+        finish(*_stream_outcome(last, plan.network.name), sent, last.get("message"))
 
 
-def _stream(events: queue.Queue, total: int | None, started: float) -> Iterator[dict]:
+def _stream(events: queue.Queue, total: int, started: float) -> Iterator[dict]:
     """The start event, progress and heartbeats, up to and including the result or the error."""
     yield {"event": "start", "done": 0, "total": total, "elapsed_s": 0.0}
     while True:
@@ -127,19 +108,18 @@ def _stream(events: queue.Queue, total: int | None, started: float) -> Iterator[
             return
 
 
-def _stream_outcome(last: dict, options: UpscaleOptions, default_model: str) -> tuple[int, observability.Outcome]:
+def _stream_outcome(last: dict, model: str) -> tuple[int, observability.Outcome]:
     """The status and outcome a stream ended with, from its last event (the result's own sizes)."""
     if last["event"] != "result":
-        return last["status"], observability.Outcome(model=options.model or default_model)
+        return last["status"], observability.Outcome(model=model)
     return 200, observability.Outcome(last["model"], (last["input_width"], last["input_height"]),
                                       (last["width"], last["height"]))
 
 
-def _run(current: Service, data: bytes, options: UpscaleOptions, network: Network, on_progress,
-         events: queue.Queue, started: float) -> None:
+def _run(current: Service, plan: Plan, on_progress, events: queue.Queue, started: float) -> None:
     try:
         # The layers let the page show another strength at once, without running the model again.
-        result = current.upscale(data, options, on_progress, network=network, with_layers=True)
+        result = current.run(plan, on_progress, with_layers=True)
     except Cancelled as cancelled:
         log.info("web upscale stopped: %s", cancelled)
         events.put({"event": "error", "status": 499, "message": str(cancelled)})
@@ -156,7 +136,7 @@ def _run(current: Service, data: bytes, options: UpscaleOptions, network: Networ
         "content_type": result.content_type, "width": result.width, "height": result.height,
         "input_width": result.input_width, "input_height": result.input_height,
         "image": base64.b64encode(result.data).decode("ascii"),
-        "strength": options.strength,
+        "strength": plan.options.strength,
         "layers": {name: base64.b64encode(layer).decode("ascii") for name, layer in result.layers.items()},
     })
 

@@ -54,7 +54,7 @@ def png_levels(output: bytes, levels: list[int], runs: int) -> list[tuple[int, f
     from PIL import Image
 
     from config import Settings
-    from core import images
+    from core import encoding
 
     pixels = np.asarray(Image.open(io.BytesIO(output)).convert("RGB"))
     rows = []
@@ -62,7 +62,7 @@ def png_levels(output: bytes, levels: list[int], runs: int) -> list[tuple[int, f
         times, size = [], 0
         for _ in range(runs):
             started = time.perf_counter()
-            size = len(images.encode(pixels, None, None, "png", 90, level, Settings().worker_cores))
+            size = len(encoding.encode(pixels, None, None, "png", 90, level, Settings().worker_cores))
             times.append(time.perf_counter() - started)
         rows.append((level, statistics.median(times), size))
     return rows

@@ -52,6 +52,13 @@ class InferenceSlot:
         finally:
             self._leave()
 
+    def check_room(self) -> None:
+        """Busy (503) now where ``hold`` would refuse at once: before a request starts any work or a stream."""
+        with self._free:
+            self._refuse_if_closed()
+            if not (self._running < self._slots and self._waiting == 0) and self._waiting >= self._queue_size:
+                raise self._busy()
+
     def close(self) -> None:
         """The worker is stopping: requests waiting for the slot, and any that arrive, get ShuttingDown at once."""
         with self._free:
@@ -65,8 +72,7 @@ class InferenceSlot:
                 self._start()
                 return
             if self._waiting >= self._queue_size:
-                raise Busy(f"the server is busy: {self._running} of {self._slots} images running and "
-                           f"{self._waiting} queued (queue size {self._queue_size}); retry later")
+                raise self._busy()
             self._waiting += 1
             self._changed()
             try:
@@ -80,6 +86,10 @@ class InferenceSlot:
             if not acquired:
                 raise Busy(f"the server is busy: waited {self._wait_timeout_s:g} s for a free slot; retry later")
             self._start()
+
+    def _busy(self) -> Busy:
+        return Busy(f"the server is busy: {self._running} of {self._slots} images running and "
+                    f"{self._waiting} queued (queue size {self._queue_size}); retry later")
 
     def _refuse_if_closed(self) -> None:
         if self._closed:

@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 
 from core.errors import InvalidInput
 from core.formats import OUTPUT_FORMATS
+from core.models.levels import DENOISE_LEVELS, NO_DENOISE
 
 FITS = ("contain", "cover", "fill")
-# The denoise option's values, weakest first; a model offers some of them at each of its scales.
-DENOISE_LEVELS = ("none", "conservative", "1", "2", "3")
-NO_DENOISE = DENOISE_LEVELS[0]
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
 # Plain decimals only: Python's float() would also take "nan", "inf", "1e3" and "1_0".
@@ -199,7 +197,7 @@ FIELDS = {"format": "output_format"}
 def parse_options(values: Mapping[str, str | None], context: OptionContext) -> UpscaleOptions:
     """The options sent as text (a form, a query, CLI flags); one 400 naming every bad field.
 
-    A field sent empty counts as not sent.
+    A field sent empty counts as not sent; the model not sent is the context's default model.
     """
     sent = {option.name: values.get(option.name) for option in OPTIONS}
     sent = {name: text for name, text in sent.items() if text is not None and text.strip() != ""}
@@ -207,13 +205,24 @@ def parse_options(values: Mapping[str, str | None], context: OptionContext) -> U
     typed: dict[str, object] = {}
     model = _read_one(BY_NAME["model"], sent, context, None, typed, problems)
     if "model" not in sent:
-        model = context.default_model  # the other options' allowed values are then the default model's
+        model = typed["model"] = context.default_model  # the other options' allowed values are then its
     for option in OPTIONS[1:]:
         _read_one(option, sent, context, model, typed, problems)
     problems += combination_problems(sent)
     if problems:
         raise InvalidInput("; ".join(problems))
     return UpscaleOptions(**{FIELDS.get(name, name): value for name, value in typed.items()})
+
+
+def form_fields(options: UpscaleOptions) -> dict[str, str]:
+    """``options`` as /model/predict's form fields, which ``parse_options`` reads back to the same options:
+    the model, and each other option not at its default (a default the server would apply anyway)."""
+    fields = {}
+    for option in OPTIONS:
+        value = getattr(options, FIELDS.get(option.name, option.name))
+        if value is not None and (option.name == "model" or value != option.default):
+            fields[option.name] = _show(value)
+    return fields
 
 
 def _read_one(option: Option, sent: dict[str, str], context: OptionContext, model: str | None,

@@ -1,21 +1,23 @@
-"""One upscale, end to end: decode -> plan the sizes -> tile -> network -> blend -> assemble -> encode."""
+"""One upscale, end to end, as its plan (core/plan.py) lays it out: decode -> tile -> network -> assemble ->
+blend -> encode."""
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from config import Settings
-from core import images, shutdown
-from core.errors import OutOfDeviceMemory, TimeLimitExceeded, TooLarge
-from core.geometry import OutputPlan, Size, plan_output
+from core import encoding, images, shutdown
+from core.errors import OutOfDeviceMemory, TimeLimitExceeded
+from core.formats import OUTPUT_FORMATS
+from core.geometry import OutputPlan, Size
 from core.models.ensemble import self_ensemble
-from core.models.runtime import Network
-from core.options import UpscaleOptions
-from core.tiling import plan_tiles, run_tiled
+from core.plan import Pass, Plan, plan_pass
+from core.resize import resize, resize_channel
+from core.tiling import run_tiles
 from core.timing import Stages
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,6 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 LAYER_FORMAT = "png"
 
 Progress = Callable[[int, int], None]
-# The tile side for a network on an image of (height, width): TILE_SIZE, or what MEMORY_BUDGET_MB allows.
-TileSizer = Callable[[Network, int, int], int]
 
 
 @dataclass(frozen=True)
@@ -58,56 +58,38 @@ class Layers:
 
 @dataclass(frozen=True)
 class Work:
-    """What the request runs with: its network, how its tiles are sized, and the clock of its stages."""
+    """What the request runs with: its plan, the settings, and the clock of its stages."""
 
-    network: Network
+    plan: Plan
     settings: Settings
-    tile_size: TileSizer
     stages: Stages
 
 
-def upscale(data: bytes, options: UpscaleOptions, network: Network, settings: Settings, tile_size: TileSizer,
-            on_progress: Progress | None = None, with_layers: bool = False, stages: Stages | None = None) -> Result:
-    """Upscale an encoded image with ``network``; raises a ServiceError subclass for anything the user can fix.
+def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, with_layers: bool = False,
+        stages: Stages | None = None) -> Result:
+    """Upscale as ``plan`` says; raises a ServiceError subclass for anything the user can fix.
 
     ``stages`` (new if not given, returned in the result) receives the seconds of each stage."""
-    work = Work(network, settings, tile_size, stages or Stages())
+    work = Work(plan, settings, stages or Stages())
+    options, network = plan.options, plan.network
     # The clock and the hang-up check start before decoding, which can itself take a while;
     # (0, 0): no tile is known yet.
     progress = _deadline(settings, on_progress)
     progress(0, 0)
     with work.stages.time("decode"):
-        image = images.decode(data, settings.max_input_pixels)
-    plan = plan_output(image.width, image.height, options, network.scale)
-    image = images.fit_output(image, options.output_format, plan.output)
-    check_sizes(plan, settings.max_output_pixels)
+        image = images.decode_pixels(plan.data, plan.header)
+    image = replace(image, alpha=encoding.alpha_for(options.output_format, image.alpha))
     try:
-        layers = _layers(image, plan, work, options, progress, with_layers)
+        layers = _layers(image, work, progress, with_layers)
     finally:
         network.release_memory()
     colour = blend(layers, options.strength)
     with work.stages.time("encode"):
-        encoded = images.encode(colour, layers.alpha, image.icc_profile, options.output_format, options.quality,
-                                settings.png_compression_level, settings.worker_cores)
+        encoded = encoding.encode(colour, layers.alpha, image.icc_profile, options.output_format, options.quality,
+                                  settings.png_compression_level, settings.worker_cores)
         encoded_layers = _encoded_layers(layers, image.icc_profile, settings) if with_layers else None
-    return Result(encoded, images.OUTPUT_FORMATS[options.output_format][1], colour.shape[1], colour.shape[0],
+    return Result(encoded, OUTPUT_FORMATS[options.output_format][1], colour.shape[1], colour.shape[0],
                   network.name, image.width, image.height, encoded_layers, work.stages)
-
-
-def check_sizes(plan: OutputPlan, max_output_pixels: int) -> None:
-    """Every image the work makes (each pass's result, the enlarged image) must fit MAX_OUTPUT_PIXELS."""
-    made = [(f"the model's {plan.native_scale}x result", size) for size in plan.pass_outputs]
-    made.append(("the output", plan.scaled))
-    for what, (width, height) in made:
-        if width * height > max_output_pixels:
-            raise TooLarge(f"{what} would be {width}x{height} = {width * height} pixels; the limit is "
-                           f"{max_output_pixels} output pixels (MAX_OUTPUT_PIXELS; input {plan.input[0]}x{plan.input[1]})")
-
-
-def tile_count(plan: OutputPlan, network: Network, tile_size: TileSizer) -> int:
-    """Tiles of every pass together: the total the progress counts to."""
-    return sum(len(plan_tiles(height, width, tile_size(network, height, width), network.margin))
-               for width, height in plan.pass_inputs)
 
 
 def _deadline(settings: Settings, on_progress: Progress | None) -> Progress:
@@ -124,15 +106,15 @@ def _deadline(settings: Settings, on_progress: Progress | None) -> Progress:
     return check
 
 
-def _layers(image: images.DecodedImage, plan: OutputPlan, work: Work, options: UpscaleOptions,
-            progress: Progress, with_layers: bool) -> Layers:
+def _layers(image: images.DecodedImage, work: Work, progress: Progress, with_layers: bool) -> Layers:
+    output, strength = work.plan.output, work.plan.options.strength
     model = lanczos = None
-    if options.strength > 0 or with_layers:
-        model = _crop(_model_colour(image, plan, work, options.ensemble, progress), plan)
+    if strength > 0 or with_layers:
+        model = _crop(_model_colour(image, work, progress), output)
     with work.stages.time("resize"):
-        if options.strength < 1 or with_layers:
-            lanczos = _crop(images.resize(image.colour, plan.scaled), plan)
-        alpha = None if image.alpha is None else _crop(images.resize_channel(image.alpha, plan.scaled), plan)
+        if strength < 1 or with_layers:
+            lanczos = _crop(resize(image.colour, output.scaled), output)
+        alpha = None if image.alpha is None else _crop(resize_channel(image.alpha, output.scaled), output)
     return Layers(model, lanczos, alpha)
 
 
@@ -153,26 +135,24 @@ def _crop(pixels: np.ndarray, plan: OutputPlan) -> np.ndarray:
     return np.ascontiguousarray(pixels[top:bottom, left:right])
 
 
-def _model_colour(image: images.DecodedImage, plan: OutputPlan, work: Work, ensemble: bool,
-                  progress: Progress) -> np.ndarray:
+def _model_colour(image: images.DecodedImage, work: Work, progress: Progress) -> np.ndarray:
     """The network's passes, each on the previous result resized to the plan, then Lanczos to the size asked."""
-    total = tile_count(plan, work.network, work.tile_size)
+    total = work.plan.tile_count
     done_before = 0
     colour = image.colour
-    for size in plan.pass_inputs:
+    for step in work.plan.passes:
         with work.stages.time("resize"):
-            colour = _resized(colour, size)
+            colour = _resized(colour, (step.width, step.height))
         offset = done_before
-        colour = _run_network(colour, image.max_value, work, ensemble,
+        colour = _run_network(colour, image.max_value, work, step,
                               lambda done, _tiles, offset=offset: progress(offset + done, total))
-        done_before += len(plan_tiles(size[1], size[0], work.tile_size(work.network, size[1], size[0]),
-                                      work.network.margin))
+        done_before += len(step.tiles)
     with work.stages.time("resize"):
-        return _resized(colour, plan.scaled)
+        return _resized(colour, work.plan.output.scaled)
 
 
-def _run_network(colour: np.ndarray, max_value: int, work: Work, ensemble: bool, on_progress: Progress) -> np.ndarray:
-    network, stages = work.network, work.stages
+def _run_network(colour: np.ndarray, max_value: int, work: Work, step: Pass, on_progress: Progress) -> np.ndarray:
+    network, stages = work.plan.network, work.stages
     scale = network.scale
     height, width, channels = colour.shape
     with stages.time("convert"):
@@ -192,15 +172,14 @@ def _run_network(colour: np.ndarray, max_value: int, work: Work, ensemble: bool,
         out[y:y + block.shape[0], x:x + block.shape[1]] = levels
 
     predict = network.predictor(rgb)
-    predict = self_ensemble(predict) if ensemble else predict
-    tile = work.tile_size(network, height, width)
+    predict = self_ensemble(predict) if work.plan.options.ensemble else predict
     while True:
         try:
-            run_tiled(stages.timed("network", predict), rgb, scale, tile, network.margin, work.settings.tile_batch,
-                      stages.timed("assembly", write), on_progress, network.alignment)
+            run_tiles(stages.timed("network", predict), rgb, scale, step.tiles, work.settings.tile_batch,
+                      stages.timed("assembly", write), on_progress)
             return out
         except OutOfDeviceMemory as error:
-            tile = _smaller_tile(tile, error)
+            step = plan_pass(network, width, height, _smaller_tile(step.tile, error))
 
 
 def _smaller_tile(tile: int, error: OutOfDeviceMemory) -> int:
@@ -216,10 +195,10 @@ def _resized(colour: np.ndarray, size: Size) -> np.ndarray:
     """Lanczos to ``size`` (width, height), or the pixels as they are when they have that size."""
     if (colour.shape[1], colour.shape[0]) == size:
         return colour
-    return images.resize(colour, size)
+    return resize(colour, size)
 
 
 def _encoded_layers(layers: Layers, icc_profile: bytes | None, settings: Settings) -> dict[str, bytes]:
-    return {name: images.encode(pixels, layers.alpha, icc_profile, LAYER_FORMAT, 100, settings.png_compression_level,
-                                settings.worker_cores)
+    return {name: encoding.encode(pixels, layers.alpha, icc_profile, LAYER_FORMAT, 100,
+                                  settings.png_compression_level, settings.worker_cores)
             for name, pixels in (("model", layers.model), ("lanczos", layers.lanczos))}

@@ -7,13 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from config import GPU_INFERENCE_SLOTS, Settings
-from core import backends, cost, images, memory
+from core import backends, cost, encoding, images, memory, pipeline
 from core.admission import InferenceSlot
-from core.geometry import enlargement, plan_output
+from core.geometry import OutputPlan, enlargement, plan_output
 from core.models.registry import ModelRegistry, window_bytes_per_pixel
 from core.models.runtime import Network
-from core.options import DEFAULT_SCALE, OptionContext, UpscaleOptions
-from core.pipeline import Progress, Result, upscale
+from core.options import OptionContext, UpscaleOptions
+from core.pipeline import Progress, Result
+from core.plan import Pass, Plan, check_sizes, plan_pass
 from core.timing import Stages
 
 
@@ -64,29 +65,47 @@ class Service:
     @property
     def option_context(self) -> OptionContext:
         """What the options' allowed values depend on here: the models this server offers."""
-        return self.registry.option_context()
+        return OptionContext(self.registry.names, self.settings.default_model, self.registry.denoise_levels())
 
-    def network_for(self, options: UpscaleOptions, data: bytes) -> Network:
-        """The network the options ask for, at the model's smallest native scale that reaches the asked size
-        (for a width or height, that of the image's header); 400 if not offered, 503 while loading."""
-        size = images.oriented_size(data) if options.target else None
-        factor = enlargement(*size, options) if size else options.scale or DEFAULT_SCALE
-        return self.registry.get(options.model or self.settings.default_model, factor, options.denoise)
+    def prepare(self, data: bytes, options: UpscaleOptions) -> Plan:
+        """The plan of an upscale, from the image's header alone (read here, once), with every check that needs
+        no pixels: the input's and every output's pixels, what the output format holds, the ensemble's limit,
+        the time limit and room in the queue (400, 413 or 503 before any work)."""
+        header = images.read_header(data, self.settings.max_input_pixels)
+        network = self.registry.get(options.model or self.settings.default_model,
+                                    enlargement(*header.size, options), options.denoise)
+        output = plan_output(*header.size, options, network.scale)
+        encoding.check_output_size(options.output_format, output.output)
+        check_sizes(output, self.settings.max_output_pixels)
+        if options.ensemble:
+            cost.check_ensemble_pixels(*header.size, self.settings.max_ensemble_pixels)
+        passes = self.plan_passes(network, output)
+        seconds = self.estimate_seconds(network, passes, options.ensemble)
+        cost.check_fits(seconds, self.settings.request_time_limit_s, network.name, *header.size, options.ensemble)
+        self.slot.check_room()
+        return Plan(data, options, header, network, output, passes, seconds)
 
-    def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None,
-                network: Network | None = None, with_layers: bool = False, stages: Stages | None = None) -> Result:
-        """Upscale in this worker's inference slot (503 at once when the queue is full).
+    def run(self, plan: Plan, on_progress: Progress | None = None, with_layers: bool = False,
+            stages: Stages | None = None) -> Result:
+        """Run a prepared upscale in this worker's inference slot (503 at once when the queue is full).
 
-        ``options`` come from ``parse_options``; a caller that has looked the network up already passes it.
         ``stages`` receives the seconds of each stage, the wait for the slot as ``queue``.
         """
-        network = network or self.network_for(options, data)
-        self.refuse_costly(data, options, network)
         stages = stages or Stages()
         queued = time.perf_counter()
         with self.slot.hold():
             stages.add("queue", time.perf_counter() - queued)
-            return upscale(data, options, network, self.settings, self.tile_size, on_progress, with_layers, stages)
+            return pipeline.run(plan, self.settings, on_progress, with_layers, stages)
+
+    def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None,
+                stages: Stages | None = None) -> Result:
+        """``prepare`` then ``run``, for callers that need nothing from the plan in between."""
+        return self.run(self.prepare(data, options), on_progress, stages=stages)
+
+    def plan_passes(self, network: Network, output: OutputPlan) -> tuple[Pass, ...]:
+        """Each pass's tiles, at the tile size this worker's memory budget gives the pass's input."""
+        return tuple(plan_pass(network, width, height, self.tile_size(network, height, width))
+                     for width, height in output.pass_inputs)
 
     def tile_size(self, network: Network, height: int, width: int) -> int:
         """The tile side for an image of this size on ``network``: TILE_SIZE when set, else the largest
@@ -109,27 +128,8 @@ class Service:
         choice = self.registry.choice
         return int(choice.module.memory_total(choice.device) * GPU_MEMORY_SHARE)
 
-    def refuse_costly(self, data: bytes, options: UpscaleOptions, network: Network) -> None:
-        """413 at once for an ensemble over its pixel limit, or an image the time limit would stop anyway.
-
-        The sizes come from the header alone; a header that does not read is left to the decoder's message.
-        """
-        size = images.oriented_size(data)
-        if size is None:
-            return
-        images.check_pixels(size, self.settings.max_input_pixels)  # before planning the tiles of a huge header
-        width, height = size
-        if options.ensemble:
-            cost.check_ensemble_pixels(width, height, self.settings.max_ensemble_pixels)
-        seconds = self.estimate_seconds(width, height, options, network)
-        cost.check_fits(seconds, self.settings.request_time_limit_s, network.name, width, height, options.ensemble)
-
-    def estimate_seconds(self, width: int, height: int, options: UpscaleOptions, network: Network) -> float:
-        """The network's seconds for a ``width`` x ``height`` input, every pass with its tiles (0 if unmeasured)."""
+    def estimate_seconds(self, network: Network, passes: tuple[Pass, ...], ensemble: bool) -> float:
+        """The network's seconds over every pass's tiles on this machine (0 if unmeasured)."""
         if network.throughput is None:
             return 0.0
-        plan = plan_output(width, height, options, network.scale)
-        return sum(cost.estimate_seconds(network.throughput, pass_width, pass_height,
-                                         self.tile_size(network, pass_height, pass_width),
-                                         network.margin, options.ensemble)
-                   for pass_width, pass_height in plan.pass_inputs)
+        return cost.estimate_seconds(network.throughput, (step.tiles for step in passes), ensemble)

@@ -12,7 +12,7 @@ measures it for a model that does not state it (an operator's model in MODELS_DI
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +24,6 @@ WINDOW_QUANTUM = 16
 
 Predict = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int, int], None]
-
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ def plan_tiles(height: int, width: int, tile: int, margin: int, align: int = 1) 
             for cols in plan_axis(width, tile, margin, align=align)]
 
 
-def batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
+def batches(tiles: Sequence[Tile], batch_size: int) -> Iterator[Sequence[Tile]]:
     for start in range(0, len(tiles), batch_size):
         yield tiles[start:start + batch_size]
 
@@ -101,14 +100,27 @@ def run_tiled(
     on_progress: Progress | None = None,
     align: int = 1,
 ) -> None:
-    """Upscale ``image`` (H, W, 3, float32) tile by tile.
+    """Upscale ``image`` (H, W, 3, float32) tile by tile, windows starting at multiples of ``align``
+    (``run_tiles`` on ``plan_tiles``)."""
+    run_tiles(predict, image, scale, plan_tiles(*image.shape[:2], tile, margin, align), batch_size, write,
+              on_progress)
+
+
+def run_tiles(
+    predict: Predict,
+    image: np.ndarray,
+    scale: int,
+    tiles: Sequence[Tile],
+    batch_size: int,
+    write: Callable[[int, int, np.ndarray], None],
+    on_progress: Progress | None = None,
+) -> None:
+    """Upscale ``image`` (H, W, 3, float32) over the planned ``tiles``, ``batch_size`` windows per call.
 
     ``write(y, x, block)`` receives each core's upscaled pixels and their
     top-left position in the output. ``on_progress(done, total)`` is called
-    after each batch; it may raise to stop the work. Windows start at multiples of ``align``.
+    after each batch; it may raise to stop the work.
     """
-    height, width = image.shape[:2]
-    tiles = plan_tiles(height, width, tile, margin, align)
     done = 0
     for group in batches(tiles, batch_size):
         windows = np.stack([_window(image, t) for t in group])

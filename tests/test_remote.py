@@ -22,8 +22,7 @@ import pytest
 import requests
 from PIL import Image
 
-from core.options import UpscaleOptions
-from remote import form_fields
+from core.options import OptionContext, UpscaleOptions, form_fields, parse_options
 from tests.conftest import ROOT, SAMPLES
 from harness.live_server import LiveServer, free_port, live_server
 
@@ -269,3 +268,6 @@ def test_options_become_the_predict_form_fields():
                                     "ensemble": "true"}
     sized = UpscaleOptions(model="srgan", width=300, height=200, fit="cover", strength=0.5)
     assert form_fields(sized) == {"model": "srgan", "width": "300", "height": "200", "fit": "cover", "strength": "0.5"}
+    # The server reads the fields back through the same schema into the same options.
+    context = OptionContext(("srgan", "srresnet"), "srgan")
+    assert [parse_options(form_fields(sent), context) for sent in (options, sized)] == [options, sized]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib.metadata import distribution
 from importlib.resources import files
@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config import Settings
-from core import cost, memory
+from core import memory
 from core.backends import Choice
-from core.errors import InvalidInput, ModelLoadError, NotReady, UnknownModel
+from core.errors import ModelLoadError, NotReady, UnknownModel
+from core.models import speed
 from core.models.border import Border
-from core.options import DENOISE_LEVELS, NO_DENOISE, OptionContext
-from core.tiling import plan_tiles
+from core.models.levels import DENOISE_LEVELS, NO_DENOISE, Key, all_levels, choose, describe_scales, levels_at
 
 # Keras, TensorFlow and torch are imported only when a model is built, by the backend chosen: the command
 # line's --help and its remote mode read SPECS without paying seconds for them.
@@ -29,34 +29,6 @@ if TYPE_CHECKING:
     from core.models.runtime import Network
 
 log = logging.getLogger(__name__)
-
-
-Key = tuple[int, str]  # a network of a model: (native scale, denoise level)
-
-
-def choose(model: str, keys: Iterable[Key], scale: float, denoise: str) -> Key:
-    """The network for an asked enlargement and denoise level: the smallest native scale that reaches
-    ``scale`` (the largest where none does); 400 for a level the model lacks at that scale."""
-    keys = set(keys)
-    scales = sorted({native for native, _ in keys})
-    native = next((native for native in scales if native >= scale), scales[-1])
-    if (native, denoise) in keys:
-        return native, denoise
-    raise InvalidInput(f"model {model!r} has no denoise level {denoise!r} at scale {scale:g} "
-                       f"(it runs its {native}x network); its levels there: {', '.join(levels_at(keys, native))}")
-
-
-def levels_at(keys: Iterable[Key], scale: int) -> tuple[str, ...]:
-    """The denoise levels among ``keys`` at a native scale, in DENOISE_LEVELS order."""
-    present = {level for native, level in keys if native == scale}
-    return tuple(level for level in DENOISE_LEVELS if level in present)
-
-
-def describe_scales(keys: Iterable[Key]) -> dict[str, object]:
-    """A model's native scales and its denoise levels at each, for /model/metadata."""
-    keys = set(keys)
-    scales = sorted({native for native, _ in keys})
-    return {"scales": scales, "denoise": {str(scale): list(levels_at(keys, scale)) for scale in scales}}
 
 
 # A network's PyTorch form: the module, and for a graph whose global poolings see the whole image the
@@ -329,19 +301,6 @@ PACKAGED = tuple(name for name, spec in SPECS.items() if spec.packaged)
 WARM_UP_SIDE = 32
 
 
-def option_context(models: tuple[str, ...], default_model: str,
-                   keys: Callable[[str], Iterable[Key]] | None = None) -> OptionContext:
-    """What the options allow with these models offered: each model's denoise levels, from its ``keys``
-    (by default its spec's; a model without a spec has no level but none)."""
-    keys = keys or (lambda name: SPECS[name].keys if name in SPECS else ())
-    return OptionContext(models, default_model, {name: _all_levels(keys(name)) for name in models})
-
-
-def _all_levels(keys: Iterable[Key]) -> tuple[str, ...]:
-    present = {level for _, level in keys} | {NO_DENOISE}
-    return tuple(level for level in DENOISE_LEVELS if level in present)
-
-
 def window_bytes_per_pixel(name: str, arithmetic: str, device: str = "cpu") -> int:
     """The model's measured window cost on ``device`` (host memory on the CPU, GPU memory on CUDA), or for
     a model without a measurement the largest measured."""
@@ -415,15 +374,9 @@ class ModelRegistry:
         return {key: self._measure(network) for key, network in networks.items()}
 
     def _measure(self, network: Network) -> Network:
-        throughput = cost.measure(network.predict, self._window_side(network))
+        throughput = speed.measure(network.predict, speed.window_side(self.settings.tile_size, network.margin))
         network.release_memory()  # the measurement's buffers, before the next network's: the load's peak stays low
         return replace(network, throughput=throughput)
-
-    def _window_side(self, network: Network) -> int:
-        """The side of the windows the pipeline runs for a large image (tiles of TILE_SIZE, or cost.MEASURED_TILE)."""
-        tile = self.settings.tile_size or cost.MEASURED_TILE
-        side = 4 * tile
-        return plan_tiles(side, side, tile, network.margin)[0].window_shape[0]
 
     def _load_named(self, name: str) -> dict[Key, Network]:
         if name in self._operator_models:
@@ -514,9 +467,9 @@ class ModelRegistry:
             for name in self.names
         ]
 
-    def option_context(self) -> OptionContext:
-        """What the options allow on this server: its models (MODELS_DIR's too) and their denoise levels."""
-        return option_context(self.names, self.settings.default_model, self.keys)
+    def denoise_levels(self) -> dict[str, tuple[str, ...]]:
+        """Each offered model's denoise levels at any of its scales (MODELS_DIR's too)."""
+        return {name: all_levels(self.keys(name)) for name in self.names}
 
     def keys(self, name: str) -> tuple[Key, ...]:
         """The networks model ``name`` has or will have (an operator's model: one, at its sidecar's scale

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.cost import Throughput
+from core.models.speed import Throughput
 from core.models.border import Border
 
 # Side of the windows over which a graph's global averages are measured for a whole image (memory bound).

@@ -15,6 +15,7 @@ from api.predict import peer_closed, stop_when_client_leaves
 from config import load_settings
 from core.admission import InferenceSlot
 from core.errors import Busy, Cancelled
+from core.geometry import plan_output
 from core.options import UpscaleOptions
 from core.service import Service
 from harness.live_server import live_server
@@ -242,16 +243,15 @@ def test_the_hang_up_check_and_the_clock_start_before_decoding(service, monkeypa
     from core import images, pipeline
 
     calls: list[str] = []
-    decode = images.decode
-    monkeypatch.setattr(images, "decode", lambda *args: (calls.append("decode"), decode(*args))[1])
+    decode = images.decode_pixels
+    monkeypatch.setattr(images, "decode_pixels", lambda *args: (calls.append("decode"), decode(*args))[1])
 
     def client_gone(done: int, total: int) -> None:
         calls.append(f"check {done}/{total}")
         raise Cancelled("the client closed the connection")
 
     with pytest.raises(Cancelled):
-        pipeline.upscale(sample_bytes("camera.png"), UpscaleOptions(), service.registry.get("srgan"), service.settings,
-                         service.tile_size, client_gone)
+        pipeline.run(service.prepare(sample_bytes("camera.png"), UpscaleOptions()), service.settings, client_gone)
     assert calls == ["check 0/0"], "a client that has left must not cost a decode"
 
 
@@ -264,8 +264,9 @@ def service_with(service, **overrides) -> Service:
 
 
 def estimate(service, width: int, height: int, ensemble: bool = False) -> float:
-    return service.estimate_seconds(width, height, UpscaleOptions(model="srgan", scale=4, ensemble=ensemble),
-                                    service.registry.get("srgan"))
+    network = service.registry.get("srgan")
+    output = plan_output(width, height, UpscaleOptions(model="srgan", scale=4, ensemble=ensemble), network.scale)
+    return service.estimate_seconds(network, service.plan_passes(network, output), ensemble)
 
 
 def test_a_request_the_time_limit_would_stop_is_refused_before_it_queues(app, client, service):

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from core import images
+from core.formats import OUTPUT_FORMATS
+from core.png_encoder import SIGNATURE as PNG_SIGNATURE
 from core.errors import InvalidImage, TooLarge
 from tests.core.test_images import levels16, pattern, png16, save
 
@@ -76,10 +78,10 @@ def mutated_files(draw) -> bytes:
 
 def with_png_checksums_fixed(data: bytes) -> bytes:
     """Recompute the CRC of every whole chunk of a PNG (anything else is returned as it is)."""
-    if not data.startswith(images.PNG_SIGNATURE):
+    if not data.startswith(PNG_SIGNATURE):
         return data
     fixed = bytearray(data)
-    position = len(images.PNG_SIGNATURE)
+    position = len(PNG_SIGNATURE)
     while position + 12 <= len(fixed):
         length = struct.unpack(">I", fixed[position:position + 4])[0]
         end = position + 12 + length
@@ -156,4 +158,4 @@ def test_endpoint_upscales_or_refuses_mutated_files_with_the_real_model(app, sma
     if response.status_code == 200:
         result = Image.open(io.BytesIO(response.data))
         result.load()
-        assert result.format == images.OUTPUT_FORMATS[output_format][0]
+        assert result.format == OUTPUT_FORMATS[output_format][0]

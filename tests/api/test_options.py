@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from core import images
+from core.resize import resize
 from core.options import OPTIONS
 from tests.core.test_images import levels16, pattern, png16, rgba_image, save
 
@@ -81,7 +82,7 @@ def test_extreme_aspect_ratios(client, shape, fields, size):
 
 def test_scale_2_is_the_lanczos_downscale_of_the_4x_answer_as_before(client):
     four, two = ok(predict(client, WIDE)), ok(predict(client, WIDE, scale="2"))
-    assert np.array_equal(two, images.resize(four.astype(np.uint8), (30, 18)))
+    assert np.array_equal(two, resize(four.astype(np.uint8), (30, 18)))
 
 
 def test_cover_is_the_centre_of_the_enlargement_that_covers_the_box(client):
@@ -142,7 +143,7 @@ def test_strength_0_runs_no_model(client, monkeypatch):
 
     def refuse(*args, **kwargs):
         raise AssertionError("the network ran")
-    monkeypatch.setattr(core.pipeline, "run_tiled", refuse)
+    monkeypatch.setattr(core.pipeline, "run_tiles", refuse)
     assert ok(predict(client, WIDE, strength="0")).shape[:2] == (36, 60)
 
 
@@ -154,7 +155,7 @@ def test_every_intermediate_size_is_checked_before_the_network_runs(client, serv
 
     def refuse(*args, **kwargs):
         raise AssertionError("the network ran")
-    monkeypatch.setattr(core.pipeline, "run_tiled", refuse)
+    monkeypatch.setattr(core.pipeline, "run_tiles", refuse)
     data = save(Image.fromarray(pattern(7, 33)))
     # scale 5: 165 x 35 asked; the second pass lands on 168 x 36 before the Lanczos step
     monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_output_pixels": 165 * 35}))
@@ -163,8 +164,9 @@ def test_every_intermediate_size_is_checked_before_the_network_runs(client, serv
     monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_output_pixels": 1200}))
     response = predict(client, data, scale="1.5")  # 50 x 11 asked, but the first pass makes 132 x 28
     assert response.status_code == 413 and "the model's 4x result would be 132x28" in response.json["message"]
-    _, events = page_events(client, data, width="200")
-    assert events[-1]["status"] == 413 and "132x28" in events[-1]["message"]
+    # The page's route plans before it streams: the same 413, not an error event after a start event.
+    status, error = page_events(client, data, width="200")
+    assert status == 413 and "132x28" in error["message"]
 
 
 # --- Bad values ---------------------------------------------------------------------------------

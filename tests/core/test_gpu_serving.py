@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from config import load_settings
-from core import images, memory
+from core import encoding, images, memory
 from core.admission import InferenceSlot
 from core.backends import pytorch
 from core.errors import Busy, OutOfDeviceMemory, TooLarge
@@ -55,12 +55,12 @@ def test_a_request_encodes_while_another_runs_its_network(service, monkeypatch):
     a request held the worker from decode to encode, B could not reach its network and A would wait in vain."""
     first, second = encode(photo(32, 32)), encode(photo(24, 20))
     first_encoding, second_network_ran = threading.Event(), threading.Event()
-    real_decode, real_encode, real_call = images.decode, images.encode, pytorch.TorchRunner.__call__
+    real_decode, real_encode, real_call = images.decode_pixels, encoding.encode, pytorch.TorchRunner.__call__
 
-    def gated_decode(data, max_pixels):
+    def gated_decode(data, header):
         if data is second:
             assert first_encoding.wait(EVENT_TIMEOUT_S), "the first request never reached its encode"
-        return real_decode(data, max_pixels)
+        return real_decode(data, header)
 
     def gated_encode(colour, *args, **kwargs):
         if colour.shape[:2] == (128, 128):
@@ -74,8 +74,8 @@ def test_a_request_encodes_while_another_runs_its_network(service, monkeypatch):
             second_network_ran.set()
         return result
 
-    monkeypatch.setattr(images, "decode", gated_decode)
-    monkeypatch.setattr(images, "encode", gated_encode)
+    monkeypatch.setattr(images, "decode_pixels", gated_decode)
+    monkeypatch.setattr(encoding, "encode", gated_encode)
     monkeypatch.setattr(pytorch.TorchRunner, "__call__", watched_call)
     results: dict[str, object] = {}
 

@@ -12,7 +12,9 @@ import png
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from core import images
+from core import containers, encoding, images
+from core.formats import OUTPUT_FORMATS
+from core.resize import resize
 from core.errors import InvalidImage, InvalidInput, TooLarge
 from tests.conftest import encode
 from harness.raw_http import scan_bomb
@@ -56,7 +58,7 @@ def with_chunk_after_header(data: bytes, chunk: bytes) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares ``width`` x ``height`` RGB and holds no pixel data at all."""
-    return (images.PNG_SIGNATURE + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return (containers.PNG_SIGNATURE + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
             + png_chunk(b"IEND", b""))
 
 
@@ -179,7 +181,7 @@ def test_16_bit_png_round_trips_exactly(channels):
     pixels = levels16(channels)
     colour_channels = 1 if channels < 3 else 3
     alpha = pixels[..., -1] if channels in (2, 4) else None
-    encoded = images.encode(pixels[..., :colour_channels], alpha, None, "png", 90, 6, 2)
+    encoded = encoding.encode(pixels[..., :colour_channels], alpha, None, "png", 90, 6, 2)
     width, height, rows, info = png.Reader(bytes=encoded).read()
     assert info["bitdepth"] == 16 and info["planes"] == channels
     assert np.array_equal(np.vstack([np.frombuffer(row, np.uint16) for row in rows]).reshape(pixels.shape), pixels)
@@ -209,7 +211,7 @@ def test_16_bit_levels_round_to_8_bit_for_lossy_formats(output_format):
     # Flat images survive lossy coding exactly, so the rounding itself is visible.
     for level16, level8 in [(65535, 255), (257 * 100, 100), (257 * 100 + 128, 100), (257 * 100 + 129, 101), (0, 0)]:
         colour = np.full((16, 16, 3), level16, np.uint16)
-        result = np.asarray(Image.open(io.BytesIO(images.encode(colour, None, None, output_format, 100, 6, 2))))
+        result = np.asarray(Image.open(io.BytesIO(encoding.encode(colour, None, None, output_format, 100, 6, 2))))
         assert abs(int(result[8, 8, 0]) - level8) <= 1 if output_format == "webp" else result[8, 8, 0] == level8
 
 
@@ -260,7 +262,7 @@ def test_icc_profile_of_a_16_bit_png_is_read():
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_icc_profile_is_written(output_format, dtype):
     profile = srgb_profile()
-    encoded = images.encode(np.zeros((8, 8, 3), dtype), None, profile, output_format, 90, 6, 2)
+    encoded = encoding.encode(np.zeros((8, 8, 3), dtype), None, profile, output_format, 90, 6, 2)
     assert Image.open(io.BytesIO(encoded)).info.get("icc_profile") == profile
 
 
@@ -299,7 +301,7 @@ def test_png_declaring_20000_by_20000_is_rejected_before_any_pixel_is_allocated(
 
 def test_16_bit_png_whose_pixel_data_inflates_far_past_its_size_is_refused_in_bounded_memory():
     bomb = zlib.compress(bytes(200_000_000), 9)  # 200 MB of zeros in about 200 kB
-    data = (images.PNG_SIGNATURE + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0))
+    data = (containers.PNG_SIGNATURE + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0))
             + png_chunk(b"IDAT", bomb) + png_chunk(b"IEND", b""))
     tracemalloc.start()
     try:
@@ -381,7 +383,7 @@ BAD_INPUTS = {
     "png without IEND": (lambda: valid_png()[:-12], "PNG image is truncated"),
     "truncated jpeg": (lambda: save(Image.fromarray(pattern()), "JPEG")[:300], "JPEG image is corrupt or truncated"),
     "jpeg signature only": (lambda: b"\xff\xd8\xff", "JPEG"),
-    "png signature only": (lambda: images.PNG_SIGNATURE, "PNG image is truncated"),
+    "png signature only": (lambda: containers.PNG_SIGNATURE, "PNG image is truncated"),
     "zero-size gif": (zero_size_gif, "no pixels: its logical screen is 0x0"),
     "png with zip appended": (lambda: valid_png() + zip_file(), "bytes after its IEND chunk"),
     "gif/javascript polyglot": (gif_javascript_polyglot, "bytes after its trailer"),
@@ -422,51 +424,51 @@ def decoded_rgba(alpha_value: int) -> images.DecodedImage:
 
 
 def test_jpeg_output_drops_a_fully_opaque_alpha_channel():
-    assert images.fit_output(decoded_rgba(255), "jpeg", (64, 64)).alpha is None
+    assert encoding.alpha_for("jpeg", decoded_rgba(255).alpha) is None
 
 
 def test_jpeg_output_of_a_transparent_image_is_refused_naming_the_way_out():
     with pytest.raises(InvalidInput, match="jpeg cannot hold transparency.*png or webp"):
-        images.fit_output(decoded_rgba(128), "jpeg", (64, 64))
+        encoding.alpha_for("jpeg", decoded_rgba(128).alpha)
 
 
 @pytest.mark.parametrize("output_format", ["png", "webp"])
 def test_alpha_is_kept_for_png_and_webp(output_format):
-    assert images.fit_output(decoded_rgba(128), output_format, (64, 64)).alpha is not None
+    assert encoding.alpha_for(output_format, decoded_rgba(128).alpha) is not None
 
 
 def test_webp_side_limit_is_checked_before_upscaling():
     with pytest.raises(InvalidInput, match="webp holds at most 16383 pixels a side.*20000x400"):
-        images.fit_output(decoded_rgba(255), "webp", (20000, 400))
-    assert images.fit_output(decoded_rgba(255), "png", (20000, 400)) is not None
+        encoding.check_output_size("webp", (20000, 400))
+    encoding.check_output_size("png", (20000, 400))
 
 
 @pytest.mark.parametrize("output_format, mode", [("png", "RGBA"), ("webp", "RGBA"), ("jpeg", "RGB")])
 def test_encode_writes_the_asked_format(output_format, mode):
     alpha = None if output_format == "jpeg" else np.full((16, 16), 200, np.uint8)
-    encoded = images.encode(pattern(), alpha, None, output_format, 90, 6, 2)
+    encoded = encoding.encode(pattern(), alpha, None, output_format, 90, 6, 2)
     image = Image.open(io.BytesIO(encoded))
-    assert image.format == images.OUTPUT_FORMATS[output_format][0] and image.mode == mode
+    assert image.format == OUTPUT_FORMATS[output_format][0] and image.mode == mode
 
 
 def test_quality_changes_the_size_of_lossy_output():
     noisy = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     for output_format in ("jpeg", "webp"):
-        low, high = (len(images.encode(noisy, None, None, output_format, q, 6, 2)) for q in (10, 95))
+        low, high = (len(encoding.encode(noisy, None, None, output_format, q, 6, 2)) for q in (10, 95))
         assert low < high / 2
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_resize_gives_the_exact_size_and_keeps_the_dtype(dtype):
     pixels = np.full((8, 12, 3), np.iinfo(dtype).max, dtype)
-    resized = images.resize(pixels, (36, 24))
+    resized = resize(pixels, (36, 24))
     assert resized.shape == (24, 36, 3) and resized.dtype == dtype
     assert (resized == np.iinfo(dtype).max).all()
 
 
 def test_png_compression_level_changes_size_not_pixels():
     pixels = pattern()
-    fast, small = (images.encode(pixels, None, None, "png", 90, level, 2) for level in (1, 9))
+    fast, small = (encoding.encode(pixels, None, None, "png", 90, level, 2) for level in (1, 9))
     assert len(small) < len(fast)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(fast))), np.asarray(Image.open(io.BytesIO(small))))
 
@@ -475,8 +477,8 @@ def test_png_compression_level_changes_size_not_pixels():
 
 
 def test_a_jpeg_with_more_scans_than_encoders_write_is_refused_before_decoding():
-    with pytest.raises(InvalidImage, match=f"more than {images.MAX_JPEG_SCANS} scans"):
-        images.decode(scan_bomb(64, 64, images.MAX_JPEG_SCANS), max_pixels=10**6)
+    with pytest.raises(InvalidImage, match=f"more than {containers.MAX_JPEG_SCANS} scans"):
+        images.decode(scan_bomb(64, 64, containers.MAX_JPEG_SCANS), max_pixels=10**6)
 
 
 @pytest.mark.parametrize("options", [{}, {"progressive": True}, {"progressive": True, "optimize": True}])
@@ -487,7 +489,7 @@ def test_jpegs_as_encoders_write_them_pass_the_scan_count(options):
 
 
 def test_scan_markers_inside_an_exif_thumbnail_are_not_counted():
-    thumbnail = scan_bomb(8, 8, images.MAX_JPEG_SCANS)  # many scans, but inside an APP1 segment
+    thumbnail = scan_bomb(8, 8, containers.MAX_JPEG_SCANS)  # many scans, but inside an APP1 segment
     main = encode(np.zeros((16, 16, 3), np.uint8), "JPEG", progressive=True)
     app1 = b"\xff\xe1" + struct.pack(">H", len(thumbnail) + 8) + b"Exif\x00\x00" + thumbnail
     decoded = images.decode(main[:2] + app1 + main[2:], max_pixels=10**6)

@@ -1,0 +1,246 @@
+"""Which decoder may read an upload, and structure checks on its container that need no decoder.
+
+The first bytes decide the one decoder that may read the upload. Before it runs, the container is walked
+for what decoders do not refuse: a PNG's sizes, checksums and inflated size, bytes appended after a GIF's,
+PNG's or WebP's end (where a polyglot hides its script), a JPEG's scan count (each scan a full decoding pass).
+"""
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+
+import png
+
+from core.errors import InvalidImage, TooLarge
+from core.png_encoder import SIGNATURE as PNG_SIGNATURE
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
+
+# Magic numbers: the first bytes decide which single decoder may read the upload.
+SIGNATURES = (
+    (PNG_SIGNATURE, "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),
+    (b"MM\x00+", "TIFF"),
+    (b"BM", "BMP"),
+)
+PNG_CRITICAL_CHUNKS = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
+
+# What decoders raise on corrupt data: Pillow's plugins and pypng use all of these.
+CORRUPT_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
+                       TypeError, ZeroDivisionError, zlib.error, png.Error)
+
+# Scans a JPEG may hold. Encoders write 1 (baseline), 3 (non-interleaved), 6 or 10 (libjpeg's progressive
+# script for grey or colour) and mozjpeg's searched scripts stay within a few dozen; each scan costs a full
+# pass of the decoder over the image, so a file of a million empty scans decodes for minutes.
+MAX_JPEG_SCANS = 100
+# Markers without a length field: SOI, EOI, TEM and the restart markers.
+JPEG_STANDALONE_MARKERS = frozenset({0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)})
+# The next marker after entropy-coded data: 0xFF, any fill bytes, then neither a stuffed 0x00 nor a restart marker.
+JPEG_NEXT_MARKER = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
+
+
+@dataclass(frozen=True)
+class PngHeader:
+    width: int
+    height: int
+    bit_depth: int
+    exif: bytes | None
+
+
+def describe_accepted() -> str:
+    return ", ".join(ACCEPTED_FORMATS)
+
+
+def sniff_format(data: bytes) -> str:
+    """The accepted format ``data`` starts like; 400 naming the accepted ones when it starts like none."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for signature, image_format in SIGNATURES:
+        if data.startswith(signature):
+            return image_format
+    raise InvalidImage(f"the upload is not an image in an accepted format ({describe_accepted()}): "
+                       f"its first bytes match none of them")
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    """400 for an image without pixels, 413 for one over ``max_pixels``; the message names both sizes."""
+    width, height = size
+    if width < 1 or height < 1:
+        raise InvalidImage(f"the image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise TooLarge(f"the image is {width}x{height} = {width * height} pixels; "
+                       f"the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
+
+
+def check(data: bytes, image_format: str, max_pixels: int) -> PngHeader | None:
+    """The container checks of ``image_format``: a PNG's header (413 past ``max_pixels``) where it is one."""
+    if image_format == "GIF":
+        _check_gif(data)
+    if image_format == "WEBP":
+        _check_riff_end(data)
+    if image_format == "JPEG":
+        _check_jpeg_scans(data)
+    return _check_png(data, max_pixels) if image_format == "PNG" else None
+
+
+def _check_png(data: bytes, max_pixels: int) -> PngHeader:
+    """Walk the chunks: sizes from IHDR before any pixel, CRCs of critical chunks, nothing after IEND."""
+    view = memoryview(data)
+    header: PngHeader | None = None
+    exif = None
+    pixel_data: list[memoryview] = []
+    position = len(PNG_SIGNATURE)
+    while True:
+        if position + 12 > len(data):
+            raise InvalidImage("the PNG image is truncated: it ends before its IEND chunk")
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        if not kind.isalpha():
+            raise InvalidImage(f"the PNG image is corrupt: {kind!r} at byte {position + 4} is not a chunk type")
+        end = position + 12 + length
+        if end > len(data):
+            raise InvalidImage(f"the PNG image is truncated: its {kind.decode()} chunk runs past the end of the file")
+        body = view[position + 8:end - 4]
+        _check_png_chunk(kind, body, view[end - 4:end], first=header is None)
+        if header is None:
+            width, height, bit_depth, colour_type = struct.unpack(">IIBB", body[:10])
+            check_pixels((width, height), max_pixels)
+            header = PngHeader(width, height, bit_depth, None)
+        elif kind == b"eXIf":
+            exif = bytes(body)
+        elif kind == b"IDAT":
+            pixel_data.append(body)
+        position = end
+        if kind == b"IEND":
+            break
+    if position != len(data):
+        raise InvalidImage(f"the PNG image has {len(data) - position} bytes after its IEND chunk "
+                           f"(another file appended to it, e.g. a polyglot); only a plain PNG is accepted")
+    if header.bit_depth == 16:
+        _check_inflated_size(pixel_data, header, colour_type)
+    return PngHeader(header.width, header.height, header.bit_depth, exif)
+
+
+def _check_inflated_size(pixel_data: list[memoryview], header: PngHeader, colour_type: int) -> None:
+    """Refuse IDAT that inflates past what the header declares (a zlib bomb), 1 MiB at a time.
+
+    Pillow inflates only into the image it allocated; pypng, which reads 16-bit PNGs, has no such bound.
+    """
+    planes = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour_type, 4)
+    # twice the raw size: room for the extra filter bytes of Adam7 interlacing
+    limit = 2 * header.height * (1 + header.width * planes * 2) + 64
+    inflater = zlib.decompressobj()
+    inflated = 0
+    try:
+        for body in pixel_data:
+            pending: bytes | memoryview = body
+            while pending:
+                inflated += len(inflater.decompress(pending, 1 << 20))
+                if inflated > limit:
+                    raise InvalidImage(f"the PNG image's pixel data inflates to more than {limit} bytes, "
+                                       f"far more than {header.width}x{header.height} pixels need (a zlib bomb)")
+                pending = inflater.unconsumed_tail
+    except zlib.error as error:
+        raise InvalidImage(f"the PNG image's pixel data is corrupt ({error})") from error
+
+
+def _check_png_chunk(kind: bytes, body: memoryview, crc: memoryview, first: bool) -> None:
+    if first and (kind != b"IHDR" or len(body) != 13):
+        raise InvalidImage("the PNG image is corrupt: it does not start with a 13-byte IHDR chunk")
+    if kind[:1].isupper() and kind not in PNG_CRITICAL_CHUNKS:
+        raise InvalidImage(f"the PNG image has an unknown critical chunk {kind.decode()!r}")
+    if kind in PNG_CRITICAL_CHUNKS and zlib.crc32(body, zlib.crc32(kind)) != struct.unpack(">I", crc)[0]:
+        raise InvalidImage(f"the PNG image is corrupt: the checksum of its {kind.decode()} chunk is wrong")
+
+
+def _check_gif(data: bytes) -> None:
+    """Reject an empty logical screen, and bytes after the trailer (where a GIF/JavaScript polyglot hides its script).
+
+    Pillow would quietly size a 0x0 screen from its first frame; viewers show nothing.
+    """
+    if len(data) >= 10:
+        width, height = struct.unpack("<HH", data[6:10])
+        if not width or not height:
+            raise InvalidImage(f"the GIF image has no pixels: its logical screen is {width}x{height}")
+    end = _gif_end(data)
+    if end is not None and end < len(data):
+        raise InvalidImage(f"the GIF image has {len(data) - end} bytes after its trailer "
+                           f"(another file appended to it, e.g. a polyglot); only a plain GIF is accepted")
+
+
+def _gif_end(data: bytes) -> int | None:
+    """Offset just past the GIF trailer; None when the blocks end early (the decoder judges those)."""
+    if len(data) < 13:
+        return None
+    position = 13 + _colour_table_size(data[10])
+    while position < len(data):
+        block = data[position]
+        if block == 0x3B:
+            return position + 1
+        if block == 0x21:
+            position = _skip_sub_blocks(data, position + 2)
+        elif block == 0x2C and position + 10 <= len(data):
+            position = _skip_sub_blocks(data, position + 11 + _colour_table_size(data[position + 9]))
+        else:
+            return None
+    return None
+
+
+def _colour_table_size(flags: int) -> int:
+    return 3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0
+
+
+def _skip_sub_blocks(data: bytes, position: int) -> int:
+    while position < len(data):
+        size = data[position]
+        position += 1 + size
+        if size == 0:
+            return position
+    return len(data) + 1
+
+
+def _check_jpeg_scans(data: bytes) -> None:
+    """Count the scans from the markers alone, and refuse a file with more than any encoder writes.
+
+    Segments before and between scans are skipped by their length (an EXIF thumbnail's markers are not
+    counted); the entropy-coded data after a scan header is skipped to the next marker. A walk that loses
+    its way stops, and the decoder judges the rest.
+    """
+    scans, position = 0, 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker == 0xD9:
+            return
+        if marker in JPEG_STANDALONE_MARKERS:
+            position += 2
+            continue
+        position += 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
+        if marker == 0xDA:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise InvalidImage(f"the JPEG image has more than {MAX_JPEG_SCANS} scans; encoders write at most "
+                                   f"a few dozen, and each scan costs a full decoding pass (a scan bomb)")
+            following = JPEG_NEXT_MARKER.search(data, position)
+            if following is None:
+                return
+            position = following.start(1) - 1
+
+
+def _check_riff_end(data: bytes) -> None:
+    """A WebP file is one RIFF chunk whose header gives its length: nothing may follow it."""
+    size = struct.unpack("<I", data[4:8])[0]
+    end = 8 + size + (size & 1)
+    if len(data) > end:
+        raise InvalidImage(f"the WEBP image has {len(data) - end} bytes after its RIFF chunk "
+                           f"(another file appended to it, e.g. a polyglot); only a plain WebP is accepted")

@@ -1,0 +1,75 @@
+"""Encoding results as PNG (the project's parallel encoder), JPEG or WebP, and what each format can hold."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from core.errors import InvalidInput
+from core.formats import OUTPUT_FORMATS
+from core.png_encoder import encode_png
+
+# Widest or tallest image each output format can hold.
+MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}
+# Rows converted at a time when changing bit depth, so a 64 MP result needs no full-size temporary.
+ROWS_PER_BLOCK = 256
+
+
+def check_output_size(output_format: str, size: tuple[int, int]) -> None:
+    """400 when ``output_format`` cannot hold an output of ``size`` (width, height): known from the header."""
+    width, height = size
+    if max(width, height) > MAX_SIDE[output_format]:
+        raise InvalidInput(f"{output_format} holds at most {MAX_SIDE[output_format]} pixels a side and the output "
+                           f"would be {width}x{height}; ask for format png")
+
+
+def alpha_for(output_format: str, alpha: np.ndarray | None) -> np.ndarray | None:
+    """The alpha channel ``output_format`` gets: jpeg has none, so one that is fully opaque is dropped (nothing
+    is lost) and a real one is a 400."""
+    if output_format != "jpeg" or alpha is None:
+        return alpha
+    transparent = int(np.count_nonzero(alpha != np.iinfo(alpha.dtype).max))
+    if transparent:
+        raise InvalidInput(f"jpeg cannot hold transparency and {transparent} of the image's pixels are "
+                           f"transparent; ask for format png or webp")
+    return None
+
+
+def encode(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | None,
+           output_format: str, quality: int, png_level: int, threads: int) -> bytes:
+    """Encode pixels as png (zlib level ``png_level`` on ``threads`` threads), jpeg or webp; 16-bit pixels stay
+    16-bit in PNG and are rounded to 8 bits otherwise."""
+    pil_format, _ = OUTPUT_FORMATS[output_format]
+    if pil_format == "JPEG" and alpha is not None:
+        raise InvalidInput("jpeg cannot hold an alpha channel; ask for format png or webp")
+    if pil_format == "PNG":
+        return encode_png(_with_alpha(colour, alpha), icc_profile, png_level, threads)
+    image = _to_pillow(_with_alpha(_to_8bit(colour), alpha))
+    options: dict[str, object] = {"quality": quality}
+    if icc_profile:
+        options["icc_profile"] = icc_profile
+    buffer = io.BytesIO()
+    image.save(buffer, pil_format, **options)
+    return buffer.getvalue()
+
+
+def _to_8bit(pixels: np.ndarray) -> np.ndarray:
+    """Round 16-bit levels to the nearest 8-bit level (65535 -> 255), a block of rows at a time."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    out = np.empty(pixels.shape, np.uint8)
+    for start in range(0, len(pixels), ROWS_PER_BLOCK):
+        out[start:start + ROWS_PER_BLOCK] = np.rint(pixels[start:start + ROWS_PER_BLOCK] / np.float32(257))
+    return out
+
+
+def _with_alpha(colour: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """(H, W, C) colour with the alpha plane appended, at the colour's bit depth."""
+    if alpha is None:
+        return colour
+    return np.concatenate([colour, (alpha if colour.dtype == np.uint16 else _to_8bit(alpha))[..., None]], axis=-1)
+
+
+def _to_pillow(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)

@@ -1,0 +1,43 @@
+"""A model's networks by native scale and denoise level, and which of them an asked enlargement runs."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from core.errors import InvalidInput
+
+# The denoise option's values, weakest first; a model offers some of them at each of its scales.
+DENOISE_LEVELS = ("none", "conservative", "1", "2", "3")
+NO_DENOISE = DENOISE_LEVELS[0]
+
+Key = tuple[int, str]  # a network of a model: (native scale, denoise level)
+
+
+def choose(model: str, keys: Iterable[Key], scale: float, denoise: str) -> Key:
+    """The network for an asked enlargement and denoise level: the smallest native scale that reaches
+    ``scale`` (the largest where none does); 400 for a level the model lacks at that scale."""
+    keys = set(keys)
+    scales = sorted({native for native, _ in keys})
+    native = next((native for native in scales if native >= scale), scales[-1])
+    if (native, denoise) in keys:
+        return native, denoise
+    raise InvalidInput(f"model {model!r} has no denoise level {denoise!r} at scale {scale:g} "
+                       f"(it runs its {native}x network); its levels there: {', '.join(levels_at(keys, native))}")
+
+
+def levels_at(keys: Iterable[Key], scale: int) -> tuple[str, ...]:
+    """The denoise levels among ``keys`` at a native scale, in DENOISE_LEVELS order."""
+    present = {level for native, level in keys if native == scale}
+    return tuple(level for level in DENOISE_LEVELS if level in present)
+
+
+def all_levels(keys: Iterable[Key]) -> tuple[str, ...]:
+    """The denoise levels among ``keys`` at any scale, ``none`` always among them."""
+    present = {level for _, level in keys} | {NO_DENOISE}
+    return tuple(level for level in DENOISE_LEVELS if level in present)
+
+
+def describe_scales(keys: Iterable[Key]) -> dict[str, object]:
+    """A model's native scales and its denoise levels at each, for /model/metadata."""
+    keys = set(keys)
+    scales = sorted({native for native, _ in keys})
+    return {"scales": scales, "denoise": {str(scale): list(levels_at(keys, scale)) for scale in scales}}

@@ -1,0 +1,53 @@
+"""A network's speed on this machine, measured when it loads: what the cost model (core/cost.py) estimates from.
+
+A model's time is a fixed cost per network call (one window of tiles) plus a cost per window pixel. Both are
+measured from two window sizes, so the estimate covers what the pixel count alone misses: a 1 x 4,000,000
+image is thousands of calls on tiny windows.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.tiling import plan_tiles
+
+# Side of the small window of the two measured; the large one is a tile of TILE_SIZE with its margins,
+# or, where the memory budget sizes the tiles, of MEASURED_TILE (the cost is linear in the pixels beyond it).
+SMALL_WINDOW = 16
+MEASURED_TILE = 128
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Seconds of one network call on this machine: ``per_call_s + per_pixel_s * window pixels``."""
+
+    per_call_s: float
+    per_pixel_s: float
+
+    def seconds(self, windows: int, window_pixels: int) -> float:
+        return windows * self.per_call_s + window_pixels * self.per_pixel_s
+
+
+def measure(predict: Callable[[np.ndarray], np.ndarray], large_window: int) -> Throughput:
+    """Time one call at two window sizes (each after a first, untimed call that compiles its shape)."""
+    small, large = (_timed_call(predict, side) for side in (SMALL_WINDOW, large_window))
+    per_pixel = max(0.0, (large - small) / (large_window ** 2 - SMALL_WINDOW ** 2))
+    return Throughput(max(0.0, small - per_pixel * SMALL_WINDOW ** 2), per_pixel)
+
+
+def window_side(tile_size: int | None, margin: int) -> int:
+    """The side of the windows the pipeline runs for a large image (tiles of TILE_SIZE, or MEASURED_TILE)."""
+    tile = tile_size or MEASURED_TILE
+    side = 4 * tile
+    return plan_tiles(side, side, tile, margin)[0].window_shape[0]
+
+
+def _timed_call(predict: Callable[[np.ndarray], np.ndarray], side: int) -> float:
+    window = np.zeros((1, side, side, 3), np.float32)
+    predict(window)
+    started = time.perf_counter()
+    predict(window)
+    return time.perf_counter() - started

@@ -1,0 +1,59 @@
+"""What a request will do, known from its image's header before any work: ``Service.prepare`` makes it once,
+every check that needs no pixels runs on it, and the pipeline runs it (core/pipeline.py).
+
+The plan holds the header (read once), the network, the output's sizes, and each pass's tiles with the
+network's alignment: the time estimate, the page's tile count and the tiled run all read these same tiles.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.errors import TooLarge
+from core.geometry import OutputPlan
+from core.images import Header
+from core.models.runtime import Network
+from core.options import UpscaleOptions
+from core.tiling import Tile, plan_tiles
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One run of the network over the whole picture: its input size and the tiles it is cut into."""
+
+    width: int
+    height: int
+    tile: int
+    tiles: tuple[Tile, ...]
+
+
+def plan_pass(network: Network, width: int, height: int, tile: int) -> Pass:
+    """The tiles of a ``width`` x ``height`` input to ``network``, each window aligned as the network needs."""
+    return Pass(width, height, tile, tuple(plan_tiles(height, width, tile, network.margin, network.alignment)))
+
+
+@dataclass(frozen=True)
+class Plan:
+    data: bytes = field(repr=False)
+    options: UpscaleOptions
+    header: Header
+    network: Network
+    output: OutputPlan
+    passes: tuple[Pass, ...]
+    # The network's seconds on this machine for every pass (0 where its speed is not measured).
+    seconds: float
+
+    @property
+    def tile_count(self) -> int:
+        """Tiles of every pass together: the total the progress counts to."""
+        return sum(len(step.tiles) for step in self.passes)
+
+
+def check_sizes(output: OutputPlan, max_output_pixels: int) -> None:
+    """Every image the work makes (each pass's result, the enlarged image) must fit MAX_OUTPUT_PIXELS."""
+    made = [(f"the model's {output.native_scale}x result", size) for size in output.pass_outputs]
+    made.append(("the output", output.scaled))
+    for what, (width, height) in made:
+        if width * height > max_output_pixels:
+            raise TooLarge(f"{what} would be {width}x{height} = {width * height} pixels; the limit is "
+                           f"{max_output_pixels} output pixels (MAX_OUTPUT_PIXELS; "
+                           f"input {output.input[0]}x{output.input[1]})")

@@ -1,0 +1,81 @@
+"""One plan per request: the header is read once and each pass's tiles are planned once, whichever route asks,
+and every check that needs no pixels answers before any decoding."""
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+from PIL import Image
+
+import core.plan
+from core import images, tiling
+from core.errors import Busy, TooLarge
+from core.models.registry import REALCUGAN_BORDERS
+from core.models.speed import Throughput
+from core.options import UpscaleOptions
+from core.plan import plan_pass
+from tests.core.test_images import pattern, save
+
+# 33 x 7 at scale 5: two passes of the 4x network (the second on the first's result resized to 42 x 9).
+TWO_PASSES = {"scale": "5"}
+
+
+@pytest.fixture()
+def counts(monkeypatch) -> Counter:
+    """Calls of the header reader, the tile planner (where the plan calls it, and anywhere else) and the
+    pixel decoder."""
+    counted: Counter = Counter()
+    for module, name in ((images, "read_header"), (core.plan, "plan_tiles"), (tiling, "plan_tiles"),
+                         (images, "decode_pixels")):
+        real = getattr(module, name)
+
+        def wrapper(*args, real=real, key=f"{module.__name__}.{name}", **kwargs):
+            counted[key] += 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+    return counted
+
+
+def upload(route: str, client, **fields):
+    data = save(Image.fromarray(pattern(7, 33)))
+    return client.post(route, data=dict(fields, image=(io.BytesIO(data), "upload.png")),
+                       content_type="multipart/form-data")
+
+
+@pytest.mark.parametrize("route", ["/model/predict", "/app/upscale"])
+def test_a_request_reads_its_header_once_and_plans_each_pass_once(client, counts, route):
+    response = upload(route, client, **TWO_PASSES)
+    assert response.status_code == 200
+    if route == "/app/upscale":
+        events = [json.loads(line) for line in response.data.splitlines()]
+        totals = {event["total"] for event in events if event["event"] in ("start", "progress")}
+        assert events[-1]["event"] == "result" and len(totals) == 1
+    assert counts == {"core.images.read_header": 1, "core.plan.plan_tiles": 2, "core.images.decode_pixels": 1}
+
+
+def test_the_time_estimate_counts_the_aligned_tiles_that_run(service):
+    """Real-CUGAN's windows start at multiples of its alignment: the estimate reads the tiles that run."""
+    network = replace(service.registry.get("srgan"), border=REALCUGAN_BORDERS[3], throughput=Throughput(1.0, 0.0))
+    step = plan_pass(network, 130, 90, 32)
+    assert step.tiles == tuple(tiling.plan_tiles(90, 130, 32, network.margin, align=4))
+    assert step.tiles != tuple(tiling.plan_tiles(90, 130, 32, network.margin))
+    assert service.estimate_seconds(network, (step,), ensemble=False) == len(step.tiles)  # one second a window
+
+
+def test_limits_known_from_the_header_answer_before_any_decoding(service, counts, monkeypatch):
+    settings = service.settings.model_copy(update={"max_output_pixels": 1000})
+    monkeypatch.setattr(service, "settings", settings)
+    with pytest.raises(TooLarge, match="MAX_OUTPUT_PIXELS"):
+        service.prepare(save(Image.fromarray(pattern(7, 33))), UpscaleOptions(model="srgan"))
+    assert counts["core.images.decode_pixels"] == 0
+
+
+def test_a_full_queue_is_a_503_before_any_work(service, counts, monkeypatch):
+    monkeypatch.setattr(service.slot, "_queue_size", 0)
+    with service.slot.hold():
+        with pytest.raises(Busy, match="queue size 0"):
+            service.prepare(save(Image.fromarray(pattern(7, 33))), UpscaleOptions(model="srgan"))
+    assert counts["core.images.decode_pixels"] == 0
