@@ -35,11 +35,14 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from config import Settings
 from core import backends
 from core.errors import ModelLoadError
 from core.backends import KERAS_BACKENDS, Choice, Runner
-from core.models.runtime import Network
+from core.models.card import LoadedModel, ModelCard
+from core.models.levels import NO_DENOISE
 from core.models.margin_probe import seam_free_margin
+from core.models.runtime import Network
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +223,20 @@ def describe(model: OperatorModel, found: dict[str, object] | None = None) -> di
         "license": sidecar.license if sidecar and sidecar.license else unstated,
         **(found or {}),
     }
+
+
+def card(model: OperatorModel) -> ModelCard:
+    """The model's card: its sidecar's words (or its file name's), its scale where stated, and its loader."""
+    about = describe(model)
+    scale = model.sidecar.scale if model.sidecar else None
+    return ModelCard(model.id, about["title"], about["use_when"], about["architecture"], about["weights"],
+                     about["license"], ((scale, NO_DENOISE),) if scale else (),
+                     lambda choice, settings: _loaded_model(model, choice, settings), required=False)
+
+
+def _loaded_model(model: OperatorModel, choice: Choice, settings: Settings) -> LoadedModel:
+    loaded = load(model, choice, settings.worker_cores, settings.precision)
+    return LoadedModel({(loaded.network.scale, NO_DENOISE): loaded.network}, loaded.found)
 
 
 def load(model: OperatorModel, choice: Choice, threads: int, precision: str = "auto") -> Loaded:

@@ -17,6 +17,7 @@ from core.backends import Choice
 from core.errors import ModelLoadError, NotReady, UnknownModel
 from core.models import speed
 from core.models.border import Border
+from core.models.card import LoadedModel, ModelCard
 from core.models.levels import DENOISE_LEVELS, NO_DENOISE, Key, all_levels, choose, describe_scales, levels_at
 
 # Keras, TensorFlow and torch are imported only when a model is built, by the backend chosen: the command
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     import keras
     import torch
 
-    from core.models.operator_models import OperatorModel
     from core.models.runtime import Network
 
 log = logging.getLogger(__name__)
@@ -322,14 +322,14 @@ class ModelRegistry:
             raise ValueError(f"MODELS names unknown models {unknown}; known: {sorted(SPECS)}")
         self.settings = settings
         self.choice = choice
-        self._operator_models = _scan_models_dir(settings)
+        self.cards = {**{name: spec_card(SPECS[name]) for name in settings.model_names}, **_models_dir_cards(settings)}
         if settings.default_model not in self.names:
             raise ValueError(f"DEFAULT_MODEL {settings.default_model!r} is not among the models offered {self.names}")
         self._networks: dict[str, dict[Key, Network]] = {}
         self._states: dict[str, str] = {name: "pending" for name in self.names}
         self._load_seconds: dict[str, float] = {}
         self._failures: dict[str, str] = {}  # the whole reason, for the log's reader and the command line
-        # What loading each MODELS_DIR model found out that its metadata shows (a PyTorch file's architecture).
+        # What loading each model found out that its metadata shows (a PyTorch file's architecture).
         self._found: dict[str, dict[str, object]] = {}
         self._resident: int | None = None
         self._device_resident: int | None = None
@@ -338,7 +338,7 @@ class ModelRegistry:
     @property
     def names(self) -> tuple[str, ...]:
         """The models of MODELS, then those found in MODELS_DIR."""
-        return self.settings.model_names + tuple(self._operator_models)
+        return tuple(self.cards)
 
     def load_all(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
         """Build, load and warm up every configured model; a failure is recorded, not raised."""
@@ -379,30 +379,10 @@ class ModelRegistry:
         return replace(network, throughput=throughput)
 
     def _load_named(self, name: str) -> dict[Key, Network]:
-        if name in self._operator_models:
-            from core.models import operator_models
-
-            loaded = operator_models.load(self._operator_models[name], self.choice, self.settings.worker_cores,
-                                          self.settings.precision)
-            with self._lock:
-                self._found[name] = loaded.found
-            return {(loaded.network.scale, NO_DENOISE): loaded.network}
-        return self._load(SPECS[name])
-
-    def _load(self, spec: ModelSpec) -> dict[Key, Network]:
-        """Every network of the model, each warmed up once and checked to upscale by its native scale."""
-        return {(variant.scale, variant.denoise): self._load_variant(spec, variant) for variant in spec.variants}
-
-    def _load_variant(self, spec: ModelSpec, variant: Variant) -> Network:
-        import numpy as np
-
-        network = self.choice.module.network(spec, variant, self.settings, self.choice)
-        shape = network.predict(np.zeros((1, WARM_UP_SIDE, WARM_UP_SIDE, 3), np.float32)).shape
-        network.release_memory()
-        if shape[1:3] != (WARM_UP_SIDE * variant.scale,) * 2:
-            raise ValueError(f"the {variant.scale}x network of {spec.name} turns {WARM_UP_SIDE}x{WARM_UP_SIDE} "
-                             f"into {shape[2]}x{shape[1]}")
-        return network
+        loaded = self.cards[name].load(self.choice, self.settings)
+        with self._lock:
+            self._found[name] = loaded.found
+        return loaded.networks
 
     @property
     def device_resident(self) -> int:
@@ -447,8 +427,8 @@ class ModelRegistry:
     def ready(self) -> bool:
         """Every model of MODELS ready, and every one of MODELS_DIR ready or failed (a broken file fails itself only)."""
         states = self.states()
-        return (all(states[name] == "ready" for name in self.settings.model_names)
-                and all(states[name] == "ready" or states[name].startswith("failed") for name in self._operator_models))
+        return all(states[name] == "ready" or (not card.required and states[name].startswith("failed"))
+                   for name, card in self.cards.items())
 
     def describe(self) -> list[dict[str, object]]:
         """One entry per offered model, for /model/metadata."""
@@ -472,30 +452,16 @@ class ModelRegistry:
         return {name: all_levels(self.keys(name)) for name in self.names}
 
     def keys(self, name: str) -> tuple[Key, ...]:
-        """The networks model ``name`` has or will have (an operator's model: one, at its sidecar's scale
-        until it has loaded, and a PyTorch file without a stated scale none until then)."""
-        if name in self._operator_models:
-            with self._lock:
-                networks = self._networks.get(name)
-            if networks:
-                return tuple(networks)
-            sidecar = self._operator_models[name].sidecar
-            return ((sidecar.scale, NO_DENOISE),) if sidecar and sidecar.scale else ()
-        return SPECS[name].keys
+        """The networks model ``name`` has once loaded, or its card says it will have until then."""
+        with self._lock:
+            networks = self._networks.get(name)
+        return tuple(networks) if networks else self.cards[name].keys
 
     def _about(self, name: str) -> dict[str, object]:
-        """What a model is, for its metadata entry: from its spec, or from its sidecar in MODELS_DIR."""
-        if name in self._operator_models:
-            from core.models import operator_models
-
-            with self._lock:
-                found = self._found.get(name)
-            about = operator_models.describe(self._operator_models[name], found)
-        else:
-            spec = SPECS[name]
-            about = {"title": spec.title, "use_when": spec.use_when, "architecture": spec.architecture,
-                     "weights": spec.weights, "license": spec.licence}
-        return {**about, **describe_scales(self.keys(name))}
+        """What a model is, for its metadata entry: its card's words, and what loading it found out over them."""
+        with self._lock:
+            found = self._found.get(name, {})
+        return {**self.cards[name].describe(), **found, **describe_scales(self.keys(name))}
 
     @staticmethod
     def _main(networks: dict[Key, Network]) -> Network:
@@ -507,8 +473,32 @@ class ModelRegistry:
         return self._main(networks).parameters if networks else None
 
 
-def _scan_models_dir(settings: Settings) -> dict[str, OperatorModel]:
-    """The operator's models in MODELS_DIR by id (none when it is unset); built-in ids stay theirs."""
+def spec_card(spec: ModelSpec) -> ModelCard:
+    """A built-in model's card, from its spec."""
+    return ModelCard(spec.name, spec.title, spec.use_when, spec.architecture, spec.weights, spec.licence, spec.keys,
+                     lambda choice, settings: _load_spec(spec, choice, settings))
+
+
+def _load_spec(spec: ModelSpec, choice: Choice, settings: Settings) -> LoadedModel:
+    """Every network of the model, each warmed up once and checked to upscale by its native scale."""
+    return LoadedModel({(variant.scale, variant.denoise): _load_variant(spec, variant, choice, settings)
+                        for variant in spec.variants})
+
+
+def _load_variant(spec: ModelSpec, variant: Variant, choice: Choice, settings: Settings) -> Network:
+    import numpy as np
+
+    network = choice.module.network(spec, variant, settings, choice)
+    shape = network.predict(np.zeros((1, WARM_UP_SIDE, WARM_UP_SIDE, 3), np.float32)).shape
+    network.release_memory()
+    if shape[1:3] != (WARM_UP_SIDE * variant.scale,) * 2:
+        raise ValueError(f"the {variant.scale}x network of {spec.name} turns {WARM_UP_SIDE}x{WARM_UP_SIDE} "
+                         f"into {shape[2]}x{shape[1]}")
+    return network
+
+
+def _models_dir_cards(settings: Settings) -> dict[str, ModelCard]:
+    """The cards of the operator's models in MODELS_DIR by id (none when it is unset); built-in ids stay theirs."""
     if settings.models_dir is None:
         return {}
     from core.models import operator_models
@@ -517,4 +507,4 @@ def _scan_models_dir(settings: Settings) -> dict[str, OperatorModel]:
     for model in found.values():
         log.info("MODELS_DIR: model %s from %s%s", model.id, model.files,
                  f" cannot be offered: {model.problem}" if model.problem else "")
-    return found
+    return {model_id: operator_models.card(model) for model_id, model in found.items()}

@@ -1,0 +1,50 @@
+"""One card per model: what the service knows of a model before loading it, and the loader of its weights.
+
+A built-in model's card comes from its spec (core/models/registry.py), a file's in MODELS_DIR from its
+sidecar and name (core/models/operator_models.py); the registry offers, loads and describes every card
+alike, and nothing downstream asks where a card came from.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from core.models.levels import Key
+
+if TYPE_CHECKING:
+    from config import Settings
+    from core.backends import Choice
+    from core.models.runtime import Network
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model's networks by (native scale, denoise level), each warmed up and checked, and what loading found
+    out that its metadata shows over the card's words (a PyTorch file's architecture, precisions, runtime)."""
+
+    networks: dict[Key, Network]
+    found: dict[str, object] = field(default_factory=dict)
+
+
+Loader = Callable[["Choice", "Settings"], LoadedModel]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    title: str
+    use_when: str
+    architecture: str
+    weights: str
+    licence: str
+    # The networks known before loading (a PyTorch file that states no scale: none until it has loaded).
+    keys: tuple[Key, ...]
+    load: Loader = field(repr=False)
+    # A required model must load for the server to be ready (MODELS); another fails alone (MODELS_DIR).
+    required: bool = True
+
+    def describe(self) -> dict[str, object]:
+        """The card's words for /model/metadata."""
+        return {"title": self.title, "use_when": self.use_when, "architecture": self.architecture,
+                "weights": self.weights, "license": self.licence}
