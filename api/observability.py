@@ -19,6 +19,7 @@ from flask import Flask, Response, g, request
 
 from api import monitoring
 from config import Settings
+from core.options import OptionContext
 
 ACCESS_LOG = logging.getLogger("superres.access")
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -91,9 +92,11 @@ class Outcome:
     output_size: tuple[int, int] | None = None
 
 
-def note_model(name: str, offered: tuple[str, ...]) -> None:
-    """The model a request asked for, for its access line and metrics (also when it fails); unknown names stay out."""
-    if name in offered:
+def note_model(context: OptionContext) -> None:
+    """The model a request asks for (the default where it names none), for its access line and metrics, also when
+    its options turn out invalid; unknown names stay out."""
+    name = request.values.get("model") or context.default_model
+    if name in context.models:
         g.outcome = Outcome(model=name)
 
 

@@ -16,7 +16,7 @@ from api.errors import upload_too_large
 from api.observability import note_model, note_result
 from core.errors import Cancelled, InvalidInput
 from core.containers import describe_accepted
-from core.options import OPTIONS, Option, UpscaleOptions, parse_options
+from core.options import OPTIONS, Option, parse_options
 from core.pipeline import Progress
 from core.timing import Stages
 
@@ -69,8 +69,9 @@ class Predict(Resource):
             data = None if upload is None else upload.read()
         if data is None:
             raise InvalidInput("no image: send the file as the multipart form field 'image'")
-        note_model(request.values.get("model") or service().settings.default_model, service().registry.names)
-        plan = service().prepare(data, request_options())
+        context = service().option_context
+        note_model(context)
+        plan = service().prepare(data, parse_options(request.values, context))
         try:
             result = service().run(plan, on_progress=stop_when_client_leaves(request.environ), stages=stages)
         except Cancelled as cancelled:
@@ -84,11 +85,6 @@ class Predict(Resource):
             "X-Output-Size": f"{result.width}x{result.height}",
             "Server-Timing": result.stages.server_timing(),
         })
-
-
-def request_options() -> UpscaleOptions:
-    """The options of this request, from its form fields and query parameters (400 naming each bad one)."""
-    return parse_options(request.values, service().option_context)
 
 
 def parse_arguments() -> dict:

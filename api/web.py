@@ -57,8 +57,9 @@ def upscale():
     if upload is None:
         raise InvalidInput("no image: send the file as the multipart form field 'image'")
     current = service()
-    observability.note_model(request.values.get("model") or current.settings.default_model, current.registry.names)
-    options = parse_options(request.values, current.option_context)  # the schema /model/predict reads too
+    context = current.option_context
+    observability.note_model(context)
+    options = parse_options(request.values, context)  # the schema /model/predict reads too
     plan = current.prepare(upload.read(), options)  # 400, 413 and 503 before streaming, not error events in it
     return Response(_events(current, plan, observability.finish_later()), mimetype="application/x-ndjson",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
