@@ -14,9 +14,9 @@ from tests.conftest import ROOT
 CONTEXT = OptionContext(("srgan", "srresnet"), "srgan")
 
 
-def test_nothing_sent_gives_the_defaults():
-    assert parse_options({}, CONTEXT) == UpscaleOptions()
-    assert parse_options({name: "" for name in BY_NAME}, CONTEXT) == UpscaleOptions()  # empty = not sent
+def test_nothing_sent_gives_the_defaults_and_the_default_model():
+    assert parse_options({}, CONTEXT) == UpscaleOptions(model="srgan")
+    assert parse_options({name: "" for name in BY_NAME}, CONTEXT) == UpscaleOptions(model="srgan")  # empty = not sent
 
 
 def test_text_becomes_typed_values():
@@ -25,7 +25,7 @@ def test_text_becomes_typed_values():
     assert parsed == UpscaleOptions(model="srresnet", scale=2.5, strength=0.25, output_format="jpeg", quality=70,
                                     ensemble=True)
     assert parse_options({"width": "300", "height": "200", "fit": "COVER"}, CONTEXT) == UpscaleOptions(
-        width=300, height=200, fit="cover")
+        model="srgan", width=300, height=200, fit="cover")
 
 
 def test_choices_may_depend_on_the_context_and_the_model():
@@ -40,8 +40,8 @@ def test_cli_flags_are_the_schema_and_parse_the_same_way():
     parser = argparse.ArgumentParser()
     add_cli_flags(parser, CONTEXT)
     args = parser.parse_args(["--scale", "1.5", "--strength", "0.5", "--ensemble", "--format", "webp"])
-    assert parse_options(cli_values(args), CONTEXT) == UpscaleOptions(scale=1.5, strength=0.5, ensemble=True,
-                                                                       output_format="webp")
+    assert parse_options(cli_values(args), CONTEXT) == UpscaleOptions(model="srgan", scale=1.5, strength=0.5,
+                                                                       ensemble=True, output_format="webp")
     flags = {action.dest for action in parser._actions} - {"help"}
     assert flags == {option.name for option in OPTIONS}
 
