@@ -31,20 +31,32 @@ Loader = Callable[["Choice", "Settings"], LoadedModel]
 
 
 @dataclass(frozen=True)
-class ModelCard:
+class Described:
+    """A model's words, shown by /model/metadata: a built-in spec states them, a card carries them."""
+
     name: str
     title: str
     use_when: str
     architecture: str
     weights: str
     licence: str
+
+    def describe(self) -> dict[str, object]:
+        """The words for /model/metadata."""
+        return {"title": self.title, "use_when": self.use_when, "architecture": self.architecture,
+                "weights": self.weights, "license": self.licence}
+
+    @property
+    def words(self) -> dict[str, str]:
+        """The fields themselves, to make another ``Described`` from them."""
+        return {name: getattr(self, name) for name in ("name", "title", "use_when", "architecture", "weights",
+                                                         "licence")}
+
+
+@dataclass(frozen=True)
+class ModelCard(Described):
     # The networks known before loading (a PyTorch file that states no scale: none until it has loaded).
     keys: tuple[Key, ...]
     load: Loader = field(repr=False)
     # A required model must load for the server to be ready (MODELS); another fails alone (MODELS_DIR).
     required: bool = True
-
-    def describe(self) -> dict[str, object]:
-        """The card's words for /model/metadata."""
-        return {"title": self.title, "use_when": self.use_when, "architecture": self.architecture,
-                "weights": self.weights, "license": self.licence}

@@ -230,8 +230,8 @@ def card(model: OperatorModel) -> ModelCard:
     about = describe(model)
     scale = model.sidecar.scale if model.sidecar else None
     return ModelCard(model.id, about["title"], about["use_when"], about["architecture"], about["weights"],
-                     about["license"], ((scale, NO_DENOISE),) if scale else (),
-                     lambda choice, settings: _loaded_model(model, choice, settings), required=False)
+                     about["license"], keys=((scale, NO_DENOISE),) if scale else (),
+                     load=lambda choice, settings: _loaded_model(model, choice, settings), required=False)
 
 
 def _loaded_model(model: OperatorModel, choice: Choice, settings: Settings) -> LoadedModel:

@@ -17,7 +17,7 @@ from core.backends import Choice
 from core.errors import ModelLoadError, NotReady, UnknownModel
 from core.models import speed
 from core.models.border import Border
-from core.models.card import LoadedModel, ModelCard
+from core.models.card import Described, LoadedModel, ModelCard
 from core.models.levels import DENOISE_LEVELS, NO_DENOISE, Key, all_levels, choose, describe_scales, levels_at
 
 # Keras, TensorFlow and torch are imported only when a model is built, by the backend chosen: the command
@@ -51,13 +51,7 @@ class Variant:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    title: str
-    use_when: str
-    architecture: str
-    weights: str
-    licence: str
+class ModelSpec(Described):
     margin: int
     variants: tuple[Variant, ...]
     # The same function rewritten to run faster; the built model stays the one the weights describe.
@@ -475,8 +469,7 @@ class ModelRegistry:
 
 def spec_card(spec: ModelSpec) -> ModelCard:
     """A built-in model's card, from its spec."""
-    return ModelCard(spec.name, spec.title, spec.use_when, spec.architecture, spec.weights, spec.licence, spec.keys,
-                     lambda choice, settings: _load_spec(spec, choice, settings))
+    return ModelCard(**spec.words, keys=spec.keys, load=lambda choice, settings: _load_spec(spec, choice, settings))
 
 
 def _load_spec(spec: ModelSpec, choice: Choice, settings: Settings) -> LoadedModel:
