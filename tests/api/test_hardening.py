@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import string
+from dataclasses import replace
 
 import pytest
 
@@ -148,10 +149,10 @@ def test_a_model_that_fails_to_load_keeps_its_path_and_error_in_the_log(monkeypa
     app = create_app(load_settings(models="srgan"), load_models=False)
     registry = app.extensions["super_resolution"].registry
 
-    def broken(spec):
+    def broken(choice, settings):
         raise OSError("Unable to open file /secret/site-packages/weights/generator.h5 (truncated)")
 
-    monkeypatch.setattr(registry, "_load", broken)
+    monkeypatch.setitem(registry.cards, "srgan", replace(registry.cards["srgan"], load=broken))
     registry.load_all()
     client = app.test_client()
     for path in ("/ready", "/model/metadata"):
