@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from config import load_settings
     from core.errors import InvalidInput
     from core.models.levels import all_levels
-    from core.models.registry import SPECS
+    from core.models.specs import SPECS
     from core.options import OptionContext, add_cli_flags, cli_values, parse_options
 
     parser = argparse.ArgumentParser(

@@ -68,7 +68,7 @@ def main() -> None:
     from bench.machine import measure_ceiling
     from config import load_settings
     from core.backends.openvino import compile_for_cpu
-    from core.models.registry import SPECS
+    from core.models.specs import SPECS
     from core.backends.tensorflow import configure_threads
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

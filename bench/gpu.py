@@ -35,7 +35,7 @@ from config import load_settings
 from core import metrics
 from core.backends import Choice, pytorch
 from core.models.precision import MIN_BF16_PSNR_DB
-from core.models.registry import PACKAGED, SPECS, Variant
+from core.models.specs import PACKAGED, SPECS, Variant
 from core.models.runtime import Network
 from core.options import UpscaleOptions
 from core.timing import Stages

@@ -25,7 +25,7 @@ import requests
 from bench.report import ROOT
 from harness.memory_probe import MEBIBYTE
 from harness.photos import photo_png
-from core.models.registry import PACKAGED
+from core.models.specs import PACKAGED
 from harness.process import gunicorn_worker, peak_rss_mb
 
 MODELS = PACKAGED
@@ -42,7 +42,7 @@ def fresh(*arguments: str) -> dict:
 def windows(models: list[str], sides: list[int]) -> None:
     from core.models import precision
 
-    from core.models.registry import SPECS
+    from core.models.specs import SPECS
 
     for model in models:
         for arithmetic, scale in product(("f32", "bf16") if precision.native_bf16() else ("f32",), SPECS[model].scales):

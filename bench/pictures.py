@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from bench.report import ROOT
 from config import load_settings
-from core.models.registry import SPECS
+from core.models.specs import SPECS
 from core.options import UpscaleOptions
 from core.service import Service
 

@@ -26,7 +26,7 @@ from config import load_settings
 from core import memory, metrics
 from core.backends import cuda_available
 from core.models import precision
-from core.models.registry import PACKAGED, SPECS
+from core.models.specs import PACKAGED, SPECS
 from core.options import UpscaleOptions
 from core.service import Service
 from harness import evaluation

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from bench.montage import MONTAGE_FILE, REALSR_MONTAGE_FILE
-from core.models.registry import PACKAGED
+from core.models.specs import PACKAGED
 from harness.evaluation import RESULTS_FILE
 
 SETS = ("Set5", "Set14", "BSD100")

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from config import load_settings
-from core.models.registry import SPECS, Variant
+from core.models.specs import SPECS, Variant
 from core.backends import choose
 from core.models.runtime import Network
 from core.options import NO_DENOISE

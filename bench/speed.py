@@ -24,7 +24,7 @@ import requests
 from bench.machine import ceiling_in_fresh_process, cpu_description
 from bench.report import DOCS, write_section
 from bench.stages import parse_server_timing
-from core.models.registry import SPECS
+from core.models.specs import SPECS
 from harness.live_server import live_server
 from harness.photos import photo_png
 from harness.process import gunicorn_worker, peak_rss_mb

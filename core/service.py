@@ -10,7 +10,7 @@ from config import GPU_INFERENCE_SLOTS, Settings
 from core import backends, cost, encoding, images, memory, pipeline
 from core.admission import InferenceSlot
 from core.geometry import OutputPlan, enlargement, plan_output
-from core.models.registry import ModelRegistry, window_bytes_per_pixel
+from core.models.registry import ModelRegistry
 from core.models.runtime import Network
 from core.options import OptionContext, UpscaleOptions
 from core.pipeline import Progress, Result
@@ -113,7 +113,7 @@ class Service:
         if self.settings.tile_size is not None:
             return self.settings.tile_size
         device = self.registry.choice.device
-        bytes_per_pixel = window_bytes_per_pixel(network.name, network.precision, device)
+        bytes_per_pixel = self.registry.cards[network.name].window_bytes_per_pixel(network.precision, device)
         if device == "cuda":
             return memory.tile_for_device_budget(self.device_budget(), self.registry.device_resident, bytes_per_pixel,
                                                  network.margin, height, width, self.settings.tile_batch)

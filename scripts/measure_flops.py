@@ -23,7 +23,7 @@ def mflop_per_pixel(model: str, side: int) -> float:
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     from config import load_settings
-    from core.models.registry import SPECS
+    from core.models.specs import SPECS
     from core.options import NO_DENOISE
 
     keras_model = SPECS[model].variant(4, NO_DENOISE).build(load_settings())

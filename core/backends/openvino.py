@@ -24,7 +24,7 @@ from core.models.runtime import Network
 
 if TYPE_CHECKING:
     from config import Settings
-    from core.models.registry import ModelSpec, Variant
+    from core.models.specs import ModelSpec, Variant
 
 
 def start(settings: Settings, device: str) -> None:

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from core.backends import Batch, Choice, cpu_name
-from core.errors import ModelLoadError, OutOfDeviceMemory
+from core.errors import OutOfDeviceMemory
 from core.models import precision
 from core.models.runtime import Network
 
 if TYPE_CHECKING:
     from config import Settings
-    from core.models.registry import ModelSpec, Variant
+    from core.models.specs import ModelSpec, Variant
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +143,8 @@ def start(settings: Settings, device: str) -> None:
 
 def network(spec: ModelSpec, variant: Variant, settings: Settings, choice: Choice) -> Network:
     """A built-in model's network: its PyTorch module in the precision measured for it on this device."""
-    if variant.torch is None:
-        raise ModelLoadError(f"model {spec.name!r} has no PyTorch form: it is served on the CPU path "
-                             f"(BACKEND=openvino, make run or the CPU image)")
+    module, statistics = variant.torch_form(settings, spec.name)
     arithmetic = precision.resolve_torch(settings.precision, choice.device, spec.cuda_precision)
-    module, statistics = variant.torch()
     parameters = sum(parameter.numel() for parameter in module.parameters())
     return Network(spec.name, TorchRunner(module, choice.device, arithmetic, spec.name), spec.margin,
                    variant.scale, parameters, variant.border,

@@ -15,7 +15,7 @@ from core.models.runtime import Network
 
 if TYPE_CHECKING:
     from config import Settings
-    from core.models.registry import ModelSpec, Variant
+    from core.models.specs import ModelSpec, Variant
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,11 @@ def network(spec: ModelSpec, variant: Variant, settings: Settings, choice: Choic
 
 def keras_network(spec: ModelSpec, variant: Variant, settings: Settings, backend: str, precision: str) -> Network:
     """A variant's Keras graph (in its faster served form, where the spec has one) on a Keras backend."""
-    model = variant.build(settings)
+    model, statistics = variant.keras_form(settings)
     served = spec.inference_form(model) if spec.inference_form else model
     return from_keras(spec.name, served, spec.margin, backend, threads=settings.worker_cores,
                       parameters=int(model.count_params()), scale=variant.scale, border=variant.border,
-                      statistics=variant.statistics(settings) if variant.statistics else None, precision=precision)
+                      statistics=statistics, precision=precision)
 
 
 def from_keras(name: str, model: keras.Model, margin: int, backend: str = "tensorflow", *, threads: int = 0,

@@ -6,7 +6,7 @@ alike, and nothing downstream asks where a card came from.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -57,6 +57,14 @@ class Described:
 class ModelCard(Described):
     # The networks known before loading (a PyTorch file that states no scale: none until it has loaded).
     keys: tuple[Key, ...]
+    # Context pixels each tile needs; None: measured when the model loads (core/models/margin_probe.py).
+    margin: int | None
+    # Memory per window input pixel by device ("cpu": host memory, "cuda": GPU memory) and precision:
+    # what the memory budget sizes the tiles by (core/memory.py).
+    window_bytes: Mapping[str, Mapping[str, int]]
     load: Loader = field(repr=False)
     # A required model must load for the server to be ready (MODELS); another fails alone (MODELS_DIR).
     required: bool = True
+
+    def window_bytes_per_pixel(self, precision: str, device: str) -> int:
+        return self.window_bytes[device][precision]

@@ -26,7 +26,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -225,12 +225,14 @@ def describe(model: OperatorModel, found: dict[str, object] | None = None) -> di
     }
 
 
-def card(model: OperatorModel) -> ModelCard:
-    """The model's card: its sidecar's words (or its file name's), its scale where stated, and its loader."""
+def card(model: OperatorModel, window_bytes: Mapping[str, Mapping[str, int]]) -> ModelCard:
+    """The model's card: its sidecar's words (or its file name's), its scale and margin where stated, and its
+    loader; ``window_bytes`` is what an unmeasured model's windows are sized by."""
     about = describe(model)
     scale = model.sidecar.scale if model.sidecar else None
     return ModelCard(model.id, about["title"], about["use_when"], about["architecture"], about["weights"],
                      about["license"], keys=((scale, NO_DENOISE),) if scale else (),
+                     margin=model.sidecar.margin if model.sidecar else None, window_bytes=window_bytes,
                      load=lambda choice, settings: _loaded_model(model, choice, settings), required=False)
 
 
@@ -245,10 +247,7 @@ def load(model: OperatorModel, choice: Choice, threads: int, precision: str = "a
     if model.problem is not None:
         raise OperatorModelError(model.problem)
     photos = _probe_photos()
-    if model.kind in TORCH_KINDS:
-        network, found = _torch_network(model, choice, threads, precision, photos)
-    else:
-        network, found = _graph_network(model, choice.backend, threads), {}
+    network, found = LOADERS[model.kind](model, choice, threads, precision, photos)
     _check_scale(network, model, photos[-1])
     margin = model.sidecar.margin if model.sidecar else None
     if margin is None:
@@ -256,14 +255,15 @@ def load(model: OperatorModel, choice: Choice, threads: int, precision: str = "a
     return Loaded(dataclasses.replace(network, margin=margin), found)
 
 
-def _graph_network(model: OperatorModel, backend: str, threads: int) -> Network:
-    """An ncnn or ONNX model's network, at its sidecar's scale."""
+def _graph_network(model: OperatorModel, choice: Choice, threads: int, setting: str,
+                   photos: list[np.ndarray]) -> tuple[Network, dict[str, object]]:
+    """An ncnn or ONNX model's network, at its sidecar's scale, on the CPU path."""
     assert model.sidecar is not None  # no problem means the sidecar was read
-    if backend not in KERAS_BACKENDS:
+    if choice.backend not in KERAS_BACKENDS:
         raise OperatorModelError(f"{model.files}: ncnn and ONNX models are served on the CPU path (OpenVINO: "
-                                 f"make run or the CPU image); this worker runs {backend}")
-    run, parameters = _build(model, backend, threads)
-    return Network(model.id, run, 0, model.sidecar.scale, parameters)
+                                 f"make run or the CPU image); this worker runs {choice.backend}")
+    run, parameters = _build(model, choice.backend, threads)
+    return Network(model.id, run, 0, model.sidecar.scale, parameters), {}
 
 
 def _torch_network(model: OperatorModel, choice: Choice, threads: int, setting: str,
@@ -321,6 +321,10 @@ def _build(model: OperatorModel, backend: str, threads: int) -> tuple[Runner, in
     except Exception as error:
         reader = "OpenVINO as an ONNX model" if model.kind == "onnx" else "the ncnn reader"
         raise OperatorModelError(f"{model.files} could not be read by {reader} (details in the log)") from error
+
+
+# The loader of each kind of file: ncnn and ONNX graphs on the CPU path, PyTorch files on either.
+LOADERS = {"ncnn": _graph_network, "onnx": _graph_network, "safetensors": _torch_network, "pth": _torch_network}
 
 
 def _probe_photos() -> list[np.ndarray]:

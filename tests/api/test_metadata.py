@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from core.models import precision
-from core.models.registry import SPECS
+from core.models.specs import SPECS
 
 
 def test_metadata_has_the_max_fields_and_models(client):

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from config import load_settings
-from core.models.registry import SPECS
+from core.models.specs import SPECS
 from tests.conftest import SAMPLES, decode, encode, loaded_app
 from harness.live_server import live_server
 from tests.onnx_nets import SubpixelNet
@@ -43,7 +43,7 @@ def sidecar(folder: Path, name: str, **fields: object) -> None:
 
 def write_compact(folder: Path) -> None:
     """The anime model's packaged weights (SRVGGNetCompact) as a PyTorch file without a sidecar, and a cut .pth."""
-    module, _ = SPECS["anime"].variants[0].torch()
+    module, _ = SPECS["anime"].variants[0].torch_form(load_settings(), "anime")
     state = {key: tensor.contiguous() for key, tensor in module.state_dict().items()}
     save_file(state, folder / "compact.safetensors")
     torch.save({"params": state}, folder / "cutpth.pth")

@@ -17,7 +17,7 @@ from core import backends
 from core.backends import Choice, DeviceError, choose
 from core.backends.pytorch import TorchRunner
 from core.models import precision
-from core.models.registry import SPECS
+from core.models.specs import SPECS
 from tests.conftest import ROOT
 
 # What a worker process imports and runs, reported on stdout: the modules of each runtime it imported.
@@ -46,7 +46,7 @@ def run_worker(model: str, **environment: str) -> dict:
 @pytest.mark.slow
 def test_a_pytorch_worker_never_imports_tensorflow_keras_or_openvino(tmp_path):
     # A PyTorch file in MODELS_DIR runs on PyTorch itself, without OpenVINO's conversion.
-    module, _ = SPECS["anime"].variants[0].torch()
+    module, _ = SPECS["anime"].variants[0].torch_form(load_settings(), "anime")
     save_file({key: tensor.contiguous() for key, tensor in module.state_dict().items()}, tmp_path / "mine.safetensors")
     report = run_worker("srgan", BACKEND="pytorch", MODELS_DIR=str(tmp_path))
     assert report["choice"] == ["pytorch", "cpu"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.models.registry import SPECS
+from core.models.specs import SPECS
 from core.backends import KERAS_BACKENDS as BACKENDS
 from core.backends.tensorflow import from_keras
 from core.models.runtime import Network
@@ -75,8 +75,9 @@ def test_an_openvino_network_keeps_its_weights_when_its_keras_model_is_dropped(s
 
     def network(key: tuple[int, str], backend: str) -> Network:
         variant = SPECS["realcugan"].variant(*key)
-        return from_keras("realcugan", variant.build(settings), 20, backend, scale=variant.scale,
-                                  border=variant.border, statistics=variant.statistics(settings))
+        model, statistics = variant.keras_form(settings)
+        return from_keras("realcugan", model, 20, backend, scale=variant.scale, border=variant.border,
+                          statistics=statistics)
 
     image = photo[:, :40, :40]
     first = network((2, "none"), "openvino")

@@ -11,7 +11,8 @@ from config import load_settings
 from core import memory
 from core.errors import TooLarge
 from core.models import precision
-from core.models.registry import SPECS, window_bytes_per_pixel
+from core.models.registry import spec_card
+from core.models.specs import SPECS, UNMEASURED_WINDOW_BYTES
 from core.service import Service
 from core.tiling import WINDOW_QUANTUM, plan_tiles
 from tests.conftest import ROOT
@@ -66,8 +67,13 @@ def test_tile_size_overrides_the_budget(service):
 def test_every_measured_model_has_its_cost_in_every_precision():
     for spec in SPECS.values():
         assert set(spec.window_bytes_per_pixel) == {"f32", "bf16"}
-    assert window_bytes_per_pixel("an-operator-model", "f32") == max(
-        max(spec.window_bytes_per_pixel.values()) for spec in SPECS.values())
+    # An unmeasured model (a file in MODELS_DIR; max-srgan on a GPU) is sized as the hungriest measured one.
+    hungriest = max(max(spec.window_bytes_per_pixel.values()) for spec in SPECS.values())
+    assert UNMEASURED_WINDOW_BYTES["cpu"] == dict.fromkeys(("f32", "bf16", "fp16"), hungriest)
+    card = spec_card(SPECS["max-srgan"])
+    assert card.window_bytes_per_pixel("fp16", "cuda") == max(
+        max(spec.cuda_window_bytes_per_pixel.values()) for spec in SPECS.values() if spec.cuda_window_bytes_per_pixel)
+    assert card.window_bytes_per_pixel("f32", "cpu") == SPECS["max-srgan"].window_bytes_per_pixel["f32"]
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from core.models import operator_models
 from core.backends import Choice
 from core.backends.openvino import OnnxRunner
 from core.models.operator_models import OperatorModelError
-from core.models.registry import SPECS
+from core.models.specs import SPECS
 from core.models.margin_probe import seam_free_margin
 from tests.conftest import SAMPLES
 from tests.onnx_nets import SubpixelNet

@@ -13,7 +13,7 @@ from PIL import Image
 import core.plan
 from core import images, tiling
 from core.errors import Busy, TooLarge
-from core.models.registry import REALCUGAN_BORDERS
+from core.models.weights import REALCUGAN_BORDERS
 from core.models.speed import Throughput
 from core.options import UpscaleOptions
 from core.plan import plan_pass

@@ -7,7 +7,7 @@ from PIL import Image
 
 from core import metrics
 from core.models import precision
-from core.models.registry import SPECS
+from core.models.specs import SPECS
 from core.backends.tensorflow import from_keras
 from tests.conftest import SAMPLES
 
@@ -60,9 +60,8 @@ def test_every_network_of_a_bf16_ok_model_stays_within_the_bound_on_every_photo(
     pass on these small photos (realesrgan does here and fails on the 500² photo)."""
     spec = SPECS[name]
     variant = spec.variant(*key)
-    model = variant.build(settings)
+    model, statistics = variant.keras_form(settings)
     served = spec.inference_form(model) if spec.inference_form else model
-    statistics = variant.statistics(settings) if variant.statistics else None
     f32, bf16 = (from_keras(name, served, spec.margin, "openvino", scale=variant.scale, border=variant.border,
                                     statistics=statistics, precision=arithmetic) for arithmetic in ("f32", "bf16"))
     lowest = min(metrics.psnr(_levels(f32.predict(photo)), _levels(bf16.predict(photo))) for photo in photos)

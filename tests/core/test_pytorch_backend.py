@@ -7,7 +7,7 @@ import io
 import pytest
 
 from config import load_settings
-from core.models.registry import PACKAGED
+from core.models.specs import PACKAGED
 from tests.conftest import decode, loaded_app, sample_bytes
 from tests.core.test_zoo import lowest_seam_psnr
 

@@ -7,7 +7,7 @@ import pytest
 
 from config import load_settings
 from core.models import precision
-from core.models.registry import SPECS
+from core.models.specs import SPECS
 from core.service import Service
 from harness.bicubic import matlab_bicubic
 from harness.evaluation import (

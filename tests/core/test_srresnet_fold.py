@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from config import load_settings
-from core.models.registry import SPECS
+from core.models.specs import SPECS
 from core.models.srresnet import build_srresnet, fold_output_convolution
 from tests.conftest import SAMPLES
 

