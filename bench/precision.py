@@ -6,7 +6,7 @@ For every model, one service in fp32 and one in bf16 (``PRECISION``) upscale the
 (assets/test_examples) and the evaluation sets through the core exactly as uploads are; the script
 reports the PSNR of the bf16 result against the fp32 one, the largest difference in grey levels, the
 share of values off by more than one level, and how far the quality table's PSNR moves. A model is
-``bf16_ok`` (core/models/registry.py) when it meets both bounds of core/models/precision.py; the
+``bf16_ok`` (core/models/specs.py) when it meets both bounds of core/models/precision.py; the
 quality sets are scored only for models that pass the photo bound. The results go to the precision
 section of docs/benchmarks.md. Needs a CPU with native bf16 (elsewhere bf16 is emulated, and the
 service never picks it). Where PyTorch sees a GPU, the GPU's precisions are measured instead: fp16 and

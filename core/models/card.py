@@ -1,6 +1,6 @@
 """One card per model: what the service knows of a model before loading it, and the loader of its weights.
 
-A built-in model's card comes from its spec (core/models/registry.py), a file's in MODELS_DIR from its
+A built-in model's card comes from its spec (core/models/specs.py), a file's in MODELS_DIR from its
 sidecar and name (core/models/operator_models.py); the registry offers, loads and describes every card
 alike, and nothing downstream asks where a card came from.
 """
