@@ -171,8 +171,16 @@ def _run_network(colour: np.ndarray, max_value: int, work: Work, step: Pass, on_
         np.clip(levels, 0, max_value, out=levels)
         out[y:y + block.shape[0], x:x + block.shape[1]] = levels
 
-    predict = network.predictor(rgb)
-    predict = self_ensemble(predict) if work.plan.options.ensemble else predict
+    def put(y: int, x: int, block: np.ndarray) -> None:
+        out[y:y + block.shape[0], x:x + block.shape[1]] = block
+
+    # Colour without ensemble (which averages floats) comes back as levels where the backend rounds them itself.
+    levels = None if channels == 1 or work.plan.options.ensemble else network.level_predictor(rgb, max_value)
+    if levels is not None:
+        predict, write = levels, put
+    else:
+        predict = network.predictor(rgb)
+        predict = self_ensemble(predict) if work.plan.options.ensemble else predict
     while True:
         try:
             run_tiles(stages.timed("network", predict), rgb, scale, step.tiles, work.settings.tile_batch,

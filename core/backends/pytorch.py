@@ -15,7 +15,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 Output = torch.Tensor | list[torch.Tensor]
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The integer type of each bit depth's levels, by its largest level.
+LEVEL_DTYPES = {255: torch.uint8, 65535: torch.uint16}
 
 
 class DeviceLock:
@@ -69,6 +71,20 @@ class TorchRunner:
 
     def __call__(self, batch: Batch) -> Batch:
         """The output for a batch (a list of arrays for a graph of several inputs); a list for several outputs."""
+        result, hosted = self._hosted(batch, lambda tensor: tensor)
+        outputs = [tensor.numpy() for tensor in hosted]
+        return outputs[0] if isinstance(result, torch.Tensor) else outputs
+
+    def levels(self, batch: Batch, max_value: int) -> np.ndarray:
+        """The output as NHWC integer levels of ``max_value`` (255: uint8, 65535: uint16), rounded on the
+        device: the copy back is a quarter (8 bits) or half (16 bits) of the float32 one. The same levels as
+        rounding the float output on the host: the same float32 operations, in the same order."""
+        dtype = LEVEL_DTYPES[max_value]
+        _, hosted = self._hosted(batch, lambda tensor: tensor.clamp(0, 1).mul(max_value).round().to(dtype))
+        return hosted[0].numpy()
+
+    def _hosted(self, batch: Batch, finish: Callable[[torch.Tensor], torch.Tensor]) -> tuple[Output, list[torch.Tensor]]:
+        """Run the batch in the device's lock and copy each output, as ``finish`` leaves it, to the host."""
         arrays = batch if isinstance(batch, list) else [batch]
         with DEVICE_LOCKS[self.device.type].held(), torch.inference_mode(), self._out_of_memory(arrays[0].shape):
             result = self._run(self._module, arrays, DTYPES[self.precision])
@@ -76,11 +92,10 @@ class TorchRunner:
                 log.warning("model %s: a %s window gave values that are not finite; running it again in f32",
                             self.name, self.precision)
                 result = self._run(self._f32_module(), arrays, torch.float32)
-            hosted = [self._to_host(tensor) for tensor in _tensors(result)]
+            hosted = [self._to_host(finish(_nhwc_f32(tensor))) for tensor in _tensors(result)]
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()
-        outputs = [tensor.numpy() for tensor in hosted]
-        return outputs[0] if isinstance(result, torch.Tensor) else outputs
+        return result, hosted
 
     @property
     def module(self) -> torch.nn.Module:
@@ -105,13 +120,12 @@ class TorchRunner:
         return module(*(self._tensor(array, dtype) for array in arrays))
 
     def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
-        """NHWC float32 on the host. From a GPU, through pinned memory: pageable copies ran at a tenth of the
+        """The tensor on the host. From a GPU, through pinned memory: pageable copies ran at a tenth of the
         speed on the H200 (40 ms for a 2000² result, docs/gpu.md); torch caches the pinned blocks."""
-        nhwc = tensor.permute(0, 2, 3, 1).to(torch.float32).contiguous()
         if self.device.type != "cuda":
-            return nhwc
-        host = torch.empty(nhwc.shape, dtype=torch.float32, pin_memory=True)
-        return host.copy_(nhwc, non_blocking=True)
+            return tensor
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        return host.copy_(tensor, non_blocking=True)
 
     def _tensor(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         # NHWC permuted to NCHW is the channels-last layout that cuDNN's and oneDNN's fast kernels read.
@@ -130,6 +144,10 @@ def _placed(module: torch.nn.Module, device: torch.device, arithmetic: str) -> t
         return module
     placed = copy.deepcopy(module).to(device=device, dtype=DTYPES[arithmetic])
     return placed.to(memory_format=torch.channels_last) if device.type == "cuda" else placed
+
+
+def _nhwc_f32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.permute(0, 2, 3, 1).to(torch.float32).contiguous()
 
 
 def _tensors(result: Output) -> list[torch.Tensor]:

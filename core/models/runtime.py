@@ -48,26 +48,38 @@ class Network:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, h, w, 3) RGB in [0, 1] -> (N, scale * h, scale * w, 3) RGB in [0, 1], each image on its own."""
-        if self.measure is None:
-            return self._run(batch, [])
-        return self._run(batch, self._measure_windows(batch))
+        averages = [] if self.measure is None else self._measure_windows(batch)
+        return _clipped(self._run(self.run, batch, averages))
 
     def predictor(self, image: np.ndarray) -> Predict:
         """``predict`` for tiles of ``image`` (H, W, 3): a graph's global averages come from the whole image,
         so that every tile is scaled alike and tiles stay seam-free."""
         if self.measure is None:
             return self.predict
-        averages = self._image_averages(image)
-        _release(self.measure)  # its buffers would otherwise sit beside the tiles', outside the memory budget
-        return lambda batch: self._run(batch, [np.repeat(average, len(batch), axis=0) for average in averages])
+        averages = self._averages_of(image)
+        return lambda batch: _clipped(self._run(self.run, batch, _repeated(averages, len(batch))))
 
-    def _run(self, batch: np.ndarray, averages: list[np.ndarray]) -> np.ndarray:
+    def level_predictor(self, image: np.ndarray, max_value: int) -> Predict | None:
+        """``predictor`` giving integer levels of ``max_value`` (uint8 for 255, uint16 for 65535), rounded where
+        the network ran, as the pipeline rounds the float output; None where the backend cannot (only the
+        PyTorch runner can: from a GPU, the copy back is then a quarter or half of the float one)."""
+        levels = getattr(self.run, "levels", None)
+        if levels is None:
+            return None
+        averages = [] if self.measure is None else self._averages_of(image)
+        return lambda batch: self._run(lambda inputs: levels(inputs, max_value), batch,
+                                       _repeated(averages, len(batch)))
+
+    def _run(self, run: Predict, batch: np.ndarray, averages: list[np.ndarray]) -> np.ndarray:
         height, width = batch.shape[1:3]
         if self.border is not None:
             batch = np.ascontiguousarray(self.border.extend(batch))
-        result = self.run([batch, *averages] if averages else batch)[:, :height * self.scale, :width * self.scale]
-        # In place where the backend handed over its own copy (OpenVINO's, TensorFlow's numpy()).
-        return np.clip(result, 0.0, 1.0, out=result if result.flags.writeable else None)
+        return run([batch, *averages] if averages else batch)[:, :height * self.scale, :width * self.scale]
+
+    def _averages_of(self, image: np.ndarray) -> list[np.ndarray]:
+        averages = self._image_averages(image)
+        _release(self.measure)  # its buffers would otherwise sit beside the tiles', outside the memory budget
+        return averages
 
     def _measure_windows(self, batch: np.ndarray) -> list[np.ndarray]:
         """Each global pooling's (N, 1, 1, C) averages for each image of the batch as the graph computes them."""
@@ -88,6 +100,16 @@ class Network:
                 averages = [weight * average for average in self._measure_windows(window[None])]
                 totals = averages if totals is None else [t + a for t, a in zip(totals, averages)]
         return totals
+
+
+def _clipped(result: np.ndarray) -> np.ndarray:
+    """In [0, 1]; in place where the backend handed over its own copy (OpenVINO's, TensorFlow's numpy())."""
+    return np.clip(result, 0.0, 1.0, out=result if result.flags.writeable else None)
+
+
+def _repeated(averages: list[np.ndarray], count: int) -> list[np.ndarray]:
+    """The whole image's averages, once for each window of a batch."""
+    return [np.repeat(average, count, axis=0) for average in averages]
 
 
 def _release(function: Predict | None) -> None:

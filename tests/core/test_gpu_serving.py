@@ -55,7 +55,7 @@ def test_a_request_encodes_while_another_runs_its_network(service, monkeypatch):
     a request held the worker from decode to encode, B could not reach its network and A would wait in vain."""
     first, second = encode(photo(32, 32)), encode(photo(24, 20))
     first_encoding, second_network_ran = threading.Event(), threading.Event()
-    real_decode, real_encode, real_call = images.decode_pixels, encoding.encode, pytorch.TorchRunner.__call__
+    real_decode, real_encode, real_run = images.decode_pixels, encoding.encode, pytorch.TorchRunner._hosted
 
     def gated_decode(data, header):
         if data is second:
@@ -68,15 +68,15 @@ def test_a_request_encodes_while_another_runs_its_network(service, monkeypatch):
             assert second_network_ran.wait(EVENT_TIMEOUT_S), "the second request's network did not run meanwhile"
         return real_encode(colour, *args, **kwargs)
 
-    def watched_call(runner, batch):
-        result = real_call(runner, batch)
+    def watched_run(runner, batch, finish):
+        result = real_run(runner, batch, finish)
         if batch.shape[1:3] == (24, 20):
             second_network_ran.set()
         return result
 
     monkeypatch.setattr(images, "decode_pixels", gated_decode)
     monkeypatch.setattr(encoding, "encode", gated_encode)
-    monkeypatch.setattr(pytorch.TorchRunner, "__call__", watched_call)
+    monkeypatch.setattr(pytorch.TorchRunner, "_hosted", watched_run)
     results: dict[str, object] = {}
 
     def upscale(name: str, data: bytes) -> None:
@@ -99,13 +99,33 @@ class OutOfMemoryAbove:
         self.runner, self.limit, self.windows = runner, limit, []
 
     def __call__(self, batch):
+        self._check(batch)
+        return self.runner(batch)
+
+    def levels(self, batch, max_value: int):
+        self._check(batch)
+        return self.runner.levels(batch, max_value)
+
+    def _check(self, batch) -> None:
         self.windows.append(batch.shape[1:3])
         if batch.shape[1] * batch.shape[2] > self.limit:
             raise OutOfDeviceMemory(f"the GPU has no memory for a window of {batch.shape[2]}x{batch.shape[1]}")
-        return self.runner(batch)
 
     def release_memory(self) -> None:
         self.runner.release_memory()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_the_runner_rounds_to_levels_as_the_host_rounds_the_floats(service, dtype):
+    """On a GPU the output crosses to the host as 8- or 16-bit levels (a quarter or half of float32's bytes);
+    they are exactly the levels the host would round the float output to."""
+    network = service.registry.get("anime")
+    rgb = photo(24, 20).astype(np.float32) / 255
+    max_value = int(np.iinfo(dtype).max)
+    levels = network.level_predictor(rgb, max_value)(rgb[None])
+    floats = network.predictor(rgb)(rgb[None])
+    assert levels.dtype == dtype and levels.shape == floats.shape == (1, 96, 80, 3)
+    np.testing.assert_array_equal(levels, np.clip(np.rint(floats * np.float32(max_value)), 0, max_value))
 
 
 @pytest.fixture()
