@@ -1,6 +1,6 @@
 """What the load-time margin probe (MODELS_DIR models without a stated margin) finds, and what it costs.
 
-Runs ``core.tiling.seam_free_margin`` with the service's probe photos on ncnn files from the
+Runs ``core.models.margin_probe.seam_free_margin`` with the service's probe photos on ncnn files from the
 installed packages, as an operator's copies of them would be probed: the built-in ``realsr`` and
 ``realesrgan`` (whose specs state margins chosen on Set14 by bench/seams.py) and Real-ESRGAN's
 6-block anime model. Prints the CPU, the fp32 ceiling measured in the same run, and per model the
