@@ -2,6 +2,7 @@
 
     python -m bench.gpu [--models srgan,srresnet,realsr,realesrgan,span,anime,realcugan] [--runs 10]
                         [--out gpu-results.jsonl] [--http --slots 1,2,4,8 --clients 8 --seconds 15]
+                        [--batches 1,2,4,8 --window 256]
 
 For each network of each model, in f32 (TF32), fp16 and bf16: the output on the sample photos against the
 CPU's f32 output of the same network (the reference the CPU tests hold to the Keras graphs), as PSNR on
@@ -11,7 +12,9 @@ from the GPU included) and the network alone on tensors already on the GPU; the 
 Then, per model, whole requests: a 500² PNG through ``Service.upscale`` (decode, network, encode), median
 of ``--runs``, with each stage's seconds. ``--http``: instead, gunicorn on loopback (no nginx) for each
 INFERENCE_SLOTS in ``--slots``: one client's median time per 500² PNG, and ``--clients`` clients' images per
-second against what the network alone does. One JSON line per measurement, the machine in the first; the
+second against what the network alone does. ``--batches``: per model, ``--window``² windows through the
+runner in batches of each size (seconds per window: whether TILE_BATCH pays), and a 500² result copied
+back as float32 against as 8-bit levels rounded on the GPU. One JSON line per measurement, the machine in the first; the
 figures go to docs/gpu.md. Needs torch, spandrel, h5py, numpy, Pillow, pydantic-settings and pypng, and
 the weight packages (docs/gpu.md: carrying them to a machine without network).
 """
@@ -75,12 +78,18 @@ def median_seconds(call: Callable[[], object], runs: int) -> float:
     call()
     times = []
     for _ in range(runs):
-        torch.cuda.synchronize()
+        _synchronize()
         started = time.perf_counter()
         call()
-        torch.cuda.synchronize()
+        _synchronize()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def _synchronize() -> None:
+    # The batch and copy rows also run on the CPU (choice=CPU), to check the script before a GPU is lent.
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def network_rows(name: str, variant: Variant, runs: int, images: list[np.ndarray]) -> list[dict]:
@@ -129,6 +138,38 @@ def choose(rows: list[dict]) -> str:
     return min(fit, key=lambda row: row[f"runner_s_{SIDES[0]}"])["precision"] if fit else "f32"
 
 
+def batch_rows(name: str, window: int, batches: list[int], runs: int, choice: Choice = CUDA) -> list[dict]:
+    """The model's largest network on ``max(batches)`` windows of ``window``², in batches of each size:
+    seconds per window through the runner, copies included (TILE_BATCH's trade on this device)."""
+    network = _auto_network(name, choice)
+    windows = np.random.default_rng(0).random((max(batches), window, window, 3), dtype=np.float32)
+    predict = network.predictor(windows[0])
+    rows = []
+    for batch in batches:
+        def run_all(batch: int = batch) -> None:
+            for start in range(0, len(windows), batch):
+                predict(windows[start:start + batch])
+        rows.append({"model": name, "window": window, "batch": batch, "precision": network.precision,
+                     "window_s": median_seconds(run_all, runs) / len(windows)})
+    return rows
+
+
+def copy_rows(name: str, runs: int, choice: Choice = CUDA) -> dict:
+    """A 500² photo through the model's largest network, its result copied back as float32 and as 8-bit
+    levels rounded where the network ran (what the pipeline takes for colour without ensemble)."""
+    network = _auto_network(name, choice)
+    image = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB").resize((500, 500)), np.float32) / 255
+    floats, levels = network.predictor(image), network.level_predictor(image, 255)
+    return {"model": name, "precision": network.precision,
+            "float32_result_s_500": median_seconds(lambda: floats(image[None]), runs),
+            "levels_result_s_500": median_seconds(lambda: levels(image[None]), runs)}
+
+
+def _auto_network(name: str, choice: Choice) -> Network:
+    """The model's largest network on ``choice``'s device in the precision PRECISION=auto gives it."""
+    return pytorch.network(SPECS[name], SPECS[name].variants[-1], load_settings(), choice)
+
+
 def request_rows(name: str, runs: int) -> dict:
     """A 500² PNG through the service on the GPU, in the precision PRECISION=auto gives the model."""
     from core.service import Service
@@ -159,8 +200,7 @@ def http_rows(name: str, slots: int, clients: int, seconds: float, runs: int, wo
     from harness.live_server import live_server
 
     data = photo_png(500)
-    network = pytorch.network(SPECS[name], SPECS[name].variants[-1], load_settings(), CUDA)
-    alone = 1 / module_seconds(network, 500, runs)
+    alone = 1 / module_seconds(_auto_network(name, CUDA), 500, runs)
     environment = {"models": name, "default_model": name, "device": "cuda", "inference_slots": slots, "workers": workers,
                    "threads": slots + clients + 2, "queue_size": clients, "memory_budget_mb": REQUEST_BUDGET_MB}
     with live_server(**environment) as server:
@@ -210,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", default="1", help="gunicorn worker counts for --http, e.g. 1,2")
     parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--batches", help="batch sizes to time windows in, e.g. 1,2,4,8")
+    parser.add_argument("--window", type=int, default=256, help="the window side for --batches")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench.gpu needs a GPU that PyTorch sees")
@@ -225,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
                 for workers in (int(value) for value in args.workers.split(",")):
                     for slots in (int(value) for value in args.slots.split(",")):
                         emit(http_rows(name, slots, args.clients, args.seconds, args.runs, workers))
+            return 0
+        if args.batches:
+            for name in args.models.split(","):
+                for row in batch_rows(name, args.window, [int(value) for value in args.batches.split(",")], args.runs):
+                    emit(row)
+                emit(copy_rows(name, args.runs))
             return 0
         for name in args.models.split(",") if not args.no_networks else ():
             for variant in SPECS[name].variants:
