@@ -36,10 +36,6 @@ class Variant:
         """The Keras graph of the network itself."""
         return self.keras_form(settings)[0]
 
-    @property
-    def has_torch(self) -> bool:
-        return FORMATS[self.weights.format].torch is not None
-
     def torch_form(self, settings: Settings, model: str) -> TorchForm:
         """The same network with the same weights as a PyTorch module (core/backends/pytorch.py)."""
         loader = FORMATS[self.weights.format].torch
