@@ -8,6 +8,7 @@ import io
 import threading
 
 import numpy as np
+import png
 import pytest
 
 from config import load_settings
@@ -16,8 +17,10 @@ from core.admission import InferenceSlot
 from core.backends import pytorch
 from core.errors import Busy, OutOfDeviceMemory, TooLarge
 from core.metrics import psnr
+from core.models.runtime import Network
 from core.options import UpscaleOptions
 from core.service import GPU_MEMORY_SHARE
+from tests.api.test_inputs import read_png16
 from tests.conftest import decode, encode, loaded_app
 
 EVENT_TIMEOUT_S = 120
@@ -126,6 +129,39 @@ def test_the_runner_rounds_to_levels_as_the_host_rounds_the_floats(service, dtyp
     floats = network.predictor(rgb)(rgb[None])
     assert levels.dtype == dtype and levels.shape == floats.shape == (1, 96, 80, 3)
     np.testing.assert_array_equal(levels, np.clip(np.rint(floats * np.float32(max_value)), 0, max_value))
+
+
+def png16(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    height, width, _ = pixels.shape
+    png.Writer(width, height, greyscale=False, bitdepth=16).write(out, pixels.reshape(height, -1))
+    return out.getvalue()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_tiled_request_takes_the_device_levels_and_answers_as_the_host_rounding_would(service, monkeypatch, bits):
+    """The pipeline places the runner's levels where it would otherwise round the floats itself: across several
+    tiles, in 8 and in 16 bits, the output's pixels are the same either way."""
+    image = photo(72, 56)
+    if bits == 8:
+        data, read = encode(image), lambda answer: np.asarray(decode(answer))
+    else:
+        detail = np.random.default_rng(16).integers(0, 257, image.shape, dtype=np.uint16)
+        data, read = png16(image.astype(np.uint16) * 257 + detail), lambda answer: read_png16(answer)[0]
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"tile_size": 32}))
+    rounded_on_device = []
+    real_levels = pytorch.TorchRunner.levels
+    monkeypatch.setattr(pytorch.TorchRunner, "levels",
+                        lambda runner, batch, max_value: rounded_on_device.append(max_value) or
+                        real_levels(runner, batch, max_value))
+    plan = service.prepare(data, UpscaleOptions(model="anime"))
+    through_levels = read(service.run(plan).data)
+    monkeypatch.setattr(Network, "level_predictor", lambda network, image, max_value: None)
+    through_floats = read(service.upscale(data, UpscaleOptions(model="anime")).data)
+    assert plan.tile_count > 1 and set(rounded_on_device) == {2 ** bits - 1}
+    assert through_levels.shape == (288, 224, 3) and through_levels.dtype == np.dtype(f"uint{bits}")
+    np.testing.assert_array_equal(through_levels, through_floats)
 
 
 @pytest.fixture()
