@@ -46,6 +46,7 @@ def weight_files(models: list[str]) -> list[Path]:
 
 def site_of(path: Path) -> Path:
     """The sys.path folder that holds ``path``."""
+    # Not the repository itself (sys.path[0] under -m), which holds .venv and so every installed file too.
     return next(Path(entry) for entry in sys.path if entry and path.is_relative_to(entry) and Path(entry) != ROOT)
 
 
@@ -95,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.out}: {total / 2**20:.1f} MiB; with the tree {(total + tree) / 2**20:.1f} of the "
           f"{CALL_LIMIT // 2**20} MiB one call carries")
     relative = args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out
-    print(f"there: python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site {relative}/whl/*.whl"
-          f" && PYTHONPATH=/tmp/site:{relative}/weights python3 -m bench.gpu --models {args.models} ...")
+    install = "" if args.no_wheels else (f"python3 -m pip install -q --no-index --no-deps --no-compile "
+                                         f"--target /tmp/site {relative}/whl/*.whl && ")
+    print(f"there: {install}PYTHONPATH=/tmp/site:{relative}/weights python3 -m bench.gpu --models {args.models} ...")
     return 0 if total + tree <= CALL_LIMIT else 1
 
 

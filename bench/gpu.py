@@ -14,8 +14,8 @@ of ``--runs``, with each stage's seconds. ``--http``: instead, gunicorn on loopb
 INFERENCE_SLOTS in ``--slots``: one client's median time per 500² PNG, and ``--clients`` clients' images per
 second against what the network alone does. ``--batches``: per model, ``--window``² windows through the
 runner in batches of each size (seconds per window: whether TILE_BATCH pays), and a 500² result copied
-back as float32 against as 8-bit levels rounded on the GPU. One JSON line per measurement, the machine in the first; the
-figures go to docs/gpu.md. Needs torch, spandrel, h5py, numpy, Pillow, pydantic-settings and pypng, and
+back as float32 against as 8-bit levels rounded on the GPU. One JSON line per measurement, the machine in
+the first; the figures go to docs/gpu.md. Needs torch, spandrel, h5py, numpy, Pillow, pydantic-settings and pypng, and
 the weight packages (docs/gpu.md: carrying them to a machine without network).
 """
 from __future__ import annotations
