@@ -29,11 +29,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
+from bench.stages import parse_server_timing
 from config import load_settings
 from core import metrics
 from core.backends import Choice, pytorch
@@ -43,6 +45,9 @@ from core.models.runtime import Network
 from core.options import UpscaleOptions
 from core.timing import Stages
 from harness.photos import photo_png
+
+if TYPE_CHECKING:
+    from harness.live_server import LiveServer
 
 SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "test_examples" / "low_resolution"
 PRECISIONS = ("f32", "fp16", "bf16")
@@ -192,7 +197,8 @@ def request_rows(name: str, runs: int) -> dict:
             "precision": service.registry.describe()[0]["precision"]}
 
 
-def http_rows(name: str, slots: int, clients: int, seconds: float, runs: int, workers: int = 1) -> dict:
+def http_rows(name: str, slots: int, clients: int, seconds: float, runs: int, workers: int = 1,
+              choice: Choice = CUDA) -> dict:
     """One model behind gunicorn (``workers`` processes sharing the GPU) with ``slots`` images in flight each:
     one client's latency, then ``clients``'."""
     import requests
@@ -200,21 +206,50 @@ def http_rows(name: str, slots: int, clients: int, seconds: float, runs: int, wo
     from harness.live_server import live_server
 
     data = photo_png(500)
-    alone = 1 / module_seconds(_auto_network(name, CUDA), 500, runs)
-    environment = {"models": name, "default_model": name, "device": "cuda", "inference_slots": slots, "workers": workers,
+    alone = 1 / module_seconds(_auto_network(name, choice), 500, runs)
+    environment = {"models": name, "default_model": name, "device": choice.device, "backend": choice.backend,
+                   "inference_slots": slots, "workers": workers,
                    "threads": slots + clients + 2, "queue_size": clients, "memory_budget_mb": REQUEST_BUDGET_MB}
+    timings: list[dict[str, float]] = []
     with live_server(**environment) as server:
         def post(session: requests.Session) -> None:
             answer = session.post(f"{server.url}/model/predict", files={"image": ("photo.png", data)}, timeout=120)
             answer.raise_for_status()
+            timings.append(parse_server_timing(answer.headers["Server-Timing"]))
 
         with requests.Session() as session:
             one = median_seconds(lambda: post(session), runs)
+        timings.clear()
+        before, started = load_counters(server), time.perf_counter()
         done = concurrent_requests(post, clients, seconds)
+        elapsed, after = time.perf_counter() - started, load_counters(server)
+    cpu_s, busy_s = (after[key] - before[key] for key in ("worker_cpu_s", "device_busy_s"))
     return {"model": name, "http": True, "workers": workers, "inference_slots": slots, "clients": clients,
             "request_s_500": one,
             "images_per_s": done / seconds, "network_alone_images_per_s": alone,
-            "share_of_network_alone": done / seconds / alone}
+            "share_of_network_alone": done / seconds / alone,
+            # Where the clients' rate stops: the workers' cores per second (about 1 each while a worker's
+            # Python holds it back, up to the host's count while cores do), the device lock's share of the
+            # time, and each stage's median seconds under load.
+            "worker_cpu_cores": cpu_s / elapsed, "worker_cpu_s_per_image": cpu_s / max(done, 1),
+            "device_busy_share": busy_s / elapsed if workers == 1 else None,
+            "stages_s_under_load": {stage: statistics.median(seen.get(stage, 0.0) for seen in timings)
+                                    for stage in timings[0]}}
+
+
+def load_counters(server: LiveServer) -> dict[str, float]:
+    """The CPU seconds the server's workers have used so far and, from /metrics, the seconds the device lock
+    was held (one worker's: /metrics adds a worker's busy time only when that worker answers)."""
+    import requests
+
+    master = server.process.pid
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    ticks = sum(sum(int(field) for field in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13])
+                for pid in children)
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    busy = sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("superres_device_busy_seconds_total"))
+    return {"worker_cpu_s": ticks / os.sysconf("SC_CLK_TCK"), "device_busy_s": busy}
 
 
 def concurrent_requests(post: Callable[[object], None], clients: int, seconds: float) -> int:
