@@ -12,7 +12,8 @@ from the GPU included) and the network alone on tensors already on the GPU; the 
 Then, per model, whole requests: a 500² PNG through ``Service.upscale`` (decode, network, encode), median
 of ``--runs``, with each stage's seconds. ``--http``: instead, gunicorn on loopback (no nginx) for each
 INFERENCE_SLOTS in ``--slots``: one client's median time per 500² PNG, and ``--clients`` clients' images per
-second against what the network alone does. ``--batches``: per model, ``--window``² windows through the
+second against what the network alone does, with the workers' CPU cores, the device lock's share of the time
+and each stage's median under that load. ``--batches``: per model, ``--window``² windows through the
 runner in batches of each size (seconds per window: whether TILE_BATCH pays), and a 500² result copied
 back as float32 against as 8-bit levels rounded on the GPU. One JSON line per measurement, the machine in
 the first; the figures go to docs/gpu.md. Needs torch, spandrel, h5py, numpy, Pillow, pydantic-settings and pypng, and
