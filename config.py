@@ -15,6 +15,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MEBIBYTE = 1024 * 1024
 # Images a GPU worker upscales at once by default (INFERENCE_SLOTS=0 on a GPU).
 GPU_INFERENCE_SLOTS = 4
+# A worker's memory budget by default (MEMORY_BUDGET_MB=0). A GPU worker's holds CUDA's host pages beside the
+# models and the host buffers of its GPU_INFERENCE_SLOTS images in flight (docs/gpu.md, "Sizing").
+CPU_WORKER_MEMORY_BUDGET_MB = 3072
+GPU_WORKER_MEMORY_BUDGET_MB = 6144
+MIN_MEMORY_BUDGET_MB = 256
 
 
 class Settings(BaseSettings):
@@ -46,7 +51,7 @@ class Settings(BaseSettings):
     tile_batch: int = Field(1, ge=1, description="Tiles run through the network at once (more costs memory, gains little with openvino).")
 
     # Precision and memory
-    memory_budget_mb: int = Field(3072, ge=256, description="Peak resident memory of one worker, in MiB: the loaded models, the request's buffers and the tiles' windows; each model's tile size follows from it (docs/speed.md).")
+    memory_budget_mb: int = Field(0, ge=0, description="Peak resident memory of one worker, in MiB: the loaded models, the buffers of the images in flight and the tiles' windows; each model's tile size follows from it, and images run together only while their buffers fit it (docs/speed.md). 0: 3072 on the CPU, 6144 on a GPU (CUDA's host memory and the images in flight together).")
     gpu_memory_budget_mb: int = Field(0, ge=0, description="GPU memory a worker's networks may use, in MiB: the loaded models and one window; on a GPU each model's tile follows from it (whole images run as one window where they fit). 0: 90 % of the card's memory at start.")
     precision: Literal["auto", "f32", "bf16", "fp16"] = Field("auto", description="Arithmetic of the networks: auto runs bf16 on the CPU only where the CPU has it natively and the model was measured to allow it, and on a GPU each model's measured precision (docs/speed.md, docs/gpu.md); f32, bf16 or fp16 (GPU only) force one for every model.")
 
@@ -77,6 +82,18 @@ class Settings(BaseSettings):
         if not [name for name in value.split(",") if name.strip()]:
             raise ValueError("MODELS must name at least one model")
         return value
+
+    @field_validator("memory_budget_mb")
+    @classmethod
+    def _budget_floor(cls, value: int) -> int:
+        if 0 < value < MIN_MEMORY_BUDGET_MB:
+            raise ValueError(f"MEMORY_BUDGET_MB must be 0 (the device's default) or at least {MIN_MEMORY_BUDGET_MB}")
+        return value
+
+    def memory_budget_bytes(self, device: str) -> int:
+        """MEMORY_BUDGET_MB in bytes, or its default for ``device`` ("cpu" or "cuda")."""
+        default = GPU_WORKER_MEMORY_BUDGET_MB if device == "cuda" else CPU_WORKER_MEMORY_BUDGET_MB
+        return (self.memory_budget_mb or default) * MEBIBYTE
 
     @property
     def worker_cores(self) -> int:

@@ -180,7 +180,7 @@ def request_rows(name: str, runs: int) -> dict:
     """A 500² PNG through the service on the GPU, in the precision PRECISION=auto gives the model."""
     from core.service import Service
 
-    # A budget that holds a 500² window whole: the host budget's tile rule is the CPU's (docs/gpu.md).
+    # This process also holds every network timed before: a budget beside them, for the request's own buffers.
     service = Service.create(load_settings(device="cuda", models=name, default_model=name,
                                            memory_budget_mb=REQUEST_BUDGET_MB))
     service.registry.load_all()
@@ -210,7 +210,7 @@ def http_rows(name: str, slots: int, clients: int, seconds: float, runs: int, wo
     alone = 1 / module_seconds(_auto_network(name, choice), 500, runs)
     environment = {"models": name, "default_model": name, "device": choice.device, "backend": choice.backend,
                    "inference_slots": slots, "workers": workers,
-                   "threads": slots + clients + 2, "queue_size": clients, "memory_budget_mb": REQUEST_BUDGET_MB}
+                   "threads": slots + clients + 2, "queue_size": clients}
     timings: list[dict[str, float]] = []
     with live_server(**environment) as server:
         def post(session: requests.Session) -> None:
@@ -234,23 +234,27 @@ def http_rows(name: str, slots: int, clients: int, seconds: float, runs: int, wo
             # time, and each stage's median seconds under load.
             "worker_cpu_cores": cpu_s / elapsed, "worker_cpu_s_per_image": cpu_s / max(done, 1),
             "device_busy_share": busy_s / elapsed if workers == 1 else None,
+            "worker_peak_rss_mib": after["worker_peak_rss_mib"],
             "stages_s_under_load": {stage: statistics.median(seen.get(stage, 0.0) for seen in timings)
                                     for stage in timings[0]}}
 
 
 def load_counters(server: LiveServer) -> dict[str, float]:
-    """The CPU seconds the server's workers have used so far and, from /metrics, the seconds the device lock
-    was held (one worker's: /metrics adds a worker's busy time only when that worker answers)."""
+    """The CPU seconds the server's workers have used so far, the largest worker's peak RSS (the loaded models
+    with CUDA's host pages, and the images in flight) and, from /metrics, the seconds the device lock was held
+    (one worker's: /metrics adds a worker's busy time only when that worker answers)."""
     import requests
 
-    master = server.process.pid
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    from harness.process import gunicorn_workers, peak_rss_mb
+
+    workers = gunicorn_workers(server.process.pid)
     ticks = sum(sum(int(field) for field in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13])
-                for pid in children)
+                for pid in workers)
     text = requests.get(f"{server.url}/metrics", timeout=10).text
     busy = sum(float(line.split()[-1]) for line in text.splitlines()
                if line.startswith("superres_device_busy_seconds_total"))
-    return {"worker_cpu_s": ticks / os.sysconf("SC_CLK_TCK"), "device_busy_s": busy}
+    return {"worker_cpu_s": ticks / os.sysconf("SC_CLK_TCK"), "device_busy_s": busy,
+            "worker_peak_rss_mib": max(peak_rss_mb(pid) for pid in workers)}
 
 
 def concurrent_requests(post: Callable[[object], None], clients: int, seconds: float) -> int:

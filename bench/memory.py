@@ -68,7 +68,7 @@ def worker(models: list[str], sides: list[int]) -> None:
     from config import Settings
     from harness.live_server import live_server
 
-    budget = Settings().memory_budget_mb
+    budget = Settings().memory_budget_bytes("cpu") // MEBIBYTE
     with live_server(start_timeout_s=900, models=Settings.model_fields["models"].default, workers=1,
                      request_time_limit_s=3600, timeout_s=3600) as server:
         pid = gunicorn_worker(server.process.pid)

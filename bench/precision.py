@@ -59,7 +59,8 @@ def service(model: str, arithmetic: str, beside_mb: int = 0) -> Service:
     the budget so that the tiles are those a worker serving the model alone would choose."""
     defaults = load_settings()
     settings = load_settings(models=model, default_model=model, backend="openvino", precision=arithmetic,
-                             request_time_limit_s=3600.0, memory_budget_mb=defaults.memory_budget_mb + beside_mb)
+                             request_time_limit_s=3600.0,
+                             memory_budget_mb=defaults.memory_budget_bytes("cpu") // memory.MEBIBYTE + beside_mb)
     created = Service.create(settings)
     created.registry.load_all()
     if not created.registry.ready:

@@ -5,10 +5,16 @@ paid once per worker, not once per request. On a GPU it runs several, so that on
 resize and encode (on the host's cores) overlap another's network (on the GPU, which runs one window
 at a time: core/backends/pytorch.py). A bounded queue means an overloaded server answers at once
 instead of piling requests up until the container runs out of memory or the clients time out.
+
+Images run together only while their host buffers fit the worker's memory budget together: each holds
+its share (``Plan.host_bytes``) while it runs, and one that would not fit beside those running waits for
+them, in its turn. Alone, an image always runs: ``Service.prepare`` refused any that does not fit alone.
 """
 from __future__ import annotations
 
+import itertools
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -17,20 +23,25 @@ from core.shutdown import ShuttingDown
 
 
 class InferenceSlot:
-    """Admission control for one worker: ``slots`` images run, ``queue_size`` wait, the rest get Busy (503).
+    """Admission control for one worker: ``slots`` images run while their bytes fit ``room()``, ``queue_size``
+    wait, the rest get Busy (503).
 
-    Waiters are served in arrival order: a newcomer never takes the slot while
-    others are queued, so under steady load a queued request is not starved by
+    Waiters are served in arrival order: a newcomer never starts while others are queued, and only the
+    longest waiter starts, so under steady load a queued request (a large one included) is not starved by
     later ones and does not run into ``wait_timeout_s``.
     """
 
-    def __init__(self, queue_size: int, wait_timeout_s: float, slots: int = 1) -> None:
+    def __init__(self, queue_size: int, wait_timeout_s: float, slots: int = 1,
+                 room: Callable[[], int] | None = None) -> None:
         self._free = threading.Condition(threading.Lock())
         self._slots = slots
+        self._room = room
         self._queue_size = queue_size
         self._wait_timeout_s = wait_timeout_s
-        self._waiting = 0
+        self._tickets = itertools.count()
+        self._queue: deque[int] = deque()
         self._running = 0
+        self._reserved = 0
         self._closed = False
         self._observers: list[Callable[[int, int], None]] = []
 
@@ -41,22 +52,23 @@ class InferenceSlot:
     def _changed(self) -> None:
         # Called with the lock held, so that observers see the changes in order.
         for callback in self._observers:
-            callback(self._waiting, self._running)
+            callback(len(self._queue), self._running)
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
-        """Run the block in the slot, waiting in the queue if there is room; else raise Busy at once."""
-        self._enter()
+    def hold(self, host_bytes: int = 0) -> Iterator[None]:
+        """Run the block in a slot, holding ``host_bytes`` of the worker's room, waiting in the queue if there is
+        room in it; else raise Busy at once."""
+        self._enter(host_bytes)
         try:
             yield
         finally:
-            self._leave()
+            self._leave(host_bytes)
 
     def check_room(self) -> None:
         """Busy (503) now where ``hold`` would refuse at once: before a request starts any work or a stream."""
         with self._free:
             self._refuse_if_closed()
-            if not (self._running < self._slots and self._waiting == 0) and self._waiting >= self._queue_size:
+            if not (self._running < self._slots and not self._queue) and len(self._queue) >= self._queue_size:
                 raise self._busy()
 
     def close(self) -> None:
@@ -65,45 +77,55 @@ class InferenceSlot:
             self._closed = True
             self._free.notify_all()
 
-    def _enter(self) -> None:
+    def _can_start(self, host_bytes: int) -> bool:
+        if self._running >= self._slots:
+            return False
+        return self._running == 0 or self._room is None or self._reserved + host_bytes <= self._room()
+
+    def _enter(self, host_bytes: int) -> None:
         with self._free:
             self._refuse_if_closed()
-            if self._running < self._slots and self._waiting == 0:
-                self._start()
+            if not self._queue and self._can_start(host_bytes):
+                self._start(host_bytes)
                 return
-            if self._waiting >= self._queue_size:
+            if len(self._queue) >= self._queue_size:
                 raise self._busy()
-            self._waiting += 1
+            ticket = next(self._tickets)
+            self._queue.append(ticket)
             self._changed()
             try:
-                # Condition.notify wakes the longest waiter first, which gives the arrival order.
-                acquired = self._free.wait_for(lambda: self._running < self._slots or self._closed,
-                                               self._wait_timeout_s)
+                acquired = self._free.wait_for(
+                    lambda: self._closed or (self._queue[0] == ticket and self._can_start(host_bytes)),
+                    self._wait_timeout_s)
             finally:
-                self._waiting -= 1
+                self._queue.remove(ticket)
                 self._changed()
+                self._free.notify_all()  # the next in line may start now
             self._refuse_if_closed()
             if not acquired:
                 raise Busy(f"the server is busy: waited {self._wait_timeout_s:g} s for a free slot; retry later")
-            self._start()
+            self._start(host_bytes)
 
     def _busy(self) -> Busy:
         return Busy(f"the server is busy: {self._running} of {self._slots} images running and "
-                    f"{self._waiting} queued (queue size {self._queue_size}); retry later")
+                    f"{len(self._queue)} queued (queue size {self._queue_size}); retry later")
 
     def _refuse_if_closed(self) -> None:
         if self._closed:
             raise ShuttingDown("the server is shutting down and starts no new image; retry")
 
-    def _start(self) -> None:
+    def _start(self, host_bytes: int) -> None:
         self._running += 1
+        self._reserved += host_bytes
         self._changed()
 
-    def _leave(self) -> None:
+    def _leave(self, host_bytes: int) -> None:
         with self._free:
             self._running -= 1
+            self._reserved -= host_bytes
             self._changed()
-            self._free.notify()
+            # Every waiter looks: only the longest one may start, and the bytes just freed may be what it needs.
+            self._free.notify_all()
 
     @property
     def slots(self) -> int:
@@ -112,7 +134,7 @@ class InferenceSlot:
     @property
     def waiting(self) -> int:
         with self._free:
-            return self._waiting
+            return len(self._queue)
 
     @property
     def running(self) -> int:

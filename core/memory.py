@@ -6,7 +6,9 @@ A worker's peak RSS is what it holds anyway (TensorFlow, OpenVINO and the loaded
 working set on one window, which grows with the window's pixels. Each model's bytes per window pixel
 are measured (``python -m bench.memory windows``, docs/speed.md) and kept in its spec; the tile is
 the largest whose window fits what is left. Only one model's windows count: after each request the
-backend gives its buffers back (``Network.release_memory``).
+backend gives its buffers back (``Network.release_memory``). Where a worker runs several images at once
+(a GPU's INFERENCE_SLOTS), each reserves what it holds beside the loaded models while it runs, and the
+next starts only where its share fits beside theirs (core/admission.py).
 """
 from __future__ import annotations
 
@@ -26,6 +28,13 @@ RESIDENT_QUANTUM = 32 * MEBIBYTE
 # (docs/speed.md); these leave room for HTTP's copies of the upload and of the response.
 REQUEST_BYTES_PER_INPUT_PIXEL = 24
 REQUEST_BYTES_PER_OUTPUT_PIXEL = 10
+# A GPU window's result as the host receives it: float32 RGB (colour as 8- or 16-bit levels takes a quarter or
+# half of it; ensemble and grey images take the floats).
+HOST_COPY_BYTES_PER_OUTPUT_PIXEL = 12
+# A GPU's results up to this size come back through pinned memory (several times faster than pageable), whose
+# blocks torch keeps cached for reuse, in power-of-two sizes: about one block of each size per image in flight,
+# so at most twice this per image, which the worker's room leaves aside.
+PINNED_COPY_MAX_BYTES = 32 * MEBIBYTE
 MIN_TILE = 16
 # The windows' bytes per pixel are measured up to 384-px windows and still grow there (the backend's
 # buffers do not scale evenly): a larger window would be sized by a figure nobody measured, and a worker
@@ -47,6 +56,27 @@ def request_bytes(height: int, width: int, scale: int) -> int:
     """What a request for an image of this size holds outside the network (any channel count)."""
     pixels = height * width
     return pixels * REQUEST_BYTES_PER_INPUT_PIXEL + pixels * scale * scale * REQUEST_BYTES_PER_OUTPUT_PIXEL
+
+
+def window_host_bytes(window_pixels: int, device: str, bytes_per_window_pixel: int, scale: int, batch: int) -> int:
+    """What a batch of windows holds in the worker's memory: on the CPU the network's working set, on a GPU (whose
+    working set is on the card) the results copied back."""
+    if device == "cuda":
+        return window_pixels * scale * scale * HOST_COPY_BYTES_PER_OUTPUT_PIXEL * batch
+    return window_pixels * bytes_per_window_pixel * batch
+
+
+def pinned_cache_bytes(device: str, slots: int) -> int:
+    """The most a worker's cached pinned blocks hold: none on the CPU."""
+    return 2 * slots * PINNED_COPY_MAX_BYTES if device == "cuda" else 0
+
+
+def check_worker_room(budget_bytes: int, room: int, need: int, width: int, height: int) -> None:
+    """413 for an image whose buffers and windows would take the worker past its budget even alone."""
+    if need > room:
+        raise TooLarge(f"a {width}x{height} image needs {-(-need // MEBIBYTE)} MiB of this worker's memory, and "
+                       f"MEMORY_BUDGET_MB={budget_bytes // MEBIBYTE} leaves {max(room, 0) // MEBIBYTE} MiB beside the "
+                       f"loaded models")
 
 
 def largest_window(available_bytes: int, bytes_per_window_pixel: int) -> int:

@@ -41,6 +41,9 @@ class Plan:
     passes: tuple[Pass, ...]
     # The network's seconds on this machine for every pass (0 where its speed is not measured).
     seconds: float
+    # What the request holds in the worker's memory beside the loaded models, at its largest pass: its buffers
+    # and a batch of windows. Its inference slot reserves it (core/admission.py).
+    host_bytes: int
 
     @property
     def tile_count(self) -> int:

@@ -27,6 +27,14 @@ def inference_slots(settings: Settings, device: str) -> int:
     return settings.inference_slots or (GPU_INFERENCE_SLOTS if device == "cuda" else 1)
 
 
+def worker_room(settings: Settings, registry: ModelRegistry) -> int:
+    """What MEMORY_BUDGET_MB leaves to the images in flight: less the loaded models and, on a GPU, the pinned
+    blocks torch keeps for the copies back."""
+    device = registry.choice.device
+    return (settings.memory_budget_bytes(device) - registry.resident
+            - memory.pinned_cache_bytes(device, inference_slots(settings, device)))
+
+
 @dataclass
 class Service:
     settings: Settings
@@ -42,8 +50,10 @@ class Service:
         images.guard_decompression_bombs(settings.max_input_pixels)
         choice = backends.choose(settings)
         choice.module.start(settings, choice.device)
-        return cls(settings, ModelRegistry(settings, choice),
-                   InferenceSlot(settings.queue_size, settings.queue_wait_s, inference_slots(settings, choice.device)))
+        registry = ModelRegistry(settings, choice)
+        return cls(settings, registry, InferenceSlot(settings.queue_size, settings.queue_wait_s,
+                                                     inference_slots(settings, choice.device),
+                                                     room=lambda: worker_room(settings, registry)))
 
     def device(self) -> dict[str, object]:
         """The device and backend the networks run on, for /model/metadata and /ready."""
@@ -80,10 +90,13 @@ class Service:
         if options.ensemble:
             cost.check_ensemble_pixels(*header.size, self.settings.max_ensemble_pixels)
         passes = self.plan_passes(network, output)
+        host_bytes = self.host_bytes(network, passes)
+        memory.check_worker_room(self.memory_budget(), worker_room(self.settings, self.registry), host_bytes,
+                                 *header.size)
         seconds = self.estimate_seconds(network, passes, options.ensemble)
         cost.check_fits(seconds, self.settings.request_time_limit_s, network.name, *header.size, options.ensemble)
         self.slot.check_room()
-        return Plan(data, options, header, network, output, passes, seconds)
+        return Plan(data, options, header, network, output, passes, seconds, host_bytes)
 
     def run(self, plan: Plan, on_progress: Progress | None = None, with_layers: bool = False,
             stages: Stages | None = None) -> Result:
@@ -93,7 +106,7 @@ class Service:
         """
         stages = stages or Stages()
         queued = time.perf_counter()
-        with self.slot.hold():
+        with self.slot.hold(plan.host_bytes):
             stages.add("queue", time.perf_counter() - queued)
             return pipeline.run(plan, self.settings, on_progress, with_layers, stages)
 
@@ -117,9 +130,21 @@ class Service:
         if device == "cuda":
             return memory.tile_for_device_budget(self.device_budget(), self.registry.device_resident, bytes_per_pixel,
                                                  network.margin, height, width, self.settings.tile_batch)
-        return memory.tile_for_budget(self.settings.memory_budget_mb * memory.MEBIBYTE, self.registry.resident,
-                                      bytes_per_pixel, network.margin, height, width, network.scale,
-                                      self.settings.tile_batch)
+        return memory.tile_for_budget(self.memory_budget(), self.registry.resident, bytes_per_pixel, network.margin,
+                                      height, width, network.scale, self.settings.tile_batch)
+
+    def host_bytes(self, network: Network, passes: tuple[Pass, ...]) -> int:
+        """What the request holds in this worker's memory beside the loaded models, at its largest pass."""
+        device = self.registry.choice.device
+        bytes_per_pixel = self.registry.cards[network.name].window_bytes_per_pixel(network.precision, device)
+        return max(memory.request_bytes(step.height, step.width, network.scale)
+                   + memory.window_host_bytes(_window_pixels(step), device, bytes_per_pixel, network.scale,
+                                              min(self.settings.tile_batch, len(step.tiles)))
+                   for step in passes)
+
+    def memory_budget(self) -> int:
+        """This worker's MEMORY_BUDGET_MB in bytes (its default for the device where unset)."""
+        return self.settings.memory_budget_bytes(self.registry.choice.device)
 
     def device_budget(self) -> int:
         """GPU_MEMORY_BUDGET_MB in bytes, or by default that share of the card's memory."""
@@ -133,3 +158,8 @@ class Service:
         if network.throughput is None:
             return 0.0
         return cost.estimate_seconds(network.throughput, (step.tiles for step in passes), ensemble)
+
+
+def _window_pixels(step: Pass) -> int:
+    height, width = step.tiles[0].window_shape
+    return height * width

@@ -12,9 +12,14 @@ def peak_rss_mb(pid: int | str = "self") -> float:
     raise RuntimeError("no VmHWM in /proc status")
 
 
+def gunicorn_workers(master: int) -> list[int]:
+    """The worker processes of a gunicorn master."""
+    return [int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+
+
 def gunicorn_worker(master: int) -> int:
     """The only worker of a gunicorn master."""
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    children = gunicorn_workers(master)
     if len(children) != 1:
         raise RuntimeError(f"expected one gunicorn worker, found {children}")
-    return int(children[0])
+    return children[0]

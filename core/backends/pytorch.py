@@ -24,6 +24,7 @@ import torch
 
 from core.backends import Batch, Choice, cpu_name
 from core.errors import OutOfDeviceMemory
+from core.memory import PINNED_COPY_MAX_BYTES
 from core.models import precision
 from core.models.runtime import Network
 
@@ -120,10 +121,13 @@ class TorchRunner:
         return module(*(self._tensor(array, dtype) for array in arrays))
 
     def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The tensor on the host. From a GPU, through pinned memory: pageable copies ran at a tenth of the
-        speed on the H200 (40 ms for a 2000² result, docs/gpu.md); torch caches the pinned blocks."""
+        """The tensor on the host. From a GPU, through pinned memory up to PINNED_COPY_MAX_BYTES: pageable copies
+        ran at a tenth of the speed on the H200 (40 ms for a 2000² float32 result, docs/gpu.md), but torch keeps
+        every pinned block cached, and the cap bounds that cache (core/memory.py)."""
         if self.device.type != "cuda":
             return tensor
+        if tensor.numel() * tensor.element_size() > PINNED_COPY_MAX_BYTES:
+            return tensor.cpu()
         host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         return host.copy_(tensor, non_blocking=True)
 

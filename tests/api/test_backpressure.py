@@ -25,10 +25,11 @@ from tests.conftest import TEST_MODELS, sample_bytes
 # --- InferenceSlot on its own, with threads -------------------------------------------------------------------
 
 
-def hold_in_thread(slot: InferenceSlot, release: threading.Event, log: list[str], name: str) -> threading.Thread:
+def hold_in_thread(slot: InferenceSlot, release: threading.Event, log: list[str], name: str,
+                   host_bytes: int = 0) -> threading.Thread:
     def run() -> None:
         try:
-            with slot.hold():
+            with slot.hold(host_bytes):
                 log.append(f"{name} in")
                 release.wait(10)
                 log.append(f"{name} out")
@@ -120,6 +121,39 @@ def test_the_slot_is_released_when_the_work_fails():
             raise ValueError("the work failed")
     with slot.hold():
         assert slot.running == 1
+
+
+def test_images_run_together_only_while_their_bytes_fit_the_room_and_in_arrival_order():
+    slot, log = InferenceSlot(queue_size=4, wait_timeout_s=60, slots=3, room=lambda: 100), []
+    release = {name: threading.Event() for name in "abcd"}
+    threads = [hold_in_thread(slot, release["a"], log, "a", 60), hold_in_thread(slot, release["b"], log, "b", 30)]
+    wait_until(lambda: slot.running == 2)
+    # c does not fit beside a and b though a slot is free; d would fit, but arrived after c
+    threads.append(hold_in_thread(slot, release["c"], log, "c", 50))
+    wait_until(lambda: slot.waiting == 1)
+    threads.append(hold_in_thread(slot, release["d"], log, "d", 10))
+    wait_until(lambda: slot.waiting == 2)
+    assert sorted(log) == ["a in", "b in"]
+    release["a"].set()
+    wait_until(lambda: slot.running == 3)  # b 30 + c 50 + d 10 fit
+    assert log[2] == "a out" and sorted(log[3:]) == ["c in", "d in"]
+    for event in release.values():
+        event.set()
+    for thread in threads:
+        thread.join(5)
+    assert slot.running == slot.waiting == 0
+
+
+def test_an_image_larger_than_the_room_runs_alone():
+    slot, release, log = InferenceSlot(queue_size=1, wait_timeout_s=60, slots=2, room=lambda: 100), threading.Event(), []
+    with slot.hold(500):  # prepare refused what does not fit alone; alone, it runs
+        assert slot.running == 1
+        waiter = hold_in_thread(slot, release, log, "small", 10)
+        wait_until(lambda: slot.waiting == 1)
+        assert log == []
+    wait_until(lambda: log == ["small in"])
+    release.set()
+    waiter.join(5)
 
 
 def test_observers_see_every_change_in_order():

@@ -6,12 +6,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import threading
+import time
 
 import numpy as np
 import png
 import pytest
+from pydantic import ValidationError
 
-from config import load_settings
+from config import CPU_WORKER_MEMORY_BUDGET_MB, GPU_WORKER_MEMORY_BUDGET_MB, load_settings
 from core import encoding, images, memory
 from core.admission import InferenceSlot
 from core.backends import pytorch
@@ -19,7 +21,7 @@ from core.errors import Busy, OutOfDeviceMemory, TooLarge
 from core.metrics import psnr
 from core.models.runtime import Network
 from core.options import UpscaleOptions
-from core.service import GPU_MEMORY_SHARE
+from core.service import GPU_MEMORY_SHARE, inference_slots, worker_room
 from tests.api.test_inputs import read_png16
 from tests.conftest import decode, encode, loaded_app
 
@@ -225,6 +227,63 @@ def test_the_gpu_budget_defaults_to_a_share_of_the_card(service, monkeypatch):
     assert service.device_budget() == int(10 * 2 ** 30 * GPU_MEMORY_SHARE)
     monkeypatch.setattr(service, "settings", load_settings(gpu_memory_budget_mb=4096))
     assert service.device_budget() == 4096 * memory.MEBIBYTE
+
+
+def test_the_worker_budget_defaults_by_device():
+    assert load_settings(memory_budget_mb=0).memory_budget_bytes("cpu") == CPU_WORKER_MEMORY_BUDGET_MB * memory.MEBIBYTE
+    assert load_settings(memory_budget_mb=0).memory_budget_bytes("cuda") == GPU_WORKER_MEMORY_BUDGET_MB * memory.MEBIBYTE
+    assert load_settings(memory_budget_mb=4096).memory_budget_bytes("cuda") == 4096 * memory.MEBIBYTE
+    with pytest.raises(ValidationError, match="at least 256"):
+        load_settings(memory_budget_mb=100)
+
+
+def test_a_request_reserves_its_buffers_and_the_windows_host_share(service, monkeypatch):
+    """On the CPU a window's working set is in the worker's memory; from a GPU only its result, as float32."""
+    plan = service.prepare(encode(photo(40, 48)), UpscaleOptions())
+    height, width = plan.passes[0].tiles[0].window_shape
+    per_pixel = service.registry.cards["anime"].window_bytes_per_pixel("f32", "cpu")
+    assert plan.host_bytes == memory.request_bytes(40, 48, 4) + height * width * per_pixel
+    monkeypatch.setattr(service.registry, "choice", dataclasses.replace(service.registry.choice, device="cuda"))
+    monkeypatch.setattr(service.registry.choice.module, "memory_total", lambda device: 10 * 2 ** 30)
+    monkeypatch.setattr(type(service.registry), "device_resident", property(lambda registry: 0))
+    plan = service.prepare(encode(photo(40, 48)), UpscaleOptions())
+    assert len(plan.passes[0].tiles) == 1  # the whole image, as one window
+    assert plan.host_bytes == memory.request_bytes(40, 48, 4) + 40 * 48 * 16 * memory.HOST_COPY_BYTES_PER_OUTPUT_PIXEL
+
+
+def test_on_a_gpu_the_room_sets_aside_the_cached_pinned_blocks(service, monkeypatch):
+    on_cpu = worker_room(service.settings, service.registry)
+    assert on_cpu == service.settings.memory_budget_bytes("cpu") - service.registry.resident
+    monkeypatch.setattr(service.registry, "choice", dataclasses.replace(service.registry.choice, device="cuda"))
+    slots = inference_slots(service.settings, "cuda")
+    assert worker_room(service.settings, service.registry) == (
+        service.settings.memory_budget_bytes("cuda") - service.registry.resident
+        - 2 * slots * memory.PINNED_COPY_MAX_BYTES)
+
+
+def test_an_image_that_would_not_fit_the_worker_budget_alone_is_413(service, monkeypatch):
+    monkeypatch.setattr(service, "settings", load_settings(models="anime", default_model="anime", tile_size=64,
+                                                           memory_budget_mb=256))
+    with pytest.raises(TooLarge, match="MEMORY_BUDGET_MB=256 leaves 0 MiB beside the loaded models"):
+        service.prepare(encode(photo(40, 48)), UpscaleOptions())
+
+
+@pytest.mark.slow
+def test_a_request_waits_for_room_beside_the_images_running(service, monkeypatch):
+    """Two slots, room for one request's bytes: a second image waits while another holds the room."""
+    plan = service.prepare(encode(photo(24, 20)), UpscaleOptions())
+    slot = InferenceSlot(queue_size=1, wait_timeout_s=EVENT_TIMEOUT_S, slots=2, room=lambda: plan.host_bytes)
+    monkeypatch.setattr(service, "slot", slot)
+    finished = threading.Event()
+    with slot.hold(1):
+        runner = threading.Thread(target=lambda: (service.run(plan), finished.set()))
+        runner.start()
+        deadline = time.monotonic() + EVENT_TIMEOUT_S
+        while slot.waiting == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert slot.waiting == 1 and slot.running == 1 and not finished.is_set()
+    runner.join(EVENT_TIMEOUT_S)
+    assert finished.is_set()
 
 
 @pytest.mark.slow
