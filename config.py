@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     port: int = Field(5000, description="TCP port the service listens on (nginx in front of gunicorn, see serve.py).")
     host: str = Field("0.0.0.0", description="Address the service listens on.")
     workers: int = Field(1, ge=1, description="gunicorn worker processes; each holds every model once.")
-    threads: int = Field(4, ge=1, description="HTTP threads per worker (health and metrics stay responsive during inference).")
+    threads: int = Field(0, ge=0, description="HTTP threads per worker; 0: one for each inference slot and queue place and one more, so that health and metrics answer while every slot is busy and the queue is full (4 on the CPU, 7 on a GPU; serve.py sizes it for the device it finds).")
     timeout_s: int = Field(600, ge=10, description="gunicorn worker timeout in seconds.")
     log_level: str = Field("INFO", description="Python log level name.")
     cors_enable: bool = Field(False, description="Send CORS headers, as the original's CORS_ENABLE did; to the origins in CORS_ORIGINS, or to any origin (*) when that is empty.")
@@ -89,6 +89,14 @@ class Settings(BaseSettings):
         if 0 < value < MIN_MEMORY_BUDGET_MB:
             raise ValueError(f"MEMORY_BUDGET_MB must be 0 (the device's default) or at least {MIN_MEMORY_BUDGET_MB}")
         return value
+
+    def inference_slots_for(self, device: str) -> int:
+        """INFERENCE_SLOTS, or its default for ``device`` ("cpu" or "cuda")."""
+        return self.inference_slots or (GPU_INFERENCE_SLOTS if device == "cuda" else 1)
+
+    def threads_for(self, device: str) -> int:
+        """THREADS, or its default for ``device``: the inference slots, the queue places and one for the probes."""
+        return self.threads or self.inference_slots_for(device) + self.queue_size + 1
 
     def memory_budget_bytes(self, device: str) -> int:
         """MEMORY_BUDGET_MB in bytes, or its default for ``device`` ("cpu" or "cuda")."""

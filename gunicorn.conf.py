@@ -11,7 +11,9 @@ _settings = load_settings()
 
 bind = f"0.0.0.0:{_settings.port}"
 workers = _settings.workers
-threads = _settings.threads
+# serve.py passes THREADS sized for the device it found; the master itself never touches CUDA (a CUDA check
+# before the fork would leave the workers unable to use the GPU), so here DEVICE alone says which.
+threads = _settings.threads_for("cuda" if _settings.device == "cuda" else "cpu")
 worker_class = "gthread"
 timeout = _settings.timeout_s
 # After SIGTERM the requests in flight get SHUTDOWN_GRACE_S; core/shutdown.py ends the ones still running just

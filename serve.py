@@ -42,15 +42,16 @@ JSON_ERRORS = {
 HEADER_BYTES = 8192
 
 
-def nginx_config(settings: Settings, runtime: Path, upstream: str) -> str:
-    """nginx's configuration for ``settings``: listen on HOST:PORT, pass complete requests to ``upstream``."""
+def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int) -> str:
+    """nginx's configuration for ``settings``: listen on HOST:PORT, pass complete requests to ``upstream``,
+    whose workers run ``threads`` threads each."""
     facts = {"header_bytes": HEADER_BYTES, "max_upload_bytes": settings.max_upload_bytes,
              "client_timeout_s": settings.client_timeout_s}
     named = "\n".join(_json_location(name, status, message.format(**facts), settings.retry_after_s)
                       for name, (status, message) in JSON_ERRORS.items())
     # Work requests may take every thread but one per worker: that one is always free for /health,
     # /ready and /metrics, so liveness never waits behind images.
-    work_slots = settings.workers * (settings.threads - 1)
+    work_slots = settings.workers * (threads - 1)
     # An image's answer comes only when it is done: queue wait plus the time limit, and some margin.
     upstream_s = int(settings.queue_wait_s + settings.request_time_limit_s + 30)
     # Started as root, nginx's workers would become "nobody" and could not open gunicorn's socket.
@@ -140,9 +141,11 @@ def main() -> int:
         return 2
     runtime = Path(tempfile.mkdtemp(prefix="superres-serve-"))
     upstream = runtime / "gunicorn.sock"
-    (runtime / "nginx.conf").write_text(nginx_config(settings, runtime, str(upstream)))
+    threads = settings.threads_for(choice.device)
+    (runtime / "nginx.conf").write_text(nginx_config(settings, runtime, str(upstream), threads))
     gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-                                 "--bind", f"unix:{upstream}", "app:app"], cwd=ROOT)
+                                 "--bind", f"unix:{upstream}", "app:app"], cwd=ROOT,
+                                env={**os.environ, "THREADS": str(threads)})
     front = None
     try:
         if not _wait_for(upstream, gunicorn):

@@ -201,7 +201,7 @@ def made_up_methods(server: LiveServer, count: int) -> tuple[int, int, float]:
 def report(machine: str, slow: list[SlowClientRun], hostile: list[HostileOutcome],
            methods: tuple[int, int, float], count: int) -> str:
     defaults = Settings()
-    lines = [f"Machine: {machine}. Defaults: THREADS={defaults.threads}, QUEUE_SIZE={defaults.queue_size}, "
+    lines = [f"Machine: {machine}. Defaults: THREADS={defaults.threads_for('cpu')}, QUEUE_SIZE={defaults.queue_size}, "
              f"CLIENT_TIMEOUT_S={defaults.client_timeout_s:g}; command: `python -m bench.hostile`.", "",
              f"**50 slow clients** (20 idle after `GET /hea`, 20 sending a body 10 bytes in, 10 never reading a "
              f"192² answer), then {PROBES} /health probes a second apart and one normal 48² predict:", "",

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from config import GPU_INFERENCE_SLOTS, Settings
+from config import Settings
 from core import backends, cost, encoding, images, memory, pipeline
 from core.admission import InferenceSlot
 from core.geometry import OutputPlan, enlargement, plan_output
@@ -22,17 +22,12 @@ from core.timing import Stages
 GPU_MEMORY_SHARE = 0.9
 
 
-def inference_slots(settings: Settings, device: str) -> int:
-    """INFERENCE_SLOTS, or its default for the device."""
-    return settings.inference_slots or (GPU_INFERENCE_SLOTS if device == "cuda" else 1)
-
-
 def worker_room(settings: Settings, registry: ModelRegistry) -> int:
     """What MEMORY_BUDGET_MB leaves to the images in flight: less the loaded models and, on a GPU, the pinned
     blocks torch keeps for the copies back."""
     device = registry.choice.device
     return (settings.memory_budget_bytes(device) - registry.resident
-            - memory.pinned_cache_bytes(device, inference_slots(settings, device)))
+            - memory.pinned_cache_bytes(device, settings.inference_slots_for(device)))
 
 
 @dataclass
@@ -52,7 +47,7 @@ class Service:
         choice.module.start(settings, choice.device)
         registry = ModelRegistry(settings, choice)
         return cls(settings, registry, InferenceSlot(settings.queue_size, settings.queue_wait_s,
-                                                     inference_slots(settings, choice.device),
+                                                     settings.inference_slots_for(choice.device),
                                                      room=lambda: worker_room(settings, registry)))
 
     def device(self) -> dict[str, object]:

@@ -12,6 +12,7 @@ import yaml
 
 from api import monitoring
 from config import GPU_INFERENCE_SLOTS, Settings
+import serve
 from scripts import settings_table
 from tests.conftest import ROOT
 
@@ -228,8 +229,19 @@ def test_gpu_deployment_runs_on_cuda_or_not_at_all():
 def test_gpu_deployment_gives_nginx_a_thread_for_every_slot_and_queue_place_and_one_for_probes():
     env = environment(GPU_MANIFEST)
     settings = Settings(**{name.lower(): value for name, value in env.items()})
-    slots = settings.inference_slots or GPU_INFERENCE_SLOTS
-    assert settings.threads - 1 >= slots + settings.queue_size
+    assert settings.threads_for("cuda") - 1 >= settings.inference_slots_for("cuda") + settings.queue_size
+
+
+def test_threads_default_to_the_slots_the_queue_and_one_for_the_probes():
+    assert Settings(threads=0, queue_size=2).threads_for("cpu") == 1 + 2 + 1
+    assert Settings(threads=0, queue_size=2).threads_for("cuda") == GPU_INFERENCE_SLOTS + 2 + 1
+    assert Settings(threads=0, queue_size=5, inference_slots=2).threads_for("cuda") == 2 + 5 + 1
+    assert Settings(threads=3).threads_for("cuda") == 3
+
+
+def test_nginx_passes_each_worker_every_thread_but_the_probes_one():
+    config = serve.nginx_config(Settings(workers=2), Path("/run/superres"), "/run/superres/gunicorn.sock", 7)
+    assert "server unix:/run/superres/gunicorn.sock max_conns=12;" in config
 
 
 def test_gpu_probes_cover_model_load_and_warm_up_and_point_at_real_routes(client):

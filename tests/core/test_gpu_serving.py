@@ -21,7 +21,7 @@ from core.errors import Busy, OutOfDeviceMemory, TooLarge
 from core.metrics import psnr
 from core.models.runtime import Network
 from core.options import UpscaleOptions
-from core.service import GPU_MEMORY_SHARE, inference_slots, worker_room
+from core.service import GPU_MEMORY_SHARE, worker_room
 from tests.api.test_inputs import read_png16
 from tests.conftest import decode, encode, loaded_app
 
@@ -255,7 +255,7 @@ def test_on_a_gpu_the_room_sets_aside_the_cached_pinned_blocks(service, monkeypa
     on_cpu = worker_room(service.settings, service.registry)
     assert on_cpu == service.settings.memory_budget_bytes("cpu") - service.registry.resident
     monkeypatch.setattr(service.registry, "choice", dataclasses.replace(service.registry.choice, device="cuda"))
-    slots = inference_slots(service.settings, "cuda")
+    slots = service.settings.inference_slots_for("cuda")
     assert worker_room(service.settings, service.registry) == (
         service.settings.memory_budget_bytes("cuda") - service.registry.resident
         - 2 * slots * memory.PINNED_COPY_MAX_BYTES)
