@@ -52,7 +52,7 @@ class Settings(BaseSettings):
 
     # Precision and memory
     memory_budget_mb: int = Field(0, ge=0, description="Peak resident memory of one worker, in MiB: the loaded models, the buffers of the images in flight and the tiles' windows; each model's tile size follows from it, and images run together only while their buffers fit it (docs/speed.md). 0: 3072 on the CPU, 6144 on a GPU (CUDA's host memory and the images in flight together).")
-    gpu_memory_budget_mb: int = Field(0, ge=0, description="GPU memory a worker's networks may use, in MiB: the loaded models and one window; on a GPU each model's tile follows from it (whole images run as one window where they fit). 0: 90 % of the card's memory at start.")
+    gpu_memory_budget_mb: int = Field(0, ge=0, description="GPU memory a worker's networks may use, in MiB: the loaded models and one window; on a GPU each model's tile follows from it (whole images run as one window where they fit). 0: 90 % of the card's memory at start, shared among the WORKERS (each holds its own models on the card).")
     precision: Literal["auto", "f32", "bf16", "fp16"] = Field("auto", description="Arithmetic of the networks: auto runs bf16 on the CPU only where the CPU has it natively and the model was measured to allow it, and on a GPU each model's measured precision (docs/speed.md, docs/gpu.md); f32, bf16 or fp16 (GPU only) force one for every model.")
 
     png_compression_level: int = Field(1, ge=0, le=9, description="zlib level of PNG results: 1 encodes several times faster than 6 for somewhat larger files (measured trade: docs/speed.md).")

@@ -142,11 +142,11 @@ class Service:
         return self.settings.memory_budget_bytes(self.registry.choice.device)
 
     def device_budget(self) -> int:
-        """GPU_MEMORY_BUDGET_MB in bytes, or by default that share of the card's memory."""
+        """GPU_MEMORY_BUDGET_MB in bytes, or by default this worker's part of that share of the card's memory."""
         if self.settings.gpu_memory_budget_mb:
             return self.settings.gpu_memory_budget_mb * memory.MEBIBYTE
         choice = self.registry.choice
-        return int(choice.module.memory_total(choice.device) * GPU_MEMORY_SHARE)
+        return int(choice.module.memory_total(choice.device) * GPU_MEMORY_SHARE) // self.settings.workers
 
     def estimate_seconds(self, network: Network, passes: tuple[Pass, ...], ensemble: bool) -> float:
         """The network's seconds over every pass's tiles on this machine (0 if unmeasured)."""

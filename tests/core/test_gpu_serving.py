@@ -225,6 +225,8 @@ def test_the_gpu_budget_defaults_to_a_share_of_the_card(service, monkeypatch):
     module = service.registry.choice.module
     monkeypatch.setattr(module, "memory_total", lambda device: 10 * 2 ** 30)
     assert service.device_budget() == int(10 * 2 ** 30 * GPU_MEMORY_SHARE)
+    monkeypatch.setattr(service, "settings", load_settings(workers=2))
+    assert service.device_budget() == int(10 * 2 ** 30 * GPU_MEMORY_SHARE) // 2  # the workers share the card
     monkeypatch.setattr(service, "settings", load_settings(gpu_memory_budget_mb=4096))
     assert service.device_budget() == 4096 * memory.MEBIBYTE
 
