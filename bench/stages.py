@@ -6,8 +6,8 @@
 each stage is the median of the worker's Server-Timing values (upload parse, queue, decode, float
 conversion, network, assembly, resize, encode), and *transfer and framework* is the client's
 wall-clock time less their sum. *png*: the model's real output of that photo encoded at each
-PNG_COMPRESSION_LEVEL: median seconds, CPU seconds (all threads) and bytes. Run it under ``flock -x /tmp/cpu.lock``; the figures go to
-docs/speed.md with the CPU they ran on.
+PNG_COMPRESSION_LEVEL: median seconds, CPU seconds (all threads) and bytes. Run it under
+``flock -x /tmp/cpu.lock``; the figures go to docs/speed.md with the CPU they ran on.
 """
 from __future__ import annotations
 
