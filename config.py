@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     gpu_memory_budget_mb: int = Field(0, ge=0, description="GPU memory a worker's networks may use, in MiB: the loaded models and one window; on a GPU each model's tile follows from it (whole images run as one window where they fit). 0: 90 % of the card's memory at start, shared among the WORKERS (each holds its own models on the card).")
     precision: Literal["auto", "f32", "bf16", "fp16"] = Field("auto", description="Arithmetic of the networks: auto runs bf16 on the CPU only where the CPU has it natively and the model was measured to allow it, and on a GPU each model's measured precision (docs/speed.md, docs/gpu.md); f32, bf16 or fp16 (GPU only) force one for every model.")
 
-    png_compression_level: int = Field(1, ge=0, le=9, description="zlib level of PNG results: 1 encodes several times faster than 6 for somewhat larger files (measured trade: docs/speed.md).")
+    png_compression_level: int = Field(1, ge=0, le=9, description="Deflate level of PNG results: 1 to 3 run ISA-L's deflate, 0 (stored) and 4 to 9 zlib's; 1 encodes several times faster than 6 for somewhat larger files (measured trade: docs/speed.md).")
 
     # Limits
     max_upload_bytes: int = Field(32 * MEBIBYTE, ge=1, description="Largest accepted upload (413 above).")

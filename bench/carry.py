@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Imported by the service and bench.gpu but absent from the GPU machine's image (the device tool's package
 # list); werkzeug is there, but older than flask 3.1 takes.
 WHEELS = ("aniso8601", "annotated-types", "blinker", "flask", "flask-restx", "gunicorn", "importlib-resources",
-          "itsdangerous", "jsonschema", "jsonschema-specifications", "pydantic", "pydantic-core",
+          "isal", "itsdangerous", "jsonschema", "jsonschema-specifications", "pydantic", "pydantic-core",
           "pydantic-settings", "pypng", "python-dotenv", "referencing", "rpds-py", "spandrel",
           "typing-inspection", "werkzeug")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",

@@ -48,6 +48,13 @@ def test_tiny_and_thin_images_read_back_by_pillow(shape):
     assert np.array_equal(decoded.reshape(shape), pixels)
 
 
+@pytest.mark.parametrize("level", range(10))
+def test_every_level_reads_back_exactly(level):
+    """1 to 3 deflate with ISA-L, the others with zlib: the same PNG stream either way."""
+    pixels = random_pixels((31, 17, 3), np.uint8)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(pixels, None, level, 3)))), pixels)
+
+
 def test_rows_deflated_in_many_blocks_form_one_stream_with_a_valid_checksum(monkeypatch):
     monkeypatch.setattr(png_encoder, "BLOCK_BYTES", 100)  # a few rows per block, several blocks per thread
     pixels = random_pixels((40, 9, 3), np.uint8)
