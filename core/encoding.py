@@ -38,7 +38,7 @@ def alpha_for(output_format: str, alpha: np.ndarray | None) -> np.ndarray | None
 
 def encode(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | None,
            output_format: str, quality: int, png_level: int, threads: int) -> bytes:
-    """Encode pixels as png (zlib level ``png_level`` on ``threads`` threads), jpeg or webp; 16-bit pixels stay
+    """Encode pixels as png (deflate level ``png_level`` on ``threads`` threads), jpeg or webp; 16-bit pixels stay
     16-bit in PNG and are rounded to 8 bits otherwise."""
     pil_format, _ = OUTPUT_FORMATS[output_format]
     if pil_format == "JPEG" and alpha is not None:
