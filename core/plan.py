@@ -25,6 +25,12 @@ class Pass:
     tile: int
     tiles: tuple[Tile, ...]
 
+    @property
+    def window_pixels(self) -> int:
+        """Pixels of each of the pass's windows (the tiler gives them all one shape)."""
+        height, width = self.tiles[0].window_shape
+        return height * width
+
 
 def plan_pass(network: Network, width: int, height: int, tile: int) -> Pass:
     """The tiles of a ``width`` x ``height`` input to ``network``, each window aligned as the network needs."""

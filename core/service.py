@@ -133,7 +133,7 @@ class Service:
         device = self.registry.choice.device
         bytes_per_pixel = self.registry.cards[network.name].window_bytes_per_pixel(network.precision, device)
         return max(memory.request_bytes(step.height, step.width, network.scale)
-                   + memory.window_host_bytes(_window_pixels(step), device, bytes_per_pixel, network.scale,
+                   + memory.window_host_bytes(step.window_pixels, device, bytes_per_pixel, network.scale,
                                               min(self.settings.tile_batch, len(step.tiles)))
                    for step in passes)
 
@@ -153,8 +153,3 @@ class Service:
         if network.throughput is None:
             return 0.0
         return cost.estimate_seconds(network.throughput, (step.tiles for step in passes), ensemble)
-
-
-def _window_pixels(step: Pass) -> int:
-    height, width = step.tiles[0].window_shape
-    return height * width

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import threading
-import time
 
 import numpy as np
 import png
@@ -22,6 +21,7 @@ from core.metrics import psnr
 from core.models.runtime import Network
 from core.options import UpscaleOptions
 from core.service import GPU_MEMORY_SHARE, worker_room
+from harness.raw_http import wait_for
 from tests.api.test_inputs import read_png16
 from tests.conftest import decode, encode, loaded_app
 
@@ -263,11 +263,14 @@ def test_on_a_gpu_the_room_sets_aside_the_cached_pinned_blocks(service, monkeypa
         - 2 * slots * memory.PINNED_COPY_MAX_BYTES)
 
 
-def test_an_image_that_would_not_fit_the_worker_budget_alone_is_413(service, monkeypatch):
+def test_an_image_that_would_not_fit_the_worker_budget_alone_is_413(gpu_like_app, service, monkeypatch):
     monkeypatch.setattr(service, "settings", load_settings(models="anime", default_model="anime", tile_size=64,
                                                            memory_budget_mb=256))
-    with pytest.raises(TooLarge, match="MEMORY_BUDGET_MB=256 leaves 0 MiB beside the loaded models"):
-        service.prepare(encode(photo(40, 48)), UpscaleOptions())
+    form = {"image": (io.BytesIO(encode(photo(40, 48))), "photo.png")}
+    answer = gpu_like_app.test_client().post("/model/predict", data=form, content_type="multipart/form-data")
+    assert answer.status_code == 413
+    message = answer.get_json()["message"]
+    assert message.startswith("a 48x40 image needs ") and "MEMORY_BUDGET_MB=256 leaves 0 MiB beside" in message
 
 
 @pytest.mark.slow
@@ -277,15 +280,14 @@ def test_a_request_waits_for_room_beside_the_images_running(service, monkeypatch
     slot = InferenceSlot(queue_size=1, wait_timeout_s=EVENT_TIMEOUT_S, slots=2, room=lambda: plan.host_bytes)
     monkeypatch.setattr(service, "slot", slot)
     finished = threading.Event()
+    answers = []
     with slot.hold(1):
-        runner = threading.Thread(target=lambda: (service.run(plan), finished.set()))
+        runner = threading.Thread(target=lambda: (answers.append(service.run(plan)), finished.set()))
         runner.start()
-        deadline = time.monotonic() + EVENT_TIMEOUT_S
-        while slot.waiting == 0 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert slot.waiting == 1 and slot.running == 1 and not finished.is_set()
+        wait_for(lambda: slot.waiting == 1, EVENT_TIMEOUT_S, interval_s=0.005)
+        assert slot.running == 1 and not finished.is_set()
     runner.join(EVENT_TIMEOUT_S)
-    assert finished.is_set()
+    assert finished.is_set() and (answers[0].width, answers[0].height) == (80, 96)
 
 
 @pytest.mark.slow
