@@ -24,6 +24,8 @@ from tests.conftest import TEST_MODELS, sample_bytes
 
 # --- InferenceSlot on its own, with threads -------------------------------------------------------------------
 
+THREAD_STATE_S = 5  # how long a thread may take to reach the slot; generous for a loaded CI machine
+
 
 def hold_in_thread(slot: InferenceSlot, release: threading.Event, log: list[str], name: str,
                    host_bytes: int = 0) -> threading.Thread:
@@ -40,22 +42,13 @@ def hold_in_thread(slot: InferenceSlot, release: threading.Event, log: list[str]
     return thread
 
 
-def wait_until(condition, timeout_s: float = 5) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
-
-
 def test_slot_with_no_queue_refuses_a_second_image_at_once():
     slot, release, log = InferenceSlot(queue_size=0, wait_timeout_s=60), threading.Event(), []
     first = hold_in_thread(slot, release, log, "first")
-    wait_until(lambda: slot.running == 1)
-    started = time.monotonic()
-    with pytest.raises(Busy, match="queue size 0"):
+    wait_for(lambda: slot.running == 1, THREAD_STATE_S, 0.005)
+    with pytest.raises(Busy, match="queue size 0"):  # at once: the first still holds the slot for 60 s
         with slot.hold():
             pass
-    assert time.monotonic() - started < 0.1
     release.set()
     first.join()
     with slot.hold():  # free again
@@ -66,10 +59,10 @@ def test_slot_with_no_queue_refuses_a_second_image_at_once():
 def test_slot_queues_in_arrival_order_and_refuses_beyond_the_queue():
     slot, release, log = InferenceSlot(queue_size=2, wait_timeout_s=60), threading.Event(), []
     threads = [hold_in_thread(slot, release, log, "a")]
-    wait_until(lambda: slot.running == 1)
+    wait_for(lambda: slot.running == 1, THREAD_STATE_S, 0.005)
     for name, queued in (("b", 1), ("c", 2)):
         threads.append(hold_in_thread(slot, release, log, name))
-        wait_until(lambda queued=queued: slot.waiting == queued)
+        wait_for(lambda queued=queued: slot.waiting == queued, THREAD_STATE_S, 0.005)
     threads.append(hold_in_thread(slot, release, log, "d"))
     threads[-1].join(5)
     assert log == ["a in", "d busy"]
@@ -103,12 +96,12 @@ def test_slot_runs_one_image_at_a_time_under_contention():
 def test_a_queued_request_gives_up_after_the_wait_timeout():
     slot, release, log = InferenceSlot(queue_size=1, wait_timeout_s=0.2), threading.Event(), []
     first = hold_in_thread(slot, release, log, "first")
-    wait_until(lambda: slot.running == 1)
+    wait_for(lambda: slot.running == 1, THREAD_STATE_S, 0.005)
     started = time.monotonic()
     with pytest.raises(Busy, match="waited 0.2 s"):
         with slot.hold():
             pass
-    assert 0.2 <= time.monotonic() - started < 1
+    assert time.monotonic() - started >= 0.2
     assert slot.waiting == 0
     release.set()
     first.join()
@@ -127,15 +120,15 @@ def test_images_run_together_only_while_their_bytes_fit_the_room_and_in_arrival_
     slot, log = InferenceSlot(queue_size=4, wait_timeout_s=60, slots=3, room=lambda: 100), []
     release = {name: threading.Event() for name in "abcd"}
     threads = [hold_in_thread(slot, release["a"], log, "a", 60), hold_in_thread(slot, release["b"], log, "b", 30)]
-    wait_until(lambda: slot.running == 2)
+    wait_for(lambda: slot.running == 2, THREAD_STATE_S, 0.005)
     # c does not fit beside a and b though a slot is free; d would fit, but arrived after c
     threads.append(hold_in_thread(slot, release["c"], log, "c", 50))
-    wait_until(lambda: slot.waiting == 1)
+    wait_for(lambda: slot.waiting == 1, THREAD_STATE_S, 0.005)
     threads.append(hold_in_thread(slot, release["d"], log, "d", 10))
-    wait_until(lambda: slot.waiting == 2)
+    wait_for(lambda: slot.waiting == 2, THREAD_STATE_S, 0.005)
     assert sorted(log) == ["a in", "b in"]
     release["a"].set()
-    wait_until(lambda: slot.running == 3)  # b 30 + c 50 + d 10 fit
+    wait_for(lambda: slot.running == 3, THREAD_STATE_S, 0.005)  # b 30 + c 50 + d 10 fit
     assert log[2] == "a out" and sorted(log[3:]) == ["c in", "d in"]
     for event in release.values():
         event.set()
@@ -149,9 +142,9 @@ def test_an_image_larger_than_the_room_runs_alone():
     with slot.hold(500):  # prepare refused what does not fit alone; alone, it runs
         assert slot.running == 1
         waiter = hold_in_thread(slot, release, log, "small", 10)
-        wait_until(lambda: slot.waiting == 1)
+        wait_for(lambda: slot.waiting == 1, THREAD_STATE_S, 0.005)
         assert log == []
-    wait_until(lambda: log == ["small in"])
+    wait_for(lambda: log == ["small in"], THREAD_STATE_S, 0.005)
     release.set()
     waiter.join(5)
 
@@ -214,14 +207,11 @@ def post(client, data: bytes):
 
 
 def test_a_full_worker_answers_503_with_retry_after_at_once(client, strict_service):
-    with strict_service.slot.hold():  # another image is running
-        started = time.monotonic()
+    with strict_service.slot.hold():  # another image is running, and no queue: refused without waiting
         response = post(client, sample_bytes("camera.png"))
-        elapsed = time.monotonic() - started
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "7"
     assert "busy" in response.json["message"] and "queue size 0" in response.json["message"]
-    assert elapsed < 1
 
 
 def test_a_request_past_its_time_limit_stops_with_503(client, strict_service):
