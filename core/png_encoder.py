@@ -11,8 +11,8 @@ files (docs/speed.md); 0 and 4 to 9 with zlib. Both give the GIL up while they w
 from __future__ import annotations
 
 import struct
-import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from isal import isal_zlib
@@ -51,17 +51,11 @@ def _zlib_stream(pixels: np.ndarray, level: int, parts: int) -> list[bytes]:
     height = pixels.shape[0]
     bounds = [height * part // parts for part in range(parts + 1)]
     runs = [(start, stop) for start, stop in zip(bounds, bounds[1:]) if stop > start]
-    results: list[tuple[list[bytes], int, int]] = [([], 1, 0)] * len(runs)
-
-    def deflate(index: int) -> None:
-        results[index] = _deflate_rows(pixels, *runs[index], level, last=index == len(runs) - 1)
-
-    threads = [threading.Thread(target=deflate, args=(index,)) for index in range(1, len(runs))]
-    for thread in threads:
-        thread.start()
-    deflate(0)
-    for thread in threads:
-        thread.join()
+    last = len(runs) - 1
+    # Futures, not bare threads: a run that fails (MemoryError) raises here rather than leaving a hole in the stream.
+    with ThreadPoolExecutor(max(last, 1), thread_name_prefix="png-deflate") as pool:
+        later = [pool.submit(_deflate_rows, pixels, *runs[index], level, index == last) for index in range(1, last + 1)]
+        results = [_deflate_rows(pixels, *runs[0], level, last == 0), *(future.result() for future in later)]
     checksum = 1
     for _, adler, length in results:
         checksum = _adler32_combine(checksum, adler, length)

@@ -64,6 +64,21 @@ def test_rows_deflated_in_many_blocks_form_one_stream_with_a_valid_checksum(monk
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(encoded))), pixels)
 
 
+@pytest.mark.parametrize("failing_run", [0, 2])
+def test_a_run_that_fails_on_any_thread_fails_the_encode(monkeypatch, failing_run):
+    """No PNG with a hole in its rows: the helper thread's error reaches the caller, as the caller's own does."""
+    deflate_rows = png_encoder._deflate_rows
+
+    def failing(pixels, start, stop, level, last):
+        if start == 10 * failing_run:
+            raise MemoryError("no room for the run")
+        return deflate_rows(pixels, start, stop, level, last)
+
+    monkeypatch.setattr(png_encoder, "_deflate_rows", failing)
+    with pytest.raises(MemoryError, match="no room for the run"):
+        encode_png(random_pixels((40, 9, 3), np.uint8), None, 1, 4)
+
+
 def test_the_colour_profile_is_written_before_the_pixels():
     profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     encoded = encode_png(random_pixels((4, 4, 3), np.uint8), profile, 1, 2)
