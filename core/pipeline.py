@@ -65,6 +65,26 @@ class Work:
     stages: Stages
 
 
+@dataclass
+class TileCount:
+    """The request's tiles done of its total, across its passes. A pass run again with smaller tiles after an
+    out-of-memory error has more tiles than planned: the total grows with it, so that the time limit and the
+    shutdown check, which act only while tiles remain, keep acting."""
+
+    report: Progress
+    total: int
+    done_before: int = 0  # the tiles of the passes finished
+
+    def in_pass(self, planned: int) -> Progress:
+        """The callback of a pass planned with ``planned`` tiles, given (done, tiles) of its current try."""
+        def check(done: int, tiles: int) -> None:
+            total = self.total + tiles - planned
+            self.report(self.done_before + done, total)
+            if done == tiles:
+                self.total, self.done_before = total, self.done_before + done
+        return check
+
+
 def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, with_layers: bool = False,
         stages: Stages | None = None) -> Result:
     """Upscale as ``plan`` says; raises a ServiceError subclass for anything the user can fix.
@@ -137,16 +157,12 @@ def _crop(pixels: np.ndarray, plan: OutputPlan) -> np.ndarray:
 
 def _model_colour(image: images.DecodedImage, work: Work, progress: Progress) -> np.ndarray:
     """The network's passes, each on the previous result resized to the plan, then Lanczos to the size asked."""
-    total = work.plan.tile_count
-    done_before = 0
+    count = TileCount(progress, work.plan.tile_count)
     colour = image.colour
     for step in work.plan.passes:
         with work.stages.time("resize"):
             colour = _resized(colour, (step.width, step.height))
-        offset = done_before
-        colour = _run_network(colour, image.max_value, work, step,
-                              lambda done, _tiles, offset=offset: progress(offset + done, total))
-        done_before += len(step.tiles)
+        colour = _run_network(colour, image.max_value, work, step, count.in_pass(len(step.tiles)))
     with work.stages.time("resize"):
         return _resized(colour, work.plan.output.scaled)
 
