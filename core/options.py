@@ -27,6 +27,10 @@ FALSE_WORDS = ("false", "0", "no", "off")
 # Plain decimals only: Python's float() would also take "nan", "inf", "1e3" and "1_0".
 DECIMAL = re.compile(r"\d+(\.\d*)?|\.\d+")
 WHOLE = re.compile(r"\d+")
+# The longest side an output can have: PNG's (width and height are 31-bit in its header), the longest any
+# output format holds (core/encoding.py's MAX_SIDE). A target beyond it could never be answered, and bounding
+# it keeps the size arithmetic in floats: a 309-digit width would overflow them.
+MAX_TARGET_SIDE = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,6 @@ class Option:
             aliases = "".join(f" ({alias} for {name})" for alias, name in self.aliases.items())
             return "one of " + ", ".join(self.allowed_choices(context, model)) + aliases
         noun = "a number" if self.kind == "number" else "a whole number"
-        if self.maximum is None:
-            return f"{noun} of at least {_number(self.minimum)}"
         return f"{noun} from {_number(self.minimum)} to {_number(self.maximum)}"
 
     def read(self, text: str, context: OptionContext, model: str | None) -> object:
@@ -87,7 +89,7 @@ class Option:
         if not (DECIMAL if self.kind == "number" else WHOLE).fullmatch(text):
             raise ValueError(text)
         value = float(text) if self.kind == "number" else int(text)
-        if value < self.minimum or (self.maximum is not None and value > self.maximum):
+        if not self.minimum <= value <= self.maximum:
             raise ValueError(text)
         return value
 
@@ -126,8 +128,9 @@ class Option:
         return f"--{self.name}"
 
 
-def _number(value: float | None) -> str:
-    return f"{value:g}"
+def _number(value: float) -> str:
+    # A whole value in full: "g" alone writes 2147483647 as 2.14748e+09.
+    return str(int(value)) if value == int(value) else f"{value:g}"
 
 
 def _offered_models(context: OptionContext, model: str | None) -> tuple[str, ...]:
@@ -150,9 +153,9 @@ OPTIONS: tuple[Option, ...] = (
            "and scale cannot be combined with them",
            default=4, minimum=1, maximum=8),
     Option("width", "integer", "Target width in pixels; alone, the height follows the input's aspect ratio",
-           minimum=1),
+           minimum=1, maximum=MAX_TARGET_SIDE),
     Option("height", "integer", "Target height in pixels; alone, the width follows the input's aspect ratio",
-           minimum=1),
+           minimum=1, maximum=MAX_TARGET_SIDE),
     Option("fit", "choice", "With both width and height: contain (the largest size with the input's aspect "
            "ratio inside them), cover (exactly that size, the centre cropped) or fill (exactly that size, stretched)",
            default="contain", choices=FITS),

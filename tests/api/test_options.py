@@ -14,7 +14,7 @@ from PIL import Image
 
 from core import images
 from core.resize import resize
-from core.options import OPTIONS
+from core.options import MAX_TARGET_SIDE, OPTIONS
 from tests.core.test_images import levels16, pattern, png16, rgba_image, save
 
 WIDE = save(Image.fromarray(pattern(9, 15)))  # 15 x 9
@@ -178,9 +178,12 @@ BAD_VALUES = [
     ("scale", "x", "a number from 1 to 8"),
     ("scale", "nan", "a number from 1 to 8"),
     ("scale", "1e1", "a number from 1 to 8"),
-    ("width", "0", "a whole number of at least 1"),
-    ("width", "1.5", "a whole number of at least 1"),
-    ("height", "tall", "a whole number of at least 1"),
+    ("width", "0", "a whole number from 1 to 2147483647"),
+    ("width", "1.5", "a whole number from 1 to 2147483647"),
+    ("height", "tall", "a whole number from 1 to 2147483647"),
+    # Past the longest side an output can have: no longer a size to compute with (it overflowed floats).
+    ("width", str(10**400), "a whole number from 1 to 2147483647"),
+    ("height", str(10**400), "a whole number from 1 to 2147483647"),
     ("strength", "1.5", "a number from 0 to 1"),
     ("strength", "-0.1", "a number from 0 to 1"),
     ("strength", "half", "a number from 0 to 1"),
@@ -220,11 +223,16 @@ def test_every_bad_field_is_named_in_one_message(client):
     assert all(f"{name} must be" in message for name in ("scale", "quality", "ensemble")), message
 
 
-def test_a_target_out_of_range_for_this_image_names_it_on_both_routes(client):
-    response = predict(client, WIDE, width="10")
+@pytest.mark.parametrize("fields, refusal", [
+    ({"width": "10"}, "width 10 would enlarge the 15x9 image 0.667 times"),
+    ({"width": str(MAX_TARGET_SIDE), "height": str(MAX_TARGET_SIDE), "fit": "fill"},
+     f"width {MAX_TARGET_SIDE} and height {MAX_TARGET_SIDE} would enlarge the 15x9 image 1.43e+08 x 2.39e+08 times"),
+])
+def test_a_target_out_of_range_for_this_image_names_it_on_both_routes(client, fields, refusal):
+    response = predict(client, WIDE, **fields)
     assert response.status_code == 400
-    assert "width 10 would enlarge the 15x9 image 0.667 times" in response.json["message"]
-    status, refused = page_events(client, WIDE, width="10")  # from the header, before any stream starts
+    assert refusal in response.json["message"], response.json
+    status, refused = page_events(client, WIDE, **fields)  # from the header, before any stream starts
     assert (status, refused) == (400, response.json)
 
 
