@@ -24,9 +24,10 @@ from core.models.levels import DENOISE_LEVELS, NO_DENOISE
 FITS = ("contain", "cover", "fill")
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
-# Plain decimals only: Python's float() would also take "nan", "inf", "1e3" and "1_0".
-DECIMAL = re.compile(r"\d+(\.\d*)?|\.\d+")
-WHOLE = re.compile(r"\d+")
+# Plain decimals only: Python's float() would also take "nan", "inf", "1e3" and "1_0", and float() and int()
+# take any script's digits ("٣"), as would \d, hence [0-9].
+DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
+WHOLE = re.compile(r"[0-9]+")
 # The longest side an output can have: PNG's (width and height are 31-bit in its header), the longest any
 # output format holds (core/encoding.py's MAX_SIDE). A target beyond it could never be answered, and bounding
 # it keeps the size arithmetic in floats: a 309-digit width would overflow them.

@@ -178,6 +178,8 @@ BAD_VALUES = [
     ("scale", "x", "a number from 1 to 8"),
     ("scale", "nan", "a number from 1 to 8"),
     ("scale", "1e1", "a number from 1 to 8"),
+    ("scale", "\u0663", "a number from 1 to 8"),      # ARABIC-INDIC DIGIT THREE: plain decimals are ASCII
+    ("quality", "\uff19\uff10", "a whole number from 1 to 100"),  # FULLWIDTH 9 and 0
     ("width", "0", "a whole number from 1 to 2147483647"),
     ("width", "1.5", "a whole number from 1 to 2147483647"),
     ("height", "tall", "a whole number from 1 to 2147483647"),
