@@ -40,13 +40,18 @@ class Documented:
 
 
 def build_parser() -> RequestParser:
-    """The form: the image, then one argument per option of the schema."""
+    """The form: the image, then one argument per option of the schema.
+
+    The defaults are in the help, not in the schema: Swagger UI's "Try it out" sends every published default,
+    and the defaults of scale and fit together are a 400 (scale goes with no width or height, fit only with
+    both). A field not sent takes its default on the server all the same.
+    """
     built = namespace.parser()
     built.add_argument("image", location="files", type=FileStorage, required=False,
                        help=f"The image to upscale ({describe_accepted()})")
     for option in OPTIONS:
         built.add_argument(option.name, location=("form", "args"), type=Documented(option), required=False,
-                           default=option.default, help=option.help)
+                           help=f"{option.help} (default: {option.default_words})")
     return built
 
 

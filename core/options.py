@@ -128,6 +128,11 @@ class Option:
     def flag(self) -> str:
         return f"--{self.name}"
 
+    @property
+    def default_words(self) -> str:
+        """The default as help text shows it: the value, or what the server decides."""
+        return self.default_text or _show(self.default)
+
 
 def _number(value: float) -> str:
     # A whole value in full: "g" alone writes 2147483647 as 2.14748e+09.
@@ -266,11 +271,10 @@ def describe_options(context: OptionContext) -> list[dict[str, object]]:
 def add_cli_flags(parser: argparse.ArgumentParser, context: OptionContext) -> None:
     """One flag per option (``--scale 1.5``, ``--ensemble``); values stay text for ``parse_options``."""
     for option in OPTIONS:
-        default = option.default_text or option.default
         if option.kind == "boolean":
             parser.add_argument(option.flag, action="store_const", const="true", help=option.help.replace("%", "%%"))
             continue
-        text = f"{option.help}; {option.allowed(context)} (default: {_show(default)})".replace("%", "%%")
+        text = f"{option.help}; {option.allowed(context)} (default: {option.default_words})".replace("%", "%%")
         parser.add_argument(option.flag, metavar=option.name.upper(), help=text)
 
 

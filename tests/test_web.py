@@ -266,7 +266,11 @@ def test_web_page_is_linked_from_the_api_docs_but_not_in_swagger(server):
     assert requests.get(f"{server.url}/app/app.js", timeout=10).status_code == 200
 
 
-def test_the_swagger_ui_works_under_its_content_security_policy(browser, server):
+def test_swagger_ui_try_it_out_with_only_an_image_upscales_it(browser, server, tmp_path):
+    """Under its content security policy, and with the form as Swagger UI fills it: whatever it sends for
+    the options it leaves alone must be a request the server accepts."""
+    upload = tmp_path / "small.png"
+    Image.new("RGB", (16, 12), (200, 80, 40)).save(upload)
     context = browser.new_context()
     swagger = context.new_page()
     refused: list[str] = []
@@ -278,6 +282,17 @@ def test_the_swagger_ui_works_under_its_content_security_policy(browser, server)
     if not swagger.is_visible(".opblock-summary-path[data-path=\"/model/predict\"]"):
         swagger.click(".opblock-tag")  # the model namespace opens
     swagger.click(".opblock-summary-path[data-path=\"/model/predict\"]")
-    swagger.wait_for_selector("text=Try it out")
+    swagger.click("text=Try it out")
+    swagger.set_input_files("input[type=file]", str(upload))
+    with swagger.expect_response(lambda answer: "/model/predict" in answer.url, timeout=120_000) as predicted:
+        swagger.click("button.execute")
+    answer = predicted.value
+    assert answer.status == 200, answer.text()
+    assert answer.headers["content-type"] == "image/png"
+    assert answer.headers["x-output-size"] == "64x48"  # the default scale, 4
+    # Swagger UI shows the answer as an image: it decodes to that size.
+    shown = swagger.locator(".live-responses-table img").evaluate(
+        "img => img.decode().then(() => [img.naturalWidth, img.naturalHeight])")
+    assert shown == [64, 48]
     context.close()
     assert refused == []
