@@ -59,6 +59,9 @@ UNSTATED_LICENCE = "unknown, stated by the operator"
 # the two of the samples whose seams show most (fine grey texture, coffee grains).
 PROBE_PHOTOS = tuple(Path(__file__).resolve().parents[2] / "assets" / "test_examples" / "low_resolution" / name
                      for name in ("camera.png", "coffee.png"))
+# A sidecar holds a few short keys: 64 KiB is far more than one needs, and the most the scan reads of one, so
+# that a huge file, or a link to an endless one, cannot hold up or swell the start.
+SIDECAR_MAX_BYTES = 64 * 1024
 # The scale check's input: small, and not square, so that swapped axes show.
 SCALE_PROBE = (24, 32)  # height, width
 
@@ -196,7 +199,15 @@ def _torch_problem(name: str, kind: Kind | None, pickles: bool) -> str | None:
 
 def _read_sidecar(path: Path, schema: type[Sidecar]) -> tuple[Sidecar | None, str | None]:
     try:
-        fields = json.loads(path.read_bytes())
+        with path.open("rb") as file:
+            text = file.read(SIDECAR_MAX_BYTES + 1)
+    except OSError as error:
+        log.warning("MODELS_DIR: %s cannot be read", path.name, exc_info=True)
+        return None, f"{path.name} cannot be read ({error.strerror or type(error).__name__})"
+    if len(text) > SIDECAR_MAX_BYTES:
+        return None, f"{path.name} is larger than {SIDECAR_MAX_BYTES // 1024} KiB, the most a sidecar may hold"
+    try:
+        fields = json.loads(text)
         if not isinstance(fields, dict):
             return None, f"{path.name} must hold one JSON object {{...}}, not a {type(fields).__name__}"
         return schema.model_validate(fields), None
@@ -204,10 +215,15 @@ def _read_sidecar(path: Path, schema: type[Sidecar]) -> tuple[Sidecar | None, st
         return None, f"{path.name} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
     except UnicodeDecodeError:
         return None, f"{path.name} is not UTF-8 text"
+    except RecursionError:
+        return None, f"{path.name} nests arrays or objects too deeply to be read"
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}"
                              for item in error.errors(include_url=False))
         return None, f"{path.name}: {problems}"
+    except ValueError as error:
+        # Python's own limit on the digits of an integer it reads (4300): a number no sidecar key takes.
+        return None, f"{path.name} is not JSON this service reads: {error}"
 
 
 def describe(model: OperatorModel, found: dict[str, object] | None = None) -> dict[str, object]:

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from config import load_settings
 from core.models import operator_models
 from core.backends import Choice
 from core.backends.openvino import OnnxRunner
 from core.models.operator_models import OperatorModelError
+from core.models.registry import ModelRegistry
 from core.models.specs import SPECS
 from core.models.margin_probe import seam_free_margin
 from tests.conftest import SAMPLES
@@ -56,11 +58,34 @@ def test_a_model_with_its_sidecar_is_found_under_its_name(tmp_path):
     ('{"title": "x", "scale": 4}', "net.json: license: Field required"),
     ('{"title": "x", "scale": 4, "license": "MIT", "margn": 8}', "net.json: margn: Extra inputs are not permitted"),
     ('{"title": "x", "scale": 4, "license": "MIT", "margin": -1}', "net.json: margin: Input should be greater than or equal to 0"),
+    # Hostile sidecars: each fails its model, none stops the scan (and with it the server's start).
+    ("[" * 10_000 + "]" * 10_000, "net.json nests arrays or objects too deeply to be read"),
+    ('{"title": ' + '{"a":' * 10_000 + "1" + "}" * 10_000 + "}", "net.json nests arrays or objects too deeply to be read"),
+    ('{"scale": ' + "1" * 5000 + "}", "net.json is not JSON this service reads: Exceeds the limit (4300 digits) for "
+                                      "integer string conversion: value has 5000 digits; use sys.set_int_max_str_digits() "
+                                      "to increase the limit"),
+    ('{"title": "' + "x" * 64 * 1024 + '"}', "net.json is larger than 64 KiB, the most a sidecar may hold"),
 ])
 def test_a_malformed_sidecar_is_the_models_problem(tmp_path, text, problem):
     SubpixelNet.random(4).save(tmp_path / "net.onnx")
     (tmp_path / "net.json").write_text(text)
     assert problems(tmp_path) == {"net": problem}
+
+
+def test_a_sidecar_that_cannot_be_read_fails_its_model_and_the_others_load(tmp_path):
+    SubpixelNet.random(2).save(tmp_path / "good.onnx")
+    write_sidecar(tmp_path, "good", scale=2, margin=4)
+    SubpixelNet.random(2).save(tmp_path / "mem.onnx")
+    (tmp_path / "mem.json").symlink_to("/proc/self/mem")  # opens, and fails with EIO at the first read
+    (tmp_path / "deep.json").write_text("[" * 10_000)
+    SubpixelNet.random(2).save(tmp_path / "deep.onnx")
+    # What the server's start runs: the registry scans MODELS_DIR as it is made.
+    registry = ModelRegistry(load_settings(models="srgan", default_model="srgan", models_dir=tmp_path),
+                             Choice("openvino", "cpu"))
+    assert registry.states() == {"srgan": "pending", "deep": "pending", "good": "pending", "mem": "pending"}
+    assert problems(tmp_path) == {"deep": "deep.json nests arrays or objects too deeply to be read",
+                                  "good": None, "mem": "mem.json cannot be read (Input/output error)"}
+    assert load_one(tmp_path, "good").scale == 2
 
 
 def test_each_incomplete_or_clashing_model_has_its_own_problem(tmp_path):
