@@ -31,6 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's later lo
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 FORMAT_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 JOBS_PER_SERVER = 2
+# --timeout beyond a server's longest wait and run: the upload, the stop at the next tile, the answer's encoding.
+ANSWER_MARGIN_S = 30
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     remote.add_argument("--jobs", type=int, metavar="N", help=f"requests in flight (default {JOBS_PER_SERVER} per server)")
     remote.add_argument("--retries", type=int, default=3, metavar="N",
                         help="tries of a file on another server after a connection error, a timeout or a 5xx (default 3)")
-    remote.add_argument("--timeout", type=float, default=1260, metavar="S",
-                        help="seconds to wait for one answer (default 1260: a request may wait in a server's "
-                             "queue, then run up to its REQUEST_TIME_LIMIT_S, 600 by default)")
+    timeout_s = default_timeout_s()
+    remote.add_argument("--timeout", type=float, default=timeout_s, metavar="S",
+                        help=f"seconds to wait for one answer (default {timeout_s:g}: a request may wait "
+                             f"QUEUE_WAIT_S in a server's queue, then run up to its REQUEST_TIME_LIMIT_S, at their "
+                             f"defaults, and {ANSWER_MARGIN_S} s more)")
     remote.add_argument("--max-wait", type=float, default=600, metavar="S",
                         help="seconds a file may spend waiting for busy servers (503 Retry-After) (default 600)")
     args = parser.parse_args(argv)
@@ -95,6 +99,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for problem in _option_problems(args):
         parser.error(problem)
     return args
+
+
+def default_timeout_s() -> float:
+    """The longest a server at its default settings takes to answer, and the margin: a client's --timeout."""
+    from config import Settings
+
+    defaults = Settings.model_fields
+    return defaults["queue_wait_s"].default + defaults["request_time_limit_s"].default + ANSWER_MARGIN_S
 
 
 def _option_problems(args: argparse.Namespace) -> Iterator[str]:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli import plan_jobs
+from cli import parse_args, plan_jobs
+from config import Settings
 from tests.conftest import ROOT, SAMPLES
 
 
@@ -153,3 +154,13 @@ def test_help_lists_every_option_of_the_schema():
     assert result.returncode == 0
     assert all(option.flag in result.stdout for option in OPTIONS)
     assert "a number from 1 to 8 (default: 4)" in " ".join(result.stdout.split())
+
+
+def test_the_timeout_outlasts_a_default_servers_queue_wait_and_time_limit():
+    """A request may wait QUEUE_WAIT_S for a slot and then run REQUEST_TIME_LIMIT_S: a client that gives up
+    sooner would retry work the server is still doing."""
+    defaults = Settings.model_fields
+    longest_s = defaults["queue_wait_s"].default + defaults["request_time_limit_s"].default
+    timeout_s = parse_args(["photo.png", "-o", "out", "--server", "http://sr-a:5000"]).timeout
+    assert longest_s < timeout_s < longest_s + 60
+    assert f"[--timeout {timeout_s:g}]" in (ROOT / "docs" / "web-and-cli.md").read_text()
