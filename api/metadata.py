@@ -36,7 +36,8 @@ metadata = namespace.model("ModelMetadata", {
     "models": fields.List(fields.Nested(model_entry)),
     "device": fields.Raw(description="Where the networks run: kind (cpu or cuda), name, memory_mib (a GPU's), "
                                      "runtime and backend"),
-    "limits": fields.Raw(description="Upload and pixel limits"),
+    "limits": fields.Raw(description="Upload and pixel limits: max_upload_bytes, max_input_pixels, "
+                                     "max_output_pixels, and max_ensemble_pixels (the input's, for ensemble=true)"),
     "options": fields.Raw(description="The predict form's options: name, type, range or choices, default, help "
                                       "(choices_by_model where the allowed values depend on the model)"),
 })
@@ -63,6 +64,7 @@ class Metadata(Resource):
                 "max_upload_bytes": settings.max_upload_bytes,
                 "max_input_pixels": settings.max_input_pixels,
                 "max_output_pixels": settings.max_output_pixels,
+                "max_ensemble_pixels": settings.max_ensemble_pixels,
             },
             "options": describe_options(current.option_context),
         }

@@ -20,6 +20,13 @@ def test_metadata_has_the_max_fields_and_models(client):
     assert models["srgan"]["license"] and models["srgan"]["use_when"]
 
 
+def test_metadata_publishes_every_pixel_limit_as_the_server_has_it(client, service, monkeypatch):
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_ensemble_pixels": 123}))
+    assert client.get("/model/metadata").json["limits"] == {
+        "max_upload_bytes": service.settings.max_upload_bytes, "max_input_pixels": service.settings.max_input_pixels,
+        "max_output_pixels": service.settings.max_output_pixels, "max_ensemble_pixels": 123}
+
+
 def test_metadata_says_each_models_precision(client):
     """PRECISION=auto (the tests' setting): bf16 exactly for the models measured to allow it, on a CPU with it."""
     models = {m["id"]: m for m in client.get("/model/metadata").json["models"]}
