@@ -164,3 +164,14 @@ def test_the_timeout_outlasts_a_default_servers_queue_wait_and_time_limit():
     timeout_s = parse_args(["photo.png", "-o", "out", "--server", "http://sr-a:5000"]).timeout
     assert longest_s < timeout_s < longest_s + 60
     assert f"[--timeout {timeout_s:g}]" in (ROOT / "docs" / "web-and-cli.md").read_text()
+
+
+def test_the_docs_quote_a_failure_as_it_is_printed(tmp_path):
+    holiday = tmp_path / "holiday"
+    holiday.mkdir()
+    (holiday / "broken.png").write_text("a text file named like an image")
+    quoted = next(line for line in (ROOT / "docs" / "web-and-cli.md").read_text().splitlines()
+                  if line.startswith("FAILED holiday/broken.png: "))
+    result = sr_upscale(holiday, "-o", tmp_path / "out")
+    assert result.returncode == 1
+    assert f"{holiday / 'broken.png'}: {quoted.split(': ', 1)[1]}" in result.stderr, result.stderr

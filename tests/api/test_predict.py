@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
 
-from tests.conftest import decode, sample_bytes
+from core.admission import InferenceSlot
+from core.service import Service
+from tests.conftest import ROOT, decode, sample_bytes
 
 
 def post(client, data: bytes | None, **fields):
@@ -78,3 +81,17 @@ def test_upload_over_the_limit_is_413(client, app):
     response = post(client, b"\0" * (limit + 1))
     assert response.status_code == 413
     assert "message" in response.json
+
+
+@pytest.mark.parametrize("queue_size", [0, 1])  # refused at once; refused after QUEUE_WAIT_S in the queue
+def test_docs_load_quotes_the_busy_answers_as_the_server_words_them(app, service, monkeypatch, queue_size):
+    slot = InferenceSlot(queue_size=queue_size, wait_timeout_s=0.01)
+    monkeypatch.setitem(app.extensions, "super_resolution", Service(service.settings, service.registry, slot))
+    with slot.hold():  # another image is running
+        response = post(app.test_client(), sample_bytes("rocket.png"))
+    assert response.status_code == 503
+
+    def shape(message: str) -> str:
+        return re.sub(r"[0-9]+(\.[0-9]+)?", "N", message)
+    quoted = re.findall(r"`(the server is busy: [^`]*)`", (ROOT / "docs" / "load.md").read_text())
+    assert shape(response.json["message"]) in map(shape, quoted), (response.json, quoted)
