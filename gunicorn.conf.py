@@ -9,11 +9,15 @@ from config import load_settings
 
 _settings = load_settings()
 
-bind = f"0.0.0.0:{_settings.port}"
+# serve.py binds gunicorn to its own socket behind nginx (--bind wins over this); started directly, HOST:PORT.
+bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-# serve.py passes THREADS sized for the device it found; the master itself never touches CUDA (a CUDA check
-# before the fork would leave the workers unable to use the GPU), so here DEVICE alone says which.
-threads = _settings.threads_for("cuda" if _settings.device == "cuda" else "cpu")
+# serve.py passes THREADS sized for the device it found. Started directly, the master cannot look for a GPU:
+# CUDA initialised before the fork leaves the workers unable to use it. So DEVICE=auto gets the GPU's count,
+# the larger: on a CPU the extra threads only answer the requests the slot and the queue refuse (503) and the
+# probes, while the CPU's count on a GPU would leave slots idle and no thread for /health. Only behind nginx
+# must the count be exact (nginx's limit is the workers' free threads), and there serve.py gives it.
+threads = _settings.threads_for("cpu" if _settings.device == "cpu" else "cuda")
 worker_class = "gthread"
 timeout = _settings.timeout_s
 # After SIGTERM the requests in flight get SHUTDOWN_GRACE_S; core/shutdown.py ends the ones still running just

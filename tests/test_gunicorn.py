@@ -5,10 +5,12 @@ import io
 
 import pytest
 import requests
+from gunicorn.app.base import Application
 from PIL import Image
 
+from config import load_settings
 from harness.live_server import live_server
-from tests.conftest import sample_bytes
+from tests.conftest import ROOT, sample_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -26,3 +28,28 @@ def test_gunicorn_serves_predict_and_errors():
         assert corrupt.status_code == 400
         assert "message" in corrupt.json()
         assert requests.get(f"{server.url}/model/metadata", timeout=10).status_code == 200
+
+
+
+class ConfigOnly(Application):
+    """gunicorn's own reading of gunicorn.conf.py, without a command line or an app to load."""
+
+    def load_config(self) -> None:
+        self.load_config_from_file(str(ROOT / "gunicorn.conf.py"))
+
+    def load(self) -> None:
+        raise AssertionError("only the configuration is read")
+
+
+@pytest.mark.parametrize("device, sized_for", [
+    ("auto", "cuda"),  # the master cannot look for a GPU (CUDA before the fork): the larger count, the GPU's
+    ("cpu", "cpu"),
+])
+def test_started_directly_gunicorn_listens_on_host_and_port_with_threads_for_the_device(
+        monkeypatch, device, sized_for):
+    """`gunicorn app:app` without serve.py: HOST and PORT apply, and THREADS=0 is sized without a CUDA check."""
+    for name, value in {"HOST": "127.0.0.2", "PORT": "5123", "DEVICE": device, "THREADS": "0"}.items():
+        monkeypatch.setenv(name, value)
+    config = ConfigOnly().cfg
+    assert config.bind == ["127.0.0.2:5123"]
+    assert config.threads == load_settings().threads_for(sized_for)
