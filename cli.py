@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's later log lines out of the progress bars
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
-FORMAT_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 JOBS_PER_SERVER = 2
 # --timeout beyond a server's longest wait and run: the upload, the stop at the next tile, the answer's encoding.
 ANSWER_MARGIN_S = 30
@@ -138,7 +136,24 @@ def plan_jobs(inputs: Iterable[Path], output: Path, suffix: str) -> tuple[list[J
 
 
 def _images_in(folder: Path) -> Iterator[Path]:
-    return (path for path in sorted(folder.rglob("*")) if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+    suffixes = image_suffixes()
+    return (path for path in sorted(folder.rglob("*")) if path.is_file() and path.suffix.lower() in suffixes)
+
+
+def image_suffixes() -> set[str]:
+    """The file name suffixes of the accepted formats, as Pillow registers them (.jpg, .jpeg, .jfif, ... for JPEG).
+
+    A suffix only picks the files of a folder: the server decides a file's format from its first bytes."""
+    from PIL import Image
+
+    from core.containers import ACCEPTED_FORMATS
+
+    return {suffix for suffix, image_format in Image.registered_extensions().items() if image_format in ACCEPTED_FORMATS}
+
+
+def output_suffix(output_format: str) -> str:
+    """The output file's suffix: the format's name, but for JPEG's usual .jpg."""
+    return ".jpg" if output_format == "jpeg" else f".{output_format}"
 
 
 def _without_clashes(jobs: list[Job], problems: list[tuple[Path, str]]) -> tuple[list[Job], list[tuple[Path, str]]]:
@@ -223,7 +238,7 @@ class TileBar:
 
 
 def run(args: argparse.Namespace) -> int:
-    jobs, problems = plan_jobs(args.inputs, args.output, FORMAT_SUFFIXES[args.options.output_format])
+    jobs, problems = plan_jobs(args.inputs, args.output, output_suffix(args.options.output_format))
     summary = Summary(failed=list(problems))
     todo = [job for job in jobs if args.overwrite or not job.target.exists()]
     summary.skipped = [job.source for job in jobs if job not in todo]

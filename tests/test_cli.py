@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli import parse_args, plan_jobs
+from cli import image_suffixes, output_suffix, parse_args, plan_jobs
 from config import Settings
+from core.formats import OUTPUT_FORMATS
 from tests.conftest import ROOT, SAMPLES
 
 
@@ -114,6 +115,15 @@ def test_plan_keeps_folder_structure_and_reports_clashing_names(tmp_path):
     assert [(j.source.relative_to(folder).as_posix(), j.target.relative_to(tmp_path).as_posix()) for j in jobs] == [
         ("b.webp", "out/shots/b.png"), ("day1/a.jpg", "out/shots/day1/a.png")]
     assert problems == [(folder / "day1" / "a.png", f"same output {tmp_path / 'out/shots/day1/a.png'} as {folder / 'day1/a.jpg'}")]
+
+
+def test_a_folder_gives_every_file_named_like_an_accepted_format():
+    from core.containers import ACCEPTED_FORMATS
+
+    suffixes = image_suffixes()
+    assert {f".{image_format.lower()}" for image_format in ACCEPTED_FORMATS} <= suffixes
+    assert {".jpg", ".jfif", ".tif", ".apng"} <= suffixes and not {".txt", ".md", ".svg", ".heic"} & suffixes
+    assert [output_suffix(name) for name in OUTPUT_FORMATS] == [".png", ".jpg", ".webp"]
 
 
 @pytest.mark.slow
