@@ -18,7 +18,9 @@ A problem with one model (no sidecar or a malformed one, a broken file, an ncnn 
 does not know, a pickle that imports what a state dict does not hold, an architecture spandrel does
 not know, a scale the file does not produce, an id taken by a built-in model) fails that model
 alone, with a reason that names files but never their folder: the reason is shown over HTTP, and
-the log holds the details.
+the log holds the details. A file of a model format not served, and a link out of MODELS_DIR, are
+listed as failed models too, so that no file the operator dropped in is passed over unsaid; a name
+that is not printable is shown as ascii() writes it.
 """
 from __future__ import annotations
 
@@ -52,6 +54,12 @@ Kind = Literal["ncnn", "onnx", "safetensors", "pth"]
 # The kinds that are PyTorch files, which say their architecture and scale themselves.
 TORCH_KINDS = ("safetensors", "pth")
 SUFFIXES = (".onnx", ".param", ".bin", *(f".{kind}" for kind in TORCH_KINDS), ".json")
+# Model files of formats not served: listed as failed with the reason, so that an operator's file is never
+# passed over unsaid (a served suffix in capitals is listed too).
+UNSERVED = {".pt": "a .pt is TorchScript, a program, which is refused: a state dict saved as .pt is read as NAME.pth",
+            ".ckpt": "a training checkpoint: one that holds only tensors is read as NAME.pth"}
+SERVED = ("served are NAME.safetensors and NAME.pth (PyTorch weights), NAME.onnx, and NAME.param with NAME.bin "
+          "(ncnn), each with NAME.json beside it where needed")
 ARCHITECTURES: dict[str, str] = {"onnx": "ONNX graph, run by OpenVINO", "ncnn": "ncnn graph",
                                  **dict.fromkeys(TORCH_KINDS, "PyTorch weights, architecture read when loaded")}
 UNSTATED_LICENCE = "unknown, stated by the operator"
@@ -62,6 +70,8 @@ PROBE_PHOTOS = tuple(Path(__file__).resolve().parents[2] / "assets" / "test_exam
 # A sidecar holds a few short keys: 64 KiB is far more than one needs, and the most the scan reads of one, so
 # that a huge file, or a link to an endless one, cannot hold up or swell the start.
 SIDECAR_MAX_BYTES = 64 * 1024
+# The most of a sidecar's unknown key a message shows: the key is the operator's, of any length.
+SHOWN_KEY_CHARS = 40
 # The scale check's input: small, and not square, so that swapped axes show.
 SCALE_PROBE = (24, 32)  # height, width
 
@@ -92,16 +102,10 @@ class OperatorModel:
 
     id: str
     stem: Path
+    files: str  # the model's file names, as metadata and messages show them
     kind: Kind | None
     sidecar: Sidecar | None
     problem: str | None = None
-
-    @property
-    def files(self) -> str:
-        """The model's file names, as shown in metadata and messages."""
-        if self.kind == "ncnn":
-            return f"{self.stem.name}.{{param,bin}}"
-        return f"{self.stem.name}.{self.kind or 'json'}"
 
 
 @dataclass(frozen=True)
@@ -118,25 +122,69 @@ class OperatorModelError(ModelLoadError):
 
 
 def scan(folder: Path, reserved: Iterable[str], pickles: bool = True) -> dict[str, OperatorModel]:
-    """Every model in ``folder`` by id, sorted by name; ``reserved`` are the built-in models' ids, and
-    ``pickles`` whether .pth files may be read (MODELS_DIR_PICKLES)."""
+    """Every model in ``folder`` by id, sorted by id; ``reserved`` are the built-in models' ids, and
+    ``pickles`` whether .pth files may be read (MODELS_DIR_PICKLES). Hidden files are passed over, and
+    files of no model format (a README) are logged and passed over."""
     if not folder.is_dir():
         raise ValueError(f"MODELS_DIR {folder} is not a folder")
-    stems: dict[str, set[str]] = {}
+    root = folder.resolve()
+    stems: dict[str, dict[str, str | None]] = {}  # each name's files by suffix, with why each cannot be read
+    found: list[OperatorModel] = []
     for path in folder.iterdir():
-        if path.is_file() and path.suffix in SUFFIXES and not path.name.startswith("."):
-            stems.setdefault(path.stem, set()).add(path.suffix)
+        if path.name.startswith("."):
+            continue
+        if path.suffix in SUFFIXES:
+            stems.setdefault(path.stem, {})[path.suffix] = _entry_problem(path, root)
+        elif path.suffix.lower() in (*SUFFIXES, *UNSERVED):
+            found.append(_unserved(path))
+        else:
+            log.info("MODELS_DIR: %s is no model file, passed over", shown(path.name))
     reserved = frozenset(reserved)
-    found = (_examine(folder / name, suffixes, reserved, pickles) for name, suffixes in sorted(stems.items()))
-    return {model.id: model for model in found}
+    found += (_examine(folder / name, files, reserved, pickles) for name, files in stems.items())
+    return {model.id: model for model in sorted(found, key=lambda model: model.id)}
 
 
-def _examine(stem: Path, suffixes: set[str], reserved: frozenset[str], pickles: bool) -> OperatorModel:
+def shown(name: str) -> str:
+    """A name from MODELS_DIR (a file's, a sidecar's key) as logs and HTTP answers show it: as it is where it is
+    printable, else as Python's ascii() writes it, so that a newline or a control character cannot forge a log
+    line or hide in /ready."""
+    return name if name.isprintable() else ascii(name)
+
+
+def _entry_problem(path: Path, root: Path) -> str | None:
+    """Why an entry of MODELS_DIR cannot be a model's file, told before it is opened: a link to nothing or out of
+    MODELS_DIR (which would have any file the process can read taken for a model or a sidecar), or no regular
+    file (a folder; a FIFO, whose reading would hold up the start)."""
+    name = shown(path.name)
+    try:
+        target = path.resolve(strict=True)
+    except FileNotFoundError:
+        return f"{name} is a symbolic link to nothing"
+    except (OSError, RuntimeError):  # a loop of links is a RuntimeError up to Python 3.12
+        return f"{name} is a symbolic link that cannot be followed"
+    if not target.is_relative_to(root):
+        return f"{name} is a link to a file outside MODELS_DIR: only files within it are read"
+    if not target.is_file():
+        return f"{name} is {'a folder' if target.is_dir() else 'not a regular file'}, not a model file"
+    return None
+
+
+def _unserved(path: Path) -> OperatorModel:
+    """A file of a model format not served, listed under its file name (which no model id can be) as failed."""
+    name = shown(path.name)
+    suffix = path.suffix.lower()
+    why = UNSERVED.get(suffix, f"suffixes are read in lower case: name it {shown(path.stem + suffix)}")
+    return OperatorModel(name, path, name, None, None, f"{name} is not served ({why}); {SERVED}")
+
+
+def _examine(stem: Path, files: dict[str, str | None], reserved: frozenset[str], pickles: bool) -> OperatorModel:
     name = stem.name
+    suffixes = set(files)
     kind = _kind(suffixes)
-    problem = _files_problem(name, suffixes) or _torch_problem(name, kind, pickles)
+    problem = (next((why for _, why in sorted(files.items()) if why), None)
+               or _files_problem(name, suffixes) or _torch_problem(name, kind, pickles))
     sidecar = None
-    if ".json" in suffixes:
+    if ".json" in suffixes and files[".json"] is None:
         schema = TorchSidecar if kind in TORCH_KINDS else Sidecar
         sidecar, sidecar_problem = _read_sidecar(stem.with_name(name + ".json"), schema)
         problem = problem or sidecar_problem
@@ -144,10 +192,15 @@ def _examine(stem: Path, suffixes: set[str], reserved: frozenset[str], pickles: 
     if clash:
         problem = f"{name} is the id of a built-in model; rename the files"
     elif unusable:
-        problem = f"{name!r} cannot be a model id: use letters, digits, '-' and '_'"
+        problem = f"{ascii(name)} cannot be a model id: use letters, digits, '-' and '_'"
     # A model that cannot have its own id is listed under a file name, which no model id can be.
-    model_id = name + _main_suffix(kind, suffixes) if clash or unusable else name
-    return OperatorModel(model_id, stem, kind, sidecar, problem)
+    model_id = shown(name + _main_suffix(kind, suffixes)) if clash or unusable else name
+    return OperatorModel(model_id, stem, _files(name, kind), kind, sidecar, problem)
+
+
+def _files(name: str, kind: Kind | None) -> str:
+    """A model's file names, as metadata and messages show them."""
+    return shown(f"{name}.{{param,bin}}" if kind == "ncnn" else f"{name}.{kind or 'json'}")
 
 
 def _kind(suffixes: set[str]) -> Kind | None:
@@ -218,12 +271,16 @@ def _read_sidecar(path: Path, schema: type[Sidecar]) -> tuple[Sidecar | None, st
     except RecursionError:
         return None, f"{path.name} nests arrays or objects too deeply to be read"
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}"
-                             for item in error.errors(include_url=False))
-        return None, f"{path.name}: {problems}"
+        return None, f"{path.name}: {_validation_problems(error)}"
     except ValueError as error:
         # Python's own limit on the digits of an integer it reads (4300): a number no sidecar key takes.
         return None, f"{path.name} is not JSON this service reads: {error}"
+
+
+def _validation_problems(error: ValidationError) -> str:
+    """pydantic's findings, each after its key; an unknown key is the operator's, shown printable and cut short."""
+    return "; ".join(f"{'.'.join(shown(str(part)[:SHOWN_KEY_CHARS]) for part in item['loc'])}: {item['msg']}"
+                     for item in error.errors(include_url=False))
 
 
 def describe(model: OperatorModel, found: dict[str, object] | None = None) -> dict[str, object]:
@@ -232,7 +289,7 @@ def describe(model: OperatorModel, found: dict[str, object] | None = None) -> di
     sidecar = model.sidecar
     unstated = UNSTATED_LICENCE if model.kind in TORCH_KINDS else ""
     return {
-        "title": sidecar.title if sidecar and sidecar.title else model.stem.name,
+        "title": sidecar.title if sidecar and sidecar.title else shown(model.stem.name),
         "use_when": sidecar.use_when if sidecar else "",
         "architecture": ARCHITECTURES.get(model.kind or "", "unknown"),
         "weights": f"MODELS_DIR: {model.files}",
@@ -288,7 +345,7 @@ def _torch_network(model: OperatorModel, choice: Choice, threads: int, setting: 
     from core.models import torch_files
 
     try:
-        weights = torch_files.read(model.stem.with_name(model.files))
+        weights = torch_files.read(model.stem.with_name(f"{model.stem.name}.{model.kind}"))
     except torch_files.TorchFileError as error:
         raise OperatorModelError(str(error)) from error
     stated = model.sidecar.scale if model.sidecar else None

@@ -34,6 +34,12 @@ BROKEN = {
     "lstm": "lstm.bin: layer lstm of type LSTM is not supported",
     "srgan.onnx": "srgan is the id of a built-in model; rename the files",
     "cutpth": "cutpth.pth is not a PyTorch model file, or it is damaged (details in the log)",
+    "deep": "deep.json nests arrays or objects too deeply to be read",
+    "dangling": "dangling.onnx is a symbolic link to nothing",
+    "script.pt": "script.pt is not served (a .pt is TorchScript, a program, which is refused: a state dict saved as "
+                 ".pt is read as NAME.pth); served are NAME.safetensors and NAME.pth (PyTorch weights), NAME.onnx, and "
+                 "NAME.param with NAME.bin (ncnn), each with NAME.json beside it where needed",
+    "'nl\\nname.onnx'": "'nl\\nname' cannot be a model id: use letters, digits, '-' and '_'",
 }
 
 
@@ -74,6 +80,12 @@ def fill_models_dir(folder: Path, with_anime: bool = True, with_pytorch: bool = 
     sidecar(folder, "lstm", title="Unknown layer", scale=4, license="MIT")
     NET4.save(folder / "srgan.onnx")
     sidecar(folder, "srgan", title="Clash", scale=4, license="MIT")
+    NET4.save(folder / "deep.onnx")
+    (folder / "deep.json").write_text("[" * 10_000)
+    (folder / "dangling.onnx").symlink_to(folder / "gone.onnx")
+    sidecar(folder, "dangling", title="Gone", scale=4, license="MIT")
+    (folder / "script.pt").write_bytes(b"TorchScript")
+    NET4.save(folder / "nl\nname.onnx")  # a newline in a name must not split a log line
     if with_pytorch:
         write_compact(folder)
     return folder
@@ -222,3 +234,7 @@ def test_gunicorn_serves_an_onnx_model_from_models_dir(tmp_path):
         served = np.asarray(decode(response.content).convert("RGB"), np.int16)
         assert np.abs(served - expected_levels(NET4, image)).max() <= 1
         assert str(folder) in server.log()  # the details are in the log, not in the answers
+        # A file name with a newline is logged as ascii() writes it, in the log records' messages.
+        messages = [json.loads(line)["message"] for line in server.log().splitlines() if line.startswith("{")]
+        assert any("'nl\\nname.onnx'" in message for message in messages)
+        assert not any("nl\nname" in message for message in messages)

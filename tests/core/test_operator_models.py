@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,15 @@ def test_a_model_with_its_sidecar_is_found_under_its_name(tmp_path):
     ('{"title": "x", "scale": 4, "license": "MIT", "margin": -1}', "net.json: margin: Input should be greater than or equal to 0"),
     # Hostile sidecars: each fails its model, none stops the scan (and with it the server's start).
     ("[" * 10_000 + "]" * 10_000, "net.json nests arrays or objects too deeply to be read"),
-    ('{"title": ' + '{"a":' * 10_000 + "1" + "}" * 10_000 + "}", "net.json nests arrays or objects too deeply to be read"),
-    ('{"scale": ' + "1" * 5000 + "}", "net.json is not JSON this service reads: Exceeds the limit (4300 digits) for "
-                                      "integer string conversion: value has 5000 digits; use sys.set_int_max_str_digits() "
-                                      "to increase the limit"),
+    ('{"title": ' + '{"a":' * 10_000 + "1" + "}" * 10_000 + "}",
+     "net.json nests arrays or objects too deeply to be read"),
+    ('{"scale": ' + "1" * 5000 + "}",
+     "net.json is not JSON this service reads: Exceeds the limit (4300 digits) for integer string conversion: "
+     "value has 5000 digits; use sys.set_int_max_str_digits() to increase the limit"),
     ('{"title": "' + "x" * 64 * 1024 + '"}', "net.json is larger than 64 KiB, the most a sidecar may hold"),
+    # An unknown key is the operator's words: shown printable, and cut short.
+    ('{"title": "x", "scale": 4, "license": "MIT", "a\\nb": 1, "' + "k" * 100 + '": 2}',
+     "net.json: 'a\\nb': Extra inputs are not permitted; " + "k" * 40 + ": Extra inputs are not permitted"),
 ])
 def test_a_malformed_sidecar_is_the_models_problem(tmp_path, text, problem):
     SubpixelNet.random(4).save(tmp_path / "net.onnx")
@@ -76,7 +81,7 @@ def test_a_sidecar_that_cannot_be_read_fails_its_model_and_the_others_load(tmp_p
     SubpixelNet.random(2).save(tmp_path / "good.onnx")
     write_sidecar(tmp_path, "good", scale=2, margin=4)
     SubpixelNet.random(2).save(tmp_path / "mem.onnx")
-    (tmp_path / "mem.json").symlink_to("/proc/self/mem")  # opens, and fails with EIO at the first read
+    (tmp_path / "mem.json").symlink_to("/proc/self/mem")
     (tmp_path / "deep.json").write_text("[" * 10_000)
     SubpixelNet.random(2).save(tmp_path / "deep.onnx")
     # What the server's start runs: the registry scans MODELS_DIR as it is made.
@@ -84,8 +89,50 @@ def test_a_sidecar_that_cannot_be_read_fails_its_model_and_the_others_load(tmp_p
                              Choice("openvino", "cpu"))
     assert registry.states() == {"srgan": "pending", "deep": "pending", "good": "pending", "mem": "pending"}
     assert problems(tmp_path) == {"deep": "deep.json nests arrays or objects too deeply to be read",
-                                  "good": None, "mem": "mem.json cannot be read (Input/output error)"}
+                                  "good": None,
+                                  "mem": "mem.json is a link to a file outside MODELS_DIR: only files within it are read"}
     assert load_one(tmp_path, "good").scale == 2
+    # A sidecar that opens but fails to read, as /proc/self/mem does at its first byte, is its model's problem too.
+    assert operator_models._read_sidecar(Path("/proc/self/mem"), operator_models.Sidecar) == (
+        None, "mem cannot be read (Input/output error)")
+
+
+def test_every_file_of_a_model_format_is_listed_and_links_out_of_the_folder_are_refused(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    SubpixelNet.random(2).save(tmp_path / "elsewhere.onnx")
+    SubpixelNet.random(2).save(folder / "good.onnx")
+    for name in ("good", "alias", "outside", "dangling", "nl\nname"):
+        write_sidecar(folder, name, scale=2)
+    (folder / "alias.onnx").symlink_to("good.onnx")  # a link within the folder is read
+    (folder / "outside.onnx").symlink_to(tmp_path / "elsewhere.onnx")
+    (folder / "dangling.onnx").symlink_to(folder / "gone.onnx")
+    (folder / "dirmodel.pth").mkdir()
+    os.mkfifo(folder / "fifo.json")  # opened, it would hold the start until something writes to it
+    SubpixelNet.random(2).save(folder / "nl\nname.onnx")
+    for name in ("script.pt", "trained.ckpt", "LOUD.PTH", "Mixed.Onnx"):
+        (folder / name).write_bytes(b"weights")
+    (folder / "README.txt").write_text("not a model")
+    (folder / ".hidden.pth").write_bytes(b"passed over")
+    served = ("served are NAME.safetensors and NAME.pth (PyTorch weights), NAME.onnx, and NAME.param with NAME.bin "
+              "(ncnn), each with NAME.json beside it where needed")
+    assert problems(folder) == {
+        "good": None,
+        "alias": None,
+        "outside": "outside.onnx is a link to a file outside MODELS_DIR: only files within it are read",
+        "dangling": "dangling.onnx is a symbolic link to nothing",
+        "dirmodel": "dirmodel.pth is a folder, not a model file",
+        "fifo": "fifo.json is not a regular file, not a model file",
+        # A name no model id can be is shown as ascii() writes it, in its id and its reason.
+        "'nl\\nname.onnx'": "'nl\\nname' cannot be a model id: use letters, digits, '-' and '_'",
+        "script.pt": "script.pt is not served (a .pt is TorchScript, a program, which is refused: a state dict saved "
+                     f"as .pt is read as NAME.pth); {served}",
+        "trained.ckpt": "trained.ckpt is not served (a training checkpoint: one that holds only tensors is read as "
+                        f"NAME.pth); {served}",
+        "LOUD.PTH": f"LOUD.PTH is not served (suffixes are read in lower case: name it LOUD.pth); {served}",
+        "Mixed.Onnx": f"Mixed.Onnx is not served (suffixes are read in lower case: name it Mixed.onnx); {served}",
+    }
+    assert load_one(folder, "alias").scale == 2
 
 
 def test_each_incomplete_or_clashing_model_has_its_own_problem(tmp_path):
