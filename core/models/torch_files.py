@@ -4,7 +4,9 @@ whichever backend the worker has.
 - Reading: spandrel's main package (MIT; never spandrel-extra-arches, whose architectures carry
   non-commercial licences) detects the architecture, scale and channels from the state dict alone. A
   ``.pth`` is a pickle: it is read only through spandrel's restricted unpickler, which refuses any global
-  but tensors' storages and dicts before it is imported; a ``.safetensors`` holds nothing but tensors.
+  but tensors' storages and dicts before it is imported; a ``.safetensors`` holds nothing but tensors. A file
+  that would make the worker hold far more than it stores (``read``), or more than MAX_PARAMETERS, is refused
+  before spandrel builds its model.
 - The pytorch backend runs the module on the worker's device: on CUDA in fp16 or bf16 where spandrel says
   the architecture allows it and the output on the probe photos stays within
   ``precision.MIN_BF16_PSNR_DB`` of f32's, else in f32; on the CPU in f32.
@@ -26,6 +28,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +60,15 @@ CONVERTER = (sys.executable, "-m", __name__)
 # The 16-bit arithmetics on CUDA, in the order tried: fp16 is the faster on most GPUs.
 CUDA_CANDIDATES = ("fp16", "bf16")
 UNPICKLER_REFUSAL = re.compile(r"Global '(.{1,120})' is forbidden")
+# The most parameters a model file may hold, so that a file cannot have the worker build more than its memory
+# budget allows: HAT-L, among the largest super-resolution models, has about 40 M; 200 M (800 MB in f32) leaves
+# room for larger ones.
+MAX_PARAMETERS = 200_000_000
+# load_state_dict's own words where a state dict does not fit the module built for it (missing, unexpected or
+# misshapen tensors): on the meta device as in memory.
+MISFIT = "Error(s) in loading state_dict"
+# The most of a key from the file a message shows: the key is the file's, of any length.
+SHOWN_KEY_CHARS = 60
 
 
 class TorchFileError(ValueError):
@@ -141,8 +154,17 @@ def fit(batch: np.ndarray, requirements: SizeRequirements) -> np.ndarray:
 # --- reading --------------------------------------------------------------------------------------------
 
 def read(path: Path) -> TorchWeights:
-    """``path`` read by spandrel and checked to be an RGB super-resolution model; ``TorchFileError`` says why not."""
-    descriptor = _descriptor(_state_dict(path), path.name)
+    """``path`` read by spandrel and checked to be an RGB super-resolution model; ``TorchFileError`` says why not.
+
+    A file may not make the worker hold far more than it stores: a zip .pth with compressed entries, a tensor
+    viewing more values than the file stores, a layer numbered past the tensors there are, more than
+    MAX_PARAMETERS parameters, and tensors that do not fit the architecture they look like are refused before
+    the architecture is built in memory."""
+    state = _state_dict(path)
+    if not isinstance(state, dict) or not state:
+        raise TorchFileError(f"{path.name} holds no state dict")
+    _check_size(state, path.name)
+    descriptor = _descriptor(state, path.name)
     _check_serves(descriptor, path.name)
     precisions = ("f32", *(["fp16"] if descriptor.supports_half else []),
                   *(["bf16"] if descriptor.supports_bfloat16 else []))
@@ -152,6 +174,8 @@ def read(path: Path) -> TorchWeights:
 
 
 def _state_dict(path: Path) -> dict:
+    if path.suffix == ".pth":
+        _check_stored(path)
     try:
         # spandrel reads a .pth with torch.load(..., pickle_module=RestrictedUnpickle), never a full unpickler.
         return ModelLoader("cpu").load_state_dict_from_file(path)
@@ -167,21 +191,93 @@ def _state_dict(path: Path) -> dict:
                              f"(details in the log)") from error
 
 
+def _check_stored(path: Path) -> None:
+    """A zip .pth must hold its entries stored, as torch.save writes them: torch.load inflates a compressed one
+    in memory, unchecked (150 KB of deflated zeros make 155 MB). A .pth of PyTorch before 1.6 is no zip, and
+    is read as it is."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            compressed = [entry.filename for entry in archive.infolist() if entry.compress_type != zipfile.ZIP_STORED]
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise TorchFileError(f"{path.name} is not a PyTorch model file, or it is damaged "
+                             f"(details in the log)") from error
+    if compressed:
+        raise TorchFileError(f"{path.name} holds {len(compressed)} compressed zip entries "
+                             f"({_shown_key(compressed[0])} ...), which torch.save never writes: only stored "
+                             f"entries are read, as torch.load would inflate the others in memory unchecked")
+
+
+def _check_size(state: dict, name: str) -> None:
+    """Refuse a state dict that would take far more memory than its file once spandrel builds its model from it:
+    a tensor viewing more values than its storage holds (strides of 0: a 3 KB file of gigabytes of
+    parameters), a layer numbered past the count of tensors (spandrel builds every layer up to it before it
+    finds that the tensors do not fit), or more than MAX_PARAMETERS parameters."""
+    tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    for key, tensor in tensors.items():
+        stored = tensor.untyped_storage().nbytes()
+        if tensor.numel() * tensor.element_size() > stored:
+            raise TorchFileError(f"{name}: tensor {_shown_key(key)} of shape {tuple(tensor.shape)} views "
+                                 f"{tensor.numel():,} values in {stored:,} stored bytes: a tensor may hold no more "
+                                 f"values than the file stores for it")
+    for key in tensors:
+        past = next((part for part in str(key).split(".") if _number_past(part, len(tensors))), None)
+        if past is not None:
+            raise TorchFileError(f"{name}: key {_shown_key(key)} numbers a layer {past[:12]}, past the "
+                                 f"{len(tensors)} tensors of the file: a layer's number may not exceed the count of "
+                                 f"tensors")
+    parameters = sum(tensor.numel() for tensor in tensors.values())
+    if parameters > MAX_PARAMETERS:
+        raise TorchFileError(f"{name} holds {parameters:,} parameters, more than the {MAX_PARAMETERS:,} a model "
+                             f"file may hold")
+
+
+def _number_past(part: str, count: int) -> bool:
+    """Whether a key's component is a number larger than ``count`` (compared as text first: it may be of any
+    length, and Python refuses to convert one of more than 4300 digits)."""
+    return part.isascii() and part.isdigit() and (len(part) > len(str(count)) or int(part) > count)
+
+
+def _shown_key(key: object) -> str:
+    return ascii(str(key)[:SHOWN_KEY_CHARS])
+
+
 def _descriptor(state: dict, name: str) -> ImageModelDescriptor:
     """The model spandrel's main package detects in ``state``, loaded (as ``ArchRegistry.load`` does, but
     knowing the architecture, so that a state dict that does not fit it is named as such)."""
-    if not isinstance(state, dict) or not state:
-        raise TorchFileError(f"{name} holds no state dict")
     for support in MAIN_REGISTRY.architectures("detection"):
         if _main_package(support.architecture) and _detects(support, state):
+            _check_fits(support, state, name)
             try:
                 return support.architecture.load(state)
             except Exception as error:
-                raise TorchFileError(f"{name} looks like a {support.architecture.name} model, but its tensors "
-                                     f"do not fit that architecture (details in the log)") from error
+                raise _misfit(support, name) from error
     log.warning("%s: no architecture detected; its first keys: %s", name, sorted(state)[:8])
     raise TorchFileError(f"{name}: spandrel knows no architecture of these {len(state)} tensors "
                          f"(only spandrel's main package is served, not spandrel-extra-arches)")
+
+
+def _check_fits(support: object, state: dict, name: str) -> None:
+    """``state`` fits the architecture it looks like, checked by building the architecture on the meta device,
+    which allocates nothing: spandrel sizes the layers it builds by the shapes of a few tensors, and finds that
+    the others do not fit only once all are built (one 4096-wide convolution makes 151 M parameters of
+    each). Architectures that compute with a tensor's value as they are built (HAT, DAT, DRCT: ``.item()``)
+    cannot be built there, and are built in memory unchecked but by ``_check_size``."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            # torch warns of each tensor that loading it into the meta device's module copies nothing: that is the aim.
+            warnings.filterwarnings("ignore", "for .*: copying from a non-meta parameter", UserWarning)
+            support.architecture.load(state)
+    except Exception as error:  # noqa: BLE001 - where the meta device is the trouble, the build in memory decides
+        if str(error).startswith(MISFIT):
+            raise _misfit(support, name) from error
+        log.debug("%s: %s cannot be built on the meta device", name, support.architecture.name, exc_info=True)
+
+
+def _misfit(support: object, name: str) -> TorchFileError:
+    return TorchFileError(f"{name} looks like a {support.architecture.name} model, but its tensors do not fit that "
+                          f"architecture (details in the log)")
 
 
 def _main_package(architecture: object) -> bool:

@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import sys
+import zipfile
 from functools import cache
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from spandrel import SizeRequirements
+from spandrel import MAIN_REGISTRY, SizeRequirements
 from spandrel.architectures.Compact import Compact
 from spandrel.architectures.RCAN import RCAN
 from spandrel.architectures.SwinIR import SwinIR
@@ -290,7 +291,23 @@ def broken_folder(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     write(folder, "onex", Compact(num_feat=8, num_conv=2, upscale=1).state_dict(), ".safetensors")
     write(folder, "wrongscale", anime, ".safetensors", scale=2)
+    write_hostile(folder, anime)
     return folder
+
+
+def write_hostile(folder: Path, anime: dict[str, torch.Tensor]) -> None:
+    """Small files that would make the worker hold gigabytes, were they read as they ask."""
+    # 4 bytes stored, viewed with strides of 0 as 3.6 G values: 14 GB once spandrel builds the model.
+    write(folder, "stride0", {**anime, "body.2.weight": torch.zeros(1).expand(20_000, 20_000, 3, 3)}, ".pth")
+    # torch.save stores its zip entries; torch.load inflates deflated ones too, unchecked.
+    stored = write(folder, "deflated", anime, ".pth")
+    with zipfile.ZipFile(stored) as source, zipfile.ZipFile(folder / "deflated.tmp", "w", zipfile.ZIP_DEFLATED) as out:
+        for entry in source.infolist():
+            out.writestr(entry.filename, source.read(entry))
+    (folder / "deflated.tmp").replace(stored)
+    # spandrel builds every layer up to the highest number in the keys before it finds the tensors do not fit.
+    write(folder, "layers", {"body.0.weight": torch.zeros(64, 3, 3, 3), "body.1.weight": torch.zeros(64),
+                             "body.8001.bias": torch.zeros(48)}, ".safetensors")
 
 
 BROKEN = {
@@ -309,6 +326,12 @@ BROKEN = {
     "onex": "onex.safetensors holds a 1x RealESRGAN Compact model (Restoration); the service serves 2x to 8x "
             "super-resolution",
     "wrongscale": "wrongscale.json says scale 2, wrongscale.safetensors holds a 4x RealESRGAN Compact model",
+    "stride0": "stride0.pth: tensor 'body.2.weight' of shape (20000, 20000, 3, 3) views 3,600,000,000 values in 4 "
+               "stored bytes: a tensor may hold no more values than the file stores for it",
+    "deflated": "deflated.pth holds 59 compressed zip entries ('deflated/data.pkl' ...), which torch.save never "
+                "writes: only stored entries are read, as torch.load would inflate the others in memory unchecked",
+    "layers": "layers.safetensors: key 'body.8001.bias' numbers a layer 8001, past the 3 tensors of the file: a "
+              "layer's number may not exceed the count of tensors",
 }
 
 
@@ -337,6 +360,31 @@ def test_each_broken_file_fails_alone_with_its_reason(broken_registry, broken_fo
 def test_a_pickle_that_imports_os_system_runs_nothing(broken_registry, broken_folder):
     assert broken_registry.states()["evil"].startswith("failed: evil.pth asks to import posix.system")
     assert not (broken_folder / "owned-zip").exists() and not (broken_folder / "owned-raw").exists()
+
+
+def test_a_file_of_more_parameters_than_the_cap_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    anime = upstream_state("anime")
+    write(tmp_path, "compact", anime, ".safetensors")
+    monkeypatch.setattr(torch_files, "MAX_PARAMETERS", 600_000)
+    with pytest.raises(torch_files.TorchFileError, match="^compact.safetensors holds 621,424 parameters, more than "
+                                                         "the 600,000 a model file may hold$"):
+        torch_files.read(tmp_path / "compact.safetensors")
+
+
+def test_tensors_that_do_not_fit_are_found_without_building_the_model_in_memory(tmp_path, monkeypatch):
+    """A 1024-wide first convolution has spandrel size each of the 16 convolutions after it 1024 wide: 150 M
+    parameters built before it finds that their tensors are 64 wide. The build on the meta device finds it."""
+    (compact,) = (support.architecture for support in MAIN_REGISTRY.architectures("detection")
+                  if support.architecture.id == "Compact")
+    devices = []
+    build = compact.load
+    monkeypatch.setattr(compact, "load", lambda state: devices.append(torch.empty(0).device.type) or build(state))
+    state = {**upstream_state("anime"), "body.0.weight": torch.zeros(1024, 3, 3, 3), "body.0.bias": torch.zeros(1024)}
+    write(tmp_path, "wide", state, ".safetensors")
+    with pytest.raises(torch_files.TorchFileError, match="^wide.safetensors looks like a RealESRGAN Compact model, "
+                                                         "but its tensors do not fit that architecture"):
+        torch_files.read(tmp_path / "wide.safetensors")
+    assert devices == ["meta"]
 
 
 def test_pickles_can_be_refused_and_pytorch_files_fail_where_pytorch_is_missing(tmp_path, monkeypatch):
