@@ -322,6 +322,7 @@ def load(model: OperatorModel, choice: Choice, threads: int, precision: str = "a
     photos = _probe_photos()
     network, found = LOADERS[model.kind](model, choice, threads, precision, photos)
     _check_scale(network, model, photos[-1])
+    _check_finite(network, model, photos[-1])
     margin = model.sidecar.margin if model.sidecar else None
     if margin is None:
         margin = _measure_margin(network, model, photos)
@@ -423,6 +424,16 @@ def _check_scale(network: Network, model: OperatorModel, photo: np.ndarray) -> N
         raise OperatorModelError(f"{model.files} makes images {made}x larger, {stated_by} says scale {scale}")
     raise OperatorModelError(f"{model.files} turns a {width}x{height} RGB input into an array of shape "
                              f"{tuple(out.shape[1:])}, not a {scale}x larger RGB image")
+
+
+def _check_finite(network: Network, model: OperatorModel, photo: np.ndarray) -> None:
+    """The runner's own output on a small input must be finite: broken weights (NaN, infinity) give NaN, which
+    would be served as level 0, or infinity, which ``Network.predict`` clips to 0 or 1 and so hides."""
+    height, width = SCALE_PROBE
+    out = network.run(np.ascontiguousarray(photo[None, :height, :width]))
+    if not np.isfinite(out).all():
+        raise OperatorModelError(f"{model.files} gives values that are not finite (NaN or infinity) for a "
+                                 f"{width}x{height} photo: its weights are broken")
 
 
 def _measure_margin(network: Network, model: OperatorModel, photos: list[np.ndarray]) -> int:

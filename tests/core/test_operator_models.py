@@ -1,6 +1,7 @@
 """MODELS_DIR: finding the operator's models, reading their sidecars, running ONNX files, measuring margins."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -241,6 +242,17 @@ def test_a_scale_that_the_file_does_not_make_fails_the_model(tmp_path):
     write_sidecar(tmp_path, "twice", scale=4)
     with pytest.raises(OperatorModelError, match=r"^twice.onnx makes images 2x larger, twice.json says scale 4$"):
         load_one(tmp_path, "twice")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_model_whose_output_is_not_finite_fails(tmp_path, value):
+    # An infinite output would pass as white once clipped to [0, 1]: the runner's own output is what is checked.
+    net = SubpixelNet.random(2)
+    dataclasses.replace(net, bias=np.full_like(net.bias, value)).save(tmp_path / "broken.onnx")
+    write_sidecar(tmp_path, "broken", scale=2, margin=4)
+    with pytest.raises(OperatorModelError, match=r"^broken.onnx gives values that are not finite \(NaN or infinity\) "
+                                                 r"for a 32x24 photo: its weights are broken$"):
+        load_one(tmp_path, "broken")
 
 
 def test_a_broken_onnx_file_fails_without_naming_its_folder(tmp_path):

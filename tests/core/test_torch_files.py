@@ -274,6 +274,11 @@ def misfit_state() -> dict[str, torch.Tensor]:
     return state
 
 
+def nan_state() -> dict[str, torch.Tensor]:
+    """anime's tensors, each NaN: they read and run, and give NaN."""
+    return {key: torch.full_like(tensor, float("nan")) for key, tensor in upstream_state("anime").items()}
+
+
 @pytest.fixture(scope="module")
 def broken_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("broken")
@@ -291,6 +296,7 @@ def broken_folder(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     write(folder, "onex", Compact(num_feat=8, num_conv=2, upscale=1).state_dict(), ".safetensors")
     write(folder, "wrongscale", anime, ".safetensors", scale=2)
+    write(folder, "nan", nan_state(), ".safetensors")
     write_hostile(folder, anime)
     return folder
 
@@ -326,6 +332,8 @@ BROKEN = {
     "onex": "onex.safetensors holds a 1x RealESRGAN Compact model (Restoration); the service serves 2x to 8x "
             "super-resolution",
     "wrongscale": "wrongscale.json says scale 2, wrongscale.safetensors holds a 4x RealESRGAN Compact model",
+    "nan": "nan.safetensors gives values that are not finite (NaN or infinity) for a 32x24 photo: its weights are "
+           "broken",
     "stride0": "stride0.pth: tensor 'body.2.weight' of shape (20000, 20000, 3, 3) views 3,600,000,000 values in 4 "
                "stored bytes: a tensor may hold no more values than the file stores for it",
     "deflated": "deflated.pth holds 59 compressed zip entries ('deflated/data.pkl' ...), which torch.save never "
@@ -355,6 +363,13 @@ def test_each_broken_file_fails_alone_with_its_reason(broken_registry, broken_fo
     (entry,) = (entry for entry in broken_registry.describe() if entry["id"] == name)
     assert entry["state"] == f"failed: {BROKEN[name]}"
     assert str(broken_folder) not in json.dumps(entry)
+
+
+def test_nan_weights_fail_where_openvino_runs_the_model_too(tmp_path):
+    # Their conversion differs from PyTorch (NaN against NaN), so PyTorch runs them on the CPU, and gives NaN.
+    write(tmp_path, "nan", nan_state(), ".safetensors", margin=8)
+    with pytest.raises(OperatorModelError, match=r"^nan.safetensors gives values that are not finite"):
+        load(tmp_path, "nan", OPENVINO)
 
 
 def test_a_pickle_that_imports_os_system_runs_nothing(broken_registry, broken_folder):
