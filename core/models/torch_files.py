@@ -200,7 +200,8 @@ def _check_stored(path: Path) -> None:
             return
         with zipfile.ZipFile(path) as archive:
             compressed = [entry.filename for entry in archive.infolist() if entry.compress_type != zipfile.ZIP_STORED]
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
+    except Exception as error:
+        # A zip directory that zipfile cannot read: the log has its words.
         raise TorchFileError(f"{path.name} is not a PyTorch model file, or it is damaged "
                              f"(details in the log)") from error
     if compressed:
@@ -268,7 +269,9 @@ def _check_fits(support: object, state: dict, name: str) -> None:
         with torch.device("meta"), warnings.catch_warnings():
             # torch warns of each tensor that loading it into the meta device's module copies nothing: that is the aim.
             warnings.filterwarnings("ignore", "for .*: copying from a non-meta parameter", UserWarning)
-            support.architecture.load(state)
+            # A copy: some architectures rename or add keys of the state dict as they load it (SwinIR, SPAN), and
+            # the build in memory must find it as the file gave it.
+            support.architecture.load(dict(state))
     except Exception as error:  # noqa: BLE001 - where the meta device is the trouble, the build in memory decides
         if str(error).startswith(MISFIT):
             raise _misfit(support, name) from error

@@ -89,9 +89,9 @@ def test_a_sidecar_that_cannot_be_read_fails_its_model_and_the_others_load(tmp_p
     registry = ModelRegistry(load_settings(models="srgan", default_model="srgan", models_dir=tmp_path),
                              Choice("openvino", "cpu"))
     assert registry.states() == {"srgan": "pending", "deep": "pending", "good": "pending", "mem": "pending"}
-    assert problems(tmp_path) == {"deep": "deep.json nests arrays or objects too deeply to be read",
-                                  "good": None,
-                                  "mem": "mem.json is a link to a file outside MODELS_DIR: only files within it are read"}
+    assert problems(tmp_path) == {
+        "deep": "deep.json nests arrays or objects too deeply to be read", "good": None,
+        "mem": "mem.json is a link to a file outside MODELS_DIR: only files within it are read"}
     assert load_one(tmp_path, "good").scale == 2
     # A sidecar that opens but fails to read, as /proc/self/mem does at its first byte, is its model's problem too.
     assert operator_models._read_sidecar(Path("/proc/self/mem"), operator_models.Sidecar) == (

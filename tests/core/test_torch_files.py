@@ -402,6 +402,18 @@ def test_tensors_that_do_not_fit_are_found_without_building_the_model_in_memory(
     assert devices == ["meta"]
 
 
+def test_an_architecture_that_renames_keys_as_it_loads_reads_after_the_check_on_the_meta_device(tmp_path):
+    """spandrel's SwinIR renames conv_first.1.* (a pixel-unshuffling first layer) in the state dict it loads: the
+    build in memory must still find the keys as the file gave them."""
+    torch.manual_seed(0)
+    swinir = SwinIR(upscale=4, img_size=16, window_size=8, embed_dim=12, depths=[1], num_heads=[2], mlp_ratio=1,
+                    upsampler="pixelshuffle", start_unshuffle=2)
+    state = {key.replace("conv_first.", "conv_first.1."): tensor for key, tensor in swinir.state_dict().items()}
+    save_file(state, tmp_path / "unshuffle.safetensors")
+    weights = torch_files.read(tmp_path / "unshuffle.safetensors")
+    assert (weights.architecture, weights.scale, weights.tags[-1]) == ("SwinIR", 2, "2unshuf")
+
+
 def test_pickles_can_be_refused_and_pytorch_files_fail_where_pytorch_is_missing(tmp_path, monkeypatch):
     anime = upstream_state("anime")
     write(tmp_path, "pickled", anime, ".pth")
