@@ -44,7 +44,7 @@ def encode(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | No
     if pil_format == "JPEG" and alpha is not None:
         raise InvalidInput("jpeg cannot hold an alpha channel; ask for format png or webp")
     if pil_format == "PNG":
-        return encode_png(_with_alpha(colour, alpha), icc_profile, png_level, threads)
+        return encode_png(colour, icc_profile, png_level, threads, _at_depth(alpha, colour.dtype))
     image = _to_pillow(_with_alpha(_to_8bit(colour), alpha))
     options: dict[str, object] = {"quality": quality}
     if icc_profile:
@@ -64,11 +64,16 @@ def _to_8bit(pixels: np.ndarray) -> np.ndarray:
     return out
 
 
+def _at_depth(alpha: np.ndarray | None, dtype: np.dtype) -> np.ndarray | None:
+    """The alpha plane at the colour's bit depth."""
+    return alpha if alpha is None or dtype == np.uint16 else _to_8bit(alpha)
+
+
 def _with_alpha(colour: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
     """(H, W, C) colour with the alpha plane appended, at the colour's bit depth."""
     if alpha is None:
         return colour
-    return np.concatenate([colour, (alpha if colour.dtype == np.uint16 else _to_8bit(alpha))[..., None]], axis=-1)
+    return np.concatenate([colour, _at_depth(alpha, colour.dtype)[..., None]], axis=-1)
 
 
 def _to_pillow(pixels: np.ndarray) -> Image.Image:

@@ -13,6 +13,7 @@ from config import Settings
 from core import encoding, images, shutdown
 from core.errors import OutOfDeviceMemory, TimeLimitExceeded
 from core.formats import OUTPUT_FORMATS
+from core.encoding import ROWS_PER_BLOCK
 from core.geometry import OutputPlan, Size
 from core.models.ensemble import self_ensemble
 from core.plan import Pass, Plan, plan_pass
@@ -144,8 +145,13 @@ def blend(layers: Layers, strength: float) -> np.ndarray:
         return layers.model
     if strength <= 0:
         return layers.lanczos
-    mixed = strength * layers.model.astype(np.float32) + (1 - strength) * layers.lanczos.astype(np.float32)
-    return np.rint(mixed).astype(layers.model.dtype)  # a mean of two levels never leaves their range
+    out = np.empty_like(layers.model)
+    # A block of rows at a time: whole-image float temporaries would take several times the result's bytes.
+    for start in range(0, len(out), ROWS_PER_BLOCK):
+        rows = slice(start, start + ROWS_PER_BLOCK)
+        mixed = np.float32(strength) * layers.model[rows] + np.float32(1 - strength) * layers.lanczos[rows]
+        out[rows] = np.rint(mixed)  # a mean of two levels never leaves their range
+    return out
 
 
 def _crop(pixels: np.ndarray, plan: OutputPlan) -> np.ndarray:

@@ -41,6 +41,15 @@ def test_pixels_read_back_exactly_by_pypng(dtype, channels, parts):
     assert np.array_equal(np.vstack([np.asarray(row, dtype) for row in rows]).reshape(pixels.shape), pixels)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_an_alpha_plane_given_apart_writes_the_same_file_as_one_joined_beforehand(monkeypatch, dtype, channels):
+    monkeypatch.setattr(png_encoder, "BLOCK_BYTES", 100)  # joined block by block, on several threads
+    joined = random_pixels((23, 11, channels + 1), dtype)
+    apart = encode_png(np.ascontiguousarray(joined[..., :-1]), None, 1, 3, np.ascontiguousarray(joined[..., -1]))
+    assert apart == encode_png(joined, None, 1, 3)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 3), (1, 50, 4), (50, 1, 1), (3, 2, 2)])
 def test_tiny_and_thin_images_read_back_by_pillow(shape):
     pixels = random_pixels(shape, np.uint8)
