@@ -60,7 +60,9 @@ def upscale():
     context = current.option_context
     observability.note_model(context)
     options = parse_options(request.values, context)  # the schema /model/predict reads too
-    plan = current.prepare(upload.read(), options)  # 400, 413 and 503 before streaming, not error events in it
+    # 400, 413 and 503 before streaming, not error events in it. The layers let the page show another strength
+    # at once, without running the model again.
+    plan = current.prepare(upload.read(), options, with_layers=True)
     return Response(_events(current, plan, observability.finish_later()), mimetype="application/x-ndjson",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -84,9 +86,9 @@ def _events(current: Service, plan: Plan,
     worker.start()
     try:
         for event in _stream(events, plan.tile_count, started):
-            line = _line(event)
-            sent += len(line)
-            yield line
+            for piece in _line(event):
+                sent += len(piece)
+                yield piece
             if event["event"] in ("result", "error"):
                 last = event
     finally:
@@ -119,8 +121,7 @@ def _stream_outcome(last: dict, model: str) -> tuple[int, observability.Outcome]
 
 def _run(current: Service, plan: Plan, on_progress, events: queue.Queue, started: float) -> None:
     try:
-        # The layers let the page show another strength at once, without running the model again.
-        result = current.run(plan, on_progress, with_layers=True)
+        result = current.run(plan, on_progress)
     except Cancelled as cancelled:
         log.info("web upscale stopped: %s", cancelled)
         events.put({"event": "error", "status": 499, "message": str(cancelled)})
@@ -136,9 +137,8 @@ def _run(current: Service, plan: Plan, on_progress, events: queue.Queue, started
         "event": "result", "elapsed_s": _since(started), "model": result.model,
         "content_type": result.content_type, "width": result.width, "height": result.height,
         "input_width": result.input_width, "input_height": result.input_height,
-        "image": base64.b64encode(result.data).decode("ascii"),
-        "strength": plan.options.strength,
-        "layers": {name: base64.b64encode(layer).decode("ascii") for name, layer in result.layers.items()},
+        "strength": plan.options.strength, "image": base64.b64encode(result.data),
+        "layers": {name: base64.b64encode(layer) for name, layer in result.layers.items()},
     })
 
 
@@ -146,5 +146,13 @@ def _since(started: float) -> float:
     return round(time.monotonic() - started, 2)
 
 
-def _line(event: dict) -> bytes:
-    return json.dumps(event).encode() + b"\n"
+def _line(event: dict) -> list[bytes]:
+    """An event as one JSON line, in pieces. A result's images (base64 bytes, which JSON holds as they are) stay
+    their own pieces: joining them into one string would take twice their size again (core/memory.LAYER_COPIES)."""
+    if event["event"] != "result":
+        return [json.dumps(event).encode() + b"\n"]
+    fields = json.dumps({key: value for key, value in event.items() if key not in ("image", "layers")}).encode()
+    pieces = [fields[:-1], b', "image": "', event["image"], b'", "layers": {']
+    for index, (name, data) in enumerate(event["layers"].items()):
+        pieces += [b", " * bool(index), json.dumps(name).encode(), b': "', data, b'"']
+    return [*pieces, b"}}\n"]

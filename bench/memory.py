@@ -8,7 +8,7 @@
 loads the model, gives the backend's buffers back, and runs one window of each side in increasing order; the peak RSS (VmHWM) above the loaded process's RSS, per window
 pixel, is what the model's spec records as ``window_bytes_per_pixel`` (the largest over the sides).
 *request*: srgan with small fixed tiles on whole images: the peak above the loaded process and the
-windows, per input and per output pixel (core/memory.py's REQUEST_BYTES_PER_*).
+windows, per input and per output pixel (core/memory.py's REQUEST_BYTES_PER_INPUT_PIXEL and RESULT_COPIES).
 *worker*: one gunicorn worker with the default settings serves each model at each side; the worker's
 peak RSS against the budget. Figures go to docs/speed.md with this command.
 """

@@ -55,6 +55,10 @@ class Header:
     orientation: int
     png: PngHeader | None
     max_pixels: int
+    # At most the samples of one pixel of the result, alpha included, and the bytes of a sample: core/memory.py
+    # sizes the request's buffers by them.
+    samples: int
+    sample_bytes: int
 
     @property
     def size(self) -> tuple[int, int]:
@@ -64,6 +68,15 @@ class Header:
     def png16(self) -> bool:
         """pypng reads it, keeping every level; Pillow would cut colour to 8 bits."""
         return self.png is not None and self.png.bit_depth == 16
+
+    @property
+    def alpha(self) -> bool:
+        """Whether the result may have an alpha plane."""
+        return self.samples in (2, 4)
+
+    @property
+    def pixel_bytes(self) -> int:
+        return self.samples * self.sample_bytes
 
 
 def read_header(data: bytes, max_pixels: int) -> Header:
@@ -78,7 +91,21 @@ def read_header(data: bytes, max_pixels: int) -> Header:
         turn = orientation.from_exif(png_header.exif) if png_header and png_header.bit_depth == 16 \
             else orientation.of_image(image)
         width, height = orientation.displayed(*image.size, turn)
-    return Header(image_format, width, height, turn, png_header, max_pixels)
+        sample_bytes = 2 if (png_header and png_header.bit_depth == 16) or image.mode.startswith("I") else 1
+        samples = _samples_at_most(image)
+    return Header(image_format, width, height, turn, png_header, max_pixels, samples, sample_bytes)
+
+
+def _samples_at_most(image: Image.Image) -> int:
+    """The samples per pixel the result will have at most, from the mode alone: a palette's colours and
+    transparency are known only once its pixels are read, so it counts as RGBA."""
+    if image.mode in ("1", "L") or image.mode.startswith("I"):
+        return 1 + ("transparency" in image.info)
+    if image.mode in ("LA", "La"):
+        return 2
+    if image.mode in ("RGB", "CMYK", "YCbCr"):
+        return 3 + ("transparency" in image.info)
+    return 4
 
 
 def decode_pixels(data: bytes, header: Header) -> DecodedImage:

@@ -22,12 +22,21 @@ MEBIBYTE = 1024 * 1024
 # The resident size is rounded up to this, so that a few MB of difference between two workers'
 # start-ups rarely gives them different tiles (and so slightly different results) for one image.
 RESIDENT_QUANTUM = 32 * MEBIBYTE
-# A request's own buffers per input and per output pixel, whatever the model: decoded and float input;
-# the output, the encoder's copy of it (alpha joined in, or Pillow's for JPEG and WebP), the encoded
-# bytes and their copies on the way out. `python -m bench.memory request` measures the core's share
-# (docs/speed.md); these leave room for HTTP's copies of the upload and of the response.
+# A request's own buffers per input pixel of each pass, whatever the model: the decoded input (or the previous
+# pass's result) and its float copy. `python -m bench.memory request` measures the core's share (docs/speed.md).
 REQUEST_BYTES_PER_INPUT_PIXEL = 24
-REQUEST_BYTES_PER_OUTPUT_PIXEL = 10
+# The result, per byte of its pixels (Header.pixel_bytes): the pixels, the encoded bytes as the encoder's
+# pieces, and the pieces joined; an image that does not compress encodes to as many bytes as its pixels.
+RESULT_COPIES = 3
+# A Lanczos resize to the output's size (an alpha plane, the layer strength mixes in, a resize to the size asked),
+# one channel at a time, beside the levels it is made from: from a source as large as the output (a resize after
+# the network), the float source, Pillow's copy of it and Pillow's result, then numpy's copy of the result.
+LANCZOS_BYTES_PER_OUTPUT_PIXEL = 12
+# A strength between 0 and 1 holds the Lanczos layer and the mix of the two, each the result's size.
+BLEND_COPIES = 2
+# The web page's layers: the Lanczos layer, the two layers' encoded bytes joined and one's pieces, and base64 of
+# the three encoded images (a third larger each) in the answer.
+LAYER_COPIES = 8
 # A GPU window's result as the host receives it: float32 RGB (colour as 8- or 16-bit levels takes a quarter or
 # half of it; ensemble and grey images take the floats).
 HOST_COPY_BYTES_PER_OUTPUT_PIXEL = 12
@@ -52,10 +61,16 @@ def resident_estimate(rss: int) -> int:
     return -(-rss // RESIDENT_QUANTUM) * RESIDENT_QUANTUM
 
 
-def request_bytes(height: int, width: int, scale: int) -> int:
-    """What a request for an image of this size holds outside the network (any channel count)."""
-    pixels = height * width
-    return pixels * REQUEST_BYTES_PER_INPUT_PIXEL + pixels * scale * scale * REQUEST_BYTES_PER_OUTPUT_PIXEL
+def pass_bytes(height: int, width: int) -> int:
+    """What a pass over an input of this size holds outside the network (any channel count)."""
+    return height * width * REQUEST_BYTES_PER_INPUT_PIXEL
+
+
+def result_bytes(pixels: int, pixel_bytes: int, lanczos: bool, blended: bool, layers: bool) -> int:
+    """What a result of ``pixels`` output pixels holds until its bytes are sent: with a Lanczos enlargement at
+    its size, a strength between 0 and 1 (``blended``), and the web page's ``layers`` where they apply."""
+    copies = RESULT_COPIES + BLEND_COPIES * blended + LAYER_COPIES * layers + lanczos
+    return pixels * (pixel_bytes * copies + LANCZOS_BYTES_PER_OUTPUT_PIXEL * lanczos)
 
 
 def window_host_bytes(window_pixels: int, device: str, bytes_per_window_pixel: int, scale: int, batch: int) -> int:
@@ -87,17 +102,18 @@ def largest_window(available_bytes: int, bytes_per_window_pixel: int) -> int:
     return side // WINDOW_QUANTUM * WINDOW_QUANTUM
 
 
-def tile_for_budget(budget_bytes: int, resident: int, bytes_per_window_pixel: int, margin: int,
-                    height: int, width: int, scale: int, batch: int = 1) -> int:
-    """The tile side for this image and model within the budget; 413 when not even the smallest fits."""
-    available = budget_bytes - resident - request_bytes(height, width, scale)
+def tile_for_budget(budget_bytes: int, resident: int, request: int, bytes_per_window_pixel: int, margin: int,
+                    height: int, width: int, batch: int = 1) -> int:
+    """The tile side for this image and model within the budget, beside the loaded models (``resident``) and the
+    request's own buffers (``request``); 413 when not even the smallest fits."""
+    available = budget_bytes - resident - request
     window = min(largest_window(available // batch, bytes_per_window_pixel), MAX_WINDOW)
     tile = window - 2 * margin
     if tile < MIN_TILE:
         raise TooLarge(
             f"a {width}x{height} image needs more memory than this worker's MEMORY_BUDGET_MB="
             f"{budget_bytes // MEBIBYTE} leaves: {resident // MEBIBYTE} MiB are the loaded models, "
-            f"{request_bytes(height, width, scale) // MEBIBYTE} MiB this image's buffers, and the smallest "
+            f"{request // MEBIBYTE} MiB this image's buffers, and the smallest "
             f"tile's window needs {(MIN_TILE + 2 * margin) ** 2 * bytes_per_window_pixel * batch // MEBIBYTE} MiB")
     return tile
 

@@ -43,7 +43,7 @@ class Result:
     model: str
     input_width: int
     input_height: int
-    # With ``with_layers``: the model's output and the Lanczos enlargement, each as PNG bytes.
+    # With the plan's ``with_layers``: the model's output and the Lanczos enlargement, each as PNG bytes.
     layers: dict[str, bytes] | None = None
     stages: Stages = field(default_factory=Stages)
 
@@ -86,8 +86,7 @@ class TileCount:
         return check
 
 
-def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, with_layers: bool = False,
-        stages: Stages | None = None) -> Result:
+def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, stages: Stages | None = None) -> Result:
     """Upscale as ``plan`` says; raises a ServiceError subclass for anything the user can fix.
 
     ``stages`` (new if not given, returned in the result) receives the seconds of each stage."""
@@ -101,14 +100,14 @@ def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, wit
         image = images.decode_pixels(plan.data, plan.header)
     image = replace(image, alpha=encoding.alpha_for(options.output_format, image.alpha))
     try:
-        layers = _layers(image, work, progress, with_layers)
+        layers = _layers(image, work, progress)
     finally:
         network.release_memory()
     colour = blend(layers, options.strength)
     with work.stages.time("encode"):
         encoded = encoding.encode(colour, layers.alpha, image.icc_profile, options.output_format, options.quality,
                                   settings.png_compression_level, settings.worker_cores)
-        encoded_layers = _encoded_layers(layers, image.icc_profile, settings) if with_layers else None
+        encoded_layers = _encoded_layers(layers, image.icc_profile, settings) if plan.with_layers else None
     return Result(encoded, OUTPUT_FORMATS[options.output_format][1], colour.shape[1], colour.shape[0],
                   network.name, image.width, image.height, encoded_layers, work.stages)
 
@@ -127,8 +126,8 @@ def _deadline(settings: Settings, on_progress: Progress | None) -> Progress:
     return check
 
 
-def _layers(image: images.DecodedImage, work: Work, progress: Progress, with_layers: bool) -> Layers:
-    output, strength = work.plan.output, work.plan.options.strength
+def _layers(image: images.DecodedImage, work: Work, progress: Progress) -> Layers:
+    output, strength, with_layers = work.plan.output, work.plan.options.strength, work.plan.with_layers
     model = lanczos = None
     if strength > 0 or with_layers:
         model = _crop(_model_colour(image, work, progress), output)

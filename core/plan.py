@@ -50,6 +50,8 @@ class Plan:
     # What the request holds in the worker's memory beside the loaded models, at its largest pass: its buffers
     # and a batch of windows. Its inference slot reserves it (core/admission.py).
     host_bytes: int
+    # The web page's answer: the model's output and the Lanczos enlargement too, each as PNG bytes.
+    with_layers: bool = False
 
     @property
     def tile_count(self) -> int:

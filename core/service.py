@@ -72,10 +72,11 @@ class Service:
         """What the options' allowed values depend on here: the models this server offers."""
         return OptionContext(self.registry.names, self.settings.default_model, self.registry.denoise_levels())
 
-    def prepare(self, data: bytes, options: UpscaleOptions) -> Plan:
+    def prepare(self, data: bytes, options: UpscaleOptions, with_layers: bool = False) -> Plan:
         """The plan of an upscale, from the image's header alone (read here, once), with every check that needs
         no pixels: the input's and every output's pixels, what the output format holds, the ensemble's limit,
-        the time limit and room in the queue (400, 413 or 503 before any work)."""
+        the memory, the time limit and room in the queue (400, 413 or 503 before any work). ``with_layers``: the
+        web page's answer, with the layers strength mixes."""
         header = images.read_header(data, self.settings.max_input_pixels)
         network = self.registry.get(options.model or self.settings.default_model,
                                     enlargement(*header.size, options), options.denoise)
@@ -84,17 +85,17 @@ class Service:
         check_sizes(output, self.settings.max_output_pixels)
         if options.ensemble:
             cost.check_ensemble_pixels(*header.size, self.settings.max_ensemble_pixels)
-        passes = self.plan_passes(network, output)
-        host_bytes = self.host_bytes(network, passes)
+        result = self.result_bytes(header, output, options, with_layers)
+        passes = self.plan_passes(network, output, result)
+        host_bytes = result + self.host_bytes(network, passes)
         memory.check_worker_room(self.memory_budget(), worker_room(self.settings, self.registry), host_bytes,
                                  *header.size)
         seconds = self.estimate_seconds(network, passes, options.ensemble)
         cost.check_fits(seconds, self.settings.request_time_limit_s, network.name, *header.size, options.ensemble)
         self.slot.check_room()
-        return Plan(data, options, header, network, output, passes, seconds, host_bytes)
+        return Plan(data, options, header, network, output, passes, seconds, host_bytes, with_layers)
 
-    def run(self, plan: Plan, on_progress: Progress | None = None, with_layers: bool = False,
-            stages: Stages | None = None) -> Result:
+    def run(self, plan: Plan, on_progress: Progress | None = None, stages: Stages | None = None) -> Result:
         """Run a prepared upscale in this worker's inference slot (503 at once when the queue is full).
 
         ``stages`` receives the seconds of each stage, the wait for the slot as ``queue``.
@@ -103,21 +104,23 @@ class Service:
         queued = time.perf_counter()
         with self.slot.hold(plan.host_bytes):
             stages.add("queue", time.perf_counter() - queued)
-            return pipeline.run(plan, self.settings, on_progress, with_layers, stages)
+            return pipeline.run(plan, self.settings, on_progress, stages)
 
     def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None,
                 stages: Stages | None = None) -> Result:
         """``prepare`` then ``run``, for callers that need nothing from the plan in between."""
         return self.run(self.prepare(data, options), on_progress, stages=stages)
 
-    def plan_passes(self, network: Network, output: OutputPlan) -> tuple[Pass, ...]:
-        """Each pass's tiles, at the tile size this worker's memory budget gives the pass's input."""
-        return tuple(plan_pass(network, width, height, self.tile_size(network, height, width))
+    def plan_passes(self, network: Network, output: OutputPlan, result: int) -> tuple[Pass, ...]:
+        """Each pass's tiles, at the tile size this worker's memory budget gives the pass's input beside the
+        ``result`` bytes the request holds."""
+        return tuple(plan_pass(network, width, height, self.tile_size(network, height, width, result))
                      for width, height in output.pass_inputs)
 
-    def tile_size(self, network: Network, height: int, width: int) -> int:
+    def tile_size(self, network: Network, height: int, width: int, result: int) -> int:
         """The tile side for an image of this size on ``network``: TILE_SIZE when set, else the largest
-        that MEMORY_BUDGET_MB leaves room for beside the loaded models (413 when none does)."""
+        that MEMORY_BUDGET_MB leaves room for beside the loaded models and the request's buffers (413 when none
+        does)."""
         if self.settings.tile_size is not None:
             return self.settings.tile_size
         device = self.registry.choice.device
@@ -125,14 +128,25 @@ class Service:
         if device == "cuda":
             return memory.tile_for_device_budget(self.device_budget(), self.registry.device_resident, bytes_per_pixel,
                                                  network.margin, height, width, self.settings.tile_batch)
-        return memory.tile_for_budget(self.memory_budget(), self.registry.resident, bytes_per_pixel, network.margin,
-                                      height, width, network.scale, self.settings.tile_batch)
+        return memory.tile_for_budget(self.memory_budget(), self.registry.resident,
+                                      result + memory.pass_bytes(height, width), bytes_per_pixel, network.margin,
+                                      height, width, self.settings.tile_batch)
+
+    def result_bytes(self, header: images.Header, output: OutputPlan, options: UpscaleOptions,
+                     with_layers: bool) -> int:
+        """What the request's result holds in this worker's memory until its bytes are sent."""
+        width, height = output.output
+        lanczos = (header.alpha or options.strength < 1 or with_layers or output.scaled != output.pass_outputs[-1]
+                   or output.output != output.scaled)
+        return memory.result_bytes(width * height, header.pixel_bytes, lanczos, 0 < options.strength < 1,
+                                   with_layers)
 
     def host_bytes(self, network: Network, passes: tuple[Pass, ...]) -> int:
-        """What the request holds in this worker's memory beside the loaded models, at its largest pass."""
+        """What the request's passes hold in this worker's memory beside the loaded models and the result, at
+        its largest pass: its input buffers and a batch of windows."""
         device = self.registry.choice.device
         bytes_per_pixel = self.registry.cards[network.name].window_bytes_per_pixel(network.precision, device)
-        return max(memory.request_bytes(step.height, step.width, network.scale)
+        return max(memory.pass_bytes(step.height, step.width)
                    + memory.window_host_bytes(step.window_pixels, device, bytes_per_pixel, network.scale,
                                               min(self.settings.tile_batch, len(step.tiles)))
                    for step in passes)

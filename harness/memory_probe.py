@@ -2,20 +2,25 @@
 
     python -m harness.memory_probe windows MODEL PRECISION SIDE [SIDE ...]
     python -m harness.memory_probe request TILE SIDE [SIDE ...]
+    python -m harness.memory_probe reserve PICTURE SIDE STRENGTH ROUTE
 
 *windows*: load MODEL in PRECISION, give the backend's buffers back, then run one window of each SIDE
 in increasing order: the peak RSS above the loaded process after each. *request*: srgan with tiles of
 TILE on whole photos of each SIDE: the peak above the loaded process, and the share of one window.
+*reserve*: srgan with 64-px tiles on one PICTURE (``harness.photos.PICTURES``) of SIDE at STRENGTH, through ROUTE
+(``/model/predict``, or ``/app/upscale`` with the page's layers, its answer read to the end): the peak above the
+loaded process, and what the request's plan reserved for it (``Plan.host_bytes``).
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 import sys
 
 import numpy as np
 
-from harness.photos import photo_png
+from harness.photos import PICTURES, photo_png
 from harness.process import peak_rss_mb
 
 MEBIBYTE = 1024 * 1024
@@ -73,10 +78,34 @@ def probe_request(sides: list[int], tile: int) -> dict:
     return {"window_mb": with_window, "peak_above_mb": peaks}
 
 
+def probe_reserve(picture: str, side: int, strength: str, route: str) -> dict:
+    from app import create_app
+    from core.options import UpscaleOptions
+
+    app = create_app(loaded_service("srgan", tile_size=64).settings, load_models=False)
+    service = app.extensions["super_resolution"]
+    service.registry.load_all()
+    network = service.registry.get("srgan")
+    window = 64 + 2 * network.margin
+    network.predict(np.zeros((1, window, window, 3), np.float32))
+    network.release_memory()
+    data = PICTURES[picture](side)
+    reserved = service.prepare(data, UpscaleOptions(model="srgan", strength=float(strength)),
+                               with_layers=route == "/app/upscale").host_bytes
+    baseline = rss_mb()
+    reset_peak_rss()
+    answer = app.test_client().post(route, data={"image": (io.BytesIO(data), "picture.png"), "model": "srgan",
+                                                 "strength": strength}, content_type="multipart/form-data")
+    assert answer.status_code == 200 and b'"error"' not in answer.data[:200], answer.data[:300]
+    return {"peak_above_mb": peak_rss_mb() - baseline, "reserved_mb": reserved / MEBIBYTE}
+
+
 def main(argv: list[str]) -> None:
     kind, *rest = argv
     if kind == "windows":
         print(json.dumps(probe_windows(rest[0], rest[1], int(rest[2]), [int(side) for side in rest[3:]])))
+    elif kind == "reserve":
+        print(json.dumps(probe_reserve(rest[0], int(rest[1]), rest[2], rest[3])))
     else:
         print(json.dumps(probe_request([int(side) for side in rest[1:]], int(rest[0]))))
 

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import png
 from PIL import Image
 
 PHOTO = Path(__file__).resolve().parent.parent / "assets" / "test_examples" / "low_resolution" / "astronaut.png"
@@ -14,3 +17,19 @@ def photo_png(side: int) -> bytes:
     buffer = io.BytesIO()
     Image.open(PHOTO).convert("RGB").resize((side, side), Image.Resampling.BICUBIC).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def photo16_rgba_png(side: int) -> bytes:
+    """The photo at 16 bits with random low bits and a translucent alpha plane, as PNG: the most bytes per pixel
+    a result can have, and little for deflate to save."""
+    colour = np.asarray(Image.open(io.BytesIO(photo_png(side))), np.uint16) * 257
+    colour += np.random.default_rng(side).integers(0, 257, colour.shape, dtype=np.uint16)
+    alpha = np.full((side, side, 1), 40000, np.uint16)
+    buffer = io.BytesIO()
+    png.Writer(side, side, greyscale=False, alpha=True, bitdepth=16).write(
+        buffer, np.concatenate([colour, alpha], axis=-1).reshape(side, -1))
+    return buffer.getvalue()
+
+
+# The pictures a memory probe can upscale, by name.
+PICTURES: dict[str, Callable[[int], bytes]] = {"photo": photo_png, "photo16-rgba": photo16_rgba_png}

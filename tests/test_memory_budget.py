@@ -1,5 +1,10 @@
-"""A real gunicorn worker under a tight MEMORY_BUDGET_MB: its tiles shrink so that its peak RSS stays within it."""
+"""A real gunicorn worker under a tight MEMORY_BUDGET_MB: its tiles shrink so that its peak RSS stays within it;
+and a request's peak stays within what its plan reserves, for the largest pixels and the page's layers."""
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -7,6 +12,7 @@ import requests
 from harness.live_server import live_server
 from harness.photos import photo_png
 from harness.process import gunicorn_worker, peak_rss_mb
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 # srgan alone is resident in about 0.7 GiB; this leaves its windows a few hundred MiB.
@@ -29,3 +35,13 @@ def test_an_image_the_budget_cannot_hold_is_a_413_naming_the_setting():
                                files={"image": ("photo.png", photo_png(1500), "image/png")})
         assert answer.status_code == 413
         assert "MEMORY_BUDGET_MB=760" in answer.json()["message"]
+
+
+@pytest.mark.parametrize("strength, route", [("0.5", "/model/predict"), ("1", "/app/upscale")])
+def test_a_request_stays_within_what_its_plan_reserves(strength, route):
+    """16-bit RGBA that deflate cannot shrink, mixed with Lanczos or answered with the page's layers: the peak
+    above the loaded process (a fresh one) is within ``Plan.host_bytes``, which the inference slots hold."""
+    done = subprocess.run([sys.executable, "-m", "harness.memory_probe", "reserve", "photo16-rgba", "400", strength,
+                           route], cwd=ROOT, capture_output=True, text=True, check=True)
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 0 < measured["peak_above_mb"] <= measured["reserved_mb"]

@@ -259,13 +259,14 @@ def test_a_request_reserves_its_buffers_and_the_windows_host_share(service, monk
     plan = service.prepare(encode(photo(40, 48)), UpscaleOptions())
     height, width = plan.passes[0].tiles[0].window_shape
     per_pixel = service.registry.cards["anime"].window_bytes_per_pixel("f32", "cpu")
-    assert plan.host_bytes == memory.request_bytes(40, 48, 4) + height * width * per_pixel
+    own = memory.pass_bytes(40, 48) + memory.result_bytes(160 * 192, 3, False, False, False)
+    assert plan.host_bytes == own + height * width * per_pixel
     monkeypatch.setattr(service.registry, "choice", dataclasses.replace(service.registry.choice, device="cuda"))
     monkeypatch.setattr(service.registry.choice.module, "memory_total", lambda device: 10 * 2 ** 30)
     monkeypatch.setattr(type(service.registry), "device_resident", property(lambda registry: 0))
     plan = service.prepare(encode(photo(40, 48)), UpscaleOptions())
     assert len(plan.passes[0].tiles) == 1  # the whole image, as one window
-    assert plan.host_bytes == memory.request_bytes(40, 48, 4) + 40 * 48 * 16 * memory.HOST_COPY_BYTES_PER_OUTPUT_PIXEL
+    assert plan.host_bytes == own + 40 * 48 * 16 * memory.HOST_COPY_BYTES_PER_OUTPUT_PIXEL
 
 
 def test_on_a_gpu_the_room_sets_aside_the_cached_pinned_blocks(service, monkeypatch):

@@ -27,41 +27,42 @@ def test_the_largest_window_that_fits_is_chosen():
 
 
 def test_windows_stay_within_the_measured_sides_however_large_the_budget():
-    tile = memory.tile_for_budget(64 * 1024 * MIB, 1024 * MIB, 1400, 8, 1000, 1000, 4)
+    tile = memory.tile_for_budget(64 * 1024 * MIB, 1024 * MIB, 200 * MIB, 1400, 8, 1000, 1000)
     assert tile + 2 * 8 == memory.MAX_WINDOW
 
 
 def test_tile_leaves_room_for_the_resident_models_and_the_request():
     budget, resident, per_pixel, margin = 3072 * MIB, 1280 * MIB, 6700, 16
-    tile = memory.tile_for_budget(budget, resident, per_pixel, margin, 2000, 2000, 4)
+    request = memory.pass_bytes(2000, 2000) + memory.result_bytes(8000 * 8000, 3, False, False, False)
+    tile = memory.tile_for_budget(budget, resident, request, per_pixel, margin, 2000, 2000)
     window = tile + 2 * margin
-    assert resident + memory.request_bytes(2000, 2000, 4) + window ** 2 * per_pixel <= budget
+    assert resident + request + window ** 2 * per_pixel <= budget
     # Every window the tiler then plans is at most that side.
     assert max(max(t.window_shape) for t in plan_tiles(2000, 2000, tile, margin)) <= window
-    # A smaller image leaves more room: its tile is at least as large.
-    assert memory.tile_for_budget(budget, resident, per_pixel, margin, 500, 500, 4) >= tile
+    # A smaller request leaves more room: its tile is at least as large.
+    assert memory.tile_for_budget(budget, resident, request // 16, per_pixel, margin, 500, 500) >= tile
 
 
 def test_a_batch_of_windows_shares_the_room():
-    one = memory.tile_for_budget(1536 * MIB, 1024 * MIB, 6700, 16, 500, 500, 4)
-    two = memory.tile_for_budget(1536 * MIB, 1024 * MIB, 6700, 16, 500, 500, 4, batch=2)
+    one = memory.tile_for_budget(1536 * MIB, 1024 * MIB, 50 * MIB, 6700, 16, 500, 500)
+    two = memory.tile_for_budget(1536 * MIB, 1024 * MIB, 50 * MIB, 6700, 16, 500, 500, batch=2)
     assert two < one < memory.MAX_WINDOW - 2 * 16
 
 
 def test_a_budget_too_small_for_an_image_is_a_clear_413():
     with pytest.raises(TooLarge, match="MEMORY_BUDGET_MB=1400") as error:
-        memory.tile_for_budget(1400 * MIB, 1280 * MIB, 19500, 32, 2000, 2000, 4)
+        memory.tile_for_budget(1400 * MIB, 1280 * MIB, 100 * MIB, 19500, 32, 2000, 2000)
     assert error.value.status == 413
 
 
 def test_tile_size_overrides_the_budget(service):
     network = service.registry.get("srgan")
     fixed = Service(load_settings(models="srgan", tile_size=96), service.registry, service.slot)
-    assert fixed.tile_size(network, 2000, 2000) == 96
+    assert fixed.tile_size(network, 2000, 2000, 0) == 96
     # Without TILE_SIZE the tile follows the budget and the image: a larger image leaves less room for windows.
     room = service.registry.resident // memory.MEBIBYTE + 1024
     budgeted = Service(load_settings(models="srgan", memory_budget_mb=room), service.registry, service.slot)
-    assert budgeted.tile_size(network, 2000, 2000) < budgeted.tile_size(network, 500, 500)
+    assert budgeted.tile_size(network, 2000, 2000, 0) < budgeted.tile_size(network, 500, 500, 0)
 
 
 def test_every_measured_model_has_its_cost_in_every_precision():
