@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from core.errors import Busy
 from core.shutdown import ShuttingDown
+
+# How often a queued request looks whether its client is still there: one that hung up leaves the queue (and
+# its gunicorn thread) within this, instead of keeping them until QUEUE_WAIT_S or its turn.
+QUEUE_CHECK_S = 0.5
 
 
 class InferenceSlot:
@@ -55,10 +60,11 @@ class InferenceSlot:
             callback(len(self._queue), self._running)
 
     @contextmanager
-    def hold(self, host_bytes: int = 0) -> Iterator[None]:
+    def hold(self, host_bytes: int = 0, while_queued: Callable[[], None] | None = None) -> Iterator[None]:
         """Run the block in a slot, holding ``host_bytes`` of the worker's room, waiting in the queue if there is
-        room in it; else raise Busy at once."""
-        self._enter(host_bytes)
+        room in it; else raise Busy at once. While queued, ``while_queued()`` runs every QUEUE_CHECK_S (with the
+        slot's lock held: it must not block) and may raise to leave the queue (Cancelled: the client left)."""
+        self._enter(host_bytes, while_queued)
         try:
             yield
         finally:
@@ -82,7 +88,7 @@ class InferenceSlot:
             return False
         return self._running == 0 or self._room is None or self._reserved + host_bytes <= self._room()
 
-    def _enter(self, host_bytes: int) -> None:
+    def _enter(self, host_bytes: int, while_queued: Callable[[], None] | None) -> None:
         with self._free:
             self._refuse_if_closed()
             if not self._queue and self._can_start(host_bytes):
@@ -94,9 +100,7 @@ class InferenceSlot:
             self._queue.append(ticket)
             self._changed()
             try:
-                acquired = self._free.wait_for(
-                    lambda: self._closed or (self._queue[0] == ticket and self._can_start(host_bytes)),
-                    self._wait_timeout_s)
+                acquired = self._wait_turn(ticket, host_bytes, while_queued)
             finally:
                 self._queue.remove(ticket)
                 self._changed()
@@ -105,6 +109,20 @@ class InferenceSlot:
             if not acquired:
                 raise Busy(f"the server is busy: waited {self._wait_timeout_s:g} s for a free slot; retry later")
             self._start(host_bytes)
+
+    def _wait_turn(self, ticket: int, host_bytes: int, while_queued: Callable[[], None] | None) -> bool:
+        """Wait, with the lock held, until ``ticket`` may start or the worker closes: False after the queue's
+        wait timeout."""
+        deadline = time.monotonic() + self._wait_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if self._free.wait_for(lambda: self._closed or (self._queue[0] == ticket and self._can_start(host_bytes)),
+                                   min(remaining, QUEUE_CHECK_S)):
+                return True
+            if remaining <= QUEUE_CHECK_S:
+                return False
+            if while_queued is not None:
+                while_queued()
 
     def _busy(self) -> Busy:
         return Busy(f"the server is busy: {self._running} of {self._slots} images running and "

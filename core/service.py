@@ -98,11 +98,13 @@ class Service:
     def run(self, plan: Plan, on_progress: Progress | None = None, stages: Stages | None = None) -> Result:
         """Run a prepared upscale in this worker's inference slot (503 at once when the queue is full).
 
-        ``stages`` receives the seconds of each stage, the wait for the slot as ``queue``.
+        ``on_progress`` is asked while the request waits in the queue too, as (0, 0), so that a client who left
+        frees its place. ``stages`` receives the seconds of each stage, the wait for the slot as ``queue``.
         """
         stages = stages or Stages()
         queued = time.perf_counter()
-        with self.slot.hold(plan.host_bytes):
+        while_queued = None if on_progress is None else lambda: on_progress(0, 0)
+        with self.slot.hold(plan.host_bytes, while_queued):
             stages.add("queue", time.perf_counter() - queued)
             return pipeline.run(plan, self.settings, on_progress, stages)
 

@@ -93,6 +93,33 @@ def test_slot_runs_one_image_at_a_time_under_contention():
     assert slot.running == slot.waiting == 0
 
 
+def test_a_queued_request_whose_client_left_leaves_the_queue_while_the_slot_is_still_taken():
+    slot, release, log = InferenceSlot(queue_size=1, wait_timeout_s=60), threading.Event(), []
+    first = hold_in_thread(slot, release, log, "first")
+    wait_for(lambda: slot.running == 1, THREAD_STATE_S, 0.005)
+    left = threading.Event()
+
+    def client_check() -> None:
+        if left.is_set():
+            raise Cancelled("the client closed the connection")
+
+    def queued() -> None:
+        try:
+            with slot.hold(0, client_check):
+                log.append("queued in")
+        except Cancelled:
+            log.append("queued left")
+    waiter = threading.Thread(target=queued)
+    waiter.start()
+    wait_for(lambda: slot.waiting == 1, THREAD_STATE_S, 0.005)
+    left.set()
+    waiter.join(THREAD_STATE_S + 60)
+    assert log == ["first in", "queued left"] and slot.waiting == 0 and slot.running == 1
+    slot.check_room()  # the place is free for a newcomer while the first image still runs
+    release.set()
+    first.join()
+
+
 def test_a_queued_request_gives_up_after_the_wait_timeout():
     slot, release, log = InferenceSlot(queue_size=1, wait_timeout_s=0.2), threading.Event(), []
     first = hold_in_thread(slot, release, log, "first")
@@ -248,10 +275,13 @@ def test_gunicorn_refuses_requests_beyond_the_queue_at_once_then_recovers():
             assert response.headers["Retry-After"] == "7"
             assert "1 queued (queue size 1)" in response.json()["message"]
 
-        # Both clients hang up: their work stops at its next tile (the queued one once it reaches the slot),
-        # and long before the minutes the big image needs, the worker serves new requests.
-        running.close()
+        # The queued client hangs up: it leaves the queue while the big image still runs (minutes of work).
         queued.close()
+        wait_for(lambda: gauge(server.url, "superres_inference_queued") == 0, 30)
+        assert gauge(server.url, "superres_inference_running") == 1
+        # The running one hangs up: its work stops at its next tile, and long before the minutes the big image
+        # needs, the worker serves new requests.
+        running.close()
 
         def small_served() -> requests.Response | None:
             response = requests.post(f"{server.url}/model/predict", files={"image": ("small.png", png(48, 48))},
