@@ -13,6 +13,7 @@ them, in its turn. Alone, an image always runs: ``Service.prepare`` refused any 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from core.errors import Busy
 from core.shutdown import ShuttingDown
 
+log = logging.getLogger(__name__)
 # How often a queued request looks whether its client is still there: one that hung up leaves the queue (and
 # its gunicorn thread) within this, instead of keeping them until QUEUE_WAIT_S or its turn.
 QUEUE_CHECK_S = 0.5
@@ -55,9 +57,13 @@ class InferenceSlot:
         self._observers.append(callback)
 
     def _changed(self) -> None:
-        # Called with the lock held, so that observers see the changes in order.
+        # Called with the lock held, so that observers see the changes in order. An observer that fails is logged:
+        # raised here, between a count and its undoing, it would leave a slot taken for good.
         for callback in self._observers:
-            callback(len(self._queue), self._running)
+            try:
+                callback(len(self._queue), self._running)
+            except Exception:  # noqa: BLE001 - the slot's counts matter more than one metric
+                log.exception("an observer of the inference slot failed")
 
     @contextmanager
     def hold(self, host_bytes: int = 0, while_queued: Callable[[], None] | None = None) -> Iterator[None]:

@@ -68,7 +68,6 @@ class TorchRunner:
         # The f32 module on the CPU stays the source of the f32 rerun of a window that overflowed.
         self._source = module
         self._module = _placed(module, self.device, arithmetic)
-        self._f32: torch.nn.Module | None = self._module if arithmetic == "f32" else None
 
     def __call__(self, batch: Batch) -> Batch:
         """The output for a batch (a list of arrays for a graph of several inputs); a list for several outputs."""
@@ -112,8 +111,9 @@ class TorchRunner:
         try:
             yield
         except torch.OutOfMemoryError as error:
-            # The failed window's blocks go back to the card, for the smaller windows that follow.
-            torch.cuda.empty_cache()
+            # No empty_cache here: the traceback still holds the failed window's tensors, and once it is gone their
+            # blocks stay in torch's cache for the smaller windows that follow (torch empties it itself before
+            # it reports out of memory).
             raise OutOfDeviceMemory(f"the GPU has no memory for a window of {shape[0]} x {shape[2]}x{shape[1]} "
                                     f"pixels on model {self.name}") from error
 
@@ -137,9 +137,10 @@ class TorchRunner:
         return tensor.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(dtype)
 
     def _f32_module(self) -> torch.nn.Module:
-        if self._f32 is None:
-            self._f32 = _placed(self._source, self.device, "f32")
-        return self._f32
+        """The module in f32 for one rerun, placed anew each time: kept, its weights would stay on the GPU
+        beside the ones the memory budget counts (ModelRegistry.device_resident); reruns are rare, and the copy
+        takes milliseconds."""
+        return self._module if self.precision == "f32" else _placed(self._source, self.device, "f32")
 
 
 def _placed(module: torch.nn.Module, device: torch.device, arithmetic: str) -> torch.nn.Module:

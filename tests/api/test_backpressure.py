@@ -120,6 +120,17 @@ def test_a_queued_request_whose_client_left_leaves_the_queue_while_the_slot_is_s
     first.join()
 
 
+def test_an_observer_that_fails_leaves_the_slot_free(caplog):
+    slot = InferenceSlot(queue_size=0, wait_timeout_s=1)
+    slot.observe(lambda waiting, running: 1 / 0)
+    with caplog.at_level("ERROR", logger="core.admission"):
+        with slot.hold():
+            assert slot.running == 1
+    assert slot.running == 0 and "observer of the inference slot failed" in caplog.text
+    with slot.hold():  # free again
+        pass
+
+
 def test_a_queued_request_gives_up_after_the_wait_timeout():
     slot, release, log = InferenceSlot(queue_size=1, wait_timeout_s=0.2), threading.Event(), []
     first = hold_in_thread(slot, release, log, "first")
