@@ -20,6 +20,7 @@ GPU_INFERENCE_SLOTS = 4
 CPU_WORKER_MEMORY_BUDGET_MB = 3072
 GPU_WORKER_MEMORY_BUDGET_MB = 6144
 MIN_MEMORY_BUDGET_MB = 256
+DEFAULT_QUEUE_SIZE = 2
 
 
 class Settings(BaseSettings):
@@ -29,7 +30,7 @@ class Settings(BaseSettings):
     port: int = Field(5000, description="TCP port the service listens on (nginx in front of gunicorn, see serve.py).")
     host: str = Field("0.0.0.0", description="Address the service listens on.")
     workers: int = Field(1, ge=1, description="gunicorn worker processes; each holds every model once.")
-    threads: int = Field(0, ge=0, description="HTTP threads per worker; 0: one for each inference slot and queue place and one more, so that health and metrics answer while every slot is busy and the queue is full (4 on the CPU, 7 on a GPU; serve.py sizes it for the device it finds).")
+    threads: int = Field(0, ge=0, description=f"HTTP threads per worker; 0: one for each inference slot and queue place and one more, so that health and metrics answer while every slot is busy and the queue is full ({1 + DEFAULT_QUEUE_SIZE + 1} on the CPU, {GPU_INFERENCE_SLOTS + DEFAULT_QUEUE_SIZE + 1} on a GPU; serve.py sizes it for the device it finds, and gunicorn started without it, with DEVICE=auto, takes the GPU's count).")
     timeout_s: int = Field(600, ge=10, description="gunicorn worker timeout in seconds.")
     log_level: str = Field("INFO", description="Python log level name.")
     cors_enable: bool = Field(False, description="Send CORS headers, as the original's CORS_ENABLE did; to the origins in CORS_ORIGINS, or to any origin (*) when that is empty.")
@@ -51,7 +52,7 @@ class Settings(BaseSettings):
     tile_batch: int = Field(1, ge=1, description="Tiles run through the network at once (more costs memory, gains little with openvino).")
 
     # Precision and memory
-    memory_budget_mb: int = Field(0, ge=0, description="Peak resident memory of one worker, in MiB: the loaded models, the buffers of the images in flight and the tiles' windows; each model's tile size follows from it, and images run together only while their buffers fit it (docs/speed.md). 0: 3072 on the CPU, 6144 on a GPU (CUDA's host memory and the images in flight together).")
+    memory_budget_mb: int = Field(0, ge=0, description=f"Peak resident memory of one worker, in MiB: the loaded models, the buffers of the images in flight and the tiles' windows; each model's tile size follows from it, and images run together only while their buffers fit it (docs/speed.md). 0: {CPU_WORKER_MEMORY_BUDGET_MB} on the CPU, {GPU_WORKER_MEMORY_BUDGET_MB} on a GPU (CUDA's host memory and the images in flight together).")
     gpu_memory_budget_mb: int = Field(0, ge=0, description="GPU memory a worker's networks may use, in MiB: the loaded models and one window; on a GPU each model's tile follows from it (whole images run as one window where they fit). 0: 90 % of the card's memory at start, shared among the WORKERS (each holds its own models on the card).")
     precision: Literal["auto", "f32", "bf16", "fp16"] = Field("auto", description="Arithmetic of the networks: auto runs bf16 on the CPU only where the CPU has it natively and the model was measured to allow it, and on a GPU each model's measured precision (docs/speed.md, docs/gpu.md); f32, bf16 or fp16 (GPU only) force one for every model.")
 
@@ -62,7 +63,7 @@ class Settings(BaseSettings):
     max_input_pixels: int = Field(2000 * 2000, ge=1, description="Largest accepted input, width x height (413 above).")
     max_output_pixels: int = Field(8000 * 8000, ge=1, description="Largest produced output, width x height (413 above).")
     inference_slots: int = Field(0, ge=0, description="Images a worker upscales at once; 0: one on the CPU (the network takes every core), GPU_INFERENCE_SLOTS on a GPU (one request's decode and encode overlap another's network; the GPU runs one window at a time).")
-    queue_size: int = Field(2, ge=0, description="Requests that may wait for a worker's inference slots; more get 503 at once.")
+    queue_size: int = Field(DEFAULT_QUEUE_SIZE, ge=0, description="Requests that may wait for a worker's inference slots; more get 503 at once.")
     request_time_limit_s: float = Field(600.0, gt=0, description="A request still running after this many seconds stops at its next tile (503).")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with every 503.")
     queue_wait_s: float = Field(60.0, gt=0, description="Longest wait of a queued request for the inference slot (then 503); the time limit starts once it runs.")

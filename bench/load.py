@@ -28,7 +28,7 @@ import requests
 
 from bench.machine import ceiling_in_fresh_process, cpu_description
 from bench.report import markers, write_section
-from config import Settings
+from config import MEBIBYTE, Settings
 from harness.live_server import live_server
 from harness.raw_http import png, rss_bytes, worker_pids
 
@@ -36,7 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "assets" / "test_examples" / "low_resolution"
 GENERATED_SIZES = ((64, 64), (96, 96), (128, 128), (160, 120), (192, 192), (224, 160), (256, 256), (256, 144))
 REQUEST_TIMEOUT_S = 180
-MEBIBYTE = 1024 * 1024
 REPORT_NAME = "load-report"
 
 

@@ -23,7 +23,7 @@ import sys
 import requests
 
 from bench.report import ROOT
-from harness.memory_probe import MEBIBYTE
+from config import MEBIBYTE
 from harness.photos import photo_png
 from core.models.specs import PACKAGED
 from harness.process import gunicorn_worker, peak_rss_mb

@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 import os
 
+from config import MEBIBYTE
 from core.errors import TooLarge
 from core.tiling import WINDOW_QUANTUM
 
-MEBIBYTE = 1024 * 1024
 # The resident size is rounded up to this, so that a few MB of difference between two workers'
 # start-ups rarely gives them different tiles (and so slightly different results) for one image.
 RESIDENT_QUANTUM = 32 * MEBIBYTE

@@ -20,10 +20,10 @@ import sys
 
 import numpy as np
 
+from config import MEBIBYTE
 from harness.photos import PICTURES, photo_png
 from harness.process import peak_rss_mb
 
-MEBIBYTE = 1024 * 1024
 
 
 def rss_mb() -> float:

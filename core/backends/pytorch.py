@@ -24,7 +24,7 @@ import torch
 
 from core.backends import Batch, Choice, cpu_name
 from core.errors import OutOfDeviceMemory
-from core.memory import PINNED_COPY_MAX_BYTES
+from core.memory import MEBIBYTE, PINNED_COPY_MAX_BYTES
 from core.models import precision
 from core.models.runtime import Network
 
@@ -181,7 +181,7 @@ def device_facts(device: str) -> dict[str, object]:
     if device != "cuda":
         return {"kind": "cpu", "name": cpu_name(), "runtime": runtime}
     properties = torch.cuda.get_device_properties(torch.cuda.current_device())
-    return {"kind": "cuda", "name": properties.name, "memory_mib": properties.total_memory // (1024 * 1024),
+    return {"kind": "cuda", "name": properties.name, "memory_mib": properties.total_memory // MEBIBYTE,
             "runtime": f"{runtime}, CUDA {torch.version.cuda}"}
 
 
