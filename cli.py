@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's later log lines out of the progress bars
 
 JOBS_PER_SERVER = 2
-# --timeout beyond a server's longest wait and run: the upload, the stop at the next tile, the answer's encoding.
-ANSWER_MARGIN_S = 30
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     ``args.options`` holds the upscale's options, checked as the server checks them.
     """
-    from config import load_settings
+    from config import ANSWER_MARGIN_S, load_settings
     from core.errors import InvalidInput
     from core.models.levels import all_levels
     from core.models.specs import SPECS
@@ -100,11 +98,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def default_timeout_s() -> float:
-    """The longest a server at its default settings takes to answer, and the margin: a client's --timeout."""
+    """The longest a server at its default settings takes to answer: a client's --timeout."""
     from config import Settings
 
-    defaults = Settings.model_fields
-    return defaults["queue_wait_s"].default + defaults["request_time_limit_s"].default + ANSWER_MARGIN_S
+    return Settings.model_construct().longest_answer_s  # the defaults, not this machine's environment
 
 
 def _option_problems(args: argparse.Namespace) -> Iterator[str]:

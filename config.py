@@ -21,6 +21,9 @@ CPU_WORKER_MEMORY_BUDGET_MB = 3072
 GPU_WORKER_MEMORY_BUDGET_MB = 6144
 MIN_MEMORY_BUDGET_MB = 256
 DEFAULT_QUEUE_SIZE = 2
+# Beyond a request's queue wait and time limit, what its answer may still take: the upload, the stop at the
+# next tile, the encoding. nginx waits that long for gunicorn, and sr-upscale for a server.
+ANSWER_MARGIN_S = 30
 
 
 class Settings(BaseSettings):
@@ -103,6 +106,11 @@ class Settings(BaseSettings):
         """MEMORY_BUDGET_MB in bytes, or its default for ``device`` ("cpu" or "cuda")."""
         default = GPU_WORKER_MEMORY_BUDGET_MB if device == "cuda" else CPU_WORKER_MEMORY_BUDGET_MB
         return (self.memory_budget_mb or default) * MEBIBYTE
+
+    @property
+    def longest_answer_s(self) -> float:
+        """The longest an image's answer takes: its wait in the queue, its time limit and the margin."""
+        return self.queue_wait_s + self.request_time_limit_s + ANSWER_MARGIN_S
 
     @property
     def worker_cores(self) -> int:

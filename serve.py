@@ -52,8 +52,8 @@ def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int)
     # Work requests may take every thread but one per worker: that one is always free for /health,
     # /ready and /metrics, so liveness never waits behind images.
     work_slots = settings.workers * (threads - 1)
-    # An image's answer comes only when it is done: queue wait plus the time limit, and some margin.
-    upstream_s = int(settings.queue_wait_s + settings.request_time_limit_s + 30)
+    # An image's answer comes only when it is done.
+    upstream_s = int(settings.longest_answer_s)
     # Started as root, nginx's workers would become "nobody" and could not open gunicorn's socket.
     user = "user root;\n" if os.geteuid() == 0 else ""
     return f"""# Written by serve.py from the settings; see config.py.

@@ -7,11 +7,9 @@ import numpy as np
 from PIL import Image
 
 from core.errors import InvalidInput
-from core.formats import OUTPUT_FORMATS
+from core.formats import MAX_SIDE, OUTPUT_FORMATS
 from core.png_encoder import encode_png
 
-# Widest or tallest image each output format can hold.
-MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}
 # Rows converted at a time when changing bit depth, so a 64 MP result needs no full-size temporary.
 ROWS_PER_BLOCK = 256
 

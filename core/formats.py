@@ -7,3 +7,5 @@ from __future__ import annotations
 
 # format option -> (Pillow's format name, the answer's content type)
 OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+# Widest or tallest image each output format can hold.
+MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from core.errors import InvalidInput
-from core.formats import OUTPUT_FORMATS
+from core.formats import MAX_SIDE, OUTPUT_FORMATS
 from core.models.levels import DENOISE_LEVELS, NO_DENOISE
 
 FITS = ("contain", "cover", "fill")
@@ -28,10 +28,9 @@ FALSE_WORDS = ("false", "0", "no", "off")
 # take any script's digits ("٣"), as would \d, hence [0-9].
 DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 WHOLE = re.compile(r"[0-9]+")
-# The longest side an output can have: PNG's (width and height are 31-bit in its header), the longest any
-# output format holds (core/encoding.py's MAX_SIDE). A target beyond it could never be answered, and bounding
-# it keeps the size arithmetic in floats: a 309-digit width would overflow them.
-MAX_TARGET_SIDE = 2**31 - 1
+# The longest side any output format holds. A target beyond it could never be answered, and bounding it keeps
+# the size arithmetic in floats: a 309-digit width would overflow them.
+MAX_TARGET_SIDE = max(MAX_SIDE.values())
 
 
 @dataclass(frozen=True)

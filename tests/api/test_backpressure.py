@@ -15,7 +15,6 @@ from api.predict import peer_closed, stop_when_client_leaves
 from config import load_settings
 from core.admission import InferenceSlot
 from core.errors import Busy, Cancelled
-from core.geometry import plan_output
 from core.options import UpscaleOptions
 from core.service import Service
 from harness.live_server import live_server
@@ -329,9 +328,8 @@ def service_with(service, **overrides) -> Service:
 
 
 def estimate(service, width: int, height: int, ensemble: bool = False) -> float:
-    network = service.registry.get("srgan")
-    output = plan_output(width, height, UpscaleOptions(model="srgan", scale=4, ensemble=ensemble), network.scale)
-    return service.estimate_seconds(network, service.plan_passes(network, output), ensemble)
+    """The seconds the service's own plan gives the image (its tiles as its memory budget cuts them)."""
+    return service.prepare(png(width, height), UpscaleOptions(model="srgan", scale=4, ensemble=ensemble)).seconds
 
 
 def test_a_request_the_time_limit_would_stop_is_refused_before_it_queues(app, client, service):
