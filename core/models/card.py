@@ -25,6 +25,9 @@ class LoadedModel:
 
     networks: dict[Key, Network]
     found: dict[str, object] = field(default_factory=dict)
+    # Memory per window input pixel as the card's ``window_bytes``, where loading measured it (an operator's
+    # model): it replaces the card's from then on.
+    window_bytes: Mapping[str, Mapping[str, int]] | None = None
 
 
 Loader = Callable[["Choice", "Settings"], LoadedModel]
@@ -60,7 +63,8 @@ class ModelCard(Described):
     # Context pixels each tile needs; None: measured when the model loads (core/models/margin_probe.py).
     margin: int | None
     # Memory per window input pixel by device ("cpu": host memory, "cuda": GPU memory) and precision:
-    # what the memory budget sizes the tiles by (core/memory.py).
+    # what the memory budget sizes the tiles by (core/memory.py). An operator's model's is replaced by the
+    # figure measured when it loads (``LoadedModel.window_bytes``).
     window_bytes: Mapping[str, Mapping[str, int]]
     load: Loader = field(repr=False)
     # A required model must load for the server to be ready (MODELS); another fails alone (MODELS_DIR).

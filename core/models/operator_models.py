@@ -6,7 +6,9 @@ The sidecar NAME.json says what a file cannot: ``{"title": ..., "scale": 4, "lic
 says its architecture, scale and channels itself (``core.models.torch_files`` reads it), so its
 sidecar, and each key of it, is optional: without a title it is the architecture's name, without a
 licence "unknown, stated by the operator", and a scale it states must be the file's. Without a
-margin, the smallest seam-free one is measured when the model loads (``core.models.margin_probe``).
+margin, the smallest seam-free one is measured when the model loads (``core.models.margin_probe``). Its
+windows' memory is measured when it loads too (``core.models.window_memory``), and its tiles are sized by
+that or by the hungriest built-in model's figure, whichever is the larger.
 
 A .pth is a pickle: it is read only through spandrel's restricted unpickler, and not at all with
 MODELS_DIR_PICKLES=false. PyTorch files need PyTorch (requirements-torch.txt): where it is not
@@ -45,6 +47,7 @@ from core.models.card import LoadedModel, ModelCard
 from core.models.levels import NO_DENOISE
 from core.models.margin_probe import seam_free_margin
 from core.models.runtime import Network
+from core.models.window_memory import bytes_per_window_pixel
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +113,13 @@ class OperatorModel:
 
 @dataclass(frozen=True)
 class Loaded:
-    """A model loaded: its network, and what loading found out that its metadata shows (for a PyTorch file
-    the architecture read from it, the precisions it runs in, and what runs it)."""
+    """A model loaded: its network, what loading found out that its metadata shows (for a PyTorch file the
+    architecture read from it, the precisions it runs in, and what runs it), and its peak memory per window
+    input pixel measured on the device it runs on."""
 
     network: Network
     found: dict[str, object]
+    window_bytes_per_pixel: int
 
 
 class OperatorModelError(ModelLoadError):
@@ -300,23 +305,41 @@ def describe(model: OperatorModel, found: dict[str, object] | None = None) -> di
 
 def card(model: OperatorModel, window_bytes: Mapping[str, Mapping[str, int]]) -> ModelCard:
     """The model's card: its sidecar's words (or its file name's), its scale and margin where stated, and its
-    loader; ``window_bytes`` is what an unmeasured model's windows are sized by."""
+    loader; ``window_bytes`` is what an unmeasured model's windows are sized by, and the least they are sized by
+    once the model has loaded and its windows were measured."""
     about = describe(model)
     scale = model.sidecar.scale if model.sidecar else None
     return ModelCard(model.id, about["title"], about["use_when"], about["architecture"], about["weights"],
                      about["license"], keys=((scale, NO_DENOISE),) if scale else (),
                      margin=model.sidecar.margin if model.sidecar else None, window_bytes=window_bytes,
-                     load=lambda choice, settings: _loaded_model(model, choice, settings), required=False)
+                     load=lambda choice, settings: _loaded_model(model, window_bytes, choice, settings),
+                     required=False)
 
 
-def _loaded_model(model: OperatorModel, choice: Choice, settings: Settings) -> LoadedModel:
+def _loaded_model(model: OperatorModel, unmeasured: Mapping[str, Mapping[str, int]], choice: Choice,
+                  settings: Settings) -> LoadedModel:
     loaded = load(model, choice, settings.worker_cores, settings.precision)
-    return LoadedModel({(loaded.network.scale, NO_DENOISE): loaded.network}, loaded.found)
+    network = loaded.network
+    sized = sized_window_bytes(loaded.window_bytes_per_pixel, unmeasured[choice.device][network.precision])
+    log.info("model %s: windows take %d B per input pixel (%s memory, %s): %d measured at load, %d the least",
+             model.id, sized, choice.device, network.precision, loaded.window_bytes_per_pixel,
+             unmeasured[choice.device][network.precision])
+    window_bytes = {**unmeasured, choice.device: {**unmeasured[choice.device], network.precision: sized}}
+    return LoadedModel({(network.scale, NO_DENOISE): network}, {**loaded.found, "window_bytes_per_pixel": sized},
+                       window_bytes)
+
+
+def sized_window_bytes(measured: int, unmeasured: int) -> int:
+    """What the model's tiles are sized by: the measurement, never less than the hungriest built-in model's figure.
+    The floor keeps a light model's tiles as they were, and covers what two small probe windows may miss (the
+    built-in figures were measured up to 384-px windows, and some backends' buffers grow faster than the window)."""
+    return max(measured, unmeasured)
 
 
 def load(model: OperatorModel, choice: Choice, threads: int, precision: str = "auto") -> Loaded:
-    """The model built, its scale checked and its margin known; ``OperatorModelError`` says why not.
-    ``precision`` is PRECISION, which a PyTorch file on the pytorch backend follows."""
+    """The model built, its scale checked, its margin known and its window memory measured on ``choice``'s device;
+    ``OperatorModelError`` says why not. ``precision`` is PRECISION, which a PyTorch file on the pytorch backend
+    follows."""
     if model.problem is not None:
         raise OperatorModelError(model.problem)
     photos = _probe_photos()
@@ -326,7 +349,7 @@ def load(model: OperatorModel, choice: Choice, threads: int, precision: str = "a
     margin = model.sidecar.margin if model.sidecar else None
     if margin is None:
         margin = _measure_margin(network, model, photos)
-    return Loaded(dataclasses.replace(network, margin=margin), found)
+    return Loaded(dataclasses.replace(network, margin=margin), found, bytes_per_window_pixel(network, choice.device))
 
 
 def _graph_network(model: OperatorModel, choice: Choice, threads: int, setting: str,

@@ -94,6 +94,9 @@ class ModelRegistry:
         loaded = self.cards[name].load(self.choice, self.settings)
         with self._lock:
             self._found[name] = loaded.found
+            if loaded.window_bytes is not None:
+                # Before the model is ready, so that no request's tiles are sized by the figure it replaces.
+                self.cards[name] = replace(self.cards[name], window_bytes=loaded.window_bytes)
         return loaded.networks
 
     @property

@@ -278,3 +278,50 @@ def test_an_ncnn_file_that_is_not_text_fails_the_model(tmp_path):
     write_sidecar(tmp_path, "binary")
     with pytest.raises(OperatorModelError, match=r"^binary.param is not ncnn param text$"):
         load_one(tmp_path, "binary")
+
+
+# --- window memory measured at load ---------------------------------------------------------------
+
+def write_heavy_and_light(folder: Path) -> None:
+    """A HAT of one block at HAT-L's width and attention window (heavy: its attention holds 6 heads of 256x256
+    weights per 16x16 window) and a Compact of 8 features (light), random weights, each with a stated margin so
+    that no margin is measured."""
+    pytest.importorskip("spandrel")
+    import torch
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact import Compact
+    from spandrel.architectures.HAT import HAT
+
+    torch.manual_seed(0)
+    modules = {"heavy": HAT(upscale=4, embed_dim=180, depths=[1], num_heads=[6], window_size=16, mlp_ratio=2,
+                            num_feat=16, upsampler="pixelshuffle", resi_connection="1conv"),
+               "light": Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=4)}
+    for name, module in modules.items():
+        save_file({key: tensor.contiguous() for key, tensor in module.state_dict().items()},
+                  folder / f"{name}.safetensors")
+        (folder / f"{name}.json").write_text(json.dumps({"margin": 8}))
+
+
+def test_a_heavy_models_measured_window_memory_shrinks_its_tiles_and_a_light_one_keeps_the_default(tmp_path):
+    from core.admission import InferenceSlot
+    from core.memory import MEBIBYTE
+    from core.models.specs import UNMEASURED_WINDOW_BYTES
+    from core.service import Service
+
+    write_heavy_and_light(tmp_path)
+    # The speed measurement's windows kept small (TILE_SIZE), as the test is about memory.
+    settings = load_settings(models="srgan", default_model="light", models_dir=tmp_path, tile_size=16)
+    registry = ModelRegistry(settings, Choice("pytorch", "cpu"))
+    registry.load_all()
+    assert registry.states() == {"srgan": "ready", "heavy": "ready", "light": "ready"}
+    unmeasured = UNMEASURED_WINDOW_BYTES["cpu"]["f32"]
+    heavy, light = (registry.cards[name].window_bytes_per_pixel("f32", "cpu") for name in ("heavy", "light"))
+    assert heavy > unmeasured and light == unmeasured
+    assert {entry["id"]: entry.get("window_bytes_per_pixel") for entry in registry.describe()} == {
+        "srgan": None, "heavy": heavy, "light": light}
+    # A budget whose windows stay under MAX_WINDOW for either model, so that only their figures differ.
+    budget_mb = registry.resident // MEBIBYTE + 1024
+    service = Service(load_settings(models="srgan", default_model="light", models_dir=tmp_path, memory_budget_mb=budget_mb),
+                      registry, InferenceSlot(1, 1.0, 1))
+    tiles = {name: service.tile_size(registry.get(name), 1000, 1000, 0) for name in ("heavy", "light")}
+    assert tiles["heavy"] < tiles["light"]
