@@ -24,7 +24,8 @@ import numpy as np
 from core.models.runtime import Network, Predict
 
 # In increasing order. Window attention and convolutions cost about the same per pixel at any side above their
-# window: HAT-L (PyTorch, 2 AMD EPYC cores) took 48,174 B/px at 64 px in 8 s and 46,318 at 128 px in 118 s.
+# window, and a larger window costs much more time: HAT-L (PyTorch, 2 AMD EPYC cores) took 48,174 B/px at 64 px
+# in 8 s, 53,239 at 96 px in 62 s and 46,318 at 128 px in 118 s.
 PROBE_SIDES = (64, 96)
 
 
