@@ -21,6 +21,10 @@ model_entry = namespace.model("ModelEntry", {
                                                          "architecture runs in (f32, fp16, bf16); null otherwise"),
     "runtime": fields.String(description="A MODELS_DIR PyTorch file's: what runs it (OpenVINO, converted at load, "
                                          "or PyTorch, and why); null otherwise"),
+    "window_bytes_per_pixel": fields.Integer(description="A MODELS_DIR model's: the worker memory a window takes "
+                                                         "per input pixel, the larger of its measurement at load and "
+                                                         "the hungriest built-in model's, which sizes its tiles; "
+                                                         "null otherwise"),
     "state": fields.String(description="pending, loading, ready or failed: reason"),
     "default": fields.Boolean,
 })

@@ -135,17 +135,21 @@ def test_ready_lists_every_model_and_broken_ones_fail_alone(models_client, model
 
 @pytest.mark.slow
 def test_metadata_describes_the_operators_models(models_client, models_dir):
+    from core.models.specs import UNMEASURED_WINDOW_BYTES
+
+    light = UNMEASURED_WINDOW_BYTES["cpu"]["f32"]  # what the light models' windows are sized by (see below)
     response = models_client.get("/model/metadata")
     models = {entry["id"]: entry for entry in response.json["models"]}
     assert models["espcn4"] == {
         "id": "espcn4", "title": "ESPCN-like 4x", "use_when": "Tests", "architecture": "ONNX graph, run by OpenVINO",
         "weights": "MODELS_DIR: espcn4.onnx", "license": "CC0-1.0", "scales": [4], "denoise": {"4": ["none"]},
         "parameters": NET4.parameters, "precision": "f32", "precisions": None, "runtime": None,
-        "state": "ready", "default": False}
+        "window_bytes_per_pixel": light, "state": "ready", "default": False}
     assert models["espcn2"]["scales"] == [2] and models["espcn2"]["use_when"] == ""
     assert models["anime6b"]["parameters"] == ANIME_PARAMETERS and models["anime6b"]["license"] == "BSD-3-Clause"
     assert models["anime6b"]["architecture"] == "ncnn graph" and models["anime6b"]["weights"] == "MODELS_DIR: anime6b.{param,bin}"
     assert models["srgan"]["scales"] == [4] and models["srgan"]["title"] == "SRGAN (perceptual)"
+    assert models["srgan"]["window_bytes_per_pixel"] is None  # measured by bench.memory, in its spec
     assert models["nosidecar"]["title"] == "nosidecar" and models["nosidecar"]["state"].startswith("failed: no sidecar")
     # A PyTorch file without a sidecar: spandrel's reading of it, converted by OpenVINO on this CPU worker.
     assert models["compact"] == {
@@ -154,7 +158,7 @@ def test_metadata_describes_the_operators_models(models_client, models_dir):
         "weights": "MODELS_DIR: compact.safetensors", "license": "unknown, stated by the operator",
         "scales": [4], "denoise": {"4": ["none"]}, "parameters": 621_424, "precision": "f32",
         "precisions": ["f32", "fp16", "bf16"], "runtime": "OpenVINO, converted from PyTorch at load",
-        "state": "ready", "default": False}
+        "window_bytes_per_pixel": light, "state": "ready", "default": False}
     assert str(models_dir) not in response.text
 
 
