@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from config import MEBIBYTE
 from core.errors import TooLarge
@@ -55,6 +56,19 @@ def rss_bytes() -> int:
     """This process's resident set size now."""
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes(pid: int | str = "self") -> int:
+    """A process's peak resident set size (VmHWM) since it started or since ``reset_peak_rss``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # the kernel states it in kB
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+
+
+def reset_peak_rss() -> None:
+    """Start this process's VmHWM again from its RSS now (Linux: 5 to clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def resident_estimate(rss: int) -> int:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 import sys
 
 import numpy as np
 
 from config import MEBIBYTE
+from core.memory import reset_peak_rss
 from harness.photos import PICTURES, photo_png
 from harness.process import peak_rss_mb
 
@@ -30,11 +30,6 @@ def rss_mb() -> float:
     from core.memory import rss_bytes
 
     return rss_bytes() / MEBIBYTE
-
-
-def reset_peak_rss() -> None:
-    """Start VmHWM again from the current RSS (Linux: 5 to clear_refs)."""
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def loaded_service(model: str, **overrides: object):

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from config import MEBIBYTE
+from core.memory import peak_rss_bytes
+
 
 def peak_rss_mb(pid: int | str = "self") -> float:
     """The process's peak resident set (VmHWM), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc status")
+    return peak_rss_bytes(pid) / MEBIBYTE
 
 
 def gunicorn_workers(master: int) -> list[int]:

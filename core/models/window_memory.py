@@ -17,10 +17,10 @@ import ctypes
 import ctypes.util
 from collections.abc import Callable, Iterable
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 
+from core import memory
 from core.models.runtime import Network, Predict
 
 # In increasing order. Window attention and convolutions cost about the same per pixel at any side above their
@@ -44,11 +44,10 @@ def bytes_per_window_pixel(network: Network, device: str, sides: Iterable[int] =
 
 def _host_peak_above(predict: Predict, window: np.ndarray) -> int:
     _trim_heap()
-    before = _status_bytes("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from the RSS now
+    before = memory.rss_bytes()
+    memory.reset_peak_rss()
     predict(window)
-    peak = _status_bytes("VmHWM")
-    return max(peak - min(before, _status_bytes("VmRSS")), 0)
+    return max(memory.peak_rss_bytes() - min(before, memory.rss_bytes()), 0)
 
 
 def _cuda_peak_above(predict: Predict, window: np.ndarray) -> int:
@@ -75,10 +74,3 @@ def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's malloc_trim; None under another C library (musl), whose free pages then count as the window's."""
     return getattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim", None)
 
-
-def _status_bytes(field: str) -> int:
-    """A figure of /proc/self/status (VmRSS, VmHWM), which the kernel states in kB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
