@@ -47,7 +47,7 @@ from core.models.card import LoadedModel, ModelCard
 from core.models.levels import NO_DENOISE
 from core.models.margin_probe import seam_free_margin
 from core.models.runtime import Network
-from core.models.window_memory import bytes_per_window_pixel
+from core.models.window_memory import MEASUREMENT_SPREAD_PERCENT, bytes_per_window_pixel
 
 log = logging.getLogger(__name__)
 
@@ -321,19 +321,20 @@ def _loaded_model(model: OperatorModel, unmeasured: Mapping[str, Mapping[str, in
     loaded = load(model, choice, settings.worker_cores, settings.precision)
     network = loaded.network
     sized = sized_window_bytes(loaded.window_bytes_per_pixel, unmeasured[choice.device][network.precision])
-    log.info("model %s: windows take %d B per input pixel (%s memory, %s): %d measured at load, %d the least",
-             model.id, sized, choice.device, network.precision, loaded.window_bytes_per_pixel,
-             unmeasured[choice.device][network.precision])
+    log.info("model %s: windows take %d B per input pixel (%s memory, %s): %d measured at load (counted as %d %%), "
+             "%d the least", model.id, sized, choice.device, network.precision, loaded.window_bytes_per_pixel,
+             MEASUREMENT_SPREAD_PERCENT, unmeasured[choice.device][network.precision])
     window_bytes = {**unmeasured, choice.device: {**unmeasured[choice.device], network.precision: sized}}
     return LoadedModel({(network.scale, NO_DENOISE): network}, {**loaded.found, "window_bytes_per_pixel": sized},
                        window_bytes)
 
 
 def sized_window_bytes(measured: int, unmeasured: int) -> int:
-    """What the model's tiles are sized by: the measurement, never less than the hungriest built-in model's figure.
-    The floor keeps a light model's tiles as they were, and covers what two small probe windows may miss (the
-    built-in figures were measured up to 384-px windows, and some backends' buffers grow faster than the window)."""
-    return max(measured, unmeasured)
+    """What the model's tiles are sized by: the measurement with its spread between processes added, never less
+    than the hungriest built-in model's figure. The floor keeps a light model's tiles as they were, and covers
+    what two small probe windows may miss (the built-in figures were measured up to 384-px windows, and some
+    backends' buffers grow faster than the window)."""
+    return max(-(-measured * MEASUREMENT_SPREAD_PERCENT // 100), unmeasured)
 
 
 def load(model: OperatorModel, choice: Choice, threads: int, precision: str = "auto") -> Loaded:

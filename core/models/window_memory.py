@@ -28,6 +28,10 @@ from core.models.runtime import Network, Predict
 # in 8 s, 53,239 at 96 px in 62 s and 46,318 at 128 px in 118 s.
 PROBE_SIDES = (64, 96)
 
+# One model's windows measured in separate processes differ by up to about a quarter (the heap's state, the
+# threads' buffers), so a measurement counts with that much more before it sizes tiles.
+MEASUREMENT_SPREAD_PERCENT = 125
+
 
 def bytes_per_window_pixel(network: Network, device: str, sides: Iterable[int] = PROBE_SIDES) -> int:
     """The network's peak memory per window input pixel on ``device`` ("cpu": host memory, "cuda": GPU memory),

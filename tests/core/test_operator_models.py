@@ -282,6 +282,15 @@ def test_an_ncnn_file_that_is_not_text_fails_the_model(tmp_path):
 
 # --- window memory measured at load ---------------------------------------------------------------
 
+def test_a_measured_window_figure_counts_with_its_spread_and_never_below_the_hungriest_built_in_models():
+    from core.models.window_memory import MEASUREMENT_SPREAD_PERCENT
+
+    assert MEASUREMENT_SPREAD_PERCENT == 125
+    assert operator_models.sized_window_bytes(53_239, 27_000) == 66_549  # rounded up
+    assert operator_models.sized_window_bytes(40_000, 27_000) == 50_000
+    assert operator_models.sized_window_bytes(20_000, 27_000) == 27_000  # 25,000 with its spread
+
+
 def write_heavy_and_light(folder: Path) -> None:
     """A HAT of one block at HAT-L's width and attention window (heavy: its attention holds 6 heads of 256x256
     weights per 16x16 window) and a Compact of 8 features (light), random weights, each with a stated margin so
