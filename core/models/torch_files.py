@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from spandrel import MAIN_REGISTRY, ImageModelDescriptor, ModelLoader, SizeRequirements
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from core.backends import Runner
 from core.backends.pytorch import DTYPES, TorchRunner
@@ -263,10 +264,11 @@ def _check_fits(support: object, state: dict, name: str) -> None:
     """``state`` fits the architecture it looks like, checked by building the architecture on the meta device,
     which allocates nothing: spandrel sizes the layers it builds by the shapes of a few tensors, and finds that
     the others do not fit only once all are built (one 4096-wide convolution makes 151 M parameters of
-    each). Architectures that compute with a tensor's value as they are built (HAT, DAT, DRCT: ``.item()``)
-    cannot be built there, and are built in memory unchecked but by ``_check_size``."""
+    each). The few schedules that architectures read back as numbers while they are built are made in memory
+    (``_SchedulesInMemory``); an architecture that still cannot be built there is built in memory unchecked but by
+    ``_check_size``."""
     try:
-        with torch.device("meta"), warnings.catch_warnings():
+        with torch.device("meta"), _SchedulesInMemory(), warnings.catch_warnings():
             # torch warns of each tensor that loading it into the meta device's module copies nothing: that is the aim.
             warnings.filterwarnings("ignore", "for .*: copying from a non-meta parameter", UserWarning)
             # A copy: some architectures rename or add keys of the state dict as they load it (SwinIR, SPAN), and
@@ -276,6 +278,16 @@ def _check_fits(support: object, state: dict, name: str) -> None:
         if str(error).startswith(MISFIT):
             raise _misfit(support, name) from error
         log.debug("%s: %s cannot be built on the meta device", name, support.architecture.name, exc_info=True)
+
+
+class _SchedulesInMemory(TorchFunctionMode):
+    """Makes ``torch.linspace`` on the CPU inside a meta-device build: HAT, DAT, DRCT and SwinIR read their
+    drop-path schedule (one number per block) back with ``.item()``, which a meta tensor cannot answer."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's signature
+        if func is torch.linspace:
+            kwargs = {**(kwargs or {}), "device": "cpu"}
+        return func(*args, **(kwargs or {}))
 
 
 def _misfit(support: object, name: str) -> TorchFileError:

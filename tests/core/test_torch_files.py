@@ -19,6 +19,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from spandrel import MAIN_REGISTRY, SizeRequirements
 from spandrel.architectures.Compact import Compact
+from spandrel.architectures.HAT import HAT
 from spandrel.architectures.RCAN import RCAN
 from spandrel.architectures.SwinIR import SwinIR
 
@@ -398,6 +399,30 @@ def test_tensors_that_do_not_fit_are_found_without_building_the_model_in_memory(
     write(tmp_path, "wide", state, ".safetensors")
     with pytest.raises(torch_files.TorchFileError, match="^wide.safetensors looks like a RealESRGAN Compact model, "
                                                          "but its tensors do not fit that architecture"):
+        torch_files.read(tmp_path / "wide.safetensors")
+    assert devices == ["meta"]
+
+
+def test_an_architecture_that_reads_its_drop_path_schedule_as_it_is_built_is_checked_on_the_meta_device(
+        tmp_path, monkeypatch):
+    """HAT reads its drop-path schedule back with .item() while it is built; the check still finds a misfit
+    without a build in memory."""
+    (hat,) = (support.architecture for support in MAIN_REGISTRY.architectures("detection")
+              if support.architecture.id == "HAT")
+    devices = []
+    build = hat.load
+    monkeypatch.setattr(hat, "load", lambda state: devices.append(torch.empty(0).device.type) or build(state))
+    torch.manual_seed(0)
+    state = HAT(upscale=4, img_size=16, window_size=8, embed_dim=60, depths=[1], num_heads=[2], mlp_ratio=1,
+                num_feat=16, upsampler="pixelshuffle").state_dict()
+    write(tmp_path, "fits", state, ".safetensors")
+    assert torch_files.read(tmp_path / "fits.safetensors").architecture == "HAT"
+    assert devices == ["meta", "cpu"]
+    devices.clear()
+    fc1 = "layers.0.residual_group.blocks.0.mlp.fc1.weight"
+    write(tmp_path, "wide", {**state, fc1: torch.zeros(240, 60)}, ".safetensors")
+    with pytest.raises(torch_files.TorchFileError, match="^wide.safetensors looks like a HAT model, but its tensors "
+                                                         "do not fit that architecture"):
         torch_files.read(tmp_path / "wide.safetensors")
     assert devices == ["meta"]
 
