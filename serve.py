@@ -38,6 +38,9 @@ JSON_ERRORS = {
     "timeout": (408, "the request did not arrive within {client_timeout_s:g} s (CLIENT_TIMEOUT_S)"),
     "bad_request": (400, "the request is not valid HTTP/1.1"),
 }
+# nginx's own refusals, by nginx's status, each answered by the JSON location of that name.
+FRONT_ERROR_PAGES = {400: "bad_request", 408: "timeout", 413: "too_large", 414: "uri_too_long",
+                     494: "header_too_large"}
 # Longest request line and header line nginx takes (large_client_header_buffers).
 HEADER_BYTES = 8192
 
@@ -102,20 +105,23 @@ http {{
         proxy_set_header Host $http_host;
         proxy_set_header X-Real-IP $remote_addr;
         proxy_set_header X-Forwarded-For $remote_addr;
-        error_page 400 = @bad_request;
-        error_page 408 = @timeout;
-        error_page 413 = @too_large;
-        error_page 414 = @uri_too_long;
-        error_page 494 = @header_too_large;
-        error_page 502 504 = @unavailable;
+        {_error_pages("unavailable")}
 
         location / {{ proxy_pass http://ops; }}
-        location = /model/predict {{ error_page 502 504 = @busy; proxy_pass http://work; }}
-        location = /app/upscale {{ error_page 502 504 = @busy; proxy_pass http://work; }}
+        location = /model/predict {{ {_error_pages("busy")} proxy_pass http://work; }}
+        location = /app/upscale {{ {_error_pages("busy")} proxy_pass http://work; }}
 {named}
     }}
 }}
 """
+
+
+def _error_pages(no_upstream: str) -> str:
+    """The error_page lines of a server or location block: nginx's own refusals answered as JSON, and no answer
+    from gunicorn (502, 504) by the location ``no_upstream``. A block with any error_page of its own inherits none
+    from the server, so each block that sets one must set them all."""
+    pages = [f"error_page {status} = @{name};" for status, name in FRONT_ERROR_PAGES.items()]
+    return " ".join([*pages, f"error_page 502 504 = @{no_upstream};"])
 
 
 def _json_location(name: str, status: int, message: str, retry_after_s: int) -> str:

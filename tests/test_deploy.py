@@ -2,16 +2,22 @@
 the docker test's GPU run in CI, and the docs' table."""
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from api import monitoring
 from config import GPU_INFERENCE_SLOTS, Settings
+from harness.live_server import free_port
+from harness.raw_http import wait_for
 import serve
 from scripts import settings_table
 from tests.conftest import ROOT
@@ -242,6 +248,70 @@ def test_threads_default_to_the_slots_the_queue_and_one_for_the_probes():
 def test_nginx_passes_each_worker_every_thread_but_the_probes_one():
     config = serve.nginx_config(Settings(workers=2), Path("/run/superres"), "/run/superres/gunicorn.sock", 7)
     assert "server unix:/run/superres/gunicorn.sock max_conns=12;" in config
+
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+FRONT_UPLOAD_LIMIT = 1000
+
+
+@pytest.fixture(scope="module")
+def front_alone(tmp_path_factory):
+    """nginx run with serve.py's configuration, and no gunicorn behind it: what nginx answers by itself."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
+    runtime = tmp_path_factory.mktemp("front")
+    settings = Settings(host="127.0.0.1", port=free_port(), max_upload_bytes=FRONT_UPLOAD_LIMIT)
+    (runtime / "nginx.conf").write_text(serve.nginx_config(settings, runtime, str(runtime / "absent.sock"), 4))
+    front = subprocess.Popen([NGINX, "-e", "stderr", "-p", str(runtime), "-c", str(runtime / "nginx.conf")],
+                             stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _accepts(settings.port) or front.poll() is not None, 30)
+        assert front.poll() is None, "nginx did not start"
+        yield f"http://127.0.0.1:{settings.port}"
+    finally:
+        front.terminate()
+        front.wait(30)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("path", ["/model/predict", "/app/upscale", "/model/metadata"])
+def test_front_refuses_a_too_large_upload_with_json_naming_the_limit_on_every_route(front_alone, path):
+    response = requests.post(front_alone + path, files={"image": ("big.png", bytes(FRONT_UPLOAD_LIMIT))}, timeout=30)
+    assert response.status_code == 413
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["message"] == (f"the upload is too large: the limit is {FRONT_UPLOAD_LIMIT} bytes "
+                                          f"(MAX_UPLOAD_BYTES)")
+
+
+@pytest.mark.parametrize("path", ["/model/predict", "/app/upscale", "/model/metadata"])
+def test_front_refuses_a_broken_chunked_body_with_json_on_every_route(front_alone, path):
+    port = int(front_alone.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        client.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                       "Connection: close\r\n\r\nzz\r\nabc\r\n".encode())
+        answer = b"".join(iter(lambda: client.recv(65536), b""))
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 400 ") and b"Content-Type: application/json" in head
+    assert body == b'{"message": "the request is not valid HTTP/1.1"}\n'
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/model/predict", "the server is busy: every request slot of its workers is taken; retry later"),
+    ("/app/upscale", "the server is busy: every request slot of its workers is taken; retry later"),
+    ("/health", "the server is starting, restarting or stopping; retry later"),
+])
+def test_front_answers_503_with_retry_after_when_gunicorn_does_not_answer(front_alone, path, message):
+    response = requests.post(front_alone + path, files={"image": ("small.png", b"x")}, timeout=30)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == str(Settings().retry_after_s)
+    assert response.json()["message"] == message
 
 
 def test_gpu_probes_cover_model_load_and_warm_up_and_point_at_real_routes(client):
