@@ -199,6 +199,15 @@ def test_termination_grace_period_leaves_ten_seconds_after_the_shutdown_grace():
     assert pod["terminationGracePeriodSeconds"] == grace + 10
 
 
+def test_every_documented_docker_run_gives_the_requests_in_flight_their_shutdown_grace():
+    # docker stop kills the container 10 s after SIGTERM unless told otherwise; SHUTDOWN_GRACE_S is 50.
+    stop_timeout = f"--stop-timeout {Settings().shutdown_grace_s + 10} "
+    commands = [line for path in (ROOT / "README.md", DEPLOYMENT_DOCS, *DOCKERFILES)
+                for line in path.read_text().splitlines() if re.search(r"docker run .*-p 5000:5000", line)]
+    assert len(commands) >= 5
+    assert all(stop_timeout in line for line in commands), commands
+
+
 # The GPU Deployment (max-image-super-resolution-generator-gpu.yaml).
 
 def gpu_pod() -> dict:
