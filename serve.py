@@ -41,6 +41,17 @@ JSON_ERRORS = {
 # nginx's own refusals, by nginx's status, each answered by the JSON location of that name.
 FRONT_ERROR_PAGES = {400: "bad_request", 408: "timeout", 413: "too_large", 414: "uri_too_long",
                      494: "header_too_large"}
+# choose_device's child: the choice on stdout, or the reason on stderr.
+CHOICE_PROGRAM = """
+import sys
+from config import load_settings
+from core import backends
+try:
+    choice = backends.choose(load_settings())
+except backends.DeviceError as error:
+    sys.exit(str(error))
+print(choice.backend, choice.device)
+"""
 # Longest request line and header line nginx takes (large_client_header_buffers).
 HEADER_BYTES = 8192
 
@@ -136,7 +147,7 @@ def main() -> int:
     settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
     try:
-        choice = backends.choose(settings)
+        choice = choose_device()
     except backends.DeviceError as error:
         print(error, file=sys.stderr)
         return 2
@@ -166,6 +177,19 @@ def main() -> int:
             if process is not None:
                 _wait_or_kill(process, settings.shutdown_grace_s + 10)
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def choose_device() -> backends.Choice:
+    """DEVICE and BACKEND resolved from the environment as a worker resolves them; DeviceError says why not.
+
+    Where the driver's files say a GPU may be there, the check imports torch, a few hundred MiB resident: it runs
+    in a child process, so that this process, which lives as long as the container, does not keep them.
+    """
+    done = subprocess.run([sys.executable, "-c", CHOICE_PROGRAM], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise backends.DeviceError(done.stderr.strip())
+    backend, device = done.stdout.split()
+    return backends.Choice(backend, device)
 
 
 def _wait_for(upstream: Path, gunicorn: subprocess.Popen) -> bool:

@@ -208,6 +208,24 @@ def test_every_documented_docker_run_gives_the_requests_in_flight_their_shutdown
     assert all(stop_timeout in line for line in commands), commands
 
 
+def test_serve_chooses_the_device_without_holding_torch_where_a_gpu_may_be():
+    # As on a GPU host: the driver's files are there, so the check imports torch (core/backends.cuda_available).
+    script = """
+import sys
+from pathlib import Path
+from config import load_settings
+from core import backends
+backends.NVIDIA_DEVICE_FILES = (Path(sys.executable),)
+import serve
+choice = serve.choose_device()
+assert "torch" not in sys.modules, "serve.py holds torch"
+backends.NVIDIA_DEVICE_FILES = ()
+assert choice == backends.choose(load_settings()), choice
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 # The GPU Deployment (max-image-super-resolution-generator-gpu.yaml).
 
 def gpu_pod() -> dict:
