@@ -111,7 +111,7 @@ http {{
     upstream work {{ zone work 64k; server unix:{upstream} max_conns={work_slots}; }}
 
     server {{
-        listen {settings.host}:{settings.port} backlog=1024;
+        listen {_listen_address(settings.host, settings.port)} backlog=1024;
         add_header X-Content-Type-Options nosniff always;
         proxy_set_header Host $http_host;
         proxy_set_header X-Real-IP $remote_addr;
@@ -125,6 +125,14 @@ http {{
     }}
 }}
 """
+
+
+def _listen_address(host: str, port: int) -> str:
+    """nginx's listen address for HOST and PORT. An IPv6 address goes in brackets; the IPv6 wildcard takes IPv4
+    too, as "::" does for other servers on Linux (nginx's own default for it is IPv6 alone)."""
+    if ":" not in host:
+        return f"{host}:{port}"
+    return f"[{host}]:{port}" + (" ipv6only=off" if host == "::" else "")
 
 
 def _error_pages(no_upstream: str) -> str:

@@ -8,6 +8,8 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -281,36 +283,50 @@ NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/ngin
 FRONT_UPLOAD_LIMIT = 1000
 
 
-@pytest.fixture(scope="module")
-def front_alone(tmp_path_factory):
-    """nginx run with serve.py's configuration, and no gunicorn behind it: what nginx answers by itself."""
+@contextmanager
+def front_alone(settings: Settings, runtime: Path) -> Iterator[None]:
+    """nginx run with serve.py's configuration for ``settings``, and no gunicorn behind it."""
     if NGINX is None:
         pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
-    runtime = tmp_path_factory.mktemp("front")
-    settings = Settings(host="127.0.0.1", port=free_port(), max_upload_bytes=FRONT_UPLOAD_LIMIT)
     (runtime / "nginx.conf").write_text(serve.nginx_config(settings, runtime, str(runtime / "absent.sock"), 4))
     front = subprocess.Popen([NGINX, "-e", "stderr", "-p", str(runtime), "-c", str(runtime / "nginx.conf")],
-                             stderr=subprocess.DEVNULL)
+                             stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: _accepts(settings.port) or front.poll() is not None, 30)
-        assert front.poll() is None, "nginx did not start"
-        yield f"http://127.0.0.1:{settings.port}"
+        wait_for(lambda: _accepts("127.0.0.1", settings.port) or front.poll() is not None, 30)
+        assert front.poll() is None, f"nginx did not start: {front.stderr.read()}"
+        yield
     finally:
         front.terminate()
         front.wait(30)
 
 
-def _accepts(port: int) -> bool:
+@pytest.fixture(scope="module")
+def front(tmp_path_factory):
+    """What nginx answers by itself, on loopback: its URL."""
+    settings = Settings(host="127.0.0.1", port=free_port(), max_upload_bytes=FRONT_UPLOAD_LIMIT)
+    with front_alone(settings, tmp_path_factory.mktemp("front")):
+        yield f"http://127.0.0.1:{settings.port}"
+
+
+def _accepts(host: str, port: int) -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        socket.create_connection((host, port), timeout=1).close()
         return True
     except OSError:
         return False
 
 
+def test_front_listens_on_ipv6_and_ipv4_when_host_is_the_ipv6_wildcard(tmp_path):
+    settings = Settings(host="::", port=free_port())
+    with front_alone(settings, tmp_path):
+        for host in ("127.0.0.1", "[::1]"):
+            response = requests.get(f"http://{host}:{settings.port}/health", timeout=30)
+            assert response.status_code == 503 and "starting" in response.json()["message"]
+
+
 @pytest.mark.parametrize("path", ["/model/predict", "/app/upscale", "/model/metadata"])
-def test_front_refuses_a_too_large_upload_with_json_naming_the_limit_on_every_route(front_alone, path):
-    response = requests.post(front_alone + path, files={"image": ("big.png", bytes(FRONT_UPLOAD_LIMIT))}, timeout=30)
+def test_front_refuses_a_too_large_upload_with_json_naming_the_limit_on_every_route(front, path):
+    response = requests.post(front + path, files={"image": ("big.png", bytes(FRONT_UPLOAD_LIMIT))}, timeout=30)
     assert response.status_code == 413
     assert response.headers["Content-Type"] == "application/json"
     assert response.json()["message"] == (f"the upload is too large: the limit is {FRONT_UPLOAD_LIMIT} bytes "
@@ -318,8 +334,8 @@ def test_front_refuses_a_too_large_upload_with_json_naming_the_limit_on_every_ro
 
 
 @pytest.mark.parametrize("path", ["/model/predict", "/app/upscale", "/model/metadata"])
-def test_front_refuses_a_broken_chunked_body_with_json_on_every_route(front_alone, path):
-    port = int(front_alone.rsplit(":", 1)[1])
+def test_front_refuses_a_broken_chunked_body_with_json_on_every_route(front, path):
+    port = int(front.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
         client.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
                        "Connection: close\r\n\r\nzz\r\nabc\r\n".encode())
@@ -334,8 +350,8 @@ def test_front_refuses_a_broken_chunked_body_with_json_on_every_route(front_alon
     ("/app/upscale", "the server is busy: every request slot of its workers is taken; retry later"),
     ("/health", "the server is starting, restarting or stopping; retry later"),
 ])
-def test_front_answers_503_with_retry_after_when_gunicorn_does_not_answer(front_alone, path, message):
-    response = requests.post(front_alone + path, files={"image": ("small.png", b"x")}, timeout=30)
+def test_front_answers_503_with_retry_after_when_gunicorn_does_not_answer(front, path, message):
+    response = requests.post(front + path, files={"image": ("small.png", b"x")}, timeout=30)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == str(Settings().retry_after_s)
     assert response.json()["message"] == message
