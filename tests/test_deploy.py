@@ -188,6 +188,11 @@ def test_ci_builds_the_gpu_image_and_checks_it_serves_on_the_cpu_through_pytorch
     assert variants.split() == ["cpu", "gpu"]
 
 
+def test_ci_runs_the_tests_and_the_lint():
+    commands = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert {"make test", "make lint"} <= set(commands)
+
+
 def test_deployment_docs_hold_the_configuration_table_of_every_setting():
     # scripts/settings_table.py prints the table from config.Settings; the docs must hold it unchanged.
     assert settings_table.table() in DEPLOYMENT_DOCS.read_text()
