@@ -233,6 +233,17 @@ assert choice == backends.choose(load_settings()), choice
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.parametrize("manifest, dockerfile", [(MANIFEST, DOCKERFILE), (GPU_MANIFEST, GPU_DOCKERFILE)],
+                         ids=["cpu", "gpu"])
+def test_the_readme_builds_and_runs_the_image_its_manifest_deploys(manifest, dockerfile):
+    image = container(manifest)["image"]
+    readme = (ROOT / "README.md").read_text()
+    file_option = "" if dockerfile == DOCKERFILE else f"-f {dockerfile.name} "
+    assert f"docker build {file_option}-t {image} .\n" in readme
+    assert re.search(rf"^docker run .*-p 5000:5000 {re.escape(image)}$", readme, re.M)
+    assert f"kubectl apply -f {manifest.name}" in readme
+
+
 # The GPU Deployment (max-image-super-resolution-generator-gpu.yaml).
 
 def gpu_pod() -> dict:
