@@ -1,6 +1,6 @@
 # The service's image: gunicorn serving app:app with every model's weights installed by pip.
 #   docker build -t max-image-super-resolution-generator .
-#   docker run -p 5000:5000 max-image-super-resolution-generator
+#   docker run --stop-timeout 60 -p 5000:5000 max-image-super-resolution-generator
 # BASE_IMAGE: scripts/docker-test.sh passes its own tag for a stand-in built offline, never python:3.11-slim.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}

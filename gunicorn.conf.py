@@ -10,7 +10,8 @@ from config import load_settings
 _settings = load_settings()
 
 # serve.py binds gunicorn to its own socket behind nginx (--bind wins over this); started directly, HOST:PORT.
-bind = f"{_settings.host}:{_settings.port}"
+# An IPv6 address (HOST=::) goes in brackets.
+bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
 # serve.py passes THREADS sized for the device it found. Started directly, the master cannot look for a GPU:
 # CUDA initialised before the fork leaves the workers unable to use it. So DEVICE=auto gets the GPU's count,

@@ -38,6 +38,20 @@ JSON_ERRORS = {
     "timeout": (408, "the request did not arrive within {client_timeout_s:g} s (CLIENT_TIMEOUT_S)"),
     "bad_request": (400, "the request is not valid HTTP/1.1"),
 }
+# nginx's own refusals, by nginx's status, each answered by the JSON location of that name.
+FRONT_ERROR_PAGES = {400: "bad_request", 408: "timeout", 413: "too_large", 414: "uri_too_long",
+                     494: "header_too_large"}
+# choose_device's child: the choice on stdout, or the reason on stderr.
+CHOICE_PROGRAM = """
+import sys
+from config import load_settings
+from core import backends
+try:
+    choice = backends.choose(load_settings())
+except backends.DeviceError as error:
+    sys.exit(str(error))
+print(choice.backend, choice.device)
+"""
 # Longest request line and header line nginx takes (large_client_header_buffers).
 HEADER_BYTES = 8192
 
@@ -97,25 +111,36 @@ http {{
     upstream work {{ zone work 64k; server unix:{upstream} max_conns={work_slots}; }}
 
     server {{
-        listen {settings.host}:{settings.port} backlog=1024;
+        listen {_listen_address(settings.host, settings.port)} backlog=1024;
         add_header X-Content-Type-Options nosniff always;
         proxy_set_header Host $http_host;
         proxy_set_header X-Real-IP $remote_addr;
         proxy_set_header X-Forwarded-For $remote_addr;
-        error_page 400 = @bad_request;
-        error_page 408 = @timeout;
-        error_page 413 = @too_large;
-        error_page 414 = @uri_too_long;
-        error_page 494 = @header_too_large;
-        error_page 502 504 = @unavailable;
+        {_error_pages("unavailable")}
 
         location / {{ proxy_pass http://ops; }}
-        location = /model/predict {{ error_page 502 504 = @busy; proxy_pass http://work; }}
-        location = /app/upscale {{ error_page 502 504 = @busy; proxy_pass http://work; }}
+        location = /model/predict {{ {_error_pages("busy")} proxy_pass http://work; }}
+        location = /app/upscale {{ {_error_pages("busy")} proxy_pass http://work; }}
 {named}
     }}
 }}
 """
+
+
+def _listen_address(host: str, port: int) -> str:
+    """nginx's listen address for HOST and PORT. An IPv6 address goes in brackets; the IPv6 wildcard takes IPv4
+    too, as "::" does for other servers on Linux (nginx's own default for it is IPv6 alone)."""
+    if ":" not in host:
+        return f"{host}:{port}"
+    return f"[{host}]:{port}" + (" ipv6only=off" if host == "::" else "")
+
+
+def _error_pages(no_upstream: str) -> str:
+    """The error_page lines of a server or location block: nginx's own refusals answered as JSON, and no answer
+    from gunicorn (502, 504) by the location ``no_upstream``. A block with any error_page of its own inherits none
+    from the server, so each block that sets one must set them all."""
+    pages = [f"error_page {status} = @{name};" for status, name in FRONT_ERROR_PAGES.items()]
+    return " ".join([*pages, f"error_page 502 504 = @{no_upstream};"])
 
 
 def _json_location(name: str, status: int, message: str, retry_after_s: int) -> str:
@@ -130,7 +155,7 @@ def main() -> int:
     settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
     try:
-        choice = backends.choose(settings)
+        choice = choose_device()
     except backends.DeviceError as error:
         print(error, file=sys.stderr)
         return 2
@@ -160,6 +185,19 @@ def main() -> int:
             if process is not None:
                 _wait_or_kill(process, settings.shutdown_grace_s + 10)
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def choose_device() -> backends.Choice:
+    """DEVICE and BACKEND resolved from the environment as a worker resolves them; DeviceError says why not.
+
+    Where the driver's files say a GPU may be there, the check imports torch, a few hundred MiB resident: it runs
+    in a child process, so that this process, which lives as long as the container, does not keep them.
+    """
+    done = subprocess.run([sys.executable, "-c", CHOICE_PROGRAM], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise backends.DeviceError(done.stderr.strip())
+    backend, device = done.stdout.split()
+    return backends.Choice(backend, device)
 
 
 def _wait_for(upstream: Path, gunicorn: subprocess.Popen) -> bool:

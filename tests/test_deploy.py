@@ -2,16 +2,24 @@
 the docker test's GPU run in CI, and the docs' table."""
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from api import monitoring
 from config import GPU_INFERENCE_SLOTS, Settings
+from harness.live_server import free_port
+from harness.raw_http import wait_for
 import serve
 from scripts import settings_table
 from tests.conftest import ROOT
@@ -180,6 +188,11 @@ def test_ci_builds_the_gpu_image_and_checks_it_serves_on_the_cpu_through_pytorch
     assert variants.split() == ["cpu", "gpu"]
 
 
+def test_ci_runs_the_tests_and_the_lint():
+    commands = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert {"make test", "make lint"} <= set(commands)
+
+
 def test_deployment_docs_hold_the_configuration_table_of_every_setting():
     # scripts/settings_table.py prints the table from config.Settings; the docs must hold it unchanged.
     assert settings_table.table() in DEPLOYMENT_DOCS.read_text()
@@ -191,6 +204,44 @@ def test_termination_grace_period_leaves_ten_seconds_after_the_shutdown_grace():
     env = {item["name"]: item["value"] for item in container()["env"]}
     grace = int(env.get("SHUTDOWN_GRACE_S", Settings().shutdown_grace_s))
     assert pod["terminationGracePeriodSeconds"] == grace + 10
+
+
+def test_every_documented_docker_run_gives_the_requests_in_flight_their_shutdown_grace():
+    # docker stop kills the container 10 s after SIGTERM unless told otherwise; SHUTDOWN_GRACE_S is 50.
+    stop_timeout = f"--stop-timeout {Settings().shutdown_grace_s + 10} "
+    commands = [line for path in (ROOT / "README.md", DEPLOYMENT_DOCS, *DOCKERFILES)
+                for line in path.read_text().splitlines() if re.search(r"docker run .*-p 5000:5000", line)]
+    assert len(commands) >= 5
+    assert all(stop_timeout in line for line in commands), commands
+
+
+def test_serve_chooses_the_device_without_holding_torch_where_a_gpu_may_be():
+    # As on a GPU host: the driver's files are there, so the check imports torch (core/backends.cuda_available).
+    script = """
+import sys
+from pathlib import Path
+from config import load_settings
+from core import backends
+backends.NVIDIA_DEVICE_FILES = (Path(sys.executable),)
+import serve
+choice = serve.choose_device()
+assert "torch" not in sys.modules, "serve.py holds torch"
+backends.NVIDIA_DEVICE_FILES = ()
+assert choice == backends.choose(load_settings()), choice
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("manifest, dockerfile", [(MANIFEST, DOCKERFILE), (GPU_MANIFEST, GPU_DOCKERFILE)],
+                         ids=["cpu", "gpu"])
+def test_the_readme_builds_and_runs_the_image_its_manifest_deploys(manifest, dockerfile):
+    image = container(manifest)["image"]
+    readme = (ROOT / "README.md").read_text()
+    file_option = "" if dockerfile == DOCKERFILE else f"-f {dockerfile.name} "
+    assert f"docker build {file_option}-t {image} .\n" in readme
+    assert re.search(rf"^docker run .*-p 5000:5000 {re.escape(image)}$", readme, re.M)
+    assert f"kubectl apply -f {manifest.name}" in readme
 
 
 # The GPU Deployment (max-image-super-resolution-generator-gpu.yaml).
@@ -242,6 +293,84 @@ def test_threads_default_to_the_slots_the_queue_and_one_for_the_probes():
 def test_nginx_passes_each_worker_every_thread_but_the_probes_one():
     config = serve.nginx_config(Settings(workers=2), Path("/run/superres"), "/run/superres/gunicorn.sock", 7)
     assert "server unix:/run/superres/gunicorn.sock max_conns=12;" in config
+
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+FRONT_UPLOAD_LIMIT = 1000
+
+
+@contextmanager
+def front_alone(settings: Settings, runtime: Path) -> Iterator[None]:
+    """nginx run with serve.py's configuration for ``settings``, and no gunicorn behind it."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
+    (runtime / "nginx.conf").write_text(serve.nginx_config(settings, runtime, str(runtime / "absent.sock"), 4))
+    front = subprocess.Popen([NGINX, "-e", "stderr", "-p", str(runtime), "-c", str(runtime / "nginx.conf")],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _accepts("127.0.0.1", settings.port) or front.poll() is not None, 30)
+        assert front.poll() is None, f"nginx did not start: {front.stderr.read()}"
+        yield
+    finally:
+        front.terminate()
+        front.wait(30)
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory):
+    """What nginx answers by itself, on loopback: its URL."""
+    settings = Settings(host="127.0.0.1", port=free_port(), max_upload_bytes=FRONT_UPLOAD_LIMIT)
+    with front_alone(settings, tmp_path_factory.mktemp("front")):
+        yield f"http://127.0.0.1:{settings.port}"
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_front_listens_on_ipv6_and_ipv4_when_host_is_the_ipv6_wildcard(tmp_path):
+    settings = Settings(host="::", port=free_port())
+    with front_alone(settings, tmp_path):
+        for host in ("127.0.0.1", "[::1]"):
+            response = requests.get(f"http://{host}:{settings.port}/health", timeout=30)
+            assert response.status_code == 503 and "starting" in response.json()["message"]
+
+
+@pytest.mark.parametrize("path", ["/model/predict", "/app/upscale", "/model/metadata"])
+def test_front_refuses_a_too_large_upload_with_json_naming_the_limit_on_every_route(front, path):
+    response = requests.post(front + path, files={"image": ("big.png", bytes(FRONT_UPLOAD_LIMIT))}, timeout=30)
+    assert response.status_code == 413
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["message"] == (f"the upload is too large: the limit is {FRONT_UPLOAD_LIMIT} bytes "
+                                          f"(MAX_UPLOAD_BYTES)")
+
+
+@pytest.mark.parametrize("path", ["/model/predict", "/app/upscale", "/model/metadata"])
+def test_front_refuses_a_broken_chunked_body_with_json_on_every_route(front, path):
+    port = int(front.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        client.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                       "Connection: close\r\n\r\nzz\r\nabc\r\n".encode())
+        answer = b"".join(iter(lambda: client.recv(65536), b""))
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 400 ") and b"Content-Type: application/json" in head
+    assert body == b'{"message": "the request is not valid HTTP/1.1"}\n'
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/model/predict", "the server is busy: every request slot of its workers is taken; retry later"),
+    ("/app/upscale", "the server is busy: every request slot of its workers is taken; retry later"),
+    ("/health", "the server is starting, restarting or stopping; retry later"),
+])
+def test_front_answers_503_with_retry_after_when_gunicorn_does_not_answer(front, path, message):
+    response = requests.post(front + path, files={"image": ("small.png", b"x")}, timeout=30)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == str(Settings().retry_after_s)
+    assert response.json()["message"] == message
 
 
 def test_gpu_probes_cover_model_load_and_warm_up_and_point_at_real_routes(client):

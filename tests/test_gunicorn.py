@@ -53,3 +53,9 @@ def test_started_directly_gunicorn_listens_on_host_and_port_with_threads_for_the
     config = ConfigOnly().cfg
     assert config.bind == ["127.0.0.2:5123"]
     assert config.threads == load_settings().threads_for(sized_for)
+
+
+def test_started_directly_gunicorn_listens_on_an_ipv6_host(monkeypatch):
+    monkeypatch.setenv("HOST", "::")
+    monkeypatch.setenv("PORT", "5123")
+    assert ConfigOnly().cfg.address == [("::", 5123)]
