@@ -74,7 +74,7 @@ class Settings(BaseSettings):
 
     # Clients and shutdown
     client_timeout_s: float = Field(20.0, gt=0, description="A client whose headers do not arrive within this time, or that sends its body or reads the answer with a pause this long, is disconnected (nginx, see serve.py).")
-    shutdown_grace_s: int = Field(50, ge=1, description="After SIGTERM, requests in flight get this long to finish, then end with 503; the manifest's terminationGracePeriodSeconds is 10 s more.")
+    shutdown_grace_s: int = Field(50, ge=1, description="After SIGTERM, requests in flight get this long to finish; one whose next tile would end later stops with a 503 before it.")
 
     # Evaluation data for tests and benchmarks (never copied into the repository)
     datasets_dir: Path = Field(Path(__file__).resolve().parent.parent / "shared" / "datasets",

@@ -113,13 +113,19 @@ def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, sta
 
 
 def _deadline(settings: Settings, on_progress: Progress | None) -> Progress:
-    """Per-tile callback: report progress, and stop once the request's time is up."""
-    stop_at = time.monotonic() + settings.request_time_limit_s
+    """Per-tile callback: report progress, and stop once the request's time is up or a shutdown leaves no time
+    for a tile as long as the last."""
+    started = time.monotonic()
+    stop_at = started + settings.request_time_limit_s
+    last_call = started
 
     def check(done: int, total: int) -> None:
+        nonlocal last_call
         if on_progress is not None:
             on_progress(done, total)
-        shutdown.check(done, total)
+        now = time.monotonic()
+        shutdown.check(done, total, now - last_call)
+        last_call = now
         if done < total and time.monotonic() > stop_at:  # done == total: the work is done, keep it
             raise TimeLimitExceeded(f"stopped after {done} of {total} tiles: the request time limit is "
                                     f"{settings.request_time_limit_s:.0f} s")

@@ -2,9 +2,10 @@
 
 gunicorn stops accepting at SIGTERM and waits ``graceful_timeout`` (= SHUTDOWN_GRACE_S) for the requests in
 flight, then kills the worker: a request still running then would lose its connection without an answer.
-So once the stop begins, the per-tile check of every request (core/pipeline.py) ends the work a few seconds
-before that moment with ``ShuttingDown`` (503 + Retry-After: another pod answers the retry), and requests
-waiting for the slot are told at once.
+A tile cannot be stopped once it runs, so once the stop begins the per-tile check of every request
+(core/pipeline.py) ends the work with ``ShuttingDown`` (503 + Retry-After: another pod answers the retry) where
+the next tile, taking as long as the last, would end past that moment less a few seconds; requests waiting for
+the slot are told at once.
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def begin(grace_s: float, running: int, waiting: int) -> None:
                 extra={"running": running, "queued": waiting, "grace_s": grace_s})
 
 
-def check(done: int, total: int) -> None:
-    """Raise ShuttingDown once the grace period is used up (and the work is not done)."""
-    if _stop_at is not None and done < total and time.monotonic() > _stop_at:
-        raise ShuttingDown(f"the server is shutting down: stopped after {done} of {total} tiles, at the end of "
-                           f"its grace period (SHUTDOWN_GRACE_S); retry")
+def check(done: int, total: int, next_tile_s: float) -> None:
+    """Raise ShuttingDown where the work is not done and its next tile, of ``next_tile_s``, would end past the
+    grace period."""
+    if _stop_at is not None and done < total and time.monotonic() + next_tile_s > _stop_at:
+        raise ShuttingDown(f"the server is shutting down: stopped after {done} of {total} tiles, as the next "
+                           f"would end past its grace period (SHUTDOWN_GRACE_S); retry")
