@@ -199,19 +199,27 @@ def test_deployment_docs_hold_the_configuration_table_of_every_setting():
     assert all(f"| `{name.upper()}` |" in settings_table.table() for name in Settings.model_fields)
 
 
-def test_termination_grace_period_leaves_ten_seconds_after_the_shutdown_grace():
+def pre_stop_pause_s(manifest_container: dict) -> int:
+    """The seconds the pod keeps serving after Kubernetes decides to stop it, before SIGTERM."""
+    command = manifest_container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    return int(command[1])
+
+
+def test_termination_grace_period_covers_the_pre_stop_pause_and_the_shutdown_grace_and_ten_seconds():
     pod = documents()["Deployment"]["spec"]["template"]["spec"]
     env = {item["name"]: item["value"] for item in container()["env"]}
     grace = int(env.get("SHUTDOWN_GRACE_S", Settings().shutdown_grace_s))
-    assert pod["terminationGracePeriodSeconds"] == grace + 10
+    assert pre_stop_pause_s(container()) == 5
+    assert pod["terminationGracePeriodSeconds"] == pre_stop_pause_s(container()) + grace + 10
 
 
 def test_every_documented_docker_run_gives_the_requests_in_flight_their_shutdown_grace():
     # docker stop kills the container 10 s after SIGTERM unless told otherwise; SHUTDOWN_GRACE_S is 50.
     stop_timeout = f"--stop-timeout {Settings().shutdown_grace_s + 10} "
-    commands = [line for path in (ROOT / "README.md", DEPLOYMENT_DOCS, *DOCKERFILES)
+    commands = [line for path in (ROOT / "README.md", DEPLOYMENT_DOCS, ROOT / "docs" / "gpu.md", *DOCKERFILES)
                 for line in path.read_text().splitlines() if re.search(r"docker run .*-p 5000:5000", line)]
-    assert len(commands) >= 5
+    assert len(commands) >= 7
     assert all(stop_timeout in line for line in commands), commands
 
 
@@ -407,7 +415,7 @@ def test_gpu_pod_runs_as_non_root_on_a_read_only_root_like_the_cpu_pod():
     mounts = {mount["mountPath"] for mount in container(GPU_MANIFEST)["volumeMounts"]}
     assert {"/tmp", environment(GPU_MANIFEST)["PROMETHEUS_MULTIPROC_DIR"]} <= mounts
     grace = int(environment(GPU_MANIFEST)["SHUTDOWN_GRACE_S"])
-    assert pod["terminationGracePeriodSeconds"] == grace + 10
+    assert pod["terminationGracePeriodSeconds"] == pre_stop_pause_s(container(GPU_MANIFEST)) + grace + 10
 
 
 def test_gpu_service_and_autoscaler_point_at_the_gpu_deployment_not_the_cpu_one():
