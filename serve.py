@@ -7,8 +7,8 @@ requests and buffers whole answers with one event loop, closes clients that stal
 and hands gunicorn only complete requests over a Unix socket. The image and the manifest run this file;
 so does `make run`.
 
-SIGTERM (or SIGINT): nginx stops accepting at once and finishes what it has taken; gunicorn gets
-SHUTDOWN_GRACE_S for the requests in flight (see core/shutdown.py). If either process dies, the other is
+SIGTERM (or SIGINT), from this process's start: nginx stops accepting at once and finishes what it has taken;
+gunicorn gets SHUTDOWN_GRACE_S for the requests in flight (see core/shutdown.py). If either process dies, the other is
 stopped and this process exits with an error, so that the container is restarted.
 """
 from __future__ import annotations
@@ -151,7 +151,36 @@ def _json_location(name: str, status: int, message: str, retry_after_s: int) -> 
             f"return {status} '{{\"message\": \"{escaped}\"}}\\n'; }}")
 
 
+class _Stop:
+    """SIGTERM and SIGINT from this process's start: as a container's first process it has no default action for
+    them, so without a handler until gunicorn listened, a stop in the first seconds would be ignored (or, outside
+    a container, would leave gunicorn running). The signal goes on to each child started so far (nginx: graceful
+    quit, gunicorn: graceful stop); the one started after it sees ``requested``."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.children: list[tuple[subprocess.Popen, signal.Signals]] = []
+        signal.signal(signal.SIGTERM, self)
+        signal.signal(signal.SIGINT, self)
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        self.requested = True
+        log.info("serve.py: %s received: nginx stops accepting, gunicorn finishes what is in flight",
+                 signal.Signals(signum).name)
+        for process, stop in self.children:
+            if process.poll() is None:
+                process.send_signal(stop)
+
+    def start(self, process: subprocess.Popen, stop: signal.Signals) -> subprocess.Popen:
+        """``process`` stopped with ``stop`` on a stop, at once where the stop came while it was started."""
+        self.children.append((process, stop))
+        if self.requested:
+            process.send_signal(stop)
+        return process
+
+
 def main() -> int:
+    stop = _Stop()
     settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
     try:
@@ -159,6 +188,8 @@ def main() -> int:
     except backends.DeviceError as error:
         print(error, file=sys.stderr)
         return 2
+    if stop.requested:
+        return 0
     log.info("networks run on %s through %s", choice.device, choice.backend)
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
     if nginx is None:
@@ -168,19 +199,21 @@ def main() -> int:
     upstream = runtime / "gunicorn.sock"
     threads = settings.threads_for(choice.device)
     (runtime / "nginx.conf").write_text(nginx_config(settings, runtime, str(upstream), threads))
-    gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-                                 "--bind", f"unix:{upstream}", "app:app"], cwd=ROOT,
-                                env={**os.environ, "THREADS": str(threads)})
+    gunicorn = stop.start(subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+                                            "--bind", f"unix:{upstream}", "app:app"], cwd=ROOT,
+                                           env={**os.environ, "THREADS": str(threads)}), signal.SIGTERM)
     front = None
     try:
-        if not _wait_for(upstream, gunicorn):
-            return gunicorn.wait() or 1
-        front = subprocess.Popen([nginx, "-e", "stderr", "-p", str(runtime), "-c", str(runtime / "nginx.conf")])
-        return _supervise(gunicorn, front)
+        if not _wait_for(upstream, gunicorn, stop):
+            code = gunicorn.wait()  # a stop may have come before gunicorn's own handlers: no error then
+            return 0 if stop.requested else code or 1
+        front = stop.start(subprocess.Popen([nginx, "-e", "stderr", "-p", str(runtime), "-c",
+                                             str(runtime / "nginx.conf")]), signal.SIGQUIT)
+        return _supervise(gunicorn, front, stop)
     finally:
-        for process, stop in ((front, signal.SIGQUIT), (gunicorn, signal.SIGTERM)):
+        for process, signum in ((front, signal.SIGQUIT), (gunicorn, signal.SIGTERM)):
             if process is not None and process.poll() is None:
-                process.send_signal(stop)
+                process.send_signal(signum)
         for process in (front, gunicorn):
             if process is not None:
                 _wait_or_kill(process, settings.shutdown_grace_s + 10)
@@ -200,32 +233,20 @@ def choose_device() -> backends.Choice:
     return backends.Choice(backend, device)
 
 
-def _wait_for(upstream: Path, gunicorn: subprocess.Popen) -> bool:
-    """True once gunicorn listens on its socket; False if it exited first."""
+def _wait_for(upstream: Path, gunicorn: subprocess.Popen, stop: _Stop) -> bool:
+    """True once gunicorn listens on its socket; False if it exited or a stop came first."""
     while not upstream.exists():
-        if gunicorn.poll() is not None:
+        if gunicorn.poll() is not None or stop.requested:
             return False
         time.sleep(0.05)
     return True
 
 
-def _supervise(gunicorn: subprocess.Popen, front: subprocess.Popen) -> int:
-    """Forward SIGTERM/SIGINT (nginx: graceful quit, gunicorn: graceful stop); return when both have ended."""
-    stopping = False
-
-    def stop(signum: int, _frame) -> None:
-        nonlocal stopping
-        stopping = True
-        log.info("serve.py: %s received: nginx stops accepting, gunicorn finishes what is in flight",
-                 signal.Signals(signum).name)
-        front.send_signal(signal.SIGQUIT)
-        gunicorn.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+def _supervise(gunicorn: subprocess.Popen, front: subprocess.Popen, stop: _Stop) -> int:
+    """Return when both have ended after a stop, or when one of them ended without one."""
     while gunicorn.poll() is None and front.poll() is None:
         time.sleep(0.2)
-    if not stopping:
+    if not stop.requested:
         dead = "gunicorn" if gunicorn.poll() is not None else "nginx"
         print(f"serve.py: {dead} exited unexpectedly; stopping the other", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -239,6 +240,38 @@ assert choice == backends.choose(load_settings()), choice
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def processes_in_environment(marker: str) -> list[int]:
+    """The processes whose environment holds ``marker``: a process and the children it started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() + b"\0" in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # ended while the folder was read
+            continue
+    return found
+
+
+def test_a_stop_while_gunicorn_starts_ends_serve_and_every_process_it_started():
+    # "networks run on" is logged once the device is chosen, before gunicorn is started and listens: a stop
+    # then came before serve.py forwarded signals to its children, and was ignored (as a container's first
+    # process) or left gunicorn running.
+    marker = f"SERVE_STOP_TEST={os.getpid()}"
+    process = subprocess.Popen([sys.executable, "serve.py"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PORT": str(free_port()), "MODELS": "srgan",
+                                    "DEFAULT_MODEL": "srgan", marker.split("=")[0]: marker.split("=")[1]})
+    try:
+        for line in process.stderr:
+            if "networks run on" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        _, log = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, log[-2000:]
+    assert wait_for(lambda: not processes_in_environment(marker), 30, interval_s=0.2)
 
 
 @pytest.mark.parametrize("manifest, dockerfile", [(MANIFEST, DOCKERFILE), (GPU_MANIFEST, GPU_DOCKERFILE)],
