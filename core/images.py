@@ -88,8 +88,8 @@ def read_header(data: bytes, max_pixels: int) -> Header:
     png_header = check(data, image_format, max_pixels)
     with _reading(image_format, max_pixels), Image.open(io.BytesIO(data), formats=(image_format,)) as image:
         check_pixels(image.size, max_pixels)
-        turn = orientation.from_exif(png_header.exif) if png_header and png_header.bit_depth == 16 \
-            else orientation.of_image(image)
+        # A PNG's eXIf chunk comes from the chunk walk: Pillow's getexif decodes every pixel to look past IDAT.
+        turn = orientation.from_exif(png_header.exif) if png_header else orientation.of_image(image)
         width, height = orientation.displayed(*image.size, turn)
         sample_bytes = 2 if (png_header and png_header.bit_depth == 16) or image.mode.startswith("I") else 1
         samples = _samples_at_most(image)

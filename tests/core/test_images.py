@@ -235,6 +235,30 @@ def test_exif_orientation_of_a_16_bit_png_is_applied():
     assert np.array_equal(decoded.alpha, np.rot90(pixels[..., 3], -1))
 
 
+def test_exif_orientation_of_a_png_is_read_from_an_exif_chunk_after_its_pixel_data():
+    pixels = pattern(6, 10)
+    plain = save(Image.fromarray(pixels))
+    iend = len(plain) - 12
+    data = plain[:iend] + png_chunk(b"eXIf", exif_orientation(6)) + plain[iend:]
+    header = images.read_header(data, LIMIT)
+    assert (header.width, header.height) == (6, 10)
+    assert np.array_equal(images.decode_pixels(data, header).colour, np.rot90(pixels, -1))
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "WEBP", "TIFF", "GIF", "BMP"])
+def test_the_header_is_read_without_decoding_any_pixel(image_format, monkeypatch):
+    """The header decides the request's limits before it queues: decoding there would spend the memory and
+    time those limits guard. Pillow decodes pixels only through a decoder, so none may be made."""
+    data = save(Image.fromarray(pattern()), image_format)
+    decoders = []
+    make_decoder = Image._getdecoder
+    monkeypatch.setattr(Image, "_getdecoder", lambda *args: decoders.append(args[1]) or make_decoder(*args))
+    header = images.read_header(data, LIMIT)
+    assert (header.width, header.height) == (16, 16) and decoders == []
+    images.decode_pixels(data, header)
+    assert decoders
+
+
 def test_exif_orientation_of_a_jpeg_swaps_its_sides():
     data = save(Image.fromarray(pattern(8, 16)), "JPEG", exif=exif_orientation(6))
     assert images.decode(data, LIMIT).colour.shape == (16, 8, 3)
