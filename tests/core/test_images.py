@@ -227,6 +227,19 @@ def test_exif_orientation_is_applied_like_pillow_does(orientation):
     assert np.array_equal(decoded.colour, expected)
 
 
+@pytest.mark.parametrize("orientation", [2, 3, 6, 8])
+@pytest.mark.parametrize("compression", ["raw", "tiff_deflate"])
+def test_exif_orientation_of_a_tiff_is_applied_once(orientation, compression):
+    pixels = pattern(6, 10)
+    data = save(Image.fromarray(pixels), "TIFF", exif=exif_orientation(orientation), compression=compression)
+    stored = Image.fromarray(pixels)
+    stored.getexif()[0x0112] = orientation
+    expected = np.asarray(ImageOps.exif_transpose(stored))
+    header = images.read_header(data, LIMIT)
+    assert (header.width, header.height) == (expected.shape[1], expected.shape[0])
+    assert np.array_equal(images.decode_pixels(data, header).colour, expected)
+
+
 def test_exif_orientation_of_a_16_bit_png_is_applied():
     pixels = levels16(4, 6, 10)
     data = with_chunk_after_header(png16(pixels), png_chunk(b"eXIf", exif_orientation(6)))
