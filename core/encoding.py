@@ -12,6 +12,8 @@ from core.png_encoder import encode_png
 
 # Rows converted at a time when changing bit depth, so a 64 MP result needs no full-size temporary.
 ROWS_PER_BLOCK = 256
+# Formats without grey: Pillow writes a grey image to them as RGB.
+WITHOUT_GREY = ("WEBP",)
 
 
 def check_output_size(output_format: str, size: tuple[int, int]) -> None:
@@ -45,7 +47,8 @@ def encode(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | No
         return encode_png(colour, icc_profile, png_level, threads, _at_depth(alpha, colour.dtype))
     image = _to_pillow(_with_alpha(_to_8bit(colour), alpha))
     options: dict[str, object] = {"quality": quality}
-    if icc_profile:
+    if icc_profile and not (pil_format in WITHOUT_GREY and colour.shape[-1] == 1):
+        # A grey image's profile is a GRAY one (core/images.py keeps no other), which RGB pixels cannot carry.
         options["icc_profile"] = icc_profile
     buffer = io.BytesIO()
     image.save(buffer, pil_format, **options)

@@ -303,6 +303,14 @@ def test_icc_profile_is_written(output_format, dtype):
     assert Image.open(io.BytesIO(encoded)).info.get("icc_profile") == profile
 
 
+@pytest.mark.parametrize("output_format, mode", [("png", "L"), ("jpeg", "L"), ("webp", "RGB")])
+def test_grey_output_carries_its_grey_profile_only_where_the_format_holds_grey(output_format, mode):
+    encoded = encoding.encode(np.zeros((8, 8, 1), np.uint8), None, grey_profile(), output_format, 90, 6, 2)
+    written = Image.open(io.BytesIO(encoded))
+    assert written.mode == mode
+    assert written.info.get("icc_profile") == (grey_profile() if mode == "L" else None)
+
+
 def test_grey_profile_is_kept_for_grey_and_a_mismatched_profile_is_dropped():
     grey = Image.fromarray(pattern()).convert("L")
     assert images.decode(save(grey, icc_profile=grey_profile()), LIMIT).icc_profile == grey_profile()
