@@ -17,7 +17,7 @@ from core.encoding import ROWS_PER_BLOCK
 from core.geometry import OutputPlan, Size
 from core.models.ensemble import self_ensemble
 from core.plan import Pass, Plan, plan_pass
-from core.resize import resize, resize_channel
+from core.resize import bleed_into_transparency, resize, resize_channel
 from core.tiling import run_tiles
 from core.timing import Stages
 
@@ -99,6 +99,7 @@ def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, sta
     with work.stages.time("decode"):
         image = images.decode_pixels(plan.data, plan.header)
     image = replace(image, alpha=encoding.alpha_for(options.output_format, image.alpha))
+    image = replace(image, colour=bleed_into_transparency(image.colour, image.alpha))
     try:
         layers = _layers(image, work, progress)
     finally:

@@ -70,6 +70,19 @@ def test_alpha_is_upscaled_with_the_image(client):
     assert result[:, :, :3].std() > 10
 
 
+def test_a_cut_out_has_no_dark_fringe(client):
+    """A white disc on fully transparent black, the way editors save a cut-out: where the upscaled alpha is
+    partly opaque the colour must still be the disc's, or the edge shows a dark ring over any background."""
+    y, x = np.mgrid[0:32, 0:32]
+    disc = np.zeros((32, 32, 4), np.uint8)
+    disc[(y - 15.5) ** 2 + (x - 15.5) ** 2 < 100] = 255
+    result = np.asarray(opened(post(client, save(Image.fromarray(disc)))), np.float32)
+    opacity = result[..., 3:] / 255
+    over_white = result[..., :3] * opacity + 255 * (1 - opacity)
+    assert (opacity > 0).sum() > (disc[..., 3] > 0).sum() * 16  # the edge's partly opaque pixels are there
+    assert over_white.min() > 200
+
+
 def test_grey_in_gives_grey_out_with_the_same_levels(client):
     grey = Image.fromarray(pattern()).convert("L")
     result = opened(post(client, save(grey)))

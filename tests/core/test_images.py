@@ -14,7 +14,7 @@ from PIL import Image, ImageCms, ImageOps
 
 from core import containers, encoding, images
 from core.formats import OUTPUT_FORMATS
-from core.resize import resize
+from core.resize import BLEED_REACH, bleed_into_transparency, resize
 from core.errors import InvalidImage, InvalidInput, TooLarge
 from tests.conftest import encode
 from harness.raw_http import scan_bomb
@@ -509,6 +509,28 @@ def test_resize_gives_the_exact_size_and_keeps_the_dtype(dtype):
     resized = resize(pixels, (36, 24))
     assert resized.shape == (24, 36, 3) and resized.dtype == dtype
     assert (resized == np.iinfo(dtype).max).all()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_transparent_pixels_near_visible_ones_take_their_colour_and_the_rest_keep_theirs(dtype):
+    top = np.iinfo(dtype).max
+    colour = np.zeros((3, 20, 3), dtype)  # stored black under the transparency, as most editors save it
+    colour[:, :2] = (top, top // 2, 0)
+    far = (7, 8, 9)
+    colour[:, BLEED_REACH + 2:] = far
+    alpha = np.zeros((3, 20), dtype)
+    alpha[:, :2] = top
+    bled = bleed_into_transparency(colour.copy(), alpha)
+    assert bled.dtype == dtype
+    assert (bled[:, :BLEED_REACH + 2] == (top, top // 2, 0)).all()
+    assert (bled[:, BLEED_REACH + 2:] == far).all()
+
+
+def test_bleeding_leaves_images_without_transparent_pixels_alone():
+    colour = pattern()
+    assert bleed_into_transparency(colour, None) is colour
+    assert bleed_into_transparency(colour, np.full((16, 16), 1, np.uint8)) is colour
+    assert np.array_equal(bleed_into_transparency(colour.copy(), np.zeros((16, 16), np.uint8)), colour)
 
 
 def test_png_compression_level_changes_size_not_pixels():
