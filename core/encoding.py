@@ -37,14 +37,16 @@ def alpha_for(output_format: str, alpha: np.ndarray | None) -> np.ndarray | None
 
 
 def encode(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | None,
-           output_format: str, quality: int, png_level: int, threads: int) -> bytes:
+           output_format: str, quality: int, png_level: int, threads: int,
+           png_colour_chunks: tuple[bytes, ...] = ()) -> bytes:
     """Encode pixels as png (deflate level ``png_level`` on ``threads`` threads), jpeg or webp; 16-bit pixels stay
-    16-bit in PNG and are rounded to 8 bits otherwise."""
+    16-bit in PNG and are rounded to 8 bits otherwise. ``png_colour_chunks`` (an input PNG's gAMA, cHRM, sRGB, ...)
+    go into png output only: jpeg and webp have no place for them."""
     pil_format, _ = OUTPUT_FORMATS[output_format]
     if pil_format == "JPEG" and alpha is not None:
         raise InvalidInput("jpeg cannot hold an alpha channel; ask for format png or webp")
     if pil_format == "PNG":
-        return encode_png(colour, icc_profile, png_level, threads, _at_depth(alpha, colour.dtype))
+        return encode_png(colour, icc_profile, png_level, threads, _at_depth(alpha, colour.dtype), png_colour_chunks)
     image = _to_pillow(_with_alpha(_to_8bit(colour), alpha))
     options: dict[str, object] = {"quality": quality}
     if icc_profile and not (pil_format in WITHOUT_GREY and colour.shape[-1] == 1):

@@ -31,6 +31,7 @@ class DecodedImage:
     colour: np.ndarray            # (H, W, 1) grey or (H, W, 3) RGB; uint8 or uint16
     alpha: np.ndarray | None      # (H, W), same dtype as colour
     icc_profile: bytes | None
+    png_colour_chunks: tuple[bytes, ...] = ()  # a PNG's gAMA, cHRM, sRGB, ... (core/containers.py)
 
     @property
     def height(self) -> int:
@@ -129,7 +130,7 @@ def decode_pixels(data: bytes, header: Header) -> DecodedImage:
             colour, alpha, icc = _pillow_pixels(image)
     return DecodedImage(orientation.apply(colour, header.orientation),
                         None if alpha is None else orientation.apply(alpha, header.orientation),
-                        _matching_profile(icc, colour.shape[-1]))
+                        _matching_profile(icc, colour.shape[-1]), header.png.colour_chunks if header.png else ())
 
 
 def decode(data: bytes, max_pixels: int) -> DecodedImage:

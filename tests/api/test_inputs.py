@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 
 import numpy as np
 import png
@@ -19,10 +20,12 @@ from tests.core.test_images import (
     levels16,
     pattern,
     png16,
+    png_chunk,
     png_header_only,
     rgba_image,
     save,
     srgb_profile,
+    with_chunk_after_header,
 )
 
 
@@ -155,6 +158,24 @@ def test_icc_profile_is_carried_to_16_bit_output(client):
     response = post(client, sixteen[:33] + data[chunk_start:chunk_end] + sixteen[33:])
     assert response.status_code == 200
     assert opened(response).info.get("icc_profile") == source.info["icc_profile"]
+
+
+def with_colour_chunks(data: bytes) -> bytes:
+    """A PNG marked as linear (gamma 1.0) with its primaries and an sRGB rendering intent: viewers map its levels by
+    these chunks, so an answer without them would look darker."""
+    chromaticity = struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)
+    chunks = png_chunk(b"gAMA", struct.pack(">I", 100000)) + png_chunk(b"cHRM", chromaticity)
+    return with_chunk_after_header(data, chunks + png_chunk(b"sRGB", b"\x01"))
+
+
+@pytest.mark.parametrize("source", ["8-bit", "16-bit"])
+def test_png_gamma_primaries_and_srgb_chunks_are_carried_to_png_output(client, source):
+    plain = save(Image.fromarray(pattern())) if source == "8-bit" else png16(levels16(3))
+    response = post(client, with_colour_chunks(plain))
+    assert response.status_code == 200, response.data
+    info = opened(response).info
+    assert info["gamma"] == 1.0 and info["srgb"] == 1
+    assert info["chromaticity"] == (0.3127, 0.329, 0.64, 0.33, 0.3, 0.6, 0.15, 0.06)
 
 
 # --- Options ------------------------------------------------------------------------------------
