@@ -31,6 +31,10 @@ SIGNATURES = (
     (b"BM", "BMP"),
 )
 PNG_CRITICAL_CHUNKS = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
+# Chunks that say how a PNG's levels map to colour, apart from its ICC profile: gamma, primaries, sRGB intent,
+# and the coding-independent code points and mastering volume and light levels of an HDR image. They come
+# before the pixel data.
+PNG_COLOUR_CHUNKS = (b"gAMA", b"cHRM", b"sRGB", b"cICP", b"mDCV", b"cLLI")
 
 # What decoders raise on corrupt data: Pillow's plugins and pypng use all of these.
 CORRUPT_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
@@ -52,6 +56,7 @@ class PngHeader:
     height: int
     bit_depth: int
     exif: bytes | None
+    colour_chunks: tuple[bytes, ...] = ()  # whole chunks, as the file holds them
 
 
 def describe_accepted() -> str:
@@ -95,6 +100,7 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
     view = memoryview(data)
     header: PngHeader | None = None
     exif = None
+    colour_chunks: list[bytes] = []
     pixel_data: list[memoryview] = []
     position = len(PNG_SIGNATURE)
     while True:
@@ -116,6 +122,8 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
             exif = bytes(body)
         elif kind == b"IDAT":
             pixel_data.append(body)
+        elif kind in PNG_COLOUR_CHUNKS and not pixel_data:
+            colour_chunks.append(bytes(view[position:end]))
         position = end
         if kind == b"IEND":
             break
@@ -124,7 +132,7 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
                            f"(another file appended to it, e.g. a polyglot); only a plain PNG is accepted")
     if header.bit_depth == 16:
         _check_inflated_size(pixel_data, header, colour_type)
-    return PngHeader(header.width, header.height, header.bit_depth, exif)
+    return PngHeader(header.width, header.height, header.bit_depth, exif, tuple(colour_chunks))
 
 
 def _check_inflated_size(pixel_data: list[memoryview], header: PngHeader, colour_type: int) -> None:

@@ -12,6 +12,8 @@ from core.png_encoder import encode_png
 
 # Rows converted at a time when changing bit depth, so a 64 MP result needs no full-size temporary.
 ROWS_PER_BLOCK = 256
+# Formats without grey: Pillow writes a grey image to them as RGB.
+WITHOUT_GREY = ("WEBP",)
 
 
 def check_output_size(output_format: str, size: tuple[int, int]) -> None:
@@ -35,17 +37,20 @@ def alpha_for(output_format: str, alpha: np.ndarray | None) -> np.ndarray | None
 
 
 def encode(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | None,
-           output_format: str, quality: int, png_level: int, threads: int) -> bytes:
+           output_format: str, quality: int, png_level: int, threads: int,
+           png_colour_chunks: tuple[bytes, ...] = ()) -> bytes:
     """Encode pixels as png (deflate level ``png_level`` on ``threads`` threads), jpeg or webp; 16-bit pixels stay
-    16-bit in PNG and are rounded to 8 bits otherwise."""
+    16-bit in PNG and are rounded to 8 bits otherwise. ``png_colour_chunks`` (an input PNG's gAMA, cHRM, sRGB, ...)
+    go into png output only: jpeg and webp have no place for them."""
     pil_format, _ = OUTPUT_FORMATS[output_format]
     if pil_format == "JPEG" and alpha is not None:
         raise InvalidInput("jpeg cannot hold an alpha channel; ask for format png or webp")
     if pil_format == "PNG":
-        return encode_png(colour, icc_profile, png_level, threads, _at_depth(alpha, colour.dtype))
+        return encode_png(colour, icc_profile, png_level, threads, _at_depth(alpha, colour.dtype), png_colour_chunks)
     image = _to_pillow(_with_alpha(_to_8bit(colour), alpha))
     options: dict[str, object] = {"quality": quality}
-    if icc_profile:
+    if icc_profile and not (pil_format in WITHOUT_GREY and colour.shape[-1] == 1):
+        # A grey image's profile is a GRAY one (core/images.py keeps no other), which RGB pixels cannot carry.
         options["icc_profile"] = icc_profile
     buffer = io.BytesIO()
     image.save(buffer, pil_format, **options)

@@ -31,6 +31,7 @@ class DecodedImage:
     colour: np.ndarray            # (H, W, 1) grey or (H, W, 3) RGB; uint8 or uint16
     alpha: np.ndarray | None      # (H, W), same dtype as colour
     icc_profile: bytes | None
+    png_colour_chunks: tuple[bytes, ...] = ()  # a PNG's gAMA, cHRM, sRGB, ... (core/containers.py)
 
     @property
     def height(self) -> int:
@@ -88,12 +89,21 @@ def read_header(data: bytes, max_pixels: int) -> Header:
     png_header = check(data, image_format, max_pixels)
     with _reading(image_format, max_pixels), Image.open(io.BytesIO(data), formats=(image_format,)) as image:
         check_pixels(image.size, max_pixels)
-        turn = orientation.from_exif(png_header.exif) if png_header and png_header.bit_depth == 16 \
-            else orientation.of_image(image)
+        turn = _turn_to_apply(image, png_header)
         width, height = orientation.displayed(*image.size, turn)
         sample_bytes = 2 if (png_header and png_header.bit_depth == 16) or image.mode.startswith("I") else 1
         samples = _samples_at_most(image)
     return Header(image_format, width, height, turn, png_header, max_pixels, samples, sample_bytes)
+
+
+def _turn_to_apply(image: Image.Image, png_header: PngHeader | None) -> int:
+    """The EXIF orientation left for ``decode_pixels`` to apply to the pixels Pillow gives."""
+    if image.format == "TIFF":
+        return 1  # Pillow opens a TIFF at its displayed size and turns its pixels as it loads them
+    if png_header:
+        # From the chunk walk: Pillow's getexif decodes every pixel of a PNG to look past its IDAT.
+        return orientation.from_exif(png_header.exif)
+    return orientation.of_image(image)
 
 
 def _samples_at_most(image: Image.Image) -> int:
@@ -120,7 +130,7 @@ def decode_pixels(data: bytes, header: Header) -> DecodedImage:
             colour, alpha, icc = _pillow_pixels(image)
     return DecodedImage(orientation.apply(colour, header.orientation),
                         None if alpha is None else orientation.apply(alpha, header.orientation),
-                        _matching_profile(icc, colour.shape[-1]))
+                        _matching_profile(icc, colour.shape[-1]), header.png.colour_chunks if header.png else ())
 
 
 def decode(data: bytes, max_pixels: int) -> DecodedImage:

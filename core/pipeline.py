@@ -17,7 +17,7 @@ from core.encoding import ROWS_PER_BLOCK
 from core.geometry import OutputPlan, Size
 from core.models.ensemble import self_ensemble
 from core.plan import Pass, Plan, plan_pass
-from core.resize import resize, resize_channel
+from core.resize import bleed_into_transparency, resize, resize_channel
 from core.tiling import run_tiles
 from core.timing import Stages
 
@@ -99,6 +99,7 @@ def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, sta
     with work.stages.time("decode"):
         image = images.decode_pixels(plan.data, plan.header)
     image = replace(image, alpha=encoding.alpha_for(options.output_format, image.alpha))
+    image = replace(image, colour=bleed_into_transparency(image.colour, image.alpha))
     try:
         layers = _layers(image, work, progress)
     finally:
@@ -106,8 +107,8 @@ def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, sta
     colour = blend(layers, options.strength)
     with work.stages.time("encode"):
         encoded = encoding.encode(colour, layers.alpha, image.icc_profile, options.output_format, options.quality,
-                                  settings.png_compression_level, settings.worker_cores)
-        encoded_layers = _encoded_layers(layers, image.icc_profile, settings) if plan.with_layers else None
+                                  settings.png_compression_level, settings.worker_cores, image.png_colour_chunks)
+        encoded_layers = _encoded_layers(layers, image, settings) if plan.with_layers else None
     return Result(encoded, OUTPUT_FORMATS[options.output_format][1], colour.shape[1], colour.shape[0],
                   network.name, image.width, image.height, encoded_layers, work.stages)
 
@@ -233,7 +234,7 @@ def _resized(colour: np.ndarray, size: Size) -> np.ndarray:
     return resize(colour, size)
 
 
-def _encoded_layers(layers: Layers, icc_profile: bytes | None, settings: Settings) -> dict[str, bytes]:
-    return {name: encoding.encode(pixels, layers.alpha, icc_profile, LAYER_FORMAT, 100,
-                                  settings.png_compression_level, settings.worker_cores)
+def _encoded_layers(layers: Layers, image: images.DecodedImage, settings: Settings) -> dict[str, bytes]:
+    return {name: encoding.encode(pixels, layers.alpha, image.icc_profile, LAYER_FORMAT, 100,
+                                  settings.png_compression_level, settings.worker_cores, image.png_colour_chunks)
             for name, pixels in (("model", layers.model), ("lanczos", layers.lanczos))}

@@ -50,16 +50,17 @@ class Planes:
 
 
 def encode_png(pixels: np.ndarray, icc_profile: bytes | None, level: int, parts: int,
-               alpha: np.ndarray | None = None) -> bytes:
+               alpha: np.ndarray | None = None, colour_chunks: tuple[bytes, ...] = ()) -> bytes:
     """``pixels`` (H, W, C) uint8 or uint16 with C in 1..4, as a PNG at zlib ``level`` on ``parts`` threads.
 
     ``alpha`` (H, W), of the pixels' dtype, is written as one more channel, joined a block of rows at a time:
-    a joined copy of the whole image would cost as much memory as the image."""
+    a joined copy of the whole image would cost as much memory as the image. ``colour_chunks`` are whole
+    chunks (gAMA, cHRM, sRGB, ...) written as they are, before the pixel data as PNG requires."""
     planes = Planes(pixels, alpha)
     height, width, channels = planes.shape
     depth = 16 if pixels.dtype == np.uint16 else 8
     header = struct.pack(">IIBBBBB", width, height, depth, COLOUR_TYPES[channels], 0, 0, 0)
-    pieces = [SIGNATURE, *_chunk(b"IHDR", [header])]
+    pieces = [SIGNATURE, *_chunk(b"IHDR", [header]), *colour_chunks]
     if icc_profile:
         pieces += _chunk(b"iCCP", [b"ICC Profile\x00\x00" + zlib.compress(icc_profile)])
     pieces += [*_chunk(b"IDAT", _zlib_stream(planes, level, parts)), *_chunk(b"IEND", [])]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 
 import numpy as np
 import png
@@ -19,10 +20,12 @@ from tests.core.test_images import (
     levels16,
     pattern,
     png16,
+    png_chunk,
     png_header_only,
     rgba_image,
     save,
     srgb_profile,
+    with_chunk_after_header,
 )
 
 
@@ -68,6 +71,19 @@ def test_alpha_is_upscaled_with_the_image(client):
     # the left half was transparent, the right half opaque; Lanczos rings only within 3 source pixels of the edge
     assert (result[:, :20, 3] == 0).all() and (result[:, 44:, 3] == 255).all()
     assert result[:, :, :3].std() > 10
+
+
+def test_a_cut_out_has_no_dark_fringe(client):
+    """A white disc on fully transparent black, the way editors save a cut-out: where the upscaled alpha is
+    partly opaque the colour must still be the disc's, or the edge shows a dark ring over any background."""
+    y, x = np.mgrid[0:32, 0:32]
+    disc = np.zeros((32, 32, 4), np.uint8)
+    disc[(y - 15.5) ** 2 + (x - 15.5) ** 2 < 100] = 255
+    result = np.asarray(opened(post(client, save(Image.fromarray(disc)))), np.float32)
+    opacity = result[..., 3:] / 255
+    over_white = result[..., :3] * opacity + 255 * (1 - opacity)
+    assert (opacity > 0).sum() > (disc[..., 3] > 0).sum() * 16  # the edge's partly opaque pixels are there
+    assert over_white.min() > 200
 
 
 def test_grey_in_gives_grey_out_with_the_same_levels(client):
@@ -142,6 +158,24 @@ def test_icc_profile_is_carried_to_16_bit_output(client):
     response = post(client, sixteen[:33] + data[chunk_start:chunk_end] + sixteen[33:])
     assert response.status_code == 200
     assert opened(response).info.get("icc_profile") == source.info["icc_profile"]
+
+
+def with_colour_chunks(data: bytes) -> bytes:
+    """A PNG marked as linear (gamma 1.0) with its primaries and an sRGB rendering intent: viewers map its levels by
+    these chunks, so an answer without them would look darker."""
+    chromaticity = struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)
+    chunks = png_chunk(b"gAMA", struct.pack(">I", 100000)) + png_chunk(b"cHRM", chromaticity)
+    return with_chunk_after_header(data, chunks + png_chunk(b"sRGB", b"\x01"))
+
+
+@pytest.mark.parametrize("source", ["8-bit", "16-bit"])
+def test_png_gamma_primaries_and_srgb_chunks_are_carried_to_png_output(client, source):
+    plain = save(Image.fromarray(pattern())) if source == "8-bit" else png16(levels16(3))
+    response = post(client, with_colour_chunks(plain))
+    assert response.status_code == 200, response.data
+    info = opened(response).info
+    assert info["gamma"] == 1.0 and info["srgb"] == 1
+    assert info["chromaticity"] == (0.3127, 0.329, 0.64, 0.33, 0.3, 0.6, 0.15, 0.06)
 
 
 # --- Options ------------------------------------------------------------------------------------

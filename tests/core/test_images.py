@@ -14,7 +14,7 @@ from PIL import Image, ImageCms, ImageOps
 
 from core import containers, encoding, images
 from core.formats import OUTPUT_FORMATS
-from core.resize import resize
+from core.resize import BLEED_REACH, bleed_into_transparency, resize
 from core.errors import InvalidImage, InvalidInput, TooLarge
 from tests.conftest import encode
 from harness.raw_http import scan_bomb
@@ -227,12 +227,49 @@ def test_exif_orientation_is_applied_like_pillow_does(orientation):
     assert np.array_equal(decoded.colour, expected)
 
 
+@pytest.mark.parametrize("orientation", [2, 3, 6, 8])
+@pytest.mark.parametrize("compression", ["raw", "tiff_deflate"])
+def test_exif_orientation_of_a_tiff_is_applied_once(orientation, compression):
+    pixels = pattern(6, 10)
+    data = save(Image.fromarray(pixels), "TIFF", exif=exif_orientation(orientation), compression=compression)
+    stored = Image.fromarray(pixels)
+    stored.getexif()[0x0112] = orientation
+    expected = np.asarray(ImageOps.exif_transpose(stored))
+    header = images.read_header(data, LIMIT)
+    assert (header.width, header.height) == (expected.shape[1], expected.shape[0])
+    assert np.array_equal(images.decode_pixels(data, header).colour, expected)
+
+
 def test_exif_orientation_of_a_16_bit_png_is_applied():
     pixels = levels16(4, 6, 10)
     data = with_chunk_after_header(png16(pixels), png_chunk(b"eXIf", exif_orientation(6)))
     decoded = images.decode(data, LIMIT)
     assert np.array_equal(decoded.colour, np.rot90(pixels[..., :3], -1))
     assert np.array_equal(decoded.alpha, np.rot90(pixels[..., 3], -1))
+
+
+def test_exif_orientation_of_a_png_is_read_from_an_exif_chunk_after_its_pixel_data():
+    pixels = pattern(6, 10)
+    plain = save(Image.fromarray(pixels))
+    iend = len(plain) - 12
+    data = plain[:iend] + png_chunk(b"eXIf", exif_orientation(6)) + plain[iend:]
+    header = images.read_header(data, LIMIT)
+    assert (header.width, header.height) == (6, 10)
+    assert np.array_equal(images.decode_pixels(data, header).colour, np.rot90(pixels, -1))
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "WEBP", "TIFF", "GIF", "BMP"])
+def test_the_header_is_read_without_decoding_any_pixel(image_format, monkeypatch):
+    """The header decides the request's limits before it queues: decoding there would spend the memory and
+    time those limits guard. Pillow decodes pixels only through a decoder, so none may be made."""
+    data = save(Image.fromarray(pattern()), image_format)
+    decoders = []
+    make_decoder = Image._getdecoder
+    monkeypatch.setattr(Image, "_getdecoder", lambda *args: decoders.append(args[1]) or make_decoder(*args))
+    header = images.read_header(data, LIMIT)
+    assert (header.width, header.height) == (16, 16) and decoders == []
+    images.decode_pixels(data, header)
+    assert decoders
 
 
 def test_exif_orientation_of_a_jpeg_swaps_its_sides():
@@ -264,6 +301,14 @@ def test_icc_profile_is_written(output_format, dtype):
     profile = srgb_profile()
     encoded = encoding.encode(np.zeros((8, 8, 3), dtype), None, profile, output_format, 90, 6, 2)
     assert Image.open(io.BytesIO(encoded)).info.get("icc_profile") == profile
+
+
+@pytest.mark.parametrize("output_format, mode", [("png", "L"), ("jpeg", "L"), ("webp", "RGB")])
+def test_grey_output_carries_its_grey_profile_only_where_the_format_holds_grey(output_format, mode):
+    encoded = encoding.encode(np.zeros((8, 8, 1), np.uint8), None, grey_profile(), output_format, 90, 6, 2)
+    written = Image.open(io.BytesIO(encoded))
+    assert written.mode == mode
+    assert written.info.get("icc_profile") == (grey_profile() if mode == "L" else None)
 
 
 def test_grey_profile_is_kept_for_grey_and_a_mismatched_profile_is_dropped():
@@ -464,6 +509,28 @@ def test_resize_gives_the_exact_size_and_keeps_the_dtype(dtype):
     resized = resize(pixels, (36, 24))
     assert resized.shape == (24, 36, 3) and resized.dtype == dtype
     assert (resized == np.iinfo(dtype).max).all()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_transparent_pixels_near_visible_ones_take_their_colour_and_the_rest_keep_theirs(dtype):
+    top = np.iinfo(dtype).max
+    colour = np.zeros((3, 20, 3), dtype)  # stored black under the transparency, as most editors save it
+    colour[:, :2] = (top, top // 2, 0)
+    far = (7, 8, 9)
+    colour[:, BLEED_REACH + 2:] = far
+    alpha = np.zeros((3, 20), dtype)
+    alpha[:, :2] = top
+    bled = bleed_into_transparency(colour.copy(), alpha)
+    assert bled.dtype == dtype
+    assert (bled[:, :BLEED_REACH + 2] == (top, top // 2, 0)).all()
+    assert (bled[:, BLEED_REACH + 2:] == far).all()
+
+
+def test_bleeding_leaves_images_without_transparent_pixels_alone():
+    colour = pattern()
+    assert bleed_into_transparency(colour, None) is colour
+    assert bleed_into_transparency(colour, np.full((16, 16), 1, np.uint8)) is colour
+    assert np.array_equal(bleed_into_transparency(colour.copy(), np.zeros((16, 16), np.uint8)), colour)
 
 
 def test_png_compression_level_changes_size_not_pixels():
