@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("superres.serve")
 # The answer nginx gives itself for its own refusals, as every route of the app answers: {"message": ...}.
 JSON_ERRORS = {
-    "busy": (503, "the server is busy: every request slot of its workers is taken; retry later"),
     "unavailable": (503, "the server is starting, restarting or stopping; retry later"),
     "header_too_large": (431, "the request's headers are too large: the limit is {header_bytes} bytes a line"),
     "uri_too_long": (414, "the request line is too long: the limit is {header_bytes} bytes"),
@@ -38,6 +37,11 @@ JSON_ERRORS = {
     "timeout": (408, "the request did not arrive within {client_timeout_s:g} s (CLIENT_TIMEOUT_S)"),
     "bad_request": (400, "the request is not valid HTTP/1.1"),
 }
+# A work request gunicorn did not take (502, 504), by the upstream address nginx tried: every slot taken
+# (max_conns) leaves the upstream's name there; a socket no worker listens on, its own address.
+WORK_REFUSALS = {"work": "the server is busy: every request slot of its workers is taken; retry later",
+                 "default": JSON_ERRORS["unavailable"][1]}
+WORK_REFUSED = "work_refused"
 # nginx's own refusals, by nginx's status, each answered by the JSON location of that name.
 FRONT_ERROR_PAGES = {400: "bad_request", 408: "timeout", 413: "too_large", 414: "uri_too_long",
                      494: "header_too_large"}
@@ -90,6 +94,7 @@ http {{
         '"duration_s":$request_time,"input_bytes":"$content_length","remote_addr":"$remote_addr",'
         '"request_id":"$http_x_request_id"}}';
     map $upstream_status $answered_by_front {{ "" 1; default 0; }}
+    {_work_refusal_map()}
     access_log /dev/stderr json if=$answered_by_front;
 
     client_header_timeout {settings.client_timeout_s:g}s;
@@ -119,9 +124,10 @@ http {{
         {_error_pages("unavailable")}
 
         location / {{ proxy_pass http://ops; }}
-        location = /model/predict {{ {_error_pages("busy")} proxy_pass http://work; }}
-        location = /app/upscale {{ {_error_pages("busy")} proxy_pass http://work; }}
+        location = /model/predict {{ {_error_pages(WORK_REFUSED)} proxy_pass http://work; }}
+        location = /app/upscale {{ {_error_pages(WORK_REFUSED)} proxy_pass http://work; }}
 {named}
+{_json_location(WORK_REFUSED, 503, "$" + WORK_REFUSED, settings.retry_after_s)}
     }}
 }}
 """
@@ -141,6 +147,12 @@ def _error_pages(no_upstream: str) -> str:
     from the server, so each block that sets one must set them all."""
     pages = [f"error_page {status} = @{name};" for status, name in FRONT_ERROR_PAGES.items()]
     return " ".join([*pages, f"error_page 502 504 = @{no_upstream};"])
+
+
+def _work_refusal_map() -> str:
+    """The variable WORK_REFUSED: the message of a work request gunicorn did not take."""
+    cases = " ".join(f'{address} "{message}";' for address, message in WORK_REFUSALS.items())
+    return f"map $upstream_addr ${WORK_REFUSED} {{ {cases} }}"
 
 
 def _json_location(name: str, status: int, message: str, retry_after_s: int) -> str:

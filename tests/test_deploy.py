@@ -341,11 +341,13 @@ FRONT_UPLOAD_LIMIT = 1000
 
 
 @contextmanager
-def front_alone(settings: Settings, runtime: Path) -> Iterator[None]:
-    """nginx run with serve.py's configuration for ``settings``, and no gunicorn behind it."""
+def front_alone(settings: Settings, runtime: Path, upstream: Path | None = None, threads: int = 4) -> Iterator[None]:
+    """nginx run with serve.py's configuration for ``settings``, and no gunicorn behind it: ``upstream`` is a
+    socket the test holds, or none."""
     if NGINX is None:
         pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
-    (runtime / "nginx.conf").write_text(serve.nginx_config(settings, runtime, str(runtime / "absent.sock"), 4))
+    upstream = upstream or runtime / "absent.sock"
+    (runtime / "nginx.conf").write_text(serve.nginx_config(settings, runtime, str(upstream), threads))
     front = subprocess.Popen([NGINX, "-e", "stderr", "-p", str(runtime), "-c", str(runtime / "nginx.conf")],
                              stderr=subprocess.PIPE, text=True)
     try:
@@ -402,16 +404,30 @@ def test_front_refuses_a_broken_chunked_body_with_json_on_every_route(front, pat
     assert body == b'{"message": "the request is not valid HTTP/1.1"}\n'
 
 
-@pytest.mark.parametrize("path, message", [
-    ("/model/predict", "the server is busy: every request slot of its workers is taken; retry later"),
-    ("/app/upscale", "the server is busy: every request slot of its workers is taken; retry later"),
-    ("/health", "the server is starting, restarting or stopping; retry later"),
-])
-def test_front_answers_503_with_retry_after_when_gunicorn_does_not_answer(front, path, message):
+@pytest.mark.parametrize("path", ["/model/predict", "/app/upscale", "/health"])
+def test_front_answers_503_with_retry_after_when_gunicorn_does_not_answer(front, path):
     response = requests.post(front + path, files={"image": ("small.png", b"x")}, timeout=30)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == str(Settings().retry_after_s)
-    assert response.json()["message"] == message
+    assert response.json()["message"] == "the server is starting, restarting or stopping; retry later"
+
+
+def test_front_says_busy_only_when_every_request_slot_is_taken(tmp_path):
+    settings = Settings(host="127.0.0.1", port=free_port(), workers=1)
+    upstream = tmp_path / "held.sock"
+    with socket.socket(socket.AF_UNIX) as worker, front_alone(settings, tmp_path, upstream, threads=2):
+        worker.bind(str(upstream))  # one worker of 2 threads: one request slot, one thread for the probes
+        worker.listen(8)
+        worker.settimeout(30)
+        first = socket.create_connection(("127.0.0.1", settings.port), timeout=30)
+        first.sendall(b"POST /model/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        held, _ = worker.accept()  # the first request has the slot, and its answer is not coming
+        response = requests.post(f"http://127.0.0.1:{settings.port}/model/predict", files={"image": b"x"}, timeout=30)
+        assert response.status_code == 503 and response.headers["Retry-After"] == str(settings.retry_after_s)
+        assert response.json()["message"] == ("the server is busy: every request slot of its workers is taken; "
+                                              "retry later")
+        held.close()
+        first.close()
 
 
 def test_gpu_probes_cover_model_load_and_warm_up_and_point_at_real_routes(client):
