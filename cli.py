@@ -124,7 +124,7 @@ def plan_jobs(inputs: Iterable[Path], output: Path, suffix: str) -> tuple[list[J
     for item in inputs:
         if item.is_dir():
             root = output / item.resolve().name
-            jobs += [Job(path, (root / path.relative_to(item)).with_suffix(suffix)) for path in _images_in(item)]
+            jobs += [Job(path, (root / path.relative_to(item)).with_suffix(suffix)) for path in _images_in(item, output)]
         elif item.is_file():
             jobs.append(Job(item, (output / item.name).with_suffix(suffix)))
         else:
@@ -132,9 +132,14 @@ def plan_jobs(inputs: Iterable[Path], output: Path, suffix: str) -> tuple[list[J
     return _without_clashes(jobs, problems)
 
 
-def _images_in(folder: Path) -> Iterator[Path]:
+def _images_in(folder: Path, output: Path) -> Iterator[Path]:
+    """The folder's images, but for those under ``output``: with ``-o photos/big``, the next run of
+    ``sr-upscale photos`` would take the last run's outputs for inputs and upscale them again."""
     suffixes = image_suffixes()
-    return (path for path in sorted(folder.rglob("*")) if path.is_file() and path.suffix.lower() in suffixes)
+    resolved, outputs = folder.resolve(), output.resolve()
+    return (path for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.suffix.lower() in suffixes
+            and not (resolved / path.relative_to(folder)).is_relative_to(outputs))
 
 
 def image_suffixes() -> set[str]:

@@ -117,6 +117,22 @@ def test_plan_keeps_folder_structure_and_reports_clashing_names(tmp_path):
     assert problems == [(folder / "day1" / "a.png", f"same output {tmp_path / 'out/shots/day1/a.png'} as {folder / 'day1/a.jpg'}")]
 
 
+def test_outputs_inside_an_input_folder_are_never_taken_for_inputs(tmp_path):
+    """``sr-upscale photos -o photos/big`` run again (to resume) must not upscale the last run's outputs."""
+    photos = tmp_path / "photos"
+    (photos / "big" / "photos").mkdir(parents=True)
+    for name in ("a.png", "big/photos/a.png", "big/other.png"):
+        (photos / name).write_bytes(b"x")
+    for output in (photos / "big", tmp_path / "photos" / ".." / "photos" / "big"):
+        jobs, problems = plan_jobs([photos], output, ".png")
+        assert [job.source for job in jobs] == [photos / "a.png"] and problems == []
+    # An output folder beside the inputs, whose name merely starts like one of the folder's, takes nothing away.
+    (photos / "bigger").mkdir()
+    (photos / "bigger" / "b.png").write_bytes(b"x")
+    jobs, _ = plan_jobs([photos / "bigger"], photos / "big", ".png")
+    assert [job.source for job in jobs] == [photos / "bigger" / "b.png"]
+
+
 def test_a_folder_gives_every_file_named_like_an_accepted_format():
     from core.containers import ACCEPTED_FORMATS
 
