@@ -210,6 +210,19 @@ def _import_tensorflow_quietly() -> None:
             os.close(saved)
 
 
+def read_image(path: Path, max_upload_bytes: int) -> bytes:
+    """The file's bytes, or the server's 413 for a file over MAX_UPLOAD_BYTES, of which no more than
+    the limit is read: a stray 4 GB file in a folder must not be held in memory, or sent, to be refused."""
+    with path.open("rb") as file:
+        data = file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            from core.errors import TooLarge
+
+            raise TooLarge(f"the file is too large: the limit is {max_upload_bytes} bytes (MAX_UPLOAD_BYTES) "
+                           f"and the file is {os.fstat(file.fileno()).st_size} bytes")
+    return data
+
+
 def write_output(target: Path, data: bytes) -> None:
     """Written beside the target first and renamed, so a half-written file never counts as done."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -267,7 +280,7 @@ def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> in
     def convert(job: Job) -> None:
         tiles = TileBar(job.source.name, service.settings.tile_batch)
         try:
-            plan = service.prepare(job.source.read_bytes(), options)
+            plan = service.prepare(read_image(job.source, service.settings.max_upload_bytes), options)
             write_output(job.target, service.run(plan, tiles).data)
         finally:
             tiles.close()
@@ -283,15 +296,17 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
 
     urls = list(dict.fromkeys(remote.server_url(text) for text in args.server))
     # Without --model, each server's own default model (probe asks it which).
-    model, usable, skipped = args.options.model if args.model else None, [], {}
+    model, usable, skipped, max_upload_bytes = args.options.model if args.model else None, [], {}, 0
     for url in urls:
-        offered, problem = remote.probe(url, model)
-        if problem:
+        offer, problem = remote.probe(url, model)
+        if offer is None:
             skipped[url] = problem
             print(f"sr-upscale: skipping server {url}: {problem}", file=sys.stderr)
         else:
-            model = offered
+            model = offer.model
             usable.append(url)
+            # A file some server takes is sent; one that every server would refuse is not read.
+            max_upload_bytes = max(max_upload_bytes, offer.max_upload_bytes)
     if not usable:
         print("sr-upscale: no server can take the work", file=sys.stderr)
         return 2
@@ -301,7 +316,8 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
     fields = form_fields(options)
 
     def convert(job: Job) -> None:
-        write_output(job.target, cluster.upscale(job.source.read_bytes(), job.source.name, fields).data)
+        data = read_image(job.source, max_upload_bytes)
+        write_output(job.target, cluster.upscale(data, job.source.name, fields).data)
 
     convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs)
     summary.notes = cluster.report() + [f"  {url}: skipped at start: {problem}" for url, problem in skipped.items()]

@@ -61,8 +61,16 @@ def server_url(text: str) -> str:
     return url.rstrip("/")
 
 
-def probe(url: str, model: str | None) -> tuple[str | None, str | None]:
-    """``(model, None)`` when the server offers ``model`` (or its default) ready, else ``(None, why not)``."""
+@dataclass(frozen=True)
+class Offer:
+    """What a server's /model/metadata promises: the model the files will run on, and its upload limit."""
+
+    model: str
+    max_upload_bytes: int
+
+
+def probe(url: str, model: str | None) -> tuple[Offer | None, str | None]:
+    """``(offer, None)`` when the server offers ``model`` (or its default) ready, else ``(None, why not)``."""
     try:
         response = requests.get(f"{url}/model/metadata", timeout=CONNECT_TIMEOUT_S)
     except requests.RequestException as error:
@@ -73,13 +81,14 @@ def probe(url: str, model: str | None) -> tuple[str | None, str | None]:
         metadata = response.json()
         states = {entry["id"]: entry["state"] for entry in metadata["models"]}
         chosen = model or metadata["default_model"]
+        max_upload_bytes = int(metadata["limits"]["max_upload_bytes"])
     except (ValueError, KeyError, TypeError):
         return None, "GET /model/metadata did not answer this service's metadata"
     if chosen not in states:
         return None, f"does not offer model {chosen} (it offers {', '.join(states)})"
     if states[chosen] != "ready":
         return None, f"model {chosen} is not ready there ({states[chosen]})"
-    return chosen, None
+    return Offer(chosen, max_upload_bytes), None
 
 
 class Cluster:

@@ -89,6 +89,19 @@ def test_a_model_that_cannot_load_gives_one_clean_message_without_tensorflow_noi
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+def test_a_file_over_max_upload_bytes_is_refused_as_the_server_refuses_it(inputs, tmp_path):
+    """Locally too, MAX_UPLOAD_BYTES bounds what is read of a file: the server's limits, not a laxer copy."""
+    rocket = inputs / "photos" / "sub" / "rocket.png"
+    limit = rocket.stat().st_size - 1
+    assert (inputs / "camera.png").stat().st_size <= limit
+    result = sr_upscale(inputs / "camera.png", rocket, "-o", tmp_path / "out", MAX_UPLOAD_BYTES=str(limit))
+    assert result.returncode == 1, result.stderr
+    assert f"FAILED {rocket}: the file is too large: the limit is {limit} bytes (MAX_UPLOAD_BYTES) and the file " \
+           f"is {limit + 1} bytes" in result.stderr.splitlines()
+    assert "converted 1" in result.stdout and not (tmp_path / "out" / "rocket.png").exists()
+
+
 def test_help_imports_no_tensorflow():
     probe = ("import sys, cli\n"
              "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"

@@ -120,6 +120,23 @@ def test_a_bad_file_is_reported_once_with_its_4xx_message(servers, tmp_path):
     assert not (tmp_path / "out" / "photos" / "broken.png").exists()
 
 
+def test_a_file_over_the_servers_upload_limit_is_refused_without_being_read_or_sent(servers, tmp_path):
+    first, _ = servers
+    before = predict_statuses(first)
+    limit = requests.get(f"{first.url}/model/metadata", timeout=60).json()["limits"]["max_upload_bytes"]
+    source = photos(tmp_path / "photos", 1)
+    with (source / "huge.png").open("wb") as huge:
+        huge.truncate(limit + 1)  # sparse: no disk used, but read whole it would take the limit's memory
+
+    result = sr_upscale(source, "-o", tmp_path / "out", "--server", first.url)
+
+    assert result.returncode == 1
+    assert f"FAILED {source / 'huge.png'}: the file is too large: the limit is {limit} bytes (MAX_UPLOAD_BYTES) " \
+           f"and the file is {limit + 1} bytes" in result.stderr.splitlines()
+    assert predict_statuses(first)[len(before):] == [200]  # the good file only: the huge one was never sent
+    assert "converted 1" in result.stdout
+
+
 def test_an_unreachable_server_is_skipped_with_a_clear_message(servers, tmp_path):
     first, _ = servers
     nowhere = f"http://127.0.0.1:{free_port()}"
