@@ -254,15 +254,23 @@ class TileBar:
 
 def run(args: argparse.Namespace) -> int:
     jobs, problems = plan_jobs(args.inputs, args.output, output_suffix(args.options.output_format))
-    summary = Summary(failed=list(problems))
-    todo = [job for job in jobs if args.overwrite or not job.target.exists()]
-    summary.skipped = [job.source for job in jobs if job not in todo]
+    todo, done = split_done(jobs, args.overwrite)
+    summary = Summary(skipped=[job.source for job in done], failed=list(problems))
     if todo:
         status = run_remote(args, todo, summary) if args.server else run_local(args, todo, summary)
         if status:
             return status
     report(summary, args.output)
     return 1 if summary.failed else 0
+
+
+def split_done(jobs: list[Job], overwrite: bool) -> tuple[list[Job], list[Job]]:
+    """The jobs to do and those whose output exists (none with ``overwrite``), in one pass over the jobs."""
+    todo: list[Job] = []
+    done: list[Job] = []
+    for job in jobs:
+        (todo if overwrite or not job.target.exists() else done).append(job)
+    return todo, done
 
 
 def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> int:
