@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's later log lines out of the progress bars
 
 JOBS_PER_SERVER = 2
+# The shell's exit status for a command stopped by Ctrl-C (128 + SIGINT).
+INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class Summary:
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
+    # Files neither converted nor failed because the run was interrupted (Ctrl-C).
+    unfinished: int = 0
     # Lines after the totals: in remote mode, what each server did and how many files were retried.
     notes: list[str] = field(default_factory=list)
 
@@ -227,8 +232,12 @@ def write_output(target: Path, data: bytes) -> None:
     """Written beside the target first and renamed, so a half-written file never counts as done."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
-    partial.write_bytes(data)
-    partial.replace(target)
+    try:
+        partial.write_bytes(data)
+        partial.replace(target)
+    except BaseException:  # a full disk or Ctrl-C: no half file left behind
+        partial.unlink(missing_ok=True)
+        raise
 
 
 class TileBar:
@@ -261,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
         if status:
             return status
     report(summary, args.output)
+    if summary.unfinished:
+        return INTERRUPTED
     return 1 if summary.failed else 0
 
 
@@ -333,34 +344,59 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
 
 
 def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, summary: Summary, jobs: int) -> None:
-    """Run ``convert`` on every job, ``jobs`` at a time, under the files' progress bar; failures are recorded."""
+    """Run ``convert`` on every job, ``jobs`` at a time, under the files' progress bar; failures are recorded.
+
+    Ctrl-C stops at once, with the files not finished counted in ``summary.unfinished``: what is done
+    is kept, and running the same command again does the rest.
+    """
     from tqdm import tqdm
 
     started = time.perf_counter()
     with tqdm(total=len(todo), desc=title, unit="file", position=0) as files:
-        for job, error in _outcomes(todo, convert, jobs):
-            if error is None:
-                summary.converted.append(job.source)
-            else:
-                summary.failed.append((job.source, _reason(error)))
-                files.write(f"failed: {job.source}: {summary.failed[-1][1]}")
-            files.update()
+        try:
+            for job, error in _outcomes(todo, convert, jobs):
+                if error is None:
+                    summary.converted.append(job.source)
+                else:
+                    summary.failed.append((job.source, _reason(error)))
+                    files.write(f"failed: {job.source}: {summary.failed[-1][1]}")
+                files.update()
+        except KeyboardInterrupt:
+            summary.unfinished = len(todo) - files.n
     summary.seconds = time.perf_counter() - started
 
 
 def _outcomes(todo: list[Job], convert: Callable[[Job], None], jobs: int) -> Iterator[tuple[Job, Exception | None]]:
-    """Each job with the exception it ended with (None when done), in the order they finish."""
-    if jobs == 1:  # in this thread: the local model and its tile bar need no pool
+    """Each job with the exception it ended with (None when done), in the order they finish.
+
+    The threads are daemons: after Ctrl-C the process ends without waiting for the answers in flight
+    (up to --timeout each, and their retries); their files are not written, and are done on the next run.
+    """
+    if jobs == 1:  # in this thread: the local model and its tile bar need no threads
         for job in todo:
             yield job, _attempt(convert, job)
         return
-    pool = ThreadPoolExecutor(jobs, thread_name_prefix="upload")
+    waiting: queue.SimpleQueue[Job] = queue.SimpleQueue()
+    finished: queue.SimpleQueue[tuple[Job, Exception | None]] = queue.SimpleQueue()
+    stopping = threading.Event()
+    for job in todo:
+        waiting.put(job)
+
+    def work() -> None:
+        while not stopping.is_set():
+            try:
+                job = waiting.get_nowait()
+            except queue.Empty:
+                return
+            finished.put((job, _attempt(convert, job)))
+
+    for _ in range(min(jobs, len(todo))):
+        threading.Thread(target=work, name="upload", daemon=True).start()
     try:
-        futures = {pool.submit(_attempt, convert, job): job for job in todo}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+        for _ in todo:
+            yield finished.get()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        stopping.set()  # no thread takes another file
 
 
 def _attempt(convert: Callable[[Job], None], job: Job) -> Exception | None:
@@ -409,6 +445,8 @@ def _show_warnings_without_tracebacks() -> None:
 
 
 def report(summary: Summary, output: Path) -> None:
+    if summary.unfinished:
+        print(f"interrupted: {summary.unfinished} files not done; the same command does them", file=sys.stderr)
     print(f"converted {len(summary.converted)} in {summary.seconds:.1f} s, skipped {len(summary.skipped)} already done"
           f"{' (use --overwrite to redo)' if summary.skipped else ''}, failed {len(summary.failed)}; output in {output}")
     for line in summary.notes:
@@ -418,7 +456,12 @@ def report(summary: Summary, output: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:  # before the files' loop, which reports what it did: nothing is done yet
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

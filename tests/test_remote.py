@@ -257,6 +257,38 @@ def test_a_server_killed_mid_run_loses_no_file(servers, tmp_path):
     assert int(re.search(r"retried (\d+) files", stdout).group(1)) >= 1
 
 
+def test_ctrl_c_stops_at_once_with_a_summary_and_no_half_written_file(servers, tmp_path):
+    """With a request in flight on a server that does not answer, Ctrl-C waited for the request's --timeout
+    and its retries (minutes), then printed a traceback and no summary."""
+    source = photos(tmp_path / "photos", 6)
+    out = tmp_path / "out"
+    with live_server() as frozen:
+        port = int(frozen.url.rsplit(":", 1)[1])
+        run = subprocess.Popen([sys.executable, "-m", "cli", str(source), "-o", str(out), "--server", frozen.url],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: _frozen_with_request_in_flight(frozen, port), "a request in flight on the frozen server")
+            run.send_signal(signal.SIGINT)
+            stdout, stderr = run.communicate(timeout=120)  # a bound on a failure: the default --timeout is 690 s
+        finally:
+            os.killpg(frozen.process.pid, signal.SIGCONT)
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+
+    assert run.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    written = sorted(path.name for path in out.rglob("*") if path.is_file()) if out.exists() else []
+    assert not [name for name in written if not name.endswith(".png") or name.startswith(".")]
+    converted = int(re.search(r"^converted (\d+) ", stdout, re.MULTILINE).group(1))
+    assert converted == len(written) < 6
+    assert f"interrupted: {6 - converted} files not done; the same command does them" in stderr.splitlines()
+
+    resumed = sr_upscale(source, "-o", out, "--server", servers[0].url)
+    assert resumed.returncode == 0 and f"skipped {converted} already done" in resumed.stdout
+    assert_all_upscaled(source, out)
+
+
 def _frozen_with_request_in_flight(server: LiveServer, port: int) -> bool:
     """Stop the server's processes if a client's request is open on ``port``; True if one still is then."""
     if not _open_connections(port):
