@@ -228,12 +228,14 @@ def read_image(path: Path, max_upload_bytes: int) -> bytes:
     return data
 
 
-def write_output(target: Path, data: bytes) -> None:
+def write_output(target: Path, pieces: Iterable[bytes]) -> None:
     """Written beside the target first and renamed, so a half-written file never counts as done."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     try:
-        partial.write_bytes(data)
+        with partial.open("wb") as file:
+            for piece in pieces:
+                file.write(piece)
         partial.replace(target)
     except BaseException:  # a full disk or Ctrl-C: no half file left behind
         partial.unlink(missing_ok=True)
@@ -300,7 +302,7 @@ def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> in
         tiles = TileBar(job.source.name, service.settings.tile_batch)
         try:
             plan = service.prepare(read_image(job.source, service.settings.max_upload_bytes), options)
-            write_output(job.target, service.run(plan, tiles).data)
+            write_output(job.target, [service.run(plan, tiles).data])
         finally:
             tiles.close()
 
@@ -336,7 +338,7 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
 
     def convert(job: Job) -> None:
         data = read_image(job.source, max_upload_bytes)
-        write_output(job.target, cluster.upscale(data, job.source.name, fields).data)
+        cluster.upscale(data, job.source.name, fields, lambda answer: write_output(job.target, answer))
 
     convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs)
     summary.notes = cluster.report() + [f"  {url}: skipped at start: {problem}" for url, problem in skipped.items()]

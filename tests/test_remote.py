@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -157,7 +157,7 @@ def test_an_unreachable_server_is_skipped_with_a_clear_message(servers, tmp_path
 def test_a_server_answering_503_is_waited_for(servers, tmp_path):
     first, _ = servers
     source = photos(tmp_path / "photos", 2)
-    with busy_once_in_front_of(first.url) as (proxy_url, seen):
+    with odd_once_in_front_of(first.url, answer_busy) as (proxy_url, seen):
         result = sr_upscale(source, "-o", tmp_path / "out", "--server", proxy_url)
 
     assert result.returncode == 0, result.stderr[-3000:]
@@ -177,13 +177,40 @@ def _uploaded_name(multipart: bytes) -> bytes:
     return re.search(rb'filename="([^"]+)"', multipart).group(1)
 
 
+def answer_busy(handler: BaseHTTPRequestHandler, upstream: str, body: bytes) -> int:
+    """A 503 with Retry-After, as a server with a full queue answers."""
+    message = json.dumps({"message": "the server is busy; retry later"}).encode()
+    handler.send_response(503)
+    handler.send_header("Retry-After", str(RETRY_AFTER_S))
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(message)))
+    handler.end_headers()
+    handler.wfile.write(message)
+    return 503
+
+
+def answer_cut_short(handler: BaseHTTPRequestHandler, upstream: str, body: bytes) -> int:
+    """The upstream's 200 with its whole Content-Length announced and half its body, then a closed connection."""
+    answer = requests.post(upstream + handler.path, data=body, timeout=600,
+                           headers={"Content-Type": handler.headers["Content-Type"]})
+    handler.send_response(200)
+    handler.send_header("Content-Type", answer.headers["Content-Type"])
+    handler.send_header("Content-Length", str(len(answer.content)))
+    handler.end_headers()
+    handler.wfile.write(answer.content[: len(answer.content) // 2])
+    handler.wfile.flush()
+    handler.close_connection = True
+    return 200
+
+
 @contextmanager
-def busy_once_in_front_of(upstream: str) -> Iterator[tuple[str, list]]:
-    """A loopback proxy to ``upstream`` that answers the first /model/predict with 503 and Retry-After.
+def odd_once_in_front_of(upstream: str, first_answer: Callable[..., int]) -> Iterator[tuple[str, list]]:
+    """A loopback proxy to ``upstream`` that answers the first /model/predict with ``first_answer``.
 
     Yields its URL and what it saw: (time, path, status, request body) per request.
     """
     seen: list[tuple[float, str, int, bytes]] = []
+    answered_oddly = threading.Event()
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -193,17 +220,14 @@ def busy_once_in_front_of(upstream: str) -> Iterator[tuple[str, list]]:
         def do_POST(self) -> None:  # noqa: N802
             body = self.rfile.read(int(self.headers["Content-Length"]))
             with lock:
-                first_predict = not any(path == "/model/predict" for _, path, _, _ in seen)
+                first_predict = self.path == "/model/predict" and not answered_oddly.is_set()
                 if first_predict:
-                    seen.append((time.monotonic(), self.path, 503, body))
+                    answered_oddly.set()
             if first_predict:
-                message = json.dumps({"message": "the server is busy; retry later"}).encode()
-                self.send_response(503)
-                self.send_header("Retry-After", str(RETRY_AFTER_S))
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(message)))
-                self.end_headers()
-                self.wfile.write(message)
+                started = time.monotonic()
+                status = first_answer(self, upstream, body)
+                with lock:
+                    seen.append((started, self.path, status, body))
                 return
             answer = requests.post(upstream + self.path, data=body, timeout=600,
                                    headers={"Content-Type": self.headers["Content-Type"]})
@@ -229,6 +253,20 @@ def busy_once_in_front_of(upstream: str) -> Iterator[tuple[str, list]]:
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def test_an_answer_cut_short_is_not_kept_and_the_file_goes_to_another_server(servers, tmp_path):
+    first, second = servers
+    source = photos(tmp_path / "photos", 2)
+    with odd_once_in_front_of(first.url, answer_cut_short) as (proxy_url, seen):
+        result = sr_upscale(source, "-o", tmp_path / "out", "--server", proxy_url, "--server", second.url)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_all_upscaled(source, tmp_path / "out")  # whole images, and no .partial left by the cut answer
+    assert re.search(rf"^  {re.escape(proxy_url)}: \d+ files, marked down 1x "
+                     r"\(last: the connection closed in the middle of the answer\)$", result.stdout, re.MULTILINE), \
+        result.stdout
+    assert "retried 1 files" in result.stdout and sum(files_done(result.stdout).values()) == 2
 
 
 def test_a_server_killed_mid_run_loses_no_file(servers, tmp_path):
