@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's later log lines out of the progress bars
 
 JOBS_PER_SERVER = 2
+# The shell's exit status for a command stopped by Ctrl-C (128 + SIGINT).
+INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class Summary:
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
+    # Files neither converted nor failed because the run was interrupted (Ctrl-C).
+    unfinished: int = 0
     # Lines after the totals: in remote mode, what each server did and how many files were retried.
     notes: list[str] = field(default_factory=list)
 
@@ -124,7 +129,7 @@ def plan_jobs(inputs: Iterable[Path], output: Path, suffix: str) -> tuple[list[J
     for item in inputs:
         if item.is_dir():
             root = output / item.resolve().name
-            jobs += [Job(path, (root / path.relative_to(item)).with_suffix(suffix)) for path in _images_in(item)]
+            jobs += [Job(path, (root / path.relative_to(item)).with_suffix(suffix)) for path in _images_in(item, output)]
         elif item.is_file():
             jobs.append(Job(item, (output / item.name).with_suffix(suffix)))
         else:
@@ -132,9 +137,14 @@ def plan_jobs(inputs: Iterable[Path], output: Path, suffix: str) -> tuple[list[J
     return _without_clashes(jobs, problems)
 
 
-def _images_in(folder: Path) -> Iterator[Path]:
+def _images_in(folder: Path, output: Path) -> Iterator[Path]:
+    """The folder's images, but for those under ``output``: with ``-o photos/big``, the next run of
+    ``sr-upscale photos`` would take the last run's outputs for inputs and upscale them again."""
     suffixes = image_suffixes()
-    return (path for path in sorted(folder.rglob("*")) if path.is_file() and path.suffix.lower() in suffixes)
+    resolved, outputs = folder.resolve(), output.resolve()
+    return (path for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.suffix.lower() in suffixes
+            and not (resolved / path.relative_to(folder)).is_relative_to(outputs))
 
 
 def image_suffixes() -> set[str]:
@@ -205,12 +215,31 @@ def _import_tensorflow_quietly() -> None:
             os.close(saved)
 
 
-def write_output(target: Path, data: bytes) -> None:
+def read_image(path: Path, max_upload_bytes: int) -> bytes:
+    """The file's bytes, or the server's 413 for a file over MAX_UPLOAD_BYTES, of which no more than
+    the limit is read: a stray 4 GB file in a folder must not be held in memory, or sent, to be refused."""
+    with path.open("rb") as file:
+        data = file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            from core.errors import TooLarge
+
+            raise TooLarge(f"the file is too large: the limit is {max_upload_bytes} bytes (MAX_UPLOAD_BYTES) "
+                           f"and the file is {os.fstat(file.fileno()).st_size} bytes")
+    return data
+
+
+def write_output(target: Path, pieces: Iterable[bytes]) -> None:
     """Written beside the target first and renamed, so a half-written file never counts as done."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
-    partial.write_bytes(data)
-    partial.replace(target)
+    try:
+        with partial.open("wb") as file:
+            for piece in pieces:
+                file.write(piece)
+        partial.replace(target)
+    except BaseException:  # a full disk or Ctrl-C: no half file left behind
+        partial.unlink(missing_ok=True)
+        raise
 
 
 class TileBar:
@@ -236,15 +265,25 @@ class TileBar:
 
 def run(args: argparse.Namespace) -> int:
     jobs, problems = plan_jobs(args.inputs, args.output, output_suffix(args.options.output_format))
-    summary = Summary(failed=list(problems))
-    todo = [job for job in jobs if args.overwrite or not job.target.exists()]
-    summary.skipped = [job.source for job in jobs if job not in todo]
+    todo, done = split_done(jobs, args.overwrite)
+    summary = Summary(skipped=[job.source for job in done], failed=list(problems))
     if todo:
         status = run_remote(args, todo, summary) if args.server else run_local(args, todo, summary)
         if status:
             return status
     report(summary, args.output)
+    if summary.unfinished:
+        return INTERRUPTED
     return 1 if summary.failed else 0
+
+
+def split_done(jobs: list[Job], overwrite: bool) -> tuple[list[Job], list[Job]]:
+    """The jobs to do and those whose output exists (none with ``overwrite``), in one pass over the jobs."""
+    todo: list[Job] = []
+    done: list[Job] = []
+    for job in jobs:
+        (todo if overwrite or not job.target.exists() else done).append(job)
+    return todo, done
 
 
 def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> int:
@@ -262,8 +301,8 @@ def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> in
     def convert(job: Job) -> None:
         tiles = TileBar(job.source.name, service.settings.tile_batch)
         try:
-            plan = service.prepare(job.source.read_bytes(), options)
-            write_output(job.target, service.run(plan, tiles).data)
+            plan = service.prepare(read_image(job.source, service.settings.max_upload_bytes), options)
+            write_output(job.target, [service.run(plan, tiles).data])
         finally:
             tiles.close()
 
@@ -278,15 +317,17 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
 
     urls = list(dict.fromkeys(remote.server_url(text) for text in args.server))
     # Without --model, each server's own default model (probe asks it which).
-    model, usable, skipped = args.options.model if args.model else None, [], {}
+    model, usable, skipped, max_upload_bytes = args.options.model if args.model else None, [], {}, 0
     for url in urls:
-        offered, problem = remote.probe(url, model)
-        if problem:
+        offer, problem = remote.probe(url, model)
+        if offer is None:
             skipped[url] = problem
             print(f"sr-upscale: skipping server {url}: {problem}", file=sys.stderr)
         else:
-            model = offered
+            model = offer.model
             usable.append(url)
+            # A file some server takes is sent; one that every server would refuse is not read.
+            max_upload_bytes = max(max_upload_bytes, offer.max_upload_bytes)
     if not usable:
         print("sr-upscale: no server can take the work", file=sys.stderr)
         return 2
@@ -296,7 +337,8 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
     fields = form_fields(options)
 
     def convert(job: Job) -> None:
-        write_output(job.target, cluster.upscale(job.source.read_bytes(), job.source.name, fields).data)
+        data = read_image(job.source, max_upload_bytes)
+        cluster.upscale(data, job.source.name, fields, lambda answer: write_output(job.target, answer))
 
     convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs)
     summary.notes = cluster.report() + [f"  {url}: skipped at start: {problem}" for url, problem in skipped.items()]
@@ -304,34 +346,59 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
 
 
 def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, summary: Summary, jobs: int) -> None:
-    """Run ``convert`` on every job, ``jobs`` at a time, under the files' progress bar; failures are recorded."""
+    """Run ``convert`` on every job, ``jobs`` at a time, under the files' progress bar; failures are recorded.
+
+    Ctrl-C stops at once, with the files not finished counted in ``summary.unfinished``: what is done
+    is kept, and running the same command again does the rest.
+    """
     from tqdm import tqdm
 
     started = time.perf_counter()
     with tqdm(total=len(todo), desc=title, unit="file", position=0) as files:
-        for job, error in _outcomes(todo, convert, jobs):
-            if error is None:
-                summary.converted.append(job.source)
-            else:
-                summary.failed.append((job.source, _reason(error)))
-                files.write(f"failed: {job.source}: {summary.failed[-1][1]}")
-            files.update()
+        try:
+            for job, error in _outcomes(todo, convert, jobs):
+                if error is None:
+                    summary.converted.append(job.source)
+                else:
+                    summary.failed.append((job.source, _reason(error)))
+                    files.write(f"failed: {job.source}: {summary.failed[-1][1]}")
+                files.update()
+        except KeyboardInterrupt:
+            summary.unfinished = len(todo) - files.n
     summary.seconds = time.perf_counter() - started
 
 
 def _outcomes(todo: list[Job], convert: Callable[[Job], None], jobs: int) -> Iterator[tuple[Job, Exception | None]]:
-    """Each job with the exception it ended with (None when done), in the order they finish."""
-    if jobs == 1:  # in this thread: the local model and its tile bar need no pool
+    """Each job with the exception it ended with (None when done), in the order they finish.
+
+    The threads are daemons: after Ctrl-C the process ends without waiting for the answers in flight
+    (up to --timeout each, and their retries); their files are not written, and are done on the next run.
+    """
+    if jobs == 1:  # in this thread: the local model and its tile bar need no threads
         for job in todo:
             yield job, _attempt(convert, job)
         return
-    pool = ThreadPoolExecutor(jobs, thread_name_prefix="upload")
+    waiting: queue.SimpleQueue[Job] = queue.SimpleQueue()
+    finished: queue.SimpleQueue[tuple[Job, Exception | None]] = queue.SimpleQueue()
+    stopping = threading.Event()
+    for job in todo:
+        waiting.put(job)
+
+    def work() -> None:
+        while not stopping.is_set():
+            try:
+                job = waiting.get_nowait()
+            except queue.Empty:
+                return
+            finished.put((job, _attempt(convert, job)))
+
+    for _ in range(min(jobs, len(todo))):
+        threading.Thread(target=work, name="upload", daemon=True).start()
     try:
-        futures = {pool.submit(_attempt, convert, job): job for job in todo}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+        for _ in todo:
+            yield finished.get()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        stopping.set()  # no thread takes another file
 
 
 def _attempt(convert: Callable[[Job], None], job: Job) -> Exception | None:
@@ -380,6 +447,8 @@ def _show_warnings_without_tracebacks() -> None:
 
 
 def report(summary: Summary, output: Path) -> None:
+    if summary.unfinished:
+        print(f"interrupted: {summary.unfinished} files not done; the same command does them", file=sys.stderr)
     print(f"converted {len(summary.converted)} in {summary.seconds:.1f} s, skipped {len(summary.skipped)} already done"
           f"{' (use --overwrite to redo)' if summary.skipped else ''}, failed {len(summary.failed)}; output in {output}")
     for line in summary.notes:
@@ -389,7 +458,12 @@ def report(summary: Summary, output: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:  # before the files' loop, which reports what it did: nothing is done yet
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

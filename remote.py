@@ -12,6 +12,7 @@ import email.utils
 import http.client
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -23,6 +24,8 @@ DOWN_FOR_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 # When a 503 carries no usable Retry-After; the service itself always sends one (RETRY_AFTER_S).
 FALLBACK_RETRY_AFTER_S = 5.0
+# An answer goes to its file in pieces of this size as it arrives, instead of whole into memory first.
+CHUNK_BYTES = 64 * 1024
 
 
 class FileFailed(Exception):
@@ -50,9 +53,13 @@ class _Tries:
 
 @dataclass(frozen=True)
 class Upscaled:
-    data: bytes
     server: str
     requests: int
+
+
+# Takes an answer's pieces as they arrive, and must store none of them unless it gets them all:
+# a connection that breaks mid-answer raises from the iteration and the file is tried again.
+Save = Callable[[Iterable[bytes]], None]
 
 
 def server_url(text: str) -> str:
@@ -61,8 +68,16 @@ def server_url(text: str) -> str:
     return url.rstrip("/")
 
 
-def probe(url: str, model: str | None) -> tuple[str | None, str | None]:
-    """``(model, None)`` when the server offers ``model`` (or its default) ready, else ``(None, why not)``."""
+@dataclass(frozen=True)
+class Offer:
+    """What a server's /model/metadata promises: the model the files will run on, and its upload limit."""
+
+    model: str
+    max_upload_bytes: int
+
+
+def probe(url: str, model: str | None) -> tuple[Offer | None, str | None]:
+    """``(offer, None)`` when the server offers ``model`` (or its default) ready, else ``(None, why not)``."""
     try:
         response = requests.get(f"{url}/model/metadata", timeout=CONNECT_TIMEOUT_S)
     except requests.RequestException as error:
@@ -73,13 +88,14 @@ def probe(url: str, model: str | None) -> tuple[str | None, str | None]:
         metadata = response.json()
         states = {entry["id"]: entry["state"] for entry in metadata["models"]}
         chosen = model or metadata["default_model"]
+        max_upload_bytes = int(metadata["limits"]["max_upload_bytes"])
     except (ValueError, KeyError, TypeError):
         return None, "GET /model/metadata did not answer this service's metadata"
     if chosen not in states:
         return None, f"does not offer model {chosen} (it offers {', '.join(states)})"
     if states[chosen] != "ready":
         return None, f"model {chosen} is not ready there ({states[chosen]})"
-    return chosen, None
+    return Offer(chosen, max_upload_bytes), None
 
 
 class Cluster:
@@ -102,11 +118,12 @@ class Cluster:
             lines.append(f"  {server.url}: {server.done} files{downs}")
         return [*lines, f"  retried {self.retried} files"]
 
-    def upscale(self, data: bytes, filename: str, fields: dict[str, str]) -> Upscaled:
-        """The upscaled file from whichever server could do it; FileFailed with the reason otherwise."""
+    def upscale(self, data: bytes, filename: str, fields: dict[str, str], save: Save) -> Upscaled:
+        """The upscaled file, passed to ``save``, from whichever server could do it; FileFailed with the
+        reason otherwise."""
         tries = _Tries()
         try:
-            while (done := self._try_once(data, filename, fields, tries)) is None:
+            while (done := self._try_once(data, filename, fields, save, tries)) is None:
                 pass
             return done
         finally:
@@ -114,37 +131,38 @@ class Cluster:
                 with self._changed:
                     self.retried += 1
 
-    def _try_once(self, data: bytes, filename: str, fields: dict[str, str], tries: _Tries) -> Upscaled | None:
+    def _try_once(self, data: bytes, filename: str, fields: dict[str, str], save: Save,
+                  tries: _Tries) -> Upscaled | None:
         """One request for the file; None when it is to be tried again."""
         server = self._checkout(avoid=tries.failed_on)
         tries.sent += 1
         try:
-            response = requests.post(f"{server.url}/model/predict", files={"image": (filename, data)},
-                                     data=fields, timeout=(CONNECT_TIMEOUT_S, self.timeout_s),
-                                     # A new connection per file: a Kubernetes Service balances
-                                     # connections, not requests, so this spreads files over its pods.
-                                     headers={"Connection": "close"})
+            with requests.post(f"{server.url}/model/predict", files={"image": (filename, data)},
+                               data=fields, timeout=(CONNECT_TIMEOUT_S, self.timeout_s), stream=True,
+                               # A new connection per file: a Kubernetes Service balances
+                               # connections, not requests, so this spreads files over its pods.
+                               headers={"Connection": "close"}) as response:
+                if response.status_code == 200:
+                    save(response.iter_content(CHUNK_BYTES))
+                    with self._changed:
+                        server.done += 1
+                    return Upscaled(server.url, tries.sent)
+                status, message, retry_after = response.status_code, _message(response), _retry_after(response)
         except requests.RequestException as error:
             self._mark_down(server, _describe(error, self.timeout_s), tries)
             return None
         finally:
             self._release(server)
-        if response.status_code == 200:
-            with self._changed:
-                server.done += 1
-            return Upscaled(response.content, server.url, tries.sent)
-        message = _message(response)
-        if response.status_code == 503:
-            self._wait_until_retry(response, message, tries)
-        elif response.status_code >= 500:
-            self._mark_down(server, f"HTTP {response.status_code}: {message}", tries)
+        if status == 503:
+            self._wait_until_retry(retry_after, message, tries)
+        elif status >= 500:
+            self._mark_down(server, f"HTTP {status}: {message}", tries)
         else:
             raise FileFailed(message)
         return None
 
-    def _wait_until_retry(self, response: requests.Response, message: str, tries: _Tries) -> None:
+    def _wait_until_retry(self, pause: float, message: str, tries: _Tries) -> None:
         """Sleep for the 503's Retry-After; FileFailed once the file would wait past --max-wait."""
-        pause = _retry_after(response)
         if tries.waited + pause > self.max_wait_s:
             raise FileFailed(f"the servers stayed busy for more than {self.max_wait_s:g} s (--max-wait); "
                              f"last answer: {message}")
@@ -222,6 +240,7 @@ REASONS = (
     (ConnectionRefusedError, "connection refused"),
     (ConnectionResetError, "connection reset"),
     (http.client.RemoteDisconnected, "the connection closed without an answer"),
+    (http.client.IncompleteRead, "the connection closed in the middle of the answer"),
 )
 
 

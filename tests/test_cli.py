@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli import image_suffixes, output_suffix, parse_args, plan_jobs
+from cli import Job, image_suffixes, output_suffix, parse_args, plan_jobs, split_done
 from config import Settings
 from core.formats import OUTPUT_FORMATS
 from tests.conftest import ROOT, SAMPLES
@@ -89,6 +89,19 @@ def test_a_model_that_cannot_load_gives_one_clean_message_without_tensorflow_noi
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+def test_a_file_over_max_upload_bytes_is_refused_as_the_server_refuses_it(inputs, tmp_path):
+    """Locally too, MAX_UPLOAD_BYTES bounds what is read of a file: the server's limits, not a laxer copy."""
+    rocket = inputs / "photos" / "sub" / "rocket.png"
+    limit = rocket.stat().st_size - 1
+    assert (inputs / "camera.png").stat().st_size <= limit
+    result = sr_upscale(inputs / "camera.png", rocket, "-o", tmp_path / "out", MAX_UPLOAD_BYTES=str(limit))
+    assert result.returncode == 1, result.stderr
+    assert f"FAILED {rocket}: the file is too large: the limit is {limit} bytes (MAX_UPLOAD_BYTES) and the file " \
+           f"is {limit + 1} bytes" in result.stderr.splitlines()
+    assert "converted 1" in result.stdout and not (tmp_path / "out" / "rocket.png").exists()
+
+
 def test_help_imports_no_tensorflow():
     probe = ("import sys, cli\n"
              "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
@@ -115,6 +128,36 @@ def test_plan_keeps_folder_structure_and_reports_clashing_names(tmp_path):
     assert [(j.source.relative_to(folder).as_posix(), j.target.relative_to(tmp_path).as_posix()) for j in jobs] == [
         ("b.webp", "out/shots/b.png"), ("day1/a.jpg", "out/shots/day1/a.png")]
     assert problems == [(folder / "day1" / "a.png", f"same output {tmp_path / 'out/shots/day1/a.png'} as {folder / 'day1/a.jpg'}")]
+
+
+def test_outputs_inside_an_input_folder_are_never_taken_for_inputs(tmp_path):
+    """``sr-upscale photos -o photos/big`` run again (to resume) must not upscale the last run's outputs."""
+    photos = tmp_path / "photos"
+    (photos / "big" / "photos").mkdir(parents=True)
+    for name in ("a.png", "big/photos/a.png", "big/other.png"):
+        (photos / name).write_bytes(b"x")
+    for output in (photos / "big", tmp_path / "photos" / ".." / "photos" / "big"):
+        jobs, problems = plan_jobs([photos], output, ".png")
+        assert [job.source for job in jobs] == [photos / "a.png"] and problems == []
+    # An output folder beside the inputs, whose name merely starts like one of the folder's, takes nothing away.
+    (photos / "bigger").mkdir()
+    (photos / "bigger" / "b.png").write_bytes(b"x")
+    jobs, _ = plan_jobs([photos / "bigger"], photos / "big", ".png")
+    assert [job.source for job in jobs] == [photos / "bigger" / "b.png"]
+
+
+def test_done_outputs_are_found_without_comparing_jobs(tmp_path, monkeypatch):
+    """Each job was looked up in the list of those to do: 51 s for 10 000 files before the first was sent."""
+    jobs = [Job(tmp_path / f"{index}.jpg", tmp_path / "out" / f"{index}.png") for index in range(3)]
+    (tmp_path / "out").mkdir()
+    jobs[1].target.write_bytes(b"done before")
+
+    def compared(self, other):
+        raise AssertionError("a job compared with another: a search through a list")
+
+    monkeypatch.setattr(Job, "__eq__", compared)
+    assert split_done(jobs, overwrite=False) == ([jobs[0], jobs[2]], [jobs[1]])
+    assert split_done(jobs, overwrite=True) == (jobs, [])
 
 
 def test_a_folder_gives_every_file_named_like_an_accepted_format():

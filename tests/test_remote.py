@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -120,6 +120,23 @@ def test_a_bad_file_is_reported_once_with_its_4xx_message(servers, tmp_path):
     assert not (tmp_path / "out" / "photos" / "broken.png").exists()
 
 
+def test_a_file_over_the_servers_upload_limit_is_refused_without_being_read_or_sent(servers, tmp_path):
+    first, _ = servers
+    before = predict_statuses(first)
+    limit = requests.get(f"{first.url}/model/metadata", timeout=60).json()["limits"]["max_upload_bytes"]
+    source = photos(tmp_path / "photos", 1)
+    with (source / "huge.png").open("wb") as huge:
+        huge.truncate(limit + 1)  # sparse: no disk used, but read whole it would take the limit's memory
+
+    result = sr_upscale(source, "-o", tmp_path / "out", "--server", first.url)
+
+    assert result.returncode == 1
+    assert f"FAILED {source / 'huge.png'}: the file is too large: the limit is {limit} bytes (MAX_UPLOAD_BYTES) " \
+           f"and the file is {limit + 1} bytes" in result.stderr.splitlines()
+    assert predict_statuses(first)[len(before):] == [200]  # the good file only: the huge one was never sent
+    assert "converted 1" in result.stdout
+
+
 def test_an_unreachable_server_is_skipped_with_a_clear_message(servers, tmp_path):
     first, _ = servers
     nowhere = f"http://127.0.0.1:{free_port()}"
@@ -140,7 +157,7 @@ def test_an_unreachable_server_is_skipped_with_a_clear_message(servers, tmp_path
 def test_a_server_answering_503_is_waited_for(servers, tmp_path):
     first, _ = servers
     source = photos(tmp_path / "photos", 2)
-    with busy_once_in_front_of(first.url) as (proxy_url, seen):
+    with odd_once_in_front_of(first.url, answer_busy) as (proxy_url, seen):
         result = sr_upscale(source, "-o", tmp_path / "out", "--server", proxy_url)
 
     assert result.returncode == 0, result.stderr[-3000:]
@@ -160,13 +177,40 @@ def _uploaded_name(multipart: bytes) -> bytes:
     return re.search(rb'filename="([^"]+)"', multipart).group(1)
 
 
+def answer_busy(handler: BaseHTTPRequestHandler, upstream: str, body: bytes) -> int:
+    """A 503 with Retry-After, as a server with a full queue answers."""
+    message = json.dumps({"message": "the server is busy; retry later"}).encode()
+    handler.send_response(503)
+    handler.send_header("Retry-After", str(RETRY_AFTER_S))
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(message)))
+    handler.end_headers()
+    handler.wfile.write(message)
+    return 503
+
+
+def answer_cut_short(handler: BaseHTTPRequestHandler, upstream: str, body: bytes) -> int:
+    """The upstream's 200 with its whole Content-Length announced and half its body, then a closed connection."""
+    answer = requests.post(upstream + handler.path, data=body, timeout=600,
+                           headers={"Content-Type": handler.headers["Content-Type"]})
+    handler.send_response(200)
+    handler.send_header("Content-Type", answer.headers["Content-Type"])
+    handler.send_header("Content-Length", str(len(answer.content)))
+    handler.end_headers()
+    handler.wfile.write(answer.content[: len(answer.content) // 2])
+    handler.wfile.flush()
+    handler.close_connection = True
+    return 200
+
+
 @contextmanager
-def busy_once_in_front_of(upstream: str) -> Iterator[tuple[str, list]]:
-    """A loopback proxy to ``upstream`` that answers the first /model/predict with 503 and Retry-After.
+def odd_once_in_front_of(upstream: str, first_answer: Callable[..., int]) -> Iterator[tuple[str, list]]:
+    """A loopback proxy to ``upstream`` that answers the first /model/predict with ``first_answer``.
 
     Yields its URL and what it saw: (time, path, status, request body) per request.
     """
     seen: list[tuple[float, str, int, bytes]] = []
+    answered_oddly = threading.Event()
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -176,17 +220,14 @@ def busy_once_in_front_of(upstream: str) -> Iterator[tuple[str, list]]:
         def do_POST(self) -> None:  # noqa: N802
             body = self.rfile.read(int(self.headers["Content-Length"]))
             with lock:
-                first_predict = not any(path == "/model/predict" for _, path, _, _ in seen)
+                first_predict = self.path == "/model/predict" and not answered_oddly.is_set()
                 if first_predict:
-                    seen.append((time.monotonic(), self.path, 503, body))
+                    answered_oddly.set()
             if first_predict:
-                message = json.dumps({"message": "the server is busy; retry later"}).encode()
-                self.send_response(503)
-                self.send_header("Retry-After", str(RETRY_AFTER_S))
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(message)))
-                self.end_headers()
-                self.wfile.write(message)
+                started = time.monotonic()
+                status = first_answer(self, upstream, body)
+                with lock:
+                    seen.append((started, self.path, status, body))
                 return
             answer = requests.post(upstream + self.path, data=body, timeout=600,
                                    headers={"Content-Type": self.headers["Content-Type"]})
@@ -214,6 +255,20 @@ def busy_once_in_front_of(upstream: str) -> Iterator[tuple[str, list]]:
         proxy.server_close()
 
 
+def test_an_answer_cut_short_is_not_kept_and_the_file_goes_to_another_server(servers, tmp_path):
+    first, second = servers
+    source = photos(tmp_path / "photos", 2)
+    with odd_once_in_front_of(first.url, answer_cut_short) as (proxy_url, seen):
+        result = sr_upscale(source, "-o", tmp_path / "out", "--server", proxy_url, "--server", second.url)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_all_upscaled(source, tmp_path / "out")  # whole images, and no .partial left by the cut answer
+    assert re.search(rf"^  {re.escape(proxy_url)}: \d+ files, marked down 1x "
+                     r"\(last: the connection closed in the middle of the answer\)$", result.stdout, re.MULTILINE), \
+        result.stdout
+    assert "retried 1 files" in result.stdout and sum(files_done(result.stdout).values()) == 2
+
+
 def test_a_server_killed_mid_run_loses_no_file(servers, tmp_path):
     _, survivor = servers
     source = photos(tmp_path / "photos", 24)
@@ -238,6 +293,38 @@ def test_a_server_killed_mid_run_loses_no_file(servers, tmp_path):
     assert down and down.group(2) in ("connection reset", "the connection closed without an answer",
                                       "connection refused"), stdout
     assert int(re.search(r"retried (\d+) files", stdout).group(1)) >= 1
+
+
+def test_ctrl_c_stops_at_once_with_a_summary_and_no_half_written_file(servers, tmp_path):
+    """With a request in flight on a server that does not answer, Ctrl-C waited for the request's --timeout
+    and its retries (minutes), then printed a traceback and no summary."""
+    source = photos(tmp_path / "photos", 6)
+    out = tmp_path / "out"
+    with live_server() as frozen:
+        port = int(frozen.url.rsplit(":", 1)[1])
+        run = subprocess.Popen([sys.executable, "-m", "cli", str(source), "-o", str(out), "--server", frozen.url],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: _frozen_with_request_in_flight(frozen, port), "a request in flight on the frozen server")
+            run.send_signal(signal.SIGINT)
+            stdout, stderr = run.communicate(timeout=120)  # a bound on a failure: the default --timeout is 690 s
+        finally:
+            os.killpg(frozen.process.pid, signal.SIGCONT)
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+
+    assert run.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    written = sorted(path.name for path in out.rglob("*") if path.is_file()) if out.exists() else []
+    assert not [name for name in written if not name.endswith(".png") or name.startswith(".")]
+    converted = int(re.search(r"^converted (\d+) ", stdout, re.MULTILINE).group(1))
+    assert converted == len(written) < 6
+    assert f"interrupted: {6 - converted} files not done; the same command does them" in stderr.splitlines()
+
+    resumed = sr_upscale(source, "-o", out, "--server", servers[0].url)
+    assert resumed.returncode == 0 and f"skipped {converted} already done" in resumed.stdout
+    assert_all_upscaled(source, out)
 
 
 def _frozen_with_request_in_flight(server: LiveServer, port: int) -> bool:
