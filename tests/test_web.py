@@ -203,7 +203,12 @@ def test_strength_with_jpeg_downloads_the_browsers_encoding_of_the_blend(page, s
 
 
 def test_page_builds_its_options_from_the_metadata(page, server):
-    published = {o["name"]: o for o in requests.get(f"{server.url}/model/metadata", timeout=10).json()["options"]}
+    metadata = requests.get(f"{server.url}/model/metadata", timeout=10).json()
+    published = {o["name"]: o for o in metadata["options"]}
+    accepted = page.get_attribute("#file", "accept").split(",")
+    assert accepted == [kind for entry in metadata["input_formats"]
+                        for kind in [entry["content_type"], *entry["suffixes"]]]
+    assert {"image/png", "image/tiff", ".tif"} <= set(accepted)
     assert page.get_attribute("#strength", "min") == str(published["strength"]["minimum"])
     assert page.get_attribute("#strength", "max") == str(published["strength"]["maximum"])
     assert page.eval_on_selector_all("#format option", "options => options.map(o => o.value)") == \

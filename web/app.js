@@ -55,7 +55,7 @@ function setMessage(text, kind = "") {
   message.className = `message ${kind}`;
 }
 
-// ---- metadata: models, scales, formats and limits ----------------------------------------------
+// ---- metadata: input formats, models, options and limits ----------------------------------------
 
 async function loadMetadata() {
   try {
@@ -63,6 +63,7 @@ async function loadMetadata() {
     const metadata = await response.json();
     state.limits = metadata.limits;
     state.options = Object.fromEntries(metadata.options.map((option) => [option.name, option]));
+    $("file").accept = acceptedFiles(metadata.input_formats);
     fillModels(metadata.models, metadata.default_model);
     fillOptions(state.options);
     if (metadata.models.some((m) => m.state === "pending" || m.state === "loading")) {
@@ -72,6 +73,11 @@ async function loadMetadata() {
     setMessage(`Could not read /model/metadata: ${error}`, "error");
   }
   update();
+}
+
+// The file chooser's filter: each accepted format's media type and file name suffixes.
+function acceptedFiles(formats) {
+  return formats.flatMap((format) => [format.content_type, ...format.suffixes]).join(",");
 }
 
 async function refreshModels() {
