@@ -330,6 +330,21 @@ def test_page_warns_before_running_an_image_over_the_limits(page, tmp_path):
     assert page.is_disabled("#run")
 
 
+def test_page_warns_before_running_self_ensemble_over_its_limit(page, server, tmp_path):
+    limit = requests.get(f"{server.url}/model/metadata", timeout=10).json()["limits"]["max_ensemble_pixels"]
+    over = tmp_path / "over.png"
+    Image.new("RGB", (limit // 100 + 1, 100), "grey").save(over)
+    page.set_input_files("#file", str(over))
+    page.wait_for_selector("body[data-state=ready]")
+    assert page.text_content("#warnings") == "" and page.is_enabled("#run")
+    page.check("#ensemble")
+    warnings = page.text_content("#warnings")
+    assert f"{limit:,} input pixels" in warnings and "elf-ensemble" in warnings
+    assert page.is_disabled("#run")
+    page.uncheck("#ensemble")
+    assert page.text_content("#warnings") == "" and page.is_enabled("#run")
+
+
 def test_cancel_stops_the_work_on_the_server(page, server, tmp_path):
     large = tmp_path / "large.png"
     with Image.open(SAMPLES / "astronaut.png") as image:

@@ -266,6 +266,9 @@ function limitWarnings() {
   if (pixels > limits.max_input_pixels) {
     warnings.push(`The image has ${pixels.toLocaleString("en")} pixels; the limit is ${limits.max_input_pixels.toLocaleString("en")} input pixels.`);
   }
+  if ($("ensemble").checked && pixels > limits.max_ensemble_pixels) {
+    warnings.push(`The image has ${pixels.toLocaleString("en")} pixels; self-ensemble takes up to ${limits.max_ensemble_pixels.toLocaleString("en")} input pixels.`);
+  }
   const [width, height] = outputSize(state.inputWidth, state.inputHeight, chosenSize());
   if (width * height > limits.max_output_pixels) {
     warnings.push(`The output would have ${(width * height).toLocaleString("en")} pixels; the limit is ${limits.max_output_pixels.toLocaleString("en")} output pixels.`);
@@ -563,7 +566,7 @@ function main() {
   setUpSegments("before", showBefore);
   setUpSegments("zoom", (zoom) => { state.zoom = zoom; layoutStage(); });
   showBefore("nearest");
-  ["model", "format", "fit", "denoise"].forEach((id) => $(id).addEventListener("change", update));
+  ["model", "format", "fit", "denoise", "ensemble"].forEach((id) => $(id).addEventListener("change", update));
   $("size-mode").addEventListener("change", () => { showSizeField(); update(); });
   ["size-value", "box-height"].forEach((id) => $(id).addEventListener("input", update));
   $("strength").addEventListener("input", () => { showStrength(); showBlend(); });
