@@ -330,6 +330,40 @@ def test_page_warns_before_running_an_image_over_the_limits(page, tmp_path):
     assert page.is_disabled("#run")
 
 
+@pytest.mark.parametrize("mode, values, fields", [
+    ("scale", ["9"], {"scale": "9"}),
+    ("width", ["2.5"], {"width": "2.5"}),
+    ("width", ["1000"], {"width": "1000"}),
+    ("box", ["1000", "20"], {"width": "1000", "height": "20", "fit": "fill"}),
+])
+def test_page_refuses_a_size_the_server_refuses_with_its_message(page, server, tmp_path, mode, values, fields):
+    source = small_photo(tmp_path / "small.png")
+    page.set_input_files("#file", str(source))
+    page.wait_for_selector("body[data-state=ready]")
+    page.select_option("#size-mode", mode)
+    for selector, value in zip(["#size-value", "#box-height"], values):
+        page.fill(selector, value)
+    if "fit" in fields:
+        page.select_option("#fit", fields["fit"])
+    warning = page.text_content("#warnings")
+    assert page.is_disabled("#run") and page.text_content("#output-size") == "–"
+    response = requests.post(f"{server.url}/model/predict", data=fields, timeout=60,
+                             files={"image": ("small.png", source.read_bytes(), "image/png")})
+    assert response.status_code == 400
+    message = response.json()["message"]
+    # The server quotes a field's text ('9'); the enlargement's message is the server's word for word.
+    assert warning == message.replace("'", ""), (warning, message)
+
+
+def test_page_warns_of_an_empty_size_field_instead_of_sending_zero(page, tmp_path):
+    page.set_input_files("#file", str(small_photo(tmp_path / "small.png")))
+    page.wait_for_selector("body[data-state=ready]")
+    page.select_option("#size-mode", "scale")
+    page.fill("#size-value", "")
+    assert page.text_content("#warnings") == "scale must be a number from 1 to 8, and the field is empty or not a number"
+    assert page.is_disabled("#run")
+
+
 def test_page_warns_before_running_self_ensemble_over_its_limit(page, server, tmp_path):
     limit = requests.get(f"{server.url}/model/metadata", timeout=10).json()["limits"]["max_ensemble_pixels"]
     over = tmp_path / "over.png"

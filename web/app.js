@@ -159,13 +159,45 @@ function setBounds(input, option) {
 }
 
 // What the size choice asks for: { mode: "scale", scale }, { mode: "width", width }, { mode: "height", height }
-// or { mode: "box", width, height, fit }.
+// or { mode: "box", width, height, fit }. A field left empty (or holding no number) is NaN.
 function chosenSize() {
   const mode = $("size-mode").value;
   if (mode.startsWith("x")) return { mode: "scale", scale: Number(mode.slice(1)) };
-  const value = Number($("size-value").value);
-  if (mode === "box") return { mode, width: value, height: Number($("box-height").value), fit: $("fit").value };
-  return { mode, [mode]: value };
+  const typed = (id) => ($(id).value === "" ? NaN : Number($(id).value));
+  if (mode === "box") return { mode, width: typed("size-value"), height: typed("box-height"), fit: $("fit").value };
+  return { mode, [mode]: typed("size-value") };
+}
+
+// What the server would refuse in the typed size, in its words: a value outside its option's range (or not a
+// whole number of pixels), or, once the input's size is known, an enlargement outside scale's range
+// (core/geometry.py checks the factor each side is asked to grow by).
+function sizeProblems(size) {
+  const problems = Object.entries(size).filter(([name]) => name === "scale" || name === "width" || name === "height")
+    .filter(([name, value]) => !allowedNumber(state.options[name], value))
+    .map(([name, value]) => `${name} must be ${state.options[name].allowed}, ` +
+      (Number.isNaN(value) ? "and the field is empty or not a number" : `not ${value}`));
+  if (problems.length || size.mode === "scale" || !state.inputWidth) return problems;
+  const { minimum, maximum } = state.options.scale;
+  const factors = askedFactors(state.inputWidth, state.inputHeight, size);
+  if (factors.every((factor) => factor >= minimum && factor <= maximum)) return problems;
+  const asked = ["width", "height"].filter((name) => name in size).map((name) => `${name} ${size[name]}`);
+  return [`${asked.join(" and ")} would enlarge the ${state.inputWidth}x${state.inputHeight} image ` +
+    `${factors.map((factor) => Number(factor.toPrecision(3))).join(" x ")} times; ` +
+    `the enlargement must be from ${minimum} to ${maximum} times (as for scale)`];
+}
+
+function allowedNumber(option, value) {
+  return Number.isFinite(value) && value >= option.minimum && (option.maximum === null || value <= option.maximum)
+    && (option.type !== "integer" || Number.isInteger(value));
+}
+
+// The enlargement a target size asks for, before rounding: one factor, or one a side for fill.
+function askedFactors(width, height, size) {
+  if (size.mode === "width") return [size.width / width];
+  if (size.mode === "height") return [size.height / height];
+  const factors = [size.width / width, size.height / height];
+  if (size.fit === "fill") return factors;
+  return [size.fit === "cover" ? Math.max(...factors) : Math.min(...factors)];
 }
 
 // The form fields a size choice sends.
@@ -269,8 +301,11 @@ function limitWarnings() {
   if ($("ensemble").checked && pixels > limits.max_ensemble_pixels) {
     warnings.push(`The image has ${pixels.toLocaleString("en")} pixels; self-ensemble takes up to ${limits.max_ensemble_pixels.toLocaleString("en")} input pixels.`);
   }
-  const [width, height] = outputSize(state.inputWidth, state.inputHeight, chosenSize());
-  if (width * height > limits.max_output_pixels) {
+  const size = chosenSize();
+  const problems = sizeProblems(size);
+  warnings.push(...problems);
+  const [width, height] = outputSize(state.inputWidth, state.inputHeight, size);
+  if (!problems.length && width * height > limits.max_output_pixels) {
     warnings.push(`The output would have ${(width * height).toLocaleString("en")} pixels; the limit is ${limits.max_output_pixels.toLocaleString("en")} output pixels.`);
   }
   return warnings;
@@ -281,7 +316,8 @@ function update() {
   const format = $("format").value;
   const known = state.inputWidth > 0 && state.options.scale !== undefined;
   $("input-size").textContent = !state.file ? "–" : known ? formatSize(state.inputWidth, state.inputHeight) : "size shown after upscaling";
-  $("output-size").textContent = known ? formatSize(...outputSize(state.inputWidth, state.inputHeight, chosenSize())) : "–";
+  const sized = known && sizeProblems(chosenSize()).length === 0;
+  $("output-size").textContent = sized ? formatSize(...outputSize(state.inputWidth, state.inputHeight, chosenSize())) : "–";
   $("quality-field").hidden = !(format === "jpeg" || format === "webp");
   const model = state.models.find((m) => m.id === $("model").value);
   $("model-hint").textContent = model ? model.use_when : "";
