@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask_restx import Resource, fields
 
 from api import DESCRIPTION, namespace, service
+from core.images import accepted_formats
 from core.options import describe_options
 
 model_entry = namespace.model("ModelEntry", {
@@ -42,6 +43,8 @@ metadata = namespace.model("ModelMetadata", {
                                      "runtime and backend"),
     "limits": fields.Raw(description="Upload and pixel limits: max_upload_bytes, max_input_pixels, "
                                      "max_output_pixels, and max_ensemble_pixels (the input's, for ensemble=true)"),
+    "input_formats": fields.Raw(description="The image formats an upload may be in: format, content_type and the "
+                                            "file name suffixes usual for it (the server goes by the first bytes)"),
     "options": fields.Raw(description="The predict form's options: name, type, range or choices, default, help "
                                       "(choices_by_model where the allowed values depend on the model)"),
 })
@@ -70,5 +73,6 @@ class Metadata(Resource):
                 "max_output_pixels": settings.max_output_pixels,
                 "max_ensemble_pixels": settings.max_ensemble_pixels,
             },
+            "input_formats": accepted_formats(),
             "options": describe_options(current.option_context),
         }

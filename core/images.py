@@ -22,7 +22,8 @@ import png
 from PIL import Image, UnidentifiedImageError
 
 from core import orientation
-from core.containers import CORRUPT_DATA_ERRORS, PngHeader, check, check_pixels, describe_accepted, sniff_format
+from core.containers import (ACCEPTED_FORMATS, CORRUPT_DATA_ERRORS, PngHeader, check, check_pixels, describe_accepted,
+                             sniff_format)
 from core.errors import InvalidImage, TooLarge
 
 
@@ -78,6 +79,15 @@ class Header:
     @property
     def pixel_bytes(self) -> int:
         return self.samples * self.sample_bytes
+
+
+def accepted_formats() -> list[dict[str, object]]:
+    """Each accepted upload format with its media type and the file name suffixes Pillow registers for it, for
+    /model/metadata: the page's file chooser offers these. The server itself goes by the first bytes alone."""
+    suffixes = Image.registered_extensions()  # fills Image.MIME too
+    return [{"format": name, "content_type": Image.MIME[name],
+             "suffixes": sorted(suffix for suffix, owner in suffixes.items() if owner == name)}
+            for name in ACCEPTED_FORMATS]
 
 
 def read_header(data: bytes, max_pixels: int) -> Header:

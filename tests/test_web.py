@@ -5,6 +5,8 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,10 @@ SCREENSHOT_ENV = "WEB_SCREENSHOT"
 # Small tiles, one per batch and no queue: a small image still shows several progress steps,
 # and a request arriving while the slot is taken gets 503 at once, which shows whether work still runs.
 SERVER_SETTINGS = {"tile_size": 64, "tile_batch": 1, "queue_size": 0}
+# The model with denoise levels, which differ by native scale. Its fifteen networks take minutes to load on a
+# busy machine, so only the denoise test waits for them, with time to spare.
+DENOISE_SETTINGS = {"models": "srgan,realcugan"}
+DENOISE_START_TIMEOUT_S = 900
 # Collects every text the progress line shows, so the test can see it move.
 RECORD_PROGRESS = """() => {
   window.progressTexts = [];
@@ -55,16 +61,28 @@ def browser():
         launched.close()
 
 
-@pytest.fixture()
-def page(browser, server):
+@pytest.fixture(scope="module")
+def denoise_server():
+    with live_server(start_timeout_s=DENOISE_START_TIMEOUT_S, **DENOISE_SETTINGS) as running:
+        yield running
+
+
+@contextmanager
+def open_page(browser, url: str) -> Iterator:
     context = browser.new_context(viewport={"width": 1280, "height": 820}, device_scale_factor=1,
                                   accept_downloads=True)
     opened = context.new_page()
-    opened.goto(f"{server.url}/app/")
+    opened.goto(f"{url}/app/")
     # A selector, not a JavaScript string: the page's policy forbids eval, which a string predicate needs.
     opened.wait_for_selector("#model option", state="attached")
     yield opened
     context.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    with open_page(browser, server.url) as opened:
+        yield opened
 
 
 def test_page_upscales_shows_progress_compares_and_downloads(page, tmp_path):
@@ -202,13 +220,102 @@ def test_strength_with_jpeg_downloads_the_browsers_encoding_of_the_blend(page, s
     assert np.abs(levels(saved.read_bytes()) - answer).mean() < 3
 
 
+def small_photo(path: Path) -> Path:
+    """A 40 x 30 crop of the sample photo: quick for any model."""
+    with Image.open(SAMPLES / "chelsea.png") as photo:
+        photo.crop((30, 20, 70, 50)).save(path)
+    return path
+
+
+def upscale_and_download(page, source: Path, folder: Path) -> Path:
+    page.click("#run")
+    page.wait_for_selector("body[data-state=done]", timeout=180_000)
+    with page.expect_download() as download_info:
+        page.click("#download")
+    saved = folder / download_info.value.suggested_filename
+    download_info.value.save_as(saved)
+    return saved
+
+
+@pytest.mark.parametrize("width, height, fit, output, name", [
+    ("100", "100", "contain", (100, 75), "small_srgan_w100h100.png"),
+    ("100", "100", "cover", (100, 100), "small_srgan_w100h100_cover.png"),
+    ("90", "100", "fill", (90, 100), "small_srgan_w90h100_fill.png"),
+])
+def test_width_and_height_with_fit_download_what_the_api_answers(page, server, tmp_path, width, height, fit, output,
+                                                                 name):
+    source = small_photo(tmp_path / "small.png")
+    page.set_input_files("#file", str(source))
+    page.wait_for_selector("body[data-state=ready]")
+    assert page.is_hidden("#fit-field")  # fit applies to both sides only; the server refuses it otherwise
+    page.select_option("#size-mode", "box")
+    assert page.is_visible("#fit-field") and page.is_visible("#box-height-field")
+    assert page.input_value("#fit") == "contain"  # the schema's default
+    page.fill("#size-value", width)
+    page.fill("#box-height", height)
+    page.select_option("#fit", fit)
+    assert page.text_content("#output-size").startswith(f"{output[0]} × {output[1]} px")
+
+    saved = upscale_and_download(page, source, tmp_path)
+    assert saved.name == name
+    assert saved.read_bytes() == api_answer(server.url, source.read_bytes(), width=width, height=height, fit=fit)
+
+    # The strength blend of the cropped or stretched layers, as the server blends them.
+    page.fill("#strength", "0.4")
+    page.wait_for_selector("#download[data-strength='0.4']", state="attached")
+    with page.expect_download() as download_info:
+        page.click("#download")
+    assert download_info.value.suggested_filename == name.replace(".png", "_s0.4.png")
+    blended = tmp_path / "blended.png"
+    download_info.value.save_as(blended)
+    expected = levels(api_answer(server.url, source.read_bytes(), width=width, height=height, fit=fit, strength="0.4"))
+    assert np.abs(levels(blended.read_bytes()) - expected).max() <= 1
+
+
+def test_denoise_is_offered_for_a_model_with_levels_at_its_native_scale(browser, denoise_server, tmp_path):
+    with open_page(browser, denoise_server.url) as page:
+        check_denoise(page, denoise_server.url, tmp_path)
+
+
+def check_denoise(page, url: str, tmp_path: Path) -> None:
+    models = {m["id"]: m for m in requests.get(f"{url}/model/metadata", timeout=10).json()["models"]}
+    source = small_photo(tmp_path / "small.png")
+    page.set_input_files("#file", str(source))
+    page.wait_for_selector("body[data-state=ready]")
+    assert page.is_hidden("#denoise-field")  # srgan has no levels
+    page.select_option("#model", "realcugan")
+    shown = "options => options.map(o => o.value)"
+    for preset, native in (("x4", "4"), ("x2", "2")):
+        page.select_option("#size-mode", preset)
+        assert page.is_visible("#denoise-field")
+        assert page.eval_on_selector_all("#denoise option", shown) == models["realcugan"]["denoise"][native]
+    page.select_option("#denoise", "3")
+
+    saved = upscale_and_download(page, source, tmp_path)
+    assert saved.name == "small_realcugan_x2_denoise-3.png"
+    answer = api_answer(url, source.read_bytes(), model="realcugan", scale="2", denoise="3")
+    assert saved.read_bytes() == answer
+    assert answer != api_answer(url, source.read_bytes(), model="realcugan", scale="2")
+
+    page.select_option("#model", "srgan")
+    assert page.is_hidden("#denoise-field")
+
+
 def test_page_builds_its_options_from_the_metadata(page, server):
-    published = {o["name"]: o for o in requests.get(f"{server.url}/model/metadata", timeout=10).json()["options"]}
+    metadata = requests.get(f"{server.url}/model/metadata", timeout=10).json()
+    published = {o["name"]: o for o in metadata["options"]}
+    accepted = page.get_attribute("#file", "accept").split(",")
+    assert accepted == [kind for entry in metadata["input_formats"]
+                        for kind in [entry["content_type"], *entry["suffixes"]]]
+    assert {"image/png", "image/tiff", ".tif"} <= set(accepted)
     assert page.get_attribute("#strength", "min") == str(published["strength"]["minimum"])
     assert page.get_attribute("#strength", "max") == str(published["strength"]["maximum"])
     assert page.eval_on_selector_all("#format option", "options => options.map(o => o.value)") == \
         published["format"]["choices"]
     assert page.input_value("#size-mode") == f"x{published['scale']['default']}"
+    assert page.eval_on_selector_all("#fit option", "options => options.map(o => o.value)") == \
+        published["fit"]["choices"]
+    assert page.is_checked("#ensemble") == published["ensemble"]["default"]
     page.select_option("#size-mode", "scale")
     assert page.get_attribute("#size-value", "max") == str(published["scale"]["maximum"])
 
@@ -221,6 +328,55 @@ def test_page_warns_before_running_an_image_over_the_limits(page, tmp_path):
     warnings = page.text_content("#warnings")
     assert "4,100,000 pixels" in warnings and "4,000,000 input pixels" in warnings
     assert page.is_disabled("#run")
+
+
+@pytest.mark.parametrize("mode, values, fields", [
+    ("scale", ["9"], {"scale": "9"}),
+    ("width", ["2.5"], {"width": "2.5"}),
+    ("width", ["1000"], {"width": "1000"}),
+    ("box", ["1000", "20"], {"width": "1000", "height": "20", "fit": "fill"}),
+])
+def test_page_refuses_a_size_the_server_refuses_with_its_message(page, server, tmp_path, mode, values, fields):
+    source = small_photo(tmp_path / "small.png")
+    page.set_input_files("#file", str(source))
+    page.wait_for_selector("body[data-state=ready]")
+    page.select_option("#size-mode", mode)
+    for selector, value in zip(["#size-value", "#box-height"], values):
+        page.fill(selector, value)
+    if "fit" in fields:
+        page.select_option("#fit", fields["fit"])
+    warning = page.text_content("#warnings")
+    assert page.is_disabled("#run") and page.text_content("#output-size") == "–"
+    response = requests.post(f"{server.url}/model/predict", data=fields, timeout=60,
+                             files={"image": ("small.png", source.read_bytes(), "image/png")})
+    assert response.status_code == 400
+    message = response.json()["message"]
+    # The server quotes a field's text ('9'); the enlargement's message is the server's word for word.
+    assert warning == message.replace("'", ""), (warning, message)
+
+
+def test_page_warns_of_an_empty_size_field_instead_of_sending_zero(page, tmp_path):
+    page.set_input_files("#file", str(small_photo(tmp_path / "small.png")))
+    page.wait_for_selector("body[data-state=ready]")
+    page.select_option("#size-mode", "scale")
+    page.fill("#size-value", "")
+    assert page.text_content("#warnings") == "scale must be a number from 1 to 8, and the field is empty or not a number"
+    assert page.is_disabled("#run")
+
+
+def test_page_warns_before_running_self_ensemble_over_its_limit(page, server, tmp_path):
+    limit = requests.get(f"{server.url}/model/metadata", timeout=10).json()["limits"]["max_ensemble_pixels"]
+    over = tmp_path / "over.png"
+    Image.new("RGB", (limit // 100 + 1, 100), "grey").save(over)
+    page.set_input_files("#file", str(over))
+    page.wait_for_selector("body[data-state=ready]")
+    assert page.text_content("#warnings") == "" and page.is_enabled("#run")
+    page.check("#ensemble")
+    warnings = page.text_content("#warnings")
+    assert f"{limit:,} input pixels" in warnings and "elf-ensemble" in warnings
+    assert page.is_disabled("#run")
+    page.uncheck("#ensemble")
+    assert page.text_content("#warnings") == "" and page.is_enabled("#run")
 
 
 def test_cancel_stops_the_work_on_the_server(page, server, tmp_path):

@@ -5,8 +5,9 @@
 
 const $ = (id) => document.getElementById(id);
 
-// The page's size choices: preset scales (those the schema allows), a free scale, or one target side.
+// The page's size choices: preset scales (those the schema allows), a free scale, one target side, or both.
 const SCALE_PRESETS = [2, 4, 8];
+const SIZE_LABELS = { scale: "Scale", width: "Width (px)", height: "Height (px)", box: "Width (px)" };
 
 const state = {
   limits: null,
@@ -18,7 +19,7 @@ const state = {
   inputHeight: 0,
   controller: null,
   progress: { done: 0, total: null },
-  result: null, // { url, width, height, fileName, model, lanczos, strength, serverBlob, format, quality }
+  result: null, // { url, width, height, model, lanczos, strength, serverBlob, request, ... }
   blendVersion: 0,
   zoom: "fit",
   split: 50,
@@ -37,12 +38,17 @@ function formatSize(width, height) {
   return `${width} × ${height} px (${megapixels < 0.1 ? megapixels.toFixed(3) : megapixels.toFixed(2)} MP)`;
 }
 
-function outputFileName(inputName, model, size, strength, format) {
+// e.g. photo_srgan_x4.png, photo_srgan_w1920h1080_cover_s0.5.png, photo_realcugan_x2_denoise-3.png:
+// every option that changes the output, those at their defaults left out.
+function outputFileName(inputName, model, size, denoise, strength, format) {
   const stem = inputName.replace(/\.[^.]*$/, "").replace(/[^\w.-]+/g, "_") || "image";
   const extension = format === "jpeg" ? "jpg" : format;
-  const label = { scale: `x${size.value}`, width: `w${size.value}`, height: `h${size.value}` }[size.field];
+  const label = { scale: `x${size.scale}`, width: `w${size.width}`, height: `h${size.height}`,
+    box: `w${size.width}h${size.height}` }[size.mode];
+  const fit = size.mode === "box" && size.fit !== state.options.fit.default ? `_${size.fit}` : "";
+  const cleaned = denoise === null || denoise === state.options.denoise.default ? "" : `_denoise-${denoise}`;
   const blend = strength === state.options.strength.default ? "" : `_s${strength}`;
-  return `${stem}_${model}_${label}${blend}.${extension}`;
+  return `${stem}_${model}_${label}${fit}${cleaned}${blend}.${extension}`;
 }
 
 function setState(name) {
@@ -55,7 +61,7 @@ function setMessage(text, kind = "") {
   message.className = `message ${kind}`;
 }
 
-// ---- metadata: models, scales, formats and limits ----------------------------------------------
+// ---- metadata: input formats, models, options and limits ----------------------------------------
 
 async function loadMetadata() {
   try {
@@ -63,6 +69,7 @@ async function loadMetadata() {
     const metadata = await response.json();
     state.limits = metadata.limits;
     state.options = Object.fromEntries(metadata.options.map((option) => [option.name, option]));
+    $("file").accept = acceptedFiles(metadata.input_formats);
     fillModels(metadata.models, metadata.default_model);
     fillOptions(state.options);
     if (metadata.models.some((m) => m.state === "pending" || m.state === "loading")) {
@@ -74,8 +81,14 @@ async function loadMetadata() {
   update();
 }
 
+// The file chooser's filter: each accepted format's media type and file name suffixes.
+function acceptedFiles(formats) {
+  return formats.flatMap((format) => [format.content_type, ...format.suffixes]).join(",");
+}
+
 async function refreshModels() {
   const metadata = await (await fetch("/model/metadata")).json();
+  state.options = Object.fromEntries(metadata.options.map((option) => [option.name, option]));
   fillModels(metadata.models, $("model").value || metadata.default_model);
   if (metadata.models.some((m) => m.state === "pending" || m.state === "loading")) {
     setTimeout(refreshModels, 2000);
@@ -95,16 +108,21 @@ function fillModels(models, selected) {
 }
 
 function fillOptions(options) {
-  const { scale, format, quality, strength } = options;
+  const { scale, fit, format, quality, strength, ensemble } = options;
   const presets = SCALE_PRESETS.filter((s) => s >= scale.minimum && s <= scale.maximum);
   fillSelect($("size-mode"), [...presets.map((s) => [`x${s}`, `${s}x`]), ["scale", "Other scale"],
-    ["width", "Width"], ["height", "Height"]], presets.includes(scale.default) ? `x${scale.default}` : "scale");
+    ["width", "Width"], ["height", "Height"], ["box", "Width and height"]],
+  presets.includes(scale.default) ? `x${scale.default}` : "scale");
+  fillSelect($("fit"), fit.choices.map((f) => [f, f]), fit.default);
+  $("fit-field").title = fit.help;
+  $("denoise-field").title = options.denoise.help;
   fillSelect($("format"), format.choices.map((f) => [f, f.toUpperCase()]), format.default);
   setRange($("quality"), quality.minimum, quality.maximum, quality.default);
   $("quality-value").textContent = String(quality.default);
   setRange($("strength"), strength.minimum, strength.maximum, strength.default);
   showStrength();
   $("strength-field").title = strength.help;
+  $("ensemble").checked = ensemble.default;
   showSizeField();
 }
 
@@ -114,36 +132,128 @@ function setRange(input, minimum, maximum, value) {
   input.value = String(value);
 }
 
-// The free value's input: a scale within the schema's range, or a side in pixels.
+// The free values' inputs: a scale within the schema's range, or a side (both sides, and fit) in pixels.
 function showSizeField() {
   const mode = $("size-mode").value;
   const free = !mode.startsWith("x");
   $("size-value-field").hidden = !free;
+  $("box-height-field").hidden = $("fit-field").hidden = mode !== "box";
   if (!free) return;
-  const option = state.options[mode];
-  $("size-value-label").textContent = { scale: "Scale", width: "Width (px)", height: "Height (px)" }[mode];
+  $("size-value-label").textContent = SIZE_LABELS[mode];
   const input = $("size-value");
+  setBounds(input, state.options[mode === "box" ? "width" : mode]);
+  if (mode === "scale") {
+    input.value = input.value && Number(input.value) <= state.options.scale.maximum ? input.value : "1.5";
+    return;
+  }
+  const twice = (side) => String(state.inputWidth && state.inputHeight ? side * 2 : 1024);
+  input.value = twice(mode === "height" ? state.inputHeight : state.inputWidth);
+  setBounds($("box-height"), state.options.height);
+  $("box-height").value = twice(state.inputHeight);
+}
+
+function setBounds(input, option) {
   input.min = String(option.minimum);
   input.max = option.maximum === null ? "" : String(option.maximum);
   input.step = option.type === "number" ? "0.1" : "1";
-  if (mode === "scale") input.value = input.value && Number(input.value) <= option.maximum ? input.value : "1.5";
-  else input.value = String(Math.round(state.inputWidth && state.inputHeight
-    ? (mode === "width" ? state.inputWidth : state.inputHeight) * 2 : 1024));
 }
 
-// The form field and value the size choice sends: { field: "scale" | "width" | "height", value }.
+// What the size choice asks for: { mode: "scale", scale }, { mode: "width", width }, { mode: "height", height }
+// or { mode: "box", width, height, fit }. A field left empty (or holding no number) is NaN.
 function chosenSize() {
   const mode = $("size-mode").value;
-  if (mode.startsWith("x")) return { field: "scale", value: Number(mode.slice(1)) };
-  return { field: mode, value: Number($("size-value").value) };
+  if (mode.startsWith("x")) return { mode: "scale", scale: Number(mode.slice(1)) };
+  const typed = (id) => ($(id).value === "" ? NaN : Number($(id).value));
+  if (mode === "box") return { mode, width: typed("size-value"), height: typed("box-height"), fit: $("fit").value };
+  return { mode, [mode]: typed("size-value") };
 }
 
-// The output size as the server computes it (core/geometry.py): round half up, the other side by the ratio.
-function outputSize(width, height, size) {
+// What the server would refuse in the typed size, in its words: a value outside its option's range (or not a
+// whole number of pixels), or, once the input's size is known, an enlargement outside scale's range
+// (core/geometry.py checks the factor each side is asked to grow by).
+function sizeProblems(size) {
+  const problems = Object.entries(size).filter(([name]) => name === "scale" || name === "width" || name === "height")
+    .filter(([name, value]) => !allowedNumber(state.options[name], value))
+    .map(([name, value]) => `${name} must be ${state.options[name].allowed}, ` +
+      (Number.isNaN(value) ? "and the field is empty or not a number" : `not ${value}`));
+  if (problems.length || size.mode === "scale" || !state.inputWidth) return problems;
+  const { minimum, maximum } = state.options.scale;
+  const factors = askedFactors(state.inputWidth, state.inputHeight, size);
+  if (factors.every((factor) => factor >= minimum && factor <= maximum)) return problems;
+  const asked = ["width", "height"].filter((name) => name in size).map((name) => `${name} ${size[name]}`);
+  return [`${asked.join(" and ")} would enlarge the ${state.inputWidth}x${state.inputHeight} image ` +
+    `${factors.map((factor) => Number(factor.toPrecision(3))).join(" x ")} times; ` +
+    `the enlargement must be from ${minimum} to ${maximum} times (as for scale)`];
+}
+
+function allowedNumber(option, value) {
+  return Number.isFinite(value) && value >= option.minimum && (option.maximum === null || value <= option.maximum)
+    && (option.type !== "integer" || Number.isInteger(value));
+}
+
+// The enlargement a target size asks for, before rounding: one factor, or one a side for fill.
+function askedFactors(width, height, size) {
+  if (size.mode === "width") return [size.width / width];
+  if (size.mode === "height") return [size.height / height];
+  const factors = [size.width / width, size.height / height];
+  if (size.fit === "fill") return factors;
+  return [size.fit === "cover" ? Math.max(...factors) : Math.min(...factors)];
+}
+
+// The form fields a size choice sends.
+function sizeFields(size) {
+  const { mode, ...fields } = size;
+  return Object.entries(fields).map(([name, value]) => [name, String(value)]);
+}
+
+// The input enlarged to ``scaled``, then cut to ``output``, as the server computes them (core/geometry.py):
+// round half up, the other side by the input's ratio; with both sides, fit decides.
+function plannedSize(width, height, size) {
   const round = (value) => Math.max(1, Math.round(value));
-  if (size.field === "scale") return [round(width * size.value), round(height * size.value)];
-  if (size.field === "width") return [size.value, round(height * size.value / width)];
-  return [round(width * size.value / height), size.value];
+  let scaled;
+  if (size.mode === "scale") scaled = [round(width * size.scale), round(height * size.scale)];
+  else if (size.mode === "width") scaled = [size.width, round(height * size.width / width)];
+  else if (size.mode === "height") scaled = [round(width * size.height / height), size.height];
+  else if (size.fit === "fill") scaled = [size.width, size.height];
+  else {
+    const widthDecides = (size.width / width <= size.height / height) !== (size.fit === "cover");
+    scaled = widthDecides ? [size.width, round(height * size.width / width)]
+      : [round(width * size.height / height), size.height];
+  }
+  const output = size.mode === "box" && size.fit === "cover" ? [size.width, size.height] : scaled;
+  return { scaled, output };
+}
+
+function outputSize(width, height, size) {
+  return plannedSize(width, height, size).output;
+}
+
+// The denoise levels the chosen model offers for this request: those of the native scale it will run
+// (the smallest that reaches the enlargement, as core/models/levels.py chooses), or, before the input's
+// size is known, those of any of its scales.
+function denoiseLevels(model) {
+  const anyScale = state.options.denoise.choices_by_model?.[model.id] ?? [state.options.denoise.default];
+  if (!state.inputWidth) {
+    return chosenSize().mode === "scale" ? levelsAt(model, chosenSize().scale) ?? anyScale : anyScale;
+  }
+  const [width, height] = plannedSize(state.inputWidth, state.inputHeight, chosenSize()).scaled;
+  return levelsAt(model, Math.max(width / state.inputWidth, height / state.inputHeight)) ?? anyScale;
+}
+
+function levelsAt(model, enlargement) {
+  const native = model.scales.find((scale) => scale >= enlargement) ?? model.scales[model.scales.length - 1];
+  return model.denoise?.[String(native)];
+}
+
+// Denoise is offered for a model with levels to choose from; the choice is kept while the model has it.
+function showDenoise(model) {
+  const levels = model ? denoiseLevels(model) : [];
+  const field = $("denoise-field");
+  field.hidden = levels.length < 2;
+  if (field.hidden) return;
+  const select = $("denoise");
+  const kept = levels.includes(select.value) ? select.value : state.options.denoise.default;
+  fillSelect(select, levels.map((level) => [level, level]), levels.includes(kept) ? kept : levels[0]);
 }
 
 function fillSelect(select, entries, selected) {
@@ -188,8 +298,14 @@ function limitWarnings() {
   if (pixels > limits.max_input_pixels) {
     warnings.push(`The image has ${pixels.toLocaleString("en")} pixels; the limit is ${limits.max_input_pixels.toLocaleString("en")} input pixels.`);
   }
-  const [width, height] = outputSize(state.inputWidth, state.inputHeight, chosenSize());
-  if (width * height > limits.max_output_pixels) {
+  if ($("ensemble").checked && pixels > limits.max_ensemble_pixels) {
+    warnings.push(`The image has ${pixels.toLocaleString("en")} pixels; self-ensemble takes up to ${limits.max_ensemble_pixels.toLocaleString("en")} input pixels.`);
+  }
+  const size = chosenSize();
+  const problems = sizeProblems(size);
+  warnings.push(...problems);
+  const [width, height] = outputSize(state.inputWidth, state.inputHeight, size);
+  if (!problems.length && width * height > limits.max_output_pixels) {
     warnings.push(`The output would have ${(width * height).toLocaleString("en")} pixels; the limit is ${limits.max_output_pixels.toLocaleString("en")} output pixels.`);
   }
   return warnings;
@@ -200,10 +316,12 @@ function update() {
   const format = $("format").value;
   const known = state.inputWidth > 0 && state.options.scale !== undefined;
   $("input-size").textContent = !state.file ? "–" : known ? formatSize(state.inputWidth, state.inputHeight) : "size shown after upscaling";
-  $("output-size").textContent = known ? formatSize(...outputSize(state.inputWidth, state.inputHeight, chosenSize())) : "–";
+  const sized = known && sizeProblems(chosenSize()).length === 0;
+  $("output-size").textContent = sized ? formatSize(...outputSize(state.inputWidth, state.inputHeight, chosenSize())) : "–";
   $("quality-field").hidden = !(format === "jpeg" || format === "webp");
   const model = state.models.find((m) => m.id === $("model").value);
   $("model-hint").textContent = model ? model.use_when : "";
+  showDenoise(model);
 
   const warnings = limitWarnings();
   $("warnings").replaceChildren(...warnings.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
@@ -218,12 +336,14 @@ async function run() {
   form.append("image", state.file, state.file.name);
   form.append("model", $("model").value);
   const size = chosenSize();
-  form.append(size.field, String(size.value));
+  sizeFields(size).forEach(([name, value]) => form.append(name, value));
+  const denoise = $("denoise-field").hidden ? null : $("denoise").value;
+  if (denoise !== null) form.append("denoise", denoise);
   form.append("strength", $("strength").value);
   form.append("format", $("format").value);
   form.append("quality", $("quality").value);
   form.append("ensemble", $("ensemble").checked ? "true" : "false");
-  const request = { name: state.file.name, model: $("model").value, size, format: $("format").value,
+  const request = { name: state.file.name, model: $("model").value, size, denoise, format: $("format").value,
     quality: Number($("quality").value) };
 
   state.controller = new AbortController();
@@ -365,8 +485,8 @@ async function showBlend() {
   if (version !== state.blendVersion) return; // the slider moved on while this one was encoded
   if (result.url) URL.revokeObjectURL(result.url);
   result.url = URL.createObjectURL(blob);
-  const fileName = outputFileName(result.request.name, result.modelName, result.request.size, strength,
-    result.request.format);
+  const fileName = outputFileName(result.request.name, result.modelName, result.request.size, result.request.denoise,
+    strength, result.request.format);
   const download = $("download");
   download.href = result.url;
   download.download = fileName;
@@ -482,9 +602,9 @@ function main() {
   setUpSegments("before", showBefore);
   setUpSegments("zoom", (zoom) => { state.zoom = zoom; layoutStage(); });
   showBefore("nearest");
-  ["model", "format"].forEach((id) => $(id).addEventListener("change", update));
+  ["model", "format", "fit", "denoise", "ensemble"].forEach((id) => $(id).addEventListener("change", update));
   $("size-mode").addEventListener("change", () => { showSizeField(); update(); });
-  $("size-value").addEventListener("input", update);
+  ["size-value", "box-height"].forEach((id) => $(id).addEventListener("input", update));
   $("strength").addEventListener("input", () => { showStrength(); showBlend(); });
   $("quality").addEventListener("input", () => { $("quality-value").textContent = $("quality").value; });
   $("run").addEventListener("click", run);

@@ -1,6 +1,7 @@
 """GET /model/metadata and the Swagger document."""
 from __future__ import annotations
 
+from core.containers import ACCEPTED_FORMATS
 from core.models import precision
 from core.models.specs import SPECS
 
@@ -43,3 +44,13 @@ def test_swagger_ui_and_document(client):
     parameters = {p["name"]: p for p in document["paths"]["/model/predict"]["post"]["parameters"]}
     assert parameters["image"]["type"] == "file"
     assert parameters["scale"]["maximum"] == 8  # each option's range and default: tests/api/test_inputs.py
+
+
+def test_metadata_publishes_the_accepted_upload_formats(client):
+    """The page's file chooser reads them here: every format the server sniffs, with its media type."""
+    published = client.get("/model/metadata").json["input_formats"]
+    assert [entry["format"] for entry in published] == list(ACCEPTED_FORMATS)
+    by_format = {entry["format"]: entry for entry in published}
+    assert by_format["JPEG"]["content_type"] == "image/jpeg"
+    assert {".jpg", ".jpeg"} <= set(by_format["JPEG"]["suffixes"])
+    assert by_format["TIFF"]["suffixes"] == [".tif", ".tiff"]
