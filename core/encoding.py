@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from core.errors import InvalidInput
-from core.formats import MAX_SIDE, OUTPUT_FORMATS
+from core.formats import JPEG_FULL_COLOUR_QUALITY, MAX_SIDE, OUTPUT_FORMATS
 from core.png_encoder import encode_png
 
 # Rows converted at a time when changing bit depth, so a 64 MP result needs no full-size temporary.
@@ -49,6 +49,8 @@ def encode(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | No
         return encode_png(colour, icc_profile, png_level, threads, _at_depth(alpha, colour.dtype), png_colour_chunks)
     image = _to_pillow(_with_alpha(_to_8bit(colour), alpha))
     options: dict[str, object] = {"quality": quality}
+    if pil_format == "JPEG":
+        options["subsampling"] = "4:4:4" if quality >= JPEG_FULL_COLOUR_QUALITY else "4:2:0"
     if icc_profile and not (pil_format in WITHOUT_GREY and colour.shape[-1] == 1):
         # A grey image's profile is a GRAY one (core/images.py keeps no other), which RGB pixels cannot carry.
         options["icc_profile"] = icc_profile

@@ -9,3 +9,6 @@ from __future__ import annotations
 OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 # Widest or tallest image each output format can hold.
 MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}
+# From this quality on, jpeg keeps colour at the full resolution (4:4:4, as Photoshop and GIMP do at high
+# quality): below it, Pillow halves colour each way (4:2:0), throwing away half the colour detail the model made.
+JPEG_FULL_COLOUR_QUALITY = 90

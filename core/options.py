@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from core.errors import InvalidInput
-from core.formats import MAX_SIDE, OUTPUT_FORMATS
+from core.formats import JPEG_FULL_COLOUR_QUALITY, MAX_SIDE, OUTPUT_FORMATS
 from core.models.levels import DENOISE_LEVELS, NO_DENOISE
 
 FITS = ("contain", "cover", "fill")
@@ -168,7 +168,9 @@ OPTIONS: tuple[Option, ...] = (
            "Lanczos enlargement of the input", default=1, minimum=0, maximum=1),
     Option("format", "choice", "Output format (any case)", default="png", choices=tuple(OUTPUT_FORMATS),
            aliases={"jpg": "jpeg"}),
-    Option("quality", "integer", "Quality for jpeg and webp", default=90, minimum=1, maximum=100),
+    Option("quality", "integer", "Quality for jpeg and webp; from "
+           f"{JPEG_FULL_COLOUR_QUALITY}, jpeg keeps colour at full resolution (4:4:4), below it at half (4:2:0)",
+           default=90, minimum=1, maximum=100),
     Option("ensemble", "boolean", "Average the 8 flips and rotations: a little better, 8x slower", default=False),
     Option("denoise", "choice", "How hard a model with denoise levels (realcugan) cleans noise and compression: "
            "none, conservative (keeps the most detail), then 1 to 3; /model/metadata lists each model's levels "
