@@ -11,6 +11,7 @@ turned into a message. A request reads the header once (``Service.prepare``) and
 """
 from __future__ import annotations
 
+import functools
 import io
 import re
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import png
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageCms, UnidentifiedImageError
 
 from core import orientation
 from core.containers import (ACCEPTED_FORMATS, CORRUPT_DATA_ERRORS, PngHeader, check, check_pixels, describe_accepted,
@@ -200,13 +201,33 @@ def _pillow_pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, b
         grey = np.asarray(image).astype(np.int64).clip(0, 65535).astype(np.uint16)
         return grey[..., None], None, icc
     if image.mode == "CMYK":
-        icc = None  # a CMYK profile does not describe the RGB the image is converted to
+        image, icc = _cmyk_as_srgb(image, icc), None  # sRGB, the colour space assumed without a profile
     has_alpha = image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
     grey = image.mode in ("1", "L", "LA", "La") or (image.mode == "P" and _palette_is_grey(image)
                                                     and _profile_space(icc) != b"RGB ")
-    pixels = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
+    mode = "RGBA" if has_alpha else "RGB"
+    pixels = np.asarray(image if image.mode == mode else image.convert(mode))
     colour = np.ascontiguousarray(pixels[..., :1] if grey else pixels[..., :3])
     return colour, np.ascontiguousarray(pixels[..., 3]) if has_alpha else None, icc
+
+
+def _cmyk_as_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
+    """CMYK pixels in sRGB: through the image's own CMYK profile where it has one, since a press's inks are far
+    from Pillow's 255 - C - K (cyan ink is not the screen's 0, 255, 255). Without a profile, or with one that
+    cannot be read (viewers ignore such a profile too), Pillow's conversion."""
+    if _profile_space(icc) == b"CMYK":
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(image, source, _srgb_profile(), outputMode="RGB",
+                                             renderingIntent=ImageCms.Intent.PERCEPTUAL)
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass
+    return image.convert("RGB")
+
+
+@functools.cache
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def _palette_is_grey(image: Image.Image) -> bool:

@@ -17,6 +17,7 @@ from core.formats import OUTPUT_FORMATS
 from core.resize import BLEED_REACH, bleed_into_transparency, resize
 from core.errors import InvalidImage, InvalidInput, TooLarge
 from tests.conftest import encode
+from tests.core.cmyk_profile import cmyk_profile, ink_srgb
 from harness.raw_http import scan_bomb
 
 LIMIT = 64 * 64
@@ -136,6 +137,25 @@ def test_every_mode_decodes_to_grey_or_rgb_with_alpha_where_the_file_has_it(name
 def test_cmyk_jpeg_comes_out_as_rgb_of_the_right_colours():
     cyan = Image.new("CMYK", (16, 16), (255, 0, 0, 0))
     decoded = images.decode(save(cyan, "JPEG", quality=95), LIMIT)
+    red, green, blue = decoded.colour[8, 8].astype(int)
+    assert red < 10 and green > 245 and blue > 245
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "TIFF"])
+def test_cmyk_with_its_profile_comes_out_in_the_inks_colours(image_format):
+    inks = Image.new("CMYK", (32, 16), (255, 0, 0, 0))
+    inks.paste((0, 0, 0, 255), (16, 0, 32, 16))
+    decoded = images.decode(save(inks, image_format, quality=95, icc_profile=cmyk_profile()), LIMIT)
+    for column, corner in ((8, (1, 0, 0, 0)), (24, (0, 0, 0, 1))):
+        assert np.abs(decoded.colour[8, column].astype(int) - ink_srgb(corner)).max() <= 3, decoded.colour[8, column]
+    assert decoded.icc_profile is None  # sRGB now: the CMYK profile would mislead a viewer
+
+
+def test_cmyk_with_an_unreadable_profile_is_converted_as_without_one():
+    broken = bytearray(cmyk_profile())
+    broken[128:132] = struct.pack(">I", 10**6)  # more tags than the profile holds
+    cyan = Image.new("CMYK", (16, 16), (255, 0, 0, 0))
+    decoded = images.decode(save(cyan, "JPEG", quality=95, icc_profile=bytes(broken)), LIMIT)
     red, green, blue = decoded.colour[8, 8].astype(int)
     assert red < 10 and green > 245 and blue > 245
 
