@@ -706,3 +706,12 @@ def test_manifest_spool_fits_the_tmp_volume_and_holds_the_workers_slots(manifest
     plan = serve.spool_plan(settings, settings.threads_for(device))
     assert plan.held_requests >= plan.work_slots > 0
     assert plan.disk_bytes(settings.max_upload_bytes) <= settings.spool_mb * MEBIBYTE
+    assert f"nginx takes {plan.held_requests} at once (the worker's {plan.work_slots} slots among them)" \
+        in manifest.read_text()
+
+
+@pytest.mark.parametrize("doc", ["deployment.md", "load.md"])
+def test_docs_quote_the_spool_refusal_as_nginx_words_it_with_the_defaults(doc):
+    held = serve.spool_plan(Settings(), Settings().threads_for("cpu")).held_requests
+    message = serve.JSON_ERRORS["spool_full"][1].format(held_requests=held, spool_mb=Settings().spool_mb)
+    assert message in " ".join((ROOT / "docs" / doc).read_text().split())
