@@ -21,6 +21,9 @@ CPU_WORKER_MEMORY_BUDGET_MB = 3072
 GPU_WORKER_MEMORY_BUDGET_MB = 6144
 MIN_MEMORY_BUDGET_MB = 256
 DEFAULT_QUEUE_SIZE = 2
+# Disk for the uploads and answers in flight by default (SPOOL_MB): the manifests' /tmp emptyDir is 1 GiB, and
+# Keras' home, torch's caches and serve.py's own files take the rest.
+DEFAULT_SPOOL_MB = 768
 # Beyond a request's queue wait and time limit, what its answer may still take: the upload, the stop at the
 # next tile, the encoding. nginx waits that long for gunicorn, and sr-upscale for a server.
 ANSWER_MARGIN_S = 30
@@ -63,6 +66,7 @@ class Settings(BaseSettings):
 
     # Limits
     max_upload_bytes: int = Field(32 * MEBIBYTE, ge=1, description="Largest accepted upload (413 above).")
+    spool_mb: int = Field(DEFAULT_SPOOL_MB, ge=1, description="Disk in MiB (under /tmp) that the image requests in flight may take: their uploads, held by nginx and by the worker that reads them, and what of their answers nginx holds for slow clients. serve.py derives from it how many image requests nginx takes at once (503 beyond) and refuses to start where it cannot hold the workers' request slots at MAX_UPLOAD_BYTES (docs/deployment.md, \"Disk\"); the default leaves 256 MiB of the manifests' 1 GiB /tmp to other files.")
     max_input_pixels: int = Field(2000 * 2000, ge=1, description="Largest accepted input, width x height (413 above).")
     max_output_pixels: int = Field(8000 * 8000, ge=1, description="Largest produced output, width x height (413 above).")
     inference_slots: int = Field(0, ge=0, description="Images a worker upscales at once; 0: one on the CPU (the network takes every core), GPU_INFERENCE_SLOTS on a GPU (one request's decode and encode overlap another's network; the GPU runs one window at a time).")

@@ -21,9 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from config import Settings, load_settings
+from config import MEBIBYTE, Settings, load_settings
 from core import backends
 
 ROOT = Path(__file__).resolve().parent
@@ -34,6 +35,10 @@ JSON_ERRORS = {
     "header_too_large": (431, "the request's headers are too large: the limit is {header_bytes} bytes a line"),
     "uri_too_long": (414, "the request line is too long: the limit is {header_bytes} bytes"),
     "too_large": (413, "the upload is too large: the limit is {max_upload_bytes} bytes (MAX_UPLOAD_BYTES)"),
+    "body_too_large": (413, "the request's body is too large for this route: the limit is {other_body_bytes} bytes "
+                            "(images go to /model/predict and /app/upscale)"),
+    "spool_full": (503, "the server is busy: it takes {held_requests} image requests at once, as many as "
+                        "{spool_mb} MiB of disk for their uploads and answers holds (SPOOL_MB); retry later"),
     "timeout": (408, "the request did not arrive within {client_timeout_s:g} s (CLIENT_TIMEOUT_S)"),
     "bad_request": (400, "the request is not valid HTTP/1.1"),
 }
@@ -58,18 +63,83 @@ print(choice.backend, choice.device)
 """
 # Longest request line and header line nginx takes (large_client_header_buffers).
 HEADER_BYTES = 8192
+# Connections nginx's one worker process holds, clients' and gunicorn's together (worker_connections).
+WORKER_CONNECTIONS = 4096
+# A request body up to this size stays in nginx's memory (client_body_buffer_size); a larger one goes whole to disk.
+BODY_BUFFER_BYTES = MEBIBYTE
+# An answer nginx holds in memory (proxy_buffers), before it spools the rest to disk; nginx refuses a spool file
+# limit below one buffer (other than 0, none).
+ANSWER_BUFFERS, ANSWER_BUFFER_BYTES = 64, 64 * 1024
+
+
+class SpoolTooSmall(ValueError):
+    """SPOOL_MB cannot hold the workers' request slots at MAX_UPLOAD_BYTES."""
+
+
+@dataclass(frozen=True)
+class Spool:
+    """What nginx may put on disk for the image requests (/model/predict, /app/upscale), from SPOOL_MB."""
+    held_requests: int  # image requests nginx takes at once (limit_conn), 503 beyond
+    answer_bytes: int  # the most of each answer spooled to disk (proxy_max_temp_file_size); 0: none
+    work_slots: int  # requests the workers take at once (the upstream's max_conns)
+
+    def disk_bytes(self, max_upload_bytes: int) -> int:
+        """The most disk the image requests in flight can take (see spool_plan)."""
+        return self.held_requests * (max_upload_bytes + self.answer_bytes) + self.work_slots * max_upload_bytes
+
+
+def spool_plan(settings: Settings, threads: int) -> Spool:
+    """How many image requests nginx takes at once, and how much of each answer it spools, within SPOOL_MB.
+
+    With U = MAX_UPLOAD_BYTES, an image request on disk is at most:
+      - its body in nginx (client_body_temp_path; only past BODY_BUFFER_BYTES, and freed once the answer starts,
+        but counted for the request's whole life): U, for each request nginx takes (``held``);
+      - what of its answer outgrows the ANSWER_BUFFERS in memory (proxy_temp_path): proxy_max_temp_file_size,
+        set to U (0 where U is under one buffer, which nginx refuses as a limit), for each request nginx takes;
+        a larger answer reaches the client at the client's pace, the worker's thread waiting on it;
+      - Werkzeug's copy of its upload in the worker that reads it (a SpooledTemporaryFile in /tmp past 500 KB): U,
+        for each request the workers take, at most their slots (WORKERS x (THREADS - 1), the upstream's max_conns).
+    So held x (U + answer) + slots x U <= SPOOL_MB, and held is the largest whole number that keeps it true:
+    held = (SPOOL_MB - slots x U) // (U + answer), and at most WORKER_CONNECTIONS, which bound it anyway (small
+    uploads in a large spool: nginx refuses a limit_conn of 65536 or more). Fewer than the slots would leave slots
+    idle behind nginx's refusals: start-up fails instead (SpoolTooSmall, naming the settings and the figures).
+    """
+    upload = settings.max_upload_bytes
+    answer = upload if upload >= ANSWER_BUFFER_BYTES else 0
+    slots = settings.workers * (threads - 1)
+    spool = settings.spool_mb * MEBIBYTE
+    held = min((spool - slots * upload) // (upload + answer), WORKER_CONNECTIONS)
+    if held < slots:
+        needed_mb = -(-slots * (2 * upload + answer) // MEBIBYTE)
+        raise SpoolTooSmall(
+            f"SPOOL_MB={settings.spool_mb} cannot hold the workers' {slots} request slots (WORKERS={settings.workers}"
+            f" x (THREADS={threads} - 1)) at MAX_UPLOAD_BYTES={upload}: each slot's request may take "
+            f"{2 * upload + answer} bytes of disk (its upload in nginx and in the worker, and {answer} bytes of its "
+            f"answer spooled by nginx), {needed_mb} MiB for all {slots}; set SPOOL_MB to at least {needed_mb}, or "
+            f"lower MAX_UPLOAD_BYTES, WORKERS or THREADS")
+    return Spool(held_requests=held, answer_bytes=answer, work_slots=slots)
 
 
 def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int) -> str:
     """nginx's configuration for ``settings``: listen on HOST:PORT, pass complete requests to ``upstream``,
     whose workers run ``threads`` threads each."""
+    spool = spool_plan(settings, threads)
+    other_body_bytes = min(settings.max_upload_bytes, BODY_BUFFER_BYTES)
     facts = {"header_bytes": HEADER_BYTES, "max_upload_bytes": settings.max_upload_bytes,
-             "client_timeout_s": settings.client_timeout_s}
+             "client_timeout_s": settings.client_timeout_s, "other_body_bytes": other_body_bytes,
+             "held_requests": spool.held_requests, "spool_mb": settings.spool_mb}
     named = "\n".join(_json_location(name, status, message.format(**facts), settings.retry_after_s)
                       for name, (status, message) in JSON_ERRORS.items())
     # Work requests may take every thread but one per worker: that one is always free for /health,
     # /ready and /metrics, so liveness never waits behind images.
-    work_slots = settings.workers * (threads - 1)
+    work_slots = spool.work_slots
+    # The image requests' share of the disk (spool_plan): each location counts its requests from the headers on,
+    # before the body is read, in one zone of a constant key (an empty key, as $server_name is here, counts nothing).
+    # Every other route takes no upload: its bodies stay in memory and its answers (small) are never spooled.
+    work = (f"{_error_pages(WORK_REFUSED, busy='spool_full')} limit_conn work_requests {spool.held_requests}; "
+            f"proxy_max_temp_file_size {spool.answer_bytes}; proxy_pass http://work;")
+    other = (f"{_error_pages('unavailable', too_large='body_too_large')} client_max_body_size {other_body_bytes}; "
+             f"proxy_max_temp_file_size 0; proxy_pass http://ops;")
     # An image's answer comes only when it is done.
     upstream_s = int(settings.longest_answer_s)
     # Started as root, nginx's workers would become "nobody" and could not open gunicorn's socket.
@@ -79,7 +149,7 @@ def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int)
 daemon off;
 pid {runtime}/nginx.pid;
 error_log stderr warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {WORKER_CONNECTIONS}; }}
 http {{
     client_body_temp_path {runtime}/body;
     proxy_temp_path {runtime}/proxy;
@@ -103,14 +173,17 @@ http {{
     keepalive_timeout {settings.client_timeout_s:g}s;
     reset_timedout_connection on;
     client_max_body_size {settings.max_upload_bytes};
-    client_body_buffer_size 1m;
+    client_body_buffer_size {BODY_BUFFER_BYTES};
     large_client_header_buffers 4 {HEADER_BYTES};
     proxy_request_buffering on;
     proxy_buffering on;
-    proxy_buffers 64 64k;
+    proxy_buffers {ANSWER_BUFFERS} {ANSWER_BUFFER_BYTES};
     proxy_read_timeout {upstream_s}s;
     proxy_send_timeout {settings.client_timeout_s:g}s;
+    # gunicorn's own answers, its 503s among them, pass as they are: error_page takes only nginx's own.
     proxy_intercept_errors off;
+    limit_conn_zone work zone=work_requests:64k;
+    limit_conn_log_level warn;
 
     upstream ops {{ server unix:{upstream}; }}
     upstream work {{ zone work 64k; server unix:{upstream} max_conns={work_slots}; }}
@@ -123,9 +196,9 @@ http {{
         proxy_set_header X-Forwarded-For $remote_addr;
         {_error_pages("unavailable")}
 
-        location / {{ proxy_pass http://ops; }}
-        location = /model/predict {{ {_error_pages(WORK_REFUSED)} proxy_pass http://work; }}
-        location = /app/upscale {{ {_error_pages(WORK_REFUSED)} proxy_pass http://work; }}
+        location / {{ {other} }}
+        location = /model/predict {{ {work} }}
+        location = /app/upscale {{ {work} }}
 {named}
 {_json_location(WORK_REFUSED, 503, "$" + WORK_REFUSED, settings.retry_after_s)}
     }}
@@ -141,12 +214,14 @@ def _listen_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" + (" ipv6only=off" if host == "::" else "")
 
 
-def _error_pages(no_upstream: str) -> str:
-    """The error_page lines of a server or location block: nginx's own refusals answered as JSON, and no answer
-    from gunicorn (502, 504) by the location ``no_upstream``. A block with any error_page of its own inherits none
-    from the server, so each block that sets one must set them all."""
-    pages = [f"error_page {status} = @{name};" for status, name in FRONT_ERROR_PAGES.items()]
-    return " ".join([*pages, f"error_page 502 504 = @{no_upstream};"])
+def _error_pages(no_upstream: str, too_large: str = "too_large", busy: str | None = None) -> str:
+    """The error_page lines of a server or location block: nginx's own refusals answered as JSON (a body over the
+    block's limit by the location ``too_large``, its own 503 by ``busy``), and no answer from gunicorn (502, 504) by
+    the location ``no_upstream``. A block with any error_page of its own inherits none from the server, so each
+    block that sets one must set them all."""
+    pages = {**FRONT_ERROR_PAGES, 413: too_large, **({503: busy} if busy else {})}
+    return " ".join([*(f"error_page {status} = @{name};" for status, name in pages.items()),
+                     f"error_page 502 504 = @{no_upstream};"])
 
 
 def _work_refusal_map() -> str:
@@ -207,9 +282,14 @@ def main() -> int:
     if nginx is None:
         print("serve.py needs nginx in front of gunicorn (Debian: apt-get install nginx-light)", file=sys.stderr)
         return 2
+    threads = settings.threads_for(choice.device)
+    try:
+        spool_plan(settings, threads)
+    except SpoolTooSmall as error:
+        print(f"serve.py: {error}", file=sys.stderr)
+        return 2
     runtime = Path(tempfile.mkdtemp(prefix="superres-serve-"))
     upstream = runtime / "gunicorn.sock"
-    threads = settings.threads_for(choice.device)
     (runtime / "nginx.conf").write_text(nginx_config(settings, runtime, str(upstream), threads))
     gunicorn = stop.start(subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
                                             "--bind", f"unix:{upstream}", "app:app"], cwd=ROOT,

@@ -2,13 +2,16 @@
 the docker test's GPU run in CI, and the docs' table."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,9 +21,9 @@ import requests
 import yaml
 
 from api import monitoring
-from config import GPU_INFERENCE_SLOTS, Settings
+from config import GPU_INFERENCE_SLOTS, MEBIBYTE, Settings
 from harness.live_server import free_port
-from harness.raw_http import wait_for
+from harness.raw_http import descendants, wait_for
 import serve
 from scripts import settings_table
 from tests.conftest import ROOT
@@ -332,7 +335,8 @@ def test_threads_default_to_the_slots_the_queue_and_one_for_the_probes():
 
 
 def test_nginx_passes_each_worker_every_thread_but_the_probes_one():
-    config = serve.nginx_config(Settings(workers=2), Path("/run/superres"), "/run/superres/gunicorn.sock", 7)
+    settings = Settings(workers=2, spool_mb=12 * 3 * 32)  # 12 slots, each with 3 x 32 MiB of disk (spool_plan)
+    config = serve.nginx_config(settings, Path("/run/superres"), "/run/superres/gunicorn.sock", 7)
     assert "server unix:/run/superres/gunicorn.sock max_conns=12;" in config
 
 
@@ -341,9 +345,10 @@ FRONT_UPLOAD_LIMIT = 1000
 
 
 @contextmanager
-def front_alone(settings: Settings, runtime: Path, upstream: Path | None = None, threads: int = 4) -> Iterator[None]:
+def front_alone(settings: Settings, runtime: Path, upstream: Path | None = None,
+                threads: int = 4) -> Iterator[subprocess.Popen]:
     """nginx run with serve.py's configuration for ``settings``, and no gunicorn behind it: ``upstream`` is a
-    socket the test holds, or none."""
+    socket the test holds, or none. Yields nginx's master process."""
     if NGINX is None:
         pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
     upstream = upstream or runtime / "absent.sock"
@@ -353,7 +358,7 @@ def front_alone(settings: Settings, runtime: Path, upstream: Path | None = None,
     try:
         wait_for(lambda: _accepts("127.0.0.1", settings.port) or front.poll() is not None, 30)
         assert front.poll() is None, f"nginx did not start: {front.stderr.read()}"
-        yield
+        yield front
     finally:
         front.terminate()
         front.wait(30)
@@ -383,13 +388,32 @@ def test_front_listens_on_ipv6_and_ipv4_when_host_is_the_ipv6_wildcard(tmp_path)
             assert response.status_code == 503 and "starting" in response.json()["message"]
 
 
-@pytest.mark.parametrize("path", ["/model/predict", "/app/upscale", "/model/metadata"])
-def test_front_refuses_a_too_large_upload_with_json_naming_the_limit_on_every_route(front, path):
+UPLOAD_TOO_LARGE = f"the upload is too large: the limit is {FRONT_UPLOAD_LIMIT} bytes (MAX_UPLOAD_BYTES)"
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/model/predict", UPLOAD_TOO_LARGE), ("/app/upscale", UPLOAD_TOO_LARGE),
+    ("/model/metadata", f"the request's body is too large for this route: the limit is {FRONT_UPLOAD_LIMIT} bytes "
+                        "(images go to /model/predict and /app/upscale)")])
+def test_front_refuses_a_too_large_upload_with_json_naming_the_limit_on_every_route(front, path, message):
     response = requests.post(front + path, files={"image": ("big.png", bytes(FRONT_UPLOAD_LIMIT))}, timeout=30)
     assert response.status_code == 413
     assert response.headers["Content-Type"] == "application/json"
-    assert response.json()["message"] == (f"the upload is too large: the limit is {FRONT_UPLOAD_LIMIT} bytes "
-                                          f"(MAX_UPLOAD_BYTES)")
+    assert response.json()["message"] == message
+
+
+def test_front_keeps_bodies_of_other_routes_in_memory_and_refuses_larger_ones_with_json(tmp_path):
+    # Only the image routes take uploads, counted against SPOOL_MB; any other route's body must stay within
+    # nginx's memory buffer, or bodies sent to /health would fill the disk uncounted.
+    settings = Settings(host="127.0.0.1", port=free_port())
+    assert settings.max_upload_bytes > serve.BODY_BUFFER_BYTES
+    with front_alone(settings, tmp_path):
+        response = requests.post(f"http://127.0.0.1:{settings.port}/health",
+                                 data=bytes(serve.BODY_BUFFER_BYTES + 1), timeout=30)
+    assert response.status_code == 413 and response.headers["Content-Type"] == "application/json"
+    assert response.json()["message"] == (f"the request's body is too large for this route: the limit is "
+                                          f"{serve.BODY_BUFFER_BYTES} bytes (images go to /model/predict and "
+                                          f"/app/upscale)")
 
 
 @pytest.mark.parametrize("path", ["/model/predict", "/app/upscale", "/model/metadata"])
@@ -490,3 +514,204 @@ def test_gpu_autoscaler_scales_on_the_work_in_the_pods_from_metrics_not_on_cpu()
     # A pod never runs more than its slots: a target above them would never scale up on that metric.
     running = next(metric for metric in metrics if metric["pods"]["metric"]["name"] == "superres_inference_running")
     assert 0 < float(running["pods"]["target"]["averageValue"]) < GPU_INFERENCE_SLOTS
+
+
+# The disk the image requests take (SPOOL_MB, serve.spool_plan): how many nginx holds at once and each answer's
+# spool file.
+
+class StubWorker(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """A worker's socket that answers each whole request nginx passes it with ``answer``, and counts them."""
+    daemon_threads = True
+
+    def __init__(self, path: Path, answer: bytes) -> None:
+        self.answer, self.received = answer, []
+        super().__init__(str(path), _StubRequest)
+
+
+class _StubRequest(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        head = b"".join(iter(self.rfile.readline, b"\r\n"))
+        length = re.search(rb"(?im)^content-length: *(\d+)", head)
+        body = self.rfile.read(int(length.group(1))) if length else b""
+        self.server.received.append((head.split(b" ")[1].decode(), len(body)))
+        self.wfile.write(self.server.answer)
+
+
+@contextmanager
+def stub_worker(path: Path, answer: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+                ) -> Iterator[StubWorker]:
+    server = StubWorker(path, answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def start_upload(port: int, path: str, length: int, sent: int) -> socket.socket:
+    """A request whose body of ``length`` bytes has had only its first ``sent`` bytes sent."""
+    client = socket.create_connection(("127.0.0.1", port), timeout=30)
+    client.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode() + bytes(sent))
+    return client
+
+
+def read_answer(client: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers and body of the answer on ``client`` (its body by Content-Length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = client.recv(65536)
+        assert chunk, f"the connection closed after {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {name.lower(): value.strip() for name, value in (line.split(":", 1) for line in lines)}
+    while len(body) < int(headers["content-length"]):
+        chunk = client.recv(65536)
+        assert chunk, "the connection closed within the body"
+        body += chunk
+    return int(status_line.split()[1]), headers, body
+
+
+def spooled_bodies(front: subprocess.Popen, runtime: Path) -> list[int]:
+    """The sizes of the request bodies nginx holds on disk now (unlinked files under client_body_temp_path)."""
+    sizes = []
+    for pid in descendants(front.pid):
+        try:
+            descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:  # ended while we looked
+            continue
+        for descriptor in descriptors:
+            try:
+                if os.readlink(descriptor).startswith(f"{runtime / 'body'}/"):
+                    sizes.append(descriptor.stat().st_size)
+            except OSError:
+                continue
+    return sizes
+
+
+def test_front_holds_as_many_uploads_as_spool_mb_allows_and_refuses_more_with_json_and_retry_after(tmp_path):
+    # One worker of 2 threads (one request slot), 2 MiB uploads: 10 MiB hold the slot's upload in the worker and
+    # two requests in nginx, each with its upload and 2 MiB of its answer.
+    settings = Settings(host="127.0.0.1", port=free_port(), workers=1, max_upload_bytes=2 * MEBIBYTE, spool_mb=10)
+    assert serve.spool_plan(settings, 2) == serve.Spool(held_requests=2, answer_bytes=2 * MEBIBYTE, work_slots=1)
+    length, sent = 3 * MEBIBYTE // 2, 5 * MEBIBYTE // 4  # past the 1 MiB nginx keeps in memory: on disk
+    upstream = tmp_path / "worker.sock"
+    with stub_worker(upstream) as worker, front_alone(settings, tmp_path, upstream, threads=2) as front:
+        held = [start_upload(settings.port, path, length, sent) for path in ("/model/predict", "/app/upscale")]
+        try:
+            wait_for(lambda: len(spooled_bodies(front, tmp_path)) == 2, 30, interval_s=0.05)
+            # A third upload on either route is refused as soon as its headers arrive, before its body is read.
+            for path in ("/model/predict", "/app/upscale"):
+                with start_upload(settings.port, path, length, sent) as refused:
+                    status, headers, body = read_answer(refused)
+                assert status == 503 and headers["retry-after"] == str(settings.retry_after_s)
+                assert headers["content-type"] == "application/json"
+                assert json.loads(body)["message"] == ("the server is busy: it takes 2 image requests at once, as many as "
+                                              "10 MiB of disk for their uploads and answers holds (SPOOL_MB); "
+                                              "retry later")
+            assert len(spooled_bodies(front, tmp_path)) == 2 and worker.received == []
+            # Probes and other routes are not counted.
+            assert requests.get(f"http://127.0.0.1:{settings.port}/health", timeout=30).status_code == 200
+            # The uploads held go on: each reaches the worker whole once its client sends the rest.
+            held[0].sendall(bytes(length - sent))
+            assert read_answer(held[0])[0] == 200
+            assert worker.received[-1] == ("/model/predict", length)
+            # One of the two places is free again.
+            response = requests.post(f"http://127.0.0.1:{settings.port}/model/predict", data=b"x", timeout=30)
+            assert response.status_code == 200 and worker.received[-1] == ("/model/predict", 1)
+            held[1].sendall(bytes(length - sent))
+            assert read_answer(held[1])[0] == 200
+            assert worker.received[-1] == ("/app/upscale", length)
+        finally:
+            for client in held:
+                client.close()
+
+
+def test_front_passes_the_workers_own_503_as_it_is(tmp_path):
+    # proxy_intercept_errors off: error_page 503 on the image routes takes only nginx's own refusal.
+    busy = b'{"message": "the server is busy: 1 of 1 images running and 2 queued (queue size 2); retry later"}\n'
+    answer = (b"HTTP/1.1 503 SERVICE UNAVAILABLE\r\nContent-Type: application/json\r\nRetry-After: 9\r\n"
+              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(busy), busy))
+    settings = Settings(host="127.0.0.1", port=free_port())
+    upstream = tmp_path / "worker.sock"
+    with stub_worker(upstream, answer), front_alone(settings, tmp_path, upstream):
+        for path in ("/model/predict", "/app/upscale"):
+            response = requests.post(f"http://127.0.0.1:{settings.port}{path}", files={"image": b"x"}, timeout=30)
+            assert response.status_code == 503 and response.headers["Retry-After"] == "9"
+            assert response.content == busy
+
+
+@pytest.mark.parametrize("overrides, threads, held, answer", [
+    ({}, 4, 10, 32 * MEBIBYTE),  # the CPU manifest: (768 - 3 x 32) // (32 + 32)
+    ({}, 7, 9, 32 * MEBIBYTE),  # the GPU manifest: (768 - 6 x 32) // (32 + 32)
+    ({"workers": 2, "max_upload_bytes": 8 * MEBIBYTE}, 7, 42, 8 * MEBIBYTE),  # (768 - 12 x 8) // (8 + 8)
+    ({"spool_mb": 1, "max_upload_bytes": 1000}, 4, 1045, 0),  # (1 MiB - 3000) // 1000: answers never spooled
+    ({"spool_mb": 96, "max_upload_bytes": 32 * MEBIBYTE}, 2, 1, 32 * MEBIBYTE),  # the least: the slot alone
+    ({"max_upload_bytes": 10_000}, 4, serve.WORKER_CONNECTIONS, 0),  # 80,527 fit, but nginx holds no more
+])
+def test_spool_plan_takes_the_most_requests_whose_uploads_and_answers_fit_spool_mb(overrides, threads, held, answer):
+    settings = Settings(**overrides)
+    plan = serve.spool_plan(settings, threads)
+    assert plan == serve.Spool(held_requests=held, answer_bytes=answer, work_slots=settings.workers * (threads - 1))
+    upload, spool = settings.max_upload_bytes, settings.spool_mb * MEBIBYTE
+    assert plan.disk_bytes(upload) == held * (upload + answer) + plan.work_slots * upload <= spool
+    assert plan.disk_bytes(upload) + upload + answer > spool or held == serve.WORKER_CONNECTIONS  # no more fit
+    config = serve.nginx_config(settings, Path("/run/superres"), "/run/superres/gunicorn.sock", threads)
+    assert config.count(f"limit_conn work_requests {held}; proxy_max_temp_file_size {answer}; "
+                        "proxy_pass http://work;") == 2
+    assert "limit_conn_zone work zone=work_requests:64k;" in config  # a constant key: one count for both routes
+    assert f"client_max_body_size {min(upload, MEBIBYTE)}; proxy_max_temp_file_size 0; proxy_pass http://ops;" \
+        in config
+
+
+def test_spool_plan_refuses_a_spool_that_cannot_hold_the_workers_slots_naming_the_settings():
+    settings = Settings(workers=2, spool_mb=500)
+    with pytest.raises(serve.SpoolTooSmall) as refused:
+        serve.spool_plan(settings, 4)
+    assert str(refused.value) == (
+        "SPOOL_MB=500 cannot hold the workers' 6 request slots (WORKERS=2 x (THREADS=4 - 1)) at "
+        "MAX_UPLOAD_BYTES=33554432: each slot's request may take 100663296 bytes of disk (its upload in nginx and "
+        "in the worker, and 33554432 bytes of its answer spooled by nginx), 576 MiB for all 6; set SPOOL_MB to at "
+        "least 576, or lower MAX_UPLOAD_BYTES, WORKERS or THREADS")
+    assert serve.spool_plan(Settings(workers=2, spool_mb=576), 4).held_requests == 6
+
+
+def test_serve_refuses_to_start_when_spool_mb_cannot_hold_the_workers_slots():
+    marker = f"SERVE_SPOOL_TEST={os.getpid()}"
+    done = subprocess.run([sys.executable, "serve.py"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PORT": str(free_port()), "MODELS": "srgan", "DEFAULT_MODEL": "srgan",
+                               "WORKERS": "1", "THREADS": "4", "SPOOL_MB": "100", "MAX_UPLOAD_BYTES": str(MEBIBYTE * 32),
+                               marker.split("=")[0]: marker.split("=")[1]})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert ("serve.py: SPOOL_MB=100 cannot hold the workers' 3 request slots (WORKERS=1 x (THREADS=4 - 1)) at "
+            "MAX_UPLOAD_BYTES=33554432:") in done.stderr
+    assert "set SPOOL_MB to at least 288," in done.stderr
+    assert not processes_in_environment(marker)  # neither gunicorn nor nginx was started
+
+
+# What /tmp holds besides the requests' uploads and answers: Keras' home, torch's caches, serve.py's runtime files.
+TMP_OTHER_MIB = 256
+
+
+@pytest.mark.parametrize("manifest, device", [(MANIFEST, "cpu"), (GPU_MANIFEST, "cuda")], ids=["cpu", "gpu"])
+def test_manifest_spool_fits_the_tmp_volume_and_holds_the_workers_slots(manifest, device):
+    env = environment(manifest)
+    settings = Settings(**{name.lower(): value for name, value in env.items()})
+    assert settings.spool_mb == Settings().spool_mb  # the manifests keep the default
+    [tmp] = [volume for volume in documents(manifest)["Deployment"]["spec"]["template"]["spec"]["volumes"]
+             if volume["name"] == "tmp"]
+    assert settings.spool_mb + TMP_OTHER_MIB <= parse_gibibytes(tmp["emptyDir"]["sizeLimit"]) * 1024
+    plan = serve.spool_plan(settings, settings.threads_for(device))
+    assert plan.held_requests >= plan.work_slots > 0
+    assert plan.disk_bytes(settings.max_upload_bytes) <= settings.spool_mb * MEBIBYTE
+    assert f"nginx takes {plan.held_requests} at once (the worker's {plan.work_slots} slots among them)" \
+        in manifest.read_text()
+
+
+@pytest.mark.parametrize("doc", ["deployment.md", "load.md"])
+def test_docs_quote_the_spool_refusal_as_nginx_words_it_with_the_defaults(doc):
+    held = serve.spool_plan(Settings(), Settings().threads_for("cpu")).held_requests
+    message = serve.JSON_ERRORS["spool_full"][1].format(held_requests=held, spool_mb=Settings().spool_mb)
+    assert message in " ".join((ROOT / "docs" / doc).read_text().split())
