@@ -72,8 +72,22 @@ BODY_BUFFER_BYTES = MEBIBYTE
 ANSWER_BUFFERS, ANSWER_BUFFER_BYTES = 64, 64 * 1024
 
 
-class SpoolTooSmall(ValueError):
+class FrontMisfit(ValueError):
+    """Settings nginx cannot be configured for; serve.py refuses to start with the reason."""
+
+
+class SpoolTooSmall(FrontMisfit):
     """SPOOL_MB cannot hold the workers' request slots at MAX_UPLOAD_BYTES."""
+
+
+def work_slots(settings: Settings, threads: int) -> int:
+    """The image requests the workers take at once (the upstream's max_conns): every thread but one per worker,
+    which stays free for /health, /ready and /metrics. With one thread there is no such slot, and nginx reads a
+    max_conns of 0 as no limit at all: images would take the thread liveness needs."""
+    if threads < 2:
+        raise FrontMisfit(f"THREADS={threads} leaves no thread for images: behind nginx each worker keeps one thread "
+                          f"free for /health, /ready and /metrics; set THREADS to 2 or more, or 0 for the default")
+    return settings.workers * (threads - 1)
 
 
 @dataclass(frozen=True)
@@ -106,7 +120,7 @@ def spool_plan(settings: Settings, threads: int) -> Spool:
     """
     upload = settings.max_upload_bytes
     answer = upload if upload >= ANSWER_BUFFER_BYTES else 0
-    slots = settings.workers * (threads - 1)
+    slots = work_slots(settings, threads)
     spool = settings.spool_mb * MEBIBYTE
     held = min((spool - slots * upload) // (upload + answer), WORKER_CONNECTIONS)
     if held < slots:
@@ -130,9 +144,6 @@ def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int)
              "held_requests": spool.held_requests, "spool_mb": settings.spool_mb}
     named = "\n".join(_json_location(name, status, message.format(**facts), settings.retry_after_s)
                       for name, (status, message) in JSON_ERRORS.items())
-    # Work requests may take every thread but one per worker: that one is always free for /health,
-    # /ready and /metrics, so liveness never waits behind images.
-    work_slots = spool.work_slots
     # The image requests' share of the disk (spool_plan): each location counts its requests from the headers on,
     # before the body is read, in one zone of a constant key (an empty key, as $server_name is here, counts nothing).
     # Every other route takes no upload: its bodies stay in memory and its answers (small) are never spooled.
@@ -186,7 +197,7 @@ http {{
     limit_conn_log_level warn;
 
     upstream ops {{ server unix:{upstream}; }}
-    upstream work {{ zone work 64k; server unix:{upstream} max_conns={work_slots}; }}
+    upstream work {{ zone work 64k; server unix:{upstream} max_conns={spool.work_slots}; }}
 
     server {{
         listen {_listen_address(settings.host, settings.port)} backlog=1024;
@@ -285,7 +296,7 @@ def main() -> int:
     threads = settings.threads_for(choice.device)
     try:
         spool_plan(settings, threads)
-    except SpoolTooSmall as error:
+    except FrontMisfit as error:
         print(f"serve.py: {error}", file=sys.stderr)
         return 2
     runtime = Path(tempfile.mkdtemp(prefix="superres-serve-"))
