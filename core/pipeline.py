@@ -15,7 +15,7 @@ from core.errors import OutOfDeviceMemory, TimeLimitExceeded
 from core.formats import OUTPUT_FORMATS
 from core.encoding import ROWS_PER_BLOCK
 from core.geometry import OutputPlan, Size
-from core.models.ensemble import self_ensemble
+from core.models.ensemble import self_ensemble, turned
 from core.plan import Pass, Plan, plan_pass
 from core.resize import bleed_into_transparency, resize, resize_channel
 from core.tiling import run_tiles
@@ -206,9 +206,11 @@ def _run_network(colour: np.ndarray, max_value: int, work: Work, step: Pass, on_
     levels = None if channels == 1 or work.plan.options.ensemble else network.level_predictor(rgb, max_value)
     if levels is not None:
         predict, write = levels, put
+    elif work.plan.options.ensemble:
+        # Each turned copy of a window with the averages of the whole image turned the same way.
+        predict = self_ensemble(lambda k, flip: network.predictor(turned(rgb, k, flip)))
     else:
         predict = network.predictor(rgb)
-        predict = self_ensemble(predict) if work.plan.options.ensemble else predict
     while True:
         try:
             run_tiles(stages.timed("network", predict), rgb, scale, step.tiles, work.settings.tile_batch,
