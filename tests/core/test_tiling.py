@@ -62,6 +62,14 @@ def test_aligned_windows_stay_within_the_window_the_tile_stands_for(tile, margin
         assert spans[0].window_size <= limit, f"length {length}"
 
 
+@pytest.mark.parametrize("align", [2, 4])
+@pytest.mark.parametrize("tile,margin", [(216, 20), (344, 20), (16, 20), (100, 16)])
+def test_aligned_windows_cost_at_most_one_core_more_than_unaligned(tile, margin, align):
+    """Kept within the tile's window, an aligned axis is cut into at most one more core than an unaligned one."""
+    for length in range(1, 1600):
+        assert len(plan_axis(length, tile, margin, align=align)) <= len(plan_axis(length, tile, margin)) + 1
+
+
 def test_plan_tiles_share_one_window_shape():
     tiles = plan_tiles(333, 500, 128, 16)
     assert len(tiles) == len(plan_axis(333, 128, 16)) * len(plan_axis(500, 128, 16))
