@@ -217,16 +217,21 @@ def _run_network(colour: np.ndarray, max_value: int, work: Work, step: Pass, on_
                       stages.timed("assembly", write), on_progress)
             return out
         except OutOfDeviceMemory as error:
-            step = plan_pass(network, width, height, _smaller_tile(step.tile, error))
+            step = plan_pass(network, width, height, _smaller_tile(step.tile, max(width, height), error))
 
 
-def _smaller_tile(tile: int, error: OutOfDeviceMemory) -> int:
-    """Half the tile after a window the GPU had no memory for, as chaiNNer's auto-split does; a 503 once the
-    half would fall below MIN_RETRY_TILE (the worker goes on serving)."""
-    if tile // 2 < MIN_RETRY_TILE:
-        raise OutOfDeviceMemory(f"{error.message}, even with tiles of {tile} px; retry later") from error
-    log.warning("%s: running the pass again with tiles of %d px", error.message, tile // 2)
-    return tile // 2
+def _smaller_tile(tile: int, longest: int, error: OutOfDeviceMemory) -> int:
+    """Half the tile after a window the GPU had no memory for, as chaiNNer's auto-split does, but no less than
+    MIN_RETRY_TILE; a 503 once tiles of that size had no room either (the worker goes on serving).
+
+    A tile past the image's ``longest`` side ran it whole, as that side's tile would: the half is of that side,
+    since half of a larger tile would run the very window that had no room again."""
+    ran = min(tile, longest)
+    if ran <= MIN_RETRY_TILE:
+        raise OutOfDeviceMemory(f"{error.message}, even with tiles of {ran} px; retry later") from error
+    smaller = max(ran // 2, MIN_RETRY_TILE)
+    log.warning("%s: running the pass again with tiles of %d px", error.message, smaller)
+    return smaller
 
 
 def _resized(colour: np.ndarray, size: Size) -> np.ndarray:
