@@ -82,7 +82,8 @@ class Service:
                                     enlargement(*header.size, options), options.denoise)
         output = plan_output(*header.size, options, network.scale)
         encoding.check_output_size(options.output_format, output.output)
-        # strength 0 is the Lanczos enlargement alone: no limit of the network's passes is its
+        # strength 0 is the Lanczos enlargement alone (the page's layers still show the model's result): the
+        # network's limits, time and memory are not its to meet
         runs_network = options.strength > 0 or with_layers
         check_sizes(output, self.settings.max_output_pixels, runs_network)
         if options.ensemble and runs_network:
