@@ -108,10 +108,14 @@ def _check_factors(width: int, height: int, options: UpscaleOptions, factors: tu
 def _pass_inputs(size: Size, scaled: Size, factor: float, native_scale: int) -> tuple[Size, ...]:
     """One pass up to the native scale; above it, each further pass runs on the previous result,
     first resized so that the last pass lands just above the asked size (a pass then costs about the
-    asked size's pixels, not native_scale**2 times the input's)."""
+    asked size's pixels, not native_scale**2 times the input's).
+
+    A side enlarged less than the other (fill) is never resized below the input's own length on the way:
+    the detail lost there would not come back."""
     passes = 1
     while native_scale ** passes < factor - 1e-9:
         passes += 1
-    later = tuple((math.ceil(scaled[0] / native_scale ** remaining), math.ceil(scaled[1] / native_scale ** remaining))
+    later = tuple(tuple(max(length, math.ceil(target / native_scale ** remaining))
+                        for length, target in zip(size, scaled))
                   for remaining in range(passes - 1, 0, -1))
     return (size, *later)

@@ -15,7 +15,7 @@ from core.errors import OutOfDeviceMemory, TimeLimitExceeded
 from core.formats import OUTPUT_FORMATS
 from core.encoding import ROWS_PER_BLOCK
 from core.geometry import OutputPlan, Size
-from core.models.ensemble import self_ensemble
+from core.models.ensemble import self_ensemble, turned
 from core.plan import Pass, Plan, plan_pass
 from core.resize import bleed_into_transparency, resize, resize_channel
 from core.tiling import run_tiles
@@ -206,25 +206,32 @@ def _run_network(colour: np.ndarray, max_value: int, work: Work, step: Pass, on_
     levels = None if channels == 1 or work.plan.options.ensemble else network.level_predictor(rgb, max_value)
     if levels is not None:
         predict, write = levels, put
+    elif work.plan.options.ensemble:
+        # Each turned copy of a window with the averages of the whole image turned the same way.
+        predict = self_ensemble(lambda k, flip: network.predictor(turned(rgb, k, flip)))
     else:
         predict = network.predictor(rgb)
-        predict = self_ensemble(predict) if work.plan.options.ensemble else predict
     while True:
         try:
             run_tiles(stages.timed("network", predict), rgb, scale, step.tiles, work.settings.tile_batch,
                       stages.timed("assembly", write), on_progress)
             return out
         except OutOfDeviceMemory as error:
-            step = plan_pass(network, width, height, _smaller_tile(step.tile, error))
+            step = plan_pass(network, width, height, _smaller_tile(step.tile, max(width, height), error))
 
 
-def _smaller_tile(tile: int, error: OutOfDeviceMemory) -> int:
-    """Half the tile after a window the GPU had no memory for, as chaiNNer's auto-split does; a 503 once the
-    half would fall below MIN_RETRY_TILE (the worker goes on serving)."""
-    if tile // 2 < MIN_RETRY_TILE:
-        raise OutOfDeviceMemory(f"{error.message}, even with tiles of {tile} px; retry later") from error
-    log.warning("%s: running the pass again with tiles of %d px", error.message, tile // 2)
-    return tile // 2
+def _smaller_tile(tile: int, longest: int, error: OutOfDeviceMemory) -> int:
+    """Half the tile after a window the GPU had no memory for, as chaiNNer's auto-split does, but no less than
+    MIN_RETRY_TILE; a 503 once tiles of that size had no room either (the worker goes on serving).
+
+    A tile past the image's ``longest`` side ran it whole, as that side's tile would: the half is of that side,
+    since half of a larger tile would run the very window that had no room again."""
+    ran = min(tile, longest)
+    if ran <= MIN_RETRY_TILE:
+        raise OutOfDeviceMemory(f"{error.message}, even with tiles of {ran} px; retry later") from error
+    smaller = max(ran // 2, MIN_RETRY_TILE)
+    log.warning("%s: running the pass again with tiles of %d px", error.message, smaller)
+    return smaller
 
 
 def _resized(colour: np.ndarray, size: Size) -> np.ndarray:

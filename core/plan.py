@@ -55,13 +55,15 @@ class Plan:
 
     @property
     def tile_count(self) -> int:
-        """Tiles of every pass together: the total the progress counts to."""
+        """Tiles of every pass together: the total the progress counts to (none where strength 0 runs no
+        network)."""
         return sum(len(step.tiles) for step in self.passes)
 
 
-def check_sizes(output: OutputPlan, max_output_pixels: int) -> None:
-    """Every image the work makes (each pass's result, the enlarged image) must fit MAX_OUTPUT_PIXELS."""
-    made = [(f"the model's {output.native_scale}x result", size) for size in output.pass_outputs]
+def check_sizes(output: OutputPlan, max_output_pixels: int, runs_network: bool = True) -> None:
+    """Every image the work makes (each pass's result where the network runs, the enlarged image) must fit
+    MAX_OUTPUT_PIXELS."""
+    made = [(f"the model's {output.native_scale}x result", size) for size in output.pass_outputs if runs_network]
     made.append(("the output", output.scaled))
     for what, (width, height) in made:
         if width * height > max_output_pixels:

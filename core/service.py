@@ -82,12 +82,18 @@ class Service:
                                     enlargement(*header.size, options), options.denoise)
         output = plan_output(*header.size, options, network.scale)
         encoding.check_output_size(options.output_format, output.output)
-        check_sizes(output, self.settings.max_output_pixels)
-        if options.ensemble:
+        # strength 0 is the Lanczos enlargement alone (the page's layers still show the model's result): the
+        # network's limits, time and memory are not its to meet
+        runs_network = options.strength > 0 or with_layers
+        check_sizes(output, self.settings.max_output_pixels, runs_network)
+        if options.ensemble and runs_network:
             cost.check_ensemble_pixels(*header.size, self.settings.max_ensemble_pixels)
         result = self.result_bytes(header, output, options, with_layers)
-        passes = self.plan_passes(network, output, result)
-        host_bytes = result + self.host_bytes(network, passes)
+        if runs_network:
+            passes = self.plan_passes(network, output, result)
+            host_bytes = result + self.host_bytes(network, passes)
+        else:
+            passes, host_bytes = (), result + memory.pass_bytes(header.height, header.width)
         memory.check_worker_room(self.memory_budget(), worker_room(self.settings, self.registry), host_bytes,
                                  *header.size)
         seconds = self.estimate_seconds(network, passes, options.ensemble)

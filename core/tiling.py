@@ -57,21 +57,49 @@ def plan_axis(length: int, tile: int, margin: int, quantum: int = WINDOW_QUANTUM
 
     Every window starts at a multiple of ``align``: a network that halves its
     resolution inside computes the same thing on a window as on the whole image
-    only where the window keeps the image's grid of those halvings.
+    only where the window keeps the image's grid of those halvings. The windows
+    still stay within ``tile + 2 * margin`` rounded up to ``quantum``, the window
+    the memory budget sized: one that the alignment's slack would take past it
+    is cut to the least size that holds its core instead, or, where that is not
+    enough, the cores are made smaller.
     """
     inner = length - 2 * margin
     count = max(1, -(-inner // tile))
     if count == 1:
         return [Span(0, length, 0, length)]
-    window = min(length, _round_up(-(-inner // count) + 2 * margin + align - 1, quantum))
-    # The last window ends with the image; it starts aligned when the rest is a multiple of align.
-    window = min(length, window + (length - window) % align)
+    # The window the memory budget sized (core/memory.py): an aligned network's slack must fit inside it.
+    limit = _round_up(tile + 2 * margin, quantum)
+    count = _count_within(length, inner, count, margin, quantum, align, limit)
+    window = _window_size(length, -(-inner // count), margin, quantum, align, limit)
     bounds = [0] + [margin + round(i * inner / count) for i in range(1, count)] + [length]
     spans = []
     for core_start, core_end in zip(bounds, bounds[1:]):
         window_start = min(max(core_start - margin, 0) // align * align, length - window)
         spans.append(Span(window_start, window, core_start, core_end - core_start))
     return spans
+
+
+def _window_size(length: int, core: int, margin: int, quantum: int, align: int, limit: int) -> int:
+    """The one window size for cores of at most ``core`` pixels: the core, its margins and the up to
+    ``align - 1`` pixels a window start moves back to be aligned, rounded up to the quantum; where that
+    rounding would pass ``limit``, the least size that holds them instead."""
+    needed = core + 2 * margin + align - 1
+    window = min(length, _round_up(needed, quantum))
+    # The last window ends with the image; it starts aligned when the rest is a multiple of align.
+    window = min(length, window + (length - window) % align)
+    if window > limit:
+        window = min(length, needed + (length - needed) % align)
+    return window
+
+
+def _count_within(length: int, inner: int, count: int, margin: int, quantum: int, align: int, limit: int) -> int:
+    """The fewest cores, from ``count``, whose windows stay within ``limit``; ``count`` as it is where even
+    one-pixel cores cannot (a tile too small for the alignment)."""
+    if _window_size(length, 1, margin, quantum, align, limit) > limit:
+        return count
+    while _window_size(length, -(-inner // count), margin, quantum, align, limit) > limit:
+        count += 1
+    return count
 
 
 def _round_up(value: int, quantum: int) -> int:

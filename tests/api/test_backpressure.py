@@ -347,6 +347,37 @@ def test_a_request_the_time_limit_would_stop_is_refused_before_it_queues(app, cl
     assert "6000x1 image would take about" in message and "REQUEST_TIME_LIMIT_S" in message and "srgan" in message
 
 
+def test_strength_0_is_not_refused_for_the_network_it_does_not_run(app, client, service):
+    """strength 0 is the Lanczos enlargement alone: neither the network's time nor ensemble's pixel limit is its."""
+    strip = png(6000, 1)
+    limit = estimate(service, 6000, 1) / 2
+    app.extensions["super_resolution"] = service_with(service, request_time_limit_s=limit, max_ensemble_pixels=100)
+    try:
+        lanczos_only = client.post("/model/predict", data={"image": (io.BytesIO(strip), "a.png"), "strength": "0",
+                                                           "ensemble": "true"}, content_type="multipart/form-data")
+        mixed = client.post("/model/predict", data={"image": (io.BytesIO(strip), "a.png"), "strength": "0.5"},
+                            content_type="multipart/form-data")
+    finally:
+        app.extensions["super_resolution"] = service
+    assert lanczos_only.status_code == 200, lanczos_only.json
+    assert lanczos_only.headers["X-Output-Size"] == "24000x4"
+    assert mixed.status_code == 413 and "REQUEST_TIME_LIMIT_S" in mixed.json["message"]
+
+
+def test_strength_0_is_not_refused_for_the_models_result_it_does_not_make(app, client, service):
+    """At scale 2 the output (12000 x 2) fits 60000 pixels; the model's 4x result (24000 x 4), not made at
+    strength 0, does not."""
+    app.extensions["super_resolution"] = service_with(service, max_output_pixels=60000)
+    try:
+        answers = {strength: client.post("/model/predict", data={"image": (io.BytesIO(png(6000, 1)), "a.png"),
+                                                                 "scale": "2", "strength": strength},
+                                         content_type="multipart/form-data") for strength in ("0", "1")}
+    finally:
+        app.extensions["super_resolution"] = service
+    assert answers["0"].status_code == 200 and answers["0"].headers["X-Output-Size"] == "12000x2"
+    assert answers["1"].status_code == 413 and "the model's 4x result" in answers["1"].json["message"]
+
+
 def test_a_request_within_the_estimate_is_served(app, client, service):
     app.extensions["super_resolution"] = service_with(service, request_time_limit_s=max(10 * estimate(service, 48, 48), 5))
     try:

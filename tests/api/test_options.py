@@ -97,6 +97,17 @@ def test_fill_stretches(client):
     assert stretched.shape[:2] == (9, 60)
 
 
+def test_fill_keeps_the_detail_of_the_side_it_does_not_enlarge(client):
+    """8 x 1: one-pixel rows of black and white must come back as rows, not as the grey of rows a second pass
+    saw at a quarter of their number."""
+    rows = np.zeros((16, 16, 3), np.uint8)
+    rows[::2] = 255
+    stretched = ok(predict(client, save(Image.fromarray(rows)), width="128", height="16", fit="fill"))
+    assert stretched.shape[:2] == (16, 128)
+    inner = stretched[2:-2, 8:-8, 0]  # away from the edges, where any network blurs
+    assert np.abs(np.diff(inner, axis=0)).mean() > 100  # neighbouring rows still far apart
+
+
 # --- Strength -----------------------------------------------------------------------------------
 
 

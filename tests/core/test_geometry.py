@@ -79,6 +79,20 @@ def test_a_2x_network_takes_three_passes_for_8x():
     assert plan(10, 10, native=2, scale=8).pass_inputs == ((10, 10), (20, 20), (40, 40))
 
 
+@pytest.mark.parametrize("native, options", [
+    (4, {"width": 400, "height": 40, "fit": "fill"}),   # 8 x 1: the second pass is for the width alone
+    (4, {"width": 250, "height": 100, "fit": "fill"}),  # 5 x 2.5
+    (2, {"width": 320, "height": 60, "fit": "fill"}),   # 8 x 1.5 on a 2x network: three passes
+])
+def test_no_later_pass_sees_fewer_pixels_than_the_input_along_either_side(native, options):
+    """Fill enlarges each side on its own: a side enlarged less than the passes reach is resized down to the
+    next pass, but never below the input's own pixels, whose detail would be lost for good."""
+    result = plan(50, 40, native=native, **options)
+    assert len(result.pass_inputs) > 1
+    for width, height in result.pass_inputs[1:]:
+        assert width >= 50 and height >= 40, result.pass_inputs
+
+
 @pytest.mark.parametrize("options, fragments", [
     ({"width": 99}, ["width 99", "100x80", "0.99 times", "from 1 to 8"]),
     ({"height": 700}, ["height 700", "8.75 times"]),

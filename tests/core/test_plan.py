@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import core.plan
+from config import MEBIBYTE
 from core import images, tiling
 from core.errors import Busy, TooLarge
 from core.models.weights import REALCUGAN_BORDERS
@@ -79,3 +80,21 @@ def test_a_full_queue_is_a_503_before_any_work(service, counts, monkeypatch):
         with pytest.raises(Busy, match="queue size 0"):
             service.prepare(save(Image.fromarray(pattern(7, 33))), UpscaleOptions(model="srgan"))
     assert counts["core.images.decode_pixels"] == 0
+
+
+def test_a_larger_memory_budget_never_refuses_an_image_a_smaller_one_takes(service, monkeypatch):
+    """Real-CUGAN's windows start at multiples of its alignment; sized from the budget, they must still fit the
+    window the budget left room for, or a budget's worth more memory answers 413 where less took the image."""
+    bordered = replace(service.registry.get("srgan"), border=REALCUGAN_BORDERS[3])
+    monkeypatch.setattr(service.registry, "get", lambda *args, **kwargs: bordered)
+    data = save(Image.fromarray(pattern(601, 601)))
+    resident_mb = service.registry.resident // MEBIBYTE
+    taken = []
+    for budget_mb in range(resident_mb + 100, resident_mb + 1200, 10):  # memory-bound tiles, 176 to 344 px
+        monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"memory_budget_mb": budget_mb}))
+        try:
+            service.prepare(data, UpscaleOptions(model="srgan", scale=2))
+            taken.append(budget_mb)
+        except TooLarge as error:
+            assert not taken, f"{budget_mb} MiB refused the image {taken[0]} MiB took: {error}"
+    assert taken

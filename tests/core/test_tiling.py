@@ -51,6 +51,25 @@ def test_plan_axis_uses_one_small_window(length, tile, margin):
         assert window == length <= tile + 2 * margin
 
 
+@pytest.mark.parametrize("align", [2, 4])
+@pytest.mark.parametrize("tile,margin", [(216, 20), (344, 20), (176, 20), (100, 16), (16, 20)])
+def test_aligned_windows_stay_within_the_window_the_tile_stands_for(tile, margin, align):
+    """The memory budget sizes a window of tile + 2 x margin (a multiple of the quantum): an aligned network's
+    windows must not come out a quantum larger (or a few pixels, to end with the image)."""
+    limit = -(-(tile + 2 * margin) // WINDOW_QUANTUM) * WINDOW_QUANTUM
+    for length in range(1, 1600):
+        spans = plan_axis(length, tile, margin, align=align)
+        assert spans[0].window_size <= limit, f"length {length}"
+
+
+@pytest.mark.parametrize("align", [2, 4])
+@pytest.mark.parametrize("tile,margin", [(216, 20), (344, 20), (16, 20), (100, 16)])
+def test_aligned_windows_cost_at_most_one_core_more_than_unaligned(tile, margin, align):
+    """Kept within the tile's window, an aligned axis is cut into at most one more core than an unaligned one."""
+    for length in range(1, 1600):
+        assert len(plan_axis(length, tile, margin, align=align)) <= len(plan_axis(length, tile, margin)) + 1
+
+
 def test_plan_tiles_share_one_window_shape():
     tiles = plan_tiles(333, 500, 128, 16)
     assert len(tiles) == len(plan_axis(333, 128, 16)) * len(plan_axis(500, 128, 16))
