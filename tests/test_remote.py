@@ -61,9 +61,13 @@ def files_done(stdout: str) -> dict[str, int]:
 
 def predict_statuses(server: LiveServer) -> list[int]:
     """The status of every /model/predict the server answered so far, from its access log."""
+    return answered(server, "/model/predict")
+
+
+def answered(server: LiveServer, path: str) -> list[int]:
+    """The status of every request for ``path`` the server answered so far, from its access log."""
     entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    return [entry["status"] for entry in entries
-            if entry.get("logger") == "superres.access" and entry.get("path") == "/model/predict"]
+    return [entry["status"] for entry in entries if entry.get("logger") == "superres.access" and entry.get("path") == path]
 
 
 def wait_for(condition, what: str, timeout_s: float = 300) -> None:
@@ -305,7 +309,9 @@ def test_ctrl_c_stops_at_once_with_a_summary_and_no_half_written_file(servers, t
         run = subprocess.Popen([sys.executable, "-m", "cli", str(source), "-o", str(out), "--server", frozen.url],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            wait_for(lambda: _frozen_with_request_in_flight(frozen, port), "a request in flight on the frozen server")
+            # Once the start-up probe has its answer (its connection then closes), an open request is a file's.
+            wait_for(lambda: answered(frozen, "/model/metadata"), "sr-upscale's start-up probe answered")
+            wait_for(lambda: _frozen_with_request_in_flight(frozen, port), "a file's request in flight on the frozen server")
             run.send_signal(signal.SIGINT)
             stdout, stderr = run.communicate(timeout=120)  # a bound on a failure: the default --timeout is 690 s
         finally:
