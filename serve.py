@@ -37,7 +37,7 @@ JSON_ERRORS = {
     "too_large": (413, "the upload is too large: the limit is {max_upload_bytes} bytes (MAX_UPLOAD_BYTES)"),
     "body_too_large": (413, "the request's body is too large for this route: the limit is {other_body_bytes} bytes "
                             "(images go to /model/predict and /app/upscale)"),
-    "spool_full": (503, "the server is busy: it takes {held_requests} image requests at once, as many as "
+    "spool_full": (503, "the server is busy: it takes {held_requests} at once, as many as "
                         "{spool_mb} MiB of disk for their uploads and answers holds (SPOOL_MB); retry later"),
     "timeout": (408, "the request did not arrive within {client_timeout_s:g} s (CLIENT_TIMEOUT_S)"),
     "bad_request": (400, "the request is not valid HTTP/1.1"),
@@ -134,6 +134,11 @@ def spool_plan(settings: Settings, threads: int) -> Spool:
     return Spool(held_requests=held, answer_bytes=answer, work_slots=slots)
 
 
+def image_requests(count: int) -> str:
+    """``count`` image requests, in words: "1 image request", "10 image requests"."""
+    return f"{count} image request{'' if count == 1 else 's'}"
+
+
 def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int) -> str:
     """nginx's configuration for ``settings``: listen on HOST:PORT, pass complete requests to ``upstream``,
     whose workers run ``threads`` threads each."""
@@ -141,7 +146,7 @@ def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int)
     other_body_bytes = min(settings.max_upload_bytes, BODY_BUFFER_BYTES)
     facts = {"header_bytes": HEADER_BYTES, "max_upload_bytes": settings.max_upload_bytes,
              "client_timeout_s": settings.client_timeout_s, "other_body_bytes": other_body_bytes,
-             "held_requests": spool.held_requests, "spool_mb": settings.spool_mb}
+             "held_requests": image_requests(spool.held_requests), "spool_mb": settings.spool_mb}
     named = "\n".join(_json_location(name, status, message.format(**facts), settings.retry_after_s)
                       for name, (status, message) in JSON_ERRORS.items())
     # The image requests' share of the disk (spool_plan): each location counts its requests from the headers on,

@@ -661,6 +661,7 @@ def test_spool_plan_takes_the_most_requests_whose_uploads_and_answers_fit_spool_
     config = serve.nginx_config(settings, Path("/run/superres"), "/run/superres/gunicorn.sock", threads)
     assert config.count(f"limit_conn work_requests {held}; proxy_max_temp_file_size {answer}; "
                         "proxy_pass http://work;") == 2
+    assert f"it takes {held} image request{'' if held == 1 else 's'} at once," in config
     assert "limit_conn_zone work zone=work_requests:64k;" in config  # a constant key: one count for both routes
     assert f"client_max_body_size {min(upload, MEBIBYTE)}; proxy_max_temp_file_size 0; proxy_pass http://ops;" \
         in config
