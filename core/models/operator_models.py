@@ -462,7 +462,7 @@ def _check_finite(network: Network, model: OperatorModel, photo: np.ndarray) -> 
 
 def _measure_margin(network: Network, model: OperatorModel, photos: list[np.ndarray]) -> int:
     try:
-        margin, decibels = seam_free_margin(network.predict, photos, network.scale)
+        margin, decibels = seam_free_margin(network.predict, photos, network.scale, alignment=network.alignment)
     except ValueError as error:
         raise OperatorModelError(f"{error}: state a margin in {model.stem.name}.json to serve it anyway") from error
     log.info("model %s: margin %d px measured (tiled against whole image %.1f dB)", model.id, margin, decibels)

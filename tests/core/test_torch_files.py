@@ -28,11 +28,11 @@ from core import backends
 from core.backends import Choice
 from core.backends.pytorch import TorchRunner
 from core.metrics import psnr
-from core.models import operator_models, torch_files
+from core.models import margin_probe, operator_models, torch_files
 from core.models.operator_models import Loaded, OperatorModelError
 from core.models.registry import ModelRegistry
 from core.models.specs import SPECS
-from core.tiling import run_tiled
+from core.tiling import run_tiled, run_tiles
 from tests.conftest import SAMPLES
 
 PYTORCH, OPENVINO = Choice("pytorch", "cpu"), Choice("openvino", "cpu")
@@ -167,6 +167,43 @@ def test_an_architecture_without_a_built_in_is_detected_tiled_and_run_by_pytorch
         tiled[y:y + block.shape[0], x:x + block.shape[1]] = block
 
     run_tiled(network.predict, image, 2, 24, network.margin, 1, put, align=network.alignment)
+    assert decibels(tiled, whole) >= 45
+
+
+def test_a_network_that_needs_windows_at_multiples_of_64_has_its_margin_measured_on_such_windows(tmp_path,
+                                                                                                  monkeypatch):
+    """SwinIR unshuffling its input by 8 first (random weights, a small configuration): spandrel says its windows
+    must be multiples of 64, which the network carries as its alignment; the margin probe's windows start there
+    too, and are narrower than the square they probe, so that the seam is real."""
+    torch.manual_seed(0)
+    swinir = SwinIR(upscale=16, img_size=16, window_size=4, embed_dim=12, depths=[1], num_heads=[2], mlp_ratio=1,
+                    upsampler="pixelshuffle", start_unshuffle=8)
+    # spandrel reads a pixel-unshuffling first layer under the name its upstream project saves it as.
+    save_file({key.replace("conv_first.", "conv_first.1."): tensor for key, tensor in swinir.state_dict().items()},
+              tmp_path / "unshuffle8.safetensors")
+    probed = []
+
+    def recorded(predict, image, scale, tiles, *rest):
+        probed.append((image.shape[0], tiles))
+        return run_tiles(predict, image, scale, tiles, *rest)
+
+    monkeypatch.setattr(margin_probe, "run_tiles", recorded)
+    loaded = load(tmp_path, "unshuffle8")
+    network = loaded.network
+    assert (loaded.found["title"], network.scale, network.alignment) == ("SwinIR", 2, 64)
+    assert network.margin in margin_probe.MARGIN_CANDIDATES and probed
+    for side, tiles in probed:
+        assert {tile.rows.window_start for tile in tiles} == {0, 64}
+        assert all(tile.rows.window_size < side for tile in tiles)
+    image = photo()[:70, :100]
+    tiled = np.zeros((140, 200, 3), np.float32)
+
+    def put(y: int, x: int, block: np.ndarray) -> None:
+        tiled[y:y + block.shape[0], x:x + block.shape[1]] = block
+
+    run_tiled(network.predict, image, 2, 32, network.margin, 1, put, align=network.alignment)
+    whole = network.predict(image[None])[0]
+    assert whole.shape == (140, 200, 3)
     assert decibels(tiled, whole) >= 45
 
 
