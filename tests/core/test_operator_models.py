@@ -137,6 +137,34 @@ def test_every_file_of_a_model_format_is_listed_and_links_out_of_the_folder_are_
     assert load_one(folder, "alias").scale == 2
 
 
+@pytest.mark.timeout(60)  # a FIFO read as a model file would hold the load for good
+def test_a_file_removed_or_replaced_after_the_scan_fails_its_model_at_load(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    SubpixelNet.random(2).save(tmp_path / "elsewhere.onnx")
+    for name in ("removed", "fifo", "outside", "kept"):
+        SubpixelNet.random(2).save(folder / f"{name}.onnx")
+        write_sidecar(folder, name, scale=2, margin=8)
+    found = operator_models.scan(folder, SPECS)
+    assert all(model.problem is None for model in found.values())
+    (folder / "removed.onnx").unlink()
+    (folder / "fifo.onnx").unlink()
+    os.mkfifo(folder / "fifo.onnx")
+    (folder / "outside.onnx").unlink()
+    (folder / "outside.onnx").symlink_to(tmp_path / "elsewhere.onnx")
+    reasons = {
+        "removed": "removed.onnx was removed from MODELS_DIR after it was read",
+        "fifo": "fifo.onnx is not a regular file, not a model file (it changed after MODELS_DIR was read)",
+        "outside": "outside.onnx is a link to a file outside MODELS_DIR: only files within it are read (it changed "
+                   "after MODELS_DIR was read)",
+    }
+    for name, reason in reasons.items():
+        with pytest.raises(OperatorModelError) as failed:
+            operator_models.load(found[name], Choice("openvino", "cpu"), 0)
+        assert str(failed.value) == reason
+    assert operator_models.load(found["kept"], Choice("openvino", "cpu"), 0).network.scale == 2
+
+
 def test_each_incomplete_or_clashing_model_has_its_own_problem(tmp_path):
     for name in ("alone", "srgan", "both", "half", "bad.name"):
         SubpixelNet.random(2).save(tmp_path / f"{name}.onnx")
