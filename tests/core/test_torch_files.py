@@ -349,6 +349,9 @@ def write_hostile(folder: Path, anime: dict[str, torch.Tensor]) -> None:
         for entry in source.infolist():
             out.writestr(entry.filename, source.read(entry))
     (folder / "deflated.tmp").replace(stored)
+    # torch.load reads a .pth whole into memory before its parameters can be counted: a larger file than the largest
+    # model's is refused unread (here a sparse one, small on disk).
+    os.truncate(write(folder, "sparse", anime, ".pth"), torch_files.MAX_FILE_BYTES + 1)
     # spandrel builds every layer up to the highest number in the keys before it finds the tensors do not fit.
     write(folder, "layers", {"body.0.weight": torch.zeros(64, 3, 3, 3), "body.1.weight": torch.zeros(64),
                              "body.8001.bias": torch.zeros(48)}, ".safetensors")
@@ -376,6 +379,8 @@ BROKEN = {
                "stored bytes: a tensor may hold no more values than the file stores for it",
     "deflated": "deflated.pth holds 59 compressed zip entries ('deflated/data.pkl' ...), which torch.save never "
                 "writes: only stored entries are read, as torch.load would inflate the others in memory unchecked",
+    "sparse": "sparse.pth is 1,600,000,001 bytes, more than the 1,600,000,000 a model file may be (200,000,000 "
+              "parameters in f32, twice over)",
     "layers": "layers.safetensors: key 'body.8001.bias' numbers a layer 8001, past the 3 tensors of the file: a "
               "layer's number may not exceed the count of tensors",
 }
