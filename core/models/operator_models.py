@@ -18,7 +18,8 @@ PyTorch backend, PyTorch on the worker's device.
 
 A problem with one model (no sidecar or a malformed one, a broken file, an ncnn layer the reader
 does not know, a pickle that imports what a state dict does not hold, an architecture spandrel does
-not know, a scale the file does not produce, an id taken by a built-in model) fails that model
+not know, a scale the file does not produce, an id taken by a built-in model, a file removed or replaced
+since the folder was read) fails that model
 alone, with a reason that names files but never their folder: the reason is shown over HTTP, and
 the log holds the details. A file of a model format not served, and a link out of MODELS_DIR, are
 listed as failed models too, so that no file the operator dropped in is passed over unsaid; a name
