@@ -195,6 +195,9 @@ def test_a_network_that_needs_windows_at_multiples_of_64_has_its_margin_measured
     for side, tiles in probed:
         assert {tile.rows.window_start for tile in tiles} == {0, 64}
         assert all(tile.rows.window_size < side for tile in tiles)
+    # An image narrower than the 64-px windows the network needs is mirrored up to them and cut back.
+    for height, width in ((1, 1), (1, 37), (37, 1)):
+        assert network.predict(photo()[None, :height, :width]).shape == (1, 2 * height, 2 * width, 3)
     image = photo()[:70, :100]
     tiled = np.zeros((140, 200, 3), np.float32)
 
@@ -282,6 +285,15 @@ def test_a_16_bit_arithmetic_is_chosen_only_where_the_architecture_allows_it_and
     swinir = SwinIR(upscale=2, img_size=16, window_size=8, embed_dim=12, depths=[1], num_heads=[2], mlp_ratio=1,
                     upsampler="pixelshuffle").eval().requires_grad_(False)
     assert torch_files.measured_precision(weights_of(swinir, ("f32", "bf16")), "cpu", photos) == "f32"
+
+
+def test_a_forced_16_bit_arithmetic_the_architecture_does_not_run_in_is_not_used():
+    """PRECISION=fp16 on a GPU for an architecture spandrel says does not run in fp16 (SwinIR, DRCT): f32, decided
+    before the module is placed on the device."""
+    compact = Compact(num_feat=8, num_conv=2, upscale=2).eval().requires_grad_(False)
+    photos = [photo()[:24, :32]]
+    assert torch_files._torch_precision(weights_of(compact, ("f32", "bf16")), "cuda", "fp16", photos) == "f32"
+    assert torch_files._torch_precision(weights_of(compact, ("f32",)), "cpu", "bf16", photos) == "f32"
 
 
 def test_precision_on_the_pytorch_backend_follows_precision_where_the_architecture_allows(tmp_path):
