@@ -18,7 +18,8 @@ PyTorch backend, PyTorch on the worker's device.
 
 A problem with one model (no sidecar or a malformed one, a broken file, an ncnn layer the reader
 does not know, a pickle that imports what a state dict does not hold, an architecture spandrel does
-not know, a scale the file does not produce, an id taken by a built-in model) fails that model
+not know, a scale the file does not produce, an id taken by a built-in model, a file removed or replaced
+since the folder was read) fails that model
 alone, with a reason that names files but never their folder: the reason is shown over HTTP, and
 the log holds the details. A file of a model format not served, and a link out of MODELS_DIR, are
 listed as failed models too, so that no file the operator dropped in is passed over unsaid; a name
@@ -341,8 +342,9 @@ def load(model: OperatorModel, choice: Choice, threads: int, precision: str = "a
     """The model built, its scale checked, its margin known and its window memory measured on ``choice``'s device;
     ``OperatorModelError`` says why not. ``precision`` is PRECISION, which a PyTorch file on the pytorch backend
     follows."""
-    if model.problem is not None:
-        raise OperatorModelError(model.problem)
+    problem = model.problem or _changed_since_scan(model)
+    if problem is not None:
+        raise OperatorModelError(problem)
     photos = _probe_photos()
     network, found = LOADERS[model.kind](model, choice, threads, precision, photos)
     _check_scale(network, model, photos[-1])
@@ -351,6 +353,20 @@ def load(model: OperatorModel, choice: Choice, threads: int, precision: str = "a
     if margin is None:
         margin = _measure_margin(network, model, photos)
     return Loaded(dataclasses.replace(network, margin=margin), found, bytes_per_window_pixel(network, choice.device))
+
+
+def _changed_since_scan(model: OperatorModel) -> str | None:
+    """Why the model's files can no longer be read as ``scan`` found them: the operator may remove or replace a file
+    while the models before it load, and a FIFO put in its place would hold up the load for good."""
+    root = model.stem.parent.resolve()
+    suffixes = (".param", ".bin") if model.kind == "ncnn" else (f".{model.kind}",)
+    for path in (model.stem.with_name(model.stem.name + suffix) for suffix in suffixes):
+        if not (path.exists() or path.is_symlink()):
+            return f"{shown(path.name)} was removed from MODELS_DIR after it was read"
+        problem = _entry_problem(path, root)
+        if problem is not None:
+            return f"{problem} (it changed after MODELS_DIR was read)"
+    return None
 
 
 def _graph_network(model: OperatorModel, choice: Choice, threads: int, setting: str,
@@ -462,7 +478,7 @@ def _check_finite(network: Network, model: OperatorModel, photo: np.ndarray) -> 
 
 def _measure_margin(network: Network, model: OperatorModel, photos: list[np.ndarray]) -> int:
     try:
-        margin, decibels = seam_free_margin(network.predict, photos, network.scale)
+        margin, decibels = seam_free_margin(network.predict, photos, network.scale, alignment=network.alignment)
     except ValueError as error:
         raise OperatorModelError(f"{error}: state a margin in {model.stem.name}.json to serve it anyway") from error
     log.info("model %s: margin %d px measured (tiled against whole image %.1f dB)", model.id, margin, decibels)

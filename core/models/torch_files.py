@@ -5,8 +5,8 @@ whichever backend the worker has.
   non-commercial licences) detects the architecture, scale and channels from the state dict alone. A
   ``.pth`` is a pickle: it is read only through spandrel's restricted unpickler, which refuses any global
   but tensors' storages and dicts before it is imported; a ``.safetensors`` holds nothing but tensors. A file
-  that would make the worker hold far more than it stores (``read``), or more than MAX_PARAMETERS, is refused
-  before spandrel builds its model.
+  larger than MAX_FILE_BYTES is refused before it is read; one that would make the worker hold far more than
+  it stores (``read``), or more than MAX_PARAMETERS, is refused before spandrel builds its model.
 - The pytorch backend runs the module on the worker's device: on CUDA in fp16 or bf16 where spandrel says
   the architecture allows it and the output on the probe photos stays within
   ``precision.MIN_BF16_PSNR_DB`` of f32's, else in f32; on the CPU in f32.
@@ -65,6 +65,9 @@ UNPICKLER_REFUSAL = re.compile(r"Global '(.{1,120})' is forbidden")
 # budget allows: HAT-L, among the largest super-resolution models, has about 40 M; 200 M (800 MB in f32) leaves
 # room for larger ones.
 MAX_PARAMETERS = 200_000_000
+# The largest model file read: MAX_PARAMETERS f32 parameters twice over, as BasicSR's files hold the weights as
+# params and params_ema. torch.load reads a .pth whole into memory before its parameters can be counted.
+MAX_FILE_BYTES = 2 * 4 * MAX_PARAMETERS
 # load_state_dict's own words where a state dict does not fit the module built for it (missing, unexpected or
 # misshapen tensors): on the meta device as in memory.
 MISFIT = "Error(s) in loading state_dict"
@@ -175,6 +178,7 @@ def read(path: Path) -> TorchWeights:
 
 
 def _state_dict(path: Path) -> dict:
+    _check_file_size(path)
     if path.suffix == ".pth":
         _check_stored(path)
     try:
@@ -190,6 +194,15 @@ def _state_dict(path: Path) -> dict:
         # A truncated zip, a file of another kind, a header safetensors cannot read: the log has the library's words.
         raise TorchFileError(f"{path.name} is not a PyTorch model file, or it is damaged "
                              f"(details in the log)") from error
+
+
+def _check_file_size(path: Path) -> None:
+    """A file larger than MAX_FILE_BYTES is refused before it is read: its size on disk may be far smaller (a sparse
+    file), and a .pth is read whole into memory, which would take the worker past its memory budget."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise TorchFileError(f"{path.name} is {size:,} bytes, more than the {MAX_FILE_BYTES:,} a model file may be "
+                             f"({MAX_PARAMETERS:,} parameters in f32, twice over)")
 
 
 def _check_stored(path: Path) -> None:

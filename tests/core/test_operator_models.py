@@ -17,7 +17,8 @@ from core.backends.openvino import OnnxRunner
 from core.models.operator_models import OperatorModelError
 from core.models.registry import ModelRegistry
 from core.models.specs import SPECS
-from core.models.margin_probe import seam_free_margin
+from core.tiling import plan_tiles
+from core.models.margin_probe import MARGIN_CANDIDATES, PROBE_TILE, probe_tiles, seam_free_margin
 from tests.conftest import SAMPLES
 from tests.onnx_nets import SubpixelNet
 
@@ -136,6 +137,34 @@ def test_every_file_of_a_model_format_is_listed_and_links_out_of_the_folder_are_
     assert load_one(folder, "alias").scale == 2
 
 
+@pytest.mark.timeout(60)  # a FIFO read as a model file would hold the load for good
+def test_a_file_removed_or_replaced_after_the_scan_fails_its_model_at_load(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    SubpixelNet.random(2).save(tmp_path / "elsewhere.onnx")
+    for name in ("removed", "fifo", "outside", "kept"):
+        SubpixelNet.random(2).save(folder / f"{name}.onnx")
+        write_sidecar(folder, name, scale=2, margin=8)
+    found = operator_models.scan(folder, SPECS)
+    assert all(model.problem is None for model in found.values())
+    (folder / "removed.onnx").unlink()
+    (folder / "fifo.onnx").unlink()
+    os.mkfifo(folder / "fifo.onnx")
+    (folder / "outside.onnx").unlink()
+    (folder / "outside.onnx").symlink_to(tmp_path / "elsewhere.onnx")
+    reasons = {
+        "removed": "removed.onnx was removed from MODELS_DIR after it was read",
+        "fifo": "fifo.onnx is not a regular file, not a model file (it changed after MODELS_DIR was read)",
+        "outside": "outside.onnx is a link to a file outside MODELS_DIR: only files within it are read (it changed "
+                   "after MODELS_DIR was read)",
+    }
+    for name, reason in reasons.items():
+        with pytest.raises(OperatorModelError) as failed:
+            operator_models.load(found[name], Choice("openvino", "cpu"), 0)
+        assert str(failed.value) == reason
+    assert operator_models.load(found["kept"], Choice("openvino", "cpu"), 0).network.scale == 2
+
+
 def test_each_incomplete_or_clashing_model_has_its_own_problem(tmp_path):
     for name in ("alone", "srgan", "both", "half", "bad.name"):
         SubpixelNet.random(2).save(tmp_path / f"{name}.onnx")
@@ -212,6 +241,45 @@ def test_a_model_that_sees_the_whole_image_has_no_seam_free_margin():
 
     with pytest.raises(ValueError, match=r"tiles differ from the whole image at every margin up to 48 px \(best"):
         seam_free_margin(global_mean, [photo("coffee.png")], 4)
+
+
+def patchwise_2x(patch: int):
+    """A predict function that mixes each ``patch`` x ``patch`` block of its input counted from the window's corner
+    (as patch or window attention does: DITN, SwinIR) and adds the pixel itself: tiles equal the whole image only
+    where their windows start on the image's grid of blocks."""
+    def predict(batch: np.ndarray) -> np.ndarray:
+        out = batch.copy()
+        for top in range(0, batch.shape[1], patch):
+            for left in range(0, batch.shape[2], patch):
+                block = (slice(None), slice(top, top + patch), slice(left, left + patch))
+                out[block] = 0.5 * batch[block] + 0.5 * batch[block].mean(axis=(1, 2), keepdims=True)
+        return out.repeat(2, axis=1).repeat(2, axis=2)
+    return predict
+
+
+def test_the_margin_of_a_network_that_needs_aligned_windows_is_measured_on_aligned_windows():
+    # Blocks of 64: a window at a multiple of 64 holds whole blocks 32 pixels past a core that ends mid-block.
+    photos = [photo("camera.png"), photo("coffee.png")]
+    assert seam_free_margin(patchwise_2x(64), photos, 2, alignment=64)[0] == 32
+    with pytest.raises(ValueError, match="tiles differ from the whole image at every margin"):
+        seam_free_margin(patchwise_2x(64), photos, 2)  # windows at multiples of 16: another grid of blocks
+
+
+@pytest.mark.parametrize("alignment", [1, 16, 32, 64])
+def test_the_probe_windows_start_aligned_and_leave_exactly_the_margin_at_the_seam(alignment):
+    for margin in MARGIN_CANDIDATES:
+        side, tiles = probe_tiles(margin, alignment)
+        spans = {tile.rows for tile in tiles}
+        assert spans == {tile.cols for tile in tiles} and len(tiles) == 4
+        first, second = sorted(spans, key=lambda span: span.window_start)
+        assert first.window_start % alignment == second.window_start % alignment == 0
+        assert first.window_size == second.window_size < side  # a real seam: no window is the whole square
+        seam = second.core_start
+        assert seam == first.core_start + first.core_size == side // 2
+        assert first.window_start + first.window_size - seam == seam - second.window_start == margin
+        assert second.window_start + second.window_size == side
+        if alignment == 1:  # as the service's own planner tiles an unaligned network
+            assert tiles == plan_tiles(side, side, PROBE_TILE, margin)
 
 
 # --- loading: the checks that fail one model -------------------------------------------------------

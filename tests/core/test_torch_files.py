@@ -28,11 +28,11 @@ from core import backends
 from core.backends import Choice
 from core.backends.pytorch import TorchRunner
 from core.metrics import psnr
-from core.models import operator_models, torch_files
+from core.models import margin_probe, operator_models, torch_files
 from core.models.operator_models import Loaded, OperatorModelError
 from core.models.registry import ModelRegistry
 from core.models.specs import SPECS
-from core.tiling import run_tiled
+from core.tiling import run_tiled, run_tiles
 from tests.conftest import SAMPLES
 
 PYTORCH, OPENVINO = Choice("pytorch", "cpu"), Choice("openvino", "cpu")
@@ -170,6 +170,46 @@ def test_an_architecture_without_a_built_in_is_detected_tiled_and_run_by_pytorch
     assert decibels(tiled, whole) >= 45
 
 
+def test_a_network_that_needs_windows_at_multiples_of_64_has_its_margin_measured_on_such_windows(tmp_path,
+                                                                                                  monkeypatch):
+    """SwinIR unshuffling its input by 8 first (random weights, a small configuration): spandrel says its windows
+    must be multiples of 64, which the network carries as its alignment; the margin probe's windows start there
+    too, and are narrower than the square they probe, so that the seam is real."""
+    torch.manual_seed(0)
+    swinir = SwinIR(upscale=16, img_size=16, window_size=4, embed_dim=12, depths=[1], num_heads=[2], mlp_ratio=1,
+                    upsampler="pixelshuffle", start_unshuffle=8)
+    # spandrel reads a pixel-unshuffling first layer under the name its upstream project saves it as.
+    save_file({key.replace("conv_first.", "conv_first.1."): tensor for key, tensor in swinir.state_dict().items()},
+              tmp_path / "unshuffle8.safetensors")
+    probed = []
+
+    def recorded(predict, image, scale, tiles, *rest):
+        probed.append((image.shape[0], tiles))
+        return run_tiles(predict, image, scale, tiles, *rest)
+
+    monkeypatch.setattr(margin_probe, "run_tiles", recorded)
+    loaded = load(tmp_path, "unshuffle8")
+    network = loaded.network
+    assert (loaded.found["title"], network.scale, network.alignment) == ("SwinIR", 2, 64)
+    assert network.margin in margin_probe.MARGIN_CANDIDATES and probed
+    for side, tiles in probed:
+        assert {tile.rows.window_start for tile in tiles} == {0, 64}
+        assert all(tile.rows.window_size < side for tile in tiles)
+    # An image narrower than the 64-px windows the network needs is mirrored up to them and cut back.
+    for height, width in ((1, 1), (1, 37), (37, 1)):
+        assert network.predict(photo()[None, :height, :width]).shape == (1, 2 * height, 2 * width, 3)
+    image = photo()[:70, :100]
+    tiled = np.zeros((140, 200, 3), np.float32)
+
+    def put(y: int, x: int, block: np.ndarray) -> None:
+        tiled[y:y + block.shape[0], x:x + block.shape[1]] = block
+
+    run_tiled(network.predict, image, 2, 32, network.margin, 1, put, align=network.alignment)
+    whole = network.predict(image[None])[0]
+    assert whole.shape == (140, 200, 3)
+    assert decibels(tiled, whole) >= 45
+
+
 @pytest.mark.slow
 def test_an_architecture_whose_conversion_crashes_openvino_is_served_by_pytorch(tmp_path):
     """DAT: OpenVINO 2026.4's converter dies of SIGSEGV on it; the worker, whose child it is, goes on."""
@@ -247,6 +287,15 @@ def test_a_16_bit_arithmetic_is_chosen_only_where_the_architecture_allows_it_and
     assert torch_files.measured_precision(weights_of(swinir, ("f32", "bf16")), "cpu", photos) == "f32"
 
 
+def test_a_forced_16_bit_arithmetic_the_architecture_does_not_run_in_is_not_used():
+    """PRECISION=fp16 on a GPU for an architecture spandrel says does not run in fp16 (SwinIR, DRCT): f32, decided
+    before the module is placed on the device."""
+    compact = Compact(num_feat=8, num_conv=2, upscale=2).eval().requires_grad_(False)
+    photos = [photo()[:24, :32]]
+    assert torch_files._torch_precision(weights_of(compact, ("f32", "bf16")), "cuda", "fp16", photos) == "f32"
+    assert torch_files._torch_precision(weights_of(compact, ("f32",)), "cpu", "bf16", photos) == "f32"
+
+
 def test_precision_on_the_pytorch_backend_follows_precision_where_the_architecture_allows(tmp_path):
     write(tmp_path, "compact", upstream_state("anime"), ".safetensors", margin=8)
     model = operator_models.scan(tmp_path, SPECS)["compact"]
@@ -312,6 +361,9 @@ def write_hostile(folder: Path, anime: dict[str, torch.Tensor]) -> None:
         for entry in source.infolist():
             out.writestr(entry.filename, source.read(entry))
     (folder / "deflated.tmp").replace(stored)
+    # torch.load reads a .pth whole into memory before its parameters can be counted: a larger file than the largest
+    # model's is refused unread (here a sparse one, small on disk).
+    os.truncate(write(folder, "sparse", anime, ".pth"), torch_files.MAX_FILE_BYTES + 1)
     # spandrel builds every layer up to the highest number in the keys before it finds the tensors do not fit.
     write(folder, "layers", {"body.0.weight": torch.zeros(64, 3, 3, 3), "body.1.weight": torch.zeros(64),
                              "body.8001.bias": torch.zeros(48)}, ".safetensors")
@@ -339,6 +391,8 @@ BROKEN = {
                "stored bytes: a tensor may hold no more values than the file stores for it",
     "deflated": "deflated.pth holds 59 compressed zip entries ('deflated/data.pkl' ...), which torch.save never "
                 "writes: only stored entries are read, as torch.load would inflate the others in memory unchecked",
+    "sparse": "sparse.pth is 1,600,000,001 bytes, more than the 1,600,000,000 a model file may be (200,000,000 "
+              "parameters in f32, twice over)",
     "layers": "layers.safetensors: key 'body.8001.bias' numbers a layer 8001, past the 3 tensors of the file: a "
               "layer's number may not exceed the count of tensors",
 }
