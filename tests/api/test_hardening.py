@@ -102,6 +102,20 @@ def test_an_unknown_route_answers_json_404(client):
     assert response.json["message"] == "no route GET /no/such/route: the API is described at /"
 
 
+@pytest.mark.parametrize("path, allowed", [
+    ("/model/predict", {"POST", "OPTIONS"}),
+    ("/model/metadata", {"GET", "HEAD", "OPTIONS"}),
+    ("/health", {"GET", "HEAD", "OPTIONS"}),
+    ("/app/upscale", {"POST", "OPTIONS", "GET", "HEAD"}),  # GET and HEAD: the page's files under /app
+])
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+def test_a_405_says_which_methods_the_route_takes(client, path, allowed, method):
+    response = client.open(path, method=method)
+    assert response.status_code == 405 and response.is_json
+    assert set(response.headers["Allow"].split(", ")) == allowed
+    assert response.json["message"].startswith(f"{method} is not allowed on {path}: it takes ")
+
+
 def test_a_compressed_body_is_refused_with_415(client):
     multipart = ("--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n").encode() \
         + sample_bytes("chelsea.png") + b"\r\n--b--\r\n"
