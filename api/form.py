@@ -17,6 +17,8 @@ from core.options import OPTIONS, quoted
 IMAGE_FIELD = "image"
 OPTION_NAMES = tuple(option.name for option in OPTIONS)
 MULTIPART = "multipart/form-data"
+# Unknown fields named in a message, at most: a form may have a thousand.
+NAMED_FIELDS = 10
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,10 @@ def _unknown_fields(request: Request) -> list[str]:
         return []
     # Field names are matched exactly, as the MAX contract's are: say so where only the case is off.
     hints = {name: lower for name in unknown if (lower := name.strip().lower()) in known}
-    named = ", ".join(quoted(name) + (f" (did you mean {hints[name]}?)" if name in hints else "") for name in unknown)
-    return [f"unknown field{'s' * (len(unknown) > 1)} {named}: the fields are {', '.join(sorted(known))}"]
+    named = ", ".join(quoted(name) + (f" (did you mean {hints[name]}?)" if name in hints else "")
+                      for name in unknown[:NAMED_FIELDS])
+    more = f" and {len(unknown) - NAMED_FIELDS} more" if len(unknown) > NAMED_FIELDS else ""
+    return [f"unknown field{'s' * (len(unknown) > 1)} {named}{more}: the fields are {', '.join(sorted(known))}"]
 
 
 def _options_sent_as_files(request: Request) -> list[str]:

@@ -104,6 +104,12 @@ def test_unknown_fields_are_refused_naming_each_and_the_fields(client, route):
     assert "scael' (did you mean" not in message
 
 
+def test_a_thousand_unknown_fields_are_counted_not_all_named(client):
+    fields = [("image", image_part()), *((f"field{number}", "x") for number in range(900))]
+    message = refused(send(client, "/model/predict", fields), "unknown fields 'field0', 'field1'", "'field9' and 890 more:")
+    assert "field10" not in message and len(message) < 400
+
+
 @pytest.mark.parametrize("route", ROUTES)
 def test_an_option_sent_as_a_file_is_refused(client, route):
     response = send(client, route, [("image", image_part()), ("scale", (io.BytesIO(b"2"), "scale.txt"))])
