@@ -35,7 +35,7 @@ def read_form(request: Request) -> Form:
     image = _image(request, problems)
     if problems:
         raise InvalidInput("; ".join(problems))
-    return Form(image, {name: request.values[name] for name in OPTION_NAMES if name in request.values})
+    return Form(image, {name: values[0] for name in OPTION_NAMES if (values := _given(request, name))})
 
 
 def _image(request: Request, problems: list[str]) -> bytes:
@@ -82,11 +82,17 @@ def _options_sent_as_files(request: Request) -> list[str]:
     return [f"{name} was sent as a file; send it as a text field" for name in OPTION_NAMES if name in request.files]
 
 
+def _given(request: Request, name: str) -> list[str]:
+    """The values sent for option ``name``, in the query then the form; a blank one counts as not sent, as in
+    ``parse_options`` (so ``?scale=`` beside a form's scale=2 is scale 2)."""
+    return [value for value in request.values.getlist(name) if value.strip()]
+
+
 def _repeated_options(request: Request) -> list[str]:
     """A field sent more than once with different values (in the form, the query, or one in each)."""
     problems = []
     for name in OPTION_NAMES:
-        values = request.values.getlist(name)
+        values = _given(request, name)
         if len(set(values)) > 1:
             problems.append(f"{name} was sent {len(values)} times with different values "
                             f"({', '.join(map(quoted, values))}); send it once")

@@ -97,6 +97,12 @@ def test_an_option_sent_twice_with_the_same_value_is_that_value(client, route):
 
 
 @pytest.mark.parametrize("route", ROUTES)
+def test_a_blank_copy_of_an_option_counts_as_not_sent(client, route):
+    response = send(client, route, [("image", image_part()), ("scale", ""), ("scale", "2")], query="?scale=%20")
+    assert output_size(response) == "16x16"
+
+
+@pytest.mark.parametrize("route", ROUTES)
 def test_unknown_fields_are_refused_naming_each_and_the_fields(client, route):
     response = send(client, route, [("image", image_part()), ("scael", "2"), ("Scale", "2")], query="?cache=1")
     message = refused(response, "unknown fields 'cache', 'scael', 'Scale' (did you mean scale?): the fields are "
