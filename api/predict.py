@@ -43,7 +43,8 @@ def build_parser() -> RequestParser:
     both). A field not sent takes its default on the server all the same.
     """
     built = namespace.parser()
-    built.add_argument(IMAGE_FIELD, location="files", type=FileStorage, required=False,
+    # Required, as in the original's document: a request without it is always a 400.
+    built.add_argument(IMAGE_FIELD, location="files", type=FileStorage, required=True,
                        help=f"The image to upscale ({describe_accepted()})")
     for option in OPTIONS:
         built.add_argument(option.name, location=("form", "args"), type=Documented(option), required=False,
