@@ -67,15 +67,19 @@ def _no_image(request: Request) -> str:
 def _unknown_fields(request: Request) -> list[str]:
     known = {IMAGE_FIELD, *OPTION_NAMES}
     sent = dict.fromkeys([*request.args, *request.form, *request.files])
-    unknown = [name for name in sent if name not in known]
+    # Werkzeug files a part whose Content-Disposition has no name under None.
+    nameless = [f"a part of the form has no name (its Content-Disposition needs name=\"{IMAGE_FIELD}\" or an "
+                f"option's name)"] if None in sent else []
+    unknown = [name for name in sent if name is not None and name not in known]
     if not unknown:
-        return []
+        return nameless
     # Field names are matched exactly, as the MAX contract's are: say so where only the case is off.
     hints = {name: lower for name in unknown if (lower := name.strip().lower()) in known}
     named = ", ".join(quoted(name) + (f" (did you mean {hints[name]}?)" if name in hints else "")
                       for name in unknown[:NAMED_FIELDS])
     more = f" and {len(unknown) - NAMED_FIELDS} more" if len(unknown) > NAMED_FIELDS else ""
-    return [f"unknown field{'s' * (len(unknown) > 1)} {named}{more}: the fields are {', '.join(sorted(known))}"]
+    return [*nameless, f"unknown field{'s' * (len(unknown) > 1)} {named}{more}: the fields are "
+                       f"{', '.join(sorted(known))}"]
 
 
 def _options_sent_as_files(request: Request) -> list[str]:

@@ -78,6 +78,17 @@ def test_a_body_that_is_not_a_multipart_form_is_named(client, headers, data, fra
                 "'image'", fragment)
 
 
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("disposition", ['form-data; filename="tiny.png"', 'form-data; name=""; filename="tiny.png"'])
+def test_a_part_without_a_name_is_named_as_such(client, route, disposition):
+    body = (f"--b\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + TINY
+            + b"\r\n--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n")
+    response = client.post(route, data=body, content_type="multipart/form-data; boundary=b")
+    refused(response, "unknown field", "'x'")  # the other parts are still named
+    if "name=" not in disposition:
+        refused(response, "a part of the form has no name (its Content-Disposition needs name=\"image\"")
+
+
 # --- Fields -------------------------------------------------------------------------------------
 
 
