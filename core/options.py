@@ -173,7 +173,7 @@ OPTIONS: tuple[Option, ...] = (
            "Lanczos enlargement of the input", default=1, minimum=0, maximum=1),
     Option("format", "choice", "Output format (any case)", default="png", choices=tuple(OUTPUT_FORMATS),
            aliases={"jpg": "jpeg"}),
-    Option("quality", "integer", f"Quality for {' and '.join(QUALITY_FORMATS)} (png is lossless: quality with png is a 400); from "
+    Option("quality", "integer", f"Quality for {' and '.join(QUALITY_FORMATS)} (refused with png, which is lossless); from "
            f"{JPEG_FULL_COLOUR_QUALITY}, jpeg keeps colour at full resolution (4:4:4), below it at half (4:2:0)",
            default=90, minimum=1, maximum=100),
     Option("ensemble", "boolean", "Average the 8 flips and rotations: a little better, 8x slower", default=False),
