@@ -39,7 +39,7 @@ def error_body(error: Exception) -> tuple[dict[str, str], int, dict[str, str]]:
     if isinstance(error, NotFound):
         return {"message": f"no route {request.method} {request.path}: the API is described at /"}, 404, {}
     if isinstance(error, MethodNotAllowed):
-        allowed = ", ".join(error.valid_methods or ())
+        allowed = ", ".join(sorted(error.valid_methods or ()))
         return ({"message": f"{request.method} is not allowed on {request.path}: it takes {allowed}"}, 405,
                 _own_headers(error))
     if isinstance(error, HTTPException):

@@ -17,7 +17,7 @@ from config import load_settings
 from core.admission import InferenceSlot
 from core.service import Service
 from tests.api.test_ops import scrape
-from tests.conftest import TEST_MODELS, sample_bytes
+from tests.conftest import ROOT, TEST_MODELS, sample_bytes
 
 
 def post_image(client, path: str = "/model/predict", **fields):
@@ -113,7 +113,12 @@ def test_a_405_says_which_methods_the_route_takes(client, path, allowed, method)
     response = client.open(path, method=method)
     assert response.status_code == 405 and response.is_json
     assert set(response.headers["Allow"].split(", ")) == allowed
-    assert response.json["message"].startswith(f"{method} is not allowed on {path}: it takes ")
+    assert response.json["message"] == f"{method} is not allowed on {path}: it takes {', '.join(sorted(allowed))}"
+
+
+def test_docs_quote_the_405_as_the_server_words_it(client):
+    message = client.put("/model/predict").json["message"]
+    assert f"`{message}`" in (ROOT / "docs" / "inputs.md").read_text()
 
 
 def test_a_compressed_body_is_refused_with_415(client):
