@@ -57,8 +57,8 @@ def _image(request: Request, problems: list[str]) -> bytes:
 def _no_image(request: Request) -> str:
     missing = f"no image: send the file as the multipart form field '{IMAGE_FIELD}'"
     if request.mimetype != MULTIPART:
-        sent = f"a {request.mimetype} body" if request.mimetype else "a body without a Content-Type"
-        return f"{missing} ({MULTIPART}); the request has {sent}"
+        sent = f"is {request.mimetype}" if request.mimetype else "has no Content-Type"
+        return f"{missing} ({MULTIPART}); the request's body {sent}"
     if "boundary" not in request.mimetype_params:
         return f"{missing}; the Content-Type {MULTIPART} has no boundary parameter"
     return missing

@@ -66,10 +66,10 @@ def test_an_image_named_in_the_query_is_refused(client, route):
 
 
 @pytest.mark.parametrize("headers, data, fragment", [
-    ({"Content-Type": "application/json"}, b'{"scale": 2}', "(multipart/form-data); the request has a application/json body"),
+    ({"Content-Type": "application/json"}, b'{"scale": 2}', "(multipart/form-data); the request's body is application/json"),
     ({"Content-Type": "application/x-www-form-urlencoded"}, b"scale=2",
-     "the request has a application/x-www-form-urlencoded body"),
-    ({}, TINY, "the request has a body without a Content-Type"),
+     "the request's body is application/x-www-form-urlencoded"),
+    ({}, TINY, "the request's body has no Content-Type"),
     ({"Content-Type": "multipart/form-data"}, b"--b\r\n", "the Content-Type multipart/form-data has no boundary"),
 ])
 def test_a_body_that_is_not_a_multipart_form_is_named(client, headers, data, fragment):
