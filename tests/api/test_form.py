@@ -167,3 +167,13 @@ def test_quality_with_an_invalid_format_names_the_format_only(client):
     message = refused(send(client, "/model/predict", [("image", image_part()), ("quality", "50"), ("format", "gif")]),
                       "format must be one of png, jpeg, webp")
     assert "quality" not in message
+
+
+def test_the_uploads_file_name_is_never_echoed_in_the_answer(client):
+    """The answer names no file (as the original's, which set no Content-Disposition): a hostile name cannot
+    split or fill a header."""
+    name = 'a"b\r\nX-Evil: 1; \u00e9\u6f22.png'
+    response = send(client, "/model/predict", [("image", image_part(name=name))])
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    assert "Content-Disposition" not in response.headers and "X-Evil" not in response.headers
+    assert not any("Evil" in value or "\u00e9" in value for _, value in response.headers.items())
