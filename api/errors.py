@@ -12,7 +12,7 @@ import logging
 
 from flask import Flask, g, request
 from flask_restx import Api
-from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from core.errors import ServiceError, TooLarge, Unavailable
 
@@ -38,10 +38,19 @@ def error_body(error: Exception) -> tuple[dict[str, str], int, dict[str, str]]:
         return {"message": error.message}, error.status, headers
     if isinstance(error, NotFound):
         return {"message": f"no route {request.method} {request.path}: the API is described at /"}, 404, {}
+    if isinstance(error, MethodNotAllowed):
+        allowed = ", ".join(sorted(error.valid_methods or ()))
+        return ({"message": f"{request.method} is not allowed on {request.path}: it takes {allowed}"}, 405,
+                _own_headers(error))
     if isinstance(error, HTTPException):
-        return {"message": error.description or error.name}, error.code or 500, {}
+        return {"message": error.description or error.name}, error.code or 500, _own_headers(error)
     log.exception("unexpected error")
     return {"message": "internal error; the request was logged"}, 500, {}
+
+
+def _own_headers(error: HTTPException) -> dict[str, str]:
+    """The headers an HTTP error carries (a 405's Allow, which HTTP requires), less its HTML Content-Type."""
+    return {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
 
 
 def upload_too_large(error: RequestEntityTooLarge) -> TooLarge:

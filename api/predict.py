@@ -9,12 +9,11 @@ from flask import Response, request
 from flask_restx import Resource
 from flask_restx.reqparse import RequestParser
 from werkzeug.datastructures import FileStorage
-from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from api import namespace, service
-from api.errors import upload_too_large
+from api.form import IMAGE_FIELD, read_form
 from api.observability import note_model, note_result
-from core.errors import Cancelled, InvalidInput
+from core.errors import Cancelled
 from core.containers import describe_accepted
 from core.options import OPTIONS, Option, parse_options
 from core.pipeline import Progress
@@ -26,28 +25,26 @@ CLIENT_CLOSED_REQUEST = 499
 
 
 class Documented:
-    """An option's text as it arrives, with the Swagger schema of the option.
+    """The Swagger schema of an option, for the parser that documents the form.
 
-    Flask-RESTX only reads the form here; ``parse_options`` gives the values their types,
-    so that the page's route, which shares it, answers the same value the same way.
+    The parser documents only: ``api.form.read_form`` reads the form and ``parse_options`` gives the values their
+    types, as on the page's route, so that both answer the same form the same way.
     """
 
     def __init__(self, option: Option) -> None:
         self.__schema__ = option.swagger()
 
-    def __call__(self, text: str) -> str:
-        return text
-
 
 def build_parser() -> RequestParser:
-    """The form: the image, then one argument per option of the schema.
+    """The form as Swagger shows it: the image, then one argument per option of the schema.
 
     The defaults are in the help, not in the schema: Swagger UI's "Try it out" sends every published default,
     and the defaults of scale and fit together are a 400 (scale goes with no width or height, fit only with
     both). A field not sent takes its default on the server all the same.
     """
     built = namespace.parser()
-    built.add_argument("image", location="files", type=FileStorage, required=False,
+    # Required, as in the original's document: a request without it is always a 400.
+    built.add_argument(IMAGE_FIELD, location="files", type=FileStorage, required=True,
                        help=f"The image to upscale ({describe_accepted()})")
     for option in OPTIONS:
         built.add_argument(option.name, location=("form", "args"), type=Documented(option), required=False,
@@ -70,13 +67,10 @@ class Predict(Resource):
         """Upscale an image 4x (any scale from 1 to 8, or to a width and height) and return it."""
         stages = Stages()
         with stages.time("upload"):  # werkzeug reads and parses the multipart body here
-            upload: FileStorage | None = parse_arguments()["image"]
-            data = None if upload is None else upload.read()
-        if data is None:
-            raise InvalidInput("no image: send the file as the multipart form field 'image'")
+            form = read_form(request)
         context = service().option_context
         note_model(context)
-        plan = service().prepare(data, parse_options(request.values, context))
+        plan = service().prepare(form.image, parse_options(form.options, context))
         try:
             result = service().run(plan, on_progress=stop_when_client_leaves(request.environ), stages=stages)
         except Cancelled as cancelled:
@@ -90,16 +84,6 @@ class Predict(Resource):
             "X-Output-Size": f"{result.width}x{result.height}",
             "Server-Timing": result.stages.server_timing(),
         })
-
-
-def parse_arguments() -> dict:
-    """The request's form (its options still text); a body over MAX_UPLOAD_BYTES is a 413."""
-    try:
-        return parser.parse_args()
-    except RequestEntityTooLarge as error:
-        raise upload_too_large(error) from error
-    except BadRequest as error:
-        raise InvalidInput(str(error.description)) from error
 
 
 def stop_when_client_leaves(environ: dict) -> Progress | None:

@@ -22,8 +22,9 @@ from pathlib import Path
 from flask import Blueprint, Response, redirect, request
 
 from api import observability
+from api.form import read_form
 from api.predict import CLIENT_CLOSED_REQUEST
-from core.errors import Cancelled, InvalidInput, ServiceError
+from core.errors import Cancelled, ServiceError
 from core.options import parse_options
 from core.plan import Plan
 from core.service import Service
@@ -53,16 +54,14 @@ def upscale():
     """Multipart like /model/predict; answers ``application/x-ndjson`` events."""
     from api import service
 
-    upload = request.files.get("image")
-    if upload is None:
-        raise InvalidInput("no image: send the file as the multipart form field 'image'")
+    form = read_form(request)  # as /model/predict reads it, with the same schema
     current = service()
     context = current.option_context
     observability.note_model(context)
-    options = parse_options(request.values, context)  # the schema /model/predict reads too
+    options = parse_options(form.options, context)
     # 400, 413 and 503 before streaming, not error events in it. The layers let the page show another strength
     # at once, without running the model again.
-    plan = current.prepare(upload.read(), options, with_layers=True)
+    plan = current.prepare(form.image, options, with_layers=True)
     return Response(_events(current, plan, observability.finish_later()), mimetype="application/x-ndjson",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

@@ -22,6 +22,8 @@ from core.formats import JPEG_FULL_COLOUR_QUALITY, MAX_SIDE, OUTPUT_FORMATS
 from core.models.levels import DENOISE_LEVELS, NO_DENOISE
 
 FITS = ("contain", "cover", "fill")
+# The output formats that quality applies to: png is lossless.
+QUALITY_FORMATS = ("jpeg", "webp")
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
 # Plain decimals only: Python's float() would also take "nan", "inf", "1e3" and "1_0", and float() and int()
@@ -31,6 +33,9 @@ WHOLE = re.compile(r"[0-9]+")
 # The longest side any output format holds. A target beyond it could never be answered, and bounding it keeps
 # the size arithmetic in floats: a 309-digit width would overflow them.
 MAX_TARGET_SIDE = max(MAX_SIDE.values())
+# A value quoted back in a message is cut to this many characters: a text field may hold 500 kB, and the
+# message also goes into the request's log line.
+QUOTED_CHARACTERS = 40
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,7 @@ OPTIONS: tuple[Option, ...] = (
            "Lanczos enlargement of the input", default=1, minimum=0, maximum=1),
     Option("format", "choice", "Output format (any case)", default="png", choices=tuple(OUTPUT_FORMATS),
            aliases={"jpg": "jpeg"}),
-    Option("quality", "integer", "Quality for jpeg and webp; from "
+    Option("quality", "integer", f"Quality for {' and '.join(QUALITY_FORMATS)} (refused with png, which is lossless); from "
            f"{JPEG_FULL_COLOUR_QUALITY}, jpeg keeps colour at full resolution (4:4:4), below it at half (4:2:0)",
            default=90, minimum=1, maximum=100),
     Option("ensemble", "boolean", "Average the 8 flips and rotations: a little better, 8x slower", default=False),
@@ -219,6 +224,7 @@ def parse_options(values: Mapping[str, str | None], context: OptionContext) -> U
     for option in OPTIONS[1:]:
         _read_one(option, sent, context, model, typed, problems)
     problems += combination_problems(sent)
+    problems += _quality_problems(sent, typed)
     if problems:
         raise InvalidInput("; ".join(problems))
     return UpscaleOptions(**{FIELDS.get(name, name): value for name, value in typed.items()})
@@ -243,7 +249,8 @@ def _read_one(option: Option, sent: dict[str, str], context: OptionContext, mode
         typed[option.name] = option.read(sent[option.name], context, model)
     except ValueError:
         with_model = f" with model {model}" if callable(option.choices) and option.name != "model" else ""
-        problems.append(f"{option.name} must be {option.allowed(context, model)}{with_model}, not {sent[option.name]!r}")
+        problems.append(f"{option.name} must be {option.allowed(context, model)}{with_model}, "
+                        f"not {quoted(sent[option.name])}")
         return None
     return typed[option.name]
 
@@ -253,13 +260,31 @@ def combination_problems(sent: Mapping[str, str]) -> list[str]:
     problems = []
     targets = [name for name in ("width", "height") if name in sent]
     if "scale" in sent and targets:
-        given = ", ".join(f"{name}={sent[name]!r}" for name in ["scale", *targets])
+        given = ", ".join(f"{name}={quoted(sent[name])}" for name in ["scale", *targets])
         problems.append(f"scale cannot be combined with width or height (sent {given}): "
                         f"send either scale or a target size")
     if "fit" in sent and len(targets) < 2:
-        problems.append(f"fit applies only when both width and height are sent (sent fit={sent['fit']!r}"
-                        f"{''.join(f', {name}={sent[name]!r}' for name in targets)})")
+        problems.append(f"fit applies only when both width and height are sent (sent fit={quoted(sent['fit'])}"
+                        f"{''.join(f', {name}={quoted(sent[name])}' for name in targets)})")
     return problems
+
+
+def _quality_problems(sent: Mapping[str, str], typed: Mapping[str, object]) -> list[str]:
+    """quality with png, which is lossless: it would change nothing. An invalid format is named already."""
+    if "quality" not in sent or ("format" in sent and "format" not in typed):
+        return []
+    output_format = typed.get("format", BY_NAME["format"].default)
+    if output_format in QUALITY_FORMATS:
+        return []
+    return [f"quality applies only to format {' or '.join(QUALITY_FORMATS)} (sent quality={quoted(sent['quality'])} "
+            f"with format {output_format}, which is lossless); send no quality with {output_format}"]
+
+
+def quoted(text: str) -> str:
+    """``text`` as a message quotes it: its repr, cut short when long."""
+    if len(text) <= QUOTED_CHARACTERS:
+        return repr(text)
+    return f"{text[:QUOTED_CHARACTERS]!r}... ({len(text)} characters)"
 
 
 def describe_options(context: OptionContext) -> list[dict[str, object]]:

@@ -341,7 +341,7 @@ async function run() {
   if (denoise !== null) form.append("denoise", denoise);
   form.append("strength", $("strength").value);
   form.append("format", $("format").value);
-  form.append("quality", $("quality").value);
+  if (!$("quality-field").hidden) form.append("quality", $("quality").value);  // png has none: a 400
   form.append("ensemble", $("ensemble").checked ? "true" : "false");
   const request = { name: state.file.name, model: $("model").value, size, denoise, format: $("format").value,
     quality: Number($("quality").value) };

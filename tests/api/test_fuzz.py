@@ -14,9 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.test import encode_multipart
 
 from core import images
 from core.formats import OUTPUT_FORMATS
+from core.options import OPTIONS
 from core.png_encoder import SIGNATURE as PNG_SIGNATURE
 from core.errors import InvalidImage, TooLarge
 from tests.core.test_images import levels16, pattern, png16, save
@@ -159,3 +162,41 @@ def test_endpoint_upscales_or_refuses_mutated_files_with_the_real_model(app, sma
         result = Image.open(io.BytesIO(response.data))
         result.load()
         assert result.format == OUTPUT_FORMATS[output_format][0]
+
+
+# --- Forms ----------------------------------------------------------------------------------------
+
+FIELD_NAMES = ["image", *(option.name for option in OPTIONS), "Image", "SCALE", "", " scale", "x", "_charset_"]
+
+
+@st.composite
+def multipart_bodies(draw) -> tuple[bytes, str]:
+    """A multipart body of random fields (text or file parts, repeated, misnamed), then perhaps cut or edited."""
+    fields = MultiDict()
+    for _ in range(draw(st.integers(0, 6))):
+        name = draw(st.sampled_from(FIELD_NAMES))
+        if draw(st.booleans()):
+            fields.add(name, draw(st.text(max_size=12)))
+        else:
+            upload = draw(st.sampled_from([SEEDS[0], b"", b"not an image"]))
+            fields.add(name, FileStorage(io.BytesIO(upload), draw(st.sampled_from(["a.png", "", 'q"\r\n\u00e9.png']))))
+    boundary, body = encode_multipart(fields, boundary="fuzz")  # its own boundary draws from random
+    data = bytearray(body)
+    rng = draw(st.randoms(use_true_random=True))
+    for _ in range(draw(st.integers(0, 2))):
+        if data:
+            at = rng.randrange(len(data))
+            data[at:at + draw(st.integers(0, 8))] = draw(st.binary(max_size=8))
+    return bytes(data), f"multipart/form-data; boundary={boundary}"
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(body=multipart_bodies(), route=st.sampled_from(["/model/predict", "/app/upscale"]),
+       query=st.sampled_from(["", "?scale=2", "?image=x", "?scale=", "?SCALE=2&scale=3"]))
+def test_both_image_routes_answer_any_form_with_a_4xx_naming_it(app, decode_only, body, route, query):
+    """No form reaches the network here (the output limit is 1 pixel): each is refused with a JSON message."""
+    data, content_type = body
+    response = app.test_client().post(route + query, data=data, content_type=content_type)
+    assert response.status_code in (400, 413), (response.status_code, response.data[:200])
+    assert response.is_json and response.json["message"]

@@ -17,7 +17,7 @@ from config import load_settings
 from core.admission import InferenceSlot
 from core.service import Service
 from tests.api.test_ops import scrape
-from tests.conftest import TEST_MODELS, sample_bytes
+from tests.conftest import ROOT, TEST_MODELS, sample_bytes
 
 
 def post_image(client, path: str = "/model/predict", **fields):
@@ -100,6 +100,25 @@ def test_an_unknown_route_answers_json_404(client):
     response = client.get("/no/such/route")
     assert response.status_code == 404
     assert response.json["message"] == "no route GET /no/such/route: the API is described at /"
+
+
+@pytest.mark.parametrize("path, allowed", [
+    ("/model/predict", {"POST", "OPTIONS"}),
+    ("/model/metadata", {"GET", "HEAD", "OPTIONS"}),
+    ("/health", {"GET", "HEAD", "OPTIONS"}),
+    ("/app/upscale", {"POST", "OPTIONS", "GET", "HEAD"}),  # GET and HEAD: the page's files under /app
+])
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+def test_a_405_says_which_methods_the_route_takes(client, path, allowed, method):
+    response = client.open(path, method=method)
+    assert response.status_code == 405 and response.is_json
+    assert set(response.headers["Allow"].split(", ")) == allowed
+    assert response.json["message"] == f"{method} is not allowed on {path}: it takes {', '.join(sorted(allowed))}"
+
+
+def test_docs_quote_the_405_as_the_server_words_it(client):
+    message = client.put("/model/predict").json["message"]
+    assert f"`{message}`" in (ROOT / "docs" / "inputs.md").read_text()
 
 
 def test_a_compressed_body_is_refused_with_415(client):

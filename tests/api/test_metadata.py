@@ -4,6 +4,7 @@ from __future__ import annotations
 from core.containers import ACCEPTED_FORMATS
 from core.models import precision
 from core.models.specs import SPECS
+from core.options import OPTIONS
 
 
 def test_metadata_has_the_max_fields_and_models(client):
@@ -42,7 +43,9 @@ def test_swagger_ui_and_document(client):
     document = client.get("/swagger.json").json
     assert {"/model/metadata", "/model/predict"} <= set(document["paths"])
     parameters = {p["name"]: p for p in document["paths"]["/model/predict"]["post"]["parameters"]}
-    assert parameters["image"]["type"] == "file"
+    assert parameters["image"]["type"] == "file" and parameters["image"]["in"] == "formData"
+    assert parameters["image"]["required"] is True  # as in the original MAX document
+    assert not any(parameters[option.name].get("required") for option in OPTIONS)
     assert parameters["scale"]["maximum"] == 8  # each option's range and default: tests/api/test_inputs.py
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from core import images
 from core.resize import resize
-from core.options import MAX_TARGET_SIDE, OPTIONS
+from core.options import MAX_TARGET_SIDE, OPTIONS, quoted
 from tests.core.test_images import levels16, pattern, png16, rgba_image, save
 
 WIDE = save(Image.fromarray(pattern(9, 15)))  # 15 x 9
@@ -214,7 +214,7 @@ def test_a_bad_value_is_the_same_400_on_both_routes(client, field, value, allowe
     response = predict(client, WIDE, **{field: value})
     assert response.status_code == 400 and set(response.json) == {"message"}
     message = response.json["message"]
-    assert f"{field} must be {allowed}, not {value!r}" in message, message
+    assert f"{field} must be {allowed}, not {quoted(value)}" in message, message
     assert page_events(client, WIDE, **{field: value}) == (400, {"message": message})
 
 
