@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from core.options import UpscaleOptions
+    from core.service import Service
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's later log lines out of the progress bars
 
@@ -176,7 +179,7 @@ def _without_clashes(jobs: list[Job], problems: list[tuple[Path, str]]) -> tuple
     return kept, problems
 
 
-def load_service(model: str, tile: int | None):
+def load_service(model: str, tile: int | None) -> Service:
     """The server's service with only the chosen model loaded."""
     from config import load_settings
     from core import backends
@@ -436,7 +439,7 @@ def _reason(error: Exception) -> str:
 class _MessageOnly(logging.Formatter):
     """A log record's message without its traceback: the user gets the reason, not the call stack."""
 
-    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+    def formatException(self, ei: tuple[type[BaseException], BaseException, TracebackType | None]) -> str:  # noqa: N802 - logging's name
         return ""
 
 

@@ -1,9 +1,15 @@
 """gunicorn settings, taken from the same typed settings as the app (see config.py)."""
+from __future__ import annotations
+
 import glob
 import os
 import shutil
 import signal
 import tempfile
+from types import FrameType
+
+from gunicorn.arbiter import Arbiter
+from gunicorn.workers.base import Worker
 
 from config import load_settings
 
@@ -37,7 +43,7 @@ loglevel = _settings.log_level.lower()
 _created_folders: list[str] = []
 
 
-def on_starting(server) -> None:
+def on_starting(server: Arbiter) -> None:
     """Give the workers one folder for their Prometheus metrics, so that /metrics adds up all of them.
 
     Set before any worker imports prometheus-client (it reads the variable at import). A folder given in
@@ -54,11 +60,11 @@ def on_starting(server) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
 
 
-def post_worker_init(worker) -> None:
+def post_worker_init(worker: Worker) -> None:
     """Before gunicorn's own SIGTERM handler stops the worker, start the countdown of the requests in flight."""
     previous = signal.getsignal(signal.SIGTERM)
 
-    def on_term(signum, frame) -> None:
+    def on_term(signum: int, frame: FrameType | None) -> None:
         from core import shutdown
 
         service = worker.wsgi.extensions["super_resolution"]
@@ -69,13 +75,13 @@ def post_worker_init(worker) -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
-def child_exit(server, worker) -> None:
+def child_exit(server: Arbiter, worker: Worker) -> None:
     """A dead worker's gauges stop counting (its counters and histograms are kept)."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
 
 
-def on_exit(server) -> None:
+def on_exit(server: Arbiter) -> None:
     for folder in _created_folders:
         shutil.rmtree(folder, ignore_errors=True)

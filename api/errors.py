@@ -9,8 +9,10 @@ model and message).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from flask import Flask, g, request
+from flask.typing import ResponseReturnValue
 from flask_restx import Api
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
@@ -23,7 +25,8 @@ UNSUPPORTED_MEDIA_TYPE = 415
 class JsonApi(Api):
     """Flask-RESTX without its error handling: errors take the app's path like any other route's."""
 
-    def error_router(self, original_handler, e):
+    def error_router(self, original_handler: Callable[[Exception], ResponseReturnValue],
+                     e: Exception) -> ResponseReturnValue:
         return original_handler(e)
 
 

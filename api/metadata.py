@@ -53,7 +53,7 @@ metadata = namespace.model("ModelMetadata", {
 @namespace.route("/metadata")
 class Metadata(Resource):
     @namespace.marshal_with(metadata)
-    def get(self):
+    def get(self) -> dict[str, object]:
         """Return the model's metadata and the models this server offers."""
         current = service()
         settings = current.settings

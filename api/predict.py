@@ -63,7 +63,7 @@ class Predict(Resource):
     @namespace.response(400, "No image, an unreadable image, or an invalid option")
     @namespace.response(413, "The upload, the image or the output exceeds a limit")
     @namespace.response(503, "Busy or still loading; see Retry-After")
-    def post(self):
+    def post(self) -> Response:
         """Upscale an image 4x (any scale from 1 to 8, or to a width and height) and return it."""
         stages = Stages()
         with stages.time("upload"):  # werkzeug reads and parses the multipart body here

@@ -20,12 +20,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from flask import Blueprint, Response, redirect, request
+from werkzeug.wrappers import Response as BaseResponse
 
 from api import observability
 from api.form import read_form
 from api.predict import CLIENT_CLOSED_REQUEST
 from core.errors import Cancelled, ServiceError
 from core.options import parse_options
+from core.pipeline import Progress
 from core.plan import Plan
 from core.service import Service
 
@@ -40,17 +42,17 @@ blueprint = Blueprint("web", __name__, url_prefix="/app", static_folder=str(WEB_
 
 
 @blueprint.get("")
-def page_redirect():
+def page_redirect() -> BaseResponse:
     return redirect("/app/")
 
 
 @blueprint.get("/")
-def page():
+def page() -> Response:
     return blueprint.send_static_file("index.html")
 
 
 @blueprint.post("/upscale")
-def upscale():
+def upscale() -> Response:
     """Multipart like /model/predict; answers ``application/x-ndjson`` events."""
     from api import service
 
@@ -118,7 +120,7 @@ def _stream_outcome(last: dict, model: str) -> tuple[int, observability.Outcome]
                                       (last["width"], last["height"]))
 
 
-def _run(current: Service, plan: Plan, on_progress, events: queue.Queue, started: float) -> None:
+def _run(current: Service, plan: Plan, on_progress: Progress, events: queue.Queue, started: float) -> None:
     try:
         result = current.run(plan, on_progress)
     except Cancelled as cancelled:

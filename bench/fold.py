@@ -14,11 +14,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from bench.report import ROOT
+
+if TYPE_CHECKING:
+    import keras
+    from openvino import ProfilingInfo
 
 PHOTO = ROOT / "assets" / "test_examples" / "low_resolution" / "astronaut.png"
 
@@ -28,7 +34,7 @@ def window(side: int) -> np.ndarray:
     return np.asarray(image, np.float32)[None] / 255
 
 
-def convolution_flop(model) -> dict[str, float]:
+def convolution_flop(model: keras.Model) -> dict[str, float]:
     """FLOP per input pixel of each convolution of the published network."""
     import keras
 
@@ -56,7 +62,7 @@ def measure(compiled: dict, batch: np.ndarray, runs: int) -> dict[str, list[floa
     return times
 
 
-def slowest_nodes(request_profile, count: int = 3) -> str:
+def slowest_nodes(request_profile: Iterable[ProfilingInfo], count: int = 3) -> str:
     """The nodes that took most of the last run's time, with their share."""
     seconds = {f"{info.node_type} {info.node_name}": info.real_time.total_seconds() for info in request_profile}
     total = sum(seconds.values())

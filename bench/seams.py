@@ -17,7 +17,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from config import load_settings
+from config import Settings, load_settings
 from core.models.specs import SPECS, Variant
 from core.backends import choose
 from core.models.runtime import Network
@@ -55,7 +55,7 @@ def lowest_psnr(network: Network, images: list[np.ndarray], margin: int) -> floa
                for image in images)
 
 
-def network_of(name: str, variant: Variant, settings) -> Network:
+def network_of(name: str, variant: Variant, settings: Settings) -> Network:
     return choose(settings).module.network(SPECS[name], variant, settings, choose(settings))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from config import MEBIBYTE
 from core.memory import reset_peak_rss
 from harness.photos import PICTURES, photo_png
 from harness.process import peak_rss_mb
+
+if TYPE_CHECKING:
+    from core.service import Service
 
 
 
@@ -32,7 +36,7 @@ def rss_mb() -> float:
     return rss_bytes() / MEBIBYTE
 
 
-def loaded_service(model: str, **overrides: object):
+def loaded_service(model: str, **overrides: object) -> Service:
     from config import load_settings
     from core.service import Service
 

@@ -9,7 +9,9 @@ import io
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -17,6 +19,7 @@ import requests
 from PIL import Image
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 def png(width: int, height: int, seed: int = 0) -> bytes:
@@ -103,7 +106,7 @@ def gauge(url: str, name: str) -> float:
     return 0.0
 
 
-def wait_for(condition, timeout_s: float, interval_s: float = 0.2):
+def wait_for(condition: Callable[[], T | None], timeout_s: float, interval_s: float = 0.2) -> T:
     """Poll ``condition()`` until it returns something truthy; that value, or TimeoutError."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

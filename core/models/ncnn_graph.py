@@ -60,7 +60,7 @@ class WeightedSum(keras.layers.Layer):
         super().__init__(**kwargs)
         self.coefficients = tuple(float(c) for c in coefficients)
 
-    def call(self, inputs):
+    def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
         total = None
         for coefficient, tensor in zip(self.coefficients, inputs):
             term = tensor if coefficient == 1.0 else tensor * coefficient
@@ -80,14 +80,14 @@ class Arithmetic(keras.layers.Layer):
         self.operation, self.scalar, self.constant_first = operation, scalar, constant_first
         self._constant_values = constant
 
-    def build(self, input_shape) -> None:
+    def build(self, input_shape: tuple[int | None, ...] | list[tuple[int | None, ...]]) -> None:
         if self._constant_values is not None:
             values = self._constant_values[None]  # a batch axis, to broadcast
             self.constant = self.add_weight(shape=values.shape, initializer=Preset(values), trainable=False,
                                             name="constant")
             self._constant_values = None
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor | list[tf.Tensor]) -> tf.Tensor:
         function = BINARY_OPERATIONS[self.operation]
         if isinstance(inputs, (list, tuple)):
             return function(inputs[0], inputs[1])
@@ -99,7 +99,7 @@ class Swish(keras.layers.Layer):
     """x * sigmoid(x), written out: Keras' silu carries a custom gradient whose intermediate tensors
     OpenVINO's conversion keeps as extra outputs of the graph."""
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         return inputs * keras.ops.sigmoid(inputs)
 
 
@@ -110,7 +110,7 @@ class TorchPixelShuffle(keras.layers.Layer):
         super().__init__(**kwargs)
         self.factor = factor
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         squared = self.factor * self.factor
         out_channels = inputs.shape[-1] // squared
         # TensorFlow's depth_to_space reads channel (i * r + j) * C + c for pixel (i, j) of channel c.
@@ -132,7 +132,7 @@ class Preset(keras.initializers.Initializer):
     def __init__(self, values: np.ndarray) -> None:
         self.values: np.ndarray | None = values
 
-    def __call__(self, shape, dtype=None):
+    def __call__(self, shape: tuple[int, ...], dtype: str | None = None) -> np.ndarray:
         values, self.values = self.values, None
         if values is None:
             raise RuntimeError("a Preset initialiser serves one variable once")

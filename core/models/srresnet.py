@@ -23,15 +23,15 @@ class DepthToSpace(keras.layers.Layer):
         super().__init__(**kwargs)
         self.block_size = block_size
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         return tf.nn.depth_to_space(inputs, self.block_size)
 
 
-def _prelu(name: str | None = None):
+def _prelu(name: str | None = None) -> keras.layers.PReLU:
     return keras.layers.PReLU(shared_axes=[1, 2], name=name)
 
 
-def _residual_block(x_in, conv_bias: bool, bn_scale: bool, bn_epsilon: float):
+def _residual_block(x_in: keras.KerasTensor, conv_bias: bool, bn_scale: bool, bn_epsilon: float) -> keras.KerasTensor:
     x = keras.layers.Conv2D(NUM_FILTERS, 3, padding="same", use_bias=conv_bias)(x_in)
     x = keras.layers.BatchNormalization(scale=bn_scale, epsilon=bn_epsilon)(x)
     x = _prelu()(x)
@@ -40,7 +40,7 @@ def _residual_block(x_in, conv_bias: bool, bn_scale: bool, bn_epsilon: float):
     return keras.layers.Add()([x_in, x])
 
 
-def _upsample(x, name: str):
+def _upsample(x: keras.KerasTensor, name: str) -> keras.KerasTensor:
     x = keras.layers.Conv2D(NUM_FILTERS * 4, 3, padding="same", name=f"{name}_conv")(x)
     x = DepthToSpace(2, name=f"{name}_shuffle")(x)
     return _prelu(f"{name}_prelu")(x)
@@ -72,7 +72,7 @@ def build_srresnet(
     return keras.Model(x_in, _to_unit_range(x, tanh_output), name="srresnet")
 
 
-def _to_unit_range(x, tanh_output: bool):
+def _to_unit_range(x: keras.KerasTensor, tanh_output: bool) -> keras.KerasTensor:
     if tanh_output:
         x = keras.layers.Activation("tanh", name="output_tanh")(x)
     return keras.layers.Rescaling(0.5, offset=0.5)(x)
