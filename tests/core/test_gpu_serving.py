@@ -16,7 +16,7 @@ from config import CPU_WORKER_MEMORY_BUDGET_MB, GPU_WORKER_MEMORY_BUDGET_MB, loa
 from core import encoding, images, memory, pipeline
 from core.admission import InferenceSlot
 from core.backends import pytorch
-from core.errors import Busy, OutOfDeviceMemory, TooLarge
+from core.errors import Busy, Cancelled, OutOfDeviceMemory, TooLarge
 from core.metrics import psnr
 from core.models.runtime import Network
 from core.options import UpscaleOptions
@@ -318,3 +318,29 @@ def test_metadata_and_metrics_carry_the_device(gpu_like_app):
     busy = [line for line in metrics.splitlines() if line.startswith("superres_device_busy_seconds_total")]
     assert busy and float(busy[0].split()[-1]) > 0
     assert "superres_device_memory_bytes 0.0" in metrics
+
+
+@pytest.mark.slow
+def test_a_client_that_leaves_before_its_first_window_spends_no_window(service, monkeypatch):
+    """A whole image is one window on a GPU, and the hang-up check ran only before the decode and after that
+    window: a client that left meanwhile (while the request decoded or waited for the device) still had its
+    window run. The check now comes before the first window too."""
+    left = threading.Event()
+    windows = []
+    real_decode, real_run = images.decode_pixels, pytorch.TorchRunner._hosted
+
+    def decode_then_leave(data, header):
+        decoded = real_decode(data, header)
+        left.set()  # the client hangs up while its image decodes
+        return decoded
+
+    def check(done: int, total: int) -> None:
+        if left.is_set():
+            raise Cancelled(f"the client closed the connection after {done} of {total} tiles")
+
+    monkeypatch.setattr(images, "decode_pixels", decode_then_leave)
+    monkeypatch.setattr(pytorch.TorchRunner, "_hosted",
+                        lambda runner, batch, finish: windows.append(batch.shape) or real_run(runner, batch, finish))
+    with pytest.raises(Cancelled, match="after 0 of 1 tiles"):
+        service.upscale(encode(photo(24, 20)), UpscaleOptions(model="anime"), check)
+    assert left.is_set() and windows == []
