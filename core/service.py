@@ -91,7 +91,7 @@ class Service:
         result = self.result_bytes(header, output, options, with_layers)
         if runs_network:
             passes = self.plan_passes(network, output, result)
-            host_bytes = result + self.host_bytes(network, passes)
+            host_bytes = result + self.host_bytes(network, passes, options.ensemble)
         else:
             passes, host_bytes = (), result + memory.pass_bytes(header.height, header.width)
         memory.check_worker_room(self.memory_budget(), worker_room(self.settings, self.registry), host_bytes,
@@ -149,14 +149,14 @@ class Service:
         return memory.result_bytes(width * height, header.pixel_bytes, lanczos, 0 < options.strength < 1,
                                    with_layers)
 
-    def host_bytes(self, network: Network, passes: tuple[Pass, ...]) -> int:
+    def host_bytes(self, network: Network, passes: tuple[Pass, ...], ensemble: bool = False) -> int:
         """What the request's passes hold in this worker's memory beside the loaded models and the result, at
-        its largest pass: its input buffers and a batch of windows."""
+        its largest pass: its input buffers and a batch of windows (with the ``ensemble``'s sums)."""
         device = self.registry.choice.device
         bytes_per_pixel = self.registry.cards[network.name].window_bytes_per_pixel(network.precision, device)
         return max(memory.pass_bytes(step.height, step.width)
                    + memory.window_host_bytes(step.window_pixels, device, bytes_per_pixel, network.scale,
-                                              min(self.settings.tile_batch, len(step.tiles)))
+                                              min(self.settings.tile_batch, len(step.tiles)), ensemble)
                    for step in passes)
 
     def memory_budget(self) -> int:

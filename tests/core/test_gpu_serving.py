@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import threading
+import tracemalloc
 
 import numpy as np
 import png
@@ -18,6 +19,7 @@ from core.admission import InferenceSlot
 from core.backends import pytorch
 from core.errors import Busy, Cancelled, OutOfDeviceMemory, TooLarge
 from core.metrics import psnr
+from core.models.ensemble import self_ensemble, turned
 from core.models.runtime import Network
 from core.options import UpscaleOptions
 from core.service import GPU_MEMORY_SHARE, worker_room
@@ -266,7 +268,8 @@ def test_a_request_reserves_its_buffers_and_the_windows_host_share(service, monk
     monkeypatch.setattr(type(service.registry), "device_resident", property(lambda registry: 0))
     plan = service.prepare(encode(photo(40, 48)), UpscaleOptions())
     assert len(plan.passes[0].tiles) == 1  # the whole image, as one window
-    assert plan.host_bytes == own + 40 * 48 * 16 * memory.HOST_COPY_BYTES_PER_OUTPUT_PIXEL
+    assert plan.host_bytes == own + 40 * 48 * (memory.HOST_WINDOW_BYTES_PER_INPUT_PIXEL
+                                               + 16 * memory.HOST_COPY_BYTES_PER_OUTPUT_PIXEL)
 
 
 def test_on_a_gpu_the_room_sets_aside_the_cached_pinned_blocks(service, monkeypatch):
@@ -344,3 +347,24 @@ def test_a_client_that_leaves_before_its_first_window_spends_no_window(service, 
     with pytest.raises(Cancelled, match="after 0 of 1 tiles"):
         service.upscale(encode(photo(24, 20)), UpscaleOptions(model="anime"), check)
     assert left.is_set() and windows == []
+
+
+def test_an_ensemble_reserves_the_float_sums_it_holds_beside_a_window(service, monkeypatch):
+    """The ensemble averages a window's 8 orientations as floats on the host: numpy's sums alone (torch's results
+    beside them are not traced) come to more than one window's float32 result, which was all it reserved."""
+    monkeypatch.setattr(service.registry, "choice", dataclasses.replace(service.registry.choice, device="cuda"))
+    monkeypatch.setattr(service.registry.choice.module, "memory_total", lambda device: 10 * 2 ** 30)
+    monkeypatch.setattr(type(service.registry), "device_resident", property(lambda registry: 0))
+    plan = service.prepare(encode(photo(40, 48)), UpscaleOptions(ensemble=True))
+    reserved = plan.host_bytes - memory.pass_bytes(40, 48) - memory.result_bytes(160 * 192, 3, False, False, False)
+    network, rgb = plan.network, photo(40, 48).astype(np.float32) / 255
+    predict = self_ensemble(lambda k, flip: network.predictor(turned(rgb, k, flip)))
+    tracemalloc.start()
+    try:
+        averaged = predict(rgb[None])
+        _, traced_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert averaged.shape == (1, 160, 192, 3) and len(plan.passes[0].tiles) == 1
+    assert traced_peak >= 2 * averaged.nbytes
+    assert reserved >= traced_peak + averaged.nbytes  # and the untraced result of the orientation in hand
