@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import os
 import threading
 import tracemalloc
 
@@ -13,6 +15,7 @@ import png
 import pytest
 from pydantic import ValidationError
 
+from bench import gpu
 from config import CPU_WORKER_MEMORY_BUDGET_MB, GPU_WORKER_MEMORY_BUDGET_MB, load_settings
 from core import encoding, images, memory, pipeline
 from core.admission import InferenceSlot
@@ -368,3 +371,17 @@ def test_an_ensemble_reserves_the_float_sums_it_holds_beside_a_window(service, m
     assert averaged.shape == (1, 160, 192, 3) and len(plan.passes[0].tiles) == 1
     assert traced_peak >= 2 * averaged.nbytes
     assert reserved >= traced_peak + averaged.nbytes  # and the untraced result of the orientation in hand
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_on_the_cpu_and_records_the_machine_with_each_row(tmp_path):
+    """bench.gpu refused to run without a GPU, so a GPU session was the first to run its code; and only its first
+    line named the machine, which rows of several calls appended together lost."""
+    out = tmp_path / "rows.jsonl"
+    assert gpu.main(["--device", "cpu", "--models", "anime", "--runs", "1", "--batches", "1,2", "--window", "32",
+                     "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row.get("batch") for row in rows] == [1, 2, None]
+    assert all(row["window_s"] > 0 for row in rows[:2]) and rows[2]["levels_result_s_500"] > 0
+    assert all(row["machine"]["gpu"] is None and row["machine"]["cpus"] == os.cpu_count() and row["machine"]["cpu"]
+               for row in rows)
