@@ -191,7 +191,7 @@ def request_rows(name: str, runs: int, choice: Choice = CUDA) -> dict:
     # This process also holds every network timed before: a budget beside them, for the request's own buffers.
     service = Service.create(load_settings(device=choice.device, backend=choice.backend, models=name,
                                            default_model=name, memory_budget_mb=REQUEST_BUDGET_MB))
-    service.registry.load_all()
+    service.load()
     data, options = photo_png(500), UpscaleOptions(model=name)
     totals, stages_seen = [], []
     for _ in range(runs + 1):

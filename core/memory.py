@@ -142,6 +142,11 @@ def tile_for_budget(budget_bytes: int, resident: int, request: int, bytes_per_wi
     return tile
 
 
+def smallest_device_window(bytes_per_window_pixel: int, margin: int, batch: int = 1) -> int:
+    """The GPU memory of a batch of the smallest tile's windows: below it, the budget holds no tile at all."""
+    return (MIN_TILE + 2 * margin) ** 2 * bytes_per_window_pixel * batch
+
+
 def tile_for_device_budget(budget_bytes: int, resident: int, bytes_per_window_pixel: int, margin: int,
                            height: int, width: int, batch: int = 1) -> int:
     """The tile side on a GPU: the whole image as one window where it fits what the budget leaves beside the
@@ -157,5 +162,5 @@ def tile_for_device_budget(budget_bytes: int, resident: int, bytes_per_window_pi
         raise TooLarge(
             f"a {width}x{height} image needs more GPU memory than GPU_MEMORY_BUDGET_MB={budget_bytes // MEBIBYTE} "
             f"leaves: {resident // MEBIBYTE} MiB are the loaded models, and the smallest tile's window needs "
-            f"{(MIN_TILE + 2 * margin) ** 2 * bytes_per_window_pixel * batch // MEBIBYTE} MiB")
+            f"{smallest_device_window(bytes_per_window_pixel, margin, batch) // MEBIBYTE} MiB")
     return tile

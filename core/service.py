@@ -1,6 +1,7 @@
 """What one worker process holds: settings, the loaded models and the inference slot."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from core.pipeline import Progress, Result
 from core.plan import Pass, Plan, check_sizes, plan_pass
 from core.timing import Stages
 
-
+log = logging.getLogger(__name__)
 # What GPU_MEMORY_BUDGET_MB=0 leaves to the networks: the rest is the CUDA context's and other processes'.
 GPU_MEMORY_SHARE = 0.9
 
@@ -63,9 +64,41 @@ class Service:
 
     def start_loading(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
         """Load every model in the background, so that /health answers during start-up."""
-        self._loader = threading.Thread(target=self.registry.load_all, args=(on_loaded,),
-                                        name="model-loader", daemon=True)
+        self._loader = threading.Thread(target=self.load, args=(on_loaded,), name="model-loader", daemon=True)
         self._loader.start()
+
+    def load(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
+        """Load every model, then take out of service those whose smallest window the GPU budget has no room for
+        beside the loaded models; ``on_loaded`` hears of the others, once that is known."""
+        loaded: list[tuple[str, float]] = []
+        self.registry.load_all(lambda name, seconds: loaded.append((name, seconds)))
+        short = self.short_of_device_memory()
+        for name, reason in short.items():
+            log.error("model %s cannot serve: %s", name, reason)
+            self.registry.fail(name, reason)
+        for name, seconds in loaded:
+            if on_loaded is not None and name not in short:
+                on_loaded(name, seconds)
+
+    def short_of_device_memory(self) -> dict[str, str]:
+        """Each ready model whose smallest tile's window does not fit what GPU_MEMORY_BUDGET_MB leaves beside the
+        loaded models, with the reason: it would refuse every image, so /ready says so from the start instead.
+        None on the CPU, whose memory budget is checked per image."""
+        if self.registry.choice.device != "cuda":
+            return {}
+        budget, resident = self.device_budget(), self.registry.device_resident
+        short = {}
+        for name, state in self.registry.states().items():
+            if state != "ready":
+                continue
+            network = self.registry.get(name)
+            bytes_per_pixel = self.registry.cards[name].window_bytes_per_pixel(network.precision, "cuda")
+            window = memory.smallest_device_window(bytes_per_pixel, network.margin, self.settings.tile_batch)
+            if resident + window > budget:
+                short[name] = (f"GPU_MEMORY_BUDGET_MB={budget // memory.MEBIBYTE} leaves no room for its smallest "
+                               f"window ({-(-window // memory.MEBIBYTE)} MiB) beside the {resident // memory.MEBIBYTE} "
+                               f"MiB the loaded models hold on the GPU")
+        return short
 
     @property
     def option_context(self) -> OptionContext:

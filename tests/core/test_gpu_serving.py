@@ -17,15 +17,16 @@ from pydantic import ValidationError
 
 from bench import gpu
 from config import CPU_WORKER_MEMORY_BUDGET_MB, GPU_WORKER_MEMORY_BUDGET_MB, load_settings
-from core import encoding, images, memory, pipeline
+from core import backends, encoding, images, memory, pipeline
 from core.admission import InferenceSlot
 from core.backends import pytorch
-from core.errors import Busy, Cancelled, OutOfDeviceMemory, TooLarge
+from core.errors import Busy, Cancelled, NotReady, OutOfDeviceMemory, TooLarge
 from core.metrics import psnr
 from core.models.ensemble import self_ensemble, turned
+from core.models.registry import ModelRegistry
 from core.models.runtime import Network
 from core.options import UpscaleOptions
-from core.service import GPU_MEMORY_SHARE, worker_room
+from core.service import GPU_MEMORY_SHARE, Service, worker_room
 from harness.raw_http import wait_for
 from tests.api.test_inputs import read_png16
 from tests.conftest import decode, encode, loaded_app
@@ -385,3 +386,43 @@ def test_the_gpu_script_runs_on_the_cpu_and_records_the_machine_with_each_row(tm
     assert all(row["window_s"] > 0 for row in rows[:2]) and rows[2]["levels_result_s_500"] > 0
     assert all(row["machine"]["gpu"] is None and row["machine"]["cpus"] == os.cpu_count() and row["machine"]["cpu"]
                for row in rows)
+
+
+def on_a_gpu(service, monkeypatch, resident_mib: int) -> None:
+    """The service's worker as on a GPU of 10 GiB whose loaded models hold ``resident_mib``."""
+    monkeypatch.setattr(service.registry, "choice", dataclasses.replace(service.registry.choice, device="cuda"))
+    monkeypatch.setattr(service.registry.choice.module, "memory_total", lambda device: 10 * 2 ** 30)
+    monkeypatch.setattr(type(service.registry), "device_resident",
+                        property(lambda registry: resident_mib * memory.MEBIBYTE))
+
+
+def test_a_model_whose_smallest_window_has_no_room_on_the_gpu_is_named(service, monkeypatch):
+    on_a_gpu(service, monkeypatch, 100)
+    assert service.short_of_device_memory() == {}  # 90 % of 10 GiB
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"gpu_memory_budget_mb": 100}))
+    assert service.short_of_device_memory() == {"anime": "GPU_MEMORY_BUDGET_MB=100 leaves no room for its smallest "
+                                                         "window (1 MiB) beside the 100 MiB the loaded models hold "
+                                                         "on the GPU"}
+
+
+@pytest.mark.slow
+def test_models_that_leave_the_gpu_budget_no_room_fail_at_start_not_on_every_image(monkeypatch):
+    """Models holding more of the GPU than GPU_MEMORY_BUDGET_MB leaves for a window were ready, and every image was
+    a 413 that blamed its size: now the start-up says so, /ready with it, and the model refuses with the reason."""
+    settings = load_settings(models="anime", default_model="anime", backend="pytorch", device="cpu",
+                             gpu_memory_budget_mb=100)
+    registry = ModelRegistry(settings, backends.choose(settings))
+    service = Service(settings, registry, InferenceSlot(0, 1))
+    real_load = registry.load_all
+
+    def load_then_find_a_gpu(on_loaded):
+        real_load(on_loaded)  # loaded on the CPU; the budget is then checked as on a GPU
+        on_a_gpu(service, monkeypatch, 100)
+
+    monkeypatch.setattr(registry, "load_all", load_then_find_a_gpu)
+    heard = []
+    service.load(lambda name, seconds: heard.append(name))
+    assert not registry.ready and heard == []
+    assert registry.states()["anime"].startswith("failed: GPU_MEMORY_BUDGET_MB=100 leaves no room")
+    with pytest.raises(NotReady, match="GPU_MEMORY_BUDGET_MB=100 leaves no room"):
+        service.prepare(encode(photo(24, 20)), UpscaleOptions(model="anime"))
