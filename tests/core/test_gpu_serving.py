@@ -426,3 +426,23 @@ def test_models_that_leave_the_gpu_budget_no_room_fail_at_start_not_on_every_ima
     assert registry.states()["anime"].startswith("failed: GPU_MEMORY_BUDGET_MB=100 leaves no room")
     with pytest.raises(NotReady, match="GPU_MEMORY_BUDGET_MB=100 leaves no room"):
         service.prepare(encode(photo(24, 20)), UpscaleOptions(model="anime"))
+
+
+@pytest.mark.slow
+def test_batches_of_windows_answer_as_one_window_at_a_time(service, monkeypatch):
+    """TILE_BATCH=3 over tiles that leave a partial last batch, with windows shifted inwards at the image's edges
+    and the levels rounded by the runner: the same pixels as one window at a time."""
+    data = encode(photo(72, 40))  # 8 tiles of 16 px: batches of 3, 3 and 2
+    answers, batches = {}, []
+    real_levels = pytorch.TorchRunner.levels
+    monkeypatch.setattr(pytorch.TorchRunner, "levels",
+                        lambda runner, batch, max_value: batches.append(len(batch)) or
+                        real_levels(runner, batch, max_value))
+    for size in (1, 3):
+        monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"tile_size": 16,
+                                                                                     "tile_batch": size}))
+        plan = service.prepare(data, UpscaleOptions(model="anime"))
+        answers[size] = np.asarray(decode(service.run(plan).data))
+    tiles = plan.tile_count
+    assert tiles % 3 and batches == [1] * tiles + [3] * (tiles // 3) + [tiles % 3]
+    np.testing.assert_array_equal(answers[3], answers[1])
