@@ -446,3 +446,10 @@ def test_batches_of_windows_answer_as_one_window_at_a_time(service, monkeypatch)
     tiles = plan.tile_count
     assert tiles % 3 and batches == [1] * tiles + [3] * (tiles // 3) + [tiles % 3]
     np.testing.assert_array_equal(answers[3], answers[1])
+
+
+def test_the_gpu_script_times_real_cugan_alone_through_its_runner():
+    """--http's 'network alone' ran the module on a bare tensor, which Real-CUGAN refuses (it takes its image's
+    averages too): a --http run of every model stopped there."""
+    network = gpu._auto_network("realcugan", gpu.CPU)
+    assert network.measure is not None and gpu.network_alone_seconds(network, 32, 1) > 0
