@@ -99,10 +99,15 @@ def window_host_bytes(window_pixels: int, device: str, bytes_per_window_pixel: i
     working set is on the card) the inputs and the results copied back; with the ``ensemble``, the float sums
     beside the results."""
     results = window_pixels * scale * scale * HOST_COPY_BYTES_PER_OUTPUT_PIXEL * batch
-    sums = results * (ENSEMBLE_COPIES - 1) if ensemble else 0
+    sums = window_pixels * ensemble_bytes_per_window_pixel(scale) * batch if ensemble else 0
     if device == "cuda":
         return window_pixels * HOST_WINDOW_BYTES_PER_INPUT_PIXEL * batch + results + sums
     return window_pixels * bytes_per_window_pixel * batch + sums
+
+
+def ensemble_bytes_per_window_pixel(scale: int) -> int:
+    """The ensemble's float sums beside a window's result, per window input pixel."""
+    return (ENSEMBLE_COPIES - 1) * HOST_COPY_BYTES_PER_OUTPUT_PIXEL * scale * scale
 
 
 def pinned_cache_bytes(device: str, slots: int) -> int:

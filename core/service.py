@@ -123,7 +123,7 @@ class Service:
             cost.check_ensemble_pixels(*header.size, self.settings.max_ensemble_pixels)
         result = self.result_bytes(header, output, options, with_layers)
         if runs_network:
-            passes = self.plan_passes(network, output, result)
+            passes = self.plan_passes(network, output, result, options.ensemble)
             host_bytes = result + self.host_bytes(network, passes, options.ensemble)
         else:
             passes, host_bytes = (), result + memory.pass_bytes(header.height, header.width)
@@ -152,16 +152,17 @@ class Service:
         """``prepare`` then ``run``, for callers that need nothing from the plan in between."""
         return self.run(self.prepare(data, options), on_progress, stages=stages)
 
-    def plan_passes(self, network: Network, output: OutputPlan, result: int) -> tuple[Pass, ...]:
+    def plan_passes(self, network: Network, output: OutputPlan, result: int, ensemble: bool = False
+                    ) -> tuple[Pass, ...]:
         """Each pass's tiles, at the tile size this worker's memory budget gives the pass's input beside the
         ``result`` bytes the request holds."""
-        return tuple(plan_pass(network, width, height, self.tile_size(network, height, width, result))
+        return tuple(plan_pass(network, width, height, self.tile_size(network, height, width, result, ensemble))
                      for width, height in output.pass_inputs)
 
-    def tile_size(self, network: Network, height: int, width: int, result: int) -> int:
+    def tile_size(self, network: Network, height: int, width: int, result: int, ensemble: bool = False) -> int:
         """The tile side for an image of this size on ``network``: TILE_SIZE when set, else the largest
         that MEMORY_BUDGET_MB leaves room for beside the loaded models and the request's buffers (413 when none
-        does)."""
+        does); on the CPU a window's cost includes the ``ensemble``'s float sums, which sit in the same memory."""
         if self.settings.tile_size is not None:
             return self.settings.tile_size
         device = self.registry.choice.device
@@ -169,6 +170,8 @@ class Service:
         if device == "cuda":
             return memory.tile_for_device_budget(self.device_budget(), self.registry.device_resident, bytes_per_pixel,
                                                  network.margin, height, width, self.settings.tile_batch)
+        if ensemble:
+            bytes_per_pixel += memory.ensemble_bytes_per_window_pixel(network.scale)
         return memory.tile_for_budget(self.memory_budget(), self.registry.resident,
                                       result + memory.pass_bytes(height, width), bytes_per_pixel, network.margin,
                                       height, width, self.settings.tile_batch)

@@ -453,3 +453,15 @@ def test_the_gpu_script_times_real_cugan_alone_through_its_runner():
     averages too): a --http run of every model stopped there."""
     network = gpu._auto_network("realcugan", gpu.CPU)
     assert network.measure is not None and gpu.network_alone_seconds(network, 32, 1) > 0
+
+
+def test_on_the_cpu_an_ensemble_tile_leaves_room_for_its_sums(service, monkeypatch):
+    """The CPU sizes its tile to fill the budget: the ensemble's float sums must be part of a window's cost
+    there, or the plan that counts them does not fit the budget it was sized by (a 413 for a 200² image with
+    24 MiB beside the models, which smaller tiles serve)."""
+    budget_mb = service.registry.resident // memory.MEBIBYTE + 24
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"memory_budget_mb": budget_mb}))
+    plan = service.prepare(encode(photo(200, 200)), UpscaleOptions(ensemble=True))
+    assert plan.host_bytes <= worker_room(service.settings, service.registry)
+    network = service.registry.get("anime")
+    assert service.tile_size(network, 200, 200, 0, ensemble=True) < service.tile_size(network, 200, 200, 0)
