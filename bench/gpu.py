@@ -15,8 +15,10 @@ INFERENCE_SLOTS in ``--slots``: one client's median time per 500² PNG, and ``--
 second against what the network alone does, with the workers' CPU cores, the device lock's share of the time
 and each stage's median under that load. ``--batches``: per model, ``--window``² windows through the
 runner in batches of each size (seconds per window: whether TILE_BATCH pays), and a 500² result copied
-back as float32 against as 8-bit levels rounded on the GPU. One JSON line per measurement, the machine in
-the first; the figures go to docs/gpu.md. Needs torch, spandrel, h5py, numpy, Pillow, pydantic-settings and pypng, and
+back as float32 against as 8-bit levels rounded on the GPU. One JSON line per measurement, each with the machine
+it ran on (GPU, driver, CPU and its core count), so that rows of several calls appended together keep theirs;
+the figures go to docs/gpu.md. ``--device cpu`` runs every row on the CPU in f32, to check the script where no
+GPU is at hand. Needs torch, spandrel, h5py, numpy, Pillow, pydantic-settings and pypng, and
 the weight packages (docs/gpu.md: carrying them to a machine without network).
 """
 from __future__ import annotations
@@ -39,7 +41,7 @@ from PIL import Image
 from bench.stages import parse_server_timing
 from config import load_settings
 from core import metrics
-from core.backends import Choice, pytorch
+from core.backends import Choice, cpu_name, pytorch
 from core.models.precision import MIN_BF16_PSNR_DB
 from core.models.specs import PACKAGED, SPECS, Variant
 from core.models.runtime import Network
@@ -57,13 +59,17 @@ CUDA, CPU = Choice("pytorch", "cuda"), Choice("pytorch", "cpu")
 REQUEST_BUDGET_MB = 32768
 
 
-def machine() -> dict[str, object]:
+def machine(choice: Choice = CUDA) -> dict[str, object]:
+    """What every row records of the machine: the GPU, its driver and CUDA (none on the CPU), the CPU and its
+    cores (the host's work around the network runs there)."""
+    host = {"cpu": cpu_name(), "cpus": os.cpu_count(), "torch": torch.__version__}
+    if choice.device != "cuda":
+        return {"gpu": None, "driver": None, **host}
     properties = torch.cuda.get_device_properties(0)
     driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                             capture_output=True, text=True).stdout.strip()
     return {"gpu": properties.name, "gpu_memory_mib": properties.total_memory // 2**20, "driver": driver,
-            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "torch": torch.__version__,
-            "cpus": os.cpu_count()}
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), **host}
 
 
 def photos() -> list[np.ndarray]:
@@ -98,20 +104,22 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def network_rows(name: str, variant: Variant, runs: int, images: list[np.ndarray]) -> list[dict]:
+def network_rows(name: str, variant: Variant, runs: int, images: list[np.ndarray], choice: Choice = CUDA) -> list[dict]:
     spec = SPECS[name]
     reference_network = pytorch.network(spec, variant, load_settings(precision="f32"), CPU)
     references = [whole(reference_network, image) for image in images]
     rows = []
-    for arithmetic in PRECISIONS:
-        network = pytorch.network(spec, variant, load_settings(precision=arithmetic), CUDA)
+    for arithmetic in PRECISIONS if choice.device == "cuda" else ("f32",):
+        network = pytorch.network(spec, variant, load_settings(precision=arithmetic), choice)
         row = {"model": name, "scale": variant.scale, "denoise": variant.denoise, "precision": arithmetic,
                "psnr_vs_cpu_f32_db": min(psnr(whole(network, image), reference)
                                          for image, reference in zip(images, references))}
         for side in SIDES:
-            torch.cuda.reset_peak_memory_stats()
+            if choice.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             row[f"runner_s_{side}"] = runner_seconds(network, side, runs)
-            row[f"peak_gpu_mib_{side}"] = torch.cuda.max_memory_allocated() / 2**20
+            if choice.device == "cuda":
+                row[f"peak_gpu_mib_{side}"] = torch.cuda.max_memory_allocated() / 2**20
             if network.measure is None:
                 row[f"network_s_{side}"] = module_seconds(network, side, runs)
         rows.append(row)
@@ -136,6 +144,12 @@ def module_seconds(network: Network, side: int, runs: int) -> float:
     tensor = tensor.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         return median_seconds(lambda: runner.module(tensor), runs)
+
+
+def network_alone_seconds(network: Network, side: int, runs: int) -> float:
+    """The module alone, or where it takes its image's averages as inputs too (Real-CUGAN), the runner, which
+    measures them: the module alone has nothing to run on."""
+    return module_seconds(network, side, runs) if network.measure is None else runner_seconds(network, side, runs)
 
 
 def choose(rows: list[dict]) -> str:
@@ -176,14 +190,14 @@ def _auto_network(name: str, choice: Choice) -> Network:
     return pytorch.network(SPECS[name], SPECS[name].variants[-1], load_settings(), choice)
 
 
-def request_rows(name: str, runs: int) -> dict:
+def request_rows(name: str, runs: int, choice: Choice = CUDA) -> dict:
     """A 500² PNG through the service on the GPU, in the precision PRECISION=auto gives the model."""
     from core.service import Service
 
     # This process also holds every network timed before: a budget beside them, for the request's own buffers.
-    service = Service.create(load_settings(device="cuda", models=name, default_model=name,
-                                           memory_budget_mb=REQUEST_BUDGET_MB))
-    service.registry.load_all()
+    service = Service.create(load_settings(device=choice.device, backend=choice.backend, models=name,
+                                           default_model=name, memory_budget_mb=REQUEST_BUDGET_MB))
+    service.load()
     data, options = photo_png(500), UpscaleOptions(model=name)
     totals, stages_seen = [], []
     for _ in range(runs + 1):
@@ -207,7 +221,7 @@ def http_rows(name: str, slots: int, clients: int, seconds: float, runs: int, wo
     from harness.live_server import live_server
 
     data = photo_png(500)
-    alone = 1 / module_seconds(_auto_network(name, choice), 500, runs)
+    alone = 1 / network_alone_seconds(_auto_network(name, choice), 500, runs)
     environment = {"models": name, "default_model": name, "device": choice.device, "backend": choice.backend,
                    "inference_slots": slots, "workers": workers,
                    "threads": slots + clients + 2, "queue_size": clients}
@@ -227,8 +241,10 @@ def http_rows(name: str, slots: int, clients: int, seconds: float, runs: int, wo
     cpu_s, busy_s = (after[key] - before[key] for key in ("worker_cpu_s", "device_busy_s"))
     return {"model": name, "http": True, "workers": workers, "inference_slots": slots, "clients": clients,
             "request_s_500": one,
-            "images_per_s": done / seconds, "network_alone_images_per_s": alone,
-            "share_of_network_alone": done / seconds / alone,
+            # Over the time until the last answer came: the clients' requests begun before ``seconds`` were up
+            # end after it, and counted over ``seconds`` alone they overstated the rate (by a request per client).
+            "images_per_s": done / elapsed, "network_alone_images_per_s": alone,
+            "share_of_network_alone": done / elapsed / alone,
             # Where the clients' rate stops: the workers' cores per second (about 1 each while a worker's
             # Python holds it back, up to the host's count while cores do), the device lock's share of the
             # time, and each stage's median seconds under load.
@@ -292,35 +308,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--batches", help="batch sizes to time windows in, e.g. 1,2,4,8")
     parser.add_argument("--window", type=int, default=256, help="the window side for --batches")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                        help="cpu: every row on the CPU in f32, to check the script without a GPU")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("bench.gpu needs a GPU that PyTorch sees")
+    choice = CUDA if args.device == "cuda" else CPU
+    if choice.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench.gpu needs a GPU that PyTorch sees (--device cpu checks the script on the CPU)")
     images = photos()
+    facts = machine(choice)
     with args.out.open("w") as out:
         def emit(row: dict) -> None:
-            out.write(json.dumps(row) + "\n")
+            line = json.dumps({**row, "machine": facts})
+            out.write(line + "\n")
             out.flush()
-            print(json.dumps(row), flush=True)
-        emit({"machine": machine()})
+            print(line, flush=True)
         if args.http:
             for name in args.models.split(","):
                 for workers in (int(value) for value in args.workers.split(",")):
                     for slots in (int(value) for value in args.slots.split(",")):
-                        emit(http_rows(name, slots, args.clients, args.seconds, args.runs, workers))
+                        emit(http_rows(name, slots, args.clients, args.seconds, args.runs, workers, choice))
             return 0
         if args.batches:
             for name in args.models.split(","):
-                for row in batch_rows(name, args.window, [int(value) for value in args.batches.split(",")], args.runs):
+                for row in batch_rows(name, args.window, [int(value) for value in args.batches.split(",")], args.runs,
+                                      choice):
                     emit(row)
-                emit(copy_rows(name, args.runs))
+                emit(copy_rows(name, args.runs, choice))
             return 0
         for name in args.models.split(",") if not args.no_networks else ():
             for variant in SPECS[name].variants:
-                for row in network_rows(name, variant, args.runs, images):
+                for row in network_rows(name, variant, args.runs, images, choice):
                     emit(row)
         if not args.no_requests:
             for name in args.models.split(","):
-                emit(request_rows(name, args.runs))
+                emit(request_rows(name, args.runs, choice))
     return 0
 
 

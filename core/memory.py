@@ -41,6 +41,12 @@ LAYER_COPIES = 8
 # A GPU window's result as the host receives it: float32 RGB (colour as 8- or 16-bit levels takes a quarter or
 # half of it; ensemble and grey images take the floats).
 HOST_COPY_BYTES_PER_OUTPUT_PIXEL = 12
+# A GPU window's input on the host, float32 RGB: the batch the tiler stacks and the contiguous copy the runner or
+# the ensemble's turning makes of it.
+HOST_WINDOW_BYTES_PER_INPUT_PIXEL = 24
+# The self-ensemble averages a window's 8 orientations as floats: the sum so far, the next orientation's result
+# and their new sum are on the host together (core/models/ensemble.py), each a window's float32 result.
+ENSEMBLE_COPIES = 3
 # A GPU's results up to this size come back through pinned memory (several times faster than pageable), whose
 # blocks torch keeps cached for reuse, in power-of-two sizes: about one block of each size per image in flight,
 # so at most twice this per image, which the worker's room leaves aside.
@@ -87,12 +93,21 @@ def result_bytes(pixels: int, pixel_bytes: int, lanczos: bool, blended: bool, la
     return pixels * (pixel_bytes * copies + LANCZOS_BYTES_PER_OUTPUT_PIXEL * lanczos)
 
 
-def window_host_bytes(window_pixels: int, device: str, bytes_per_window_pixel: int, scale: int, batch: int) -> int:
+def window_host_bytes(window_pixels: int, device: str, bytes_per_window_pixel: int, scale: int, batch: int,
+                      ensemble: bool = False) -> int:
     """What a batch of windows holds in the worker's memory: on the CPU the network's working set, on a GPU (whose
-    working set is on the card) the results copied back."""
+    working set is on the card) the inputs and the results copied back; with the ``ensemble``, the float sums
+    beside the results."""
+    results = window_pixels * scale * scale * HOST_COPY_BYTES_PER_OUTPUT_PIXEL * batch
+    sums = window_pixels * ensemble_bytes_per_window_pixel(scale) * batch if ensemble else 0
     if device == "cuda":
-        return window_pixels * scale * scale * HOST_COPY_BYTES_PER_OUTPUT_PIXEL * batch
-    return window_pixels * bytes_per_window_pixel * batch
+        return window_pixels * HOST_WINDOW_BYTES_PER_INPUT_PIXEL * batch + results + sums
+    return window_pixels * bytes_per_window_pixel * batch + sums
+
+
+def ensemble_bytes_per_window_pixel(scale: int) -> int:
+    """The ensemble's float sums beside a window's result, per window input pixel."""
+    return (ENSEMBLE_COPIES - 1) * HOST_COPY_BYTES_PER_OUTPUT_PIXEL * scale * scale
 
 
 def pinned_cache_bytes(device: str, slots: int) -> int:
@@ -132,6 +147,11 @@ def tile_for_budget(budget_bytes: int, resident: int, request: int, bytes_per_wi
     return tile
 
 
+def smallest_device_window(bytes_per_window_pixel: int, margin: int, batch: int = 1) -> int:
+    """The GPU memory of a batch of the smallest tile's windows: below it, the budget holds no tile at all."""
+    return (MIN_TILE + 2 * margin) ** 2 * bytes_per_window_pixel * batch
+
+
 def tile_for_device_budget(budget_bytes: int, resident: int, bytes_per_window_pixel: int, margin: int,
                            height: int, width: int, batch: int = 1) -> int:
     """The tile side on a GPU: the whole image as one window where it fits what the budget leaves beside the
@@ -147,5 +167,5 @@ def tile_for_device_budget(budget_bytes: int, resident: int, bytes_per_window_pi
         raise TooLarge(
             f"a {width}x{height} image needs more GPU memory than GPU_MEMORY_BUDGET_MB={budget_bytes // MEBIBYTE} "
             f"leaves: {resident // MEBIBYTE} MiB are the loaded models, and the smallest tile's window needs "
-            f"{(MIN_TILE + 2 * margin) ** 2 * bytes_per_window_pixel * batch // MEBIBYTE} MiB")
+            f"{smallest_device_window(bytes_per_window_pixel, margin, batch) // MEBIBYTE} MiB")
     return tile

@@ -212,6 +212,10 @@ def _run_network(colour: np.ndarray, max_value: int, work: Work, step: Pass, on_
     else:
         predict = network.predictor(rgb)
     while True:
+        # Before the first window too: a client that left, or a time limit that passed, while the request decoded
+        # and waited for the device (other requests' windows hold it) spends no window; after that, the check
+        # after each window comes before the wait for the next.
+        on_progress(0, len(step.tiles))
         try:
             run_tiles(stages.timed("network", predict), rgb, scale, step.tiles, work.settings.tile_batch,
                       stages.timed("assembly", write), on_progress)

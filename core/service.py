@@ -1,6 +1,7 @@
 """What one worker process holds: settings, the loaded models and the inference slot."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from core.pipeline import Progress, Result
 from core.plan import Pass, Plan, check_sizes, plan_pass
 from core.timing import Stages
 
-
+log = logging.getLogger(__name__)
 # What GPU_MEMORY_BUDGET_MB=0 leaves to the networks: the rest is the CUDA context's and other processes'.
 GPU_MEMORY_SHARE = 0.9
 
@@ -63,9 +64,41 @@ class Service:
 
     def start_loading(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
         """Load every model in the background, so that /health answers during start-up."""
-        self._loader = threading.Thread(target=self.registry.load_all, args=(on_loaded,),
-                                        name="model-loader", daemon=True)
+        self._loader = threading.Thread(target=self.load, args=(on_loaded,), name="model-loader", daemon=True)
         self._loader.start()
+
+    def load(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
+        """Load every model, then take out of service those whose smallest window the GPU budget has no room for
+        beside the loaded models; ``on_loaded`` hears of the others, once that is known."""
+        loaded: list[tuple[str, float]] = []
+        self.registry.load_all(lambda name, seconds: loaded.append((name, seconds)))
+        short = self.short_of_device_memory()
+        for name, reason in short.items():
+            log.error("model %s cannot serve: %s", name, reason)
+            self.registry.fail(name, reason)
+        for name, seconds in loaded:
+            if on_loaded is not None and name not in short:
+                on_loaded(name, seconds)
+
+    def short_of_device_memory(self) -> dict[str, str]:
+        """Each ready model whose smallest tile's window does not fit what GPU_MEMORY_BUDGET_MB leaves beside the
+        loaded models, with the reason: it would refuse every image, so /ready says so from the start instead.
+        None on the CPU, whose memory budget is checked per image."""
+        if self.registry.choice.device != "cuda":
+            return {}
+        budget, resident = self.device_budget(), self.registry.device_resident
+        short = {}
+        for name, state in self.registry.states().items():
+            if state != "ready":
+                continue
+            network = self.registry.get(name)
+            bytes_per_pixel = self.registry.cards[name].window_bytes_per_pixel(network.precision, "cuda")
+            window = memory.smallest_device_window(bytes_per_pixel, network.margin, self.settings.tile_batch)
+            if resident + window > budget:
+                short[name] = (f"GPU_MEMORY_BUDGET_MB={budget // memory.MEBIBYTE} leaves no room for its smallest "
+                               f"window ({-(-window // memory.MEBIBYTE)} MiB) beside the {resident // memory.MEBIBYTE} "
+                               f"MiB the loaded models hold on the GPU")
+        return short
 
     @property
     def option_context(self) -> OptionContext:
@@ -90,8 +123,8 @@ class Service:
             cost.check_ensemble_pixels(*header.size, self.settings.max_ensemble_pixels)
         result = self.result_bytes(header, output, options, with_layers)
         if runs_network:
-            passes = self.plan_passes(network, output, result)
-            host_bytes = result + self.host_bytes(network, passes)
+            passes = self.plan_passes(network, output, result, options.ensemble)
+            host_bytes = result + self.host_bytes(network, passes, options.ensemble)
         else:
             passes, host_bytes = (), result + memory.pass_bytes(header.height, header.width)
         memory.check_worker_room(self.memory_budget(), worker_room(self.settings, self.registry), host_bytes,
@@ -119,16 +152,17 @@ class Service:
         """``prepare`` then ``run``, for callers that need nothing from the plan in between."""
         return self.run(self.prepare(data, options), on_progress, stages=stages)
 
-    def plan_passes(self, network: Network, output: OutputPlan, result: int) -> tuple[Pass, ...]:
+    def plan_passes(self, network: Network, output: OutputPlan, result: int, ensemble: bool = False
+                    ) -> tuple[Pass, ...]:
         """Each pass's tiles, at the tile size this worker's memory budget gives the pass's input beside the
         ``result`` bytes the request holds."""
-        return tuple(plan_pass(network, width, height, self.tile_size(network, height, width, result))
+        return tuple(plan_pass(network, width, height, self.tile_size(network, height, width, result, ensemble))
                      for width, height in output.pass_inputs)
 
-    def tile_size(self, network: Network, height: int, width: int, result: int) -> int:
+    def tile_size(self, network: Network, height: int, width: int, result: int, ensemble: bool = False) -> int:
         """The tile side for an image of this size on ``network``: TILE_SIZE when set, else the largest
         that MEMORY_BUDGET_MB leaves room for beside the loaded models and the request's buffers (413 when none
-        does)."""
+        does); on the CPU a window's cost includes the ``ensemble``'s float sums, which sit in the same memory."""
         if self.settings.tile_size is not None:
             return self.settings.tile_size
         device = self.registry.choice.device
@@ -136,6 +170,8 @@ class Service:
         if device == "cuda":
             return memory.tile_for_device_budget(self.device_budget(), self.registry.device_resident, bytes_per_pixel,
                                                  network.margin, height, width, self.settings.tile_batch)
+        if ensemble:
+            bytes_per_pixel += memory.ensemble_bytes_per_window_pixel(network.scale)
         return memory.tile_for_budget(self.memory_budget(), self.registry.resident,
                                       result + memory.pass_bytes(height, width), bytes_per_pixel, network.margin,
                                       height, width, self.settings.tile_batch)
@@ -149,14 +185,14 @@ class Service:
         return memory.result_bytes(width * height, header.pixel_bytes, lanczos, 0 < options.strength < 1,
                                    with_layers)
 
-    def host_bytes(self, network: Network, passes: tuple[Pass, ...]) -> int:
+    def host_bytes(self, network: Network, passes: tuple[Pass, ...], ensemble: bool = False) -> int:
         """What the request's passes hold in this worker's memory beside the loaded models and the result, at
-        its largest pass: its input buffers and a batch of windows."""
+        its largest pass: its input buffers and a batch of windows (with the ``ensemble``'s sums)."""
         device = self.registry.choice.device
         bytes_per_pixel = self.registry.cards[network.name].window_bytes_per_pixel(network.precision, device)
         return max(memory.pass_bytes(step.height, step.width)
                    + memory.window_host_bytes(step.window_pixels, device, bytes_per_pixel, network.scale,
-                                              min(self.settings.tile_batch, len(step.tiles)))
+                                              min(self.settings.tile_batch, len(step.tiles)), ensemble)
                    for step in passes)
 
     def memory_budget(self) -> int:

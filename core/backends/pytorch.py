@@ -15,6 +15,7 @@ import copy
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -71,9 +72,9 @@ class TorchRunner:
 
     def __call__(self, batch: Batch) -> Batch:
         """The output for a batch (a list of arrays for a graph of several inputs); a list for several outputs."""
-        result, hosted = self._hosted(batch, lambda tensor: tensor)
+        several, hosted = self._hosted(batch, lambda tensor: tensor)
         outputs = [tensor.numpy() for tensor in hosted]
-        return outputs[0] if isinstance(result, torch.Tensor) else outputs
+        return outputs if several else outputs[0]
 
     def levels(self, batch: Batch, max_value: int) -> np.ndarray:
         """The output as NHWC integer levels of ``max_value`` (255: uint8, 65535: uint16), rounded on the
@@ -83,19 +84,43 @@ class TorchRunner:
         _, hosted = self._hosted(batch, lambda tensor: tensor.clamp(0, 1).mul(max_value).round().to(dtype))
         return hosted[0].numpy()
 
-    def _hosted(self, batch: Batch, finish: Callable[[torch.Tensor], torch.Tensor]) -> tuple[Output, list[torch.Tensor]]:
-        """Run the batch in the device's lock and copy each output, as ``finish`` leaves it, to the host."""
+    def _hosted(self, batch: Batch, finish: Callable[[torch.Tensor], torch.Tensor]) -> tuple[bool, list[torch.Tensor]]:
+        """Run the batch in the device's lock and copy each output, as ``finish`` leaves it, to the host: whether
+        the network gave several outputs, and the host's tensors. No tensor on the device outlives the lock, on
+        success or on error: the next request's window takes the device's memory as soon as the lock is free,
+        and the memory budget counts one window at a time."""
         arrays = batch if isinstance(batch, list) else [batch]
-        with DEVICE_LOCKS[self.device.type].held(), torch.inference_mode(), self._out_of_memory(arrays[0].shape):
-            result = self._run(self._module, arrays, DTYPES[self.precision])
-            if self.precision != "f32" and not all(bool(torch.isfinite(t).all()) for t in _tensors(result)):
-                log.warning("model %s: a %s window gave values that are not finite; running it again in f32",
-                            self.name, self.precision)
-                result = self._run(self._f32_module(), arrays, torch.float32)
-            hosted = [self._to_host(finish(_nhwc_f32(tensor))) for tensor in _tensors(result)]
-            if self.device.type == "cuda":
-                torch.cuda.current_stream(self.device).synchronize()
-        return result, hosted
+        with DEVICE_LOCKS[self.device.type].held(), self._out_of_memory(arrays[0].shape), torch.inference_mode():
+            return self._on_device(arrays, finish)
+
+    def _on_device(self, arrays: list[np.ndarray], finish: Callable[[torch.Tensor], torch.Tensor]
+                   ) -> tuple[bool, list[torch.Tensor]]:
+        """``_hosted``'s work under the lock, in a frame of its own: its device tensors go when it returns, or,
+        when it raises, when ``_out_of_memory`` clears the frames of the traceback."""
+        result = self._finite(self._run(self._module, arrays, DTYPES[self.precision]), arrays)
+        hosted = [self._to_host(finish(_nhwc_f32(tensor))) for tensor in _tensors(result)]
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        return not isinstance(result, torch.Tensor), hosted
+
+    def _finite(self, result: Output, arrays: list[np.ndarray]) -> Output:
+        """``result`` with each window whose 16-bit output is not finite run again in f32; the batch's other
+        windows keep their 16-bit output, as they would have run one at a time (TILE_BATCH=1)."""
+        if self.precision == "f32":
+            return result
+        outputs = _tensors(result)
+        finite = torch.stack([torch.isfinite(tensor).flatten(1).all(1) for tensor in outputs]).all(0)
+        if bool(finite.all()):
+            return result
+        log.warning("model %s: a %s window gave values that are not finite; running it again in f32",
+                    self.name, self.precision)
+        again = torch.nonzero(~finite).flatten().cpu().numpy()
+        rerun = _tensors(self._run(self._f32_module(), [array[again] for array in arrays], torch.float32))
+        # In f32, which holds what overflowed 16 bits; the copy back converts every output to f32 anyway.
+        merged = [tensor.to(torch.float32) for tensor in outputs]
+        for tensor, redone in zip(merged, rerun):
+            tensor[torch.from_numpy(again).to(tensor.device)] = redone
+        return merged[0] if isinstance(result, torch.Tensor) else merged
 
     @property
     def module(self) -> torch.nn.Module:
@@ -111,9 +136,11 @@ class TorchRunner:
         try:
             yield
         except torch.OutOfMemoryError as error:
-            # No empty_cache here: the traceback still holds the failed window's tensors, and once it is gone their
-            # blocks stay in torch's cache for the smaller windows that follow (torch empties it itself before
-            # it reports out of memory).
+            # The traceback's frames hold the failed window's device tensors, and the error travels on to the
+            # pipeline's retry or to the 503 after the lock is free: cleared here, their blocks go back to
+            # torch's cache before another request's window runs (torch itself empties the cache into the
+            # driver before it reports out of memory, so no empty_cache is needed for the smaller windows).
+            traceback.clear_frames(error.__traceback__)
             raise OutOfDeviceMemory(f"the GPU has no memory for a window of {shape[0]} x {shape[2]}x{shape[1]} "
                                     f"pixels on model {self.name}") from error
 

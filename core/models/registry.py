@@ -129,6 +129,13 @@ class ModelRegistry:
             raise NotReady(f"model {name!r} is not ready ({state})")
         return networks[choose(name, networks, scale, denoise)]
 
+    def fail(self, name: str, reason: str) -> None:
+        """Take a loaded model out of service, for a reason found once every model is loaded (core/service.py)."""
+        with self._lock:
+            self._networks.pop(name, None)
+            self._states[name] = f"failed: {reason}"
+            self._failures[name] = reason
+
     def failure(self, name: str) -> str | None:
         """Why model ``name`` failed to load, in full (its public state may say less)."""
         with self._lock:

@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import os
 import threading
+import tracemalloc
 
 import numpy as np
 import png
 import pytest
 from pydantic import ValidationError
 
+from bench import gpu
 from config import CPU_WORKER_MEMORY_BUDGET_MB, GPU_WORKER_MEMORY_BUDGET_MB, load_settings
-from core import encoding, images, memory, pipeline
+from core import backends, encoding, images, memory, pipeline
 from core.admission import InferenceSlot
 from core.backends import pytorch
-from core.errors import Busy, OutOfDeviceMemory, TooLarge
+from core.errors import Busy, Cancelled, NotReady, OutOfDeviceMemory, TooLarge
 from core.metrics import psnr
+from core.models.ensemble import self_ensemble, turned
+from core.models.registry import ModelRegistry
 from core.models.runtime import Network
 from core.options import UpscaleOptions
-from core.service import GPU_MEMORY_SHARE, worker_room
+from core.service import GPU_MEMORY_SHARE, Service, worker_room
 from harness.raw_http import wait_for
 from tests.api.test_inputs import read_png16
 from tests.conftest import decode, encode, loaded_app
@@ -266,7 +272,8 @@ def test_a_request_reserves_its_buffers_and_the_windows_host_share(service, monk
     monkeypatch.setattr(type(service.registry), "device_resident", property(lambda registry: 0))
     plan = service.prepare(encode(photo(40, 48)), UpscaleOptions())
     assert len(plan.passes[0].tiles) == 1  # the whole image, as one window
-    assert plan.host_bytes == own + 40 * 48 * 16 * memory.HOST_COPY_BYTES_PER_OUTPUT_PIXEL
+    assert plan.host_bytes == own + 40 * 48 * (memory.HOST_WINDOW_BYTES_PER_INPUT_PIXEL
+                                               + 16 * memory.HOST_COPY_BYTES_PER_OUTPUT_PIXEL)
 
 
 def test_on_a_gpu_the_room_sets_aside_the_cached_pinned_blocks(service, monkeypatch):
@@ -318,3 +325,143 @@ def test_metadata_and_metrics_carry_the_device(gpu_like_app):
     busy = [line for line in metrics.splitlines() if line.startswith("superres_device_busy_seconds_total")]
     assert busy and float(busy[0].split()[-1]) > 0
     assert "superres_device_memory_bytes 0.0" in metrics
+
+
+@pytest.mark.slow
+def test_a_client_that_leaves_before_its_first_window_spends_no_window(service, monkeypatch):
+    """A whole image is one window on a GPU, and the hang-up check ran only before the decode and after that
+    window: a client that left meanwhile (while the request decoded or waited for the device) still had its
+    window run. The check now comes before the first window too."""
+    left = threading.Event()
+    windows = []
+    real_decode, real_run = images.decode_pixels, pytorch.TorchRunner._hosted
+
+    def decode_then_leave(data, header):
+        decoded = real_decode(data, header)
+        left.set()  # the client hangs up while its image decodes
+        return decoded
+
+    def check(done: int, total: int) -> None:
+        if left.is_set():
+            raise Cancelled(f"the client closed the connection after {done} of {total} tiles")
+
+    monkeypatch.setattr(images, "decode_pixels", decode_then_leave)
+    monkeypatch.setattr(pytorch.TorchRunner, "_hosted",
+                        lambda runner, batch, finish: windows.append(batch.shape) or real_run(runner, batch, finish))
+    with pytest.raises(Cancelled, match="after 0 of 1 tiles"):
+        service.upscale(encode(photo(24, 20)), UpscaleOptions(model="anime"), check)
+    assert left.is_set() and windows == []
+
+
+def test_an_ensemble_reserves_the_float_sums_it_holds_beside_a_window(service, monkeypatch):
+    """The ensemble averages a window's 8 orientations as floats on the host: numpy's sums alone (torch's results
+    beside them are not traced) come to more than one window's float32 result, which was all it reserved."""
+    monkeypatch.setattr(service.registry, "choice", dataclasses.replace(service.registry.choice, device="cuda"))
+    monkeypatch.setattr(service.registry.choice.module, "memory_total", lambda device: 10 * 2 ** 30)
+    monkeypatch.setattr(type(service.registry), "device_resident", property(lambda registry: 0))
+    plan = service.prepare(encode(photo(40, 48)), UpscaleOptions(ensemble=True))
+    reserved = plan.host_bytes - memory.pass_bytes(40, 48) - memory.result_bytes(160 * 192, 3, False, False, False)
+    network, rgb = plan.network, photo(40, 48).astype(np.float32) / 255
+    predict = self_ensemble(lambda k, flip: network.predictor(turned(rgb, k, flip)))
+    tracemalloc.start()
+    try:
+        averaged = predict(rgb[None])
+        _, traced_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert averaged.shape == (1, 160, 192, 3) and len(plan.passes[0].tiles) == 1
+    assert traced_peak >= 2 * averaged.nbytes
+    assert reserved >= traced_peak + averaged.nbytes  # and the untraced result of the orientation in hand
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_on_the_cpu_and_records_the_machine_with_each_row(tmp_path):
+    """bench.gpu refused to run without a GPU, so a GPU session was the first to run its code; and only its first
+    line named the machine, which rows of several calls appended together lost."""
+    out = tmp_path / "rows.jsonl"
+    assert gpu.main(["--device", "cpu", "--models", "anime", "--runs", "1", "--batches", "1,2", "--window", "32",
+                     "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row.get("batch") for row in rows] == [1, 2, None]
+    assert all(row["window_s"] > 0 for row in rows[:2]) and rows[2]["levels_result_s_500"] > 0
+    assert all(row["machine"]["gpu"] is None and row["machine"]["cpus"] == os.cpu_count() and row["machine"]["cpu"]
+               for row in rows)
+
+
+def on_a_gpu(service, monkeypatch, resident_mib: int) -> None:
+    """The service's worker as on a GPU of 10 GiB whose loaded models hold ``resident_mib``."""
+    monkeypatch.setattr(service.registry, "choice", dataclasses.replace(service.registry.choice, device="cuda"))
+    monkeypatch.setattr(service.registry.choice.module, "memory_total", lambda device: 10 * 2 ** 30)
+    monkeypatch.setattr(type(service.registry), "device_resident",
+                        property(lambda registry: resident_mib * memory.MEBIBYTE))
+
+
+def test_a_model_whose_smallest_window_has_no_room_on_the_gpu_is_named(service, monkeypatch):
+    on_a_gpu(service, monkeypatch, 100)
+    assert service.short_of_device_memory() == {}  # 90 % of 10 GiB
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"gpu_memory_budget_mb": 100}))
+    assert service.short_of_device_memory() == {"anime": "GPU_MEMORY_BUDGET_MB=100 leaves no room for its smallest "
+                                                         "window (1 MiB) beside the 100 MiB the loaded models hold "
+                                                         "on the GPU"}
+
+
+@pytest.mark.slow
+def test_models_that_leave_the_gpu_budget_no_room_fail_at_start_not_on_every_image(monkeypatch):
+    """Models holding more of the GPU than GPU_MEMORY_BUDGET_MB leaves for a window were ready, and every image was
+    a 413 that blamed its size: now the start-up says so, /ready with it, and the model refuses with the reason."""
+    settings = load_settings(models="anime", default_model="anime", backend="pytorch", device="cpu",
+                             gpu_memory_budget_mb=100)
+    registry = ModelRegistry(settings, backends.choose(settings))
+    service = Service(settings, registry, InferenceSlot(0, 1))
+    real_load = registry.load_all
+
+    def load_then_find_a_gpu(on_loaded):
+        real_load(on_loaded)  # loaded on the CPU; the budget is then checked as on a GPU
+        on_a_gpu(service, monkeypatch, 100)
+
+    monkeypatch.setattr(registry, "load_all", load_then_find_a_gpu)
+    heard = []
+    service.load(lambda name, seconds: heard.append(name))
+    assert not registry.ready and heard == []
+    assert registry.states()["anime"].startswith("failed: GPU_MEMORY_BUDGET_MB=100 leaves no room")
+    with pytest.raises(NotReady, match="GPU_MEMORY_BUDGET_MB=100 leaves no room"):
+        service.prepare(encode(photo(24, 20)), UpscaleOptions(model="anime"))
+
+
+@pytest.mark.slow
+def test_batches_of_windows_answer_as_one_window_at_a_time(service, monkeypatch):
+    """TILE_BATCH=3 over tiles that leave a partial last batch, with windows shifted inwards at the image's edges
+    and the levels rounded by the runner: the same pixels as one window at a time."""
+    data = encode(photo(72, 40))  # 8 tiles of 16 px: batches of 3, 3 and 2
+    answers, batches = {}, []
+    real_levels = pytorch.TorchRunner.levels
+    monkeypatch.setattr(pytorch.TorchRunner, "levels",
+                        lambda runner, batch, max_value: batches.append(len(batch)) or
+                        real_levels(runner, batch, max_value))
+    for size in (1, 3):
+        monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"tile_size": 16,
+                                                                                     "tile_batch": size}))
+        plan = service.prepare(data, UpscaleOptions(model="anime"))
+        answers[size] = np.asarray(decode(service.run(plan).data))
+    tiles = plan.tile_count
+    assert tiles % 3 and batches == [1] * tiles + [3] * (tiles // 3) + [tiles % 3]
+    np.testing.assert_array_equal(answers[3], answers[1])
+
+
+def test_the_gpu_script_times_real_cugan_alone_through_its_runner():
+    """--http's 'network alone' ran the module on a bare tensor, which Real-CUGAN refuses (it takes its image's
+    averages too): a --http run of every model stopped there."""
+    network = gpu._auto_network("realcugan", gpu.CPU)
+    assert network.measure is not None and gpu.network_alone_seconds(network, 32, 1) > 0
+
+
+def test_on_the_cpu_an_ensemble_tile_leaves_room_for_its_sums(service, monkeypatch):
+    """The CPU sizes its tile to fill the budget: the ensemble's float sums must be part of a window's cost
+    there, or the plan that counts them does not fit the budget it was sized by (a 413 for a 200² image with
+    24 MiB beside the models, which smaller tiles serve)."""
+    budget_mb = service.registry.resident // memory.MEBIBYTE + 24
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"memory_budget_mb": budget_mb}))
+    plan = service.prepare(encode(photo(200, 200)), UpscaleOptions(ensemble=True))
+    assert plan.host_bytes <= worker_room(service.settings, service.registry)
+    network = service.registry.get("anime")
+    assert service.tile_size(network, 200, 200, 0, ensemble=True) < service.tile_size(network, 200, 200, 0)

@@ -1,13 +1,20 @@
 """Every built-in model served through the PyTorch backend (on the CPU here, as ``make run-gpu`` serves it on a
-machine without a GPU): loaded from the packaged weights, seam-free when tiled, answering /model/predict."""
+machine without a GPU): loaded from the packaged weights, seam-free when tiled, answering /model/predict; the
+runner's device lock, out-of-memory error and fp16 rerun."""
 from __future__ import annotations
 
 import io
+import weakref
+from contextlib import contextmanager
 
+import numpy as np
 import pytest
+import torch
 
 from config import load_settings
-from core.models.specs import PACKAGED
+from core.backends import Choice, pytorch
+from core.errors import OutOfDeviceMemory
+from core.models.specs import PACKAGED, SPECS
 from tests.conftest import decode, loaded_app, sample_bytes
 from tests.core.test_zoo import lowest_seam_psnr
 
@@ -51,3 +58,87 @@ def test_predict_and_metadata_on_pytorch(pytorch_app):
     assert device["kind"] == "cpu" and device["backend"] == "pytorch"
     assert device["runtime"].startswith("PyTorch ")
     assert client.get("/ready").get_json()["device"] == device
+
+
+class Watched(torch.nn.Module):
+    """A real network whose outputs are watched (weak references), and which can run out of memory after
+    allocating as a window's activations would."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module, self.outputs, self.out_of_memory = module, [], False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.module(x)
+        self.outputs.append(weakref.ref(out))
+        if self.out_of_memory:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return out
+
+
+class ReleaseWatch(pytorch.DeviceLock):
+    """The device lock, noting at each release which watched outputs are still alive."""
+
+    def __init__(self, watched: Watched) -> None:
+        super().__init__()
+        self.watched, self.alive_at_release = watched, []
+
+    @contextmanager
+    def held(self):
+        with super().held():
+            try:
+                yield
+            finally:
+                self.alive_at_release.append(sum(ref() is not None for ref in self.watched.outputs))
+
+
+@pytest.fixture()
+def watched_anime(monkeypatch):
+    """anime's packaged network on the PyTorch runner, its outputs watched at the device lock's release."""
+    spec = SPECS["anime"]
+    network = pytorch.network(spec, spec.variants[-1], load_settings(), Choice("pytorch", "cpu"))
+    watched = Watched(network.run.module)
+    lock = ReleaseWatch(watched)
+    monkeypatch.setitem(pytorch.DEVICE_LOCKS, "cpu", lock)
+    return pytorch.TorchRunner(watched, "cpu", "f32", "anime"), watched, lock
+
+
+def test_no_tensor_of_a_window_outlives_the_device_lock(watched_anime):
+    """Another request's window takes the device's memory once the lock is free: a window's tensors must be gone
+    by then, after its result and after an out-of-memory error alike (whose traceback travels on to the retry)."""
+    runner, watched, lock = watched_anime
+    window = np.random.default_rng(0).random((1, 24, 20, 3), dtype=np.float32)
+    assert runner(window).shape == (1, 96, 80, 3)
+    assert runner.levels(window, 255).dtype == np.uint8
+    watched.out_of_memory = True
+    with pytest.raises(OutOfDeviceMemory, match="no memory for a window of 1 x 20x24 pixels on model anime"):
+        runner(window)
+    assert lock.alive_at_release == [0, 0, 0]
+
+
+def test_an_error_other_than_out_of_memory_stays_itself(watched_anime):
+    """Only torch's out-of-memory error means smaller tiles: any other is the server's fault (500), not a 503."""
+    runner, watched, _ = watched_anime
+    watched.module = torch.nn.Conv2d(4, 4, 3)  # takes 4 channels: RGB windows raise a RuntimeError
+    with pytest.raises(RuntimeError, match="channels") as raised:
+        runner(np.zeros((1, 8, 8, 3), np.float32))
+    assert not isinstance(raised.value, OutOfDeviceMemory)
+
+
+class Amplifier(torch.nn.Module):
+    """Past fp16's largest value (65504) where a window's values are large, finite elsewhere: Real-ESRGAN's fp16
+    overflow in some windows of an image and not in others."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1000
+
+
+def test_a_batch_runs_again_in_f32_only_its_windows_that_overflowed():
+    """TILE_BATCH > 1 gives each window what it gives one window at a time: in fp16 where fp16 is finite."""
+    runner = pytorch.TorchRunner(Amplifier(), "cpu", "fp16", "amplifier")
+    quiet, loud = np.full((1, 4, 4, 3), 0.1234, np.float32), np.full((1, 4, 4, 3), 70, np.float32)
+    alone = [runner(quiet), runner(loud)]
+    together = runner(np.concatenate([quiet, loud]))
+    assert np.isfinite(together).all()
+    np.testing.assert_array_equal(together, np.concatenate(alone))
+    assert alone[0][0, 0, 0, 0] != np.float32(0.1234) * 1000  # the quiet window in fp16, not run again in f32
