@@ -6,7 +6,9 @@
 each stage is the median of the worker's Server-Timing values (upload parse, queue, decode, float
 conversion, network, assembly, resize, encode), and *transfer and framework* is the client's
 wall-clock time less their sum. *png*: the model's real output of that photo encoded at each
-PNG_COMPRESSION_LEVEL: median seconds, CPU seconds (all threads) and bytes. Run it under
+PNG_COMPRESSION_LEVEL: median seconds, CPU seconds (all threads) and bytes. *cmyk*: the photo as a CMYK
+JPEG decoded without and with a CMYK ICC profile (converted to sRGB by Pillow's plain formula, or through the
+profile by LittleCMS): median seconds. Run it under
 ``flock -x /tmp/cpu.lock``; the figures go to docs/speed.md with the CPU they ran on.
 """
 from __future__ import annotations
@@ -70,6 +72,30 @@ def png_levels(output: bytes, levels: list[int], runs: int) -> list[tuple[int, f
     return rows
 
 
+def cmyk_decode(side: int, runs: int) -> tuple[float, float]:
+    """Median seconds to decode a side x side photo saved as a CMYK JPEG, without and with a CMYK ICC profile."""
+    import io
+
+    from PIL import Image
+
+    from config import Settings
+    from core import images
+    from harness.cmyk_profile import cmyk_profile
+
+    cmyk = Image.open(io.BytesIO(photo_png(side))).convert("CMYK")
+    medians = []
+    for profile in (None, cmyk_profile()):
+        buffer = io.BytesIO()
+        cmyk.save(buffer, "JPEG", quality=95, icc_profile=profile)
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            images.decode(buffer.getvalue(), Settings().max_input_pixels)
+            times.append(time.perf_counter() - started)
+        medians.append(statistics.median(times))
+    return medians[0], medians[1]
+
+
 def main() -> None:
     from bench.machine import ceiling_in_fresh_process, cpu_description
 
@@ -91,6 +117,9 @@ def main() -> None:
     print("| level | encode seconds | CPU seconds | bytes |\n|---|---:|---:|---:|")
     for level, seconds, cpu_seconds, size in png_levels(output, args.levels, args.runs):
         print(f"| {level} | {seconds:.3f} | {cpu_seconds:.3f} | {size} |")
+    plain, profiled = cmyk_decode(args.side, args.runs)
+    print(f"CMYK JPEG {args.side}² decoded, median of {args.runs}: {plain:.3f} s plain, {profiled:.3f} s through "
+          f"its ICC profile ({profiled / plain:.1f}x)")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from core.formats import OUTPUT_FORMATS
 from core.resize import BLEED_REACH, bleed_into_transparency, resize
 from core.errors import InvalidImage, InvalidInput, TooLarge
 from tests.conftest import encode
-from tests.core.cmyk_profile import cmyk_profile, ink_srgb
+from harness.cmyk_profile import cmyk_profile, ink_srgb
 from harness.raw_http import scan_bomb
 
 LIMIT = 64 * 64

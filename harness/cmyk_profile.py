@@ -1,4 +1,5 @@
-"""A small but real ICC output profile for CMYK, built here: no CMYK profile ships with the test's packages.
+"""A small but real ICC output profile for CMYK, built here: no CMYK profile ships with the packages (tests and
+bench.stages use it).
 
 Its inks are a press's (cyan prints as sRGB 0, 158, 224, not the screen's 0, 255, 255); overprints multiply
 the inks' linear-light colours. The A2B0 table holds the 16 corners of CMYK in CIELAB (D50), which LittleCMS
