@@ -719,5 +719,5 @@ def test_manifest_spool_fits_the_tmp_volume_and_holds_the_workers_slots(manifest
 @pytest.mark.parametrize("doc", ["deployment.md", "load.md"])
 def test_docs_quote_the_spool_refusal_as_nginx_words_it_with_the_defaults(doc):
     held = serve.spool_plan(Settings(), Settings().threads_for("cpu")).held_requests
-    message = serve.JSON_ERRORS["spool_full"][1].format(held_requests=held, spool_mb=Settings().spool_mb)
+    message = serve.JSON_ERRORS["spool_full"][1].format(held_requests=serve.image_requests(held), spool_mb=Settings().spool_mb)
     assert message in " ".join((ROOT / "docs" / doc).read_text().split())
