@@ -16,7 +16,7 @@ MEBIBYTE = 1024 * 1024
 # Images a GPU worker upscales at once by default (INFERENCE_SLOTS=0 on a GPU).
 GPU_INFERENCE_SLOTS = 4
 # A worker's memory budget by default (MEMORY_BUDGET_MB=0). A GPU worker's holds CUDA's host pages beside the
-# models and the host buffers of its GPU_INFERENCE_SLOTS images in flight (docs/gpu.md, "Sizing").
+# models and the host buffers of its GPU_INFERENCE_SLOTS images in flight (docs/gpu.md, "Serving on a GPU", "Host memory").
 CPU_WORKER_MEMORY_BUDGET_MB = 3072
 GPU_WORKER_MEMORY_BUDGET_MB = 6144
 MIN_MEMORY_BUDGET_MB = 256
