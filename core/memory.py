@@ -41,6 +41,9 @@ LAYER_COPIES = 8
 # A GPU window's result as the host receives it: float32 RGB (colour as 8- or 16-bit levels takes a quarter or
 # half of it; ensemble and grey images take the floats).
 HOST_COPY_BYTES_PER_OUTPUT_PIXEL = 12
+# A grey image's window: its luma, float32, made from the RGB result before both are rounded into the output
+# (core/pipeline.py). The header cannot always tell a grey result (a palette of greys), so every window counts it.
+HOST_LUMA_BYTES_PER_OUTPUT_PIXEL = 4
 # A GPU window's input on the host, float32 RGB: the batch the tiler stacks and the contiguous copy the runner or
 # the ensemble's turning makes of it.
 HOST_WINDOW_BYTES_PER_INPUT_PIXEL = 24
@@ -98,9 +101,10 @@ def window_host_bytes(window_pixels: int, device: str, bytes_per_window_pixel: i
     """What a batch of windows holds in the worker's memory: on the CPU the network's working set, on a GPU (whose
     working set is on the card) the inputs and the results copied back; with the ``ensemble``, the float sums
     beside the results."""
-    results = window_pixels * scale * scale * HOST_COPY_BYTES_PER_OUTPUT_PIXEL * batch
     sums = window_pixels * ensemble_bytes_per_window_pixel(scale) * batch if ensemble else 0
     if device == "cuda":
+        results = (window_pixels * scale * scale * (HOST_COPY_BYTES_PER_OUTPUT_PIXEL + HOST_LUMA_BYTES_PER_OUTPUT_PIXEL)
+                   * batch)
         return window_pixels * HOST_WINDOW_BYTES_PER_INPUT_PIXEL * batch + results + sums
     return window_pixels * bytes_per_window_pixel * batch + sums
 

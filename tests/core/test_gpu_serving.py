@@ -272,8 +272,8 @@ def test_a_request_reserves_its_buffers_and_the_windows_host_share(service, monk
     monkeypatch.setattr(type(service.registry), "device_resident", property(lambda registry: 0))
     plan = service.prepare(encode(photo(40, 48)), UpscaleOptions())
     assert len(plan.passes[0].tiles) == 1  # the whole image, as one window
-    assert plan.host_bytes == own + 40 * 48 * (memory.HOST_WINDOW_BYTES_PER_INPUT_PIXEL
-                                               + 16 * memory.HOST_COPY_BYTES_PER_OUTPUT_PIXEL)
+    assert plan.host_bytes == own + 40 * 48 * (memory.HOST_WINDOW_BYTES_PER_INPUT_PIXEL + 16 * (
+        memory.HOST_COPY_BYTES_PER_OUTPUT_PIXEL + memory.HOST_LUMA_BYTES_PER_OUTPUT_PIXEL))
 
 
 def test_on_a_gpu_the_room_sets_aside_the_cached_pinned_blocks(service, monkeypatch):
@@ -372,6 +372,28 @@ def test_an_ensemble_reserves_the_float_sums_it_holds_beside_a_window(service, m
     assert averaged.shape == (1, 160, 192, 3) and len(plan.passes[0].tiles) == 1
     assert traced_peak >= 2 * averaged.nbytes
     assert reserved >= traced_peak + averaged.nbytes  # and the untraced result of the orientation in hand
+
+
+def test_a_grey_window_reserves_its_luma_beside_the_float_result(service, monkeypatch):
+    """A grey image's window comes back as float32 RGB (the backend rounds only colour to levels), and its luma is
+    made beside that result before both are rounded into the output: 16 bytes per output pixel, where 12 were
+    reserved."""
+    on_a_gpu(service, monkeypatch, 0)
+    grey = photo(40, 48)[..., 0]
+    plan = service.prepare(encode(grey), UpscaleOptions())
+    reserved = plan.host_bytes - memory.pass_bytes(40, 48) - memory.result_bytes(160 * 192, 1, False, False, False)
+    input_bytes = 40 * 48 * memory.HOST_WINDOW_BYTES_PER_INPUT_PIXEL
+    assert len(plan.passes[0].tiles) == 1  # the whole image, as one window
+    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32) / 255  # as the pipeline gives it the network
+    result = plan.network.predictor(rgb)(rgb[None])
+    tracemalloc.start()
+    try:
+        luma = (result @ pipeline.LUMA)[..., None]
+        _, traced_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert luma.shape == (1, 160, 192, 1) and traced_peak <= luma.nbytes + 4096  # the luma, and numpy's few objects
+    assert result.dtype == np.float32 and reserved - input_bytes >= result.nbytes + luma.nbytes
 
 
 @pytest.mark.slow
