@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from core.errors import Unavailable
 
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 ANSWER_MARGIN_S = 3.0
 
 _stop_at: float | None = None
+# The countdown's clock; the tests give their own.
+_clock: Callable[[], float] = time.monotonic
 
 
 class ShuttingDown(Unavailable):
@@ -26,9 +29,14 @@ class ShuttingDown(Unavailable):
 
 
 def begin(grace_s: float, running: int, waiting: int) -> None:
-    """Start the countdown (from the worker's SIGTERM handler) and log what is in flight."""
+    """Start the countdown (from the worker's SIGTERM handler) and log what is in flight.
+
+    Once only: gunicorn kills the worker ``grace_s`` after its master's first SIGTERM, so a second one (the
+    master's beside a signal sent to the whole process group) must not move the countdown's end later."""
     global _stop_at
-    _stop_at = time.monotonic() + max(0.0, grace_s - ANSWER_MARGIN_S)
+    if _stop_at is not None:
+        return
+    _stop_at = _clock() + max(0.0, grace_s - ANSWER_MARGIN_S)
     log.warning("stopping: %d image(s) running and %d queued get %.0f s to finish, then end with 503",
                 running, waiting, max(0.0, grace_s - ANSWER_MARGIN_S),
                 extra={"running": running, "queued": waiting, "grace_s": grace_s})
@@ -37,6 +45,6 @@ def begin(grace_s: float, running: int, waiting: int) -> None:
 def check(done: int, total: int, next_tile_s: float) -> None:
     """Raise ShuttingDown where the work is not done and its next tile, of ``next_tile_s``, would end past the
     grace period."""
-    if _stop_at is not None and done < total and time.monotonic() + next_tile_s > _stop_at:
+    if _stop_at is not None and done < total and _clock() + next_tile_s > _stop_at:
         raise ShuttingDown(f"the server is shutting down: stopped after {done} of {total} tiles, as the next "
                            f"would end past its grace period (SHUTDOWN_GRACE_S); retry")

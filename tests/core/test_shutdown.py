@@ -29,3 +29,12 @@ def test_a_tile_as_long_as_the_last_that_would_end_past_the_grace_period_is_not_
 
 def test_finished_work_is_kept_however_late(stopping):
     shutdown.check(10, 10, next_tile_s=1e9)
+
+
+def test_a_second_sigterm_does_not_move_the_end_of_the_grace_period(monkeypatch):
+    clock = iter([100.0, 130.0])
+    monkeypatch.setattr(shutdown, "_stop_at", None)
+    monkeypatch.setattr(shutdown, "_clock", lambda: next(clock))
+    shutdown.begin(shutdown.ANSWER_MARGIN_S + 50, running=1, waiting=0)
+    shutdown.begin(shutdown.ANSWER_MARGIN_S + 50, running=1, waiting=0)  # 30 s later
+    assert shutdown._stop_at == 150.0
