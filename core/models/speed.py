@@ -6,6 +6,7 @@ image is thousands of calls on tiny windows.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,11 @@ from core.tiling import plan_tiles
 # or, where the memory budget sizes the tiles, of MEASURED_TILE (the cost is linear in the pixels beyond it).
 SMALL_WINDOW = 16
 MEASURED_TILE = 128
+# Timed calls per window size, of which the median counts: a neighbour that takes the cores during one call (or a
+# garbage collection) would otherwise make the per-pixel cost, a difference of two single calls, wildly wrong,
+# and every estimate with it. Odd, so that the median is one call's time; few, as every network of every model is
+# measured at load.
+TIMED_CALLS = 3
 
 
 @dataclass(frozen=True)
@@ -31,9 +37,11 @@ class Throughput:
         return windows * self.per_call_s + window_pixels * self.per_pixel_s
 
 
-def measure(predict: Callable[[np.ndarray], np.ndarray], large_window: int) -> Throughput:
-    """Time one call at two window sizes (each after a first, untimed call that compiles its shape)."""
-    small, large = (_timed_call(predict, side) for side in (SMALL_WINDOW, large_window))
+def measure(predict: Callable[[np.ndarray], np.ndarray], large_window: int,
+            clock: Callable[[], float] = time.perf_counter) -> Throughput:
+    """Time calls at two window sizes: each size's median of TIMED_CALLS, after a first, untimed call that
+    compiles its shape."""
+    small, large = (_timed_call(predict, side, clock) for side in (SMALL_WINDOW, large_window))
     per_pixel = max(0.0, (large - small) / (large_window ** 2 - SMALL_WINDOW ** 2))
     return Throughput(max(0.0, small - per_pixel * SMALL_WINDOW ** 2), per_pixel)
 
@@ -45,9 +53,14 @@ def window_side(tile_size: int | None, margin: int) -> int:
     return plan_tiles(side, side, tile, margin)[0].window_shape[0]
 
 
-def _timed_call(predict: Callable[[np.ndarray], np.ndarray], side: int) -> float:
+def _timed_call(predict: Callable[[np.ndarray], np.ndarray], side: int, clock: Callable[[], float]) -> float:
+    """The median seconds of a call on a ``side`` x ``side`` window."""
     window = np.zeros((1, side, side, 3), np.float32)
     predict(window)
-    started = time.perf_counter()
+    return statistics.median(_seconds(predict, window, clock) for _ in range(TIMED_CALLS))
+
+
+def _seconds(predict: Callable[[np.ndarray], np.ndarray], window: np.ndarray, clock: Callable[[], float]) -> float:
+    started = clock()
     predict(window)
-    return time.perf_counter() - started
+    return clock() - started

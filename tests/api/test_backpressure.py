@@ -15,6 +15,7 @@ from api.predict import peer_closed, stop_when_client_leaves
 from config import load_settings
 from core.admission import InferenceSlot
 from core.errors import Busy, Cancelled
+from core.models import speed
 from core.options import UpscaleOptions
 from core.service import Service
 from harness.live_server import live_server
@@ -402,3 +403,33 @@ def test_the_estimate_grows_with_calls_pixels_and_ensemble(service):
     assert estimate(service, 6000, 1) > estimate(service, 160, 1)
     assert estimate(service, 400, 400) > estimate(service, 100, 100)
     assert estimate(service, 100, 100, ensemble=True) == pytest.approx(8 * estimate(service, 100, 100))
+
+
+class NoisyNetwork:
+    """A network whose calls take ``per_call_s + per_pixel_s * pixels`` on a clock of its own, except the calls
+    a noisy neighbour slows down ``slowed`` times (by call number, the untimed first calls counted)."""
+
+    def __init__(self, per_call_s: float, per_pixel_s: float, slowed: dict[int, float]) -> None:
+        self.per_call_s, self.per_pixel_s, self.slowed = per_call_s, per_pixel_s, slowed
+        self.now, self.calls = 0.0, 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def predict(self, batch):
+        seconds = self.per_call_s + self.per_pixel_s * batch.shape[1] * batch.shape[2]
+        self.now += seconds * self.slowed.get(self.calls, 1.0)
+        self.calls += 1
+        return batch
+
+
+@pytest.mark.parametrize("slowed", [
+    {1: 20.0},  # the first timed call of the small window, while a neighbour takes the cores
+    {speed.TIMED_CALLS + 2: 20.0},  # the first timed call of the large window
+    {2: 0.05},  # a small call cut short (a clock's jump): the per-pixel cost must not come out of it
+])
+def test_one_disturbed_call_does_not_change_the_measured_speed(slowed):
+    network = NoisyNetwork(0.01, 1e-6, slowed)
+    throughput = speed.measure(network.predict, 160, network.clock)
+    assert throughput.per_call_s == pytest.approx(0.01) and throughput.per_pixel_s == pytest.approx(1e-6)
+    assert network.calls == 2 * (1 + speed.TIMED_CALLS)  # a bounded measurement: the same few calls every time
