@@ -485,6 +485,14 @@ def grey16(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+def with_alpha(width: int, height: int) -> bytes:
+    pixels = np.asarray(Image.open(io.BytesIO(png(width, height))).convert("RGBA")).copy()
+    pixels[..., 3] = np.arange(width, dtype=np.uint8)  # a gradient of transparency, upscaled beside the colour
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize("averages", [False, True], ids=["tiles", "whole-image averages"])
 @pytest.mark.parametrize("image, fields", [
     (png(100, 70), {}),
@@ -493,6 +501,7 @@ def grey16(width: int, height: int) -> bytes:
     (png(100, 70), {"strength": 0.4}),
     (png(100, 70), {"width": 300, "height": 300, "fit": "cover"}),
     (grey16(90, 40), {"scale": 3}),
+    (with_alpha(80, 60), {}),  # the alpha is resized, not run: the colour's tiles alone are the network's
     (png(700, 1), {}),  # a line: every window mostly margin, and the averages' windows more than the tiles
 ])
 def test_the_estimate_counts_the_calls_and_pixels_the_pipeline_runs(service, image, fields, averages):
