@@ -1,15 +1,18 @@
 """What an upscale will cost, known before any work: refuse at once what cannot finish in time.
 
 The estimate is the network's measured speed (core/models/speed.py) over the plan's own tiles
-(core/plan.py), so it counts exactly the windows that would run, aligned as the network needs.
+(core/plan.py), so it counts exactly the windows that would run, aligned as the network needs, in the calls
+that run them (TILE_BATCH windows each), and the windows of each pass's whole-image averages where the network
+has them.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from core.errors import TooLarge
+from core.models.runtime import STATISTICS_WINDOW
 from core.models.speed import Throughput
-from core.tiling import Tile
+from core.plan import Pass
 
 # Runs of the network per window with ensemble=true (4 rotations x 2 flips).
 ENSEMBLE_RUNS = 8
@@ -19,14 +22,23 @@ class TooCostly(TooLarge):
     """The request would run past the time limit: refused before it queues."""
 
 
-def estimate_seconds(throughput: Throughput, passes: Iterable[tuple[Tile, ...]], ensemble: bool) -> float:
-    """Seconds the network would take over every pass's tiles."""
+def estimate_seconds(throughput: Throughput, passes: Iterable[Pass], ensemble: bool, batch: int) -> float:
+    """Seconds the network would take over every pass's tiles, ``batch`` windows a call (8 times each with the
+    ``ensemble``, whose every turn of the image measures its own averages)."""
     runs = ENSEMBLE_RUNS if ensemble else 1
     total = 0.0
-    for tiles in passes:
-        window_height, window_width = tiles[0].window_shape
-        total += throughput.seconds(len(tiles), len(tiles) * window_height * window_width)
+    for step in passes:
+        windows = len(step.tiles)
+        total += throughput.seconds(-(-windows // batch), windows * step.window_pixels)
+        if throughput.statistics is not None:
+            total += throughput.statistics.seconds(statistics_windows(step.width, step.height),
+                                                   step.width * step.height)
     return runs * total
+
+
+def statistics_windows(width: int, height: int) -> int:
+    """The windows a whole image's averages are measured in (core/models/runtime.py), a quarter turn's alike."""
+    return -(-width // STATISTICS_WINDOW) * -(-height // STATISTICS_WINDOW)
 
 
 def check_fits(seconds: float, limit_s: float, model: str, width: int, height: int, ensemble: bool) -> None:

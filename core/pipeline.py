@@ -94,7 +94,7 @@ def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, sta
     options, network = plan.options, plan.network
     # The clock and the hang-up check start before decoding, which can itself take a while;
     # (0, 0): no tile is known yet.
-    progress = _deadline(settings, on_progress)
+    progress = _deadline(settings, on_progress, _call_seconds(plan, settings))
     progress(0, 0)
     with work.stages.time("decode"):
         image = images.decode_pixels(plan.data, plan.header)
@@ -113,9 +113,14 @@ def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, sta
                   network.name, image.width, image.height, encoded_layers, work.stages)
 
 
-def _deadline(settings: Settings, on_progress: Progress | None) -> Progress:
+def _call_seconds(plan: Plan, settings: Settings) -> float:
+    """The estimate of one call of the network (a batch of TILE_BATCH windows) from the plan's seconds."""
+    return plan.seconds / plan.tile_count * settings.tile_batch if plan.tile_count else 0.0
+
+
+def _deadline(settings: Settings, on_progress: Progress | None, call_s: float) -> Progress:
     """Per-tile callback: report progress, and stop once the request's time is up or a shutdown leaves no time
-    for a tile as long as the last."""
+    for a call as long as the last or as ``call_s``, its estimate."""
     started = time.monotonic()
     stop_at = started + settings.request_time_limit_s
     last_call = started
@@ -125,7 +130,7 @@ def _deadline(settings: Settings, on_progress: Progress | None) -> Progress:
         if on_progress is not None:
             on_progress(done, total)
         now = time.monotonic()
-        shutdown.check(done, total, now - last_call)
+        shutdown.check(done, total, now - last_call, call_s)
         last_call = now
         if done < total and time.monotonic() > stop_at:  # done == total: the work is done, keep it
             raise TimeLimitExceeded(f"stopped after {done} of {total} tiles: the request time limit is "

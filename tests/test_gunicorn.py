@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import signal
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -9,6 +11,8 @@ from gunicorn.app.base import Application
 from PIL import Image
 
 from config import load_settings
+from core import shutdown
+from core.admission import InferenceSlot
 from harness.live_server import live_server
 from tests.conftest import ROOT, sample_bytes
 
@@ -59,3 +63,22 @@ def test_started_directly_gunicorn_listens_on_an_ipv6_host(monkeypatch):
     monkeypatch.setenv("HOST", "::")
     monkeypatch.setenv("PORT", "5123")
     assert ConfigOnly().cfg.address == [("::", 5123)]
+
+
+def test_a_workers_sigterm_closes_its_slot_and_a_second_one_keeps_the_countdown(monkeypatch):
+    """The hook gunicorn runs in each worker, with the handler it installs called as the signal would be."""
+    installed, passed_on = {}, []
+    monkeypatch.setattr(signal, "getsignal", lambda signum: lambda *args: passed_on.append(signum))
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: installed.update({signum: handler}))
+    monkeypatch.setattr(shutdown, "_stop_at", None)
+    clock = iter([100.0, 120.0])
+    monkeypatch.setattr(shutdown, "_clock", lambda: next(clock))
+    slot = InferenceSlot(queue_size=1, wait_timeout_s=1)
+    worker = SimpleNamespace(wsgi=SimpleNamespace(extensions={"super_resolution": SimpleNamespace(slot=slot)}))
+    ConfigOnly().cfg.post_worker_init(worker)
+    for _ in range(2):
+        installed[signal.SIGTERM](signal.SIGTERM, None)
+    assert passed_on == [signal.SIGTERM, signal.SIGTERM]  # gunicorn's own handler stops the worker each time
+    assert shutdown._stop_at == 100.0 + load_settings().shutdown_grace_s - shutdown.ANSWER_MARGIN_S
+    with pytest.raises(shutdown.ShuttingDown, match="starts no new image"):
+        slot.check_room()

@@ -86,7 +86,7 @@ class ModelRegistry:
         return {key: self._measure(network) for key, network in networks.items()}
 
     def _measure(self, network: Network) -> Network:
-        throughput = speed.measure(network.predict, speed.window_side(self.settings.tile_size, network.margin))
+        throughput = speed.measure_network(network, speed.window_side(self.settings.tile_size, network.margin))
         network.release_memory()  # the measurement's buffers, before the next network's: the load's peak stays low
         return replace(network, throughput=throughput)
 

@@ -2,22 +2,34 @@
 
 A model's time is a fixed cost per network call (one window of tiles) plus a cost per window pixel. Both are
 measured from two window sizes, so the estimate covers what the pixel count alone misses: a 1 x 4,000,000
-image is thousands of calls on tiny windows.
+image is thousands of calls on tiny windows. A network whose global averages come from the whole image
+(Real-CUGAN's) runs its tiles with the averages given, after a pass of its own that measures them in windows of
+STATISTICS_WINDOW (core/models/runtime.py): the two are timed apart, as their windows differ.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core.tiling import plan_tiles
 
+if TYPE_CHECKING:
+    from core.models.runtime import Network
+
 # Side of the small window of the two measured; the large one is a tile of TILE_SIZE with its margins,
 # or, where the memory budget sizes the tiles, of MEASURED_TILE (the cost is linear in the pixels beyond it).
 SMALL_WINDOW = 16
 MEASURED_TILE = 128
+# Timed calls per window size, of which the median counts: a neighbour that takes the cores during one call (or a
+# garbage collection) would otherwise make the per-pixel cost, a difference of two single calls, wildly wrong,
+# and every estimate with it. Odd, so that the median is one call's time; few, as every network of every model is
+# measured at load.
+TIMED_CALLS = 3
 
 
 @dataclass(frozen=True)
@@ -26,16 +38,35 @@ class Throughput:
 
     per_call_s: float
     per_pixel_s: float
+    # The pass that measures a whole image's averages, per call of its windows; None where the network has none.
+    statistics: Throughput | None = None
 
     def seconds(self, windows: int, window_pixels: int) -> float:
         return windows * self.per_call_s + window_pixels * self.per_pixel_s
 
 
-def measure(predict: Callable[[np.ndarray], np.ndarray], large_window: int) -> Throughput:
-    """Time one call at two window sizes (each after a first, untimed call that compiles its shape)."""
-    small, large = (_timed_call(predict, side) for side in (SMALL_WINDOW, large_window))
+def measure(predict: Callable[[np.ndarray], np.ndarray], large_window: int,
+            clock: Callable[[], float] = time.perf_counter) -> Throughput:
+    """Time calls at two window sizes: each size's median of TIMED_CALLS, after a first, untimed call that
+    compiles its shape."""
+    small, large = (_timed_call(predict, side, clock) for side in (SMALL_WINDOW, large_window))
     per_pixel = max(0.0, (large - small) / (large_window ** 2 - SMALL_WINDOW ** 2))
     return Throughput(max(0.0, small - per_pixel * SMALL_WINDOW ** 2), per_pixel)
+
+
+def measure_network(network: Network, large_window: int,
+                    clock: Callable[[], float] = time.perf_counter) -> Throughput:
+    """``measure`` of the network's tiles as the pipeline runs them, and of its averages' pass where it has one."""
+    if network.measure is None:
+        return measure(network.predict, large_window, clock)
+    # Imported here: the runtime imports this module for Throughput.
+    from core.models.runtime import STATISTICS_WINDOW
+
+    # The tiles run with averages known (any image's will do for the time); the averages of a window of at most
+    # STATISTICS_WINDOW take one call of their own.
+    tiles = measure(network.predictor(np.zeros((SMALL_WINDOW, SMALL_WINDOW, 3), np.float32)), large_window, clock)
+    statistics = measure(lambda batch: network.predictor(batch[0]), min(large_window, STATISTICS_WINDOW), clock)
+    return replace(tiles, statistics=statistics)
 
 
 def window_side(tile_size: int | None, margin: int) -> int:
@@ -45,9 +76,14 @@ def window_side(tile_size: int | None, margin: int) -> int:
     return plan_tiles(side, side, tile, margin)[0].window_shape[0]
 
 
-def _timed_call(predict: Callable[[np.ndarray], np.ndarray], side: int) -> float:
+def _timed_call(predict: Callable[[np.ndarray], np.ndarray], side: int, clock: Callable[[], float]) -> float:
+    """The median seconds of a call on a ``side`` x ``side`` window."""
     window = np.zeros((1, side, side, 3), np.float32)
     predict(window)
-    started = time.perf_counter()
+    return statistics.median(_seconds(predict, window, clock) for _ in range(TIMED_CALLS))
+
+
+def _seconds(predict: Callable[[np.ndarray], np.ndarray], window: np.ndarray, clock: Callable[[], float]) -> float:
+    started = clock()
     predict(window)
-    return time.perf_counter() - started
+    return clock() - started

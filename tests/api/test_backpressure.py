@@ -7,14 +7,20 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 from api.predict import peer_closed, stop_when_client_leaves
 from config import load_settings
 from core.admission import InferenceSlot
 from core.errors import Busy, Cancelled
+from core import pipeline
+from core.models import speed
+from core.models.runtime import Network
 from core.options import UpscaleOptions
 from core.service import Service
 from harness.live_server import live_server
@@ -402,3 +408,114 @@ def test_the_estimate_grows_with_calls_pixels_and_ensemble(service):
     assert estimate(service, 6000, 1) > estimate(service, 160, 1)
     assert estimate(service, 400, 400) > estimate(service, 100, 100)
     assert estimate(service, 100, 100, ensemble=True) == pytest.approx(8 * estimate(service, 100, 100))
+
+
+class NoisyNetwork:
+    """A network whose calls take ``per_call_s + per_pixel_s * pixels`` on a clock of its own, except the calls
+    a noisy neighbour slows down ``slowed`` times (by call number, the untimed first calls counted)."""
+
+    def __init__(self, per_call_s: float, per_pixel_s: float, slowed: dict[int, float]) -> None:
+        self.per_call_s, self.per_pixel_s, self.slowed = per_call_s, per_pixel_s, slowed
+        self.now, self.calls = 0.0, 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def predict(self, batch):
+        seconds = self.per_call_s + self.per_pixel_s * batch.shape[1] * batch.shape[2]
+        self.now += seconds * self.slowed.get(self.calls, 1.0)
+        self.calls += 1
+        return batch
+
+
+@pytest.mark.parametrize("slowed", [
+    {1: 20.0},  # the first timed call of the small window, while a neighbour takes the cores
+    {speed.TIMED_CALLS + 2: 20.0},  # the first timed call of the large window
+    {2: 0.05},  # a small call cut short (a clock's jump): the per-pixel cost must not come out of it
+])
+def test_one_disturbed_call_does_not_change_the_measured_speed(slowed):
+    network = NoisyNetwork(0.01, 1e-6, slowed)
+    throughput = speed.measure(network.predict, 160, network.clock)
+    assert throughput.per_call_s == pytest.approx(0.01) and throughput.per_pixel_s == pytest.approx(1e-6)
+    assert network.calls == 2 * (1 + speed.TIMED_CALLS)  # a bounded measurement: the same few calls every time
+
+
+def test_a_network_with_whole_image_averages_is_timed_for_its_tiles_and_its_averages_apart():
+    """Its tiles run with the averages given; the averages' pass costs on its own (here twice the tiles' per call
+    and three times per pixel), once per pass and not once per tile."""
+    now = [0.0]
+
+    def run(inputs):
+        windows = inputs[0]
+        now[0] += 0.01 + 1e-6 * windows.shape[1] * windows.shape[2]
+        return windows.repeat(4, axis=1).repeat(4, axis=2)
+
+    def averages(windows):
+        now[0] += 0.02 + 3e-6 * windows.shape[1] * windows.shape[2]
+        return [windows.mean(axis=(1, 2), keepdims=True)]
+
+    throughput = speed.measure_network(Network("averaged", run, margin=8, measure=averages), 160, lambda: now[0])
+    assert (throughput.per_call_s, throughput.per_pixel_s) == (pytest.approx(0.01), pytest.approx(1e-6))
+    assert (throughput.statistics.per_call_s, throughput.statistics.per_pixel_s) == (pytest.approx(0.02),
+                                                                                     pytest.approx(3e-6))
+
+
+class CountingNetwork:
+    """A 4x network (nearest neighbour) that counts the calls and window pixels it is given, its tiles' and its
+    whole-image averages' apart."""
+
+    def __init__(self) -> None:
+        self.calls = self.pixels = 0
+
+    def run(self, inputs):
+        batch = inputs[0] if isinstance(inputs, list) else inputs  # with averages: [windows, *averages]
+        self.calls += 1
+        self.pixels += batch.shape[0] * batch.shape[1] * batch.shape[2]
+        return batch.repeat(4, axis=1).repeat(4, axis=2)
+
+    def measure(self, batch):
+        self.calls += 1
+        self.pixels += batch.shape[1] * batch.shape[2]
+        return [batch.mean(axis=(1, 2), keepdims=True)]
+
+
+def grey16(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.arange(width * height, dtype=np.uint16).reshape(height, width) * 7).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def with_alpha(width: int, height: int) -> bytes:
+    pixels = np.asarray(Image.open(io.BytesIO(png(width, height))).convert("RGBA")).copy()
+    pixels[..., 3] = np.arange(width, dtype=np.uint8)  # a gradient of transparency, upscaled beside the colour
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("averages", [False, True], ids=["tiles", "whole-image averages"])
+@pytest.mark.parametrize("image, fields", [
+    (png(100, 70), {}),
+    (png(100, 70), {"scale": 8}),  # two passes
+    (png(60, 50), {"ensemble": True}),
+    (png(100, 70), {"strength": 0.4}),
+    (png(100, 70), {"width": 300, "height": 300, "fit": "cover"}),
+    (grey16(90, 40), {"scale": 3}),
+    (with_alpha(80, 60), {}),  # the alpha is resized, not run: the colour's tiles alone are the network's
+    (png(700, 1), {}),  # a line: every window mostly margin, and the averages' windows more than the tiles
+])
+def test_the_estimate_counts_the_calls_and_pixels_the_pipeline_runs(service, image, fields, averages):
+    """With a cost of one second a call, then one a window pixel, the estimate is what the network was given."""
+    strict = service_with(service, tile_size=32, tile_batch=3)
+    options = UpscaleOptions(model="srgan", **fields)
+    plan = strict.prepare(image, options)
+    for per_call, per_pixel in ((1.0, 0.0), (0.0, 1.0)):
+        # As measured at load: the averages' pass timed where the network has one
+        cost = speed.Throughput(per_call, per_pixel, speed.Throughput(per_call, per_pixel) if averages else None)
+        counting = CountingNetwork()
+        network = Network("srgan", counting.run, margin=8, measure=counting.measure if averages else None,
+                          throughput=cost)
+        passes = strict.plan_passes(network, plan.output, 0)
+        seconds = strict.estimate_seconds(network, passes, options.ensemble)
+        pipeline.run(replace(plan, network=network, passes=passes, seconds=seconds), strict.settings)
+        assert seconds == (counting.calls if per_call else counting.pixels)
