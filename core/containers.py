@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import png
@@ -17,6 +18,9 @@ from core.errors import InvalidImage, TooLarge
 from core.png_encoder import SIGNATURE as PNG_SIGNATURE
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
+
+# A TIFF's TileWidth and TileLength tags.
+TIFF_TILE_SIZE_TAGS = (322, 323)
 
 # Magic numbers: the first bytes decide which single decoder may read the upload.
 SIGNATURES = (
@@ -82,6 +86,19 @@ def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
     if width * height > max_pixels:
         raise TooLarge(f"the image is {width}x{height} = {width * height} pixels; "
                        f"the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
+
+
+def check_tiff_tiles(tags: Mapping[int, object], max_pixels: int) -> None:
+    """413 for a TIFF whose tiles hold more than ``max_pixels`` pixels each, from its first directory's ``tags``.
+
+    The decoder allocates and inflates each tile whole, whatever the image's own size: a 1x1 image in one
+    16384x16384 tile, 800 kB of zlib, takes 800 MB and seconds to decode, none of it counted by the memory budget,
+    which goes by the image's size. Encoders write tiles of 256 or 512 pixels a side.
+    """
+    width, length = (tags.get(tag) for tag in TIFF_TILE_SIZE_TAGS)
+    if isinstance(width, int) and isinstance(length, int) and width * length > max_pixels:
+        raise TooLarge(f"the TIFF image's tiles are {width}x{length} = {width * length} pixels each, and each is "
+                       f"decoded whole; the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
 
 
 def check(data: bytes, image_format: str, max_pixels: int) -> PngHeader | None:

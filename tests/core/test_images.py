@@ -63,6 +63,21 @@ def png_header_only(width: int, height: int) -> bytes:
             + png_chunk(b"IEND", b""))
 
 
+def tiled_tiff(width: int, height: int, tile: int) -> bytes:
+    """An 8-bit RGB TIFF of ``width`` x ``height`` black pixels in one ``tile`` x ``tile`` tile of deflated zeros
+    (Pillow writes no tiled TIFF)."""
+    pixels = zlib.compress(bytes(tile * tile * 3), 9)
+    shorts = {256: width, 257: height, 259: 8, 262: 2, 277: 3, 284: 1, 322: tile, 323: tile}  # 8: deflate, 2: RGB
+    entries = len(shorts) + 3
+    bits_at = 8 + 2 + 12 * entries + 4  # after the directory: BitsPerSample's three values, then the tile
+    directory = {**{tag: struct.pack("<HHIHH", tag, 3, 1, value, 0) for tag, value in shorts.items()},
+                 258: struct.pack("<HHII", 258, 3, 3, bits_at),
+                 324: struct.pack("<HHII", 324, 4, 1, bits_at + 6),
+                 325: struct.pack("<HHII", 325, 4, 1, len(pixels))}
+    return (b"II*\x00" + struct.pack("<IH", 8, entries) + b"".join(directory[tag] for tag in sorted(directory))
+            + struct.pack("<I", 0) + struct.pack("<HHH", 8, 8, 8) + pixels)
+
+
 def srgb_profile() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -376,6 +391,16 @@ def test_16_bit_png_whose_pixel_data_inflates_far_past_its_size_is_refused_in_bo
     finally:
         tracemalloc.stop()
     assert peak < 5_000_000
+
+
+def test_a_tiff_whose_tiles_exceed_the_pixel_limit_is_413_however_small_the_image():
+    # Each tile is allocated and inflated whole: at the default limit a 1x1 image in a 16384x16384 tile, 800 kB
+    # uploaded, took 800 MB and 3 s to decode. Here the limit is 64x64.
+    with pytest.raises(TooLarge, match=r"tiles are 128x128 = 16384 pixels each, and each is decoded whole; the "
+                                       r"limit is 4096 input pixels \(MAX_INPUT_PIXELS\)"):
+        images.decode(tiled_tiff(1, 1, 128), LIMIT)
+    decoded = images.decode(tiled_tiff(48, 40, 64), LIMIT)  # tiles larger than the image, as encoders write
+    assert decoded.colour.shape == (40, 48, 3) and not decoded.colour.any()
 
 
 @pytest.mark.parametrize("side", [70, 20000])
