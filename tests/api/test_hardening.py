@@ -116,6 +116,16 @@ def test_a_405_says_which_methods_the_route_takes(client, path, allowed, method)
     assert response.json["message"] == f"{method} is not allowed on {path}: it takes {', '.join(sorted(allowed))}"
 
 
+@pytest.mark.parametrize("method, path, route", [("GET", "/model//metadata", "/model/metadata"),
+                                                ("POST", "/model//predict", "/model/predict")])
+def test_a_path_with_repeated_slashes_is_sent_to_the_route_not_to_the_host_the_client_named(client, method, path,
+                                                                                             route):
+    response = client.open(f"{path}?x=1", method=method, headers={"Host": "evil.example"})
+    assert response.status_code == 308 and response.is_json
+    assert response.headers["Location"] == f"{route}?x=1"
+    assert response.json["message"] == f"{path} is not a route; the route is {route}"
+
+
 def test_docs_quote_the_405_as_the_server_words_it(client):
     message = client.put("/model/predict").json["message"]
     assert f"`{message}`" in (ROOT / "docs" / "inputs.md").read_text()
