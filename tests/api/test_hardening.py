@@ -162,6 +162,13 @@ def test_every_answer_says_nosniff_and_the_pages_allow_only_self(client):
         assert "default-src 'self'" in policy and "frame-ancestors 'self'" in policy
 
 
+@pytest.mark.parametrize("path", ["/app/../config.py", "/app/%2e%2e/config.py", "/app/..%2fconfig.py",
+                                  "/app/%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/swaggerui/../config.py"])
+def test_the_pages_files_come_from_their_folder_alone(client, path):
+    response = client.get(path)
+    assert response.status_code == 404 and response.is_json and "no route GET" in response.json["message"]
+
+
 def test_cors_origins_lists_the_origins_allowed_on_every_route():
     app = create_app(load_settings(models="srgan", cors_origins="https://a.example, https://b.example"),
                      load_models=False)
