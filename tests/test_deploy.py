@@ -445,10 +445,14 @@ CLOSE = b"Host: x\r\nConnection: close\r\n\r\n"
     (b"GET /health HTTP/2.0\r\n" + CLOSE, 505, "http_version"),
     (b"TRACE /health HTTP/1.1\r\n" + CLOSE, 405, "method_not_allowed"),
     (b"POST /model/predict HTTP/1.1\r\nTransfer-Encoding: gzip\r\n" + CLOSE, 501, "transfer_encoding"),
+    # Both lengths, as a request smuggled past another front would have them.
+    (b"POST /model/predict HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n" + CLOSE
+     + b"0\r\n\r\n", 400, "bad_request"),
     (b"GET " + serve.ERROR_PATH.encode() + b"bad_request HTTP/1.1\r\n" + CLOSE, 404, "not_found"),
-], ids=["tls", "lowercase-method", "above-root", "long-uri", "http2", "trace", "gzip-body", "error-path"])
+], ids=["tls", "lowercase-method", "above-root", "long-uri", "http2", "trace", "gzip-body", "both-lengths",
+        "error-path"])
 def test_front_answers_requests_it_cannot_read_with_json_naming_the_problem(front, request_bytes, status, name):
-    # Refused before nginx has the request line's URI, these answered nginx's own HTML 500.
+    # The first five are refused before nginx has the request line's URI: they answered nginx's own HTML 500.
     head, body = raw_answer(front, request_bytes)
     assert head.startswith(f"HTTP/1.1 {status} ".encode()) and b"Content-Type: application/json" in head
     assert json.loads(body) == {"message": serve.JSON_ERRORS[name][1].format(header_bytes=serve.HEADER_BYTES)}

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from api.observability import METHODS, OTHER_METHOD
+from api.observability import METHODS, OTHER_METHOD, JsonFormatter
 from app import create_app
 from config import load_settings
 from core.admission import InferenceSlot
@@ -91,6 +91,15 @@ def test_the_streaming_route_is_counted_when_its_stream_ends_with_the_results_si
     assert after.get(key, 0) - before.get(key, 0) == 1
     in_flight = ("superres_http_requests_in_flight", frozenset({"route": "/app/upscale"}.items()))
     assert after.get(in_flight, 0) == 0
+
+
+def test_a_path_forging_a_log_record_stays_inside_its_own_line(client, caplog):
+    caplog.set_level(logging.INFO, logger="superres.access")
+    path = '/x\n{"level": "ERROR", "message": "forged"}'
+    client.get(path.replace("\n", "%0A").replace(" ", "%20"))
+    [record] = access_records(caplog)
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and json.loads(line)["path"] == path
 
 
 # --- JSON everywhere ----------------------------------------------------------------------------------------
