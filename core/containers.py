@@ -48,6 +48,17 @@ CORRUPT_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error,
 # script for grey or colour) and mozjpeg's searched scripts stay within a few dozen; each scan costs a full
 # pass of the decoder over the image, so a file of a million empty scans decodes for minutes.
 MAX_JPEG_SCANS = 100
+# Decoders read a container's chunks, segments and sub-blocks one at a time in Python (Pillow's PNG, JPEG and GIF
+# headers, and the walks here), and keep a little of each: 30 MB of empty ones held a worker for 10 to 50 s and up
+# to 1.4 GB for a 16x16 image, none of it counted by the memory budget, which goes by the image's size. Encoders
+# write a few dozen pieces of metadata beside pixel data in pieces of kilobytes (libpng's IDAT chunks are 8 kB, a
+# GIF's sub-blocks 255 bytes: 4,000 and 130,000 of them in a 32 MB file), so these caps leave files as encoders
+# write them alone and cost at most a second.
+MAX_PNG_CHUNKS = 50_000
+MAX_JPEG_SEGMENTS = 10_000
+# Fill bytes (0xFF) and stray bytes between a JPEG's segments, which decoders skip one at a time.
+MAX_JPEG_PADDING_BYTES = 65_536
+MAX_GIF_SUB_BLOCKS = 500_000
 # Markers without a length field: SOI, EOI, TEM and the restart markers.
 JPEG_STANDALONE_MARKERS = frozenset({0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)})
 # The next marker after entropy-coded data: 0xFF, any fill bytes, then neither a stuffed 0x00 nor a restart marker.
@@ -120,7 +131,10 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
     colour_chunks: list[bytes] = []
     pixel_data: list[memoryview] = []
     position = len(PNG_SIGNATURE)
-    while True:
+    for chunks in range(1, MAX_PNG_CHUNKS + 2):
+        if chunks > MAX_PNG_CHUNKS:
+            raise InvalidImage(f"the PNG image has more than {MAX_PNG_CHUNKS} chunks; encoders write a few dozen "
+                               f"and pixel data in chunks of kilobytes, and each costs the decoder a step")
         if position + 12 > len(data):
             raise InvalidImage("the PNG image is truncated: it ends before its IEND chunk")
         length, kind = struct.unpack(">I4s", data[position:position + 8])
@@ -200,20 +214,23 @@ def _check_gif(data: bytes) -> None:
 
 
 def _gif_end(data: bytes) -> int | None:
-    """Offset just past the GIF trailer; None when the blocks end early (the decoder judges those)."""
+    """Offset just past the GIF trailer; None when the blocks end early (the decoder judges those). 400 past
+    MAX_GIF_SUB_BLOCKS sub-blocks."""
     if len(data) < 13:
         return None
     position = 13 + _colour_table_size(data[10])
+    sub_blocks = 0
     while position < len(data):
         block = data[position]
         if block == 0x3B:
             return position + 1
         if block == 0x21:
-            position = _skip_sub_blocks(data, position + 2)
+            first = position + 2
         elif block == 0x2C and position + 10 <= len(data):
-            position = _skip_sub_blocks(data, position + 11 + _colour_table_size(data[position + 9]))
+            first = position + 11 + _colour_table_size(data[position + 9])
         else:
             return None
+        position, sub_blocks = _skip_sub_blocks(data, first, sub_blocks)
     return None
 
 
@@ -221,35 +238,50 @@ def _colour_table_size(flags: int) -> int:
     return 3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0
 
 
-def _skip_sub_blocks(data: bytes, position: int) -> int:
+def _skip_sub_blocks(data: bytes, position: int, counted: int) -> tuple[int, int]:
+    """The offset past the sub-blocks from ``position``, and the count of sub-blocks, ``counted`` before them."""
     while position < len(data):
+        counted += 1
+        if counted > MAX_GIF_SUB_BLOCKS:
+            raise InvalidImage(f"the GIF image has more than {MAX_GIF_SUB_BLOCKS} sub-blocks; encoders write pixel "
+                               f"data in sub-blocks of 255 bytes, and each costs the decoder a step")
         size = data[position]
         position += 1 + size
         if size == 0:
-            return position
-    return len(data) + 1
+            return position, counted
+    return len(data) + 1, counted
 
 
 def _check_jpeg_scans(data: bytes) -> None:
-    """Count the scans from the markers alone, and refuse a file with more than any encoder writes.
+    """Count the scans, the segments and the padding between them from the markers alone, and refuse a file with
+    more than any encoder writes.
 
     Segments before and between scans are skipped by their length (an EXIF thumbnail's markers are not
-    counted); the entropy-coded data after a scan header is skipped to the next marker. A walk that loses
-    its way stops, and the decoder judges the rest.
+    counted); the entropy-coded data after a scan header, and fill or stray bytes before a marker, are skipped to
+    the next marker. A walk that loses its way stops, and the decoder judges the rest.
     """
-    scans, position = 0, 2
+    scans, segments, padding, position = 0, 0, 0, 2
     while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
+        if data[position] != 0xFF or data[position + 1] == 0xFF:
+            following = JPEG_NEXT_MARKER.search(data, position)
+            if following is None:
+                return
+            padding += following.start(1) - 1 - position
+            if padding > MAX_JPEG_PADDING_BYTES:
+                raise InvalidImage(f"the JPEG image has more than {MAX_JPEG_PADDING_BYTES} fill or stray bytes "
+                                   f"between its segments, which decoders skip one at a time")
+            position = following.start(1) - 1
             continue
+        marker = data[position + 1]
         if marker == 0xD9:
             return
         if marker in JPEG_STANDALONE_MARKERS:
             position += 2
             continue
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise InvalidImage(f"the JPEG image has more than {MAX_JPEG_SEGMENTS} segments; encoders write a few "
+                               f"dozen, and each costs the decoder a step")
         position += 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
         if marker == 0xDA:
             scans += 1

@@ -585,6 +585,56 @@ def test_png_compression_level_changes_size_not_pixels():
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(fast))), np.asarray(Image.open(io.BytesIO(small))))
 
 
+# --- Containers of many empty pieces -----------------------------------------------------------------
+
+
+def png_with(chunk: bytes, copies: int) -> bytes:
+    """A 16x16 PNG with ``copies`` of ``chunk`` after its header."""
+    return with_chunk_after_header(save(Image.new("RGB", (16, 16))), chunk * copies)
+
+
+def jpeg_with(padding: bytes) -> bytes:
+    """A 16x16 JPEG with ``padding`` after its start marker."""
+    data = save(Image.new("RGB", (16, 16)), "JPEG")
+    return data[:2] + padding + data[2:]
+
+
+def gif_with_comment(sub_blocks: int) -> bytes:
+    """A 16x16 GIF whose first block is a comment of ``sub_blocks`` one-byte sub-blocks."""
+    data = save(Image.new("P", (16, 16)), "GIF")
+    header = 13 + containers._colour_table_size(data[10])
+    return data[:header] + b"\x21\xfe" + b"\x01x" * sub_blocks + b"\x00" + data[header:]
+
+
+EMPTY_CHUNK = png_chunk(b"abCd", b"")
+EMPTY_SEGMENT = b"\xff\xe5\x00\x02"  # an APP5 segment holding nothing
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: png_with(EMPTY_CHUNK, containers.MAX_PNG_CHUNKS), f"more than {containers.MAX_PNG_CHUNKS} chunks"),
+    (lambda: jpeg_with(EMPTY_SEGMENT * containers.MAX_JPEG_SEGMENTS),
+     f"more than {containers.MAX_JPEG_SEGMENTS} segments"),
+    (lambda: jpeg_with(b"\xff" * (containers.MAX_JPEG_PADDING_BYTES + 1) + EMPTY_SEGMENT),
+     f"more than {containers.MAX_JPEG_PADDING_BYTES} fill or stray bytes"),
+    (lambda: jpeg_with(EMPTY_SEGMENT + bytes(containers.MAX_JPEG_PADDING_BYTES + 1)),
+     f"more than {containers.MAX_JPEG_PADDING_BYTES} fill or stray bytes"),
+    (lambda: gif_with_comment(containers.MAX_GIF_SUB_BLOCKS), f"more than {containers.MAX_GIF_SUB_BLOCKS} sub-blocks"),
+], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks"])
+def test_a_container_of_more_empty_pieces_than_encoders_write_is_refused_before_decoding(build, message):
+    # Decoders read each piece in Python: 30 MB of them held a worker for 10 to 50 s, up to 1.4 GB for 16x16 pixels.
+    with pytest.raises(InvalidImage, match=message):
+        images.decode(build(), LIMIT)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: png_with(EMPTY_CHUNK, 100), lambda: jpeg_with(EMPTY_SEGMENT * 100),
+    lambda: jpeg_with(b"\xff" * 16 + EMPTY_SEGMENT), lambda: jpeg_with(EMPTY_SEGMENT + bytes(16)),
+    lambda: gif_with_comment(1000),
+], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks"])
+def test_a_few_empty_pieces_as_files_in_the_wild_have_decode(build):
+    assert images.decode(build(), LIMIT).width == 16
+
+
 # --- Progressive JPEG scan bombs ------------------------------------------------------------------
 
 
