@@ -59,6 +59,10 @@ MAX_JPEG_SEGMENTS = 10_000
 # Fill bytes (0xFF) and stray bytes between a JPEG's segments, which decoders skip one at a time.
 MAX_JPEG_PADDING_BYTES = 65_536
 MAX_GIF_SUB_BLOCKS = 500_000
+# A BMP's run-length compressions (RLE8, RLE4). The most bytes a pixel takes in them is 4 (a delta escape moving
+# one pixel); an escape that moves no pixel costs Pillow's decoder, written in Python, a step all the same.
+BMP_RLE_COMPRESSIONS = (1, 2)
+BMP_RLE_BYTES_PER_PIXEL = 4
 # Markers without a length field: SOI, EOI, TEM and the restart markers.
 JPEG_STANDALONE_MARKERS = frozenset({0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)})
 # The next marker after entropy-coded data: 0xFF, any fill bytes, then neither a stuffed 0x00 nor a restart marker.
@@ -120,6 +124,8 @@ def check(data: bytes, image_format: str, max_pixels: int) -> PngHeader | None:
         _check_riff_end(data)
     if image_format == "JPEG":
         _check_jpeg_scans(data)
+    if image_format == "BMP":
+        _check_bmp_runs(data)
     return _check_png(data, max_pixels) if image_format == "PNG" else None
 
 
@@ -292,6 +298,22 @@ def _check_jpeg_scans(data: bytes) -> None:
             if following is None:
                 return
             position = following.start(1) - 1
+
+
+def _check_bmp_runs(data: bytes) -> None:
+    """Refuse run-length data longer than its pixels can take: 32 MB of escapes that draw nothing held a worker for
+    8 s. A BMP without an info header of 40 bytes or more, or not run-length coded, is left to the decoder."""
+    if len(data) < 34 or struct.unpack("<I", data[14:18])[0] < 40:
+        return
+    (offset,) = struct.unpack("<I", data[10:14])
+    width, height, compression = struct.unpack("<ii4xI", data[18:34])  # planes and bit depth skipped
+    if compression not in BMP_RLE_COMPRESSIONS:
+        return
+    # Each row may end with an end-of-line escape and the image with an end-of-bitmap one, 2 bytes each.
+    most = BMP_RLE_BYTES_PER_PIXEL * abs(width) * abs(height) + 2 * abs(height) + 2
+    if len(data) - offset > most:
+        raise InvalidImage(f"the BMP image's run-length data is {len(data) - offset} bytes, more than the {most} "
+                           f"that {abs(width)}x{abs(height)} pixels can take")
 
 
 def _check_riff_end(data: bytes) -> None:

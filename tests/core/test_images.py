@@ -606,6 +606,19 @@ def gif_with_comment(sub_blocks: int) -> bytes:
     return data[:header] + b"\x21\xfe" + b"\x01x" * sub_blocks + b"\x00" + data[header:]
 
 
+def rle_bmp(side: int, runs: bytes) -> bytes:
+    """A ``side`` x ``side`` grey BMP whose RLE8 data is ``runs`` (Pillow writes no run-length BMP)."""
+    palette = b"".join(bytes([level, level, level, 0]) for level in range(256))
+    info = struct.pack("<IiiHHIIiiII", 40, side, side, 1, 8, 1, len(runs), 2835, 2835, 256, 0)
+    offset = 14 + len(info) + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(runs), 0, 0, offset) + info + palette + runs
+
+
+def rows_of_grey(side: int) -> bytes:
+    """RLE8 data: each row one run of level 7 and an end of line, then the end of the bitmap."""
+    return (bytes([side, 7]) + b"\x00\x00") * side + b"\x00\x01"
+
+
 EMPTY_CHUNK = png_chunk(b"abCd", b"")
 EMPTY_SEGMENT = b"\xff\xe5\x00\x02"  # an APP5 segment holding nothing
 
@@ -619,7 +632,10 @@ EMPTY_SEGMENT = b"\xff\xe5\x00\x02"  # an APP5 segment holding nothing
     (lambda: jpeg_with(EMPTY_SEGMENT + bytes(containers.MAX_JPEG_PADDING_BYTES + 1)),
      f"more than {containers.MAX_JPEG_PADDING_BYTES} fill or stray bytes"),
     (lambda: gif_with_comment(containers.MAX_GIF_SUB_BLOCKS), f"more than {containers.MAX_GIF_SUB_BLOCKS} sub-blocks"),
-], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks"])
+    # Delta escapes that move no pixel, before the rows.
+    (lambda: rle_bmp(16, b"\x00\x02\x00\x00" * 300 + rows_of_grey(16)),
+     "run-length data is 1266 bytes, more than the 1058 that 16x16 pixels can take"),
+], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks", "bmp-runs"])
 def test_a_container_of_more_empty_pieces_than_encoders_write_is_refused_before_decoding(build, message):
     # Decoders read each piece in Python: 30 MB of them held a worker for 10 to 50 s, up to 1.4 GB for 16x16 pixels.
     with pytest.raises(InvalidImage, match=message):
@@ -629,10 +645,15 @@ def test_a_container_of_more_empty_pieces_than_encoders_write_is_refused_before_
 @pytest.mark.parametrize("build", [
     lambda: png_with(EMPTY_CHUNK, 100), lambda: jpeg_with(EMPTY_SEGMENT * 100),
     lambda: jpeg_with(b"\xff" * 16 + EMPTY_SEGMENT), lambda: jpeg_with(EMPTY_SEGMENT + bytes(16)),
-    lambda: gif_with_comment(1000),
-], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks"])
+    lambda: gif_with_comment(1000), lambda: rle_bmp(16, b"\x00\x02\x00\x00" * 10 + rows_of_grey(16)),
+], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks", "bmp-runs"])
 def test_a_few_empty_pieces_as_files_in_the_wild_have_decode(build):
     assert images.decode(build(), LIMIT).width == 16
+
+
+def test_a_run_length_bmp_decodes_to_its_runs():
+    decoded = images.decode(rle_bmp(16, rows_of_grey(16)), LIMIT)
+    assert decoded.colour.shape == (16, 16, 1) and (decoded.colour == 7).all()
 
 
 # --- Progressive JPEG scan bombs ------------------------------------------------------------------
