@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import png
@@ -18,9 +17,6 @@ from core.errors import InvalidImage, TooLarge
 from core.png_encoder import SIGNATURE as PNG_SIGNATURE
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
-
-# A TIFF's TileWidth and TileLength tags.
-TIFF_TILE_SIZE_TAGS = (322, 323)
 
 # Magic numbers: the first bytes decide which single decoder may read the upload.
 SIGNATURES = (
@@ -61,6 +57,13 @@ MAX_JPEG_PADDING_BYTES = 65_536
 MAX_GIF_SUB_BLOCKS = 500_000
 # A BMP's run-length compressions (RLE8, RLE4). The most bytes a pixel takes in them is 4 (a delta escape moving
 # one pixel); an escape that moves no pixel costs Pillow's decoder, written in Python, a step all the same.
+# A TIFF's strips or tiles (Pillow makes an object of each as it opens the file, before our checks could run on
+# what it read) and the entries of its first directory (tags: encoders write a few dozen).
+MAX_TIFF_STRIPS = 100_000
+MAX_TIFF_ENTRIES = 65_535
+TIFF_STRIP_OFFSETS, TIFF_TILE_WIDTH, TIFF_TILE_LENGTH, TIFF_TILE_OFFSETS = 273, 322, 323, 324
+# The value of a directory entry, by its type: SHORT, LONG, LONG8.
+TIFF_INTEGER_TYPES = {3: "H", 4: "I", 16: "Q"}
 BMP_RLE_COMPRESSIONS = (1, 2)
 BMP_RLE_BYTES_PER_PIXEL = 4
 # Markers without a length field: SOI, EOI, TEM and the restart markers.
@@ -103,19 +106,6 @@ def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
                        f"the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
 
 
-def check_tiff_tiles(tags: Mapping[int, object], max_pixels: int) -> None:
-    """413 for a TIFF whose tiles hold more than ``max_pixels`` pixels each, from its first directory's ``tags``.
-
-    The decoder allocates and inflates each tile whole, whatever the image's own size: a 1x1 image in one
-    16384x16384 tile, 800 kB of zlib, takes 800 MB and seconds to decode, none of it counted by the memory budget,
-    which goes by the image's size. Encoders write tiles of 256 or 512 pixels a side.
-    """
-    width, length = (tags.get(tag) for tag in TIFF_TILE_SIZE_TAGS)
-    if isinstance(width, int) and isinstance(length, int) and width * length > max_pixels:
-        raise TooLarge(f"the TIFF image's tiles are {width}x{length} = {width * length} pixels each, and each is "
-                       f"decoded whole; the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
-
-
 def check(data: bytes, image_format: str, max_pixels: int) -> PngHeader | None:
     """The container checks of ``image_format``: a PNG's header (413 past ``max_pixels``) where it is one."""
     if image_format == "GIF":
@@ -126,6 +116,8 @@ def check(data: bytes, image_format: str, max_pixels: int) -> PngHeader | None:
         _check_jpeg_scans(data)
     if image_format == "BMP":
         _check_bmp_runs(data)
+    if image_format == "TIFF":
+        _check_tiff_pieces(data, max_pixels)
     return _check_png(data, max_pixels) if image_format == "PNG" else None
 
 
@@ -314,6 +306,51 @@ def _check_bmp_runs(data: bytes) -> None:
     if len(data) - offset > most:
         raise InvalidImage(f"the BMP image's run-length data is {len(data) - offset} bytes, more than the {most} "
                            f"that {abs(width)}x{abs(height)} pixels can take")
+
+
+def _check_tiff_pieces(data: bytes, max_pixels: int) -> None:
+    """From the first directory alone: 400 for more strips or tiles than MAX_TIFF_STRIPS, 413 for tiles of more than
+    ``max_pixels`` pixels each.
+
+    The decoder allocates and inflates each tile whole, whatever the image's own size: a 1x1 image in one
+    16384x16384 tile, 800 kB of zlib, took 800 MB and 3 s to decode. 3 million strips of a 16x16 image took 20 s and
+    900 MB. Neither is counted by the memory budget, which goes by the image's size.
+    """
+    entries = _tiff_first_directory(data)
+    for tag in (TIFF_STRIP_OFFSETS, TIFF_TILE_OFFSETS):
+        count = entries.get(tag, (0, 0))[0]
+        if count > MAX_TIFF_STRIPS:
+            raise InvalidImage(f"the TIFF image has {count} strips or tiles, more than {MAX_TIFF_STRIPS}; encoders "
+                               f"write one for every few rows or every 256x256 pixels")
+    width, length = (entries.get(tag, (1, 0))[1] for tag in (TIFF_TILE_WIDTH, TIFF_TILE_LENGTH))
+    if width * length > max_pixels:
+        raise TooLarge(f"the TIFF image's tiles are {width}x{length} = {width * length} pixels each, and each is "
+                       f"decoded whole; the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
+
+
+def _tiff_first_directory(data: bytes) -> dict[int, tuple[int, int]]:
+    """Each tag of a TIFF's first directory: its count of values, and its first value where the entry holds it as
+    an integer (else 0). Empty, or cut short, where the directory runs past the end: the decoder judges that."""
+    if len(data) < 16:
+        return {}
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\x00", b"\x00+")  # BigTIFF: 8-byte counts and offsets
+    offset_format, count_format, entry_format = ("Q", "Q", "HHQ8s") if big else ("I", "H", "HHI4s")
+    (offset,) = struct.unpack_from(order + offset_format, data, 8 if big else 4)
+    first = offset + struct.calcsize(count_format)
+    if first > len(data):
+        return {}
+    (count,) = struct.unpack_from(order + count_format, data, offset)
+    if count > MAX_TIFF_ENTRIES:
+        raise InvalidImage(f"the TIFF image's first directory has {count} entries, more than {MAX_TIFF_ENTRIES}")
+    entry_bytes = struct.calcsize(order + entry_format)
+    entries: dict[int, tuple[int, int]] = {}
+    for at in range(first, min(first + count * entry_bytes, len(data) - entry_bytes + 1), entry_bytes):
+        tag, kind, values, stored = struct.unpack_from(order + entry_format, data, at)
+        integer = TIFF_INTEGER_TYPES.get(kind)
+        fits = integer is not None and struct.calcsize(integer) <= len(stored)
+        entries.setdefault(tag, (values, struct.unpack_from(order + integer, stored)[0] if fits else 0))
+    return entries
 
 
 def _check_riff_end(data: bytes) -> None:

@@ -23,8 +23,8 @@ import png
 from PIL import Image, ImageCms, UnidentifiedImageError
 
 from core import orientation
-from core.containers import (ACCEPTED_FORMATS, CORRUPT_DATA_ERRORS, PngHeader, check, check_pixels, check_tiff_tiles,
-                             describe_accepted, sniff_format)
+from core.containers import (ACCEPTED_FORMATS, CORRUPT_DATA_ERRORS, PngHeader, check, check_pixels, describe_accepted,
+                             sniff_format)
 from core.errors import InvalidImage, TooLarge
 
 
@@ -100,8 +100,6 @@ def read_header(data: bytes, max_pixels: int) -> Header:
     png_header = check(data, image_format, max_pixels)
     with _reading(image_format, max_pixels), Image.open(io.BytesIO(data), formats=(image_format,)) as image:
         check_pixels(image.size, max_pixels)
-        if image_format == "TIFF":
-            check_tiff_tiles(image.tag_v2, max_pixels)
         turn = _turn_to_apply(image, png_header)
         width, height = orientation.displayed(*image.size, turn)
         sample_bytes = 2 if (png_header and png_header.bit_depth == 16) or image.mode.startswith("I") else 1

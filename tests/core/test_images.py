@@ -78,6 +78,21 @@ def tiled_tiff(width: int, height: int, tile: int) -> bytes:
             + struct.pack("<I", 0) + struct.pack("<HHH", 8, 8, 8) + pixels)
 
 
+def striped_tiff(side: int, strips: int) -> bytes:
+    """An uncompressed 8-bit grey TIFF of ``side`` x ``side`` black pixels, one row a strip, whose strip offsets
+    and byte counts list ``strips`` strips (all of them the same ``side`` zeros)."""
+    shorts = {256: side, 257: side, 258: 8, 259: 1, 262: 1, 277: 1, 278: 1}  # 1: no compression, black is zero
+    entries = len(shorts) + 2
+    offsets_at = 8 + 2 + 12 * entries + 4
+    pixels_at = offsets_at + 8 * strips
+    directory = {**{tag: struct.pack("<HHIHH", tag, 3, 1, value, 0) for tag, value in shorts.items()},
+                 273: struct.pack("<HHII", 273, 4, strips, offsets_at),
+                 279: struct.pack("<HHII", 279, 4, strips, offsets_at + 4 * strips)}
+    return (b"II*\x00" + struct.pack("<IH", 8, entries) + b"".join(directory[tag] for tag in sorted(directory))
+            + struct.pack("<I", 0) + struct.pack(f"<{strips}I", *[pixels_at] * strips)
+            + struct.pack(f"<{strips}I", *[side] * strips) + bytes(side))
+
+
 def srgb_profile() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -635,7 +650,9 @@ EMPTY_SEGMENT = b"\xff\xe5\x00\x02"  # an APP5 segment holding nothing
     # Delta escapes that move no pixel, before the rows.
     (lambda: rle_bmp(16, b"\x00\x02\x00\x00" * 300 + rows_of_grey(16)),
      "run-length data is 1266 bytes, more than the 1058 that 16x16 pixels can take"),
-], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks", "bmp-runs"])
+    (lambda: striped_tiff(16, containers.MAX_TIFF_STRIPS + 1),
+     f"{containers.MAX_TIFF_STRIPS + 1} strips or tiles, more than {containers.MAX_TIFF_STRIPS}"),
+], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks", "bmp-runs", "tiff-strips"])
 def test_a_container_of_more_empty_pieces_than_encoders_write_is_refused_before_decoding(build, message):
     # Decoders read each piece in Python: 30 MB of them held a worker for 10 to 50 s, up to 1.4 GB for 16x16 pixels.
     with pytest.raises(InvalidImage, match=message):
@@ -646,7 +663,8 @@ def test_a_container_of_more_empty_pieces_than_encoders_write_is_refused_before_
     lambda: png_with(EMPTY_CHUNK, 100), lambda: jpeg_with(EMPTY_SEGMENT * 100),
     lambda: jpeg_with(b"\xff" * 16 + EMPTY_SEGMENT), lambda: jpeg_with(EMPTY_SEGMENT + bytes(16)),
     lambda: gif_with_comment(1000), lambda: rle_bmp(16, b"\x00\x02\x00\x00" * 10 + rows_of_grey(16)),
-], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks", "bmp-runs"])
+    lambda: striped_tiff(16, 16),
+], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks", "bmp-runs", "tiff-strips"])
 def test_a_few_empty_pieces_as_files_in_the_wild_have_decode(build):
     assert images.decode(build(), LIMIT).width == 16
 
