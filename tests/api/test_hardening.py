@@ -188,6 +188,17 @@ def test_cors_origins_lists_the_origins_allowed_on_every_route():
         assert "Origin" in allowed.headers["Vary"]
         other = client.get(path, headers={"Origin": "https://evil.example"})
         assert "Access-Control-Allow-Origin" not in other.headers, path
+    # Matched whole: a listed origin inside another, or cut short, is another origin.
+    for origin in ("https://b.example.evil.example", "https://b.exampl", "https://b.example:8443", "null"):
+        assert "Access-Control-Allow-Origin" not in client.get("/health", headers={"Origin": origin}).headers, origin
+    assert "Access-Control-Allow-Credentials" not in allowed.headers
+
+
+def test_cors_enable_alone_allows_any_origin_without_credentials():
+    app = create_app(load_settings(models="srgan", cors_enable=True), load_models=False)
+    response = app.test_client().get("/health", headers={"Origin": "https://any.example"})
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in response.headers
 
 
 def test_a_model_that_fails_to_load_keeps_its_path_and_error_in_the_log(monkeypatch, caplog):
