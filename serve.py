@@ -41,6 +41,11 @@ JSON_ERRORS = {
                         "{spool_mb} MiB of disk for their uploads and answers holds (SPOOL_MB); retry later"),
     "timeout": (408, "the request did not arrive within {client_timeout_s:g} s (CLIENT_TIMEOUT_S)"),
     "bad_request": (400, "the request is not valid HTTP/1.1"),
+    "not_found": (404, "no such route: the API is described at /"),  # only the paths of the locations below
+    "method_not_allowed": (405, "TRACE is not allowed: the routes take GET, HEAD, POST and OPTIONS"),
+    "transfer_encoding": (501, "the request's Transfer-Encoding is not supported: send the body as it is, with a "
+                               "Content-Length, or chunked"),
+    "http_version": (505, "the request's HTTP version is not supported: send HTTP/1.0 or HTTP/1.1"),
 }
 # A work request gunicorn did not take (502, 504), by the upstream address nginx tried: every slot taken
 # (max_conns) leaves the upstream's name there; a socket no worker listens on, its own address.
@@ -48,8 +53,14 @@ WORK_REFUSALS = {"work": "the server is busy: every request slot of its workers 
                  "default": JSON_ERRORS["unavailable"][1]}
 WORK_REFUSED = "work_refused"
 # nginx's own refusals, by nginx's status, each answered by the JSON location of that name.
-FRONT_ERROR_PAGES = {400: "bad_request", 408: "timeout", 413: "too_large", 414: "uri_too_long",
-                     494: "header_too_large"}
+FRONT_ERROR_PAGES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "timeout",
+                     413: "too_large", 414: "uri_too_long", 494: "header_too_large", 501: "transfer_encoding",
+                     505: "http_version"}
+# Refusals that can come before nginx has read a request line's URI (a TLS handshake sent to the plain port, a
+# lowercase method, a path above the root, a line too long). A named location needs that URI (nginx answers its
+# own HTML 500 instead), so these go to an internal location by path, under this prefix.
+BEFORE_URI = frozenset(FRONT_ERROR_PAGES[status] for status in (400, 414, 505))
+ERROR_PATH = "/.front-error/"
 # choose_device's child: the choice on stdout, or the reason on stderr.
 CHOICE_PROGRAM = """
 import sys
@@ -236,8 +247,13 @@ def _error_pages(no_upstream: str, too_large: str = "too_large", busy: str | Non
     the location ``no_upstream``. A block with any error_page of its own inherits none from the server, so each
     block that sets one must set them all."""
     pages = {**FRONT_ERROR_PAGES, 413: too_large, **({503: busy} if busy else {})}
-    return " ".join([*(f"error_page {status} = @{name};" for status, name in pages.items()),
+    return " ".join([*(f"error_page {status} = {_error_location(name)};" for status, name in pages.items()),
                      f"error_page 502 504 = @{no_upstream};"])
+
+
+def _error_location(name: str) -> str:
+    """Where nginx's refusal ``name`` is answered: by path where it can come before the URI, else by name."""
+    return ERROR_PATH + name if name in BEFORE_URI else "@" + name
 
 
 def _work_refusal_map() -> str:
@@ -249,7 +265,9 @@ def _work_refusal_map() -> str:
 def _json_location(name: str, status: int, message: str, retry_after_s: int) -> str:
     escaped = message.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'")
     retry = f"add_header Retry-After {retry_after_s} always; " if status == 503 else ""
-    return (f"        location @{name} {{ default_type application/json; {retry}"
+    place = _error_location(name)
+    block = f"= {place} {{ internal;" if place.startswith("/") else f"{place} {{"
+    return (f"        location {block} default_type application/json; {retry}"
             f"add_header X-Content-Type-Options nosniff always; "
             f"return {status} '{{\"message\": \"{escaped}\"}}\\n'; }}")
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from flask import Flask, g, request
 from flask.typing import ResponseReturnValue
 from flask_restx import Api
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+from werkzeug.routing import RequestRedirect
 
 from core.errors import ServiceError, TooLarge, Unavailable
 
@@ -86,8 +88,25 @@ def refuse_encoded_bodies() -> tuple[dict[str, str], int] | None:
     return {"message": message}, UNSUPPORTED_MEDIA_TYPE
 
 
+def redirect_to_the_route() -> tuple[dict[str, str], int, dict[str, str]] | None:
+    """Werkzeug's redirect of a path with repeated slashes (``/model//predict``), to the route's path alone.
+
+    Werkzeug writes the whole URL into Location, with the host from the request's Host header, which the client
+    chooses: behind a cache that keys on the path, one request would send every later client to another site.
+    Flask returns such a redirect without the error handlers, as HTML; here it is JSON like any other answer.
+    """
+    moved = request.routing_exception
+    if not isinstance(moved, RequestRedirect):
+        return None
+    target = urlsplit(moved.new_url)._replace(scheme="", netloc="")
+    message = f"{request.path} is not a route; the route is {target.path}"
+    g.error_message = message
+    return {"message": message}, moved.code, {"Location": target.geturl()}
+
+
 def register_error_handlers(app: Flask) -> None:
     app.before_request(refuse_encoded_bodies)
+    app.before_request(redirect_to_the_route)
     app.register_error_handler(ServiceError, _answer)
     app.register_error_handler(HTTPException, _answer)
     app.register_error_handler(Exception, _answer)

@@ -44,6 +44,28 @@ CORRUPT_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error,
 # script for grey or colour) and mozjpeg's searched scripts stay within a few dozen; each scan costs a full
 # pass of the decoder over the image, so a file of a million empty scans decodes for minutes.
 MAX_JPEG_SCANS = 100
+# Decoders read a container's chunks, segments and sub-blocks one at a time in Python (Pillow's PNG, JPEG and GIF
+# headers, and the walks here), and keep a little of each: 30 MB of empty ones held a worker for 10 to 50 s and up
+# to 1.4 GB for a 16x16 image, none of it counted by the memory budget, which goes by the image's size. Encoders
+# write a few dozen pieces of metadata beside pixel data in pieces of kilobytes (libpng's IDAT chunks are 8 kB, a
+# GIF's sub-blocks 255 bytes: 4,000 and 130,000 of them in a 32 MB file), so these caps leave files as encoders
+# write them alone and cost at most a second.
+MAX_PNG_CHUNKS = 50_000
+MAX_JPEG_SEGMENTS = 10_000
+# Fill bytes (0xFF) and stray bytes between a JPEG's segments, which decoders skip one at a time.
+MAX_JPEG_PADDING_BYTES = 65_536
+MAX_GIF_SUB_BLOCKS = 500_000
+# A BMP's run-length compressions (RLE8, RLE4). The most bytes a pixel takes in them is 4 (a delta escape moving
+# one pixel); an escape that moves no pixel costs Pillow's decoder, written in Python, a step all the same.
+# A TIFF's strips or tiles (Pillow makes an object of each as it opens the file, before our checks could run on
+# what it read) and the entries of its first directory (tags: encoders write a few dozen).
+MAX_TIFF_STRIPS = 100_000
+MAX_TIFF_ENTRIES = 65_535
+TIFF_STRIP_OFFSETS, TIFF_TILE_WIDTH, TIFF_TILE_LENGTH, TIFF_TILE_OFFSETS = 273, 322, 323, 324
+# The value of a directory entry, by its type: SHORT, LONG, LONG8.
+TIFF_INTEGER_TYPES = {3: "H", 4: "I", 16: "Q"}
+BMP_RLE_COMPRESSIONS = (1, 2)
+BMP_RLE_BYTES_PER_PIXEL = 4
 # Markers without a length field: SOI, EOI, TEM and the restart markers.
 JPEG_STANDALONE_MARKERS = frozenset({0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)})
 # The next marker after entropy-coded data: 0xFF, any fill bytes, then neither a stuffed 0x00 nor a restart marker.
@@ -92,6 +114,10 @@ def check(data: bytes, image_format: str, max_pixels: int) -> PngHeader | None:
         _check_riff_end(data)
     if image_format == "JPEG":
         _check_jpeg_scans(data)
+    if image_format == "BMP":
+        _check_bmp_runs(data)
+    if image_format == "TIFF":
+        _check_tiff_pieces(data, max_pixels)
     return _check_png(data, max_pixels) if image_format == "PNG" else None
 
 
@@ -103,7 +129,10 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
     colour_chunks: list[bytes] = []
     pixel_data: list[memoryview] = []
     position = len(PNG_SIGNATURE)
-    while True:
+    for chunks in range(1, MAX_PNG_CHUNKS + 2):
+        if chunks > MAX_PNG_CHUNKS:
+            raise InvalidImage(f"the PNG image has more than {MAX_PNG_CHUNKS} chunks; encoders write a few dozen "
+                               f"and pixel data in chunks of kilobytes, and each costs the decoder a step")
         if position + 12 > len(data):
             raise InvalidImage("the PNG image is truncated: it ends before its IEND chunk")
         length, kind = struct.unpack(">I4s", data[position:position + 8])
@@ -183,20 +212,23 @@ def _check_gif(data: bytes) -> None:
 
 
 def _gif_end(data: bytes) -> int | None:
-    """Offset just past the GIF trailer; None when the blocks end early (the decoder judges those)."""
+    """Offset just past the GIF trailer; None when the blocks end early (the decoder judges those). 400 past
+    MAX_GIF_SUB_BLOCKS sub-blocks."""
     if len(data) < 13:
         return None
     position = 13 + _colour_table_size(data[10])
+    sub_blocks = 0
     while position < len(data):
         block = data[position]
         if block == 0x3B:
             return position + 1
         if block == 0x21:
-            position = _skip_sub_blocks(data, position + 2)
+            first = position + 2
         elif block == 0x2C and position + 10 <= len(data):
-            position = _skip_sub_blocks(data, position + 11 + _colour_table_size(data[position + 9]))
+            first = position + 11 + _colour_table_size(data[position + 9])
         else:
             return None
+        position, sub_blocks = _skip_sub_blocks(data, first, sub_blocks)
     return None
 
 
@@ -204,35 +236,50 @@ def _colour_table_size(flags: int) -> int:
     return 3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0
 
 
-def _skip_sub_blocks(data: bytes, position: int) -> int:
+def _skip_sub_blocks(data: bytes, position: int, counted: int) -> tuple[int, int]:
+    """The offset past the sub-blocks from ``position``, and the count of sub-blocks, ``counted`` before them."""
     while position < len(data):
+        counted += 1
+        if counted > MAX_GIF_SUB_BLOCKS:
+            raise InvalidImage(f"the GIF image has more than {MAX_GIF_SUB_BLOCKS} sub-blocks; encoders write pixel "
+                               f"data in sub-blocks of 255 bytes, and each costs the decoder a step")
         size = data[position]
         position += 1 + size
         if size == 0:
-            return position
-    return len(data) + 1
+            return position, counted
+    return len(data) + 1, counted
 
 
 def _check_jpeg_scans(data: bytes) -> None:
-    """Count the scans from the markers alone, and refuse a file with more than any encoder writes.
+    """Count the scans, the segments and the padding between them from the markers alone, and refuse a file with
+    more than any encoder writes.
 
     Segments before and between scans are skipped by their length (an EXIF thumbnail's markers are not
-    counted); the entropy-coded data after a scan header is skipped to the next marker. A walk that loses
-    its way stops, and the decoder judges the rest.
+    counted); the entropy-coded data after a scan header, and fill or stray bytes before a marker, are skipped to
+    the next marker. A walk that loses its way stops, and the decoder judges the rest.
     """
-    scans, position = 0, 2
+    scans, segments, padding, position = 0, 0, 0, 2
     while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
+        if data[position] != 0xFF or data[position + 1] == 0xFF:
+            following = JPEG_NEXT_MARKER.search(data, position)
+            if following is None:
+                return
+            padding += following.start(1) - 1 - position
+            if padding > MAX_JPEG_PADDING_BYTES:
+                raise InvalidImage(f"the JPEG image has more than {MAX_JPEG_PADDING_BYTES} fill or stray bytes "
+                                   f"between its segments, which decoders skip one at a time")
+            position = following.start(1) - 1
             continue
+        marker = data[position + 1]
         if marker == 0xD9:
             return
         if marker in JPEG_STANDALONE_MARKERS:
             position += 2
             continue
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise InvalidImage(f"the JPEG image has more than {MAX_JPEG_SEGMENTS} segments; encoders write a few "
+                               f"dozen, and each costs the decoder a step")
         position += 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
         if marker == 0xDA:
             scans += 1
@@ -243,6 +290,67 @@ def _check_jpeg_scans(data: bytes) -> None:
             if following is None:
                 return
             position = following.start(1) - 1
+
+
+def _check_bmp_runs(data: bytes) -> None:
+    """Refuse run-length data longer than its pixels can take: 32 MB of escapes that draw nothing held a worker for
+    8 s. A BMP without an info header of 40 bytes or more, or not run-length coded, is left to the decoder."""
+    if len(data) < 34 or struct.unpack("<I", data[14:18])[0] < 40:
+        return
+    (offset,) = struct.unpack("<I", data[10:14])
+    width, height, compression = struct.unpack("<ii4xI", data[18:34])  # planes and bit depth skipped
+    if compression not in BMP_RLE_COMPRESSIONS:
+        return
+    # Each row may end with an end-of-line escape and the image with an end-of-bitmap one, 2 bytes each.
+    most = BMP_RLE_BYTES_PER_PIXEL * abs(width) * abs(height) + 2 * abs(height) + 2
+    if len(data) - offset > most:
+        raise InvalidImage(f"the BMP image's run-length data is {len(data) - offset} bytes, more than the {most} "
+                           f"that {abs(width)}x{abs(height)} pixels can take")
+
+
+def _check_tiff_pieces(data: bytes, max_pixels: int) -> None:
+    """From the first directory alone: 400 for more strips or tiles than MAX_TIFF_STRIPS, 413 for tiles of more than
+    ``max_pixels`` pixels each.
+
+    The decoder allocates and inflates each tile whole, whatever the image's own size: a 1x1 image in one
+    16384x16384 tile, 800 kB of zlib, took 800 MB and 3 s to decode. 3 million strips of a 16x16 image took 20 s and
+    900 MB. Neither is counted by the memory budget, which goes by the image's size.
+    """
+    entries = _tiff_first_directory(data)
+    for tag in (TIFF_STRIP_OFFSETS, TIFF_TILE_OFFSETS):
+        count = entries.get(tag, (0, 0))[0]
+        if count > MAX_TIFF_STRIPS:
+            raise InvalidImage(f"the TIFF image has {count} strips or tiles, more than {MAX_TIFF_STRIPS}; encoders "
+                               f"write one for every few rows or every 256x256 pixels")
+    width, length = (entries.get(tag, (1, 0))[1] for tag in (TIFF_TILE_WIDTH, TIFF_TILE_LENGTH))
+    if width * length > max_pixels:
+        raise TooLarge(f"the TIFF image's tiles are {width}x{length} = {width * length} pixels each, and each is "
+                       f"decoded whole; the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
+
+
+def _tiff_first_directory(data: bytes) -> dict[int, tuple[int, int]]:
+    """Each tag of a TIFF's first directory: its count of values, and its first value where the entry holds it as
+    an integer (else 0). Empty, or cut short, where the directory runs past the end: the decoder judges that."""
+    if len(data) < 16:
+        return {}
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\x00", b"\x00+")  # BigTIFF: 8-byte counts and offsets
+    offset_format, count_format, entry_format = ("Q", "Q", "HHQ8s") if big else ("I", "H", "HHI4s")
+    (offset,) = struct.unpack_from(order + offset_format, data, 8 if big else 4)
+    first = offset + struct.calcsize(count_format)
+    if first > len(data):
+        return {}
+    (count,) = struct.unpack_from(order + count_format, data, offset)
+    if count > MAX_TIFF_ENTRIES:
+        raise InvalidImage(f"the TIFF image's first directory has {count} entries, more than {MAX_TIFF_ENTRIES}")
+    entry_bytes = struct.calcsize(order + entry_format)
+    entries: dict[int, tuple[int, int]] = {}
+    for at in range(first, min(first + count * entry_bytes, len(data) - entry_bytes + 1), entry_bytes):
+        tag, kind, values, stored = struct.unpack_from(order + entry_format, data, at)
+        integer = TIFF_INTEGER_TYPES.get(kind)
+        fits = integer is not None and struct.calcsize(integer) <= len(stored)
+        entries.setdefault(tag, (values, struct.unpack_from(order + integer, stored)[0] if fits else 0))
+    return entries
 
 
 def _check_riff_end(data: bytes) -> None:

@@ -416,16 +416,46 @@ def test_front_keeps_bodies_of_other_routes_in_memory_and_refuses_larger_ones_wi
                                           f"/app/upscale)")
 
 
-@pytest.mark.parametrize("path", ["/model/predict", "/app/upscale", "/model/metadata"])
-def test_front_refuses_a_broken_chunked_body_with_json_on_every_route(front, path):
+def raw_answer(front: str, request: bytes) -> tuple[bytes, bytes]:
+    """The head and body nginx answers to ``request``, sent as it is on a new connection."""
     port = int(front.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
-        client.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-                       "Connection: close\r\n\r\nzz\r\nabc\r\n".encode())
+        client.sendall(request)
         answer = b"".join(iter(lambda: client.recv(65536), b""))
     head, body = answer.split(b"\r\n\r\n", 1)
+    return head, body
+
+
+@pytest.mark.parametrize("path", ["/model/predict", "/app/upscale", "/model/metadata"])
+def test_front_refuses_a_broken_chunked_body_with_json_on_every_route(front, path):
+    head, body = raw_answer(front, f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                                   "Connection: close\r\n\r\nzz\r\nabc\r\n".encode())
     assert head.startswith(b"HTTP/1.1 400 ") and b"Content-Type: application/json" in head
     assert body == b'{"message": "the request is not valid HTTP/1.1"}\n'
+
+
+CLOSE = b"Host: x\r\nConnection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize("request_bytes, status, name", [
+    (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(32) + b"\r\n\r\n", 400, "bad_request"),  # TLS to HTTP
+    (b"get /health HTTP/1.1\r\n" + CLOSE, 400, "bad_request"),
+    (b"GET /app/../../etc/passwd HTTP/1.1\r\n" + CLOSE, 400, "bad_request"),
+    (b"GET /" + b"a" * serve.HEADER_BYTES + b" HTTP/1.1\r\n" + CLOSE, 414, "uri_too_long"),
+    (b"GET /health HTTP/2.0\r\n" + CLOSE, 505, "http_version"),
+    (b"TRACE /health HTTP/1.1\r\n" + CLOSE, 405, "method_not_allowed"),
+    (b"POST /model/predict HTTP/1.1\r\nTransfer-Encoding: gzip\r\n" + CLOSE, 501, "transfer_encoding"),
+    # Both lengths, as a request smuggled past another front would have them.
+    (b"POST /model/predict HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n" + CLOSE
+     + b"0\r\n\r\n", 400, "bad_request"),
+    (b"GET " + serve.ERROR_PATH.encode() + b"bad_request HTTP/1.1\r\n" + CLOSE, 404, "not_found"),
+], ids=["tls", "lowercase-method", "above-root", "long-uri", "http2", "trace", "gzip-body", "both-lengths",
+        "error-path"])
+def test_front_answers_requests_it_cannot_read_with_json_naming_the_problem(front, request_bytes, status, name):
+    # The first five are refused before nginx has the request line's URI: they answered nginx's own HTML 500.
+    head, body = raw_answer(front, request_bytes)
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()) and b"Content-Type: application/json" in head
+    assert json.loads(body) == {"message": serve.JSON_ERRORS[name][1].format(header_bytes=serve.HEADER_BYTES)}
 
 
 @pytest.mark.parametrize("path", ["/model/predict", "/app/upscale", "/health"])

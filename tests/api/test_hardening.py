@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from api.observability import METHODS, OTHER_METHOD
+from api.observability import METHODS, OTHER_METHOD, JsonFormatter
 from app import create_app
 from config import load_settings
 from core.admission import InferenceSlot
@@ -93,6 +93,15 @@ def test_the_streaming_route_is_counted_when_its_stream_ends_with_the_results_si
     assert after.get(in_flight, 0) == 0
 
 
+def test_a_path_forging_a_log_record_stays_inside_its_own_line(client, caplog):
+    caplog.set_level(logging.INFO, logger="superres.access")
+    path = '/x\n{"level": "ERROR", "message": "forged"}'
+    client.get(path.replace("\n", "%0A").replace(" ", "%20"))
+    [record] = access_records(caplog)
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and json.loads(line)["path"] == path
+
+
 # --- JSON everywhere ----------------------------------------------------------------------------------------
 
 
@@ -114,6 +123,16 @@ def test_a_405_says_which_methods_the_route_takes(client, path, allowed, method)
     assert response.status_code == 405 and response.is_json
     assert set(response.headers["Allow"].split(", ")) == allowed
     assert response.json["message"] == f"{method} is not allowed on {path}: it takes {', '.join(sorted(allowed))}"
+
+
+@pytest.mark.parametrize("method, path, route", [("GET", "/model//metadata", "/model/metadata"),
+                                                ("POST", "/model//predict", "/model/predict")])
+def test_a_path_with_repeated_slashes_is_sent_to_the_route_not_to_the_host_the_client_named(client, method, path,
+                                                                                             route):
+    response = client.open(f"{path}?x=1", method=method, headers={"Host": "evil.example"})
+    assert response.status_code == 308 and response.is_json
+    assert response.headers["Location"] == f"{route}?x=1"
+    assert response.json["message"] == f"{path} is not a route; the route is {route}"
 
 
 def test_docs_quote_the_405_as_the_server_words_it(client):
@@ -152,6 +171,13 @@ def test_every_answer_says_nosniff_and_the_pages_allow_only_self(client):
         assert "default-src 'self'" in policy and "frame-ancestors 'self'" in policy
 
 
+@pytest.mark.parametrize("path", ["/app/../config.py", "/app/%2e%2e/config.py", "/app/..%2fconfig.py",
+                                  "/app/%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/swaggerui/../config.py"])
+def test_the_pages_files_come_from_their_folder_alone(client, path):
+    response = client.get(path)
+    assert response.status_code == 404 and response.is_json and "no route GET" in response.json["message"]
+
+
 def test_cors_origins_lists_the_origins_allowed_on_every_route():
     app = create_app(load_settings(models="srgan", cors_origins="https://a.example, https://b.example"),
                      load_models=False)
@@ -162,6 +188,17 @@ def test_cors_origins_lists_the_origins_allowed_on_every_route():
         assert "Origin" in allowed.headers["Vary"]
         other = client.get(path, headers={"Origin": "https://evil.example"})
         assert "Access-Control-Allow-Origin" not in other.headers, path
+    # Matched whole: a listed origin inside another, or cut short, is another origin.
+    for origin in ("https://b.example.evil.example", "https://b.exampl", "https://b.example:8443", "null"):
+        assert "Access-Control-Allow-Origin" not in client.get("/health", headers={"Origin": origin}).headers, origin
+    assert "Access-Control-Allow-Credentials" not in allowed.headers
+
+
+def test_cors_enable_alone_allows_any_origin_without_credentials():
+    app = create_app(load_settings(models="srgan", cors_enable=True), load_models=False)
+    response = app.test_client().get("/health", headers={"Origin": "https://any.example"})
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in response.headers
 
 
 def test_a_model_that_fails_to_load_keeps_its_path_and_error_in_the_log(monkeypatch, caplog):

@@ -63,6 +63,36 @@ def png_header_only(width: int, height: int) -> bytes:
             + png_chunk(b"IEND", b""))
 
 
+def tiled_tiff(width: int, height: int, tile: int) -> bytes:
+    """An 8-bit RGB TIFF of ``width`` x ``height`` black pixels in one ``tile`` x ``tile`` tile of deflated zeros
+    (Pillow writes no tiled TIFF)."""
+    pixels = zlib.compress(bytes(tile * tile * 3), 9)
+    shorts = {256: width, 257: height, 259: 8, 262: 2, 277: 3, 284: 1, 322: tile, 323: tile}  # 8: deflate, 2: RGB
+    entries = len(shorts) + 3
+    bits_at = 8 + 2 + 12 * entries + 4  # after the directory: BitsPerSample's three values, then the tile
+    directory = {**{tag: struct.pack("<HHIHH", tag, 3, 1, value, 0) for tag, value in shorts.items()},
+                 258: struct.pack("<HHII", 258, 3, 3, bits_at),
+                 324: struct.pack("<HHII", 324, 4, 1, bits_at + 6),
+                 325: struct.pack("<HHII", 325, 4, 1, len(pixels))}
+    return (b"II*\x00" + struct.pack("<IH", 8, entries) + b"".join(directory[tag] for tag in sorted(directory))
+            + struct.pack("<I", 0) + struct.pack("<HHH", 8, 8, 8) + pixels)
+
+
+def striped_tiff(side: int, strips: int) -> bytes:
+    """An uncompressed 8-bit grey TIFF of ``side`` x ``side`` black pixels, one row a strip, whose strip offsets
+    and byte counts list ``strips`` strips (all of them the same ``side`` zeros)."""
+    shorts = {256: side, 257: side, 258: 8, 259: 1, 262: 1, 277: 1, 278: 1}  # 1: no compression, black is zero
+    entries = len(shorts) + 2
+    offsets_at = 8 + 2 + 12 * entries + 4
+    pixels_at = offsets_at + 8 * strips
+    directory = {**{tag: struct.pack("<HHIHH", tag, 3, 1, value, 0) for tag, value in shorts.items()},
+                 273: struct.pack("<HHII", 273, 4, strips, offsets_at),
+                 279: struct.pack("<HHII", 279, 4, strips, offsets_at + 4 * strips)}
+    return (b"II*\x00" + struct.pack("<IH", 8, entries) + b"".join(directory[tag] for tag in sorted(directory))
+            + struct.pack("<I", 0) + struct.pack(f"<{strips}I", *[pixels_at] * strips)
+            + struct.pack(f"<{strips}I", *[side] * strips) + bytes(side))
+
+
 def srgb_profile() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -378,6 +408,16 @@ def test_16_bit_png_whose_pixel_data_inflates_far_past_its_size_is_refused_in_bo
     assert peak < 5_000_000
 
 
+def test_a_tiff_whose_tiles_exceed_the_pixel_limit_is_413_however_small_the_image():
+    # Each tile is allocated and inflated whole: at the default limit a 1x1 image in a 16384x16384 tile, 800 kB
+    # uploaded, took 800 MB and 3 s to decode. Here the limit is 64x64.
+    with pytest.raises(TooLarge, match=r"tiles are 128x128 = 16384 pixels each, and each is decoded whole; the "
+                                       r"limit is 4096 input pixels \(MAX_INPUT_PIXELS\)"):
+        images.decode(tiled_tiff(1, 1, 128), LIMIT)
+    decoded = images.decode(tiled_tiff(48, 40, 64), LIMIT)  # tiles larger than the image, as encoders write
+    assert decoded.colour.shape == (40, 48, 3) and not decoded.colour.any()
+
+
 @pytest.mark.parametrize("side", [70, 20000])
 def test_jpeg_declaring_too_many_pixels_is_413(side):
     data = bytearray(save(Image.fromarray(pattern()), "JPEG"))
@@ -558,6 +598,80 @@ def test_png_compression_level_changes_size_not_pixels():
     fast, small = (encoding.encode(pixels, None, None, "png", 90, level, 2) for level in (1, 9))
     assert len(small) < len(fast)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(fast))), np.asarray(Image.open(io.BytesIO(small))))
+
+
+# --- Containers of many empty pieces -----------------------------------------------------------------
+
+
+def png_with(chunk: bytes, copies: int) -> bytes:
+    """A 16x16 PNG with ``copies`` of ``chunk`` after its header."""
+    return with_chunk_after_header(save(Image.new("RGB", (16, 16))), chunk * copies)
+
+
+def jpeg_with(padding: bytes) -> bytes:
+    """A 16x16 JPEG with ``padding`` after its start marker."""
+    data = save(Image.new("RGB", (16, 16)), "JPEG")
+    return data[:2] + padding + data[2:]
+
+
+def gif_with_comment(sub_blocks: int) -> bytes:
+    """A 16x16 GIF whose first block is a comment of ``sub_blocks`` one-byte sub-blocks."""
+    data = save(Image.new("P", (16, 16)), "GIF")
+    header = 13 + containers._colour_table_size(data[10])
+    return data[:header] + b"\x21\xfe" + b"\x01x" * sub_blocks + b"\x00" + data[header:]
+
+
+def rle_bmp(side: int, runs: bytes) -> bytes:
+    """A ``side`` x ``side`` grey BMP whose RLE8 data is ``runs`` (Pillow writes no run-length BMP)."""
+    palette = b"".join(bytes([level, level, level, 0]) for level in range(256))
+    info = struct.pack("<IiiHHIIiiII", 40, side, side, 1, 8, 1, len(runs), 2835, 2835, 256, 0)
+    offset = 14 + len(info) + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(runs), 0, 0, offset) + info + palette + runs
+
+
+def rows_of_grey(side: int) -> bytes:
+    """RLE8 data: each row one run of level 7 and an end of line, then the end of the bitmap."""
+    return (bytes([side, 7]) + b"\x00\x00") * side + b"\x00\x01"
+
+
+EMPTY_CHUNK = png_chunk(b"abCd", b"")
+EMPTY_SEGMENT = b"\xff\xe5\x00\x02"  # an APP5 segment holding nothing
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: png_with(EMPTY_CHUNK, containers.MAX_PNG_CHUNKS), f"more than {containers.MAX_PNG_CHUNKS} chunks"),
+    (lambda: jpeg_with(EMPTY_SEGMENT * containers.MAX_JPEG_SEGMENTS),
+     f"more than {containers.MAX_JPEG_SEGMENTS} segments"),
+    (lambda: jpeg_with(b"\xff" * (containers.MAX_JPEG_PADDING_BYTES + 1) + EMPTY_SEGMENT),
+     f"more than {containers.MAX_JPEG_PADDING_BYTES} fill or stray bytes"),
+    (lambda: jpeg_with(EMPTY_SEGMENT + bytes(containers.MAX_JPEG_PADDING_BYTES + 1)),
+     f"more than {containers.MAX_JPEG_PADDING_BYTES} fill or stray bytes"),
+    (lambda: gif_with_comment(containers.MAX_GIF_SUB_BLOCKS), f"more than {containers.MAX_GIF_SUB_BLOCKS} sub-blocks"),
+    # Delta escapes that move no pixel, before the rows.
+    (lambda: rle_bmp(16, b"\x00\x02\x00\x00" * 300 + rows_of_grey(16)),
+     "run-length data is 1266 bytes, more than the 1058 that 16x16 pixels can take"),
+    (lambda: striped_tiff(16, containers.MAX_TIFF_STRIPS + 1),
+     f"{containers.MAX_TIFF_STRIPS + 1} strips or tiles, more than {containers.MAX_TIFF_STRIPS}"),
+], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks", "bmp-runs", "tiff-strips"])
+def test_a_container_of_more_empty_pieces_than_encoders_write_is_refused_before_decoding(build, message):
+    # Decoders read each piece in Python: 30 MB of them held a worker for 10 to 50 s, up to 1.4 GB for 16x16 pixels.
+    with pytest.raises(InvalidImage, match=message):
+        images.decode(build(), LIMIT)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: png_with(EMPTY_CHUNK, 100), lambda: jpeg_with(EMPTY_SEGMENT * 100),
+    lambda: jpeg_with(b"\xff" * 16 + EMPTY_SEGMENT), lambda: jpeg_with(EMPTY_SEGMENT + bytes(16)),
+    lambda: gif_with_comment(1000), lambda: rle_bmp(16, b"\x00\x02\x00\x00" * 10 + rows_of_grey(16)),
+    lambda: striped_tiff(16, 16),
+], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks", "bmp-runs", "tiff-strips"])
+def test_a_few_empty_pieces_as_files_in_the_wild_have_decode(build):
+    assert images.decode(build(), LIMIT).width == 16
+
+
+def test_a_run_length_bmp_decodes_to_its_runs():
+    decoded = images.decode(rle_bmp(16, rows_of_grey(16)), LIMIT)
+    assert decoded.colour.shape == (16, 16, 1) and (decoded.colour == 7).all()
 
 
 # --- Progressive JPEG scan bombs ------------------------------------------------------------------
