@@ -2,7 +2,8 @@
 
 Each model is loaded alone in a fresh process (the settings' backend, default OPENVINO), as a worker
 loads it: built from its weights, converted, compiled and run once per native network. Prints a
-Markdown table for docs/deployment.md. Run under ``flock -x /tmp/cpu.lock`` (it measures time):
+Markdown table for docs/deployment.md, after the CPU and its fp32 ceiling measured in the same run. Run under
+``flock -x /tmp/cpu.lock`` (it measures time):
 
     .venv/bin/python scripts/measure_model_startup.py [--models srgan,span,...]
 """
@@ -47,6 +48,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.child)))
         return
+    from bench.machine import ceiling_in_fresh_process, cpu_description
+
+    print(f"{cpu_description()}; fp32 ceiling {ceiling_in_fresh_process():.0f} GFLOP/s", flush=True)
     print("| model | networks | load seconds | worker RSS added (MiB) |\n|---|---|---|---|")
     for model in args.models.split(","):
         output = subprocess.run([sys.executable, __file__, "--child", model], cwd=ROOT, check=True,
