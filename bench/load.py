@@ -50,7 +50,6 @@ class Upload:
 class Outcome:
     upload: Upload
     status: str  # "200", "503 busy", "ConnectionError", ...
-    started_s: float
     seconds: float
 
 
@@ -80,7 +79,7 @@ def describe_status(response: requests.Response) -> str:
     return f"503 {kind}"
 
 
-def run_client(url: str, choices: list[Upload], seed: int, t0: float, deadline: float, outcomes: list[Outcome]) -> None:
+def run_client(url: str, choices: list[Upload], seed: int, deadline: float, outcomes: list[Outcome]) -> None:
     rng = random.Random(seed)
     with requests.Session() as session:
         while time.monotonic() < deadline:
@@ -96,7 +95,7 @@ def run_client(url: str, choices: list[Upload], seed: int, t0: float, deadline: 
             except requests.RequestException as error:
                 status = type(error).__name__
                 retry_after = 1.0
-            outcomes.append(Outcome(upload, status, started - t0, time.monotonic() - started))
+            outcomes.append(Outcome(upload, status, time.monotonic() - started))
             time.sleep(max(0.0, min(retry_after, deadline - time.monotonic())))
 
 
@@ -183,7 +182,7 @@ def drive(args: argparse.Namespace, url: str, master_pid: int | None) -> tuple[s
     if master_pid is not None:
         sampler = threading.Thread(target=sample_memory, args=(master_pid, t0, args.sample_every, stop, samples), daemon=True)
         sampler.start()
-    clients = [threading.Thread(target=run_client, args=(url, choices, args.seed + i, t0, deadline, outcomes), daemon=True)
+    clients = [threading.Thread(target=run_client, args=(url, choices, args.seed + i, deadline, outcomes), daemon=True)
                for i in range(args.clients)]
     for client in clients:
         client.start()

@@ -12,7 +12,6 @@ import struct
 
 import numpy as np
 
-PAPER = (255, 255, 255)
 INKS = {"cyan": (0, 158, 224), "magenta": (226, 0, 122), "yellow": (255, 237, 0), "black": (35, 31, 32)}
 D50 = (0.9642, 1.0, 0.8249)
 # sRGB's linear light to XYZ, adapted to D50 (Bradford), as ICC profiles have it.
