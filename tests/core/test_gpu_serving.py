@@ -13,6 +13,7 @@ import tracemalloc
 import numpy as np
 import png
 import pytest
+import torch
 from pydantic import ValidationError
 
 from bench import gpu
@@ -221,6 +222,28 @@ def test_below_the_smallest_retry_tile_the_answer_is_503_and_the_worker_serves_o
     assert "even with tiles of" in answer.get_json()["message"]
     assert answer.headers["Retry-After"]
     short_of_memory.limit = 10 ** 9
+    form = {"image": (io.BytesIO(encode(photo(40, 40))), "photo.png")}
+    assert client.post("/model/predict", data=form, content_type="multipart/form-data").status_code == 200
+
+
+@pytest.mark.slow
+def test_a_pinned_copy_without_memory_is_a_503_and_the_worker_serves_on(gpu_like_app, monkeypatch):
+    """CUDA's "out of memory" for a pinned block (a torch.AcceleratorError, not torch.OutOfMemoryError) was a 500:
+    it now takes the retries with smaller tiles like any out-of-memory error, and below them a 503."""
+    client = gpu_like_app.test_client()
+    copies = []
+
+    def pinned_block_fails(runner, tensor):
+        copies.append(tensor.shape)
+        raise torch.AcceleratorError("CUDA error: out of memory\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1")
+
+    monkeypatch.setattr(pytorch.TorchRunner, "_to_host", pinned_block_fails)
+    form = {"image": (io.BytesIO(encode(photo(160, 160))), "photo.png")}
+    answer = client.post("/model/predict", data=form, content_type="multipart/form-data")
+    assert answer.status_code == 503, answer.get_json()
+    assert answer.get_json()["message"].endswith("even with tiles of 64 px, one window a call; retry later")
+    assert answer.headers["Retry-After"] and len(copies) == 3  # tiles of 160, 80 and 64 px
+    monkeypatch.undo()
     form = {"image": (io.BytesIO(encode(photo(40, 40))), "photo.png")}
     assert client.post("/model/predict", data=form, content_type="multipart/form-data").status_code == 200
 
