@@ -265,6 +265,18 @@ def test_no_tile_fits_a_tiny_gpu_budget():
         memory.tile_for_device_budget(101 * memory.MEBIBYTE, 100 * memory.MEBIBYTE, 4300, 32, 500, 500)
 
 
+@pytest.mark.parametrize("margin", [8, 16, 20, 32])  # the built-in models' margins
+def test_a_gpu_budget_that_holds_the_smallest_window_sizes_a_tile(margin):
+    """A model stays in service where the budget holds its smallest window (short_of_device_memory), so a tile must
+    fit there: with Real-CUGAN's 20-px margin the check counted a 56-px window where the tiles' windows are
+    multiples of 16 px, and a budget between the two kept the model while every image past one window was a 413."""
+    mib, per_pixel = memory.MEBIBYTE, 5100
+    smallest = memory.smallest_window_bytes(per_pixel, margin)
+    assert memory.tile_for_device_budget(100 * mib + smallest, 100 * mib, per_pixel, margin, 2000, 2000) >= memory.MIN_TILE
+    with pytest.raises(TooLarge, match=f"the smallest tile's window needs {smallest // mib} MiB"):
+        memory.tile_for_device_budget(100 * mib + smallest - 1, 100 * mib, per_pixel, margin, 2000, 2000)
+
+
 def test_the_gpu_budget_defaults_to_a_share_of_the_card(service, monkeypatch):
     module = service.registry.choice.module
     monkeypatch.setattr(module, "memory_total", lambda device: 10 * 2 ** 30)
