@@ -96,7 +96,7 @@ class Service:
             window = memory.smallest_window_bytes(bytes_per_pixel, network.margin, self.settings.tile_batch)
             if resident + window > budget:
                 short[name] = (f"GPU_MEMORY_BUDGET_MB={budget // memory.MEBIBYTE} leaves no room for its smallest "
-                               f"window ({-(-window // memory.MEBIBYTE)} MiB) beside the {resident // memory.MEBIBYTE} "
+                               f"window ({memory.mib_up(window)} MiB) beside the {resident // memory.MEBIBYTE} "
                                f"MiB the loaded models hold on the GPU")
         return short
 

@@ -273,8 +273,16 @@ def test_a_gpu_budget_that_holds_the_smallest_window_sizes_a_tile(margin):
     mib, per_pixel = memory.MEBIBYTE, 5100
     smallest = memory.smallest_window_bytes(per_pixel, margin)
     assert memory.tile_for_device_budget(100 * mib + smallest, 100 * mib, per_pixel, margin, 2000, 2000) >= memory.MIN_TILE
-    with pytest.raises(TooLarge, match=f"the smallest tile's window needs {smallest // mib} MiB"):
+    with pytest.raises(TooLarge, match=f"the smallest tile's window needs {memory.mib_up(smallest)} MiB"):
         memory.tile_for_device_budget(100 * mib + smallest - 1, 100 * mib, per_pixel, margin, 2000, 2000)
+
+
+def test_a_window_of_less_than_a_mib_is_not_said_to_need_0_mib():
+    """anime's smallest window takes half a MiB: the 413 said it "needs 0 MiB", which left the reader no reason."""
+    with pytest.raises(TooLarge, match="the smallest tile's window needs 1 MiB$"):
+        memory.tile_for_device_budget(100 * memory.MEBIBYTE, 100 * memory.MEBIBYTE, 500, 8, 500, 500)
+    with pytest.raises(TooLarge, match="the smallest tile's window needs 1 MiB$"):
+        memory.tile_for_budget(400 * memory.MEBIBYTE, 400 * memory.MEBIBYTE, 0, 500, 8, 500, 500)
 
 
 def test_the_gpu_budget_defaults_to_a_share_of_the_card(service, monkeypatch):
