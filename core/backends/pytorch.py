@@ -45,11 +45,13 @@ LEVEL_DTYPES = {255: torch.uint8, 65535: torch.uint16}
 
 
 class DeviceLock:
-    """One device's networks run one window at a time; the seconds they held it are its busy time."""
+    """One device's networks run one window at a time; the seconds they held it are its busy time, and the calls
+    it had no memory for are counted (under the lock)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.busy_s = 0.0
+        self.out_of_memory = 0
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -145,6 +147,7 @@ class TorchRunner:
             # pipeline's retry or to the 503 after the lock is free: cleared here, their blocks go back to
             # torch's cache before another request's window runs.
             traceback.clear_frames(error.__traceback__)
+            DEVICE_LOCKS[self.device.type].out_of_memory += 1
             if not isinstance(error, torch.OutOfMemoryError):
                 # Memory that torch's caching allocators did not ask for ran out (a library's workspace, pinned
                 # host memory): what they cache is of no use to it until given back, and only theirs empty
@@ -238,9 +241,11 @@ def device_facts(device: str) -> dict[str, object]:
 
 
 def usage(device: str) -> dict[str, float]:
-    """The device's memory in use by this process and the seconds its networks held it, for /metrics."""
+    """The device's memory in use by this process, the seconds its networks held it and the calls it had no memory
+    for, for /metrics."""
     memory = torch.cuda.memory_allocated() if device == "cuda" else 0
-    return {"memory_bytes": float(memory), "busy_seconds": DEVICE_LOCKS[device].busy_s}
+    lock = DEVICE_LOCKS[device]
+    return {"memory_bytes": float(memory), "busy_seconds": lock.busy_s, "out_of_memory": float(lock.out_of_memory)}
 
 
 def memory_total(device: str) -> int | None:

@@ -226,11 +226,18 @@ def test_below_the_smallest_retry_tile_the_answer_is_503_and_the_worker_serves_o
     assert client.post("/model/predict", data=form, content_type="multipart/form-data").status_code == 200
 
 
+def out_of_memory_count(client) -> float:
+    metrics = client.get("/metrics").get_data(as_text=True).splitlines()
+    return float(next(line for line in metrics if line.startswith("superres_device_out_of_memory_total")).split()[-1])
+
+
 @pytest.mark.slow
 def test_a_pinned_copy_without_memory_is_a_503_and_the_worker_serves_on(gpu_like_app, monkeypatch):
     """CUDA's "out of memory" for a pinned block (a torch.AcceleratorError, not torch.OutOfMemoryError) was a 500:
-    it now takes the retries with smaller tiles like any out-of-memory error, and below them a 503."""
+    it now takes the retries with smaller tiles like any out-of-memory error, and below them a 503. /metrics counts
+    each call without memory (they were seen only as 503s among the busy and time-limit ones, or not at all)."""
     client = gpu_like_app.test_client()
+    counted_before = out_of_memory_count(client)
     copies = []
 
     def pinned_block_fails(runner, tensor):
@@ -243,6 +250,7 @@ def test_a_pinned_copy_without_memory_is_a_503_and_the_worker_serves_on(gpu_like
     assert answer.status_code == 503, answer.get_json()
     assert answer.get_json()["message"].endswith("even with tiles of 64 px, one window a call; retry later")
     assert answer.headers["Retry-After"] and len(copies) == 3  # tiles of 160, 80 and 64 px
+    assert out_of_memory_count(client) == counted_before + 3
     monkeypatch.undo()
     form = {"image": (io.BytesIO(encode(photo(40, 40))), "photo.png")}
     assert client.post("/model/predict", data=form, content_type="multipart/form-data").status_code == 200
