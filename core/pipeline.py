@@ -225,7 +225,7 @@ def _run_fitting(predict: Predict, rgb: np.ndarray, scale: int, step: Pass, work
                  write: Callable[[int, int, np.ndarray], None], on_progress: Progress) -> None:
     """Run the pass's tiles TILE_BATCH windows a call; after a call the GPU had no memory for, the rest of the pass
     with half as many windows a call, down to one, then the whole pass again in half the tile, one window a call
-    (as Real-ESRGAN's and chaiNNer's tilers back off), down to MIN_RETRY_TILE. Each retry asks less memory than
+    (as chaiNNer's auto-split does), down to MIN_RETRY_TILE. Each retry asks less memory than
     the call that failed, so what the plan reserved (Plan.host_bytes) still covers it; the progress counts the
     tiles of the current try, and the time limit and the shutdown check act after each call as before."""
     network = work.plan.network
