@@ -192,7 +192,7 @@ def load_service(model: str, tile: int | None) -> Service:
     if backends.choose(settings).backend in backends.KERAS_BACKENDS:
         _import_tensorflow_quietly()
     service = Service.create(settings)
-    service.registry.load_all()
+    service.load()  # as the server loads: a model the GPU budget leaves no room for fails here, with the reason
     return service
 
 

@@ -40,8 +40,11 @@ DEVICE_MEMORY = Gauge("superres_device_memory_bytes", "GPU memory the networks o
                       "where the process's own memory counts).", multiprocess_mode="livesum")
 DEVICE_BUSY = Counter("superres_device_busy_seconds", "Seconds the device ran networks: a GPU's busy time "
                       "(its rate over a window of time is the GPU's utilisation by the service).")
-_busy = {"seen_s": 0.0}
-_busy_lock = threading.Lock()
+DEVICE_OUT_OF_MEMORY = Counter("superres_device_out_of_memory", "Calls of the network the GPU had no memory for: each "
+                               "ran again with fewer windows a call or smaller tiles, or ended its request with a 503.")
+# The worker's totals (Service.device_usage) as of the last /metrics: each counter grows by what was added since.
+_seen = {"busy_seconds": 0.0, "out_of_memory": 0.0}
+_seen_lock = threading.Lock()
 
 
 def render() -> bytes:
@@ -74,11 +77,12 @@ def observe_slot(waiting: int, running: int) -> None:
 
 
 def observe_device(usage: dict[str, float]) -> None:
-    """A worker's GPU memory now and its busy seconds so far (``Service.device_usage``), read when /metrics is
-    asked (the worker that answers brings its figures up to date); nothing on the CPU."""
+    """A worker's GPU memory now, and its busy seconds and calls without memory so far (``Service.device_usage``),
+    read when /metrics is asked (the worker that answers brings its figures up to date); nothing on the CPU."""
     if not usage:
         return
     DEVICE_MEMORY.set(usage["memory_bytes"])
-    with _busy_lock:
-        DEVICE_BUSY.inc(max(0.0, usage["busy_seconds"] - _busy["seen_s"]))
-        _busy["seen_s"] = max(_busy["seen_s"], usage["busy_seconds"])
+    with _seen_lock:
+        for counter, name in ((DEVICE_BUSY, "busy_seconds"), (DEVICE_OUT_OF_MEMORY, "out_of_memory")):
+            counter.inc(max(0.0, usage[name] - _seen[name]))
+            _seen[name] = max(_seen[name], usage[name])

@@ -122,7 +122,7 @@ def pinned_cache_bytes(device: str, slots: int) -> int:
 def check_worker_room(budget_bytes: int, room: int, need: int, width: int, height: int) -> None:
     """413 for an image whose buffers and windows would take the worker past its budget even alone."""
     if need > room:
-        raise TooLarge(f"a {width}x{height} image needs {-(-need // MEBIBYTE)} MiB of this worker's memory, and "
+        raise TooLarge(f"a {width}x{height} image needs {mib_up(need)} MiB of this worker's memory, and "
                        f"MEMORY_BUDGET_MB={budget_bytes // MEBIBYTE} leaves {max(room, 0) // MEBIBYTE} MiB beside the "
                        f"loaded models")
 
@@ -147,13 +147,21 @@ def tile_for_budget(budget_bytes: int, resident: int, request: int, bytes_per_wi
             f"a {width}x{height} image needs more memory than this worker's MEMORY_BUDGET_MB="
             f"{budget_bytes // MEBIBYTE} leaves: {resident // MEBIBYTE} MiB are the loaded models, "
             f"{request // MEBIBYTE} MiB this image's buffers, and the smallest "
-            f"tile's window needs {(MIN_TILE + 2 * margin) ** 2 * bytes_per_window_pixel * batch // MEBIBYTE} MiB")
+            f"tile's window needs {mib_up(smallest_window_bytes(bytes_per_window_pixel, margin, batch))} MiB")
     return tile
 
 
-def smallest_device_window(bytes_per_window_pixel: int, margin: int, batch: int = 1) -> int:
-    """The GPU memory of a batch of the smallest tile's windows: below it, the budget holds no tile at all."""
-    return (MIN_TILE + 2 * margin) ** 2 * bytes_per_window_pixel * batch
+def mib_up(size: int) -> int:
+    """``size`` bytes in whole MiB, rounded up: what a message says is needed is never "0 MiB"."""
+    return -(-size // MEBIBYTE)
+
+
+def smallest_window_bytes(bytes_per_window_pixel: int, margin: int, batch: int = 1) -> int:
+    """The memory of a batch of the smallest tile's windows: below it, the budget holds no tile at all. The windows
+    the budget sizes are multiples of the tiler's quantum (``largest_window``), so the smallest is MIN_TILE and its
+    margins rounded up to one."""
+    side = -(-(MIN_TILE + 2 * margin) // WINDOW_QUANTUM) * WINDOW_QUANTUM
+    return side * side * bytes_per_window_pixel * batch
 
 
 def tile_for_device_budget(budget_bytes: int, resident: int, bytes_per_window_pixel: int, margin: int,
@@ -171,5 +179,5 @@ def tile_for_device_budget(budget_bytes: int, resident: int, bytes_per_window_pi
         raise TooLarge(
             f"a {width}x{height} image needs more GPU memory than GPU_MEMORY_BUDGET_MB={budget_bytes // MEBIBYTE} "
             f"leaves: {resident // MEBIBYTE} MiB are the loaded models, and the smallest tile's window needs "
-            f"{smallest_device_window(bytes_per_window_pixel, margin, batch) // MEBIBYTE} MiB")
+            f"{mib_up(smallest_window_bytes(bytes_per_window_pixel, margin, batch))} MiB")
     return tile

@@ -18,7 +18,7 @@ from core.geometry import OutputPlan, Size
 from core.models.ensemble import self_ensemble, turned
 from core.plan import Pass, Plan, plan_pass
 from core.resize import bleed_into_transparency, resize, resize_channel
-from core.tiling import run_tiles
+from core.tiling import Predict, run_tiles
 from core.timing import Stages
 
 log = logging.getLogger(__name__)
@@ -216,30 +216,64 @@ def _run_network(colour: np.ndarray, max_value: int, work: Work, step: Pass, on_
         predict = self_ensemble(lambda k, flip: network.predictor(turned(rgb, k, flip)))
     else:
         predict = network.predictor(rgb)
+    _run_fitting(stages.timed("network", predict), rgb, scale, step, work, stages.timed("assembly", write),
+                 on_progress)
+    return out
+
+
+def _run_fitting(predict: Predict, rgb: np.ndarray, scale: int, step: Pass, work: Work,
+                 write: Callable[[int, int, np.ndarray], None], on_progress: Progress) -> None:
+    """Run the pass's tiles TILE_BATCH windows a call; after a call the GPU had no memory for, the rest of the pass
+    with half as many windows a call, down to one, then the whole pass again in half the tile, one window a call
+    (as chaiNNer's auto-split does), down to MIN_RETRY_TILE. Each retry asks less memory than
+    the call that failed, so what the plan reserved (Plan.host_bytes) still covers it; the progress counts the
+    tiles of the current try, and the time limit and the shutdown check act after each call as before."""
+    network = work.plan.network
+    batch, start, finished = work.settings.tile_batch, 0, 0
+
+    def counted(done: int, total: int) -> None:  # run_tiles counts the tiles from ``start``
+        nonlocal finished
+        finished = start + done
+        on_progress(finished, start + total)
+
     while True:
         # Before the first window too: a client that left, or a time limit that passed, while the request decoded
         # and waited for the device (other requests' windows hold it) spends no window; after that, the check
         # after each window comes before the wait for the next.
-        on_progress(0, len(step.tiles))
+        on_progress(start, len(step.tiles))
         try:
-            run_tiles(stages.timed("network", predict), rgb, scale, step.tiles, work.settings.tile_batch,
-                      stages.timed("assembly", write), on_progress)
-            return out
+            run_tiles(predict, rgb, scale, step.tiles[start:], batch, write, counted)
+            return
         except OutOfDeviceMemory as error:
-            step = plan_pass(network, width, height, _smaller_tile(step.tile, max(width, height), error))
+            failed_call = min(batch, len(step.tiles) - finished)
+            if failed_call > 1:
+                batch, start = _fewer_windows(failed_call, error), finished
+            else:
+                tile = _smaller_tile(step.tile, max(step.width, step.height), error)
+                batch, start, finished, step = 1, 0, 0, plan_pass(network, step.width, step.height, tile)
+
+
+def _fewer_windows(failed_call: int, error: OutOfDeviceMemory) -> int:
+    """Half the windows of a call the GPU had no memory for: the tiles stay, and those done are kept."""
+    batch = failed_call // 2
+    log.warning("%s: running the rest of the pass with %d window%s a call", error.message, batch,
+                "s" * (batch > 1))
+    return batch
 
 
 def _smaller_tile(tile: int, longest: int, error: OutOfDeviceMemory) -> int:
-    """Half the tile after a window the GPU had no memory for, as chaiNNer's auto-split does, but no less than
-    MIN_RETRY_TILE; a 503 once tiles of that size had no room either (the worker goes on serving).
+    """Half the tile after a single window the GPU had no memory for, as chaiNNer's auto-split does, but no less
+    than MIN_RETRY_TILE; a 503 once one window of tiles of that size had no room either (the worker goes on
+    serving).
 
     A tile past the image's ``longest`` side ran it whole, as that side's tile would: the half is of that side,
     since half of a larger tile would run the very window that had no room again."""
     ran = min(tile, longest)
     if ran <= MIN_RETRY_TILE:
-        raise OutOfDeviceMemory(f"{error.message}, even with tiles of {ran} px; retry later") from error
+        raise OutOfDeviceMemory(f"{error.message}, even with tiles of {ran} px, one window a call; retry later"
+                                ) from error
     smaller = max(ran // 2, MIN_RETRY_TILE)
-    log.warning("%s: running the pass again with tiles of %d px", error.message, smaller)
+    log.warning("%s: running the pass again with tiles of %d px, one window a call", error.message, smaller)
     return smaller
 
 

@@ -93,10 +93,10 @@ class Service:
                 continue
             network = self.registry.get(name)
             bytes_per_pixel = self.registry.cards[name].window_bytes_per_pixel(network.precision, "cuda")
-            window = memory.smallest_device_window(bytes_per_pixel, network.margin, self.settings.tile_batch)
+            window = memory.smallest_window_bytes(bytes_per_pixel, network.margin, self.settings.tile_batch)
             if resident + window > budget:
                 short[name] = (f"GPU_MEMORY_BUDGET_MB={budget // memory.MEBIBYTE} leaves no room for its smallest "
-                               f"window ({-(-window // memory.MEBIBYTE)} MiB) beside the {resident // memory.MEBIBYTE} "
+                               f"window ({memory.mib_up(window)} MiB) beside the {resident // memory.MEBIBYTE} "
                                f"MiB the loaded models hold on the GPU")
         return short
 

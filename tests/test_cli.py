@@ -1,6 +1,7 @@
 """``sr-upscale`` on a small folder, as a user runs it: a subprocess with the real srgan model."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli import Job, image_suffixes, output_suffix, parse_args, plan_jobs, split_done
-from config import Settings
+from cli import Job, image_suffixes, main, output_suffix, parse_args, plan_jobs, split_done
+from config import MEBIBYTE, Settings
 from core.formats import OUTPUT_FORMATS
 from tests.conftest import ROOT, SAMPLES
 
@@ -86,6 +87,30 @@ def test_a_model_that_cannot_load_gives_one_clean_message_without_tensorflow_noi
     assert f"sr-upscale: model max-srgan could not be loaded: no readable TensorFlow checkpoint at {tmp_path}" in result.stderr
     # TensorFlow was imported (the checkpoint reader is TensorFlow's): its C++ start-up lines stay out
     assert "absl::InitializeLog" not in result.stderr and "oneDNN" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_the_gpu_budget_leaves_no_room_for_fails_to_load_as_on_the_server(inputs, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """The local mode loaded the models without the server's check of the GPU budget: each file then failed with a
+    413 blaming its size. Now the model fails to load with the reason, as the server's /ready says it."""
+    from core.models.registry import ModelRegistry
+    from core.service import Service
+
+    real_load = ModelRegistry.load_all
+
+    def load_then_find_a_gpu(registry, on_loaded=None):
+        real_load(registry, on_loaded)  # on the CPU; the budget is then checked as on a GPU whose models hold 100 MiB
+        monkeypatch.setattr(registry, "choice", dataclasses.replace(registry.choice, device="cuda"))
+        monkeypatch.setattr(registry, "_device_resident", 100 * MEBIBYTE)
+
+    monkeypatch.setattr(ModelRegistry, "load_all", load_then_find_a_gpu)
+    monkeypatch.setattr(Service, "run", lambda *args, **kwargs: pytest.fail("the model ran"))
+    monkeypatch.setenv("BACKEND", "pytorch")
+    monkeypatch.setenv("GPU_MEMORY_BUDGET_MB", "100")
+    assert main([str(inputs / "camera.png"), "-o", str(tmp_path / "out"), "--model", "anime"]) == 2
+    assert "sr-upscale: model anime could not be loaded: GPU_MEMORY_BUDGET_MB=100 leaves no room for its smallest " \
+           "window" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

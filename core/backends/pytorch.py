@@ -37,16 +37,21 @@ log = logging.getLogger(__name__)
 
 Output = torch.Tensor | list[torch.Tensor]
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# What torch's messages say where a CUDA call other than its caching allocator's had no memory: cudaGetErrorString
+# of cudaErrorMemoryAllocation, and the cuBLAS and cuDNN statuses of a failed allocation.
+OUT_OF_MEMORY_SIGNS = ("CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
 # The integer type of each bit depth's levels, by its largest level.
 LEVEL_DTYPES = {255: torch.uint8, 65535: torch.uint16}
 
 
 class DeviceLock:
-    """One device's networks run one window at a time; the seconds they held it are its busy time."""
+    """One device's networks run one window at a time; the seconds they held it are its busy time, and the calls
+    it had no memory for are counted (under the lock)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.busy_s = 0.0
+        self.out_of_memory = 0
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -135,12 +140,20 @@ class TorchRunner:
     def _out_of_memory(self, shape: tuple[int, ...]) -> Iterator[None]:
         try:
             yield
-        except torch.OutOfMemoryError as error:
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
             # The traceback's frames hold the failed window's device tensors, and the error travels on to the
             # pipeline's retry or to the 503 after the lock is free: cleared here, their blocks go back to
-            # torch's cache before another request's window runs (torch itself empties the cache into the
-            # driver before it reports out of memory, so no empty_cache is needed for the smaller windows).
+            # torch's cache before another request's window runs.
             traceback.clear_frames(error.__traceback__)
+            DEVICE_LOCKS[self.device.type].out_of_memory += 1
+            if not isinstance(error, torch.OutOfMemoryError):
+                # Memory that torch's caching allocators did not ask for ran out (a library's workspace, pinned
+                # host memory): what they cache is of no use to it until given back, and only theirs empty
+                # themselves before they fail (torch itself does, before raising its OutOfMemoryError).
+                _return_cached_memory(self.device)
+            log.warning("model %s: %s: %s", self.name, type(error).__name__, str(error).partition("\n")[0])
             raise OutOfDeviceMemory(f"the GPU has no memory for a window of {shape[0]} x {shape[2]}x{shape[1]} "
                                     f"pixels on model {self.name}") from error
 
@@ -168,6 +181,21 @@ class TorchRunner:
         beside the ones the memory budget counts (ModelRegistry.device_resident); reruns are rare, and the copy
         takes milliseconds."""
         return self._module if self.precision == "f32" else _placed(self._source, self.device, "f32")
+
+
+def is_out_of_memory(error: RuntimeError) -> bool:
+    """Whether torch's error means that memory ran out: its caching allocator's ``torch.OutOfMemoryError``, or the
+    RuntimeError (``torch.AcceleratorError`` since torch 2.8) of another CUDA call that had no memory, worded from
+    its status: ``cudaHostAlloc`` of a pinned block (at::cuda's CachingHostAllocator checks it with C10_CUDA_CHECK:
+    "CUDA error: out of memory"), or cuBLAS's and cuDNN's own allocations."""
+    return isinstance(error, torch.OutOfMemoryError) or any(sign in str(error) for sign in OUT_OF_MEMORY_SIGNS)
+
+
+def _return_cached_memory(device: torch.device) -> None:
+    """Give torch's cached device blocks and unused pinned host blocks back to the driver."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.accelerator.empty_host_cache()
 
 
 def _placed(module: torch.nn.Module, device: torch.device, arithmetic: str) -> torch.nn.Module:
@@ -213,9 +241,11 @@ def device_facts(device: str) -> dict[str, object]:
 
 
 def usage(device: str) -> dict[str, float]:
-    """The device's memory in use by this process and the seconds its networks held it, for /metrics."""
+    """The device's memory in use by this process, the seconds its networks held it and the calls it had no memory
+    for, for /metrics."""
     memory = torch.cuda.memory_allocated() if device == "cuda" else 0
-    return {"memory_bytes": float(memory), "busy_seconds": DEVICE_LOCKS[device].busy_s}
+    lock = DEVICE_LOCKS[device]
+    return {"memory_bytes": float(memory), "busy_seconds": lock.busy_s, "out_of_memory": float(lock.out_of_memory)}
 
 
 def memory_total(device: str) -> int | None:

@@ -13,6 +13,7 @@ import tracemalloc
 import numpy as np
 import png
 import pytest
+import torch
 from pydantic import ValidationError
 
 from bench import gpu
@@ -225,6 +226,36 @@ def test_below_the_smallest_retry_tile_the_answer_is_503_and_the_worker_serves_o
     assert client.post("/model/predict", data=form, content_type="multipart/form-data").status_code == 200
 
 
+def out_of_memory_count(client) -> float:
+    metrics = client.get("/metrics").get_data(as_text=True).splitlines()
+    return float(next(line for line in metrics if line.startswith("superres_device_out_of_memory_total")).split()[-1])
+
+
+@pytest.mark.slow
+def test_a_pinned_copy_without_memory_is_a_503_and_the_worker_serves_on(gpu_like_app, monkeypatch):
+    """CUDA's "out of memory" for a pinned block (a torch.AcceleratorError, not torch.OutOfMemoryError) was a 500:
+    it now takes the retries with smaller tiles like any out-of-memory error, and below them a 503. /metrics counts
+    each call without memory (they were seen only as 503s among the busy and time-limit ones, or not at all)."""
+    client = gpu_like_app.test_client()
+    counted_before = out_of_memory_count(client)
+    copies = []
+
+    def pinned_block_fails(runner, tensor):
+        copies.append(tensor.shape)
+        raise torch.AcceleratorError("CUDA error: out of memory\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1")
+
+    monkeypatch.setattr(pytorch.TorchRunner, "_to_host", pinned_block_fails)
+    form = {"image": (io.BytesIO(encode(photo(160, 160))), "photo.png")}
+    answer = client.post("/model/predict", data=form, content_type="multipart/form-data")
+    assert answer.status_code == 503, answer.get_json()
+    assert answer.get_json()["message"].endswith("even with tiles of 64 px, one window a call; retry later")
+    assert answer.headers["Retry-After"] and len(copies) == 3  # tiles of 160, 80 and 64 px
+    assert out_of_memory_count(client) == counted_before + 3
+    monkeypatch.undo()
+    form = {"image": (io.BytesIO(encode(photo(40, 40))), "photo.png")}
+    assert client.post("/model/predict", data=form, content_type="multipart/form-data").status_code == 200
+
+
 def test_the_whole_image_is_one_window_where_it_fits_the_gpu_budget():
     mib = memory.MEBIBYTE
     assert memory.tile_for_device_budget(2000 * mib, 100 * mib, 4300, 32, 500, 700) == 700
@@ -240,6 +271,26 @@ def test_a_window_too_large_for_the_gpu_budget_is_split_into_square_tiles():
 def test_no_tile_fits_a_tiny_gpu_budget():
     with pytest.raises(TooLarge, match="GPU_MEMORY_BUDGET_MB=101 leaves: 100 MiB are the loaded models"):
         memory.tile_for_device_budget(101 * memory.MEBIBYTE, 100 * memory.MEBIBYTE, 4300, 32, 500, 500)
+
+
+@pytest.mark.parametrize("margin", [8, 16, 20, 32])  # the built-in models' margins
+def test_a_gpu_budget_that_holds_the_smallest_window_sizes_a_tile(margin):
+    """A model stays in service where the budget holds its smallest window (short_of_device_memory), so a tile must
+    fit there: with Real-CUGAN's 20-px margin the check counted a 56-px window where the tiles' windows are
+    multiples of 16 px, and a budget between the two kept the model while every image past one window was a 413."""
+    mib, per_pixel = memory.MEBIBYTE, 5100
+    smallest = memory.smallest_window_bytes(per_pixel, margin)
+    assert memory.tile_for_device_budget(100 * mib + smallest, 100 * mib, per_pixel, margin, 2000, 2000) >= memory.MIN_TILE
+    with pytest.raises(TooLarge, match=f"the smallest tile's window needs {memory.mib_up(smallest)} MiB"):
+        memory.tile_for_device_budget(100 * mib + smallest - 1, 100 * mib, per_pixel, margin, 2000, 2000)
+
+
+def test_a_window_of_less_than_a_mib_is_not_said_to_need_0_mib():
+    """anime's smallest window takes half a MiB: the 413 said it "needs 0 MiB", which left the reader no reason."""
+    with pytest.raises(TooLarge, match="the smallest tile's window needs 1 MiB$"):
+        memory.tile_for_device_budget(100 * memory.MEBIBYTE, 100 * memory.MEBIBYTE, 500, 8, 500, 500)
+    with pytest.raises(TooLarge, match="the smallest tile's window needs 1 MiB$"):
+        memory.tile_for_budget(400 * memory.MEBIBYTE, 400 * memory.MEBIBYTE, 0, 500, 8, 500, 500)
 
 
 def test_the_gpu_budget_defaults_to_a_share_of_the_card(service, monkeypatch):

@@ -125,6 +125,62 @@ def test_an_error_other_than_out_of_memory_stays_itself(watched_anime):
     assert not isinstance(raised.value, OutOfDeviceMemory)
 
 
+# What torch 2.14 raises where a CUDA call other than its caching allocator's has no memory (C10_CUDA_CHECK's and
+# TORCH_CUDABLAS_CHECK's wording): a pinned block for the copy back, cuBLAS's workspace.
+PINNED_BLOCK_FAILED = torch.AcceleratorError(
+    "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some other API call, so the "
+    "stacktrace below might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1")
+CUBLAS_ALLOC_FAILED = RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+
+
+@pytest.mark.parametrize("error", [PINNED_BLOCK_FAILED, CUBLAS_ALLOC_FAILED], ids=["pinned", "cublas"])
+def test_cuda_calls_without_memory_are_out_of_device_memory_too(watched_anime, monkeypatch, error):
+    """Only torch.OutOfMemoryError was mapped: a pinned block or a library's workspace that CUDA had no memory for
+    raises a plain RuntimeError (torch.AcceleratorError), which made a 500 instead of smaller tiles or a 503."""
+    runner, watched, lock = watched_anime
+
+    def copy_back_fails(tensor):
+        raise error
+
+    monkeypatch.setattr(runner, "_to_host", copy_back_fails)
+    with pytest.raises(OutOfDeviceMemory, match="no memory for a window of 1 x 20x24 pixels on model anime"):
+        runner(np.zeros((1, 24, 20, 3), np.float32))
+    assert lock.alive_at_release == [0]
+
+
+def test_a_cuda_error_that_is_not_about_memory_stays_itself(watched_anime, monkeypatch):
+    runner, _, _ = watched_anime
+
+    def copy_back_fails(tensor):
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(runner, "_to_host", copy_back_fails)
+    with pytest.raises(torch.AcceleratorError, match="illegal memory access"):
+        runner(np.zeros((1, 8, 8, 3), np.float32))
+
+
+@pytest.mark.parametrize(("error", "returned"), [(PINNED_BLOCK_FAILED, True), (CUBLAS_ALLOC_FAILED, True),
+                                                 (torch.OutOfMemoryError("CUDA out of memory."), False)],
+                         ids=["pinned", "cublas", "torch"])
+def test_after_a_cuda_call_without_memory_torch_gives_its_cached_blocks_back(monkeypatch, error, returned):
+    """torch's caching allocators keep freed device and pinned blocks for torch alone, and empty themselves only
+    when their own allocation fails: after another CUDA call had no memory, the retry would find what they cache
+    still taken. They are given back then (torch.OutOfMemoryError comes after torch emptied its cache itself)."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("device"))
+    monkeypatch.setattr(torch.accelerator, "empty_host_cache", lambda: calls.append("pinned"))
+    runner = pytorch.TorchRunner(torch.nn.Identity(), "cpu", "f32", "identity")
+    runner.device = torch.device("cuda")  # the runner as on a GPU; the window fails before it reaches one
+
+    def fails(arrays, finish):
+        raise error
+
+    monkeypatch.setattr(runner, "_on_device", fails)
+    with pytest.raises(OutOfDeviceMemory):
+        runner(np.zeros((1, 8, 8, 3), np.float32))
+    assert calls == (["device", "pinned"] if returned else [])
+
+
 class Amplifier(torch.nn.Module):
     """Past fp16's largest value (65504) where a window's values are large, finite elsewhere: Real-ESRGAN's fp16
     overflow in some windows of an image and not in others."""
