@@ -195,7 +195,8 @@ def _return_cached_memory(device: torch.device) -> None:
     """Give torch's cached device blocks and unused pinned host blocks back to the driver."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.accelerator.empty_host_cache()
+        # Public since torch 2.12; the GPU benchmark host's torch 2.11 has only the binding it wraps.
+        getattr(torch.accelerator, "empty_host_cache", torch._C._host_emptyCache)()
 
 
 def _placed(module: torch.nn.Module, device: torch.device, arithmetic: str) -> torch.nn.Module:
