@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from flask import Blueprint, Response, redirect, request
+from flask import Blueprint, Response, redirect, request, send_from_directory
 from werkzeug.wrappers import Response as BaseResponse
 
 from api import observability
@@ -38,7 +38,11 @@ WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 # even while one batch of tiles takes longer than that.
 HEARTBEAT_S = 0.5
 
-blueprint = Blueprint("web", __name__, url_prefix="/app", static_folder=str(WEB_ROOT), static_url_path="")
+# The page's files, each by name. A static route for any path under /app would also take GET /app/upscale and
+# answer 404 for a route that exists and takes POST, where a wrong method gets a 405 with Allow.
+PAGE_FILES = tuple(sorted(path.name for path in WEB_ROOT.iterdir() if path.is_file()))
+
+blueprint = Blueprint("web", __name__, url_prefix="/app")
 
 
 @blueprint.get("")
@@ -48,7 +52,12 @@ def page_redirect() -> BaseResponse:
 
 @blueprint.get("/")
 def page() -> Response:
-    return blueprint.send_static_file("index.html")
+    return send_from_directory(WEB_ROOT, "index.html")
+
+
+@blueprint.get(f"/<any({', '.join(PAGE_FILES)}):name>")
+def page_file(name: str) -> Response:
+    return send_from_directory(WEB_ROOT, name)
 
 
 @blueprint.post("/upscale")
