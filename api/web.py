@@ -69,7 +69,7 @@ def upscale() -> Response:
     current = service()
     context = current.option_context
     observability.note_model(context)
-    options = parse_options(form.options, context)
+    options = parse_options(form.options, context, with_layers=True)
     # 400, 413 and 503 before streaming, not error events in it. The layers let the page show another strength
     # at once, without running the model again.
     plan = current.prepare(form.image, options, with_layers=True)
