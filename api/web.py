@@ -25,7 +25,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from api import observability
 from api.form import read_form
 from api.predict import CLIENT_CLOSED_REQUEST
-from core.errors import Cancelled, ServiceError
+from core.errors import Cancelled, ServiceError, Unavailable
 from core.options import parse_options
 from core.pipeline import Progress
 from core.plan import Plan
@@ -137,7 +137,7 @@ def _run(current: Service, plan: Plan, on_progress: Progress, events: queue.Queu
         events.put({"event": "error", "status": 499, "message": str(cancelled)})
         return
     except ServiceError as error:
-        events.put({"event": "error", "status": error.status, "message": error.message})
+        events.put(_error_event(error, current.settings.retry_after_s))
         return
     except Exception:  # noqa: BLE001 - the page gets a message, the log the traceback
         log.exception("web upscale failed")
@@ -150,6 +150,15 @@ def _run(current: Service, plan: Plan, on_progress: Progress, events: queue.Queu
         "strength": plan.options.strength, "image": base64.b64encode(result.data),
         "layers": {name: base64.b64encode(layer) for name, layer in result.layers.items()},
     })
+
+
+def _error_event(error: ServiceError, retry_after_s: int) -> dict:
+    """The stream's last event for an error; a 503 says when to try again, as its Retry-After header would have
+    said had the error come before the stream began."""
+    event = {"event": "error", "status": error.status, "message": error.message}
+    if isinstance(error, Unavailable):
+        event["retry_after_s"] = retry_after_s
+    return event
 
 
 def _since(started: float) -> float:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import socket
 import threading
@@ -266,6 +267,23 @@ def test_a_request_past_its_time_limit_stops_with_503(client, strict_service):
     done, total = map(int, re.search(r"after (\d+) of (\d+) tiles", message).groups())
     assert 1 <= done < total
     assert strict_service.slot.running == 0  # the slot is free for the next request
+
+
+def test_the_pages_route_refuses_a_full_worker_with_retry_after_at_once(client, strict_service):
+    with strict_service.slot.hold():
+        response = client.post("/app/upscale", data={"image": (io.BytesIO(sample_bytes("camera.png")), "a.png")},
+                               content_type="multipart/form-data")
+    assert (response.status_code, response.headers["Retry-After"]) == (503, "7")
+    assert "busy" in response.json["message"]
+
+
+def test_the_pages_stream_ends_a_503_with_when_to_retry(client, strict_service):
+    """The page's route has sent its 200 before the time runs out: the error event carries Retry-After's value."""
+    response = client.post("/app/upscale", data={"image": (io.BytesIO(sample_bytes("astronaut.png")), "a.png")},
+                           content_type="multipart/form-data")
+    last = json.loads(response.data.splitlines()[-1])
+    assert (last["event"], last["status"], last["retry_after_s"]) == ("error", 503, 7)
+    assert "time limit" in last["message"]
 
 
 # --- Against a real gunicorn -------------------------------------------------------------------------------
