@@ -372,19 +372,23 @@ def test_a_request_the_time_limit_would_stop_is_refused_before_it_queues(app, cl
 
 
 def test_strength_0_is_not_refused_for_the_network_it_does_not_run(app, client, service):
-    """strength 0 is the Lanczos enlargement alone: neither the network's time nor ensemble's pixel limit is its."""
+    """strength 0 is the Lanczos enlargement alone: the network's time is not its to meet, and ensemble, which
+    would change nothing, is refused for that (400), not for ensemble's pixel limit (413)."""
     strip = png(6000, 1)
     limit = estimate(service, 6000, 1) / 2
     app.extensions["super_resolution"] = service_with(service, request_time_limit_s=limit, max_ensemble_pixels=100)
+
+    def post_strip(**fields):
+        return client.post("/model/predict", data={"image": (io.BytesIO(strip), "a.png"), **fields},
+                           content_type="multipart/form-data")
     try:
-        lanczos_only = client.post("/model/predict", data={"image": (io.BytesIO(strip), "a.png"), "strength": "0",
-                                                           "ensemble": "true"}, content_type="multipart/form-data")
-        mixed = client.post("/model/predict", data={"image": (io.BytesIO(strip), "a.png"), "strength": "0.5"},
-                            content_type="multipart/form-data")
+        lanczos_only, with_ensemble, mixed = (post_strip(strength="0"), post_strip(strength="0", ensemble="true"),
+                                              post_strip(strength="0.5"))
     finally:
         app.extensions["super_resolution"] = service
     assert lanczos_only.status_code == 200, lanczos_only.json
     assert lanczos_only.headers["X-Output-Size"] == "24000x4"
+    assert with_ensemble.status_code == 400 and "no model runs" in with_ensemble.json["message"]
     assert mixed.status_code == 413 and "REQUEST_TIME_LIMIT_S" in mixed.json["message"]
 
 
