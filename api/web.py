@@ -3,7 +3,9 @@
 The page uploads an image and reads back newline-delimited JSON events:
 ``start`` (the tile count, known before any work), ``progress`` after each
 batch of tiles, ``heartbeat`` while waiting, then ``result`` (the image in
-base64) or ``error``. The upscale runs in a thread feeding a queue; when the
+base64) or ``error`` (a 503's with ``retry_after_s``). The model runs at any
+strength, 0 included: the result carries its output for the page's slider.
+The upscale runs in a thread feeding a queue; when the
 client goes away, writing to it fails, the server closes the generator, and
 the next per-tile callback raises ``Cancelled`` so the work stops at the next
 tile. Nothing is kept between requests, so any gunicorn worker can answer.
