@@ -467,14 +467,23 @@ def test_a_503_shows_the_message_and_when_to_try_again(page, tmp_path, answer):
     assert page.is_enabled("#run")
 
 
-def test_cancel_before_the_upscale_starts_says_so(page, tmp_path):
+def test_cancel_before_the_upscale_starts_says_so_and_no_other_image_is_taken_meanwhile(page, tmp_path):
     page.route("**/app/upscale", lambda route: None)  # no answer: the upload is still in flight
     page.set_input_files("#file", str(small_photo(tmp_path / "small.png")))
     page.wait_for_selector("body[data-state=ready]")
     page.click("#run")
+    # Another image now would become the "before" of this one's result: the chooser and the drop wait.
+    assert page.is_disabled("#file")
+    page.dispatch_event("#drop", "drop", {"dataTransfer": page.evaluate_handle("""() => {
+      const transfer = new DataTransfer();
+      transfer.items.add(new File(["x"], "other.png", {type: "image/png"}));
+      return transfer;
+    }""")})
+    assert "small.png" in page.text_content("#drop-text")
     page.click("#cancel")
     page.wait_for_selector("body[data-state=cancelled]")
     assert page.text_content("#message") == "Cancelled before the upscale started."
+    assert page.is_enabled("#file")
 
 
 def test_web_page_is_linked_from_the_api_docs_but_not_in_swagger(server):

@@ -331,6 +331,8 @@ function update() {
   $("warnings").replaceChildren(...warnings.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
   const running = state.controller !== null;
   $("run").disabled = running || !state.file || warnings.length > 0 || !model || model.state !== "ready";
+  // Another image while one runs would become the "before" of the running one's result.
+  $("file").disabled = running;
 }
 
 // ---- running: one streaming request ------------------------------------------------------------
@@ -609,8 +611,8 @@ function setUpDrop() {
   }));
   ["dragleave", "drop"].forEach((type) => drop.addEventListener(type, () => drop.classList.remove("over")));
   drop.addEventListener("drop", (event) => {
-    event.preventDefault();
-    chooseFile(event.dataTransfer.files[0]);
+    event.preventDefault();  // also while running: the browser would open the file in place of the page
+    if (!$("file").disabled) chooseFile(event.dataTransfer.files[0]);
   });
 }
 
