@@ -3,7 +3,9 @@
 The page uploads an image and reads back newline-delimited JSON events:
 ``start`` (the tile count, known before any work), ``progress`` after each
 batch of tiles, ``heartbeat`` while waiting, then ``result`` (the image in
-base64) or ``error``. The upscale runs in a thread feeding a queue; when the
+base64) or ``error`` (a 503's with ``retry_after_s``). The model runs at any
+strength, 0 included: the result carries its output for the page's slider.
+The upscale runs in a thread feeding a queue; when the
 client goes away, writing to it fails, the server closes the generator, and
 the next per-tile callback raises ``Cancelled`` so the work stops at the next
 tile. Nothing is kept between requests, so any gunicorn worker can answer.
@@ -19,13 +21,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from flask import Blueprint, Response, redirect, request
+from flask import Blueprint, Response, redirect, request, send_from_directory
 from werkzeug.wrappers import Response as BaseResponse
 
 from api import observability
 from api.form import read_form
 from api.predict import CLIENT_CLOSED_REQUEST
-from core.errors import Cancelled, ServiceError
+from core.errors import Cancelled, ServiceError, Unavailable
 from core.options import parse_options
 from core.pipeline import Progress
 from core.plan import Plan
@@ -38,7 +40,11 @@ WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 # even while one batch of tiles takes longer than that.
 HEARTBEAT_S = 0.5
 
-blueprint = Blueprint("web", __name__, url_prefix="/app", static_folder=str(WEB_ROOT), static_url_path="")
+# The page's files, each by name. A static route for any path under /app would also take GET /app/upscale and
+# answer 404 for a route that exists and takes POST, where a wrong method gets a 405 with Allow.
+PAGE_FILES = tuple(sorted(path.name for path in WEB_ROOT.iterdir() if path.is_file()))
+
+blueprint = Blueprint("web", __name__, url_prefix="/app")
 
 
 @blueprint.get("")
@@ -48,7 +54,12 @@ def page_redirect() -> BaseResponse:
 
 @blueprint.get("/")
 def page() -> Response:
-    return blueprint.send_static_file("index.html")
+    return send_from_directory(WEB_ROOT, "index.html")
+
+
+@blueprint.get(f"/<any({', '.join(PAGE_FILES)}):name>")
+def page_file(name: str) -> Response:
+    return send_from_directory(WEB_ROOT, name)
 
 
 @blueprint.post("/upscale")
@@ -60,7 +71,7 @@ def upscale() -> Response:
     current = service()
     context = current.option_context
     observability.note_model(context)
-    options = parse_options(form.options, context)
+    options = parse_options(form.options, context, with_layers=True)
     # 400, 413 and 503 before streaming, not error events in it. The layers let the page show another strength
     # at once, without running the model again.
     plan = current.prepare(form.image, options, with_layers=True)
@@ -128,7 +139,7 @@ def _run(current: Service, plan: Plan, on_progress: Progress, events: queue.Queu
         events.put({"event": "error", "status": 499, "message": str(cancelled)})
         return
     except ServiceError as error:
-        events.put({"event": "error", "status": error.status, "message": error.message})
+        events.put(_error_event(error, current.settings.retry_after_s))
         return
     except Exception:  # noqa: BLE001 - the page gets a message, the log the traceback
         log.exception("web upscale failed")
@@ -141,6 +152,15 @@ def _run(current: Service, plan: Plan, on_progress: Progress, events: queue.Queu
         "strength": plan.options.strength, "image": base64.b64encode(result.data),
         "layers": {name: base64.b64encode(layer) for name, layer in result.layers.items()},
     })
+
+
+def _error_event(error: ServiceError, retry_after_s: int) -> dict:
+    """The stream's last event for an error; a 503 says when to try again, as its Retry-After header would have
+    said had the error come before the stream began."""
+    event = {"event": "error", "status": error.status, "message": error.message}
+    if isinstance(error, Unavailable):
+        event["retry_after_s"] = retry_after_s
+    return event
 
 
 def _since(started: float) -> float:

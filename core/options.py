@@ -170,7 +170,10 @@ OPTIONS: tuple[Option, ...] = (
            "ratio inside them), cover (exactly that size, the centre cropped) or fill (exactly that size, stretched)",
            default="contain", choices=FITS),
     Option("strength", "number", "How much of the model's output: strength x model + (1 - strength) x a "
-           "Lanczos enlargement of the input", default=1, minimum=0, maximum=1),
+           "Lanczos enlargement of the input. At 0 no model runs, and ensemble and denoise, which would change "
+           "nothing, are refused with it; the web page's route, whose answer carries the model's output too, runs "
+           "the model at any strength",
+           default=1, minimum=0, maximum=1),
     Option("format", "choice", "Output format (any case)", default="png", choices=tuple(OUTPUT_FORMATS),
            aliases={"jpg": "jpeg"}),
     Option("quality", "integer", f"Quality for {' and '.join(QUALITY_FORMATS)} (refused with png, which is lossless); from "
@@ -183,6 +186,14 @@ OPTIONS: tuple[Option, ...] = (
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 DEFAULT_SCALE = float(BY_NAME["scale"].default)
+# The options that change only the model's output: where no model runs they would change nothing.
+MODEL_ONLY = ("ensemble", "denoise")
+
+
+def runs_model(strength: float, with_layers: bool) -> bool:
+    """Whether the network runs: strength 0 is the Lanczos enlargement alone, unless the answer carries the
+    model's output too (``with_layers``: the web page's answer, whose slider blends the two)."""
+    return strength > 0 or with_layers
 
 
 @dataclass(frozen=True)
@@ -209,10 +220,12 @@ class UpscaleOptions:
 FIELDS = {"format": "output_format"}
 
 
-def parse_options(values: Mapping[str, str | None], context: OptionContext) -> UpscaleOptions:
+def parse_options(values: Mapping[str, str | None], context: OptionContext,
+                  with_layers: bool = False) -> UpscaleOptions:
     """The options sent as text (a form, a query, CLI flags); one 400 naming every bad field.
 
-    A field sent empty counts as not sent; the model not sent is the context's default model.
+    A field sent empty counts as not sent; the model not sent is the context's default model. ``with_layers``:
+    the answer carries the model's output at any strength (the web page's route), as ``runs_model`` says.
     """
     sent = {option.name: values.get(option.name) for option in OPTIONS}
     sent = {name: text for name, text in sent.items() if text is not None and text.strip() != ""}
@@ -225,6 +238,7 @@ def parse_options(values: Mapping[str, str | None], context: OptionContext) -> U
         _read_one(option, sent, context, model, typed, problems)
     problems += combination_problems(sent)
     problems += _quality_problems(sent, typed)
+    problems += _model_only_problems(sent, typed, with_layers)
     if problems:
         raise InvalidInput("; ".join(problems))
     return UpscaleOptions(**{FIELDS.get(name, name): value for name, value in typed.items()})
@@ -278,6 +292,20 @@ def _quality_problems(sent: Mapping[str, str], typed: Mapping[str, object]) -> l
         return []
     return [f"quality applies only to format {' or '.join(QUALITY_FORMATS)} (sent quality={quoted(sent['quality'])} "
             f"with format {output_format}, which is lossless); send no quality with {output_format}"]
+
+
+def _model_only_problems(sent: Mapping[str, str], typed: Mapping[str, object], with_layers: bool) -> list[str]:
+    """ensemble or a denoise level with a strength at which no model runs. An invalid strength is named already."""
+    strength = typed.get("strength", BY_NAME["strength"].default)
+    if runs_model(strength, with_layers):
+        return []
+    idle = [name for name in MODEL_ONLY if typed.get(name, BY_NAME[name].default) != BY_NAME[name].default]
+    if not idle:
+        return []
+    given = " and ".join(f"{name}={quoted(sent[name])}" for name in idle)
+    verb, pronoun = ("changes", "it") if len(idle) == 1 else ("change", "them")
+    return [f"{given} {verb} only the model's output, and with strength={quoted(sent['strength'])} no model runs "
+            f"(the answer is the Lanczos enlargement alone): send a strength above 0, or leave {pronoun} out"]
 
 
 def quoted(text: str) -> str:

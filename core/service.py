@@ -13,7 +13,7 @@ from core.admission import InferenceSlot
 from core.geometry import OutputPlan, enlargement, plan_output
 from core.models.registry import ModelRegistry
 from core.models.runtime import Network
-from core.options import OptionContext, UpscaleOptions
+from core.options import OptionContext, UpscaleOptions, runs_model
 from core.pipeline import Progress, Result
 from core.plan import Pass, Plan, check_sizes, plan_pass
 from core.timing import Stages
@@ -117,7 +117,7 @@ class Service:
         encoding.check_output_size(options.output_format, output.output)
         # strength 0 is the Lanczos enlargement alone (the page's layers still show the model's result): the
         # network's limits, time and memory are not its to meet
-        runs_network = options.strength > 0 or with_layers
+        runs_network = runs_model(options.strength, with_layers)
         check_sizes(output, self.settings.max_output_pixels, runs_network)
         if options.ensemble and runs_network:
             cost.check_ensemble_pixels(*header.size, self.settings.max_ensemble_pixels)

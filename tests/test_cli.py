@@ -219,6 +219,8 @@ def test_size_and_strength_flags_give_what_the_api_answers(client, tmp_path, fla
     (["--fit", "cover", "--width", "30"], "fit applies only when both width and height are sent"),
     (["--quality", "0"], "quality must be a whole number from 1 to 100, not '0'"),
     (["--model", "nope"], "model must be one of srgan, srresnet"),
+    (["--strength", "0", "--ensemble"], "ensemble='true' changes only the model's output, and with strength='0' no "
+                                        "model runs"),
 ])
 def test_bad_option_values_are_usage_errors_with_the_servers_message(tmp_path, flags, message):
     result = sr_upscale(tmp_path, "-o", tmp_path / "out", *flags)

@@ -1,6 +1,7 @@
 """The web page end to end: real Chromium (Debian's package) driving the page served by a real gunicorn."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -413,6 +414,76 @@ def _seconds_until_slot_is_free(url: str, timeout_s: float) -> float:
         assert response.status_code == 503, response.text
         time.sleep(0.2)
     raise AssertionError(f"the inference slot was still taken {timeout_s} s after cancel")
+
+
+def test_ensemble_and_quality_are_in_the_download_name(page, server, tmp_path):
+    source = small_photo(tmp_path / "small.png")
+    page.set_input_files("#file", str(source))
+    page.wait_for_selector("body[data-state=ready]")
+    page.select_option("#format", "jpeg")
+    page.fill("#quality", "70")
+    page.check("#ensemble")
+    saved = upscale_and_download(page, source, tmp_path)
+    assert saved.name == "small_srgan_x4_ensemble_q70.jpg"
+    assert saved.read_bytes() == api_answer(server.url, source.read_bytes(), format="jpeg", quality="70",
+                                            ensemble="true")
+
+
+def test_the_file_chooser_and_every_control_are_reached_with_the_keyboard_and_named(page, tmp_path):
+    page.keyboard.press("Tab")  # the link to the API docs
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "file"
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files(str(small_photo(tmp_path / "small.png")))
+    page.wait_for_selector("body[data-state=ready]")
+    unnamed = page.evaluate("""() => [...document.querySelectorAll('input, select, button, a')]
+      .filter((control) => !control.labels?.length && !control.getAttribute('aria-label')
+                           && !control.textContent.trim())
+      .map((control) => control.id || control.outerHTML)""")
+    assert unnamed == []
+
+
+BUSY = "the server is busy: 1 of 1 images running and 0 queued (queue size 0); retry later"
+# The two ways a 503 reaches the page, as tests/api/test_backpressure.py checks the server sends them: refused
+# before the stream (Retry-After), or ending a stream that had begun (retry_after_s).
+BUSY_ANSWERS = {
+    "refused": {"status": 503, "headers": {"Retry-After": "7"}, "content_type": "application/json",
+                "body": json.dumps({"message": BUSY})},
+    "stream": {"status": 200, "content_type": "application/x-ndjson", "body": "".join(json.dumps(event) + "\n" for event in [
+        {"event": "start", "done": 0, "total": 4, "elapsed_s": 0.0},
+        {"event": "error", "status": 503, "message": BUSY, "retry_after_s": 7}])},
+}
+
+
+@pytest.mark.parametrize("answer", BUSY_ANSWERS)
+def test_a_503_shows_the_message_and_when_to_try_again(page, tmp_path, answer):
+    page.route("**/app/upscale", lambda route: route.fulfill(**BUSY_ANSWERS[answer]))
+    page.set_input_files("#file", str(small_photo(tmp_path / "small.png")))
+    page.wait_for_selector("body[data-state=ready]")
+    page.click("#run")
+    page.wait_for_selector("body[data-state=error]")
+    assert page.text_content("#message") == f"{BUSY} (the server asks to try again in 7 s)"
+    assert page.is_enabled("#run")
+
+
+def test_cancel_before_the_upscale_starts_says_so_and_no_other_image_is_taken_meanwhile(page, tmp_path):
+    page.route("**/app/upscale", lambda route: None)  # no answer: the upload is still in flight
+    page.set_input_files("#file", str(small_photo(tmp_path / "small.png")))
+    page.wait_for_selector("body[data-state=ready]")
+    page.click("#run")
+    # Another image now would become the "before" of this one's result: the chooser and the drop wait.
+    assert page.is_disabled("#file")
+    page.dispatch_event("#drop", "drop", {"dataTransfer": page.evaluate_handle("""() => {
+      const transfer = new DataTransfer();
+      transfer.items.add(new File(["x"], "other.png", {type: "image/png"}));
+      return transfer;
+    }""")})
+    assert "small.png" in page.text_content("#drop-text")
+    page.click("#cancel")
+    page.wait_for_selector("body[data-state=cancelled]")
+    assert page.text_content("#message") == "Cancelled before the upscale started."
+    assert page.is_enabled("#file")
 
 
 def test_web_page_is_linked_from_the_api_docs_but_not_in_swagger(server):

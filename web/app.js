@@ -38,17 +38,21 @@ function formatSize(width, height) {
   return `${width} × ${height} px (${megapixels < 0.1 ? megapixels.toFixed(3) : megapixels.toFixed(2)} MP)`;
 }
 
-// e.g. photo_srgan_x4.png, photo_srgan_w1920h1080_cover_s0.5.png, photo_realcugan_x2_denoise-3.png:
-// every option that changes the output, those at their defaults left out.
-function outputFileName(inputName, model, size, denoise, strength, format) {
-  const stem = inputName.replace(/\.[^.]*$/, "").replace(/[^\w.-]+/g, "_") || "image";
+// e.g. photo_srgan_x4.png, photo_srgan_w1920h1080_cover_s0.5.png, photo_realcugan_x2_denoise-3_ensemble.png,
+// photo_srgan_x4_q70.jpg: every option of the request that changes the output, those at their defaults left out.
+function outputFileName(request, model, strength) {
+  const { name, size, denoise, ensemble, format, quality } = request;
+  const defaults = Object.fromEntries(Object.entries(state.options).map(([key, option]) => [key, option.default]));
+  const stem = name.replace(/\.[^.]*$/, "").replace(/[^\w.-]+/g, "_") || "image";
   const extension = format === "jpeg" ? "jpg" : format;
   const label = { scale: `x${size.scale}`, width: `w${size.width}`, height: `h${size.height}`,
     box: `w${size.width}h${size.height}` }[size.mode];
-  const fit = size.mode === "box" && size.fit !== state.options.fit.default ? `_${size.fit}` : "";
-  const cleaned = denoise === null || denoise === state.options.denoise.default ? "" : `_denoise-${denoise}`;
-  const blend = strength === state.options.strength.default ? "" : `_s${strength}`;
-  return `${stem}_${model}_${label}${fit}${cleaned}${blend}.${extension}`;
+  const fit = size.mode === "box" && size.fit !== defaults.fit ? `_${size.fit}` : "";
+  const cleaned = denoise === null || denoise === defaults.denoise ? "" : `_denoise-${denoise}`;
+  const averaged = ensemble === defaults.ensemble ? "" : "_ensemble";
+  const lossy = quality === null || quality === defaults.quality ? "" : `_q${quality}`;
+  const blend = strength === defaults.strength ? "" : `_s${strength}`;
+  return `${stem}_${model}_${label}${fit}${cleaned}${averaged}${lossy}${blend}.${extension}`;
 }
 
 function setState(name) {
@@ -327,6 +331,8 @@ function update() {
   $("warnings").replaceChildren(...warnings.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
   const running = state.controller !== null;
   $("run").disabled = running || !state.file || warnings.length > 0 || !model || model.state !== "ready";
+  // Another image while one runs would become the "before" of the running one's result.
+  $("file").disabled = running;
 }
 
 // ---- running: one streaming request ------------------------------------------------------------
@@ -341,10 +347,11 @@ async function run() {
   if (denoise !== null) form.append("denoise", denoise);
   form.append("strength", $("strength").value);
   form.append("format", $("format").value);
-  if (!$("quality-field").hidden) form.append("quality", $("quality").value);  // png has none: a 400
+  const quality = $("quality-field").hidden ? null : Number($("quality").value);  // png has none: a 400
+  if (quality !== null) form.append("quality", String(quality));
   form.append("ensemble", $("ensemble").checked ? "true" : "false");
   const request = { name: state.file.name, model: $("model").value, size, denoise, format: $("format").value,
-    quality: Number($("quality").value) };
+    quality, ensemble: $("ensemble").checked };
 
   state.controller = new AbortController();
   state.progress = { done: 0, total: null };
@@ -360,22 +367,24 @@ async function run() {
   try {
     const response = await fetch("/app/upscale", { method: "POST", body: form, signal: state.controller.signal });
     if (!response.ok) {
-      const body = await response.json().catch(() => ({ message: response.statusText }));
-      throw new Error(body.message);
+      const body = await response.json().catch(() => ({ message: `${response.status} ${response.statusText}` }));
+      throw serverError(body.message, response.headers.get("Retry-After"));
     }
     const outcome = await readEvents(response.body, handleEvent);
     if (!outcome) throw new Error("the server closed the connection before the result");
-    if (outcome.event === "error") throw new Error(outcome.message);
+    if (outcome.event === "error") throw serverError(outcome.message, outcome.retry_after_s);
     await showResult(outcome, request, (performance.now() - started) / 1000);
     setState("done");
   } catch (error) {
     if (error.name === "AbortError") {
       const { done, total } = state.progress;
-      setMessage(`Cancelled after ${done} of ${total ?? "?"} tiles; the server stopped the work.`, "warning");
+      setMessage(total === null ? "Cancelled before the upscale started."
+        : `Cancelled after ${done} of ${total} tiles; the server stopped the work.`, "warning");
       showProgress("Cancelled");
       setState("cancelled");
     } else {
-      setMessage(error.message, "error");
+      const wait = error.retryAfter ? ` (the server asks to try again in ${error.retryAfter} s)` : "";
+      setMessage(`${error.message}${wait}`, "error");
       showProgress("Failed");
       setState("error");
     }
@@ -386,6 +395,12 @@ async function run() {
     $("cancel").hidden = true;
     update();
   }
+}
+
+// What the server refused or stopped, with the seconds its 503 asks to wait: the Retry-After header of an answer
+// refused at once, or the retry_after_s of the error event that ends a stream.
+function serverError(message, retryAfter) {
+  return Object.assign(new Error(message), { retryAfter: retryAfter ?? null });
 }
 
 // Reads newline-delimited JSON; returns the final event (result or error).
@@ -432,6 +447,9 @@ function handleEvent(event) {
 
 function showProgress(text, fraction = null) {
   $("progress-text").textContent = text;
+  const bar = $("progress-bar");
+  if (fraction === null) bar.removeAttribute("aria-valuenow");
+  else bar.setAttribute("aria-valuenow", (fraction * 100).toFixed(0));
   const fill = $("progress-fill");
   fill.classList.toggle("indeterminate", fraction === null && state.controller !== null);
   if (fraction !== null) fill.style.width = `${(fraction * 100).toFixed(1)}%`;
@@ -485,8 +503,7 @@ async function showBlend() {
   if (version !== state.blendVersion) return; // the slider moved on while this one was encoded
   if (result.url) URL.revokeObjectURL(result.url);
   result.url = URL.createObjectURL(blob);
-  const fileName = outputFileName(result.request.name, result.modelName, result.request.size, result.request.denoise,
-    strength, result.request.format);
+  const fileName = outputFileName(result.request, result.modelName, strength);
   const download = $("download");
   download.href = result.url;
   download.download = fileName;
@@ -575,7 +592,10 @@ function showBefore(mode) {
 function setUpSegments(attribute, apply) {
   const buttons = document.querySelectorAll(`[data-${attribute}]`);
   buttons.forEach((button) => button.addEventListener("click", () => {
-    buttons.forEach((b) => b.classList.toggle("active", b === button));
+    buttons.forEach((b) => {
+      b.classList.toggle("active", b === button);
+      b.setAttribute("aria-pressed", String(b === button));
+    });
     apply(button.dataset[attribute]);
   }));
 }
@@ -591,8 +611,8 @@ function setUpDrop() {
   }));
   ["dragleave", "drop"].forEach((type) => drop.addEventListener(type, () => drop.classList.remove("over")));
   drop.addEventListener("drop", (event) => {
-    event.preventDefault();
-    chooseFile(event.dataTransfer.files[0]);
+    event.preventDefault();  // also while running: the browser would open the file in place of the page
+    if (!$("file").disabled) chooseFile(event.dataTransfer.files[0]);
   });
 }
 

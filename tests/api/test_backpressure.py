@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import socket
 import threading
@@ -268,6 +269,23 @@ def test_a_request_past_its_time_limit_stops_with_503(client, strict_service):
     assert strict_service.slot.running == 0  # the slot is free for the next request
 
 
+def test_the_pages_route_refuses_a_full_worker_with_retry_after_at_once(client, strict_service):
+    with strict_service.slot.hold():
+        response = client.post("/app/upscale", data={"image": (io.BytesIO(sample_bytes("camera.png")), "a.png")},
+                               content_type="multipart/form-data")
+    assert (response.status_code, response.headers["Retry-After"]) == (503, "7")
+    assert "busy" in response.json["message"]
+
+
+def test_the_pages_stream_ends_a_503_with_when_to_retry(client, strict_service):
+    """The page's route has sent its 200 before the time runs out: the error event carries Retry-After's value."""
+    response = client.post("/app/upscale", data={"image": (io.BytesIO(sample_bytes("astronaut.png")), "a.png")},
+                           content_type="multipart/form-data")
+    last = json.loads(response.data.splitlines()[-1])
+    assert (last["event"], last["status"], last["retry_after_s"]) == ("error", 503, 7)
+    assert "time limit" in last["message"]
+
+
 # --- Against a real gunicorn -------------------------------------------------------------------------------
 
 
@@ -354,19 +372,23 @@ def test_a_request_the_time_limit_would_stop_is_refused_before_it_queues(app, cl
 
 
 def test_strength_0_is_not_refused_for_the_network_it_does_not_run(app, client, service):
-    """strength 0 is the Lanczos enlargement alone: neither the network's time nor ensemble's pixel limit is its."""
+    """strength 0 is the Lanczos enlargement alone: the network's time is not its to meet, and ensemble, which
+    would change nothing, is refused for that (400), not for ensemble's pixel limit (413)."""
     strip = png(6000, 1)
     limit = estimate(service, 6000, 1) / 2
     app.extensions["super_resolution"] = service_with(service, request_time_limit_s=limit, max_ensemble_pixels=100)
+
+    def post_strip(**fields):
+        return client.post("/model/predict", data={"image": (io.BytesIO(strip), "a.png"), **fields},
+                           content_type="multipart/form-data")
     try:
-        lanczos_only = client.post("/model/predict", data={"image": (io.BytesIO(strip), "a.png"), "strength": "0",
-                                                           "ensemble": "true"}, content_type="multipart/form-data")
-        mixed = client.post("/model/predict", data={"image": (io.BytesIO(strip), "a.png"), "strength": "0.5"},
-                            content_type="multipart/form-data")
+        lanczos_only, with_ensemble, mixed = (post_strip(strength="0"), post_strip(strength="0", ensemble="true"),
+                                              post_strip(strength="0.5"))
     finally:
         app.extensions["super_resolution"] = service
     assert lanczos_only.status_code == 200, lanczos_only.json
     assert lanczos_only.headers["X-Output-Size"] == "24000x4"
+    assert with_ensemble.status_code == 400 and "no model runs" in with_ensemble.json["message"]
     assert mixed.status_code == 413 and "REQUEST_TIME_LIMIT_S" in mixed.json["message"]
 
 

@@ -115,7 +115,7 @@ def test_an_unknown_route_answers_json_404(client):
     ("/model/predict", {"POST", "OPTIONS"}),
     ("/model/metadata", {"GET", "HEAD", "OPTIONS"}),
     ("/health", {"GET", "HEAD", "OPTIONS"}),
-    ("/app/upscale", {"POST", "OPTIONS", "GET", "HEAD"}),  # GET and HEAD: the page's files under /app
+    ("/app/upscale", {"POST", "OPTIONS"}),
 ])
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
 def test_a_405_says_which_methods_the_route_takes(client, path, allowed, method):
@@ -123,6 +123,23 @@ def test_a_405_says_which_methods_the_route_takes(client, path, allowed, method)
     assert response.status_code == 405 and response.is_json
     assert set(response.headers["Allow"].split(", ")) == allowed
     assert response.json["message"] == f"{method} is not allowed on {path}: it takes {', '.join(sorted(allowed))}"
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_the_pages_upscale_route_answers_get_with_405_not_404(client, method):
+    """The page's files are served under /app by name: a route for any path there took GET /app/upscale."""
+    response = client.open("/app/upscale", method=method)
+    assert response.status_code == 405 and set(response.headers["Allow"].split(", ")) == {"OPTIONS", "POST"}
+    if method == "GET":
+        assert response.json["message"] == "GET is not allowed on /app/upscale: it takes OPTIONS, POST"
+
+
+@pytest.mark.parametrize("path, content_type", [("/app/", "text/html"), ("/app/index.html", "text/html"),
+                                                ("/app/app.js", "text/javascript"), ("/app/png.js", "text/javascript"),
+                                                ("/app/style.css", "text/css")])
+def test_the_pages_files_are_served_by_name(client, path, content_type):
+    response = client.get(path)
+    assert response.status_code == 200 and response.mimetype == content_type and response.data
 
 
 @pytest.mark.parametrize("method, path, route", [("GET", "/model//metadata", "/model/metadata"),

@@ -158,6 +158,27 @@ def test_strength_0_runs_no_model(client, monkeypatch):
     assert ok(predict(client, WIDE, strength="0")).shape[:2] == (36, 60)
 
 
+def test_ensemble_with_strength_0_is_refused_by_predict_where_no_model_runs(client):
+    response = predict(client, WIDE, strength="0", ensemble="true")
+    assert response.status_code == 400
+    assert response.json["message"] == (
+        "ensemble='true' changes only the model's output, and with strength='0' no model runs (the answer is the "
+        "Lanczos enlargement alone): send a strength above 0, or leave it out")
+    # Where they would change something, they are taken: a strength above 0, ensemble false.
+    assert not np.array_equal(ok(predict(client, WIDE, strength="0.5", ensemble="true")),
+                              ok(predict(client, WIDE, strength="0.5")))
+    assert np.array_equal(ok(predict(client, WIDE, strength="0", ensemble="false")),
+                          ok(predict(client, WIDE, strength="0")))
+
+
+def test_the_page_runs_the_ensemble_at_strength_0_for_its_model_layer(client):
+    status, events = page_events(client, WIDE, strength="0", ensemble="true")
+    assert status == 200 and events[-1]["event"] == "result", events[-1]
+    result = events[-1]
+    assert np.array_equal(pixels(base64.b64decode(result["image"])), ok(predict(client, WIDE, strength="0")))
+    assert np.array_equal(pixels(base64.b64decode(result["layers"]["model"])), ok(predict(client, WIDE, ensemble="true")))
+
+
 # --- Limits before any work ---------------------------------------------------------------------
 
 

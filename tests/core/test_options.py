@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -41,6 +42,32 @@ def test_choices_may_depend_on_the_context_and_the_model():
         parse_options({"model": "srresnet"}, context)
     assert BY_NAME["model"].describe(CONTEXT)["choices_by_model"] == {"srgan": ["srgan", "srresnet"],
                                                                      "srresnet": ["srgan", "srresnet"]}
+
+
+DENOISING = OptionContext(("srgan", "realcugan"), "srgan", {"srgan": ("none",), "realcugan": ("none", "1", "3")})
+
+
+@pytest.mark.parametrize("sent, named", [
+    ({"ensemble": "yes"}, "ensemble='yes' changes only the model's output, and with strength='0' no model runs"),
+    ({"model": "realcugan", "denoise": "3"}, "denoise='3' changes only the model's output, and with strength='0'"),
+    ({"model": "realcugan", "denoise": "1", "ensemble": "on"},
+     "ensemble='on' and denoise='1' change only the model's output, and with strength='0' no model runs (the answer "
+     "is the Lanczos enlargement alone): send a strength above 0, or leave them out"),
+])
+@pytest.mark.parametrize("strength", ["0", "0.0"])
+def test_options_of_the_model_alone_are_refused_where_no_model_runs(sent, named, strength):
+    with pytest.raises(InvalidInput, match=re.escape(named.replace("'0'", repr(strength)))):
+        parse_options({**sent, "strength": strength}, DENOISING)
+    # The web page's route runs the model at any strength: its answer carries the model's output too.
+    assert parse_options({**sent, "strength": strength}, DENOISING, with_layers=True).strength == 0
+
+
+def test_their_defaults_and_an_invalid_strength_are_not_named_with_them():
+    assert parse_options({"strength": "0", "ensemble": "false", "model": "realcugan", "denoise": "none"},
+                         DENOISING).ensemble is False
+    with pytest.raises(InvalidInput) as refused:
+        parse_options({"strength": "none", "ensemble": "true"}, DENOISING)
+    assert refused.value.message == "strength must be a number from 0 to 1, not 'none'"
 
 
 def test_cli_flags_are_the_schema_and_parse_the_same_way():
