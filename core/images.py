@@ -198,8 +198,7 @@ def _pillow_pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, b
     if image.mode == "F":
         raise InvalidImage("32-bit floating-point images are not supported; save the image with 8 or 16 bits")
     if image.mode.startswith("I"):  # I;16, I;16B, I: integer grey, kept at 16 bits
-        grey = np.asarray(image).astype(np.int64).clip(0, 65535).astype(np.uint16)
-        return grey[..., None], None, icc
+        return _grey_16_bit(np.asarray(image))[..., None], None, icc
     if image.mode == "CMYK":
         image, icc = _cmyk_as_srgb(image, icc), None  # sRGB, the colour space assumed without a profile
     has_alpha = image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
@@ -209,6 +208,18 @@ def _pillow_pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, b
     pixels = np.asarray(image if image.mode == mode else image.convert(mode))
     colour = np.ascontiguousarray(pixels[..., :1] if grey else pixels[..., :3])
     return colour, np.ascontiguousarray(pixels[..., 3]) if has_alpha else None, icc
+
+
+def _grey_16_bit(levels: np.ndarray) -> np.ndarray:
+    """Integer grey as 16-bit levels; 400 for a 32-bit image with levels outside 0..65535, which clipping would
+    flatten (a signed image's negative levels, counts past 65535) into a different picture."""
+    if levels.dtype == np.uint16:
+        return levels
+    lowest, highest = int(levels.min()), int(levels.max())
+    if lowest < 0 or highest > 65535:
+        raise InvalidImage(f"the 32-bit grey image has levels from {lowest} to {highest}, and 0 to 65535 (16 bits) "
+                           f"are the most that are kept; save the image with 8 or 16 bits")
+    return levels.astype(np.uint16)
 
 
 def _cmyk_as_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:

@@ -521,6 +521,19 @@ def test_float_tiff_is_refused_with_a_reason():
         images.decode(data, LIMIT)
 
 
+def test_32_bit_grey_tiff_within_16_bits_keeps_every_level():
+    pixels = np.array([[0, 1, 40000, 65535]], np.int32)
+    decoded = images.decode(save(Image.fromarray(pixels), "TIFF"), LIMIT)
+    assert decoded.colour.dtype == np.uint16 and np.array_equal(decoded.colour[..., 0], pixels)
+
+
+@pytest.mark.parametrize("levels, named", [((-5, 100), "from -5 to 100"), ((0, 70000), "from 0 to 70000")])
+def test_32_bit_grey_tiff_with_levels_past_16_bits_is_refused_not_clipped(levels, named):
+    data = save(Image.fromarray(np.array([levels], np.int32)), "TIFF")
+    with pytest.raises(InvalidImage, match=f"32-bit grey image has levels {named}.*0 to 65535"):
+        images.decode(data, LIMIT)
+
+
 # --- Output -------------------------------------------------------------------------------------
 
 
