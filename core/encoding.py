@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from core.errors import InvalidInput
-from core.formats import JPEG_FULL_COLOUR_QUALITY, MAX_SIDE, OUTPUT_FORMATS
+from core.formats import JPEG_FULL_COLOUR_QUALITY, MAX_JPEG_ICC_PROFILE_BYTES, MAX_SIDE, OUTPUT_FORMATS
 from core.png_encoder import encode_png
 
 # Rows converted at a time when changing bit depth, so a 64 MP result needs no full-size temporary.
@@ -22,6 +22,13 @@ def check_output_size(output_format: str, size: tuple[int, int]) -> None:
     if max(width, height) > MAX_SIDE[output_format]:
         raise InvalidInput(f"{output_format} holds at most {MAX_SIDE[output_format]} pixels a side and the output "
                            f"would be {width}x{height}; ask for format png")
+
+
+def check_profile_fits(output_format: str, profile_bytes: int) -> None:
+    """400 when ``output_format`` cannot hold an ICC profile of ``profile_bytes``: known from the header."""
+    if output_format == "jpeg" and profile_bytes > MAX_JPEG_ICC_PROFILE_BYTES:
+        raise InvalidInput(f"jpeg holds an ICC profile of at most {MAX_JPEG_ICC_PROFILE_BYTES} bytes and the image's "
+                           f"is {profile_bytes} bytes; ask for format png or webp")
 
 
 def alpha_for(output_format: str, alpha: np.ndarray | None) -> np.ndarray | None:

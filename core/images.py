@@ -62,6 +62,7 @@ class Header:
     # sizes the request's buffers by them.
     samples: int
     sample_bytes: int
+    profile_bytes: int = 0  # of the ICC profile the result may carry (an RGB or grey one), else 0
 
     @property
     def size(self) -> tuple[int, int]:
@@ -104,7 +105,9 @@ def read_header(data: bytes, max_pixels: int) -> Header:
         width, height = orientation.displayed(*image.size, turn)
         sample_bytes = 2 if (png_header and png_header.bit_depth == 16) or image.mode.startswith("I") else 1
         samples = _samples_at_most(image)
-    return Header(image_format, width, height, turn, png_header, max_pixels, samples, sample_bytes)
+        profile = image.info.get("icc_profile")
+        profile_bytes = len(profile) if _profile_space(profile) in (b"RGB ", b"GRAY") else 0
+    return Header(image_format, width, height, turn, png_header, max_pixels, samples, sample_bytes, profile_bytes)
 
 
 def _turn_to_apply(image: Image.Image, png_header: PngHeader | None) -> int:

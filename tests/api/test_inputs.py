@@ -13,11 +13,13 @@ import png
 import pytest
 from PIL import Image
 
+from core import pipeline
 from tests.core.test_images import (
     BAD_INPUTS,
     MODES,
     exif_orientation,
     levels16,
+    longest_jpeg_profile_and_one_byte,
     pattern,
     png16,
     png_chunk,
@@ -158,6 +160,13 @@ def test_icc_profile_is_carried_to_16_bit_output(client):
     response = post(client, sixteen[:33] + data[chunk_start:chunk_end] + sixteen[33:])
     assert response.status_code == 200
     assert opened(response).info.get("icc_profile") == source.info["icc_profile"]
+
+
+def test_a_profile_longer_than_jpeg_holds_is_400_for_jpeg_before_any_upscaling(client, monkeypatch):
+    """Pillow would write it with its markers' one-byte count wrapped around: a JPEG whose profile no viewer reads."""
+    monkeypatch.setattr(pipeline, "run", lambda *args: pytest.fail("nothing should be decoded or upscaled"))
+    data = save(Image.fromarray(pattern()), "TIFF", icc_profile=longest_jpeg_profile_and_one_byte())
+    assert_message(post(client, data, format="jpeg"), 400, "jpeg holds an ICC profile of at most", "png or webp")
 
 
 def with_colour_chunks(data: bytes) -> bytes:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageCms, ImageOps
 
 from core import containers, encoding, images
-from core.formats import OUTPUT_FORMATS
+from core.formats import MAX_JPEG_ICC_PROFILE_BYTES, OUTPUT_FORMATS
 from core.resize import BLEED_REACH, bleed_into_transparency, resize
 from core.errors import InvalidImage, InvalidInput, TooLarge
 from tests.conftest import encode
@@ -559,6 +559,31 @@ def test_webp_side_limit_is_checked_before_upscaling():
     with pytest.raises(InvalidInput, match="webp holds at most 16383 pixels a side.*20000x400"):
         encoding.check_output_size("webp", (20000, 400))
     encoding.check_output_size("png", (20000, 400))
+
+
+def longest_jpeg_profile_and_one_byte() -> bytes:
+    """An RGB profile one byte longer than a JPEG holds (a real one's header, padded)."""
+    profile = srgb_profile()
+    return profile + bytes(MAX_JPEG_ICC_PROFILE_BYTES + 1 - len(profile))
+
+
+@pytest.mark.parametrize("space, counted", [("RGB", True), ("GRAY", True), ("CMYK", False)])
+def test_the_header_gives_the_length_of_a_profile_the_result_may_carry(space, counted):
+    """A CMYK profile is used to convert the pixels and left out of the result, so no output format has to hold it."""
+    profile = bytearray(srgb_profile())
+    profile[16:20] = space.ljust(4).encode()
+    header = images.read_header(save(Image.fromarray(pattern()), "TIFF", icc_profile=bytes(profile)), LIMIT)
+    assert header.profile_bytes == (len(profile) if counted else 0)
+
+
+def test_a_profile_longer_than_jpeg_holds_is_refused_for_jpeg_only():
+    too_long = len(longest_jpeg_profile_and_one_byte())
+    with pytest.raises(InvalidInput, match=f"jpeg holds an ICC profile of at most {MAX_JPEG_ICC_PROFILE_BYTES} "
+                                           f"bytes and the image's is {too_long} bytes; ask for format png or webp"):
+        encoding.check_profile_fits("jpeg", too_long)
+    encoding.check_profile_fits("jpeg", MAX_JPEG_ICC_PROFILE_BYTES)
+    for output_format in ("png", "webp"):
+        encoding.check_profile_fits(output_format, too_long)
 
 
 @pytest.mark.parametrize("output_format, mode", [("png", "RGBA"), ("webp", "RGBA"), ("jpeg", "RGB")])
