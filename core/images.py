@@ -28,6 +28,13 @@ from core.containers import (ACCEPTED_FORMATS, CORRUPT_DATA_ERRORS, PngHeader, c
 from core.errors import InvalidImage, TooLarge
 
 
+# Formats whose further frames are the rest of an animation.
+ANIMATION_FORMATS = ("GIF", "PNG", "WEBP")
+# A TIFF directory's NewSubfileType tag, and its bits for a directory that is not a page of its own.
+TIFF_NEW_SUBFILE_TYPE = 254
+TIFF_REDUCED_RESOLUTION, TIFF_TRANSPARENCY_MASK = 1, 4
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     colour: np.ndarray            # (H, W, 1) grey or (H, W, 3) RGB; uint8 or uint16
@@ -105,6 +112,7 @@ def read_header(data: bytes, max_pixels: int) -> Header:
         width, height = orientation.displayed(*image.size, turn)
         sample_bytes = 2 if (png_header and png_header.bit_depth == 16) or image.mode.startswith("I") else 1
         samples = _samples_at_most(image)
+        _check_one_picture(image)
         profile = image.info.get("icc_profile")
         profile_bytes = len(profile) if _profile_space(profile) in (b"RGB ", b"GRAY") else 0
     return Header(image_format, width, height, turn, png_header, max_pixels, samples, sample_bytes, profile_bytes)
@@ -118,6 +126,23 @@ def _turn_to_apply(image: Image.Image, png_header: PngHeader | None) -> int:
         # From the chunk walk: Pillow's getexif decodes every pixel of a PNG to look past its IDAT.
         return orientation.from_exif(png_header.exif)
     return orientation.of_image(image)
+
+
+def _check_one_picture(image: Image.Image) -> None:
+    """400 for an animation (GIF, WebP, APNG) or a TIFF of several pages: the answer would be its first frame or
+    page, the others dropped without a word. A JPEG's further pictures (MPO: a phone's preview or depth map, a
+    stereo camera's other eye) and a TIFF's reduced-resolution copy or transparency mask are not the picture, and
+    are left out."""
+    if image.format in ANIMATION_FORMATS and getattr(image, "is_animated", False):
+        raise InvalidImage(f"the {image.format} image is an animation of more than one frame, and only still "
+                           f"images are upscaled; send one frame (as PNG, say)")
+    if image.format == "TIFF" and image.is_animated:
+        image.seek(1)
+        kind = image.tag_v2.get(TIFF_NEW_SUBFILE_TYPE, 0)
+        image.seek(0)
+        if not kind & (TIFF_REDUCED_RESOLUTION | TIFF_TRANSPARENCY_MASK):
+            raise InvalidImage("the TIFF image has more than one page, and only single images are upscaled; "
+                               "send one page")
 
 
 def _samples_at_most(image: Image.Image) -> int:

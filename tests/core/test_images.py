@@ -195,13 +195,39 @@ def test_rgba_alpha_is_exact():
     assert (decoded.alpha[:, :8] == 0).all() and (decoded.alpha[:, 8:] == 255).all()
 
 
-@pytest.mark.parametrize("image_format, options", [("GIF", {}), ("WEBP", {"lossless": True}), ("PNG", {})])
-def test_animation_gives_its_first_frame(image_format, options):
+def red_then_blue(image_format: str, **options) -> bytes:
     red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
-    data = save(red, image_format, save_all=True, append_images=[blue], duration=100, **options)
-    decoded = images.decode(data, LIMIT)
-    assert decoded.colour.shape == (8, 8, 3)
+    return save(red, image_format, save_all=True, append_images=[blue], **options)
+
+
+@pytest.mark.parametrize("image_format, options", [("GIF", {}), ("WEBP", {"lossless": True}), ("PNG", {})])
+def test_an_animation_is_refused_rather_than_cut_to_its_first_frame(image_format, options):
+    with pytest.raises(InvalidImage, match=f"the {image_format} image is an animation.*send one frame"):
+        images.read_header(red_then_blue(image_format, duration=100, **options), LIMIT)
+
+
+def test_a_tiff_of_several_pages_is_refused_rather_than_cut_to_its_first():
+    with pytest.raises(InvalidImage, match="the TIFF image has more than one page.*send one page"):
+        images.read_header(red_then_blue("TIFF"), LIMIT)
+
+
+def test_a_tiff_whose_second_directory_is_a_reduced_copy_gives_its_first_page():
+    # Pillow writes the tag into every directory it saves; the second one's is what says it is no page
+    decoded = images.decode(red_then_blue("TIFF", tiffinfo={images.TIFF_NEW_SUBFILE_TYPE: 1}), LIMIT)
     assert tuple(decoded.colour[4, 4]) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("image_format, options", [("GIF", {}), ("WEBP", {"lossless": True}), ("PNG", {})])
+def test_an_animation_of_one_frame_is_a_still_image(image_format, options):
+    data = save(Image.new("RGB", (8, 8), (255, 0, 0)), image_format, save_all=True, append_images=[], **options)
+    assert tuple(images.decode(data, LIMIT).colour[4, 4]) == (255, 0, 0)
+
+
+def test_the_first_picture_of_an_mpo_is_the_image():
+    """A phone's JPEG may carry a preview or a depth map as a second picture (MPO): it is no frame of the image."""
+    data = red_then_blue("MPO")
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    assert (np.abs(images.decode(data, LIMIT).colour[4, 4].astype(int) - (255, 0, 0)) < 8).all()
 
 
 # --- 16 bits ------------------------------------------------------------------------------------
