@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 from PIL import Image
 
 from core.errors import InvalidInput
 from core.formats import JPEG_FULL_COLOUR_QUALITY, MAX_JPEG_ICC_PROFILE_BYTES, MAX_SIDE, OUTPUT_FORMATS
-from core.png_encoder import encode_png
+from core.png_encoder import chunk as png_chunk, encode_png
 
 # Rows converted at a time when changing bit depth, so a 64 MP result needs no full-size temporary.
 ROWS_PER_BLOCK = 256
+METRES_PER_INCH = 0.0254
+PNG_MAX_PER_METRE, PNG_UNIT_METRE = 2**31 - 1, 1  # pHYs: 31-bit pixels per unit; unit 1 is the metre
+JPEG_MAX_DPI = 65535  # JFIF: 16-bit dots per inch
 # Formats without grey: Pillow writes a grey image to them as RGB.
 WITHOUT_GREY = ("WEBP",)
 
@@ -45,25 +49,46 @@ def alpha_for(output_format: str, alpha: np.ndarray | None) -> np.ndarray | None
 
 def encode(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | None,
            output_format: str, quality: int, png_level: int, threads: int,
-           png_colour_chunks: tuple[bytes, ...] = ()) -> bytes:
+           png_colour_chunks: tuple[bytes, ...] = (), dpi: tuple[float, float] | None = None) -> bytes:
     """Encode pixels as png (deflate level ``png_level`` on ``threads`` threads), jpeg or webp; 16-bit pixels stay
     16-bit in PNG and are rounded to 8 bits otherwise. ``png_colour_chunks`` (an input PNG's gAMA, cHRM, sRGB, ...)
-    go into png output only: jpeg and webp have no place for them."""
+    go into png output only: jpeg and webp have no place for them. ``dpi`` (across, down) goes into png (pHYs) and
+    jpeg (JFIF) where they can hold it; webp has no place for it."""
     pil_format, _ = OUTPUT_FORMATS[output_format]
     if pil_format == "JPEG" and alpha is not None:
         raise InvalidInput("jpeg cannot hold an alpha channel; ask for format png or webp")
     if pil_format == "PNG":
-        return encode_png(colour, icc_profile, png_level, threads, _at_depth(alpha, colour.dtype), png_colour_chunks)
+        return encode_png(colour, icc_profile, png_level, threads, _at_depth(alpha, colour.dtype),
+                          (*png_colour_chunks, *_png_resolution(dpi)))
     image = _to_pillow(_with_alpha(_to_8bit(colour), alpha))
     options: dict[str, object] = {"quality": quality}
     if pil_format == "JPEG":
         options["subsampling"] = "4:4:4" if quality >= JPEG_FULL_COLOUR_QUALITY else "4:2:0"
+        options.update(_jpeg_resolution(dpi))
     if icc_profile and not (pil_format in WITHOUT_GREY and colour.shape[-1] == 1):
         # A grey image's profile is a GRAY one (core/images.py keeps no other), which RGB pixels cannot carry.
         options["icc_profile"] = icc_profile
     buffer = io.BytesIO()
     image.save(buffer, pil_format, **options)
     return buffer.getvalue()
+
+
+def _png_resolution(dpi: tuple[float, float] | None) -> tuple[bytes, ...]:
+    """A pHYs chunk of ``dpi`` in pixels per metre, as PNG stores it; none past what its 31 bits hold."""
+    if dpi is None:
+        return ()
+    per_metre = [round(value / METRES_PER_INCH) for value in dpi]
+    if not all(1 <= value <= PNG_MAX_PER_METRE for value in per_metre):
+        return ()
+    return (b"".join(png_chunk(b"pHYs", [struct.pack(">IIB", *per_metre, PNG_UNIT_METRE)])),)
+
+
+def _jpeg_resolution(dpi: tuple[float, float] | None) -> dict[str, object]:
+    """Pillow's ``dpi`` option, whole dots per inch as JFIF stores them; none past its 16 bits."""
+    if dpi is None:
+        return {}
+    whole = tuple(round(value) for value in dpi)
+    return {"dpi": whole} if all(1 <= value <= JPEG_MAX_DPI for value in whole) else {}
 
 
 def _to_8bit(pixels: np.ndarray) -> np.ndarray:

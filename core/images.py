@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 import png
@@ -33,6 +35,7 @@ ANIMATION_FORMATS = ("GIF", "PNG", "WEBP")
 # A TIFF directory's NewSubfileType tag, and its bits for a directory that is not a page of its own.
 TIFF_NEW_SUBFILE_TYPE = 254
 TIFF_REDUCED_RESOLUTION, TIFF_TRANSPARENCY_MASK = 1, 4
+TIFF_X_RESOLUTION, TIFF_Y_RESOLUTION = 282, 283
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class DecodedImage:
     alpha: np.ndarray | None      # (H, W), same dtype as colour
     icc_profile: bytes | None
     png_colour_chunks: tuple[bytes, ...] = ()  # a PNG's gAMA, cHRM, sRGB, ... (core/containers.py)
+    dpi: tuple[float, float] | None = None  # (across, down) as displayed
 
     @property
     def height(self) -> int:
@@ -161,6 +165,7 @@ def decode_pixels(data: bytes, header: Header) -> DecodedImage:
     """The pixels of ``data`` whose ``header`` has been read; 400 where they turn out corrupt."""
     with _reading(header.image_format, header.max_pixels):
         image = Image.open(io.BytesIO(data), formats=(header.image_format,))
+        dpi = _dpi(_stored_dpi(image), header.orientation)
         if header.png16:
             colour, alpha = _png16_pixels(data)
             icc = image.info.get("icc_profile")
@@ -169,7 +174,7 @@ def decode_pixels(data: bytes, header: Header) -> DecodedImage:
             colour, alpha, icc = _pillow_pixels(image)
     return DecodedImage(orientation.apply(colour, header.orientation),
                         None if alpha is None else orientation.apply(alpha, header.orientation),
-                        _matching_profile(icc, colour.shape[-1]), header.png.colour_chunks if header.png else ())
+                        _matching_profile(icc, colour.shape[-1]), header.png.colour_chunks if header.png else (), dpi)
 
 
 def decode(data: bytes, max_pixels: int) -> DecodedImage:
@@ -277,6 +282,24 @@ def _palette_is_grey(image: Image.Image) -> bool:
 def _profile_space(icc: bytes | None) -> bytes | None:
     """The colour space an ICC profile describes ('RGB ', 'GRAY', 'CMYK', ...), from its header."""
     return icc[16:20] if isinstance(icc, bytes) and len(icc) >= 128 else None
+
+
+def _stored_dpi(image: Image.Image) -> object:
+    """Pillow's ``dpi``, but for a TIFF without resolution tags, to which Pillow gives 1 dpi."""
+    if image.format == "TIFF" and not {TIFF_X_RESOLUTION, TIFF_Y_RESOLUTION} <= image.tag_v2.keys():
+        return None
+    return image.info.get("dpi")
+
+
+def _dpi(stored: object, turn: int) -> tuple[float, float] | None:
+    """The resolution Pillow read (a PNG's pHYs, a JPEG's JFIF or EXIF, a TIFF's or BMP's), across and down as
+    displayed; None where there is none, or none with a size (0, not a number)."""
+    if not (isinstance(stored, tuple) and len(stored) == 2 and all(isinstance(value, Real) for value in stored)):
+        return None
+    across, down = (float(value) for value in stored)  # a TIFF's are fractions
+    if not (0 < across < math.inf and 0 < down < math.inf):
+        return None
+    return (down, across) if turn in orientation.QUARTER_TURNS else (across, down)
 
 
 def _matching_profile(icc: bytes | None, channels: int) -> bytes | None:

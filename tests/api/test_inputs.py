@@ -186,6 +186,15 @@ def test_png_gamma_primaries_and_srgb_chunks_are_carried_to_png_output(client, s
     assert info["chromaticity"] == (0.3127, 0.329, 0.64, 0.33, 0.3, 0.6, 0.15, 0.06)
 
 
+@pytest.mark.parametrize("output_format", ["png", "jpeg"])
+def test_the_resolution_is_carried_unchanged_so_the_print_grows_with_the_pixels(client, output_format):
+    """As an editor's resize with resampling does: 300 dpi stays 300 dpi, and the 4x image prints 4x as wide."""
+    data = save(Image.fromarray(pattern()), dpi=(300, 150))
+    response = post(client, data, format=output_format)
+    assert response.status_code == 200, response.data
+    assert opened(response).info["dpi"] == pytest.approx((300, 150), abs=0.02)
+
+
 # --- Options ------------------------------------------------------------------------------------
 
 

@@ -399,6 +399,45 @@ def test_grey_palette_with_an_rgb_profile_stays_rgb_so_the_profile_still_applies
     assert decoded.colour.shape[-1] == 3 and decoded.icc_profile == srgb_profile()
 
 
+# --- Resolution (DPI) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "TIFF", "BMP"])
+def test_the_resolution_is_read_across_and_down(image_format):
+    dpi = images.decode(save(Image.fromarray(pattern()), image_format, dpi=(300, 150)), LIMIT).dpi
+    assert dpi == pytest.approx((300, 150), abs=0.02)
+
+
+def test_the_resolution_turns_with_the_exif_orientation():
+    data = save(Image.fromarray(pattern(6, 10)), "JPEG", dpi=(300, 150), exif=exif_orientation(6))
+    assert images.decode(data, LIMIT).dpi == (150, 300)
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(lambda: save(Image.fromarray(pattern())), id="png without pHYs"),
+    pytest.param(lambda: save(Image.fromarray(pattern()), "TIFF"), id="tiff without resolution tags"),
+    pytest.param(lambda: save(Image.fromarray(pattern()), "TIFF", resolution=100, resolution_unit=1),
+                 id="tiff of no unit"),
+    pytest.param(lambda: save(Image.fromarray(pattern()), "WEBP"), id="webp"),
+])
+def test_an_image_without_a_resolution_in_inches_has_none(data):
+    """Pillow gives a TIFF without resolution tags 1 dpi: no resolution is not one dot per inch."""
+    assert images.decode(data(), LIMIT).dpi is None
+
+
+@pytest.mark.parametrize("output_format, dpi", [("png", (300.4, 150)), ("jpeg", (300, 150)), ("webp", None)])
+def test_the_resolution_is_written_where_the_format_holds_one(output_format, dpi):
+    """PNG keeps fractions of a dot per inch (in dots per metre); JPEG keeps whole ones."""
+    encoded = encoding.encode(pattern(), None, None, output_format, 90, 6, 2, dpi=(300.4, 150))
+    assert Image.open(io.BytesIO(encoded)).info.get("dpi") == (None if dpi is None else pytest.approx(dpi, abs=0.02))
+
+
+@pytest.mark.parametrize("output_format", ["png", "jpeg"])
+def test_a_resolution_past_what_the_format_holds_is_left_out(output_format):
+    encoded = encoding.encode(pattern(), None, None, output_format, 90, 6, 2, dpi=(1e12, 1e12))
+    assert "dpi" not in Image.open(io.BytesIO(encoded)).info
+
+
 # --- Limits -------------------------------------------------------------------------------------
 
 
