@@ -165,7 +165,8 @@ def decode_pixels(data: bytes, header: Header) -> DecodedImage:
     """The pixels of ``data`` whose ``header`` has been read; 400 where they turn out corrupt."""
     with _reading(header.image_format, header.max_pixels):
         image = Image.open(io.BytesIO(data), formats=(header.image_format,))
-        dpi = _dpi(_stored_dpi(image), header.orientation)
+        # Pillow turns a TIFF's pixels itself (the header's turn is then 1), not its resolution
+        dpi = _dpi(_stored_dpi(image), orientation.of_image(image) if image.format == "TIFF" else header.orientation)
         if header.png16:
             colour, alpha = _png16_pixels(data)
             icc = image.info.get("icc_profile")

@@ -408,8 +408,9 @@ def test_the_resolution_is_read_across_and_down(image_format):
     assert dpi == pytest.approx((300, 150), abs=0.02)
 
 
-def test_the_resolution_turns_with_the_exif_orientation():
-    data = save(Image.fromarray(pattern(6, 10)), "JPEG", dpi=(300, 150), exif=exif_orientation(6))
+@pytest.mark.parametrize("image_format", ["JPEG", "TIFF"])
+def test_the_resolution_turns_with_the_exif_orientation(image_format):
+    data = save(Image.fromarray(pattern(6, 10)), image_format, dpi=(300, 150), exif=exif_orientation(6))
     assert images.decode(data, LIMIT).dpi == (150, 300)
 
 
