@@ -112,11 +112,13 @@ def read_header(data: bytes, max_pixels: int) -> Header:
     png_header = check(data, image_format, max_pixels)
     with _reading(image_format, max_pixels), Image.open(io.BytesIO(data), formats=(image_format,)) as image:
         check_pixels(image.size, max_pixels)
+        _check_one_picture(image)
+        if image.mode == "F":
+            raise InvalidImage("32-bit floating-point images are not supported; save the image with 8 or 16 bits")
         turn = _turn_to_apply(image, png_header)
         width, height = orientation.displayed(*image.size, turn)
         sample_bytes = 2 if (png_header and png_header.bit_depth == 16) or image.mode.startswith("I") else 1
         samples = _samples_at_most(image)
-        _check_one_picture(image)
         profile = image.info.get("icc_profile")
         profile_bytes = len(profile) if _profile_space(profile) in (b"RGB ", b"GRAY") else 0
     return Header(image_format, width, height, turn, png_header, max_pixels, samples, sample_bytes, profile_bytes)
@@ -229,8 +231,6 @@ def _png16_pixels(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _pillow_pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
     icc = image.info.get("icc_profile")
-    if image.mode == "F":
-        raise InvalidImage("32-bit floating-point images are not supported; save the image with 8 or 16 bits")
     if image.mode.startswith("I"):  # I;16, I;16B, I: integer grey, kept at 16 bits
         return _grey_16_bit(np.asarray(image))[..., None], None, icc
     if image.mode == "CMYK":

@@ -581,10 +581,11 @@ def test_bad_input_is_invalid_image_saying_what_is_wrong(name):
         images.decode(build(), LIMIT)
 
 
-def test_float_tiff_is_refused_with_a_reason():
+def test_float_tiff_is_refused_with_a_reason_from_its_header():
+    """Before the request queues and its memory is reserved: the mode is in the header."""
     data = save(Image.fromarray(np.zeros((8, 8), np.float32)), "TIFF")
     with pytest.raises(InvalidImage, match="floating-point"):
-        images.decode(data, LIMIT)
+        images.read_header(data, LIMIT)
 
 
 def test_32_bit_grey_tiff_within_16_bits_keeps_every_level():
