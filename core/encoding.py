@@ -16,6 +16,15 @@ ROWS_PER_BLOCK = 256
 METRES_PER_INCH = 0.0254
 PNG_MAX_PER_METRE, PNG_UNIT_METRE = 2**31 - 1, 1  # pHYs: 31-bit pixels per unit; unit 1 is the metre
 JPEG_MAX_DPI = 65535  # JFIF: 16-bit dots per inch
+# sRGB as PNG's colour chunks write it: cICP's code points (BT.709 primaries, the sRGB transfer, RGB, full
+# range), gAMA's exponent and cHRM's white and primaries (x, y of white, red, green, blue), both times 100000.
+SRGB_CICP = (1, 13, 0, 1)
+SRGB_GAMMA = 45455
+SRGB_CHROMATICITIES = (31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)
+# How far they may lie from sRGB's and still be taken as sRGB: libpng's threshold for a gamma that matters (5 %),
+# and 0.01 in x or y, within which encoders round sRGB's chromaticities (Adobe RGB's green lies 0.11 away).
+GAMMA_TOLERANCE = 0.05
+CHROMATICITY_TOLERANCE = 1000
 # Formats without grey: Pillow writes a grey image to them as RGB.
 WITHOUT_GREY = ("WEBP",)
 
@@ -33,6 +42,41 @@ def check_profile_fits(output_format: str, profile_bytes: int) -> None:
     if output_format == "jpeg" and profile_bytes > MAX_JPEG_ICC_PROFILE_BYTES:
         raise InvalidInput(f"jpeg holds an ICC profile of at most {MAX_JPEG_ICC_PROFILE_BYTES} bytes and the image's "
                            f"is {profile_bytes} bytes; ask for format png or webp")
+
+
+def check_colour_fits(output_format: str, png_colour_chunks: tuple[bytes, ...], profile_bytes: int) -> None:
+    """400 when ``output_format`` is jpeg or webp, which hold no PNG colour chunks, and a PNG's chunks say its
+    levels are other than sRGB, the colours those formats are read as: its levels written as they are would
+    show other colours. An ICC profile (``profile_bytes``), which both formats hold, takes precedence over gAMA
+    and cHRM, as an sRGB chunk does."""
+    if output_format == "png":
+        return
+    named = _not_srgb(png_colour_chunks, profile_bytes > 0)
+    if named:
+        raise InvalidInput(f"the PNG's {' and '.join(named)} {'say' if len(named) > 1 else 'says'} its levels are not "
+                           f"sRGB, and {output_format} has no place for {'them' if len(named) > 1 else 'it'}; ask for "
+                           f"format png")
+
+
+def _not_srgb(chunks: tuple[bytes, ...], has_profile: bool) -> list[str]:
+    """The names of the colour chunks, in the order PNG ranks them, that map levels to colours other than sRGB's.
+    A chunk of the wrong length is ignored, as viewers ignore it."""
+    bodies = {chunk[4:8]: chunk[8:-4] for chunk in chunks}
+    cicp = bodies.get(b"cICP")
+    if cicp is not None and len(cicp) == 4:
+        return [] if tuple(cicp) == SRGB_CICP else ["cICP"]  # ranks above all the others
+    if b"sRGB" in bodies or has_profile:
+        return []
+    named = []
+    gamma = bodies.get(b"gAMA")
+    if gamma is not None and len(gamma) == 4 and abs(int.from_bytes(gamma, "big") / SRGB_GAMMA - 1) > GAMMA_TOLERANCE:
+        named.append("gAMA")
+    primaries = bodies.get(b"cHRM")
+    if primaries is not None and len(primaries) == 32 and any(
+            abs(value - srgb) > CHROMATICITY_TOLERANCE
+            for value, srgb in zip(struct.unpack(">8I", primaries), SRGB_CHROMATICITIES)):
+        named.append("cHRM")
+    return named
 
 
 def alpha_for(output_format: str, alpha: np.ndarray | None) -> np.ndarray | None:

@@ -186,6 +186,14 @@ def test_png_gamma_primaries_and_srgb_chunks_are_carried_to_png_output(client, s
     assert info["chromaticity"] == (0.3127, 0.329, 0.64, 0.33, 0.3, 0.6, 0.15, 0.06)
 
 
+def test_a_linear_png_is_400_for_jpeg_before_any_upscaling(client, monkeypatch):
+    """Its levels are light itself (gamma 1.0); a JPEG of them would be read as sRGB and show far darker."""
+    monkeypatch.setattr(pipeline, "run", lambda *args: pytest.fail("nothing should be decoded or upscaled"))
+    linear = with_chunk_after_header(save(Image.fromarray(pattern())), png_chunk(b"gAMA", struct.pack(">I", 100000)))
+    assert_message(post(client, linear, format="jpeg"), 400, "the PNG's gAMA says its levels are not sRGB",
+                   "ask for format png")
+
+
 @pytest.mark.parametrize("output_format", ["png", "jpeg"])
 def test_the_resolution_is_carried_unchanged_so_the_print_grows_with_the_pixels(client, output_format):
     """As an editor's resize with resampling does: 300 dpi stays 300 dpi, and the 4x image prints 4x as wide."""

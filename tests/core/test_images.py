@@ -399,6 +399,43 @@ def test_grey_palette_with_an_rgb_profile_stays_rgb_so_the_profile_still_applies
     assert decoded.colour.shape[-1] == 3 and decoded.icc_profile == srgb_profile()
 
 
+# --- PNG colour chunks in jpeg and webp ----------------------------------------------------------
+
+SRGB_PRIMARIES = struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)
+ADOBE_RGB_PRIMARIES = struct.pack(">8I", 31270, 32900, 64000, 33000, 21000, 71000, 15000, 6000)
+GAMMA = {"linear": png_chunk(b"gAMA", struct.pack(">I", 100000)), "1/2.2": png_chunk(b"gAMA", struct.pack(">I", 45455)),
+         "1/1.8": png_chunk(b"gAMA", struct.pack(">I", 55556)), "1/2.25": png_chunk(b"gAMA", struct.pack(">I", 44444))}
+SRGB_CHUNK = png_chunk(b"sRGB", b"\x00")
+
+
+@pytest.mark.parametrize("chunks, named", [
+    pytest.param((GAMMA["linear"],), "gAMA", id="linear"),
+    pytest.param((GAMMA["1/1.8"],), "gAMA", id="an old Mac's gamma"),
+    pytest.param((GAMMA["1/2.2"], png_chunk(b"cHRM", ADOBE_RGB_PRIMARIES)), "cHRM", id="Adobe RGB primaries"),
+    pytest.param((GAMMA["linear"], png_chunk(b"cHRM", ADOBE_RGB_PRIMARIES)), "gAMA and cHRM", id="both"),
+    pytest.param((png_chunk(b"cICP", bytes([9, 16, 0, 1])), SRGB_CHUNK), "cICP", id="HDR (BT.2100 PQ)"),
+])
+@pytest.mark.parametrize("output_format", ["jpeg", "webp"])
+def test_a_png_whose_colour_chunks_are_not_srgb_is_refused_for_jpeg_and_webp(chunks, named, output_format):
+    verb, them = ("say", "them") if " and " in named else ("says", "it")
+    with pytest.raises(InvalidInput, match=f"the PNG's {named} {verb} its levels are not sRGB, and {output_format} "
+                                           f"has no place for {them}; ask for format png"):
+        encoding.check_colour_fits(output_format, chunks, 0)
+    encoding.check_colour_fits("png", chunks, 0)
+
+
+@pytest.mark.parametrize("chunks, profile_bytes", [
+    pytest.param((GAMMA["1/2.2"], png_chunk(b"cHRM", SRGB_PRIMARIES)), 0, id="sRGB's gamma and primaries"),
+    pytest.param((GAMMA["1/2.25"],), 0, id="a gamma within 5 % of sRGB's"),
+    pytest.param((GAMMA["linear"], SRGB_CHUNK), 0, id="an sRGB chunk, which ranks above gAMA"),
+    pytest.param((GAMMA["linear"],), 3144, id="an ICC profile, carried and ranking above gAMA"),
+    pytest.param((png_chunk(b"cICP", bytes([1, 13, 0, 1])), GAMMA["linear"]), 0, id="cICP of sRGB"),
+    pytest.param((png_chunk(b"gAMA", b"\x00\x01"),), 0, id="a gAMA of the wrong length, which viewers ignore"),
+])
+def test_a_png_whose_colour_chunks_say_srgb_goes_to_jpeg(chunks, profile_bytes):
+    encoding.check_colour_fits("jpeg", chunks, profile_bytes)
+
+
 # --- Resolution (DPI) ---------------------------------------------------------------------------
 
 
