@@ -26,7 +26,7 @@ SRGB_CHROMATICITIES = (31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)
 GAMMA_TOLERANCE = 0.05
 CHROMATICITY_TOLERANCE = 1000
 # Formats without grey: Pillow writes a grey image to them as RGB.
-WITHOUT_GREY = ("WEBP",)
+WITHOUT_GREY = ("webp",)
 
 
 def check_output_size(output_format: str, size: tuple[int, int]) -> None:
@@ -37,11 +37,15 @@ def check_output_size(output_format: str, size: tuple[int, int]) -> None:
                            f"would be {width}x{height}; ask for format png")
 
 
-def check_profile_fits(output_format: str, profile_bytes: int) -> None:
-    """400 when ``output_format`` cannot hold an ICC profile of ``profile_bytes``: known from the header."""
+def check_profile_fits(output_format: str, profile_bytes: int, profile_space: bytes | None) -> None:
+    """400 when ``output_format`` cannot hold the ICC profile of ``profile_bytes`` in ``profile_space`` ('RGB ',
+    'GRAY') the result carries: known from the header. Without its profile the result would show other colours."""
     if output_format == "jpeg" and profile_bytes > MAX_JPEG_ICC_PROFILE_BYTES:
         raise InvalidInput(f"jpeg holds an ICC profile of at most {MAX_JPEG_ICC_PROFILE_BYTES} bytes and the image's "
                            f"is {profile_bytes} bytes; ask for format png or webp")
+    if output_format in WITHOUT_GREY and profile_space == b"GRAY":
+        raise InvalidInput(f"{output_format} holds no grey, and the image's grey ICC profile cannot go with the RGB it "
+                           f"would be written as; ask for format png or jpeg")
 
 
 def check_colour_fits(output_format: str, png_colour_chunks: tuple[bytes, ...], profile_bytes: int) -> None:
@@ -109,8 +113,9 @@ def encode(colour: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | No
     if pil_format == "JPEG":
         options["subsampling"] = "4:4:4" if quality >= JPEG_FULL_COLOUR_QUALITY else "4:2:0"
         options.update(_jpeg_resolution(dpi))
-    if icc_profile and not (pil_format in WITHOUT_GREY and colour.shape[-1] == 1):
-        # A grey image's profile is a GRAY one (core/images.py keeps no other), which RGB pixels cannot carry.
+    if icc_profile and not (output_format in WITHOUT_GREY and colour.shape[-1] == 1):
+        # A grey image's profile is a GRAY one (core/images.py keeps no other), which RGB pixels cannot carry: a
+        # request for such a format is refused (check_profile_fits), and the page's layers are always PNG.
         options["icc_profile"] = icc_profile
     buffer = io.BytesIO()
     image.save(buffer, pil_format, **options)

@@ -30,6 +30,8 @@ from core.containers import (ACCEPTED_FORMATS, CORRUPT_DATA_ERRORS, PngHeader, c
 from core.errors import InvalidImage, TooLarge
 
 
+# The colour spaces of the ICC profiles a result carries: the others (CMYK) are used to convert the pixels.
+CARRIED_PROFILE_SPACES = (b"RGB ", b"GRAY")
 # Formats whose further frames are the rest of an animation.
 ANIMATION_FORMATS = ("GIF", "PNG", "WEBP")
 # A TIFF directory's NewSubfileType tag, and its bits for a directory that is not a page of its own.
@@ -73,7 +75,9 @@ class Header:
     # sizes the request's buffers by them.
     samples: int
     sample_bytes: int
-    profile_bytes: int = 0  # of the ICC profile the result may carry (an RGB or grey one), else 0
+    # The ICC profile the result may carry (an RGB or grey one): its length (else 0) and colour space
+    profile_bytes: int = 0
+    profile_space: bytes | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -120,8 +124,11 @@ def read_header(data: bytes, max_pixels: int) -> Header:
         sample_bytes = 2 if (png_header and png_header.bit_depth == 16) or image.mode.startswith("I") else 1
         samples = _samples_at_most(image)
         profile = image.info.get("icc_profile")
-        profile_bytes = len(profile) if _profile_space(profile) in (b"RGB ", b"GRAY") else 0
-    return Header(image_format, width, height, turn, png_header, max_pixels, samples, sample_bytes, profile_bytes)
+        space = _profile_space(profile)
+        if space not in CARRIED_PROFILE_SPACES:
+            profile, space = b"", None
+    return Header(image_format, width, height, turn, png_header, max_pixels, samples, sample_bytes, len(profile),
+                  space)
 
 
 def _turn_to_apply(image: Image.Image, png_header: PngHeader | None) -> int:

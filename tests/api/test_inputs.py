@@ -18,6 +18,7 @@ from tests.core.test_images import (
     BAD_INPUTS,
     MODES,
     exif_orientation,
+    grey_profile,
     levels16,
     longest_jpeg_profile_and_one_byte,
     pattern,
@@ -166,6 +167,12 @@ def test_a_profile_longer_than_jpeg_holds_is_400_for_jpeg_before_any_upscaling(c
     monkeypatch.setattr(pipeline, "run", lambda *args: pytest.fail("nothing should be decoded or upscaled"))
     data = save(Image.fromarray(pattern()), "TIFF", icc_profile=longest_jpeg_profile_and_one_byte())
     assert_message(post(client, data, format="jpeg"), 400, "jpeg holds an ICC profile of at most", "png or webp")
+
+
+def test_a_grey_image_with_a_grey_profile_is_400_for_webp_before_any_upscaling(client, monkeypatch):
+    monkeypatch.setattr(pipeline, "run", lambda *args: pytest.fail("nothing should be decoded or upscaled"))
+    grey = save(Image.fromarray(pattern()).convert("L"), "JPEG", icc_profile=grey_profile())
+    assert_message(post(client, grey, format="webp"), 400, "webp holds no grey", "ask for format png or jpeg")
 
 
 def with_colour_chunks(data: bytes) -> bytes:

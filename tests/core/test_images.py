@@ -672,22 +672,32 @@ def longest_jpeg_profile_and_one_byte() -> bytes:
 
 
 @pytest.mark.parametrize("space, counted", [("RGB", True), ("GRAY", True), ("CMYK", False)])
-def test_the_header_gives_the_length_of_a_profile_the_result_may_carry(space, counted):
+def test_the_header_gives_the_length_and_space_of_a_profile_the_result_may_carry(space, counted):
     """A CMYK profile is used to convert the pixels and left out of the result, so no output format has to hold it."""
     profile = bytearray(srgb_profile())
     profile[16:20] = space.ljust(4).encode()
     header = images.read_header(save(Image.fromarray(pattern()), "TIFF", icc_profile=bytes(profile)), LIMIT)
     assert header.profile_bytes == (len(profile) if counted else 0)
+    assert header.profile_space == (space.ljust(4).encode() if counted else None)
 
 
 def test_a_profile_longer_than_jpeg_holds_is_refused_for_jpeg_only():
     too_long = len(longest_jpeg_profile_and_one_byte())
     with pytest.raises(InvalidInput, match=f"jpeg holds an ICC profile of at most {MAX_JPEG_ICC_PROFILE_BYTES} "
                                            f"bytes and the image's is {too_long} bytes; ask for format png or webp"):
-        encoding.check_profile_fits("jpeg", too_long)
-    encoding.check_profile_fits("jpeg", MAX_JPEG_ICC_PROFILE_BYTES)
+        encoding.check_profile_fits("jpeg", too_long, b"RGB ")
+    encoding.check_profile_fits("jpeg", MAX_JPEG_ICC_PROFILE_BYTES, b"RGB ")
     for output_format in ("png", "webp"):
-        encoding.check_profile_fits(output_format, too_long)
+        encoding.check_profile_fits(output_format, too_long, b"RGB ")
+
+
+def test_a_grey_profile_is_refused_for_webp_which_writes_grey_as_rgb():
+    """Photoshop gives grey images a dot gain profile: read as sRGB instead, their middle tones would shift."""
+    with pytest.raises(InvalidInput, match="webp holds no grey, and the image's grey ICC profile cannot go with the "
+                                           "RGB it would be written as; ask for format png or jpeg"):
+        encoding.check_profile_fits("webp", len(grey_profile()), b"GRAY")
+    for output_format in ("png", "jpeg"):
+        encoding.check_profile_fits(output_format, len(grey_profile()), b"GRAY")
 
 
 @pytest.mark.parametrize("output_format, mode", [("png", "RGBA"), ("webp", "RGBA"), ("jpeg", "RGB")])
