@@ -393,6 +393,16 @@ def test_grey_profile_is_kept_for_grey_and_a_mismatched_profile_is_dropped():
     assert images.decode(save(grey, icc_profile=srgb_profile()), LIMIT).icc_profile is None
 
 
+def test_a_png_profile_longer_than_the_png_reader_takes_is_refused_naming_the_limit():
+    """Not as corrupt data, which is how Pillow's reader words it; one just within the limit is read."""
+    limit = 1 << 20
+    padded = srgb_profile() + bytes(limit + 1 - len(srgb_profile()))
+    with pytest.raises(InvalidImage, match=f"ICC profile \\(iCCP\\) is longer than {limit} bytes.*shorter one"):
+        images.read_header(save(Image.fromarray(pattern()), icc_profile=padded), LIMIT)
+    fits = padded[:limit]
+    assert images.decode(save(Image.fromarray(pattern()), icc_profile=fits), LIMIT).icc_profile == fits
+
+
 def test_grey_palette_with_an_rgb_profile_stays_rgb_so_the_profile_still_applies():
     image = Image.fromarray(pattern()).convert("L").convert("P")
     decoded = images.decode(save(image, icc_profile=srgb_profile()), LIMIT)
