@@ -12,6 +12,7 @@ import zlib
 from dataclasses import dataclass
 
 import png
+from PIL.PngImagePlugin import MAX_TEXT_CHUNK
 
 from core.errors import InvalidImage, TooLarge
 from core.png_encoder import SIGNATURE as PNG_SIGNATURE
@@ -35,6 +36,7 @@ PNG_CRITICAL_CHUNKS = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
 # and the coding-independent code points and mastering volume and light levels of an HDR image. They come
 # before the pixel data.
 PNG_COLOUR_CHUNKS = (b"gAMA", b"cHRM", b"sRGB", b"cICP", b"mDCV", b"cLLI")
+MAX_PNG_PROFILE_NAME = 79  # an iCCP chunk's name, before its NUL
 
 # What decoders raise on corrupt data: Pillow's plugins and pypng use all of these.
 CORRUPT_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
@@ -149,6 +151,8 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
             header = PngHeader(width, height, bit_depth, None)
         elif kind == b"eXIf":
             exif = bytes(body)
+        elif kind == b"iCCP":
+            _check_png_profile(body)
         elif kind == b"IDAT":
             pixel_data.append(body)
         elif kind in PNG_COLOUR_CHUNKS and not pixel_data:
@@ -162,6 +166,20 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
     if header.bit_depth == 16:
         _check_inflated_size(pixel_data, header, colour_type)
     return PngHeader(header.width, header.height, header.bit_depth, exif, tuple(colour_chunks))
+
+
+def _check_png_profile(body: memoryview) -> None:
+    """400 naming the limit for an ICC profile longer than Pillow's PNG reader takes, which it reports as corrupt.
+    A profile that does not inflate is left to the reader, which drops it as viewers do."""
+    compressed = body[bytes(body[:MAX_PNG_PROFILE_NAME + 1]).find(b"\x00") + 2:]
+    try:
+        inflater = zlib.decompressobj()
+        inflater.decompress(compressed, MAX_TEXT_CHUNK)
+    except zlib.error:
+        return
+    if inflater.unconsumed_tail:
+        raise InvalidImage(f"the PNG image's ICC profile (iCCP) is longer than {MAX_TEXT_CHUNK} bytes, the most the "
+                           f"PNG reader takes (an RGB profile is a few kB to a few hundred); embed a shorter one")
 
 
 def _check_inflated_size(pixel_data: list[memoryview], header: PngHeader, colour_type: int) -> None:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 import png
@@ -28,12 +30,23 @@ from core.containers import (ACCEPTED_FORMATS, CORRUPT_DATA_ERRORS, PngHeader, c
 from core.errors import InvalidImage, TooLarge
 
 
+# The colour spaces of the ICC profiles a result carries: the others (CMYK) are used to convert the pixels.
+CARRIED_PROFILE_SPACES = (b"RGB ", b"GRAY")
+# Formats whose further frames are the rest of an animation.
+ANIMATION_FORMATS = ("GIF", "PNG", "WEBP")
+# A TIFF directory's NewSubfileType tag, and its bits for a directory that is not a page of its own.
+TIFF_NEW_SUBFILE_TYPE = 254
+TIFF_REDUCED_RESOLUTION, TIFF_TRANSPARENCY_MASK = 1, 4
+TIFF_X_RESOLUTION, TIFF_Y_RESOLUTION = 282, 283
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     colour: np.ndarray            # (H, W, 1) grey or (H, W, 3) RGB; uint8 or uint16
     alpha: np.ndarray | None      # (H, W), same dtype as colour
     icc_profile: bytes | None
     png_colour_chunks: tuple[bytes, ...] = ()  # a PNG's gAMA, cHRM, sRGB, ... (core/containers.py)
+    dpi: tuple[float, float] | None = None  # (across, down) as displayed
 
     @property
     def height(self) -> int:
@@ -62,6 +75,9 @@ class Header:
     # sizes the request's buffers by them.
     samples: int
     sample_bytes: int
+    # The ICC profile the result may carry (an RGB or grey one): its length (else 0) and colour space
+    profile_bytes: int = 0
+    profile_space: bytes | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -100,11 +116,19 @@ def read_header(data: bytes, max_pixels: int) -> Header:
     png_header = check(data, image_format, max_pixels)
     with _reading(image_format, max_pixels), Image.open(io.BytesIO(data), formats=(image_format,)) as image:
         check_pixels(image.size, max_pixels)
+        _check_one_picture(image)
+        if image.mode == "F":
+            raise InvalidImage("32-bit floating-point images are not supported; save the image with 8 or 16 bits")
         turn = _turn_to_apply(image, png_header)
         width, height = orientation.displayed(*image.size, turn)
         sample_bytes = 2 if (png_header and png_header.bit_depth == 16) or image.mode.startswith("I") else 1
         samples = _samples_at_most(image)
-    return Header(image_format, width, height, turn, png_header, max_pixels, samples, sample_bytes)
+        profile = image.info.get("icc_profile")
+        space = _profile_space(profile)
+        if space not in CARRIED_PROFILE_SPACES:
+            profile, space = b"", None
+    return Header(image_format, width, height, turn, png_header, max_pixels, samples, sample_bytes, len(profile),
+                  space)
 
 
 def _turn_to_apply(image: Image.Image, png_header: PngHeader | None) -> int:
@@ -115,6 +139,23 @@ def _turn_to_apply(image: Image.Image, png_header: PngHeader | None) -> int:
         # From the chunk walk: Pillow's getexif decodes every pixel of a PNG to look past its IDAT.
         return orientation.from_exif(png_header.exif)
     return orientation.of_image(image)
+
+
+def _check_one_picture(image: Image.Image) -> None:
+    """400 for an animation (GIF, WebP, APNG) or a TIFF of several pages: the answer would be its first frame or
+    page, the others dropped without a word. A JPEG's further pictures (MPO: a phone's preview or depth map, a
+    stereo camera's other eye) and a TIFF's reduced-resolution copy or transparency mask are not the picture, and
+    are left out."""
+    if image.format in ANIMATION_FORMATS and getattr(image, "is_animated", False):
+        raise InvalidImage(f"the {image.format} image is an animation of more than one frame, and only still "
+                           f"images are upscaled; send one frame (as PNG, say)")
+    if image.format == "TIFF" and image.is_animated:
+        image.seek(1)
+        kind = image.tag_v2.get(TIFF_NEW_SUBFILE_TYPE, 0)
+        image.seek(0)
+        if not kind & (TIFF_REDUCED_RESOLUTION | TIFF_TRANSPARENCY_MASK):
+            raise InvalidImage("the TIFF image has more than one page, and only single images are upscaled; "
+                               "send one page")
 
 
 def _samples_at_most(image: Image.Image) -> int:
@@ -133,6 +174,8 @@ def decode_pixels(data: bytes, header: Header) -> DecodedImage:
     """The pixels of ``data`` whose ``header`` has been read; 400 where they turn out corrupt."""
     with _reading(header.image_format, header.max_pixels):
         image = Image.open(io.BytesIO(data), formats=(header.image_format,))
+        # Pillow turns a TIFF's pixels itself (the header's turn is then 1), not its resolution
+        dpi = _dpi(_stored_dpi(image), orientation.of_image(image) if image.format == "TIFF" else header.orientation)
         if header.png16:
             colour, alpha = _png16_pixels(data)
             icc = image.info.get("icc_profile")
@@ -141,7 +184,7 @@ def decode_pixels(data: bytes, header: Header) -> DecodedImage:
             colour, alpha, icc = _pillow_pixels(image)
     return DecodedImage(orientation.apply(colour, header.orientation),
                         None if alpha is None else orientation.apply(alpha, header.orientation),
-                        _matching_profile(icc, colour.shape[-1]), header.png.colour_chunks if header.png else ())
+                        _matching_profile(icc, colour.shape[-1]), header.png.colour_chunks if header.png else (), dpi)
 
 
 def decode(data: bytes, max_pixels: int) -> DecodedImage:
@@ -195,11 +238,8 @@ def _png16_pixels(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _pillow_pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
     icc = image.info.get("icc_profile")
-    if image.mode == "F":
-        raise InvalidImage("32-bit floating-point images are not supported; save the image with 8 or 16 bits")
     if image.mode.startswith("I"):  # I;16, I;16B, I: integer grey, kept at 16 bits
-        grey = np.asarray(image).astype(np.int64).clip(0, 65535).astype(np.uint16)
-        return grey[..., None], None, icc
+        return _grey_16_bit(np.asarray(image))[..., None], None, icc
     if image.mode == "CMYK":
         image, icc = _cmyk_as_srgb(image, icc), None  # sRGB, the colour space assumed without a profile
     has_alpha = image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
@@ -209,6 +249,18 @@ def _pillow_pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, b
     pixels = np.asarray(image if image.mode == mode else image.convert(mode))
     colour = np.ascontiguousarray(pixels[..., :1] if grey else pixels[..., :3])
     return colour, np.ascontiguousarray(pixels[..., 3]) if has_alpha else None, icc
+
+
+def _grey_16_bit(levels: np.ndarray) -> np.ndarray:
+    """Integer grey as 16-bit levels; 400 for a 32-bit image with levels outside 0..65535, which clipping would
+    flatten (a signed image's negative levels, counts past 65535) into a different picture."""
+    if levels.dtype == np.uint16:
+        return levels
+    lowest, highest = int(levels.min()), int(levels.max())
+    if lowest < 0 or highest > 65535:
+        raise InvalidImage(f"the 32-bit grey image has levels from {lowest} to {highest}, and 0 to 65535 (16 bits) "
+                           f"are the most that are kept; save the image with 8 or 16 bits")
+    return levels.astype(np.uint16)
 
 
 def _cmyk_as_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
@@ -238,6 +290,24 @@ def _palette_is_grey(image: Image.Image) -> bool:
 def _profile_space(icc: bytes | None) -> bytes | None:
     """The colour space an ICC profile describes ('RGB ', 'GRAY', 'CMYK', ...), from its header."""
     return icc[16:20] if isinstance(icc, bytes) and len(icc) >= 128 else None
+
+
+def _stored_dpi(image: Image.Image) -> object:
+    """Pillow's ``dpi``, but for a TIFF without resolution tags, to which Pillow gives 1 dpi."""
+    if image.format == "TIFF" and not {TIFF_X_RESOLUTION, TIFF_Y_RESOLUTION} <= image.tag_v2.keys():
+        return None
+    return image.info.get("dpi")
+
+
+def _dpi(stored: object, turn: int) -> tuple[float, float] | None:
+    """The resolution Pillow read (a PNG's pHYs, a JPEG's JFIF or EXIF, a TIFF's or BMP's), across and down as
+    displayed; None where there is none, or none with a size (0, not a number)."""
+    if not (isinstance(stored, tuple) and len(stored) == 2 and all(isinstance(value, Real) for value in stored)):
+        return None
+    across, down = (float(value) for value in stored)  # a TIFF's are fractions
+    if not (0 < across < math.inf and 0 < down < math.inf):
+        return None
+    return (down, across) if turn in orientation.QUARTER_TURNS else (across, down)
 
 
 def _matching_profile(icc: bytes | None, channels: int) -> bytes | None:

@@ -107,7 +107,8 @@ def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, sta
     colour = blend(layers, options.strength)
     with work.stages.time("encode"):
         encoded = encoding.encode(colour, layers.alpha, image.icc_profile, options.output_format, options.quality,
-                                  settings.png_compression_level, settings.worker_cores, image.png_colour_chunks)
+                                  settings.png_compression_level, settings.worker_cores, image.png_colour_chunks,
+                                  image.dpi)
         encoded_layers = _encoded_layers(layers, image, settings) if plan.with_layers else None
     return Result(encoded, OUTPUT_FORMATS[options.output_format][1], colour.shape[1], colour.shape[0],
                   network.name, image.width, image.height, encoded_layers, work.stages)
@@ -286,5 +287,6 @@ def _resized(colour: np.ndarray, size: Size) -> np.ndarray:
 
 def _encoded_layers(layers: Layers, image: images.DecodedImage, settings: Settings) -> dict[str, bytes]:
     return {name: encoding.encode(pixels, layers.alpha, image.icc_profile, LAYER_FORMAT, 100,
-                                  settings.png_compression_level, settings.worker_cores, image.png_colour_chunks)
+                                  settings.png_compression_level, settings.worker_cores, image.png_colour_chunks,
+                                  image.dpi)
             for name, pixels in (("model", layers.model), ("lanczos", layers.lanczos))}

@@ -50,25 +50,25 @@ class Planes:
 
 
 def encode_png(pixels: np.ndarray, icc_profile: bytes | None, level: int, parts: int,
-               alpha: np.ndarray | None = None, colour_chunks: tuple[bytes, ...] = ()) -> bytes:
+               alpha: np.ndarray | None = None, chunks: tuple[bytes, ...] = ()) -> bytes:
     """``pixels`` (H, W, C) uint8 or uint16 with C in 1..4, as a PNG at zlib ``level`` on ``parts`` threads.
 
     ``alpha`` (H, W), of the pixels' dtype, is written as one more channel, joined a block of rows at a time:
-    a joined copy of the whole image would cost as much memory as the image. ``colour_chunks`` are whole
-    chunks (gAMA, cHRM, sRGB, ...) written as they are, before the pixel data as PNG requires."""
+    a joined copy of the whole image would cost as much memory as the image. ``chunks`` are whole chunks
+    (gAMA, cHRM, sRGB, pHYs, ...) written as they are, before the pixel data as PNG requires."""
     planes = Planes(pixels, alpha)
     height, width, channels = planes.shape
     depth = 16 if pixels.dtype == np.uint16 else 8
     header = struct.pack(">IIBBBBB", width, height, depth, COLOUR_TYPES[channels], 0, 0, 0)
-    pieces = [SIGNATURE, *_chunk(b"IHDR", [header]), *colour_chunks]
+    pieces = [SIGNATURE, *chunk(b"IHDR", [header]), *chunks]
     if icc_profile:
-        pieces += _chunk(b"iCCP", [b"ICC Profile\x00\x00" + zlib.compress(icc_profile)])
-    pieces += [*_chunk(b"IDAT", _zlib_stream(planes, level, parts)), *_chunk(b"IEND", [])]
+        pieces += chunk(b"iCCP", [b"ICC Profile\x00\x00" + zlib.compress(icc_profile)])
+    pieces += [*chunk(b"IDAT", _zlib_stream(planes, level, parts)), *chunk(b"IEND", [])]
     # One join: a large result's compressed bytes are copied once, as Pillow's BytesIO copies them.
     return b"".join(pieces)
 
 
-def _chunk(kind: bytes, body: list[bytes]) -> list[bytes]:
+def chunk(kind: bytes, body: list[bytes]) -> list[bytes]:
     """A chunk as pieces, its body left in the pieces it came in."""
     crc = zlib.crc32(kind)
     for piece in body:

@@ -115,6 +115,9 @@ class Service:
                                     enlargement(*header.size, options), options.denoise)
         output = plan_output(*header.size, options, network.scale)
         encoding.check_output_size(options.output_format, output.output)
+        encoding.check_profile_fits(options.output_format, header.profile_bytes, header.profile_space)
+        encoding.check_colour_fits(options.output_format, header.png.colour_chunks if header.png else (),
+                                   header.profile_bytes)
         # strength 0 is the Lanczos enlargement alone (the page's layers still show the model's result): the
         # network's limits, time and memory are not its to meet
         runs_network = runs_model(options.strength, with_layers)

@@ -13,11 +13,14 @@ import png
 import pytest
 from PIL import Image
 
+from core import pipeline
 from tests.core.test_images import (
     BAD_INPUTS,
     MODES,
     exif_orientation,
+    grey_profile,
     levels16,
+    longest_jpeg_profile_and_one_byte,
     pattern,
     png16,
     png_chunk,
@@ -100,11 +103,10 @@ def test_a_dark_image_stays_dark(client):
     assert dark.max() == 40 and abs(result.mean() - dark.mean()) < 4
 
 
-def test_animated_gif_upscales_its_first_frame(client):
+def test_an_animated_gif_is_400_rather_than_its_first_frame_alone(client):
     frames = [Image.new("RGB", (16, 16), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     data = save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
-    red, green, blue = np.asarray(opened(post(client, data)).convert("RGB"), np.float32).mean(axis=(0, 1))
-    assert red > 200 and blue < 50
+    assert_message(post(client, data), 400, "the GIF image is an animation of more than one frame", "send one frame")
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4], ids=["grey", "grey+alpha", "RGB", "RGBA"])
@@ -160,6 +162,19 @@ def test_icc_profile_is_carried_to_16_bit_output(client):
     assert opened(response).info.get("icc_profile") == source.info["icc_profile"]
 
 
+def test_a_profile_longer_than_jpeg_holds_is_400_for_jpeg_before_any_upscaling(client, monkeypatch):
+    """Pillow would write it with its markers' one-byte count wrapped around: a JPEG whose profile no viewer reads."""
+    monkeypatch.setattr(pipeline, "run", lambda *args: pytest.fail("nothing should be decoded or upscaled"))
+    data = save(Image.fromarray(pattern()), "TIFF", icc_profile=longest_jpeg_profile_and_one_byte())
+    assert_message(post(client, data, format="jpeg"), 400, "jpeg holds an ICC profile of at most", "png or webp")
+
+
+def test_a_grey_image_with_a_grey_profile_is_400_for_webp_before_any_upscaling(client, monkeypatch):
+    monkeypatch.setattr(pipeline, "run", lambda *args: pytest.fail("nothing should be decoded or upscaled"))
+    grey = save(Image.fromarray(pattern()).convert("L"), "JPEG", icc_profile=grey_profile())
+    assert_message(post(client, grey, format="webp"), 400, "webp holds no grey", "ask for format png or jpeg")
+
+
 def with_colour_chunks(data: bytes) -> bytes:
     """A PNG marked as linear (gamma 1.0) with its primaries and an sRGB rendering intent: viewers map its levels by
     these chunks, so an answer without them would look darker."""
@@ -176,6 +191,23 @@ def test_png_gamma_primaries_and_srgb_chunks_are_carried_to_png_output(client, s
     info = opened(response).info
     assert info["gamma"] == 1.0 and info["srgb"] == 1
     assert info["chromaticity"] == (0.3127, 0.329, 0.64, 0.33, 0.3, 0.6, 0.15, 0.06)
+
+
+def test_a_linear_png_is_400_for_jpeg_before_any_upscaling(client, monkeypatch):
+    """Its levels are light itself (gamma 1.0); a JPEG of them would be read as sRGB and show far darker."""
+    monkeypatch.setattr(pipeline, "run", lambda *args: pytest.fail("nothing should be decoded or upscaled"))
+    linear = with_chunk_after_header(save(Image.fromarray(pattern())), png_chunk(b"gAMA", struct.pack(">I", 100000)))
+    assert_message(post(client, linear, format="jpeg"), 400, "the PNG's gAMA says its levels are not sRGB",
+                   "ask for format png")
+
+
+@pytest.mark.parametrize("output_format", ["png", "jpeg"])
+def test_the_resolution_is_carried_unchanged_so_the_print_grows_with_the_pixels(client, output_format):
+    """As an editor's resize with resampling does: 300 dpi stays 300 dpi, and the 4x image prints 4x as wide."""
+    data = save(Image.fromarray(pattern()), dpi=(300, 150))
+    response = post(client, data, format=output_format)
+    assert response.status_code == 200, response.data
+    assert opened(response).info["dpi"] == pytest.approx((300, 150), abs=0.02)
 
 
 # --- Options ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageCms, ImageOps
 
 from core import containers, encoding, images
-from core.formats import OUTPUT_FORMATS
+from core.formats import MAX_JPEG_ICC_PROFILE_BYTES, OUTPUT_FORMATS
 from core.resize import BLEED_REACH, bleed_into_transparency, resize
 from core.errors import InvalidImage, InvalidInput, TooLarge
 from tests.conftest import encode
@@ -195,13 +195,39 @@ def test_rgba_alpha_is_exact():
     assert (decoded.alpha[:, :8] == 0).all() and (decoded.alpha[:, 8:] == 255).all()
 
 
-@pytest.mark.parametrize("image_format, options", [("GIF", {}), ("WEBP", {"lossless": True}), ("PNG", {})])
-def test_animation_gives_its_first_frame(image_format, options):
+def red_then_blue(image_format: str, **options) -> bytes:
     red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
-    data = save(red, image_format, save_all=True, append_images=[blue], duration=100, **options)
-    decoded = images.decode(data, LIMIT)
-    assert decoded.colour.shape == (8, 8, 3)
+    return save(red, image_format, save_all=True, append_images=[blue], **options)
+
+
+@pytest.mark.parametrize("image_format, options", [("GIF", {}), ("WEBP", {"lossless": True}), ("PNG", {})])
+def test_an_animation_is_refused_rather_than_cut_to_its_first_frame(image_format, options):
+    with pytest.raises(InvalidImage, match=f"the {image_format} image is an animation.*send one frame"):
+        images.read_header(red_then_blue(image_format, duration=100, **options), LIMIT)
+
+
+def test_a_tiff_of_several_pages_is_refused_rather_than_cut_to_its_first():
+    with pytest.raises(InvalidImage, match="the TIFF image has more than one page.*send one page"):
+        images.read_header(red_then_blue("TIFF"), LIMIT)
+
+
+def test_a_tiff_whose_second_directory_is_a_reduced_copy_gives_its_first_page():
+    # Pillow writes the tag into every directory it saves; the second one's is what says it is no page
+    decoded = images.decode(red_then_blue("TIFF", tiffinfo={images.TIFF_NEW_SUBFILE_TYPE: 1}), LIMIT)
     assert tuple(decoded.colour[4, 4]) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("image_format, options", [("GIF", {}), ("WEBP", {"lossless": True}), ("PNG", {})])
+def test_an_animation_of_one_frame_is_a_still_image(image_format, options):
+    data = save(Image.new("RGB", (8, 8), (255, 0, 0)), image_format, save_all=True, append_images=[], **options)
+    assert tuple(images.decode(data, LIMIT).colour[4, 4]) == (255, 0, 0)
+
+
+def test_the_first_picture_of_an_mpo_is_the_image():
+    """A phone's JPEG may carry a preview or a depth map as a second picture (MPO): it is no frame of the image."""
+    data = red_then_blue("MPO")
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    assert (np.abs(images.decode(data, LIMIT).colour[4, 4].astype(int) - (255, 0, 0)) < 8).all()
 
 
 # --- 16 bits ------------------------------------------------------------------------------------
@@ -367,10 +393,97 @@ def test_grey_profile_is_kept_for_grey_and_a_mismatched_profile_is_dropped():
     assert images.decode(save(grey, icc_profile=srgb_profile()), LIMIT).icc_profile is None
 
 
+def test_a_png_profile_longer_than_the_png_reader_takes_is_refused_naming_the_limit():
+    """Not as corrupt data, which is how Pillow's reader words it; one just within the limit is read."""
+    limit = 1 << 20
+    padded = srgb_profile() + bytes(limit + 1 - len(srgb_profile()))
+    with pytest.raises(InvalidImage, match=f"ICC profile \\(iCCP\\) is longer than {limit} bytes.*shorter one"):
+        images.read_header(save(Image.fromarray(pattern()), icc_profile=padded), LIMIT)
+    fits = padded[:limit]
+    assert images.decode(save(Image.fromarray(pattern()), icc_profile=fits), LIMIT).icc_profile == fits
+
+
 def test_grey_palette_with_an_rgb_profile_stays_rgb_so_the_profile_still_applies():
     image = Image.fromarray(pattern()).convert("L").convert("P")
     decoded = images.decode(save(image, icc_profile=srgb_profile()), LIMIT)
     assert decoded.colour.shape[-1] == 3 and decoded.icc_profile == srgb_profile()
+
+
+# --- PNG colour chunks in jpeg and webp ----------------------------------------------------------
+
+SRGB_PRIMARIES = struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)
+ADOBE_RGB_PRIMARIES = struct.pack(">8I", 31270, 32900, 64000, 33000, 21000, 71000, 15000, 6000)
+GAMMA = {"linear": png_chunk(b"gAMA", struct.pack(">I", 100000)), "1/2.2": png_chunk(b"gAMA", struct.pack(">I", 45455)),
+         "1/1.8": png_chunk(b"gAMA", struct.pack(">I", 55556)), "1/2.25": png_chunk(b"gAMA", struct.pack(">I", 44444))}
+SRGB_CHUNK = png_chunk(b"sRGB", b"\x00")
+
+
+@pytest.mark.parametrize("chunks, named", [
+    pytest.param((GAMMA["linear"],), "gAMA", id="linear"),
+    pytest.param((GAMMA["1/1.8"],), "gAMA", id="an old Mac's gamma"),
+    pytest.param((GAMMA["1/2.2"], png_chunk(b"cHRM", ADOBE_RGB_PRIMARIES)), "cHRM", id="Adobe RGB primaries"),
+    pytest.param((GAMMA["linear"], png_chunk(b"cHRM", ADOBE_RGB_PRIMARIES)), "gAMA and cHRM", id="both"),
+    pytest.param((png_chunk(b"cICP", bytes([9, 16, 0, 1])), SRGB_CHUNK), "cICP", id="HDR (BT.2100 PQ)"),
+])
+@pytest.mark.parametrize("output_format", ["jpeg", "webp"])
+def test_a_png_whose_colour_chunks_are_not_srgb_is_refused_for_jpeg_and_webp(chunks, named, output_format):
+    verb, them = ("say", "them") if " and " in named else ("says", "it")
+    with pytest.raises(InvalidInput, match=f"the PNG's {named} {verb} its levels are not sRGB, and {output_format} "
+                                           f"has no place for {them}; ask for format png"):
+        encoding.check_colour_fits(output_format, chunks, 0)
+    encoding.check_colour_fits("png", chunks, 0)
+
+
+@pytest.mark.parametrize("chunks, profile_bytes", [
+    pytest.param((GAMMA["1/2.2"], png_chunk(b"cHRM", SRGB_PRIMARIES)), 0, id="sRGB's gamma and primaries"),
+    pytest.param((GAMMA["1/2.25"],), 0, id="a gamma within 5 % of sRGB's"),
+    pytest.param((GAMMA["linear"], SRGB_CHUNK), 0, id="an sRGB chunk, which ranks above gAMA"),
+    pytest.param((GAMMA["linear"],), 3144, id="an ICC profile, carried and ranking above gAMA"),
+    pytest.param((png_chunk(b"cICP", bytes([1, 13, 0, 1])), GAMMA["linear"]), 0, id="cICP of sRGB"),
+    pytest.param((png_chunk(b"gAMA", b"\x00\x01"),), 0, id="a gAMA of the wrong length, which viewers ignore"),
+])
+def test_a_png_whose_colour_chunks_say_srgb_goes_to_jpeg(chunks, profile_bytes):
+    encoding.check_colour_fits("jpeg", chunks, profile_bytes)
+
+
+# --- Resolution (DPI) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "TIFF", "BMP"])
+def test_the_resolution_is_read_across_and_down(image_format):
+    dpi = images.decode(save(Image.fromarray(pattern()), image_format, dpi=(300, 150)), LIMIT).dpi
+    assert dpi == pytest.approx((300, 150), abs=0.02)
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "TIFF"])
+def test_the_resolution_turns_with_the_exif_orientation(image_format):
+    data = save(Image.fromarray(pattern(6, 10)), image_format, dpi=(300, 150), exif=exif_orientation(6))
+    assert images.decode(data, LIMIT).dpi == (150, 300)
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(lambda: save(Image.fromarray(pattern())), id="png without pHYs"),
+    pytest.param(lambda: save(Image.fromarray(pattern()), "TIFF"), id="tiff without resolution tags"),
+    pytest.param(lambda: save(Image.fromarray(pattern()), "TIFF", resolution=100, resolution_unit=1),
+                 id="tiff of no unit"),
+    pytest.param(lambda: save(Image.fromarray(pattern()), "WEBP"), id="webp"),
+])
+def test_an_image_without_a_resolution_in_inches_has_none(data):
+    """Pillow gives a TIFF without resolution tags 1 dpi: no resolution is not one dot per inch."""
+    assert images.decode(data(), LIMIT).dpi is None
+
+
+@pytest.mark.parametrize("output_format, dpi", [("png", (300.4, 150)), ("jpeg", (300, 150)), ("webp", None)])
+def test_the_resolution_is_written_where_the_format_holds_one(output_format, dpi):
+    """PNG keeps fractions of a dot per inch (in dots per metre); JPEG keeps whole ones."""
+    encoded = encoding.encode(pattern(), None, None, output_format, 90, 6, 2, dpi=(300.4, 150))
+    assert Image.open(io.BytesIO(encoded)).info.get("dpi") == (None if dpi is None else pytest.approx(dpi, abs=0.02))
+
+
+@pytest.mark.parametrize("output_format", ["png", "jpeg"])
+def test_a_resolution_past_what_the_format_holds_is_left_out(output_format):
+    encoded = encoding.encode(pattern(), None, None, output_format, 90, 6, 2, dpi=(1e12, 1e12))
+    assert "dpi" not in Image.open(io.BytesIO(encoded)).info
 
 
 # --- Limits -------------------------------------------------------------------------------------
@@ -515,9 +628,23 @@ def test_bad_input_is_invalid_image_saying_what_is_wrong(name):
         images.decode(build(), LIMIT)
 
 
-def test_float_tiff_is_refused_with_a_reason():
+def test_float_tiff_is_refused_with_a_reason_from_its_header():
+    """Before the request queues and its memory is reserved: the mode is in the header."""
     data = save(Image.fromarray(np.zeros((8, 8), np.float32)), "TIFF")
     with pytest.raises(InvalidImage, match="floating-point"):
+        images.read_header(data, LIMIT)
+
+
+def test_32_bit_grey_tiff_within_16_bits_keeps_every_level():
+    pixels = np.array([[0, 1, 40000, 65535]], np.int32)
+    decoded = images.decode(save(Image.fromarray(pixels), "TIFF"), LIMIT)
+    assert decoded.colour.dtype == np.uint16 and np.array_equal(decoded.colour[..., 0], pixels)
+
+
+@pytest.mark.parametrize("levels, named", [((-5, 100), "from -5 to 100"), ((0, 70000), "from 0 to 70000")])
+def test_32_bit_grey_tiff_with_levels_past_16_bits_is_refused_not_clipped(levels, named):
+    data = save(Image.fromarray(np.array([levels], np.int32)), "TIFF")
+    with pytest.raises(InvalidImage, match=f"32-bit grey image has levels {named}.*0 to 65535"):
         images.decode(data, LIMIT)
 
 
@@ -546,6 +673,41 @@ def test_webp_side_limit_is_checked_before_upscaling():
     with pytest.raises(InvalidInput, match="webp holds at most 16383 pixels a side.*20000x400"):
         encoding.check_output_size("webp", (20000, 400))
     encoding.check_output_size("png", (20000, 400))
+
+
+def longest_jpeg_profile_and_one_byte() -> bytes:
+    """An RGB profile one byte longer than a JPEG holds (a real one's header, padded)."""
+    profile = srgb_profile()
+    return profile + bytes(MAX_JPEG_ICC_PROFILE_BYTES + 1 - len(profile))
+
+
+@pytest.mark.parametrize("space, counted", [("RGB", True), ("GRAY", True), ("CMYK", False)])
+def test_the_header_gives_the_length_and_space_of_a_profile_the_result_may_carry(space, counted):
+    """A CMYK profile is used to convert the pixels and left out of the result, so no output format has to hold it."""
+    profile = bytearray(srgb_profile())
+    profile[16:20] = space.ljust(4).encode()
+    header = images.read_header(save(Image.fromarray(pattern()), "TIFF", icc_profile=bytes(profile)), LIMIT)
+    assert header.profile_bytes == (len(profile) if counted else 0)
+    assert header.profile_space == (space.ljust(4).encode() if counted else None)
+
+
+def test_a_profile_longer_than_jpeg_holds_is_refused_for_jpeg_only():
+    too_long = len(longest_jpeg_profile_and_one_byte())
+    with pytest.raises(InvalidInput, match=f"jpeg holds an ICC profile of at most {MAX_JPEG_ICC_PROFILE_BYTES} "
+                                           f"bytes and the image's is {too_long} bytes; ask for format png or webp"):
+        encoding.check_profile_fits("jpeg", too_long, b"RGB ")
+    encoding.check_profile_fits("jpeg", MAX_JPEG_ICC_PROFILE_BYTES, b"RGB ")
+    for output_format in ("png", "webp"):
+        encoding.check_profile_fits(output_format, too_long, b"RGB ")
+
+
+def test_a_grey_profile_is_refused_for_webp_which_writes_grey_as_rgb():
+    """Photoshop gives grey images a dot gain profile: read as sRGB instead, their middle tones would shift."""
+    with pytest.raises(InvalidInput, match="webp holds no grey, and the image's grey ICC profile cannot go with the "
+                                           "RGB it would be written as; ask for format png or jpeg"):
+        encoding.check_profile_fits("webp", len(grey_profile()), b"GRAY")
+    for output_format in ("png", "jpeg"):
+        encoding.check_profile_fits(output_format, len(grey_profile()), b"GRAY")
 
 
 @pytest.mark.parametrize("output_format, mode", [("png", "RGBA"), ("webp", "RGBA"), ("jpeg", "RGB")])
