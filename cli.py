@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,6 +54,7 @@ class Summary:
     unfinished: int = 0
     # Lines after the totals: in remote mode, what each server did and how many files were retried.
     notes: list[str] = field(default_factory=list)
+    not_images: Counter[str] = field(default_factory=Counter)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -125,29 +127,52 @@ def _option_problems(args: argparse.Namespace) -> Iterator[str]:
         yield "--timeout must be positive and --max-wait 0 or more"
 
 
-def plan_jobs(inputs: Iterable[Path], output: Path, suffix: str) -> tuple[list[Job], list[tuple[Path, str]]]:
-    """Every file to convert with its target, and the inputs that cannot be used, with why."""
-    jobs: list[Job] = []
-    problems: list[tuple[Path, str]] = []
+@dataclass
+class Plan:
+    jobs: list[Job] = field(default_factory=list)
+    # The inputs that cannot be used, with why.
+    problems: list[tuple[Path, str]] = field(default_factory=list)
+    # Files in the input folders left out because their names are of no accepted format, counted by suffix:
+    # a folder of photos may hold HEIC or raw files that the user should hear were not converted.
+    not_images: Counter[str] = field(default_factory=Counter)
+
+
+def plan_jobs(inputs: Iterable[Path], output: Path, suffix: str) -> Plan:
+    """Every file to convert with its target, the inputs that cannot be used, and the files left out."""
+    plan = Plan()
     for item in inputs:
-        if item.is_dir():
+        if item.is_dir() and item.resolve() == output.resolve():
+            plan.problems.append((item, "is the output folder too: the outputs would be mixed with the inputs; "
+                                        "choose another output folder"))
+        elif item.is_dir():
             root = output / item.resolve().name
-            jobs += [Job(path, (root / path.relative_to(item)).with_suffix(suffix)) for path in _images_in(item, output)]
+            plan.jobs += [Job(path, (root / path.relative_to(item)).with_suffix(suffix))
+                          for path in _images_in(item, output, plan.not_images)]
         elif item.is_file():
-            jobs.append(Job(item, (output / item.name).with_suffix(suffix)))
+            plan.jobs.append(Job(item, (output / item.name).with_suffix(suffix)))
         else:
-            problems.append((item, "no such file or folder"))
-    return _without_clashes(jobs, problems)
+            plan.problems.append((item, "no such file or folder"))
+    plan.jobs = _without_clashes(_not_onto_inputs(plan.jobs, plan.problems), plan.problems)
+    return plan
 
 
-def _images_in(folder: Path, output: Path) -> Iterator[Path]:
-    """The folder's images, but for those under ``output``: with ``-o photos/big``, the next run of
-    ``sr-upscale photos`` would take the last run's outputs for inputs and upscale them again."""
+def _images_in(folder: Path, output: Path, not_images: Counter[str]) -> Iterator[Path]:
+    """The folder's images, counting the other files in ``not_images``.
+
+    With the output folder inside this one (``-o photos/big``), the files under it are left out: the next
+    run of ``sr-upscale photos`` would take the last run's outputs for inputs and upscale them again. An
+    output folder above this one holds none of its files' outputs but at their own paths (refused later).
+    """
     suffixes = image_suffixes()
     resolved, outputs = folder.resolve(), output.resolve()
-    return (path for path in sorted(folder.rglob("*"))
-            if path.is_file() and path.suffix.lower() in suffixes
-            and not (resolved / path.relative_to(folder)).is_relative_to(outputs))
+    holds_outputs = outputs.is_relative_to(resolved)
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or (holds_outputs and (resolved / path.relative_to(folder)).is_relative_to(outputs)):
+            continue
+        if path.suffix.lower() in suffixes:
+            yield path
+        else:
+            not_images[path.suffix.lower() or "(no suffix)"] += 1
 
 
 def image_suffixes() -> set[str]:
@@ -166,8 +191,8 @@ def output_suffix(output_format: str) -> str:
     return ".jpg" if output_format == "jpeg" else f".{output_format}"
 
 
-def _without_clashes(jobs: list[Job], problems: list[tuple[Path, str]]) -> tuple[list[Job], list[tuple[Path, str]]]:
-    """``a.jpg`` and ``a.png`` would both become ``a.png``: the first wins, the others are reported."""
+def _without_clashes(jobs: list[Job], problems: list[tuple[Path, str]]) -> list[Job]:
+    """``a.jpg`` and ``a.png`` would both become ``a.png``: the first wins, the others go to ``problems``."""
     first: dict[Path, Path] = {}
     kept = []
     for job in jobs:
@@ -176,7 +201,7 @@ def _without_clashes(jobs: list[Job], problems: list[tuple[Path, str]]) -> tuple
         else:
             first[job.target] = job.source
             kept.append(job)
-    return kept, problems
+    return kept
 
 
 def load_service(model: str, tile: int | None) -> Service:
@@ -267,9 +292,10 @@ class TileBar:
 
 
 def run(args: argparse.Namespace) -> int:
-    jobs, problems = plan_jobs(args.inputs, args.output, output_suffix(args.options.output_format))
-    todo, done = split_done(jobs, args.overwrite)
-    summary = Summary(skipped=[job.source for job in done], failed=list(problems))
+    plan = plan_jobs(args.inputs, args.output, output_suffix(args.options.output_format))
+    todo, done = split_done(plan.jobs, args.overwrite)
+    summary = Summary(skipped=[job.source for job in done], failed=plan.problems,
+                      not_images=plan.not_images)
     if todo:
         status = run_remote(args, todo, summary) if args.server else run_local(args, todo, summary)
         if status:
@@ -287,6 +313,30 @@ def split_done(jobs: list[Job], overwrite: bool) -> tuple[list[Job], list[Job]]:
     for job in jobs:
         (todo if overwrite or not job.target.exists() else done).append(job)
     return todo, done
+
+
+def _not_onto_inputs(jobs: list[Job], problems: list[tuple[Path, str]]) -> list[Job]:
+    """The jobs but those whose output would be an input file (``sr-upscale photo.png -o .``), which go to
+    ``problems``: such an output is neither done already nor to be overwritten with --overwrite."""
+    targets = [_file_id(job.target) for job in jobs]
+    inputs = {_file_id(job.source) for job in jobs} if any(targets) else set()
+    kept = []
+    for job, target in zip(jobs, targets):
+        if target is not None and target in inputs:
+            problems.append((job.source, f"its output {job.target} is an input file: choose an output folder "
+                                         f"that holds no input"))
+        else:
+            kept.append(job)
+    return kept
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """The file's device and inode, which a link or another spelling of its path shares; None if it is not there."""
+    try:
+        found = path.stat()
+    except OSError:  # not there yet (or not reachable: writing it says why)
+        return None
+    return found.st_dev, found.st_ino
 
 
 def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> int:
@@ -454,6 +504,9 @@ def report(summary: Summary, output: Path) -> None:
         print(f"interrupted: {summary.unfinished} files not done; the same command does them", file=sys.stderr)
     print(f"converted {len(summary.converted)} in {summary.seconds:.1f} s, skipped {len(summary.skipped)} already done"
           f"{' (use --overwrite to redo)' if summary.skipped else ''}, failed {len(summary.failed)}; output in {output}")
+    if summary.not_images:
+        kinds = ", ".join(f"{suffix} {count}" for suffix, count in summary.not_images.most_common())
+        print(f"left out {summary.not_images.total()} files of the folders not named as an accepted image: {kinds}")
     for line in summary.notes:
         print(line)
     for source, reason in summary.failed:
