@@ -36,6 +36,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's later lo
 JOBS_PER_SERVER = 2
 # The shell's exit status for a command stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
+# The exit status when the work cannot be done at all: the model does not load, or no server takes the files.
+CANNOT_WORK = 2
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,11 @@ class Summary:
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
-    # Files neither converted nor failed because the run was interrupted (Ctrl-C).
+    # Files neither converted nor failed because the run stopped early, why ("interrupted" by Ctrl-C, or
+    # every server down), and the exit status that says so.
     unfinished: int = 0
+    stopped: str = ""
+    stop_status: int = 0
     # Lines after the totals: in remote mode, what each server did and how many files were retried.
     notes: list[str] = field(default_factory=list)
     not_images: Counter[str] = field(default_factory=Counter)
@@ -302,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
             return status
     report(summary, args.output)
     if summary.unfinished:
-        return INTERRUPTED
+        return summary.stop_status
     return 1 if summary.failed else 0
 
 
@@ -340,7 +345,7 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 
 
 def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> int:
-    """Upscale in this process; 2 when the model cannot be loaded."""
+    """Upscale in this process; CANNOT_WORK when the model cannot be loaded."""
     _show_warnings_without_tracebacks()
     options = args.options
     model = options.model
@@ -349,7 +354,7 @@ def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> in
     if state != "ready":
         why = service.registry.failure(model) or state
         print(f"sr-upscale: model {model} could not be loaded: {why}", file=sys.stderr)
-        return 2
+        return CANNOT_WORK
 
     def convert(job: Job) -> None:
         tiles = TileBar(job.source.name, service.settings.tile_batch)
@@ -364,7 +369,7 @@ def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> in
 
 
 def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> int:
-    """Send every file to the servers; 2 when none of them can take the work."""
+    """Send every file to the servers; CANNOT_WORK when none of them can take the work."""
     import remote
     from core.options import form_fields
 
@@ -383,7 +388,7 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
             max_upload_bytes = max(max_upload_bytes, offer.max_upload_bytes)
     if not usable:
         print("sr-upscale: no server can take the work", file=sys.stderr)
-        return 2
+        return CANNOT_WORK
     jobs = args.jobs or JOBS_PER_SERVER * len(usable)
     cluster = remote.Cluster(usable, jobs, args.retries, args.timeout, args.max_wait)
     options = replace(args.options, model=model)
@@ -393,16 +398,17 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
         data = read_image(job.source, max_upload_bytes)
         cluster.upscale(data, job.source.name, fields, lambda answer: write_output(job.target, answer))
 
-    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs)
+    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs, stop_on=remote.ServersDown)
     summary.notes = cluster.report() + [f"  {url}: skipped at start: {problem}" for url, problem in skipped.items()]
     return 0
 
 
-def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, summary: Summary, jobs: int) -> None:
+def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, summary: Summary, jobs: int,
+                stop_on: type[Exception] | tuple[()] = ()) -> None:
     """Run ``convert`` on every job, ``jobs`` at a time, under the files' progress bar; failures are recorded.
 
-    Ctrl-C stops at once, with the files not finished counted in ``summary.unfinished``: what is done
-    is kept, and running the same command again does the rest.
+    Ctrl-C, or a ``stop_on`` error from any job, stops at once, with the files not finished counted in
+    ``summary.unfinished``: what is done is kept, and running the same command again does the rest.
     """
     from tqdm import tqdm
 
@@ -410,6 +416,10 @@ def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, sum
     with tqdm(total=len(todo), desc=title, unit="file", position=0) as files:
         try:
             for job, error in _outcomes(todo, convert, jobs):
+                if isinstance(error, stop_on):
+                    summary.unfinished = len(todo) - files.n
+                    summary.stopped, summary.stop_status = f"stopped: {error}", CANNOT_WORK
+                    break
                 if error is None:
                     summary.converted.append(job.source)
                 else:
@@ -418,6 +428,7 @@ def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, sum
                 files.update()
         except KeyboardInterrupt:
             summary.unfinished = len(todo) - files.n
+            summary.stopped, summary.stop_status = "interrupted", INTERRUPTED
     summary.seconds = time.perf_counter() - started
 
 
@@ -501,7 +512,7 @@ def _show_warnings_without_tracebacks() -> None:
 
 def report(summary: Summary, output: Path) -> None:
     if summary.unfinished:
-        print(f"interrupted: {summary.unfinished} files not done; the same command does them", file=sys.stderr)
+        print(f"{summary.stopped}: {summary.unfinished} files not done; the same command does them", file=sys.stderr)
     print(f"converted {len(summary.converted)} in {summary.seconds:.1f} s, skipped {len(summary.skipped)} already done"
           f"{' (use --overwrite to redo)' if summary.skipped else ''}, failed {len(summary.failed)}; output in {output}")
     if summary.not_images:

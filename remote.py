@@ -1,9 +1,10 @@
 """The command line's remote mode: files sent to running servers' ``POST /model/predict``.
 
 Each file goes to the server with the fewest requests in flight. A 503 waits for its
-Retry-After and tries again on any server; a connection error, a timeout or another 5xx
-marks that server down for a while and tries the file on another one, a bounded number
-of times; a 4xx is the file's own error and is not retried. Nothing here imports
+Retry-After and tries again, on a server that has not answered 503 lately if one is free; a
+connection error, a timeout or another 5xx marks that server down for a while and tries the
+file on another one, a bounded number of times, and once every server has failed that many
+requests in a row the files left are not sent; a 4xx is the file's own error and is not retried. Nothing here imports
 TensorFlow: a laptop can drive a cluster without the service's heavy dependencies loaded.
 """
 from __future__ import annotations
@@ -24,12 +25,19 @@ DOWN_FOR_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 # When a 503 carries no usable Retry-After; the service itself always sends one (RETRY_AFTER_S).
 FALLBACK_RETRY_AFTER_S = 5.0
+# The shortest pause after a 503: "Retry-After: 0" or a date past would otherwise resend the file at once,
+# over and over, without ever reaching --max-wait.
+MIN_RETRY_AFTER_S = 1.0
 # An answer goes to its file in pieces of this size as it arrives, instead of whole into memory first.
 CHUNK_BYTES = 64 * 1024
 
 
 class FileFailed(Exception):
     """A file that cannot be upscaled: its own 4xx, or every attempt used up."""
+
+
+class ServersDown(Exception):
+    """Every server failed as many requests in a row as a file may try: the files left are not sent."""
 
 
 @dataclass
@@ -40,6 +48,10 @@ class Server:
     done: int = 0
     # Why the server was marked down, each time it was.
     downs: list[str] = field(default_factory=list)
+    # Requests failed since the last one it answered: with every server past --retries, none is coming back soon.
+    failed_in_a_row: int = 0
+    # Until then it answered 503: other servers get the files first.
+    busy_until: float = 0.0
 
 
 @dataclass
@@ -108,6 +120,7 @@ class Cluster:
         self.timeout_s = timeout_s
         self.max_wait_s = max_wait_s
         self.retried = 0  # files sent more than once
+        self.last_down = ""  # why a server was last marked down
         self._changed = threading.Condition()
 
     def report(self) -> list[str]:
@@ -146,6 +159,7 @@ class Cluster:
                     save(response.iter_content(CHUNK_BYTES))
                     with self._changed:
                         server.done += 1
+                        server.failed_in_a_row = 0
                     return Upscaled(server.url, tries.sent)
                 status, message, retry_after = response.status_code, _message(response), _retry_after(response)
         except requests.RequestException as error:
@@ -153,7 +167,11 @@ class Cluster:
             return None
         finally:
             self._release(server)
+        if status < 500 or status == 503:  # the server answers as it should
+            with self._changed:
+                server.failed_in_a_row = 0
         if status == 503:
+            self._mark_busy(server, retry_after)
             self._wait_until_retry(retry_after, message, tries)
         elif status >= 500:
             self._mark_down(server, f"HTTP {status}: {message}", tries)
@@ -169,29 +187,39 @@ class Cluster:
         time.sleep(pause)
         tries.waited += pause
 
+    def _mark_busy(self, server: Server, pause: float) -> None:
+        with self._changed:
+            server.busy_until = max(server.busy_until, time.monotonic() + pause)
+
     def _mark_down(self, server: Server, reason: str, tries: _Tries) -> None:
         """No files to ``server`` for a while; FileFailed once the file has used all its attempts."""
         with self._changed:
             server.down_until = time.monotonic() + DOWN_FOR_S
             server.downs.append(reason)
+            server.failed_in_a_row += 1
+            self.last_down = reason
             self._changed.notify_all()
         tries.failed_on.append(server.url)
         if len(tries.failed_on) > self.retries:
             raise FileFailed(f"{reason} (gave up after {len(tries.failed_on)} attempts)")
 
     def _checkout(self, avoid: list[str]) -> Server:
-        """The up server with the fewest files in flight, preferring those this file has not failed on.
+        """The up server with the fewest files in flight, preferring those that have not answered 503 lately
+        and those this file has not failed on; ServersDown once every server has failed too often in a row.
 
         Each server takes at most its share of the requests in flight: when one is down, the
         others are not sent more than their queues hold (which would only earn 503s).
         """
         with self._changed:
             while True:
+                if all(server.failed_in_a_row > self.retries for server in self.servers):
+                    raise ServersDown(f"every server failed {self.retries + 1} requests in a row "
+                                      f"(last: {self.last_down})")
                 now = time.monotonic()
                 up = [server for server in self.servers if server.down_until <= now]
                 free = [server for server in up if server.in_flight < self.per_server]
                 if free:
-                    server = min(free, key=lambda s: (s.url in avoid, s.in_flight, s.done))
+                    server = min(free, key=lambda s: (s.busy_until > now, s.url in avoid, s.in_flight, s.done))
                     server.in_flight += 1
                     return server
                 self._changed.wait(None if up else min(server.down_until for server in self.servers) - now)
@@ -206,12 +234,12 @@ def _retry_after(response: requests.Response) -> float:
     """Retry-After in seconds: a number, or an HTTP date."""
     value = response.headers.get("Retry-After", "").strip()
     if value.isdigit():
-        return float(value)
+        return max(MIN_RETRY_AFTER_S, float(value))
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return FALLBACK_RETRY_AFTER_S
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return max(MIN_RETRY_AFTER_S, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _message(response: requests.Response) -> str:

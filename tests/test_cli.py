@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli import Job, image_suffixes, output_suffix, parse_args, plan_jobs, split_done
+from cli import (CANNOT_WORK, Job, Summary, convert_all, image_suffixes, output_suffix, parse_args, plan_jobs, report,
+                 split_done)
 from config import Settings
 from core.formats import OUTPUT_FORMATS
 from tests.conftest import ROOT, SAMPLES
@@ -261,3 +262,22 @@ def test_the_docs_quote_a_failure_as_it_is_printed(tmp_path):
     assert f"{holiday / 'broken.png'}: {quoted.split(': ', 1)[1]}" in result.stderr, result.stderr
     # The files left out are counted, not silently passed over: a folder of photos may hold HEIC or raw files.
     assert "left out 3 files of the folders not named as an accepted image: .heic 2, .txt 1" in result.stdout.splitlines()
+
+
+def test_a_run_whose_servers_are_all_down_stops_and_counts_the_files_not_done(capsys):
+    """Every file left failed on its own, each after --retries + 1 tries: the run ends at once instead."""
+    from remote import ServersDown
+
+    jobs = [Job(Path(f"{index}.png"), Path(f"out/{index}.png")) for index in range(4)]
+    why = "every server failed 4 requests in a row (last: connection refused)"
+
+    def convert(job: Job) -> None:
+        if job.source.name != "0.png":
+            raise ServersDown(why)
+
+    summary = Summary()
+    convert_all(jobs, convert, "srgan x4", summary, jobs=1, stop_on=ServersDown)
+    assert (summary.converted, summary.failed, summary.unfinished) == ([Path("0.png")], [], 3)
+    assert summary.stop_status == CANNOT_WORK
+    report(summary, Path("out"))
+    assert f"stopped: {why}: 3 files not done; the same command does them" in capsys.readouterr().err.splitlines()

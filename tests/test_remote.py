@@ -22,6 +22,7 @@ import pytest
 import requests
 from PIL import Image
 
+import remote
 from core.options import OptionContext, UpscaleOptions, form_fields, parse_options
 from tests.conftest import ROOT, SAMPLES
 from harness.live_server import LiveServer, free_port, live_server
@@ -364,3 +365,116 @@ def test_options_become_the_predict_form_fields():
     # The server reads the fields back through the same schema into the same options.
     context = OptionContext(("srgan", "srresnet"), "srgan")
     assert [parse_options(form_fields(sent), context) for sent in (options, sized)] == [options, sized]
+
+
+# --- Retries against stand-in servers: no model, and no waiting (time.sleep and DOWN_FOR_S replaced) ---
+
+
+@contextmanager
+def stand_in(*answers: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[tuple[str, list[str]]]:
+    """A loopback server whose n-th /model/predict gets ``answers[n]`` (the last one once they run out).
+
+    Yields its URL and the name of the answer given to each request, in order.
+    """
+    given: list[str] = []
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            with lock:
+                answer = answers[min(len(given), len(answers) - 1)]
+                given.append(answer.__name__)
+            answer(self)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", given
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, **headers: str) -> None:
+    handler.send_response(status)
+    for name, value in {"Content-Length": str(len(body)), **headers}.items():
+        handler.send_header(name.replace("_", "-"), value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def upscaled(handler: BaseHTTPRequestHandler) -> None:
+    _send(handler, 200, b"upscaled", Content_Type="image/png")
+
+
+def busy_for_an_hour(handler: BaseHTTPRequestHandler) -> None:
+    _send(handler, 503, b'{"message": "busy"}', Retry_After="3600", Content_Type="application/json")
+
+
+# How the client words a server that hangs up: the kernel may report the closed socket either way.
+HUNG_UP = "(the connection closed without an answer|connection reset)"
+
+
+def hang_up(handler: BaseHTTPRequestHandler) -> None:
+    handler.close_connection = True  # no answer at all, as a worker killed mid-request
+
+
+def refused_by_the_file(handler: BaseHTTPRequestHandler) -> None:
+    _send(handler, 400, b'{"message": "not an image"}', Content_Type="application/json")
+
+
+@pytest.fixture()
+def pauses(monkeypatch) -> list[float]:
+    """The pauses the cluster takes after 503s, taken at once; a server marked down is up again at once."""
+    taken: list[float] = []
+    monkeypatch.setattr(remote.time, "sleep", taken.append)
+    monkeypatch.setattr(remote, "DOWN_FOR_S", 0.0)
+    return taken
+
+
+def _upscale(cluster: remote.Cluster, name: str = "a.png") -> bytes:
+    kept = []
+    cluster.upscale(b"image", name, {"model": "srgan"}, lambda pieces: kept.append(b"".join(pieces)))
+    return kept[0]
+
+
+@pytest.mark.parametrize("retry_after", ["0", "Wed, 21 Oct 2015 07:28:00 GMT"])
+def test_a_503_saying_retry_at_once_still_waits_a_second(pauses, retry_after):
+    """"Retry-After: 0" (or a date past) resent the file at once, over and over: the pauses summed to 0,
+    so --max-wait was never reached and the client hammered the server for ever."""
+    def busy_now(handler: BaseHTTPRequestHandler) -> None:
+        _send(handler, 503, b'{"message": "busy"}', Retry_After=retry_after, Content_Type="application/json")
+
+    # A bound for the old code's loop: after 20 busy answers, a 400 ends the file.
+    with stand_in(*[busy_now] * 20, refused_by_the_file) as (url, given):
+        cluster = remote.Cluster([url], jobs=1, retries=3, timeout_s=60, max_wait_s=3)
+        with pytest.raises(remote.FileFailed, match=r"the servers stayed busy for more than 3 s \(--max-wait\)"):
+            _upscale(cluster)
+    assert pauses == [remote.MIN_RETRY_AFTER_S] * 3 and given == ["busy_now"] * 4
+
+
+def test_a_server_answering_503_gets_no_new_file_while_another_is_free(pauses):
+    """After a 503 the next file went back to the busy server (it had the fewest files in flight and done),
+    and waited its Retry-After again while the other server was free."""
+    with stand_in(busy_for_an_hour) as (busy, at_busy), stand_in(upscaled) as (free, at_free):
+        cluster = remote.Cluster([busy, free], jobs=2, retries=3, timeout_s=60, max_wait_s=7200)
+        assert [_upscale(cluster, f"{index}.png") for index in range(3)] == [b"upscaled"] * 3
+    assert at_busy == ["busy_for_an_hour"] and at_free == ["upscaled"] * 3
+    assert pauses == [3600] and cluster.retried == 1
+
+
+def test_once_every_server_has_failed_a_files_tries_in_a_row_no_more_files_are_sent(pauses):
+    """With every server gone, each of the files left was still tried --retries + 1 times, DOWN_FOR_S apart:
+    a folder of 10 000 files took days to fail one by one. An answer between failures starts the count again."""
+    with stand_in(hang_up, upscaled, hang_up, upscaled, hang_up) as (url, given):
+        cluster = remote.Cluster([url], jobs=1, retries=1, timeout_s=60, max_wait_s=600)
+        assert [_upscale(cluster, name) for name in ("a.png", "b.png")] == [b"upscaled"] * 2
+        with pytest.raises(remote.FileFailed, match=rf"^{HUNG_UP} \(gave up after 2 attempts\)$"):
+            _upscale(cluster, "c.png")
+        with pytest.raises(remote.ServersDown, match=rf"^every server failed 2 requests in a row \(last: {HUNG_UP}\)$"):
+            _upscale(cluster, "d.png")
+    assert given == ["hang_up", "upscaled", "hang_up", "upscaled", "hang_up", "hang_up"]  # d.png never sent
