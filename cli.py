@@ -377,11 +377,13 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
     # Without --model, each server's own default model (probe asks it which).
     model, usable, skipped, max_upload_bytes = args.options.model if args.model else None, [], {}, 0
     for url in urls:
-        offer, problem = remote.probe(url, model)
+        offer, remark = remote.probe(url, model)  # why not, or a note on the offer
         if offer is None:
-            skipped[url] = problem
-            print(f"sr-upscale: skipping server {url}: {problem}", file=sys.stderr)
+            skipped[url] = remark
+            print(f"sr-upscale: skipping server {url}: {remark}", file=sys.stderr)
         else:
+            if remark:
+                print(f"sr-upscale: server {url}: {remark}", file=sys.stderr)
             model = offer.model
             usable.append(url)
             # A file some server takes is sent; one that every server would refuse is not read.

@@ -88,8 +88,13 @@ class Offer:
     max_upload_bytes: int
 
 
+# A model in these states is on its way to ready: its server answers 503 until then, which the files wait out.
+LOADING_STATES = ("pending", "loading")
+
+
 def probe(url: str, model: str | None) -> tuple[Offer | None, str | None]:
-    """``(offer, None)`` when the server offers ``model`` (or its default) ready, else ``(None, why not)``."""
+    """``(offer, None)`` when the server offers ``model`` (or its default) ready, ``(offer, note)`` while it
+    still loads, else ``(None, why not)``."""
     try:
         response = requests.get(f"{url}/model/metadata", timeout=CONNECT_TIMEOUT_S)
     except requests.RequestException as error:
@@ -105,6 +110,9 @@ def probe(url: str, model: str | None) -> tuple[Offer | None, str | None]:
         return None, "GET /model/metadata did not answer this service's metadata"
     if chosen not in states:
         return None, f"does not offer model {chosen} (it offers {', '.join(states)})"
+    if states[chosen] in LOADING_STATES:
+        # Started beside its servers, or during a rolling restart, a run would otherwise leave a server out to the end.
+        return Offer(chosen, max_upload_bytes), f"model {chosen} is still loading there: it gets files once ready"
     if states[chosen] != "ready":
         return None, f"model {chosen} is not ready there ({states[chosen]})"
     return Offer(chosen, max_upload_bytes), None

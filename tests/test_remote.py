@@ -371,8 +371,10 @@ def test_options_become_the_predict_form_fields():
 
 
 @contextmanager
-def stand_in(*answers: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[tuple[str, list[str]]]:
-    """A loopback server whose n-th /model/predict gets ``answers[n]`` (the last one once they run out).
+def stand_in(*answers: Callable[[BaseHTTPRequestHandler], None],
+             metadata: dict | None = None) -> Iterator[tuple[str, list[str]]]:
+    """A loopback server whose n-th /model/predict gets ``answers[n]`` (the last one once they run out),
+    and whose GET /model/metadata answers ``metadata``.
 
     Yields its URL and the name of the answer given to each request, in order.
     """
@@ -380,6 +382,9 @@ def stand_in(*answers: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[tup
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            _send(self, 200, json.dumps(metadata).encode(), Content_Type="application/json")
+
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             self.rfile.read(int(self.headers["Content-Length"]))
             with lock:
@@ -478,3 +483,24 @@ def test_once_every_server_has_failed_a_files_tries_in_a_row_no_more_files_are_s
         with pytest.raises(remote.ServersDown, match=rf"^every server failed 2 requests in a row \(last: {HUNG_UP}\)$"):
             _upscale(cluster, "d.png")
     assert given == ["hang_up", "upscaled", "hang_up", "upscaled", "hang_up", "hang_up"]  # d.png never sent
+
+
+@pytest.mark.parametrize("state, remark", [
+    ("ready", None),
+    ("loading", "model srgan is still loading there: it gets files once ready"),
+    ("pending", "model srgan is still loading there: it gets files once ready"),
+])
+def test_a_server_still_loading_its_model_takes_part(state, remark):
+    """A server whose model was still loading at the start was skipped for the whole run: started beside its
+    servers, or during a rolling restart, a run left them out to the end. It answers 503 until ready."""
+    metadata = {"default_model": "srgan", "models": [{"id": "srgan", "state": state}],
+                "limits": {"max_upload_bytes": 1000}}
+    with stand_in(upscaled, metadata=metadata) as (url, _):
+        assert remote.probe(url, None) == (remote.Offer("srgan", 1000), remark)
+
+
+def test_a_server_whose_model_failed_to_load_is_skipped():
+    metadata = {"default_model": "srgan", "models": [{"id": "srgan", "state": "failed: no weights"}],
+                "limits": {"max_upload_bytes": 1000}}
+    with stand_in(upscaled, metadata=metadata) as (url, _):
+        assert remote.probe(url, "srgan") == (None, "model srgan is not ready there (failed: no weights)")
