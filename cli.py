@@ -261,18 +261,51 @@ def read_image(path: Path, max_upload_bytes: int) -> bytes:
     return data
 
 
-def write_output(target: Path, pieces: Iterable[bytes]) -> None:
-    """Written beside the target first and renamed, so a half-written file never counts as done."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        with partial.open("wb") as file:
-            for piece in pieces:
-                file.write(piece)
-        partial.replace(target)
-    except BaseException:  # a full disk or Ctrl-C: no half file left behind
-        partial.unlink(missing_ok=True)
-        raise
+class Outputs:
+    """Writes each output beside its target first and renames it, so a half-written file never counts as done;
+    ``abandon`` removes the files being written when the run stops. The threads writing them are daemons, which
+    end with the process wherever they are: without it, Ctrl-C during an answer left its partial file behind."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._writing: set[Path] = set()
+        self._abandoned = False
+
+    def write(self, target: Path, pieces: Iterable[bytes]) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            with self._lock:
+                self._check_going_on()
+                file = partial.open("wb")
+                self._writing.add(partial)
+            with file:
+                for piece in pieces:
+                    file.write(piece)
+            with self._lock:  # renamed, or removed by abandon, never both
+                self._check_going_on()
+                partial.replace(target)
+        except BaseException:  # a full disk, a broken answer or Ctrl-C: no half file left behind
+            partial.unlink(missing_ok=True)
+            raise
+        finally:
+            with self._lock:
+                self._writing.discard(partial)
+
+    def abandon(self) -> None:
+        """Remove the files being written, and write no more."""
+        with self._lock:
+            self._abandoned = True
+            for partial in self._writing:
+                partial.unlink(missing_ok=True)
+
+    def _check_going_on(self) -> None:
+        if self._abandoned:
+            raise RunStopped("the run stopped")
+
+
+class RunStopped(Exception):
+    """An output written after its run stopped."""
 
 
 class TileBar:
@@ -356,15 +389,17 @@ def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> in
         print(f"sr-upscale: model {model} could not be loaded: {why}", file=sys.stderr)
         return CANNOT_WORK
 
+    outputs = Outputs()
+
     def convert(job: Job) -> None:
         tiles = TileBar(job.source.name, service.settings.tile_batch)
         try:
             plan = service.prepare(read_image(job.source, service.settings.max_upload_bytes), options)
-            write_output(job.target, [service.run(plan, tiles).data])
+            outputs.write(job.target, [service.run(plan, tiles).data])
         finally:
             tiles.close()
 
-    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs=1)
+    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs=1, outputs=outputs)
     return 0
 
 
@@ -396,21 +431,24 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
     options = replace(args.options, model=model)
     fields = form_fields(options)
 
+    outputs = Outputs()
+
     def convert(job: Job) -> None:
         data = read_image(job.source, max_upload_bytes)
-        cluster.upscale(data, job.source.name, fields, lambda answer: write_output(job.target, answer))
+        cluster.upscale(data, job.source.name, fields, lambda answer: outputs.write(job.target, answer))
 
-    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs, stop_on=remote.ServersDown)
+    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs, outputs, stop_on=remote.ServersDown)
     summary.notes = cluster.report() + [f"  {url}: skipped at start: {problem}" for url, problem in skipped.items()]
     return 0
 
 
 def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, summary: Summary, jobs: int,
-                stop_on: type[Exception] | tuple[()] = ()) -> None:
+                outputs: Outputs, stop_on: type[Exception] | tuple[()] = ()) -> None:
     """Run ``convert`` on every job, ``jobs`` at a time, under the files' progress bar; failures are recorded.
 
     Ctrl-C, or a ``stop_on`` error from any job, stops at once, with the files not finished counted in
-    ``summary.unfinished``: what is done is kept, and running the same command again does the rest.
+    ``summary.unfinished`` and those being written (to ``outputs``) removed: what is done is kept, and
+    running the same command again does the rest.
     """
     from tqdm import tqdm
 
@@ -419,6 +457,7 @@ def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, sum
         try:
             for job, error in _outcomes(todo, convert, jobs):
                 if isinstance(error, stop_on):
+                    outputs.abandon()
                     summary.unfinished = len(todo) - files.n
                     summary.stopped, summary.stop_status = f"stopped: {error}", CANNOT_WORK
                     break
@@ -429,6 +468,7 @@ def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, sum
                     files.write(f"failed: {job.source}: {summary.failed[-1][1]}")
                 files.update()
         except KeyboardInterrupt:
+            outputs.abandon()
             summary.unfinished = len(todo) - files.n
             summary.stopped, summary.stop_status = "interrupted", INTERRUPTED
     summary.seconds = time.perf_counter() - started

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli import (CANNOT_WORK, Job, Summary, convert_all, image_suffixes, output_suffix, parse_args, plan_jobs, report,
+from cli import (CANNOT_WORK, Job, Outputs, Summary, convert_all, image_suffixes, output_suffix, parse_args, plan_jobs, report,
                  split_done)
 from config import Settings
 from core.formats import OUTPUT_FORMATS
@@ -276,7 +276,7 @@ def test_a_run_whose_servers_are_all_down_stops_and_counts_the_files_not_done(ca
             raise ServersDown(why)
 
     summary = Summary()
-    convert_all(jobs, convert, "srgan x4", summary, jobs=1, stop_on=ServersDown)
+    convert_all(jobs, convert, "srgan x4", summary, jobs=1, outputs=Outputs(), stop_on=ServersDown)
     assert (summary.converted, summary.failed, summary.unfinished) == ([Path("0.png")], [], 3)
     assert summary.stop_status == CANNOT_WORK
     report(summary, Path("out"))

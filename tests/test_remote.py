@@ -504,3 +504,39 @@ def test_a_server_whose_model_failed_to_load_is_skipped():
                 "limits": {"max_upload_bytes": 1000}}
     with stand_in(upscaled, metadata=metadata) as (url, _):
         assert remote.probe(url, "srgan") == (None, "model srgan is not ready there (failed: no weights)")
+
+
+def test_ctrl_c_during_an_answer_leaves_no_partial_file(tmp_path):
+    """The threads writing answers are daemons, which end with the process where they are: Ctrl-C while an
+    answer arrived left its ``.name.partial`` file in the output folder."""
+    release = threading.Event()
+
+    def half_then_stall(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/png")
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        handler.wfile.write(b"x" * 10)
+        handler.wfile.flush()
+        release.wait(120)
+
+    metadata = {"default_model": "srgan", "models": [{"id": "srgan", "state": "ready"}],
+                "limits": {"max_upload_bytes": 1000}}
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(b"image")
+    out = tmp_path / "out"
+    with stand_in(half_then_stall, metadata=metadata) as (url, _):
+        run = subprocess.Popen([sys.executable, "-m", "cli", str(tmp_path / "in" / "a.png"), "-o", str(out),
+                                "--server", url], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: (out / ".a.png.partial").exists(), "the answer's partial file")
+            run.send_signal(signal.SIGINT)
+            stdout, stderr = run.communicate(timeout=120)
+        finally:
+            release.set()
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    assert run.returncode == 130, stderr[-3000:]
+    assert "interrupted: 1 files not done; the same command does them" in stderr.splitlines()
+    assert list(out.iterdir()) == []
