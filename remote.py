@@ -25,6 +25,8 @@ DOWN_FOR_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 # When a 503 carries no usable Retry-After; the service itself always sends one (RETRY_AFTER_S).
 FALLBACK_RETRY_AFTER_S = 5.0
+# A proxy's answers when no server answered it behind: as a connection error, they count towards ServersDown.
+NO_SERVER_BEHIND = (502, 504)
 # The shortest pause after a 503: "Retry-After: 0" or a date past would otherwise resend the file at once,
 # over and over, without ever reaching --max-wait.
 MIN_RETRY_AFTER_S = 1.0
@@ -48,7 +50,8 @@ class Server:
     done: int = 0
     # Why the server was marked down, each time it was.
     downs: list[str] = field(default_factory=list)
-    # Requests failed since the last one it answered: with every server past --retries, none is coming back soon.
+    # Requests it has not answered (no connection, no answer, a proxy's 502 or 504) since the last it answered:
+    # with every server past --retries, none is coming back soon.
     failed_in_a_row: int = 0
     # Until then it answered 503: other servers get the files first.
     busy_until: float = 0.0
@@ -128,7 +131,7 @@ class Cluster:
         self.timeout_s = timeout_s
         self.max_wait_s = max_wait_s
         self.retried = 0  # files sent more than once
-        self.last_down = ""  # why a server was last marked down
+        self.last_gone = ""  # why a server last failed to answer
         self._changed = threading.Condition()
 
     def report(self) -> list[str]:
@@ -163,26 +166,23 @@ class Cluster:
                                # A new connection per file: a Kubernetes Service balances
                                # connections, not requests, so this spreads files over its pods.
                                headers={"Connection": "close"}) as response:
+                self._heard_from(server, response.status_code)
                 if response.status_code == 200:
                     save(response.iter_content(CHUNK_BYTES))
                     with self._changed:
                         server.done += 1
-                        server.failed_in_a_row = 0
                     return Upscaled(server.url, tries.sent)
                 status, message, retry_after = response.status_code, _message(response), _retry_after(response)
         except requests.RequestException as error:
-            self._mark_down(server, _describe(error, self.timeout_s), tries)
+            self._mark_down(server, _describe(error, self.timeout_s), tries, gone=True)
             return None
         finally:
             self._release(server)
-        if status < 500 or status == 503:  # the server answers as it should
-            with self._changed:
-                server.failed_in_a_row = 0
         if status == 503:
             self._mark_busy(server, retry_after)
             self._wait_until_retry(retry_after, message, tries)
         elif status >= 500:
-            self._mark_down(server, f"HTTP {status}: {message}", tries)
+            self._mark_down(server, f"HTTP {status}: {message}", tries, gone=status in NO_SERVER_BEHIND)
         else:
             raise FileFailed(message)
         return None
@@ -195,17 +195,26 @@ class Cluster:
         time.sleep(pause)
         tries.waited += pause
 
+    def _heard_from(self, server: Server, status: int) -> None:
+        if status not in NO_SERVER_BEHIND:
+            with self._changed:
+                server.failed_in_a_row = 0
+
     def _mark_busy(self, server: Server, pause: float) -> None:
         with self._changed:
             server.busy_until = max(server.busy_until, time.monotonic() + pause)
 
-    def _mark_down(self, server: Server, reason: str, tries: _Tries) -> None:
-        """No files to ``server`` for a while; FileFailed once the file has used all its attempts."""
+    def _mark_down(self, server: Server, reason: str, tries: _Tries, gone: bool) -> None:
+        """No files to ``server`` for a while; FileFailed once the file has used all its attempts.
+
+        ``gone``: no server answered at all (as opposed to a 500 for this file), which counts towards ServersDown.
+        """
         with self._changed:
             server.down_until = time.monotonic() + DOWN_FOR_S
             server.downs.append(reason)
-            server.failed_in_a_row += 1
-            self.last_down = reason
+            if gone:
+                server.failed_in_a_row += 1
+                self.last_gone = reason
             self._changed.notify_all()
         tries.failed_on.append(server.url)
         if len(tries.failed_on) > self.retries:
@@ -222,7 +231,7 @@ class Cluster:
             while True:
                 if all(server.failed_in_a_row > self.retries for server in self.servers):
                     raise ServersDown(f"every server failed {self.retries + 1} requests in a row "
-                                      f"(last: {self.last_down})")
+                                      f"(last: {self.last_gone})")
                 now = time.monotonic()
                 up = [server for server in self.servers if server.down_until <= now]
                 free = [server for server in up if server.in_flight < self.per_server]

@@ -540,3 +540,18 @@ def test_ctrl_c_during_an_answer_leaves_no_partial_file(tmp_path):
     assert run.returncode == 130, stderr[-3000:]
     assert "interrupted: 1 files not done; the same command does them" in stderr.splitlines()
     assert list(out.iterdir()) == []
+
+
+def test_files_that_each_get_a_500_fail_on_their_own_without_stopping_the_run(pauses):
+    """A 500 is an answer from a server that is up (a file it cannot take): it does not count towards
+    every server being down, which would leave the rest of the folder unsent."""
+    def broken(handler: BaseHTTPRequestHandler) -> None:
+        _send(handler, 500, b'{"message": "internal error"}', Content_Type="application/json")
+
+    with stand_in(broken, broken, broken, broken, hang_up, upscaled) as (url, given):
+        cluster = remote.Cluster([url], jobs=1, retries=1, timeout_s=60, max_wait_s=600)
+        for name in ("a.png", "b.png"):
+            with pytest.raises(remote.FileFailed, match=r"^HTTP 500: internal error \(gave up after 2 attempts\)$"):
+                _upscale(cluster, name)
+        assert _upscale(cluster, "c.png") == b"upscaled"  # a failure to answer, then an answer
+    assert given == ["broken"] * 4 + ["hang_up", "upscaled"]
