@@ -39,7 +39,7 @@ class FileFailed(Exception):
 
 
 class ServersDown(Exception):
-    """Every server failed as many requests in a row as a file may try: the files left are not sent."""
+    """Every server left as many requests in a row unanswered as a file may try: the files left are not sent."""
 
 
 @dataclass
@@ -230,7 +230,7 @@ class Cluster:
         with self._changed:
             while True:
                 if all(server.failed_in_a_row > self.retries for server in self.servers):
-                    raise ServersDown(f"every server failed {self.retries + 1} requests in a row "
+                    raise ServersDown(f"every server left {self.retries + 1} requests in a row unanswered "
                                       f"(last: {self.last_gone})")
                 now = time.monotonic()
                 up = [server for server in self.servers if server.down_until <= now]

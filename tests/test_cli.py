@@ -269,7 +269,7 @@ def test_a_run_whose_servers_are_all_down_stops_and_counts_the_files_not_done(ca
     from remote import ServersDown
 
     jobs = [Job(Path(f"{index}.png"), Path(f"out/{index}.png")) for index in range(4)]
-    why = "every server failed 4 requests in a row (last: connection refused)"
+    why = "every server left 4 requests in a row unanswered (last: connection refused)"
 
     def convert(job: Job) -> None:
         if job.source.name != "0.png":

@@ -480,7 +480,7 @@ def test_once_every_server_has_failed_a_files_tries_in_a_row_no_more_files_are_s
         assert [_upscale(cluster, name) for name in ("a.png", "b.png")] == [b"upscaled"] * 2
         with pytest.raises(remote.FileFailed, match=rf"^{HUNG_UP} \(gave up after 2 attempts\)$"):
             _upscale(cluster, "c.png")
-        with pytest.raises(remote.ServersDown, match=rf"^every server failed 2 requests in a row \(last: {HUNG_UP}\)$"):
+        with pytest.raises(remote.ServersDown, match=rf"^every server left 2 requests in a row unanswered \(last: {HUNG_UP}\)$"):
             _upscale(cluster, "d.png")
     assert given == ["hang_up", "upscaled", "hang_up", "upscaled", "hang_up", "hang_up"]  # d.png never sent
 
