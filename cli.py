@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from types import TracebackType
 
+    import remote
     from core.options import UpscaleOptions
     from core.service import Service
 
@@ -69,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """
     from config import ANSWER_MARGIN_S, load_settings
     from core.errors import InvalidInput
-    from core.models.levels import all_levels
+    from core.models.levels import DENOISE_LEVELS, all_levels
     from core.models.specs import SPECS
     from core.options import OptionContext, add_cli_flags, cli_values, parse_options
 
@@ -100,9 +101,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     remote.add_argument("--max-wait", type=float, default=600, metavar="S",
                         help="seconds a file may spend waiting for busy servers (503 Retry-After) (default 600)")
     args = parser.parse_args(argv)
-    if args.server and args.model:
-        # A server may offer its own models (MODELS_DIR); remote.probe asks it whether it has this one.
-        context = replace(context, models=(*context.models, args.model))
+    if args.server:
+        # A server may offer its own models (MODELS_DIR) and default model, and its models their own denoise
+        # levels: what depends on the model is checked against each server's metadata (run_remote).
+        models = (*context.models, args.model) if args.model else context.models
+        context = replace(context, models=models, denoise_levels=dict.fromkeys(models, DENOISE_LEVELS))
     try:
         args.options = parse_options(cli_values(args), context)
     except InvalidInput as error:
@@ -413,24 +416,23 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
     model, usable, skipped, max_upload_bytes = args.options.model if args.model else None, [], {}, 0
     for url in urls:
         offer, remark = remote.probe(url, model)  # why not, or a note on the offer
-        if offer is None:
-            skipped[url] = remark
-            print(f"sr-upscale: skipping server {url}: {remark}", file=sys.stderr)
-        else:
-            if remark:
-                print(f"sr-upscale: server {url}: {remark}", file=sys.stderr)
-            model = offer.model
-            usable.append(url)
-            # A file some server takes is sent; one that every server would refuse is not read.
-            max_upload_bytes = max(max_upload_bytes, offer.max_upload_bytes)
+        options, problem = (None, remark) if offer is None else server_options(args, offer)
+        if options is None:
+            skipped[url] = problem
+            print(f"sr-upscale: skipping server {url}: {problem}", file=sys.stderr)
+            continue
+        if remark:
+            print(f"sr-upscale: server {url}: {remark}", file=sys.stderr)
+        model = offer.model
+        usable.append(url)
+        # A file some server takes is sent; one that every server would refuse is not read.
+        max_upload_bytes = max(max_upload_bytes, offer.max_upload_bytes)
     if not usable:
         print("sr-upscale: no server can take the work", file=sys.stderr)
         return CANNOT_WORK
     jobs = args.jobs or JOBS_PER_SERVER * len(usable)
     cluster = remote.Cluster(usable, jobs, args.retries, args.timeout, args.max_wait)
-    options = replace(args.options, model=model)
     fields = form_fields(options)
-
     outputs = Outputs()
 
     def convert(job: Job) -> None:
@@ -440,6 +442,19 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
     convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs, outputs, stop_on=remote.ServersDown)
     summary.notes = cluster.report() + [f"  {url}: skipped at start: {problem}" for url, problem in skipped.items()]
     return 0
+
+
+def server_options(args: argparse.Namespace, offer: remote.Offer) -> tuple[UpscaleOptions | None, str | None]:
+    """The options of the command line as the server of ``offer`` reads them (its default model, its models'
+    denoise levels), or None and the server's message for a value it refuses."""
+    from core.errors import InvalidInput
+    from core.options import OptionContext, cli_values, parse_options
+
+    context = OptionContext(offer.models, offer.model, offer.denoise_levels)
+    try:
+        return parse_options(cli_values(args), context), None
+    except InvalidInput as error:
+        return None, error.message
 
 
 def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, summary: Summary, jobs: int,

@@ -89,6 +89,9 @@ class Offer:
 
     model: str
     max_upload_bytes: int
+    # The server's models, and the denoise levels of each, by which it checks a request's options.
+    models: tuple[str, ...] = ()
+    denoise_levels: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 # A model in these states is on its way to ready: its server answers 503 until then, which the files wait out.
@@ -109,16 +112,19 @@ def probe(url: str, model: str | None) -> tuple[Offer | None, str | None]:
         states = {entry["id"]: entry["state"] for entry in metadata["models"]}
         chosen = model or metadata["default_model"]
         max_upload_bytes = int(metadata["limits"]["max_upload_bytes"])
-    except (ValueError, KeyError, TypeError):
+        denoise = next((option for option in metadata.get("options", ()) if option["name"] == "denoise"), {})
+        denoise_levels = {name: tuple(levels) for name, levels in denoise.get("choices_by_model", {}).items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None, "GET /model/metadata did not answer this service's metadata"
     if chosen not in states:
         return None, f"does not offer model {chosen} (it offers {', '.join(states)})"
+    offer = Offer(chosen, max_upload_bytes, tuple(states), denoise_levels)
     if states[chosen] in LOADING_STATES:
         # Started beside its servers, or during a rolling restart, a run would otherwise leave a server out to the end.
-        return Offer(chosen, max_upload_bytes), f"model {chosen} is still loading there: it gets files once ready"
+        return offer, f"model {chosen} is still loading there: it gets files once ready"
     if states[chosen] != "ready":
         return None, f"model {chosen} is not ready there ({states[chosen]})"
-    return Offer(chosen, max_upload_bytes), None
+    return offer, None
 
 
 class Cluster:

@@ -496,7 +496,7 @@ def test_a_server_still_loading_its_model_takes_part(state, remark):
     metadata = {"default_model": "srgan", "models": [{"id": "srgan", "state": state}],
                 "limits": {"max_upload_bytes": 1000}}
     with stand_in(upscaled, metadata=metadata) as (url, _):
-        assert remote.probe(url, None) == (remote.Offer("srgan", 1000), remark)
+        assert remote.probe(url, None) == (remote.Offer("srgan", 1000, ("srgan",)), remark)
 
 
 def test_a_server_whose_model_failed_to_load_is_skipped():
@@ -555,3 +555,23 @@ def test_files_that_each_get_a_500_fail_on_their_own_without_stopping_the_run(pa
                 _upscale(cluster, name)
         assert _upscale(cluster, "c.png") == b"upscaled"  # a failure to answer, then an answer
     assert given == ["broken"] * 4 + ["hang_up", "upscaled"]
+
+
+def test_options_that_depend_on_the_model_are_checked_by_each_servers_models():
+    """``--denoise 2`` for a server whose default model is realcugan was a usage error: it was checked against
+    this machine's DEFAULT_MODEL (srgan, no levels) before any server was asked, as was a MODELS_DIR model's level."""
+    from cli import parse_args, server_options
+
+    def metadata(default_model: str) -> dict:
+        levels = {"srgan": ["none"], "realcugan": ["none", "conservative", "1", "2", "3"]}
+        return {"default_model": default_model, "limits": {"max_upload_bytes": 1000},
+                "models": [{"id": name, "state": "ready"} for name in levels],
+                "options": [{"name": "denoise", "choices_by_model": levels}]}
+
+    with stand_in(upscaled, metadata=metadata("realcugan")) as (cugan, _), \
+            stand_in(upscaled, metadata=metadata("srgan")) as (plain, _):
+        args = parse_args(["a.png", "-o", "out", "--server", cugan, "--denoise", "2"])
+        options, problem = server_options(args, remote.probe(cugan, None)[0])
+        assert problem is None and form_fields(options) == {"model": "realcugan", "denoise": "2"}
+        assert server_options(args, remote.probe(plain, None)[0]) == (
+            None, "denoise must be one of none with model srgan, not '2'")
