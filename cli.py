@@ -123,6 +123,9 @@ def default_timeout_s() -> float:
 
 
 def _option_problems(args: argparse.Namespace) -> Iterator[str]:
+    if args.output.exists() and not args.output.is_dir():
+        # Each file would fail alike, after its upscale, when its folder cannot be made.
+        yield f"the output folder {args.output} is a file"
     if args.tile is not None and args.tile < 16:
         yield f"--tile must be at least 16 pixels, not {args.tile}"
     if args.server and args.tile is not None:

@@ -230,6 +230,13 @@ def test_bad_option_values_are_usage_errors_with_the_servers_message(tmp_path, f
     assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
+def test_an_output_folder_that_is_a_file_is_a_usage_error(tmp_path):
+    """Every file was upscaled, then failed alike when its output folder could not be made."""
+    (tmp_path / "out").write_text("a file")
+    result = sr_upscale(SAMPLES / "camera.png", "-o", tmp_path / "out")
+    assert result.returncode == 2 and f"sr-upscale: error: the output folder {tmp_path / 'out'} is a file" in result.stderr
+
+
 def test_help_lists_every_option_of_the_schema():
     from core.options import OPTIONS
 
