@@ -164,7 +164,7 @@ class Cluster:
     def _try_once(self, data: bytes, filename: str, fields: dict[str, str], save: Save,
                   tries: _Tries) -> Upscaled | None:
         """One request for the file; None when it is to be tried again."""
-        server = self._checkout(avoid=tries.failed_on)
+        server, unanswered = self._checkout(avoid=tries.failed_on)
         tries.sent += 1
         try:
             with requests.post(f"{server.url}/model/predict", files={"image": (filename, data)},
@@ -180,7 +180,7 @@ class Cluster:
                     return Upscaled(server.url, tries.sent)
                 status, message, retry_after = response.status_code, _message(response), _retry_after(response)
         except requests.RequestException as error:
-            self._mark_down(server, _describe(error, self.timeout_s), tries, gone=True)
+            self._mark_down(server, _describe(error, self.timeout_s), tries, unanswered)
             return None
         finally:
             self._release(server)
@@ -188,7 +188,8 @@ class Cluster:
             self._mark_busy(server, retry_after)
             self._wait_until_retry(retry_after, message, tries)
         elif status >= 500:
-            self._mark_down(server, f"HTTP {status}: {message}", tries, gone=status in NO_SERVER_BEHIND)
+            self._mark_down(server, f"HTTP {status}: {message}", tries,
+                            unanswered if status in NO_SERVER_BEHIND else None)
         else:
             raise FileFailed(message)
         return None
@@ -210,15 +211,17 @@ class Cluster:
         with self._changed:
             server.busy_until = max(server.busy_until, time.monotonic() + pause)
 
-    def _mark_down(self, server: Server, reason: str, tries: _Tries, gone: bool) -> None:
+    def _mark_down(self, server: Server, reason: str, tries: _Tries, unanswered: int | None) -> None:
         """No files to ``server`` for a while; FileFailed once the file has used all its attempts.
 
-        ``gone``: no server answered at all (as opposed to a 500 for this file), which counts towards ServersDown.
+        ``unanswered``: the server's ``failed_in_a_row`` when the request was sent, None when it answered (a 500
+        about this file). Of the requests in flight when it went away, only the first counts: ``--jobs 16`` on
+        one Service whose pod died would otherwise count 16 at once, and every later round is DOWN_FOR_S apart.
         """
         with self._changed:
             server.down_until = time.monotonic() + DOWN_FOR_S
             server.downs.append(reason)
-            if gone:
+            if unanswered is not None and unanswered == server.failed_in_a_row:
                 server.failed_in_a_row += 1
                 self.last_gone = reason
             self._changed.notify_all()
@@ -226,9 +229,10 @@ class Cluster:
         if len(tries.failed_on) > self.retries:
             raise FileFailed(f"{reason} (gave up after {len(tries.failed_on)} attempts)")
 
-    def _checkout(self, avoid: list[str]) -> Server:
+    def _checkout(self, avoid: list[str]) -> tuple[Server, int]:
         """The up server with the fewest files in flight, preferring those that have not answered 503 lately
-        and those this file has not failed on; ServersDown once every server has failed too often in a row.
+        and those this file has not failed on, with its ``failed_in_a_row``; ServersDown once every server has
+        left too many requests in a row unanswered.
 
         Each server takes at most its share of the requests in flight: when one is down, the
         others are not sent more than their queues hold (which would only earn 503s).
@@ -244,7 +248,7 @@ class Cluster:
                 if free:
                     server = min(free, key=lambda s: (s.busy_until > now, s.url in avoid, s.in_flight, s.done))
                     server.in_flight += 1
-                    return server
+                    return server, server.failed_in_a_row
                 self._changed.wait(None if up else min(server.down_until for server in self.servers) - now)
 
     def _release(self, server: Server) -> None:

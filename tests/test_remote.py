@@ -575,3 +575,30 @@ def test_options_that_depend_on_the_model_are_checked_by_each_servers_models():
         assert problem is None and form_fields(options) == {"model": "realcugan", "denoise": "2"}
         assert server_options(args, remote.probe(plain, None)[0]) == (
             None, "denoise must be one of none with model srgan, not '2'")
+
+
+def test_requests_in_flight_when_a_server_goes_away_count_once_towards_every_server_down(pauses):
+    """Four requests in flight on a server that went away counted four failures in a row at once, so the
+    run stopped before any file was tried again: ``--jobs 16`` on a Service whose one pod died would stop it."""
+    arrived = threading.Barrier(4, timeout=60)
+
+    def hang_up_together(handler: BaseHTTPRequestHandler) -> None:
+        arrived.wait()
+        hang_up(handler)
+
+    with stand_in(*[hang_up_together] * 4, upscaled) as (url, given):
+        cluster = remote.Cluster([url], jobs=4, retries=1, timeout_s=60, max_wait_s=600)
+        results: list[object] = []
+        threads = [threading.Thread(target=lambda: results.append(_attempted(cluster))) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert results == [b"upscaled"] * 4 and given == ["hang_up_together"] * 4 + ["upscaled"] * 4
+
+
+def _attempted(cluster: remote.Cluster) -> object:
+    try:
+        return _upscale(cluster)
+    except Exception as error:  # noqa: BLE001 - the test compares outcomes
+        return error
