@@ -419,14 +419,14 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
     model, usable, skipped, max_upload_bytes = args.options.model if args.model else None, [], {}, 0
     for url in urls:
         offer, remark = remote.probe(url, model)  # why not, or a note on the offer
-        options, problem = (None, remark) if offer is None else server_options(args, offer)
-        if options is None:
+        taken, problem = (None, remark) if offer is None else server_options(args, offer)
+        if taken is None:
             skipped[url] = problem
             print(f"sr-upscale: skipping server {url}: {problem}", file=sys.stderr)
             continue
         if remark:
             print(f"sr-upscale: server {url}: {remark}", file=sys.stderr)
-        model = offer.model
+        options, model = taken, offer.model  # the same on every server: each one after the first is asked for it
         usable.append(url)
         # A file some server takes is sent; one that every server would refuse is not read.
         max_upload_bytes = max(max_upload_bytes, offer.max_upload_bytes)

@@ -602,3 +602,17 @@ def _attempted(cluster: remote.Cluster) -> object:
         return _upscale(cluster)
     except Exception as error:  # noqa: BLE001 - the test compares outcomes
         return error
+
+
+def test_a_run_sends_the_files_whatever_the_order_of_usable_and_skipped_servers(tmp_path):
+    metadata = {"default_model": "srgan", "models": [{"id": "srgan", "state": "ready"}],
+                "limits": {"max_upload_bytes": 1000}}
+    (tmp_path / "a.png").write_bytes(b"image")
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    with stand_in(upscaled, metadata=metadata) as (url, given):
+        for order in ((url, nowhere), (nowhere, url)):
+            out = tmp_path / f"out-{order.index(url)}"
+            result = sr_upscale(tmp_path / "a.png", "-o", out, *[flag for server in order for flag in ("--server", server)])
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert (out / "a.png").read_bytes() == b"upscaled"
+    assert given == ["upscaled"] * 2
