@@ -12,6 +12,7 @@ each file is sent to a server's /model/predict (``remote.py``) and TensorFlow is
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import queue
@@ -585,6 +586,11 @@ def report(summary: Summary, output: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            # A file name that is not UTF-8 on disk is printed escaped: with a strict terminal encoding, its
+            # failure line ended the run with a traceback and no summary.
+            stream.reconfigure(errors="backslashreplace")
     args = parse_args(argv)
     try:
         return run(args)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -167,7 +168,7 @@ class Cluster:
         server, unanswered = self._checkout(avoid=tries.failed_on)
         tries.sent += 1
         try:
-            with requests.post(f"{server.url}/model/predict", files={"image": (filename, data)},
+            with requests.post(f"{server.url}/model/predict", files={"image": (_sendable(filename), data)},
                                data=fields, timeout=(CONNECT_TIMEOUT_S, self.timeout_s), stream=True,
                                # A new connection per file: a Kubernetes Service balances
                                # connections, not requests, so this spreads files over its pods.
@@ -255,6 +256,12 @@ class Cluster:
         with self._changed:
             server.in_flight -= 1
             self._changed.notify_all()
+
+
+def _sendable(filename: str) -> str:
+    """The name as the form can carry it: a name that is not UTF-8 on disk (an old camera's Latin-1 ``café.jpg``)
+    holds surrogate escapes, which no encoder takes; its odd bytes become U+FFFD (the server reads no name)."""
+    return os.fsencode(filename).decode("utf-8", "replace")
 
 
 def _retry_after(response: requests.Response) -> float:

@@ -31,9 +31,9 @@ pytestmark = pytest.mark.slow
 SIDE = 48
 
 
-def sr_upscale(*args: object, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def sr_upscale(*args: object, python_flags: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *python_flags, "-m", "cli", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **env})
 
 
 def photos(folder: Path, count: int) -> Path:
@@ -616,3 +616,22 @@ def test_a_run_sends_the_files_whatever_the_order_of_usable_and_skipped_servers(
             assert result.returncode == 0, result.stderr[-3000:]
             assert (out / "a.png").read_bytes() == b"upscaled"
     assert given == ["upscaled"] * 2
+
+
+def test_files_named_in_latin_1_are_sent_written_and_reported(tmp_path):
+    """A name that is not UTF-8 on disk (old cameras, zips from Windows) failed with "UnicodeEncodeError: ...
+    surrogates not allowed" when put in the form, and printing its failure on a strict terminal ended the run."""
+    metadata = {"default_model": "srgan", "models": [{"id": "srgan", "state": "ready"}],
+                "limits": {"max_upload_bytes": 1000}}
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in (b"caf\xe9.png", b"th\xe9.png"):
+        (folder / os.fsdecode(name)).write_bytes(b"image")
+    with stand_in(upscaled, refused_by_the_file, metadata=metadata) as (url, given):
+        result = sr_upscale(folder, "-o", tmp_path / "out", "--server", url, "--jobs", "1",
+                            PYTHONIOENCODING="utf-8:strict")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert given == ["upscaled", "refused_by_the_file"]
+    assert (tmp_path / "out" / "photos" / os.fsdecode(b"caf\xe9.png")).read_bytes() == b"upscaled"
+    assert f"FAILED {folder}/th\\udce9.png: not an image" in result.stderr.splitlines()
+    assert "converted 1" in result.stdout
