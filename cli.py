@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import queue
+import signal
 import sys
 import tempfile
 import threading
@@ -585,12 +586,19 @@ def report(summary: Summary, output: Path) -> None:
         print(f"FAILED {source}: {reason}", file=sys.stderr)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             # A file name that is not UTF-8 on disk is printed escaped: with a strict terminal encoding, its
             # failure line ended the run with a traceback and no summary.
             stream.reconfigure(errors="backslashreplace")
+    # A stop (``timeout``, a job's end, ``kill``) ends the run as Ctrl-C does: partial files removed and a summary,
+    # where SIGTERM's default action ended the process where it was.
+    signal.signal(signal.SIGTERM, _interrupt)
     args = parse_args(argv)
     try:
         return run(args)

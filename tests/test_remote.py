@@ -506,9 +506,11 @@ def test_a_server_whose_model_failed_to_load_is_skipped():
         assert remote.probe(url, "srgan") == (None, "model srgan is not ready there (failed: no weights)")
 
 
-def test_ctrl_c_during_an_answer_leaves_no_partial_file(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_a_stop_during_an_answer_leaves_no_partial_file(tmp_path, stop):
     """The threads writing answers are daemons, which end with the process where they are: Ctrl-C while an
-    answer arrived left its ``.name.partial`` file in the output folder."""
+    answer arrived left its ``.name.partial`` file in the output folder. SIGTERM (``timeout``, a job's end)
+    ended the process where it was: a partial file left and no summary."""
     release = threading.Event()
 
     def half_then_stall(handler: BaseHTTPRequestHandler) -> None:
@@ -530,7 +532,7 @@ def test_ctrl_c_during_an_answer_leaves_no_partial_file(tmp_path):
                                 "--server", url], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             wait_for(lambda: (out / ".a.png.partial").exists(), "the answer's partial file")
-            run.send_signal(signal.SIGINT)
+            run.send_signal(stop)
             stdout, stderr = run.communicate(timeout=120)
         finally:
             release.set()
