@@ -12,6 +12,7 @@ each file is sent to a server's /model/predict (``remote.py``) and TensorFlow is
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import logging
 import os
@@ -293,8 +294,10 @@ class Outputs:
             with self._lock:  # renamed, or removed by abandon, never both
                 self._check_going_on()
                 partial.replace(target)
-        except BaseException:  # a full disk, a broken answer or Ctrl-C: no half file left behind
+        except BaseException as error:  # a full disk, a broken answer or Ctrl-C: no half file left behind
             partial.unlink(missing_ok=True)
+            if isinstance(error, OSError) and error.errno in OUTPUT_GONE:
+                raise CannotWrite(f"cannot write {target}: {error.strerror}") from error
             raise
         finally:
             with self._lock:
@@ -314,6 +317,14 @@ class Outputs:
 
 class RunStopped(Exception):
     """An output written after its run stopped."""
+
+
+class CannotWrite(Exception):
+    """The output folder takes no more files (full, over quota, read-only): every file left would be
+    upscaled for nothing, locally or on the servers, so the run stops."""
+
+
+OUTPUT_GONE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class TileBar:
@@ -407,7 +418,8 @@ def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> in
         finally:
             tiles.close()
 
-    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs=1, outputs=outputs)
+    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs=1, outputs=outputs,
+                stop_on=CannotWrite)
     return 0
 
 
@@ -444,7 +456,8 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
         data = read_image(job.source, max_upload_bytes)
         cluster.upscale(data, job.source.name, fields, lambda answer: outputs.write(job.target, answer))
 
-    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs, outputs, stop_on=remote.ServersDown)
+    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs, outputs,
+                stop_on=(remote.ServersDown, CannotWrite))
     summary.notes = cluster.report() + [f"  {url}: skipped at start: {problem}" for url, problem in skipped.items()]
     return 0
 
@@ -463,7 +476,7 @@ def server_options(args: argparse.Namespace, offer: remote.Offer) -> tuple[Upsca
 
 
 def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, summary: Summary, jobs: int,
-                outputs: Outputs, stop_on: type[Exception] | tuple[()] = ()) -> None:
+                outputs: Outputs, stop_on: type[Exception] | tuple[type[Exception], ...] = ()) -> None:
     """Run ``convert`` on every job, ``jobs`` at a time, under the files' progress bar; failures are recorded.
 
     Ctrl-C, or a ``stop_on`` error from any job, stops at once, with the files not finished counted in

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli import (CANNOT_WORK, Job, Outputs, Summary, convert_all, image_suffixes, output_suffix, parse_args, plan_jobs, report,
+from cli import (CANNOT_WORK, CannotWrite, Job, Outputs, Summary, convert_all, image_suffixes, output_suffix, parse_args, plan_jobs, report,
                  split_done)
 from config import Settings
 from core.formats import OUTPUT_FORMATS
@@ -288,3 +288,24 @@ def test_a_run_whose_servers_are_all_down_stops_and_counts_the_files_not_done(ca
     assert summary.stop_status == CANNOT_WORK
     report(summary, Path("out"))
     assert f"stopped: {why}: 3 files not done; the same command does them" in capsys.readouterr().err.splitlines()
+
+
+def test_a_full_output_disk_stops_the_run(tmp_path, capsys):
+    """Each file was upscaled (on the servers, for minutes) and then failed to be written, one after another."""
+    jobs = [Job(Path(f"{index}.png"), tmp_path / "out" / f"{index}.png") for index in range(3)]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".1.png.partial").symlink_to("/dev/full")  # a real ENOSPC for the second file
+    upscaled = []
+
+    def convert(job: Job) -> None:
+        upscaled.append(job.source.name)
+        outputs.write(job.target, [b"upscaled"])
+
+    outputs, summary = Outputs(), Summary()
+    convert_all(jobs, convert, "srgan x4", summary, jobs=1, outputs=outputs, stop_on=CannotWrite)
+    assert upscaled == ["0.png", "1.png"] and (summary.converted, summary.failed, summary.unfinished) == ([Path("0.png")], [], 2)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["0.png"]
+    assert summary.stop_status == CANNOT_WORK
+    report(summary, tmp_path / "out")
+    assert f"stopped: cannot write {jobs[1].target}: No space left on device: 2 files not done; the same command " \
+           f"does them" in capsys.readouterr().err.splitlines()
