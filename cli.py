@@ -430,7 +430,7 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
 
     urls = list(dict.fromkeys(remote.server_url(text) for text in args.server))
     # Without --model, each server's own default model (probe asks it which).
-    model, usable, skipped, max_upload_bytes = args.options.model if args.model else None, [], {}, 0
+    model, skipped, upload_limits = args.options.model if args.model else None, {}, {}
     for url in urls:
         offer, remark = remote.probe(url, model)  # why not, or a note on the offer
         taken, problem = (None, remark) if offer is None else server_options(args, offer)
@@ -441,14 +441,14 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
         if remark:
             print(f"sr-upscale: server {url}: {remark}", file=sys.stderr)
         options, model = taken, offer.model  # the same on every server: each one after the first is asked for it
-        usable.append(url)
-        # A file some server takes is sent; one that every server would refuse is not read.
-        max_upload_bytes = max(max_upload_bytes, offer.max_upload_bytes)
-    if not usable:
+        upload_limits[url] = offer.max_upload_bytes
+    if not upload_limits:
         print("sr-upscale: no server can take the work", file=sys.stderr)
         return CANNOT_WORK
-    jobs = args.jobs or JOBS_PER_SERVER * len(usable)
-    cluster = remote.Cluster(usable, jobs, args.retries, args.timeout, args.max_wait)
+    jobs = args.jobs or JOBS_PER_SERVER * len(upload_limits)
+    cluster = remote.Cluster(list(upload_limits), jobs, args.retries, args.timeout, args.max_wait, upload_limits)
+    # A file some server takes is sent, to one that takes it; one that every server would refuse is not read.
+    max_upload_bytes = max(upload_limits.values())
     fields = form_fields(options)
     outputs = Outputs()
 

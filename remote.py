@@ -14,7 +14,7 @@ import http.client
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -46,6 +46,8 @@ class ServersDown(Exception):
 @dataclass
 class Server:
     url: str
+    # Its MAX_UPLOAD_BYTES, from /model/metadata: a larger file goes to a server that takes it.
+    max_upload_bytes: float = float("inf")
     in_flight: int = 0
     down_until: float = 0.0
     done: int = 0
@@ -131,8 +133,10 @@ def probe(url: str, model: str | None) -> tuple[Offer | None, str | None]:
 class Cluster:
     """The usable servers, which file goes where, and the retry rules."""
 
-    def __init__(self, urls: list[str], jobs: int, retries: int, timeout_s: float, max_wait_s: float) -> None:
-        self.servers = [Server(url) for url in urls]
+    def __init__(self, urls: list[str], jobs: int, retries: int, timeout_s: float, max_wait_s: float,
+                 upload_limits: Mapping[str, int] | None = None) -> None:
+        """``upload_limits``: each server's largest upload by URL (unknown: no limit)."""
+        self.servers = [Server(url, (upload_limits or {}).get(url, float("inf"))) for url in urls]
         self.per_server = -(-jobs // len(urls))
         self.retries = retries
         self.timeout_s = timeout_s
@@ -165,7 +169,7 @@ class Cluster:
     def _try_once(self, data: bytes, filename: str, fields: dict[str, str], save: Save,
                   tries: _Tries) -> Upscaled | None:
         """One request for the file; None when it is to be tried again."""
-        server, unanswered = self._checkout(avoid=tries.failed_on)
+        server, unanswered = self._checkout(len(data), avoid=tries.failed_on)
         tries.sent += 1
         try:
             with requests.post(f"{server.url}/model/predict", files={"image": (_sendable(filename), data)},
@@ -230,10 +234,10 @@ class Cluster:
         if len(tries.failed_on) > self.retries:
             raise FileFailed(f"{reason} (gave up after {len(tries.failed_on)} attempts)")
 
-    def _checkout(self, avoid: list[str]) -> tuple[Server, int]:
-        """The up server with the fewest files in flight, preferring those that have not answered 503 lately
-        and those this file has not failed on, with its ``failed_in_a_row``; ServersDown once every server has
-        left too many requests in a row unanswered.
+    def _checkout(self, size: int, avoid: list[str]) -> tuple[Server, int]:
+        """The up server that takes a file of ``size`` bytes with the fewest files in flight, preferring those
+        that have not answered 503 lately and those this file has not failed on, with its ``failed_in_a_row``;
+        ServersDown once every server has left too many requests in a row unanswered.
 
         Each server takes at most its share of the requests in flight: when one is down, the
         others are not sent more than their queues hold (which would only earn 503s).
@@ -244,13 +248,15 @@ class Cluster:
                     raise ServersDown(f"every server left {self.retries + 1} requests in a row unanswered "
                                       f"(last: {self.last_gone})")
                 now = time.monotonic()
-                up = [server for server in self.servers if server.down_until <= now]
+                # The caller reads no file larger than the largest limit: some server takes it.
+                takers = [server for server in self.servers if server.max_upload_bytes >= size]
+                up = [server for server in takers if server.down_until <= now]
                 free = [server for server in up if server.in_flight < self.per_server]
                 if free:
                     server = min(free, key=lambda s: (s.busy_until > now, s.url in avoid, s.in_flight, s.done))
                     server.in_flight += 1
                     return server, server.failed_in_a_row
-                self._changed.wait(None if up else min(server.down_until for server in self.servers) - now)
+                self._changed.wait(None if up else min(server.down_until for server in takers) - now)
 
     def _release(self, server: Server) -> None:
         with self._changed:

@@ -637,3 +637,16 @@ def test_files_named_in_latin_1_are_sent_written_and_reported(tmp_path):
     assert (tmp_path / "out" / "photos" / os.fsdecode(b"caf\xe9.png")).read_bytes() == b"upscaled"
     assert f"FAILED {folder}/th\\udce9.png: not an image" in result.stderr.splitlines()
     assert "converted 1" in result.stdout
+
+
+def test_a_file_goes_to_a_server_that_takes_its_size(pauses):
+    """Servers with different MAX_UPLOAD_BYTES: a file over the first's limit was sent to it anyway, got its
+    413 and failed, though the other server takes it."""
+    def too_large(handler: BaseHTTPRequestHandler) -> None:
+        _send(handler, 413, b'{"message": "the file is too large"}', Content_Type="application/json")
+
+    with stand_in(too_large) as (small, at_small), stand_in(upscaled) as (large, at_large):
+        cluster = remote.Cluster([small, large], jobs=2, retries=3, timeout_s=60, max_wait_s=600,
+                                 upload_limits={small: 4, large: 1000})
+        assert _upscale(cluster) == b"upscaled"  # b"image": 5 bytes
+    assert (at_small, at_large) == ([], ["upscaled"])
