@@ -12,13 +12,17 @@ each file is sent to a server's /model/predict (``remote.py``) and TensorFlow is
 from __future__ import annotations
 
 import argparse
+import errno
+import io
 import logging
 import os
 import queue
+import signal
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from types import TracebackType
 
+    import remote
     from core.options import UpscaleOptions
     from core.service import Service
 
@@ -35,6 +40,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's later lo
 JOBS_PER_SERVER = 2
 # The shell's exit status for a command stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
+# The exit status when the work cannot be done at all: the model does not load, or no server takes the files.
+CANNOT_WORK = 2
 
 
 @dataclass(frozen=True)
@@ -49,10 +56,14 @@ class Summary:
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
-    # Files neither converted nor failed because the run was interrupted (Ctrl-C).
+    # Files neither converted nor failed because the run stopped early, why ("interrupted" by Ctrl-C, or
+    # every server down), and the exit status that says so.
     unfinished: int = 0
+    stopped: str = ""
+    stop_status: int = 0
     # Lines after the totals: in remote mode, what each server did and how many files were retried.
     notes: list[str] = field(default_factory=list)
+    not_images: Counter[str] = field(default_factory=Counter)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -62,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """
     from config import ANSWER_MARGIN_S, load_settings
     from core.errors import InvalidInput
-    from core.models.levels import all_levels
+    from core.models.levels import DENOISE_LEVELS, all_levels
     from core.models.specs import SPECS
     from core.options import OptionContext, add_cli_flags, cli_values, parse_options
 
@@ -93,9 +104,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     remote.add_argument("--max-wait", type=float, default=600, metavar="S",
                         help="seconds a file may spend waiting for busy servers (503 Retry-After) (default 600)")
     args = parser.parse_args(argv)
-    if args.server and args.model:
-        # A server may offer its own models (MODELS_DIR); remote.probe asks it whether it has this one.
-        context = replace(context, models=(*context.models, args.model))
+    if args.server:
+        # A server may offer its own models (MODELS_DIR) and default model, and its models their own denoise
+        # levels: what depends on the model is checked against each server's metadata (run_remote).
+        models = (*context.models, args.model) if args.model else context.models
+        context = replace(context, models=models, denoise_levels=dict.fromkeys(models, DENOISE_LEVELS))
     try:
         args.options = parse_options(cli_values(args), context)
     except InvalidInput as error:
@@ -113,6 +126,9 @@ def default_timeout_s() -> float:
 
 
 def _option_problems(args: argparse.Namespace) -> Iterator[str]:
+    if args.output.exists() and not args.output.is_dir():
+        # Each file would fail alike, after its upscale, when its folder cannot be made.
+        yield f"the output folder {args.output} is a file"
     if args.tile is not None and args.tile < 16:
         yield f"--tile must be at least 16 pixels, not {args.tile}"
     if args.server and args.tile is not None:
@@ -125,29 +141,52 @@ def _option_problems(args: argparse.Namespace) -> Iterator[str]:
         yield "--timeout must be positive and --max-wait 0 or more"
 
 
-def plan_jobs(inputs: Iterable[Path], output: Path, suffix: str) -> tuple[list[Job], list[tuple[Path, str]]]:
-    """Every file to convert with its target, and the inputs that cannot be used, with why."""
-    jobs: list[Job] = []
-    problems: list[tuple[Path, str]] = []
+@dataclass
+class Plan:
+    jobs: list[Job] = field(default_factory=list)
+    # The inputs that cannot be used, with why.
+    problems: list[tuple[Path, str]] = field(default_factory=list)
+    # Files in the input folders left out because their names are of no accepted format, counted by suffix:
+    # a folder of photos may hold HEIC or raw files that the user should hear were not converted.
+    not_images: Counter[str] = field(default_factory=Counter)
+
+
+def plan_jobs(inputs: Iterable[Path], output: Path, suffix: str) -> Plan:
+    """Every file to convert with its target, the inputs that cannot be used, and the files left out."""
+    plan = Plan()
     for item in inputs:
-        if item.is_dir():
+        if item.is_dir() and item.resolve() == output.resolve():
+            plan.problems.append((item, "is the output folder too: the outputs would be mixed with the inputs; "
+                                        "choose another output folder"))
+        elif item.is_dir():
             root = output / item.resolve().name
-            jobs += [Job(path, (root / path.relative_to(item)).with_suffix(suffix)) for path in _images_in(item, output)]
+            plan.jobs += [Job(path, (root / path.relative_to(item)).with_suffix(suffix))
+                          for path in _images_in(item, output, plan.not_images)]
         elif item.is_file():
-            jobs.append(Job(item, (output / item.name).with_suffix(suffix)))
+            plan.jobs.append(Job(item, (output / item.name).with_suffix(suffix)))
         else:
-            problems.append((item, "no such file or folder"))
-    return _without_clashes(jobs, problems)
+            plan.problems.append((item, "no such file or folder"))
+    plan.jobs = _without_clashes(_not_onto_inputs(plan.jobs, plan.problems), plan.problems)
+    return plan
 
 
-def _images_in(folder: Path, output: Path) -> Iterator[Path]:
-    """The folder's images, but for those under ``output``: with ``-o photos/big``, the next run of
-    ``sr-upscale photos`` would take the last run's outputs for inputs and upscale them again."""
+def _images_in(folder: Path, output: Path, not_images: Counter[str]) -> Iterator[Path]:
+    """The folder's images, counting the other files in ``not_images``.
+
+    With the output folder inside this one (``-o photos/big``), the files under it are left out: the next
+    run of ``sr-upscale photos`` would take the last run's outputs for inputs and upscale them again. An
+    output folder above this one holds none of its files' outputs but at their own paths (refused later).
+    """
     suffixes = image_suffixes()
     resolved, outputs = folder.resolve(), output.resolve()
-    return (path for path in sorted(folder.rglob("*"))
-            if path.is_file() and path.suffix.lower() in suffixes
-            and not (resolved / path.relative_to(folder)).is_relative_to(outputs))
+    holds_outputs = outputs.is_relative_to(resolved)
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or (holds_outputs and (resolved / path.relative_to(folder)).is_relative_to(outputs)):
+            continue
+        if path.suffix.lower() in suffixes:
+            yield path
+        else:
+            not_images[path.suffix.lower() or "(no suffix)"] += 1
 
 
 def image_suffixes() -> set[str]:
@@ -166,8 +205,8 @@ def output_suffix(output_format: str) -> str:
     return ".jpg" if output_format == "jpeg" else f".{output_format}"
 
 
-def _without_clashes(jobs: list[Job], problems: list[tuple[Path, str]]) -> tuple[list[Job], list[tuple[Path, str]]]:
-    """``a.jpg`` and ``a.png`` would both become ``a.png``: the first wins, the others are reported."""
+def _without_clashes(jobs: list[Job], problems: list[tuple[Path, str]]) -> list[Job]:
+    """``a.jpg`` and ``a.png`` would both become ``a.png``: the first wins, the others go to ``problems``."""
     first: dict[Path, Path] = {}
     kept = []
     for job in jobs:
@@ -176,7 +215,7 @@ def _without_clashes(jobs: list[Job], problems: list[tuple[Path, str]]) -> tuple
         else:
             first[job.target] = job.source
             kept.append(job)
-    return kept, problems
+    return kept
 
 
 def load_service(model: str, tile: int | None) -> Service:
@@ -231,18 +270,61 @@ def read_image(path: Path, max_upload_bytes: int) -> bytes:
     return data
 
 
-def write_output(target: Path, pieces: Iterable[bytes]) -> None:
-    """Written beside the target first and renamed, so a half-written file never counts as done."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        with partial.open("wb") as file:
-            for piece in pieces:
-                file.write(piece)
-        partial.replace(target)
-    except BaseException:  # a full disk or Ctrl-C: no half file left behind
-        partial.unlink(missing_ok=True)
-        raise
+class Outputs:
+    """Writes each output beside its target first and renames it, so a half-written file never counts as done;
+    ``abandon`` removes the files being written when the run stops. The threads writing them are daemons, which
+    end with the process wherever they are: without it, Ctrl-C during an answer left its partial file behind."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._writing: set[Path] = set()
+        self._abandoned = False
+
+    def write(self, target: Path, pieces: Iterable[bytes]) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            with self._lock:
+                self._check_going_on()
+                file = partial.open("wb")
+                self._writing.add(partial)
+            with file:
+                for piece in pieces:
+                    file.write(piece)
+            with self._lock:  # renamed, or removed by abandon, never both
+                self._check_going_on()
+                partial.replace(target)
+        except BaseException as error:  # a full disk, a broken answer or Ctrl-C: no half file left behind
+            partial.unlink(missing_ok=True)
+            if isinstance(error, OSError) and error.errno in OUTPUT_GONE:
+                raise CannotWrite(f"cannot write {target}: {error.strerror}") from error
+            raise
+        finally:
+            with self._lock:
+                self._writing.discard(partial)
+
+    def abandon(self) -> None:
+        """Remove the files being written, and write no more."""
+        with self._lock:
+            self._abandoned = True
+            for partial in self._writing:
+                partial.unlink(missing_ok=True)
+
+    def _check_going_on(self) -> None:
+        if self._abandoned:
+            raise RunStopped("the run stopped")
+
+
+class RunStopped(Exception):
+    """An output written after its run stopped."""
+
+
+class CannotWrite(Exception):
+    """The output folder takes no more files (full, over quota, read-only): every file left would be
+    upscaled for nothing, locally or on the servers, so the run stops."""
+
+
+OUTPUT_GONE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class TileBar:
@@ -267,16 +349,17 @@ class TileBar:
 
 
 def run(args: argparse.Namespace) -> int:
-    jobs, problems = plan_jobs(args.inputs, args.output, output_suffix(args.options.output_format))
-    todo, done = split_done(jobs, args.overwrite)
-    summary = Summary(skipped=[job.source for job in done], failed=list(problems))
+    plan = plan_jobs(args.inputs, args.output, output_suffix(args.options.output_format))
+    todo, done = split_done(plan.jobs, args.overwrite)
+    summary = Summary(skipped=[job.source for job in done], failed=plan.problems,
+                      not_images=plan.not_images)
     if todo:
         status = run_remote(args, todo, summary) if args.server else run_local(args, todo, summary)
         if status:
             return status
     report(summary, args.output)
     if summary.unfinished:
-        return INTERRUPTED
+        return summary.stop_status
     return 1 if summary.failed else 0
 
 
@@ -289,8 +372,32 @@ def split_done(jobs: list[Job], overwrite: bool) -> tuple[list[Job], list[Job]]:
     return todo, done
 
 
+def _not_onto_inputs(jobs: list[Job], problems: list[tuple[Path, str]]) -> list[Job]:
+    """The jobs but those whose output would be an input file (``sr-upscale photo.png -o .``), which go to
+    ``problems``: such an output is neither done already nor to be overwritten with --overwrite."""
+    targets = [_file_id(job.target) for job in jobs]
+    inputs = {_file_id(job.source) for job in jobs} if any(targets) else set()
+    kept = []
+    for job, target in zip(jobs, targets):
+        if target is not None and target in inputs:
+            problems.append((job.source, f"its output {job.target} is an input file: choose an output folder "
+                                         f"that holds no input"))
+        else:
+            kept.append(job)
+    return kept
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """The file's device and inode, which a link or another spelling of its path shares; None if it is not there."""
+    try:
+        found = path.stat()
+    except OSError:  # not there yet (or not reachable: writing it says why)
+        return None
+    return found.st_dev, found.st_ino
+
+
 def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> int:
-    """Upscale in this process; 2 when the model cannot be loaded."""
+    """Upscale in this process; CANNOT_WORK when the model cannot be loaded."""
     _show_warnings_without_tracebacks()
     options = args.options
     model = options.model
@@ -299,60 +406,82 @@ def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> in
     if state != "ready":
         why = service.registry.failure(model) or state
         print(f"sr-upscale: model {model} could not be loaded: {why}", file=sys.stderr)
-        return 2
+        return CANNOT_WORK
+
+    outputs = Outputs()
 
     def convert(job: Job) -> None:
         tiles = TileBar(job.source.name, service.settings.tile_batch)
         try:
             plan = service.prepare(read_image(job.source, service.settings.max_upload_bytes), options)
-            write_output(job.target, [service.run(plan, tiles).data])
+            outputs.write(job.target, [service.run(plan, tiles).data])
         finally:
             tiles.close()
 
-    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs=1)
+    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs=1, outputs=outputs,
+                stop_on=CannotWrite)
     return 0
 
 
 def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> int:
-    """Send every file to the servers; 2 when none of them can take the work."""
+    """Send every file to the servers; CANNOT_WORK when none of them can take the work."""
     import remote
     from core.options import form_fields
 
     urls = list(dict.fromkeys(remote.server_url(text) for text in args.server))
     # Without --model, each server's own default model (probe asks it which).
-    model, usable, skipped, max_upload_bytes = args.options.model if args.model else None, [], {}, 0
+    model, skipped, upload_limits = args.options.model if args.model else None, {}, {}
     for url in urls:
-        offer, problem = remote.probe(url, model)
-        if offer is None:
+        offer, remark = remote.probe(url, model)  # why not, or a note on the offer
+        taken, problem = (None, remark) if offer is None else server_options(args, offer)
+        if taken is None:
             skipped[url] = problem
             print(f"sr-upscale: skipping server {url}: {problem}", file=sys.stderr)
-        else:
-            model = offer.model
-            usable.append(url)
-            # A file some server takes is sent; one that every server would refuse is not read.
-            max_upload_bytes = max(max_upload_bytes, offer.max_upload_bytes)
-    if not usable:
+            continue
+        if remark:
+            print(f"sr-upscale: server {url}: {remark}", file=sys.stderr)
+        options, model = taken, offer.model  # the same on every server: each one after the first is asked for it
+        upload_limits[url] = offer.max_upload_bytes
+    if not upload_limits:
         print("sr-upscale: no server can take the work", file=sys.stderr)
-        return 2
-    jobs = args.jobs or JOBS_PER_SERVER * len(usable)
-    cluster = remote.Cluster(usable, jobs, args.retries, args.timeout, args.max_wait)
-    options = replace(args.options, model=model)
+        return CANNOT_WORK
+    jobs = args.jobs or JOBS_PER_SERVER * len(upload_limits)
+    cluster = remote.Cluster(list(upload_limits), jobs, args.retries, args.timeout, args.max_wait, upload_limits)
+    # A file some server takes is sent, to one that takes it; one that every server would refuse is not read.
+    max_upload_bytes = max(upload_limits.values())
     fields = form_fields(options)
+    outputs = Outputs()
 
     def convert(job: Job) -> None:
         data = read_image(job.source, max_upload_bytes)
-        cluster.upscale(data, job.source.name, fields, lambda answer: write_output(job.target, answer))
+        cluster.upscale(data, job.source.name, fields, lambda answer: outputs.write(job.target, answer))
 
-    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs)
+    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs, outputs,
+                stop_on=(remote.ServersDown, CannotWrite))
     summary.notes = cluster.report() + [f"  {url}: skipped at start: {problem}" for url, problem in skipped.items()]
     return 0
 
 
-def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, summary: Summary, jobs: int) -> None:
+def server_options(args: argparse.Namespace, offer: remote.Offer) -> tuple[UpscaleOptions | None, str | None]:
+    """The options of the command line as the server of ``offer`` reads them (its default model, its models'
+    denoise levels), or None and the server's message for a value it refuses."""
+    from core.errors import InvalidInput
+    from core.options import OptionContext, cli_values, parse_options
+
+    context = OptionContext(offer.models, offer.model, offer.denoise_levels)
+    try:
+        return parse_options(cli_values(args), context), None
+    except InvalidInput as error:
+        return None, error.message
+
+
+def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, summary: Summary, jobs: int,
+                outputs: Outputs, stop_on: type[Exception] | tuple[type[Exception], ...] = ()) -> None:
     """Run ``convert`` on every job, ``jobs`` at a time, under the files' progress bar; failures are recorded.
 
-    Ctrl-C stops at once, with the files not finished counted in ``summary.unfinished``: what is done
-    is kept, and running the same command again does the rest.
+    Ctrl-C, or a ``stop_on`` error from any job, stops at once, with the files not finished counted in
+    ``summary.unfinished`` and those being written (to ``outputs``) removed: what is done is kept, and
+    running the same command again does the rest.
     """
     from tqdm import tqdm
 
@@ -360,6 +489,11 @@ def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, sum
     with tqdm(total=len(todo), desc=title, unit="file", position=0) as files:
         try:
             for job, error in _outcomes(todo, convert, jobs):
+                if isinstance(error, stop_on):
+                    outputs.abandon()
+                    summary.unfinished = len(todo) - files.n
+                    summary.stopped, summary.stop_status = f"stopped: {error}", CANNOT_WORK
+                    break
                 if error is None:
                     summary.converted.append(job.source)
                 else:
@@ -367,7 +501,9 @@ def convert_all(todo: list[Job], convert: Callable[[Job], None], title: str, sum
                     files.write(f"failed: {job.source}: {summary.failed[-1][1]}")
                 files.update()
         except KeyboardInterrupt:
+            outputs.abandon()
             summary.unfinished = len(todo) - files.n
+            summary.stopped, summary.stop_status = "interrupted", INTERRUPTED
     summary.seconds = time.perf_counter() - started
 
 
@@ -451,16 +587,31 @@ def _show_warnings_without_tracebacks() -> None:
 
 def report(summary: Summary, output: Path) -> None:
     if summary.unfinished:
-        print(f"interrupted: {summary.unfinished} files not done; the same command does them", file=sys.stderr)
+        print(f"{summary.stopped}: {summary.unfinished} files not done; the same command does them", file=sys.stderr)
     print(f"converted {len(summary.converted)} in {summary.seconds:.1f} s, skipped {len(summary.skipped)} already done"
           f"{' (use --overwrite to redo)' if summary.skipped else ''}, failed {len(summary.failed)}; output in {output}")
+    if summary.not_images:
+        kinds = ", ".join(f"{suffix} {count}" for suffix, count in summary.not_images.most_common())
+        print(f"left out {summary.not_images.total()} files of the folders not named as an accepted image: {kinds}")
     for line in summary.notes:
         print(line)
     for source, reason in summary.failed:
         print(f"FAILED {source}: {reason}", file=sys.stderr)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            # A file name that is not UTF-8 on disk is printed escaped: with a strict terminal encoding, its
+            # failure line ended the run with a traceback and no summary.
+            stream.reconfigure(errors="backslashreplace")
+    # A stop (``timeout``, a job's end, ``kill``) ends the run as Ctrl-C does: partial files removed and a summary,
+    # where SIGTERM's default action ended the process where it was.
+    signal.signal(signal.SIGTERM, _interrupt)
     args = parse_args(argv)
     try:
         return run(args)

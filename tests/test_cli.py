@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli import Job, image_suffixes, main, output_suffix, parse_args, plan_jobs, split_done
+from cli import (CANNOT_WORK, CannotWrite, Job, Outputs, Summary, convert_all, image_suffixes, main, output_suffix, parse_args,
+                 plan_jobs, report, split_done)
 from config import MEBIBYTE, Settings
 from core.formats import OUTPUT_FORMATS
 from tests.conftest import ROOT, SAMPLES
@@ -149,10 +150,12 @@ def test_plan_keeps_folder_structure_and_reports_clashing_names(tmp_path):
     (folder / "day1").mkdir(parents=True)
     for name in ("day1/a.jpg", "day1/a.png", "b.webp", "readme.md"):
         (folder / name).write_bytes(b"x")
-    jobs, problems = plan_jobs([folder], tmp_path / "out", ".png")
-    assert [(j.source.relative_to(folder).as_posix(), j.target.relative_to(tmp_path).as_posix()) for j in jobs] == [
+    plan = plan_jobs([folder], tmp_path / "out", ".png")
+    assert [(j.source.relative_to(folder).as_posix(), j.target.relative_to(tmp_path).as_posix()) for j in plan.jobs] == [
         ("b.webp", "out/shots/b.png"), ("day1/a.jpg", "out/shots/day1/a.png")]
-    assert problems == [(folder / "day1" / "a.png", f"same output {tmp_path / 'out/shots/day1/a.png'} as {folder / 'day1/a.jpg'}")]
+    assert plan.problems == [(folder / "day1" / "a.png",
+                              f"same output {tmp_path / 'out/shots/day1/a.png'} as {folder / 'day1/a.jpg'}")]
+    assert plan.not_images == {".md": 1}
 
 
 def test_outputs_inside_an_input_folder_are_never_taken_for_inputs(tmp_path):
@@ -162,13 +165,40 @@ def test_outputs_inside_an_input_folder_are_never_taken_for_inputs(tmp_path):
     for name in ("a.png", "big/photos/a.png", "big/other.png"):
         (photos / name).write_bytes(b"x")
     for output in (photos / "big", tmp_path / "photos" / ".." / "photos" / "big"):
-        jobs, problems = plan_jobs([photos], output, ".png")
-        assert [job.source for job in jobs] == [photos / "a.png"] and problems == []
+        plan = plan_jobs([photos], output, ".png")
+        assert [job.source for job in plan.jobs] == [photos / "a.png"] and plan.problems == []
     # An output folder beside the inputs, whose name merely starts like one of the folder's, takes nothing away.
     (photos / "bigger").mkdir()
     (photos / "bigger" / "b.png").write_bytes(b"x")
-    jobs, _ = plan_jobs([photos / "bigger"], photos / "big", ".png")
-    assert [job.source for job in jobs] == [photos / "bigger" / "b.png"]
+    assert [job.source for job in plan_jobs([photos / "bigger"], photos / "big", ".png").jobs] == [photos / "bigger" / "b.png"]
+
+
+def test_an_output_folder_above_an_input_folder_takes_none_of_its_files_away(tmp_path):
+    """``sr-upscale ~/pics/holiday -o ~`` found nothing to do: every input was under the output folder,
+    so all were taken for earlier outputs, and the run said "converted 0, failed 0"."""
+    holiday = tmp_path / "pics" / "holiday"
+    holiday.mkdir(parents=True)
+    (holiday / "a.png").write_bytes(b"x")
+    plan = plan_jobs([holiday], tmp_path, ".png")
+    assert plan.jobs == [Job(holiday / "a.png", tmp_path / "holiday" / "a.png")] and plan.problems == []
+
+
+def test_an_output_that_is_an_input_file_is_refused_not_skipped_or_overwritten(tmp_path):
+    """``sr-upscale photo.png -o .`` counted the input as its own output "already done", and with
+    --overwrite replaced the photo by its upscale; an output folder that is an input folder mixed them."""
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for name in ("a.png", "b.jpg", "b.png"):
+        (pics / name).write_bytes(b"x")
+    plan = plan_jobs([pics / "a.png", pics / "b.jpg", pics / "b.png", pics], pics, ".png")
+    assert plan.jobs == []
+    assert plan.problems == [
+        (pics, "is the output folder too: the outputs would be mixed with the inputs; choose another output folder"),
+        *[(pics / name, f"its output {pics / output} is an input file: choose an output folder that holds no input")
+          for name, output in (("a.png", "a.png"), ("b.jpg", "b.png"), ("b.png", "b.png"))]]
+    # The whole folder given from its parent, with the parent as output: each file's output is the file itself.
+    plan = plan_jobs([pics], tmp_path, ".png")
+    assert plan.jobs == [] and [source.name for source, _ in plan.problems] == ["a.png", "b.jpg", "b.png"]
 
 
 def test_done_outputs_are_found_without_comparing_jobs(tmp_path, monkeypatch):
@@ -227,6 +257,13 @@ def test_bad_option_values_are_usage_errors_with_the_servers_message(tmp_path, f
     assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
+def test_an_output_folder_that_is_a_file_is_a_usage_error(tmp_path):
+    """Every file was upscaled, then failed alike when its output folder could not be made."""
+    (tmp_path / "out").write_text("a file")
+    result = sr_upscale(SAMPLES / "camera.png", "-o", tmp_path / "out")
+    assert result.returncode == 2 and f"sr-upscale: error: the output folder {tmp_path / 'out'} is a file" in result.stderr
+
+
 def test_help_lists_every_option_of_the_schema():
     from core.options import OPTIONS
 
@@ -250,8 +287,52 @@ def test_the_docs_quote_a_failure_as_it_is_printed(tmp_path):
     holiday = tmp_path / "holiday"
     holiday.mkdir()
     (holiday / "broken.png").write_text("a text file named like an image")
+    for name in ("IMG_1.HEIC", "IMG_2.heic", "notes.txt"):
+        (holiday / name).write_text("not named as an accepted image")
     quoted = next(line for line in (ROOT / "docs" / "web-and-cli.md").read_text().splitlines()
                   if line.startswith("FAILED holiday/broken.png: "))
     result = sr_upscale(holiday, "-o", tmp_path / "out")
     assert result.returncode == 1
     assert f"{holiday / 'broken.png'}: {quoted.split(': ', 1)[1]}" in result.stderr, result.stderr
+    # The files left out are counted, not silently passed over: a folder of photos may hold HEIC or raw files.
+    assert "left out 3 files of the folders not named as an accepted image: .heic 2, .txt 1" in result.stdout.splitlines()
+
+
+def test_a_run_whose_servers_are_all_down_stops_and_counts_the_files_not_done(capsys):
+    """Every file left failed on its own, each after --retries + 1 tries: the run ends at once instead."""
+    from remote import ServersDown
+
+    jobs = [Job(Path(f"{index}.png"), Path(f"out/{index}.png")) for index in range(4)]
+    why = "every server left 4 requests in a row unanswered (last: connection refused)"
+
+    def convert(job: Job) -> None:
+        if job.source.name != "0.png":
+            raise ServersDown(why)
+
+    summary = Summary()
+    convert_all(jobs, convert, "srgan x4", summary, jobs=1, outputs=Outputs(), stop_on=ServersDown)
+    assert (summary.converted, summary.failed, summary.unfinished) == ([Path("0.png")], [], 3)
+    assert summary.stop_status == CANNOT_WORK
+    report(summary, Path("out"))
+    assert f"stopped: {why}: 3 files not done; the same command does them" in capsys.readouterr().err.splitlines()
+
+
+def test_a_full_output_disk_stops_the_run(tmp_path, capsys):
+    """Each file was upscaled (on the servers, for minutes) and then failed to be written, one after another."""
+    jobs = [Job(Path(f"{index}.png"), tmp_path / "out" / f"{index}.png") for index in range(3)]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".1.png.partial").symlink_to("/dev/full")  # a real ENOSPC for the second file
+    upscaled = []
+
+    def convert(job: Job) -> None:
+        upscaled.append(job.source.name)
+        outputs.write(job.target, [b"upscaled"])
+
+    outputs, summary = Outputs(), Summary()
+    convert_all(jobs, convert, "srgan x4", summary, jobs=1, outputs=outputs, stop_on=CannotWrite)
+    assert upscaled == ["0.png", "1.png"] and (summary.converted, summary.failed, summary.unfinished) == ([Path("0.png")], [], 2)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["0.png"]
+    assert summary.stop_status == CANNOT_WORK
+    report(summary, tmp_path / "out")
+    assert f"stopped: cannot write {jobs[1].target}: No space left on device: 2 files not done; the same command " \
+           f"does them" in capsys.readouterr().err.splitlines()

@@ -22,6 +22,7 @@ import pytest
 import requests
 from PIL import Image
 
+import remote
 from core.options import OptionContext, UpscaleOptions, form_fields, parse_options
 from tests.conftest import ROOT, SAMPLES
 from harness.live_server import LiveServer, free_port, live_server
@@ -30,9 +31,9 @@ pytestmark = pytest.mark.slow
 SIDE = 48
 
 
-def sr_upscale(*args: object, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def sr_upscale(*args: object, python_flags: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *python_flags, "-m", "cli", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **env})
 
 
 def photos(folder: Path, count: int) -> Path:
@@ -364,3 +365,288 @@ def test_options_become_the_predict_form_fields():
     # The server reads the fields back through the same schema into the same options.
     context = OptionContext(("srgan", "srresnet"), "srgan")
     assert [parse_options(form_fields(sent), context) for sent in (options, sized)] == [options, sized]
+
+
+# --- Retries against stand-in servers: no model, and no waiting (time.sleep and DOWN_FOR_S replaced) ---
+
+
+@contextmanager
+def stand_in(*answers: Callable[[BaseHTTPRequestHandler], None],
+             metadata: dict | None = None) -> Iterator[tuple[str, list[str]]]:
+    """A loopback server whose n-th /model/predict gets ``answers[n]`` (the last one once they run out),
+    and whose GET /model/metadata answers ``metadata``.
+
+    Yields its URL and the name of the answer given to each request, in order.
+    """
+    given: list[str] = []
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            _send(self, 200, json.dumps(metadata).encode(), Content_Type="application/json")
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            with lock:
+                answer = answers[min(len(given), len(answers) - 1)]
+                given.append(answer.__name__)
+            answer(self)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", given
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, **headers: str) -> None:
+    handler.send_response(status)
+    for name, value in {"Content-Length": str(len(body)), **headers}.items():
+        handler.send_header(name.replace("_", "-"), value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def upscaled(handler: BaseHTTPRequestHandler) -> None:
+    _send(handler, 200, b"upscaled", Content_Type="image/png")
+
+
+def busy_for_an_hour(handler: BaseHTTPRequestHandler) -> None:
+    _send(handler, 503, b'{"message": "busy"}', Retry_After="3600", Content_Type="application/json")
+
+
+# How the client words a server that hangs up: the kernel may report the closed socket either way.
+HUNG_UP = "(the connection closed without an answer|connection reset)"
+
+
+def hang_up(handler: BaseHTTPRequestHandler) -> None:
+    handler.close_connection = True  # no answer at all, as a worker killed mid-request
+
+
+def refused_by_the_file(handler: BaseHTTPRequestHandler) -> None:
+    _send(handler, 400, b'{"message": "not an image"}', Content_Type="application/json")
+
+
+@pytest.fixture()
+def pauses(monkeypatch) -> list[float]:
+    """The pauses the cluster takes after 503s, taken at once; a server marked down is up again at once."""
+    taken: list[float] = []
+    monkeypatch.setattr(remote.time, "sleep", taken.append)
+    monkeypatch.setattr(remote, "DOWN_FOR_S", 0.0)
+    return taken
+
+
+def _upscale(cluster: remote.Cluster, name: str = "a.png") -> bytes:
+    kept = []
+    cluster.upscale(b"image", name, {"model": "srgan"}, lambda pieces: kept.append(b"".join(pieces)))
+    return kept[0]
+
+
+@pytest.mark.parametrize("retry_after", ["0", "Wed, 21 Oct 2015 07:28:00 GMT"])
+def test_a_503_saying_retry_at_once_still_waits_a_second(pauses, retry_after):
+    """"Retry-After: 0" (or a date past) resent the file at once, over and over: the pauses summed to 0,
+    so --max-wait was never reached and the client hammered the server for ever."""
+    def busy_now(handler: BaseHTTPRequestHandler) -> None:
+        _send(handler, 503, b'{"message": "busy"}', Retry_After=retry_after, Content_Type="application/json")
+
+    # A bound for the old code's loop: after 20 busy answers, a 400 ends the file.
+    with stand_in(*[busy_now] * 20, refused_by_the_file) as (url, given):
+        cluster = remote.Cluster([url], jobs=1, retries=3, timeout_s=60, max_wait_s=3)
+        with pytest.raises(remote.FileFailed, match=r"the servers stayed busy for more than 3 s \(--max-wait\)"):
+            _upscale(cluster)
+    assert pauses == [remote.MIN_RETRY_AFTER_S] * 3 and given == ["busy_now"] * 4
+
+
+def test_a_server_answering_503_gets_no_new_file_while_another_is_free(pauses):
+    """After a 503 the next file went back to the busy server (it had the fewest files in flight and done),
+    and waited its Retry-After again while the other server was free."""
+    with stand_in(busy_for_an_hour) as (busy, at_busy), stand_in(upscaled) as (free, at_free):
+        cluster = remote.Cluster([busy, free], jobs=2, retries=3, timeout_s=60, max_wait_s=7200)
+        assert [_upscale(cluster, f"{index}.png") for index in range(3)] == [b"upscaled"] * 3
+    assert at_busy == ["busy_for_an_hour"] and at_free == ["upscaled"] * 3
+    assert pauses == [3600] and cluster.retried == 1
+
+
+def test_once_every_server_has_failed_a_files_tries_in_a_row_no_more_files_are_sent(pauses):
+    """With every server gone, each of the files left was still tried --retries + 1 times, DOWN_FOR_S apart:
+    a folder of 10 000 files took days to fail one by one. An answer between failures starts the count again."""
+    with stand_in(hang_up, upscaled, hang_up, upscaled, hang_up) as (url, given):
+        cluster = remote.Cluster([url], jobs=1, retries=1, timeout_s=60, max_wait_s=600)
+        assert [_upscale(cluster, name) for name in ("a.png", "b.png")] == [b"upscaled"] * 2
+        with pytest.raises(remote.FileFailed, match=rf"^{HUNG_UP} \(gave up after 2 attempts\)$"):
+            _upscale(cluster, "c.png")
+        with pytest.raises(remote.ServersDown, match=rf"^every server left 2 requests in a row unanswered \(last: {HUNG_UP}\)$"):
+            _upscale(cluster, "d.png")
+    assert given == ["hang_up", "upscaled", "hang_up", "upscaled", "hang_up", "hang_up"]  # d.png never sent
+
+
+@pytest.mark.parametrize("state, remark", [
+    ("ready", None),
+    ("loading", "model srgan is still loading there: it gets files once ready"),
+    ("pending", "model srgan is still loading there: it gets files once ready"),
+])
+def test_a_server_still_loading_its_model_takes_part(state, remark):
+    """A server whose model was still loading at the start was skipped for the whole run: started beside its
+    servers, or during a rolling restart, a run left them out to the end. It answers 503 until ready."""
+    metadata = {"default_model": "srgan", "models": [{"id": "srgan", "state": state}],
+                "limits": {"max_upload_bytes": 1000}}
+    with stand_in(upscaled, metadata=metadata) as (url, _):
+        assert remote.probe(url, None) == (remote.Offer("srgan", 1000, ("srgan",)), remark)
+
+
+def test_a_server_whose_model_failed_to_load_is_skipped():
+    metadata = {"default_model": "srgan", "models": [{"id": "srgan", "state": "failed: no weights"}],
+                "limits": {"max_upload_bytes": 1000}}
+    with stand_in(upscaled, metadata=metadata) as (url, _):
+        assert remote.probe(url, "srgan") == (None, "model srgan is not ready there (failed: no weights)")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_a_stop_during_an_answer_leaves_no_partial_file(tmp_path, stop):
+    """The threads writing answers are daemons, which end with the process where they are: Ctrl-C while an
+    answer arrived left its ``.name.partial`` file in the output folder. SIGTERM (``timeout``, a job's end)
+    ended the process where it was: a partial file left and no summary."""
+    release = threading.Event()
+
+    def half_then_stall(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/png")
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        handler.wfile.write(b"x" * 10)
+        handler.wfile.flush()
+        release.wait(120)
+
+    metadata = {"default_model": "srgan", "models": [{"id": "srgan", "state": "ready"}],
+                "limits": {"max_upload_bytes": 1000}}
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(b"image")
+    out = tmp_path / "out"
+    with stand_in(half_then_stall, metadata=metadata) as (url, _):
+        run = subprocess.Popen([sys.executable, "-m", "cli", str(tmp_path / "in" / "a.png"), "-o", str(out),
+                                "--server", url], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: (out / ".a.png.partial").exists(), "the answer's partial file")
+            run.send_signal(stop)
+            stdout, stderr = run.communicate(timeout=120)
+        finally:
+            release.set()
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    assert run.returncode == 130, stderr[-3000:]
+    assert "interrupted: 1 files not done; the same command does them" in stderr.splitlines()
+    assert list(out.iterdir()) == []
+
+
+def test_files_that_each_get_a_500_fail_on_their_own_without_stopping_the_run(pauses):
+    """A 500 is an answer from a server that is up (a file it cannot take): it does not count towards
+    every server being down, which would leave the rest of the folder unsent."""
+    def broken(handler: BaseHTTPRequestHandler) -> None:
+        _send(handler, 500, b'{"message": "internal error"}', Content_Type="application/json")
+
+    with stand_in(broken, broken, broken, broken, hang_up, upscaled) as (url, given):
+        cluster = remote.Cluster([url], jobs=1, retries=1, timeout_s=60, max_wait_s=600)
+        for name in ("a.png", "b.png"):
+            with pytest.raises(remote.FileFailed, match=r"^HTTP 500: internal error \(gave up after 2 attempts\)$"):
+                _upscale(cluster, name)
+        assert _upscale(cluster, "c.png") == b"upscaled"  # a failure to answer, then an answer
+    assert given == ["broken"] * 4 + ["hang_up", "upscaled"]
+
+
+def test_options_that_depend_on_the_model_are_checked_by_each_servers_models():
+    """``--denoise 2`` for a server whose default model is realcugan was a usage error: it was checked against
+    this machine's DEFAULT_MODEL (srgan, no levels) before any server was asked, as was a MODELS_DIR model's level."""
+    from cli import parse_args, server_options
+
+    def metadata(default_model: str) -> dict:
+        levels = {"srgan": ["none"], "realcugan": ["none", "conservative", "1", "2", "3"]}
+        return {"default_model": default_model, "limits": {"max_upload_bytes": 1000},
+                "models": [{"id": name, "state": "ready"} for name in levels],
+                "options": [{"name": "denoise", "choices_by_model": levels}]}
+
+    with stand_in(upscaled, metadata=metadata("realcugan")) as (cugan, _), \
+            stand_in(upscaled, metadata=metadata("srgan")) as (plain, _):
+        args = parse_args(["a.png", "-o", "out", "--server", cugan, "--denoise", "2"])
+        options, problem = server_options(args, remote.probe(cugan, None)[0])
+        assert problem is None and form_fields(options) == {"model": "realcugan", "denoise": "2"}
+        assert server_options(args, remote.probe(plain, None)[0]) == (
+            None, "denoise must be one of none with model srgan, not '2'")
+
+
+def test_requests_in_flight_when_a_server_goes_away_count_once_towards_every_server_down(pauses):
+    """Four requests in flight on a server that went away counted four failures in a row at once, so the
+    run stopped before any file was tried again: ``--jobs 16`` on a Service whose one pod died would stop it."""
+    arrived = threading.Barrier(4, timeout=60)
+
+    def hang_up_together(handler: BaseHTTPRequestHandler) -> None:
+        arrived.wait()
+        hang_up(handler)
+
+    with stand_in(*[hang_up_together] * 4, upscaled) as (url, given):
+        cluster = remote.Cluster([url], jobs=4, retries=1, timeout_s=60, max_wait_s=600)
+        results: list[object] = []
+        threads = [threading.Thread(target=lambda: results.append(_attempted(cluster))) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert results == [b"upscaled"] * 4 and given == ["hang_up_together"] * 4 + ["upscaled"] * 4
+
+
+def _attempted(cluster: remote.Cluster) -> object:
+    try:
+        return _upscale(cluster)
+    except Exception as error:  # noqa: BLE001 - the test compares outcomes
+        return error
+
+
+def test_a_run_sends_the_files_whatever_the_order_of_usable_and_skipped_servers(tmp_path):
+    metadata = {"default_model": "srgan", "models": [{"id": "srgan", "state": "ready"}],
+                "limits": {"max_upload_bytes": 1000}}
+    (tmp_path / "a.png").write_bytes(b"image")
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    with stand_in(upscaled, metadata=metadata) as (url, given):
+        for order in ((url, nowhere), (nowhere, url)):
+            out = tmp_path / f"out-{order.index(url)}"
+            result = sr_upscale(tmp_path / "a.png", "-o", out, *[flag for server in order for flag in ("--server", server)])
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert (out / "a.png").read_bytes() == b"upscaled"
+    assert given == ["upscaled"] * 2
+
+
+def test_files_named_in_latin_1_are_sent_written_and_reported(tmp_path):
+    """A name that is not UTF-8 on disk (old cameras, zips from Windows) failed with "UnicodeEncodeError: ...
+    surrogates not allowed" when put in the form, and printing its failure on a strict terminal ended the run."""
+    metadata = {"default_model": "srgan", "models": [{"id": "srgan", "state": "ready"}],
+                "limits": {"max_upload_bytes": 1000}}
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in (b"caf\xe9.png", b"th\xe9.png"):
+        (folder / os.fsdecode(name)).write_bytes(b"image")
+    with stand_in(upscaled, refused_by_the_file, metadata=metadata) as (url, given):
+        result = sr_upscale(folder, "-o", tmp_path / "out", "--server", url, "--jobs", "1",
+                            PYTHONIOENCODING="utf-8:strict")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert given == ["upscaled", "refused_by_the_file"]
+    assert (tmp_path / "out" / "photos" / os.fsdecode(b"caf\xe9.png")).read_bytes() == b"upscaled"
+    assert f"FAILED {folder}/th\\udce9.png: not an image" in result.stderr.splitlines()
+    assert "converted 1" in result.stdout
+
+
+def test_a_file_goes_to_a_server_that_takes_its_size(pauses):
+    """Servers with different MAX_UPLOAD_BYTES: a file over the first's limit was sent to it anyway, got its
+    413 and failed, though the other server takes it."""
+    def too_large(handler: BaseHTTPRequestHandler) -> None:
+        _send(handler, 413, b'{"message": "the file is too large"}', Content_Type="application/json")
+
+    with stand_in(too_large) as (small, at_small), stand_in(upscaled) as (large, at_large):
+        cluster = remote.Cluster([small, large], jobs=2, retries=3, timeout_s=60, max_wait_s=600,
+                                 upload_limits={small: 4, large: 1000})
+        assert _upscale(cluster) == b"upscaled"  # b"image": 5 bytes
+    assert (at_small, at_large) == ([], ["upscaled"])
