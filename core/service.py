@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from config import Settings
 from core import backends, cost, encoding, images, memory, pipeline
 from core.admission import InferenceSlot
+from core.errors import DeviceFailed
 from core.geometry import OutputPlan, enlargement, plan_output
 from core.models.registry import ModelRegistry
 from core.models.runtime import Network
@@ -37,6 +38,10 @@ class Service:
     registry: ModelRegistry
     slot: InferenceSlot
     _loader: threading.Thread | None = field(default=None, repr=False)
+    # Why the device can run nothing more in this process (/health then fails), once it failed so.
+    device_failure: str | None = None
+    # Told once, at that failure: under gunicorn it stops the worker, whose master starts a fresh one.
+    on_device_failure: Callable[[], None] | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, settings: Settings) -> "Service":
@@ -143,9 +148,22 @@ class Service:
         stages = stages or Stages()
         queued = time.perf_counter()
         while_queued = None if on_progress is None else lambda: on_progress(0, 0)
-        with self.slot.hold(plan.host_bytes, while_queued):
-            stages.add("queue", time.perf_counter() - queued)
-            return pipeline.run(plan, self.settings, on_progress, stages)
+        try:
+            with self.slot.hold(plan.host_bytes, while_queued):
+                stages.add("queue", time.perf_counter() - queued)
+                return pipeline.run(plan, self.settings, on_progress, stages)
+        except DeviceFailed as error:
+            self._device_failed(error)
+            raise
+
+    def _device_failed(self, error: DeviceFailed) -> None:
+        """Record the device's failure and, the first time, have the worker replaced."""
+        if self.device_failure is not None:
+            return
+        self.device_failure = error.message
+        log.critical("the device failed; this worker stops serving: %s", error.message)
+        if self.on_device_failure is not None:
+            self.on_device_failure()
 
     def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None,
                 stages: Stages | None = None) -> Result:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import signal
 from types import SimpleNamespace
 
@@ -82,3 +83,15 @@ def test_a_workers_sigterm_closes_its_slot_and_a_second_one_keeps_the_countdown(
     assert shutdown._stop_at == 100.0 + load_settings().shutdown_grace_s - shutdown.ANSWER_MARGIN_S
     with pytest.raises(shutdown.ShuttingDown, match="starts no new image"):
         slot.check_room()
+
+
+def test_a_worker_whose_gpu_failed_stops_itself_as_gunicorn_stops_it(monkeypatch):
+    """The service tells the hook once its GPU failed for good: the worker sends itself the SIGTERM of a graceful
+    stop (its requests in flight end, then gunicorn's master starts a fresh worker with a new CUDA context)."""
+    sent = []
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: None)
+    monkeypatch.setattr(os, "kill", lambda pid, signum: sent.append((pid, signum)))
+    service = SimpleNamespace(slot=InferenceSlot(queue_size=1, wait_timeout_s=1), on_device_failure=None)
+    ConfigOnly().cfg.post_worker_init(SimpleNamespace(wsgi=SimpleNamespace(extensions={"super_resolution": service})))
+    service.on_device_failure()
+    assert sent == [(os.getpid(), signal.SIGTERM)]

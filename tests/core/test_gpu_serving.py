@@ -256,6 +256,44 @@ def test_a_pinned_copy_without_memory_is_a_503_and_the_worker_serves_on(gpu_like
     assert client.post("/model/predict", data=form, content_type="multipart/form-data").status_code == 200
 
 
+def predict_photo(client, side: int):
+    form = {"image": (io.BytesIO(encode(photo(side, side))), "photo.png")}
+    return client.post("/model/predict", data=form, content_type="multipart/form-data")
+
+
+def test_a_gpu_that_failed_for_good_answers_503_fails_health_and_has_the_worker_replaced(gpu_like_app, service,
+                                                                                         monkeypatch):
+    """A CUDA error that leaves the context broken (an illegal address) was a 500 on that request and every later
+    one while /health said ok, so nothing restarted the worker. Now: a 503 saying so, at once for the requests
+    after it, /health and /ready 503, and the worker told once to stop (gunicorn.conf.py: a fresh one replaces it)."""
+    client = gpu_like_app.test_client()
+    stops = []
+    monkeypatch.setitem(pytorch.DEVICE_LOCKS, "cpu", pytorch.DeviceLock())
+    monkeypatch.setattr(service, "device_failure", None)
+    monkeypatch.setattr(service, "on_device_failure", lambda: stops.append(True))
+    monkeypatch.setattr(pytorch, "device_works", lambda device: False)
+    copy_back = pytorch.TorchRunner._to_host
+
+    def illegal_address(runner, tensor):
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors ...")
+
+    monkeypatch.setattr(pytorch.TorchRunner, "_to_host", illegal_address)
+    answer = predict_photo(client, 40)
+    assert answer.status_code == 503 and answer.headers["Retry-After"]
+    message = answer.get_json()["message"]
+    assert message.startswith("the GPU failed (CUDA error: an illegal memory access was encountered)")
+    assert message.endswith("it restarts with a fresh GPU context; retry")
+    monkeypatch.setattr(pytorch.TorchRunner, "_to_host", copy_back)
+    again = predict_photo(client, 40)
+    assert (again.status_code, again.get_json()["message"]) == (503, message)
+    assert stops == [True]
+    health = client.get("/health")
+    assert (health.status_code, health.get_json()) == (503, {"status": "failed", "reason": message})
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.get_json()["ready"] is False
+    assert ready.get_json()["device_failure"] == message
+
+
 def test_the_whole_image_is_one_window_where_it_fits_the_gpu_budget():
     mib = memory.MEBIBYTE
     assert memory.tile_for_device_budget(2000 * mib, 100 * mib, 4300, 32, 500, 700) == 700
