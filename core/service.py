@@ -98,7 +98,8 @@ class Service:
                 continue
             network = self.registry.get(name)
             bytes_per_pixel = self.registry.cards[name].window_bytes_per_pixel(network.precision, "cuda")
-            window = memory.smallest_window_bytes(bytes_per_pixel, network.margin, self.settings.tile_batch)
+            window = memory.smallest_window_bytes(bytes_per_pixel, network.margin, self.settings.tile_batch,
+                                                  network.border)
             if resident + window > budget:
                 short[name] = (f"GPU_MEMORY_BUDGET_MB={budget // memory.MEBIBYTE} leaves no room for its smallest "
                                f"window ({memory.mib_up(window)} MiB) beside the {resident // memory.MEBIBYTE} "
@@ -187,12 +188,13 @@ class Service:
         bytes_per_pixel = self.registry.cards[network.name].window_bytes_per_pixel(network.precision, device)
         if device == "cuda":
             return memory.tile_for_device_budget(self.device_budget(), self.registry.device_resident, bytes_per_pixel,
-                                                 network.margin, height, width, self.settings.tile_batch)
+                                                 network.margin, height, width, self.settings.tile_batch,
+                                                 network.border)
         if ensemble:
             bytes_per_pixel += memory.ensemble_bytes_per_window_pixel(network.scale)
         return memory.tile_for_budget(self.memory_budget(), self.registry.resident,
                                       result + memory.pass_bytes(height, width), bytes_per_pixel, network.margin,
-                                      height, width, self.settings.tile_batch)
+                                      height, width, self.settings.tile_batch, network.border)
 
     def result_bytes(self, header: images.Header, output: OutputPlan, options: UpscaleOptions,
                      with_layers: bool) -> int:
@@ -205,11 +207,13 @@ class Service:
 
     def host_bytes(self, network: Network, passes: tuple[Pass, ...], ensemble: bool = False) -> int:
         """What the request's passes hold in this worker's memory beside the loaded models and the result, at
-        its largest pass: its input buffers and a batch of windows (with the ``ensemble``'s sums)."""
+        its largest pass: its input buffers and a batch of windows (with the ``ensemble``'s sums), each as the
+        network runs it, with its border."""
         device = self.registry.choice.device
         bytes_per_pixel = self.registry.cards[network.name].window_bytes_per_pixel(network.precision, device)
         return max(memory.pass_bytes(step.height, step.width)
-                   + memory.window_host_bytes(step.window_pixels, device, bytes_per_pixel, network.scale,
+                   + memory.window_host_bytes(memory.run_pixels(*step.window_shape, network.border), device,
+                                              bytes_per_pixel, network.scale,
                                               min(self.settings.tile_batch, len(step.tiles)), ensemble)
                    for step in passes)
 
