@@ -66,7 +66,7 @@ def post_worker_init(worker: Worker) -> None:
     CUDA context) while its other requests end."""
     previous = signal.getsignal(signal.SIGTERM)
     service = worker.wsgi.extensions["super_resolution"]
-    service.on_device_failure = lambda: os.kill(os.getpid(), signal.SIGTERM)
+    service.on_device_failure(lambda: os.kill(os.getpid(), signal.SIGTERM))
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         from core import shutdown

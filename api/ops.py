@@ -27,10 +27,11 @@ def ready() -> tuple[Response, int]:
     """Readiness: 200 once every configured model is loaded and has run once, 503 before (or if one failed, or
     the device did)."""
     current = service()
-    body = {"ready": current.registry.ready and current.device_failure is None,
-            "models": current.registry.states(), "device": current.device()}
-    if current.device_failure is not None:
-        body["device_failure"] = current.device_failure
+    failure = current.device_failure
+    body = {"ready": current.registry.ready and failure is None, "models": current.registry.states(),
+            "device": current.device()}
+    if failure is not None:
+        body["device_failure"] = failure
     return jsonify(body), 200 if body["ready"] else 503
 
 

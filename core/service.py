@@ -38,10 +38,10 @@ class Service:
     registry: ModelRegistry
     slot: InferenceSlot
     _loader: threading.Thread | None = field(default=None, repr=False)
-    # Why the device can run nothing more in this process (/health then fails), once it failed so.
-    device_failure: str | None = None
-    # Told once, at that failure: under gunicorn it stops the worker, whose master starts a fresh one.
-    on_device_failure: Callable[[], None] | None = field(default=None, repr=False)
+    # What stops this worker once its device failed for good (``on_device_failure``), and whether it was called.
+    _stop: Callable[[], None] | None = field(default=None, repr=False)
+    _stopped: bool = field(default=False, repr=False)
+    _stopping: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def create(cls, settings: Settings) -> "Service":
@@ -67,6 +67,26 @@ class Service:
         choice = self.registry.choice
         return choice.module.usage(choice.device)
 
+    @property
+    def device_failure(self) -> str | None:
+        """Why the device can run nothing more in this process (/health and /ready then fail); None while it runs."""
+        choice = self.registry.choice
+        return choice.module.failure(choice.device)
+
+    def on_device_failure(self, stop: Callable[[], None]) -> None:
+        """Have ``stop`` called, once, when the device fails for good, at a request or while the models load (at
+        once where it has already): under gunicorn it stops the worker, and the master starts a fresh one."""
+        self._stop = stop
+        self._stop_if_failed()
+
+    def _stop_if_failed(self) -> None:
+        with self._stopping:
+            if self._stopped or self._stop is None or self.device_failure is None:
+                return
+            self._stopped = True
+        log.critical("the device failed; this worker stops: %s", self.device_failure)
+        self._stop()
+
     def start_loading(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
         """Load every model in the background, so that /health answers during start-up."""
         self._loader = threading.Thread(target=self.load, args=(on_loaded,), name="model-loader", daemon=True)
@@ -77,6 +97,7 @@ class Service:
         beside the loaded models; ``on_loaded`` hears of the others, once that is known."""
         loaded: list[tuple[str, float]] = []
         self.registry.load_all(lambda name, seconds: loaded.append((name, seconds)))
+        self._stop_if_failed()  # a model's warm-up can meet the device's failure
         short = self.short_of_device_memory()
         for name, reason in short.items():
             log.error("model %s cannot serve: %s", name, reason)
@@ -153,18 +174,9 @@ class Service:
             with self.slot.hold(plan.host_bytes, while_queued):
                 stages.add("queue", time.perf_counter() - queued)
                 return pipeline.run(plan, self.settings, on_progress, stages)
-        except DeviceFailed as error:
-            self._device_failed(error)
+        except DeviceFailed:
+            self._stop_if_failed()
             raise
-
-    def _device_failed(self, error: DeviceFailed) -> None:
-        """Record the device's failure and, the first time, have the worker replaced."""
-        if self.device_failure is not None:
-            return
-        self.device_failure = error.message
-        log.critical("the device failed; this worker stops serving: %s", error.message)
-        if self.on_device_failure is not None:
-            self.on_device_failure()
 
     def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None,
                 stages: Stages | None = None) -> Result:

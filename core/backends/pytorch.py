@@ -290,6 +290,11 @@ def usage(device: str) -> dict[str, float]:
     return {"memory_bytes": float(memory), "busy_seconds": lock.busy_s, "out_of_memory": float(lock.out_of_memory)}
 
 
+def failure(device: str) -> str | None:
+    """Why the device can run nothing more in this process (``DeviceFailed``'s message); None while it runs."""
+    return DEVICE_LOCKS[device].failure
+
+
 def memory_total(device: str) -> int | None:
     """The GPU's memory in bytes; None on the CPU, whose budget is MEMORY_BUDGET_MB."""
     if device != "cuda":

@@ -258,6 +258,35 @@ def test_a_pinned_copy_without_memory_is_a_503_and_the_worker_serves_on(gpu_like
     assert client.post("/model/predict", data=form, content_type="multipart/form-data").status_code == 200
 
 
+def stopped_on_device_failure(service, monkeypatch) -> list[bool]:
+    """The service with a device that has not failed yet, and the calls of the worker's stop once it does."""
+    stops = []
+    monkeypatch.setitem(pytorch.DEVICE_LOCKS, "cpu", pytorch.DeviceLock())
+    monkeypatch.setattr(service, "_stop", None)
+    monkeypatch.setattr(service, "_stopped", False)
+    service.on_device_failure(lambda: stops.append(True))
+    assert stops == [] and service.device_failure is None
+    return stops
+
+
+def test_a_gpu_that_fails_while_the_models_load_has_the_worker_replaced(gpu_like_app, service, monkeypatch):
+    """A model's warm-up that meets the GPU's failure marks the model failed, and the worker stayed so for good
+    (/health ok): the worker now stops once loading ends, and a stop installed after that is called at once."""
+    stops = stopped_on_device_failure(service, monkeypatch)
+    failure = "the GPU failed (CUDA error: an illegal memory access was encountered) and ..."
+
+    def warm_up_fails(on_loaded):
+        pytorch.DEVICE_LOCKS["cpu"].failure = failure
+
+    monkeypatch.setattr(service.registry, "load_all", warm_up_fails)
+    service.load()
+    assert stops == [True]
+    assert gpu_like_app.test_client().get("/health").get_json() == {"status": "failed", "reason": failure}
+    monkeypatch.setattr(service, "_stopped", False)
+    service.on_device_failure(lambda: stops.append(False))
+    assert stops == [True, False]
+
+
 def predict_photo(client, side: int):
     form = {"image": (io.BytesIO(encode(photo(side, side))), "photo.png")}
     return client.post("/model/predict", data=form, content_type="multipart/form-data")
@@ -269,10 +298,7 @@ def test_a_gpu_that_failed_for_good_answers_503_fails_health_and_has_the_worker_
     one while /health said ok, so nothing restarted the worker. Now: a 503 saying so, at once for the requests
     after it, /health and /ready 503, and the worker told once to stop (gunicorn.conf.py: a fresh one replaces it)."""
     client = gpu_like_app.test_client()
-    stops = []
-    monkeypatch.setitem(pytorch.DEVICE_LOCKS, "cpu", pytorch.DeviceLock())
-    monkeypatch.setattr(service, "device_failure", None)
-    monkeypatch.setattr(service, "on_device_failure", lambda: stops.append(True))
+    stops = stopped_on_device_failure(service, monkeypatch)
     monkeypatch.setattr(pytorch, "device_works", lambda device: False)
     copy_back = pytorch.TorchRunner._to_host
 
