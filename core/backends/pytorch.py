@@ -220,11 +220,12 @@ def device_works(device: torch.device) -> bool:
 
     CUDA's runtime API documents errors that leave "the process in an inconsistent state and any further CUDA
     work will return the same error. To continue using CUDA, the process must be terminated and relaunched": an
-    illegal address, a kernel's failed assert, an illegal instruction, a launch failure or timeout (cudaErrorIllegalAddress, cudaErrorAssert, cudaErrorLaunchFailure
-    and the like); torch raises them as ``torch.AcceleratorError`` (a RuntimeError before torch 2.8) from whichever
-    call saw them first, often a later one than the kernel at fault. Rather than keep a list of codes and
-    messages, a tiny round trip asks the device itself: it fails after such an error, and runs after the others
-    (an unsupported cuDNN configuration, a bad argument), on which the worker serves on."""
+    illegal address, a kernel's failed assert, an illegal instruction, a launch failure or timeout
+    (cudaErrorIllegalAddress, cudaErrorAssert, cudaErrorLaunchFailure and the like). torch raises them as
+    ``torch.AcceleratorError`` (a RuntimeError before torch 2.8) from whichever call saw them first, often a later
+    one than the kernel at fault. Rather than keep a list of codes and messages, a tiny round trip asks the device
+    itself: it fails after such an error, and runs after the others (an unsupported cuDNN configuration, a bad
+    argument), on which the worker serves on."""
     try:
         torch.ones(1, device=device).add_(1).item()  # .item() waits for the device's queued work
     except RuntimeError as error:
