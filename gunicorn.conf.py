@@ -61,13 +61,16 @@ def on_starting(server: Arbiter) -> None:
 
 
 def post_worker_init(worker: Worker) -> None:
-    """Before gunicorn's own SIGTERM handler stops the worker, start the countdown of the requests in flight."""
+    """Before gunicorn's own SIGTERM handler stops the worker, start the countdown of the requests in flight; and
+    a worker whose GPU failed for good stops itself the same way, so that the master starts a fresh one (with a new
+    CUDA context) while its other requests end."""
     previous = signal.getsignal(signal.SIGTERM)
+    service = worker.wsgi.extensions["super_resolution"]
+    service.on_device_failure(lambda: os.kill(os.getpid(), signal.SIGTERM))
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         from core import shutdown
 
-        service = worker.wsgi.extensions["super_resolution"]
         shutdown.begin(_settings.shutdown_grace_s, service.slot.running, service.slot.waiting)
         service.slot.close()
         previous(signum, frame)

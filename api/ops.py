@@ -12,17 +12,27 @@ blueprint = Blueprint("ops", __name__)
 
 
 @blueprint.get("/health")
-def health() -> Response:
-    """Liveness: the process answers HTTP. Loading models does not make it unhealthy."""
-    return jsonify(status="ok")
+def health() -> tuple[Response, int]:
+    """Liveness: the process answers HTTP and its device can still run the networks (a GPU that failed for good
+    leaves every later request failing: 503, so that the orchestrator restarts the process). Loading models
+    does not make it unhealthy."""
+    failure = service().device_failure
+    if failure is not None:
+        return jsonify(status="failed", reason=failure), 503
+    return jsonify(status="ok"), 200
 
 
 @blueprint.get("/ready")
 def ready() -> tuple[Response, int]:
-    """Readiness: 200 once every configured model is loaded and has run once, 503 before (or if one failed)."""
+    """Readiness: 200 once every configured model is loaded and has run once, 503 before (or if one failed, or
+    the device did)."""
     current = service()
-    is_ready = current.registry.ready
-    return jsonify(ready=is_ready, models=current.registry.states(), device=current.device()), 200 if is_ready else 503
+    failure = current.device_failure
+    body = {"ready": current.registry.ready and failure is None, "models": current.registry.states(),
+            "device": current.device()}
+    if failure is not None:
+        body["device_failure"] = failure
+    return jsonify(body), 200 if body["ready"] else 503
 
 
 @blueprint.get("/metrics")

@@ -53,6 +53,12 @@ class OutOfDeviceMemory(Unavailable):
     """The GPU had no memory for a window, even at the smallest tile the retries go down to."""
 
 
+class DeviceFailed(Unavailable):
+    """The GPU failed in a way that leaves this process's CUDA context unusable: every later call would fail the
+    same way, so the worker stops once its requests in flight have ended and a fresh one, with a new context,
+    takes its place."""
+
+
 class TimeLimitExceeded(Unavailable):
     """The request ran past the configured time limit and was stopped."""
 

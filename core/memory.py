@@ -18,6 +18,7 @@ from pathlib import Path
 
 from config import MEBIBYTE
 from core.errors import TooLarge
+from core.models.border import Border
 from core.tiling import WINDOW_QUANTUM
 
 # The resident size is rounded up to this, so that a few MB of difference between two workers'
@@ -98,9 +99,10 @@ def result_bytes(pixels: int, pixel_bytes: int, lanczos: bool, blended: bool, la
 
 def window_host_bytes(window_pixels: int, device: str, bytes_per_window_pixel: int, scale: int, batch: int,
                       ensemble: bool = False) -> int:
-    """What a batch of windows holds in the worker's memory: on the CPU the network's working set, on a GPU (whose
-    working set is on the card) the inputs and the results copied back; with the ``ensemble``, the float sums
-    beside the results."""
+    """What a batch of windows of ``window_pixels`` each, as the network runs them (``run_pixels``), holds in the
+    worker's memory: on the CPU the network's working set, on a GPU (whose working set is on the card) the inputs
+    and the results copied back; with the ``ensemble``, the float sums beside the results. (The results of a
+    network that crops the border it was given are counted at the padded size: a few percent over.)"""
     sums = window_pixels * ensemble_bytes_per_window_pixel(scale) * batch if ensemble else 0
     if device == "cuda":
         results = (window_pixels * scale * scale * (HOST_COPY_BYTES_PER_OUTPUT_PIXEL + HOST_LUMA_BYTES_PER_OUTPUT_PIXEL)
@@ -127,28 +129,53 @@ def check_worker_room(budget_bytes: int, room: int, need: int, width: int, heigh
                        f"loaded models")
 
 
-def largest_window(available_bytes: int, bytes_per_window_pixel: int) -> int:
-    """The side of the largest square window, a multiple of the tiler's quantum, that fits."""
+def run_side(side: int, border: Border | None) -> int:
+    """The side that a window side of ``side`` pixels runs at in the network: with the border its runner adds
+    (Real-CUGAN's, 14 to 19 px a side), whose pixels take memory as the window's own do; a 64-px window runs at
+    102 px. The per-pixel figures were measured over the window's own pixels on windows run so, so counting the
+    run's pixels errs on the safe side at the sides measured (by up to 16 % at the GPU's 500² windows)."""
+    return side if border is None else border.padded(side)
+
+
+def run_pixels(height: int, width: int, border: Border | None) -> int:
+    """The pixels a window of this shape runs at in the network (``run_side``)."""
+    return run_side(height, border) * run_side(width, border)
+
+
+def largest_window(available_bytes: int, bytes_per_window_pixel: int, border: Border | None = None) -> int:
+    """The side of the largest square window, a multiple of the tiler's quantum, that fits as the network runs
+    it (with its ``border``)."""
     if available_bytes <= 0:
         return 0
-    side = math.isqrt(available_bytes // bytes_per_window_pixel)
-    return side // WINDOW_QUANTUM * WINDOW_QUANTUM
+    fits = math.isqrt(available_bytes // bytes_per_window_pixel)
+    side = fits // WINDOW_QUANTUM * WINDOW_QUANTUM
+    while side > 0 and run_side(side, border) > fits:
+        side -= WINDOW_QUANTUM
+    return side
 
 
 def tile_for_budget(budget_bytes: int, resident: int, request: int, bytes_per_window_pixel: int, margin: int,
-                    height: int, width: int, batch: int = 1) -> int:
+                    height: int, width: int, batch: int = 1, border: Border | None = None) -> int:
     """The tile side for this image and model within the budget, beside the loaded models (``resident``) and the
-    request's own buffers (``request``); 413 when not even the smallest fits."""
+    request's own buffers (``request``); 413 when not even the smallest fits. An image that one window covers at
+    the tile one window a call would get runs as that window: ``batch`` windows a call only share the memory where
+    there are several."""
     available = budget_bytes - resident - request
-    window = min(largest_window(available // batch, bytes_per_window_pixel), MAX_WINDOW)
-    tile = window - 2 * margin
+    alone = _budget_tile(available, bytes_per_window_pixel, margin, border)
+    tile = alone if max(height, width) <= alone else _budget_tile(available // batch, bytes_per_window_pixel,
+                                                                    margin, border)
     if tile < MIN_TILE:
         raise TooLarge(
             f"a {width}x{height} image needs more memory than this worker's MEMORY_BUDGET_MB="
             f"{budget_bytes // MEBIBYTE} leaves: {resident // MEBIBYTE} MiB are the loaded models, "
-            f"{request // MEBIBYTE} MiB this image's buffers, and the smallest "
-            f"tile's window needs {mib_up(smallest_window_bytes(bytes_per_window_pixel, margin, batch))} MiB")
+            f"{request // MEBIBYTE} MiB this image's buffers, and the smallest tile's window needs "
+            f"{mib_up(smallest_window_bytes(bytes_per_window_pixel, margin, batch, border))} MiB")
     return tile
+
+
+def _budget_tile(available: int, bytes_per_window_pixel: int, margin: int, border: Border | None) -> int:
+    """The tile of the largest window, up to MAX_WINDOW, that ``available`` bytes hold (below MIN_TILE: none)."""
+    return min(largest_window(available, bytes_per_window_pixel, border), MAX_WINDOW) - 2 * margin
 
 
 def mib_up(size: int) -> int:
@@ -156,28 +183,30 @@ def mib_up(size: int) -> int:
     return -(-size // MEBIBYTE)
 
 
-def smallest_window_bytes(bytes_per_window_pixel: int, margin: int, batch: int = 1) -> int:
-    """The memory of a batch of the smallest tile's windows: below it, the budget holds no tile at all. The windows
-    the budget sizes are multiples of the tiler's quantum (``largest_window``), so the smallest is MIN_TILE and its
-    margins rounded up to one."""
+def smallest_window_bytes(bytes_per_window_pixel: int, margin: int, batch: int = 1,
+                          border: Border | None = None) -> int:
+    """The memory of a batch of the smallest tile's windows, as the network runs them (with its ``border``): below
+    it, the budget holds no tile at all. The windows the budget sizes are multiples of the tiler's quantum
+    (``largest_window``), so the smallest is MIN_TILE and its margins rounded up to one."""
     side = -(-(MIN_TILE + 2 * margin) // WINDOW_QUANTUM) * WINDOW_QUANTUM
-    return side * side * bytes_per_window_pixel * batch
+    return run_pixels(side, side, border) * bytes_per_window_pixel * batch
 
 
 def tile_for_device_budget(budget_bytes: int, resident: int, bytes_per_window_pixel: int, margin: int,
-                           height: int, width: int, batch: int = 1) -> int:
+                           height: int, width: int, batch: int = 1, border: Border | None = None) -> int:
     """The tile side on a GPU: the whole image as one window where it fits what the budget leaves beside the
-    loaded models (no margins recomputed), else the largest square window that does; 413 below MIN_TILE.
+    loaded models (no margins recomputed; one window a call, whatever ``batch``), else the largest square window
+    of which ``batch`` do; 413 below MIN_TILE. Windows count as the network runs them (with its ``border``).
 
     The request's own buffers stay on the host, so only the window counts here, with no cap: the GPU's
     figures were measured on whole 500² windows."""
-    available = (budget_bytes - resident) // batch
-    if height * width * bytes_per_window_pixel <= available:
+    available = budget_bytes - resident
+    if run_pixels(height, width, border) * bytes_per_window_pixel <= available:
         return max(height, width)
-    tile = largest_window(available, bytes_per_window_pixel) - 2 * margin
+    tile = largest_window(available // batch, bytes_per_window_pixel, border) - 2 * margin
     if tile < MIN_TILE:
         raise TooLarge(
             f"a {width}x{height} image needs more GPU memory than GPU_MEMORY_BUDGET_MB={budget_bytes // MEBIBYTE} "
             f"leaves: {resident // MEBIBYTE} MiB are the loaded models, and the smallest tile's window needs "
-            f"{mib_up(smallest_window_bytes(bytes_per_window_pixel, margin, batch))} MiB")
+            f"{mib_up(smallest_window_bytes(bytes_per_window_pixel, margin, batch, border))} MiB")
     return tile

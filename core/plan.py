@@ -26,9 +26,14 @@ class Pass:
     tiles: tuple[Tile, ...]
 
     @property
+    def window_shape(self) -> tuple[int, int]:
+        """(height, width) of each of the pass's windows (the tiler gives them all one shape)."""
+        return self.tiles[0].window_shape
+
+    @property
     def window_pixels(self) -> int:
-        """Pixels of each of the pass's windows (the tiler gives them all one shape)."""
-        height, width = self.tiles[0].window_shape
+        """Pixels of each of the pass's windows."""
+        height, width = self.window_shape
         return height * width
 
 

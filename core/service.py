@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from config import Settings
 from core import backends, cost, encoding, images, memory, pipeline
 from core.admission import InferenceSlot
+from core.errors import DeviceFailed
 from core.geometry import OutputPlan, enlargement, plan_output
 from core.models.registry import ModelRegistry
 from core.models.runtime import Network
@@ -37,6 +38,10 @@ class Service:
     registry: ModelRegistry
     slot: InferenceSlot
     _loader: threading.Thread | None = field(default=None, repr=False)
+    # What stops this worker once its device failed for good (``on_device_failure``), and whether it was called.
+    _stop: Callable[[], None] | None = field(default=None, repr=False)
+    _stopped: bool = field(default=False, repr=False)
+    _stopping: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def create(cls, settings: Settings) -> "Service":
@@ -62,6 +67,26 @@ class Service:
         choice = self.registry.choice
         return choice.module.usage(choice.device)
 
+    @property
+    def device_failure(self) -> str | None:
+        """Why the device can run nothing more in this process (/health and /ready then fail); None while it runs."""
+        choice = self.registry.choice
+        return choice.module.failure(choice.device)
+
+    def on_device_failure(self, stop: Callable[[], None]) -> None:
+        """Have ``stop`` called, once, when the device fails for good, at a request or while the models load (at
+        once where it has already): under gunicorn it stops the worker, and the master starts a fresh one."""
+        self._stop = stop
+        self._stop_if_failed()
+
+    def _stop_if_failed(self) -> None:
+        with self._stopping:
+            if self._stopped or self._stop is None or self.device_failure is None:
+                return
+            self._stopped = True
+        log.critical("the device failed; this worker stops: %s", self.device_failure)
+        self._stop()
+
     def start_loading(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
         """Load every model in the background, so that /health answers during start-up."""
         self._loader = threading.Thread(target=self.load, args=(on_loaded,), name="model-loader", daemon=True)
@@ -72,6 +97,7 @@ class Service:
         beside the loaded models; ``on_loaded`` hears of the others, once that is known."""
         loaded: list[tuple[str, float]] = []
         self.registry.load_all(lambda name, seconds: loaded.append((name, seconds)))
+        self._stop_if_failed()  # a model's warm-up can meet the device's failure
         short = self.short_of_device_memory()
         for name, reason in short.items():
             log.error("model %s cannot serve: %s", name, reason)
@@ -93,7 +119,8 @@ class Service:
                 continue
             network = self.registry.get(name)
             bytes_per_pixel = self.registry.cards[name].window_bytes_per_pixel(network.precision, "cuda")
-            window = memory.smallest_window_bytes(bytes_per_pixel, network.margin, self.settings.tile_batch)
+            window = memory.smallest_window_bytes(bytes_per_pixel, network.margin, self.settings.tile_batch,
+                                                  network.border)
             if resident + window > budget:
                 short[name] = (f"GPU_MEMORY_BUDGET_MB={budget // memory.MEBIBYTE} leaves no room for its smallest "
                                f"window ({memory.mib_up(window)} MiB) beside the {resident // memory.MEBIBYTE} "
@@ -146,9 +173,13 @@ class Service:
         stages = stages or Stages()
         queued = time.perf_counter()
         while_queued = None if on_progress is None else lambda: on_progress(0, 0)
-        with self.slot.hold(plan.host_bytes, while_queued):
-            stages.add("queue", time.perf_counter() - queued)
-            return pipeline.run(plan, self.settings, on_progress, stages)
+        try:
+            with self.slot.hold(plan.host_bytes, while_queued):
+                stages.add("queue", time.perf_counter() - queued)
+                return pipeline.run(plan, self.settings, on_progress, stages)
+        except DeviceFailed:
+            self._stop_if_failed()
+            raise
 
     def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None,
                 stages: Stages | None = None) -> Result:
@@ -172,12 +203,13 @@ class Service:
         bytes_per_pixel = self.registry.cards[network.name].window_bytes_per_pixel(network.precision, device)
         if device == "cuda":
             return memory.tile_for_device_budget(self.device_budget(), self.registry.device_resident, bytes_per_pixel,
-                                                 network.margin, height, width, self.settings.tile_batch)
+                                                 network.margin, height, width, self.settings.tile_batch,
+                                                 network.border)
         if ensemble:
             bytes_per_pixel += memory.ensemble_bytes_per_window_pixel(network.scale)
         return memory.tile_for_budget(self.memory_budget(), self.registry.resident,
                                       result + memory.pass_bytes(height, width), bytes_per_pixel, network.margin,
-                                      height, width, self.settings.tile_batch)
+                                      height, width, self.settings.tile_batch, network.border)
 
     def result_bytes(self, header: images.Header, output: OutputPlan, options: UpscaleOptions,
                      with_layers: bool) -> int:
@@ -190,11 +222,13 @@ class Service:
 
     def host_bytes(self, network: Network, passes: tuple[Pass, ...], ensemble: bool = False) -> int:
         """What the request's passes hold in this worker's memory beside the loaded models and the result, at
-        its largest pass: its input buffers and a batch of windows (with the ``ensemble``'s sums)."""
+        its largest pass: its input buffers and a batch of windows (with the ``ensemble``'s sums), each as the
+        network runs it, with its border."""
         device = self.registry.choice.device
         bytes_per_pixel = self.registry.cards[network.name].window_bytes_per_pixel(network.precision, device)
         return max(memory.pass_bytes(step.height, step.width)
-                   + memory.window_host_bytes(step.window_pixels, device, bytes_per_pixel, network.scale,
+                   + memory.window_host_bytes(memory.run_pixels(*step.window_shape, network.border), device,
+                                              bytes_per_pixel, network.scale,
                                               min(self.settings.tile_batch, len(step.tiles)), ensemble)
                    for step in passes)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import signal
 from types import SimpleNamespace
 
@@ -74,7 +75,8 @@ def test_a_workers_sigterm_closes_its_slot_and_a_second_one_keeps_the_countdown(
     clock = iter([100.0, 120.0])
     monkeypatch.setattr(shutdown, "_clock", lambda: next(clock))
     slot = InferenceSlot(queue_size=1, wait_timeout_s=1)
-    worker = SimpleNamespace(wsgi=SimpleNamespace(extensions={"super_resolution": SimpleNamespace(slot=slot)}))
+    service = SimpleNamespace(slot=slot, on_device_failure=lambda stop: None)
+    worker = SimpleNamespace(wsgi=SimpleNamespace(extensions={"super_resolution": service}))
     ConfigOnly().cfg.post_worker_init(worker)
     for _ in range(2):
         installed[signal.SIGTERM](signal.SIGTERM, None)
@@ -82,3 +84,17 @@ def test_a_workers_sigterm_closes_its_slot_and_a_second_one_keeps_the_countdown(
     assert shutdown._stop_at == 100.0 + load_settings().shutdown_grace_s - shutdown.ANSWER_MARGIN_S
     with pytest.raises(shutdown.ShuttingDown, match="starts no new image"):
         slot.check_room()
+
+
+def test_a_worker_whose_gpu_failed_stops_itself_as_gunicorn_stops_it(monkeypatch):
+    """The service tells the hook once its GPU failed for good: the worker sends itself the SIGTERM of a graceful
+    stop (its requests in flight end, then gunicorn's master starts a fresh worker with a new CUDA context)."""
+    sent = []
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: None)
+    monkeypatch.setattr(os, "kill", lambda pid, signum: sent.append((pid, signum)))
+    stops = []
+    service = SimpleNamespace(slot=InferenceSlot(queue_size=1, wait_timeout_s=1), on_device_failure=stops.append)
+    ConfigOnly().cfg.post_worker_init(SimpleNamespace(wsgi=SimpleNamespace(extensions={"super_resolution": service})))
+    stop, = stops
+    stop()
+    assert sent == [(os.getpid(), signal.SIGTERM)]

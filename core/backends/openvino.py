@@ -17,8 +17,9 @@ import openvino as ov
 import tensorflow as tf
 
 from core.backends import Choice, cpu_name
-# usage and memory_total: the CPU's, as TensorFlow's backend gives them.
-from core.backends.tensorflow import configure_threads, input_signature, keras_network, memory_total, usage  # noqa: F401
+# failure, usage and memory_total: the CPU's, as TensorFlow's backend gives them.
+from core.backends.tensorflow import (configure_threads, failure, input_signature, keras_network,  # noqa: F401
+                                      memory_total, usage)
 from core.models import precision
 from core.models.runtime import Network
 

@@ -7,7 +7,9 @@ and the log says so.
 
 A device runs one window at a time (its lock): requests in flight together (INFERENCE_SLOTS) overlap
 their decoding and encoding on the host with another's network, not two networks. A window the GPU has
-no memory for raises ``OutOfDeviceMemory``, on which the pipeline retries with smaller tiles.
+no memory for raises ``OutOfDeviceMemory``, on which the pipeline retries with smaller tiles. Any other error
+that leaves the device unable to run anything more (CUDA's sticky errors) raises ``DeviceFailed``, and every
+later window of the process fails at once with it: the service then has its worker replaced (core/service.py).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from core.backends import Batch, Choice, cpu_name
-from core.errors import OutOfDeviceMemory
+from core.errors import DeviceFailed, OutOfDeviceMemory
 from core.memory import MEBIBYTE, PINNED_COPY_MAX_BYTES
 from core.models import precision
 from core.models.runtime import Network
@@ -46,12 +48,14 @@ LEVEL_DTYPES = {255: torch.uint8, 65535: torch.uint16}
 
 class DeviceLock:
     """One device's networks run one window at a time; the seconds they held it are its busy time, and the calls
-    it had no memory for are counted (under the lock)."""
+    it had no memory for are counted (under the lock). ``failure``: why the device can run nothing more in this
+    process, once it failed so."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.busy_s = 0.0
         self.out_of_memory = 0
+        self.failure: str | None = None
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -95,7 +99,9 @@ class TorchRunner:
         success or on error: the next request's window takes the device's memory as soon as the lock is free,
         and the memory budget counts one window at a time."""
         arrays = batch if isinstance(batch, list) else [batch]
-        with DEVICE_LOCKS[self.device.type].held(), self._out_of_memory(arrays[0].shape), torch.inference_mode():
+        lock = DEVICE_LOCKS[self.device.type]
+        with (lock.held(), self._failed_device(lock), self._out_of_memory(arrays[0].shape),
+              torch.inference_mode()):
             return self._on_device(arrays, finish)
 
     def _on_device(self, arrays: list[np.ndarray], finish: Callable[[torch.Tensor], torch.Tensor]
@@ -157,6 +163,24 @@ class TorchRunner:
             raise OutOfDeviceMemory(f"the GPU has no memory for a window of {shape[0]} x {shape[2]}x{shape[1]} "
                                     f"pixels on model {self.name}") from error
 
+    @contextmanager
+    def _failed_device(self, lock: DeviceLock) -> Iterator[None]:
+        """``DeviceFailed`` for an error after which the device runs nothing more (the first, and every window
+        after it, at once); any other error as it came, the device serving on."""
+        if lock.failure is not None:
+            raise DeviceFailed(lock.failure)
+        try:
+            yield
+        except RuntimeError as error:
+            if device_works(self.device):
+                raise
+            traceback.clear_frames(error.__traceback__)
+            cause = str(error).partition("\n")[0]
+            lock.failure = (f"the GPU failed ({cause}) and this worker can run nothing more on it: it restarts "
+                            f"with a fresh GPU context; retry")
+            log.error("model %s: %s: %s", self.name, type(error).__name__, str(error))
+            raise DeviceFailed(lock.failure) from error
+
     def _run(self, module: torch.nn.Module, arrays: list[np.ndarray], dtype: torch.dtype) -> Output:
         return module(*(self._tensor(array, dtype) for array in arrays))
 
@@ -189,6 +213,24 @@ def is_out_of_memory(error: RuntimeError) -> bool:
     its status: ``cudaHostAlloc`` of a pinned block (at::cuda's CachingHostAllocator checks it with C10_CUDA_CHECK:
     "CUDA error: out of memory"), or cuBLAS's and cuDNN's own allocations."""
     return isinstance(error, torch.OutOfMemoryError) or any(sign in str(error) for sign in OUT_OF_MEMORY_SIGNS)
+
+
+def device_works(device: torch.device) -> bool:
+    """Whether the device still runs work for this process, asked after an error that is not out-of-memory.
+
+    CUDA's runtime API documents errors that leave "the process in an inconsistent state and any further CUDA
+    work will return the same error. To continue using CUDA, the process must be terminated and relaunched": an
+    illegal address, a kernel's failed assert, an illegal instruction, a launch failure or timeout
+    (cudaErrorIllegalAddress, cudaErrorAssert, cudaErrorLaunchFailure and the like). torch raises them as
+    ``torch.AcceleratorError`` (a RuntimeError before torch 2.8) from whichever call saw them first, often a later
+    one than the kernel at fault. Rather than keep a list of codes and messages, a tiny round trip asks the device
+    itself: it fails after such an error, and runs after the others (an unsupported cuDNN configuration, a bad
+    argument), on which the worker serves on."""
+    try:
+        torch.ones(1, device=device).add_(1).item()  # .item() waits for the device's queued work
+    except RuntimeError as error:
+        return is_out_of_memory(error)
+    return True
 
 
 def _return_cached_memory(device: torch.device) -> None:
@@ -247,6 +289,11 @@ def usage(device: str) -> dict[str, float]:
     memory = torch.cuda.memory_allocated() if device == "cuda" else 0
     lock = DEVICE_LOCKS[device]
     return {"memory_bytes": float(memory), "busy_seconds": lock.busy_s, "out_of_memory": float(lock.out_of_memory)}
+
+
+def failure(device: str) -> str | None:
+    """Why the device can run nothing more in this process (``DeviceFailed``'s message); None while it runs."""
+    return DEVICE_LOCKS[device].failure
 
 
 def memory_total(device: str) -> int | None:

@@ -108,6 +108,11 @@ def usage(device: str) -> dict[str, float]:
     return {}
 
 
+def failure(device: str) -> str | None:
+    """None: no error on the CPU leaves the process unable to run the networks."""
+    return None
+
+
 def memory_total(device: str) -> int | None:
     """None: on the CPU the budget is MEMORY_BUDGET_MB."""
     return None

@@ -18,7 +18,11 @@ class Border:
     pad: int
     multiple: int
 
+    def padded(self, side: int) -> int:
+        """The side that a window side of ``side`` pixels runs at, extended: what the network's memory grows with."""
+        return side + 2 * self.pad + -side % self.multiple
+
     def extend(self, batch: np.ndarray) -> np.ndarray:
         height, width = batch.shape[1:3]
-        bottom, right = (self.pad + -side % self.multiple for side in (height, width))
+        bottom, right = (self.padded(side) - side - self.pad for side in (height, width))
         return np.pad(batch, ((0, 0), (self.pad, bottom), (self.pad, right), (0, 0)), mode="reflect")

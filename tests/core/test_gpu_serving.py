@@ -26,7 +26,9 @@ from core.metrics import psnr
 from core.models.ensemble import self_ensemble, turned
 from core.models.registry import ModelRegistry
 from core.models.runtime import Network
+from core.models.weights import REALCUGAN_BORDERS
 from core.options import UpscaleOptions
+from core.plan import plan_pass
 from core.service import GPU_MEMORY_SHARE, Service, worker_room
 from harness.raw_http import wait_for
 from tests.api.test_inputs import read_png16
@@ -256,6 +258,70 @@ def test_a_pinned_copy_without_memory_is_a_503_and_the_worker_serves_on(gpu_like
     assert client.post("/model/predict", data=form, content_type="multipart/form-data").status_code == 200
 
 
+def stopped_on_device_failure(service, monkeypatch) -> list[bool]:
+    """The service with a device that has not failed yet, and the calls of the worker's stop once it does."""
+    stops = []
+    monkeypatch.setitem(pytorch.DEVICE_LOCKS, "cpu", pytorch.DeviceLock())
+    monkeypatch.setattr(service, "_stop", None)
+    monkeypatch.setattr(service, "_stopped", False)
+    service.on_device_failure(lambda: stops.append(True))
+    assert stops == [] and service.device_failure is None
+    return stops
+
+
+def test_a_gpu_that_fails_while_the_models_load_has_the_worker_replaced(gpu_like_app, service, monkeypatch):
+    """A model's warm-up that meets the GPU's failure marks the model failed, and the worker stayed so for good
+    (/health ok): the worker now stops once loading ends, and a stop installed after that is called at once."""
+    stops = stopped_on_device_failure(service, monkeypatch)
+    failure = "the GPU failed (CUDA error: an illegal memory access was encountered) and ..."
+
+    def warm_up_fails(on_loaded):
+        pytorch.DEVICE_LOCKS["cpu"].failure = failure
+
+    monkeypatch.setattr(service.registry, "load_all", warm_up_fails)
+    service.load()
+    assert stops == [True]
+    assert gpu_like_app.test_client().get("/health").get_json() == {"status": "failed", "reason": failure}
+    monkeypatch.setattr(service, "_stopped", False)
+    service.on_device_failure(lambda: stops.append(False))
+    assert stops == [True, False]
+
+
+def predict_photo(client, side: int):
+    form = {"image": (io.BytesIO(encode(photo(side, side))), "photo.png")}
+    return client.post("/model/predict", data=form, content_type="multipart/form-data")
+
+
+def test_a_gpu_that_failed_for_good_answers_503_fails_health_and_has_the_worker_replaced(gpu_like_app, service,
+                                                                                         monkeypatch):
+    """A CUDA error that leaves the context broken (an illegal address) was a 500 on that request and every later
+    one while /health said ok, so nothing restarted the worker. Now: a 503 saying so, at once for the requests
+    after it, /health and /ready 503, and the worker told once to stop (gunicorn.conf.py: a fresh one replaces it)."""
+    client = gpu_like_app.test_client()
+    stops = stopped_on_device_failure(service, monkeypatch)
+    monkeypatch.setattr(pytorch, "device_works", lambda device: False)
+    copy_back = pytorch.TorchRunner._to_host
+
+    def illegal_address(runner, tensor):
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors ...")
+
+    monkeypatch.setattr(pytorch.TorchRunner, "_to_host", illegal_address)
+    answer = predict_photo(client, 40)
+    assert answer.status_code == 503 and answer.headers["Retry-After"]
+    message = answer.get_json()["message"]
+    assert message.startswith("the GPU failed (CUDA error: an illegal memory access was encountered)")
+    assert message.endswith("it restarts with a fresh GPU context; retry")
+    monkeypatch.setattr(pytorch.TorchRunner, "_to_host", copy_back)
+    again = predict_photo(client, 40)
+    assert (again.status_code, again.get_json()["message"]) == (503, message)
+    assert stops == [True]
+    health = client.get("/health")
+    assert (health.status_code, health.get_json()) == (503, {"status": "failed", "reason": message})
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.get_json()["ready"] is False
+    assert ready.get_json()["device_failure"] == message
+
+
 def test_the_whole_image_is_one_window_where_it_fits_the_gpu_budget():
     mib = memory.MEBIBYTE
     assert memory.tile_for_device_budget(2000 * mib, 100 * mib, 4300, 32, 500, 700) == 700
@@ -273,16 +339,41 @@ def test_no_tile_fits_a_tiny_gpu_budget():
         memory.tile_for_device_budget(101 * memory.MEBIBYTE, 100 * memory.MEBIBYTE, 4300, 32, 500, 500)
 
 
-@pytest.mark.parametrize("margin", [8, 16, 20, 32])  # the built-in models' margins
-def test_a_gpu_budget_that_holds_the_smallest_window_sizes_a_tile(margin):
+@pytest.mark.parametrize("margin, border", [(8, None), (16, None), (20, None), (32, None)]  # the built-in margins
+                         + [(20, border) for border in REALCUGAN_BORDERS.values()])  # Real-CUGAN's, with its borders
+def test_a_gpu_budget_that_holds_the_smallest_window_sizes_a_tile(margin, border):
     """A model stays in service where the budget holds its smallest window (short_of_device_memory), so a tile must
     fit there: with Real-CUGAN's 20-px margin the check counted a 56-px window where the tiles' windows are
     multiples of 16 px, and a budget between the two kept the model while every image past one window was a 413."""
     mib, per_pixel = memory.MEBIBYTE, 5100
-    smallest = memory.smallest_window_bytes(per_pixel, margin)
-    assert memory.tile_for_device_budget(100 * mib + smallest, 100 * mib, per_pixel, margin, 2000, 2000) >= memory.MIN_TILE
+    smallest = memory.smallest_window_bytes(per_pixel, margin, border=border)
+    assert memory.tile_for_device_budget(100 * mib + smallest, 100 * mib, per_pixel, margin, 2000, 2000,
+                                         border=border) >= memory.MIN_TILE
     with pytest.raises(TooLarge, match=f"the smallest tile's window needs {memory.mib_up(smallest)} MiB"):
-        memory.tile_for_device_budget(100 * mib + smallest - 1, 100 * mib, per_pixel, margin, 2000, 2000)
+        memory.tile_for_device_budget(100 * mib + smallest - 1, 100 * mib, per_pixel, margin, 2000, 2000,
+                                      border=border)
+
+
+def test_a_padded_networks_gpu_windows_count_the_border_they_run_with():
+    """Real-CUGAN's runner pads each window by 19 px a side at 4x: its 64² window runs at 102², 2.5x the memory
+    the budget reserved for it, and an image was run whole where only its own pixels fit."""
+    mib, per_pixel, border = memory.MEBIBYTE, 5100, REALCUGAN_BORDERS[4]
+    assert memory.smallest_window_bytes(per_pixel, 20, border=border) == 102 * 102 * per_pixel
+    room = 500 * 500 * per_pixel  # the image's own pixels fit, not the 538² it runs at
+    tile = memory.tile_for_device_budget(100 * mib + room, 100 * mib, per_pixel, 20, 500, 500, border=border)
+    window = tile + 2 * 20
+    assert border.padded(window) ** 2 * per_pixel <= room < border.padded(window + 16) ** 2 * per_pixel
+    with pytest.raises(TooLarge, match=f"needs {memory.mib_up(102 * 102 * per_pixel)} MiB"):
+        memory.tile_for_device_budget(100 * mib + 64 * 64 * per_pixel, 100 * mib, per_pixel, 20, 2000, 2000,
+                                      border=border)
+
+
+def test_an_image_that_fits_the_gpu_whole_runs_as_one_window_whatever_the_batch():
+    """The budget was divided by TILE_BATCH before the whole-image check: an image that fits as one window was
+    tiled (its margins computed twice), though a single window runs one a call."""
+    mib, room = memory.MEBIBYTE, 600 * 600 * 4300
+    assert memory.tile_for_device_budget(100 * mib + room, 100 * mib, 4300, 32, 500, 500, batch=4) == 500
+    assert memory.tile_for_device_budget(100 * mib + room, 100 * mib, 4300, 32, 700, 700, batch=4) < 700
 
 
 def test_a_window_of_less_than_a_mib_is_not_said_to_need_0_mib():
@@ -476,6 +567,33 @@ def test_a_model_whose_smallest_window_has_no_room_on_the_gpu_is_named(service, 
     assert service.short_of_device_memory() == {"anime": "GPU_MEMORY_BUDGET_MB=100 leaves no room for its smallest "
                                                          "window (1 MiB) beside the 100 MiB the loaded models hold "
                                                          "on the GPU"}
+
+
+def test_a_padded_model_whose_smallest_window_as_run_has_no_room_on_the_gpu_is_named(service, monkeypatch):
+    """The start-up check counted Real-CUGAN's smallest window (64²) without the border its runner adds (102²)."""
+    on_a_gpu(service, monkeypatch, 100)
+    networks = service.registry._networks["anime"]
+    (key, network), = networks.items()
+    monkeypatch.setitem(networks, key, dataclasses.replace(network, margin=20, border=REALCUGAN_BORDERS[4]))
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"gpu_memory_budget_mb": 103}))
+    per_pixel = service.registry.cards["anime"].window_bytes_per_pixel(network.precision, "cuda")
+    assert 64 * 64 * per_pixel <= 3 * memory.MEBIBYTE < 102 * 102 * per_pixel
+    assert service.short_of_device_memory() == {"anime": "GPU_MEMORY_BUDGET_MB=103 leaves no room for its smallest "
+                                                         "window (7 MiB) beside the 100 MiB the loaded models hold "
+                                                         "on the GPU"}
+
+
+def test_a_padded_networks_windows_reserve_their_border_in_the_worker(service):
+    """On the CPU a window's working set is the network's, run on the padded window: the plan's reservation counted
+    the window's own pixels."""
+    border = REALCUGAN_BORDERS[4]
+    network = dataclasses.replace(service.registry.get("anime"), margin=20, border=border)
+    step = plan_pass(network, 200, 200, 64)
+    height, width = step.window_shape
+    per_pixel = service.registry.cards["anime"].window_bytes_per_pixel(network.precision, "cpu")
+    batch = min(service.settings.tile_batch, len(step.tiles))
+    assert service.host_bytes(network, (step,)) == (memory.pass_bytes(200, 200)
+                                                    + border.padded(height) * border.padded(width) * per_pixel * batch)
 
 
 @pytest.mark.slow

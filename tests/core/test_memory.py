@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from config import load_settings
@@ -13,6 +14,7 @@ from core.errors import TooLarge
 from core.models import precision
 from core.models.registry import spec_card
 from core.models.specs import SPECS, UNMEASURED_WINDOW_BYTES
+from core.models.weights import REALCUGAN_BORDERS
 from core.service import Service
 from core.tiling import WINDOW_QUANTUM, plan_tiles
 from tests.conftest import ROOT
@@ -47,6 +49,40 @@ def test_a_batch_of_windows_shares_the_room():
     one = memory.tile_for_budget(1536 * MIB, 1024 * MIB, 50 * MIB, 6700, 16, 500, 500)
     two = memory.tile_for_budget(1536 * MIB, 1024 * MIB, 50 * MIB, 6700, 16, 500, 500, batch=2)
     assert two < one < memory.MAX_WINDOW - 2 * 16
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (61, 47)])
+def test_a_window_runs_at_the_side_its_border_extends_it_to(height, width):
+    """The memory arithmetic counts a padded network's windows at ``Border.padded``: the sides its runner runs."""
+    for border in REALCUGAN_BORDERS.values():
+        extended = border.extend(np.zeros((1, height, width, 3), np.float32))
+        assert extended.shape[1:3] == (border.padded(height), border.padded(width))
+        assert memory.run_pixels(height, width, border) == extended.shape[1] * extended.shape[2]
+    assert REALCUGAN_BORDERS[4].padded(64) == 102
+    assert memory.run_pixels(height, width, None) == height * width
+
+
+def test_a_padded_networks_cpu_tile_leaves_room_for_the_border_it_runs_with():
+    """Real-CUGAN's runner pads each window (19 px a side at 4x) before the network: the budget counted the
+    window's own pixels, so a 144-px window that runs at 182 px took 1.6x the memory reserved for it."""
+    border, per_pixel, margin, room = REALCUGAN_BORDERS[4], 27000, 20, 1000 * MIB
+    tile = memory.tile_for_budget(1500 * MIB, 400 * MIB, 100 * MIB, per_pixel, margin, 2000, 2000, border=border)
+    window = tile + 2 * margin
+    assert border.padded(window) ** 2 * per_pixel <= room < border.padded(window + WINDOW_QUANTUM) ** 2 * per_pixel
+    smallest = memory.smallest_window_bytes(per_pixel, margin, border=border)
+    assert smallest == 102 * 102 * per_pixel  # the 64-px window, as run
+    with pytest.raises(TooLarge, match=f"the smallest tile's window needs {memory.mib_up(smallest)} MiB"):
+        memory.tile_for_budget(500 * MIB + smallest - 1, 400 * MIB, 100 * MIB, per_pixel, margin, 2000, 2000,
+                               border=border)
+
+
+def test_an_image_one_window_covers_runs_as_one_whatever_the_batch():
+    """TILE_BATCH windows a call share the room only where there are several: a 200² image that one window holds
+    was cut into tiles of 96 px at TILE_BATCH=4, its margins computed twice."""
+    alone = memory.tile_for_budget(1536 * MIB, 1024 * MIB, 50 * MIB, 6700, 16, 200, 200)
+    assert alone >= 200
+    assert memory.tile_for_budget(1536 * MIB, 1024 * MIB, 50 * MIB, 6700, 16, 200, 200, batch=4) == alone
+    assert memory.tile_for_budget(1536 * MIB, 1024 * MIB, 50 * MIB, 6700, 16, 500, 500, batch=4) < alone
 
 
 def test_a_budget_too_small_for_an_image_is_a_clear_413():

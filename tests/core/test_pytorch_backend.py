@@ -13,7 +13,7 @@ import torch
 
 from config import load_settings
 from core.backends import Choice, pytorch
-from core.errors import OutOfDeviceMemory
+from core.errors import DeviceFailed, OutOfDeviceMemory
 from core.models.specs import PACKAGED, SPECS
 from tests.conftest import decode, loaded_app, sample_bytes
 from tests.core.test_zoo import lowest_seam_psnr
@@ -148,15 +148,50 @@ def test_cuda_calls_without_memory_are_out_of_device_memory_too(watched_anime, m
     assert lock.alive_at_release == [0]
 
 
-def test_a_cuda_error_that_is_not_about_memory_stays_itself(watched_anime, monkeypatch):
-    runner, _, _ = watched_anime
+# What torch raises after a kernel read outside its memory: CUDA's sticky error, every later call of the process
+# failing the same way.
+ILLEGAL_ADDRESS = ("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be asynchronously "
+                   "reported at some other API call, so the stacktrace below might be incorrect.")
 
-    def copy_back_fails(tensor):
-        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(runner, "_to_host", copy_back_fails)
+def illegal_address(tensor):
+    raise torch.AcceleratorError(ILLEGAL_ADDRESS)
+
+
+def test_a_cuda_error_that_the_device_survives_stays_itself(watched_anime, monkeypatch):
+    """An error after which the device still runs (here the CPU, asked for real) is the server's fault (500), and
+    the next window runs."""
+    runner, _, lock = watched_anime
+    monkeypatch.setattr(runner, "_to_host", illegal_address)
     with pytest.raises(torch.AcceleratorError, match="illegal memory access"):
         runner(np.zeros((1, 8, 8, 3), np.float32))
+    monkeypatch.setattr(runner, "_to_host", lambda tensor: tensor)
+    assert runner(np.zeros((1, 8, 8, 3), np.float32)).shape == (1, 32, 32, 3)
+    assert lock.failure is None
+
+
+def test_a_cuda_error_that_breaks_the_device_fails_its_window_and_every_later_one_at_once(watched_anime, monkeypatch):
+    """After CUDA's sticky errors every call of the process fails: the window that met it, and each after it,
+    end with DeviceFailed (503) without touching the device again; it was a bare RuntimeError (500), request
+    after request."""
+    runner, watched, lock = watched_anime
+    monkeypatch.setattr(runner, "_to_host", illegal_address)
+    monkeypatch.setattr(pytorch, "device_works", lambda device: False)
+    window = np.zeros((1, 8, 8, 3), np.float32)
+    with pytest.raises(DeviceFailed, match=r"^the GPU failed \(CUDA error: an illegal memory access was "
+                                           r"encountered\) .* it restarts with a fresh GPU context; retry$") as raised:
+        runner(window)
+    assert raised.value.status == 503 and lock.failure == raised.value.message
+    monkeypatch.setattr(runner, "_to_host", lambda tensor: tensor)
+    runs = len(watched.outputs)
+    with pytest.raises(DeviceFailed, match="the GPU failed"):
+        runner.levels(window, 255)
+    assert len(watched.outputs) == runs  # the network did not run again
+    assert lock.alive_at_release == [0, 0]
+
+
+def test_a_device_that_runs_is_found_working():
+    assert pytorch.device_works(torch.device("cpu"))
 
 
 @pytest.mark.parametrize(("error", "returned"), [(PINNED_BLOCK_FAILED, True), (CUBLAS_ALLOC_FAILED, True),
