@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli import (CANNOT_WORK, CannotWrite, Job, Outputs, Summary, convert_all, image_suffixes, main, output_suffix, parse_args,
-                 plan_jobs, report, split_done)
+from cli import (AUTO_FORMAT, CANNOT_WORK, CannotWrite, Job, Outputs, Summary, convert_all, image_suffixes, main,
+                 output_suffix, parse_args, plan_jobs, report, split_done, written_format)
 from config import MEBIBYTE, Settings
 from core.formats import OUTPUT_FORMATS
 from tests.conftest import ROOT, SAMPLES
@@ -150,7 +150,7 @@ def test_plan_keeps_folder_structure_and_reports_clashing_names(tmp_path):
     (folder / "day1").mkdir(parents=True)
     for name in ("day1/a.jpg", "day1/a.png", "b.webp", "readme.md"):
         (folder / name).write_bytes(b"x")
-    plan = plan_jobs([folder], tmp_path / "out", ".png")
+    plan = plan_jobs([folder], tmp_path / "out", "png")
     assert [(j.source.relative_to(folder).as_posix(), j.target.relative_to(tmp_path).as_posix()) for j in plan.jobs] == [
         ("b.webp", "out/shots/b.png"), ("day1/a.jpg", "out/shots/day1/a.png")]
     assert plan.problems == [(folder / "day1" / "a.png",
@@ -165,12 +165,12 @@ def test_outputs_inside_an_input_folder_are_never_taken_for_inputs(tmp_path):
     for name in ("a.png", "big/photos/a.png", "big/other.png"):
         (photos / name).write_bytes(b"x")
     for output in (photos / "big", tmp_path / "photos" / ".." / "photos" / "big"):
-        plan = plan_jobs([photos], output, ".png")
+        plan = plan_jobs([photos], output, "png")
         assert [job.source for job in plan.jobs] == [photos / "a.png"] and plan.problems == []
     # An output folder beside the inputs, whose name merely starts like one of the folder's, takes nothing away.
     (photos / "bigger").mkdir()
     (photos / "bigger" / "b.png").write_bytes(b"x")
-    assert [job.source for job in plan_jobs([photos / "bigger"], photos / "big", ".png").jobs] == [photos / "bigger" / "b.png"]
+    assert [job.source for job in plan_jobs([photos / "bigger"], photos / "big", "png").jobs] == [photos / "bigger" / "b.png"]
 
 
 def test_an_output_folder_above_an_input_folder_takes_none_of_its_files_away(tmp_path):
@@ -179,7 +179,7 @@ def test_an_output_folder_above_an_input_folder_takes_none_of_its_files_away(tmp
     holiday = tmp_path / "pics" / "holiday"
     holiday.mkdir(parents=True)
     (holiday / "a.png").write_bytes(b"x")
-    plan = plan_jobs([holiday], tmp_path, ".png")
+    plan = plan_jobs([holiday], tmp_path, "png")
     assert plan.jobs == [Job(holiday / "a.png", tmp_path / "holiday" / "a.png")] and plan.problems == []
 
 
@@ -190,14 +190,14 @@ def test_an_output_that_is_an_input_file_is_refused_not_skipped_or_overwritten(t
     pics.mkdir()
     for name in ("a.png", "b.jpg", "b.png"):
         (pics / name).write_bytes(b"x")
-    plan = plan_jobs([pics / "a.png", pics / "b.jpg", pics / "b.png", pics], pics, ".png")
+    plan = plan_jobs([pics / "a.png", pics / "b.jpg", pics / "b.png", pics], pics, "png")
     assert plan.jobs == []
     assert plan.problems == [
         (pics, "is the output folder too: the outputs would be mixed with the inputs; choose another output folder"),
         *[(pics / name, f"its output {pics / output} is an input file: choose an output folder that holds no input")
           for name, output in (("a.png", "a.png"), ("b.jpg", "b.png"), ("b.png", "b.png"))]]
     # The whole folder given from its parent, with the parent as output: each file's output is the file itself.
-    plan = plan_jobs([pics], tmp_path, ".png")
+    plan = plan_jobs([pics], tmp_path, "png")
     assert plan.jobs == [] and [source.name for source, _ in plan.problems] == ["a.png", "b.jpg", "b.png"]
 
 
@@ -336,3 +336,104 @@ def test_a_full_output_disk_stops_the_run(tmp_path, capsys):
     report(summary, tmp_path / "out")
     assert f"stopped: cannot write {jobs[1].target}: No space left on device: 2 files not done; the same command " \
            f"does them" in capsys.readouterr().err.splitlines()
+
+
+# --- --format auto: each file keeps its format where the service writes it --------------------------------
+
+
+def relative_targets(plan, folder: Path, out: Path) -> list[tuple[str, str]]:
+    return [(job.source.relative_to(folder).as_posix(), job.target.relative_to(out).as_posix()) for job in plan.jobs]
+
+
+def test_auto_keeps_each_files_name_where_its_format_is_written_and_else_gives_a_png(tmp_path):
+    """A folder of JPEG photos became PNGs several times their size: --format png was the only way."""
+    folder, out = tmp_path / "shots", tmp_path / "out"
+    folder.mkdir()
+    for name in ("a.jpg", "a.png", "b.JPEG", "c.webp", "d.gif", "e.tif", "f.bmp", "g.gif", "g.png", "h.jfif"):
+        (folder / name).write_bytes(b"x")
+    plan = plan_jobs([folder, folder / "c.webp"], out, AUTO_FORMAT)
+    assert relative_targets(plan, folder, out) == [
+        ("a.jpg", "shots/a.jpg"), ("a.png", "shots/a.png"), ("b.JPEG", "shots/b.JPEG"), ("c.webp", "shots/c.webp"),
+        ("d.gif", "shots/d.png"), ("e.tif", "shots/e.png"), ("f.bmp", "shots/f.png"), ("g.gif", "shots/g.png"),
+        ("h.jfif", "shots/h.jfif"), ("c.webp", "c.webp")]
+    # a.jpg and a.png have outputs of their own; g.gif and g.png would both be g.png
+    assert plan.problems == [(folder / "g.png", f"same output {out / 'shots/g.png'} as {folder / 'g.gif'}")]
+    assert [written_format(job.target) for job in plan.jobs] == [
+        "jpeg", "png", "jpeg", "webp", "png", "png", "png", "png", "jpeg", "webp"]
+    # A fixed format still names every output after it.
+    assert [job.target.name for job in plan_jobs([folder / "a.jpg", folder / "e.tif"], out, "webp").jobs] == [
+        "a.webp", "e.webp"]
+
+
+def test_auto_finds_its_own_outputs_done_and_never_takes_an_input_for_its_output(tmp_path):
+    """With auto a JPEG's output has its very name: in its own folder, it would be the input itself."""
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for name in ("a.jpg", "b.gif"):
+        (pics / name).write_bytes(b"x")
+    plan = plan_jobs([pics / "a.jpg", pics / "b.gif"], pics, AUTO_FORMAT)
+    assert plan.jobs == [Job(pics / "b.gif", pics / "b.png")]
+    assert plan.problems == [(pics / "a.jpg", f"its output {pics / 'a.jpg'} is an input file: choose an output folder "
+                                              f"that holds no input")]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.jpg").write_bytes(b"done before")
+    todo, done = split_done(plan_jobs([pics], tmp_path / "out", AUTO_FORMAT).jobs, overwrite=False)
+    assert [job.target.name for job in todo] == ["a.jpg", "b.png"] and done == []  # a.jpg's is out/pics/a.jpg
+    todo, done = split_done(plan_jobs([pics / "a.jpg"], tmp_path / "out", AUTO_FORMAT).jobs, overwrite=False)
+    assert (todo, [job.target for job in done]) == ([], [tmp_path / "out" / "a.jpg"])
+
+
+def test_auto_is_the_default_and_its_options_are_checked_for_every_format_a_file_may_keep():
+    args = parse_args(["a.jpg", "-o", "out", "--quality", "80"])
+    assert sorted(args.options) == ["jpeg", "png", "webp"]
+    assert (args.options["jpeg"].quality, args.options["webp"].quality, args.options["png"].quality) == (80, 80, 90)
+    assert {options.output_format for options in args.options.values()} == {"jpeg", "png", "webp"}
+    assert sorted(parse_args(["a.jpg", "-o", "out", "--format", "AUTO"]).options) == ["jpeg", "png", "webp"]
+    assert list(parse_args(["a.jpg", "-o", "out", "--format", "JPG"]).options) == ["jpeg"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--quality", "0"], "quality must be a whole number from 1 to 100, not '0'"),
+    (["--format", "png", "--quality", "80"], "quality applies only to format jpeg or webp"),
+    (["--format", "gif"], "format must be one of png, jpeg, webp (jpg for jpeg), not 'gif'"),
+])
+def test_a_bad_format_or_quality_is_a_usage_error_with_the_servers_message(tmp_path, flags, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_args([str(tmp_path), "-o", str(tmp_path / "out"), *flags])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_help_offers_auto_as_the_formats_default():
+    result = sr_upscale("--help")
+    assert result.returncode == 0
+    assert ("one of png, jpeg, webp (jpg for jpeg), or auto: each file's own format where it is one of these, else "
+            "png (default: auto)") in " ".join(result.stdout.split())
+
+
+@pytest.mark.slow
+def test_auto_writes_a_jpeg_as_jpeg_a_transparent_webp_as_webp_and_a_gif_as_png(tmp_path):
+    """A JPEG (no alpha) is written as JPEG, a WebP keeps its transparency, a GIF (not written) becomes a PNG;
+    --quality applies to the JPEG and the WebP, and the run says it does not to the PNG."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    with Image.open(SAMPLES / "chelsea.png") as photo:
+        small = photo.convert("RGB").crop((40, 20, 56, 36))
+    small.save(folder / "photo.JPG", quality=95)
+    clear = small.convert("RGBA")
+    clear.putalpha(Image.linear_gradient("L").resize(small.size))  # from transparent to opaque, top to bottom
+    clear.save(folder / "sticker.webp", lossless=True)
+    small.convert("P").save(folder / "anim.gif")
+    result = sr_upscale(folder, "-o", tmp_path / "out", "--model", "span", "--quality", "80")
+    assert result.returncode == 0, result.stderr
+    assert "converted 3" in result.stdout
+    assert "sr-upscale: --quality applies to the files written as jpeg or webp; not to the lossless ones (1 as png)" \
+           in result.stderr.splitlines()
+    written = tmp_path / "out" / "mixed"
+    assert sorted(path.name for path in written.iterdir()) == ["anim.png", "photo.JPG", "sticker.webp"]
+    for name, image_format, mode in (("photo.JPG", "JPEG", "RGB"), ("sticker.webp", "WEBP", "RGBA"),
+                                     ("anim.png", "PNG", "RGB")):
+        with Image.open(written / name) as image:
+            assert (image.format, image.mode, image.size) == (image_format, mode, (64, 64)), name
+            if name == "sticker.webp":
+                alpha = image.getchannel("A")
+                assert alpha.getpixel((32, 0)) < 16 and alpha.getpixel((32, 63)) > 240  # the transparency kept
