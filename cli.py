@@ -118,6 +118,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         # levels: what depends on the model is checked against each server's metadata (run_remote).
         models = (*context.models, args.model) if args.model else context.models
         context = replace(context, models=models, denoise_levels=dict.fromkeys(models, DENOISE_LEVELS))
+    else:
+        try:
+            context = local_context(context)
+        except ValueError as error:  # MODELS_DIR or DEFAULT_MODEL, which the server would not start with
+            parser.error(str(error))
     try:
         args.options = read_options(args, context)
     except InvalidInput as error:
@@ -125,6 +130,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for problem in _option_problems(args):
         parser.error(problem)
     return args
+
+
+def local_context(context: OptionContext) -> OptionContext:
+    """``context`` with MODELS_DIR's models too, as the local service offers them (ValueError, the server's
+    reason, where it would not start): an operator's model dropped there is accepted, or fails to load with why."""
+    from config import load_settings
+    from core.models.levels import all_levels
+    from core.models.registry import models_dir_cards
+
+    cards = models_dir_cards(load_settings())
+    models = (*context.models, *cards)
+    if context.default_model not in models:
+        raise ValueError(f"DEFAULT_MODEL {context.default_model!r} is not among the models offered {models}")
+    return replace(context, models=models, denoise_levels={
+        **context.denoise_levels, **{name: all_levels(card.keys) for name, card in cards.items()}})
 
 
 def read_options(args: argparse.Namespace, context: OptionContext) -> dict[str, UpscaleOptions]:
@@ -291,18 +311,21 @@ def _without_clashes(jobs: list[Job], problems: list[tuple[Path, str]]) -> list[
 
 
 def load_service(model: str, tile: int | None) -> Service:
-    """The server's service with only the chosen model loaded."""
+    """The server's service with only the chosen model loaded, built-in or MODELS_DIR's."""
     from config import load_settings
     from core import backends
     from core.service import Service
 
-    overrides: dict[str, object] = {"models": model, "default_model": model}
+    from core.models.specs import SPECS
+
+    # A MODELS_DIR model is offered beside MODELS, which stays the environment's.
+    overrides: dict[str, object] = {"default_model": model, **({"models": model} if model in SPECS else {})}
     if tile is not None:
         overrides["tile_size"] = tile
     settings = load_settings(**overrides)
     if backends.choose(settings).backend in backends.KERAS_BACKENDS:
         _import_tensorflow_quietly()
-    service = Service.create(settings)
+    service = Service.create(settings, only=model)
     service.load()  # as the server loads: a model the GPU budget leaves no room for fails here, with the reason
     return service
 

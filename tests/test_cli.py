@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -437,3 +438,86 @@ def test_auto_writes_a_jpeg_as_jpeg_a_transparent_webp_as_webp_and_a_gif_as_png(
             if name == "sticker.webp":
                 alpha = image.getchannel("A")
                 assert alpha.getpixel((32, 0)) < 16 and alpha.getpixel((32, 63)) > 240  # the transparency kept
+
+
+# --- Local mode offers MODELS_DIR's models, as the local service does -----------------------------------------
+
+
+@pytest.fixture()
+def models_dir(tmp_path, monkeypatch) -> Path:
+    """MODELS_DIR with two small ONNX models (4x and 2x) and one without its sidecar."""
+    from tests.onnx_nets import SubpixelNet
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name, scale in (("espcn4", 4), ("espcn2", 2)):
+        SubpixelNet.random(scale, seed=scale).save(folder / f"{name}.onnx")
+        (folder / f"{name}.json").write_text(json.dumps({"title": f"ESPCN-like {scale}x", "scale": scale,
+                                                         "license": "CC0-1.0", "margin": 4}))
+    SubpixelNet.random(4).save(folder / "nosidecar.onnx")
+    monkeypatch.setenv("MODELS_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture()
+def loaded_models(monkeypatch) -> list[tuple[str, ...]]:
+    """The models each registry of this process offers when it loads them."""
+    from core.models.registry import ModelRegistry
+
+    offered = []
+    real_load = ModelRegistry.load_all
+
+    def load_all(registry, on_loaded=None):
+        offered.append(registry.names)
+        real_load(registry, on_loaded)
+
+    monkeypatch.setattr(ModelRegistry, "load_all", load_all)
+    return offered
+
+
+def test_local_mode_runs_a_model_of_models_dir_alone(models_dir, loaded_models, tmp_path):
+    """A model the operator dropped in MODELS_DIR was refused (``model must be one of srgan, ...``), though the
+    server offers it."""
+    out = tmp_path / "out"
+    assert main([str(SAMPLES / "camera.png"), "-o", str(out), "--model", "espcn4"]) == 0
+    assert size_of(out / "camera.png") == (96 * 4, 96 * 4)
+    assert loaded_models == [("espcn4",)]
+
+
+def test_local_mode_fails_a_broken_models_dir_model_with_the_servers_reason(models_dir, loaded_models, tmp_path,
+                                                                            capsys):
+    assert main([str(SAMPLES / "camera.png"), "-o", str(tmp_path / "out"), "--model", "nosidecar"]) == CANNOT_WORK
+    assert "sr-upscale: model nosidecar could not be loaded: no sidecar nosidecar.json (title, scale and license " \
+           "are required)" in capsys.readouterr().err
+    assert loaded_models == [("nosidecar",)] and not (tmp_path / "out").exists()
+
+
+def test_local_mode_with_a_built_in_model_loads_none_of_models_dir(models_dir, tmp_path, monkeypatch):
+    """Every MODELS_DIR model was loaded (and measured) beside the one chosen."""
+    from core.models.registry import ModelRegistry
+
+    offered = []
+    monkeypatch.setattr(ModelRegistry, "load_all", lambda registry, on_loaded=None: offered.append(registry.names))
+    assert main([str(SAMPLES / "camera.png"), "-o", str(tmp_path / "out"), "--model", "srgan"]) == CANNOT_WORK
+    assert offered == [("srgan",)]  # left unloaded here: the run stops with "could not be loaded: pending"
+
+
+@pytest.mark.parametrize("flags, env, message", [
+    (["--model", "nope"], {}, ", espcn2, espcn4, nosidecar, not 'nope'"),
+    (["--model", "espcn4", "--denoise", "1"], {}, "denoise must be one of none with model espcn4, not '1'"),
+    ([], {"DEFAULT_MODEL": "nope"}, "DEFAULT_MODEL 'nope' is not among the models offered ('srgan', "),
+    ([], {"MODELS_DIR": "/no/such/folder"}, "MODELS_DIR /no/such/folder is not a folder"),
+])
+def test_local_mode_checks_models_dir_models_as_the_server_does(models_dir, monkeypatch, capsys, flags, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["a.png", "-o", "out", *flags])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_local_mode_runs_a_models_dir_model_named_by_default_model(models_dir, loaded_models, tmp_path, monkeypatch):
+    """As the server's default: the run ended with a traceback (MODELS names unknown models ['espcn2'])."""
+    monkeypatch.setenv("DEFAULT_MODEL", "espcn2")
+    assert main([str(SAMPLES / "camera.png"), "-o", str(tmp_path / "out")]) == 0
+    assert size_of(tmp_path / "out" / "camera.png") == (96 * 4, 96 * 4) and loaded_models == [("espcn2",)]
