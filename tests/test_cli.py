@@ -521,3 +521,43 @@ def test_local_mode_runs_a_models_dir_model_named_by_default_model(models_dir, l
     monkeypatch.setenv("DEFAULT_MODEL", "espcn2")
     assert main([str(SAMPLES / "camera.png"), "-o", str(tmp_path / "out")]) == 0
     assert size_of(tmp_path / "out" / "camera.png") == (96 * 4, 96 * 4) and loaded_models == [("espcn2",)]
+
+
+# --- What a folder holds besides images ----------------------------------------------------------------------
+
+
+@pytest.fixture()
+def mac_copy(tmp_path) -> Path:
+    """photos/ as a Mac leaves it on a foreign disk (an AppleDouble ._ file beside each file), with a link to a
+    folder elsewhere and a link back up to itself."""
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    (photos / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    for name in ("IMG_0001.jpg", "sub/IMG_0002.png"):
+        (photos / name).write_bytes(b"x")
+        (photos / name).with_name(f"._{Path(name).name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble metadata")
+    (elsewhere / "far.png").write_bytes(b"x")
+    (photos / "nas").symlink_to(elsewhere)
+    (photos / "sub" / "loop").symlink_to(photos)
+    return photos
+
+
+def test_apple_double_files_are_left_out_and_counted_and_linked_folders_listed_not_walked(mac_copy, tmp_path):
+    """Each ._IMG_0001.jpg was sent and failed with a 400 (not an image); a linked folder was passed over unsaid."""
+    plan = plan_jobs([mac_copy], tmp_path / "out", AUTO_FORMAT)
+    assert [job.source for job in plan.jobs] == [mac_copy / "IMG_0001.jpg", mac_copy / "sub" / "IMG_0002.png"]
+    assert plan.not_images == {"._* (macOS metadata)": 2} and plan.problems == []
+    assert plan.linked_folders == [mac_copy / "nas", mac_copy / "sub" / "loop"]
+    # Given as an input, a linked folder is converted.
+    assert [job.target for job in plan_jobs([mac_copy / "nas"], tmp_path / "out", AUTO_FORMAT).jobs] == [
+        tmp_path / "out" / "elsewhere" / "far.png"]
+
+
+def test_the_summary_counts_apple_double_files_and_names_the_linked_folders(mac_copy, tmp_path, capsys):
+    for name in ("IMG_0001.jpg", "sub/IMG_0002.png"):
+        (mac_copy / name).unlink()  # nothing to upscale: no model loads
+    assert main([str(mac_copy), "-o", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "left out 2 files of the folders not named as an accepted image: ._* (macOS metadata) 2" in printed
+    assert f"left out 2 linked folders, not followed (one given as an input is converted): {mac_copy / 'nas'}, " \
+           f"{mac_copy / 'sub' / 'loop'}" in printed
