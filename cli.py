@@ -89,7 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="sr-upscale", description="Upscale images (4x by default, any scale from 1 to 8, or to a size) "
                                        "with the service's models, here or on running servers (--server).",
         epilog="Locally, limits and other settings come from the environment, as for the server "
-               "(MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, BACKEND, TILE_BATCH, REQUEST_TIME_LIMIT_S, ...).")
+               "(MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, BACKEND, TILE_BATCH, REQUEST_TIME_LIMIT_S, ...), and "
+               "--model also takes the models of MODELS_DIR.")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files and folders")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
     context = OptionContext(tuple(SPECS), load_settings().default_model,
