@@ -451,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
     summary = Summary(skipped=[job.source for job in done], failed=plan.problems,
                       not_images=plan.not_images, linked_folders=plan.linked_folders)
     if args.quality and todo:
-        _note_lossless(todo, args.options)
+        _note_lossless(todo)
     if todo:
         status = run_remote(args, todo, summary) if args.server else run_local(args, todo, summary)
         if status:
@@ -462,7 +462,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _note_lossless(todo: list[Job], options: dict[str, UpscaleOptions]) -> None:
+def _note_lossless(todo: list[Job]) -> None:
     """With --format auto, --quality applies to the files written as jpeg or webp: say so of the others."""
     from core.options import QUALITY_FORMATS
 
@@ -568,12 +568,11 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
     cluster = remote.Cluster(list(upload_limits), jobs, args.retries, args.timeout, args.max_wait, upload_limits)
     # A file some server takes is sent, to one that takes it; one that every server would refuse is not read.
     max_upload_bytes = max(upload_limits.values())
-    fields = {output_format: form_fields(each) for output_format, each in options.items()}
     outputs = Outputs()
 
     def convert(job: Job) -> None:
         data = read_image(job.source, max_upload_bytes)
-        cluster.upscale(data, job.source.name, fields[written_format(job.target)],
+        cluster.upscale(data, job.source.name, form_fields(options_of(job, options)),
                         lambda answer: outputs.write(job.target, answer))
 
     convert_all(todo, convert, f"{model} {size_label(next(iter(options.values())))}", summary, jobs, outputs,
