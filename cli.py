@@ -138,9 +138,13 @@ def local_context(context: OptionContext) -> OptionContext:
     reason, where it would not start): an operator's model dropped there is accepted, or fails to load with why."""
     from config import load_settings
     from core.models.levels import all_levels
-    from core.models.registry import models_dir_cards
 
-    cards = models_dir_cards(load_settings())
+    settings = load_settings()
+    cards = {}
+    if settings.models_dir is not None:  # the registry's imports (numpy, Pillow) only where there is a folder to read
+        from core.models.registry import models_dir_cards
+
+        cards = models_dir_cards(settings)
     models = (*context.models, *cards)
     if context.default_model not in models:
         raise ValueError(f"DEFAULT_MODEL {context.default_model!r} is not among the models offered {models}")
