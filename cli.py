@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     import remote
-    from core.options import UpscaleOptions
+    from core.options import OptionContext, UpscaleOptions
     from core.service import Service
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's later log lines out of the progress bars
@@ -42,6 +42,12 @@ JOBS_PER_SERVER = 2
 INTERRUPTED = 130
 # The exit status when the work cannot be done at all: the model does not load, or no server takes the files.
 CANNOT_WORK = 2
+# --format's own value, its default: each file keeps its format where the service writes it (as Real-ESRGAN's
+# --ext auto does), so that a folder of JPEG photos does not become PNGs several times their size.
+AUTO_FORMAT = "auto"
+# How the summary counts macOS's AppleDouble files (._IMG_0001.jpg): metadata that a copy to a foreign disk leaves
+# beside each file, named like images but none.
+APPLE_DOUBLE = "._* (macOS metadata)"
 
 
 @dataclass(frozen=True)
@@ -64,29 +70,33 @@ class Summary:
     # Lines after the totals: in remote mode, what each server did and how many files were retried.
     notes: list[str] = field(default_factory=list)
     not_images: Counter[str] = field(default_factory=Counter)
+    linked_folders: list[Path] = field(default_factory=list)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; light on purpose: --help and remote mode import no TensorFlow.
 
-    ``args.options`` holds the upscale's options, checked as the server checks them.
+    ``args.options`` holds the upscale's options by output format (``read_options``), checked as the server
+    checks them.
     """
     from config import ANSWER_MARGIN_S, load_settings
     from core.errors import InvalidInput
     from core.models.levels import DENOISE_LEVELS, all_levels
     from core.models.specs import SPECS
-    from core.options import OptionContext, add_cli_flags, cli_values, parse_options
+    from core.options import CliValue, OptionContext, add_cli_flags
 
     parser = argparse.ArgumentParser(
         prog="sr-upscale", description="Upscale images (4x by default, any scale from 1 to 8, or to a size) "
                                        "with the service's models, here or on running servers (--server).",
         epilog="Locally, limits and other settings come from the environment, as for the server "
-               "(MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, BACKEND, TILE_BATCH, REQUEST_TIME_LIMIT_S, ...).")
+               "(MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, BACKEND, TILE_BATCH, REQUEST_TIME_LIMIT_S, ...), and "
+               "--model also takes the models of MODELS_DIR.")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files and folders")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
     context = OptionContext(tuple(SPECS), load_settings().default_model,
                             {name: all_levels(spec.keys) for name, spec in SPECS.items()})
-    add_cli_flags(parser, context)
+    add_cli_flags(parser, context, {"format": CliValue(AUTO_FORMAT, f"each file's own format where it is one of "
+                                                                    f"these, else {fallback_format()}")})
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     parser.add_argument("--tile", type=int, metavar="PX",
                         help="local mode: tile size in input pixels (default: TILE_SIZE, or the largest MEMORY_BUDGET_MB allows)")
@@ -109,13 +119,69 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         # levels: what depends on the model is checked against each server's metadata (run_remote).
         models = (*context.models, args.model) if args.model else context.models
         context = replace(context, models=models, denoise_levels=dict.fromkeys(models, DENOISE_LEVELS))
+    else:
+        try:
+            context = local_context(context)
+        except ValueError as error:  # MODELS_DIR or DEFAULT_MODEL, which the server would not start with
+            parser.error(str(error))
     try:
-        args.options = parse_options(cli_values(args), context)
+        args.options = read_options(args, context)
     except InvalidInput as error:
         parser.error(error.message)
     for problem in _option_problems(args):
         parser.error(problem)
     return args
+
+
+def local_context(context: OptionContext) -> OptionContext:
+    """``context`` with MODELS_DIR's models too, as the local service offers them (ValueError, the server's
+    reason, where it would not start): an operator's model dropped there is accepted, or fails to load with why."""
+    from config import load_settings
+    from core.models.levels import all_levels
+
+    settings = load_settings()
+    cards = {}
+    if settings.models_dir is not None:  # the registry's imports (numpy, Pillow) only where there is a folder to read
+        from core.models.registry import models_dir_cards
+
+        cards = models_dir_cards(settings)
+    models = (*context.models, *cards)
+    if context.default_model not in models:
+        raise ValueError(f"DEFAULT_MODEL {context.default_model!r} is not among the models offered {models}")
+    return replace(context, models=models, denoise_levels={
+        **context.denoise_levels, **{name: all_levels(card.keys) for name, card in cards.items()}})
+
+
+def read_options(args: argparse.Namespace, context: OptionContext) -> dict[str, UpscaleOptions]:
+    """The options of each output format the run writes, as the server reads them; InvalidInput where it would
+    refuse them. With --format auto, every format a file may keep, with --quality for jpeg and webp only."""
+    from core.formats import OUTPUT_FORMATS
+    from core.options import QUALITY_FORMATS, cli_values, parse_options
+
+    values = cli_values(args)
+    if not keeps_formats(args):
+        options = parse_options(values, context)
+        return {options.output_format: options}
+    by_format = {}
+    for output_format in sorted(OUTPUT_FORMATS, key=lambda name: name not in QUALITY_FORMATS):  # quality's problems first
+        sent = {**values, "format": output_format}
+        if output_format not in QUALITY_FORMATS:
+            sent["quality"] = None  # lossless: quality does not apply
+        by_format[output_format] = parse_options(sent, context)
+    return by_format
+
+
+def keeps_formats(args: argparse.Namespace) -> bool:
+    """Whether each file keeps its own format (--format auto, the default)."""
+    return (args.format or AUTO_FORMAT).strip().lower() == AUTO_FORMAT
+
+
+def fallback_format() -> str:
+    """What --format auto writes a file whose format the service does not write (gif, bmp, tiff) in: the
+    service's default format."""
+    from core.options import BY_NAME
+
+    return str(BY_NAME["format"].default)
 
 
 def default_timeout_s() -> float:
@@ -146,13 +212,18 @@ class Plan:
     jobs: list[Job] = field(default_factory=list)
     # The inputs that cannot be used, with why.
     problems: list[tuple[Path, str]] = field(default_factory=list)
-    # Files in the input folders left out because their names are of no accepted format, counted by suffix:
-    # a folder of photos may hold HEIC or raw files that the user should hear were not converted.
+    # Files in the input folders left out by their names, counted by suffix (or as APPLE_DOUBLE): a folder of
+    # photos may hold HEIC or raw files that the user should hear were not converted.
     not_images: Counter[str] = field(default_factory=Counter)
+    # Links to folders inside the input folders, not followed: one may lead back up (a loop) or to files
+    # converted already through another path.
+    linked_folders: list[Path] = field(default_factory=list)
 
 
-def plan_jobs(inputs: Iterable[Path], output: Path, suffix: str) -> Plan:
-    """Every file to convert with its target, the inputs that cannot be used, and the files left out."""
+def plan_jobs(inputs: Iterable[Path], output: Path, output_format: str) -> Plan:
+    """Every file to convert with its target, the inputs that cannot be used, and the files left out.
+
+    ``output_format`` is the format of every output, or AUTO_FORMAT for each file its own (``target_name``)."""
     plan = Plan()
     for item in inputs:
         if item.is_dir() and item.resolve() == output.resolve():
@@ -160,18 +231,38 @@ def plan_jobs(inputs: Iterable[Path], output: Path, suffix: str) -> Plan:
                                         "choose another output folder"))
         elif item.is_dir():
             root = output / item.resolve().name
-            plan.jobs += [Job(path, (root / path.relative_to(item)).with_suffix(suffix))
-                          for path in _images_in(item, output, plan.not_images)]
+            plan.jobs += [Job(path, target_name(root / path.relative_to(item), output_format))
+                          for path in _images_in(item, output, plan)]
         elif item.is_file():
-            plan.jobs.append(Job(item, (output / item.name).with_suffix(suffix)))
+            plan.jobs.append(Job(item, target_name(output / item.name, output_format)))
         else:
             plan.problems.append((item, "no such file or folder"))
     plan.jobs = _without_clashes(_not_onto_inputs(plan.jobs, plan.problems), plan.problems)
     return plan
 
 
-def _images_in(folder: Path, output: Path, not_images: Counter[str]) -> Iterator[Path]:
-    """The folder's images, counting the other files in ``not_images``.
+def target_name(path: Path, output_format: str) -> Path:
+    """The output file of the input at ``path`` (moved to the output folder): with AUTO_FORMAT, the same name
+    where the service writes the format its name says (IMG_1.JPG stays IMG_1.JPG), else a .png."""
+    if output_format == AUTO_FORMAT:
+        return path if written_format(path) else path.with_suffix(output_suffix(fallback_format()))
+    return path.with_suffix(output_suffix(output_format))
+
+
+def written_format(path: Path) -> str | None:
+    """The output format a file of this name holds (.jpg, .JPEG, .jfif: jpeg), None for one the service does not
+    write (.gif, .tif, .bmp): an output's name says its format, as a folder's file names say which are images."""
+    from PIL import Image
+
+    from core.formats import OUTPUT_FORMATS
+
+    pillow_format = Image.registered_extensions().get(path.suffix.lower())
+    return next((name for name, (pillow_name, _) in OUTPUT_FORMATS.items() if pillow_name == pillow_format), None)
+
+
+def _images_in(folder: Path, output: Path, plan: Plan) -> Iterator[Path]:
+    """The folder's images, counting the other files in ``plan.not_images`` and listing the links to folders,
+    which are not followed, in ``plan.linked_folders``.
 
     With the output folder inside this one (``-o photos/big``), the files under it are left out: the next
     run of ``sr-upscale photos`` would take the last run's outputs for inputs and upscale them again. An
@@ -181,12 +272,18 @@ def _images_in(folder: Path, output: Path, not_images: Counter[str]) -> Iterator
     resolved, outputs = folder.resolve(), output.resolve()
     holds_outputs = outputs.is_relative_to(resolved)
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or (holds_outputs and (resolved / path.relative_to(folder)).is_relative_to(outputs)):
+        if holds_outputs and (resolved / path.relative_to(folder)).is_relative_to(outputs):
             continue
-        if path.suffix.lower() in suffixes:
+        if path.is_symlink() and path.is_dir():
+            plan.linked_folders.append(path)
+        elif not path.is_file():
+            continue
+        elif path.name.startswith("._"):
+            plan.not_images[APPLE_DOUBLE] += 1
+        elif path.suffix.lower() in suffixes:
             yield path
         else:
-            not_images[path.suffix.lower() or "(no suffix)"] += 1
+            plan.not_images[path.suffix.lower() or "(no suffix)"] += 1
 
 
 def image_suffixes() -> set[str]:
@@ -219,18 +316,21 @@ def _without_clashes(jobs: list[Job], problems: list[tuple[Path, str]]) -> list[
 
 
 def load_service(model: str, tile: int | None) -> Service:
-    """The server's service with only the chosen model loaded."""
+    """The server's service with only the chosen model loaded, built-in or MODELS_DIR's."""
     from config import load_settings
     from core import backends
     from core.service import Service
 
-    overrides: dict[str, object] = {"models": model, "default_model": model}
+    from core.models.specs import SPECS
+
+    # A MODELS_DIR model is offered beside MODELS, which stays the environment's.
+    overrides: dict[str, object] = {"default_model": model, **({"models": model} if model in SPECS else {})}
     if tile is not None:
         overrides["tile_size"] = tile
     settings = load_settings(**overrides)
     if backends.choose(settings).backend in backends.KERAS_BACKENDS:
         _import_tensorflow_quietly()
-    service = Service.create(settings)
+    service = Service.create(settings, only=model)
     service.load()  # as the server loads: a model the GPU budget leaves no room for fails here, with the reason
     return service
 
@@ -349,10 +449,13 @@ class TileBar:
 
 
 def run(args: argparse.Namespace) -> int:
-    plan = plan_jobs(args.inputs, args.output, output_suffix(args.options.output_format))
+    chosen = AUTO_FORMAT if keeps_formats(args) else next(iter(args.options))
+    plan = plan_jobs(args.inputs, args.output, chosen)
     todo, done = split_done(plan.jobs, args.overwrite)
     summary = Summary(skipped=[job.source for job in done], failed=plan.problems,
-                      not_images=plan.not_images)
+                      not_images=plan.not_images, linked_folders=plan.linked_folders)
+    if args.quality and todo:
+        _note_lossless(todo)
     if todo:
         status = run_remote(args, todo, summary) if args.server else run_local(args, todo, summary)
         if status:
@@ -361,6 +464,24 @@ def run(args: argparse.Namespace) -> int:
     if summary.unfinished:
         return summary.stop_status
     return 1 if summary.failed else 0
+
+
+def _note_lossless(todo: list[Job]) -> None:
+    """With --format auto, --quality applies to the files written as jpeg or webp: say so of the others."""
+    from core.options import QUALITY_FORMATS
+
+    written = Counter(written_format(job.target) for job in todo)
+    lossless = [f"{count} as {output_format}" for output_format, count in written.most_common()
+                if output_format not in QUALITY_FORMATS]
+    if lossless:
+        kinds = ", ".join(lossless)
+        print(f"sr-upscale: --quality applies to the files written as {' or '.join(QUALITY_FORMATS)}; not to the "
+              f"lossless ones ({kinds})", file=sys.stderr)
+
+
+def options_of(job: Job, options: dict[str, UpscaleOptions]) -> UpscaleOptions:
+    """The options ``job`` is upscaled with: those of the format its output's name says."""
+    return options[written_format(job.target)]
 
 
 def split_done(jobs: list[Job], overwrite: bool) -> tuple[list[Job], list[Job]]:
@@ -399,7 +520,7 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> int:
     """Upscale in this process; CANNOT_WORK when the model cannot be loaded."""
     _show_warnings_without_tracebacks()
-    options = args.options
+    options = next(iter(args.options.values()))  # the model and size, the same in every format's
     model = options.model
     service = load_service(model, args.tile)
     state = service.registry.states()[model]
@@ -413,7 +534,8 @@ def run_local(args: argparse.Namespace, todo: list[Job], summary: Summary) -> in
     def convert(job: Job) -> None:
         tiles = TileBar(job.source.name, service.settings.tile_batch)
         try:
-            plan = service.prepare(read_image(job.source, service.settings.max_upload_bytes), options)
+            data = read_image(job.source, service.settings.max_upload_bytes)
+            plan = service.prepare(data, options_of(job, args.options))
             outputs.write(job.target, [service.run(plan, tiles).data])
         finally:
             tiles.close()
@@ -430,7 +552,8 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
 
     urls = list(dict.fromkeys(remote.server_url(text) for text in args.server))
     # Without --model, each server's own default model (probe asks it which).
-    model, skipped, upload_limits = args.options.model if args.model else None, {}, {}
+    model = next(iter(args.options.values())).model if args.model else None
+    skipped, upload_limits = {}, {}
     for url in urls:
         offer, remark = remote.probe(url, model)  # why not, or a note on the offer
         taken, problem = (None, remark) if offer is None else server_options(args, offer)
@@ -449,28 +572,29 @@ def run_remote(args: argparse.Namespace, todo: list[Job], summary: Summary) -> i
     cluster = remote.Cluster(list(upload_limits), jobs, args.retries, args.timeout, args.max_wait, upload_limits)
     # A file some server takes is sent, to one that takes it; one that every server would refuse is not read.
     max_upload_bytes = max(upload_limits.values())
-    fields = form_fields(options)
     outputs = Outputs()
 
     def convert(job: Job) -> None:
         data = read_image(job.source, max_upload_bytes)
-        cluster.upscale(data, job.source.name, fields, lambda answer: outputs.write(job.target, answer))
+        cluster.upscale(data, job.source.name, form_fields(options_of(job, options)),
+                        lambda answer: outputs.write(job.target, answer))
 
-    convert_all(todo, convert, f"{model} {size_label(options)}", summary, jobs, outputs,
+    convert_all(todo, convert, f"{model} {size_label(next(iter(options.values())))}", summary, jobs, outputs,
                 stop_on=(remote.ServersDown, CannotWrite))
     summary.notes = cluster.report() + [f"  {url}: skipped at start: {problem}" for url, problem in skipped.items()]
     return 0
 
 
-def server_options(args: argparse.Namespace, offer: remote.Offer) -> tuple[UpscaleOptions | None, str | None]:
-    """The options of the command line as the server of ``offer`` reads them (its default model, its models'
-    denoise levels), or None and the server's message for a value it refuses."""
+def server_options(args: argparse.Namespace,
+                   offer: remote.Offer) -> tuple[dict[str, UpscaleOptions] | None, str | None]:
+    """The options of the command line by output format as the server of ``offer`` reads them (its default
+    model, its models' denoise levels), or None and the server's message for a value it refuses."""
     from core.errors import InvalidInput
-    from core.options import OptionContext, cli_values, parse_options
+    from core.options import OptionContext
 
     context = OptionContext(offer.models, offer.model, offer.denoise_levels)
     try:
-        return parse_options(cli_values(args), context), None
+        return read_options(args, context), None
     except InvalidInput as error:
         return None, error.message
 
@@ -593,6 +717,9 @@ def report(summary: Summary, output: Path) -> None:
     if summary.not_images:
         kinds = ", ".join(f"{suffix} {count}" for suffix, count in summary.not_images.most_common())
         print(f"left out {summary.not_images.total()} files of the folders not named as an accepted image: {kinds}")
+    if summary.linked_folders:
+        print(f"left out {len(summary.linked_folders)} linked folders, not followed (one given as an input is "
+              f"converted): {', '.join(map(str, summary.linked_folders))}")
     for line in summary.notes:
         print(line)
     for source, reason in summary.failed:

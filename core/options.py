@@ -322,14 +322,26 @@ def describe_options(context: OptionContext) -> list[dict[str, object]]:
 # --- The command line ---------------------------------------------------------------------------
 
 
-def add_cli_flags(parser: argparse.ArgumentParser, context: OptionContext) -> None:
-    """One flag per option (``--scale 1.5``, ``--ensemble``); values stay text for ``parse_options``."""
+@dataclass(frozen=True)
+class CliValue:
+    """A value the command line adds to an option's choices, as its default: ``--format auto``."""
+
+    value: str
+    meaning: str
+
+
+def add_cli_flags(parser: argparse.ArgumentParser, context: OptionContext,
+                  added: Mapping[str, CliValue] | None = None) -> None:
+    """One flag per option (``--scale 1.5``, ``--ensemble``); values stay text for ``parse_options``, but for the
+    ``added`` values, which the command line reads itself."""
     for option in OPTIONS:
         if option.kind == "boolean":
             parser.add_argument(option.flag, action="store_const", const="true", help=option.help.replace("%", "%%"))
             continue
-        text = f"{option.help}; {option.allowed(context)} (default: {option.default_words})".replace("%", "%%")
-        parser.add_argument(option.flag, metavar=option.name.upper(), help=text)
+        extra = (added or {}).get(option.name)
+        allowed = option.allowed(context) + (f", or {extra.value}: {extra.meaning}" if extra else "")
+        text = f"{option.help}; {allowed} (default: {extra.value if extra else option.default_words})"
+        parser.add_argument(option.flag, metavar=option.name.upper(), help=text.replace("%", "%%"))
 
 
 def cli_values(args: argparse.Namespace) -> dict[str, str | None]:

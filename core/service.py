@@ -44,14 +44,14 @@ class Service:
     _stopping: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def create(cls, settings: Settings) -> "Service":
+    def create(cls, settings: Settings, only: str | None = None) -> "Service":
         """The service of this process on the backend and device that DEVICE and BACKEND choose
-        (``backends.DeviceError`` where they cannot be had); also sets the backend's thread counts and
-        Pillow's bomb guard."""
+        (``backends.DeviceError`` where they cannot be had), offering every model or ``only`` that one; also sets
+        the backend's thread counts and Pillow's bomb guard."""
         images.guard_decompression_bombs(settings.max_input_pixels)
         choice = backends.choose(settings)
         choice.module.start(settings, choice.device)
-        registry = ModelRegistry(settings, choice)
+        registry = ModelRegistry(settings, choice, only)
         return cls(settings, registry, InferenceSlot(settings.queue_size, settings.queue_wait_s,
                                                      settings.inference_slots_for(choice.device),
                                                      room=lambda: worker_room(settings, registry)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli import (CANNOT_WORK, CannotWrite, Job, Outputs, Summary, convert_all, image_suffixes, main, output_suffix, parse_args,
-                 plan_jobs, report, split_done)
+from cli import (AUTO_FORMAT, CANNOT_WORK, CannotWrite, Job, Outputs, Summary, convert_all, image_suffixes, main,
+                 output_suffix, parse_args, plan_jobs, report, split_done, written_format)
 from config import MEBIBYTE, Settings
 from core.formats import OUTPUT_FORMATS
 from tests.conftest import ROOT, SAMPLES
@@ -150,7 +151,7 @@ def test_plan_keeps_folder_structure_and_reports_clashing_names(tmp_path):
     (folder / "day1").mkdir(parents=True)
     for name in ("day1/a.jpg", "day1/a.png", "b.webp", "readme.md"):
         (folder / name).write_bytes(b"x")
-    plan = plan_jobs([folder], tmp_path / "out", ".png")
+    plan = plan_jobs([folder], tmp_path / "out", "png")
     assert [(j.source.relative_to(folder).as_posix(), j.target.relative_to(tmp_path).as_posix()) for j in plan.jobs] == [
         ("b.webp", "out/shots/b.png"), ("day1/a.jpg", "out/shots/day1/a.png")]
     assert plan.problems == [(folder / "day1" / "a.png",
@@ -165,12 +166,12 @@ def test_outputs_inside_an_input_folder_are_never_taken_for_inputs(tmp_path):
     for name in ("a.png", "big/photos/a.png", "big/other.png"):
         (photos / name).write_bytes(b"x")
     for output in (photos / "big", tmp_path / "photos" / ".." / "photos" / "big"):
-        plan = plan_jobs([photos], output, ".png")
+        plan = plan_jobs([photos], output, "png")
         assert [job.source for job in plan.jobs] == [photos / "a.png"] and plan.problems == []
     # An output folder beside the inputs, whose name merely starts like one of the folder's, takes nothing away.
     (photos / "bigger").mkdir()
     (photos / "bigger" / "b.png").write_bytes(b"x")
-    assert [job.source for job in plan_jobs([photos / "bigger"], photos / "big", ".png").jobs] == [photos / "bigger" / "b.png"]
+    assert [job.source for job in plan_jobs([photos / "bigger"], photos / "big", "png").jobs] == [photos / "bigger" / "b.png"]
 
 
 def test_an_output_folder_above_an_input_folder_takes_none_of_its_files_away(tmp_path):
@@ -179,7 +180,7 @@ def test_an_output_folder_above_an_input_folder_takes_none_of_its_files_away(tmp
     holiday = tmp_path / "pics" / "holiday"
     holiday.mkdir(parents=True)
     (holiday / "a.png").write_bytes(b"x")
-    plan = plan_jobs([holiday], tmp_path, ".png")
+    plan = plan_jobs([holiday], tmp_path, "png")
     assert plan.jobs == [Job(holiday / "a.png", tmp_path / "holiday" / "a.png")] and plan.problems == []
 
 
@@ -190,14 +191,14 @@ def test_an_output_that_is_an_input_file_is_refused_not_skipped_or_overwritten(t
     pics.mkdir()
     for name in ("a.png", "b.jpg", "b.png"):
         (pics / name).write_bytes(b"x")
-    plan = plan_jobs([pics / "a.png", pics / "b.jpg", pics / "b.png", pics], pics, ".png")
+    plan = plan_jobs([pics / "a.png", pics / "b.jpg", pics / "b.png", pics], pics, "png")
     assert plan.jobs == []
     assert plan.problems == [
         (pics, "is the output folder too: the outputs would be mixed with the inputs; choose another output folder"),
         *[(pics / name, f"its output {pics / output} is an input file: choose an output folder that holds no input")
           for name, output in (("a.png", "a.png"), ("b.jpg", "b.png"), ("b.png", "b.png"))]]
     # The whole folder given from its parent, with the parent as output: each file's output is the file itself.
-    plan = plan_jobs([pics], tmp_path, ".png")
+    plan = plan_jobs([pics], tmp_path, "png")
     assert plan.jobs == [] and [source.name for source, _ in plan.problems] == ["a.png", "b.jpg", "b.png"]
 
 
@@ -336,3 +337,227 @@ def test_a_full_output_disk_stops_the_run(tmp_path, capsys):
     report(summary, tmp_path / "out")
     assert f"stopped: cannot write {jobs[1].target}: No space left on device: 2 files not done; the same command " \
            f"does them" in capsys.readouterr().err.splitlines()
+
+
+# --- --format auto: each file keeps its format where the service writes it --------------------------------
+
+
+def relative_targets(plan, folder: Path, out: Path) -> list[tuple[str, str]]:
+    return [(job.source.relative_to(folder).as_posix(), job.target.relative_to(out).as_posix()) for job in plan.jobs]
+
+
+def test_auto_keeps_each_files_name_where_its_format_is_written_and_else_gives_a_png(tmp_path):
+    """A folder of JPEG photos became PNGs several times their size: --format png was the only way."""
+    folder, out = tmp_path / "shots", tmp_path / "out"
+    folder.mkdir()
+    for name in ("a.jpg", "a.png", "b.JPEG", "c.webp", "d.gif", "e.tif", "f.bmp", "g.gif", "g.png", "h.jfif"):
+        (folder / name).write_bytes(b"x")
+    plan = plan_jobs([folder, folder / "c.webp"], out, AUTO_FORMAT)
+    assert relative_targets(plan, folder, out) == [
+        ("a.jpg", "shots/a.jpg"), ("a.png", "shots/a.png"), ("b.JPEG", "shots/b.JPEG"), ("c.webp", "shots/c.webp"),
+        ("d.gif", "shots/d.png"), ("e.tif", "shots/e.png"), ("f.bmp", "shots/f.png"), ("g.gif", "shots/g.png"),
+        ("h.jfif", "shots/h.jfif"), ("c.webp", "c.webp")]
+    # a.jpg and a.png have outputs of their own; g.gif and g.png would both be g.png
+    assert plan.problems == [(folder / "g.png", f"same output {out / 'shots/g.png'} as {folder / 'g.gif'}")]
+    assert [written_format(job.target) for job in plan.jobs] == [
+        "jpeg", "png", "jpeg", "webp", "png", "png", "png", "png", "jpeg", "webp"]
+    # A fixed format still names every output after it.
+    assert [job.target.name for job in plan_jobs([folder / "a.jpg", folder / "e.tif"], out, "webp").jobs] == [
+        "a.webp", "e.webp"]
+
+
+def test_auto_finds_its_own_outputs_done_and_never_takes_an_input_for_its_output(tmp_path):
+    """With auto a JPEG's output has its very name: in its own folder, it would be the input itself."""
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for name in ("a.jpg", "b.gif"):
+        (pics / name).write_bytes(b"x")
+    plan = plan_jobs([pics / "a.jpg", pics / "b.gif"], pics, AUTO_FORMAT)
+    assert plan.jobs == [Job(pics / "b.gif", pics / "b.png")]
+    assert plan.problems == [(pics / "a.jpg", f"its output {pics / 'a.jpg'} is an input file: choose an output folder "
+                                              f"that holds no input")]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.jpg").write_bytes(b"done before")
+    todo, done = split_done(plan_jobs([pics], tmp_path / "out", AUTO_FORMAT).jobs, overwrite=False)
+    assert [job.target.name for job in todo] == ["a.jpg", "b.png"] and done == []  # a.jpg's is out/pics/a.jpg
+    todo, done = split_done(plan_jobs([pics / "a.jpg"], tmp_path / "out", AUTO_FORMAT).jobs, overwrite=False)
+    assert (todo, [job.target for job in done]) == ([], [tmp_path / "out" / "a.jpg"])
+
+
+def test_auto_is_the_default_and_its_options_are_checked_for_every_format_a_file_may_keep():
+    args = parse_args(["a.jpg", "-o", "out", "--quality", "80"])
+    assert sorted(args.options) == ["jpeg", "png", "webp"]
+    assert (args.options["jpeg"].quality, args.options["webp"].quality, args.options["png"].quality) == (80, 80, 90)
+    assert {options.output_format for options in args.options.values()} == {"jpeg", "png", "webp"}
+    assert sorted(parse_args(["a.jpg", "-o", "out", "--format", "AUTO"]).options) == ["jpeg", "png", "webp"]
+    assert list(parse_args(["a.jpg", "-o", "out", "--format", "JPG"]).options) == ["jpeg"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--quality", "0"], "quality must be a whole number from 1 to 100, not '0'"),
+    (["--format", "png", "--quality", "80"], "quality applies only to format jpeg or webp"),
+    (["--format", "gif"], "format must be one of png, jpeg, webp (jpg for jpeg), not 'gif'"),
+])
+def test_a_bad_format_or_quality_is_a_usage_error_with_the_servers_message(tmp_path, flags, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_args([str(tmp_path), "-o", str(tmp_path / "out"), *flags])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_help_offers_auto_as_the_formats_default():
+    result = sr_upscale("--help")
+    assert result.returncode == 0
+    assert ("one of png, jpeg, webp (jpg for jpeg), or auto: each file's own format where it is one of these, else "
+            "png (default: auto)") in " ".join(result.stdout.split())
+
+
+@pytest.mark.slow
+def test_auto_writes_a_jpeg_as_jpeg_a_transparent_webp_as_webp_and_a_gif_as_png(tmp_path):
+    """A JPEG (no alpha) is written as JPEG, a WebP keeps its transparency, a GIF (not written) becomes a PNG;
+    --quality applies to the JPEG and the WebP, and the run says it does not to the PNG."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    with Image.open(SAMPLES / "chelsea.png") as photo:
+        small = photo.convert("RGB").crop((40, 20, 56, 36))
+    small.save(folder / "photo.JPG", quality=95)
+    clear = small.convert("RGBA")
+    clear.putalpha(Image.linear_gradient("L").resize(small.size))  # from transparent to opaque, top to bottom
+    clear.save(folder / "sticker.webp", lossless=True)
+    small.convert("P").save(folder / "anim.gif")
+    result = sr_upscale(folder, "-o", tmp_path / "out", "--model", "span", "--quality", "80")
+    assert result.returncode == 0, result.stderr
+    assert "converted 3" in result.stdout
+    assert "sr-upscale: --quality applies to the files written as jpeg or webp; not to the lossless ones (1 as png)" \
+           in result.stderr.splitlines()
+    written = tmp_path / "out" / "mixed"
+    assert sorted(path.name for path in written.iterdir()) == ["anim.png", "photo.JPG", "sticker.webp"]
+    for name, image_format, mode in (("photo.JPG", "JPEG", "RGB"), ("sticker.webp", "WEBP", "RGBA"),
+                                     ("anim.png", "PNG", "RGB")):
+        with Image.open(written / name) as image:
+            assert (image.format, image.mode, image.size) == (image_format, mode, (64, 64)), name
+            if name == "sticker.webp":
+                alpha = image.getchannel("A")
+                assert alpha.getpixel((32, 0)) < 16 and alpha.getpixel((32, 63)) > 240  # the transparency kept
+
+
+# --- Local mode offers MODELS_DIR's models, as the local service does -----------------------------------------
+
+
+@pytest.fixture()
+def models_dir(tmp_path, monkeypatch) -> Path:
+    """MODELS_DIR with two small ONNX models (4x and 2x) and one without its sidecar."""
+    from tests.onnx_nets import SubpixelNet
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name, scale in (("espcn4", 4), ("espcn2", 2)):
+        SubpixelNet.random(scale, seed=scale).save(folder / f"{name}.onnx")
+        (folder / f"{name}.json").write_text(json.dumps({"title": f"ESPCN-like {scale}x", "scale": scale,
+                                                         "license": "CC0-1.0", "margin": 4}))
+    SubpixelNet.random(4).save(folder / "nosidecar.onnx")
+    monkeypatch.setenv("MODELS_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture()
+def loaded_models(monkeypatch) -> list[tuple[str, ...]]:
+    """The models each registry of this process offers when it loads them."""
+    from core.models.registry import ModelRegistry
+
+    offered = []
+    real_load = ModelRegistry.load_all
+
+    def load_all(registry, on_loaded=None):
+        offered.append(registry.names)
+        real_load(registry, on_loaded)
+
+    monkeypatch.setattr(ModelRegistry, "load_all", load_all)
+    return offered
+
+
+def test_local_mode_runs_a_model_of_models_dir_alone(models_dir, loaded_models, tmp_path):
+    """A model the operator dropped in MODELS_DIR was refused (``model must be one of srgan, ...``), though the
+    server offers it."""
+    out = tmp_path / "out"
+    assert main([str(SAMPLES / "camera.png"), "-o", str(out), "--model", "espcn4"]) == 0
+    assert size_of(out / "camera.png") == (96 * 4, 96 * 4)
+    assert loaded_models == [("espcn4",)]
+
+
+def test_local_mode_fails_a_broken_models_dir_model_with_the_servers_reason(models_dir, loaded_models, tmp_path,
+                                                                            capsys):
+    assert main([str(SAMPLES / "camera.png"), "-o", str(tmp_path / "out"), "--model", "nosidecar"]) == CANNOT_WORK
+    assert "sr-upscale: model nosidecar could not be loaded: no sidecar nosidecar.json (title, scale and license " \
+           "are required)" in capsys.readouterr().err
+    assert loaded_models == [("nosidecar",)] and not (tmp_path / "out").exists()
+
+
+def test_local_mode_with_a_built_in_model_loads_none_of_models_dir(models_dir, tmp_path, monkeypatch):
+    """Every MODELS_DIR model was loaded (and measured) beside the one chosen."""
+    from core.models.registry import ModelRegistry
+
+    offered = []
+    monkeypatch.setattr(ModelRegistry, "load_all", lambda registry, on_loaded=None: offered.append(registry.names))
+    assert main([str(SAMPLES / "camera.png"), "-o", str(tmp_path / "out"), "--model", "srgan"]) == CANNOT_WORK
+    assert offered == [("srgan",)]  # left unloaded here: the run stops with "could not be loaded: pending"
+
+
+@pytest.mark.parametrize("flags, env, message", [
+    (["--model", "nope"], {}, ", espcn2, espcn4, nosidecar, not 'nope'"),
+    (["--model", "espcn4", "--denoise", "1"], {}, "denoise must be one of none with model espcn4, not '1'"),
+    ([], {"DEFAULT_MODEL": "nope"}, "DEFAULT_MODEL 'nope' is not among the models offered ('srgan', "),
+    ([], {"MODELS_DIR": "/no/such/folder"}, "MODELS_DIR /no/such/folder is not a folder"),
+])
+def test_local_mode_checks_models_dir_models_as_the_server_does(models_dir, monkeypatch, capsys, flags, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["a.png", "-o", "out", *flags])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_local_mode_runs_a_models_dir_model_named_by_default_model(models_dir, loaded_models, tmp_path, monkeypatch):
+    """As the server's default: the run ended with a traceback (MODELS names unknown models ['espcn2'])."""
+    monkeypatch.setenv("DEFAULT_MODEL", "espcn2")
+    assert main([str(SAMPLES / "camera.png"), "-o", str(tmp_path / "out")]) == 0
+    assert size_of(tmp_path / "out" / "camera.png") == (96 * 4, 96 * 4) and loaded_models == [("espcn2",)]
+
+
+# --- What a folder holds besides images ----------------------------------------------------------------------
+
+
+@pytest.fixture()
+def mac_copy(tmp_path) -> Path:
+    """photos/ as a Mac leaves it on a foreign disk (an AppleDouble ._ file beside each file), with a link to a
+    folder elsewhere and a link back up to itself."""
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    (photos / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    for name in ("IMG_0001.jpg", "sub/IMG_0002.png"):
+        (photos / name).write_bytes(b"x")
+        (photos / name).with_name(f"._{Path(name).name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble metadata")
+    (elsewhere / "far.png").write_bytes(b"x")
+    (photos / "nas").symlink_to(elsewhere)
+    (photos / "sub" / "loop").symlink_to(photos)
+    return photos
+
+
+def test_apple_double_files_are_left_out_and_counted_and_linked_folders_listed_not_walked(mac_copy, tmp_path):
+    """Each ._IMG_0001.jpg was sent and failed with a 400 (not an image); a linked folder was passed over unsaid."""
+    plan = plan_jobs([mac_copy], tmp_path / "out", AUTO_FORMAT)
+    assert [job.source for job in plan.jobs] == [mac_copy / "IMG_0001.jpg", mac_copy / "sub" / "IMG_0002.png"]
+    assert plan.not_images == {"._* (macOS metadata)": 2} and plan.problems == []
+    assert plan.linked_folders == [mac_copy / "nas", mac_copy / "sub" / "loop"]
+    # Given as an input, a linked folder is converted.
+    assert [job.target for job in plan_jobs([mac_copy / "nas"], tmp_path / "out", AUTO_FORMAT).jobs] == [
+        tmp_path / "out" / "elsewhere" / "far.png"]
+
+
+def test_the_summary_counts_apple_double_files_and_names_the_linked_folders(mac_copy, tmp_path, capsys):
+    for name in ("IMG_0001.jpg", "sub/IMG_0002.png"):
+        (mac_copy / name).unlink()  # nothing to upscale: no model loads
+    assert main([str(mac_copy), "-o", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "left out 2 files of the folders not named as an accepted image: ._* (macOS metadata) 2" in printed
+    assert f"left out 2 linked folders, not followed (one given as an input is converted): {mac_copy / 'nas'}, " \
+           f"{mac_copy / 'sub' / 'loop'}" in printed

@@ -574,7 +574,7 @@ def test_options_that_depend_on_the_model_are_checked_by_each_servers_models():
             stand_in(upscaled, metadata=metadata("srgan")) as (plain, _):
         args = parse_args(["a.png", "-o", "out", "--server", cugan, "--denoise", "2"])
         options, problem = server_options(args, remote.probe(cugan, None)[0])
-        assert problem is None and form_fields(options) == {"model": "realcugan", "denoise": "2"}
+        assert problem is None and form_fields(options["png"]) == {"model": "realcugan", "denoise": "2"}
         assert server_options(args, remote.probe(plain, None)[0]) == (
             None, "denoise must be one of none with model srgan, not '2'")
 
@@ -650,3 +650,28 @@ def test_a_file_goes_to_a_server_that_takes_its_size(pauses):
                                  upload_limits={small: 4, large: 1000})
         assert _upscale(cluster) == b"upscaled"  # b"image": 5 bytes
     assert (at_small, at_large) == ([], ["upscaled"])
+
+
+def test_with_format_auto_each_file_is_asked_for_in_the_format_it_keeps(tmp_path, monkeypatch):
+    """--format auto (the default): a JPEG is asked for as jpeg with --quality, a GIF as png without it."""
+    from cli import main
+
+    metadata = {"default_model": "srgan", "models": [{"id": "srgan", "state": "ready"}],
+                "limits": {"max_upload_bytes": 1000}}
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("a.jpg", "b.webp", "c.gif", "d.png"):
+        (folder / name).write_bytes(b"image")
+    sent = {}
+
+    def upscale(cluster: remote.Cluster, data: bytes, name: str, fields: dict[str, str], save: remote.Save) -> None:
+        sent[name] = fields
+        save([b"upscaled"])
+
+    monkeypatch.setattr(remote.Cluster, "upscale", upscale)
+    with stand_in(upscaled, metadata=metadata) as (url, _):
+        assert main([str(folder), "-o", str(tmp_path / "out"), "--server", url, "--quality", "80"]) == 0
+    assert sent == {"a.jpg": {"model": "srgan", "format": "jpeg", "quality": "80"},
+                    "b.webp": {"model": "srgan", "format": "webp", "quality": "80"},
+                    "c.gif": {"model": "srgan"}, "d.png": {"model": "srgan"}}
+    assert sorted(path.name for path in (tmp_path / "out" / "mixed").iterdir()) == ["a.jpg", "b.webp", "c.png", "d.png"]

@@ -28,13 +28,15 @@ WARM_UP_SIDE = 32
 class ModelRegistry:
     """The models this process serves, each loaded and run once before it is offered."""
 
-    def __init__(self, settings: Settings, choice: Choice) -> None:
+    def __init__(self, settings: Settings, choice: Choice, only: str | None = None) -> None:
+        """``only``: the one model offered (sr-upscale's local mode runs one), built-in or MODELS_DIR's."""
         unknown = [name for name in settings.model_names if name not in SPECS]
         if unknown:
             raise ValueError(f"MODELS names unknown models {unknown}; known: {sorted(SPECS)}")
         self.settings = settings
         self.choice = choice
-        self.cards = {**{name: spec_card(SPECS[name]) for name in settings.model_names}, **_models_dir_cards(settings)}
+        cards = {**{name: spec_card(SPECS[name]) for name in settings.model_names}, **models_dir_cards(settings)}
+        self.cards = cards if only is None else {only: cards[only]}
         if settings.default_model not in self.names:
             raise ValueError(f"DEFAULT_MODEL {settings.default_model!r} is not among the models offered {self.names}")
         self._networks: dict[str, dict[Key, Network]] = {}
@@ -219,7 +221,7 @@ def _load_variant(spec: ModelSpec, variant: Variant, choice: Choice, settings: S
     return network
 
 
-def _models_dir_cards(settings: Settings) -> dict[str, ModelCard]:
+def models_dir_cards(settings: Settings) -> dict[str, ModelCard]:
     """The cards of the operator's models in MODELS_DIR by id (none when it is unset); built-in ids stay theirs."""
     if settings.models_dir is None:
         return {}
