@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from config import MEBIBYTE, Settings, load_settings
 from core import backends
 
@@ -169,6 +171,7 @@ def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int)
              f"proxy_max_temp_file_size 0; proxy_pass http://ops;")
     # An image's answer comes only when it is done.
     upstream_s = int(settings.longest_answer_s)
+    client_timeout = nginx_time(settings.client_timeout_s)
     # Started as root, nginx's workers would become "nobody" and could not open gunicorn's socket.
     user = "user root;\n" if os.geteuid() == 0 else ""
     return f"""# Written by serve.py from the settings; see config.py.
@@ -194,10 +197,10 @@ http {{
     {_work_refusal_map()}
     access_log /dev/stderr json if=$answered_by_front;
 
-    client_header_timeout {settings.client_timeout_s:g}s;
-    client_body_timeout {settings.client_timeout_s:g}s;
-    send_timeout {settings.client_timeout_s:g}s;
-    keepalive_timeout {settings.client_timeout_s:g}s;
+    client_header_timeout {client_timeout};
+    client_body_timeout {client_timeout};
+    send_timeout {client_timeout};
+    keepalive_timeout {client_timeout};
     reset_timedout_connection on;
     client_max_body_size {settings.max_upload_bytes};
     client_body_buffer_size {BODY_BUFFER_BYTES};
@@ -206,7 +209,7 @@ http {{
     proxy_buffering on;
     proxy_buffers {ANSWER_BUFFERS} {ANSWER_BUFFER_BYTES};
     proxy_read_timeout {upstream_s}s;
-    proxy_send_timeout {settings.client_timeout_s:g}s;
+    proxy_send_timeout {client_timeout};
     # gunicorn's own answers, its 503s among them, pass as they are: error_page takes only nginx's own.
     proxy_intercept_errors off;
     limit_conn_zone work zone=work_requests:64k;
@@ -231,6 +234,11 @@ http {{
     }}
 }}
 """
+
+
+def nginx_time(seconds: float) -> str:
+    """``seconds`` as nginx reads a time: whole milliseconds (it refuses a fraction such as "2.5s")."""
+    return f"{round(seconds * 1000)}ms"
 
 
 def _listen_address(host: str, port: int) -> str:
@@ -302,7 +310,11 @@ class _Stop:
 
 def main() -> int:
     stop = _Stop()
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValidationError as error:
+        print(f"serve.py: {invalid_settings(error)}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
     try:
         choice = choose_device()
@@ -344,6 +356,13 @@ def main() -> int:
             if process is not None:
                 _wait_or_kill(process, settings.shutdown_grace_s + 10)
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def invalid_settings(error: ValidationError) -> str:
+    """Each setting the environment gives a value it cannot take, by its variable's name, with the value."""
+    lines = [f"{'.'.join(map(str, problem['loc'])).upper() or 'SETTINGS'}={problem['input']!r}: {problem['msg']}"
+             for problem in error.errors(include_url=False)]
+    return "invalid settings:\n  " + "\n  ".join(lines)
 
 
 def choose_device() -> backends.Choice:
