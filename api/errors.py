@@ -39,7 +39,8 @@ def error_body(error: Exception) -> tuple[dict[str, str], int, dict[str, str]]:
     if isinstance(error, RequestEntityTooLarge):
         error = upload_too_large(error)
     if isinstance(error, ServiceError):
-        headers = {"Retry-After": str(service().settings.retry_after_s)} if isinstance(error, Unavailable) else {}
+        headers = ({"Retry-After": str(error.retry_after(service().settings.retry_after_s))}
+                   if isinstance(error, Unavailable) else {})
         return {"message": error.message}, error.status, headers
     if isinstance(error, NotFound):
         return {"message": f"no route {request.method} {request.path}: the API is described at /"}, 404, {}

@@ -159,7 +159,7 @@ def _error_event(error: ServiceError, retry_after_s: int) -> dict:
     said had the error come before the stream began."""
     event = {"event": "error", "status": error.status, "message": error.message}
     if isinstance(error, Unavailable):
-        event["retry_after_s"] = retry_after_s
+        event["retry_after_s"] = error.retry_after(retry_after_s)
     return event
 
 
