@@ -27,6 +27,9 @@ DEFAULT_SPOOL_MB = 768
 # Beyond a request's queue wait and time limit, what its answer may still take: the upload, the stop at the
 # next tile, the encoding. nginx waits that long for gunicorn, and sr-upscale for a server.
 ANSWER_MARGIN_S = 30
+# A caller's own X-Request-ID is kept (so that it can follow a request through proxies) only if it is short and
+# plain; else the service makes one. nginx (serve.py) and the app (api/observability.py) both apply it.
+REQUEST_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"
 # Python's level names: another is no level, and logging would refuse it only when a worker starts.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from config import MEBIBYTE, Settings, load_settings
+from config import MEBIBYTE, REQUEST_ID_PATTERN, Settings, load_settings
 from core import backends
 
 ROOT = Path(__file__).resolve().parent
@@ -192,8 +192,11 @@ http {{
     log_format json escape=json '{{"time":"$time_iso8601","level":"INFO","logger":"superres.front",'
         '"message":"request","method":"$request_method","path":"$uri","status":$status,'
         '"duration_s":$request_time,"input_bytes":"$content_length","remote_addr":"$remote_addr",'
-        '"request_id":"$http_x_request_id"}}';
+        '"request_id":"$superres_request_id"}}';
     map $upstream_status $answered_by_front {{ "" 1; default 0; }}
+    # The caller's X-Request-ID where the app would keep it, else nginx's own: one id in nginx's line or the
+    # app's, and in the answer, for every request (an id nginx made reaches the app as the caller's would).
+    map $http_x_request_id $superres_request_id {{ "~^{REQUEST_ID_PATTERN}$" $http_x_request_id; default $request_id; }}
     {_work_refusal_map()}
     access_log /dev/stderr json if=$answered_by_front;
 
@@ -224,6 +227,7 @@ http {{
         proxy_set_header Host $http_host;
         proxy_set_header X-Real-IP $remote_addr;
         proxy_set_header X-Forwarded-For $remote_addr;
+        proxy_set_header X-Request-ID $superres_request_id;
         {_error_pages("unavailable")}
 
         location / {{ {other} }}
@@ -276,7 +280,7 @@ def _json_location(name: str, status: int, message: str, retry_after_s: int) -> 
     place = _error_location(name)
     block = f"= {place} {{ internal;" if place.startswith("/") else f"{place} {{"
     return (f"        location {block} default_type application/json; {retry}"
-            f"add_header X-Content-Type-Options nosniff always; "
+            f"add_header X-Content-Type-Options nosniff always; add_header X-Request-ID $superres_request_id always; "
             f"return {status} '{{\"message\": \"{escaped}\"}}\\n'; }}")
 
 
