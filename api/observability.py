@@ -18,13 +18,12 @@ from datetime import datetime, timezone
 from flask import Flask, Response, g, request
 
 from api import monitoring
-from config import Settings
+from config import REQUEST_ID_PATTERN, Settings
 from core.options import OptionContext
 
 ACCESS_LOG = logging.getLogger("superres.access")
 REQUEST_ID_HEADER = "X-Request-ID"
-# A caller's own id is kept (so that it can follow a request through proxies) only if it is short and plain.
-_ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_ACCEPTED_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 # Probes and scrapes come every few seconds: logged at DEBUG only (a model that fails to load is logged as an error).
 QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 UNMATCHED_ROUTE = "unmatched"
@@ -182,7 +181,8 @@ def _log(route: str, status: int, seconds: float, outcome: Outcome, output_bytes
         **fields,
         "route": route,
         "status": status,
-        "duration_ms": round(seconds * 1000, 1),
+        # Seconds, as nginx's own line ($request_time) and the latency histogram give them: one unit for a query.
+        "duration_s": round(seconds, 3),
         "model": outcome.model,
         "input_size": _size(outcome.input_size),
         "output_size": _size(outcome.output_size),

@@ -155,7 +155,7 @@ def test_one_json_log_line_per_request_with_id_model_sizes_duration_and_status(c
     assert entry["output_size"] == "448x300"
     assert entry["input_bytes"] > len(sample_bytes(SAMPLE))
     assert entry["output_bytes"] == len(response.data)
-    assert entry["duration_ms"] > 0
+    assert entry["duration_s"] > 0
     assert entry["level"] == "INFO"
 
 
