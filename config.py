@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     inference_slots: int = Field(0, ge=0, description="Images a worker upscales at once; 0: one on the CPU (the network takes every core), GPU_INFERENCE_SLOTS on a GPU (one request's decode and encode overlap another's network; the GPU runs one window at a time).")
     queue_size: int = Field(DEFAULT_QUEUE_SIZE, ge=0, description="Requests that may wait for a worker's inference slots; more get 503 at once.")
     request_time_limit_s: float = Field(600.0, gt=0, allow_inf_nan=False, description="A request still running after this many seconds stops at its next tile (503).")
-    retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503, in seconds: the least a busy worker sends (it sends the seconds until its first running image should end, where that is longer), and what every other 503 sends (a model loading, shutting down, nginx's own refusals).")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503, in seconds: the least a busy worker sends (it sends the seconds until its first running image should end where that is longer, up to QUEUE_WAIT_S), and what every other 503 sends (a model loading, shutting down, nginx's own refusals).")
     queue_wait_s: float = Field(60.0, gt=0, allow_inf_nan=False, description="Longest wait of a queued request for the inference slot (then 503); the time limit starts once it runs.")
     max_ensemble_pixels: int = Field(500 * 500, ge=1, description="Largest input, width x height, for ensemble=true (8 passes of the network; 413 above).")
 

@@ -47,10 +47,11 @@ class Unavailable(ServiceError):
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
-    def retry_after(self, least_s: int) -> int:
-        """The Retry-After to send: whole seconds, at least ``least_s`` (RETRY_AFTER_S), so that clients told
-        of a place about to free do not come back all at once a moment later."""
-        return max(least_s, math.ceil(self.retry_after_s))
+    def retry_after(self, least_s: int, most_s: float) -> int:
+        """The Retry-After to send, in whole seconds: at least ``least_s`` (RETRY_AFTER_S), so that clients told
+        of a place about to free do not all come back a moment later; at most ``most_s`` (QUEUE_WAIT_S), as the
+        estimate speaks for one worker only, and a retry may reach another worker, or another server, sooner free."""
+        return max(least_s, min(math.ceil(self.retry_after_s), math.ceil(most_s)))
 
 
 class Busy(Unavailable):

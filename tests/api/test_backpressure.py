@@ -213,10 +213,11 @@ def test_a_refusal_says_when_the_first_running_image_should_end():
     assert slot.running == 0
 
 
-def test_retry_after_is_whole_seconds_and_never_under_the_setting():
-    assert Busy("busy", 41.2).retry_after(5) == 42
-    assert Busy("busy", 0.3).retry_after(5) == 5
-    assert NotReady("loading").retry_after(7) == 7  # no estimate: the setting
+def test_retry_after_is_whole_seconds_from_retry_after_s_to_queue_wait_s():
+    assert Busy("busy", 41.2).retry_after(5, 60) == 42
+    assert Busy("busy", 0.3).retry_after(5, 60) == 5
+    assert Busy("busy", 3000).retry_after(5, 60) == 60  # one worker's estimate: another may be free sooner
+    assert NotReady("loading").retry_after(7, 60) == 7  # no estimate: the setting
 
 
 def test_observers_see_every_change_in_order():
@@ -302,8 +303,10 @@ def test_a_full_worker_says_when_its_running_image_should_end(app, client, servi
 def test_the_pages_stream_ends_a_busy_refusal_with_the_queues_retry_after():
     from api.web import _error_event
 
-    assert _error_event(Busy("busy", 41.5), 7)["retry_after_s"] == 42
-    assert _error_event(NotReady("loading"), 7)["retry_after_s"] == 7
+    settings = load_settings(models=TEST_MODELS, retry_after_s=7, queue_wait_s=50)
+    assert _error_event(Busy("busy", 41.5), settings)["retry_after_s"] == 42
+    assert _error_event(Busy("busy", 400), settings)["retry_after_s"] == 50
+    assert _error_event(NotReady("loading"), settings)["retry_after_s"] == 7
 
 
 def test_a_request_past_its_time_limit_stops_with_503(client, strict_service):
@@ -354,8 +357,8 @@ def test_gunicorn_refuses_requests_beyond_the_queue_at_once_then_recovers():
             refused = list(pool.map(post_big, range(2)))
         for response in refused:  # at once: the queue is full, so nothing waits
             assert response.status_code == 503
-            # when the big image should end (minutes), not RETRY_AFTER_S
-            assert int(response.headers["Retry-After"]) > 7
+            # the big image should end in minutes: QUEUE_WAIT_S (60), not RETRY_AFTER_S
+            assert response.headers["Retry-After"] == "60"
             assert "1 queued (queue size 1)" in response.json()["message"]
 
         # The queued client hangs up: it leaves the queue while the big image still runs (minutes of work).
