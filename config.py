@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MEBIBYTE = 1024 * 1024
@@ -139,6 +139,14 @@ class Settings(BaseSettings):
         if self.max_srgan_checkpoint is not None and "max-srgan" not in names:
             names.append("max-srgan")
         return tuple(dict.fromkeys(names))
+
+
+def invalid_settings(error: ValidationError) -> str:
+    """Each setting the environment gives a value it cannot take, by its variable's name, with the value: what a
+    process that reads the settings at start says before it exits."""
+    lines = [f"{'.'.join(map(str, problem['loc'])).upper() or 'SETTINGS'}={problem['input']!r}: {problem['msg']}"
+             for problem in error.errors(include_url=False)]
+    return "invalid settings:\n  " + "\n  ".join(lines)
 
 
 def load_settings(**overrides: object) -> Settings:

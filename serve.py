@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from config import MEBIBYTE, REQUEST_ID_PATTERN, Settings, load_settings
+from config import MEBIBYTE, REQUEST_ID_PATTERN, Settings, invalid_settings, load_settings
 from core import backends
 
 ROOT = Path(__file__).resolve().parent
@@ -360,13 +360,6 @@ def main() -> int:
             if process is not None:
                 _wait_or_kill(process, settings.shutdown_grace_s + 10)
         shutil.rmtree(runtime, ignore_errors=True)
-
-
-def invalid_settings(error: ValidationError) -> str:
-    """Each setting the environment gives a value it cannot take, by its variable's name, with the value."""
-    lines = [f"{'.'.join(map(str, problem['loc'])).upper() or 'SETTINGS'}={problem['input']!r}: {problem['msg']}"
-             for problem in error.errors(include_url=False)]
-    return "invalid settings:\n  " + "\n  ".join(lines)
 
 
 def choose_device() -> backends.Choice:
