@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from config import MEBIBYTE, REQUEST_ID_PATTERN, Settings, invalid_settings, load_settings
 from core import backends
+from core.logs import configure_logging
 
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("superres.serve")
@@ -68,6 +69,7 @@ CHOICE_PROGRAM = """
 import sys
 from config import load_settings
 from core import backends
+from core.logs import configure_logging
 try:
     choice = backends.choose(load_settings())
 except backends.DeviceError as error:
@@ -319,7 +321,7 @@ def main() -> int:
     except ValidationError as error:
         print(f"serve.py: {invalid_settings(error)}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+    configure_logging(settings.log_level)
     try:
         choice = choose_device()
     except backends.DeviceError as error:
@@ -390,7 +392,7 @@ def _supervise(gunicorn: subprocess.Popen, front: subprocess.Popen, stop: _Stop)
         time.sleep(0.2)
     if not stop.requested:
         dead = "gunicorn" if gunicorn.poll() is not None else "nginx"
-        print(f"serve.py: {dead} exited unexpectedly; stopping the other", file=sys.stderr)
+        log.error("serve.py: %s exited unexpectedly; stopping the other", dead)
         return 1
     return gunicorn.wait() or front.wait()
 

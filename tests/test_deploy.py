@@ -268,12 +268,15 @@ def test_a_stop_while_gunicorn_starts_ends_serve_and_every_process_it_started():
     try:
         for line in process.stderr:
             if "networks run on" in line:
+                assert json.loads(line)["logger"] == "superres.serve"  # one JSON line, as the workers' records
                 break
         process.send_signal(signal.SIGTERM)
         _, log = process.communicate(timeout=120)
     finally:
         process.kill()
     assert process.returncode == 0, log[-2000:]
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert any(record["message"].startswith("serve.py: SIGTERM received") for record in records)
     assert wait_for(lambda: not processes_in_environment(marker), 30, interval_s=0.2)
 
 

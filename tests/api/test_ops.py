@@ -12,10 +12,10 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.observability import JsonFormatter
 from app import create_app
 from config import load_settings
 from core.backends import cpu_name
+from core.logs import JsonFormatter
 from harness.live_server import live_server
 from tests.conftest import decode, sample_bytes
 
