@@ -7,13 +7,14 @@ from api import build_api, monitoring, observability, ops
 from api.errors import register_error_handlers
 from api.web import blueprint as web_blueprint
 from config import Settings, load_settings
+from core.logs import configure_logging
 from core.service import Service
 
 
 def create_app(settings: Settings | None = None, load_models: bool = True) -> Flask:
     """Build the app; models load in a background thread unless ``load_models`` is false."""
     settings = settings or load_settings()
-    observability.configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     flask_app = Flask(__name__)
     flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     flask_app.config["RESTX_MASK_SWAGGER"] = False

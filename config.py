@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MEBIBYTE = 1024 * 1024
@@ -27,18 +27,23 @@ DEFAULT_SPOOL_MB = 768
 # Beyond a request's queue wait and time limit, what its answer may still take: the upload, the stop at the
 # next tile, the encoding. nginx waits that long for gunicorn, and sr-upscale for a server.
 ANSWER_MARGIN_S = 30
+# A caller's own X-Request-ID is kept (so that it can follow a request through proxies) only if it is short and
+# plain; else the service makes one. nginx (serve.py) and the app (api/observability.py) both apply it.
+REQUEST_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"
+# Python's level names: another is no level, and logging would refuse it only when a worker starts.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, frozen=True)
 
     # Serving
-    port: int = Field(5000, description="TCP port the service listens on (nginx in front of gunicorn, see serve.py).")
+    port: int = Field(5000, ge=1, le=65535, description="TCP port the service listens on (nginx in front of gunicorn, see serve.py).")
     host: str = Field("0.0.0.0", description="Address the service listens on.")
     workers: int = Field(1, ge=1, description="gunicorn worker processes; each holds every model once.")
     threads: int = Field(0, ge=0, description=f"HTTP threads per worker; 0: one for each inference slot and queue place and one more, so that health and metrics answer while every slot is busy and the queue is full ({1 + DEFAULT_QUEUE_SIZE + 1} on the CPU, {GPU_INFERENCE_SLOTS + DEFAULT_QUEUE_SIZE + 1} on a GPU; serve.py sizes it for the device it finds, and gunicorn started without it, with DEVICE=auto, takes the GPU's count).")
     timeout_s: int = Field(600, ge=10, description="gunicorn worker timeout in seconds.")
-    log_level: str = Field("INFO", description="Python log level name.")
+    log_level: str = Field("INFO", description=f"Log level of every process: {', '.join(LOG_LEVELS)} (any case).")
     cors_enable: bool = Field(False, description="Send CORS headers, as the original's CORS_ENABLE did; to the origins in CORS_ORIGINS, or to any origin (*) when that is empty.")
     cors_origins: str = Field("", description="Comma-separated origins allowed to call the service from a browser (e.g. https://a.example,https://b.example); setting it turns CORS on.")
     prometheus_multiproc_dir: Path | None = Field(None, description="Folder where gunicorn's workers share their Prometheus metrics (emptied at start); unset: a new temporary folder.")
@@ -71,13 +76,13 @@ class Settings(BaseSettings):
     max_output_pixels: int = Field(8000 * 8000, ge=1, description="Largest produced output, width x height (413 above).")
     inference_slots: int = Field(0, ge=0, description="Images a worker upscales at once; 0: one on the CPU (the network takes every core), GPU_INFERENCE_SLOTS on a GPU (one request's decode and encode overlap another's network; the GPU runs one window at a time).")
     queue_size: int = Field(DEFAULT_QUEUE_SIZE, ge=0, description="Requests that may wait for a worker's inference slots; more get 503 at once.")
-    request_time_limit_s: float = Field(600.0, gt=0, description="A request still running after this many seconds stops at its next tile (503).")
-    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with every 503.")
-    queue_wait_s: float = Field(60.0, gt=0, description="Longest wait of a queued request for the inference slot (then 503); the time limit starts once it runs.")
+    request_time_limit_s: float = Field(600.0, gt=0, allow_inf_nan=False, description="A request still running after this many seconds stops at its next tile (503).")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503, in seconds: the least a busy worker sends (it sends the seconds until its first running image should end where that is longer, up to QUEUE_WAIT_S), and what every other 503 sends (a model loading, shutting down, nginx's own refusals).")
+    queue_wait_s: float = Field(60.0, gt=0, allow_inf_nan=False, description="Longest wait of a queued request for the inference slot (then 503); the time limit starts once it runs.")
     max_ensemble_pixels: int = Field(500 * 500, ge=1, description="Largest input, width x height, for ensemble=true (8 passes of the network; 413 above).")
 
     # Clients and shutdown
-    client_timeout_s: float = Field(20.0, gt=0, description="A client whose headers do not arrive within this time, or that sends its body or reads the answer with a pause this long, is disconnected (nginx, see serve.py).")
+    client_timeout_s: float = Field(20.0, ge=0.001, allow_inf_nan=False, description="A client whose headers do not arrive within this time, or that sends its body or reads the answer with a pause this long, is disconnected (nginx, see serve.py).")
     shutdown_grace_s: int = Field(50, ge=1, description="After SIGTERM, requests in flight get this long to finish; one whose next tile would end later stops with a 503 before it.")
 
     # Evaluation data for tests and benchmarks (never copied into the repository)
@@ -89,6 +94,13 @@ class Settings(BaseSettings):
     def _models_not_empty(cls, value: str) -> str:
         if not [name for name in value.split(",") if name.strip()]:
             raise ValueError("MODELS must name at least one model")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
         return value
 
     @field_validator("memory_budget_mb")
@@ -127,6 +139,14 @@ class Settings(BaseSettings):
         if self.max_srgan_checkpoint is not None and "max-srgan" not in names:
             names.append("max-srgan")
         return tuple(dict.fromkeys(names))
+
+
+def invalid_settings(error: ValidationError) -> str:
+    """Each setting the environment gives a value it cannot take, by its variable's name, with the value: what a
+    process that reads the settings at start says before it exits."""
+    lines = [f"{'.'.join(map(str, problem['loc'])).upper() or 'SETTINGS'}={problem['input']!r}: {problem['msg']}"
+             for problem in error.errors(include_url=False)]
+    return "invalid settings:\n  " + "\n  ".join(lines)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -24,8 +24,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from config import MEBIBYTE, Settings, load_settings
+from pydantic import ValidationError
+
+from config import MEBIBYTE, REQUEST_ID_PATTERN, Settings, invalid_settings, load_settings
 from core import backends
+from core.logs import configure_logging
 
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("superres.serve")
@@ -66,6 +69,7 @@ CHOICE_PROGRAM = """
 import sys
 from config import load_settings
 from core import backends
+from core.logs import configure_logging
 try:
     choice = backends.choose(load_settings())
 except backends.DeviceError as error:
@@ -169,6 +173,7 @@ def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int)
              f"proxy_max_temp_file_size 0; proxy_pass http://ops;")
     # An image's answer comes only when it is done.
     upstream_s = int(settings.longest_answer_s)
+    client_timeout = nginx_time(settings.client_timeout_s)
     # Started as root, nginx's workers would become "nobody" and could not open gunicorn's socket.
     user = "user root;\n" if os.geteuid() == 0 else ""
     return f"""# Written by serve.py from the settings; see config.py.
@@ -189,15 +194,18 @@ http {{
     log_format json escape=json '{{"time":"$time_iso8601","level":"INFO","logger":"superres.front",'
         '"message":"request","method":"$request_method","path":"$uri","status":$status,'
         '"duration_s":$request_time,"input_bytes":"$content_length","remote_addr":"$remote_addr",'
-        '"request_id":"$http_x_request_id"}}';
+        '"request_id":"$superres_request_id"}}';
     map $upstream_status $answered_by_front {{ "" 1; default 0; }}
+    # The caller's X-Request-ID where the app would keep it, else nginx's own: one id in nginx's line or the
+    # app's, and in the answer, for every request (an id nginx made reaches the app as the caller's would).
+    map $http_x_request_id $superres_request_id {{ "~^{REQUEST_ID_PATTERN}$" $http_x_request_id; default $request_id; }}
     {_work_refusal_map()}
     access_log /dev/stderr json if=$answered_by_front;
 
-    client_header_timeout {settings.client_timeout_s:g}s;
-    client_body_timeout {settings.client_timeout_s:g}s;
-    send_timeout {settings.client_timeout_s:g}s;
-    keepalive_timeout {settings.client_timeout_s:g}s;
+    client_header_timeout {client_timeout};
+    client_body_timeout {client_timeout};
+    send_timeout {client_timeout};
+    keepalive_timeout {client_timeout};
     reset_timedout_connection on;
     client_max_body_size {settings.max_upload_bytes};
     client_body_buffer_size {BODY_BUFFER_BYTES};
@@ -206,7 +214,7 @@ http {{
     proxy_buffering on;
     proxy_buffers {ANSWER_BUFFERS} {ANSWER_BUFFER_BYTES};
     proxy_read_timeout {upstream_s}s;
-    proxy_send_timeout {settings.client_timeout_s:g}s;
+    proxy_send_timeout {client_timeout};
     # gunicorn's own answers, its 503s among them, pass as they are: error_page takes only nginx's own.
     proxy_intercept_errors off;
     limit_conn_zone work zone=work_requests:64k;
@@ -221,6 +229,7 @@ http {{
         proxy_set_header Host $http_host;
         proxy_set_header X-Real-IP $remote_addr;
         proxy_set_header X-Forwarded-For $remote_addr;
+        proxy_set_header X-Request-ID $superres_request_id;
         {_error_pages("unavailable")}
 
         location / {{ {other} }}
@@ -231,6 +240,11 @@ http {{
     }}
 }}
 """
+
+
+def nginx_time(seconds: float) -> str:
+    """``seconds`` as nginx reads a time: whole milliseconds (it refuses a fraction such as "2.5s")."""
+    return f"{round(seconds * 1000)}ms"
 
 
 def _listen_address(host: str, port: int) -> str:
@@ -268,7 +282,7 @@ def _json_location(name: str, status: int, message: str, retry_after_s: int) -> 
     place = _error_location(name)
     block = f"= {place} {{ internal;" if place.startswith("/") else f"{place} {{"
     return (f"        location {block} default_type application/json; {retry}"
-            f"add_header X-Content-Type-Options nosniff always; "
+            f"add_header X-Content-Type-Options nosniff always; add_header X-Request-ID $superres_request_id always; "
             f"return {status} '{{\"message\": \"{escaped}\"}}\\n'; }}")
 
 
@@ -302,8 +316,12 @@ class _Stop:
 
 def main() -> int:
     stop = _Stop()
-    settings = load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+    try:
+        settings = load_settings()
+    except ValidationError as error:
+        print(f"serve.py: {invalid_settings(error)}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
     try:
         choice = choose_device()
     except backends.DeviceError as error:
@@ -374,7 +392,7 @@ def _supervise(gunicorn: subprocess.Popen, front: subprocess.Popen, stop: _Stop)
         time.sleep(0.2)
     if not stop.requested:
         dead = "gunicorn" if gunicorn.poll() is not None else "nginx"
-        print(f"serve.py: {dead} exited unexpectedly; stopping the other", file=sys.stderr)
+        log.error("serve.py: %s exited unexpectedly; stopping the other", dead)
         return 1
     return gunicorn.wait() or front.wait()
 

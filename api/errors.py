@@ -18,6 +18,7 @@ from flask_restx import Api
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import RequestRedirect
 
+from config import Settings
 from core.errors import ServiceError, TooLarge, Unavailable
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def error_body(error: Exception) -> tuple[dict[str, str], int, dict[str, str]]:
     if isinstance(error, RequestEntityTooLarge):
         error = upload_too_large(error)
     if isinstance(error, ServiceError):
-        headers = {"Retry-After": str(service().settings.retry_after_s)} if isinstance(error, Unavailable) else {}
+        headers = {"Retry-After": str(retry_after(error, service().settings))} if isinstance(error, Unavailable) else {}
         return {"message": error.message}, error.status, headers
     if isinstance(error, NotFound):
         return {"message": f"no route {request.method} {request.path}: the API is described at /"}, 404, {}
@@ -51,6 +52,11 @@ def error_body(error: Exception) -> tuple[dict[str, str], int, dict[str, str]]:
         return {"message": error.description or error.name}, error.code or 500, _own_headers(error)
     log.exception("unexpected error")
     return {"message": "internal error; the request was logged"}, 500, {}
+
+
+def retry_after(error: Unavailable, settings: Settings) -> int:
+    """The seconds a 503 tells the client to wait (its Retry-After)."""
+    return error.retry_after(settings.retry_after_s, settings.queue_wait_s)
 
 
 def _own_headers(error: HTTPException) -> dict[str, str]:

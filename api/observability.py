@@ -1,30 +1,26 @@
-"""Per-request bookkeeping: request ids, one JSON log line per request, request metrics, security headers, CORS.
+"""Per-request bookkeeping: request ids, one JSON log line per request (core/logs.py), request metrics, security headers, CORS.
 
 Installed on the Flask app as before/after/teardown hooks, so that every route (the MAX contract,
 the web page, the operations routes) is covered in the same way.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from flask import Flask, Response, g, request
 
 from api import monitoring
-from config import Settings
+from config import REQUEST_ID_PATTERN, Settings
 from core.options import OptionContext
 
 ACCESS_LOG = logging.getLogger("superres.access")
 REQUEST_ID_HEADER = "X-Request-ID"
-# A caller's own id is kept (so that it can follow a request through proxies) only if it is short and plain.
-_ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_ACCEPTED_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 # Probes and scrapes come every few seconds: logged at DEBUG only (a model that fails to load is logged as an error).
 QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 UNMATCHED_ROUTE = "unmatched"
@@ -43,35 +39,6 @@ CORS_HEADERS = {
     "Access-Control-Expose-Headers": "X-Request-ID, X-Model, X-Input-Size, X-Output-Size, Retry-After",
     "Access-Control-Max-Age": "600",
 }
-_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and every ``extra`` field of the record."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        entry.update({key: value for key, value in vars(record).items() if key not in _RECORD_ATTRIBUTES})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def configure_logging(level: str) -> None:
-    """Send every log record of the process to stderr as a JSON line (once per process)."""
-    root = logging.getLogger()
-    root.setLevel(level.upper())
-    if not any(isinstance(handler.formatter, JsonFormatter) for handler in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        root.addHandler(handler)
-
-
 def install(app: Flask, settings: Settings) -> None:
     """Add the hooks to ``app``; CORS headers only when ``settings.cors_enable`` or ``settings.cors_origins``."""
     app.before_request(_start)
@@ -182,7 +149,8 @@ def _log(route: str, status: int, seconds: float, outcome: Outcome, output_bytes
         **fields,
         "route": route,
         "status": status,
-        "duration_ms": round(seconds * 1000, 1),
+        # Seconds, as nginx's own line ($request_time) and the latency histogram give them: one unit for a query.
+        "duration_s": round(seconds, 3),
         "model": outcome.model,
         "input_size": _size(outcome.input_size),
         "output_size": _size(outcome.output_size),

@@ -25,8 +25,10 @@ from flask import Blueprint, Response, redirect, request, send_from_directory
 from werkzeug.wrappers import Response as BaseResponse
 
 from api import observability
+from api.errors import retry_after
 from api.form import read_form
 from api.predict import CLIENT_CLOSED_REQUEST
+from config import Settings
 from core.errors import Cancelled, ServiceError, Unavailable
 from core.options import parse_options
 from core.pipeline import Progress
@@ -139,7 +141,7 @@ def _run(current: Service, plan: Plan, on_progress: Progress, events: queue.Queu
         events.put({"event": "error", "status": 499, "message": str(cancelled)})
         return
     except ServiceError as error:
-        events.put(_error_event(error, current.settings.retry_after_s))
+        events.put(_error_event(error, current.settings))
         return
     except Exception:  # noqa: BLE001 - the page gets a message, the log the traceback
         log.exception("web upscale failed")
@@ -154,12 +156,12 @@ def _run(current: Service, plan: Plan, on_progress: Progress, events: queue.Queu
     })
 
 
-def _error_event(error: ServiceError, retry_after_s: int) -> dict:
+def _error_event(error: ServiceError, settings: Settings) -> dict:
     """The stream's last event for an error; a 503 says when to try again, as its Retry-After header would have
     said had the error come before the stream began."""
     event = {"event": "error", "status": error.status, "message": error.message}
     if isinstance(error, Unavailable):
-        event["retry_after_s"] = retry_after_s
+        event["retry_after_s"] = retry_after(error, settings)
     return event
 
 

@@ -6,6 +6,9 @@ resize and encode (on the host's cores) overlap another's network (on the GPU, w
 at a time: core/backends/pytorch.py). A bounded queue means an overloaded server answers at once
 instead of piling requests up until the container runs out of memory or the clients time out.
 
+A refusal says when to come back (Busy.retry_after_s): a newcomer finds a queue place once the head of the
+queue starts, so once the first running image ends, as its plan's estimate (``Plan.seconds``) puts it.
+
 Images run together only while their host buffers fit the worker's memory budget together: each holds
 its share (``Plan.host_bytes``) while it runs, and one that would not fit beside those running waits for
 them, in its turn. Alone, an image always runs: ``Service.prepare`` refused any that does not fit alone.
@@ -39,7 +42,7 @@ class InferenceSlot:
     """
 
     def __init__(self, queue_size: int, wait_timeout_s: float, slots: int = 1,
-                 room: Callable[[], int] | None = None) -> None:
+                 room: Callable[[], int] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._free = threading.Condition(threading.Lock())
         self._slots = slots
         self._room = room
@@ -47,7 +50,9 @@ class InferenceSlot:
         self._wait_timeout_s = wait_timeout_s
         self._tickets = itertools.count()
         self._queue: deque[int] = deque()
-        self._running = 0
+        self._clock = clock  # the estimates' clock (the queue's waits are the condition's, in real time)
+        # When each running image should end, by its ticket: a refusal's Retry-After comes from the soonest.
+        self._ends: dict[int, float] = {}
         self._reserved = 0
         self._closed = False
         self._observers: list[Callable[[int, int], None]] = []
@@ -61,26 +66,28 @@ class InferenceSlot:
         # raised here, between a count and its undoing, it would leave a slot taken for good.
         for callback in self._observers:
             try:
-                callback(len(self._queue), self._running)
+                callback(len(self._queue), len(self._ends))
             except Exception:  # noqa: BLE001 - the slot's counts matter more than one metric
                 log.exception("an observer of the inference slot failed")
 
     @contextmanager
-    def hold(self, host_bytes: int = 0, while_queued: Callable[[], None] | None = None) -> Iterator[None]:
+    def hold(self, host_bytes: int = 0, while_queued: Callable[[], None] | None = None,
+             seconds: float = 0.0) -> Iterator[None]:
         """Run the block in a slot, holding ``host_bytes`` of the worker's room, waiting in the queue if there is
         room in it; else raise Busy at once. While queued, ``while_queued()`` runs every QUEUE_CHECK_S (with the
-        slot's lock held: it must not block) and may raise to leave the queue (Cancelled: the client left)."""
-        self._enter(host_bytes, while_queued)
+        slot's lock held: it must not block) and may raise to leave the queue (Cancelled: the client left).
+        ``seconds``: how long the block is expected to run, for the Retry-After of the requests refused meanwhile."""
+        ticket = self._enter(host_bytes, while_queued, seconds)
         try:
             yield
         finally:
-            self._leave(host_bytes)
+            self._leave(host_bytes, ticket)
 
     def check_room(self) -> None:
         """Busy (503) now where ``hold`` would refuse at once: before a request starts any work or a stream."""
         with self._free:
             self._refuse_if_closed()
-            if not (self._running < self._slots and not self._queue) and len(self._queue) >= self._queue_size:
+            if not (len(self._ends) < self._slots and not self._queue) and len(self._queue) >= self._queue_size:
                 raise self._busy()
 
     def close(self) -> None:
@@ -90,19 +97,20 @@ class InferenceSlot:
             self._free.notify_all()
 
     def _can_start(self, host_bytes: int) -> bool:
-        if self._running >= self._slots:
+        if len(self._ends) >= self._slots:
             return False
-        return self._running == 0 or self._room is None or self._reserved + host_bytes <= self._room()
+        return len(self._ends) == 0 or self._room is None or self._reserved + host_bytes <= self._room()
 
-    def _enter(self, host_bytes: int, while_queued: Callable[[], None] | None) -> None:
+    def _enter(self, host_bytes: int, while_queued: Callable[[], None] | None, seconds: float) -> int:
+        """The ticket of the image once it runs."""
         with self._free:
             self._refuse_if_closed()
+            ticket = next(self._tickets)
             if not self._queue and self._can_start(host_bytes):
-                self._start(host_bytes)
-                return
+                self._start(ticket, host_bytes, seconds)
+                return ticket
             if len(self._queue) >= self._queue_size:
                 raise self._busy()
-            ticket = next(self._tickets)
             self._queue.append(ticket)
             self._changed()
             try:
@@ -113,8 +121,10 @@ class InferenceSlot:
                 self._free.notify_all()  # the next in line may start now
             self._refuse_if_closed()
             if not acquired:
-                raise Busy(f"the server is busy: waited {self._wait_timeout_s:g} s for a free slot; retry later")
-            self._start(host_bytes)
+                raise Busy(f"the server is busy: waited {self._wait_timeout_s:g} s for a free slot; retry later",
+                           self._until_first_end())
+            self._start(ticket, host_bytes, seconds)
+            return ticket
 
     def _wait_turn(self, ticket: int, host_bytes: int, while_queued: Callable[[], None] | None) -> bool:
         """Wait, with the lock held, until ``ticket`` may start or the worker closes: False after the queue's
@@ -131,21 +141,26 @@ class InferenceSlot:
                 while_queued()
 
     def _busy(self) -> Busy:
-        return Busy(f"the server is busy: {self._running} of {self._slots} images running and "
-                    f"{len(self._queue)} queued (queue size {self._queue_size}); retry later")
+        return Busy(f"the server is busy: {len(self._ends)} of {self._slots} images running and "
+                    f"{len(self._queue)} queued (queue size {self._queue_size}); retry later", self._until_first_end())
+
+    def _until_first_end(self) -> float:
+        """Seconds until the first running image should end (0 when none runs or all ran past their estimate)."""
+        now = self._clock()
+        return max(0.0, min(self._ends.values(), default=now) - now)
 
     def _refuse_if_closed(self) -> None:
         if self._closed:
             raise ShuttingDown("the server is shutting down and starts no new image; retry")
 
-    def _start(self, host_bytes: int) -> None:
-        self._running += 1
+    def _start(self, ticket: int, host_bytes: int, seconds: float) -> None:
+        self._ends[ticket] = self._clock() + seconds
         self._reserved += host_bytes
         self._changed()
 
-    def _leave(self, host_bytes: int) -> None:
+    def _leave(self, host_bytes: int, ticket: int) -> None:
         with self._free:
-            self._running -= 1
+            del self._ends[ticket]
             self._reserved -= host_bytes
             self._changed()
             # Every waiter looks: only the longest one may start, and the bytes just freed may be what it needs.
@@ -163,4 +178,4 @@ class InferenceSlot:
     @property
     def running(self) -> int:
         with self._free:
-            return self._running
+            return len(self._ends)

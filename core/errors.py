@@ -4,6 +4,8 @@ The core raises them; the API layer turns any of them into ``{"message": ...}``.
 """
 from __future__ import annotations
 
+import math
+
 
 class ServiceError(Exception):
     """Base class: ``status`` is the HTTP status, ``str(error)`` the message for the user."""
@@ -36,9 +38,20 @@ class TooLarge(ServiceError):
 
 
 class Unavailable(ServiceError):
-    """The server cannot take the request now; the client should retry later."""
+    """The server cannot take the request now; the client should retry later, after ``retry_after_s`` where the
+    server can tell (how long until a busy worker's place frees), else after the configured RETRY_AFTER_S."""
 
     status = 503
+
+    def __init__(self, message: str, retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def retry_after(self, least_s: int, most_s: float) -> int:
+        """The Retry-After to send, in whole seconds: at least ``least_s`` (RETRY_AFTER_S), so that clients told
+        of a place about to free do not all come back a moment later; at most ``most_s`` (QUEUE_WAIT_S), as the
+        estimate speaks for one worker only, and a retry may reach another worker, or another server, sooner free."""
+        return max(least_s, min(math.ceil(self.retry_after_s), math.ceil(most_s)))
 
 
 class Busy(Unavailable):

@@ -135,7 +135,7 @@ def _deadline(settings: Settings, on_progress: Progress | None, call_s: float) -
         last_call = now
         if done < total and time.monotonic() > stop_at:  # done == total: the work is done, keep it
             raise TimeLimitExceeded(f"stopped after {done} of {total} tiles: the request time limit is "
-                                    f"{settings.request_time_limit_s:.0f} s")
+                                    f"{settings.request_time_limit_s:g} s (REQUEST_TIME_LIMIT_S)")
     return check
 
 

@@ -174,7 +174,7 @@ class Service:
         queued = time.perf_counter()
         while_queued = None if on_progress is None else lambda: on_progress(0, 0)
         try:
-            with self.slot.hold(plan.host_bytes, while_queued):
+            with self.slot.hold(plan.host_bytes, while_queued, plan.seconds):
                 stages.add("queue", time.perf_counter() - queued)
                 return pipeline.run(plan, self.settings, on_progress, stages)
         except DeviceFailed:

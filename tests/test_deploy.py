@@ -268,12 +268,15 @@ def test_a_stop_while_gunicorn_starts_ends_serve_and_every_process_it_started():
     try:
         for line in process.stderr:
             if "networks run on" in line:
+                assert json.loads(line)["logger"] == "superres.serve"  # one JSON line, as the workers' records
                 break
         process.send_signal(signal.SIGTERM)
         _, log = process.communicate(timeout=120)
     finally:
         process.kill()
     assert process.returncode == 0, log[-2000:]
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert any(record["message"].startswith("serve.py: SIGTERM received") for record in records)
     assert wait_for(lambda: not processes_in_environment(marker), 30, interval_s=0.2)
 
 
@@ -554,7 +557,7 @@ class StubWorker(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
     def __init__(self, path: Path, answer: bytes) -> None:
-        self.answer, self.received = answer, []
+        self.answer, self.received, self.heads = answer, [], []
         super().__init__(str(path), _StubRequest)
 
 
@@ -564,6 +567,7 @@ class _StubRequest(socketserver.StreamRequestHandler):
         length = re.search(rb"(?im)^content-length: *(\d+)", head)
         body = self.rfile.read(int(length.group(1))) if length else b""
         self.server.received.append((head.split(b" ")[1].decode(), len(body)))
+        self.server.heads.append(head.decode())
         self.wfile.write(self.server.answer)
 
 
@@ -671,6 +675,28 @@ def test_front_passes_the_workers_own_503_as_it_is(tmp_path):
             response = requests.post(f"http://127.0.0.1:{settings.port}{path}", files={"image": b"x"}, timeout=30)
             assert response.status_code == 503 and response.headers["Retry-After"] == "9"
             assert response.content == busy
+
+
+def test_every_request_has_one_id_in_nginxs_line_the_apps_and_the_answer(tmp_path):
+    settings = Settings(host="127.0.0.1", port=free_port(), max_upload_bytes=FRONT_UPLOAD_LIMIT)
+    upstream = tmp_path / "worker.sock"
+    url = f"http://127.0.0.1:{settings.port}"
+    with stub_worker(upstream) as worker, front_alone(settings, tmp_path, upstream) as front:
+        passed = requests.post(f"{url}/model/predict", data=b"x", timeout=30)
+        kept = requests.post(f"{url}/model/predict", data=b"x", headers={"X-Request-ID": "edge-7f3a.42"}, timeout=30)
+        hostile = requests.post(f"{url}/model/predict", data=b"x", headers={"X-Request-ID": "a b<script>"}, timeout=30)
+        refused = requests.post(f"{url}/model/predict", data=bytes(FRONT_UPLOAD_LIMIT + 1), timeout=30)
+        front.terminate()
+        front.wait(30)
+        nginx_lines = [json.loads(line) for line in front.stderr.read().splitlines() if line.startswith("{")]
+    made, mended = (re.search(r"(?im)^x-request-id: *(\S+)", head).group(1) for head in worker.heads[::2])
+    assert re.fullmatch(r"[0-9a-f]{32}", made) and re.fullmatch(r"[0-9a-f]{32}", mended)  # nginx's own
+    assert "x-request-id: edge-7f3a.42" in worker.heads[1].lower()  # the caller's, kept as the app keeps it
+    assert passed.status_code == kept.status_code == hostile.status_code == 200
+    # nginx's own answer carries its id, and its log line the same
+    assert refused.status_code == 413 and re.fullmatch(r"[0-9a-f]{32}", refused.headers["X-Request-ID"])
+    [line] = [line for line in nginx_lines if line["status"] == 413]
+    assert line["request_id"] == refused.headers["X-Request-ID"]
 
 
 @pytest.mark.parametrize("overrides, threads, held, answer", [

@@ -7,6 +7,7 @@ import signal
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.live_server import live_server
 from harness.raw_http import SLOW_FIELDS, SLOW_SERVER, gauge, png, start_predict, wait_for, worker_pids
@@ -53,10 +54,23 @@ def test_a_client_that_hangs_up_stops_the_work_at_the_next_tile(server):
     assert response.headers["X-Output-Size"] == "160x160"
 
 
+def samples(server, name: str) -> dict[str, float]:
+    """The samples of metric ``name`` on /metrics, by their labels' values."""
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    return {",".join(sample.labels.values()): sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == name}
+
+
+def answered_so_far(server) -> float:
+    """Every request /metrics has counted, by every worker, dead ones included."""
+    return sum(samples(server, "superres_http_requests_total").values())
+
+
 def test_the_server_keeps_answering_when_a_worker_is_killed_mid_request(server):
     master, worker = server.process.pid, the_worker(server)
     request = start_predict(server.url, BIG, **SLOW_FIELDS)
     wait_for(lambda: running(server), 60)
+    counted = answered_so_far(server)
     os.kill(worker, signal.SIGKILL)
 
     # The request in flight is lost: its connection ends without an answer.
@@ -83,6 +97,11 @@ def test_the_server_keeps_answering_when_a_worker_is_killed_mid_request(server):
     wait_for(served, 60, interval_s=0.5)
     assert set(answers) <= {200, 503} and answers[-1] == 200
     assert worker_pids(master) == [replacement]
+    # The dead worker's gauges are gone (mark_process_dead), its counts are kept: no counter went down.
+    assert gauge(server.url, "superres_inference_running") == 0
+    # the replacement's own gauges, once it has loaded every model (srgan may serve before realesrgan is loaded)
+    wait_for(lambda: samples(server, "superres_model_ready_workers") == {"srgan": 1, "realesrgan": 1}, 180)
+    assert answered_so_far(server) >= counted + len(answers)
 
 
 def read_answer(sock, timeout_s: float = 60) -> bytes:

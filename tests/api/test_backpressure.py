@@ -18,7 +18,7 @@ from PIL import Image
 from api.predict import peer_closed, stop_when_client_leaves
 from config import load_settings
 from core.admission import InferenceSlot
-from core.errors import Busy, Cancelled
+from core.errors import Busy, Cancelled, NotReady
 from core import pipeline
 from core.models import speed
 from core.models.runtime import Network
@@ -193,6 +193,33 @@ def test_an_image_larger_than_the_room_runs_alone():
     waiter.join(5)
 
 
+def test_a_refusal_says_when_the_first_running_image_should_end():
+    now = [100.0]
+    slot = InferenceSlot(queue_size=0, wait_timeout_s=60, slots=2, clock=lambda: now[0])
+    with slot.hold(seconds=30):  # should end at 130
+        now[0] = 110.0
+        with slot.hold(seconds=5):  # should end at 115: the first place to free
+            with pytest.raises(Busy) as refused:
+                slot.check_room()
+            assert refused.value.retry_after_s == 5
+            now[0] = 120.0  # past its estimate: it may end any moment
+            with pytest.raises(Busy) as refused:
+                slot.check_room()
+            assert refused.value.retry_after_s == 0
+        with slot.hold(seconds=60):  # the second place again, ending at 180: the first (130) frees sooner
+            with pytest.raises(Busy) as refused:
+                slot.check_room()
+            assert refused.value.retry_after_s == 10
+    assert slot.running == 0
+
+
+def test_retry_after_is_whole_seconds_from_retry_after_s_to_queue_wait_s():
+    assert Busy("busy", 41.2).retry_after(5, 60) == 42
+    assert Busy("busy", 0.3).retry_after(5, 60) == 5
+    assert Busy("busy", 3000).retry_after(5, 60) == 60  # one worker's estimate: another may be free sooner
+    assert NotReady("loading").retry_after(7, 60) == 7  # no estimate: the setting
+
+
 def test_observers_see_every_change_in_order():
     slot, seen = InferenceSlot(queue_size=1, wait_timeout_s=5), []
     slot.observe(lambda waiting, running: seen.append((waiting, running)))
@@ -258,12 +285,36 @@ def test_a_full_worker_answers_503_with_retry_after_at_once(client, strict_servi
     assert "busy" in response.json["message"] and "queue size 0" in response.json["message"]
 
 
+def test_a_full_worker_says_when_its_running_image_should_end(app, client, service):
+    settings = load_settings(models=TEST_MODELS, queue_size=0, retry_after_s=7)
+    busy = Service(settings, service.registry, InferenceSlot(0, settings.queue_wait_s, clock=lambda: 100.0))
+    app.extensions["super_resolution"] = busy
+    try:
+        with busy.slot.hold(seconds=41.5):  # an image the plan says runs 41.5 s has just started
+            predict = post(client, sample_bytes("camera.png"))
+            page = client.post("/app/upscale", data={"image": (io.BytesIO(sample_bytes("camera.png")), "a.png")},
+                               content_type="multipart/form-data")
+    finally:
+        app.extensions["super_resolution"] = service
+    assert (predict.status_code, predict.headers["Retry-After"]) == (503, "42")
+    assert (page.status_code, page.headers["Retry-After"]) == (503, "42")
+
+
+def test_the_pages_stream_ends_a_busy_refusal_with_the_queues_retry_after():
+    from api.web import _error_event
+
+    settings = load_settings(models=TEST_MODELS, retry_after_s=7, queue_wait_s=50)
+    assert _error_event(Busy("busy", 41.5), settings)["retry_after_s"] == 42
+    assert _error_event(Busy("busy", 400), settings)["retry_after_s"] == 50
+    assert _error_event(NotReady("loading"), settings)["retry_after_s"] == 7
+
+
 def test_a_request_past_its_time_limit_stops_with_503(client, strict_service):
     response = post(client, sample_bytes("astronaut.png"))  # 128x128 in 32 px tiles: several tiles
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "7"
     message = response.json["message"]
-    assert "time limit" in message
+    assert "the request time limit is 0.05 s (REQUEST_TIME_LIMIT_S)" in message  # not "0 s"
     done, total = map(int, re.search(r"after (\d+) of (\d+) tiles", message).groups())
     assert 1 <= done < total
     assert strict_service.slot.running == 0  # the slot is free for the next request
@@ -306,7 +357,8 @@ def test_gunicorn_refuses_requests_beyond_the_queue_at_once_then_recovers():
             refused = list(pool.map(post_big, range(2)))
         for response in refused:  # at once: the queue is full, so nothing waits
             assert response.status_code == 503
-            assert response.headers["Retry-After"] == "7"
+            # the big image should end in minutes: QUEUE_WAIT_S (60), not RETRY_AFTER_S
+            assert response.headers["Retry-After"] == "60"
             assert "1 queued (queue size 1)" in response.json()["message"]
 
         # The queued client hangs up: it leaves the queue while the big image still runs (minutes of work).

@@ -11,7 +11,8 @@ from dataclasses import replace
 
 import pytest
 
-from api.observability import METHODS, OTHER_METHOD, JsonFormatter
+from api.observability import METHODS, OTHER_METHOD
+from core.logs import JsonFormatter
 from app import create_app
 from config import load_settings
 from core.admission import InferenceSlot

@@ -12,10 +12,10 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.observability import JsonFormatter
 from app import create_app
 from config import load_settings
 from core.backends import cpu_name
+from core.logs import JsonFormatter
 from harness.live_server import live_server
 from tests.conftest import decode, sample_bytes
 
@@ -155,7 +155,7 @@ def test_one_json_log_line_per_request_with_id_model_sizes_duration_and_status(c
     assert entry["output_size"] == "448x300"
     assert entry["input_bytes"] > len(sample_bytes(SAMPLE))
     assert entry["output_bytes"] == len(response.data)
-    assert entry["duration_ms"] > 0
+    assert entry["duration_s"] > 0
     assert entry["level"] == "INFO"
 
 
