@@ -10,10 +10,15 @@ from types import FrameType
 
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker
+from pydantic import ValidationError
 
-from config import load_settings
+from config import invalid_settings, load_settings
 
-_settings = load_settings()
+try:
+    _settings = load_settings()
+except ValidationError as error:
+    # gunicorn started directly (not through serve.py) says which settings are wrong, not pydantic's traceback.
+    raise SystemExit(f"gunicorn.conf.py: {invalid_settings(error)}") from None
 
 # serve.py binds gunicorn to its own socket behind nginx (--bind wins over this); started directly, HOST:PORT.
 # An IPv6 address (HOST=::) goes in brackets.

@@ -56,6 +56,16 @@ def test_serve_refuses_to_start_naming_each_setting_and_its_value():
         assert line in done.stderr
 
 
+def test_gunicorn_started_directly_refuses_to_start_naming_each_setting_and_its_value():
+    env = {"PATH": "/usr/bin:/bin", "PORT": "0", "LOG_LEVEL": "loud"}
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "--check-config", "-c", "gunicorn.conf.py", "app:app"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    for line in ("PORT='0'", "LOG_LEVEL='loud'"):
+        assert line in done.stderr
+
+
 @pytest.mark.parametrize("seconds, written", [(20.0, "20000ms"), (2.5, "2500ms"), (0.001, "1ms")])
 def test_nginx_gets_the_client_timeout_in_whole_milliseconds(seconds, written):
     # nginx refuses a fraction of a second ("2.5s") and would not start at all.
