@@ -17,7 +17,8 @@ from core.errors import Busy, TooLarge
 from core.models.weights import REALCUGAN_BORDERS
 from core.models.speed import Throughput
 from core.options import UpscaleOptions
-from core.plan import plan_pass
+from core.geometry import plan_output
+from core.plan import check_sizes, plan_pass
 from tests.core.test_images import pattern, save
 
 # 33 x 7 at scale 5: two passes of the 4x network (the second on the first's result resized to 42 x 9).
@@ -98,3 +99,14 @@ def test_a_larger_memory_budget_never_refuses_an_image_a_smaller_one_takes(servi
         except TooLarge as error:
             assert not taken, f"{budget_mb} MiB refused the image {taken[0]} MiB took: {error}"
     assert taken
+
+
+def test_cover_over_the_output_limit_names_the_enlarged_image_not_the_output():
+    """cover enlarges 2000 x 1000 to 16000 x 8000 before cutting out the 8000 x 8000 asked: the message must not call
+    that the output, which is within the limit."""
+    output = plan_output(2000, 1000, UpscaleOptions(width=8000, height=8000, fit="cover"), 4)
+    with pytest.raises(TooLarge) as raised:
+        check_sizes(output, 64_000_000, runs_network=False)
+    message = raised.value.message
+    assert "the image enlarged to cover 8000x8000 (before its centre is cut out) would be 16000x8000" in message
+    assert "the output would be" not in message and "MAX_OUTPUT_PIXELS" in message
