@@ -8,6 +8,8 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import core.plan
@@ -110,3 +112,18 @@ def test_cover_over_the_output_limit_names_the_enlarged_image_not_the_output():
     message = raised.value.message
     assert "the image enlarged to cover 8000x8000 (before its centre is cut out) would be 16000x8000" in message
     assert "the output would be" not in message and "MAX_OUTPUT_PIXELS" in message
+
+
+@settings(max_examples=500, deadline=None)
+@given(width=st.integers(1, 300), height=st.integers(1, 300), hundredths=st.integers(100, 800),
+       native=st.sampled_from([2, 3, 4]), limit=st.integers(1, 3_000_000), runs_network=st.booleans())
+def test_sizes_past_max_output_pixels_are_a_413_naming_the_limit_and_the_rest_pass(width, height, hundredths, native,
+                                                                                  limit, runs_network):
+    output = plan_output(width, height, UpscaleOptions(scale=hundredths / 100), native)
+    made = [output.scaled, *(output.pass_outputs if runs_network else ())]
+    if all(made_width * made_height <= limit for made_width, made_height in made):
+        check_sizes(output, limit, runs_network)
+        return
+    with pytest.raises(TooLarge) as raised:
+        check_sizes(output, limit, runs_network)
+    assert f"the limit is {limit} output pixels (MAX_OUTPUT_PIXELS; input {width}x{height})" in raised.value.message
