@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from core.errors import InvalidInput
 from core.options import BY_NAME, DEFAULT_SCALE, UpscaleOptions
@@ -33,9 +34,21 @@ class OutputPlan:
         return tuple((w * self.native_scale, h * self.native_scale) for w, h in self.pass_inputs)
 
 
-def round_half_up(value: float) -> int:
-    """Rounding as the page's Math.round does it (Python's round() goes to even at .5)."""
-    return math.floor(value + 0.5)
+def round_half_up(value: Fraction) -> int:
+    """⌊value + ½⌋, as docs/inputs.md promises (Python's round() goes to even at .5), on the exact value: in
+    binary floats 50 x 1.13 is 56.49999999999999, which would round to 56, not 57."""
+    return math.floor(value + Fraction(1, 2))
+
+
+def _times(length: int, factor: Fraction) -> int:
+    """``length`` x ``factor`` rounded half up, never below 1."""
+    return max(1, round_half_up(length * factor))
+
+
+def _as_sent(value: float) -> Fraction:
+    """A number option as the decimal it was sent as (the float's shortest spelling, which parses back to it):
+    1.13, not the binary 1.12999999999999989..."""
+    return Fraction(repr(value))
 
 
 def plan_output(width: int, height: int, options: UpscaleOptions, native_scale: int) -> OutputPlan:
@@ -56,11 +69,11 @@ def enlargement(width: int, height: int, options: UpscaleOptions) -> float:
 def _scaled_and_crop(width: int, height: int, options: UpscaleOptions) -> tuple[Size, tuple[int, int, int, int]]:
     if not options.target:
         scale = DEFAULT_SCALE if options.scale is None else options.scale
-        scaled = (max(1, round_half_up(width * scale)), max(1, round_half_up(height * scale)))
+        scaled = (_times(width, _as_sent(scale)), _times(height, _as_sent(scale)))
     elif options.height is None:
-        scaled = (options.width, max(1, round_half_up(height * options.width / width)))
+        scaled = (options.width, _times(height, Fraction(options.width, width)))
     elif options.width is None:
-        scaled = (max(1, round_half_up(width * options.height / height)), options.height)
+        scaled = (_times(width, Fraction(options.height, height)), options.height)
     elif options.fit == "fill":
         scaled = (options.width, options.height)
     else:
@@ -75,8 +88,8 @@ def _fitted(width: int, height: int, box_width: int, box_height: int, cover: boo
     """The input's aspect ratio, inside the box (contain) or around it (cover); one side equals the box's."""
     width_decides = (box_width / width <= box_height / height) != cover
     if width_decides:
-        return box_width, max(1, round_half_up(height * box_width / width))
-    return max(1, round_half_up(width * box_height / height)), box_height
+        return box_width, _times(height, Fraction(box_width, width))
+    return _times(width, Fraction(box_height, height)), box_height
 
 
 def _asked_factors(width: int, height: int, options: UpscaleOptions) -> tuple[float, ...]:
@@ -100,9 +113,20 @@ def _check_factors(width: int, height: int, options: UpscaleOptions, factors: tu
     asked = (f"scale {options.scale:g}" if not options.target else
              " and ".join(f"{name} {getattr(options, name)}" for name in ("width", "height")
                           if getattr(options, name) is not None))
-    shown = " x ".join(f"{factor:.3g}" for factor in factors)
+    shown = " x ".join(_shown(factor) for factor in factors)
     raise InvalidInput(f"{asked} would enlarge the {width}x{height} image {shown} times; "
                        f"the enlargement must be from {MIN_SCALE:g} to {MAX_SCALE:g} times (as for scale)")
+
+
+def _shown(factor: float) -> str:
+    """``factor`` to 3 significant digits, or as many more as keep it on its side of the range: 8.001 times shown as
+    "8" would read as allowed."""
+    inside = MIN_SCALE <= factor <= MAX_SCALE
+    for digits in range(3, 17):
+        shown = f"{factor:.{digits}g}"
+        if (MIN_SCALE <= float(shown) <= MAX_SCALE) == inside:
+            return shown
+    return repr(factor)
 
 
 def _pass_inputs(size: Size, scaled: Size, factor: float, native_scale: int) -> tuple[Size, ...]:

@@ -66,10 +66,12 @@ class Plan:
 
 
 def check_sizes(output: OutputPlan, max_output_pixels: int, runs_network: bool = True) -> None:
-    """Every image the work makes (each pass's result where the network runs, the enlarged image) must fit
-    MAX_OUTPUT_PIXELS."""
+    """Every image the work makes (each pass's result where the network runs, the enlarged image: for cover,
+    larger than the output it is cut to) must fit MAX_OUTPUT_PIXELS."""
     made = [(f"the model's {output.native_scale}x result", size) for size in output.pass_outputs if runs_network]
-    made.append(("the output", output.scaled))
+    made.append(("the output" if output.scaled == output.output else
+                 "the image enlarged to cover {}x{} (before its centre is cut out)".format(*output.output),
+                 output.scaled))
     for what, (width, height) in made:
         if width * height > max_output_pixels:
             raise TooLarge(f"{what} would be {width}x{height} = {width * height} pixels; the limit is "

@@ -1,7 +1,11 @@
 """Output sizes and model passes for every sizing mode, from the input's size alone."""
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.errors import InvalidInput
 from core.geometry import plan_output
@@ -103,3 +107,106 @@ def test_a_target_outside_1_to_8_times_is_400_naming_it(options, fragments):
     with pytest.raises(InvalidInput) as raised:
         plan(100, 80, **options)
     assert all(fragment in raised.value.message for fragment in fragments), raised.value.message
+
+
+@pytest.mark.parametrize("size, scale, output", [
+    ((50, 50), 1.13, (57, 57)),      # 56.5 exactly, but 56.49999999999999 in binary floats
+    ((150, 2), 1.13, (170, 2)),      # 169.5
+    ((1750, 3), 1.13, (1978, 3)),    # 1977.5
+])
+def test_scale_rounds_the_exact_decimal_product_half_up(size, scale, output):
+    assert plan(*size, scale=scale).output == output
+
+
+def _half_up(numerator: int, denominator: int) -> int:
+    """⌊numerator / denominator + ½⌋ in integers: the rounding docs/inputs.md promises, never below 1."""
+    return max(1, (2 * numerator + denominator) // (2 * denominator))
+
+
+SIDES = st.one_of(st.integers(1, 40), st.sampled_from([1, 2, 3, 7, 13, 97, 101, 499, 1999, 2000]))
+NATIVE = st.sampled_from([2, 3, 4, 8])
+
+
+@settings(max_examples=500, deadline=None)
+@given(width=SIDES, height=SIDES, hundredths=st.integers(100, 800), native=NATIVE)
+def test_any_scale_gives_round_half_up_of_each_side_times_the_decimal_sent(width, height, hundredths, native):
+    result = plan(width, height, native=native, scale=float(f"{hundredths / 100:.2f}"))
+    assert result.output == result.scaled == (_half_up(width * hundredths, 100), _half_up(height * hundredths, 100))
+    _assert_passes_reach_the_output(result)
+
+
+@settings(max_examples=500, deadline=None)
+@given(width=SIDES, height=SIDES, target=st.integers(1, 16000), side=st.sampled_from(["width", "height"]),
+       native=NATIVE)
+def test_one_target_side_gives_it_and_the_other_by_the_ratio_or_a_400_naming_the_range(width, height, target, side,
+                                                                                      native):
+    along, across = (width, height) if side == "width" else (height, width)
+    if not along <= target <= 8 * along:
+        _assert_refused_outside_the_range(width, height, native, {side: target})
+        return
+    result = plan(width, height, native=native, **{side: target})
+    expected = (target, _half_up(across * target, along))
+    assert result.output == (expected if side == "width" else expected[::-1])
+    _assert_passes_reach_the_output(result)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(width=SIDES, height=SIDES, box_width=st.integers(1, 16000), box_height=st.integers(1, 16000),
+       fit=st.sampled_from(["contain", "cover", "fill"]), native=NATIVE)
+def test_both_target_sides_give_the_size_each_fit_promises_or_a_400(width, height, box_width, box_height, fit, native):
+    factors = (box_width / width, box_height / height)
+    asked = {"contain": (min(factors),), "cover": (max(factors),), "fill": factors}[fit]
+    options = {"width": box_width, "height": box_height, "fit": fit}
+    if not all(1 <= factor <= 8 for factor in asked):
+        _assert_refused_outside_the_range(width, height, native, options)
+        return
+    result = plan(width, height, native=native, **options)
+    out_width, out_height = result.output
+    if fit == "contain":
+        assert out_width <= box_width and out_height <= box_height
+        assert (out_width, out_height) in ((box_width, _half_up(height * box_width, width)),
+                                           (_half_up(width * box_height, height), box_height))
+    else:
+        assert result.output == (box_width, box_height)
+    left, top, right, bottom = result.crop
+    scaled_width, scaled_height = result.scaled
+    assert 0 <= left <= right <= scaled_width and 0 <= top <= bottom <= scaled_height
+    # cover's crop is centred: it leaves as much on each side, or one pixel more on the right or bottom
+    assert 0 <= (scaled_width - right) - left <= 1 and 0 <= (scaled_height - bottom) - top <= 1
+    _assert_passes_reach_the_output(result)
+
+
+def _assert_passes_reach_the_output(result) -> None:
+    """The fewest passes; each runs on at least the input's pixels along each side, on no more than the previous
+    pass made (a Lanczos enlargement before the network would be wasted), and the last reaches the size asked."""
+    width, height = result.input
+    enlargement = max(result.scaled[0] / width, result.scaled[1] / height)
+    assert 1 <= enlargement <= 8
+    assert result.native_scale ** (len(result.pass_inputs) - 1) < enlargement or len(result.pass_inputs) == 1
+    made = None
+    for (pass_width, pass_height), pass_output in zip(result.pass_inputs, result.pass_outputs):
+        assert pass_width >= width and pass_height >= height
+        if made is not None:
+            assert pass_width <= made[0] and pass_height <= made[1]
+        made = pass_output
+    assert made[0] >= result.scaled[0] and made[1] >= result.scaled[1]
+
+
+def _assert_refused_outside_the_range(width: int, height: int, native: int, options: dict) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        plan(width, height, native=native, **options)
+    message = raised.value.message
+    assert f"the {width}x{height} image" in message and "from 1 to 8 times" in message, message
+    shown = re.search(r"image (\S+(?: x \S+)?) times", message).group(1).split(" x ")
+    assert any(not 1 <= float(factor) <= 8 for factor in shown), message
+
+
+@pytest.mark.parametrize("size, options, shown", [
+    ((1000, 80), {"width": 8001}, "8.001 times"),
+    ((1999, 80), {"width": 15993}, "8.001 times"),       # 8.0005...: "8" would read as allowed
+    ((2000, 80), {"width": 1999, "height": 500, "fit": "fill"}, "0.9995 x 6.25 times"),
+])
+def test_a_refused_factor_is_shown_with_the_digits_that_put_it_outside_the_range(size, options, shown):
+    with pytest.raises(InvalidInput) as raised:
+        plan(*size, **options)
+    assert shown in raised.value.message, raised.value.message

@@ -8,6 +8,8 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import core.plan
@@ -17,7 +19,8 @@ from core.errors import Busy, TooLarge
 from core.models.weights import REALCUGAN_BORDERS
 from core.models.speed import Throughput
 from core.options import UpscaleOptions
-from core.plan import plan_pass
+from core.geometry import plan_output
+from core.plan import check_sizes, plan_pass
 from tests.core.test_images import pattern, save
 
 # 33 x 7 at scale 5: two passes of the 4x network (the second on the first's result resized to 42 x 9).
@@ -98,3 +101,29 @@ def test_a_larger_memory_budget_never_refuses_an_image_a_smaller_one_takes(servi
         except TooLarge as error:
             assert not taken, f"{budget_mb} MiB refused the image {taken[0]} MiB took: {error}"
     assert taken
+
+
+def test_cover_over_the_output_limit_names_the_enlarged_image_not_the_output():
+    """cover enlarges 2000 x 1000 to 16000 x 8000 before cutting out the 8000 x 8000 asked: the message must not call
+    that the output, which is within the limit."""
+    output = plan_output(2000, 1000, UpscaleOptions(width=8000, height=8000, fit="cover"), 4)
+    with pytest.raises(TooLarge) as raised:
+        check_sizes(output, 64_000_000, runs_network=False)
+    message = raised.value.message
+    assert "the image enlarged to cover 8000x8000 (before its centre is cut out) would be 16000x8000" in message
+    assert "the output would be" not in message and "MAX_OUTPUT_PIXELS" in message
+
+
+@settings(max_examples=500, deadline=None)
+@given(width=st.integers(1, 300), height=st.integers(1, 300), hundredths=st.integers(100, 800),
+       native=st.sampled_from([2, 3, 4]), limit=st.integers(1, 3_000_000), runs_network=st.booleans())
+def test_sizes_past_max_output_pixels_are_a_413_naming_the_limit_and_the_rest_pass(width, height, hundredths, native,
+                                                                                  limit, runs_network):
+    output = plan_output(width, height, UpscaleOptions(scale=hundredths / 100), native)
+    made = [output.scaled, *(output.pass_outputs if runs_network else ())]
+    if all(made_width * made_height <= limit for made_width, made_height in made):
+        check_sizes(output, limit, runs_network)
+        return
+    with pytest.raises(TooLarge) as raised:
+        check_sizes(output, limit, runs_network)
+    assert f"the limit is {limit} output pixels (MAX_OUTPUT_PIXELS; input {width}x{height})" in raised.value.message
