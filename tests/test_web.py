@@ -356,6 +356,29 @@ def test_page_refuses_a_size_the_server_refuses_with_its_message(page, server, t
     assert warning == message.replace("'", ""), (warning, message)
 
 
+def test_the_pages_size_and_refusal_match_the_servers_to_the_pixel_and_the_digit(page, server, tmp_path):
+    # In floats 50 x 1.13 is 56.4999..., and 8001 / 1000 to 3 digits is 8, which reads as allowed.
+    square, wide = tmp_path / "square.png", tmp_path / "wide.png"
+    Image.new("RGB", (50, 50), "grey").save(square)
+    Image.new("RGB", (1000, 8), "grey").save(wide)
+    page.set_input_files("#file", str(square))
+    page.wait_for_selector("body[data-state=ready]")
+    page.select_option("#size-mode", "scale")
+    page.fill("#size-value", "1.13")
+    answer = requests.post(f"{server.url}/model/predict", data={"scale": "1.13"}, timeout=120,
+                           files={"image": ("square.png", square.read_bytes(), "image/png")})
+    assert answer.status_code == 200 and answer.headers["X-Output-Size"] == "57x57"
+    assert page.text_content("#output-size").startswith("57 × 57 px")
+    page.set_input_files("#file", str(wide))
+    page.wait_for_selector("body[data-state=ready]")
+    page.select_option("#size-mode", "width")
+    page.fill("#size-value", "8001")
+    refusal = requests.post(f"{server.url}/model/predict", data={"width": "8001"}, timeout=60,
+                            files={"image": ("wide.png", wide.read_bytes(), "image/png")})
+    assert refusal.status_code == 400 and "8.001 times" in refusal.json()["message"]
+    assert page.text_content("#warnings") == refusal.json()["message"].replace("'", "")
+
+
 def test_page_warns_of_an_empty_size_field_instead_of_sending_zero(page, tmp_path):
     page.set_input_files("#file", str(small_photo(tmp_path / "small.png")))
     page.wait_for_selector("body[data-state=ready]")

@@ -186,8 +186,19 @@ function sizeProblems(size) {
   if (factors.every((factor) => factor >= minimum && factor <= maximum)) return problems;
   const asked = ["width", "height"].filter((name) => name in size).map((name) => `${name} ${size[name]}`);
   return [`${asked.join(" and ")} would enlarge the ${state.inputWidth}x${state.inputHeight} image ` +
-    `${factors.map((factor) => Number(factor.toPrecision(3))).join(" x ")} times; ` +
+    `${factors.map((factor) => shownFactor(factor, minimum, maximum)).join(" x ")} times; ` +
     `the enlargement must be from ${minimum} to ${maximum} times (as for scale)`];
+}
+
+// A factor to 3 significant digits, or as many more as keep it on its side of the range, as the server shows it
+// (core/geometry.py): 8.001 times shown as 8 would read as allowed.
+function shownFactor(factor, minimum, maximum) {
+  const inside = (value) => value >= minimum && value <= maximum;
+  for (let digits = 3; digits <= 16; digits += 1) {
+    const shown = Number(factor.toPrecision(digits));
+    if (inside(shown) === inside(factor)) return String(shown);
+  }
+  return String(factor);
 }
 
 function allowedNumber(option, value) {
@@ -215,7 +226,7 @@ function sizeFields(size) {
 function plannedSize(width, height, size) {
   const round = (value) => Math.max(1, Math.round(value));
   let scaled;
-  if (size.mode === "scale") scaled = [round(width * size.scale), round(height * size.scale)];
+  if (size.mode === "scale") scaled = [timesDecimal(width, size.scale), timesDecimal(height, size.scale)];
   else if (size.mode === "width") scaled = [size.width, round(height * size.width / width)];
   else if (size.mode === "height") scaled = [round(width * size.height / height), size.height];
   else if (size.fit === "fill") scaled = [size.width, size.height];
@@ -226,6 +237,19 @@ function plannedSize(width, height, size) {
   }
   const output = size.mode === "box" && size.fit === "cover" ? [size.width, size.height] : scaled;
   return { scaled, output };
+}
+
+// ``length`` x ``scale`` rounded half up and never below 1, from the scale's decimal as sent (String gives the
+// shortest decimal that reads back as the number, as the server's repr does), in whole numbers: in floats
+// 50 x 1.13 is 56.4999..., which rounds to 56 where the server answers 57.
+function timesDecimal(length, scale) {
+  if (!Number.isFinite(scale)) return NaN;  // an empty field: sizeProblems names it
+  const [digits, exponent = "0"] = String(scale).split("e");
+  const [whole, fraction = ""] = digits.split(".");
+  const shift = Number(exponent) - fraction.length;
+  const numerator = BigInt(length) * BigInt(whole + fraction) * 10n ** BigInt(Math.max(shift, 0));
+  const denominator = 10n ** BigInt(Math.max(-shift, 0));
+  return Math.max(1, Number((2n * numerator + denominator) / (2n * denominator)));
 }
 
 function outputSize(width, height, size) {
