@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from core.errors import TooLarge
+from core.memory import run_pixels, run_side
+from core.models.border import Border
 from core.models.runtime import STATISTICS_WINDOW
 from core.models.speed import Throughput
 from core.plan import Pass
@@ -22,23 +24,33 @@ class TooCostly(TooLarge):
     """The request would run past the time limit: refused before it queues."""
 
 
-def estimate_seconds(throughput: Throughput, passes: Iterable[Pass], ensemble: bool, batch: int) -> float:
-    """Seconds the network would take over every pass's tiles, ``batch`` windows a call (8 times each with the
-    ``ensemble``, whose every turn of the image measures its own averages)."""
+def estimate_seconds(throughput: Throughput, passes: Iterable[Pass], ensemble: bool, batch: int,
+                     border: Border | None = None) -> float:
+    """Seconds the network would take over every pass's tiles, ``batch`` windows a call, each window as it runs
+    (with the ``border`` its runner extends it by), 8 times each with the ``ensemble``, whose every turn of the
+    image measures its own averages."""
     runs = ENSEMBLE_RUNS if ensemble else 1
     total = 0.0
     for step in passes:
         windows = len(step.tiles)
-        total += throughput.seconds(-(-windows // batch), windows * step.window_pixels)
+        total += throughput.seconds(-(-windows // batch), windows * run_pixels(*step.window_shape, border))
         if throughput.statistics is not None:
             total += throughput.statistics.seconds(statistics_windows(step.width, step.height),
-                                                   step.width * step.height)
+                                                   _statistics_run(step.height, border)
+                                                   * _statistics_run(step.width, border))
     return runs * total
 
 
 def statistics_windows(width: int, height: int) -> int:
     """The windows a whole image's averages are measured in (core/models/runtime.py), a quarter turn's alike."""
     return -(-width // STATISTICS_WINDOW) * -(-height // STATISTICS_WINDOW)
+
+
+def _statistics_run(length: int, border: Border | None) -> int:
+    """The side lengths, summed, that a side's STATISTICS_WINDOW windows run at: the windows of a whole image's
+    averages are a grid, so the pixels they run are the product of the two sides' sums."""
+    whole, rest = divmod(length, STATISTICS_WINDOW)
+    return whole * run_side(STATISTICS_WINDOW, border) + (run_side(rest, border) if rest else 0)
 
 
 def check_fits(seconds: float, limit_s: float, model: str, width: int, height: int, ensemble: bool) -> None:

@@ -247,4 +247,5 @@ class Service:
         """The network's seconds over every pass's tiles on this machine (0 if unmeasured)."""
         if network.throughput is None:
             return 0.0
-        return cost.estimate_seconds(network.throughput, passes, ensemble, self.settings.tile_batch)
+        return cost.estimate_seconds(network.throughput, passes, ensemble, self.settings.tile_batch,
+                                     network.border)

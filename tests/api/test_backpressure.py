@@ -19,8 +19,9 @@ from api.predict import peer_closed, stop_when_client_leaves
 from config import load_settings
 from core.admission import InferenceSlot
 from core.errors import Busy, Cancelled, NotReady
-from core import pipeline
+from core import memory, pipeline
 from core.models import speed
+from core.models.border import Border
 from core.models.runtime import Network
 from core.options import UpscaleOptions
 from core.service import Service
@@ -534,6 +535,22 @@ def test_a_network_with_whole_image_averages_is_timed_for_its_tiles_and_its_aver
                                                                                      pytest.approx(3e-6))
 
 
+def test_a_padded_network_is_timed_per_pixel_it_runs_so_that_small_windows_cost_their_border():
+    """Real-CUGAN's runner extends each window by its border: timed per window pixel at 16 and 160 px, a call of a
+    64-px window (run at 64 + 2 x 18 px) came out a quarter cheaper than it is."""
+    now = [0.0]
+
+    def run(windows):
+        now[0] += 0.01 + 1e-6 * windows.shape[1] * windows.shape[2]
+        return windows.repeat(2, axis=1).repeat(2, axis=2)
+
+    border = Border(18, 4)
+    throughput = speed.measure_network(Network("padded", run, margin=8, scale=2, border=border), 160,
+                                       lambda: now[0])
+    assert (throughput.per_call_s, throughput.per_pixel_s) == (pytest.approx(0.01), pytest.approx(1e-6))
+    assert throughput.seconds(1, memory.run_pixels(64, 64, border)) == pytest.approx(0.01 + 1e-6 * 100 * 100)
+
+
 class CountingNetwork:
     """A 4x network (nearest neighbour) that counts the calls and window pixels it is given, its tiles' and its
     whole-image averages' apart."""
@@ -567,6 +584,7 @@ def with_alpha(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.parametrize("border", [None, Border(7, 2)], ids=["unpadded", "padded"])
 @pytest.mark.parametrize("averages", [False, True], ids=["tiles", "whole-image averages"])
 @pytest.mark.parametrize("image, fields", [
     (png(100, 70), {}),
@@ -578,8 +596,9 @@ def with_alpha(width: int, height: int) -> bytes:
     (with_alpha(80, 60), {}),  # the alpha is resized, not run: the colour's tiles alone are the network's
     (png(700, 1), {}),  # a line: every window mostly margin, and the averages' windows more than the tiles
 ])
-def test_the_estimate_counts_the_calls_and_pixels_the_pipeline_runs(service, image, fields, averages):
-    """With a cost of one second a call, then one a window pixel, the estimate is what the network was given."""
+def test_the_estimate_counts_the_calls_and_pixels_the_pipeline_runs(service, image, fields, averages, border):
+    """With a cost of one second a call, then one a pixel run, the estimate is what the network was given (a
+    padded network's windows and averages' windows with their border)."""
     strict = service_with(service, tile_size=32, tile_batch=3)
     options = UpscaleOptions(model="srgan", **fields)
     plan = strict.prepare(image, options)
@@ -588,7 +607,7 @@ def test_the_estimate_counts_the_calls_and_pixels_the_pipeline_runs(service, ima
         cost = speed.Throughput(per_call, per_pixel, speed.Throughput(per_call, per_pixel) if averages else None)
         counting = CountingNetwork()
         network = Network("srgan", counting.run, margin=8, measure=counting.measure if averages else None,
-                          throughput=cost)
+                          throughput=cost, border=border)
         passes = strict.plan_passes(network, plan.output, 0)
         seconds = strict.estimate_seconds(network, passes, options.ensemble)
         pipeline.run(replace(plan, network=network, passes=passes, seconds=seconds), strict.settings)
