@@ -379,6 +379,26 @@ def test_the_pages_size_and_refusal_match_the_servers_to_the_pixel_and_the_digit
     assert page.text_content("#warnings") == refusal.json()["message"].replace("'", "")
 
 
+def test_page_warns_of_covers_enlargement_over_the_output_limit_as_the_server_refuses_it(page, server, tmp_path):
+    # The 8000 x 8000 output is within the limit; the 16000 x 8000 image cut to it is not.
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (2000, 1000), "grey").save(wide)
+    page.set_input_files("#file", str(wide))
+    page.wait_for_selector("body[data-state=ready]")
+    page.select_option("#size-mode", "box")
+    page.fill("#size-value", "8000")
+    page.fill("#box-height", "8000")
+    page.select_option("#fit", "cover")
+    assert page.text_content("#warnings") == ("Enlarged to cover 8000 × 8000, the image would be 16000 × 8000 = "
+                                              "128,000,000 pixels before its centre is cut out; the limit is "
+                                              "64,000,000 output pixels.")
+    assert page.is_disabled("#run")
+    refusal = requests.post(f"{server.url}/model/predict", timeout=60,
+                            data={"width": "8000", "height": "8000", "fit": "cover"},
+                            files={"image": ("wide.png", wide.read_bytes(), "image/png")})
+    assert refusal.status_code == 413 and "16000x8000" in refusal.json()["message"]
+
+
 def test_page_warns_of_an_empty_size_field_instead_of_sending_zero(page, tmp_path):
     page.set_input_files("#file", str(small_photo(tmp_path / "small.png")))
     page.wait_for_selector("body[data-state=ready]")

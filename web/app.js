@@ -332,9 +332,16 @@ function limitWarnings() {
   const size = chosenSize();
   const problems = sizeProblems(size);
   warnings.push(...problems);
-  const [width, height] = outputSize(state.inputWidth, state.inputHeight, size);
-  if (!problems.length && width * height > limits.max_output_pixels) {
-    warnings.push(`The output would have ${(width * height).toLocaleString("en")} pixels; the limit is ${limits.max_output_pixels.toLocaleString("en")} output pixels.`);
+  if (problems.length) return warnings;
+  const { scaled, output } = plannedSize(state.inputWidth, state.inputHeight, size);
+  const [width, height] = output;
+  const limit = `the limit is ${limits.max_output_pixels.toLocaleString("en")} output pixels.`;
+  if (width * height > limits.max_output_pixels) {
+    warnings.push(`The output would have ${(width * height).toLocaleString("en")} pixels; ${limit}`);
+  } else if (scaled[0] * scaled[1] > limits.max_output_pixels) {
+    // fit=cover enlarges the whole image before cutting its centre out: the server refuses that image too.
+    warnings.push(`Enlarged to cover ${width} × ${height}, the image would be ${scaled[0]} × ${scaled[1]} = ` +
+      `${(scaled[0] * scaled[1]).toLocaleString("en")} pixels before its centre is cut out; ${limit}`);
   }
   return warnings;
 }
