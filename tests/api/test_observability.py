@@ -220,8 +220,12 @@ def test_each_reason_is_one_error_class_of_the_status_it_names():
         TooLarge("a refusal without its reason")
 
 
-def test_the_refusals_take_their_labels_from_fixed_sets_only():
-    for (route, status, reason), _ in refusals().items():
+def test_the_refusals_take_their_labels_from_fixed_sets_only(app, client, monkeypatch):
+    monkeypatch.setitem(app.config, "MAX_FORM_PARTS", 1)
+    client.post("/model/predict", data={"image": (io.BytesIO(b"x"), "a.png"), "model": "a name of the client's own"},
+                content_type="multipart/form-data")
+    assert refusals()
+    for route, status, reason in refusals():
         assert (route in ROUTES, status in ("413", "503"), reason in set(Reason)) == (True, True, True)
 
 
