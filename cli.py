@@ -366,7 +366,7 @@ def read_image(path: Path, max_upload_bytes: int) -> bytes:
             from core.errors import UploadTooLarge
 
             raise UploadTooLarge(f"the file is too large: the limit is {max_upload_bytes} bytes (MAX_UPLOAD_BYTES) "
-                           f"and the file is {os.fstat(file.fileno()).st_size} bytes")
+                                 f"and the file is {os.fstat(file.fileno()).st_size} bytes")
     return data
 
 

@@ -75,11 +75,11 @@ def upload_too_large(error: RequestEntityTooLarge) -> UploadTooLarge | FormTooLa
     length = request.content_length
     if length is None or limit is None or length > limit:
         size = f"{length} bytes" if length else "longer than that (chunked)"
-        return UploadTooLarge(f"the upload is too large: the limit is {limit} bytes (MAX_UPLOAD_BYTES) and the request "
-                        f"is {size}")
-    return FormTooLarge(f"the form is too large: at most {request.max_form_parts} parts, and {request.max_form_memory_size} "
-                    f"bytes in a text field or a part's headers (its file name); send the image in the file field "
-                    f"'image' and the options as short fields")
+        return UploadTooLarge(f"the upload is too large: the limit is {limit} bytes (MAX_UPLOAD_BYTES) and the "
+                              f"request is {size}")
+    return FormTooLarge(f"the form is too large: at most {request.max_form_parts} parts, and "
+                        f"{request.max_form_memory_size} bytes in a text field or a part's headers (its file name); "
+                        f"send the image in the file field 'image' and the options as short fields")
 
 
 def _answer(error: Exception):

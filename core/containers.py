@@ -105,7 +105,7 @@ def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
         raise InvalidImage(f"the image has no pixels ({width}x{height})")
     if width * height > max_pixels:
         raise TooManyPixels(f"the image is {width}x{height} = {width * height} pixels; "
-                       f"the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
+                            f"the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
 
 
 def check(data: bytes, image_format: str, max_pixels: int) -> PngHeader | None:
@@ -343,7 +343,7 @@ def _check_tiff_pieces(data: bytes, max_pixels: int) -> None:
     width, length = (entries.get(tag, (1, 0))[1] for tag in (TIFF_TILE_WIDTH, TIFF_TILE_LENGTH))
     if width * length > max_pixels:
         raise TooManyPixels(f"the TIFF image's tiles are {width}x{length} = {width * length} pixels each, and each is "
-                       f"decoded whole; the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
+                            f"decoded whole; the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
 
 
 def _tiff_first_directory(data: bytes) -> dict[int, tuple[int, int]]:

@@ -68,4 +68,4 @@ def check_fits(seconds: float, limit_s: float, model: str, width: int, height: i
 def check_ensemble_pixels(width: int, height: int, limit: int) -> None:
     if width * height > limit:
         raise EnsembleTooLarge(f"ensemble runs the network 8 times: the image is {width}x{height} = {width * height} "
-                       f"pixels and the limit for ensemble is {limit} pixels (MAX_ENSEMBLE_PIXELS)")
+                               f"pixels and the limit for ensemble is {limit} pixels (MAX_ENSEMBLE_PIXELS)")

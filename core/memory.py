@@ -125,8 +125,8 @@ def check_worker_room(budget_bytes: int, room: int, need: int, width: int, heigh
     """413 for an image whose buffers and windows would take the worker past its budget even alone."""
     if need > room:
         raise OverMemoryBudget(f"a {width}x{height} image needs {mib_up(need)} MiB of this worker's memory, and "
-                       f"MEMORY_BUDGET_MB={budget_bytes // MEBIBYTE} leaves {max(room, 0) // MEBIBYTE} MiB beside the "
-                       f"loaded models")
+                               f"MEMORY_BUDGET_MB={budget_bytes // MEBIBYTE} leaves {max(room, 0) // MEBIBYTE} MiB "
+                               f"beside the loaded models")
 
 
 def run_side(side: int, border: Border | None) -> int:

@@ -75,5 +75,5 @@ def check_sizes(output: OutputPlan, max_output_pixels: int, runs_network: bool =
     for what, (width, height) in made:
         if width * height > max_output_pixels:
             raise OutputTooLarge(f"{what} would be {width}x{height} = {width * height} pixels; the limit is "
-                           f"{max_output_pixels} output pixels (MAX_OUTPUT_PIXELS; "
-                           f"input {output.input[0]}x{output.input[1]})")
+                                 f"{max_output_pixels} output pixels (MAX_OUTPUT_PIXELS; "
+                                 f"input {output.input[0]}x{output.input[1]})")
