@@ -1,6 +1,7 @@
 """Every way a request can end leaves the worker's gauges where they were and is counted once, by its status."""
 from __future__ import annotations
 
+import ast
 import io
 import itertools
 import json
@@ -8,6 +9,7 @@ import logging
 import math
 from contextlib import ExitStack
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -18,12 +20,13 @@ from api import predict
 from core import memory, pipeline, shutdown
 from core.admission import InferenceSlot
 from core.errors import (Cancelled, DeviceFailed, NotReady, OutOfDeviceMemory, OverDeviceMemoryBudget, Reason, Refusal,
-                         TimeLimitExceeded, TooLarge)
+                         TimeLimitExceeded)
 from core.service import Service
 from harness.raw_http import png, wait_for
 from tests.conftest import sample_bytes
 
 ROUTES = ("/model/predict", "/app/upscale")
+SOURCES = Path(__file__).resolve().parents[2]
 
 
 def gauges(route: str) -> dict[str, float | None]:
@@ -216,8 +219,18 @@ def test_each_reason_is_one_error_class_of_the_status_it_names():
     classes = [cls for cls in subclasses(Refusal) if cls.reason is not None]
     assert sorted(cls.reason for cls in classes) == sorted(Reason)
     assert {cls.reason: cls.status for cls in classes} == {reason: REFUSALS[reason][2] for reason in Reason}
-    with pytest.raises(TypeError, match="names no reason"):
-        TooLarge("a refusal without its reason")
+
+
+def test_no_refusal_is_raised_without_its_reason():
+    """A class without a reason (TooLarge, Unavailable) raised anywhere would answer uncounted."""
+    reasonless = {cls.__name__ for cls in (Refusal, *subclasses(Refusal)) if cls.reason is None}
+    raised = [f"{path}:{node.lineno} {node.exc.func.id}" for path in SOURCES.rglob("*.py")
+              if not path.is_relative_to(SOURCES / "tests") and ".venv" not in path.parts
+              for node in ast.walk(ast.parse(path.read_text(), str(path)))
+              if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+              and isinstance(node.exc.func, ast.Name) and node.exc.func.id in reasonless]
+    assert reasonless == {"Refusal", "TooLarge", "Unavailable"}
+    assert raised == []
 
 
 def test_the_refusals_take_their_labels_from_fixed_sets_only(app, client, monkeypatch):
