@@ -363,10 +363,10 @@ def read_image(path: Path, max_upload_bytes: int) -> bytes:
     with path.open("rb") as file:
         data = file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
-            from core.errors import TooLarge
+            from core.errors import UploadTooLarge
 
-            raise TooLarge(f"the file is too large: the limit is {max_upload_bytes} bytes (MAX_UPLOAD_BYTES) "
-                           f"and the file is {os.fstat(file.fileno()).st_size} bytes")
+            raise UploadTooLarge(f"the file is too large: the limit is {max_upload_bytes} bytes (MAX_UPLOAD_BYTES) "
+                                 f"and the file is {os.fstat(file.fileno()).st_size} bytes")
     return data
 
 

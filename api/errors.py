@@ -19,10 +19,17 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from werkzeug.routing import RequestRedirect
 
 from config import Settings
-from core.errors import ServiceError, TooLarge, Unavailable
+from api import observability
+from core.errors import Reason, ServiceError, TooLarge, Unavailable, UploadTooLarge
 
 log = logging.getLogger(__name__)
 UNSUPPORTED_MEDIA_TYPE = 415
+
+
+class FormTooLarge(TooLarge):
+    """The form has too many parts, or a text field or a part's headers past Werkzeug's limits."""
+
+    reason = Reason.FORM_TOO_LARGE
 
 
 class JsonApi(Api):
@@ -37,8 +44,6 @@ def error_body(error: Exception) -> tuple[dict[str, str], int, dict[str, str]]:
     """The JSON body, status and headers for any exception a request can raise."""
     from api import service
 
-    if isinstance(error, RequestEntityTooLarge):
-        error = upload_too_large(error)
     if isinstance(error, ServiceError):
         headers = {"Retry-After": str(retry_after(error, service().settings))} if isinstance(error, Unavailable) else {}
         return {"message": error.message}, error.status, headers
@@ -64,22 +69,26 @@ def _own_headers(error: HTTPException) -> dict[str, str]:
     return {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
 
 
-def upload_too_large(error: RequestEntityTooLarge) -> TooLarge:
+def upload_too_large(error: RequestEntityTooLarge) -> UploadTooLarge | FormTooLarge:
     """413 naming the limit that was hit: the whole upload's size, or one of Werkzeug's form limits."""
     limit = request.max_content_length  # set from MAX_UPLOAD_BYTES by create_app
     length = request.content_length
     if length is None or limit is None or length > limit:
         size = f"{length} bytes" if length else "longer than that (chunked)"
-        return TooLarge(f"the upload is too large: the limit is {limit} bytes (MAX_UPLOAD_BYTES) and the request "
-                        f"is {size}")
-    return TooLarge(f"the form is too large: at most {request.max_form_parts} parts, and {request.max_form_memory_size} "
-                    f"bytes in a text field or a part's headers (its file name); send the image in the file field "
-                    f"'image' and the options as short fields")
+        return UploadTooLarge(f"the upload is too large: the limit is {limit} bytes (MAX_UPLOAD_BYTES) and the "
+                              f"request is {size}")
+    return FormTooLarge(f"the form is too large: at most {request.max_form_parts} parts, and "
+                        f"{request.max_form_memory_size} bytes in a text field or a part's headers (its file name); "
+                        f"send the image in the file field 'image' and the options as short fields")
 
 
 def _answer(error: Exception):
+    if isinstance(error, RequestEntityTooLarge):
+        error = upload_too_large(error)
     body, status, headers = error_body(error)
     g.error_message = body["message"]  # for the access line
+    if isinstance(error, ServiceError) and error.reason:
+        observability.note_refusal(error.reason)
     return body, status, headers
 
 

@@ -21,6 +21,9 @@ LATENCY_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160,
 
 REQUESTS = Counter("superres_http_requests", "HTTP requests answered, by route, model and status.",
                    ("route", "method", "model", "status"))
+# Beside REQUESTS, so that its series and the queries on them stay as they were: the reason is known for refusals only.
+REFUSALS = Counter("superres_refusals", "Requests refused with 413 or 503, by route, status and reason (a fixed set: "
+                   "core/errors.Reason).", ("route", "status", "reason"))
 LATENCY = Histogram("superres_http_request_duration_seconds", "Time to answer an HTTP request, by route and model.",
                     ("route", "model"), buckets=LATENCY_BUCKETS)
 IN_FLIGHT = Gauge("superres_http_requests_in_flight", "HTTP requests being answered now, by route.",
@@ -59,6 +62,10 @@ def render() -> bytes:
 def observe_request(route: str, method: str, model: str, status: int, seconds: float) -> None:
     REQUESTS.labels(route, method, model, str(status)).inc()
     LATENCY.labels(route, model).observe(seconds)
+
+
+def observe_refusal(route: str, status: int, reason: str) -> None:
+    REFUSALS.labels(route, str(status), reason).inc()
 
 
 def observe_pixels(model: str, input_pixels: int, output_pixels: int) -> None:

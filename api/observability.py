@@ -10,12 +10,13 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flask import Flask, Response, g, request
 
 from api import monitoring
 from config import REQUEST_ID_PATTERN, Settings
+from core.errors import Reason
 from core.options import OptionContext
 
 ACCESS_LOG = logging.getLogger("superres.access")
@@ -52,11 +53,13 @@ def install(app: Flask, settings: Settings) -> None:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a request served, from the route's own result (never read back from response headers)."""
+    """What a request served, from the route's own result (never read back from response headers), or why it was
+    refused (the error's own reason, never read back from its message)."""
 
     model: str | None = None
     input_size: tuple[int, int] | None = None
     output_size: tuple[int, int] | None = None
+    refusal: Reason | None = None
 
 
 def note_model(context: OptionContext) -> None:
@@ -69,6 +72,11 @@ def note_model(context: OptionContext) -> None:
 
 def note_result(model: str, input_size: tuple[int, int], output_size: tuple[int, int]) -> None:
     g.outcome = Outcome(model, input_size, output_size)
+
+
+def note_refusal(reason: Reason) -> None:
+    """Why the request is answered 413 or 503, for superres_refusals_total; the model it asked for stays."""
+    g.outcome = replace(g.get("outcome", Outcome()), refusal=reason)
 
 
 def finish_later() -> Callable[[int, Outcome, int | None, str | None], None]:
@@ -125,6 +133,8 @@ def _finish(response: Response) -> Response:
 def _observe(route: str, method: str, status: int, outcome: Outcome, seconds: float) -> None:
     model = outcome.model or ""
     monitoring.observe_request(route, method if method in METHODS else OTHER_METHOD, model, status, seconds)
+    if outcome.refusal:
+        monitoring.observe_refusal(route, status, outcome.refusal)
     if status == 200 and outcome.input_size and outcome.output_size:
         monitoring.observe_pixels(model, _area(outcome.input_size), _area(outcome.output_size))
 

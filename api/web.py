@@ -29,7 +29,7 @@ from api.errors import retry_after
 from api.form import read_form
 from api.predict import CLIENT_CLOSED_REQUEST
 from config import Settings
-from core.errors import Cancelled, ServiceError, Unavailable
+from core.errors import Cancelled, Reason, ServiceError, Unavailable
 from core.options import parse_options
 from core.pipeline import Progress
 from core.plan import Plan
@@ -84,6 +84,9 @@ def upscale() -> Response:
 def _events(current: Service, plan: Plan,
             finish: Callable[[int, observability.Outcome, int | None, str | None], None]) -> Iterator[bytes]:
     events: queue.Queue[dict] = queue.Queue()
+    # The reason of _run's error event, by the event's id: counted where that event ends the stream (a client that
+    # left at the same moment ends it with another), and not sent.
+    refused: dict[int, Reason] = {}
     last: dict = {"event": "error", "status": CLIENT_CLOSED_REQUEST, "message": "the client closed the connection"}
     sent = 0
     stop = threading.Event()
@@ -95,7 +98,7 @@ def _events(current: Service, plan: Plan,
         if tiles:  # 0 before decoding: nothing to show yet
             events.put({"event": "progress", "done": done, "total": tiles, "elapsed_s": _since(started)})
 
-    worker = threading.Thread(target=_run, args=(current, plan, on_progress, events, started),
+    worker = threading.Thread(target=_run, args=(current, plan, on_progress, events, started, refused),
                               name="web-upscale", daemon=True)
     worker.start()
     try:
@@ -108,7 +111,7 @@ def _events(current: Service, plan: Plan,
     finally:
         # Reached on completion and when the server closes the stream because the client left.
         stop.set()
-        finish(*_stream_outcome(last, plan.network.name), sent, last.get("message"))
+        finish(*_stream_outcome(last, plan.network.name, refused), sent, last.get("message"))
 
 
 def _stream(events: queue.Queue, total: int, started: float) -> Iterator[dict]:
@@ -125,15 +128,17 @@ def _stream(events: queue.Queue, total: int, started: float) -> Iterator[dict]:
             return
 
 
-def _stream_outcome(last: dict, model: str) -> tuple[int, observability.Outcome]:
-    """The status and outcome a stream ended with, from its last event (the result's own sizes)."""
+def _stream_outcome(last: dict, model: str, refused: dict[int, Reason]) -> tuple[int, observability.Outcome]:
+    """The status and outcome a stream ended with, from its last event (the result's own sizes), and the reason
+    of a refusal that ended it."""
     if last["event"] != "result":
-        return last["status"], observability.Outcome(model=model)
+        return last["status"], observability.Outcome(model=model, refusal=refused.get(id(last)))
     return 200, observability.Outcome(last["model"], (last["input_width"], last["input_height"]),
                                       (last["width"], last["height"]))
 
 
-def _run(current: Service, plan: Plan, on_progress: Progress, events: queue.Queue, started: float) -> None:
+def _run(current: Service, plan: Plan, on_progress: Progress, events: queue.Queue, started: float,
+         refused: dict[int, Reason]) -> None:
     try:
         result = current.run(plan, on_progress)
     except Cancelled as cancelled:
@@ -141,7 +146,10 @@ def _run(current: Service, plan: Plan, on_progress: Progress, events: queue.Queu
         events.put({"event": "error", "status": 499, "message": str(cancelled)})
         return
     except ServiceError as error:
-        events.put(_error_event(error, current.settings))
+        event = _error_event(error, current.settings)
+        if error.reason:
+            refused[id(event)] = error.reason  # before the event is put: the stream reads it after the event
+        events.put(event)
         return
     except Exception:  # noqa: BLE001 - the page gets a message, the log the traceback
         log.exception("web upscale failed")

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from core.errors import Busy
+from core.errors import Busy, QueueTimeout
 from core.shutdown import ShuttingDown
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,8 @@ class InferenceSlot:
                 self._free.notify_all()  # the next in line may start now
             self._refuse_if_closed()
             if not acquired:
-                raise Busy(f"the server is busy: waited {self._wait_timeout_s:g} s for a free slot; retry later",
-                           self._until_first_end())
+                raise QueueTimeout(f"the server is busy: waited {self._wait_timeout_s:g} s for a free slot; retry "
+                                   f"later", self._until_first_end())
             self._start(ticket, host_bytes, seconds)
             return ticket
 

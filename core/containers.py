@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import png
 from PIL.PngImagePlugin import MAX_TEXT_CHUNK
 
-from core.errors import InvalidImage, TooLarge
+from core.errors import InvalidImage, TooManyPixels
 from core.png_encoder import SIGNATURE as PNG_SIGNATURE
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
@@ -104,8 +104,8 @@ def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
     if width < 1 or height < 1:
         raise InvalidImage(f"the image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise TooLarge(f"the image is {width}x{height} = {width * height} pixels; "
-                       f"the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
+        raise TooManyPixels(f"the image is {width}x{height} = {width * height} pixels; "
+                            f"the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
 
 
 def check(data: bytes, image_format: str, max_pixels: int) -> PngHeader | None:
@@ -342,8 +342,8 @@ def _check_tiff_pieces(data: bytes, max_pixels: int) -> None:
                                f"write one for every few rows or every 256x256 pixels")
     width, length = (entries.get(tag, (1, 0))[1] for tag in (TIFF_TILE_WIDTH, TIFF_TILE_LENGTH))
     if width * length > max_pixels:
-        raise TooLarge(f"the TIFF image's tiles are {width}x{length} = {width * length} pixels each, and each is "
-                       f"decoded whole; the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
+        raise TooManyPixels(f"the TIFF image's tiles are {width}x{length} = {width * length} pixels each, and each is "
+                            f"decoded whole; the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
 
 
 def _tiff_first_directory(data: bytes) -> dict[int, tuple[int, int]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from core.errors import TooLarge
+from core.errors import EnsembleTooLarge, Reason, TooLarge
 from core.memory import run_pixels, run_side
 from core.models.border import Border
 from core.models.runtime import STATISTICS_WINDOW
@@ -22,6 +22,8 @@ ENSEMBLE_RUNS = 8
 
 class TooCostly(TooLarge):
     """The request would run past the time limit: refused before it queues."""
+
+    reason = Reason.TIME_ESTIMATE
 
 
 def estimate_seconds(throughput: Throughput, passes: Iterable[Pass], ensemble: bool, batch: int,
@@ -65,5 +67,5 @@ def check_fits(seconds: float, limit_s: float, model: str, width: int, height: i
 
 def check_ensemble_pixels(width: int, height: int, limit: int) -> None:
     if width * height > limit:
-        raise TooLarge(f"ensemble runs the network 8 times: the image is {width}x{height} = {width * height} "
-                       f"pixels and the limit for ensemble is {limit} pixels (MAX_ENSEMBLE_PIXELS)")
+        raise EnsembleTooLarge(f"ensemble runs the network 8 times: the image is {width}x{height} = {width * height} "
+                               f"pixels and the limit for ensemble is {limit} pixels (MAX_ENSEMBLE_PIXELS)")

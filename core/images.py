@@ -27,7 +27,7 @@ from PIL import Image, ImageCms, UnidentifiedImageError
 from core import orientation
 from core.containers import (ACCEPTED_FORMATS, CORRUPT_DATA_ERRORS, PngHeader, check, check_pixels, describe_accepted,
                              sniff_format)
-from core.errors import InvalidImage, TooLarge
+from core.errors import InvalidImage, TooManyPixels
 
 
 # The colour spaces of the ICC profiles a result carries: the others (CMYK) are used to convert the pixels.
@@ -214,7 +214,8 @@ def _reading(image_format: str, max_pixels: int) -> Iterator[None]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         found = re.search(r"\((\d+) pixels\)", str(error))
         size = f"{found.group(1)} pixels" if found else f"more than {max_pixels} pixels"
-        raise TooLarge(f"the image has {size}; the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)") from error
+        raise TooManyPixels(f"the image has {size}; the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)"
+                            ) from error
     except UnidentifiedImageError as error:
         raise InvalidImage(f"the upload starts like a {image_format} file but is not a readable {image_format} "
                            f"image") from error

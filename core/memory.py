@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from config import MEBIBYTE
-from core.errors import TooLarge
+from core.errors import OverDeviceMemoryBudget, OverMemoryBudget
 from core.models.border import Border
 from core.tiling import WINDOW_QUANTUM
 
@@ -124,9 +124,9 @@ def pinned_cache_bytes(device: str, slots: int) -> int:
 def check_worker_room(budget_bytes: int, room: int, need: int, width: int, height: int) -> None:
     """413 for an image whose buffers and windows would take the worker past its budget even alone."""
     if need > room:
-        raise TooLarge(f"a {width}x{height} image needs {mib_up(need)} MiB of this worker's memory, and "
-                       f"MEMORY_BUDGET_MB={budget_bytes // MEBIBYTE} leaves {max(room, 0) // MEBIBYTE} MiB beside the "
-                       f"loaded models")
+        raise OverMemoryBudget(f"a {width}x{height} image needs {mib_up(need)} MiB of this worker's memory, and "
+                               f"MEMORY_BUDGET_MB={budget_bytes // MEBIBYTE} leaves {max(room, 0) // MEBIBYTE} MiB "
+                               f"beside the loaded models")
 
 
 def run_side(side: int, border: Border | None) -> int:
@@ -165,7 +165,7 @@ def tile_for_budget(budget_bytes: int, resident: int, request: int, bytes_per_wi
     tile = alone if max(height, width) <= alone else _budget_tile(available // batch, bytes_per_window_pixel,
                                                                     margin, border)
     if tile < MIN_TILE:
-        raise TooLarge(
+        raise OverMemoryBudget(
             f"a {width}x{height} image needs more memory than this worker's MEMORY_BUDGET_MB="
             f"{budget_bytes // MEBIBYTE} leaves: {resident // MEBIBYTE} MiB are the loaded models, "
             f"{request // MEBIBYTE} MiB this image's buffers, and the smallest tile's window needs "
@@ -205,7 +205,7 @@ def tile_for_device_budget(budget_bytes: int, resident: int, bytes_per_window_pi
         return max(height, width)
     tile = largest_window(available // batch, bytes_per_window_pixel, border) - 2 * margin
     if tile < MIN_TILE:
-        raise TooLarge(
+        raise OverDeviceMemoryBudget(
             f"a {width}x{height} image needs more GPU memory than GPU_MEMORY_BUDGET_MB={budget_bytes // MEBIBYTE} "
             f"leaves: {resident // MEBIBYTE} MiB are the loaded models, and the smallest tile's window needs "
             f"{mib_up(smallest_window_bytes(bytes_per_window_pixel, margin, batch, border))} MiB")

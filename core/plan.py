@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.errors import TooLarge
+from core.errors import OutputTooLarge
 from core.geometry import OutputPlan
 from core.images import Header
 from core.models.runtime import Network
@@ -74,6 +74,6 @@ def check_sizes(output: OutputPlan, max_output_pixels: int, runs_network: bool =
                  output.scaled))
     for what, (width, height) in made:
         if width * height > max_output_pixels:
-            raise TooLarge(f"{what} would be {width}x{height} = {width * height} pixels; the limit is "
-                           f"{max_output_pixels} output pixels (MAX_OUTPUT_PIXELS; "
-                           f"input {output.input[0]}x{output.input[1]})")
+            raise OutputTooLarge(f"{what} would be {width}x{height} = {width * height} pixels; the limit is "
+                                 f"{max_output_pixels} output pixels (MAX_OUTPUT_PIXELS; "
+                                 f"input {output.input[0]}x{output.input[1]})")

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from core.errors import Unavailable
+from core.errors import Reason, Unavailable
 
 log = logging.getLogger(__name__)
 # Time kept back from the grace period to write the 503s before gunicorn's deadline.
@@ -26,6 +26,8 @@ _clock: Callable[[], float] = time.monotonic
 
 class ShuttingDown(Unavailable):
     """The worker is stopping and the request could not finish within the grace period."""
+
+    reason = Reason.SHUTTING_DOWN
 
 
 def begin(grace_s: float, running: int, waiting: int) -> None:
