@@ -9,7 +9,8 @@ so does `make run`.
 
 SIGTERM (or SIGINT), from this process's start: nginx stops accepting at once and finishes what it has taken;
 gunicorn gets SHUTDOWN_GRACE_S for the requests in flight (see core/shutdown.py). If either process dies, the other is
-stopped and this process exits with an error, so that the container is restarted.
+stopped and this process exits with an error (gunicorn's exit code where it was gunicorn: 3 where a worker failed to
+boot, such as one whose GPU failed while the models loaded), so that the container is restarted.
 """
 from __future__ import annotations
 
