@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import signal
@@ -67,11 +68,10 @@ def on_starting(server: Arbiter) -> None:
 
 def post_worker_init(worker: Worker) -> None:
     """Before gunicorn's own SIGTERM handler stops the worker, start the countdown of the requests in flight; and
-    a worker whose GPU failed for good stops itself the same way, so that the master starts a fresh one (with a new
-    CUDA context) while its other requests end."""
+    a worker whose GPU failed for good stops (``stop_on_device_failure``)."""
     previous = signal.getsignal(signal.SIGTERM)
     service = worker.wsgi.extensions["super_resolution"]
-    service.on_device_failure(lambda: os.kill(os.getpid(), signal.SIGTERM))
+    service.on_device_failure(stop_on_device_failure)
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         from core import shutdown
@@ -81,6 +81,22 @@ def post_worker_init(worker: Worker) -> None:
         previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)
+
+
+def stop_on_device_failure(while_loading: bool) -> None:
+    """A worker whose GPU failed for good at a request stops itself as gunicorn stops it (SIGTERM: its other
+    requests end), and the master starts a fresh one with a new CUDA context. One whose GPU failed while the
+    models loaded would be replaced by workers failing the same way, in a loop, each answering /health until it
+    fails: it exits with gunicorn's WORKER_BOOT_ERROR instead, on which the master stops the server ("Worker failed
+    to boot") and exits non-zero, so that the container's orchestrator restarts or moves it, with its back-off."""
+    if not while_loading:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    # At once, from the loading thread or the worker's start: while the models load only probes can be in flight,
+    # and images the failed device fails anyway. Without the interpreter's shutdown, which would touch the broken
+    # CUDA context again.
+    logging.shutdown()
+    os._exit(Arbiter.WORKER_BOOT_ERROR)
 
 
 def child_exit(server: Arbiter, worker: Worker) -> None:

@@ -9,7 +9,8 @@ so does `make run`.
 
 SIGTERM (or SIGINT), from this process's start: nginx stops accepting at once and finishes what it has taken;
 gunicorn gets SHUTDOWN_GRACE_S for the requests in flight (see core/shutdown.py). If either process dies, the other is
-stopped and this process exits with an error, so that the container is restarted.
+stopped and this process exits with an error (gunicorn's exit code where it was gunicorn: 3 where a worker failed to
+boot, such as one whose GPU failed while the models loaded), so that the container is restarted.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gunicorn.arbiter import Arbiter
 from pydantic import ValidationError
 
 from config import MEBIBYTE, REQUEST_ID_PATTERN, Settings, invalid_settings, load_settings
@@ -76,6 +78,9 @@ except backends.DeviceError as error:
     sys.exit(str(error))
 print(choice.backend, choice.device)
 """
+# What gunicorn's master means by its exit codes (gunicorn.arbiter.Arbiter), for serve.py's line when it exits.
+GUNICORN_EXITS = {Arbiter.WORKER_BOOT_ERROR: " (a worker failed to boot; the lines before say why)",
+                  Arbiter.APP_LOAD_ERROR: " (the app failed to load; the lines before say why)"}
 # Longest request line and header line nginx takes (large_client_header_buffers).
 HEADER_BYTES = 8192
 # Connections nginx's one worker process holds, clients' and gunicorn's together (worker_connections).
@@ -387,14 +392,19 @@ def _wait_for(upstream: Path, gunicorn: subprocess.Popen, stop: _Stop) -> bool:
 
 
 def _supervise(gunicorn: subprocess.Popen, front: subprocess.Popen, stop: _Stop) -> int:
-    """Return when both have ended after a stop, or when one of them ended without one."""
+    """Return when both have ended after a stop, or when one of them ended without one: then with gunicorn's exit
+    code where it ended (3 where a worker failed to boot, such as one whose GPU failed while the models loaded),
+    else 1."""
     while gunicorn.poll() is None and front.poll() is None:
         time.sleep(0.2)
-    if not stop.requested:
-        dead = "gunicorn" if gunicorn.poll() is not None else "nginx"
-        log.error("serve.py: %s exited unexpectedly; stopping the other", dead)
-        return 1
-    return gunicorn.wait() or front.wait()
+    if stop.requested:
+        return gunicorn.wait() or front.wait()
+    if gunicorn.returncode is not None:
+        log.error("serve.py: gunicorn exited unexpectedly with code %s%s; stopping nginx", gunicorn.returncode,
+                  GUNICORN_EXITS.get(gunicorn.returncode, ""))
+        return gunicorn.returncode if gunicorn.returncode > 0 else 1  # a signal's is negative
+    log.error("serve.py: nginx exited unexpectedly with code %s; stopping gunicorn", front.returncode)
+    return 1
 
 
 def _wait_or_kill(process: subprocess.Popen, timeout_s: float) -> None:

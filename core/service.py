@@ -38,9 +38,11 @@ class Service:
     registry: ModelRegistry
     slot: InferenceSlot
     _loader: threading.Thread | None = field(default=None, repr=False)
-    # What stops this worker once its device failed for good (``on_device_failure``), and whether it was called.
-    _stop: Callable[[], None] | None = field(default=None, repr=False)
+    # What stops this worker once its device failed for good (``on_device_failure``), whether it was called, and
+    # whether the device failed while the models loaded.
+    _stop: Callable[[bool], None] | None = field(default=None, repr=False)
     _stopped: bool = field(default=False, repr=False)
+    _failed_loading: bool = field(default=False, repr=False)
     _stopping: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -73,9 +75,11 @@ class Service:
         choice = self.registry.choice
         return choice.module.failure(choice.device)
 
-    def on_device_failure(self, stop: Callable[[], None]) -> None:
-        """Have ``stop`` called, once, when the device fails for good, at a request or while the models load (at
-        once where it has already): under gunicorn it stops the worker, and the master starts a fresh one."""
+    def on_device_failure(self, stop: Callable[[bool], None]) -> None:
+        """Have ``stop`` called, once, when the device fails for good (at once where it has already), told whether
+        it failed while the models loaded, before this worker served: such a device fails in a fresh process too,
+        so under gunicorn the server stops; after that, at a request, the worker stops and the master starts a
+        fresh one."""
         self._stop = stop
         self._stop_if_failed()
 
@@ -84,8 +88,9 @@ class Service:
             if self._stopped or self._stop is None or self.device_failure is None:
                 return
             self._stopped = True
-        log.critical("the device failed; this worker stops: %s", self.device_failure)
-        self._stop()
+        when = "while the models loaded, before this worker served" if self._failed_loading else "at a request"
+        log.critical("the device failed %s; this worker stops: %s", when, self.device_failure)
+        self._stop(self._failed_loading)
 
     def start_loading(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
         """Load every model in the background, so that /health answers during start-up."""
@@ -97,7 +102,9 @@ class Service:
         beside the loaded models; ``on_loaded`` hears of the others, once that is known."""
         loaded: list[tuple[str, float]] = []
         self.registry.load_all(lambda name, seconds: loaded.append((name, seconds)))
-        self._stop_if_failed()  # a model's warm-up can meet the device's failure
+        # A model's warm-up can meet the device's failure.
+        self._failed_loading = self.device_failure is not None
+        self._stop_if_failed()
         short = self.short_of_device_memory()
         for name, reason in short.items():
             log.error("model %s cannot serve: %s", name, reason)

@@ -43,8 +43,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(start_timeout_s: float = 180, front: bool = False, **settings: str) -> Iterator[LiveServer]:
-    """gunicorn serving ``app:app`` with ``settings`` as environment overrides, until every model is ready.
+def live_server(start_timeout_s: float = 180, front: bool = False, served: str = "app:app", **settings: str
+                ) -> Iterator[LiveServer]:
+    """gunicorn serving ``served`` (``app:app``) with ``settings`` as environment overrides, until every model is
+    ready (RuntimeError, with its exit code and log, where gunicorn exits first).
 
     ``front``: the whole deployed service instead, nginx in front of gunicorn (serve.py).
     """
@@ -54,14 +56,14 @@ def live_server(start_timeout_s: float = 180, front: bool = False, **settings: s
     env = {**inherited, "PORT": str(port), "HOST": "127.0.0.1", "MODELS": "srgan",
            **{k.upper(): str(v) for k, v in settings.items()}}
     command = ["serve.py"] if front else ["-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
-                                          "app:app"]
+                                          served]
     # The log goes to a file, not a pipe: one JSON line per request would fill a pipe nobody reads and block the server.
     output = tempfile.TemporaryFile()
     process = subprocess.Popen(
         [sys.executable, *command], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     server = LiveServer(f"http://127.0.0.1:{port}", process, output)
     try:
-        _wait_until_models_ready(server, start_timeout_s)
+        wait_until_ready(server, start_timeout_s)
         yield server
     finally:
         process.terminate()
@@ -73,11 +75,12 @@ def live_server(start_timeout_s: float = 180, front: bool = False, **settings: s
         output.close()
 
 
-def _wait_until_models_ready(server: LiveServer, timeout_s: float) -> None:
+def wait_until_ready(server: LiveServer, timeout_s: float) -> None:
+    """Until /ready answers 200; RuntimeError where gunicorn exits first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited: {server.log()[-3000:]}")
+            raise RuntimeError(f"gunicorn exited with code {server.process.returncode}: {server.log()[-3000:]}")
         try:
             if requests.get(f"{server.url}/ready", timeout=5).status_code == 200:
                 return

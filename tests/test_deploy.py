@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -278,6 +279,30 @@ def test_a_stop_while_gunicorn_starts_ends_serve_and_every_process_it_started():
     records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert any(record["message"].startswith("serve.py: SIGTERM received") for record in records)
     assert wait_for(lambda: not processes_in_environment(marker), 30, interval_s=0.2)
+
+
+class Ended:
+    """A child process that has ended with ``returncode`` (None: still running), as serve.py polls it."""
+
+    def __init__(self, returncode: int | None) -> None:
+        self.returncode = returncode
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+
+@pytest.mark.parametrize("gunicorn, front, code, line", [
+    (3, None, 3, "serve.py: gunicorn exited unexpectedly with code 3 (a worker failed to boot; the lines before say "
+                 "why); stopping nginx"),
+    (-9, None, 1, "serve.py: gunicorn exited unexpectedly with code -9; stopping nginx"),
+    (None, 1, 1, "serve.py: nginx exited unexpectedly with code 1; stopping gunicorn"),
+])
+def test_serve_exits_non_zero_naming_the_process_that_ended_and_gunicorns_code(caplog, gunicorn, front, code, line):
+    """A worker whose GPU failed while the models loaded stops gunicorn with code 3: serve.py passes the code on to
+    the container (it exited 1, saying only that gunicorn exited), and nginx is stopped."""
+    stop = SimpleNamespace(requested=False)
+    assert serve._supervise(Ended(gunicorn), Ended(front), stop) == code
+    assert [record.getMessage() for record in caplog.records] == [line]
 
 
 @pytest.mark.parametrize("manifest, dockerfile", [(MANIFEST, DOCKERFILE), (GPU_MANIFEST, GPU_DOCKERFILE)],

@@ -9,12 +9,13 @@ from types import SimpleNamespace
 import pytest
 import requests
 from gunicorn.app.base import Application
+from gunicorn.arbiter import Arbiter
 from PIL import Image
 
 from config import load_settings
 from core import shutdown
 from core.admission import InferenceSlot
-from harness.live_server import live_server
+from harness.live_server import live_server, wait_until_ready
 from tests.conftest import ROOT, sample_bytes
 
 pytestmark = pytest.mark.slow
@@ -86,15 +87,54 @@ def test_a_workers_sigterm_closes_its_slot_and_a_second_one_keeps_the_countdown(
         slot.check_room()
 
 
-def test_a_worker_whose_gpu_failed_stops_itself_as_gunicorn_stops_it(monkeypatch):
-    """The service tells the hook once its GPU failed for good: the worker sends itself the SIGTERM of a graceful
-    stop (its requests in flight end, then gunicorn's master starts a fresh worker with a new CUDA context)."""
-    sent = []
+def worker_stop(monkeypatch):
+    """The stop the hook gives the service for a failed GPU, with what it would do recorded instead of done."""
+    done = []
     monkeypatch.setattr(signal, "signal", lambda signum, handler: None)
-    monkeypatch.setattr(os, "kill", lambda pid, signum: sent.append((pid, signum)))
+    monkeypatch.setattr(os, "kill", lambda pid, signum: done.append(("kill", pid, signum)))
+    monkeypatch.setattr(os, "_exit", lambda code: done.append(("exit", code)))
     stops = []
     service = SimpleNamespace(slot=InferenceSlot(queue_size=1, wait_timeout_s=1), on_device_failure=stops.append)
     ConfigOnly().cfg.post_worker_init(SimpleNamespace(wsgi=SimpleNamespace(extensions={"super_resolution": service})))
     stop, = stops
-    stop()
-    assert sent == [(os.getpid(), signal.SIGTERM)]
+    return stop, done
+
+
+def test_a_worker_whose_gpu_failed_at_a_request_stops_itself_as_gunicorn_stops_it(monkeypatch):
+    """The service tells the hook once its GPU failed for good: the worker sends itself the SIGTERM of a graceful
+    stop (its requests in flight end, then gunicorn's master starts a fresh worker with a new CUDA context)."""
+    stop, done = worker_stop(monkeypatch)
+    stop(False)
+    assert done == [("kill", os.getpid(), signal.SIGTERM)]
+
+
+def test_a_worker_whose_gpu_failed_while_the_models_loaded_exits_as_one_that_failed_to_boot(monkeypatch):
+    """A fresh worker would fail the same way, and the master restarted them in a loop: code 3 stops the master."""
+    stop, done = worker_stop(monkeypatch)
+    stop(True)
+    assert done == [("exit", Arbiter.WORKER_BOOT_ERROR)] and Arbiter.WORKER_BOOT_ERROR == 3
+
+
+def test_a_gpu_that_fails_at_the_models_warm_up_stops_gunicorn_naming_the_reason():
+    """A real gunicorn whose worker's device fails at the warm-up: the master stops (it restarted a worker every
+    few seconds, each answering /health until it failed) with code 3, and the log says why."""
+    with pytest.raises(RuntimeError) as exited:
+        with live_server(served="tests.device_fails:app", backend="pytorch", device="cpu", device_fails="warm-up"):
+            pass
+    log = str(exited.value)
+    assert log.startswith("gunicorn exited with code 3:")
+    assert ("the device failed while the models loaded, before this worker served; this worker stops: the GPU "
+            "failed (CUDA error: an illegal memory access was encountered)") in log
+    assert "Reason: Worker failed to boot." in log
+
+
+def test_a_gpu_that_fails_at_a_request_has_the_worker_replaced_and_gunicorn_serves_on():
+    with live_server(served="tests.device_fails:app", backend="pytorch", device="cpu",
+                     device_fails="request") as server:
+        answer = requests.post(f"{server.url}/model/predict",
+                               files={"image": ("chelsea.png", sample_bytes("chelsea.png"), "image/png")}, timeout=120)
+        assert answer.status_code == 503
+        assert answer.json()["message"].startswith("the GPU failed (CUDA error: an illegal memory access")
+        wait_until_ready(server, 180)  # the failed worker's /ready is 503: a fresh worker answers
+        assert server.process.poll() is None and server.log().count("Booting worker") == 2
+        assert "the device failed at a request; this worker stops" in server.log()

@@ -9,7 +9,8 @@ A device runs one window at a time (its lock): requests in flight together (INFE
 their decoding and encoding on the host with another's network, not two networks. A window the GPU has
 no memory for raises ``OutOfDeviceMemory``, on which the pipeline retries with smaller tiles. Any other error
 that leaves the device unable to run anything more (CUDA's sticky errors) raises ``DeviceFailed``, and every
-later window of the process fails at once with it: the service then has its worker replaced (core/service.py).
+later window of the process fails at once with it: the service then has its worker replaced, or the server stopped
+where it failed while the models loaded (core/service.py).
 """
 from __future__ import annotations
 

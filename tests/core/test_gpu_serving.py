@@ -259,19 +259,23 @@ def test_a_pinned_copy_without_memory_is_a_503_and_the_worker_serves_on(gpu_like
 
 
 def stopped_on_device_failure(service, monkeypatch) -> list[bool]:
-    """The service with a device that has not failed yet, and the calls of the worker's stop once it does."""
+    """The service with a device that has not failed yet, and the calls of the worker's stop once it does (whether
+    the device failed while the models loaded)."""
     stops = []
     monkeypatch.setitem(pytorch.DEVICE_LOCKS, "cpu", pytorch.DeviceLock())
     monkeypatch.setattr(service, "_stop", None)
     monkeypatch.setattr(service, "_stopped", False)
-    service.on_device_failure(lambda: stops.append(True))
+    monkeypatch.setattr(service, "_failed_loading", False)
+    service.on_device_failure(stops.append)
     assert stops == [] and service.device_failure is None
     return stops
 
 
-def test_a_gpu_that_fails_while_the_models_load_has_the_worker_replaced(gpu_like_app, service, monkeypatch):
+def test_a_gpu_that_fails_while_the_models_load_stops_the_worker_as_one_that_failed_to_boot(gpu_like_app, service,
+                                                                                              monkeypatch):
     """A model's warm-up that meets the GPU's failure marks the model failed, and the worker stayed so for good
-    (/health ok): the worker now stops once loading ends, and a stop installed after that is called at once."""
+    (/health ok): the worker now stops once loading ends, told that the device failed while the models loaded
+    (gunicorn.conf.py then stops the server), and a stop installed after that is called at once, told the same."""
     stops = stopped_on_device_failure(service, monkeypatch)
     failure = "the GPU failed (CUDA error: an illegal memory access was encountered) and ..."
 
@@ -283,8 +287,8 @@ def test_a_gpu_that_fails_while_the_models_load_has_the_worker_replaced(gpu_like
     assert stops == [True]
     assert gpu_like_app.test_client().get("/health").get_json() == {"status": "failed", "reason": failure}
     monkeypatch.setattr(service, "_stopped", False)
-    service.on_device_failure(lambda: stops.append(False))
-    assert stops == [True, False]
+    service.on_device_failure(stops.append)
+    assert stops == [True, True]
 
 
 def predict_photo(client, side: int):
@@ -314,7 +318,7 @@ def test_a_gpu_that_failed_for_good_answers_503_fails_health_and_has_the_worker_
     monkeypatch.setattr(pytorch.TorchRunner, "_to_host", copy_back)
     again = predict_photo(client, 40)
     assert (again.status_code, again.get_json()["message"]) == (503, message)
-    assert stops == [True]
+    assert stops == [False]  # at a request, not while the models loaded: gunicorn.conf.py replaces the worker
     health = client.get("/health")
     assert (health.status_code, health.get_json()) == (503, {"status": "failed", "reason": message})
     ready = client.get("/ready")
