@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,12 +15,8 @@ from cli import (AUTO_FORMAT, CANNOT_WORK, CannotWrite, Job, Outputs, Summary, c
                  output_suffix, parse_args, plan_jobs, report, split_done, written_format)
 from config import MEBIBYTE, Settings
 from core.formats import OUTPUT_FORMATS
+from harness.run_cli import sr_upscale
 from tests.conftest import ROOT, SAMPLES
-
-
-def sr_upscale(*args: object, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, **env})
 
 
 def size_of(path: Path) -> tuple[int, int]:

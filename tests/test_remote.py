@@ -26,14 +26,10 @@ import remote
 from core.options import OptionContext, UpscaleOptions, form_fields, parse_options
 from tests.conftest import ROOT, SAMPLES
 from harness.live_server import LiveServer, free_port, live_server
+from harness.run_cli import sr_upscale
 
 pytestmark = pytest.mark.slow
 SIDE = 48
-
-
-def sr_upscale(*args: object, python_flags: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *python_flags, "-m", "cli", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, **env})
 
 
 def photos(folder: Path, count: int) -> Path:
