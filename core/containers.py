@@ -83,6 +83,46 @@ class PngHeader:
     colour_chunks: tuple[bytes, ...] = ()  # whole chunks, as the file holds them
 
 
+@dataclass(frozen=True)
+class TiffEntry:
+    """A tag of a TIFF directory as the file holds it: its type, its count of values, the entry's value field, and
+    where the entry lies, in which byte order and layout (BigTIFF's or not)."""
+
+    kind: int
+    count: int
+    stored: bytes
+    at: int
+    byte_order: str
+    big: bool
+
+    @property
+    def value(self) -> int:
+        """Its first value, where it is an integer the entry holds itself; else 0."""
+        values = self._inline()
+        return values[0] if values else 0
+
+    def values(self, data: bytes, most: int) -> tuple[int, ...]:
+        """Its first ``most`` integer values, from the entry or the offset it gives; () where they are no integers
+        or lie past the end (the decoder judges that)."""
+        integer = TIFF_INTEGER_TYPES.get(self.kind)
+        if integer is None:
+            return ()
+        inline = self._inline()
+        if inline:
+            return inline[:most]
+        (offset,) = struct.unpack_from(self.byte_order + ("Q" if self.big else "I"), self.stored)
+        wanted = min(self.count, most)
+        if offset + wanted * struct.calcsize(integer) > len(data):
+            return ()
+        return struct.unpack_from(f"{self.byte_order}{wanted}{integer}", data, offset)
+
+    def _inline(self) -> tuple[int, ...]:
+        integer = TIFF_INTEGER_TYPES.get(self.kind)
+        if integer is None or not self.count or self.count * struct.calcsize(integer) > len(self.stored):
+            return ()
+        return struct.unpack_from(f"{self.byte_order}{self.count}{integer}", self.stored)
+
+
 def describe_accepted() -> str:
     return ", ".join(ACCEPTED_FORMATS)
 
@@ -334,21 +374,21 @@ def _check_tiff_pieces(data: bytes, max_pixels: int) -> None:
     16384x16384 tile, 800 kB of zlib, took 800 MB and 3 s to decode. 3 million strips of a 16x16 image took 20 s and
     900 MB. Neither is counted by the memory budget, which goes by the image's size.
     """
-    entries = _tiff_first_directory(data)
+    entries = tiff_first_directory(data)
     for tag in (TIFF_STRIP_OFFSETS, TIFF_TILE_OFFSETS):
-        count = entries.get(tag, (0, 0))[0]
+        count = entries[tag].count if tag in entries else 0
         if count > MAX_TIFF_STRIPS:
             raise InvalidImage(f"the TIFF image has {count} strips or tiles, more than {MAX_TIFF_STRIPS}; encoders "
                                f"write one for every few rows or every 256x256 pixels")
-    width, length = (entries.get(tag, (1, 0))[1] for tag in (TIFF_TILE_WIDTH, TIFF_TILE_LENGTH))
+    width, length = (entries[tag].value if tag in entries else 1 for tag in (TIFF_TILE_WIDTH, TIFF_TILE_LENGTH))
     if width * length > max_pixels:
         raise TooManyPixels(f"the TIFF image's tiles are {width}x{length} = {width * length} pixels each, and each is "
                             f"decoded whole; the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
 
 
-def _tiff_first_directory(data: bytes) -> dict[int, tuple[int, int]]:
-    """Each tag of a TIFF's first directory: its count of values, and its first value where the entry holds it as
-    an integer (else 0). Empty, or cut short, where the directory runs past the end: the decoder judges that."""
+def tiff_first_directory(data: bytes) -> dict[int, TiffEntry]:
+    """Each tag of a TIFF's first directory, where the file holds it. Empty, or cut short, where the directory runs
+    past the end: the decoder judges that."""
     if len(data) < 16:
         return {}
     order = "<" if data[:2] == b"II" else ">"
@@ -362,12 +402,10 @@ def _tiff_first_directory(data: bytes) -> dict[int, tuple[int, int]]:
     if count > MAX_TIFF_ENTRIES:
         raise InvalidImage(f"the TIFF image's first directory has {count} entries, more than {MAX_TIFF_ENTRIES}")
     entry_bytes = struct.calcsize(order + entry_format)
-    entries: dict[int, tuple[int, int]] = {}
+    entries: dict[int, TiffEntry] = {}
     for at in range(first, min(first + count * entry_bytes, len(data) - entry_bytes + 1), entry_bytes):
         tag, kind, values, stored = struct.unpack_from(order + entry_format, data, at)
-        integer = TIFF_INTEGER_TYPES.get(kind)
-        fits = integer is not None and struct.calcsize(integer) <= len(stored)
-        entries.setdefault(tag, (values, struct.unpack_from(order + integer, stored)[0] if fits else 0))
+        entries.setdefault(tag, TiffEntry(kind, values, stored, at, order, big))
     return entries
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import png
 from PIL import Image, ImageCms, UnidentifiedImageError
 
-from core import orientation
+from core import orientation, tiff16
 from core.containers import (ACCEPTED_FORMATS, CORRUPT_DATA_ERRORS, PngHeader, check, check_pixels, describe_accepted,
                              sniff_format)
 from core.errors import InvalidImage, TooManyPixels
@@ -70,6 +70,7 @@ class Header:
     height: int
     orientation: int
     png: PngHeader | None
+    tiff16: tiff16.Layout | None  # a 16-bit TIFF read here rather than by Pillow (core/tiff16.py)
     max_pixels: int
     # At most the samples of one pixel of the result, alpha included, and the bytes of a sample: core/memory.py
     # sizes the request's buffers by them.
@@ -114,21 +115,29 @@ def read_header(data: bytes, max_pixels: int) -> Header:
         raise InvalidImage(f"the upload is empty; send an image ({describe_accepted()})")
     image_format = sniff_format(data)
     png_header = check(data, image_format, max_pixels)
-    with _reading(image_format, max_pixels), Image.open(io.BytesIO(data), formats=(image_format,)) as image:
-        check_pixels(image.size, max_pixels)
+    layout = tiff16.check(data) if image_format == "TIFF" else None
+    with _reading(image_format, max_pixels), _open(data, image_format, layout) as image:
+        stored = tiff16.stored_size(image, layout) if layout else image.size
+        check_pixels(stored, max_pixels)
         _check_one_picture(image)
         if image.mode == "F":
             raise InvalidImage("32-bit floating-point images are not supported; save the image with 8 or 16 bits")
-        turn = _turn_to_apply(image, png_header)
-        width, height = orientation.displayed(*image.size, turn)
-        sample_bytes = 2 if (png_header and png_header.bit_depth == 16) or image.mode.startswith("I") else 1
-        samples = _samples_at_most(image)
+        turn = layout.orientation if layout else _turn_to_apply(image, png_header)
+        width, height = orientation.displayed(*stored, turn)
+        sixteen = (png_header and png_header.bit_depth == 16) or layout or image.mode.startswith("I")
+        sample_bytes = 2 if sixteen else 1
+        samples = layout.colour_samples + (layout.alpha is not None) if layout else _samples_at_most(image)
         profile = image.info.get("icc_profile")
         space = _profile_space(profile)
         if space not in CARRIED_PROFILE_SPACES:
             profile, space = b"", None
-    return Header(image_format, width, height, turn, png_header, max_pixels, samples, sample_bytes, len(profile),
-                  space)
+    return Header(image_format, width, height, turn, png_header, layout, max_pixels, samples, sample_bytes,
+                  len(profile), space)
+
+
+def _open(data: bytes, image_format: str, layout: tiff16.Layout | None) -> Image.Image:
+    """The upload opened by the one decoder its first bytes name, its header read and no pixel."""
+    return tiff16.open_as_grey(data, layout) if layout else Image.open(io.BytesIO(data), formats=(image_format,))
 
 
 def _turn_to_apply(image: Image.Image, png_header: PngHeader | None) -> int:
@@ -173,10 +182,15 @@ def _samples_at_most(image: Image.Image) -> int:
 def decode_pixels(data: bytes, header: Header) -> DecodedImage:
     """The pixels of ``data`` whose ``header`` has been read; 400 where they turn out corrupt."""
     with _reading(header.image_format, header.max_pixels):
-        image = Image.open(io.BytesIO(data), formats=(header.image_format,))
-        # Pillow turns a TIFF's pixels itself (the header's turn is then 1), not its resolution
-        dpi = _dpi(_stored_dpi(image), orientation.of_image(image) if image.format == "TIFF" else header.orientation)
-        if header.png16:
+        image = _open(data, header.image_format, header.tiff16)
+        # Pillow turns a TIFF's pixels itself (the header's turn is then 1, but for core/tiff16.py's), not its
+        # resolution
+        pillow_turns = image.format == "TIFF" and not header.tiff16
+        dpi = _dpi(_stored_dpi(image), orientation.of_image(image) if pillow_turns else header.orientation)
+        if header.tiff16:
+            colour, alpha = tiff16.pixels(image, header.tiff16)
+            icc = image.info.get("icc_profile")
+        elif header.png16:
             colour, alpha = _png16_pixels(data)
             icc = image.info.get("icc_profile")
         else:
