@@ -257,6 +257,8 @@ def _pillow_pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, b
         return _grey_16_bit(np.asarray(image))[..., None], None, icc
     if image.mode == "CMYK":
         image, icc = _cmyk_as_srgb(image, icc), None  # sRGB, the colour space assumed without a profile
+    if image.mode == "La":
+        image = image.convert("LA")  # grey with associated alpha, which Pillow converts to LA alone
     has_alpha = image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
     grey = image.mode in ("1", "L", "LA", "La") or (image.mode == "P" and _palette_is_grey(image)
                                                     and _profile_space(icc) != b"RGB ")
@@ -267,14 +269,15 @@ def _pillow_pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, b
 
 
 def _grey_16_bit(levels: np.ndarray) -> np.ndarray:
-    """Integer grey as 16-bit levels; 400 for a 32-bit image with levels outside 0..65535, which clipping would
-    flatten (a signed image's negative levels, counts past 65535) into a different picture."""
+    """Integer grey as 16-bit levels; 400 for a 32-bit or signed 16-bit image (Pillow reads both as 32-bit) with
+    levels outside 0..65535, which clipping would flatten (negative levels, counts past 65535) into a different
+    picture."""
     if levels.dtype == np.uint16:
         return levels
     lowest, highest = int(levels.min()), int(levels.max())
     if lowest < 0 or highest > 65535:
-        raise InvalidImage(f"the 32-bit grey image has levels from {lowest} to {highest}, and 0 to 65535 (16 bits) "
-                           f"are the most that are kept; save the image with 8 or 16 bits")
+        raise InvalidImage(f"the integer grey image has levels from {lowest} to {highest}, and 0 to 65535 (16 bits, "
+                           f"unsigned) are the most that are kept; save the image with unsigned 8 or 16 bits")
     return levels.astype(np.uint16)
 
 

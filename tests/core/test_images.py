@@ -644,7 +644,7 @@ def test_32_bit_grey_tiff_within_16_bits_keeps_every_level():
 @pytest.mark.parametrize("levels, named", [((-5, 100), "from -5 to 100"), ((0, 70000), "from 0 to 70000")])
 def test_32_bit_grey_tiff_with_levels_past_16_bits_is_refused_not_clipped(levels, named):
     data = save(Image.fromarray(np.array([levels], np.int32)), "TIFF")
-    with pytest.raises(InvalidImage, match=f"32-bit grey image has levels {named}.*0 to 65535"):
+    with pytest.raises(InvalidImage, match=f"integer grey image has levels {named}.*0 to 65535"):
         images.decode(data, LIMIT)
 
 

@@ -186,6 +186,14 @@ def test_a_corrupt_16_bit_stream_is_400():
         images.decode(data[:-20] + bytes(20), LIMIT)
 
 
+def test_8_bit_grey_with_associated_alpha_is_read_with_its_colour_divided_out():
+    """Pillow opens it as La, which it converts to LA alone: it was refused as corrupt."""
+    pixels = np.array([[[100, 200], [50, 100], [0, 0]]], np.uint8)
+    decoded = images.decode(tiff(pixels, MIN_IS_BLACK, extra=(tiff16.ASSOCIATED_ALPHA,)), LIMIT)
+    assert decoded.colour[..., 0].tolist() == [[127, 127, 0]]  # 100 / 200 and 50 / 100 of 255, as Pillow rounds
+    assert decoded.alpha.tolist() == [[200, 100, 0]]
+
+
 # --- Refused rather than altered ------------------------------------------------------------------
 
 
@@ -202,6 +210,18 @@ def test_other_deep_colour_is_refused_naming_its_depth_and_what_to_send(pixels, 
 def test_signed_16_bit_colour_is_refused():
     with pytest.raises(InvalidImage, match=r"signed 16-bit RGB samples"):
         images.read_header(tiff(levels(2, 2, 3).astype(np.int16), RGB, sample_format=2), LIMIT)
+
+
+def test_signed_16_bit_grey_with_negative_levels_is_refused_naming_them_not_as_32_bit():
+    pixels = np.array([[[-35], [5], [32767]]], np.int16)
+    with pytest.raises(InvalidImage, match=r"the integer grey image has levels from -35 to 32767.*unsigned 8 or 16"):
+        images.decode(tiff(pixels, MIN_IS_BLACK, sample_format=2), LIMIT)
+
+
+def test_signed_16_bit_grey_without_negative_levels_keeps_them():
+    pixels = np.array([[[0], [5], [32767]]], np.int16)
+    decoded = images.decode(tiff(pixels, MIN_IS_BLACK, sample_format=2), LIMIT)
+    assert decoded.colour.dtype == np.uint16 and decoded.colour[..., 0].tolist() == [[0, 5, 32767]]
 
 
 @pytest.mark.parametrize("samples", [1, 3])
