@@ -68,6 +68,13 @@ TIFF_STRIP_OFFSETS, TIFF_TILE_WIDTH, TIFF_TILE_LENGTH, TIFF_TILE_OFFSETS = 273, 
 TIFF_INTEGER_TYPES = {3: "H", 4: "I", 16: "Q"}
 BMP_RLE_COMPRESSIONS = (1, 2)
 BMP_RLE_BYTES_PER_PIXEL = 4
+# Pixels described by bit masks, and where the alpha mask lies in an info header long enough to hold one.
+BMP_BITFIELDS = 3
+BMP_HEADER_WITH_ALPHA_MASK, BMP_ALPHA_MASK_AT = 56, 66
+# Start-of-frame markers (SOF0 to SOF15 but DHT, JPG and DAC), whose segment gives the sample precision, and the one
+# precision Pillow reads.
+JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+JPEG_PRECISION = 8
 # Markers without a length field: SOI, EOI, TEM and the restart markers.
 JPEG_STANDALONE_MARKERS = frozenset({0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)})
 # The next marker after entropy-coded data: 0xFF, any fill bytes, then neither a stuffed 0x00 nor a restart marker.
@@ -158,6 +165,7 @@ def check(data: bytes, image_format: str, max_pixels: int) -> PngHeader | None:
         _check_jpeg_scans(data)
     if image_format == "BMP":
         _check_bmp_runs(data)
+        _check_bmp_alpha(data)
     if image_format == "TIFF":
         _check_tiff_pieces(data, max_pixels)
     return _check_png(data, max_pixels) if image_format == "PNG" else None
@@ -310,7 +318,7 @@ def _skip_sub_blocks(data: bytes, position: int, counted: int) -> tuple[int, int
 
 def _check_jpeg_scans(data: bytes) -> None:
     """Count the scans, the segments and the padding between them from the markers alone, and refuse a file with
-    more than any encoder writes.
+    more than any encoder writes, or of a sample precision Pillow does not read.
 
     Segments before and between scans are skipped by their length (an EXIF thumbnail's markers are not
     counted); the entropy-coded data after a scan header, and fill or stray bytes before a marker, are skipped to
@@ -338,6 +346,8 @@ def _check_jpeg_scans(data: bytes) -> None:
         if segments > MAX_JPEG_SEGMENTS:
             raise InvalidImage(f"the JPEG image has more than {MAX_JPEG_SEGMENTS} segments; encoders write a few "
                                f"dozen, and each costs the decoder a step")
+        if marker in JPEG_FRAME_MARKERS:
+            _check_jpeg_precision(data[position + 4:position + 5])
         position += 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
         if marker == 0xDA:
             scans += 1
@@ -348,6 +358,14 @@ def _check_jpeg_scans(data: bytes) -> None:
             if following is None:
                 return
             position = following.start(1) - 1
+
+
+def _check_jpeg_precision(precision: bytes) -> None:
+    """400 naming a frame's sample precision other than 8 bits (12-bit, or lossless up to 16), which Pillow does not
+    read: said so, rather than that the file is unreadable."""
+    if precision and precision[0] != JPEG_PRECISION:
+        raise InvalidImage(f"the JPEG image has {precision[0]}-bit samples, and only 8-bit JPEGs are read; send it as "
+                           f"a 16-bit PNG or TIFF, or an 8-bit JPEG")
 
 
 def _check_bmp_runs(data: bytes) -> None:
@@ -364,6 +382,18 @@ def _check_bmp_runs(data: bytes) -> None:
     if len(data) - offset > most:
         raise InvalidImage(f"the BMP image's run-length data is {len(data) - offset} bytes, more than the {most} "
                            f"that {abs(width)}x{abs(height)} pixels can take")
+
+
+def _check_bmp_alpha(data: bytes) -> None:
+    """400 for 16-bit pixels with an alpha mask, which the decoder ignores: their transparent pixels would be
+    answered opaque."""
+    if len(data) < BMP_ALPHA_MASK_AT + 4 or struct.unpack("<I", data[14:18])[0] < BMP_HEADER_WITH_ALPHA_MASK:
+        return
+    bits, compression = struct.unpack("<HI", data[28:34])
+    (alpha_mask,) = struct.unpack("<I", data[BMP_ALPHA_MASK_AT:BMP_ALPHA_MASK_AT + 4])
+    if bits == 16 and compression == BMP_BITFIELDS and alpha_mask:
+        raise InvalidImage(f"the BMP image's 16-bit pixels have an alpha mask ({alpha_mask:#06x}), which the BMP "
+                           f"reader ignores, answering every pixel opaque; save the image as PNG")
 
 
 def _check_tiff_pieces(data: bytes, max_pixels: int) -> None:

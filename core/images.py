@@ -195,6 +195,8 @@ def decode_pixels(data: bytes, header: Header) -> DecodedImage:
             icc = image.info.get("icc_profile")
         else:
             image.load()
+            if header.png:
+                _scale_grey_key(image, header.png.bit_depth)
             colour, alpha, icc = _pillow_pixels(image)
     return DecodedImage(orientation.apply(colour, header.orientation),
                         None if alpha is None else orientation.apply(alpha, header.orientation),
@@ -249,6 +251,14 @@ def _png16_pixels(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
         alpha = np.where((pixels == np.asarray(key, np.uint16).reshape(-1)).all(axis=-1), 0, 65535)
         return pixels, alpha.astype(np.uint16)
     return pixels, None
+
+
+def _scale_grey_key(image: Image.Image, bit_depth: int) -> None:
+    """Pillow scales a 2- or 4-bit grey PNG's levels to 8 bits (1 to 85 at 2 bits) but not its transparent level
+    (tRNS), which then matches no pixel, or another level, and the transparency is lost: scale it alike."""
+    key = image.info.get("transparency")
+    if image.mode == "L" and bit_depth in (2, 4) and isinstance(key, int):
+        image.info["transparency"] = key * (255 // (2**bit_depth - 1))
 
 
 def _pillow_pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
