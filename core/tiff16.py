@@ -24,6 +24,7 @@ from core.errors import InvalidImage
 WIDTH, BITS, COMPRESSION, PHOTOMETRIC, ORIENTATION, SAMPLES = 256, 258, 259, 262, 274, 277
 PLANAR, PREDICTOR, TILE_WIDTH, EXTRA_SAMPLES, SAMPLE_FORMAT = 284, 317, 322, 338, 339
 SHORT, LONG = 3, 4
+ENTRY_BYTES, BIG_ENTRY_BYTES = 12, 20  # a directory entry, in a TIFF and a BigTIFF
 MIN_IS_WHITE, MIN_IS_BLACK, RGB = 0, 1, 2
 PHOTOMETRIC_NAMES = {MIN_IS_WHITE: "grey (white as 0)", MIN_IS_BLACK: "grey", RGB: "RGB", 3: "palette", 4: "mask", 5: "CMYK",
                      6: "YCbCr", 8: "CIELab", 9: "ICCLab", 10: "ITULab"}
@@ -107,47 +108,62 @@ def stored_size(image: TiffImagePlugin.TiffImageFile, layout: Layout) -> tuple[i
 
 def pixels(image: TiffImagePlugin.TiffImageFile, layout: Layout) -> tuple[np.ndarray, np.ndarray | None]:
     """(H, W, C) 16-bit colour and (H, W) 16-bit alpha or None of an image ``open_as_grey`` opened, as stored (not
-    yet turned by the orientation)."""
+    yet turned by the orientation). Closes ``image`` once its samples are copied out, so that Pillow's image is not
+    held beside the planes made from them."""
     image.load()
     width, height = stored_size(image, layout)
-    levels = np.asarray(image).astype(np.uint16).reshape(height, width, layout.samples)
-    if layout.predicted:
-        _undo_predictor(levels, layout.tile_width or width)
-    colour = levels[..., :layout.colour_samples]
+    samples = np.asarray(image).reshape(height, width, layout.samples)  # read-only, in the file's byte order
+    image.close()
+    colour = _plane(samples[..., :layout.colour_samples], layout, width)
     if layout.photometric == MIN_IS_WHITE:
         np.subtract(FULL, colour, out=colour)
     if layout.alpha is None:
-        return np.ascontiguousarray(colour), None
-    alpha = np.ascontiguousarray(levels[..., layout.colour_samples])
-    colour = np.ascontiguousarray(colour)
+        return colour, None
+    alpha = _plane(samples[..., layout.colour_samples], layout, width)
     if layout.alpha == ASSOCIATED_ALPHA:
         _unpremultiply(colour, alpha)
     return colour, alpha
 
 
+def _plane(samples: np.ndarray, layout: Layout, width: int) -> np.ndarray:
+    """A contiguous copy of some of the samples, as native 16-bit levels, with the predictor undone."""
+    levels = samples.astype(np.uint16, order="C")
+    if layout.predicted:
+        _undo_predictor(levels, layout.tile_width or width)
+    return levels
+
+
 def _as_grey(data: bytes, samples: int) -> bytes:
     """A copy of ``data`` whose first directory says its samples are grey pixels, ``samples`` times as many a row,
-    with the predictor, extra samples and orientation renamed to tags the decoder skips."""
-    copy = bytearray(data)
+    with the predictor, extra samples and orientation renamed to tags the decoder skips. Only the directory is
+    patched apart, so that the file is copied once."""
     entries = tiff_first_directory(data)
-    for tag in (WIDTH, TILE_WIDTH):
+    first = min(entry.at for entry in entries.values())
+    last = max(entry.at for entry in entries.values())
+    big = entries[WIDTH].big
+    directory = bytearray(data[first:last + (BIG_ENTRY_BYTES if big else ENTRY_BYTES)])
+    # absent, SamplesPerPixel is 1 and Photometric (which Layout requires of a white-is-zero image) black-is-zero
+    rewritten = {WIDTH: (LONG, entries[WIDTH].value * samples), SAMPLES: (SHORT, 1),
+                 PHOTOMETRIC: (SHORT, MIN_IS_BLACK)}
+    if TILE_WIDTH in entries:
+        rewritten[TILE_WIDTH] = (LONG, entries[TILE_WIDTH].value * samples)
+    for tag, (kind, value) in rewritten.items():
         if tag in entries:
-            _rewrite(copy, entries[tag], tag, LONG, entries[tag].value * samples)
-    _rewrite(copy, entries[SAMPLES], SAMPLES, SHORT, 1)
-    _rewrite(copy, entries[PHOTOMETRIC], PHOTOMETRIC, SHORT, MIN_IS_BLACK)
+            _rewrite(directory, entries[tag].at - first, entries[tag], tag, kind, value)
     for tag, hidden in HIDDEN.items():
         if tag in entries:
-            struct.pack_into(entries[tag].byte_order + "H", copy, entries[tag].at, hidden)
-    return bytes(copy)
+            struct.pack_into(entries[tag].byte_order + "H", directory, entries[tag].at - first, hidden)
+    view = memoryview(data)
+    return b"".join((view[:first], directory, view[first + len(directory):]))
 
 
-def _rewrite(copy: bytearray, entry: TiffEntry, tag: int, kind: int, value: int) -> None:
-    """Make ``entry`` hold the one ``value`` of type ``kind``."""
-    count, field = ("Q", "Q") if entry.big else ("I", "I")
+def _rewrite(directory: bytearray, at: int, entry: TiffEntry, tag: int, kind: int, value: int) -> None:
+    """Make ``entry``, at ``at`` in ``directory``, hold the one ``value`` of type ``kind``."""
+    head = f"{entry.byte_order}HH{'Q' if entry.big else 'I'}"  # tag, type, count; then the value's field
+    field_at, field_bytes = at + struct.calcsize(head), 8 if entry.big else 4
+    struct.pack_into(head, directory, at, tag, kind, 1)
     packed = struct.pack(entry.byte_order + ("H" if kind == SHORT else "I"), value)
-    struct.pack_into(f"{entry.byte_order}HH{count}", copy, entry.at, tag, kind, 1)
-    field_at = entry.at + struct.calcsize(f"HH{count}")
-    copy[field_at:field_at + struct.calcsize(field)] = packed.ljust(struct.calcsize(field), b"\x00")
+    directory[field_at:field_at + field_bytes] = packed.ljust(field_bytes, b"\x00")
 
 
 def _undo_predictor(levels: np.ndarray, segment: int) -> None:

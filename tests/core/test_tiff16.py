@@ -5,14 +5,16 @@ from __future__ import annotations
 import io
 import re
 import struct
+import tracemalloc
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from core import images, tiff16
+from core import containers, images, tiff16
 from core.errors import InvalidImage
+from tests.core.test_images import save
 
 LIMIT = 64 * 64
 RGB, MIN_IS_BLACK, MIN_IS_WHITE, CMYK, CIELAB = 2, 1, 0, 5, 8
@@ -48,8 +50,9 @@ def differenced(pixels: np.ndarray) -> np.ndarray:
 
 def tiff(pixels: np.ndarray, photometric: int, extra: tuple[int, ...] = (), compression: int = NONE,
          predictor: bool = False, tile: int | None = None, orientation: int | None = None, order: str = "<",
-         sample_format: int = 1) -> bytes:
-    """A TIFF of (H, W, C) ``pixels`` (their dtype gives the bits), in one strip or in ``tile`` x ``tile`` tiles."""
+         sample_format: int = 1, big: bool = False) -> bytes:
+    """A TIFF (a BigTIFF where ``big``) of (H, W, C) ``pixels`` (their dtype gives the bits), in one strip or in
+    ``tile`` x ``tile`` tiles."""
     height, width, samples = pixels.shape
     pieces = []
     for top, left, rows, columns in _pieces(height, width, tile):
@@ -69,7 +72,7 @@ def tiff(pixels: np.ndarray, photometric: int, extra: tuple[int, ...] = (), comp
         entries[338] = (3, list(extra))
     if orientation:
         entries[274] = (3, [orientation])
-    return _write(entries, pieces, order)
+    return _write(entries, pieces, order, big)
 
 
 def _pieces(height: int, width: int, tile: int | None) -> list[tuple[int, int, int, int]]:
@@ -78,25 +81,29 @@ def _pieces(height: int, width: int, tile: int | None) -> list[tuple[int, int, i
     return [(top, left, tile, tile) for top in range(0, height, tile) for left in range(0, width, tile)]
 
 
-def _write(entries: dict[int, tuple[int, list[int]]], pieces: list[bytes], order: str) -> bytes:
+def _write(entries: dict[int, tuple[int, list[int]]], pieces: list[bytes], order: str, big: bool) -> bytes:
+    """The file: header, the one directory, the values that do not fit their entries, then the pieces."""
     tags = sorted(entries)
-    values_at = 8 + 2 + 12 * len(tags) + 4
+    count, field, entry_bytes = ("Q", 8, 20) if big else ("I", 4, 12)
+    header_bytes = 16 if big else 8
+    values_at = header_bytes + struct.calcsize(order + ("Q" if big else "H")) + entry_bytes * len(tags) + field
     values, fields = b"", []
     sizes = [len(entries[tag][1]) * (2 if entries[tag][0] == 3 else 4) for tag in tags]
-    pixels_at = values_at + sum(size for size in sizes if size > 4)
+    pixels_at = values_at + sum(size for size in sizes if size > field)
     piece_offsets = np.cumsum([pixels_at, *(len(piece) for piece in pieces)])[:-1].tolist()
     offsets_tag = 324 if 324 in entries else 273
     entries[offsets_tag] = (4, piece_offsets)
     for tag in tags:
         kind, numbers = entries[tag]
         packed = struct.pack(f"{order}{len(numbers)}{'H' if kind == 3 else 'I'}", *numbers)
-        if len(packed) <= 4:
-            fields.append(struct.pack(f"{order}HHI", tag, kind, len(numbers)) + packed.ljust(4, b"\x00"))
+        if len(packed) <= field:
+            fields.append(struct.pack(f"{order}HH{count}", tag, kind, len(numbers)) + packed.ljust(field, b"\x00"))
         else:
-            fields.append(struct.pack(f"{order}HHII", tag, kind, len(numbers), values_at + len(values)))
+            fields.append(struct.pack(f"{order}HH{count}{count}", tag, kind, len(numbers), values_at + len(values)))
             values += packed
-    head = (b"II*\x00" if order == "<" else b"MM\x00*") + struct.pack(f"{order}IH", 8, len(tags))
-    return head + b"".join(fields) + struct.pack(f"{order}I", 0) + values + b"".join(pieces)
+    magic = (b"II" if order == "<" else b"MM") + struct.pack(f"{order}H", 43 if big else 42)
+    head = magic + (struct.pack(f"{order}HHQQ", 8, 0, 16, len(tags)) if big else struct.pack(f"{order}IH", 8, len(tags)))
+    return head + b"".join(fields) + bytes(field) + values + b"".join(pieces)
 
 
 # --- What Pillow does with them -------------------------------------------------------------------
@@ -118,6 +125,15 @@ def test_a_16_bit_rgb_tiff_keeps_every_level(compression, order):
     decoded = images.decode(tiff(pixels, RGB, compression=compression, order=order), LIMIT)
     assert decoded.colour.dtype == np.uint16 and np.array_equal(decoded.colour, pixels)
     assert decoded.alpha is None
+
+
+def test_a_16_bit_rgba_bigtiff_keeps_every_level():
+    """Little-endian: Pillow reads no big-endian BigTIFF, of any depth."""
+    pixels = levels(5, 7, 4)
+    data = tiff(pixels, RGB, extra=(tiff16.UNASSOCIATED_ALPHA,), compression=DEFLATE, big=True)
+    assert data[:4] == b"II+\x00"
+    decoded = images.decode(data, LIMIT)
+    assert np.array_equal(decoded.colour, pixels[..., :3]) and np.array_equal(decoded.alpha, pixels[..., 3])
 
 
 @pytest.mark.parametrize("tile", [None, 16], ids=["strip", "tiles"])
@@ -162,6 +178,16 @@ def test_16_bit_white_is_zero_grey_is_inverted_not_shown_as_its_negative(samples
     assert decoded.colour[..., 0].tolist() == [[65535, 64535, 0]]
 
 
+def test_a_16_bit_white_is_zero_bigtiff_without_samples_per_pixel_is_inverted():
+    """As Pillow writes 16-bit grey: a BigTIFF, its one sample a pixel left to the default."""
+    pixels = np.array([[0, 1000, 65535]], np.uint16)
+    data = bytearray(save(Image.fromarray(pixels), "TIFF", big_tiff=True))
+    entries = containers.tiff_first_directory(bytes(data))
+    assert data[:4] == b"II+\x00" and tiff16.SAMPLES not in entries
+    struct.pack_into("<HHQH", data, entries[tiff16.PHOTOMETRIC].at, tiff16.PHOTOMETRIC, 3, 1, MIN_IS_WHITE)
+    assert images.decode(bytes(data), LIMIT).colour[..., 0].tolist() == [[65535, 64535, 0]]
+
+
 @pytest.mark.parametrize("turn", [6, 8])
 def test_the_orientation_turns_the_16_bit_pixels_once(turn):
     pixels = levels(3, 5, 3)
@@ -178,6 +204,21 @@ def test_the_header_counts_16_bit_samples_for_the_memory_budget():
 
 def test_the_pixel_limit_counts_pixels_not_samples():
     images.read_header(tiff(levels(64, 64, 4), RGB, extra=(2,)), LIMIT)  # at the limit, 4 samples a pixel
+
+
+def test_a_16_bit_rgba_tiff_decodes_in_memory_bounded_by_its_file_and_its_samples():
+    """The file's copy the decoder reads, Pillow's samples as bytes (8 a pixel) and the colour and alpha planes made
+    from them (8 more): not the samples copied again before they are split."""
+    side = 256
+    data = tiff(levels(side, side, 4), RGB, extra=(tiff16.UNASSOCIATED_ALPHA,), compression=DEFLATE, predictor=True)
+    header = images.read_header(data, side * side)
+    tracemalloc.start()
+    try:
+        images.decode_pixels(data, header)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < len(data) + 2.5 * side * side * 8
 
 
 def test_a_corrupt_16_bit_stream_is_400():
