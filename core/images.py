@@ -115,7 +115,8 @@ def read_header(data: bytes, max_pixels: int) -> Header:
         raise InvalidImage(f"the upload is empty; send an image ({describe_accepted()})")
     image_format = sniff_format(data)
     png_header = check(data, image_format, max_pixels)
-    layout = tiff16.check(data) if image_format == "TIFF" else None
+    with _reading(image_format, max_pixels):
+        layout = tiff16.check(data) if image_format == "TIFF" else None
     with _reading(image_format, max_pixels), _open(data, image_format, layout) as image:
         stored = tiff16.stored_size(image, layout) if layout else image.size
         check_pixels(stored, max_pixels)

@@ -18,7 +18,7 @@ from tests.core.test_images import save
 
 LIMIT = 64 * 64
 RGB, MIN_IS_BLACK, MIN_IS_WHITE, CMYK, CIELAB = 2, 1, 0, 5, 8
-NONE, LZW, DEFLATE = 1, 5, 8
+NONE, LZW, DEFLATE, PACKBITS = 1, 5, 8, 32773
 
 
 def levels(height: int, width: int, samples: int, seed: int = 0) -> np.ndarray:
@@ -37,8 +37,14 @@ def lzw(data: bytes) -> bytes:
     return int(bits, 2).to_bytes(len(bits) // 8, "big")
 
 
+def packbits(data: bytes) -> bytes:
+    """PackBits of ``data`` as literal runs of up to 128 bytes, each after its length less one."""
+    return b"".join(bytes([len(data[start:start + 128]) - 1]) + data[start:start + 128]
+                    for start in range(0, len(data), 128))
+
+
 def compress(data: bytes, compression: int) -> bytes:
-    return {NONE: lambda raw: raw, LZW: lzw, DEFLATE: zlib.compress}[compression](data)
+    return {NONE: lambda raw: raw, LZW: lzw, DEFLATE: zlib.compress, PACKBITS: packbits}[compression](data)
 
 
 def differenced(pixels: np.ndarray) -> np.ndarray:
@@ -118,7 +124,7 @@ def test_pillow_cuts_a_16_bit_rgb_tiff_to_8_bits():
 # --- Every level kept -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("compression", [NONE, LZW, DEFLATE], ids=["raw", "lzw", "deflate"])
+@pytest.mark.parametrize("compression", [NONE, LZW, DEFLATE, PACKBITS], ids=["raw", "lzw", "deflate", "packbits"])
 @pytest.mark.parametrize("order", ["<", ">"], ids=["little-endian", "big-endian"])
 def test_a_16_bit_rgb_tiff_keeps_every_level(compression, order):
     pixels = levels(5, 7, 3)
@@ -128,7 +134,7 @@ def test_a_16_bit_rgb_tiff_keeps_every_level(compression, order):
 
 
 def test_a_16_bit_rgba_bigtiff_keeps_every_level():
-    """Little-endian: Pillow reads no big-endian BigTIFF, of any depth."""
+    """Little-endian, as Pillow writes a BigTIFF: it reads the big-endian one this module writes at no depth."""
     pixels = levels(5, 7, 4)
     data = tiff(pixels, RGB, extra=(tiff16.UNASSOCIATED_ALPHA,), compression=DEFLATE, big=True)
     assert data[:4] == b"II+\x00"
