@@ -33,6 +33,7 @@ CHUNKY = 1  # PlanarConfiguration: a pixel's samples side by side
 UNSIGNED, SIGNED, FLOATING_POINT = 1, 2, 3  # SampleFormat
 SAMPLE_KINDS = {SIGNED: "signed", FLOATING_POINT: "floating-point"}
 ASSOCIATED_ALPHA, UNASSOCIATED_ALPHA = 1, 2  # ExtraSamples; 0 is data that is not alpha, dropped as Pillow drops it
+ALPHA_KINDS = (ASSOCIATED_ALPHA, UNASSOCIATED_ALPHA)
 HORIZONTAL_PREDICTOR = 2
 # The compressions whose libtiff codec applies the predictor: LZW, Adobe deflate, deflate, LZMA, Zstandard.
 PREDICTED_COMPRESSIONS = (5, 8, 32946, 34925, 50000)
@@ -61,9 +62,13 @@ class Layout:
 
     @property
     def alpha(self) -> int | None:
-        """ExtraSamples' kind of alpha of the first extra sample, where it is alpha."""
-        kind = self.extra_samples[0] if self.extra_samples else None
-        return kind if kind in (ASSOCIATED_ALPHA, UNASSOCIATED_ALPHA) else None
+        """The kind of alpha (ExtraSamples' value) of the first extra sample that is alpha; None without one."""
+        return next((kind for kind in self.extra_samples if kind in ALPHA_KINDS), None)
+
+    @property
+    def alpha_sample(self) -> int:
+        """Where that extra sample lies among a pixel's samples."""
+        return self.colour_samples + [kind in ALPHA_KINDS for kind in self.extra_samples].index(True)
 
 
 def check(data: bytes) -> Layout | None:
@@ -119,7 +124,7 @@ def pixels(image: TiffImagePlugin.TiffImageFile, layout: Layout) -> tuple[np.nda
         np.subtract(FULL, colour, out=colour)
     if layout.alpha is None:
         return colour, None
-    alpha = _plane(samples[..., layout.colour_samples], layout, width)
+    alpha = _plane(samples[..., layout.alpha_sample], layout, width)
     if layout.alpha == ASSOCIATED_ALPHA:
         _unpremultiply(colour, alpha)
     return colour, alpha

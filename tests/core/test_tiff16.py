@@ -177,6 +177,12 @@ def test_an_extra_sample_that_is_not_alpha_is_left_out_as_pillow_leaves_it_at_8_
     assert np.array_equal(decoded.colour, pixels[..., :3]) and decoded.alpha is None
 
 
+def test_the_alpha_is_the_first_extra_sample_that_is_alpha():
+    pixels = levels(5, 7, 5)
+    decoded = images.decode(tiff(pixels, RGB, extra=(0, tiff16.UNASSOCIATED_ALPHA)), LIMIT)
+    assert np.array_equal(decoded.colour, pixels[..., :3]) and np.array_equal(decoded.alpha, pixels[..., 4])
+
+
 @pytest.mark.parametrize("samples", [1, 2])
 def test_16_bit_white_is_zero_grey_is_inverted_not_shown_as_its_negative(samples):
     pixels = np.array([[[0, 65535], [1000, 65535], [65535, 0]]], np.uint16)[..., :samples]
