@@ -68,6 +68,13 @@ TIFF_STRIP_OFFSETS, TIFF_TILE_WIDTH, TIFF_TILE_LENGTH, TIFF_TILE_OFFSETS = 273, 
 TIFF_INTEGER_TYPES = {3: "H", 4: "I", 16: "Q"}
 BMP_RLE_COMPRESSIONS = (1, 2)
 BMP_RLE_BYTES_PER_PIXEL = 4
+# Pixels described by bit masks, and where the alpha mask lies in an info header long enough to hold one.
+BMP_BITFIELDS = 3
+BMP_HEADER_WITH_ALPHA_MASK, BMP_ALPHA_MASK_AT = 56, 66
+# Start-of-frame markers (SOF0 to SOF15 but DHT, JPG and DAC), whose segment gives the sample precision, and the one
+# precision Pillow reads.
+JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+JPEG_PRECISION = 8
 # Markers without a length field: SOI, EOI, TEM and the restart markers.
 JPEG_STANDALONE_MARKERS = frozenset({0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)})
 # The next marker after entropy-coded data: 0xFF, any fill bytes, then neither a stuffed 0x00 nor a restart marker.
@@ -81,6 +88,46 @@ class PngHeader:
     bit_depth: int
     exif: bytes | None
     colour_chunks: tuple[bytes, ...] = ()  # whole chunks, as the file holds them
+
+
+@dataclass(frozen=True)
+class TiffEntry:
+    """A tag of a TIFF directory as the file holds it: its type, its count of values, the entry's value field, and
+    where the entry lies, in which byte order and layout (BigTIFF's or not)."""
+
+    kind: int
+    count: int
+    stored: bytes
+    at: int
+    byte_order: str
+    big: bool
+
+    @property
+    def value(self) -> int:
+        """Its first value, where it is an integer the entry holds itself; else 0."""
+        values = self._inline()
+        return values[0] if values else 0
+
+    def values(self, data: bytes, most: int) -> tuple[int, ...]:
+        """Its first ``most`` integer values, from the entry or the offset it gives; () where they are no integers
+        or lie past the end (the decoder judges that)."""
+        integer = TIFF_INTEGER_TYPES.get(self.kind)
+        if integer is None:
+            return ()
+        inline = self._inline()
+        if inline:
+            return inline[:most]
+        (offset,) = struct.unpack_from(self.byte_order + ("Q" if self.big else "I"), self.stored)
+        wanted = min(self.count, most)
+        if offset + wanted * struct.calcsize(integer) > len(data):
+            return ()
+        return struct.unpack_from(f"{self.byte_order}{wanted}{integer}", data, offset)
+
+    def _inline(self) -> tuple[int, ...]:
+        integer = TIFF_INTEGER_TYPES.get(self.kind)
+        if integer is None or not self.count or self.count * struct.calcsize(integer) > len(self.stored):
+            return ()
+        return struct.unpack_from(f"{self.byte_order}{self.count}{integer}", self.stored)
 
 
 def describe_accepted() -> str:
@@ -118,6 +165,7 @@ def check(data: bytes, image_format: str, max_pixels: int) -> PngHeader | None:
         _check_jpeg_scans(data)
     if image_format == "BMP":
         _check_bmp_runs(data)
+        _check_bmp_alpha(data)
     if image_format == "TIFF":
         _check_tiff_pieces(data, max_pixels)
     return _check_png(data, max_pixels) if image_format == "PNG" else None
@@ -270,7 +318,7 @@ def _skip_sub_blocks(data: bytes, position: int, counted: int) -> tuple[int, int
 
 def _check_jpeg_scans(data: bytes) -> None:
     """Count the scans, the segments and the padding between them from the markers alone, and refuse a file with
-    more than any encoder writes.
+    more than any encoder writes, or of a sample precision Pillow does not read.
 
     Segments before and between scans are skipped by their length (an EXIF thumbnail's markers are not
     counted); the entropy-coded data after a scan header, and fill or stray bytes before a marker, are skipped to
@@ -298,6 +346,8 @@ def _check_jpeg_scans(data: bytes) -> None:
         if segments > MAX_JPEG_SEGMENTS:
             raise InvalidImage(f"the JPEG image has more than {MAX_JPEG_SEGMENTS} segments; encoders write a few "
                                f"dozen, and each costs the decoder a step")
+        if marker in JPEG_FRAME_MARKERS:
+            _check_jpeg_precision(data[position + 4:position + 5])
         position += 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
         if marker == 0xDA:
             scans += 1
@@ -308,6 +358,14 @@ def _check_jpeg_scans(data: bytes) -> None:
             if following is None:
                 return
             position = following.start(1) - 1
+
+
+def _check_jpeg_precision(precision: bytes) -> None:
+    """400 naming a frame's sample precision other than 8 bits (12-bit, or lossless up to 16), which Pillow does not
+    read: said so, rather than that the file is unreadable."""
+    if precision and precision[0] != JPEG_PRECISION:
+        raise InvalidImage(f"the JPEG image has {precision[0]}-bit samples, and only 8-bit JPEGs are read; send it as "
+                           f"a 16-bit PNG or TIFF, or an 8-bit JPEG")
 
 
 def _check_bmp_runs(data: bytes) -> None:
@@ -326,6 +384,18 @@ def _check_bmp_runs(data: bytes) -> None:
                            f"that {abs(width)}x{abs(height)} pixels can take")
 
 
+def _check_bmp_alpha(data: bytes) -> None:
+    """400 for 16-bit pixels with an alpha mask, which the decoder ignores: their transparent pixels would be
+    answered opaque."""
+    if len(data) < BMP_ALPHA_MASK_AT + 4 or struct.unpack("<I", data[14:18])[0] < BMP_HEADER_WITH_ALPHA_MASK:
+        return
+    bits, compression = struct.unpack("<HI", data[28:34])
+    (alpha_mask,) = struct.unpack("<I", data[BMP_ALPHA_MASK_AT:BMP_ALPHA_MASK_AT + 4])
+    if bits == 16 and compression == BMP_BITFIELDS and alpha_mask:
+        raise InvalidImage(f"the BMP image's 16-bit pixels have an alpha mask ({alpha_mask:#06x}), which the BMP "
+                           f"reader ignores, answering every pixel opaque; save the image as PNG")
+
+
 def _check_tiff_pieces(data: bytes, max_pixels: int) -> None:
     """From the first directory alone: 400 for more strips or tiles than MAX_TIFF_STRIPS, 413 for tiles of more than
     ``max_pixels`` pixels each.
@@ -334,21 +404,21 @@ def _check_tiff_pieces(data: bytes, max_pixels: int) -> None:
     16384x16384 tile, 800 kB of zlib, took 800 MB and 3 s to decode. 3 million strips of a 16x16 image took 20 s and
     900 MB. Neither is counted by the memory budget, which goes by the image's size.
     """
-    entries = _tiff_first_directory(data)
+    entries = tiff_first_directory(data)
     for tag in (TIFF_STRIP_OFFSETS, TIFF_TILE_OFFSETS):
-        count = entries.get(tag, (0, 0))[0]
+        count = entries[tag].count if tag in entries else 0
         if count > MAX_TIFF_STRIPS:
             raise InvalidImage(f"the TIFF image has {count} strips or tiles, more than {MAX_TIFF_STRIPS}; encoders "
                                f"write one for every few rows or every 256x256 pixels")
-    width, length = (entries.get(tag, (1, 0))[1] for tag in (TIFF_TILE_WIDTH, TIFF_TILE_LENGTH))
+    width, length = (entries[tag].value if tag in entries else 1 for tag in (TIFF_TILE_WIDTH, TIFF_TILE_LENGTH))
     if width * length > max_pixels:
         raise TooManyPixels(f"the TIFF image's tiles are {width}x{length} = {width * length} pixels each, and each is "
                             f"decoded whole; the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
 
 
-def _tiff_first_directory(data: bytes) -> dict[int, tuple[int, int]]:
-    """Each tag of a TIFF's first directory: its count of values, and its first value where the entry holds it as
-    an integer (else 0). Empty, or cut short, where the directory runs past the end: the decoder judges that."""
+def tiff_first_directory(data: bytes) -> dict[int, TiffEntry]:
+    """Each tag of a TIFF's first directory, where the file holds it. Empty, or cut short, where the directory runs
+    past the end: the decoder judges that."""
     if len(data) < 16:
         return {}
     order = "<" if data[:2] == b"II" else ">"
@@ -362,12 +432,10 @@ def _tiff_first_directory(data: bytes) -> dict[int, tuple[int, int]]:
     if count > MAX_TIFF_ENTRIES:
         raise InvalidImage(f"the TIFF image's first directory has {count} entries, more than {MAX_TIFF_ENTRIES}")
     entry_bytes = struct.calcsize(order + entry_format)
-    entries: dict[int, tuple[int, int]] = {}
+    entries: dict[int, TiffEntry] = {}
     for at in range(first, min(first + count * entry_bytes, len(data) - entry_bytes + 1), entry_bytes):
         tag, kind, values, stored = struct.unpack_from(order + entry_format, data, at)
-        integer = TIFF_INTEGER_TYPES.get(kind)
-        fits = integer is not None and struct.calcsize(integer) <= len(stored)
-        entries.setdefault(tag, (values, struct.unpack_from(order + integer, stored)[0] if fits else 0))
+        entries.setdefault(tag, TiffEntry(kind, values, stored, at, order, big))
     return entries
 
 

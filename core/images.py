@@ -24,7 +24,7 @@ import numpy as np
 import png
 from PIL import Image, ImageCms, UnidentifiedImageError
 
-from core import orientation
+from core import orientation, tiff16
 from core.containers import (ACCEPTED_FORMATS, CORRUPT_DATA_ERRORS, PngHeader, check, check_pixels, describe_accepted,
                              sniff_format)
 from core.errors import InvalidImage, TooManyPixels
@@ -70,6 +70,7 @@ class Header:
     height: int
     orientation: int
     png: PngHeader | None
+    tiff16: tiff16.Layout | None  # a 16-bit TIFF read here rather than by Pillow (core/tiff16.py)
     max_pixels: int
     # At most the samples of one pixel of the result, alpha included, and the bytes of a sample: core/memory.py
     # sizes the request's buffers by them.
@@ -114,21 +115,30 @@ def read_header(data: bytes, max_pixels: int) -> Header:
         raise InvalidImage(f"the upload is empty; send an image ({describe_accepted()})")
     image_format = sniff_format(data)
     png_header = check(data, image_format, max_pixels)
-    with _reading(image_format, max_pixels), Image.open(io.BytesIO(data), formats=(image_format,)) as image:
-        check_pixels(image.size, max_pixels)
+    with _reading(image_format, max_pixels):
+        layout = tiff16.check(data) if image_format == "TIFF" else None
+    with _reading(image_format, max_pixels), _open(data, image_format, layout) as image:
+        stored = tiff16.stored_size(image, layout) if layout else image.size
+        check_pixels(stored, max_pixels)
         _check_one_picture(image)
         if image.mode == "F":
             raise InvalidImage("32-bit floating-point images are not supported; save the image with 8 or 16 bits")
-        turn = _turn_to_apply(image, png_header)
-        width, height = orientation.displayed(*image.size, turn)
-        sample_bytes = 2 if (png_header and png_header.bit_depth == 16) or image.mode.startswith("I") else 1
-        samples = _samples_at_most(image)
+        turn = layout.orientation if layout else _turn_to_apply(image, png_header)
+        width, height = orientation.displayed(*stored, turn)
+        sixteen = (png_header and png_header.bit_depth == 16) or layout or image.mode.startswith("I")
+        sample_bytes = 2 if sixteen else 1
+        samples = layout.colour_samples + (layout.alpha is not None) if layout else _samples_at_most(image)
         profile = image.info.get("icc_profile")
         space = _profile_space(profile)
         if space not in CARRIED_PROFILE_SPACES:
             profile, space = b"", None
-    return Header(image_format, width, height, turn, png_header, max_pixels, samples, sample_bytes, len(profile),
-                  space)
+    return Header(image_format, width, height, turn, png_header, layout, max_pixels, samples, sample_bytes,
+                  len(profile), space)
+
+
+def _open(data: bytes, image_format: str, layout: tiff16.Layout | None) -> Image.Image:
+    """The upload opened by the one decoder its first bytes name, its header read and no pixel."""
+    return tiff16.open_as_grey(data, layout) if layout else Image.open(io.BytesIO(data), formats=(image_format,))
 
 
 def _turn_to_apply(image: Image.Image, png_header: PngHeader | None) -> int:
@@ -173,14 +183,21 @@ def _samples_at_most(image: Image.Image) -> int:
 def decode_pixels(data: bytes, header: Header) -> DecodedImage:
     """The pixels of ``data`` whose ``header`` has been read; 400 where they turn out corrupt."""
     with _reading(header.image_format, header.max_pixels):
-        image = Image.open(io.BytesIO(data), formats=(header.image_format,))
-        # Pillow turns a TIFF's pixels itself (the header's turn is then 1), not its resolution
-        dpi = _dpi(_stored_dpi(image), orientation.of_image(image) if image.format == "TIFF" else header.orientation)
-        if header.png16:
+        image = _open(data, header.image_format, header.tiff16)
+        # Pillow turns a TIFF's pixels itself (the header's turn is then 1, but for core/tiff16.py's), not its
+        # resolution
+        pillow_turns = image.format == "TIFF" and not header.tiff16
+        dpi = _dpi(_stored_dpi(image), orientation.of_image(image) if pillow_turns else header.orientation)
+        if header.tiff16:
+            colour, alpha = tiff16.pixels(image, header.tiff16)
+            icc = image.info.get("icc_profile")
+        elif header.png16:
             colour, alpha = _png16_pixels(data)
             icc = image.info.get("icc_profile")
         else:
             image.load()
+            if header.png:
+                _scale_grey_key(image, header.png.bit_depth)
             colour, alpha, icc = _pillow_pixels(image)
     return DecodedImage(orientation.apply(colour, header.orientation),
                         None if alpha is None else orientation.apply(alpha, header.orientation),
@@ -237,12 +254,22 @@ def _png16_pixels(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
     return pixels, None
 
 
+def _scale_grey_key(image: Image.Image, bit_depth: int) -> None:
+    """Pillow scales a 2- or 4-bit grey PNG's levels to 8 bits (1 to 85 at 2 bits) but not its transparent level
+    (tRNS), which then matches no pixel, or another level, and the transparency is lost: scale it alike."""
+    key = image.info.get("transparency")
+    if image.mode == "L" and bit_depth in (2, 4) and isinstance(key, int):
+        image.info["transparency"] = key * (255 // (2**bit_depth - 1))
+
+
 def _pillow_pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
     icc = image.info.get("icc_profile")
     if image.mode.startswith("I"):  # I;16, I;16B, I: integer grey, kept at 16 bits
         return _grey_16_bit(np.asarray(image))[..., None], None, icc
     if image.mode == "CMYK":
         image, icc = _cmyk_as_srgb(image, icc), None  # sRGB, the colour space assumed without a profile
+    if image.mode == "La":
+        image = image.convert("LA")  # grey with associated alpha, which Pillow converts to LA alone
     has_alpha = image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
     grey = image.mode in ("1", "L", "LA", "La") or (image.mode == "P" and _palette_is_grey(image)
                                                     and _profile_space(icc) != b"RGB ")
@@ -253,14 +280,15 @@ def _pillow_pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, b
 
 
 def _grey_16_bit(levels: np.ndarray) -> np.ndarray:
-    """Integer grey as 16-bit levels; 400 for a 32-bit image with levels outside 0..65535, which clipping would
-    flatten (a signed image's negative levels, counts past 65535) into a different picture."""
+    """Integer grey as 16-bit levels; 400 for a 32-bit or signed 16-bit image (Pillow reads both as 32-bit) with
+    levels outside 0..65535, which clipping would flatten (negative levels, counts past 65535) into a different
+    picture."""
     if levels.dtype == np.uint16:
         return levels
     lowest, highest = int(levels.min()), int(levels.max())
     if lowest < 0 or highest > 65535:
-        raise InvalidImage(f"the 32-bit grey image has levels from {lowest} to {highest}, and 0 to 65535 (16 bits) "
-                           f"are the most that are kept; save the image with 8 or 16 bits")
+        raise InvalidImage(f"the integer grey image has levels from {lowest} to {highest}, and 0 to 65535 (16 bits, "
+                           f"unsigned) are the most that are kept; save the image with unsigned 8 or 16 bits")
     return levels.astype(np.uint16)
 
 

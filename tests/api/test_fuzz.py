@@ -23,6 +23,7 @@ from core.options import OPTIONS
 from core.png_encoder import SIGNATURE as PNG_SIGNATURE
 from core.errors import InvalidImage, TooLarge
 from tests.core.test_images import levels16, pattern, png16, save
+from tests.core.test_tiff16 import DEFLATE, LZW, RGB, levels as tiff_levels, tiff
 
 LIMIT = 64 * 64
 # Pillow warns about the corrupt EXIF and TIFF tags the mutations make; the answers are what is tested.
@@ -43,6 +44,8 @@ def seeds() -> list[bytes]:
         save(rgb, "WEBP"), save(rgba, "WEBP", lossless=True),
         save(rgb, "TIFF"), save(rgba, "TIFF", compression="tiff_lzw"), save(Image.fromarray(levels16(1, 8, 8)[..., 0]), "TIFF"),
         save(rgb, "BMP"), save(palette, "BMP"),
+        tiff(tiff_levels(8, 8, 4), RGB, extra=(2,), compression=DEFLATE, predictor=True, tile=16),
+        tiff(tiff_levels(8, 8, 3), RGB, compression=LZW, predictor=True, orientation=6, order=">"),
     ]
 
 

@@ -30,6 +30,7 @@ from tests.core.test_images import (
     srgb_profile,
     with_chunk_after_header,
 )
+from tests.core.test_tiff16 import MIN_IS_BLACK as tiff_grey, RGB as tiff_rgb, levels as tiff_levels, tiff
 
 
 def post(client, data: bytes, **fields):
@@ -121,6 +122,17 @@ def test_16_bit_png_answers_16_bit_png_with_its_levels(client, channels):
     assert result.min() > 30000
     assert abs(result[..., 0].astype(float).mean() - ramp.mean()) < 0.02 * ramp.mean()
     assert len(np.unique(result[..., 0])) > 256, "levels were cut to 8 bits"
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4], ids=["grey+alpha", "RGB", "RGBA"])
+def test_16_bit_tiff_answers_16_bit_png_with_its_levels(client, channels):
+    """Pillow read these at 8 bits (grey and alpha not at all): at scale 1 and strength 0 every level comes back."""
+    pixels = tiff_levels(16, 16, channels)
+    data = tiff(pixels, tiff_rgb if channels > 2 else tiff_grey, extra=(2,) * (channels % 2 == 0))
+    response = post(client, data, scale="1", strength="0")
+    assert response.status_code == 200 and response.mimetype == "image/png", response.data
+    result, info = read_png16(response.data)
+    assert info["bitdepth"] == 16 and np.array_equal(result, pixels)
 
 
 def test_16_bit_png_to_jpeg_rounds_to_8_bits(client):

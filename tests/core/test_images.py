@@ -282,6 +282,49 @@ def test_16_bit_grey_tiff_stays_16_bit():
     assert decoded.colour.dtype == np.uint16 and np.array_equal(decoded.colour[..., 0], pixels)
 
 
+@pytest.mark.parametrize(("bit_depth", "key"), [(2, 1), (4, 5), (4, 15)])
+def test_a_2_or_4_bit_grey_png_keeps_its_transparent_level(bit_depth, key):
+    """Pillow scales the levels to 8 bits (1 to 85 at 2 bits) but not the tRNS level, which matched no pixel."""
+    stored = [0, key, 2, 3]
+    buffer = io.BytesIO()
+    png.Writer(4, 1, greyscale=True, bitdepth=bit_depth, transparent=key).write(buffer, [stored])
+    decoded = images.decode(buffer.getvalue(), LIMIT)
+    scale = 255 // (2**bit_depth - 1)
+    assert decoded.colour[..., 0].tolist() == [[level * scale for level in stored]]
+    assert decoded.alpha.tolist() == [[255, 0, 255, 255]]
+
+
+def bmp_v4(bits: int, masks: tuple[int, int, int, int], pixels: bytes, width: int = 2) -> bytes:
+    """A bottom-up BMP of one row with a BITMAPV4HEADER, its pixels described by bit masks (BI_BITFIELDS)."""
+    header = struct.pack("<IiiHHIIiiII4I4s48x", 108, width, 1, 1, bits, 3, len(pixels), 2835, 2835, 0, 0, *masks,
+                         b"BGRs")
+    offset = 14 + len(header)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + header + pixels
+
+
+def test_a_16_bit_bmp_with_an_alpha_mask_is_refused_rather_than_answered_opaque():
+    """Pillow reads its colour and ignores the alpha bit: the transparent second pixel came back opaque."""
+    pixels = struct.pack("<HH", 0x8000 | 31 << 10, 31)  # opaque red, transparent blue
+    with pytest.raises(InvalidImage, match=r"16-bit pixels have an alpha mask \(0x8000\).*save the image as PNG"):
+        images.read_header(bmp_v4(16, (0x7C00, 0x3E0, 0x1F, 0x8000), pixels), LIMIT)
+    decoded = images.decode(bmp_v4(16, (0x7C00, 0x3E0, 0x1F, 0), pixels), LIMIT)
+    assert decoded.colour.tolist() == [[[255, 0, 0], [0, 0, 255]]] and decoded.alpha is None
+
+
+def test_a_32_bit_bmp_with_an_alpha_mask_keeps_its_alpha():
+    pixels = bytes([10, 20, 30, 40, 50, 60, 70, 0])  # B, G, R, A
+    decoded = images.decode(bmp_v4(32, (0xFF0000, 0xFF00, 0xFF, 0xFF000000), pixels), LIMIT)
+    assert decoded.colour.tolist() == [[[30, 20, 10], [70, 60, 50]]] and decoded.alpha.tolist() == [[40, 0]]
+
+
+def test_a_12_bit_jpeg_is_refused_naming_its_precision():
+    data = bytearray(save(Image.fromarray(pattern()), "JPEG", exif=exif_orientation(1)))
+    frame = data.index(b"\xff\xc0")
+    data[frame + 4] = 12  # the frame's sample precision
+    with pytest.raises(InvalidImage, match="the JPEG image has 12-bit samples.*16-bit PNG"):
+        images.read_header(bytes(data), LIMIT)
+
+
 @pytest.mark.parametrize("output_format", ["jpeg", "webp"])
 def test_16_bit_levels_round_to_8_bit_for_lossy_formats(output_format):
     # Flat images survive lossy coding exactly, so the rounding itself is visible.
@@ -644,7 +687,7 @@ def test_32_bit_grey_tiff_within_16_bits_keeps_every_level():
 @pytest.mark.parametrize("levels, named", [((-5, 100), "from -5 to 100"), ((0, 70000), "from 0 to 70000")])
 def test_32_bit_grey_tiff_with_levels_past_16_bits_is_refused_not_clipped(levels, named):
     data = save(Image.fromarray(np.array([levels], np.int32)), "TIFF")
-    with pytest.raises(InvalidImage, match=f"32-bit grey image has levels {named}.*0 to 65535"):
+    with pytest.raises(InvalidImage, match=f"integer grey image has levels {named}.*0 to 65535"):
         images.decode(data, LIMIT)
 
 
