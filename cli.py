@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -71,6 +72,7 @@ class Summary:
     notes: list[str] = field(default_factory=list)
     not_images: Counter[str] = field(default_factory=Counter)
     linked_folders: list[Path] = field(default_factory=list)
+    not_files: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -205,6 +207,23 @@ def _option_problems(args: argparse.Namespace) -> Iterator[str]:
         yield f"--retries must be 0 or more, not {args.retries}"
     if args.timeout <= 0 or args.max_wait < 0:
         yield "--timeout must be positive and --max-wait 0 or more"
+    yield from _shared_output_folders(args.inputs, args.output)
+
+
+def _shared_output_folders(inputs: Iterable[Path], output: Path) -> Iterator[str]:
+    """Input folders that would write into one output folder: each would mix its files with the other's, and
+    take the other's outputs for its own done. A refusal, rather than a made-up name for the second folder, keeps
+    each folder's output where the docs say, whatever else the command line holds."""
+    first: dict[Path, Path] = {}
+    for folder in filter(Path.is_dir, inputs):
+        root = folder_output(folder, output)
+        if root not in first:
+            first[root] = folder
+        elif first[root].resolve() == folder.resolve():
+            yield f"{first[root]} and {folder} are the same folder: give it once"
+        else:
+            yield f"the input folders {first[root]} and {folder} would both be written to {root}: give them " \
+                  f"separate runs, each with its own -o"
 
 
 @dataclass
@@ -218,6 +237,8 @@ class Plan:
     # Links to folders inside the input folders, not followed: one may lead back up (a loop) or to files
     # converted already through another path.
     linked_folders: list[Path] = field(default_factory=list)
+    # Entries of the input folders that are neither files nor folders, with what each is (``not_a_file``).
+    not_files: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def plan_jobs(inputs: Iterable[Path], output: Path, output_format: str) -> Plan:
@@ -230,15 +251,23 @@ def plan_jobs(inputs: Iterable[Path], output: Path, output_format: str) -> Plan:
             plan.problems.append((item, "is the output folder too: the outputs would be mixed with the inputs; "
                                         "choose another output folder"))
         elif item.is_dir():
-            root = output / item.resolve().name
+            root = folder_output(item, output)
             plan.jobs += [Job(path, target_name(root / path.relative_to(item), output_format))
                           for path in _images_in(item, output, plan)]
         elif item.is_file():
             plan.jobs.append(Job(item, target_name(output / item.name, output_format)))
+        elif item.is_symlink() or item.exists():
+            kind = not_a_file(item)
+            plan.problems.append((item, f"is a {kind}" if kind == BROKEN_LINK else f"is a {kind}, not a file"))
         else:
             plan.problems.append((item, "no such file or folder"))
     plan.jobs = _without_clashes(_not_onto_inputs(plan.jobs, plan.problems), plan.problems)
     return plan
+
+
+def folder_output(folder: Path, output: Path) -> Path:
+    """Where an input folder's outputs go: a folder of its own name in the output folder."""
+    return output / folder.resolve().name
 
 
 def target_name(path: Path, output_format: str) -> Path:
@@ -276,14 +305,31 @@ def _images_in(folder: Path, output: Path, plan: Plan) -> Iterator[Path]:
             continue
         if path.is_symlink() and path.is_dir():
             plan.linked_folders.append(path)
-        elif not path.is_file():
+        elif path.is_dir():
             continue
+        elif not path.is_file():
+            plan.not_files.append((path, not_a_file(path)))
         elif path.name.startswith("._"):
             plan.not_images[APPLE_DOUBLE] += 1
         elif path.suffix.lower() in suffixes:
             yield path
         else:
             plan.not_images[path.suffix.lower() or "(no suffix)"] += 1
+
+
+BROKEN_LINK = "broken link"
+SPECIAL_FILES = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                 (stat.S_ISBLK, "block device"))
+
+
+def not_a_file(path: Path) -> str:
+    """What ``path``, neither a file nor a folder, is (a FIFO, a broken link...), from its stat alone: opening a
+    FIFO would wait for a writer that never comes."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        return BROKEN_LINK if error.errno == errno.ENOENT else f"link that cannot be followed ({error.strerror})"
+    return next((kind for is_kind, kind in SPECIAL_FILES if is_kind(mode)), "special file")
 
 
 def image_suffixes() -> set[str]:
@@ -453,7 +499,7 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_jobs(args.inputs, args.output, chosen)
     todo, done = split_done(plan.jobs, args.overwrite)
     summary = Summary(skipped=[job.source for job in done], failed=plan.problems,
-                      not_images=plan.not_images, linked_folders=plan.linked_folders)
+                      not_images=plan.not_images, linked_folders=plan.linked_folders, not_files=plan.not_files)
     if args.quality and todo:
         _note_lossless(todo)
     if todo:
@@ -720,6 +766,9 @@ def report(summary: Summary, output: Path) -> None:
     if summary.linked_folders:
         print(f"left out {len(summary.linked_folders)} linked folders, not followed (one given as an input is "
               f"converted): {', '.join(map(str, summary.linked_folders))}")
+    if summary.not_files:
+        entries = ", ".join(f"{path} ({kind})" for path, kind in summary.not_files)
+        print(f"left out {len(summary.not_files)} entries of the folders that are not files: {entries}")
     for line in summary.notes:
         print(line)
     for source, reason in summary.failed:
