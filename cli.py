@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's later log lines out of the progress bars
 
+# One request runs on a CPU server's inference slot while the next waits in its queue, so the slot never idles
+# between files. Fixed rather than read from the server: a Kubernetes Service URL answers from one pod at a time,
+# and none of them knows how many pods share the URL (docs/web-and-cli.md, --jobs).
 JOBS_PER_SERVER = 2
 # The shell's exit status for a command stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
@@ -105,7 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     remote = parser.add_argument_group("remote mode", "send each file to a running server's /model/predict")
     remote.add_argument("--server", action="append", metavar="URL",
                         help="a server, e.g. http://host:5000 or a Kubernetes Service URL; repeat for several")
-    remote.add_argument("--jobs", type=int, metavar="N", help=f"requests in flight (default {JOBS_PER_SERVER} per server)")
+    remote.add_argument("--jobs", type=int, metavar="N", help=f"requests in flight (default {JOBS_PER_SERVER} per server); a Kubernetes Service "
+                                f"URL is one server: give about {JOBS_PER_SERVER} per pod behind it")
     remote.add_argument("--retries", type=int, default=3, metavar="N",
                         help="tries of a file on another server after a connection error, a timeout or a 5xx (default 3)")
     timeout_s = default_timeout_s()
