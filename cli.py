@@ -783,15 +783,30 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def stop_on_sigterm() -> None:
+    """A stop (``timeout``, a job's end, ``kill``) ends the run as Ctrl-C does: partial files removed and a summary,
+    where SIGTERM's default action ended the process where it was."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _default_sigterm_in_child() -> None:
+    """A process a library forks gets SIGTERM's default back, so that its ``terminate()`` ends the child: OpenVINO's
+    telemetry forks at each model conversion, from its threads, and a child stuck on a lock another thread held at
+    the fork ran only our handler, which sets a flag for Python code the child never reached, and outlived the run."""
+    if signal.getsignal(signal.SIGTERM) is _interrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_sigterm_in_child)
+
+
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             # A file name that is not UTF-8 on disk is printed escaped: with a strict terminal encoding, its
             # failure line ended the run with a traceback and no summary.
             stream.reconfigure(errors="backslashreplace")
-    # A stop (``timeout``, a job's end, ``kill``) ends the run as Ctrl-C does: partial files removed and a summary,
-    # where SIGTERM's default action ended the process where it was.
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     args = parse_args(argv)
     try:
         return run(args)

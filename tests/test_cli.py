@@ -1,6 +1,7 @@
 """``sr-upscale`` on a small folder, as a user runs it: a subprocess with the real srgan model."""
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from cli import (AUTO_FORMAT, CANNOT_WORK, CannotWrite, Job, Outputs, Summary, convert_all, image_suffixes, main,
-                 output_suffix, parse_args, plan_jobs, report, split_done, written_format)
+                 output_suffix, parse_args, plan_jobs, report, split_done, stop_on_sigterm, written_format)
 from config import MEBIBYTE, Settings
 from core.formats import OUTPUT_FORMATS
 from harness.run_cli import sr_upscale
@@ -628,3 +629,38 @@ def test_a_broken_link_or_fifo_named_as_an_input_fails_with_what_it_is(odd_entri
     assert plan.jobs == [] and plan.problems == [
         (odd_entries / "old.jpg", "is a broken link"), (odd_entries / "sub" / "pipe.png", "is a FIFO, not a file"),
         (tmp_path / "nothing.png", "no such file or folder")]
+
+
+# --- Processes that libraries fork -----------------------------------------------------------------------------
+
+
+def _lock_forever(mutex: ctypes.Array) -> None:
+    """Stands for a forked child stuck on a lock another thread held at the fork: a wait no Python handler ends."""
+    ctypes.CDLL(None).pthread_mutex_lock(mutex)
+
+
+def test_a_child_a_library_forks_is_ended_by_its_sigterm_despite_the_clis_handler():
+    """OpenVINO's telemetry forks (multiprocessing, from its threads) at each model conversion and ends a child
+    that hangs with terminate(), SIGTERM; the child inherited the handler that makes SIGTERM stop the run as
+    Ctrl-C does, which only sets a flag for a stuck child's Python, so the child outlived the run."""
+    import multiprocessing
+    import signal
+
+    mutex = ctypes.create_string_buffer(64)  # zeros: PTHREAD_MUTEX_INITIALIZER
+    libc = ctypes.CDLL(None)
+    libc.pthread_mutex_lock(mutex)
+    previous = signal.getsignal(signal.SIGTERM)
+    stop_on_sigterm()
+    try:
+        child = multiprocessing.get_context("fork").Process(target=_lock_forever, args=(mutex,), daemon=True)
+        child.start()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        libc.pthread_mutex_unlock(mutex)
+    try:
+        child.terminate()
+        child.join(120)  # returns at once where SIGTERM ends it; a wait of its own where not
+        assert child.exitcode == -signal.SIGTERM
+    finally:
+        child.kill()
+        child.join()
