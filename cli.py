@@ -295,7 +295,8 @@ def written_format(path: Path) -> str | None:
 
 def _images_in(folder: Path, output: Path, plan: Plan) -> Iterator[Path]:
     """The folder's images, counting the other files in ``plan.not_images`` and listing the links to folders,
-    which are not followed, in ``plan.linked_folders``.
+    which are not followed, in ``plan.linked_folders``, the entries that are not files in ``plan.not_files``
+    and the folders that cannot be read in ``plan.problems``.
 
     With the output folder inside this one (``-o photos/big``), the files under it are left out: the next
     run of ``sr-upscale photos`` would take the last run's outputs for inputs and upscale them again. An
@@ -304,7 +305,7 @@ def _images_in(folder: Path, output: Path, plan: Plan) -> Iterator[Path]:
     suffixes = image_suffixes()
     resolved, outputs = folder.resolve(), output.resolve()
     holds_outputs = outputs.is_relative_to(resolved)
-    for path in sorted(folder.rglob("*")):
+    for path in _entries(folder, plan.problems):
         if holds_outputs and (resolved / path.relative_to(folder)).is_relative_to(outputs):
             continue
         if path.is_symlink() and path.is_dir():
@@ -319,6 +320,20 @@ def _images_in(folder: Path, output: Path, plan: Plan) -> Iterator[Path]:
             yield path
         else:
             plan.not_images[path.suffix.lower() or "(no suffix)"] += 1
+
+
+def _entries(folder: Path, problems: list[tuple[Path, str]]) -> list[Path]:
+    """Every entry under ``folder``, sorted, without going into links to folders; a folder that cannot be read
+    goes to ``problems``, where pathlib's rglob passed over it unsaid."""
+    found: list[Path] = []
+
+    def unreadable(error: OSError) -> None:
+        problems.append((Path(error.filename), f"is a folder that cannot be read ({error.strerror}): none of its "
+                                               f"files is converted"))
+
+    for top, folders, files in os.walk(folder, onerror=unreadable):
+        found += [Path(top, name) for name in (*folders, *files)]
+    return sorted(found)
 
 
 BROKEN_LINK = "broken link"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -664,3 +665,24 @@ def test_a_child_a_library_forks_is_ended_by_its_sigterm_despite_the_clis_handle
     finally:
         child.kill()
         child.join()
+
+
+def test_a_sub_folder_that_cannot_be_read_fails_with_the_reason(tmp_path, monkeypatch):
+    """A sub-folder the user may not read was passed over unsaid (pathlib's rglob drops it), and the run said
+    every file was converted."""
+    photos = tmp_path / "photos"
+    for name in ("a.png", "locked/b.png", "locked/deeper/c.png", "open/d.png"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        (photos / name).write_bytes(b"x")
+    real_scandir = os.scandir
+
+    def scandir(path):  # the tests run as root, whom no permission stops
+        if Path(path) == photos / "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    plan = plan_jobs([photos], tmp_path / "out", AUTO_FORMAT)
+    assert [job.source for job in plan.jobs] == [photos / "a.png", photos / "open" / "d.png"]
+    assert plan.problems == [(photos / "locked", "is a folder that cannot be read (Permission denied): none of its "
+                                                 "files is converted")]
