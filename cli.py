@@ -108,8 +108,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     remote = parser.add_argument_group("remote mode", "send each file to a running server's /model/predict")
     remote.add_argument("--server", action="append", metavar="URL",
                         help="a server, e.g. http://host:5000 or a Kubernetes Service URL; repeat for several")
-    remote.add_argument("--jobs", type=int, metavar="N", help=f"requests in flight (default {JOBS_PER_SERVER} per server); a Kubernetes Service "
-                                f"URL is one server: give about {JOBS_PER_SERVER} per pod behind it")
+    remote.add_argument("--jobs", type=int, metavar="N",
+                        help=f"requests in flight (default {JOBS_PER_SERVER} per server); a Kubernetes Service URL is "
+                             f"one server: give about {JOBS_PER_SERVER} per pod behind it")
     remote.add_argument("--retries", type=int, default=3, metavar="N",
                         help="tries of a file on another server after a connection error, a timeout or a 5xx (default 3)")
     timeout_s = default_timeout_s()
