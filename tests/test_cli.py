@@ -635,9 +635,11 @@ def test_a_broken_link_or_fifo_named_as_an_input_fails_with_what_it_is(odd_entri
 # --- Processes that libraries fork -----------------------------------------------------------------------------
 
 
-def _lock_forever(mutex: ctypes.Array) -> None:
+def _lock_forever(mutex: ctypes.Array, started: object) -> None:
     """Stands for a forked child stuck on a lock another thread held at the fork: a wait no Python handler ends."""
-    ctypes.CDLL(None).pthread_mutex_lock(mutex)
+    lock = ctypes.CDLL(None).pthread_mutex_lock
+    started.set()
+    lock(mutex)
 
 
 def test_a_child_a_library_forks_is_ended_by_its_sigterm_despite_the_clis_handler():
@@ -653,12 +655,17 @@ def test_a_child_a_library_forks_is_ended_by_its_sigterm_despite_the_clis_handle
     previous = signal.getsignal(signal.SIGTERM)
     stop_on_sigterm()
     try:
-        child = multiprocessing.get_context("fork").Process(target=_lock_forever, args=(mutex,), daemon=True)
+        forking = multiprocessing.get_context("fork")
+        started = forking.Event()
+        child = forking.Process(target=_lock_forever, args=(mutex, started), daemon=True)
         child.start()
     finally:
         signal.signal(signal.SIGTERM, previous)
         libc.pthread_mutex_unlock(mutex)
     try:
+        # As the library does (after its join timeout): a SIGTERM before the child's fork hooks ran would find the
+        # handler still there.
+        assert started.wait(120)
         child.terminate()
         child.join(120)  # returns at once where SIGTERM ends it; a wait of its own where not
         assert child.exitcode == -signal.SIGTERM
