@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's later log lines out of the progress bars
 
+# One request runs on a CPU server's inference slot while the next waits in its queue, so the slot never idles
+# between files. Fixed rather than read from the server: a Kubernetes Service URL answers from one pod at a time,
+# and none of them knows how many pods share the URL (docs/web-and-cli.md, --jobs).
 JOBS_PER_SERVER = 2
 # The shell's exit status for a command stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
@@ -71,6 +75,7 @@ class Summary:
     notes: list[str] = field(default_factory=list)
     not_images: Counter[str] = field(default_factory=Counter)
     linked_folders: list[Path] = field(default_factory=list)
+    not_files: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -103,7 +108,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     remote = parser.add_argument_group("remote mode", "send each file to a running server's /model/predict")
     remote.add_argument("--server", action="append", metavar="URL",
                         help="a server, e.g. http://host:5000 or a Kubernetes Service URL; repeat for several")
-    remote.add_argument("--jobs", type=int, metavar="N", help=f"requests in flight (default {JOBS_PER_SERVER} per server)")
+    remote.add_argument("--jobs", type=int, metavar="N",
+                        help=f"requests in flight (default {JOBS_PER_SERVER} per server); a Kubernetes Service URL is "
+                             f"one server: give about {JOBS_PER_SERVER} per pod behind it")
     remote.add_argument("--retries", type=int, default=3, metavar="N",
                         help="tries of a file on another server after a connection error, a timeout or a 5xx (default 3)")
     timeout_s = default_timeout_s()
@@ -205,6 +212,23 @@ def _option_problems(args: argparse.Namespace) -> Iterator[str]:
         yield f"--retries must be 0 or more, not {args.retries}"
     if args.timeout <= 0 or args.max_wait < 0:
         yield "--timeout must be positive and --max-wait 0 or more"
+    yield from _shared_output_folders(args.inputs, args.output)
+
+
+def _shared_output_folders(inputs: Iterable[Path], output: Path) -> Iterator[str]:
+    """Input folders that would write into one output folder: each would mix its files with the other's, and
+    take the other's outputs for its own done. A refusal, rather than a made-up name for the second folder, keeps
+    each folder's output where the docs say, whatever else the command line holds."""
+    first: dict[Path, Path] = {}
+    for folder in filter(Path.is_dir, inputs):
+        root = folder_output(folder, output)
+        if root not in first:
+            first[root] = folder
+        elif first[root].resolve() == folder.resolve():
+            yield f"{first[root]} and {folder} are the same folder: give it once"
+        else:
+            yield f"the input folders {first[root]} and {folder} would both be written to {root}: give them " \
+                  f"separate runs, each with its own -o"
 
 
 @dataclass
@@ -218,6 +242,8 @@ class Plan:
     # Links to folders inside the input folders, not followed: one may lead back up (a loop) or to files
     # converted already through another path.
     linked_folders: list[Path] = field(default_factory=list)
+    # Entries of the input folders that are neither files nor folders, with what each is (``not_a_file``).
+    not_files: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def plan_jobs(inputs: Iterable[Path], output: Path, output_format: str) -> Plan:
@@ -230,15 +256,23 @@ def plan_jobs(inputs: Iterable[Path], output: Path, output_format: str) -> Plan:
             plan.problems.append((item, "is the output folder too: the outputs would be mixed with the inputs; "
                                         "choose another output folder"))
         elif item.is_dir():
-            root = output / item.resolve().name
+            root = folder_output(item, output)
             plan.jobs += [Job(path, target_name(root / path.relative_to(item), output_format))
                           for path in _images_in(item, output, plan)]
         elif item.is_file():
             plan.jobs.append(Job(item, target_name(output / item.name, output_format)))
+        elif item.is_symlink() or item.exists():
+            kind = not_a_file(item)
+            plan.problems.append((item, f"is a {kind}" if kind == BROKEN_LINK else f"is a {kind}, not a file"))
         else:
             plan.problems.append((item, "no such file or folder"))
     plan.jobs = _without_clashes(_not_onto_inputs(plan.jobs, plan.problems), plan.problems)
     return plan
+
+
+def folder_output(folder: Path, output: Path) -> Path:
+    """Where an input folder's outputs go: a folder of its own name in the output folder."""
+    return output / folder.resolve().name
 
 
 def target_name(path: Path, output_format: str) -> Path:
@@ -262,7 +296,8 @@ def written_format(path: Path) -> str | None:
 
 def _images_in(folder: Path, output: Path, plan: Plan) -> Iterator[Path]:
     """The folder's images, counting the other files in ``plan.not_images`` and listing the links to folders,
-    which are not followed, in ``plan.linked_folders``.
+    which are not followed, in ``plan.linked_folders``, the entries that are not files in ``plan.not_files``
+    and the folders that cannot be read in ``plan.problems``.
 
     With the output folder inside this one (``-o photos/big``), the files under it are left out: the next
     run of ``sr-upscale photos`` would take the last run's outputs for inputs and upscale them again. An
@@ -271,19 +306,50 @@ def _images_in(folder: Path, output: Path, plan: Plan) -> Iterator[Path]:
     suffixes = image_suffixes()
     resolved, outputs = folder.resolve(), output.resolve()
     holds_outputs = outputs.is_relative_to(resolved)
-    for path in sorted(folder.rglob("*")):
+    for path in _entries(folder, plan.problems):
         if holds_outputs and (resolved / path.relative_to(folder)).is_relative_to(outputs):
             continue
         if path.is_symlink() and path.is_dir():
             plan.linked_folders.append(path)
-        elif not path.is_file():
+        elif path.is_dir():
             continue
+        elif not path.is_file():
+            plan.not_files.append((path, not_a_file(path)))
         elif path.name.startswith("._"):
             plan.not_images[APPLE_DOUBLE] += 1
         elif path.suffix.lower() in suffixes:
             yield path
         else:
             plan.not_images[path.suffix.lower() or "(no suffix)"] += 1
+
+
+def _entries(folder: Path, problems: list[tuple[Path, str]]) -> list[Path]:
+    """Every entry under ``folder``, sorted, without going into links to folders; a folder that cannot be read
+    goes to ``problems``, where pathlib's rglob passed over it unsaid."""
+    found: list[Path] = []
+
+    def unreadable(error: OSError) -> None:
+        problems.append((Path(error.filename), f"is a folder that cannot be read ({error.strerror}): none of its "
+                                               f"files is converted"))
+
+    for top, folders, files in os.walk(folder, onerror=unreadable):
+        found += [Path(top, name) for name in (*folders, *files)]
+    return sorted(found)
+
+
+BROKEN_LINK = "broken link"
+SPECIAL_FILES = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                 (stat.S_ISBLK, "block device"))
+
+
+def not_a_file(path: Path) -> str:
+    """What ``path``, neither a file nor a folder, is (a FIFO, a broken link...), from its stat alone: opening a
+    FIFO would wait for a writer that never comes."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        return BROKEN_LINK if error.errno == errno.ENOENT else f"link that cannot be followed ({error.strerror})"
+    return next((kind for is_kind, kind in SPECIAL_FILES if is_kind(mode)), "special file")
 
 
 def image_suffixes() -> set[str]:
@@ -453,7 +519,7 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_jobs(args.inputs, args.output, chosen)
     todo, done = split_done(plan.jobs, args.overwrite)
     summary = Summary(skipped=[job.source for job in done], failed=plan.problems,
-                      not_images=plan.not_images, linked_folders=plan.linked_folders)
+                      not_images=plan.not_images, linked_folders=plan.linked_folders, not_files=plan.not_files)
     if args.quality and todo:
         _note_lossless(todo)
     if todo:
@@ -720,6 +786,9 @@ def report(summary: Summary, output: Path) -> None:
     if summary.linked_folders:
         print(f"left out {len(summary.linked_folders)} linked folders, not followed (one given as an input is "
               f"converted): {', '.join(map(str, summary.linked_folders))}")
+    if summary.not_files:
+        entries = ", ".join(f"{path} ({kind})" for path, kind in summary.not_files)
+        print(f"left out {len(summary.not_files)} entries of the folders that are not files: {entries}")
     for line in summary.notes:
         print(line)
     for source, reason in summary.failed:
@@ -730,15 +799,30 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def stop_on_sigterm() -> None:
+    """A stop (``timeout``, a job's end, ``kill``) ends the run as Ctrl-C does: partial files removed and a summary,
+    where SIGTERM's default action ended the process where it was."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _default_sigterm_in_child() -> None:
+    """A process a library forks gets SIGTERM's default back, so that its ``terminate()`` ends the child: OpenVINO's
+    telemetry forks at each model conversion, from its threads, and a child stuck on a lock another thread held at
+    the fork ran only our handler, which sets a flag for Python code the child never reached, and outlived the run."""
+    if signal.getsignal(signal.SIGTERM) is _interrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_sigterm_in_child)
+
+
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             # A file name that is not UTF-8 on disk is printed escaped: with a strict terminal encoding, its
             # failure line ended the run with a traceback and no summary.
             stream.reconfigure(errors="backslashreplace")
-    # A stop (``timeout``, a job's end, ``kill``) ends the run as Ctrl-C does: partial files removed and a summary,
-    # where SIGTERM's default action ended the process where it was.
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     args = parse_args(argv)
     try:
         return run(args)

@@ -1,8 +1,11 @@
 """``sr-upscale`` on a small folder, as a user runs it: a subprocess with the real srgan model."""
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +15,7 @@ import pytest
 from PIL import Image
 
 from cli import (AUTO_FORMAT, CANNOT_WORK, CannotWrite, Job, Outputs, Summary, convert_all, image_suffixes, main,
-                 output_suffix, parse_args, plan_jobs, report, split_done, written_format)
+                 output_suffix, parse_args, plan_jobs, report, split_done, stop_on_sigterm, written_format)
 from config import MEBIBYTE, Settings
 from core.formats import OUTPUT_FORMATS
 from harness.run_cli import sr_upscale
@@ -556,3 +559,137 @@ def test_the_summary_counts_apple_double_files_and_names_the_linked_folders(mac_
     assert "left out 2 files of the folders not named as an accepted image: ._* (macOS metadata) 2" in printed
     assert f"left out 2 linked folders, not followed (one given as an input is converted): {mac_copy / 'nas'}, " \
            f"{mac_copy / 'sub' / 'loop'}" in printed
+
+
+def test_an_apple_double_file_named_on_the_command_line_is_sent_and_fails_as_a_bad_image(models_dir, mac_copy,
+                                                                                       tmp_path, capsys):
+    """Named by the user, a ._ file is meant: it is upscaled if it is an image, and else fails with the service's
+    reason and is counted, where a folder's ._ files are left out as macOS metadata."""
+    metadata = mac_copy / "._IMG_0001.jpg"
+    shutil.copy(SAMPLES / "camera.png", mac_copy / "sub" / "._camera.png")  # an image, whatever its name
+    out = tmp_path / "out"
+    assert main([str(metadata), str(mac_copy / "sub" / "._camera.png"), "-o", str(out), "--model", "espcn4"]) == 1
+    printed = capsys.readouterr()
+    assert f"FAILED {metadata}: the upload is not an image in an accepted format" in printed.err
+    summary = next(line for line in printed.out.splitlines() if line.startswith("converted "))
+    assert summary.startswith("converted 1 in ") and ", failed 1;" in summary
+    assert "left out" not in printed.out and size_of(out / "._camera.png") == (96 * 4, 96 * 4)
+
+
+# --- Two inputs for one output folder ------------------------------------------------------------------------
+
+
+def test_two_input_folders_of_the_same_name_are_a_usage_error_before_any_work(tmp_path, capsys):
+    """``sr-upscale a/photos b/photos -o out`` wrote both into out/photos: a file of one counted as done for the
+    file of the same name in the other, and the two folders' files were mixed."""
+    for name in ("a/photos", "b/photos", "c/other"):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "x.png").write_bytes(b"x")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "a/photos"), str(tmp_path / "c/other"), str(tmp_path / "b/photos"), "-o", str(out)])
+    assert stop.value.code == 2 and not out.exists()
+    assert f"the input folders {tmp_path / 'a/photos'} and {tmp_path / 'b/photos'} would both be written to " \
+           f"{out / 'photos'}: give them separate runs, each with its own -o" in capsys.readouterr().err
+    # The same folder twice, however spelled, is named as such.
+    with pytest.raises(SystemExit) as stop:
+        parse_args([str(tmp_path / "a/photos"), str(tmp_path / "a/../a/photos/"), "-o", str(out)])
+    assert stop.value.code == 2
+    assert f"{tmp_path / 'a/photos'} and {tmp_path / 'a/../a/photos'} are the same folder: give it once" \
+           in capsys.readouterr().err
+
+
+# --- What a folder holds besides files -----------------------------------------------------------------------
+
+
+@pytest.fixture()
+def odd_entries(tmp_path) -> Path:
+    """photos/ with an image, a broken link named like an image and a FIFO (which blocks whoever opens it)."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    (photos / "a.png").write_bytes(b"x")
+    (photos / "old.jpg").symlink_to(tmp_path / "gone.jpg")
+    os.mkfifo(photos / "sub" / "pipe.png")
+    return photos
+
+
+def test_broken_links_and_fifos_in_a_folder_are_left_out_and_named_never_opened(odd_entries, tmp_path, capsys):
+    """A folder's broken links and FIFOs were passed over unsaid, where its other files left out are counted."""
+    plan = plan_jobs([odd_entries], tmp_path / "out", AUTO_FORMAT)
+    assert [job.source for job in plan.jobs] == [odd_entries / "a.png"] and plan.problems == []
+    assert plan.not_files == [(odd_entries / "old.jpg", "broken link"), (odd_entries / "sub" / "pipe.png", "FIFO")]
+    (odd_entries / "a.png").unlink()  # nothing to upscale: no model loads
+    assert main([str(odd_entries), "-o", str(tmp_path / "out")]) == 0  # the FIFO, opened, would block here
+    assert f"left out 2 entries of the folders that are not files: {odd_entries / 'old.jpg'} (broken link), " \
+           f"{odd_entries / 'sub' / 'pipe.png'} (FIFO)" in capsys.readouterr().out.splitlines()
+
+
+def test_a_broken_link_or_fifo_named_as_an_input_fails_with_what_it_is(odd_entries, tmp_path):
+    plan = plan_jobs([odd_entries / "old.jpg", odd_entries / "sub" / "pipe.png", tmp_path / "nothing.png"],
+                     tmp_path / "out", AUTO_FORMAT)
+    assert plan.jobs == [] and plan.problems == [
+        (odd_entries / "old.jpg", "is a broken link"), (odd_entries / "sub" / "pipe.png", "is a FIFO, not a file"),
+        (tmp_path / "nothing.png", "no such file or folder")]
+
+
+# --- Processes that libraries fork -----------------------------------------------------------------------------
+
+
+def _lock_forever(mutex: ctypes.Array, started: object) -> None:
+    """Stands for a forked child stuck on a lock another thread held at the fork: a wait no Python handler ends."""
+    lock = ctypes.CDLL(None).pthread_mutex_lock
+    started.set()
+    lock(mutex)
+
+
+def test_a_child_a_library_forks_is_ended_by_its_sigterm_despite_the_clis_handler():
+    """OpenVINO's telemetry forks (multiprocessing, from its threads) at each model conversion and ends a child
+    that hangs with terminate(), SIGTERM; the child inherited the handler that makes SIGTERM stop the run as
+    Ctrl-C does, which only sets a flag for a stuck child's Python, so the child outlived the run."""
+    import multiprocessing
+    import signal
+
+    mutex = ctypes.create_string_buffer(64)  # zeros: PTHREAD_MUTEX_INITIALIZER
+    libc = ctypes.CDLL(None)
+    libc.pthread_mutex_lock(mutex)
+    previous = signal.getsignal(signal.SIGTERM)
+    stop_on_sigterm()
+    try:
+        forking = multiprocessing.get_context("fork")
+        started = forking.Event()
+        child = forking.Process(target=_lock_forever, args=(mutex, started), daemon=True)
+        child.start()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        libc.pthread_mutex_unlock(mutex)
+    try:
+        # As the library does (after its join timeout): a SIGTERM before the child's fork hooks ran would find the
+        # handler still there.
+        assert started.wait(120)
+        child.terminate()
+        child.join(120)  # returns at once where SIGTERM ends it; a wait of its own where not
+        assert child.exitcode == -signal.SIGTERM
+    finally:
+        child.kill()
+        child.join()
+
+
+def test_a_sub_folder_that_cannot_be_read_fails_with_the_reason(tmp_path, monkeypatch):
+    """A sub-folder the user may not read was passed over unsaid (pathlib's rglob drops it), and the run said
+    every file was converted."""
+    photos = tmp_path / "photos"
+    for name in ("a.png", "locked/b.png", "locked/deeper/c.png", "open/d.png"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        (photos / name).write_bytes(b"x")
+    real_scandir = os.scandir
+
+    def scandir(path):  # the tests run as root, whom no permission stops
+        if Path(path) == photos / "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    plan = plan_jobs([photos], tmp_path / "out", AUTO_FORMAT)
+    assert [job.source for job in plan.jobs] == [photos / "a.png", photos / "open" / "d.png"]
+    assert plan.problems == [(photos / "locked", "is a folder that cannot be read (Permission denied): none of its "
+                                                 "files is converted")]
