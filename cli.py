@@ -807,8 +807,9 @@ def stop_on_sigterm() -> None:
 
 def _default_sigterm_in_child() -> None:
     """A process a library forks gets SIGTERM's default back, so that its ``terminate()`` ends the child: OpenVINO's
-    telemetry forks at each model conversion, from its threads, and a child stuck on a lock another thread held at
-    the fork ran only our handler, which sets a flag for Python code the child never reached, and outlived the run."""
+    telemetry (now kept from loading, core/backends) forked at each model conversion, from its threads, and a child
+    stuck on a lock another thread held at the fork ran only our handler, which sets a flag for Python code the
+    child never reached, and outlived the run."""
     if signal.getsignal(signal.SIGTERM) is _interrupt:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 

@@ -15,6 +15,7 @@ TensorFlow, Keras or OpenVINO, and a worker on the CPU path through OpenVINO nev
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -25,6 +26,13 @@ import numpy as np
 
 if TYPE_CHECKING:
     from config import Settings
+
+# OpenVINO's converter sends usage events to Google Analytics, at import and at each conversion, unless a consent
+# file in the home folder says no; each event is sent from a process forked off one of its threads, and such a
+# child, stuck on a lock another thread held at the fork, was seen to outlive sr-upscale's run. The service sends
+# nothing: with the telemetry package unimportable, the converter takes its own stub. This package is imported
+# before any module here imports openvino.
+sys.modules.setdefault("openvino_telemetry", None)
 
 KERAS_BACKENDS = ("tensorflow", "xla", "openvino")
 BACKENDS = (*KERAS_BACKENDS, "pytorch")

@@ -2,6 +2,9 @@
 TensorFlow reference (the network as its weights describe it) to within one grey level."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,7 +13,7 @@ from core.models.specs import SPECS
 from core.backends import KERAS_BACKENDS as BACKENDS
 from core.backends.tensorflow import from_keras
 from core.models.runtime import Network
-from tests.conftest import SAMPLES
+from tests.conftest import ROOT, SAMPLES
 
 OTHER_BACKENDS = [backend for backend in BACKENDS if backend != "tensorflow"]
 
@@ -86,3 +89,24 @@ def test_an_openvino_network_keeps_its_weights_when_its_keras_model_is_dropped(s
     gc.collect()
     expected = network((2, "none"), "tensorflow").predictor(image[0])(image)
     assert np.abs(_levels(first.predictor(image[0])(image)) - _levels(expected)).max() <= 1
+
+
+# In a fresh interpreter: the CPU backend's module, then a conversion as a MODELS_DIR model's takes, counting forks.
+CONVERSION_FORKS = """
+import os, sys
+forks = []
+os.register_at_fork(before=lambda: forks.append(1))
+import core.backends.openvino
+import openvino, torch
+openvino.convert_model(torch.nn.Conv2d(3, 3, 3), example_input=torch.rand(1, 3, 8, 8))
+print(len(forks), sys.modules["openvino_telemetry"])
+"""
+
+
+def test_openvino_sends_no_usage_data_and_forks_nothing_to_convert():
+    """OpenVINO's converter sent Google Analytics events at import and at each conversion, each from a forked
+    process; the service's processes send none."""
+    done = subprocess.run([sys.executable, "-c", CONVERSION_FORKS], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["0", "None"]
