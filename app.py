@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None, load_models: bool = True) -> Fl
     ops.register(flask_app)
     observability.install(flask_app, settings)
     flask_app.register_blueprint(web_blueprint)
+    monitoring.configure(settings.longest_answer_s, observability.refusal_series(flask_app), service.registry.names)
     if load_models:
         service.start_loading(on_loaded=monitoring.observe_model_load)
     return flask_app
