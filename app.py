@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import build_api, monitoring, observability, ops
+import monitoring
+from api import build_api, observability, ops
 from api.errors import register_error_handlers
 from api.web import blueprint as web_blueprint
 from config import Settings, load_settings

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from flask import Flask, Response, g, request
 
-from api import monitoring
+import monitoring
 from config import REQUEST_ID_PATTERN, Settings
 from core.errors import Reason, refusal_statuses
 from core.options import OptionContext

@@ -21,7 +21,7 @@ import pytest
 import requests
 import yaml
 
-from api import monitoring
+import monitoring
 from config import GPU_INFERENCE_SLOTS, MEBIBYTE, Settings
 from harness.live_server import free_port
 from harness.raw_http import descendants, wait_for
@@ -510,6 +510,77 @@ def test_front_says_busy_only_when_every_request_slot_is_taken(tmp_path):
                                               "retry later")
         held.close()
         first.close()
+
+
+# nginx's own refusals, counted in superres_refusals_total by serve.FrontRefusalCounter (docs/deployment.md).
+
+def front_refusals() -> dict[tuple[str, str, str], float]:
+    return {(sample.labels["route"], sample.labels["status"], sample.labels["reason"]): sample.value
+            for family in monitoring.REGISTRY.collect() if family.name == "superres_refusals"
+            for sample in family.samples if sample.name == "superres_refusals_total"
+            and (sample.labels["route"], sample.labels["status"], sample.labels["reason"]) in FRONT_SERIES}
+
+
+FRONT_SERIES = {(route, str(status), reason) for route, status, reason in serve.front_series()}
+
+
+@contextmanager
+def counting_front(settings: Settings, runtime: Path, upstream: Path | None = None,
+                   threads: int = 4) -> Iterator[subprocess.Popen]:
+    """front_alone, with serve.py's counter of its refusals listening as under serve.py."""
+    counter = serve.FrontRefusalCounter(runtime / serve.REFUSAL_SOCKET)
+    try:
+        with front_alone(settings, runtime, upstream, threads) as front:
+            yield front
+    finally:
+        counter.close()
+
+
+def grew_by(before: dict, expected: dict) -> bool:
+    after = front_refusals()
+    return {key: after[key] - before[key] for key in after if after[key] != before[key]} == expected
+
+
+def test_front_counts_its_refusals_beside_the_workers_with_the_same_json_answers(tmp_path):
+    settings = Settings(host="127.0.0.1", port=free_port(), max_upload_bytes=FRONT_UPLOAD_LIMIT)
+    monitoring.REFUSALS.clear()
+    with counting_front(settings, tmp_path) as front:
+        before = front_refusals()
+        assert before == dict.fromkeys(FRONT_SERIES, 0.0)  # each at 0 before its first refusal
+        url = f"http://127.0.0.1:{settings.port}"
+        too_large = requests.post(f"{url}/model/predict", files={"image": ("big.png", bytes(FRONT_UPLOAD_LIMIT))},
+                                  timeout=30)
+        no_worker = requests.post(f"{url}/health", data=b"x", timeout=30)
+        assert (too_large.status_code, too_large.json()["message"]) == (413, UPLOAD_TOO_LARGE)
+        assert (no_worker.status_code, no_worker.json()["message"]) == (503, serve.JSON_ERRORS["unavailable"][1])
+        # The same reason as the workers' own 413 for an upload over MAX_UPLOAD_BYTES: one alert covers both.
+        wait_for(lambda: grew_by(before, {("/model/predict", "413", "upload_too_large"): 1,
+                                          ("other", "503", "no_worker"): 1}), 30)
+    lines = [json.loads(line) for line in front.stderr.read().splitlines() if line.startswith("{")]
+    # Its log line too, which a 503 for a worker that does not answer lacked.
+    assert [(line["path"], line["status"], line["reason"]) for line in lines] == [
+        ("/model/predict", 413, "upload_too_large"), ("/health", 503, "no_worker")]
+
+
+def test_front_counts_a_client_too_slow_and_a_request_no_slot_was_free_for(tmp_path):
+    settings = Settings(host="127.0.0.1", port=free_port(), workers=1, client_timeout_s=0.5)
+    upstream = tmp_path / "held.sock"
+    with socket.socket(socket.AF_UNIX) as worker, counting_front(settings, tmp_path, upstream, threads=2):
+        worker.bind(str(upstream))  # one worker of 2 threads: one request slot, one thread for the probes
+        worker.listen(8)
+        worker.settimeout(30)
+        before = front_refusals()
+        first = socket.create_connection(("127.0.0.1", settings.port), timeout=30)
+        first.sendall(b"POST /model/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        held, _ = worker.accept()  # the first request has the slot, and its answer is not coming
+        busy = requests.post(f"http://127.0.0.1:{settings.port}/app/upscale", files={"image": b"x"}, timeout=30)
+        assert busy.status_code == 503 and busy.json()["message"] == serve.WORK_REFUSALS["work"]
+        slow = socket.create_connection(("127.0.0.1", settings.port), timeout=30)
+        slow.sendall(b"POST /model/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        wait_for(lambda: grew_by(before, {("/app/upscale", "503", "request_slots_taken"): 1,
+                                          ("/model/predict", "408", "client_timeout"): 1}), 30)
+        for connection in (slow, held, first):
+            connection.close()
 
 
 def test_gpu_probes_cover_model_load_and_warm_up_and_point_at_real_routes(client):

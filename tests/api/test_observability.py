@@ -16,7 +16,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 import api.errors  # defines FormTooLarge, whose reason the label set includes
-from api import monitoring, predict
+import monitoring
+from api import predict
 from app import create_app
 from core import memory, pipeline, shutdown
 from core.admission import InferenceSlot

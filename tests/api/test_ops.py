@@ -14,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import observability
-from api.monitoring import latency_buckets
+from monitoring import latency_buckets
 from app import create_app
 from config import load_settings
 from core.backends import cpu_name
