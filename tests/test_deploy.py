@@ -583,6 +583,20 @@ def test_front_counts_a_client_too_slow_and_a_request_no_slot_was_free_for(tmp_p
             connection.close()
 
 
+def test_a_refusal_outside_the_front_series_is_logged_not_counted(tmp_path, caplog):
+    """Only the fixed series are counted: a datagram naming another (a configuration out of step) adds none."""
+    counter = serve.FrontRefusalCounter(tmp_path / serve.REFUSAL_SOCKET)
+    before = front_refusals()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as nginx:
+            nginx.sendto(f"<190>Dec  7 21:00:00 {serve.REFUSAL_TAG}: /a/client/path 503 no_worker".encode(),
+                         str(tmp_path / serve.REFUSAL_SOCKET))
+        wait_for(lambda: "outside superres_refusals_total's series" in caplog.text, 30)
+    finally:
+        counter.close()
+    assert front_refusals() == before
+
+
 def test_gpu_probes_cover_model_load_and_warm_up_and_point_at_real_routes(client):
     probes = {kind: container(GPU_MANIFEST)[kind] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
     assert probes["livenessProbe"]["httpGet"]["path"] == "/health"
