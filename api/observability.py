@@ -65,8 +65,9 @@ class Outcome:
 def refusal_series(app: Flask) -> list[tuple[str, int, Reason]]:
     """Every (route, status, reason) superres_refusals_total can count: each reason on each route that takes an
     upload (POST), as every refusal comes from reading, planning or running an upload."""
+    statuses = refusal_statuses()
     return [(rule.rule, status, reason) for rule in app.url_map.iter_rules() if "POST" in (rule.methods or ())
-            for reason, status in refusal_statuses().items()]
+            for reason, status in statuses.items()]
 
 
 def note_model(context: OptionContext) -> None:
