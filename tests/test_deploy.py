@@ -742,7 +742,8 @@ def test_front_holds_as_many_uploads_as_spool_mb_allows_and_refuses_more_with_js
     assert serve.spool_plan(settings, 2) == serve.Spool(held_requests=2, answer_bytes=2 * MEBIBYTE, work_slots=1)
     length, sent = 3 * MEBIBYTE // 2, 5 * MEBIBYTE // 4  # past the 1 MiB nginx keeps in memory: on disk
     upstream = tmp_path / "worker.sock"
-    with stub_worker(upstream) as worker, front_alone(settings, tmp_path, upstream, threads=2) as front:
+    with stub_worker(upstream) as worker, counting_front(settings, tmp_path, upstream, threads=2) as front:
+        before = front_refusals()
         held = [start_upload(settings.port, path, length, sent) for path in ("/model/predict", "/app/upscale")]
         try:
             wait_for(lambda: len(spooled_bodies(front, tmp_path)) == 2, 30, interval_s=0.05)
@@ -755,6 +756,8 @@ def test_front_holds_as_many_uploads_as_spool_mb_allows_and_refuses_more_with_js
                 assert json.loads(body)["message"] == ("the server is busy: it takes 2 image requests at once, as many as "
                                               "10 MiB of disk for their uploads and answers holds (SPOOL_MB); "
                                               "retry later")
+            wait_for(lambda: grew_by(before, {("/model/predict", "503", "spool_full"): 1,
+                                              ("/app/upscale", "503", "spool_full"): 1}), 30)
             assert len(spooled_bodies(front, tmp_path)) == 2 and worker.received == []
             # Probes and other routes are not counted.
             assert requests.get(f"http://127.0.0.1:{settings.port}/health", timeout=30).status_code == 200
@@ -780,11 +783,15 @@ def test_front_passes_the_workers_own_503_as_it_is(tmp_path):
               b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(busy), busy))
     settings = Settings(host="127.0.0.1", port=free_port())
     upstream = tmp_path / "worker.sock"
-    with stub_worker(upstream, answer), front_alone(settings, tmp_path, upstream):
+    with stub_worker(upstream, answer), counting_front(settings, tmp_path, upstream):
+        before = front_refusals()
         for path in ("/model/predict", "/app/upscale"):
             response = requests.post(f"http://127.0.0.1:{settings.port}{path}", files={"image": b"x"}, timeout=30)
             assert response.status_code == 503 and response.headers["Retry-After"] == "9"
             assert response.content == busy
+        # The worker counts its own 503s; nginx, after them, counts only its own refusal (the datagrams keep order).
+        requests.post(f"http://127.0.0.1:{settings.port}/health", data=bytes(serve.BODY_BUFFER_BYTES + 1), timeout=30)
+        wait_for(lambda: grew_by(before, {("other", "413", "body_too_large"): 1}), 30)
 
 
 def test_every_request_has_one_id_in_nginxs_line_the_apps_and_the_answer(tmp_path):
