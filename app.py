@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import build_api, monitoring, observability, ops
+import monitoring
+from api import build_api, observability, ops
 from api.errors import register_error_handlers
 from api.web import blueprint as web_blueprint
 from config import Settings, load_settings
@@ -24,6 +25,7 @@ def create_app(settings: Settings | None = None, load_models: bool = True) -> Fl
     ops.register(flask_app)
     observability.install(flask_app, settings)
     flask_app.register_blueprint(web_blueprint)
+    monitoring.configure(settings.longest_answer_s, observability.refusal_series(flask_app), service.registry.names)
     if load_models:
         service.start_loading(on_loaded=monitoring.observe_model_load)
     return flask_app

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description=f"Log level of every process: {', '.join(LOG_LEVELS)} (any case).")
     cors_enable: bool = Field(False, description="Send CORS headers, as the original's CORS_ENABLE did; to the origins in CORS_ORIGINS, or to any origin (*) when that is empty.")
     cors_origins: str = Field("", description="Comma-separated origins allowed to call the service from a browser (e.g. https://a.example,https://b.example); setting it turns CORS on.")
-    prometheus_multiproc_dir: Path | None = Field(None, description="Folder where gunicorn's workers share their Prometheus metrics (emptied at start); unset: a new temporary folder.")
+    prometheus_multiproc_dir: Path | None = Field(None, description="Folder where gunicorn's workers share their Prometheus metrics, and serve.py its count of nginx's refusals (emptied at start); unset: a new temporary folder.")
 
     # Models
     models: str = Field("srgan,srresnet,realsr,realesrgan,span,anime", description="Comma-separated models each worker loads at start-up (realcugan, max-srgan: name them to load them).")

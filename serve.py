@@ -18,9 +18,11 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from pydantic import ValidationError
 
 from config import MEBIBYTE, REQUEST_ID_PATTERN, Settings, invalid_settings, load_settings
 from core import backends
+from core.errors import Reason
 from core.logs import configure_logging
 
 ROOT = Path(__file__).resolve().parent
@@ -57,6 +60,21 @@ JSON_ERRORS = {
 WORK_REFUSALS = {"work": "the server is busy: every request slot of its workers is taken; retry later",
                  "default": JSON_ERRORS["unavailable"][1]}
 WORK_REFUSED = "work_refused"
+# The image routes: nginx's own locations for them, and a label of the refusals it counts (any other path: "other").
+WORK_ROUTES = ("/model/predict", "/app/upscale")
+OTHER_ROUTE = "other"
+# nginx's own refusals that superres_refusals_total counts beside the workers' (docs/deployment.md), by the JSON
+# location that answers them: its reason. An upload over MAX_UPLOAD_BYTES is the workers' own reason.
+FRONT_REASONS = {"too_large": Reason.UPLOAD_TOO_LARGE.value, "body_too_large": "body_too_large",
+                 "spool_full": "spool_full", "timeout": "client_timeout"}
+# A request gunicorn did not take or did not answer (answered 503 by WORK_REFUSED or "unavailable"), by why.
+UPSTREAM_REASONS = {"slots": "request_slots_taken", "no_answer": "worker_timeout", "no_worker": "no_worker"}
+# A client too slow is often cut off with no answer, so that no location sets its reason: its status does.
+CLIENT_TIMEOUT = 408
+# nginx sends each refusal it counts to serve.py as a syslog datagram on this socket of its runtime folder,
+# "<route> <status> <reason>" after this tag.
+REFUSAL_SOCKET = "refusals.sock"
+REFUSAL_TAG = "superres_refusal"
 # nginx's own refusals, by nginx's status, each answered by the JSON location of that name.
 FRONT_ERROR_PAGES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "timeout",
                      413: "too_large", 414: "uri_too_long", 494: "header_too_large", 501: "transfer_encoding",
@@ -176,6 +194,7 @@ def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int)
             f"proxy_max_temp_file_size {spool.answer_bytes}; proxy_pass http://work;")
     other = (f"{_error_pages('unavailable', too_large='body_too_large')} client_max_body_size {other_body_bytes}; "
              f"proxy_max_temp_file_size 0; proxy_pass http://ops;")
+    work_locations = "\n".join(f"        location = {route} {{ {work} }}" for route in WORK_ROUTES)
     # An image's answer comes only when it is done.
     upstream_s = int(settings.longest_answer_s)
     client_timeout = nginx_time(settings.client_timeout_s)
@@ -199,13 +218,22 @@ http {{
     log_format json escape=json '{{"time":"$time_iso8601","level":"INFO","logger":"superres.front",'
         '"message":"request","method":"$request_method","path":"$uri","status":$status,'
         '"duration_s":$request_time,"input_bytes":"$content_length","remote_addr":"$remote_addr",'
-        '"request_id":"$superres_request_id"}}';
-    map $upstream_status $answered_by_front {{ "" 1; default 0; }}
+        '"request_id":"$superres_request_id","reason":"$refusal_reason"}}';
+    log_format refusal '$refusal_route $status $refusal_reason';
+    # Each JSON location of a counted refusal sets $front_refusal; the other requests leave it unset.
+    uninitialized_variable_warn off;
+    map $status $status_refusal {{ {CLIENT_TIMEOUT} {FRONT_REASONS["timeout"]}; default ""; }}
+    map $front_refusal $refusal_reason {{ "" $status_refusal; default $front_refusal; }}
+    map $uri $refusal_route {{ {" ".join(f"{route} {route};" for route in WORK_ROUTES)} default {OTHER_ROUTE}; }}
+    {_upstream_refusal_map()}
+    # gunicorn's answers are the app's to log; a request gunicorn did not take or answer, nginx's.
+    map $upstream_status $answered_by_front {{ "" 1; default $refusal_reason; }}
     # The caller's X-Request-ID where the app would keep it, else nginx's own: one id in nginx's line or the
     # app's, and in the answer, for every request (an id nginx made reaches the app as the caller's would).
     map $http_x_request_id $superres_request_id {{ "~^{REQUEST_ID_PATTERN}$" $http_x_request_id; default $request_id; }}
     {_work_refusal_map()}
     access_log /dev/stderr json if=$answered_by_front;
+    access_log syslog:server=unix:{runtime / REFUSAL_SOCKET},nohostname,tag={REFUSAL_TAG} refusal if=$refusal_reason;
 
     client_header_timeout {client_timeout};
     client_body_timeout {client_timeout};
@@ -238,8 +266,7 @@ http {{
         {_error_pages("unavailable")}
 
         location / {{ {other} }}
-        location = /model/predict {{ {work} }}
-        location = /app/upscale {{ {work} }}
+{work_locations}
 {named}
 {_json_location(WORK_REFUSED, 503, "$" + WORK_REFUSED, settings.retry_after_s)}
     }}
@@ -281,14 +308,28 @@ def _work_refusal_map() -> str:
     return f"map $upstream_addr ${WORK_REFUSED} {{ {cases} }}"
 
 
+def _upstream_refusal_map() -> str:
+    """The variable $upstream_refusal: why gunicorn did not take or answer a request (every slot taken leaves the
+    work upstream's name in $upstream_addr; proxy_read_timeout, 504)."""
+    return (f'map "$upstream_status $upstream_addr" $upstream_refusal {{ "~ work$" {UPSTREAM_REASONS["slots"]}; '
+            f'"~^504 " {UPSTREAM_REASONS["no_answer"]}; default {UPSTREAM_REASONS["no_worker"]}; }}')
+
+
+def _refusal_reason(name: str) -> str | None:
+    """The reason the JSON location ``name`` counts its refusals by, if it counts them."""
+    return "$upstream_refusal" if name in (WORK_REFUSED, "unavailable") else FRONT_REASONS.get(name)
+
+
 def _json_location(name: str, status: int, message: str, retry_after_s: int) -> str:
     escaped = message.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'")
     retry = f"add_header Retry-After {retry_after_s} always; " if status == 503 else ""
+    reason = _refusal_reason(name)
+    counted = f"set $front_refusal {reason}; " if reason else ""
     place = _error_location(name)
     block = f"= {place} {{ internal;" if place.startswith("/") else f"{place} {{"
     return (f"        location {block} default_type application/json; {retry}"
             f"add_header X-Content-Type-Options nosniff always; add_header X-Request-ID $superres_request_id always; "
-            f"return {status} '{{\"message\": \"{escaped}\"}}\\n'; }}")
+            f"{counted}return {status} '{{\"message\": \"{escaped}\"}}\\n'; }}")
 
 
 class _Stop:
@@ -348,14 +389,17 @@ def main() -> int:
     runtime = Path(tempfile.mkdtemp(prefix="superres-serve-"))
     upstream = runtime / "gunicorn.sock"
     (runtime / "nginx.conf").write_text(nginx_config(settings, runtime, str(upstream), threads))
+    # The workers' metrics folder, where this process counts nginx's refusals too; gunicorn empties it at start.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.prometheus_multiproc_dir or runtime / "metrics")
     gunicorn = stop.start(subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
                                             "--bind", f"unix:{upstream}", "app:app"], cwd=ROOT,
                                            env={**os.environ, "THREADS": str(threads)}), signal.SIGTERM)
-    front = None
+    front = counter = None
     try:
         if not _wait_for(upstream, gunicorn, stop):
             code = gunicorn.wait()  # a stop may have come before gunicorn's own handlers: no error then
             return 0 if stop.requested else code or 1
+        counter = FrontRefusalCounter(runtime / REFUSAL_SOCKET)  # once gunicorn has emptied the folder
         front = stop.start(subprocess.Popen([nginx, "-e", "stderr", "-p", str(runtime), "-c",
                                              str(runtime / "nginx.conf")]), signal.SIGQUIT)
         return _supervise(gunicorn, front, stop)
@@ -366,7 +410,56 @@ def main() -> int:
         for process in (front, gunicorn):
             if process is not None:
                 _wait_or_kill(process, settings.shutdown_grace_s + 10)
+        if counter is not None:
+            counter.close()
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def front_series() -> list[tuple[str, int, str]]:
+    """Every (route, status, reason) of nginx's own refusals: on the image routes, an upload over MAX_UPLOAD_BYTES,
+    a full spool and any answer gunicorn did not give; on the others, a body too large and no answer (their upstream
+    has no slot limit); on every route, a client too slow."""
+    unavailable = JSON_ERRORS["unavailable"][0]
+    slow = (CLIENT_TIMEOUT, FRONT_REASONS["timeout"])
+    work = [*((JSON_ERRORS[name][0], FRONT_REASONS[name]) for name in ("too_large", "spool_full")),
+            *((unavailable, reason) for reason in UPSTREAM_REASONS.values()), slow]
+    other = [(JSON_ERRORS["body_too_large"][0], FRONT_REASONS["body_too_large"]),
+             *((unavailable, UPSTREAM_REASONS[why]) for why in ("no_answer", "no_worker")), slow]
+    return ([(route, status, reason) for route in WORK_ROUTES for status, reason in work]
+            + [(OTHER_ROUTE, status, reason) for status, reason in other])
+
+
+class FrontRefusalCounter:
+    """Counts nginx's own refusals in superres_refusals_total, as the workers count theirs, so that the alerts on it
+    see them: nginx sends each as a syslog datagram to the socket ``path`` (its syslog never blocks its event loop:
+    a datagram the socket has no room for is dropped, and nginx says so in its error log), and a thread here adds
+    it to this process's file in PROMETHEUS_MULTIPROC_DIR, which /metrics adds up with the workers'."""
+
+    def __init__(self, path: Path) -> None:
+        # Here, not at the top: prometheus-client reads PROMETHEUS_MULTIPROC_DIR at import, and main sets it first.
+        import monitoring
+
+        self._counter = monitoring.REFUSALS
+        self._series = {(route, str(status), reason) for route, status, reason in front_series()}
+        for series in self._series:
+            self._counter.labels(*series)  # at 0 from the start, as the workers' series
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._thread = threading.Thread(target=self._count, name="front-refusals", daemon=True)
+        self._thread.start()
+
+    def _count(self) -> None:
+        while datagram := self._socket.recv(4096):  # empty once close shuts the socket down
+            series = tuple(datagram.decode(errors="replace").partition(f"{REFUSAL_TAG}: ")[2].split())
+            if series in self._series:
+                self._counter.labels(*series).inc()
+            else:
+                log.warning("serve.py: nginx reported a refusal outside superres_refusals_total's series: %r", datagram)
+
+    def close(self) -> None:
+        self._socket.shutdown(socket.SHUT_RDWR)
+        self._thread.join()
+        self._socket.close()
 
 
 def choose_device() -> backends.Choice:

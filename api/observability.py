@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 
 from flask import Flask, Response, g, request
 
-from api import monitoring
+import monitoring
 from config import REQUEST_ID_PATTERN, Settings
-from core.errors import Reason
+from core.errors import Reason, refusal_statuses
 from core.options import OptionContext
 
 ACCESS_LOG = logging.getLogger("superres.access")
@@ -60,6 +60,14 @@ class Outcome:
     input_size: tuple[int, int] | None = None
     output_size: tuple[int, int] | None = None
     refusal: Reason | None = None
+
+
+def refusal_series(app: Flask) -> list[tuple[str, int, Reason]]:
+    """Every (route, status, reason) superres_refusals_total can count: each reason on each route that takes an
+    upload (POST), as every refusal comes from reading, planning or running an upload."""
+    statuses = refusal_statuses()
+    return [(rule.rule, status, reason) for rule in app.url_map.iter_rules() if "POST" in (rule.methods or ())
+            for reason, status in statuses.items()]
 
 
 def note_model(context: OptionContext) -> None:

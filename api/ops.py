@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, jsonify
 
-from api import monitoring, service
+import monitoring
+from api import service
 
 blueprint = Blueprint("ops", __name__)
 

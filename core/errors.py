@@ -159,6 +159,21 @@ class TimeLimitExceeded(Unavailable):
     reason = Reason.TIME_LIMIT
 
 
+def refusal_statuses() -> dict[Reason, int]:
+    """Each reason with the status of its error class, from the classes themselves: those defined elsewhere
+    (core/cost.py, core/shutdown.py, api/errors.py) count once imported, and a reason whose class is not yet
+    imported is an error here rather than a series missing from superres_refusals_total."""
+    statuses = {cls.reason: cls.status for cls in _subclasses(Refusal) if cls.reason is not None}
+    missing = sorted(set(Reason) - statuses.keys())
+    if missing:
+        raise LookupError(f"no error class imported yet names the reasons {missing}")
+    return statuses
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]
+
+
 class Cancelled(Exception):
     """The client went away or asked to stop; the work ends at the next tile."""
 

@@ -21,7 +21,7 @@ import pytest
 import requests
 import yaml
 
-from api import monitoring
+import monitoring
 from config import GPU_INFERENCE_SLOTS, MEBIBYTE, Settings
 from harness.live_server import free_port
 from harness.raw_http import descendants, wait_for
@@ -512,6 +512,91 @@ def test_front_says_busy_only_when_every_request_slot_is_taken(tmp_path):
         first.close()
 
 
+# nginx's own refusals, counted in superres_refusals_total by serve.FrontRefusalCounter (docs/deployment.md).
+
+def front_refusals() -> dict[tuple[str, str, str], float]:
+    return {(sample.labels["route"], sample.labels["status"], sample.labels["reason"]): sample.value
+            for family in monitoring.REGISTRY.collect() if family.name == "superres_refusals"
+            for sample in family.samples if sample.name == "superres_refusals_total"
+            and (sample.labels["route"], sample.labels["status"], sample.labels["reason"]) in FRONT_SERIES}
+
+
+FRONT_SERIES = {(route, str(status), reason) for route, status, reason in serve.front_series()}
+
+
+@contextmanager
+def counting_front(settings: Settings, runtime: Path, upstream: Path | None = None,
+                   threads: int = 4) -> Iterator[subprocess.Popen]:
+    """front_alone, with serve.py's counter of its refusals listening as under serve.py."""
+    counter = serve.FrontRefusalCounter(runtime / serve.REFUSAL_SOCKET)
+    try:
+        with front_alone(settings, runtime, upstream, threads) as front:
+            yield front
+    finally:
+        counter.close()
+
+
+def grew_by(before: dict, expected: dict) -> bool:
+    after = front_refusals()
+    return {key: after[key] - before[key] for key in after if after[key] != before[key]} == expected
+
+
+def test_front_counts_its_refusals_beside_the_workers_with_the_same_json_answers(tmp_path):
+    settings = Settings(host="127.0.0.1", port=free_port(), max_upload_bytes=FRONT_UPLOAD_LIMIT)
+    monitoring.REFUSALS.clear()
+    with counting_front(settings, tmp_path) as front:
+        before = front_refusals()
+        assert before == dict.fromkeys(FRONT_SERIES, 0.0)  # each at 0 before its first refusal
+        url = f"http://127.0.0.1:{settings.port}"
+        too_large = requests.post(f"{url}/model/predict", files={"image": ("big.png", bytes(FRONT_UPLOAD_LIMIT))},
+                                  timeout=30)
+        no_worker = requests.post(f"{url}/health", data=b"x", timeout=30)
+        assert (too_large.status_code, too_large.json()["message"]) == (413, UPLOAD_TOO_LARGE)
+        assert (no_worker.status_code, no_worker.json()["message"]) == (503, serve.JSON_ERRORS["unavailable"][1])
+        # The same reason as the workers' own 413 for an upload over MAX_UPLOAD_BYTES: one alert covers both.
+        wait_for(lambda: grew_by(before, {("/model/predict", "413", "upload_too_large"): 1,
+                                          ("other", "503", "no_worker"): 1}), 30)
+    lines = [json.loads(line) for line in front.stderr.read().splitlines() if line.startswith("{")]
+    # Its log line too, which a 503 for a worker that does not answer lacked.
+    assert [(line["path"], line["status"], line["reason"]) for line in lines] == [
+        ("/model/predict", 413, "upload_too_large"), ("/health", 503, "no_worker")]
+
+
+def test_front_counts_a_client_too_slow_and_a_request_no_slot_was_free_for(tmp_path):
+    settings = Settings(host="127.0.0.1", port=free_port(), workers=1, client_timeout_s=0.5)
+    upstream = tmp_path / "held.sock"
+    with socket.socket(socket.AF_UNIX) as worker, counting_front(settings, tmp_path, upstream, threads=2):
+        worker.bind(str(upstream))  # one worker of 2 threads: one request slot, one thread for the probes
+        worker.listen(8)
+        worker.settimeout(30)
+        before = front_refusals()
+        first = socket.create_connection(("127.0.0.1", settings.port), timeout=30)
+        first.sendall(b"POST /model/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        held, _ = worker.accept()  # the first request has the slot, and its answer is not coming
+        busy = requests.post(f"http://127.0.0.1:{settings.port}/app/upscale", files={"image": b"x"}, timeout=30)
+        assert busy.status_code == 503 and busy.json()["message"] == serve.WORK_REFUSALS["work"]
+        slow = socket.create_connection(("127.0.0.1", settings.port), timeout=30)
+        slow.sendall(b"POST /model/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        wait_for(lambda: grew_by(before, {("/app/upscale", "503", "request_slots_taken"): 1,
+                                          ("/model/predict", "408", "client_timeout"): 1}), 30)
+        for connection in (slow, held, first):
+            connection.close()
+
+
+def test_a_refusal_outside_the_front_series_is_logged_not_counted(tmp_path, caplog):
+    """Only the fixed series are counted: a datagram naming another (a configuration out of step) adds none."""
+    counter = serve.FrontRefusalCounter(tmp_path / serve.REFUSAL_SOCKET)
+    before = front_refusals()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as nginx:
+            nginx.sendto(f"<190>Dec  7 21:00:00 {serve.REFUSAL_TAG}: /a/client/path 503 no_worker".encode(),
+                         str(tmp_path / serve.REFUSAL_SOCKET))
+        wait_for(lambda: "outside superres_refusals_total's series" in caplog.text, 30)
+    finally:
+        counter.close()
+    assert front_refusals() == before
+
+
 def test_gpu_probes_cover_model_load_and_warm_up_and_point_at_real_routes(client):
     probes = {kind: container(GPU_MANIFEST)[kind] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
     assert probes["livenessProbe"]["httpGet"]["path"] == "/health"
@@ -657,7 +742,8 @@ def test_front_holds_as_many_uploads_as_spool_mb_allows_and_refuses_more_with_js
     assert serve.spool_plan(settings, 2) == serve.Spool(held_requests=2, answer_bytes=2 * MEBIBYTE, work_slots=1)
     length, sent = 3 * MEBIBYTE // 2, 5 * MEBIBYTE // 4  # past the 1 MiB nginx keeps in memory: on disk
     upstream = tmp_path / "worker.sock"
-    with stub_worker(upstream) as worker, front_alone(settings, tmp_path, upstream, threads=2) as front:
+    with stub_worker(upstream) as worker, counting_front(settings, tmp_path, upstream, threads=2) as front:
+        before = front_refusals()
         held = [start_upload(settings.port, path, length, sent) for path in ("/model/predict", "/app/upscale")]
         try:
             wait_for(lambda: len(spooled_bodies(front, tmp_path)) == 2, 30, interval_s=0.05)
@@ -670,6 +756,8 @@ def test_front_holds_as_many_uploads_as_spool_mb_allows_and_refuses_more_with_js
                 assert json.loads(body)["message"] == ("the server is busy: it takes 2 image requests at once, as many as "
                                               "10 MiB of disk for their uploads and answers holds (SPOOL_MB); "
                                               "retry later")
+            wait_for(lambda: grew_by(before, {("/model/predict", "503", "spool_full"): 1,
+                                              ("/app/upscale", "503", "spool_full"): 1}), 30)
             assert len(spooled_bodies(front, tmp_path)) == 2 and worker.received == []
             # Probes and other routes are not counted.
             assert requests.get(f"http://127.0.0.1:{settings.port}/health", timeout=30).status_code == 200
@@ -695,11 +783,15 @@ def test_front_passes_the_workers_own_503_as_it_is(tmp_path):
               b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(busy), busy))
     settings = Settings(host="127.0.0.1", port=free_port())
     upstream = tmp_path / "worker.sock"
-    with stub_worker(upstream, answer), front_alone(settings, tmp_path, upstream):
+    with stub_worker(upstream, answer), counting_front(settings, tmp_path, upstream):
+        before = front_refusals()
         for path in ("/model/predict", "/app/upscale"):
             response = requests.post(f"http://127.0.0.1:{settings.port}{path}", files={"image": b"x"}, timeout=30)
             assert response.status_code == 503 and response.headers["Retry-After"] == "9"
             assert response.content == busy
+        # The worker counts its own 503s; nginx, after them, counts only its own refusal (the datagrams keep order).
+        requests.post(f"http://127.0.0.1:{settings.port}/health", data=bytes(serve.BODY_BUFFER_BYTES + 1), timeout=30)
+        wait_for(lambda: grew_by(before, {("other", "413", "body_too_large"): 1}), 30)
 
 
 def test_every_request_has_one_id_in_nginxs_line_the_apps_and_the_answer(tmp_path):

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
+from config import Settings
 from harness.live_server import live_server
 from harness.raw_http import closed_by_server, open_idle, open_non_reader, open_slow_body, png, scan_bomb, wait_for
 
@@ -67,6 +70,29 @@ def test_clients_that_stall_are_disconnected_after_the_client_timeout(impatient_
     finally:
         idle.close()
         slow_body.close()
+
+
+def test_the_workers_metrics_count_what_nginx_refuses_by_itself(impatient_server):
+    """serve.py counts nginx's refusals in the workers' metrics folder: /metrics, whichever worker answers it,
+    shows them with the workers' own."""
+    def counted() -> dict[tuple[str, str, str], float]:
+        text = requests.get(f"{impatient_server.url}/metrics", timeout=30).text
+        return {(sample.labels["route"], sample.labels["status"], sample.labels["reason"]): sample.value
+                for family in text_string_to_metric_families(text) for sample in family.samples
+                if sample.name == "superres_refusals_total"}
+
+    before = counted()
+    assert {("/model/predict", "413", "upload_too_large"), ("other", "503", "no_worker")} <= before.keys()
+    port = int(impatient_server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:  # nginx answers from the headers
+        client.sendall(f"POST /model/predict HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                       f"{Settings().max_upload_bytes + 1}\r\nConnection: close\r\n\r\n".encode())
+        assert client.recv(65536).startswith(b"HTTP/1.1 413 ")
+    slow_body = open_slow_body(impatient_server.url)
+    wait_for(lambda: closed_by_server(slow_body), 30)
+    slow_body.close()
+    expected = {("/model/predict", "413", "upload_too_large"): 1, ("/model/predict", "408", "client_timeout"): 1}
+    wait_for(lambda: {key: counted()[key] - before[key] for key in expected} == expected, 30, interval_s=0.2)
 
 
 def test_a_progressive_jpeg_scan_bomb_is_refused_from_its_structure(impatient_server):

@@ -15,12 +15,15 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import REGISTRY
 
-import api.errors  # noqa: F401 - defines FormTooLarge, whose reason the label set includes
+import api.errors  # defines FormTooLarge, whose reason the label set includes
+import monitoring
+from serve import front_series
 from api import predict
+from app import create_app
 from core import memory, pipeline, shutdown
 from core.admission import InferenceSlot
 from core.errors import (Cancelled, DeviceFailed, NotReady, OutOfDeviceMemory, OverDeviceMemoryBudget, Reason, Refusal,
-                         TimeLimitExceeded)
+                         TimeLimitExceeded, refusal_statuses)
 from core.service import Service
 from harness.raw_http import png, wait_for
 from tests.conftest import sample_bytes
@@ -238,7 +241,9 @@ def test_the_refusals_take_their_labels_from_fixed_sets_only(app, client, monkey
     client.post("/model/predict", data={"image": (io.BytesIO(b"x"), "a.png"), "model": "a name of the client's own"},
                 content_type="multipart/form-data")
     assert refusals()
-    for route, status, reason in refusals():
+    # nginx's own, which serve.py counts in the same metric (tests/test_deploy.py), where this process has any.
+    front = {(route, str(status), reason) for route, status, reason in front_series()}
+    for route, status, reason in refusals().keys() - front:
         assert (route in ROUTES, status in ("413", "503"), reason in set(Reason)) == (True, True, True)
 
 
@@ -255,3 +260,22 @@ def test_a_stream_the_client_left_counts_no_refusal_even_as_the_work_is_refused(
     refused = {id(refused_event): Reason.TIME_LIMIT}
     assert _stream_outcome(left, "srgan", refused)[1].refusal is None
     assert _stream_outcome(refused_event, "srgan", refused)[1].refusal is Reason.TIME_LIMIT
+
+
+def test_every_refusal_series_is_there_at_zero_before_the_first_refusal(settings):
+    """rate() and increase() see a refusal only as a series' growth: without its 0 beforehand, the first refusal
+    of each kind (the one that matters for a rare one) would go unseen, and dashboards would show no data."""
+    monitoring.REFUSALS.clear()
+    fresh = create_app(settings, load_models=False)
+    assert refusals() == {(route, str(status), reason.value): 0.0
+                          for route in ROUTES for reason, (_, _, status) in REFUSALS.items()}
+    scraped = fresh.test_client().get("/metrics").get_data(as_text=True)
+    assert 'superres_refusals_total{reason="device_failed",route="/app/upscale",status="503"} 0.0' in scraped
+    assert 'superres_model_ready_workers{model="srgan"} 0.0' in scraped  # an alert sees a model that never loads
+    assert 'superres_pixels_total{model="srresnet",side="output"} 0.0' in scraped
+
+
+def test_a_refusal_class_not_yet_imported_stops_the_start_rather_than_leaving_its_series_out(monkeypatch):
+    monkeypatch.setattr(api.errors.FormTooLarge, "reason", None)
+    with pytest.raises(LookupError, match="form_too_large"):
+        refusal_statuses()

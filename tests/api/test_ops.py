@@ -6,12 +6,15 @@ import json
 import logging
 import threading
 import time
+from types import SimpleNamespace
 
 import openvino
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from api import observability
+from monitoring import latency_buckets
 from app import create_app
 from config import load_settings
 from core.backends import cpu_name
@@ -227,3 +230,26 @@ def _wait_until_both_workers_loaded(url: str, timeout_s: float = 180) -> None:
     while value(scrape(requests.get(f"{url}/metrics", timeout=30).text), "superres_model_ready_workers", model="srgan") < 2:
         assert time.monotonic() < deadline, "the second worker did not load srgan"
         time.sleep(0.5)
+
+
+def test_the_latency_buckets_rise_to_the_longest_answer_the_settings_allow():
+    assert latency_buckets(690.0) == (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640, 690.0)
+    assert latency_buckets(1290.0)[-3:] == (640, 1280, 1290.0)
+    assert latency_buckets(31.5)[-3:] == (10, 20, 31.5)
+
+
+def test_a_request_as_long_as_the_settings_allow_falls_in_a_finite_bucket(client, settings, monkeypatch):
+    """An answer within every limit is counted below +Inf: +Inf holds only those that ran past every limit."""
+    def bucket(text: str, bound: str) -> float:
+        return value(scrape(text), "superres_http_request_duration_seconds_bucket", route="/model/metadata",
+                     model="", le=bound)
+
+    longest = settings.longest_answer_s
+    before = client.get("/metrics").get_data(as_text=True)
+    # The request's clock: it starts at 0 and ends 1 s within the longest answer.
+    monkeypatch.setattr(observability, "time", SimpleNamespace(perf_counter=iter([0.0, longest - 1]).__next__))
+    assert client.get("/model/metadata").status_code == 200
+    monkeypatch.undo()
+    after = client.get("/metrics").get_data(as_text=True)
+    assert bucket(after, str(longest)) - bucket(before, str(longest)) == 1
+    assert bucket(after, "+Inf") - bucket(before, "+Inf") == 1

@@ -5,8 +5,10 @@ at import time whether values live in this process or in files every worker shar
 """
 from __future__ import annotations
 
+import itertools
 import os
 import threading
+from collections.abc import Iterable
 
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
                                disable_created_metrics, generate_latest)
@@ -16,22 +18,25 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # The *_created series double the output and the multiprocess mode has none: the same text either way.
 disable_created_metrics()
 
-# From a health probe (milliseconds) to a 64-megapixel output on a CPU (minutes).
-LATENCY_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
+# From a health probe (milliseconds) up: below 10 s these, then doubling from 10 s (latency_buckets).
+SHORT_LATENCY_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 REQUESTS = Counter("superres_http_requests", "HTTP requests answered, by route, model and status.",
                    ("route", "method", "model", "status"))
 # Beside REQUESTS, so that its series and the queries on them stay as they were: the reason is known for refusals only.
-REFUSALS = Counter("superres_refusals", "Requests refused with 413 or 503, by route, status and reason (a fixed set: "
-                   "core/errors.Reason).", ("route", "status", "reason"))
-LATENCY = Histogram("superres_http_request_duration_seconds", "Time to answer an HTTP request, by route and model.",
-                    ("route", "model"), buckets=LATENCY_BUCKETS)
+REFUSALS = Counter("superres_refusals", "Requests refused with 413 or 503 (by nginx, also 408), by route, status and "
+                   "reason (fixed sets: core/errors.Reason, and serve.py's for nginx's own).", ("route", "status", "reason"))
+LATENCY_NAME = "superres_http_request_duration_seconds"
+LATENCY_HELP = "Time to answer an HTTP request, by route and model."
+# Its buckets follow the settings, so that configure makes it: (its buckets, the histogram).
+_latency: tuple[tuple[float, ...], Histogram] | None = None
 IN_FLIGHT = Gauge("superres_http_requests_in_flight", "HTTP requests being answered now, by route.",
                   ("route",), multiprocess_mode="livesum")
 INFERENCE_RUNNING = Gauge("superres_inference_running", "Images being upscaled now (at most INFERENCE_SLOTS per worker).",
                           multiprocess_mode="livesum")
 INFERENCE_QUEUED = Gauge("superres_inference_queued", "Requests waiting for a worker's inference slot.",
                          multiprocess_mode="livesum")
+PIXEL_SIDES = ("input", "output")
 PIXELS = Counter("superres_pixels", "Pixels of successfully upscaled images, by model and side (input or output).",
                  ("model", "side"))
 MODEL_LOAD = Gauge("superres_model_load_seconds", "Seconds to build, load and warm up each model (slowest live worker).",
@@ -59,9 +64,35 @@ def render() -> bytes:
     return generate_latest(REGISTRY)
 
 
+def latency_buckets(longest_answer_s: float) -> tuple[float, ...]:
+    """The histogram's bounds: SHORT_LATENCY_BUCKETS, then 10 s doubling while below ``longest_answer_s``, then
+    ``longest_answer_s`` itself (Settings.longest_answer_s: the queue's wait, the time limit and the margin), so
+    that every answer the settings allow falls in a finite bucket and +Inf holds only those past every limit."""
+    doubling = itertools.takewhile(lambda bound: bound < longest_answer_s, (10 * 2 ** k for k in itertools.count()))
+    return (*(bound for bound in SHORT_LATENCY_BUCKETS if bound < longest_answer_s), *doubling, longest_answer_s)
+
+
+def configure(longest_answer_s: float, refusals: Iterable[tuple[str, int, str]], models: Iterable[str]) -> None:
+    """Make the latency histogram for ``longest_answer_s``, and give every series known in advance its 0: each
+    (route, status, reason) a refusal can take, each model's pixels and ready workers, so that ``rate()``,
+    ``increase()`` and alerts on them see the first refusal, and a model that never loads, rather than no series."""
+    global _latency
+    buckets = latency_buckets(longest_answer_s)
+    if _latency is None or _latency[0] != buckets:
+        if _latency is not None:  # another app in this process (tests) with other limits: its bounds now
+            REGISTRY.unregister(_latency[1])
+        _latency = (buckets, Histogram(LATENCY_NAME, LATENCY_HELP, ("route", "model"), buckets=buckets))
+    for route, status, reason in refusals:
+        REFUSALS.labels(route, str(status), reason)
+    for model in models:
+        MODEL_READY.labels(model).set(0)
+        for side in PIXEL_SIDES:
+            PIXELS.labels(model, side)
+
+
 def observe_request(route: str, method: str, model: str, status: int, seconds: float) -> None:
     REQUESTS.labels(route, method, model, str(status)).inc()
-    LATENCY.labels(route, model).observe(seconds)
+    _latency[1].labels(route, model).observe(seconds)
 
 
 def observe_refusal(route: str, status: int, reason: str) -> None:
@@ -69,8 +100,8 @@ def observe_refusal(route: str, status: int, reason: str) -> None:
 
 
 def observe_pixels(model: str, input_pixels: int, output_pixels: int) -> None:
-    PIXELS.labels(model, "input").inc(input_pixels)
-    PIXELS.labels(model, "output").inc(output_pixels)
+    for side, pixels in zip(PIXEL_SIDES, (input_pixels, output_pixels), strict=True):
+        PIXELS.labels(model, side).inc(pixels)
 
 
 def observe_model_load(model: str, seconds: float) -> None:
