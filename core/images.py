@@ -78,6 +78,8 @@ class Header:
     # The ICC profile the result may carry (an RGB or grey one): its length (else 0) and colour space
     profile_bytes: int = 0
     profile_space: bytes | None = None
+    # The ICC profile the upload stores, whatever its colour space: decoding copies it (core/memory.py)
+    stored_profile_bytes: int = 0
 
     @property
     def size(self) -> tuple[int, int]:
@@ -123,12 +125,11 @@ def read_header(data: bytes, max_pixels: int) -> Header:
         width, height = orientation.displayed(*image.size, turn)
         sample_bytes = 2 if (png_header and png_header.bit_depth == 16) or image.mode.startswith("I") else 1
         samples = _samples_at_most(image)
-        profile = image.info.get("icc_profile")
+        profile = image.info.get("icc_profile") or b""
         space = _profile_space(profile)
-        if space not in CARRIED_PROFILE_SPACES:
-            profile, space = b"", None
-    return Header(image_format, width, height, turn, png_header, max_pixels, samples, sample_bytes, len(profile),
-                  space)
+        carried = len(profile) if space in CARRIED_PROFILE_SPACES else 0
+    return Header(image_format, width, height, turn, png_header, max_pixels, samples, sample_bytes, carried,
+                  space if carried else None, len(profile))
 
 
 def _turn_to_apply(image: Image.Image, png_header: PngHeader | None) -> int:
