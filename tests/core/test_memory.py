@@ -9,6 +9,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from config import load_settings
 from core import memory
@@ -21,7 +22,7 @@ from core.models.weights import REALCUGAN_BORDERS
 from core.options import UpscaleOptions
 from core.service import Service
 from core.tiling import WINDOW_QUANTUM, plan_tiles
-from harness.photos import photo_profiled_tiff
+from harness.photos import photo_profiled_tiff, rgb_profile
 from tests.conftest import ROOT
 
 MIB = memory.MEBIBYTE
@@ -114,6 +115,25 @@ def test_a_request_reserves_its_upload_and_the_copies_of_its_icc_profile(service
     counted the pixels and the windows alone, 27 MiB, where the run holds more than 100."""
     data = photo_profiled_tiff(64, profile_mib * MIB)
     plan = service.prepare(data, UpscaleOptions(model="srgan", output_format=output_format))
+    tracemalloc.start()
+    try:
+        service.run(plan)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(data) + peak <= plan.host_bytes
+
+
+def test_a_request_reserves_the_copies_decoding_makes_of_a_profile_the_result_does_not_carry(service):
+    """A CMYK JPEG's profile is used to convert its pixels to sRGB and is not carried (one that cannot be read, as
+    here, converts as without one): decoding still holds its copies, which the plan reserves."""
+    profile = bytearray(rgb_profile(15 * MIB))
+    profile[16:20] = b"CMYK"
+    buffer = io.BytesIO()
+    Image.new("CMYK", (64, 64), (0, 128, 0, 0)).save(buffer, "JPEG", icc_profile=bytes(profile))
+    data = buffer.getvalue()
+    plan = service.prepare(data, UpscaleOptions(model="srgan"))
+    assert plan.header.profile_bytes == 0
     tracemalloc.start()
     try:
         service.run(plan)
