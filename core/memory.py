@@ -41,7 +41,7 @@ DECODED_PROFILE_COPIES = 3
 # encoder's with the encoded bytes. png: the iCCP chunk (zlib cannot shrink a profile of random bytes) and the bytes
 # joined; webp: libwebp's copy and its output; jpeg: Pillow's markers cut from it, their join grown a marker at a
 # time, the output buffer and the bytes taken from it. Measured on a 64² image, beside the upload: png 3.03 (peak
-# RSS) and 3.52 (tracemalloc) times the profile, webp 3.03 and 3.00, jpeg 6.25 and 6.00 (tests/core/test_memory.py).
+# RSS) and 3.52 (tracemalloc) times the profile, webp 3.07 and 3.01, jpeg 6.25 and 6.02 (tests/core/test_memory.py).
 ENCODED_PROFILE_COPIES = {"png": 4, "jpeg": 7, "webp": 4}
 # The web page's layers carry it too: the two layers' PNG, and base64 of the three encoded images (a third larger).
 LAYER_PROFILE_COPIES = 6
