@@ -79,6 +79,8 @@ class Header:
     # The ICC profile the result may carry (an RGB or grey one): its length (else 0) and colour space
     profile_bytes: int = 0
     profile_space: bytes | None = None
+    # The ICC profile the upload stores, whatever its colour space: decoding copies it (core/memory.py)
+    stored_profile_bytes: int = 0
 
     @property
     def size(self) -> tuple[int, int]:
@@ -128,12 +130,11 @@ def read_header(data: bytes, max_pixels: int) -> Header:
         sixteen = (png_header and png_header.bit_depth == 16) or layout or image.mode.startswith("I")
         sample_bytes = 2 if sixteen else 1
         samples = layout.colour_samples + (layout.alpha is not None) if layout else _samples_at_most(image)
-        profile = image.info.get("icc_profile")
+        profile = image.info.get("icc_profile") or b""
         space = _profile_space(profile)
-        if space not in CARRIED_PROFILE_SPACES:
-            profile, space = b"", None
+        carried = len(profile) if space in CARRIED_PROFILE_SPACES else 0
     return Header(image_format, width, height, turn, png_header, layout, max_pixels, samples, sample_bytes,
-                  len(profile), space)
+                  carried, space if carried else None, len(profile))
 
 
 def _open(data: bytes, image_format: str, layout: tiff16.Layout | None) -> Image.Image:

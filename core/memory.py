@@ -2,7 +2,8 @@
 
 A worker's peak RSS is what it holds anyway (TensorFlow, OpenVINO and the loaded models: its
 *resident* size, read once the models are loaded), plus the buffers of the request being served
-(decoded input, float input, output, the encoder's copy and the encoded bytes), plus the network's
+(decoded input, float input, output, the encoder's copy and the encoded bytes, the upload itself and the copies
+of an ICC profile, which may be nearly as long as the upload and outweigh the pixels), plus the network's
 working set on one window, which grows with the window's pixels. Each model's bytes per window pixel
 are measured (``python -m bench.memory windows``, docs/speed.md) and kept in its spec; the tile is
 the largest whose window fits what is left. Only one model's windows count: after each request the
@@ -30,6 +31,20 @@ REQUEST_BYTES_PER_INPUT_PIXEL = 24
 # The result, per byte of its pixels (Header.pixel_bytes): the pixels, the encoded bytes as the encoder's
 # pieces, and the pieces joined; an image that does not compress encodes to as many bytes as its pixels.
 RESULT_COPIES = 3
+# The upload, which the request holds from the form's read to its answer (Plan.data).
+UPLOAD_COPIES = 1
+# An ICC profile the upload stores, as decoding holds it at its peak, whatever its colour space: the bytes Pillow reads
+# it from, its copy in the image's info, and the decoded image's (peak RSS 2.99 to 3.00 times the profile above the
+# upload, for 15 to 30 MiB profiles in JPEG, TIFF and WebP).
+DECODED_PROFILE_COPIES = 3
+# A profile the result carries, as encoding holds it at its peak, by output format: the decoded image's copy, and the
+# encoder's with the encoded bytes. png: the iCCP chunk (zlib cannot shrink a profile of random bytes) and the bytes
+# joined; webp: libwebp's copy and its output; jpeg: Pillow's markers cut from it, their join grown a marker at a
+# time, the output buffer and the bytes taken from it. Measured on a 64² image, beside the upload: png 3.03 (peak
+# RSS) and 3.52 (tracemalloc) times the profile, webp 3.07 and 3.01, jpeg 6.25 and 6.02 (tests/core/test_memory.py).
+ENCODED_PROFILE_COPIES = {"png": 4, "jpeg": 7, "webp": 4}
+# The web page's layers carry it too: the two layers' PNG, and base64 of the three encoded images (a third larger).
+LAYER_PROFILE_COPIES = 6
 # A Lanczos resize to the output's size (an alpha plane, the layer strength mixes in, a resize to the size asked),
 # one channel at a time, beside the levels it is made from: from a source as large as the output (a resize after
 # the network), the float source, Pillow's copy of it and Pillow's result, then numpy's copy of the result.
@@ -97,6 +112,15 @@ def result_bytes(pixels: int, pixel_bytes: int, lanczos: bool, blended: bool, la
     return pixels * (pixel_bytes * copies + LANCZOS_BYTES_PER_OUTPUT_PIXEL * lanczos)
 
 
+def sent_bytes(upload_bytes: int, stored_profile_bytes: int, carried_profile_bytes: int, output_format: str,
+               layers: bool) -> int:
+    """What a request holds of the bytes it was sent, beside its pixels' buffers: the upload, and the copies of its
+    ICC profile at the larger of decoding's peak (a profile of any colour space, ``stored``) and encoding's (one
+    the result carries, in ``output_format`` and, with the web page's ``layers``, in theirs)."""
+    carried = carried_profile_bytes * (ENCODED_PROFILE_COPIES[output_format] + LAYER_PROFILE_COPIES * layers)
+    return upload_bytes * UPLOAD_COPIES + max(stored_profile_bytes * DECODED_PROFILE_COPIES, carried)
+
+
 def window_host_bytes(window_pixels: int, device: str, bytes_per_window_pixel: int, scale: int, batch: int,
                       ensemble: bool = False) -> int:
     """What a batch of windows of ``window_pixels`` each, as the network runs them (``run_pixels``), holds in the
@@ -121,12 +145,16 @@ def pinned_cache_bytes(device: str, slots: int) -> int:
     return 2 * slots * PINNED_COPY_MAX_BYTES if device == "cuda" else 0
 
 
-def check_worker_room(budget_bytes: int, room: int, need: int, width: int, height: int) -> None:
-    """413 for an image whose buffers and windows would take the worker past its budget even alone."""
+def check_worker_room(budget_bytes: int, room: int, need: int, width: int, height: int, sent: int,
+                      profile_bytes: int) -> None:
+    """413 for an image whose buffers and windows, with the ``sent`` bytes its upload and its ICC profile of
+    ``profile_bytes`` hold (``sent_bytes``), would take the worker past its budget even alone."""
     if need > room:
-        raise OverMemoryBudget(f"a {width}x{height} image needs {mib_up(need)} MiB of this worker's memory, and "
-                               f"MEMORY_BUDGET_MB={budget_bytes // MEBIBYTE} leaves {max(room, 0) // MEBIBYTE} MiB "
-                               f"beside the loaded models")
+        profile = f" and the copies of its {profile_bytes}-byte ICC profile" if profile_bytes else ""
+        raise OverMemoryBudget(f"a {width}x{height} image needs {mib_up(need)} MiB of this worker's memory "
+                               f"({mib_up(sent)} MiB of it for its upload{profile}), and MEMORY_BUDGET_MB="
+                               f"{budget_bytes // MEBIBYTE} leaves {max(room, 0) // MEBIBYTE} MiB beside the loaded "
+                               f"models")
 
 
 def run_side(side: int, border: Border | None) -> int:
@@ -168,7 +196,7 @@ def tile_for_budget(budget_bytes: int, resident: int, request: int, bytes_per_wi
         raise OverMemoryBudget(
             f"a {width}x{height} image needs more memory than this worker's MEMORY_BUDGET_MB="
             f"{budget_bytes // MEBIBYTE} leaves: {resident // MEBIBYTE} MiB are the loaded models, "
-            f"{request // MEBIBYTE} MiB this image's buffers, and the smallest tile's window needs "
+            f"{request // MEBIBYTE} MiB this image's buffers and upload, and the smallest tile's window needs "
             f"{mib_up(smallest_window_bytes(bytes_per_window_pixel, margin, batch, border))} MiB")
     return tile
 

@@ -158,14 +158,18 @@ class Service:
         check_sizes(output, self.settings.max_output_pixels, runs_network)
         if options.ensemble and runs_network:
             cost.check_ensemble_pixels(*header.size, self.settings.max_ensemble_pixels)
-        result = self.result_bytes(header, output, options, with_layers)
+        sent = memory.sent_bytes(len(data), header.stored_profile_bytes, header.profile_bytes, options.output_format,
+                                 with_layers)
+        held = self.result_bytes(header, output, options, with_layers) + sent
+        room = worker_room(self.settings, self.registry)
+        # First what it holds whatever its tiles: a refusal for a long ICC profile says so, not that no tile fits.
+        memory.check_worker_room(self.memory_budget(), room, held, *header.size, sent, header.profile_bytes)
         if runs_network:
-            passes = self.plan_passes(network, output, result, options.ensemble)
-            host_bytes = result + self.host_bytes(network, passes, options.ensemble)
+            passes = self.plan_passes(network, output, held, options.ensemble)
+            host_bytes = held + self.host_bytes(network, passes, options.ensemble)
         else:
-            passes, host_bytes = (), result + memory.pass_bytes(header.height, header.width)
-        memory.check_worker_room(self.memory_budget(), worker_room(self.settings, self.registry), host_bytes,
-                                 *header.size)
+            passes, host_bytes = (), held + memory.pass_bytes(header.height, header.width)
+        memory.check_worker_room(self.memory_budget(), room, host_bytes, *header.size, sent, header.profile_bytes)
         seconds = self.estimate_seconds(network, passes, options.ensemble)
         cost.check_fits(seconds, self.settings.request_time_limit_s, network.name, *header.size, options.ensemble)
         self.slot.check_room()
@@ -193,17 +197,18 @@ class Service:
         """``prepare`` then ``run``, for callers that need nothing from the plan in between."""
         return self.run(self.prepare(data, options), on_progress, stages=stages)
 
-    def plan_passes(self, network: Network, output: OutputPlan, result: int, ensemble: bool = False
+    def plan_passes(self, network: Network, output: OutputPlan, held: int, ensemble: bool = False
                     ) -> tuple[Pass, ...]:
         """Each pass's tiles, at the tile size this worker's memory budget gives the pass's input beside the
-        ``result`` bytes the request holds."""
-        return tuple(plan_pass(network, width, height, self.tile_size(network, height, width, result, ensemble))
+        ``held`` bytes the request holds whatever the pass (its result's, its upload's and its ICC profile's)."""
+        return tuple(plan_pass(network, width, height, self.tile_size(network, height, width, held, ensemble))
                      for width, height in output.pass_inputs)
 
-    def tile_size(self, network: Network, height: int, width: int, result: int, ensemble: bool = False) -> int:
+    def tile_size(self, network: Network, height: int, width: int, held: int, ensemble: bool = False) -> int:
         """The tile side for an image of this size on ``network``: TILE_SIZE when set, else the largest
-        that MEMORY_BUDGET_MB leaves room for beside the loaded models and the request's buffers (413 when none
-        does); on the CPU a window's cost includes the ``ensemble``'s float sums, which sit in the same memory."""
+        that MEMORY_BUDGET_MB leaves room for beside the loaded models, the ``held`` bytes and the pass's buffers
+        (413 when none does); on the CPU a window's cost includes the ``ensemble``'s float sums, which sit in the
+        same memory."""
         if self.settings.tile_size is not None:
             return self.settings.tile_size
         device = self.registry.choice.device
@@ -215,7 +220,7 @@ class Service:
         if ensemble:
             bytes_per_pixel += memory.ensemble_bytes_per_window_pixel(network.scale)
         return memory.tile_for_budget(self.memory_budget(), self.registry.resident,
-                                      result + memory.pass_bytes(height, width), bytes_per_pixel, network.margin,
+                                      held + memory.pass_bytes(height, width), bytes_per_pixel, network.margin,
                                       height, width, self.settings.tile_batch, network.border)
 
     def result_bytes(self, header: images.Header, output: OutputPlan, options: UpscaleOptions,

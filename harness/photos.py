@@ -31,5 +31,26 @@ def photo16_rgba_png(side: int) -> bytes:
     return buffer.getvalue()
 
 
+# The profile of the probes' profiled picture: near the most a 32 MiB upload (MAX_UPLOAD_BYTES) can carry.
+PROFILED_BYTES = 30 * 1024 * 1024
+
+
+def rgb_profile(size: int) -> bytes:
+    """An RGB ICC profile of ``size`` bytes as the service reads one (its header's colour space), the rest random:
+    nothing for deflate to save, as in the largest profile an upload can carry."""
+    header = bytearray(128)
+    header[12:20], header[36:40] = b"mntrRGB ", b"acsp"
+    return bytes(header) + np.random.default_rng(size).integers(0, 256, size - len(header), np.uint8).tobytes()
+
+
+def photo_profiled_tiff(side: int, profile_bytes: int = PROFILED_BYTES) -> bytes:
+    """The photo as TIFF carrying an RGB ICC profile of ``profile_bytes`` (TIFF and WebP hold one of any length):
+    few pixels and a large upload, most of it a profile the result carries."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(photo_png(side))).save(buffer, "TIFF", icc_profile=rgb_profile(profile_bytes))
+    return buffer.getvalue()
+
+
 # The pictures a memory probe can upscale, by name.
-PICTURES: dict[str, Callable[[int], bytes]] = {"photo": photo_png, "photo16-rgba": photo16_rgba_png}
+PICTURES: dict[str, Callable[[int], bytes]] = {"photo": photo_png, "photo16-rgba": photo16_rgba_png,
+                                               "photo-profiled": photo_profiled_tiff}

@@ -407,16 +407,19 @@ def test_the_worker_budget_defaults_by_device():
 
 
 def test_a_request_reserves_its_buffers_and_the_windows_host_share(service, monkeypatch):
-    """On the CPU a window's working set is in the worker's memory; from a GPU only its result, as float32."""
-    plan = service.prepare(encode(photo(40, 48)), UpscaleOptions())
+    """On the CPU a window's working set is in the worker's memory; from a GPU only its result, as float32; the
+    upload is held on either."""
+    data = encode(photo(40, 48))
+    plan = service.prepare(data, UpscaleOptions())
     height, width = plan.passes[0].tiles[0].window_shape
     per_pixel = service.registry.cards["anime"].window_bytes_per_pixel("f32", "cpu")
-    own = memory.pass_bytes(40, 48) + memory.result_bytes(160 * 192, 3, False, False, False)
+    own = (memory.pass_bytes(40, 48) + memory.result_bytes(160 * 192, 3, False, False, False)
+           + len(data) * memory.UPLOAD_COPIES)
     assert plan.host_bytes == own + height * width * per_pixel
     monkeypatch.setattr(service.registry, "choice", dataclasses.replace(service.registry.choice, device="cuda"))
     monkeypatch.setattr(service.registry.choice.module, "memory_total", lambda device: 10 * 2 ** 30)
     monkeypatch.setattr(type(service.registry), "device_resident", property(lambda registry: 0))
-    plan = service.prepare(encode(photo(40, 48)), UpscaleOptions())
+    plan = service.prepare(data, UpscaleOptions())
     assert len(plan.passes[0].tiles) == 1  # the whole image, as one window
     assert plan.host_bytes == own + 40 * 48 * (memory.HOST_WINDOW_BYTES_PER_INPUT_PIXEL + 16 * (
         memory.HOST_COPY_BYTES_PER_OUTPUT_PIXEL + memory.HOST_LUMA_BYTES_PER_OUTPUT_PIXEL))

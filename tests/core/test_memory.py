@@ -1,22 +1,28 @@
 """MEMORY_BUDGET_MB: tiles sized from the budget, and the recorded per-pixel cost against a measurement."""
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from config import load_settings
 from core import memory
-from core.errors import TooLarge
+from core.errors import OverMemoryBudget, Reason, TooLarge
+from core.formats import OUTPUT_FORMATS
 from core.models import precision
 from core.models.registry import spec_card
 from core.models.specs import SPECS, UNMEASURED_WINDOW_BYTES
 from core.models.weights import REALCUGAN_BORDERS
+from core.options import UpscaleOptions
 from core.service import Service
 from core.tiling import WINDOW_QUANTUM, plan_tiles
+from harness.photos import photo_profiled_tiff, rgb_profile
 from tests.conftest import ROOT
 
 MIB = memory.MEBIBYTE
@@ -99,6 +105,65 @@ def test_tile_size_overrides_the_budget(service):
     room = service.registry.resident // memory.MEBIBYTE + 1024
     budgeted = Service(load_settings(models="srgan", memory_budget_mb=room), service.registry, service.slot)
     assert budgeted.tile_size(network, 2000, 2000, 0) < budgeted.tile_size(network, 500, 500, 0)
+
+
+@pytest.mark.parametrize("output_format, profile_mib", [("png", 30), ("webp", 30), ("jpeg", 15)])
+def test_a_request_reserves_its_upload_and_the_copies_of_its_icc_profile(service, output_format, profile_mib):
+    """A 64² TIFF with a large ICC profile that the result carries: what it holds at its peak, the upload (which the
+    request holds throughout) and every Python object the run makes (the profile's copies in decoding and
+    encoding, the pixels, the encoded bytes: tracemalloc's peak), fits what its plan reserves. The reservation
+    counted the pixels and the windows alone, 27 MiB, where the run holds more than 100."""
+    data = photo_profiled_tiff(64, profile_mib * MIB)
+    plan = service.prepare(data, UpscaleOptions(model="srgan", output_format=output_format))
+    tracemalloc.start()
+    try:
+        service.run(plan)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(data) + peak <= plan.host_bytes
+
+
+def test_a_request_reserves_the_copies_decoding_makes_of_a_profile_the_result_does_not_carry(service):
+    """A CMYK JPEG's profile is used to convert its pixels to sRGB and is not carried (one that cannot be read, as
+    here, converts as without one): decoding still holds its copies, which the plan reserves."""
+    profile = bytearray(rgb_profile(15 * MIB))
+    profile[16:20] = b"CMYK"
+    buffer = io.BytesIO()
+    Image.new("CMYK", (64, 64), (0, 128, 0, 0)).save(buffer, "JPEG", icc_profile=bytes(profile))
+    data = buffer.getvalue()
+    plan = service.prepare(data, UpscaleOptions(model="srgan"))
+    assert plan.header.profile_bytes == 0
+    tracemalloc.start()
+    try:
+        service.run(plan)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(data) + peak <= plan.host_bytes
+
+
+def test_every_output_format_has_its_encoders_profile_copies():
+    assert memory.ENCODED_PROFILE_COPIES.keys() == OUTPUT_FORMATS.keys()
+
+
+def test_a_budget_that_holds_the_pixels_but_not_the_profile_is_a_413_naming_the_budget(service, client, monkeypatch):
+    """Where MEMORY_BUDGET_MB leaves room for a 64² image but not for its 30 MiB profile, the image with the profile
+    is refused before any work, as one whose pixels do not fit is; the same pixels without it are served."""
+    plain = photo_profiled_tiff(64, 128)  # an ICC profile's header alone
+    budget_mb = (service.registry.resident + service.prepare(plain, UpscaleOptions(model="srgan")).host_bytes) // MIB + 8
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"memory_budget_mb": budget_mb}))
+    with pytest.raises(OverMemoryBudget) as refused:
+        service.prepare(photo_profiled_tiff(64), UpscaleOptions(model="srgan"))
+    assert refused.value.reason is Reason.MEMORY_BUDGET
+    answer = client.post("/model/predict", data={"image": (io.BytesIO(photo_profiled_tiff(64)), "photo.tif")},
+                         content_type="multipart/form-data")
+    assert answer.status_code == 413
+    message = answer.get_json()["message"]
+    assert f"MEMORY_BUDGET_MB={budget_mb}" in message and f"{30 * MIB}-byte ICC profile" in message
+    served = client.post("/model/predict", data={"image": (io.BytesIO(plain), "photo.tif")},
+                         content_type="multipart/form-data")
+    assert served.status_code == 200 and served.headers["X-Output-Size"] == "256x256"
 
 
 def test_every_measured_model_has_its_cost_in_every_precision():
