@@ -36,11 +36,28 @@ def estimate_seconds(throughput: Throughput, passes: Iterable[Pass], ensemble: b
     for step in passes:
         windows = len(step.tiles)
         total += throughput.seconds(-(-windows // batch), windows * run_pixels(*step.window_shape, border))
-        if throughput.statistics is not None:
-            total += throughput.statistics.seconds(statistics_windows(step.width, step.height),
-                                                   _statistics_run(step.height, border)
-                                                   * _statistics_run(step.width, border))
+        total += _averages_seconds(throughput, step.width, step.height, border)
     return runs * total
+
+
+def call_seconds(throughput: Throughput, step: Pass, batch: int, ensemble: bool, border: Border | None = None,
+                 averages: bool = False) -> float:
+    """Seconds of one call of ``batch`` of the pass's windows (8 runs each with the ``ensemble``), and first of its
+    whole image's averages where ``averages``: what the shutdown check weighs before each call, for the windows the
+    call actually runs (fewer or smaller after an out-of-memory retry than the plan's)."""
+    windows = min(batch, len(step.tiles))
+    seconds = throughput.seconds(1, windows * run_pixels(*step.window_shape, border))
+    if averages:
+        seconds += _averages_seconds(throughput, step.width, step.height, border)
+    return (ENSEMBLE_RUNS if ensemble else 1) * seconds
+
+
+def _averages_seconds(throughput: Throughput, width: int, height: int, border: Border | None) -> float:
+    """Seconds of measuring a whole image's averages, for a network that has them (else 0)."""
+    if throughput.statistics is None:
+        return 0.0
+    return throughput.statistics.seconds(statistics_windows(width, height),
+                                         _statistics_run(height, border) * _statistics_run(width, border))
 
 
 def statistics_windows(width: int, height: int) -> int:

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from config import Settings
-from core import encoding, images, shutdown
+from core import cost, encoding, images, shutdown
 from core.errors import OutOfDeviceMemory, TimeLimitExceeded
 from core.formats import OUTPUT_FORMATS
 from core.encoding import ROWS_PER_BLOCK
 from core.geometry import OutputPlan, Size
 from core.models.ensemble import self_ensemble, turned
+from core.models.runtime import STATISTICS_WINDOW
 from core.plan import Pass, Plan, plan_pass
 from core.resize import bleed_into_transparency, resize, resize_channel
 from core.tiling import Predict, run_tiles
@@ -24,7 +25,8 @@ from core.timing import Stages
 log = logging.getLogger(__name__)
 
 # Below this the retries after a GPU's out-of-memory error stop: smaller tiles would spend more on their
-# margins (up to 32 px a side) than on their centres.
+# margins (up to 32 px a side) than on their centres, and smaller windows of a whole image's averages more on
+# the border their runner adds (Real-CUGAN's 14 to 19 px a side).
 MIN_RETRY_TILE = 64
 # ITU-R BT.601 luma, as Pillow's convert("L") uses: turns the network's RGB back into grey.
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -32,6 +34,10 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 LAYER_FORMAT = "png"
 
 Progress = Callable[[int, int], None]
+Write = Callable[[int, int, np.ndarray], None]
+# Given the side of the windows a whole image's averages are measured in: the pass's predict function (its
+# averages measured, where the network has them) and the writer of its results.
+Predictor = Callable[[int], tuple[Predict, Write]]
 
 
 @dataclass(frozen=True)
@@ -57,13 +63,24 @@ class Layers:
     alpha: np.ndarray | None
 
 
+@dataclass
+class NextCall:
+    """The estimate of the network's next call, in seconds, that the shutdown check weighs: each try of a pass
+    sets it for the windows it runs a call, so that after an out-of-memory retry (fewer windows a call, or
+    smaller tiles) it follows the calls actually run, not the larger ones that failed."""
+
+    seconds: float = 0.0
+
+
 @dataclass(frozen=True)
 class Work:
-    """What the request runs with: its plan, the settings, and the clock of its stages."""
+    """What the request runs with: its plan, the settings, the clock of its stages and its next call's
+    estimate."""
 
     plan: Plan
     settings: Settings
     stages: Stages
+    next_call: NextCall = field(default_factory=NextCall)
 
 
 @dataclass
@@ -94,7 +111,7 @@ def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, sta
     options, network = plan.options, plan.network
     # The clock and the hang-up check start before decoding, which can itself take a while;
     # (0, 0): no tile is known yet.
-    progress = _deadline(settings, on_progress, _call_seconds(plan, settings))
+    progress = _deadline(settings, on_progress, work.next_call)
     progress(0, 0)
     with work.stages.time("decode"):
         image = images.decode_pixels(plan.data, plan.header)
@@ -114,14 +131,19 @@ def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, sta
                   network.name, image.width, image.height, encoded_layers, work.stages)
 
 
-def _call_seconds(plan: Plan, settings: Settings) -> float:
-    """The estimate of one call of the network (a batch of TILE_BATCH windows) from the plan's seconds."""
-    return plan.seconds / plan.tile_count * settings.tile_batch if plan.tile_count else 0.0
+def _call_seconds(work: Work, step: Pass, batch: int, averages: bool) -> float:
+    """The estimate of the pass's next call of ``batch`` windows, after its whole image's ``averages`` where they
+    are still to measure (0 where the network's speed is not measured)."""
+    network = work.plan.network
+    if network.throughput is None:
+        return 0.0
+    return cost.call_seconds(network.throughput, step, batch, work.plan.options.ensemble, network.border,
+                             averages and network.measure is not None)
 
 
-def _deadline(settings: Settings, on_progress: Progress | None, call_s: float) -> Progress:
+def _deadline(settings: Settings, on_progress: Progress | None, next_call: NextCall) -> Progress:
     """Per-tile callback: report progress, and stop once the request's time is up or a shutdown leaves no time
-    for a call as long as the last or as ``call_s``, its estimate."""
+    for a call as long as the last or as ``next_call``, its estimate."""
     started = time.monotonic()
     stop_at = started + settings.request_time_limit_s
     last_call = started
@@ -131,7 +153,7 @@ def _deadline(settings: Settings, on_progress: Progress | None, call_s: float) -
         if on_progress is not None:
             on_progress(done, total)
         now = time.monotonic()
-        shutdown.check(done, total, now - last_call, call_s)
+        shutdown.check(done, total, now - last_call, next_call.seconds)
         last_call = now
         if done < total and time.monotonic() > stop_at:  # done == total: the work is done, keep it
             raise TimeLimitExceeded(f"stopped after {done} of {total} tiles: the request time limit is "
@@ -186,10 +208,10 @@ def _model_colour(image: images.DecodedImage, work: Work, progress: Progress) ->
 
 
 def _run_network(colour: np.ndarray, max_value: int, work: Work, step: Pass, on_progress: Progress) -> np.ndarray:
-    network, stages = work.plan.network, work.stages
+    network, ensemble = work.plan.network, work.plan.options.ensemble
     scale = network.scale
     height, width, channels = colour.shape
-    with stages.time("convert"):
+    with work.stages.time("convert"):
         # One pass, one array: the same float32 quotient as astype(float32) / max, without the temporary.
         rgb = np.true_divide(colour, np.float32(max_value), dtype=np.float32)
         if channels == 1:
@@ -208,29 +230,33 @@ def _run_network(colour: np.ndarray, max_value: int, work: Work, step: Pass, on_
     def put(y: int, x: int, block: np.ndarray) -> None:
         out[y:y + block.shape[0], x:x + block.shape[1]] = block
 
-    # Colour without ensemble (which averages floats) comes back as levels where the backend rounds them itself.
-    levels = None if channels == 1 or work.plan.options.ensemble else network.level_predictor(rgb, max_value)
-    if levels is not None:
-        predict, write = levels, put
-    elif work.plan.options.ensemble:
-        # Each turned copy of a window with the averages of the whole image turned the same way.
-        predict = self_ensemble(lambda k, flip: network.predictor(turned(rgb, k, flip)))
-    else:
-        predict = network.predictor(rgb)
-    _run_fitting(stages.timed("network", predict), rgb, scale, step, work, stages.timed("assembly", write),
-                 on_progress)
+    def predictor(statistics_window: int) -> tuple[Predict, Write]:
+        # Colour without ensemble (which averages floats) comes back as levels where the backend rounds them.
+        levels = (None if channels == 1 or ensemble
+                  else network.level_predictor(rgb, max_value, statistics_window=statistics_window))
+        if levels is not None:
+            return levels, put
+        if ensemble:
+            # Each turned copy of a window with the averages of the whole image turned the same way.
+            return self_ensemble(lambda k, flip: network.predictor(turned(rgb, k, flip), statistics_window)), write
+        return network.predictor(rgb, statistics_window), write
+
+    _run_fitting(predictor, rgb, scale, step, work, on_progress)
     return out
 
 
-def _run_fitting(predict: Predict, rgb: np.ndarray, scale: int, step: Pass, work: Work,
-                 write: Callable[[int, int, np.ndarray], None], on_progress: Progress) -> None:
+def _run_fitting(predictor: Predictor, rgb: np.ndarray, scale: int, step: Pass, work: Work,
+                 on_progress: Progress) -> None:
     """Run the pass's tiles TILE_BATCH windows a call; after a call the GPU had no memory for, the rest of the pass
     with half as many windows a call, down to one, then the whole pass again in half the tile, one window a call
-    (as chaiNNer's auto-split does), down to MIN_RETRY_TILE. Each retry asks less memory than
-    the call that failed, so what the plan reserved (Plan.host_bytes) still covers it; the progress counts the
-    tiles of the current try, and the time limit and the shutdown check act after each call as before."""
+    (as chaiNNer's auto-split does), down to MIN_RETRY_TILE. The whole image's averages (Real-CUGAN's, 8 times
+    with the ensemble), measured first, are measured again in half the window after a window of theirs had no
+    memory, down to MIN_RETRY_TILE too. Each retry asks less memory than the call that failed, so what the plan
+    reserved (Plan.host_bytes) still covers it; the progress counts the tiles of the current try, and the time
+    limit and the shutdown check act before each call, weighing the call that try runs (``work.next_call``)."""
     network = work.plan.network
     batch, start, finished = work.settings.tile_batch, 0, 0
+    statistics_window, measured = STATISTICS_WINDOW, None
 
     def counted(done: int, total: int) -> None:  # run_tiles counts the tiles from ``start``
         nonlocal finished
@@ -238,14 +264,22 @@ def _run_fitting(predict: Predict, rgb: np.ndarray, scale: int, step: Pass, work
         on_progress(finished, start + total)
 
     while True:
+        work.next_call.seconds = _call_seconds(work, step, batch, averages=measured is None)
         # Before the first window too: a client that left, or a time limit that passed, while the request decoded
         # and waited for the device (other requests' windows hold it) spends no window; after that, the check
         # after each window comes before the wait for the next.
         on_progress(start, len(step.tiles))
         try:
-            run_tiles(predict, rgb, scale, step.tiles[start:], batch, write, counted)
+            measured = measured or predictor(statistics_window)
+            predict, write = measured
+            run_tiles(work.stages.timed("network", predict), rgb, scale, step.tiles[start:], batch,
+                      work.stages.timed("assembly", write), counted)
             return
         except OutOfDeviceMemory as error:
+            if measured is None:
+                statistics_window = _smaller_statistics_window(statistics_window, max(step.width, step.height),
+                                                               error)
+                continue
             failed_call = min(batch, len(step.tiles) - finished)
             if failed_call > 1:
                 batch, start = _fewer_windows(failed_call, error), finished
@@ -269,13 +303,28 @@ def _smaller_tile(tile: int, longest: int, error: OutOfDeviceMemory) -> int:
 
     A tile past the image's ``longest`` side ran it whole, as that side's tile would: the half is of that side,
     since half of a larger tile would run the very window that had no room again."""
-    ran = min(tile, longest)
-    if ran <= MIN_RETRY_TILE:
-        raise OutOfDeviceMemory(f"{error.message}, even with tiles of {ran} px, one window a call; retry later"
-                                ) from error
-    smaller = max(ran // 2, MIN_RETRY_TILE)
+    smaller = _half_side(tile, longest, error, "tiles")
     log.warning("%s: running the pass again with tiles of %d px, one window a call", error.message, smaller)
     return smaller
+
+
+def _smaller_statistics_window(window: int, longest: int, error: OutOfDeviceMemory) -> int:
+    """Half the side of the windows a whole image's averages are measured in, after one the GPU had no memory for
+    (``_smaller_tile``'s bounds); the averages then come from more, smaller windows, as Real-CUGAN's own runner
+    takes them over its tiles."""
+    smaller = _half_side(window, longest, error, "windows of the image's averages")
+    log.warning("%s: measuring the image's averages again in windows of %d px", error.message, smaller)
+    return smaller
+
+
+def _half_side(side: int, longest: int, error: OutOfDeviceMemory, what: str) -> int:
+    """Half the side that ran (no more than the image's ``longest`` side), no less than MIN_RETRY_TILE; a 503 where
+    the side that ran was that already."""
+    ran = min(side, longest)
+    if ran <= MIN_RETRY_TILE:
+        raise OutOfDeviceMemory(f"{error.message}, even with {what} of {ran} px, one window a call; retry later"
+                                ) from error
+    return max(ran // 2, MIN_RETRY_TILE)
 
 
 def _resized(colour: np.ndarray, size: Size) -> np.ndarray:

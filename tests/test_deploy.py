@@ -22,7 +22,8 @@ import requests
 import yaml
 
 import monitoring
-from config import GPU_INFERENCE_SLOTS, MEBIBYTE, Settings
+from config import (CPU_WORKER_MEMORY_BUDGET_MB, GPU_INFERENCE_SLOTS, GPU_WORKER_MEMORY_BUDGET_MB, MEBIBYTE,
+                    Settings)
 from harness.live_server import free_port
 from harness.raw_http import descendants, wait_for
 import serve
@@ -116,10 +117,15 @@ def test_memory_limit_leaves_room_above_the_request():
 POD_OVERHEAD_MIB = 256
 
 
-def test_memory_request_is_each_workers_budget_and_the_pods_other_processes():
-    env = {item["name"]: item["value"] for item in container()["env"]}
-    workers, budget = int(env["WORKERS"]), int(env["MEMORY_BUDGET_MB"])
-    request = parse_gibibytes(container()["resources"]["requests"]["memory"]) * 1024
+@pytest.mark.parametrize("manifest, default_budget_mb", [(MANIFEST, CPU_WORKER_MEMORY_BUDGET_MB),
+                                                         (GPU_MANIFEST, GPU_WORKER_MEMORY_BUDGET_MB)])
+def test_memory_request_is_each_workers_budget_and_the_pods_other_processes(manifest, default_budget_mb):
+    """The scheduler places the pod only where every worker's MEMORY_BUDGET_MB (its default for the device where
+    the manifest leaves it unset) can be had: a GPU pod asking 4 GiB for a 6144-MiB worker budget could be placed
+    where the worker's images would be killed at the node's limit."""
+    env = environment(manifest)
+    workers, budget = int(env["WORKERS"]), int(env.get("MEMORY_BUDGET_MB", 0)) or default_budget_mb
+    request = parse_gibibytes(container(manifest)["resources"]["requests"]["memory"]) * 1024
     assert request == workers * budget + POD_OVERHEAD_MIB
 
 

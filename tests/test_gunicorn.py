@@ -128,6 +128,21 @@ def test_a_gpu_that_fails_at_the_models_warm_up_stops_gunicorn_naming_the_reason
     assert "Reason: Worker failed to boot." in log
 
 
+def test_a_gpu_that_fails_at_one_workers_warm_up_stops_gunicorn_without_waiting_for_the_others_load(tmp_path):
+    """WORKERS=2: one worker's device fails at the warm-up while the other's models still load (here for ever).
+    The master stops the other worker with SIGTERM and waits up to graceful_timeout (SHUTDOWN_GRACE_S, here longer
+    than the harness waits) for it; its models load in a daemon thread and its main loop, idle, ends at once, so
+    gunicorn exits with code 3 without waiting for that load."""
+    with pytest.raises(RuntimeError) as exited:
+        with live_server(served="tests.device_fails:app", backend="pytorch", device="cpu", workers=2,
+                         shutdown_grace_s=3600, device_fails="warm-up-of-one",
+                         device_fails_mark=tmp_path / "failed"):
+            pass
+    log = str(exited.value)
+    assert log.startswith("gunicorn exited with code 3:")
+    assert "Reason: Worker failed to boot." in log
+
+
 def test_a_gpu_that_fails_at_a_request_has_the_worker_replaced_and_gunicorn_serves_on():
     with live_server(served="tests.device_fails:app", backend="pytorch", device="cpu",
                      device_fails="request") as server:

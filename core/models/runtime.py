@@ -51,22 +51,24 @@ class Network:
         averages = [] if self.measure is None else self._measure_windows(batch)
         return _clipped(self._run(self.run, batch, averages))
 
-    def predictor(self, image: np.ndarray) -> Predict:
-        """``predict`` for tiles of ``image`` (H, W, 3): a graph's global averages come from the whole image,
-        so that every tile is scaled alike and tiles stay seam-free."""
+    def predictor(self, image: np.ndarray, statistics_window: int = STATISTICS_WINDOW) -> Predict:
+        """``predict`` for tiles of ``image`` (H, W, 3): a graph's global averages come from the whole image
+        (measured in windows of ``statistics_window``), so that every tile is scaled alike and tiles stay
+        seam-free."""
         if self.measure is None:
             return self.predict
-        averages = self._averages_of(image)
+        averages = self._averages_of(image, statistics_window)
         return lambda batch: _clipped(self._run(self.run, batch, _repeated(averages, len(batch))))
 
-    def level_predictor(self, image: np.ndarray, max_value: int) -> Predict | None:
+    def level_predictor(self, image: np.ndarray, max_value: int,
+                        statistics_window: int = STATISTICS_WINDOW) -> Predict | None:
         """``predictor`` giving integer levels of ``max_value`` (uint8 for 255, uint16 for 65535), rounded where
         the network ran, as the pipeline rounds the float output; None where the backend cannot (only the
         PyTorch runner can: from a GPU, the copy back is then a quarter or half of the float one)."""
         levels = getattr(self.run, "levels", None)
         if levels is None:
             return None
-        averages = [] if self.measure is None else self._averages_of(image)
+        averages = [] if self.measure is None else self._averages_of(image, statistics_window)
         return lambda batch: self._run(lambda inputs: levels(inputs, max_value), batch,
                                        _repeated(averages, len(batch)))
 
@@ -76,8 +78,8 @@ class Network:
             batch = np.ascontiguousarray(self.border.extend(batch))
         return run([batch, *averages] if averages else batch)[:, :height * self.scale, :width * self.scale]
 
-    def _averages_of(self, image: np.ndarray) -> list[np.ndarray]:
-        averages = self._image_averages(image)
+    def _averages_of(self, image: np.ndarray, window: int) -> list[np.ndarray]:
+        averages = self._image_averages(image, window)
         _release(self.measure)  # its buffers would otherwise sit beside the tiles', outside the memory budget
         return averages
 
@@ -88,14 +90,14 @@ class Network:
         measured = self.measure(batch)
         return measured if isinstance(measured, list) else [measured]
 
-    def _image_averages(self, image: np.ndarray) -> list[np.ndarray]:
-        """The averages over the whole image: exact for an image within one STATISTICS_WINDOW, else the
+    def _image_averages(self, image: np.ndarray, side: int) -> list[np.ndarray]:
+        """The averages over the whole image: exact for an image within one window of ``side``, else the
         area-weighted mean over windows of that side (Real-CUGAN's runner likewise averages over tiles)."""
         height, width = image.shape[:2]
         totals: list[np.ndarray] | None = None
-        for top in range(0, height, STATISTICS_WINDOW):
-            for left in range(0, width, STATISTICS_WINDOW):
-                window = image[top:top + STATISTICS_WINDOW, left:left + STATISTICS_WINDOW]
+        for top in range(0, height, side):
+            for left in range(0, width, side):
+                window = image[top:top + side, left:left + side]
                 weight = window.shape[0] * window.shape[1] / (height * width)
                 averages = [weight * average for average in self._measure_windows(window[None])]
                 totals = averages if totals is None else [t + a for t, a in zip(totals, averages)]

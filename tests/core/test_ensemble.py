@@ -5,8 +5,11 @@ import io
 from dataclasses import replace
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from core.errors import OutOfDeviceMemory
+from core.metrics import psnr
 from core.models.ensemble import self_ensemble
 from core.options import UpscaleOptions
 from tests.core.test_images import pattern, save
@@ -63,3 +66,44 @@ def test_turned_copies_are_put_back_the_right_way_on_a_non_square_window():
     batch = np.random.default_rng(0).random((2, 5, 9, 3), np.float32)
     averaged = self_ensemble(lambda k, flip: _nearest)(batch)
     assert np.allclose(averaged, _nearest(batch))
+
+
+class AveragesOutOfMemoryAbove:
+    """The averages of a fake device that has memory for windows of at most ``limit`` pixels."""
+
+    def __init__(self, measure, limit: int) -> None:
+        self.measure, self.limit, self.windows = measure, limit, []
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.windows.append(batch.shape[1:3])
+        if batch.shape[1] * batch.shape[2] > self.limit:
+            raise OutOfDeviceMemory(f"the GPU has no memory for a window of {batch.shape[2]}x{batch.shape[1]}")
+        return self.measure(batch)
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_averages_the_gpu_has_no_memory_for_are_measured_again_in_smaller_windows(service, monkeypatch, caplog,
+                                                                                 ensemble):
+    """Real-CUGAN's whole-image averages (8 times with the ensemble) go through the pipeline's out-of-memory retry:
+    measured again in half the window, and the answer is the image, not a 503."""
+    network = _measured(service)
+    monkeypatch.setattr(service.registry, "get", lambda *args, **kwargs: network)
+    data = save(Image.fromarray(pattern(150, 200)))
+    options = UpscaleOptions(model="srgan", ensemble=ensemble)
+    whole = np.asarray(Image.open(io.BytesIO(service.upscale(data, options).data)))
+    short = AveragesOutOfMemoryAbove(_left_to_right, 100 * 100)
+    network = replace(network, measure=short)
+    with caplog.at_level("WARNING", logger="core.pipeline"):
+        result = service.upscale(data, options)
+    assert "measuring the image's averages again in windows of 100 px" in caplog.text
+    assert short.windows[0] == (150, 200) and max(h * w for h, w in short.windows[1:]) <= 100 * 100
+    served = np.asarray(Image.open(io.BytesIO(result.data)))
+    assert served.shape == whole.shape == (600, 800, 3)
+    assert psnr(served, whole) >= 30
+
+
+def test_averages_with_no_memory_even_in_the_smallest_windows_are_a_503(service, monkeypatch):
+    network = replace(_measured(service), measure=AveragesOutOfMemoryAbove(_left_to_right, 1))
+    monkeypatch.setattr(service.registry, "get", lambda *args, **kwargs: network)
+    with pytest.raises(OutOfDeviceMemory, match="even with windows of the image's averages of 64 px"):
+        service.upscale(save(Image.fromarray(pattern(150, 200))), UpscaleOptions(model="srgan", ensemble=True))

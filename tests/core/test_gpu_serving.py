@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from bench import gpu
 from config import CPU_WORKER_MEMORY_BUDGET_MB, GPU_WORKER_MEMORY_BUDGET_MB, load_settings
-from core import backends, encoding, images, memory, pipeline
+from core import backends, cost, encoding, images, memory, pipeline, shutdown
 from core.admission import InferenceSlot
 from core.backends import pytorch
 from core.errors import Busy, Cancelled, NotReady, OutOfDeviceMemory, TooLarge
@@ -26,6 +26,7 @@ from core.metrics import psnr
 from core.models.ensemble import self_ensemble, turned
 from core.models.registry import ModelRegistry
 from core.models.runtime import Network
+from core.models.speed import Throughput
 from core.models.weights import REALCUGAN_BORDERS
 from core.options import UpscaleOptions
 from core.plan import plan_pass
@@ -109,7 +110,7 @@ class OutOfMemoryAbove:
     """A runner the GPU of which holds windows of at most ``limit`` pixels (an injected out-of-memory)."""
 
     def __init__(self, runner, limit: int) -> None:
-        self.runner, self.limit, self.windows = runner, limit, []
+        self.runner, self.limit, self.windows, self.refused = runner, limit, [], 0
 
     def __call__(self, batch):
         self._check(batch)
@@ -122,6 +123,7 @@ class OutOfMemoryAbove:
     def _check(self, batch) -> None:
         self.windows.append(batch.shape[1:3])
         if batch.shape[1] * batch.shape[2] > self.limit:
+            self.refused += 1
             raise OutOfDeviceMemory(f"the GPU has no memory for a window of {batch.shape[2]}x{batch.shape[1]}")
 
     def release_memory(self) -> None:
@@ -167,7 +169,7 @@ def test_a_tiled_request_takes_the_device_levels_and_answers_as_the_host_roundin
                         real_levels(runner, batch, max_value))
     plan = service.prepare(data, UpscaleOptions(model="anime"))
     through_levels = read(service.run(plan).data)
-    monkeypatch.setattr(Network, "level_predictor", lambda network, image, max_value: None)
+    monkeypatch.setattr(Network, "level_predictor", lambda network, image, max_value, **window: None)
     through_floats = read(service.upscale(data, UpscaleOptions(model="anime")).data)
     assert plan.tile_count > 1 and set(rounded_on_device) == {2 ** bits - 1}
     assert through_levels.shape == (288, 224, 3) and through_levels.dtype == np.dtype(f"uint{bits}")
@@ -200,6 +202,28 @@ def test_an_out_of_memory_window_halves_the_tile_until_it_fits(service, short_of
     assert reported[-1] == (4, 4) and all(done <= total for done, total in reported)
     assert max(h * w for h, w in short_of_memory.windows[-4:]) <= 110 * 110
     assert psnr(np.asarray(decode(halved.data)), np.asarray(decode(whole.data))) >= 45
+
+
+@pytest.mark.slow
+def test_after_a_retry_in_smaller_tiles_the_shutdown_check_weighs_the_calls_run(service, short_of_memory,
+                                                                              monkeypatch):
+    """A shutdown that leaves time for a call of the retry's smaller tile, but not for one of the whole-image window
+    that had no memory, lets the request finish: the check weighs the calls the pass runs now."""
+    throughput = Throughput(per_call_s=0.0, per_pixel_s=1.0)  # a second a pixel, on the injected clock
+    short_of_memory.limit = 110 * 110
+    plan = service.prepare(encode(photo(160, 160)), UpscaleOptions(model="anime"))
+    network = dataclasses.replace(plan.network, throughput=throughput)
+    plan = dataclasses.replace(plan, network=network, seconds=cost.estimate_seconds(throughput, plan.passes, False, 1))
+    planned, retried = (throughput.seconds(1, memory.run_pixels(*step.window_shape, network.border))
+                        for step in (plan.passes[0], plan_pass(network, 160, 160, 80)))
+    spare = (planned - retried) / 4
+    # The call that had no memory took 2 x spare: then a planned call would end past the grace period, a retried
+    # one within it.
+    monkeypatch.setattr(shutdown, "_clock", lambda: 2 * spare * short_of_memory.refused)
+    monkeypatch.setattr(shutdown, "_stop_at", planned + spare)
+    result = service.run(plan)
+    assert short_of_memory.refused == 1 and plan.tile_count == 1
+    assert (result.width, result.height) == (640, 640)
 
 
 def test_the_tile_count_grows_with_a_pass_run_again_in_smaller_tiles():

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core import cost, shutdown
 from core.errors import OutOfDeviceMemory
+from core.models.speed import Throughput
 from core.options import UpscaleOptions
 from tests.core.test_images import pattern, save
 
@@ -18,11 +20,12 @@ class Device:
     """A device with room for calls of at most ``limit`` window pixels (the windows of a call together)."""
 
     def __init__(self, run) -> None:
-        self.run, self.limit, self.calls = run, 0, []
+        self.run, self.limit, self.calls, self.refused = run, 0, [], 0
 
     def __call__(self, batch):
         self.calls.append(batch.shape[:3])
         if batch.shape[0] * batch.shape[1] * batch.shape[2] > self.limit:
+            self.refused += 1
             raise OutOfDeviceMemory(f"no memory for {batch.shape[0]} windows of {batch.shape[2]}x{batch.shape[1]}")
         return self.run(batch)
 
@@ -69,6 +72,26 @@ def test_a_call_without_room_runs_fewer_windows_a_call_before_it_makes_the_tiles
     assert [done for done, _ in reported] == sorted(done for done, _ in reported)
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(result.data))),
                                   np.asarray(Image.open(io.BytesIO(one_a_call.data))))
+
+
+def test_after_a_retry_with_fewer_windows_the_shutdown_check_weighs_the_calls_run(service, device, monkeypatch):
+    """A shutdown that leaves time for a call of two windows, but not for one of the four that had no memory, lets
+    the request finish: the check weighs the calls the pass runs now."""
+    short = device(tile_size=32, tile_batch=4)
+    short.limit = 2 * 64 * 64
+    throughput = Throughput(per_call_s=0.0, per_pixel_s=1.0)  # a second a pixel, on the injected clock
+    plan = service.prepare(save(Image.fromarray(pattern(100, 120))), UpscaleOptions(model="srgan"))
+    plan = replace(plan, network=replace(plan.network, throughput=throughput),
+                   seconds=cost.estimate_seconds(throughput, plan.passes, False, 4))
+    planned, retried = 4 * 64 * 64, 2 * 64 * 64
+    spare = (planned - retried) / 4
+    # The call that had no memory took 2 x spare: then a call of four windows would end past the grace period, one
+    # of two within it.
+    monkeypatch.setattr(shutdown, "_clock", lambda: 2 * spare * short.refused)
+    monkeypatch.setattr(shutdown, "_stop_at", planned + spare)
+    result = service.run(plan)
+    assert short.refused == 1 and short.calls[:2] == [(4, 64, 64), (2, 64, 64)]
+    assert (result.width, result.height) == (480, 400)
 
 
 def test_the_tile_is_halved_once_one_window_a_call_has_no_room(service, device):

@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 
 from core import pipeline, shutdown
+from core.models.speed import Throughput
 from core.options import UpscaleOptions
 from tests.conftest import sample_bytes
 
@@ -56,6 +57,6 @@ def test_a_request_whose_first_window_would_end_past_the_grace_period_ends_befor
     monkeypatch.setattr(shutdown, "_clock", lambda: 1000.0)
     shutdown.begin(shutdown.ANSWER_MARGIN_S + 10, running=1, waiting=0)
     plan = service.prepare(sample_bytes("camera.png"), UpscaleOptions())
-    plan = replace(plan, seconds=20.0 * plan.tile_count)
+    plan = replace(plan, network=replace(plan.network, throughput=Throughput(per_call_s=20.0, per_pixel_s=0.0)))
     with pytest.raises(shutdown.ShuttingDown, match=f"stopped after 0 of {plan.tile_count} tiles"):
         pipeline.run(plan, service.settings)
