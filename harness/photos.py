@@ -9,6 +9,9 @@ import numpy as np
 import png
 from PIL import Image
 
+from core import tiff16
+from harness.tiff_writer import tiff
+
 PHOTO = Path(__file__).resolve().parent.parent / "assets" / "test_examples" / "low_resolution" / "astronaut.png"
 
 
@@ -19,16 +22,25 @@ def photo_png(side: int) -> bytes:
     return buffer.getvalue()
 
 
-def photo16_rgba_png(side: int) -> bytes:
-    """The photo at 16 bits with random low bits and a translucent alpha plane, as PNG: the most bytes per pixel
-    a result can have, and little for deflate to save."""
+def photo16_rgba(side: int) -> np.ndarray:
+    """The photo at 16 bits with random low bits and a translucent alpha plane: the most bytes per pixel a result
+    can have, and little for deflate to save."""
     colour = np.asarray(Image.open(io.BytesIO(photo_png(side))), np.uint16) * 257
     colour += np.random.default_rng(side).integers(0, 257, colour.shape, dtype=np.uint16)
     alpha = np.full((side, side, 1), 40000, np.uint16)
+    return np.concatenate([colour, alpha], axis=-1)
+
+
+def photo16_rgba_png(side: int) -> bytes:
+    """That 16-bit RGBA photo as PNG, read by pypng."""
     buffer = io.BytesIO()
-    png.Writer(side, side, greyscale=False, alpha=True, bitdepth=16).write(
-        buffer, np.concatenate([colour, alpha], axis=-1).reshape(side, -1))
+    png.Writer(side, side, greyscale=False, alpha=True, bitdepth=16).write(buffer, photo16_rgba(side).reshape(side, -1))
     return buffer.getvalue()
+
+
+def photo16_rgba_tiff(side: int) -> bytes:
+    """That 16-bit RGBA photo as an uncompressed TIFF, read by core/tiff16.py through a copy of the file."""
+    return tiff(photo16_rgba(side), tiff16.RGB, extra=(tiff16.UNASSOCIATED_ALPHA,))
 
 
 # The profile of the probes' profiled picture: near the most a 32 MiB upload (MAX_UPLOAD_BYTES) can carry.
@@ -53,4 +65,5 @@ def photo_profiled_tiff(side: int, profile_bytes: int = PROFILED_BYTES) -> bytes
 
 # The pictures a memory probe can upscale, by name.
 PICTURES: dict[str, Callable[[int], bytes]] = {"photo": photo_png, "photo16-rgba": photo16_rgba_png,
+                                               "photo16-rgba-tiff": photo16_rgba_tiff,
                                                "photo-profiled": photo_profiled_tiff}

@@ -39,9 +39,11 @@ def test_an_image_the_budget_cannot_hold_is_a_413_naming_the_setting():
 
 @pytest.mark.parametrize("picture, side, strength, route", [
     ("photo16-rgba", "400", "0.5", "/model/predict"), ("photo16-rgba", "400", "1", "/app/upscale"),
+    ("photo16-rgba-tiff", "400", "0.5", "/model/predict"),
     ("photo-profiled", "64", "1", "/model/predict"), ("photo-profiled", "64", "1", "/app/upscale")])
 def test_a_request_stays_within_what_its_plan_reserves(picture, side, strength, route):
-    """16-bit RGBA that deflate cannot shrink, mixed with Lanczos or answered with the page's layers, and a 64²
+    """16-bit RGBA that deflate cannot shrink (as PNG, and as a TIFF read through a copy of the file), mixed with
+    Lanczos or answered with the page's layers, and a 64²
     TIFF whose 30 MiB ICC profile every encoded image carries (its peak was 91 and 335 MiB where its plan reserved
     27 and 29): the peak above the loaded process (a fresh one) is within ``Plan.host_bytes``, which the inference
     slots hold."""

@@ -23,7 +23,8 @@ from core.options import OPTIONS
 from core.png_encoder import SIGNATURE as PNG_SIGNATURE
 from core.errors import InvalidImage, TooLarge
 from tests.core.test_images import levels16, pattern, png16, save
-from tests.core.test_tiff16 import DEFLATE, LZW, RGB, levels as tiff_levels, tiff
+from harness.tiff_writer import DEFLATE, LZW, tiff
+from tests.core.test_tiff16 import RGB, levels as tiff_levels
 
 LIMIT = 64 * 64
 # Pillow warns about the corrupt EXIF and TIFF tags the mutations make; the answers are what is tested.

@@ -30,7 +30,8 @@ from tests.core.test_images import (
     srgb_profile,
     with_chunk_after_header,
 )
-from tests.core.test_tiff16 import MIN_IS_BLACK as tiff_grey, RGB as tiff_rgb, levels as tiff_levels, tiff
+from harness.tiff_writer import tiff
+from tests.core.test_tiff16 import MIN_IS_BLACK as tiff_grey, RGB as tiff_rgb, levels as tiff_levels
 
 
 def post(client, data: bytes, **fields):
