@@ -16,7 +16,7 @@ from core.models.registry import ModelRegistry
 from core.models.runtime import Network
 from core.options import OptionContext, UpscaleOptions, runs_model
 from core.pipeline import Progress, Result
-from core.plan import Pass, Plan, check_sizes, plan_pass
+from core.plan import Pass, Plan, check_sizes, network_reach, plan_pass
 from core.timing import Stages
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class Service:
         header = images.read_header(data, self.settings.max_input_pixels)
         network = self.registry.get(options.model or self.settings.default_model,
                                     enlargement(*header.size, options), options.denoise)
-        output = plan_output(*header.size, options, network.scale)
+        output = plan_output(*header.size, options, network.scale, network_reach(network))
         encoding.check_output_size(options.output_format, output.output)
         encoding.check_profile_fits(options.output_format, header.profile_bytes, header.profile_space)
         encoding.check_colour_fits(options.output_format, header.png.colour_chunks if header.png else (),
@@ -222,8 +222,7 @@ class Service:
                      with_layers: bool) -> int:
         """What the request's result holds in this worker's memory until its bytes are sent."""
         width, height = output.output
-        lanczos = (header.alpha or options.strength < 1 or with_layers or output.scaled != output.pass_outputs[-1]
-                   or output.output != output.scaled)
+        lanczos = header.alpha or options.strength < 1 or with_layers or output.output != output.pass_outputs[-1]
         return memory.result_bytes(width * height, header.pixel_bytes, lanczos, 0 < options.strength < 1,
                                    with_layers)
 

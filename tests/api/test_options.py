@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import core.pipeline
 from core import images
 from core.resize import resize
 from core.options import MAX_TARGET_SIDE, OPTIONS, quoted
+from tests.conftest import SAMPLES
 from tests.core.test_images import levels16, pattern, png16, rgba_image, save
 
 WIDE = save(Image.fromarray(pattern(9, 15)))  # 15 x 9
@@ -90,6 +92,54 @@ def test_cover_is_the_centre_of_the_enlargement_that_covers_the_box(client):
     enlarged = ok(predict(client, WIDE, width="50"))  # 50 x 30 covers the 30 x 30 box
     assert enlarged.shape[:2] == (30, 50)
     assert np.array_equal(covered, enlarged[:, 10:40])
+
+
+# 200 x 20 of a photo: a strip whose cover of a square box throws most of its enlargement away.
+STRIP_PHOTO = Image.open(SAMPLES / "astronaut.png").convert("RGB").crop((100, 200, 300, 220))
+STRIP = save(STRIP_PHOTO)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def whole_then_cut(client, data: bytes, box: int, **fields) -> np.ndarray:
+    """The old cover: the strip's whole enlargement to the box's height, its centre cut out as the crop offset
+    ⌊(enlarged − box) / 2⌋ defines it."""
+    enlarged = ok(predict(client, data, height=str(box), **fields))
+    left = (enlarged.shape[1] - box) // 2
+    return enlarged[:, left:left + box]
+
+
+@pytest.mark.parametrize("box", [80, 60, 120])  # the native 4x, 3x (a Lanczos reduction), 6x (two passes)
+def test_cover_runs_the_network_on_the_part_of_a_strip_the_box_needs_and_matches_the_whole(client, service,
+                                                                                           monkeypatch, box):
+    """A 200 x 20 strip into a square box: its enlargement is ten times the box's width; the work cut first
+    fits a limit that the whole enlargement (and its model pass) is over, and gives the same centre."""
+    reference = whole_then_cut(client, STRIP, box)
+    made = []
+    real_run = core.pipeline._run_network
+    monkeypatch.setattr(core.pipeline, "_run_network",
+                        lambda colour, *args: made.append(colour.shape[:2]) or real_run(colour, *args))
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_output_pixels": box * box * 5}))
+    covered = ok(predict(client, STRIP, width=str(box), height=str(box), fit="cover"))
+    assert covered.shape == (box, box, 3)
+    assert made and all(width < 200 for _, width in made), made
+    assert psnr(covered, reference) >= 45
+
+
+def test_cover_cuts_the_lanczos_blend_and_the_alpha_as_the_whole_enlargement_would(client):
+    alpha = np.full((20, 200), 255, np.uint8)
+    alpha[:, 90:110] = np.arange(20, dtype=np.uint8)[:, None] * 12
+    data = save(Image.fromarray(np.dstack([np.asarray(STRIP_PHOTO), alpha])))
+    for strength in ("0", "0.5"):
+        reference = whole_then_cut(client, data, 60, strength=strength)
+        covered = ok(predict(client, data, width="60", height="60", fit="cover", strength=strength))
+        assert np.array_equal(covered[..., 3], reference[..., 3])
+        if strength == "0":  # Lanczos alone: the very pixels of the whole resample's centre
+            assert np.array_equal(covered, reference)
+        assert psnr(covered[..., :3], reference[..., :3]) >= 45
 
 
 def test_fill_stretches(client):
