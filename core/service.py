@@ -145,9 +145,7 @@ class Service:
         the memory, the time limit and room in the queue (400, 413 or 503 before any work). ``with_layers``: the
         web page's answer, with the layers strength mixes."""
         header = images.read_header(data, self.settings.max_input_pixels)
-        network = self.registry.get(options.model or self.settings.default_model,
-                                    enlargement(*header.size, options), options.denoise)
-        output = plan_output(*header.size, options, network.scale, network_reach(network))
+        network, output = self.plan_sizes(*header.size, options)
         encoding.check_output_size(options.output_format, output.output)
         encoding.check_profile_fits(options.output_format, header.profile_bytes, header.profile_space)
         encoding.check_colour_fits(options.output_format, header.png.colour_chunks if header.png else (),
@@ -155,7 +153,7 @@ class Service:
         # strength 0 is the Lanczos enlargement alone (the page's layers still show the model's result): the
         # network's limits, time and memory are not its to meet
         runs_network = runs_model(options.strength, with_layers)
-        check_sizes(output, self.settings.max_output_pixels, runs_network)
+        self.check_output_pixels(output, options, with_layers)
         if options.ensemble and runs_network:
             cost.check_ensemble_pixels(*header.size, self.settings.max_ensemble_pixels)
         result = self.result_bytes(header, output, options, with_layers)
@@ -170,6 +168,17 @@ class Service:
         cost.check_fits(seconds, self.settings.request_time_limit_s, network.name, *header.size, options.ensemble)
         self.slot.check_room()
         return Plan(data, options, header, network, output, passes, seconds, host_bytes, with_layers)
+
+    def plan_sizes(self, width: int, height: int, options: UpscaleOptions) -> tuple[Network, OutputPlan]:
+        """The network an image of ``width`` x ``height`` runs with ``options``, and every size the work makes (400
+        for an enlargement outside 1 to 8 times)."""
+        network = self.registry.get(options.model or self.settings.default_model,
+                                    enlargement(width, height, options), options.denoise)
+        return network, plan_output(width, height, options, network.scale, network_reach(network))
+
+    def check_output_pixels(self, output: OutputPlan, options: UpscaleOptions, with_layers: bool) -> None:
+        """413 for an image the work would make past MAX_OUTPUT_PIXELS (the network's only where it runs)."""
+        check_sizes(output, self.settings.max_output_pixels, runs_model(options.strength, with_layers))
 
     def run(self, plan: Plan, on_progress: Progress | None = None, stages: Stages | None = None) -> Result:
         """Run a prepared upscale in this worker's inference slot (503 at once when the queue is full).

@@ -94,8 +94,10 @@ def test_cover_is_the_centre_of_the_enlargement_that_covers_the_box(client):
     assert np.array_equal(covered, enlarged[:, 10:40])
 
 
-# 200 x 20 of a photo: a strip whose cover of a square box throws most of its enlargement away.
-STRIP_PHOTO = Image.open(SAMPLES / "astronaut.png").convert("RGB").crop((100, 200, 300, 220))
+# 200 x 20 of two photos side by side: a strip whose cover of a square box throws most of its enlargement away.
+STRIP_PHOTO = Image.fromarray(np.hstack([
+    np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))[50:70],
+    np.asarray(Image.open(SAMPLES / "coffee.png").convert("RGB"))[40:60, :72]]))
 STRIP = save(STRIP_PHOTO)
 
 
@@ -249,6 +251,42 @@ def test_every_intermediate_size_is_checked_before_the_network_runs(client, serv
     # The page's route plans before it streams: the same 413, not an error event after a start event.
     status, error = page_events(client, data, width="200")
     assert status == 413 and "132x28" in error["message"]
+
+
+def sizes(client, size: tuple[int, int], **fields):
+    return client.get("/app/sizes", query_string=dict(fields, input_width=size[0], input_height=size[1]))
+
+
+@pytest.mark.parametrize("data, fields, limit", [
+    (save(Image.fromarray(pattern(7, 33))), {"scale": "5"}, 165 * 35),  # the output fits, the 4x pass's 168x36 not
+    (save(Image.fromarray(pattern(7, 33))), {"scale": "1.5"}, 1200),     # 50 x 11 asked, the pass makes 132 x 28
+    (STRIP, {"width": "80", "height": "80", "fit": "cover"}, 80 * 80 * 2),  # the part the box needs, 52 x 20
+    (STRIP, {"width": "80", "height": "80", "fit": "cover"}, 80 * 80 - 1),  # the output itself
+])
+def test_the_pages_sizes_refuse_as_the_upscale_does_in_its_words(client, service, monkeypatch, data, fields, limit):
+    """GET /app/sizes answers, from the image's size alone, the 413 that the upscale answers for MAX_OUTPUT_PIXELS
+    (the page warns with it before sending), and no refusal where the upscale runs."""
+    size = Image.open(io.BytesIO(data)).size
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_output_pixels": limit}))
+    refused = predict(client, data, **fields)
+    answer = sizes(client, size, **fields)
+    assert refused.status_code == 413 and answer.status_code == 200
+    assert answer.json["refusal"] == refused.json["message"]
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_output_pixels": 10 ** 6}))
+    served = ok(predict(client, data, **fields))
+    assert sizes(client, size, **fields).json == {"width": served.shape[1], "height": served.shape[0],
+                                                           "refusal": None}
+
+
+@pytest.mark.parametrize("query, fragment", [
+    ({"input_width": "0", "input_height": "7"}, "input_width must be a whole number from 1 to 2147483647, not '0'"),
+    ({"input_width": "33"}, "input_height must be a whole number from 1 to 2147483647, not ''"),
+    ({"input_width": "33", "input_height": "7", "scale": "9"}, "scale must be a number from 1 to 8"),
+    ({"input_width": "33", "input_height": "7", "width": "1000"}, "would enlarge the 33x7 image 30.3 times"),
+])
+def test_the_pages_sizes_refuse_a_bad_query_with_a_400_naming_it(client, query, fragment):
+    response = client.get("/app/sizes", query_string=query)
+    assert response.status_code == 400 and fragment in response.json["message"]
 
 
 # --- Bad values ---------------------------------------------------------------------------------
