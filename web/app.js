@@ -19,7 +19,7 @@ const state = {
   inputHeight: 0,
   controller: null,
   progress: { done: 0, total: null },
-  sizes: { query: null, refusal: null }, // GET /app/sizes's answer for the query asked last
+  sizes: { query: null, refusal: null, answered: false }, // GET /app/sizes's answer for the query asked last
   result: null, // { url, width, height, model, lanczos, strength, serverBlob, request, ... }
   blendVersion: 0,
   zoom: "fit",
@@ -351,7 +351,7 @@ function sizesQuery() {
 // Asks for the sizes of ``query`` unless they are known or asked; shows the answer while it is still the question.
 async function checkSizes(query) {
   if (state.sizes.query === query) return;
-  state.sizes = { query, refusal: null };
+  state.sizes = { query, refusal: null, answered: false };
   let refusal = null;
   try {
     const response = await fetch(`/app/sizes?${query}`);
@@ -360,7 +360,7 @@ async function checkSizes(query) {
     // No answer, no warning: the upscale's own refusal still says it.
   }
   if (state.sizes.query !== query) return;
-  state.sizes.refusal = refusal;
+  state.sizes = { query, refusal, answered: true };
   update();
 }
 
@@ -376,9 +376,12 @@ function update() {
   $("model-hint").textContent = model ? model.use_when : "";
   showDenoise(model);
 
-  if (sized && state.limits && state.file) checkSizes(sizesQuery());
+  const asks = sized && state.limits && state.file;
+  if (asks) checkSizes(sizesQuery());
   const warnings = limitWarnings();
   $("warnings").replaceChildren(...warnings.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
+  // Busy while the server's answer on the sizes is awaited: a warning may still come.
+  $("warnings").setAttribute("aria-busy", String(Boolean(asks) && !state.sizes.answered));
   const running = state.controller !== null;
   $("run").disabled = running || !state.file || warnings.length > 0 || !model || model.state !== "ready";
   // Another image while one runs would become the "before" of the running one's result.
