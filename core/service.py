@@ -32,6 +32,12 @@ def worker_room(settings: Settings, registry: ModelRegistry) -> int:
             - memory.pinned_cache_bytes(device, settings.inference_slots_for(device)))
 
 
+def decoded_beside_cut(header: images.Header, output: OutputPlan) -> int:
+    """The decoded image, held whole while the first pass runs on a part of it (fit=cover's cut): a pass over the
+    whole image counts it among its own buffers (memory.pass_bytes), a pass over a part counts the part's."""
+    return header.width * header.height * header.pixel_bytes if output.pass_inputs[0] != output.input else 0
+
+
 @dataclass
 class Service:
     settings: Settings
@@ -155,11 +161,12 @@ class Service:
         runs_network = runs_model(options.strength, with_layers)
         self.check_output_pixels(output, options, with_layers)
         if options.ensemble and runs_network:
-            cost.check_ensemble_pixels(*header.size, self.settings.max_ensemble_pixels)
+            cost.check_ensemble_pixels(output, self.settings.max_ensemble_pixels)
         result = self.result_bytes(header, output, options, with_layers)
         if runs_network:
-            passes = self.plan_passes(network, output, result, options.ensemble)
-            host_bytes = result + self.host_bytes(network, passes, options.ensemble)
+            held = result + decoded_beside_cut(header, output)
+            passes = self.plan_passes(network, output, held, options.ensemble)
+            host_bytes = held + self.host_bytes(network, passes, options.ensemble)
         else:
             passes, host_bytes = (), result + memory.pass_bytes(header.height, header.width)
         memory.check_worker_room(self.memory_budget(), worker_room(self.settings, self.registry), host_bytes,

@@ -131,6 +131,21 @@ def test_cover_runs_the_network_on_the_part_of_a_strip_the_box_needs_and_matches
     assert psnr(covered, reference) >= 45
 
 
+def test_the_ensemble_limit_counts_the_part_of_the_input_cover_runs(client, service, monkeypatch):
+    """The ensemble runs the network 8 times on the 52 x 20 part of the strip an 80 x 80 box needs, not on its
+    200 x 20: a limit below the strip's pixels but above the part's serves it."""
+    fields = {"width": "80", "height": "80", "fit": "cover", "ensemble": "true"}
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_ensemble_pixels": 1040}))
+    assert ok(predict(client, STRIP, **fields)).shape == (80, 80, 3)
+    refused = predict(client, STRIP, height="80", ensemble="true")  # the whole strip, enlarged whole
+    assert refused.status_code == 413 and "the image is 200x20 = 4000 pixels" in refused.json["message"]
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_ensemble_pixels": 1039}))
+    refused = predict(client, STRIP, **fields)
+    assert refused.status_code == 413 and refused.json["message"].startswith(
+        "ensemble runs the network 8 times: the part of the 200x20 image that the 80x80 box needs is 52x20 = 1040 "
+        "pixels and the limit for ensemble is 1039 pixels (MAX_ENSEMBLE_PIXELS)")
+
+
 def test_cover_cuts_the_lanczos_blend_and_the_alpha_as_the_whole_enlargement_would(client):
     alpha = np.full((20, 200), 255, np.uint8)
     alpha[:, 90:110] = np.arange(20, dtype=np.uint8)[:, None] * 12

@@ -138,3 +138,16 @@ def test_a_network_whose_averages_are_the_whole_images_runs_on_the_whole(service
     network = service.registry.get("srgan")
     assert network_reach(network) == Reach(network.margin, network.alignment)
     assert network_reach(replace(network, measure=lambda batch: batch)) is None
+
+
+def test_a_cut_plan_reserves_the_decoded_image_whole_beside_its_parts_buffers(service):
+    """cover runs the first pass on 52 x 20 of a 200 x 20 strip, but the decoded strip stays in memory whole."""
+    strip = save(Image.fromarray(pattern(20, 200)))
+    plan = service.prepare(strip, UpscaleOptions(model="srgan", width=80, height=80, fit="cover"))
+    assert plan.output.pass_inputs == ((52, 20),)
+    result = service.result_bytes(plan.header, plan.output, plan.options, False)
+    decoded = 200 * 20 * plan.header.pixel_bytes
+    assert plan.host_bytes == result + decoded + service.host_bytes(plan.network, plan.passes)
+    whole = service.prepare(strip, UpscaleOptions(model="srgan", height=80))
+    assert whole.host_bytes == (service.result_bytes(whole.header, whole.output, whole.options, False)
+                                + service.host_bytes(whole.network, whole.passes))
