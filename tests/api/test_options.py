@@ -277,7 +277,7 @@ def sizes(client, size: tuple[int, int], **fields):
     (save(Image.fromarray(pattern(7, 33))), {"scale": "1.5"}, 1200),     # 50 x 11 asked, the pass makes 132 x 28
     (STRIP, {"width": "80", "height": "80", "fit": "cover"}, 80 * 80 * 2),  # the part the box needs, 52 x 20
     (STRIP, {"width": "80", "height": "80", "fit": "cover"}, 80 * 80 - 1),  # the output itself
-])
+], ids=["second-pass", "first-pass", "cover-part", "cover-output"])
 def test_the_pages_sizes_refuse_as_the_upscale_does_in_its_words(client, service, monkeypatch, data, fields, limit):
     """GET /app/sizes answers, from the image's size alone, the 413 that the upscale answers for MAX_OUTPUT_PIXELS
     (the page warns with it before sending), and no refusal where the upscale runs."""
