@@ -300,8 +300,10 @@ def _resampled(pixels: np.ndarray, held: Box, held_whole: Size, whole: Size, box
         pixels, held = pixels[top - held[1]:bottom - held[1]], (held[0], top, held[2], bottom)
     if same_width and same_height:
         return pixels if pixels.flags.c_contiguous else np.ascontiguousarray(pixels)
-    across, down = held_whole[0] / whole[0], held_whole[1] / whole[1]
-    region = (left * across - held[0], top * down - held[1], right * across - held[0], bottom * down - held[1])
+    # Each edge as one division of whole numbers: exact where it falls on a pixel (the image's end among them,
+    # which Pillow's box must not pass)
+    region = tuple(edge * held_whole[axis] / whole[axis] - held[axis]
+                   for edge, axis in zip(box, (0, 1, 0, 1)))
     return resize(pixels, (right - left, bottom - top), region)
 
 
