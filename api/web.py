@@ -30,7 +30,8 @@ from api.errors import retry_after
 from api.form import read_form
 from api.predict import CLIENT_CLOSED_REQUEST
 from config import Settings
-from core.errors import Cancelled, InvalidInput, OutputTooLarge, Reason, ServiceError, Unavailable
+from core.errors import (Cancelled, EnsembleTooLarge, InvalidInput, OutputTooLarge, Reason, ServiceError,
+                         Unavailable)
 from core.options import MAX_TARGET_SIDE, parse_options, quoted
 from core.pipeline import Progress
 from core.plan import Plan
@@ -86,8 +87,9 @@ def upscale() -> Response:
 def sizes() -> dict[str, object]:
     """The sizes an upscale would make for an image of ``input_width`` x ``input_height`` with the query's options,
     before anything is sent: the output's, and ``refusal``, the 413 that /app/upscale would answer for
-    MAX_OUTPUT_PIXELS (each model pass's result, with fit=cover that of the part of the input the box needs), or
-    null. The page warns with it, so that its warning is the server's own arithmetic and words."""
+    MAX_OUTPUT_PIXELS (each model pass's result, with fit=cover that of the part of the input the box needs) or
+    MAX_ENSEMBLE_PIXELS (the pixels the ensemble runs), or null. The page warns with it, so that its warning is
+    the server's own arithmetic and words."""
     from api import service
 
     current = service()
@@ -95,9 +97,9 @@ def sizes() -> dict[str, object]:
     options = parse_options(request.args, current.option_context, with_layers=True)
     _, output = current.plan_sizes(width, height, options)
     try:
-        current.check_output_pixels(output, options, with_layers=True)
+        current.check_pixels(output, options, with_layers=True)
         refusal = None
-    except OutputTooLarge as error:
+    except (OutputTooLarge, EnsembleTooLarge) as error:
         refusal = error.message
     return {"width": output.output[0], "height": output.output[1], "refusal": refusal}
 

@@ -159,9 +159,7 @@ class Service:
         # strength 0 is the Lanczos enlargement alone (the page's layers still show the model's result): the
         # network's limits, time and memory are not its to meet
         runs_network = runs_model(options.strength, with_layers)
-        self.check_output_pixels(output, options, with_layers)
-        if options.ensemble and runs_network:
-            cost.check_ensemble_pixels(output, self.settings.max_ensemble_pixels)
+        self.check_pixels(output, options, with_layers)
         result = self.result_bytes(header, output, options, with_layers)
         if runs_network:
             held = result + decoded_beside_cut(header, output)
@@ -183,9 +181,13 @@ class Service:
                                     enlargement(width, height, options), options.denoise)
         return network, plan_output(width, height, options, network.scale, network_reach(network))
 
-    def check_output_pixels(self, output: OutputPlan, options: UpscaleOptions, with_layers: bool) -> None:
-        """413 for an image the work would make past MAX_OUTPUT_PIXELS (the network's only where it runs)."""
-        check_sizes(output, self.settings.max_output_pixels, runs_model(options.strength, with_layers))
+    def check_pixels(self, output: OutputPlan, options: UpscaleOptions, with_layers: bool) -> None:
+        """413 for an image the work would make past MAX_OUTPUT_PIXELS, or for the ensemble's pixels past
+        MAX_ENSEMBLE_PIXELS (the network's only where it runs)."""
+        runs_network = runs_model(options.strength, with_layers)
+        check_sizes(output, self.settings.max_output_pixels, runs_network)
+        if options.ensemble and runs_network:
+            cost.check_ensemble_pixels(output, self.settings.max_ensemble_pixels)
 
     def run(self, plan: Plan, on_progress: Progress | None = None, stages: Stages | None = None) -> Result:
         """Run a prepared upscale in this worker's inference slot (503 at once when the queue is full).

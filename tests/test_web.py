@@ -429,18 +429,33 @@ def test_page_warns_of_an_empty_size_field_instead_of_sending_zero(page, tmp_pat
     assert page.is_disabled("#run")
 
 
-def test_page_warns_before_running_self_ensemble_over_its_limit(page, server, tmp_path):
+def test_page_warns_before_running_self_ensemble_over_its_limit_as_the_server_refuses_it(page, server, tmp_path):
     limit = requests.get(f"{server.url}/model/metadata", timeout=10).json()["limits"]["max_ensemble_pixels"]
     over = tmp_path / "over.png"
     Image.new("RGB", (limit // 100 + 1, 100), "grey").save(over)
     page.set_input_files("#file", str(over))
     page.wait_for_selector("body[data-state=ready]")
+    page.wait_for_selector("#warnings[aria-busy=false]", state="attached")
     assert page.text_content("#warnings") == "" and page.is_enabled("#run")
     page.check("#ensemble")
-    warnings = page.text_content("#warnings")
-    assert f"{limit:,} input pixels" in warnings and "elf-ensemble" in warnings
+    page.wait_for_selector("#warnings[aria-busy=false]", state="attached")
+    refusal = requests.post(f"{server.url}/model/predict", timeout=60, data={"ensemble": "true"},
+                            files={"image": ("over.png", over.read_bytes(), "image/png")})
+    assert refusal.status_code == 413 and "MAX_ENSEMBLE_PIXELS" in refusal.json()["message"]
+    assert page.text_content("#warnings") == refusal.json()["message"]
     assert page.is_disabled("#run")
     page.uncheck("#ensemble")
+    page.wait_for_selector("#warnings[aria-busy=false]", state="attached")
+    assert page.text_content("#warnings") == "" and page.is_enabled("#run")
+
+
+def test_page_does_not_warn_of_the_ensemble_on_a_cover_whose_part_is_within_its_limit(page, server, tmp_path):
+    """The ensemble runs on the part of the strip the box needs, within the limit, though the strip is not."""
+    limit = requests.get(f"{server.url}/model/metadata", timeout=10).json()["limits"]["max_ensemble_pixels"]
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (limit // 100 + 1, 100), "grey").save(strip)
+    page.check("#ensemble")
+    choose_box(page, strip, "400", "400", "cover")
     assert page.text_content("#warnings") == "" and page.is_enabled("#run")
 
 

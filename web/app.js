@@ -327,9 +327,6 @@ function limitWarnings() {
   if (pixels > limits.max_input_pixels) {
     warnings.push(`The image has ${pixels.toLocaleString("en")} pixels; the limit is ${limits.max_input_pixels.toLocaleString("en")} input pixels.`);
   }
-  if ($("ensemble").checked && pixels > limits.max_ensemble_pixels) {
-    warnings.push(`The image has ${pixels.toLocaleString("en")} pixels; self-ensemble takes up to ${limits.max_ensemble_pixels.toLocaleString("en")} input pixels.`);
-  }
   const size = chosenSize();
   const problems = sizeProblems(size);
   warnings.push(...problems);
@@ -340,7 +337,8 @@ function limitWarnings() {
 
 // The sizes the request would make, asked of the server (GET /app/sizes) for the image's size alone: whether
 // the output, or a model pass's result (above the native scale, or of the part of the input fit=cover needs),
-// would pass MAX_OUTPUT_PIXELS depends on the model's passes and margin, which the server's arithmetic decides.
+// would pass MAX_OUTPUT_PIXELS, and the ensemble's pixels (that part too) MAX_ENSEMBLE_PIXELS, depends on the
+// model's passes and margin, which the server's arithmetic decides.
 function sizesQuery() {
   // The page's route runs the model at any strength: the slider changes no size.
   const fields = [["input_width", String(state.inputWidth)], ["input_height", String(state.inputHeight)],

@@ -293,6 +293,15 @@ def test_the_pages_sizes_refuse_as_the_upscale_does_in_its_words(client, service
                                                            "refusal": None}
 
 
+@pytest.mark.parametrize("fields", [{"height": "80"}, {"width": "80", "height": "80", "fit": "cover"}],
+                         ids=["whole", "cover-part"])
+def test_the_pages_sizes_refuse_the_ensemble_as_the_upscale_does(client, service, monkeypatch, fields):
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_ensemble_pixels": 1000}))
+    refused = predict(client, STRIP, ensemble="true", **fields)
+    assert refused.status_code == 413 and "MAX_ENSEMBLE_PIXELS" in refused.json["message"]
+    assert sizes(client, (200, 20), ensemble="true", **fields).json["refusal"] == refused.json["message"]
+
+
 @pytest.mark.parametrize("query, fragment", [
     ({"input_width": "0", "input_height": "7"}, "input_width must be a whole number from 1 to 2147483647, not '0'"),
     ({"input_width": "33"}, "input_height must be a whole number from 1 to 2147483647, not ''"),
