@@ -46,7 +46,7 @@ class PassCut:
 class OutputPlan:
     input: Size
     scaled: Size                  # the input enlarged to this size ...
-    crop: Box                     # ... then cut to this box (the whole of it but for cover)
+    crop: Box                     # ... then cut to this box (the whole of it but for cover, which makes the box alone)
     # Each pass's input, and the part of it the network runs on: for cover, only what the box needs, with the
     # network's and the resamples' context; nothing larger than that part is ever made.
     cuts: tuple[PassCut, ...]
