@@ -1,4 +1,5 @@
-"""The web page at /app and its one streaming endpoint, POST /app/upscale.
+"""The web page at /app, its one streaming endpoint, POST /app/upscale, and GET /app/sizes, whose answer
+warns the page of a size the server would refuse before the image is sent.
 
 The page uploads an image and reads back newline-delimited JSON events:
 ``start`` (the tile count, known before any work), ``progress`` after each
@@ -29,8 +30,9 @@ from api.errors import retry_after
 from api.form import read_form
 from api.predict import CLIENT_CLOSED_REQUEST
 from config import Settings
-from core.errors import Cancelled, Reason, ServiceError, Unavailable
-from core.options import parse_options
+from core.errors import (Cancelled, EnsembleTooLarge, InvalidInput, OutputTooLarge, Reason, ServiceError,
+                         Unavailable)
+from core.options import MAX_TARGET_SIDE, parse_options, quoted
 from core.pipeline import Progress
 from core.plan import Plan
 from core.service import Service
@@ -79,6 +81,34 @@ def upscale() -> Response:
     plan = current.prepare(form.image, options, with_layers=True)
     return Response(_events(current, plan, observability.finish_later()), mimetype="application/x-ndjson",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@blueprint.get("/sizes")
+def sizes() -> dict[str, object]:
+    """The sizes an upscale would make for an image of ``input_width`` x ``input_height`` with the query's options,
+    before anything is sent: the output's, and ``refusal``, the 413 that /app/upscale would answer for
+    MAX_OUTPUT_PIXELS (each model pass's result, with fit=cover that of the part of the input the box needs) or
+    MAX_ENSEMBLE_PIXELS (the pixels the ensemble runs), or null. The page warns with it, so that its warning is
+    the server's own arithmetic and words."""
+    from api import service
+
+    current = service()
+    width, height = (_whole_number(name) for name in ("input_width", "input_height"))
+    options = parse_options(request.args, current.option_context, with_layers=True)
+    _, output = current.plan_sizes(width, height, options)
+    try:
+        current.check_pixels(output, options, with_layers=True)
+        refusal = None
+    except (OutputTooLarge, EnsembleTooLarge) as error:
+        refusal = error.message
+    return {"width": output.output[0], "height": output.output[1], "refusal": refusal}
+
+
+def _whole_number(name: str) -> int:
+    text = request.args.get(name, "")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_TARGET_SIDE:
+        raise InvalidInput(f"{name} must be a whole number from 1 to {MAX_TARGET_SIDE}, not {quoted(text)}")
+    return int(text)
 
 
 def _events(current: Service, plan: Plan,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from core.errors import EnsembleTooLarge, Reason, TooLarge
+from core.geometry import OutputPlan
 from core.memory import run_pixels, run_side
 from core.models.border import Border
 from core.models.runtime import STATISTICS_WINDOW
@@ -82,7 +83,13 @@ def check_fits(seconds: float, limit_s: float, model: str, width: int, height: i
                     f"send a smaller image or choose a faster model")
 
 
-def check_ensemble_pixels(width: int, height: int, limit: int) -> None:
-    if width * height > limit:
-        raise EnsembleTooLarge(f"ensemble runs the network 8 times: the image is {width}x{height} = {width * height} "
-                               f"pixels and the limit for ensemble is {limit} pixels (MAX_ENSEMBLE_PIXELS)")
+def check_ensemble_pixels(output: OutputPlan, limit: int) -> None:
+    """The pixels the ensemble's first pass runs 8 times: the image's, or with fit=cover the part the box needs."""
+    width, height = output.pass_inputs[0]
+    if width * height <= limit:
+        return
+    what = (f"the image is {width}x{height}" if (width, height) == output.input else
+            "the part of the {}x{} image that the {}x{} box needs is ".format(*output.input, *output.output)
+            + f"{width}x{height}")
+    raise EnsembleTooLarge(f"ensemble runs the network 8 times: {what} = {width * height} pixels and the limit for "
+                           f"ensemble is {limit} pixels (MAX_ENSEMBLE_PIXELS)")

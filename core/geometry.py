@@ -12,22 +12,60 @@ from core.errors import InvalidInput
 from core.options import BY_NAME, DEFAULT_SCALE, UpscaleOptions
 
 Size = tuple[int, int]  # (width, height)
+Box = tuple[int, int, int, int]  # (left, top, right, bottom)
 MIN_SCALE = float(BY_NAME["scale"].minimum)
 MAX_SCALE = float(BY_NAME["scale"].maximum)
+# Input pixels Pillow's LANCZOS reads on each side of an output pixel's centre (times the reduction, where it
+# shrinks): what a resample needs around the part it makes.
+LANCZOS_SUPPORT = 3
+
+
+@dataclass(frozen=True)
+class Reach:
+    """What the network reads around the pixels it makes: ``margin`` input pixels on each side (as tiles give
+    it), from a cut that starts at a multiple of ``alignment`` (as tiles do)."""
+
+    margin: int
+    alignment: int = 1
+
+
+@dataclass(frozen=True)
+class PassCut:
+    """One pass's input: the size it has were the whole image enlarged, and the part of it the network runs on."""
+
+    whole: Size
+    box: Box
+
+    @property
+    def size(self) -> Size:
+        left, top, right, bottom = self.box
+        return right - left, bottom - top
 
 
 @dataclass(frozen=True)
 class OutputPlan:
     input: Size
     scaled: Size                  # the input enlarged to this size ...
-    crop: tuple[int, int, int, int]  # ... then cut to (left, top, right, bottom) (the whole of it but for cover)
-    pass_inputs: tuple[Size, ...]  # the size the network sees in each pass
+    crop: Box                     # ... then cut to this box (the whole of it but for cover, which makes the box alone)
+    # Each pass's input, and the part of it the network runs on: for cover, only what the box needs, with the
+    # network's and the resamples' context; nothing larger than that part is ever made.
+    cuts: tuple[PassCut, ...]
     native_scale: int
 
     @property
     def output(self) -> Size:
         left, top, right, bottom = self.crop
         return right - left, bottom - top
+
+    @property
+    def pass_inputs(self) -> tuple[Size, ...]:
+        """The size the network sees in each pass."""
+        return tuple(cut.size for cut in self.cuts)
+
+    @property
+    def is_cut(self) -> bool:
+        """Whether the network runs on part of its input only."""
+        return any(cut.box != (0, 0, *cut.whole) for cut in self.cuts)
 
     @property
     def pass_outputs(self) -> tuple[Size, ...]:
@@ -51,13 +89,20 @@ def _as_sent(value: float) -> Fraction:
     return Fraction(repr(value))
 
 
-def plan_output(width: int, height: int, options: UpscaleOptions, native_scale: int) -> OutputPlan:
-    """The sizes for an input of ``width`` x ``height``; 400 when the options ask for less than 1x or more than 8x."""
+def plan_output(width: int, height: int, options: UpscaleOptions, native_scale: int,
+                reach: Reach | None = None) -> OutputPlan:
+    """The sizes for an input of ``width`` x ``height``; 400 when the options ask for less than 1x or more than 8x.
+
+    With the network's ``reach``, each pass runs on the part of its input that the crop needs; without it
+    (a network whose averages are the whole image's), on the whole."""
     _check_factors(width, height, options, _asked_factors(width, height, options))
     scaled, crop = _scaled_and_crop(width, height, options)
     made = enlargement(width, height, options)
-    return OutputPlan((width, height), scaled, crop, _pass_inputs((width, height), scaled, made, native_scale),
-                      native_scale)
+    wholes = _pass_inputs((width, height), scaled, made, native_scale)
+    boxes = ([(0, 0, *whole) for whole in wholes] if reach is None else
+             _pass_boxes(wholes, scaled, crop, native_scale, reach))
+    return OutputPlan((width, height), scaled, crop,
+                      tuple(PassCut(whole, box) for whole, box in zip(wholes, boxes)), native_scale)
 
 
 def enlargement(width: int, height: int, options: UpscaleOptions) -> float:
@@ -143,3 +188,47 @@ def _pass_inputs(size: Size, scaled: Size, factor: float, native_scale: int) -> 
                         for length, target in zip(size, scaled))
                   for remaining in range(passes - 1, 0, -1))
     return (size, *later)
+
+
+def _pass_boxes(wholes: tuple[Size, ...], scaled: Size, crop: Box, native_scale: int, reach: Reach) -> list[Box]:
+    """The part of each pass's input that the ``crop`` of the ``scaled`` image needs, found backwards from it:
+    through each Lanczos resample (its kernel's support) and each pass of the network (its margin)."""
+    boxes = []
+    needed, target = crop, scaled
+    for whole in reversed(wholes):
+        made = (whole[0] * native_scale, whole[1] * native_scale)
+        read = _lanczos_source(needed, target, made)
+        needed = _network_source(read, native_scale, reach, whole)
+        boxes.append(needed)
+        target = whole
+    return boxes[::-1]
+
+
+def _lanczos_source(box: Box, size: Size, source: Size) -> Box:
+    """The pixels of an image of ``source`` size that Lanczos reads to make the ``box`` of it resized to ``size``
+    (the box itself where the sizes are equal: no resample runs)."""
+    left, right = _lanczos_span(box[0], box[2], size[0], source[0])
+    top, bottom = _lanczos_span(box[1], box[3], size[1], source[1])
+    return left, top, right, bottom
+
+
+def _lanczos_span(start: int, end: int, length: int, source: int) -> tuple[int, int]:
+    if length == source:
+        return start, end
+    step = source / length
+    support = LANCZOS_SUPPORT * max(step, 1.0)
+    # Pillow reads from the centre's ± support; one pixel more on each side covers its rounding
+    return (max(0, math.floor((start + 0.5) * step - support) - 1),
+            min(source, math.ceil((end - 0.5) * step + support) + 1))
+
+
+def _network_source(box: Box, native_scale: int, reach: Reach, whole: Size) -> Box:
+    """The network's input that makes the ``box`` of its output with ``reach``'s context, within ``whole``."""
+    left, right = _network_span(box[0], box[2], native_scale, reach, whole[0])
+    top, bottom = _network_span(box[1], box[3], native_scale, reach, whole[1])
+    return left, top, right, bottom
+
+
+def _network_span(start: int, end: int, native_scale: int, reach: Reach, length: int) -> tuple[int, int]:
+    first = max(0, start // native_scale - reach.margin) // reach.alignment * reach.alignment
+    return first, min(length, -(-end // native_scale) + reach.margin)

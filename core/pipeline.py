@@ -14,11 +14,11 @@ from core import cost, encoding, images, shutdown
 from core.errors import OutOfDeviceMemory, TimeLimitExceeded
 from core.formats import OUTPUT_FORMATS
 from core.encoding import ROWS_PER_BLOCK
-from core.geometry import OutputPlan, Size
+from core.geometry import Box, OutputPlan, Size
 from core.models.ensemble import self_ensemble, turned
 from core.models.runtime import STATISTICS_WINDOW
 from core.plan import Pass, Plan, plan_pass
-from core.resize import bleed_into_transparency, resize, resize_channel
+from core.resize import bleed_into_transparency, resize
 from core.tiling import Predict, run_tiles
 from core.timing import Stages
 
@@ -165,11 +165,13 @@ def _layers(image: images.DecodedImage, work: Work, progress: Progress) -> Layer
     output, strength, with_layers = work.plan.output, work.plan.options.strength, work.plan.with_layers
     model = lanczos = None
     if strength > 0 or with_layers:
-        model = _crop(_model_colour(image, work, progress), output)
+        model = _model_colour(image, work, progress)
+    whole = (0, 0, image.width, image.height)
     with work.stages.time("resize"):
         if strength < 1 or with_layers:
-            lanczos = _crop(resize(image.colour, output.scaled), output)
-        alpha = None if image.alpha is None else _crop(resize_channel(image.alpha, output.scaled), output)
+            lanczos = _resampled(image.colour, whole, output.input, output.scaled, output.crop)
+        alpha = None if image.alpha is None else _resampled(image.alpha[..., None], whole, output.input,
+                                                            output.scaled, output.crop)[..., 0]
     return Layers(model, lanczos, alpha)
 
 
@@ -188,23 +190,30 @@ def blend(layers: Layers, strength: float) -> np.ndarray:
     return out
 
 
-def _crop(pixels: np.ndarray, plan: OutputPlan) -> np.ndarray:
-    left, top, right, bottom = plan.crop
-    if (right - left, bottom - top) == (pixels.shape[1], pixels.shape[0]):
-        return pixels
-    return np.ascontiguousarray(pixels[top:bottom, left:right])
-
-
 def _model_colour(image: images.DecodedImage, work: Work, progress: Progress) -> np.ndarray:
-    """The network's passes, each on the previous result resized to the plan, then Lanczos to the size asked."""
-    count = TileCount(progress, work.plan.tile_count)
-    colour = image.colour
-    for step in work.plan.passes:
-        with work.stages.time("resize"):
-            colour = _resized(colour, (step.width, step.height))
-        colour = _run_network(colour, image.max_value, work, step, count.in_pass(len(step.tiles)))
-    with work.stages.time("resize"):
-        return _resized(colour, work.plan.output.scaled)
+    """The network's passes, each on the part of the previous result (resized to the plan) that the output needs,
+    then Lanczos to the output."""
+    count, steps = TileCount(progress, work.plan.tile_count), iter(work.plan.passes)
+
+    def run_pass(colour: np.ndarray) -> np.ndarray:
+        step = next(steps)
+        return _run_network(colour, image.max_value, work, step, count.in_pass(len(step.tiles)))
+    return through_passes(image.colour, work.plan.output, run_pass, work.stages)
+
+
+def through_passes(colour: np.ndarray, output: OutputPlan, run_pass: Callable[[np.ndarray], np.ndarray],
+                   stages: Stages) -> np.ndarray:
+    """``colour`` (the whole input) through ``run_pass`` on each pass's cut, resized between the passes and to the
+    output's crop: each step makes only the part of its image that the next step reads."""
+    held, held_whole = (0, 0, *output.input), output.input
+    for cut in output.cuts:
+        with stages.time("resize"):
+            colour = _resampled(colour, held, held_whole, cut.whole, cut.box)
+        colour = run_pass(colour)
+        held = tuple(side * output.native_scale for side in cut.box)
+        held_whole = (cut.whole[0] * output.native_scale, cut.whole[1] * output.native_scale)
+    with stages.time("resize"):
+        return _resampled(colour, held, held_whole, output.scaled, output.crop)
 
 
 def _run_network(colour: np.ndarray, max_value: int, work: Work, step: Pass, on_progress: Progress) -> np.ndarray:
@@ -327,11 +336,24 @@ def _half_side(side: int, longest: int, error: OutOfDeviceMemory, what: str) -> 
     return max(ran // 2, MIN_RETRY_TILE)
 
 
-def _resized(colour: np.ndarray, size: Size) -> np.ndarray:
-    """Lanczos to ``size`` (width, height), or the pixels as they are when they have that size."""
-    if (colour.shape[1], colour.shape[0]) == size:
-        return colour
-    return resize(colour, size)
+def _resampled(pixels: np.ndarray, held: Box, held_whole: Size, whole: Size, box: Box) -> np.ndarray:
+    """The ``box`` of the image of ``held_whole`` size resized (Lanczos) to ``whole``, made from ``pixels``, which
+    are its part ``held`` (a box that holds all the resample reads, as core/geometry.py plans the cuts): the same
+    pixels as the whole resize, cut."""
+    left, top, right, bottom = box
+    # A side of the same length is cut, not resampled: as for the whole image, whose resize leaves that side be.
+    same_width, same_height = held_whole[0] == whole[0], held_whole[1] == whole[1]
+    if same_width:
+        pixels, held = pixels[:, left - held[0]:right - held[0]], (left, held[1], right, held[3])
+    if same_height:
+        pixels, held = pixels[top - held[1]:bottom - held[1]], (held[0], top, held[2], bottom)
+    if same_width and same_height:
+        return pixels if pixels.flags.c_contiguous else np.ascontiguousarray(pixels)
+    # Each edge as one division of whole numbers: exact where it falls on a pixel (the image's end among them,
+    # which Pillow's box must not pass)
+    region = tuple(edge * held_whole[axis] / whole[axis] - held[axis]
+                   for edge, axis in zip(box, (0, 1, 0, 1)))
+    return resize(pixels, (right - left, bottom - top), region)
 
 
 def _encoded_layers(layers: Layers, image: images.DecodedImage, settings: Settings) -> dict[str, bytes]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.errors import OutputTooLarge
-from core.geometry import OutputPlan
+from core.geometry import OutputPlan, Reach
 from core.images import Header
 from core.models.runtime import Network
 from core.options import UpscaleOptions
@@ -18,7 +18,8 @@ from core.tiling import Tile, plan_tiles
 
 @dataclass(frozen=True)
 class Pass:
-    """One run of the network over the whole picture: its input size and the tiles it is cut into."""
+    """One run of the network over the part of the picture the output needs (for cover, less than the whole): its
+    input size and the tiles it is cut into."""
 
     width: int
     height: int
@@ -35,6 +36,14 @@ class Pass:
         """Pixels of each of the pass's windows."""
         height, width = self.window_shape
         return height * width
+
+
+def network_reach(network: Network) -> Reach | None:
+    """What a pass needs around the part of the image it makes: the network's margin, cut where its tiles may
+    start; None for a network whose averages are the whole image's (Real-CUGAN's), which a cut would change."""
+    if network.measure is not None:
+        return None
+    return Reach(network.margin, network.alignment)
 
 
 def plan_pass(network: Network, width: int, height: int, tile: int) -> Pass:
@@ -66,14 +75,21 @@ class Plan:
 
 
 def check_sizes(output: OutputPlan, max_output_pixels: int, runs_network: bool = True) -> None:
-    """Every image the work makes (each pass's result where the network runs, the enlarged image: for cover,
-    larger than the output it is cut to) must fit MAX_OUTPUT_PIXELS."""
-    made = [(f"the model's {output.native_scale}x result", size) for size in output.pass_outputs if runs_network]
-    made.append(("the output" if output.scaled == output.output else
-                 "the image enlarged to cover {}x{} (before its centre is cut out)".format(*output.output),
-                 output.scaled))
+    """Every image the work makes (each pass's result where the network runs, and the output) must fit
+    MAX_OUTPUT_PIXELS. For cover, a pass's result is that of the part of its input the box needs: the whole
+    enlargement is never made."""
+    made = [(_pass_result(output, size), made) for size, made in zip(output.pass_inputs, output.pass_outputs)
+            if runs_network]
+    made.append(("the output", output.output))
     for what, (width, height) in made:
         if width * height > max_output_pixels:
             raise OutputTooLarge(f"{what} would be {width}x{height} = {width * height} pixels; the limit is "
                                  f"{max_output_pixels} output pixels (MAX_OUTPUT_PIXELS; "
                                  f"input {output.input[0]}x{output.input[1]})")
+
+
+def _pass_result(output: OutputPlan, size: tuple[int, int]) -> str:
+    if not output.is_cut:
+        return f"the model's {output.native_scale}x result"
+    return (f"the model's {output.native_scale}x result of the {size[0]}x{size[1]} part of its input that the "
+            "{}x{} box needs".format(*output.output))

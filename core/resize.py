@@ -13,13 +13,18 @@ NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
 BLEED_BAND_PIXELS = 1 << 16  # pixels filled at a time: bounds the index arrays of a ring to a few MB
 
 
-def resize_channel(channel: np.ndarray, size: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+Region = tuple[float, float, float, float]  # (left, top, right, bottom) of the source, in its pixels
+
+
+def resize_channel(channel: np.ndarray, size: tuple[int, int], out: np.ndarray | None = None,
+                   box: Region | None = None) -> np.ndarray:
     """Resize one (H, W) channel to ``size`` (width, height) with Lanczos, in float, keeping its dtype; into
-    ``out`` where given.
+    ``out`` where given. With ``box``, only that region of the channel is resized to ``size``: the kernel still
+    reads the pixels around it, so the result is that part of the whole channel resized.
 
     The float result is rounded a block of rows at a time: at a large output's size, whole-image float
     temporaries would take several times the result's own bytes."""
-    resized = Image.fromarray(channel.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
+    resized = Image.fromarray(channel.astype(np.float32)).resize(size, Image.Resampling.LANCZOS, box)
     values = np.asarray(resized)
     del resized  # the array holds its own copy
     if out is None:
@@ -31,11 +36,12 @@ def resize_channel(channel: np.ndarray, size: tuple[int, int], out: np.ndarray |
     return out
 
 
-def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize (H, W, C) pixels of any channel count and dtype to ``size`` with Lanczos."""
+def resize(pixels: np.ndarray, size: tuple[int, int], box: Region | None = None) -> np.ndarray:
+    """Resize (H, W, C) pixels of any channel count and dtype (the ``box`` of them, where given) to ``size`` with
+    Lanczos."""
     out = np.empty((size[1], size[0], pixels.shape[-1]), pixels.dtype)
     for channel in range(pixels.shape[-1]):
-        resize_channel(pixels[..., channel], size, out[..., channel])
+        resize_channel(pixels[..., channel], size, out[..., channel], box)
     return out
 
 

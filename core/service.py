@@ -16,7 +16,7 @@ from core.models.registry import ModelRegistry
 from core.models.runtime import Network
 from core.options import OptionContext, UpscaleOptions, runs_model
 from core.pipeline import Progress, Result
-from core.plan import Pass, Plan, check_sizes, plan_pass
+from core.plan import Pass, Plan, check_sizes, network_reach, plan_pass
 from core.timing import Stages
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,12 @@ def worker_room(settings: Settings, registry: ModelRegistry) -> int:
     device = registry.choice.device
     return (settings.memory_budget_bytes(device) - registry.resident
             - memory.pinned_cache_bytes(device, settings.inference_slots_for(device)))
+
+
+def decoded_beside_cut(header: images.Header, output: OutputPlan) -> int:
+    """The decoded image, held whole while the first pass runs on a part of it (fit=cover's cut): a pass over the
+    whole image counts it among its own buffers (memory.pass_bytes), a pass over a part counts the part's."""
+    return header.width * header.height * header.pixel_bytes if output.pass_inputs[0] != output.input else 0
 
 
 @dataclass
@@ -145,9 +151,7 @@ class Service:
         the memory, the time limit and room in the queue (400, 413 or 503 before any work). ``with_layers``: the
         web page's answer, with the layers strength mixes."""
         header = images.read_header(data, self.settings.max_input_pixels)
-        network = self.registry.get(options.model or self.settings.default_model,
-                                    enlargement(*header.size, options), options.denoise)
-        output = plan_output(*header.size, options, network.scale)
+        network, output = self.plan_sizes(*header.size, options)
         encoding.check_output_size(options.output_format, output.output)
         encoding.check_profile_fits(options.output_format, header.profile_bytes, header.profile_space)
         encoding.check_colour_fits(options.output_format, header.png.colour_chunks if header.png else (),
@@ -155,9 +159,7 @@ class Service:
         # strength 0 is the Lanczos enlargement alone (the page's layers still show the model's result): the
         # network's limits, time and memory are not its to meet
         runs_network = runs_model(options.strength, with_layers)
-        check_sizes(output, self.settings.max_output_pixels, runs_network)
-        if options.ensemble and runs_network:
-            cost.check_ensemble_pixels(*header.size, self.settings.max_ensemble_pixels)
+        self.check_pixels(output, options, with_layers)
         sent = memory.sent_bytes(len(data), header.stored_profile_bytes, header.profile_bytes, options.output_format,
                                  with_layers)
         held = self.result_bytes(header, output, options, with_layers) + sent
@@ -165,6 +167,7 @@ class Service:
         # First what it holds whatever its tiles: a refusal for a long ICC profile says so, not that no tile fits.
         memory.check_worker_room(self.memory_budget(), room, held, *header.size, sent, header.profile_bytes)
         if runs_network:
+            held += decoded_beside_cut(header, output)
             passes = self.plan_passes(network, output, held, options.ensemble)
             host_bytes = held + self.host_bytes(network, passes, options.ensemble)
         else:
@@ -174,6 +177,21 @@ class Service:
         cost.check_fits(seconds, self.settings.request_time_limit_s, network.name, *header.size, options.ensemble)
         self.slot.check_room()
         return Plan(data, options, header, network, output, passes, seconds, host_bytes, with_layers)
+
+    def plan_sizes(self, width: int, height: int, options: UpscaleOptions) -> tuple[Network, OutputPlan]:
+        """The network an image of ``width`` x ``height`` runs with ``options``, and every size the work makes (400
+        for an enlargement outside 1 to 8 times)."""
+        network = self.registry.get(options.model or self.settings.default_model,
+                                    enlargement(width, height, options), options.denoise)
+        return network, plan_output(width, height, options, network.scale, network_reach(network))
+
+    def check_pixels(self, output: OutputPlan, options: UpscaleOptions, with_layers: bool) -> None:
+        """413 for an image the work would make past MAX_OUTPUT_PIXELS, or for the ensemble's pixels past
+        MAX_ENSEMBLE_PIXELS (the network's only where it runs)."""
+        runs_network = runs_model(options.strength, with_layers)
+        check_sizes(output, self.settings.max_output_pixels, runs_network)
+        if options.ensemble and runs_network:
+            cost.check_ensemble_pixels(output, self.settings.max_ensemble_pixels)
 
     def run(self, plan: Plan, on_progress: Progress | None = None, stages: Stages | None = None) -> Result:
         """Run a prepared upscale in this worker's inference slot (503 at once when the queue is full).
@@ -227,8 +245,7 @@ class Service:
                      with_layers: bool) -> int:
         """What the request's result holds in this worker's memory until its bytes are sent."""
         width, height = output.output
-        lanczos = (header.alpha or options.strength < 1 or with_layers or output.scaled != output.pass_outputs[-1]
-                   or output.output != output.scaled)
+        lanczos = header.alpha or options.strength < 1 or with_layers or output.output != output.pass_outputs[-1]
         return memory.result_bytes(width * height, header.pixel_bytes, lanczos, 0 < options.strength < 1,
                                    with_layers)
 

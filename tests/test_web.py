@@ -379,24 +379,45 @@ def test_the_pages_size_and_refusal_match_the_servers_to_the_pixel_and_the_digit
     assert page.text_content("#warnings") == refusal.json()["message"].replace("'", "")
 
 
-def test_page_warns_of_covers_enlargement_over_the_output_limit_as_the_server_refuses_it(page, server, tmp_path):
-    # The 8000 x 8000 output is within the limit; the 16000 x 8000 image cut to it is not.
-    wide = tmp_path / "wide.png"
-    Image.new("RGB", (2000, 1000), "grey").save(wide)
-    page.set_input_files("#file", str(wide))
+def choose_box(page, path, width: str, height: str, fit: str) -> None:
+    """The image at ``path`` into width x height with ``fit``; returns once the server's answer on the sizes shows."""
+    page.set_input_files("#file", str(path))
     page.wait_for_selector("body[data-state=ready]")
     page.select_option("#size-mode", "box")
-    page.fill("#size-value", "8000")
-    page.fill("#box-height", "8000")
-    page.select_option("#fit", "cover")
-    assert page.text_content("#warnings") == ("Enlarged to cover 8000 × 8000, the image would be 16000 × 8000 = "
-                                              "128,000,000 pixels before its centre is cut out; the limit is "
-                                              "64,000,000 output pixels.")
-    assert page.is_disabled("#run")
+    page.fill("#size-value", width)
+    page.fill("#box-height", height)
+    page.select_option("#fit", fit)
+    page.wait_for_selector("#warnings[aria-busy=false]", state="attached")
+
+
+@pytest.mark.parametrize("size, box, fit", [
+    # 7997 x 8003 fits 64,000,000 output pixels; the second 4x pass makes 8000 x 8004, which does not.
+    ((1001, 1001), ("7997", "8003"), "fill"),
+    # cover cuts first, but the part of 2000 x 1000 that an 8000 x 8000 box needs, with the network's margin,
+    # comes out of the second pass 8128 x 8000.
+    ((2000, 1000), ("8000", "8000"), "cover"),
+])
+def test_page_warns_of_a_model_pass_over_the_output_limit_as_the_server_refuses_it(page, server, tmp_path, size, box,
+                                                                                    fit):
+    image = tmp_path / "image.png"
+    Image.new("RGB", size, "grey").save(image)
+    choose_box(page, image, *box, fit)
     refusal = requests.post(f"{server.url}/model/predict", timeout=60,
-                            data={"width": "8000", "height": "8000", "fit": "cover"},
-                            files={"image": ("wide.png", wide.read_bytes(), "image/png")})
-    assert refusal.status_code == 413 and "16000x8000" in refusal.json()["message"]
+                            data={"width": box[0], "height": box[1], "fit": fit},
+                            files={"image": ("image.png", image.read_bytes(), "image/png")})
+    assert refusal.status_code == 413 and "the model's 4x result" in refusal.json()["message"]
+    assert page.text_content("#warnings") == refusal.json()["message"]
+    assert page.is_disabled("#run")
+
+
+def test_page_does_not_warn_of_a_cover_whose_whole_enlargement_alone_is_over_the_limit(page, server, tmp_path):
+    """2000 x 1000 covering 7900 x 7900 would be 15800 x 7900 = 124,820,000 pixels enlarged whole; cut first, its
+    passes stay within 64,000,000, and the server takes it."""
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (2000, 1000), "grey").save(wide)
+    choose_box(page, wide, "7900", "7900", "cover")
+    assert page.text_content("#warnings") == "" and page.is_enabled("#run")
+    assert page.text_content("#output-size").startswith("7900 × 7900 px")
 
 
 def test_page_warns_of_an_empty_size_field_instead_of_sending_zero(page, tmp_path):
@@ -408,18 +429,33 @@ def test_page_warns_of_an_empty_size_field_instead_of_sending_zero(page, tmp_pat
     assert page.is_disabled("#run")
 
 
-def test_page_warns_before_running_self_ensemble_over_its_limit(page, server, tmp_path):
+def test_page_warns_before_running_self_ensemble_over_its_limit_as_the_server_refuses_it(page, server, tmp_path):
     limit = requests.get(f"{server.url}/model/metadata", timeout=10).json()["limits"]["max_ensemble_pixels"]
     over = tmp_path / "over.png"
     Image.new("RGB", (limit // 100 + 1, 100), "grey").save(over)
     page.set_input_files("#file", str(over))
     page.wait_for_selector("body[data-state=ready]")
+    page.wait_for_selector("#warnings[aria-busy=false]", state="attached")
     assert page.text_content("#warnings") == "" and page.is_enabled("#run")
     page.check("#ensemble")
-    warnings = page.text_content("#warnings")
-    assert f"{limit:,} input pixels" in warnings and "elf-ensemble" in warnings
+    page.wait_for_selector("#warnings[aria-busy=false]", state="attached")
+    refusal = requests.post(f"{server.url}/model/predict", timeout=60, data={"ensemble": "true"},
+                            files={"image": ("over.png", over.read_bytes(), "image/png")})
+    assert refusal.status_code == 413 and "MAX_ENSEMBLE_PIXELS" in refusal.json()["message"]
+    assert page.text_content("#warnings") == refusal.json()["message"]
     assert page.is_disabled("#run")
     page.uncheck("#ensemble")
+    page.wait_for_selector("#warnings[aria-busy=false]", state="attached")
+    assert page.text_content("#warnings") == "" and page.is_enabled("#run")
+
+
+def test_page_does_not_warn_of_the_ensemble_on_a_cover_whose_part_is_within_its_limit(page, server, tmp_path):
+    """The ensemble runs on the part of the strip the box needs, within the limit, though the strip is not."""
+    limit = requests.get(f"{server.url}/model/metadata", timeout=10).json()["limits"]["max_ensemble_pixels"]
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (limit // 100 + 1, 100), "grey").save(strip)
+    page.check("#ensemble")
+    choose_box(page, strip, "400", "400", "cover")
     assert page.text_content("#warnings") == "" and page.is_enabled("#run")
 
 

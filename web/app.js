@@ -19,6 +19,7 @@ const state = {
   inputHeight: 0,
   controller: null,
   progress: { done: 0, total: null },
+  sizes: { query: null, refusal: null, answered: false }, // GET /app/sizes's answer for the query asked last
   result: null, // { url, width, height, model, lanczos, strength, serverBlob, request, ... }
   blendVersion: 0,
   zoom: "fit",
@@ -326,24 +327,39 @@ function limitWarnings() {
   if (pixels > limits.max_input_pixels) {
     warnings.push(`The image has ${pixels.toLocaleString("en")} pixels; the limit is ${limits.max_input_pixels.toLocaleString("en")} input pixels.`);
   }
-  if ($("ensemble").checked && pixels > limits.max_ensemble_pixels) {
-    warnings.push(`The image has ${pixels.toLocaleString("en")} pixels; self-ensemble takes up to ${limits.max_ensemble_pixels.toLocaleString("en")} input pixels.`);
-  }
   const size = chosenSize();
   const problems = sizeProblems(size);
   warnings.push(...problems);
   if (problems.length) return warnings;
-  const { scaled, output } = plannedSize(state.inputWidth, state.inputHeight, size);
-  const [width, height] = output;
-  const limit = `the limit is ${limits.max_output_pixels.toLocaleString("en")} output pixels.`;
-  if (width * height > limits.max_output_pixels) {
-    warnings.push(`The output would have ${(width * height).toLocaleString("en")} pixels; ${limit}`);
-  } else if (scaled[0] * scaled[1] > limits.max_output_pixels) {
-    // fit=cover enlarges the whole image before cutting its centre out: the server refuses that image too.
-    warnings.push(`Enlarged to cover ${width} × ${height}, the image would be ${scaled[0]} × ${scaled[1]} = ` +
-      `${(scaled[0] * scaled[1]).toLocaleString("en")} pixels before its centre is cut out; ${limit}`);
-  }
+  if (state.sizes.query === sizesQuery() && state.sizes.refusal) warnings.push(state.sizes.refusal);
   return warnings;
+}
+
+// The sizes the request would make, asked of the server (GET /app/sizes) for the image's size alone: whether
+// the output, or a model pass's result (above the native scale, or of the part of the input fit=cover needs),
+// would pass MAX_OUTPUT_PIXELS, and the ensemble's pixels (that part too) MAX_ENSEMBLE_PIXELS, depends on the
+// model's passes and margin, which the server's arithmetic decides.
+function sizesQuery() {
+  // The page's route runs the model at any strength: the slider changes no size.
+  const fields = [["input_width", String(state.inputWidth)], ["input_height", String(state.inputHeight)],
+    ...optionFields().filter(([name]) => name !== "strength")];
+  return new URLSearchParams(fields).toString();
+}
+
+// Asks for the sizes of ``query`` unless they are known or asked; shows the answer while it is still the question.
+async function checkSizes(query) {
+  if (state.sizes.query === query) return;
+  state.sizes = { query, refusal: null, answered: false };
+  let refusal = null;
+  try {
+    const response = await fetch(`/app/sizes?${query}`);
+    if (response.ok) refusal = (await response.json()).refusal;
+  } catch {
+    // No answer, no warning: the upscale's own refusal still says it.
+  }
+  if (state.sizes.query !== query) return;
+  state.sizes = { query, refusal, answered: true };
+  update();
 }
 
 // Everything that depends on the file and the options: sizes, warnings, buttons.
@@ -358,8 +374,12 @@ function update() {
   $("model-hint").textContent = model ? model.use_when : "";
   showDenoise(model);
 
+  const asks = sized && state.limits && state.file;
+  if (asks) checkSizes(sizesQuery());
   const warnings = limitWarnings();
   $("warnings").replaceChildren(...warnings.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
+  // Busy while the server's answer on the sizes is awaited: a warning may still come.
+  $("warnings").setAttribute("aria-busy", String(Boolean(asks) && !state.sizes.answered));
   const running = state.controller !== null;
   $("run").disabled = running || !state.file || warnings.length > 0 || !model || model.state !== "ready";
   // Another image while one runs would become the "before" of the running one's result.
@@ -368,19 +388,23 @@ function update() {
 
 // ---- running: one streaming request ------------------------------------------------------------
 
+// The options the request sends, as [name, value] fields.
+function optionFields() {
+  const fields = [["model", $("model").value], ...sizeFields(chosenSize())];
+  if (!$("denoise-field").hidden) fields.push(["denoise", $("denoise").value]);
+  fields.push(["strength", $("strength").value], ["format", $("format").value]);
+  if (!$("quality-field").hidden) fields.push(["quality", String(Number($("quality").value))]);  // png has none: a 400
+  fields.push(["ensemble", $("ensemble").checked ? "true" : "false"]);
+  return fields;
+}
+
 async function run() {
   const form = new FormData();
   form.append("image", state.file, state.file.name);
-  form.append("model", $("model").value);
+  optionFields().forEach(([name, value]) => form.append(name, value));
   const size = chosenSize();
-  sizeFields(size).forEach(([name, value]) => form.append(name, value));
   const denoise = $("denoise-field").hidden ? null : $("denoise").value;
-  if (denoise !== null) form.append("denoise", denoise);
-  form.append("strength", $("strength").value);
-  form.append("format", $("format").value);
-  const quality = $("quality-field").hidden ? null : Number($("quality").value);  // png has none: a 400
-  if (quality !== null) form.append("quality", String(quality));
-  form.append("ensemble", $("ensemble").checked ? "true" : "false");
+  const quality = $("quality-field").hidden ? null : Number($("quality").value);
   const request = { name: state.file.name, model: $("model").value, size, denoise, format: $("format").value,
     quality, ensemble: $("ensemble").checked };
 

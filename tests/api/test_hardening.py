@@ -117,6 +117,7 @@ def test_an_unknown_route_answers_json_404(client):
     ("/model/metadata", {"GET", "HEAD", "OPTIONS"}),
     ("/health", {"GET", "HEAD", "OPTIONS"}),
     ("/app/upscale", {"POST", "OPTIONS"}),
+    ("/app/sizes", {"GET", "HEAD", "OPTIONS"}),
 ])
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
 def test_a_405_says_which_methods_the_route_takes(client, path, allowed, method):

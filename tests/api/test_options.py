@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import core.pipeline
 from core import images
 from core.resize import resize
 from core.options import MAX_TARGET_SIDE, OPTIONS, quoted
+from tests.conftest import SAMPLES
 from tests.core.test_images import levels16, pattern, png16, rgba_image, save
 
 WIDE = save(Image.fromarray(pattern(9, 15)))  # 15 x 9
@@ -90,6 +92,71 @@ def test_cover_is_the_centre_of_the_enlargement_that_covers_the_box(client):
     enlarged = ok(predict(client, WIDE, width="50"))  # 50 x 30 covers the 30 x 30 box
     assert enlarged.shape[:2] == (30, 50)
     assert np.array_equal(covered, enlarged[:, 10:40])
+
+
+# 200 x 20 of two photos side by side: a strip whose cover of a square box throws most of its enlargement away.
+STRIP_PHOTO = Image.fromarray(np.hstack([
+    np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))[50:70],
+    np.asarray(Image.open(SAMPLES / "coffee.png").convert("RGB"))[40:60, :72]]))
+STRIP = save(STRIP_PHOTO)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def whole_then_cut(client, data: bytes, box: int, **fields) -> np.ndarray:
+    """The old cover: the strip's whole enlargement to the box's height, its centre cut out as the crop offset
+    ⌊(enlarged − box) / 2⌋ defines it."""
+    enlarged = ok(predict(client, data, height=str(box), **fields))
+    left = (enlarged.shape[1] - box) // 2
+    return enlarged[:, left:left + box]
+
+
+@pytest.mark.parametrize("box", [80, 60, 120])  # the native 4x, 3x (a Lanczos reduction), 6x (two passes)
+def test_cover_runs_the_network_on_the_part_of_a_strip_the_box_needs_and_matches_the_whole(client, service,
+                                                                                           monkeypatch, box):
+    """A 200 x 20 strip into a square box: its enlargement is ten times the box's width; the work cut first
+    fits a limit that the whole enlargement (and its model pass) is over, and gives the same centre."""
+    reference = whole_then_cut(client, STRIP, box)
+    made = []
+    real_run = core.pipeline._run_network
+    monkeypatch.setattr(core.pipeline, "_run_network",
+                        lambda colour, *args: made.append(colour.shape[:2]) or real_run(colour, *args))
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_output_pixels": box * box * 5}))
+    covered = ok(predict(client, STRIP, width=str(box), height=str(box), fit="cover"))
+    assert covered.shape == (box, box, 3)
+    assert made and all(width < 200 for _, width in made), made
+    assert psnr(covered, reference) >= 45
+
+
+def test_the_ensemble_limit_counts_the_part_of_the_input_cover_runs(client, service, monkeypatch):
+    """The ensemble runs the network 8 times on the 52 x 20 part of the strip an 80 x 80 box needs, not on its
+    200 x 20: a limit below the strip's pixels but above the part's serves it."""
+    fields = {"width": "80", "height": "80", "fit": "cover", "ensemble": "true"}
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_ensemble_pixels": 1040}))
+    assert ok(predict(client, STRIP, **fields)).shape == (80, 80, 3)
+    refused = predict(client, STRIP, height="80", ensemble="true")  # the whole strip, enlarged whole
+    assert refused.status_code == 413 and "the image is 200x20 = 4000 pixels" in refused.json["message"]
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_ensemble_pixels": 1039}))
+    refused = predict(client, STRIP, **fields)
+    assert refused.status_code == 413 and refused.json["message"].startswith(
+        "ensemble runs the network 8 times: the part of the 200x20 image that the 80x80 box needs is 52x20 = 1040 "
+        "pixels and the limit for ensemble is 1039 pixels (MAX_ENSEMBLE_PIXELS)")
+
+
+def test_cover_cuts_the_lanczos_blend_and_the_alpha_as_the_whole_enlargement_would(client):
+    alpha = np.full((20, 200), 255, np.uint8)
+    alpha[:, 90:110] = np.arange(20, dtype=np.uint8)[:, None] * 12
+    data = save(Image.fromarray(np.dstack([np.asarray(STRIP_PHOTO), alpha])))
+    for strength in ("0", "0.5"):
+        reference = whole_then_cut(client, data, 60, strength=strength)
+        covered = ok(predict(client, data, width="60", height="60", fit="cover", strength=strength))
+        assert np.array_equal(covered[..., 3], reference[..., 3])
+        if strength == "0":  # Lanczos alone: the very pixels of the whole resample's centre
+            assert np.array_equal(covered, reference)
+        assert psnr(covered[..., :3], reference[..., :3]) >= 45
 
 
 def test_fill_stretches(client):
@@ -199,6 +266,51 @@ def test_every_intermediate_size_is_checked_before_the_network_runs(client, serv
     # The page's route plans before it streams: the same 413, not an error event after a start event.
     status, error = page_events(client, data, width="200")
     assert status == 413 and "132x28" in error["message"]
+
+
+def sizes(client, size: tuple[int, int], **fields):
+    return client.get("/app/sizes", query_string=dict(fields, input_width=size[0], input_height=size[1]))
+
+
+@pytest.mark.parametrize("data, fields, limit", [
+    (save(Image.fromarray(pattern(7, 33))), {"scale": "5"}, 165 * 35),  # the output fits, the 4x pass's 168x36 not
+    (save(Image.fromarray(pattern(7, 33))), {"scale": "1.5"}, 1200),     # 50 x 11 asked, the pass makes 132 x 28
+    (STRIP, {"width": "80", "height": "80", "fit": "cover"}, 80 * 80 * 2),  # the part the box needs, 52 x 20
+    (STRIP, {"width": "80", "height": "80", "fit": "cover"}, 80 * 80 - 1),  # the output itself
+], ids=["second-pass", "first-pass", "cover-part", "cover-output"])
+def test_the_pages_sizes_refuse_as_the_upscale_does_in_its_words(client, service, monkeypatch, data, fields, limit):
+    """GET /app/sizes answers, from the image's size alone, the 413 that the upscale answers for MAX_OUTPUT_PIXELS
+    (the page warns with it before sending), and no refusal where the upscale runs."""
+    size = Image.open(io.BytesIO(data)).size
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_output_pixels": limit}))
+    refused = predict(client, data, **fields)
+    answer = sizes(client, size, **fields)
+    assert refused.status_code == 413 and answer.status_code == 200
+    assert answer.json["refusal"] == refused.json["message"]
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_output_pixels": 10 ** 6}))
+    served = ok(predict(client, data, **fields))
+    assert sizes(client, size, **fields).json == {"width": served.shape[1], "height": served.shape[0],
+                                                           "refusal": None}
+
+
+@pytest.mark.parametrize("fields", [{"height": "80"}, {"width": "80", "height": "80", "fit": "cover"}],
+                         ids=["whole", "cover-part"])
+def test_the_pages_sizes_refuse_the_ensemble_as_the_upscale_does(client, service, monkeypatch, fields):
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_ensemble_pixels": 1000}))
+    refused = predict(client, STRIP, ensemble="true", **fields)
+    assert refused.status_code == 413 and "MAX_ENSEMBLE_PIXELS" in refused.json["message"]
+    assert sizes(client, (200, 20), ensemble="true", **fields).json["refusal"] == refused.json["message"]
+
+
+@pytest.mark.parametrize("query, fragment", [
+    ({"input_width": "0", "input_height": "7"}, "input_width must be a whole number from 1 to 2147483647, not '0'"),
+    ({"input_width": "33"}, "input_height must be a whole number from 1 to 2147483647, not ''"),
+    ({"input_width": "33", "input_height": "7", "scale": "9"}, "scale must be a number from 1 to 8"),
+    ({"input_width": "33", "input_height": "7", "width": "1000"}, "would enlarge the 33x7 image 30.3 times"),
+])
+def test_the_pages_sizes_refuse_a_bad_query_with_a_400_naming_it(client, query, fragment):
+    response = client.get("/app/sizes", query_string=query)
+    assert response.status_code == 400 and fragment in response.json["message"]
 
 
 # --- Bad values ---------------------------------------------------------------------------------

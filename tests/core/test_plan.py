@@ -19,8 +19,8 @@ from core.errors import Busy, TooLarge
 from core.models.weights import REALCUGAN_BORDERS
 from core.models.speed import Throughput
 from core.options import UpscaleOptions
-from core.geometry import plan_output
-from core.plan import check_sizes, plan_pass
+from core.geometry import Reach, plan_output
+from core.plan import check_sizes, network_reach, plan_pass
 from tests.core.test_images import pattern, save
 
 # 33 x 7 at scale 5: two passes of the 4x network (the second on the first's result resized to 42 x 9).
@@ -103,15 +103,19 @@ def test_a_larger_memory_budget_never_refuses_an_image_a_smaller_one_takes(servi
     assert taken
 
 
-def test_cover_over_the_output_limit_names_the_enlarged_image_not_the_output():
-    """cover enlarges 2000 x 1000 to 16000 x 8000 before cutting out the 8000 x 8000 asked: the message must not call
-    that the output, which is within the limit."""
-    output = plan_output(2000, 1000, UpscaleOptions(width=8000, height=8000, fit="cover"), 4)
+def test_cover_is_held_to_the_output_limit_by_what_it_makes_not_by_the_whole_enlargement():
+    """cover of 2000 x 1000 into 8000 x 8000 enlarges it to 16000 x 8000 = 128 MP and keeps the centre: cut first,
+    the two passes make 4208 x 4000 and 8128 x 8000 (the box and the margins), the limit that holds the larger is
+    enough; below it, that result is refused, named as the result of the part the box needs, not as the output."""
+    output = plan_output(2000, 1000, UpscaleOptions(width=8000, height=8000, fit="cover"), 4, Reach(16))
+    assert output.scaled == (16000, 8000) and output.pass_outputs == ((4208, 4000), (8128, 8000))
+    check_sizes(output, 8128 * 8000)
     with pytest.raises(TooLarge) as raised:
-        check_sizes(output, 64_000_000, runs_network=False)
+        check_sizes(output, 8128 * 8000 - 1)
     message = raised.value.message
-    assert "the image enlarged to cover 8000x8000 (before its centre is cut out) would be 16000x8000" in message
-    assert "the output would be" not in message and "MAX_OUTPUT_PIXELS" in message
+    assert message.startswith("the model's 4x result of the 2032x2000 part of its input that the 8000x8000 box needs "
+                              "would be 8128x8000 = 65024000 pixels; the limit is 65023999 output pixels")
+    check_sizes(output, 64_000_000, runs_network=False)  # strength 0: the 8000 x 8000 output alone
 
 
 @settings(max_examples=500, deadline=None)
@@ -120,10 +124,30 @@ def test_cover_over_the_output_limit_names_the_enlarged_image_not_the_output():
 def test_sizes_past_max_output_pixels_are_a_413_naming_the_limit_and_the_rest_pass(width, height, hundredths, native,
                                                                                   limit, runs_network):
     output = plan_output(width, height, UpscaleOptions(scale=hundredths / 100), native)
-    made = [output.scaled, *(output.pass_outputs if runs_network else ())]
+    made = [output.output, *(output.pass_outputs if runs_network else ())]
     if all(made_width * made_height <= limit for made_width, made_height in made):
         check_sizes(output, limit, runs_network)
         return
     with pytest.raises(TooLarge) as raised:
         check_sizes(output, limit, runs_network)
     assert f"the limit is {limit} output pixels (MAX_OUTPUT_PIXELS; input {width}x{height})" in raised.value.message
+
+
+def test_a_network_whose_averages_are_the_whole_images_runs_on_the_whole(service):
+    """Real-CUGAN's squeeze-excitation averages the whole image: a cut would change them, and so every pixel."""
+    network = service.registry.get("srgan")
+    assert network_reach(network) == Reach(network.margin, network.alignment)
+    assert network_reach(replace(network, measure=lambda batch: batch)) is None
+
+
+def test_a_cut_plan_reserves_the_decoded_image_whole_beside_its_parts_buffers(service):
+    """cover runs the first pass on 52 x 20 of a 200 x 20 strip, but the decoded strip stays in memory whole."""
+    strip = save(Image.fromarray(pattern(20, 200)))
+    plan = service.prepare(strip, UpscaleOptions(model="srgan", width=80, height=80, fit="cover"))
+    assert plan.output.pass_inputs == ((52, 20),)
+    result = service.result_bytes(plan.header, plan.output, plan.options, False)
+    decoded = 200 * 20 * plan.header.pixel_bytes
+    assert plan.host_bytes == result + decoded + service.host_bytes(plan.network, plan.passes)
+    whole = service.prepare(strip, UpscaleOptions(model="srgan", height=80))
+    assert whole.host_bytes == (service.result_bytes(whole.header, whole.output, whole.options, False)
+                                + service.host_bytes(whole.network, whole.passes))
