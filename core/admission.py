@@ -7,7 +7,8 @@ at a time: core/backends/pytorch.py). A bounded queue means an overloaded server
 instead of piling requests up until the container runs out of memory or the clients time out.
 
 A refusal says when to come back (Busy.retry_after_s): a newcomer finds a queue place once the head of the
-queue starts, so once the first running image ends, as its plan's estimate (``Plan.seconds``) puts it.
+queue starts, so once the first running image ends, as its plan's estimate (``Plan.seconds``) puts it at the start
+and the work it has left puts it as it runs (after an out-of-memory retry, more than the plan said).
 
 Images run together only while their host buffers fit the worker's memory budget together: each holds
 its share (``Plan.host_bytes``) while it runs, and one that would not fit beside those running waits for
@@ -72,14 +73,15 @@ class InferenceSlot:
 
     @contextmanager
     def hold(self, host_bytes: int = 0, while_queued: Callable[[], None] | None = None,
-             seconds: float = 0.0) -> Iterator[None]:
+             seconds: float = 0.0) -> Iterator[Callable[[float], None]]:
         """Run the block in a slot, holding ``host_bytes`` of the worker's room, waiting in the queue if there is
         room in it; else raise Busy at once. While queued, ``while_queued()`` runs every QUEUE_CHECK_S (with the
         slot's lock held: it must not block) and may raise to leave the queue (Cancelled: the client left).
-        ``seconds``: how long the block is expected to run, for the Retry-After of the requests refused meanwhile."""
+        ``seconds``: how long the block is expected to run, for the Retry-After of the requests refused meanwhile;
+        the block is given a function that it tells the seconds it has left, from now, as it learns them."""
         ticket = self._enter(host_bytes, while_queued, seconds)
         try:
-            yield
+            yield lambda seconds_left: self._expect_end(ticket, seconds_left)
         finally:
             self._leave(host_bytes, ticket)
 
@@ -157,6 +159,10 @@ class InferenceSlot:
         self._ends[ticket] = self._clock() + seconds
         self._reserved += host_bytes
         self._changed()
+
+    def _expect_end(self, ticket: int, seconds_left: float) -> None:
+        with self._free:
+            self._ends[ticket] = self._clock() + seconds_left
 
     def _leave(self, host_bytes: int, ticket: int) -> None:
         with self._free:

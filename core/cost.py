@@ -13,7 +13,6 @@ from core.errors import EnsembleTooLarge, Reason, TooLarge
 from core.geometry import OutputPlan
 from core.memory import run_pixels, run_side
 from core.models.border import Border
-from core.models.runtime import STATISTICS_WINDOW
 from core.models.speed import Throughput
 from core.plan import Pass
 
@@ -32,13 +31,19 @@ def estimate_seconds(throughput: Throughput, passes: Iterable[Pass], ensemble: b
     """Seconds the network would take over every pass's tiles, ``batch`` windows a call, each window as it runs
     (with the ``border`` its runner extends it by), 8 times each with the ``ensemble``, whose every turn of the
     image measures its own averages."""
-    runs = ENSEMBLE_RUNS if ensemble else 1
-    total = 0.0
-    for step in passes:
-        windows = len(step.tiles)
-        total += throughput.seconds(-(-windows // batch), windows * run_pixels(*step.window_shape, border))
-        total += _averages_seconds(throughput, step.width, step.height, border)
-    return runs * total
+    return sum(pass_seconds(throughput, step, ensemble, batch, border) for step in passes)
+
+
+def pass_seconds(throughput: Throughput, step: Pass, ensemble: bool, batch: int, border: Border | None = None,
+                 averages: bool = True, done: int = 0) -> float:
+    """Seconds of the pass's tiles after the first ``done``, ``batch`` windows a call (``estimate_seconds``), and
+    first of its whole image's averages where ``averages``: what is left of a pass once it runs, after an
+    out-of-memory retry included (fewer windows a call, smaller tiles or averages windows than the plan's)."""
+    windows = len(step.tiles) - done
+    seconds = throughput.seconds(-(-windows // batch), windows * run_pixels(*step.window_shape, border))
+    if averages:
+        seconds += _averages_seconds(throughput, step, border)
+    return (ENSEMBLE_RUNS if ensemble else 1) * seconds
 
 
 def call_seconds(throughput: Throughput, step: Pass, batch: int, ensemble: bool, border: Border | None = None,
@@ -49,28 +54,32 @@ def call_seconds(throughput: Throughput, step: Pass, batch: int, ensemble: bool,
     windows = min(batch, len(step.tiles))
     seconds = throughput.seconds(1, windows * run_pixels(*step.window_shape, border))
     if averages:
-        seconds += _averages_seconds(throughput, step.width, step.height, border)
+        seconds += _averages_seconds(throughput, step, border)
     return (ENSEMBLE_RUNS if ensemble else 1) * seconds
 
 
-def _averages_seconds(throughput: Throughput, width: int, height: int, border: Border | None) -> float:
-    """Seconds of measuring a whole image's averages, for a network that has them (else 0)."""
+def _averages_seconds(throughput: Throughput, step: Pass, border: Border | None) -> float:
+    """Seconds of measuring the pass's whole image's averages in its averages windows, for a network that has them
+    (else 0)."""
     if throughput.statistics is None:
         return 0.0
-    return throughput.statistics.seconds(statistics_windows(width, height),
-                                         _statistics_run(height, border) * _statistics_run(width, border))
+    side = step.averages_window
+    return throughput.statistics.seconds(statistics_windows(step.width, step.height, side),
+                                         _statistics_run(step.height, side, border)
+                                         * _statistics_run(step.width, side, border))
 
 
-def statistics_windows(width: int, height: int) -> int:
-    """The windows a whole image's averages are measured in (core/models/runtime.py), a quarter turn's alike."""
-    return -(-width // STATISTICS_WINDOW) * -(-height // STATISTICS_WINDOW)
+def statistics_windows(width: int, height: int, side: int) -> int:
+    """The windows of ``side`` a whole image's averages are measured in (core/models/runtime.py), a quarter turn's
+    alike."""
+    return -(-width // side) * -(-height // side)
 
 
-def _statistics_run(length: int, border: Border | None) -> int:
-    """The side lengths, summed, that a side's STATISTICS_WINDOW windows run at: the windows of a whole image's
-    averages are a grid, so the pixels they run are the product of the two sides' sums."""
-    whole, rest = divmod(length, STATISTICS_WINDOW)
-    return whole * run_side(STATISTICS_WINDOW, border) + (run_side(rest, border) if rest else 0)
+def _statistics_run(length: int, side: int, border: Border | None) -> int:
+    """The side lengths, summed, that a side's windows of ``side`` run at: the windows of a whole image's averages
+    are a grid, so the pixels they run are the product of the two sides' sums."""
+    whole, rest = divmod(length, side)
+    return whole * run_side(side, border) + (run_side(rest, border) if rest else 0)
 
 
 def check_fits(seconds: float, limit_s: float, model: str, width: int, height: int, ensemble: bool) -> None:

@@ -75,6 +75,12 @@ MIN_TILE = 16
 # buffers do not scale evenly): a larger window would be sized by a figure nobody measured, and a worker
 # serving anime at 1000² went 100 MiB past its budget with windows of the whole image.
 MAX_WINDOW = 384
+# The largest side of the windows a whole image's averages (Real-CUGAN's) are measured in, where the budget holds it.
+STATISTICS_WINDOW = 256
+# Below this the retries after a GPU's out-of-memory error stop, and no averages window is planned smaller: smaller
+# tiles would spend more on their margins (up to 32 px a side) than on their centres, and smaller windows of a whole
+# image's averages more on the border their runner adds (Real-CUGAN's 14 to 19 px a side).
+MIN_RETRY_TILE = 64
 
 
 def rss_bytes() -> int:
@@ -218,6 +224,20 @@ def smallest_window_bytes(bytes_per_window_pixel: int, margin: int, batch: int =
     (``largest_window``), so the smallest is MIN_TILE and its margins rounded up to one."""
     side = -(-(MIN_TILE + 2 * margin) // WINDOW_QUANTUM) * WINDOW_QUANTUM
     return run_pixels(side, side, border) * bytes_per_window_pixel * batch
+
+
+def averages_window(available_bytes: int, bytes_per_window_pixel: int, border: Border | None = None) -> int:
+    """The side of the windows a whole image's averages are measured in, one at a time before the tiles: the largest
+    square window that ``available`` bytes hold as the network runs it (with its ``border``), at most
+    STATISTICS_WINDOW, and no less than MIN_RETRY_TILE, which the start-up check holds the budget to
+    (``smallest_averages_window_bytes``)."""
+    return max(MIN_RETRY_TILE, min(STATISTICS_WINDOW, largest_window(available_bytes, bytes_per_window_pixel, border)))
+
+
+def smallest_averages_window_bytes(bytes_per_window_pixel: int, border: Border | None = None) -> int:
+    """The memory of the smallest window a whole image's averages are measured in (MIN_RETRY_TILE), as the network
+    runs it: below it, the budget holds no averages window at all."""
+    return run_pixels(MIN_RETRY_TILE, MIN_RETRY_TILE, border) * bytes_per_window_pixel
 
 
 def tile_for_device_budget(budget_bytes: int, resident: int, bytes_per_window_pixel: int, margin: int,

@@ -12,11 +12,11 @@ import numpy as np
 from config import Settings
 from core import cost, encoding, images, shutdown
 from core.errors import OutOfDeviceMemory, TimeLimitExceeded
+from core.memory import MIN_RETRY_TILE
 from core.formats import OUTPUT_FORMATS
 from core.encoding import ROWS_PER_BLOCK
 from core.geometry import Box, OutputPlan, Size
 from core.models.ensemble import self_ensemble, turned
-from core.models.runtime import STATISTICS_WINDOW
 from core.plan import Pass, Plan, plan_pass
 from core.resize import bleed_into_transparency, resize
 from core.tiling import Predict, run_tiles
@@ -24,10 +24,6 @@ from core.timing import Stages
 
 log = logging.getLogger(__name__)
 
-# Below this the retries after a GPU's out-of-memory error stop: smaller tiles would spend more on their
-# margins (up to 32 px a side) than on their centres, and smaller windows of a whole image's averages more on
-# the border their runner adds (Real-CUGAN's 14 to 19 px a side).
-MIN_RETRY_TILE = 64
 # ITU-R BT.601 luma, as Pillow's convert("L") uses: turns the network's RGB back into grey.
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 # The layers the page blends itself, to show a new strength at once; always PNG, so no level is lost.
@@ -72,15 +68,24 @@ class NextCall:
     seconds: float = 0.0
 
 
+# Told the network's seconds still to run, from now: its inference slot's expected end (core/admission.py).
+ExpectEnd = Callable[[float], None]
+
+
+def _no_one_told(seconds: float) -> None:
+    """Where no slot waits on the request's end."""
+
+
 @dataclass(frozen=True)
 class Work:
-    """What the request runs with: its plan, the settings, the clock of its stages and its next call's
-    estimate."""
+    """What the request runs with: its plan, the settings, the clock of its stages, its next call's estimate and
+    who hears of the seconds left (``expect_end``)."""
 
     plan: Plan
     settings: Settings
     stages: Stages
     next_call: NextCall = field(default_factory=NextCall)
+    expect_end: ExpectEnd = _no_one_told
 
 
 @dataclass
@@ -103,11 +108,14 @@ class TileCount:
         return check
 
 
-def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, stages: Stages | None = None) -> Result:
+def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, stages: Stages | None = None,
+        expect_end: ExpectEnd = _no_one_told) -> Result:
     """Upscale as ``plan`` says; raises a ServiceError subclass for anything the user can fix.
 
-    ``stages`` (new if not given, returned in the result) receives the seconds of each stage."""
-    work = Work(plan, settings, stages or Stages())
+    ``stages`` (new if not given, returned in the result) receives the seconds of each stage; ``expect_end`` the
+    network's seconds left before each try of a pass (the first, and each after an out-of-memory retry) and after
+    each call of the network."""
+    work = Work(plan, settings, stages or Stages(), expect_end=expect_end)
     options, network = plan.options, plan.network
     # The clock and the hang-up check start before decoding, which can itself take a while;
     # (0, 0): no tile is known yet.
@@ -139,6 +147,18 @@ def _call_seconds(work: Work, step: Pass, batch: int, averages: bool) -> float:
         return 0.0
     return cost.call_seconds(network.throughput, step, batch, work.plan.options.ensemble, network.border,
                              averages and network.measure is not None)
+
+
+def _seconds_left(work: Work, step: Pass, batch: int, done: int, averages: bool, later: tuple[Pass, ...]) -> float:
+    """The estimate of the network's work left: the pass's tiles after the first ``done``, ``batch`` windows a call,
+    after its whole image's ``averages`` where they are still to measure, then the ``later`` passes as planned (0
+    where the network's speed is not measured)."""
+    network, ensemble, planned_batch = work.plan.network, work.plan.options.ensemble, work.settings.tile_batch
+    if network.throughput is None:
+        return 0.0
+    return (cost.pass_seconds(network.throughput, step, ensemble, batch, network.border,
+                              averages and network.measure is not None, done)
+            + cost.estimate_seconds(network.throughput, later, ensemble, planned_batch, network.border))
 
 
 def _deadline(settings: Settings, on_progress: Progress | None, next_call: NextCall) -> Progress:
@@ -193,11 +213,12 @@ def blend(layers: Layers, strength: float) -> np.ndarray:
 def _model_colour(image: images.DecodedImage, work: Work, progress: Progress) -> np.ndarray:
     """The network's passes, each on the part of the previous result (resized to the plan) that the output needs,
     then Lanczos to the output."""
-    count, steps = TileCount(progress, work.plan.tile_count), iter(work.plan.passes)
+    count, passes = TileCount(progress, work.plan.tile_count), work.plan.passes
+    steps = iter(enumerate(passes))
 
     def run_pass(colour: np.ndarray) -> np.ndarray:
-        step = next(steps)
-        return _run_network(colour, image.max_value, work, step, count.in_pass(len(step.tiles)))
+        index, step = next(steps)
+        return _run_network(colour, image.max_value, work, step, count.in_pass(len(step.tiles)), passes[index + 1:])
     return through_passes(image.colour, work.plan.output, run_pass, work.stages)
 
 
@@ -216,7 +237,8 @@ def through_passes(colour: np.ndarray, output: OutputPlan, run_pass: Callable[[n
         return _resampled(colour, held, held_whole, output.scaled, output.crop)
 
 
-def _run_network(colour: np.ndarray, max_value: int, work: Work, step: Pass, on_progress: Progress) -> np.ndarray:
+def _run_network(colour: np.ndarray, max_value: int, work: Work, step: Pass, on_progress: Progress,
+                 later: tuple[Pass, ...]) -> np.ndarray:
     network, ensemble = work.plan.network, work.plan.options.ensemble
     scale = network.scale
     height, width, channels = colour.shape
@@ -250,51 +272,55 @@ def _run_network(colour: np.ndarray, max_value: int, work: Work, step: Pass, on_
             return self_ensemble(lambda k, flip: network.predictor(turned(rgb, k, flip), statistics_window)), write
         return network.predictor(rgb, statistics_window), write
 
-    _run_fitting(predictor, rgb, scale, step, work, on_progress)
+    _run_fitting(predictor, rgb, scale, step, work, on_progress, later)
     return out
 
 
 def _run_fitting(predictor: Predictor, rgb: np.ndarray, scale: int, step: Pass, work: Work,
-                 on_progress: Progress) -> None:
+                 on_progress: Progress, later: tuple[Pass, ...]) -> None:
     """Run the pass's tiles TILE_BATCH windows a call; after a call the GPU had no memory for, the rest of the pass
     with half as many windows a call, down to one, then the whole pass again in half the tile, one window a call
     (as chaiNNer's auto-split does), down to MIN_RETRY_TILE. The whole image's averages (Real-CUGAN's, 8 times
     with the ensemble), measured first, are measured again in half the window after a window of theirs had no
     memory, down to MIN_RETRY_TILE too. Each retry asks less memory than the call that failed, so what the plan
     reserved (Plan.host_bytes) still covers it; the progress counts the tiles of the current try, and the time
-    limit and the shutdown check act before each call, weighing the call that try runs (``work.next_call``)."""
+    limit and the shutdown check act before each call, weighing the call that try runs (``work.next_call``), and
+    the request's slot expects its end from the work left before each try and after each call (with the ``later``
+    passes as planned)."""
     network = work.plan.network
-    batch, start, finished = work.settings.tile_batch, 0, 0
-    statistics_window, measured = STATISTICS_WINDOW, None
+    batch, start, finished, measured = work.settings.tile_batch, 0, 0, None
 
     def counted(done: int, total: int) -> None:  # run_tiles counts the tiles from ``start``
         nonlocal finished
         finished = start + done
+        work.expect_end(_seconds_left(work, step, batch, finished, False, later))
         on_progress(finished, start + total)
 
     while True:
         work.next_call.seconds = _call_seconds(work, step, batch, averages=measured is None)
+        work.expect_end(_seconds_left(work, step, batch, start, measured is None, later))
         # Before the first window too: a client that left, or a time limit that passed, while the request decoded
         # and waited for the device (other requests' windows hold it) spends no window; after that, the check
         # after each window comes before the wait for the next.
         on_progress(start, len(step.tiles))
         try:
-            measured = measured or predictor(statistics_window)
+            measured = measured or predictor(step.averages_window)
             predict, write = measured
             run_tiles(work.stages.timed("network", predict), rgb, scale, step.tiles[start:], batch,
                       work.stages.timed("assembly", write), counted)
             return
         except OutOfDeviceMemory as error:
             if measured is None:
-                statistics_window = _smaller_statistics_window(statistics_window, max(step.width, step.height),
-                                                               error)
+                step = replace(step, averages_window=_smaller_statistics_window(
+                    step.averages_window, max(step.width, step.height), error))
                 continue
             failed_call = min(batch, len(step.tiles) - finished)
             if failed_call > 1:
                 batch, start = _fewer_windows(failed_call, error), finished
             else:
                 tile = _smaller_tile(step.tile, max(step.width, step.height), error)
-                batch, start, finished, step = 1, 0, 0, plan_pass(network, step.width, step.height, tile)
+                batch, start, finished, step = 1, 0, 0, plan_pass(network, step.width, step.height, tile,
+                                                                  step.averages_window)
 
 
 def _fewer_windows(failed_call: int, error: OutOfDeviceMemory) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from core.errors import OutputTooLarge
 from core.geometry import OutputPlan, Reach
 from core.images import Header
+from core.memory import STATISTICS_WINDOW
 from core.models.runtime import Network
 from core.options import UpscaleOptions
 from core.tiling import Tile, plan_tiles
@@ -19,12 +20,14 @@ from core.tiling import Tile, plan_tiles
 @dataclass(frozen=True)
 class Pass:
     """One run of the network over the part of the picture the output needs (for cover, less than the whole): its
-    input size and the tiles it is cut into."""
+    input size, the tiles it is cut into and, for a network with whole-image averages, the side of the windows
+    they are measured in (core/memory.averages_window)."""
 
     width: int
     height: int
     tile: int
     tiles: tuple[Tile, ...]
+    averages_window: int = STATISTICS_WINDOW
 
     @property
     def window_shape(self) -> tuple[int, int]:
@@ -46,9 +49,11 @@ def network_reach(network: Network) -> Reach | None:
     return Reach(network.margin, network.alignment)
 
 
-def plan_pass(network: Network, width: int, height: int, tile: int) -> Pass:
-    """The tiles of a ``width`` x ``height`` input to ``network``, each window aligned as the network needs."""
-    return Pass(width, height, tile, tuple(plan_tiles(height, width, tile, network.margin, network.alignment)))
+def plan_pass(network: Network, width: int, height: int, tile: int, averages_window: int = STATISTICS_WINDOW) -> Pass:
+    """The tiles of a ``width`` x ``height`` input to ``network``, each window aligned as the network needs, and
+    the side of its averages' windows."""
+    return Pass(width, height, tile, tuple(plan_tiles(height, width, tile, network.margin, network.alignment)),
+                averages_window)
 
 
 @dataclass(frozen=True)

@@ -120,9 +120,10 @@ class Service:
                 on_loaded(name, seconds)
 
     def short_of_device_memory(self) -> dict[str, str]:
-        """Each ready model whose smallest tile's window does not fit what GPU_MEMORY_BUDGET_MB leaves beside the
-        loaded models, with the reason: it would refuse every image, so /ready says so from the start instead.
-        None on the CPU, whose memory budget is checked per image."""
+        """Each ready model whose smallest tile's window, or smallest window of a whole image's averages where it
+        has them, does not fit what GPU_MEMORY_BUDGET_MB leaves beside the loaded models, with the reason: it would
+        refuse every image, so /ready says so from the start instead. None on the CPU, whose memory budget is
+        checked per image."""
         if self.registry.choice.device != "cuda":
             return {}
         budget, resident = self.device_budget(), self.registry.device_resident
@@ -134,6 +135,8 @@ class Service:
             bytes_per_pixel = self.registry.cards[name].window_bytes_per_pixel(network.precision, "cuda")
             window = memory.smallest_window_bytes(bytes_per_pixel, network.margin, self.settings.tile_batch,
                                                   network.border)
+            if network.measure is not None:  # measured alone, before the tiles
+                window = max(window, memory.smallest_averages_window_bytes(bytes_per_pixel, network.border))
             if resident + window > budget:
                 short[name] = (f"GPU_MEMORY_BUDGET_MB={budget // memory.MEBIBYTE} leaves no room for its smallest "
                                f"window ({memory.mib_up(window)} MiB) beside the {resident // memory.MEBIBYTE} "
@@ -203,9 +206,9 @@ class Service:
         queued = time.perf_counter()
         while_queued = None if on_progress is None else lambda: on_progress(0, 0)
         try:
-            with self.slot.hold(plan.host_bytes, while_queued, plan.seconds):
+            with self.slot.hold(plan.host_bytes, while_queued, plan.seconds) as expect_end:
                 stages.add("queue", time.perf_counter() - queued)
-                return pipeline.run(plan, self.settings, on_progress, stages)
+                return pipeline.run(plan, self.settings, on_progress, stages, expect_end)
         except DeviceFailed:
             self._stop_if_failed()
             raise
@@ -219,8 +222,21 @@ class Service:
                     ) -> tuple[Pass, ...]:
         """Each pass's tiles, at the tile size this worker's memory budget gives the pass's input beside the
         ``held`` bytes the request holds whatever the pass (its result's, its upload's and its ICC profile's)."""
-        return tuple(plan_pass(network, width, height, self.tile_size(network, height, width, held, ensemble))
+        averages_window = self.averages_window(network)
+        return tuple(plan_pass(network, width, height, self.tile_size(network, height, width, held, ensemble),
+                               averages_window)
                      for width, height in output.pass_inputs)
+
+    def averages_window(self, network: Network) -> int:
+        """The side of the windows a whole image's averages are measured in: on a GPU the largest, up to
+        STATISTICS_WINDOW, that GPU_MEMORY_BUDGET_MB leaves room for beside the loaded models, as the tiles are
+        sized (the start-up check holds it to MIN_RETRY_TILE at least); on the CPU, STATISTICS_WINDOW."""
+        device = self.registry.choice.device
+        if device != "cuda" or network.measure is None:
+            return memory.STATISTICS_WINDOW
+        bytes_per_pixel = self.registry.cards[network.name].window_bytes_per_pixel(network.precision, device)
+        return memory.averages_window(self.device_budget() - self.registry.device_resident, bytes_per_pixel,
+                                      network.border)
 
     def tile_size(self, network: Network, height: int, width: int, held: int, ensemble: bool = False) -> int:
         """The tile side for an image of this size on ``network``: TILE_SIZE when set, else the largest

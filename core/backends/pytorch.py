@@ -91,7 +91,10 @@ class TorchRunner:
         device: the copy back is a quarter (8 bits) or half (16 bits) of the float32 one. The same levels as
         rounding the float output on the host: the same float32 operations, in the same order."""
         dtype = LEVEL_DTYPES[max_value]
-        _, hosted = self._hosted(batch, lambda tensor: tensor.clamp(0, 1).mul(max_value).round().to(dtype))
+        # In place on the float32 output: out of place, each step made another output-size float32 tensor on the
+        # device, two of them beside the output at once, which the measured memory per window pixel (bench.gpu's
+        # float path) does not hold: for anime's 500² window, 2 x 46 MiB (2000² x 3 float32) beside its 116 MiB peak.
+        _, hosted = self._hosted(batch, lambda tensor: tensor.clamp_(0, 1).mul_(max_value).round_().to(dtype))
         return hosted[0].numpy()
 
     def _hosted(self, batch: Batch, finish: Callable[[torch.Tensor], torch.Tensor]) -> tuple[bool, list[torch.Tensor]]:

@@ -6,11 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.memory import STATISTICS_WINDOW
 from core.models.speed import Throughput
 from core.models.border import Border
-
-# Side of the windows over which a graph's global averages are measured for a whole image (memory bound).
-STATISTICS_WINDOW = 256
 
 Predict = Callable[[np.ndarray], np.ndarray]
 

@@ -4,7 +4,7 @@ A model's time is a fixed cost per network call (one window of tiles) plus a cos
 measured from two window sizes, so the estimate covers what the pixel count alone misses: a 1 x 4,000,000
 image is thousands of calls on tiny windows. A network whose global averages come from the whole image
 (Real-CUGAN's) runs its tiles with the averages given, after a pass of its own that measures them in windows of
-STATISTICS_WINDOW (core/models/runtime.py): the two are timed apart, as their windows differ.
+at most STATISTICS_WINDOW (core/memory.py): the two are timed apart, as their windows differ.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.memory import run_pixels
+from core.memory import STATISTICS_WINDOW, run_pixels
 from core.tiling import plan_tiles
 
 if TYPE_CHECKING:
@@ -64,9 +64,6 @@ def measure_network(network: Network, large_window: int,
     """``measure`` of the network's tiles as the pipeline runs them, and of its averages' pass where it has one."""
     if network.measure is None:
         return measure(network.predict, large_window, clock, network.border)
-    # Imported here: the runtime imports this module for Throughput.
-    from core.models.runtime import STATISTICS_WINDOW
-
     # The tiles run with averages known (any image's will do for the time); the averages of a window of at most
     # STATISTICS_WINDOW take one call of their own.
     tiles = measure(network.predictor(np.zeros((SMALL_WINDOW, SMALL_WINDOW, 3), np.float32)), large_window, clock,

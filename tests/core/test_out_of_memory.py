@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from core import cost, shutdown
-from core.errors import OutOfDeviceMemory
+from core.admission import InferenceSlot
+from core.errors import Busy, OutOfDeviceMemory
 from core.models.speed import Throughput
 from core.options import UpscaleOptions
 from tests.core.test_images import pattern, save
@@ -108,3 +109,28 @@ def test_below_the_smallest_retry_tile_one_window_a_call_the_answer_is_out_of_de
     with pytest.raises(OutOfDeviceMemory, match="even with tiles of 64 px, one window a call; retry later"):
         service.upscale(save(Image.fromarray(pattern(100, 120))), UpscaleOptions(model="srgan"))
     assert [windows for windows, _, _ in short.calls] == [4, 2, 1]
+
+
+def test_a_busy_workers_retry_after_follows_the_calls_left_after_a_retry(service, device, monkeypatch):
+    """The slot expected the request's end where its plan put it (one call of four windows) after the pass was
+    planned again in twelve smaller tiles, one a call: a request refused meanwhile was told to come back before it
+    could have a place. Now the expected end follows the calls left, on the slot's clock."""
+    short = device(tile_size=128, tile_batch=4)
+    short.limit = 96 * 96
+    throughput = Throughput(per_call_s=1.0, per_pixel_s=0.0)  # a second a call
+    plan = service.prepare(save(Image.fromarray(pattern(200, 240))), UpscaleOptions(model="srgan"))
+    plan = replace(plan, network=replace(plan.network, throughput=throughput),
+                   seconds=cost.estimate_seconds(throughput, plan.passes, False, 4))
+    monkeypatch.setattr(service, "slot", InferenceSlot(queue_size=0, wait_timeout_s=1, clock=lambda: 0.0))
+    told = []
+
+    def retry_after(done: int, total: int) -> None:
+        with pytest.raises(Busy) as busy:
+            service.slot.check_room()
+        told.append((done, total, busy.value.retry_after_s))
+
+    service.run(plan, retry_after)
+    assert plan.seconds == 1 and short.calls[:3] == [(4, 128, 144), (2, 128, 144), (1, 128, 144)]
+    # The tries before each call: four windows, two, one; then the pass again in 12 tiles, one a call.
+    assert told[:5] == [(0, 0, 1.0), (0, 4, 1.0), (0, 4, 2.0), (0, 4, 4.0), (0, 12, 12.0)]
+    assert told[5:] == [(done, 12, 12.0 - done) for done in range(1, 13)]

@@ -233,3 +233,26 @@ def test_a_batch_runs_again_in_f32_only_its_windows_that_overflowed():
     assert np.isfinite(together).all()
     np.testing.assert_array_equal(together, np.concatenate(alone))
     assert alone[0][0, 0, 0, 0] != np.float32(0.1234) * 1000  # the quiet window in fp16, not run again in f32
+
+
+def _allocated_bytes(call) -> int:
+    """The bytes torch allocates on the CPU during ``call()``, freed or not."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiled:
+        call()
+    return sum(event.self_cpu_memory_usage for event in profiled.events() if event.self_cpu_memory_usage > 0)
+
+
+def test_rounding_to_levels_where_the_network_ran_allocates_only_the_levels_beside_the_float_path():
+    """The runner's levels were the float output clamped, multiplied and rounded out of place: three more float32
+    tensors of the output's size where the network ran (two beside the output at once), which the GPU memory per
+    window pixel, measured on the float path, does not count. In place, only the levels themselves are new."""
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 48, 3, padding=1), torch.nn.PixelShuffle(4)).eval()
+    runner = pytorch.TorchRunner(module, "cpu", "f32")
+    batch = np.random.default_rng(0).random((1, 100, 100, 3), np.float32)
+    floats = runner(batch)
+    levels = runner.levels(batch, 255)
+    np.testing.assert_array_equal(levels, np.clip(np.rint(floats * np.float32(255)), 0, 255))
+    extra = _allocated_bytes(lambda: runner.levels(batch, 255)) - _allocated_bytes(lambda: runner(batch))
+    assert levels.nbytes <= extra < levels.nbytes + floats.nbytes // 2  # the uint8 levels, a quarter of the floats

@@ -1,0 +1,118 @@
+"""The windows a whole image's averages (Real-CUGAN's) are measured in: sized from the GPU budget as the tiles are,
+and counted in the time estimates at the side actually run (proven on the CPU with a fake device)."""
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core import cost, memory
+from core.admission import InferenceSlot
+from core.errors import Busy
+from core.models.speed import Throughput
+from core.models.weights import REALCUGAN_BORDERS
+from core.options import UpscaleOptions
+from tests.core.test_ensemble import AveragesOutOfMemoryAbove, _left_to_right, _nearest
+from tests.core.test_gpu_serving import on_a_gpu
+from tests.core.test_images import pattern, save
+
+BORDER = REALCUGAN_BORDERS[4]  # a 256-px window runs at 294 px
+RESIDENT_MIB = 100
+SIDE = 300  # 2 x 2 windows of the averages at 256 px
+
+
+def padded_network(service, measure):
+    """A 4x network that crops the border its runner adds, as Real-CUGAN's graphs do, with whole-image
+    averages taken by ``measure``: nearest-neighbour, brightened by the image's left-to-right step."""
+    def run(inputs):
+        batch, step = inputs
+        return _nearest(batch[:, BORDER.pad:, BORDER.pad:]) * 0.5 + 0.25 + 4 * step
+    return replace(service.registry.get("srgan"), run=run, measure=measure, border=BORDER)
+
+
+def served(service, monkeypatch, network, **settings):
+    monkeypatch.setattr(service.registry, "get", lambda *args, **kwargs: network)
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update=settings))
+    plan = service.prepare(save(Image.fromarray(pattern(SIDE, SIDE))), UpscaleOptions(model="srgan"))
+    with Image.open(io.BytesIO(service.run(plan).data)) as image:
+        return plan, np.asarray(image)
+
+
+def test_a_gpu_budget_that_holds_the_tiles_but_not_256_px_averages_windows_plans_smaller_ones(service, monkeypatch,
+                                                                                            caplog):
+    """The averages' 256-px windows (294 px as run) were not counted in GPU_MEMORY_BUDGET_MB: under a budget that held
+    the tiles they ran out of memory and were retried in halves. Now they are planned at the side the budget holds,
+    as the tiles are, and the fake device, which holds what the budget says, refuses none."""
+    on_a_gpu(service, monkeypatch, RESIDENT_MIB)
+    per_pixel = service.registry.cards["srgan"].window_bytes_per_pixel(service.registry.get("srgan").precision,
+                                                                        "cuda")
+    budget_mb = RESIDENT_MIB + memory.mib_up(200 * 200 * per_pixel)  # room for a window run at 200 px
+    device_pixels = (budget_mb - RESIDENT_MIB) * memory.MEBIBYTE // per_pixel
+    assert BORDER.padded(memory.STATISTICS_WINDOW) ** 2 > device_pixels
+    short = AveragesOutOfMemoryAbove(_left_to_right, device_pixels)
+    with caplog.at_level("WARNING", logger="core.pipeline"):
+        plan, pixels = served(service, monkeypatch, padded_network(service, short), gpu_memory_budget_mb=budget_mb,
+                              tile_batch=1)
+    assert plan.passes[0].averages_window == 160  # runs at 198 px
+    assert "again" not in caplog.text
+    assert short.windows[0] == (198, 198) and all(h * w <= device_pixels for h, w in short.windows)
+    assert pixels.shape == (4 * SIDE, 4 * SIDE, 3)
+
+
+def test_the_default_gpu_budget_measures_the_averages_in_256_px_windows_as_before(service, monkeypatch):
+    """A budget with room (90 % of a 10 GiB card) keeps the 256-px windows, so the same pixels as the CPU's."""
+    _, on_the_cpu = served(service, monkeypatch, padded_network(service, _left_to_right))
+    on_a_gpu(service, monkeypatch, RESIDENT_MIB)
+    roomy = AveragesOutOfMemoryAbove(_left_to_right, 10 ** 9)
+    plan, on_the_gpu = served(service, monkeypatch, padded_network(service, roomy))
+    assert plan.passes[0].averages_window == memory.STATISTICS_WINDOW
+    assert roomy.windows == [(294, 294), (294, 82), (82, 294), (82, 82)]  # 256 and 44 px, each with the border
+    np.testing.assert_array_equal(on_the_gpu, on_the_cpu)
+
+
+def test_averages_windows_sized_by_the_budget_stay_between_the_retry_floor_and_256_px():
+    per_pixel = 5100  # Real-CUGAN's fp16 figure
+    assert memory.averages_window(10 * 2 ** 30, per_pixel, BORDER) == memory.STATISTICS_WINDOW
+    assert memory.averages_window(BORDER.padded(160) ** 2 * per_pixel, per_pixel, BORDER) == 160
+    assert memory.averages_window(0, per_pixel, BORDER) == memory.MIN_RETRY_TILE
+
+
+def test_after_an_averages_retry_the_expected_end_counts_the_windows_run(service, monkeypatch):
+    """After the averages' 256-px windows had no memory they run in 128-px ones, 9 calls for this image instead of
+    4: the estimate of the work left (the busy worker's Retry-After, the shutdown check) counted 256-px windows."""
+    network = padded_network(service, AveragesOutOfMemoryAbove(_left_to_right, 170 * 170))
+    throughput = Throughput(0.0, 0.0, statistics=Throughput(per_call_s=1.0, per_pixel_s=0.0))  # a second a window
+    network = replace(network, throughput=throughput)
+    monkeypatch.setattr(service.registry, "get", lambda *args, **kwargs: network)
+    plan = service.prepare(save(Image.fromarray(pattern(SIDE, SIDE))), UpscaleOptions(model="srgan"))
+    monkeypatch.setattr(service, "slot", InferenceSlot(queue_size=0, wait_timeout_s=1, clock=lambda: 0.0))
+    told = []
+
+    def retry_after(done: int, total: int) -> None:
+        with pytest.raises(Busy) as busy:
+            service.slot.check_room()
+        told.append(busy.value.retry_after_s)
+
+    service.run(plan, retry_after)
+    assert plan.seconds == cost.estimate_seconds(throughput, plan.passes, False, 1) == 4
+    assert told[:3] == [4.0, 4.0, 9.0] and told[-1] == 0.0
+
+
+def test_a_model_whose_smallest_averages_window_has_no_room_on_the_gpu_is_named(service, monkeypatch):
+    """The start-up check counted the smallest tile's window alone (86 px as run, for a margin of 16): a budget
+    below the smallest averages window (64 px, 102 as run) left the model ready to fail every image with a 503."""
+    on_a_gpu(service, monkeypatch, RESIDENT_MIB)
+    network = padded_network(service, _left_to_right)
+    monkeypatch.setattr(service.registry, "get", lambda *args, **kwargs: network)
+    per_pixel = service.registry.cards["srgan"].window_bytes_per_pixel(network.precision, "cuda")
+    tile_window = memory.smallest_window_bytes(per_pixel, network.margin, 1, BORDER)
+    budget_mb = RESIDENT_MIB + memory.mib_up(tile_window)
+    assert tile_window < budget_mb * memory.MEBIBYTE - RESIDENT_MIB * memory.MEBIBYTE < 102 * 102 * per_pixel
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"gpu_memory_budget_mb": budget_mb,
+                                                                                 "tile_batch": 1}))
+    assert service.short_of_device_memory()["srgan"] == (
+        f"GPU_MEMORY_BUDGET_MB={budget_mb} leaves no room for its smallest window "
+        f"({memory.mib_up(102 * 102 * per_pixel)} MiB) beside the {RESIDENT_MIB} MiB the loaded models hold on the GPU")
