@@ -3,13 +3,17 @@
 The first bytes decide the one decoder that may read the upload. Before it runs, the container is walked
 for what decoders do not refuse: a PNG's sizes, checksums and inflated size, bytes appended after a GIF's,
 PNG's or WebP's end (where a polyglot hides its script), a JPEG's scan count (each scan a full decoding pass).
+The walk of a PNG also notes where its text chunks lie, so that the decoder is shown the file without them.
 """
 from __future__ import annotations
 
+import bisect
+import io
 import re
 import struct
 import zlib
 from dataclasses import dataclass
+from itertools import accumulate
 
 import png
 from PIL.PngImagePlugin import MAX_TEXT_CHUNK
@@ -37,6 +41,10 @@ PNG_CRITICAL_CHUNKS = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
 # before the pixel data.
 PNG_COLOUR_CHUNKS = (b"gAMA", b"cHRM", b"sRGB", b"cICP", b"mDCV", b"cLLI")
 MAX_PNG_PROFILE_NAME = 79  # an iCCP chunk's name, before its NUL
+# Text chunks, which the result does not carry (docs/inputs.md, "Metadata"). Pillow keeps each as a string, inflated
+# up to 1 MiB (MAX_TEXT_CHUNK) and refusing the file past that or past 64 MiB in all: 60 zTXt chunks of a 62 kB
+# upload held 61 MiB that the memory budget does not count. The decoder is not shown them (``without_spans``).
+PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 # What decoders raise on corrupt data: Pillow's plugins and pypng use all of these.
 CORRUPT_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
@@ -88,6 +96,7 @@ class PngHeader:
     bit_depth: int
     exif: bytes | None
     colour_chunks: tuple[bytes, ...] = ()  # whole chunks, as the file holds them
+    text_spans: tuple[tuple[int, int], ...] = ()  # where each text chunk lies, from its length to its CRC
 
 
 @dataclass(frozen=True)
@@ -177,6 +186,7 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
     header: PngHeader | None = None
     exif = None
     colour_chunks: list[bytes] = []
+    text_spans: list[tuple[int, int]] = []
     pixel_data: list[memoryview] = []
     position = len(PNG_SIGNATURE)
     for chunks in range(1, MAX_PNG_CHUNKS + 2):
@@ -205,6 +215,8 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
             pixel_data.append(body)
         elif kind in PNG_COLOUR_CHUNKS and not pixel_data:
             colour_chunks.append(bytes(view[position:end]))
+        elif kind in PNG_TEXT_CHUNKS:
+            text_spans.append((position, end))
         position = end
         if kind == b"IEND":
             break
@@ -213,7 +225,49 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
                            f"(another file appended to it, e.g. a polyglot); only a plain PNG is accepted")
     if header.bit_depth == 16:
         _check_inflated_size(pixel_data, header, colour_type)
-    return PngHeader(header.width, header.height, header.bit_depth, exif, tuple(colour_chunks))
+    return PngHeader(header.width, header.height, header.bit_depth, exif, tuple(colour_chunks), tuple(text_spans))
+
+
+class WithoutSpans(io.RawIOBase):
+    """The bytes of an upload less some spans, as a file a decoder reads, seeks and tells in: read in place, no copy
+    of the upload made."""
+
+    def __init__(self, data: bytes, spans: tuple[tuple[int, int], ...]) -> None:
+        super().__init__()
+        view = memoryview(data)
+        starts, ends = (0, *(end for _, end in spans)), (*(start for start, _ in spans), len(data))
+        self._pieces = [view[start:end] for start, end in zip(starts, ends)]
+        self._firsts = [0, *accumulate(len(piece) for piece in self._pieces)]  # each piece's first offset, the end
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._firsts[-1]}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._position = base + offset
+        return self._position
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        """Fill ``buffer`` across the pieces, as far as they go: a short read is the end of the file."""
+        target = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(target) and self._position < self._firsts[-1]:
+            index = bisect.bisect_right(self._firsts, self._position) - 1
+            piece = self._pieces[index][self._position - self._firsts[index]:]
+            count = min(len(piece), len(target) - filled)
+            target[filled:filled + count] = piece[:count]
+            filled += count
+            self._position += count
+        return filled
 
 
 def _check_png_profile(body: memoryview) -> None:

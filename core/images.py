@@ -25,8 +25,8 @@ import png
 from PIL import Image, ImageCms, UnidentifiedImageError
 
 from core import orientation, tiff16
-from core.containers import (ACCEPTED_FORMATS, CORRUPT_DATA_ERRORS, PngHeader, check, check_pixels, describe_accepted,
-                             sniff_format)
+from core.containers import (ACCEPTED_FORMATS, CORRUPT_DATA_ERRORS, PngHeader, WithoutSpans, check, check_pixels,
+                             describe_accepted, sniff_format)
 from core.errors import InvalidImage, TooManyPixels
 
 
@@ -119,7 +119,7 @@ def read_header(data: bytes, max_pixels: int) -> Header:
     png_header = check(data, image_format, max_pixels)
     with _reading(image_format, max_pixels):
         layout = tiff16.check(data) if image_format == "TIFF" else None
-    with _reading(image_format, max_pixels), _open(data, image_format, layout) as image:
+    with _reading(image_format, max_pixels), _open(data, image_format, layout, png_header) as image:
         stored = tiff16.stored_size(image, layout) if layout else image.size
         check_pixels(stored, max_pixels)
         _check_one_picture(image)
@@ -137,9 +137,14 @@ def read_header(data: bytes, max_pixels: int) -> Header:
                   carried, space if carried else None, len(profile))
 
 
-def _open(data: bytes, image_format: str, layout: tiff16.Layout | None) -> Image.Image:
-    """The upload opened by the one decoder its first bytes name, its header read and no pixel."""
-    return tiff16.open_as_grey(data, layout) if layout else Image.open(io.BytesIO(data), formats=(image_format,))
+def _open(data: bytes, image_format: str, layout: tiff16.Layout | None,
+          png_header: PngHeader | None = None) -> Image.Image:
+    """The upload opened by the one decoder its first bytes name, its header read and no pixel; a PNG without its
+    text chunks, which the decoder would hold and the result does not carry (core/containers.py)."""
+    if layout:
+        return tiff16.open_as_grey(data, layout)
+    spans = png_header.text_spans if png_header else ()
+    return Image.open(WithoutSpans(data, spans) if spans else io.BytesIO(data), formats=(image_format,))
 
 
 def _turn_to_apply(image: Image.Image, png_header: PngHeader | None) -> int:
@@ -184,7 +189,7 @@ def _samples_at_most(image: Image.Image) -> int:
 def decode_pixels(data: bytes, header: Header) -> DecodedImage:
     """The pixels of ``data`` whose ``header`` has been read; 400 where they turn out corrupt."""
     with _reading(header.image_format, header.max_pixels):
-        image = _open(data, header.image_format, header.tiff16)
+        image = _open(data, header.image_format, header.tiff16, header.png)
         # Pillow turns a TIFF's pixels itself (the header's turn is then 1, but for core/tiff16.py's), not its
         # resolution
         pillow_turns = image.format == "TIFF" and not header.tiff16

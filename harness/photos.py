@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,7 +65,25 @@ def photo_profiled_tiff(side: int, profile_bytes: int = PROFILED_BYTES) -> bytes
     return buffer.getvalue()
 
 
+# The text of the probes' texted picture: 60 zTXt chunks, each inflating to Pillow's most (MAX_TEXT_CHUNK, 1 MiB),
+# 62 kB uploaded in all.
+TEXT_CHUNKS, TEXT_CHUNK_BYTES = 60, 1024 * 1024
+
+
+def photo_texted_png(side: int) -> bytes:
+    """The photo as PNG with 60 MiB of text (zTXt) before its pixel data, as an editor's or an image generator's
+    metadata stands there: a small upload that a decoder keeping text would hold many times over."""
+    data = photo_png(side)
+    texts = b"".join(_png_chunk(b"zTXt", f"note {index}".encode() + b"\x00\x00" + zlib.compress(bytes(TEXT_CHUNK_BYTES), 9))
+                     for index in range(TEXT_CHUNKS))
+    return data[:33] + texts + data[33:]  # after the signature and IHDR
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 # The pictures a memory probe can upscale, by name.
 PICTURES: dict[str, Callable[[int], bytes]] = {"photo": photo_png, "photo16-rgba": photo16_rgba_png,
                                                "photo16-rgba-tiff": photo16_rgba_tiff,
-                                               "photo-profiled": photo_profiled_tiff}
+                                               "photo-profiled": photo_profiled_tiff, "photo-texted": photo_texted_png}

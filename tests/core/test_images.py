@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import png
 import pytest
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
 from core import containers, encoding, images
 from core.formats import MAX_JPEG_ICC_PROFILE_BYTES, OUTPUT_FORMATS
@@ -900,3 +900,42 @@ def test_scan_markers_inside_an_exif_thumbnail_are_not_counted():
     app1 = b"\xff\xe1" + struct.pack(">H", len(thumbnail) + 8) + b"Exif\x00\x00" + thumbnail
     decoded = images.decode(main[:2] + app1 + main[2:], max_pixels=10**6)
     assert (decoded.width, decoded.height) == (16, 16)
+
+
+def text_chunk(kind: bytes, key: bytes, text: bytes) -> bytes:
+    """A PNG text chunk holding ``text`` under ``key``: tEXt as it stands, zTXt and iTXt compressed."""
+    if kind == b"tEXt":
+        return png_chunk(kind, key + b"\x00" + text)
+    if kind == b"zTXt":
+        return png_chunk(kind, key + b"\x00\x00" + zlib.compress(text, 9))
+    return png_chunk(kind, key + b"\x00\x01\x00\x00\x00" + zlib.compress(text, 9))
+
+
+def with_chunks_around_pixel_data(data: bytes, before: bytes, after: bytes) -> bytes:
+    """``data``, a PNG, with ``before`` just after its header and ``after`` just before its IEND."""
+    return data[:33] + before + data[33:-12] + after + data[-12:]
+
+
+@pytest.mark.parametrize("kind", [b"zTXt", b"iTXt"])
+def test_a_png_text_chunk_inflating_past_pillows_limit_is_no_reason_to_refuse_the_image(kind):
+    """Editors and image generators embed XMP and workflows in text chunks, which the result does not carry
+    (docs/inputs.md, "Metadata"); Pillow refuses one inflating past MAX_TEXT_CHUNK as if the file were corrupt."""
+    text = text_chunk(kind, b"workflow", b"{}" * PngImagePlugin.MAX_TEXT_CHUNK)
+    data = with_chunks_around_pixel_data(save(Image.fromarray(pattern())), text, text)
+    assert np.array_equal(images.decode(data, LIMIT).colour, pattern())
+
+
+def test_decoding_a_png_holds_none_of_its_text():
+    """60 zTXt chunks of 1 MiB each inflated, 62 kB uploaded, made the decoder hold 61 MiB that no reservation
+    counted; past MAX_TEXT_MEMORY in all (64 MiB), Pillow refused the image."""
+    megabyte = PngImagePlugin.MAX_TEXT_CHUNK
+    texts = [text_chunk(b"zTXt", f"note {index}".encode(), bytes(megabyte)) for index in range(70)]
+    data = with_chunks_around_pixel_data(save(Image.fromarray(pattern())), b"".join(texts[:35]), b"".join(texts[35:]))
+    tracemalloc.start()
+    try:
+        decoded = images.decode(data, LIMIT)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(decoded.colour, pattern())
+    assert peak < megabyte
