@@ -31,9 +31,6 @@ workers = _settings.workers
 # probes, while the CPU's count on a GPU would leave slots idle and no thread for /health. Only behind nginx
 # must the count be exact (nginx's limit is the workers' free threads), and there serve.py gives it.
 threads = _settings.threads_for("cpu" if _settings.device == "cpu" else "cuda")
-# The workers read their settings from this environment, and their memory room sets aside a request for each
-# thread but one (core/memory.py, unreserved_bytes): they count the threads gunicorn runs, not their own default.
-os.environ["THREADS"] = str(threads)
 worker_class = "gthread"
 timeout = _settings.timeout_s
 # After SIGTERM the requests in flight get SHUTDOWN_GRACE_S; core/shutdown.py ends the ones still running just

@@ -31,7 +31,7 @@ from gunicorn.arbiter import Arbiter
 from pydantic import ValidationError
 
 from config import MEBIBYTE, REQUEST_ID_PATTERN, Settings, invalid_settings, load_settings
-from core import backends, memory
+from core import backends
 from core.errors import Reason
 from core.logs import configure_logging
 
@@ -383,8 +383,7 @@ def main() -> int:
     threads = settings.threads_for(choice.device)
     try:
         spool_plan(settings, threads)
-        memory.check_room_beside_requests(settings, choice.device)
-    except (FrontMisfit, memory.MemoryMisfit) as error:
+    except FrontMisfit as error:
         print(f"serve.py: {error}", file=sys.stderr)
         return 2
     runtime = Path(tempfile.mkdtemp(prefix="superres-serve-"))

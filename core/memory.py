@@ -17,7 +17,7 @@ import math
 import os
 from pathlib import Path
 
-from config import MEBIBYTE, MIN_MEMORY_BUDGET_MB, Settings
+from config import MEBIBYTE
 from core.errors import OverDeviceMemoryBudget, OverMemoryBudget
 from core.models.border import Border
 from core.tiling import WINDOW_QUANTUM
@@ -127,35 +127,6 @@ def sent_bytes(upload_bytes: int, stored_profile_bytes: int, carried_profile_byt
     return upload_bytes * UPLOAD_COPIES + max(stored_profile_bytes * DECODED_PROFILE_COPIES, carried)
 
 
-class MemoryMisfit(ValueError):
-    """MEMORY_BUDGET_MB cannot hold what the other settings have a worker hold; the worker and serve.py refuse to
-    start with the reason."""
-
-
-def unreserved_bytes(settings: Settings, device: str) -> int:
-    """What a worker's requests hold outside every reservation, at most: those of each HTTP thread but one running
-    an image (which reserves its own), each its upload (up to MAX_UPLOAD_BYTES) from the form's read until it runs
-    (in the queue, or refused at its end), and while its header is read, before it reserves, the copies of an ICC
-    profile nearly as long (decoding's: reading the header of a TIFF or WebP holds two, tracemalloc's peak over a
-    30 MiB profile)."""
-    requests = settings.threads_for(device) - 1
-    return requests * settings.max_upload_bytes * (UPLOAD_COPIES + DECODED_PROFILE_COPIES)
-
-
-def check_room_beside_requests(settings: Settings, device: str) -> None:
-    """``MemoryMisfit`` where MEMORY_BUDGET_MB keeps less than MIN_MEMORY_BUDGET_MB for the models and the images
-    once the requests outside every reservation have theirs (``unreserved_bytes``): every image would be refused."""
-    budget, unreserved = settings.memory_budget_bytes(device), unreserved_bytes(settings, device)
-    if budget - unreserved < MIN_MEMORY_BUDGET_MB * MEBIBYTE:
-        raise MemoryMisfit(
-            f"MEMORY_BUDGET_MB={budget // MEBIBYTE} keeps {(budget - unreserved) // MEBIBYTE} MiB for the models and "
-            f"the images, less than {MIN_MEMORY_BUDGET_MB}: {mib_up(unreserved)} MiB go to the requests a worker "
-            f"holds outside every reservation, those of THREADS={settings.threads_for(device)} but one, each with its "
-            f"upload of up to MAX_UPLOAD_BYTES={settings.max_upload_bytes} and, as its header is read, the copies of "
-            f"an ICC profile as long; raise MEMORY_BUDGET_MB, or lower MAX_UPLOAD_BYTES or THREADS (QUEUE_SIZE="
-            f"{settings.queue_size} sets its default)")
-
-
 def window_host_bytes(window_pixels: int, device: str, bytes_per_window_pixel: int, scale: int, batch: int,
                       ensemble: bool = False) -> int:
     """What a batch of windows of ``window_pixels`` each, as the network runs them (``run_pixels``), holds in the
@@ -181,16 +152,15 @@ def pinned_cache_bytes(device: str, slots: int) -> int:
 
 
 def check_worker_room(budget_bytes: int, room: int, need: int, width: int, height: int, sent: int,
-                      profile_bytes: int, unreserved: int) -> None:
+                      profile_bytes: int) -> None:
     """413 for an image whose buffers and windows, with the ``sent`` bytes its upload and its ICC profile of
-    ``profile_bytes`` hold (``sent_bytes``), would take the worker past its budget even alone, beside the loaded
-    models and the ``unreserved`` bytes of the other requests (``unreserved_bytes``)."""
+    ``profile_bytes`` hold (``sent_bytes``), would take the worker past its budget even alone."""
     if need > room:
         profile = f" and the copies of its {profile_bytes}-byte ICC profile" if profile_bytes else ""
         raise OverMemoryBudget(f"a {width}x{height} image needs {mib_up(need)} MiB of this worker's memory "
                                f"({mib_up(sent)} MiB of it for its upload{profile}), and MEMORY_BUDGET_MB="
                                f"{budget_bytes // MEBIBYTE} leaves {max(room, 0) // MEBIBYTE} MiB beside the loaded "
-                               f"models and the {mib_up(unreserved)} MiB kept for the uploads of the requests waiting")
+                               f"models")
 
 
 def run_side(side: int, border: Border | None) -> int:
@@ -219,12 +189,12 @@ def largest_window(available_bytes: int, bytes_per_window_pixel: int, border: Bo
 
 
 def tile_for_budget(budget_bytes: int, resident: int, request: int, bytes_per_window_pixel: int, margin: int,
-                    height: int, width: int, batch: int = 1, border: Border | None = None, unreserved: int = 0) -> int:
-    """The tile side for this image and model within the budget, beside the loaded models (``resident``), the other
-    requests' ``unreserved`` bytes (``unreserved_bytes``) and the request's own buffers (``request``); 413 when not
-    even the smallest fits. An image that one window covers at the tile one window a call would get runs as that
-    window: ``batch`` windows a call only share the memory where there are several."""
-    available = budget_bytes - resident - unreserved - request
+                    height: int, width: int, batch: int = 1, border: Border | None = None) -> int:
+    """The tile side for this image and model within the budget, beside the loaded models (``resident``) and the
+    request's own buffers (``request``); 413 when not even the smallest fits. An image that one window covers at
+    the tile one window a call would get runs as that window: ``batch`` windows a call only share the memory where
+    there are several."""
+    available = budget_bytes - resident - request
     alone = _budget_tile(available, bytes_per_window_pixel, margin, border)
     tile = alone if max(height, width) <= alone else _budget_tile(available // batch, bytes_per_window_pixel,
                                                                     margin, border)
@@ -232,7 +202,6 @@ def tile_for_budget(budget_bytes: int, resident: int, request: int, bytes_per_wi
         raise OverMemoryBudget(
             f"a {width}x{height} image needs more memory than this worker's MEMORY_BUDGET_MB="
             f"{budget_bytes // MEBIBYTE} leaves: {resident // MEBIBYTE} MiB are the loaded models, "
-            f"{mib_up(unreserved)} MiB kept for the uploads of the requests waiting, "
             f"{request // MEBIBYTE} MiB this image's buffers and upload, and the smallest tile's window needs "
             f"{mib_up(smallest_window_bytes(bytes_per_window_pixel, margin, batch, border))} MiB")
     return tile

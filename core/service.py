@@ -25,10 +25,10 @@ GPU_MEMORY_SHARE = 0.9
 
 
 def worker_room(settings: Settings, registry: ModelRegistry) -> int:
-    """What MEMORY_BUDGET_MB leaves to the images in flight: less the loaded models, the requests outside every
-    reservation and, on a GPU, the pinned blocks torch keeps for the copies back."""
+    """What MEMORY_BUDGET_MB leaves to the images in flight: less the loaded models and, on a GPU, the pinned
+    blocks torch keeps for the copies back."""
     device = registry.choice.device
-    return (settings.memory_budget_bytes(device) - registry.resident - memory.unreserved_bytes(settings, device)
+    return (settings.memory_budget_bytes(device) - registry.resident
             - memory.pinned_cache_bytes(device, settings.inference_slots_for(device)))
 
 
@@ -58,7 +58,6 @@ class Service:
         the backend's thread counts and Pillow's bomb guard."""
         images.guard_decompression_bombs(settings.max_input_pixels)
         choice = backends.choose(settings)
-        memory.check_room_beside_requests(settings, choice.device)
         choice.module.start(settings, choice.device)
         registry = ModelRegistry(settings, choice, only)
         return cls(settings, registry, InferenceSlot(settings.queue_size, settings.queue_wait_s,
@@ -168,18 +167,15 @@ class Service:
                                  with_layers)
         held = self.result_bytes(header, output, options, with_layers) + sent
         room = worker_room(self.settings, self.registry)
-        unreserved = memory.unreserved_bytes(self.settings, self.registry.choice.device)
         # First what it holds whatever its tiles: a refusal for a long ICC profile says so, not that no tile fits.
-        memory.check_worker_room(self.memory_budget(), room, held, *header.size, sent, header.profile_bytes,
-                                 unreserved)
+        memory.check_worker_room(self.memory_budget(), room, held, *header.size, sent, header.profile_bytes)
         if runs_network:
             held += decoded_beside_cut(header, output)
             passes = self.plan_passes(network, output, held, options.ensemble)
             host_bytes = held + self.host_bytes(network, passes, options.ensemble)
         else:
             passes, host_bytes = (), held + memory.pass_bytes(header.height, header.width)
-        memory.check_worker_room(self.memory_budget(), room, host_bytes, *header.size, sent, header.profile_bytes,
-                                 unreserved)
+        memory.check_worker_room(self.memory_budget(), room, host_bytes, *header.size, sent, header.profile_bytes)
         seconds = self.estimate_seconds(network, passes, options.ensemble)
         cost.check_fits(seconds, self.settings.request_time_limit_s, network.name, *header.size, options.ensemble)
         self.slot.check_room()
@@ -259,8 +255,7 @@ class Service:
             bytes_per_pixel += memory.ensemble_bytes_per_window_pixel(network.scale)
         return memory.tile_for_budget(self.memory_budget(), self.registry.resident,
                                       held + memory.pass_bytes(height, width), bytes_per_pixel, network.margin,
-                                      height, width, self.settings.tile_batch, network.border,
-                                      memory.unreserved_bytes(self.settings, device))
+                                      height, width, self.settings.tile_batch, network.border)
 
     def result_bytes(self, header: images.Header, output: OutputPlan, options: UpscaleOptions,
                      with_layers: bool) -> int:

@@ -15,14 +15,12 @@ from harness.process import gunicorn_worker, peak_rss_mb
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
-# srgan alone is resident in about 0.7 GiB; this leaves its windows a few hundred MiB beside the uploads of the
-# requests outside every reservation, which 4 MiB uploads keep to 96 MiB (gunicorn's 7 threads but one).
+# srgan alone is resident in about 0.7 GiB; this leaves its windows a few hundred MiB.
 BUDGET_MB = 1024
-UPLOAD_BYTES = 4 * 1024 * 1024
 
 
 def test_worker_peak_stays_within_a_tight_budget():
-    with live_server(models="srgan", memory_budget_mb=BUDGET_MB, max_upload_bytes=UPLOAD_BYTES, workers=1) as server:
+    with live_server(models="srgan", memory_budget_mb=BUDGET_MB, workers=1) as server:
         worker = gunicorn_worker(server.process.pid)
         answer = requests.post(f"{server.url}/model/predict", timeout=600,
                                files={"image": ("photo.png", photo_png(500), "image/png")})
@@ -32,7 +30,7 @@ def test_worker_peak_stays_within_a_tight_budget():
 
 
 def test_an_image_the_budget_cannot_hold_is_a_413_naming_the_setting():
-    with live_server(models="srgan", memory_budget_mb=760, max_upload_bytes=UPLOAD_BYTES, workers=1) as server:
+    with live_server(models="srgan", memory_budget_mb=760, workers=1) as server:
         answer = requests.post(f"{server.url}/model/predict", timeout=600,
                                files={"image": ("photo.png", photo_png(1500), "image/png")})
         assert answer.status_code == 413

@@ -151,8 +151,7 @@ def test_a_budget_that_holds_the_pixels_but_not_the_profile_is_a_413_naming_the_
     """Where MEMORY_BUDGET_MB leaves room for a 64² image but not for its 30 MiB profile, the image with the profile
     is refused before any work, as one whose pixels do not fit is; the same pixels without it are served."""
     plain = photo_profiled_tiff(64, 128)  # an ICC profile's header alone
-    beside = service.registry.resident + memory.unreserved_bytes(service.settings, "cpu")
-    budget_mb = (beside + service.prepare(plain, UpscaleOptions(model="srgan")).host_bytes) // MIB + 8
+    budget_mb = (service.registry.resident + service.prepare(plain, UpscaleOptions(model="srgan")).host_bytes) // MIB + 8
     monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"memory_budget_mb": budget_mb}))
     with pytest.raises(OverMemoryBudget) as refused:
         service.prepare(photo_profiled_tiff(64), UpscaleOptions(model="srgan"))
@@ -191,47 +190,3 @@ def test_srgan_window_stays_within_its_recorded_cost(arithmetic):
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert measured["precision"] == arithmetic
     assert measured["peak_above_mb"][str(side)] * MIB <= SPECS["srgan"].window_bytes_per_pixel[arithmetic] * side ** 2
-
-
-def test_the_room_sets_aside_what_the_requests_outside_every_reservation_hold(service, monkeypatch):
-    """Each HTTP thread but the running image's may hold a request outside every reservation: its upload, in the
-    queue, and while its header is read, the copies of an ICC profile as long (384 MiB by default on the CPU, where
-    the reviewer found 64 to 256 MiB per worker counted nowhere). An image whose plan fits beside the loaded
-    models alone, and not beside those too, is a 413 that says so."""
-    defaults = load_settings(memory_budget_mb=0)
-    assert memory.unreserved_bytes(defaults, "cpu") == 3 * 32 * MIB * 4
-    assert memory.unreserved_bytes(defaults.model_copy(update={"max_upload_bytes": 8 * MIB}), "cpu") == 3 * 8 * MIB * 4
-    data = photo_profiled_tiff(64, 128)
-    need = service.prepare(data, UpscaleOptions(model="srgan")).host_bytes
-    budget_mb = (service.registry.resident + need) // MIB + 8
-    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"memory_budget_mb": budget_mb}))
-    with pytest.raises(OverMemoryBudget, match=f"MEMORY_BUDGET_MB={budget_mb} leaves 0 MiB beside the loaded models "
-                                               f"and the 384 MiB kept for the uploads of the requests waiting"):
-        service.prepare(data, UpscaleOptions(model="srgan"))
-    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_upload_bytes": MIB // 4}))
-    assert service.prepare(data, UpscaleOptions(model="srgan")).host_bytes == need
-
-
-def test_tiles_are_sized_beside_what_the_requests_outside_every_reservation_hold(service):
-    """The room a tile's window takes is what the budget leaves beside the loaded models, the requests outside every
-    reservation and the image's own buffers: a larger MAX_UPLOAD_BYTES leaves smaller tiles."""
-    network = service.registry.get("srgan")
-    budget_mb = service.registry.resident // MIB + 1024
-    small, large = (Service(load_settings(models="srgan", memory_budget_mb=budget_mb, max_upload_bytes=upload),
-                            service.registry, service.slot).tile_size(network, 2000, 2000, 0)
-                    for upload in (MIB, 48 * MIB))
-    assert large < small
-
-
-def test_a_budget_that_leaves_too_little_beside_the_requests_outside_reservations_fails_at_start():
-    """Below MIN_MEMORY_BUDGET_MB for the models and the images, every image would be a 413: the worker does not
-    start, naming the settings; the defaults start on either device."""
-    for device in ("cpu", "cuda"):
-        memory.check_room_beside_requests(load_settings(memory_budget_mb=0), device)
-    with pytest.raises(memory.MemoryMisfit) as refused:
-        Service.create(load_settings(models="srgan", memory_budget_mb=600, device="cpu"))
-    assert str(refused.value).startswith(
-        "MEMORY_BUDGET_MB=600 keeps 216 MiB for the models and the images, less than 256: 384 MiB go to the requests "
-        "a worker holds outside every reservation, those of THREADS=4 but one, each with its upload of up to "
-        "MAX_UPLOAD_BYTES=33554432")
-    memory.check_room_beside_requests(load_settings(memory_budget_mb=600, max_upload_bytes=16 * MIB), "cpu")
