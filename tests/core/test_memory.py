@@ -107,6 +107,16 @@ def test_tile_size_overrides_the_budget(service):
     assert budgeted.tile_size(network, 2000, 2000, 0) < budgeted.tile_size(network, 500, 500, 0)
 
 
+def traced_peak(service, plan) -> int:
+    """The peak of the Python objects running ``plan`` makes (tracemalloc's)."""
+    tracemalloc.start()
+    try:
+        service.run(plan)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("output_format, profile_mib", [("png", 30), ("webp", 30), ("jpeg", 15)])
 def test_a_request_reserves_its_upload_and_the_copies_of_its_icc_profile(service, output_format, profile_mib):
     """A 64² TIFF with a large ICC profile that the result carries: what it holds at its peak, the upload (which the
@@ -115,13 +125,7 @@ def test_a_request_reserves_its_upload_and_the_copies_of_its_icc_profile(service
     counted the pixels and the windows alone, 27 MiB, where the run holds more than 100."""
     data = photo_profiled_tiff(64, profile_mib * MIB)
     plan = service.prepare(data, UpscaleOptions(model="srgan", output_format=output_format))
-    tracemalloc.start()
-    try:
-        service.run(plan)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert len(data) + peak <= plan.host_bytes
+    assert len(data) + traced_peak(service, plan) <= plan.host_bytes
 
 
 def test_a_request_reserves_the_copies_decoding_makes_of_a_profile_the_result_does_not_carry(service):
@@ -134,13 +138,7 @@ def test_a_request_reserves_the_copies_decoding_makes_of_a_profile_the_result_do
     data = buffer.getvalue()
     plan = service.prepare(data, UpscaleOptions(model="srgan"))
     assert plan.header.profile_bytes == 0
-    tracemalloc.start()
-    try:
-        service.run(plan)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert len(data) + peak <= plan.host_bytes
+    assert len(data) + traced_peak(service, plan) <= plan.host_bytes
 
 
 def test_every_output_format_has_its_encoders_profile_copies():
