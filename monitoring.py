@@ -24,8 +24,8 @@ SHORT_LATENCY_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5)
 REQUESTS = Counter("superres_http_requests", "HTTP requests answered, by route, model and status.",
                    ("route", "method", "model", "status"))
 # Beside REQUESTS, so that its series and the queries on them stay as they were: the reason is known for refusals only.
-REFUSALS = Counter("superres_refusals", "Requests refused with 413 or 503 (by nginx, also 408), by route, status and "
-                   "reason (fixed sets: core/errors.Reason, and serve.py's for nginx's own).", ("route", "status", "reason"))
+REFUSALS = Counter("superres_refusals", "Requests refused with 413 or 503 (by nginx, also 408 and 504), by route, status "
+                   "and reason (fixed sets: core/errors.Reason, and serve.py's for nginx's own).", ("route", "status", "reason"))
 LATENCY_NAME = "superres_http_request_duration_seconds"
 LATENCY_HELP = "Time to answer an HTTP request, by route and model."
 # Its buckets follow the settings, so that configure makes it: (its buckets, the histogram).

@@ -30,7 +30,7 @@ from pathlib import Path
 from gunicorn.arbiter import Arbiter
 from pydantic import ValidationError
 
-from config import MEBIBYTE, REQUEST_ID_PATTERN, Settings, invalid_settings, load_settings
+from config import ANSWER_MARGIN_S, MEBIBYTE, REQUEST_ID_PATTERN, Settings, invalid_settings, load_settings
 from core import backends
 from core.errors import Reason
 from core.logs import configure_logging
@@ -47,6 +47,8 @@ JSON_ERRORS = {
                             "(images go to /model/predict and /app/upscale)"),
     "spool_full": (503, "the server is busy: it takes {held_requests} at once, as many as "
                         "{spool_mb} MiB of disk for their uploads and answers holds (SPOOL_MB); retry later"),
+    "no_answer": (504, "the worker given the request did not answer it within {answer_s:g} s, the longest an answer "
+                       "may take (QUEUE_WAIT_S + REQUEST_TIME_LIMIT_S + {answer_margin_s:g} s)"),
     "timeout": (408, "the request did not arrive within {client_timeout_s:g} s (CLIENT_TIMEOUT_S)"),
     "bad_request": (400, "the request is not valid HTTP/1.1"),
     "not_found": (404, "no such route: the API is described at /"),  # only the paths of the locations below
@@ -55,7 +57,7 @@ JSON_ERRORS = {
                                "Content-Length, or chunked"),
     "http_version": (505, "the request's HTTP version is not supported: send HTTP/1.0 or HTTP/1.1"),
 }
-# A work request gunicorn did not take (502, 504), by the upstream address nginx tried: every slot taken
+# A work request gunicorn did not take (502), by the upstream address nginx tried: every slot taken
 # (max_conns) leaves the upstream's name there; a socket no worker listens on, its own address.
 WORK_REFUSALS = {"work": "the server is busy: every request slot of its workers is taken; retry later",
                  "default": JSON_ERRORS["unavailable"][1]}
@@ -66,9 +68,9 @@ OTHER_ROUTE = "other"
 # nginx's own refusals that superres_refusals_total counts beside the workers' (docs/deployment.md), by the JSON
 # location that answers them: its reason. An upload over MAX_UPLOAD_BYTES is the workers' own reason.
 FRONT_REASONS = {"too_large": Reason.UPLOAD_TOO_LARGE.value, "body_too_large": "body_too_large",
-                 "spool_full": "spool_full", "timeout": "client_timeout"}
-# A request gunicorn did not take or did not answer (answered 503 by WORK_REFUSED or "unavailable"), by why.
-UPSTREAM_REASONS = {"slots": "request_slots_taken", "no_answer": "worker_timeout", "no_worker": "no_worker"}
+                 "spool_full": "spool_full", "no_answer": "worker_timeout", "timeout": "client_timeout"}
+# A request gunicorn did not take (answered 503 by WORK_REFUSED or "unavailable"), by why.
+UPSTREAM_REASONS = {"slots": "request_slots_taken", "no_worker": "no_worker"}
 # A client too slow is often cut off with no answer, so that no location sets its reason: its status does.
 CLIENT_TIMEOUT = 408
 # nginx sends each refusal it counts to serve.py as a syslog datagram on this socket of its runtime folder,
@@ -78,7 +80,7 @@ REFUSAL_TAG = "superres_refusal"
 # nginx's own refusals, by nginx's status, each answered by the JSON location of that name.
 FRONT_ERROR_PAGES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "timeout",
                      413: "too_large", 414: "uri_too_long", 494: "header_too_large", 501: "transfer_encoding",
-                     505: "http_version"}
+                     504: "no_answer", 505: "http_version"}
 # Refusals that can come before nginx has read a request line's URI (a TLS handshake sent to the plain port, a
 # lowercase method, a path above the root, a line too long). A named location needs that URI (nginx answers its
 # own HTML 500 instead), so these go to an internal location by path, under this prefix.
@@ -182,8 +184,11 @@ def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int)
     whose workers run ``threads`` threads each."""
     spool = spool_plan(settings, threads)
     other_body_bytes = min(settings.max_upload_bytes, BODY_BUFFER_BYTES)
+    # The most a worker may take to read a request and answer it (an image's answer comes only when it is done).
+    answer_s = settings.longest_answer_s
     facts = {"header_bytes": HEADER_BYTES, "max_upload_bytes": settings.max_upload_bytes,
              "client_timeout_s": settings.client_timeout_s, "other_body_bytes": other_body_bytes,
+             "answer_s": answer_s, "answer_margin_s": ANSWER_MARGIN_S,
              "held_requests": image_requests(spool.held_requests), "spool_mb": settings.spool_mb}
     named = "\n".join(_json_location(name, status, message.format(**facts), settings.retry_after_s)
                       for name, (status, message) in JSON_ERRORS.items())
@@ -195,8 +200,6 @@ def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int)
     other = (f"{_error_pages('unavailable', too_large='body_too_large')} client_max_body_size {other_body_bytes}; "
              f"proxy_max_temp_file_size 0; proxy_pass http://ops;")
     work_locations = "\n".join(f"        location = {route} {{ {work} }}" for route in WORK_ROUTES)
-    # An image's answer comes only when it is done.
-    upstream_s = int(settings.longest_answer_s)
     client_timeout = nginx_time(settings.client_timeout_s)
     # Started as root, nginx's workers would become "nobody" and could not open gunicorn's socket.
     user = "user root;\n" if os.geteuid() == 0 else ""
@@ -246,8 +249,10 @@ http {{
     proxy_request_buffering on;
     proxy_buffering on;
     proxy_buffers {ANSWER_BUFFERS} {ANSWER_BUFFER_BYTES};
-    proxy_read_timeout {upstream_s}s;
-    proxy_send_timeout {client_timeout};
+    # A worker whose threads are all busy takes a request's connection and reads it only when one is free: waiting
+    # on it to read is waiting on it to answer, and a 504 either way says that it did not answer within answer_s.
+    proxy_read_timeout {nginx_time(answer_s)};
+    proxy_send_timeout {nginx_time(answer_s)};
     # gunicorn's own answers, its 503s among them, pass as they are: error_page takes only nginx's own.
     proxy_intercept_errors off;
     limit_conn_zone work zone=work_requests:64k;
@@ -289,12 +294,13 @@ def _listen_address(host: str, port: int) -> str:
 
 def _error_pages(no_upstream: str, too_large: str = "too_large", busy: str | None = None) -> str:
     """The error_page lines of a server or location block: nginx's own refusals answered as JSON (a body over the
-    block's limit by the location ``too_large``, its own 503 by ``busy``), and no answer from gunicorn (502, 504) by
-    the location ``no_upstream``. A block with any error_page of its own inherits none from the server, so each
+    block's limit by the location ``too_large``, its own 503 by ``busy``, a worker's answer not within
+    proxy_read_timeout by ``no_answer``), and a request gunicorn did not take (502) by the location ``no_upstream``.
+    A block with any error_page of its own inherits none from the server, so each
     block that sets one must set them all."""
     pages = {**FRONT_ERROR_PAGES, 413: too_large, **({503: busy} if busy else {})}
     return " ".join([*(f"error_page {status} = {_error_location(name)};" for status, name in pages.items()),
-                     f"error_page 502 504 = @{no_upstream};"])
+                     f"error_page 502 = @{no_upstream};"])
 
 
 def _error_location(name: str) -> str:
@@ -309,10 +315,10 @@ def _work_refusal_map() -> str:
 
 
 def _upstream_refusal_map() -> str:
-    """The variable $upstream_refusal: why gunicorn did not take or answer a request (every slot taken leaves the
-    work upstream's name in $upstream_addr; proxy_read_timeout, 504)."""
+    """The variable $upstream_refusal: why gunicorn did not take a request (every slot taken leaves the work
+    upstream's name in $upstream_addr)."""
     return (f'map "$upstream_status $upstream_addr" $upstream_refusal {{ "~ work$" {UPSTREAM_REASONS["slots"]}; '
-            f'"~^504 " {UPSTREAM_REASONS["no_answer"]}; default {UPSTREAM_REASONS["no_worker"]}; }}')
+            f'default {UPSTREAM_REASONS["no_worker"]}; }}')
 
 
 def _refusal_reason(name: str) -> str | None:
@@ -417,14 +423,15 @@ def main() -> int:
 
 def front_series() -> list[tuple[str, int, str]]:
     """Every (route, status, reason) of nginx's own refusals: on the image routes, an upload over MAX_UPLOAD_BYTES,
-    a full spool and any answer gunicorn did not give; on the others, a body too large and no answer (their upstream
-    has no slot limit); on every route, a client too slow."""
+    a full spool and any request gunicorn did not take; on the others, a body too large and no worker (their
+    upstream has no slot limit); on every route, a worker's answer not in time and a client too slow."""
     unavailable = JSON_ERRORS["unavailable"][0]
+    late = (JSON_ERRORS["no_answer"][0], FRONT_REASONS["no_answer"])
     slow = (CLIENT_TIMEOUT, FRONT_REASONS["timeout"])
     work = [*((JSON_ERRORS[name][0], FRONT_REASONS[name]) for name in ("too_large", "spool_full")),
-            *((unavailable, reason) for reason in UPSTREAM_REASONS.values()), slow]
+            *((unavailable, reason) for reason in UPSTREAM_REASONS.values()), late, slow]
     other = [(JSON_ERRORS["body_too_large"][0], FRONT_REASONS["body_too_large"]),
-             *((unavailable, UPSTREAM_REASONS[why]) for why in ("no_answer", "no_worker")), slow]
+             (unavailable, UPSTREAM_REASONS["no_worker"]), late, slow]
     return ([(route, status, reason) for route in WORK_ROUTES for status, reason in work]
             + [(OTHER_ROUTE, status, reason) for status, reason in other])
 

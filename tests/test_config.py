@@ -70,8 +70,7 @@ def test_gunicorn_started_directly_refuses_to_start_naming_each_setting_and_its_
 def test_nginx_gets_the_client_timeout_in_whole_milliseconds(seconds, written):
     # nginx refuses a fraction of a second ("2.5s") and would not start at all.
     config = serve.nginx_config(Settings(client_timeout_s=seconds), Path("/run/s"), "/run/s/g.sock", 4)
-    for directive in ("client_header_timeout", "client_body_timeout", "send_timeout", "keepalive_timeout",
-                      "proxy_send_timeout"):
+    for directive in ("client_header_timeout", "client_body_timeout", "send_timeout", "keepalive_timeout"):
         assert f"{directive} {written};" in config
 
 

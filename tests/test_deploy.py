@@ -21,6 +21,7 @@ import pytest
 import requests
 import yaml
 
+import config
 import monitoring
 from config import (CPU_WORKER_MEMORY_BUDGET_MB, GPU_INFERENCE_SLOTS, GPU_WORKER_MEMORY_BUDGET_MB, MEBIBYTE,
                     Settings)
@@ -587,6 +588,30 @@ def test_front_counts_a_client_too_slow_and_a_request_no_slot_was_free_for(tmp_p
                                           ("/model/predict", "408", "client_timeout"): 1}), 30)
         for connection in (slow, held, first):
             connection.close()
+
+
+@pytest.mark.parametrize("body_bytes", [1, MEBIBYTE], ids=["read-never-answered", "never-read"])
+def test_front_answers_504_naming_the_wait_when_the_worker_given_a_request_does_not_answer(
+        tmp_path, monkeypatch, body_bytes):
+    """A worker that holds a request without answering it (hung, or every thread busy): nginx answers 504, naming
+    how long it waited and the settings that make it, and counts worker_timeout. It answered 503 "the server is
+    starting, restarting or stopping", untrue of a worker that took the request. A body larger than the socket's
+    buffers is never read whole (proxy_send_timeout); a small one is, and no answer comes (proxy_read_timeout)."""
+    for module in (config, serve):  # the longest answer, 1 s, rather than the margin's 30 s
+        monkeypatch.setattr(module, "ANSWER_MARGIN_S", 0)
+    settings = Settings(host="127.0.0.1", port=free_port(), queue_wait_s=0.5, request_time_limit_s=0.5)
+    upstream = tmp_path / "hung.sock"
+    with socket.socket(socket.AF_UNIX) as worker, counting_front(settings, tmp_path, upstream):
+        worker.bind(str(upstream))
+        worker.listen(8)  # connections wait in the backlog, as for a worker whose threads are all busy
+        before = front_refusals()
+        for path in ("/model/predict", "/model/metadata"):
+            response = requests.post(f"http://127.0.0.1:{settings.port}{path}", data=bytes(body_bytes), timeout=30)
+            assert response.status_code == 504 and response.headers["Content-Type"] == "application/json"
+            assert response.json()["message"] == ("the worker given the request did not answer it within 1 s, the "
+                                                  "longest an answer may take (QUEUE_WAIT_S + REQUEST_TIME_LIMIT_S + 0 s)")
+        wait_for(lambda: grew_by(before, {("/model/predict", "504", "worker_timeout"): 1,
+                                          ("other", "504", "worker_timeout"): 1}), 30)
 
 
 def test_a_refusal_outside_the_front_series_is_logged_not_counted(tmp_path, caplog):
