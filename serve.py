@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +79,14 @@ CLIENT_TIMEOUT = 408
 # "<route> <status> <reason>" after this tag.
 REFUSAL_SOCKET = "refusals.sock"
 REFUSAL_TAG = "superres_refusal"
+# A connection that sends no byte before client_header_timeout is closed with no request, so with no access log line:
+# only nginx's error log tells of it, at info, on this socket of its runtime folder. A connection idle after a whole
+# request (keep-alive) closes unlogged, and one a probe closes at once logs "client closed connection" instead.
+CONNECTION_LOG_SOCKET = "connections.sock"
+# From its start, which is nginx's own text: other lines end with a request's text, which a client writes.
+NO_REQUEST_LINE = re.compile(r" \[info\] \d+#\d+: \*\d+ client timed out \([^)]*\) while waiting for request, "
+                             r"client: ([^,]+), server: [^,]*$")
+NO_REQUEST = "no_request"
 # nginx's own refusals, by nginx's status, each answered by the JSON location of that name.
 FRONT_ERROR_PAGES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "timeout",
                      413: "too_large", 414: "uri_too_long", 494: "header_too_large", 501: "transfer_encoding",
@@ -208,6 +218,7 @@ def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int)
 daemon off;
 pid {runtime}/nginx.pid;
 error_log stderr warn;
+error_log syslog:server=unix:{runtime / CONNECTION_LOG_SOCKET},nohostname info;
 events {{ worker_connections {WORKER_CONNECTIONS}; }}
 http {{
     client_body_temp_path {runtime}/body;
@@ -405,7 +416,7 @@ def main() -> int:
         if not _wait_for(upstream, gunicorn, stop):
             code = gunicorn.wait()  # a stop may have come before gunicorn's own handlers: no error then
             return 0 if stop.requested else code or 1
-        counter = FrontRefusalCounter(runtime / REFUSAL_SOCKET)  # once gunicorn has emptied the folder
+        counter = FrontRefusalCounter(runtime)  # once gunicorn has emptied the folder
         front = stop.start(subprocess.Popen([nginx, "-e", "stderr", "-p", str(runtime), "-c",
                                              str(runtime / "nginx.conf")]), signal.SIGQUIT)
         return _supervise(gunicorn, front, stop)
@@ -424,7 +435,8 @@ def main() -> int:
 def front_series() -> list[tuple[str, int, str]]:
     """Every (route, status, reason) of nginx's own refusals: on the image routes, an upload over MAX_UPLOAD_BYTES,
     a full spool and any request gunicorn did not take; on the others, a body too large and no worker (their
-    upstream has no slot limit); on every route, a worker's answer not in time and a client too slow."""
+    upstream has no slot limit); on every route, a worker's answer not in time and a client too slow; and a
+    connection that sent no request, which has no route."""
     unavailable = JSON_ERRORS["unavailable"][0]
     late = (JSON_ERRORS["no_answer"][0], FRONT_REASONS["no_answer"])
     slow = (CLIENT_TIMEOUT, FRONT_REASONS["timeout"])
@@ -433,16 +445,18 @@ def front_series() -> list[tuple[str, int, str]]:
     other = [(JSON_ERRORS["body_too_large"][0], FRONT_REASONS["body_too_large"]),
              (unavailable, UPSTREAM_REASONS["no_worker"]), late, slow]
     return ([(route, status, reason) for route in WORK_ROUTES for status, reason in work]
-            + [(OTHER_ROUTE, status, reason) for status, reason in other])
+            + [(OTHER_ROUTE, status, reason) for status, reason in (*other, (CLIENT_TIMEOUT, NO_REQUEST))])
 
 
 class FrontRefusalCounter:
     """Counts nginx's own refusals in superres_refusals_total, as the workers count theirs, so that the alerts on it
-    see them: nginx sends each as a syslog datagram to the socket ``path`` (its syslog never blocks its event loop:
-    a datagram the socket has no room for is dropped, and nginx says so in its error log), and a thread here adds
-    it to this process's file in PROMETHEUS_MULTIPROC_DIR, which /metrics adds up with the workers'."""
+    see them: nginx sends each as a syslog datagram to REFUSAL_SOCKET in its runtime folder ``runtime``, and its
+    error log to CONNECTION_LOG_SOCKET there, where a connection that sent no request is told of (its syslog never
+    blocks its event loop: a datagram a socket has no room for is dropped, and nginx says so in its error log; the
+    error log's many lines have their own socket, so that they crowd out no refusal). A thread for each socket adds
+    what it counts to this process's file in PROMETHEUS_MULTIPROC_DIR, which /metrics adds up with the workers'."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, runtime: Path) -> None:
         # Here, not at the top: prometheus-client reads PROMETHEUS_MULTIPROC_DIR at import, and main sets it first.
         import monitoring
 
@@ -450,18 +464,43 @@ class FrontRefusalCounter:
         self._series = {(route, str(status), reason) for route, status, reason in front_series()}
         for series in self._series:
             self._counter.labels(*series)  # at 0 from the start, as the workers' series
+        self._listeners = [_DatagramListener(runtime / REFUSAL_SOCKET, self._count_refusal),
+                           _DatagramListener(runtime / CONNECTION_LOG_SOCKET, self._count_no_request)]
+
+    def _count_refusal(self, datagram: str) -> None:
+        series = tuple(datagram.partition(f"{REFUSAL_TAG}: ")[2].split())
+        if series in self._series:
+            self._counter.labels(*series).inc()
+        else:
+            log.warning("serve.py: nginx reported a refusal outside superres_refusals_total's series: %r", datagram)
+
+    def _count_no_request(self, datagram: str) -> None:
+        """Counts, and logs as nginx logs the requests it answers itself, a line of nginx's error log that tells of a
+        connection closed at CLIENT_TIMEOUT_S without a request; every other line is nginx's own business."""
+        if (idle := NO_REQUEST_LINE.search(datagram)) is None:
+            return
+        self._counter.labels(OTHER_ROUTE, str(CLIENT_TIMEOUT), NO_REQUEST).inc()
+        logging.getLogger("superres.front").info("no request", extra={
+            "status": CLIENT_TIMEOUT, "remote_addr": idle.group(1), "reason": NO_REQUEST})
+
+    def close(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+
+
+class _DatagramListener:
+    """A datagram socket bound at ``path``, each datagram's text handed to ``handle`` by a thread of its own."""
+
+    def __init__(self, path: Path, handle: Callable[[str], None]) -> None:
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._socket.bind(str(path))
-        self._thread = threading.Thread(target=self._count, name="front-refusals", daemon=True)
+        self._handle = handle
+        self._thread = threading.Thread(target=self._listen, name=f"front-{path.stem}", daemon=True)
         self._thread.start()
 
-    def _count(self) -> None:
+    def _listen(self) -> None:
         while datagram := self._socket.recv(4096):  # empty once close shuts the socket down
-            series = tuple(datagram.decode(errors="replace").partition(f"{REFUSAL_TAG}: ")[2].split())
-            if series in self._series:
-                self._counter.labels(*series).inc()
-            else:
-                log.warning("serve.py: nginx reported a refusal outside superres_refusals_total's series: %r", datagram)
+            self._handle(datagram.decode(errors="replace"))
 
     def close(self) -> None:
         self._socket.shutdown(socket.SHUT_RDWR)

@@ -3,6 +3,7 @@ the docker test's GPU run in CI, and the docs' table."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ import monitoring
 from config import (CPU_WORKER_MEMORY_BUDGET_MB, GPU_INFERENCE_SLOTS, GPU_WORKER_MEMORY_BUDGET_MB, MEBIBYTE,
                     Settings)
 from harness.live_server import free_port
-from harness.raw_http import descendants, wait_for
+from harness.raw_http import closed_by_server, descendants, wait_for
 import serve
 from scripts import settings_table
 from tests.conftest import ROOT
@@ -535,7 +536,7 @@ FRONT_SERIES = {(route, str(status), reason) for route, status, reason in serve.
 def counting_front(settings: Settings, runtime: Path, upstream: Path | None = None,
                    threads: int = 4) -> Iterator[subprocess.Popen]:
     """front_alone, with serve.py's counter of its refusals listening as under serve.py."""
-    counter = serve.FrontRefusalCounter(runtime / serve.REFUSAL_SOCKET)
+    counter = serve.FrontRefusalCounter(runtime)
     try:
         with front_alone(settings, runtime, upstream, threads) as front:
             yield front
@@ -614,9 +615,35 @@ def test_front_answers_504_naming_the_wait_when_the_worker_given_a_request_does_
                                           ("other", "504", "worker_timeout"): 1}), 30)
 
 
+def test_front_counts_a_connection_that_sends_nothing_but_not_one_idle_after_its_request_nor_a_probe(tmp_path, caplog):
+    """A connection that sends no byte before CLIENT_TIMEOUT_S has no request, so no access log line: it went
+    uncounted and unlogged. It counts as no_request (from nginx's error log); a connection left open after a whole
+    request (keep-alive) and one a TCP probe closes at once are no refusals. An unfinished header is client_timeout."""
+    caplog.set_level(logging.INFO, logger="superres.front")
+    settings = Settings(host="127.0.0.1", port=free_port(), client_timeout_s=0.5)
+    upstream = tmp_path / "worker.sock"
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"  # keep-alive, as gunicorn's
+    with stub_worker(upstream, answer), counting_front(settings, tmp_path, upstream):
+        before = front_refusals()
+        socket.create_connection(("127.0.0.1", settings.port), timeout=30).close()  # a TCP probe
+        with socket.create_connection(("127.0.0.1", settings.port), timeout=30) as kept_alive:
+            kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_answer(kept_alive)[0] == 200
+            wait_for(lambda: closed_by_server(kept_alive), 30)
+        # Each after the other: nginx's lines come in order, so that any for the two above would be counted first.
+        with (socket.create_connection(("127.0.0.1", settings.port), timeout=30) as silent,
+              socket.create_connection(("127.0.0.1", settings.port), timeout=30) as unfinished):
+            unfinished.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            wait_for(lambda: closed_by_server(silent) and closed_by_server(unfinished), 30)
+        wait_for(lambda: grew_by(before, {("other", "408", "no_request"): 1, ("other", "408", "client_timeout"): 1}), 30)
+    logged = [(record.status, record.reason, record.remote_addr) for record in caplog.records
+              if record.name == "superres.front"]
+    assert logged == [(408, "no_request", "127.0.0.1")]
+
+
 def test_a_refusal_outside_the_front_series_is_logged_not_counted(tmp_path, caplog):
     """Only the fixed series are counted: a datagram naming another (a configuration out of step) adds none."""
-    counter = serve.FrontRefusalCounter(tmp_path / serve.REFUSAL_SOCKET)
+    counter = serve.FrontRefusalCounter(tmp_path)
     before = front_refusals()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as nginx:
