@@ -42,7 +42,9 @@ log = logging.getLogger("superres.serve")
 # The answer nginx gives itself for its own refusals, as every route of the app answers: {"message": ...}.
 JSON_ERRORS = {
     "unavailable": (503, "the server is starting, restarting or stopping; retry later"),
-    "header_too_large": (431, "the request's headers are too large: the limit is {header_bytes} bytes a line"),
+    "header_too_large": (431, "the request's headers are too large: the limit is {header_bytes} bytes a line, and "
+                              "{header_buffers} buffers of {header_bytes} bytes, each holding whole lines, for the "
+                              "request line and headers together"),
     "uri_too_long": (414, "the request line is too long: the limit is {header_bytes} bytes"),
     "too_large": (413, "the upload is too large: the limit is {max_upload_bytes} bytes (MAX_UPLOAD_BYTES)"),
     "body_too_large": (413, "the request's body is too large for this route: the limit is {other_body_bytes} bytes "
@@ -111,8 +113,9 @@ print(choice.backend, choice.device)
 # What gunicorn's master means by its exit codes (gunicorn.arbiter.Arbiter), for serve.py's line when it exits.
 GUNICORN_EXITS = {Arbiter.WORKER_BOOT_ERROR: " (a worker failed to boot; the lines before say why)",
                   Arbiter.APP_LOAD_ERROR: " (the app failed to load; the lines before say why)"}
-# Longest request line and header line nginx takes (large_client_header_buffers).
-HEADER_BYTES = 8192
+# Longest request line and header line nginx takes, and how many such buffers hold a request's line and headers
+# together, each holding whole lines (large_client_header_buffers): past either, 431.
+HEADER_BYTES, HEADER_BUFFERS = 8192, 4
 # Connections nginx's one worker process holds, clients' and gunicorn's together (worker_connections).
 WORKER_CONNECTIONS = 4096
 # A request body up to this size stays in nginx's memory (client_body_buffer_size); a larger one goes whole to disk.
@@ -196,7 +199,8 @@ def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int)
     other_body_bytes = min(settings.max_upload_bytes, BODY_BUFFER_BYTES)
     # The most a worker may take to read a request and answer it (an image's answer comes only when it is done).
     answer_s = settings.longest_answer_s
-    facts = {"header_bytes": HEADER_BYTES, "max_upload_bytes": settings.max_upload_bytes,
+    facts = {"header_bytes": HEADER_BYTES, "header_buffers": HEADER_BUFFERS,
+             "max_upload_bytes": settings.max_upload_bytes,
              "client_timeout_s": settings.client_timeout_s, "other_body_bytes": other_body_bytes,
              "answer_s": answer_s, "answer_margin_s": ANSWER_MARGIN_S,
              "held_requests": image_requests(spool.held_requests), "spool_mb": settings.spool_mb}
@@ -256,7 +260,7 @@ http {{
     reset_timedout_connection on;
     client_max_body_size {settings.max_upload_bytes};
     client_body_buffer_size {BODY_BUFFER_BYTES};
-    large_client_header_buffers 4 {HEADER_BYTES};
+    large_client_header_buffers {HEADER_BUFFERS} {HEADER_BYTES};
     proxy_request_buffering on;
     proxy_buffering on;
     proxy_buffers {ANSWER_BUFFERS} {ANSWER_BUFFER_BYTES};

@@ -494,6 +494,20 @@ def test_front_answers_requests_it_cannot_read_with_json_naming_the_problem(fron
     assert json.loads(body) == {"message": serve.JSON_ERRORS[name][1].format(header_bytes=serve.HEADER_BYTES)}
 
 
+@pytest.mark.parametrize("headers", [
+    b"X-Long: " + b"a" * serve.HEADER_BYTES + b"\r\n",
+    b"".join(b"X-Short-%d: %s\r\n" % (number, b"a" * 1000) for number in range(40)),  # 1 kB each, 40 kB in all
+], ids=["one-line-too-long", "short-lines-too-many"])
+def test_front_answers_headers_too_large_naming_both_limits(front, headers):
+    """nginx refuses a header line over 8192 bytes, and headers over its 4 buffers of 8192 bytes together; the
+    answer named only the first, untrue of short lines too many."""
+    head, body = raw_answer(front, b"GET /health HTTP/1.1\r\n" + headers + CLOSE)
+    assert head.startswith(b"HTTP/1.1 431 ") and b"Content-Type: application/json" in head
+    assert json.loads(body) == {"message": "the request's headers are too large: the limit is 8192 bytes a line, and 4 "
+                                           "buffers of 8192 bytes, each holding whole lines, for the request line and "
+                                           "headers together"}
+
+
 @pytest.mark.parametrize("path", ["/model/predict", "/app/upscale", "/health"])
 def test_front_answers_503_with_retry_after_when_gunicorn_does_not_answer(front, path):
     response = requests.post(front + path, files={"image": ("small.png", b"x")}, timeout=30)
