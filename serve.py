@@ -53,7 +53,6 @@ JSON_ERRORS = {
                         "{spool_mb} MiB of disk for their uploads and answers holds (SPOOL_MB); retry later"),
     "no_answer": (504, "the worker given the request did not answer it within {answer_s:g} s, the longest an answer "
                        "may take (QUEUE_WAIT_S + REQUEST_TIME_LIMIT_S + {answer_margin_s:g} s)"),
-    "timeout": (408, "the request did not arrive within {client_timeout_s:g} s (CLIENT_TIMEOUT_S)"),
     "bad_request": (400, "the request is not valid HTTP/1.1"),
     "not_found": (404, "no such route: the API is described at /"),  # only the paths of the locations below
     "method_not_allowed": (405, "TRACE is not allowed: the routes take GET, HEAD, POST and OPTIONS"),
@@ -72,11 +71,13 @@ OTHER_ROUTE = "other"
 # nginx's own refusals that superres_refusals_total counts beside the workers' (docs/deployment.md), by the JSON
 # location that answers them: its reason. An upload over MAX_UPLOAD_BYTES is the workers' own reason.
 FRONT_REASONS = {"too_large": Reason.UPLOAD_TOO_LARGE.value, "body_too_large": "body_too_large",
-                 "spool_full": "spool_full", "no_answer": "worker_timeout", "timeout": "client_timeout"}
+                 "spool_full": "spool_full", "no_answer": "worker_timeout"}
 # A request gunicorn did not take (answered 503 by WORK_REFUSED or "unavailable"), by why.
 UPSTREAM_REASONS = {"slots": "request_slots_taken", "no_worker": "no_worker"}
-# A client too slow is often cut off with no answer, so that no location sets its reason: its status does.
-CLIENT_TIMEOUT = 408
+# A client too slow (its headers, or a pause in its body, past CLIENT_TIMEOUT_S) is cut off with no answer: nginx
+# ends such a request with 408 and sends nothing, whatever error_page says, so no location sets its reason: its
+# status does.
+CLIENT_TIMEOUT, CLIENT_TIMEOUT_REASON = 408, "client_timeout"
 # nginx sends each refusal it counts to serve.py as a syslog datagram on this socket of its runtime folder,
 # "<route> <status> <reason>" after this tag.
 REFUSAL_SOCKET = "refusals.sock"
@@ -90,7 +91,7 @@ NO_REQUEST_LINE = re.compile(r" \[info\] \d+#\d+: \*\d+ client timed out \([^)]*
                              r"client: ([^,]+), server: [^,]*$")
 NO_REQUEST = "no_request"
 # nginx's own refusals, by nginx's status, each answered by the JSON location of that name.
-FRONT_ERROR_PAGES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "timeout",
+FRONT_ERROR_PAGES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                      413: "too_large", 414: "uri_too_long", 494: "header_too_large", 501: "transfer_encoding",
                      504: "no_answer", 505: "http_version"}
 # Refusals that can come before nginx has read a request line's URI (a TLS handshake sent to the plain port, a
@@ -240,7 +241,7 @@ http {{
     log_format refusal '$refusal_route $status $refusal_reason';
     # Each JSON location of a counted refusal sets $front_refusal; the other requests leave it unset.
     uninitialized_variable_warn off;
-    map $status $status_refusal {{ {CLIENT_TIMEOUT} {FRONT_REASONS["timeout"]}; default ""; }}
+    map $status $status_refusal {{ {CLIENT_TIMEOUT} {CLIENT_TIMEOUT_REASON}; default ""; }}
     map $front_refusal $refusal_reason {{ "" $status_refusal; default $front_refusal; }}
     map $uri $refusal_route {{ {" ".join(f"{route} {route};" for route in WORK_ROUTES)} default {OTHER_ROUTE}; }}
     {_upstream_refusal_map()}
@@ -443,7 +444,7 @@ def front_series() -> list[tuple[str, int, str]]:
     connection that sent no request, which has no route."""
     unavailable = JSON_ERRORS["unavailable"][0]
     late = (JSON_ERRORS["no_answer"][0], FRONT_REASONS["no_answer"])
-    slow = (CLIENT_TIMEOUT, FRONT_REASONS["timeout"])
+    slow = (CLIENT_TIMEOUT, CLIENT_TIMEOUT_REASON)
     work = [*((JSON_ERRORS[name][0], FRONT_REASONS[name]) for name in ("too_large", "spool_full")),
             *((unavailable, reason) for reason in UPSTREAM_REASONS.values()), late, slow]
     other = [(JSON_ERRORS["body_too_large"][0], FRONT_REASONS["body_too_large"]),
