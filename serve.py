@@ -202,7 +202,7 @@ def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int)
     answer_s = settings.longest_answer_s
     facts = {"header_bytes": HEADER_BYTES, "header_buffers": HEADER_BUFFERS,
              "max_upload_bytes": settings.max_upload_bytes,
-             "client_timeout_s": settings.client_timeout_s, "other_body_bytes": other_body_bytes,
+             "other_body_bytes": other_body_bytes,
              "answer_s": answer_s, "answer_margin_s": ANSWER_MARGIN_S,
              "held_requests": image_requests(spool.held_requests), "spool_mb": settings.spool_mb}
     named = "\n".join(_json_location(name, status, message.format(**facts), settings.retry_after_s)
@@ -310,10 +310,9 @@ def _listen_address(host: str, port: int) -> str:
 
 def _error_pages(no_upstream: str, too_large: str = "too_large", busy: str | None = None) -> str:
     """The error_page lines of a server or location block: nginx's own refusals answered as JSON (a body over the
-    block's limit by the location ``too_large``, its own 503 by ``busy``, a worker's answer not within
-    proxy_read_timeout by ``no_answer``), and a request gunicorn did not take (502) by the location ``no_upstream``.
-    A block with any error_page of its own inherits none from the server, so each
-    block that sets one must set them all."""
+    block's limit by the location ``too_large``, its own 503 by ``busy``, a worker that did not answer in time by
+    the location no_answer), and a request gunicorn did not take (502) by the location ``no_upstream``. A block with
+    any error_page of its own inherits none from the server, so each block that sets one must set them all."""
     pages = {**FRONT_ERROR_PAGES, 413: too_large, **({503: busy} if busy else {})}
     return " ".join([*(f"error_page {status} = {_error_location(name)};" for status, name in pages.items()),
                      f"error_page 502 = @{no_upstream};"])
