@@ -55,7 +55,8 @@ JSON_ERRORS = {
                        "may take (QUEUE_WAIT_S + REQUEST_TIME_LIMIT_S + {answer_margin_s:g} s)"),
     "bad_request": (400, "the request is not valid HTTP/1.1"),
     "not_found": (404, "no such route: the API is described at /"),  # only the paths of the locations below
-    "method_not_allowed": (405, "TRACE is not allowed: the routes take GET, HEAD, POST and OPTIONS"),
+    # nginx refuses these two methods itself (any other reaches the app, which answers its own 405).
+    "method_not_allowed": (405, "TRACE and CONNECT are not allowed: the routes take GET, HEAD, POST and OPTIONS"),
     "transfer_encoding": (501, "the request's Transfer-Encoding is not supported: send the body as it is, with a "
                                "Content-Length, or chunked"),
     "http_version": (505, "the request's HTTP version is not supported: send HTTP/1.0 or HTTP/1.1"),

@@ -494,6 +494,15 @@ def test_front_answers_requests_it_cannot_read_with_json_naming_the_problem(fron
     assert json.loads(body) == {"message": serve.JSON_ERRORS[name][1].format(header_bytes=serve.HEADER_BYTES)}
 
 
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT"])
+def test_front_refuses_the_methods_it_refuses_itself_naming_them(front, method):
+    """nginx answers 405 to CONNECT as to TRACE; the answer said "TRACE is not allowed" to both."""
+    head, body = raw_answer(front, f"{method} /health HTTP/1.1\r\n".encode() + CLOSE)
+    assert head.startswith(b"HTTP/1.1 405 ") and b"Content-Type: application/json" in head
+    assert json.loads(body) == {"message": "TRACE and CONNECT are not allowed: the routes take GET, HEAD, POST and "
+                                           "OPTIONS"}
+
+
 @pytest.mark.parametrize("headers", [
     b"X-Long: " + b"a" * serve.HEADER_BYTES + b"\r\n",
     b"".join(b"X-Short-%d: %s\r\n" % (number, b"a" * 1000) for number in range(40)),  # 1 kB each, 40 kB in all
