@@ -53,7 +53,7 @@ JSON_ERRORS = {
                         "{spool_mb} MiB of disk for their uploads and answers holds (SPOOL_MB); retry later"),
     "no_answer": (504, "the worker given the request did not answer it within {answer_s:g} s, the longest an answer "
                        "may take (QUEUE_WAIT_S + REQUEST_TIME_LIMIT_S + {answer_margin_s:g} s)"),
-    "bad_request": (400, "the request is not valid HTTP/1.1"),
+    "bad_request": (400, "the request is not valid HTTP/1.0 or HTTP/1.1, or its path leads above the root"),
     "not_found": (404, "no such route: the API is described at /"),  # only the paths of the locations below
     # nginx refuses these two methods itself (any other reaches the app, which answers its own 405).
     "method_not_allowed": (405, "TRACE and CONNECT are not allowed: the routes take GET, HEAD, POST and OPTIONS"),

@@ -467,7 +467,7 @@ def test_front_refuses_a_broken_chunked_body_with_json_on_every_route(front, pat
     head, body = raw_answer(front, f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
                                    "Connection: close\r\n\r\nzz\r\nabc\r\n".encode())
     assert head.startswith(b"HTTP/1.1 400 ") and b"Content-Type: application/json" in head
-    assert body == b'{"message": "the request is not valid HTTP/1.1"}\n'
+    assert body == b'{"message": "the request is not valid HTTP/1.0 or HTTP/1.1, or its path leads above the root"}\n'
 
 
 CLOSE = b"Host: x\r\nConnection: close\r\n\r\n"
@@ -492,6 +492,16 @@ def test_front_answers_requests_it_cannot_read_with_json_naming_the_problem(fron
     head, body = raw_answer(front, request_bytes)
     assert head.startswith(f"HTTP/1.1 {status} ".encode()) and b"Content-Type: application/json" in head
     assert json.loads(body) == {"message": serve.JSON_ERRORS[name][1].format(header_bytes=serve.HEADER_BYTES)}
+
+
+@pytest.mark.parametrize("request_line", [b"GET /app/../../etc/passwd HTTP/1.0", b"GET /app/../../etc/passwd HTTP/1.1"])
+def test_front_refuses_a_path_above_the_root_saying_so(front, request_line):
+    """A path above the root is well-formed HTTP that nginx refuses with 400: the answer said "the request is not
+    valid HTTP/1.1", untrue of it, and of any HTTP/1.0 request."""
+    head, body = raw_answer(front, request_line + b"\r\n" + CLOSE)
+    assert head.startswith(b"HTTP/1.1 400 ") and b"Content-Type: application/json" in head
+    assert json.loads(body) == {"message": "the request is not valid HTTP/1.0 or HTTP/1.1, or its path leads above "
+                                           "the root"}
 
 
 @pytest.mark.parametrize("method", ["TRACE", "CONNECT"])
