@@ -48,8 +48,9 @@ DEVICE_MEMORY = Gauge("superres_device_memory_bytes", "GPU memory the networks o
                       "where the process's own memory counts).", multiprocess_mode="livesum")
 DEVICE_BUSY = Counter("superres_device_busy_seconds", "Seconds the device ran networks: a GPU's busy time "
                       "(its rate over a window of time is the GPU's utilisation by the service).")
-DEVICE_OUT_OF_MEMORY = Counter("superres_device_out_of_memory", "Calls of the network the GPU had no memory for: each "
-                               "ran again with fewer windows a call or smaller tiles, or ended its request with a 503.")
+DEVICE_OUT_OF_MEMORY = Counter("superres_device_out_of_memory", "Calls of the network the GPU had no memory for, or "
+                               "whose f32 rerun the GPU memory budget had no room for: each ran again with fewer "
+                               "windows a call or smaller tiles, or ended its request with a 503.")
 # The worker's totals (Service.device_usage) as of the last /metrics: each counter grows by what was added since.
 _seen = {"busy_seconds": 0.0, "out_of_memory": 0.0}
 _seen_lock = threading.Lock()

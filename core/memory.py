@@ -81,6 +81,9 @@ STATISTICS_WINDOW = 256
 # tiles would spend more on their margins (up to 32 px a side) than on their centres, and smaller windows of a whole
 # image's averages more on the border their runner adds (Real-CUGAN's 14 to 19 px a side).
 MIN_RETRY_TILE = 64
+# A 16-bit window's output, RGB at 2 bytes a channel, per output pixel: the windows of a call keep theirs on the GPU
+# while those that overflowed run again in f32 (core/backends/pytorch.py).
+HALF_OUTPUT_BYTES_PER_OUTPUT_PIXEL = 6
 
 
 def rss_bytes() -> int:
@@ -217,13 +220,35 @@ def mib_up(size: int) -> int:
     return -(-size // MEBIBYTE)
 
 
+def tile_window_side(tile: int, margin: int) -> int:
+    """The largest side of a window of ``tile``: the tile and its margins rounded up to the tiler's quantum (the
+    tiler keeps every window within it, core/tiling.py)."""
+    return -(-(tile + 2 * margin) // WINDOW_QUANTUM) * WINDOW_QUANTUM
+
+
 def smallest_window_bytes(bytes_per_window_pixel: int, margin: int, batch: int = 1,
                           border: Border | None = None) -> int:
     """The memory of a batch of the smallest tile's windows, as the network runs them (with its ``border``): below
     it, the budget holds no tile at all. The windows the budget sizes are multiples of the tiler's quantum
     (``largest_window``), so the smallest is MIN_TILE and its margins rounded up to one."""
-    side = -(-(MIN_TILE + 2 * margin) // WINDOW_QUANTUM) * WINDOW_QUANTUM
+    side = tile_window_side(MIN_TILE, margin)
     return run_pixels(side, side, border) * bytes_per_window_pixel * batch
+
+
+def rerun_bytes(f32_copy_bytes: int, f32_bytes_per_window_pixel: int, run_pixels: int, reruns: int,
+                held_bytes: int) -> int:
+    """The GPU memory of a 16-bit call's f32 rerun (core/backends/pytorch.py): the f32 copy of the module's weights,
+    placed for it, the ``reruns`` windows of ``run_pixels`` each that overflowed, run in f32, and the ``held_bytes``
+    of the call's 16-bit outputs, kept meanwhile. The 16-bit window the tile was sized for is gone by then, its
+    output apart."""
+    return f32_copy_bytes + run_pixels * f32_bytes_per_window_pixel * reruns + held_bytes
+
+
+def smallest_rerun_bytes(f32_copy_bytes: int, f32_bytes_per_window_pixel: int, run_pixels: int, scale: int) -> int:
+    """The f32 rerun of one window of ``run_pixels`` as the network runs it, with its 16-bit output of ``scale``
+    times its sides (``rerun_bytes``)."""
+    held = run_pixels * scale * scale * HALF_OUTPUT_BYTES_PER_OUTPUT_PIXEL
+    return rerun_bytes(f32_copy_bytes, f32_bytes_per_window_pixel, run_pixels, 1, held)
 
 
 def averages_window(available_bytes: int, bytes_per_window_pixel: int, border: Border | None = None) -> int:

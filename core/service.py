@@ -13,7 +13,7 @@ from core.admission import InferenceSlot
 from core.errors import DeviceFailed
 from core.geometry import OutputPlan, enlargement, plan_output
 from core.models.registry import ModelRegistry
-from core.models.runtime import Network
+from core.models.runtime import Network, f32_copy_bytes
 from core.options import OptionContext, UpscaleOptions, runs_model
 from core.pipeline import Progress, Result
 from core.plan import Pass, Plan, check_sizes, network_reach, plan_pass
@@ -105,7 +105,8 @@ class Service:
 
     def load(self, on_loaded: Callable[[str, float], None] | None = None) -> None:
         """Load every model, then take out of service those whose smallest window the GPU budget has no room for
-        beside the loaded models; ``on_loaded`` hears of the others, once that is known."""
+        beside the loaded models, and hold the others' f32 reruns to it; ``on_loaded`` hears of the others, once
+        that is known."""
         loaded: list[tuple[str, float]] = []
         self.registry.load_all(lambda name, seconds: loaded.append((name, seconds)))
         # A model's warm-up can meet the device's failure.
@@ -115,15 +116,17 @@ class Service:
         for name, reason in short.items():
             log.error("model %s cannot serve: %s", name, reason)
             self.registry.fail(name, reason)
+        self.plan_reruns()
         for name, seconds in loaded:
             if on_loaded is not None and name not in short:
                 on_loaded(name, seconds)
 
     def short_of_device_memory(self) -> dict[str, str]:
-        """Each ready model whose smallest tile's window, or smallest window of a whole image's averages where it
-        has them, does not fit what GPU_MEMORY_BUDGET_MB leaves beside the loaded models, with the reason: it would
-        refuse every image, so /ready says so from the start instead. None on the CPU, whose memory budget is
-        checked per image."""
+        """Each ready model whose smallest tile's window, smallest window of a whole image's averages where it
+        has them, or smallest f32 rerun where it runs in 16 bits (``smallest_rerun_bytes``), does not fit what
+        GPU_MEMORY_BUDGET_MB leaves beside the loaded models, with the reason: it would refuse every image (or every
+        image one of whose windows overflows 16 bits), so /ready says so from the start instead. None on the CPU,
+        whose memory budget is checked per image."""
         if self.registry.choice.device != "cuda":
             return {}
         budget, resident = self.device_budget(), self.registry.device_resident
@@ -137,11 +140,39 @@ class Service:
                                                   network.border)
             if network.measure is not None:  # measured alone, before the tiles
                 window = max(window, memory.smallest_averages_window_bytes(bytes_per_pixel, network.border))
-            if resident + window > budget:
+            rerun = self.smallest_rerun_bytes(network)
+            if resident + max(window, rerun) > budget:
+                what = "window" if window >= rerun else "window's f32 rerun (its 16-bit output not finite)"
                 short[name] = (f"GPU_MEMORY_BUDGET_MB={budget // memory.MEBIBYTE} leaves no room for its smallest "
-                               f"window ({memory.mib_up(window)} MiB) beside the {resident // memory.MEBIBYTE} "
-                               f"MiB the loaded models hold on the GPU")
+                               f"{what} ({memory.mib_up(max(window, rerun))} MiB) beside the "
+                               f"{resident // memory.MEBIBYTE} MiB the loaded models hold on the GPU")
         return short
+
+    def smallest_rerun_bytes(self, network: Network) -> int:
+        """The GPU memory of the f32 rerun of one window of the smallest tile the retries go down to (MIN_RETRY_TILE;
+        a tile planned smaller runs no larger windows), and of one smallest window of a whole image's averages:
+        a rerun past the budget's room is retried in smaller windows down to those, then refused with a 503 (0 for
+        a network that runs no rerun, in f32)."""
+        f32 = self.registry.cards[network.name].window_bytes_per_pixel("f32", "cuda")
+        tiles = averages = 0
+        if copy := f32_copy_bytes(network.run):
+            side = memory.tile_window_side(memory.MIN_RETRY_TILE, network.margin)
+            tiles = memory.smallest_rerun_bytes(copy, f32, memory.run_pixels(side, side, network.border), network.scale)
+        if copy := f32_copy_bytes(network.measure):  # its outputs, the averages, take a few bytes
+            side = memory.MIN_RETRY_TILE
+            averages = memory.rerun_bytes(copy, f32, memory.run_pixels(side, side, network.border), 1, 0)
+        return max(tiles, averages)
+
+    def plan_reruns(self) -> None:
+        """On a GPU, hold each ready network's f32 reruns to what GPU_MEMORY_BUDGET_MB leaves beside the loaded
+        models, as its tiles are (``Network.plan_rerun``)."""
+        if self.registry.choice.device != "cuda":
+            return
+        room = self.device_budget() - self.registry.device_resident
+        for name in self.registry.names:
+            f32 = self.registry.cards[name].window_bytes_per_pixel("f32", "cuda")
+            for network in self.registry.networks(name):
+                network.plan_rerun(room, f32)
 
     @property
     def option_context(self) -> OptionContext:

@@ -3,7 +3,9 @@ the packaged weights, on CUDA in the precision measured for each model, or on th
 
 A GPU runs 16-bit floats at several times its f32 rate, but fp16 overflows where a network's activations
 grow large (Real-ESRGAN's black fp16 images): a window whose output is not finite is run again in f32,
-and the log says so.
+and the log says so. On a GPU that rerun is held to the memory budget (``plan_rerun``): one that would take more
+than GPU_MEMORY_BUDGET_MB leaves beside the loaded models raises ``OutOfDeviceMemory`` before it places anything,
+as a window the GPU has no memory for does, and the pipeline retries in smaller windows.
 
 A device runs one window at a time (its lock): requests in flight together (INFERENCE_SLOTS) overlap
 their decoding and encoding on the host with another's network, not two networks. A window the GPU has
@@ -15,6 +17,7 @@ where it failed while the models loaded (core/service.py).
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import threading
 import time
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from core import memory
 from core.backends import Batch, Choice, cpu_name
 from core.errors import DeviceFailed, OutOfDeviceMemory
 from core.memory import MEBIBYTE, PINNED_COPY_MAX_BYTES
@@ -79,6 +83,18 @@ class TorchRunner:
         # The f32 module on the CPU stays the source of the f32 rerun of a window that overflowed.
         self._source = module
         self._module = _placed(module, self.device, arithmetic)
+        # The f32 copy's weights, which a rerun places beside the 16-bit module's; none in f32, which reruns nothing.
+        self.f32_copy_bytes = 0 if arithmetic == "f32" else _f32_bytes(module)
+        # GPU memory an f32 rerun may take, and its windows' f32 bytes per pixel (``plan_rerun``); None: unplanned
+        # (on the CPU no device budget holds it).
+        self._rerun_room: int | None = None
+        self._f32_bytes_per_window_pixel = 0
+
+    def plan_rerun(self, room: int, f32_bytes_per_window_pixel: int) -> None:
+        """Hold each f32 rerun to ``room`` bytes of the device (what GPU_MEMORY_BUDGET_MB leaves beside the loaded
+        models), its windows counted at ``f32_bytes_per_window_pixel``: the tile was sized for the 16-bit window,
+        whose f32 rerun takes up to 2.7 times as much (bench.gpu's figures), with the f32 copy's weights."""
+        self._rerun_room, self._f32_bytes_per_window_pixel = room, f32_bytes_per_window_pixel
 
     def __call__(self, batch: Batch) -> Batch:
         """The output for a batch (a list of arrays for a graph of several inputs); a list for several outputs."""
@@ -130,12 +146,29 @@ class TorchRunner:
         log.warning("model %s: a %s window gave values that are not finite; running it again in f32",
                     self.name, self.precision)
         again = torch.nonzero(~finite).flatten().cpu().numpy()
+        self._check_rerun_room(arrays[0].shape, len(again), outputs)
         rerun = _tensors(self._run(self._f32_module(), [array[again] for array in arrays], torch.float32))
         # In f32, which holds what overflowed 16 bits; the copy back converts every output to f32 anyway.
         merged = [tensor.to(torch.float32) for tensor in outputs]
         for tensor, redone in zip(merged, rerun):
             tensor[torch.from_numpy(again).to(tensor.device)] = redone
         return merged[0] if isinstance(result, torch.Tensor) else merged
+
+    def _check_rerun_room(self, shape: tuple[int, ...], reruns: int, outputs: list[torch.Tensor]) -> None:
+        """``OutOfDeviceMemory`` where the f32 rerun of ``reruns`` windows of ``shape``'s pixels (as the network runs
+        them), beside the call's 16-bit ``outputs``, needs more than the planned room: before the f32 copy is placed,
+        so that the budget is not passed, and the pipeline's retry runs smaller windows (or fewer a call)."""
+        if self._rerun_room is None:
+            return
+        held = sum(tensor.numel() * tensor.element_size() for tensor in outputs)
+        need = memory.rerun_bytes(self.f32_copy_bytes, self._f32_bytes_per_window_pixel, shape[1] * shape[2], reruns,
+                                  held)
+        if need > self._rerun_room:
+            raise OutOfDeviceMemory(
+                f"the GPU has no room for the f32 rerun of {reruns} {self.precision} window{'s' * (reruns > 1)} of "
+                f"{shape[2]}x{shape[1]} pixels whose output was not finite on model {self.name}: it needs "
+                f"{memory.mib_up(need)} MiB, and GPU_MEMORY_BUDGET_MB leaves {self._rerun_room // MEBIBYTE} MiB "
+                f"beside the loaded models")
 
     @property
     def module(self) -> torch.nn.Module:
@@ -150,6 +183,11 @@ class TorchRunner:
     def _out_of_memory(self, shape: tuple[int, ...]) -> Iterator[None]:
         try:
             yield
+        except OutOfDeviceMemory as error:  # an f32 rerun past the planned room, refused before it ran
+            traceback.clear_frames(error.__traceback__)  # the call's 16-bit outputs, as below
+            DEVICE_LOCKS[self.device.type].out_of_memory += 1
+            log.warning("model %s: %s", self.name, error.message)
+            raise
         except RuntimeError as error:
             if not is_out_of_memory(error):
                 raise
@@ -207,7 +245,7 @@ class TorchRunner:
     def _f32_module(self) -> torch.nn.Module:
         """The module in f32 for one rerun, placed anew each time: kept, its weights would stay on the GPU
         beside the ones the memory budget counts (ModelRegistry.device_resident); reruns are rare, and the copy
-        takes milliseconds."""
+        takes milliseconds. Its weights count in the rerun's room instead (``f32_copy_bytes``)."""
         return self._module if self.precision == "f32" else _placed(self._source, self.device, "f32")
 
 
@@ -251,6 +289,12 @@ def _placed(module: torch.nn.Module, device: torch.device, arithmetic: str) -> t
         return module
     placed = copy.deepcopy(module).to(device=device, dtype=DTYPES[arithmetic])
     return placed.to(memory_format=torch.channels_last) if device.type == "cuda" else placed
+
+
+def _f32_bytes(module: torch.nn.Module) -> int:
+    """The bytes of ``module``'s parameters and buffers in an f32 copy (``_placed``: floats become f32)."""
+    return sum(tensor.numel() * (4 if tensor.is_floating_point() else tensor.element_size())
+               for tensor in itertools.chain(module.parameters(), module.buffers()))
 
 
 def _nhwc_f32(tensor: torch.Tensor) -> torch.Tensor:

@@ -131,6 +131,11 @@ class ModelRegistry:
             raise NotReady(f"model {name!r} is not ready ({state})")
         return networks[choose(name, networks, scale, denoise)]
 
+    def networks(self, name: str) -> tuple[Network, ...]:
+        """Every network of model ``name`` once it is ready (each scale and denoise level); none before."""
+        with self._lock:
+            return tuple(self._networks.get(name, {}).values())
+
     def fail(self, name: str, reason: str) -> None:
         """Take a loaded model out of service, for a reason found once every model is loaded (core/service.py)."""
         with self._lock:

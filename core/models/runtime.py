@@ -44,6 +44,13 @@ class Network:
         _release(self.run)
         _release(self.measure)
 
+    def plan_rerun(self, room: int, f32_bytes_per_window_pixel: int) -> None:
+        """Hold the f32 reruns of the backend's 16-bit windows (the PyTorch runner's, on a GPU) to ``room`` bytes of
+        the device, their windows counted at ``f32_bytes_per_window_pixel``; a backend that reruns nothing ignores
+        it."""
+        for function in (self.run, self.measure):
+            plan_rerun(function, room, f32_bytes_per_window_pixel)
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, h, w, 3) RGB in [0, 1] -> (N, scale * h, scale * w, 3) RGB in [0, 1], each image on its own."""
         averages = [] if self.measure is None else self._measure_windows(batch)
@@ -110,6 +117,19 @@ def _clipped(result: np.ndarray) -> np.ndarray:
 def _repeated(averages: list[np.ndarray], count: int) -> list[np.ndarray]:
     """The whole image's averages, once for each window of a batch."""
     return [np.repeat(average, count, axis=0) for average in averages]
+
+
+def f32_copy_bytes(function: Predict | None) -> int:
+    """The weights of the f32 copy that ``function`` (a network's ``run`` or ``measure``) places to run an
+    overflowed 16-bit window again; 0 where it reruns nothing."""
+    return getattr(function, "f32_copy_bytes", 0)
+
+
+def plan_rerun(function: Predict | None, room: int, f32_bytes_per_window_pixel: int) -> None:
+    """``Network.plan_rerun`` for one of its functions: those of a backend that reruns nothing ignore it."""
+    plan = getattr(function, "plan_rerun", None)
+    if plan is not None:
+        plan(room, f32_bytes_per_window_pixel)
 
 
 def _release(function: Predict | None) -> None:

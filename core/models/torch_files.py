@@ -44,6 +44,7 @@ from core.backends.pytorch import DTYPES, TorchRunner
 from core.metrics import psnr
 from core.models import precision
 from core.models.border import Border
+from core.models.runtime import f32_copy_bytes, plan_rerun
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,13 @@ class SizeFit:
 
     def release_memory(self) -> None:
         self.runner.release_memory()
+
+    @property
+    def f32_copy_bytes(self) -> int:
+        return f32_copy_bytes(self.runner)
+
+    def plan_rerun(self, room: int, f32_bytes_per_window_pixel: int) -> None:
+        plan_rerun(self.runner, room, f32_bytes_per_window_pixel)
 
 
 def fit(batch: np.ndarray, requirements: SizeRequirements) -> np.ndarray:

@@ -26,6 +26,7 @@ from core.metrics import psnr
 from core.models.ensemble import self_ensemble, turned
 from core.models.registry import ModelRegistry
 from core.models.runtime import Network
+from core.models.specs import SPECS
 from core.models.speed import Throughput
 from core.models.weights import REALCUGAN_BORDERS
 from core.options import UpscaleOptions
@@ -612,6 +613,107 @@ def test_a_padded_model_whose_smallest_window_as_run_has_no_room_on_the_gpu_is_n
     assert service.short_of_device_memory() == {"anime": "GPU_MEMORY_BUDGET_MB=103 leaves no room for its smallest "
                                                          "window (7 MiB) beside the 100 MiB the loaded models hold "
                                                          "on the GPU"}
+
+
+class Noted(list):
+    """A list that the runner's copies of a module share (``copy.deepcopy`` keeps it as it is), with the most pixels
+    of a window in f32 that the GPU has memory for."""
+
+    limit = float("inf")
+
+    def __deepcopy__(self, memo: dict) -> Noted:
+        return self
+
+
+class OverflowingIn16Bits(torch.nn.Module):
+    """A real network whose every 16-bit output is not finite, as fp16 overflows (Real-ESRGAN's black images), and
+    whose f32 output is its own: each window runs again in f32, the (height, width) of which are noted."""
+
+    def __init__(self, module: torch.nn.Module, f32_windows: Noted) -> None:
+        super().__init__()
+        self.module, self.f32_windows = module, f32_windows
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.module(x)
+        if x.dtype == torch.float32:
+            self.f32_windows.append(tuple(x.shape[2:]))
+            if x.shape[2] * x.shape[3] > self.f32_windows.limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return out
+        return out * torch.inf
+
+
+@pytest.fixture()
+def overflowing(service, monkeypatch):
+    """anime as on a GPU in 16 bits (bf16, on the CPU here), every window of which runs again in f32: the runner,
+    the windows its f32 reruns ran, and anime's own f32 runner."""
+    networks = service.registry._networks["anime"]
+    (key, network), = networks.items()
+    f32_windows = Noted()
+    runner = pytorch.TorchRunner(OverflowingIn16Bits(network.run.module, f32_windows), "cpu", "bf16", "anime")
+    monkeypatch.setitem(networks, key, dataclasses.replace(network, run=runner, precision="bf16"))
+    return runner, f32_windows, network.run
+
+
+def rerun_need(f32, height: int, width: int) -> int:
+    """The GPU memory of anime's f32 rerun of one window of this size: the f32 copy of its weights (those of its
+    ``f32`` runner), the window in f32 and its bf16 output beside it (4x, RGB)."""
+    copy = sum(tensor.numel() * 4 for tensor in f32.module.state_dict().values())
+    per_pixel = SPECS["anime"].cuda_window_bytes_per_pixel["f32"]
+    return memory.rerun_bytes(copy, per_pixel, height * width, 1, height * width * 16 * 3 * 2)
+
+
+@pytest.mark.slow
+def test_an_f32_rerun_is_held_to_the_gpu_budget_and_retried_in_smaller_tiles(service, overflowing, monkeypatch):
+    """A 128² photo fits the budget's 10 MiB as one bf16 window (8 MiB), and its f32 rerun, with the f32 copy of
+    the weights, took 15 MiB: past the budget by plan. The service now holds each rerun to the room the budget
+    leaves; the one that would pass it is refused before it runs, and the pass runs again in tiles of 64 px, each
+    window's rerun within the room, the answer the f32 network's."""
+    runner, f32_windows, f32 = overflowing
+    on_a_gpu(service, monkeypatch, 100)
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"gpu_memory_budget_mb": 110}))
+    monkeypatch.setattr(service.registry, "load_all", lambda on_loaded: None)  # loaded already: the checks after it
+    service.load()
+    room = 10 * memory.MEBIBYTE
+    assert rerun_need(f32, 128, 128) > room >= 128 * 128 * 500  # anime's bf16 bytes a pixel
+    image = photo(128, 128)
+    result = np.asarray(decode(service.upscale(encode(image), UpscaleOptions(model="anime")).data))
+    assert f32_windows, "no window ran again in f32"
+    assert [window for window in f32_windows if rerun_need(f32, *window) > room] == []
+    assert f32_windows == [(80, 80)] * 4  # tiles of 64 px and their 8-px margins
+    assert runner.f32_copy_bytes == rerun_need(f32, 0, 0)  # what the runner counts is the copy's size
+    whole = np.clip(np.rint(f32(image[None].astype(np.float32) / 255)[0] * 255), 0, 255).astype(np.uint8)
+    assert psnr(result, whole) >= 45
+
+
+@pytest.mark.slow
+def test_an_f32_rerun_the_gpu_has_no_memory_for_gets_the_halving_retry(service, overflowing):
+    """Within the budget, the card may still have no memory for a rerun (another process on it): torch's error in
+    the rerun runs the pass again in half the tile, as in the 16-bit window, and the answer is the f32 network's."""
+    runner, f32_windows, f32 = overflowing
+    f32_windows.limit = 100 * 100
+    image = photo(128, 128)
+    result = np.asarray(decode(service.upscale(encode(image), UpscaleOptions(model="anime")).data))
+    assert f32_windows == [(128, 128)] + [(80, 80)] * 4  # tiles of 64 px and their 8-px margins
+    whole = np.clip(np.rint(f32(image[None].astype(np.float32) / 255)[0] * 255), 0, 255).astype(np.uint8)
+    assert psnr(result, whole) >= 45
+
+
+def test_a_16_bit_model_whose_smallest_f32_rerun_has_no_room_on_the_gpu_is_named(service, overflowing,
+                                                                                  monkeypatch):
+    """The start-up check counted a 16-bit model's smallest window, not the f32 rerun of one that overflows: a budget
+    with room for the first but not the second served the model, and every image with an overflowing window would
+    have been a 503. The rerun of a window of the smallest retry tile (64 px and its margins) now counts."""
+    _, _, f32 = overflowing
+    on_a_gpu(service, monkeypatch, 100)
+    need = memory.mib_up(rerun_need(f32, 80, 80))  # 64 px and anime's 8-px margins
+    assert need > memory.mib_up(memory.smallest_window_bytes(500, 8, service.settings.tile_batch))
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"gpu_memory_budget_mb": 99 + need}))
+    assert service.short_of_device_memory() == {
+        "anime": f"GPU_MEMORY_BUDGET_MB={99 + need} leaves no room for its smallest window's f32 rerun (its 16-bit "
+                 f"output not finite) ({need} MiB) beside the 100 MiB the loaded models hold on the GPU"}
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"gpu_memory_budget_mb": 100 + need}))
+    assert service.short_of_device_memory() == {}
 
 
 def test_a_padded_networks_windows_reserve_their_border_in_the_worker(service):

@@ -14,6 +14,7 @@ import torch
 from config import load_settings
 from core.backends import Choice, pytorch
 from core.errors import DeviceFailed, OutOfDeviceMemory
+from core.models.runtime import f32_copy_bytes
 from core.models.specs import PACKAGED, SPECS
 from tests.conftest import decode, loaded_app, sample_bytes
 from tests.core.test_zoo import lowest_seam_psnr
@@ -233,6 +234,56 @@ def test_a_batch_runs_again_in_f32_only_its_windows_that_overflowed():
     assert np.isfinite(together).all()
     np.testing.assert_array_equal(together, np.concatenate(alone))
     assert alone[0][0, 0, 0, 0] != np.float32(0.1234) * 1000  # the quiet window in fp16, not run again in f32
+
+
+class Gain(torch.nn.Module):
+    """The Amplifier with its gain as a weight, which an f32 copy holds in 4 bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(1000.0), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gain
+
+
+def test_an_f32_rerun_past_its_planned_room_is_refused_before_its_copy_is_placed(monkeypatch):
+    """The f32 rerun of a 16-bit window that overflowed placed an f32 copy of the weights and ran the window in f32
+    (up to 2.7 times the 16-bit window's memory) beyond what the budget sized the tile for. Held to the room planned
+    for it, a rerun past it is the GPU's out-of-memory error (the pipeline retries smaller) before anything is placed,
+    and the call's 16-bit outputs are gone by the lock's release; within the room it runs as before."""
+    runner = pytorch.TorchRunner(Watched(Gain()), "cpu", "fp16", "gain")
+    lock = ReleaseWatch(runner.module)
+    monkeypatch.setitem(pytorch.DEVICE_LOCKS, "cpu", lock)
+    placed, place = [], runner._f32_module
+    monkeypatch.setattr(runner, "_f32_module", lambda: placed.append(True) or place())
+    loud = np.full((2, 4, 4, 3), 70, np.float32)  # both windows past fp16's largest value
+    # The f32 copy of the gain, two windows of 4x4 at 100 bytes a pixel in f32, and their fp16 outputs beside.
+    need = 4 + 2 * 16 * 100 + 2 * 16 * 3 * 2
+    assert runner.f32_copy_bytes == 4
+    runner.plan_rerun(need - 1, 100)
+    with pytest.raises(OutOfDeviceMemory, match=r"^the GPU has no room for the f32 rerun of 2 fp16 windows of 4x4 "
+                                                r"pixels whose output was not finite on model gain: it needs 1 MiB"):
+        runner(loud)
+    assert placed == [] and lock.out_of_memory == 1 and lock.alive_at_release == [0]
+    runner.plan_rerun(need, 100)
+    np.testing.assert_array_equal(runner(loud), np.full((2, 4, 4, 3), 70000, np.float32))
+    assert placed == [True]
+
+
+def test_an_operator_files_runner_takes_the_rerun_plan_through_its_size_fit():
+    """A MODELS_DIR PyTorch file's runner is wrapped to fit its architecture's sizes: the network's plan reached no
+    runner, and its f32 reruns went unplanned."""
+    from spandrel import SizeRequirements
+
+    from core.models.runtime import Network
+    from core.models.torch_files import SizeFit
+
+    network = Network("gain", SizeFit(pytorch.TorchRunner(Gain(), "cpu", "fp16", "gain"), SizeRequirements()), 0, 1)
+    assert f32_copy_bytes(network.run) == 4
+    network.plan_rerun(4 + 16 * 100 + 16 * 3 * 2 - 1, 100)  # a byte short of one 4x4 window's rerun
+    with pytest.raises(OutOfDeviceMemory, match="no room for the f32 rerun of 1 fp16 window of 4x4 pixels"):
+        network.predict(np.full((1, 4, 4, 3), 70, np.float32))
 
 
 def _allocated_bytes(call) -> int:
