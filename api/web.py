@@ -1,5 +1,5 @@
-"""The web page at /app, its one streaming endpoint, POST /app/upscale, and GET /app/sizes, whose answer
-warns the page of a size the server would refuse before the image is sent.
+"""The web page at /app, its one streaming endpoint, POST /app/upscale, and GET /app/sizes, whose answer gives
+the page every size it shows or checks (and what the server would refuse) before the image is sent.
 
 The page uploads an image and reads back newline-delimited JSON events:
 ``start`` (the tile count, known before any work), ``progress`` after each
@@ -86,22 +86,31 @@ def upscale() -> Response:
 @blueprint.get("/sizes")
 def sizes() -> dict[str, object]:
     """The sizes an upscale would make for an image of ``input_width`` x ``input_height`` with the query's options,
-    before anything is sent: the output's, and ``refusal``, the 413 that /app/upscale would answer for
+    before anything is sent: the output's; ``refusal``, the 413 that /app/upscale would answer for
     MAX_OUTPUT_PIXELS (each model pass's result, with fit=cover that of the part of the input the box needs) or
-    MAX_ENSEMBLE_PIXELS (the pixels the ensemble runs), or null. The page warns with it, so that its warning is
-    the server's own arithmetic and words."""
+    MAX_ENSEMBLE_PIXELS (the pixels the ensemble runs), or null; and ``denoise_levels``, the model's levels at the
+    native scale this enlargement runs. A denoise level the model lacks there is the ``refusal`` (the upscale's
+    400), with no sizes: the page offers the levels and asks again. The page shows and checks every size with
+    this answer, so that its sizes and warnings are the server's own arithmetic and words."""
     from api import service
 
     current = service()
     width, height = (_whole_number(name) for name in ("input_width", "input_height"))
     options = parse_options(request.args, current.option_context, with_layers=True)
-    _, output = current.plan_sizes(width, height, options)
+    levels = current.denoise_levels(width, height, options)
+    try:
+        _, output = current.plan_sizes(width, height, options)
+    except InvalidInput as error:
+        if options.denoise in levels:
+            raise
+        return {"width": None, "height": None, "refusal": error.message, "denoise_levels": list(levels)}
     try:
         current.check_pixels(output, options, with_layers=True)
         refusal = None
     except (OutputTooLarge, EnsembleTooLarge) as error:
         refusal = error.message
-    return {"width": output.output[0], "height": output.output[1], "refusal": refusal}
+    return {"width": output.output[0], "height": output.output[1], "refusal": refusal,
+            "denoise_levels": list(levels)}
 
 
 def _whole_number(name: str) -> int:

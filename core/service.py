@@ -215,9 +215,16 @@ class Service:
     def plan_sizes(self, width: int, height: int, options: UpscaleOptions) -> tuple[Network, OutputPlan]:
         """The network an image of ``width`` x ``height`` runs with ``options``, and every size the work makes (400
         for an enlargement outside 1 to 8 times)."""
-        network = self.registry.get(options.model or self.settings.default_model,
-                                    enlargement(width, height, options), options.denoise)
+        network = self.registry.get(self._model(options), enlargement(width, height, options), options.denoise)
         return network, plan_output(width, height, options, network.scale, network_reach(network))
+
+    def denoise_levels(self, width: int, height: int, options: UpscaleOptions) -> tuple[str, ...]:
+        """The denoise levels of the network ``plan_sizes`` chooses for an image of ``width`` x ``height``, whatever
+        level ``options`` ask for: those the model offers at the native scale the enlargement runs."""
+        return self.registry.levels_for(self._model(options), enlargement(width, height, options))
+
+    def _model(self, options: UpscaleOptions) -> str:
+        return options.model or self.settings.default_model
 
     def check_pixels(self, output: OutputPlan, options: UpscaleOptions, with_layers: bool) -> None:
         """413 for an image the work would make past MAX_OUTPUT_PIXELS, or for the ensemble's pixels past

@@ -1,6 +1,7 @@
 // The page: choose an image and options, stream the upscale's progress, compare before and after.
-// Plain browser JavaScript, no build step. Talks to GET /model/metadata and POST /app/upscale.
-// The options' ranges and defaults come from /model/metadata, which publishes the server's schema.
+// Plain browser JavaScript, no build step. Talks to GET /model/metadata, GET /app/sizes and POST /app/upscale.
+// The options' ranges and defaults come from /model/metadata, which publishes the server's schema; every size the
+// page shows or checks comes from GET /app/sizes, the server's own arithmetic.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -8,6 +9,8 @@ const $ = (id) => document.getElementById(id);
 // The page's size choices: preset scales (those the schema allows), a free scale, one target side, or both.
 const SCALE_PRESETS = [2, 4, 8];
 const SIZE_LABELS = { scale: "Scale", width: "Width (px)", height: "Height (px)", box: "Width (px)" };
+// Typing a side asks the server once it pauses, not at every key.
+const SIZES_DELAY_MS = 200;
 
 const state = {
   limits: null,
@@ -19,7 +22,9 @@ const state = {
   inputHeight: 0,
   controller: null,
   progress: { done: 0, total: null },
-  sizes: { query: null, refusal: null, answered: false }, // GET /app/sizes's answer for the query asked last
+  // GET /app/sizes asked last: its query (null: nothing to ask), and its answer or why none came, once known.
+  sizes: { query: null, answer: null, failure: null, pending: false, timer: null },
+  denoise: { model: null, levels: [] }, // the model's denoise levels at the native scale, from the last answer
   result: null, // { url, width, height, model, lanczos, strength, serverBlob, request, ... }
   blendVersion: 0,
   zoom: "fit",
@@ -173,47 +178,11 @@ function chosenSize() {
   return { mode, [mode]: typed("size-value") };
 }
 
-// What the server would refuse in the typed size, in its words: a value outside its option's range (or not a
-// whole number of pixels), or, once the input's size is known, an enlargement outside scale's range
-// (core/geometry.py checks the factor each side is asked to grow by).
-function sizeProblems(size) {
-  const problems = Object.entries(size).filter(([name]) => name === "scale" || name === "width" || name === "height")
-    .filter(([name, value]) => !allowedNumber(state.options[name], value))
-    .map(([name, value]) => `${name} must be ${state.options[name].allowed}, ` +
-      (Number.isNaN(value) ? "and the field is empty or not a number" : `not ${value}`));
-  if (problems.length || size.mode === "scale" || !state.inputWidth) return problems;
-  const { minimum, maximum } = state.options.scale;
-  const factors = askedFactors(state.inputWidth, state.inputHeight, size);
-  if (factors.every((factor) => factor >= minimum && factor <= maximum)) return problems;
-  const asked = ["width", "height"].filter((name) => name in size).map((name) => `${name} ${size[name]}`);
-  return [`${asked.join(" and ")} would enlarge the ${state.inputWidth}x${state.inputHeight} image ` +
-    `${factors.map((factor) => shownFactor(factor, minimum, maximum)).join(" x ")} times; ` +
-    `the enlargement must be from ${minimum} to ${maximum} times (as for scale)`];
-}
-
-// A factor to 3 significant digits, or as many more as keep it on its side of the range, as the server shows it
-// (core/geometry.py): 8.001 times shown as 8 would read as allowed.
-function shownFactor(factor, minimum, maximum) {
-  const inside = (value) => value >= minimum && value <= maximum;
-  for (let digits = 3; digits <= 16; digits += 1) {
-    const shown = Number(factor.toPrecision(digits));
-    if (inside(shown) === inside(factor)) return String(shown);
-  }
-  return String(factor);
-}
-
-function allowedNumber(option, value) {
-  return Number.isFinite(value) && value >= option.minimum && (option.maximum === null || value <= option.maximum)
-    && (option.type !== "integer" || Number.isInteger(value));
-}
-
-// The enlargement a target size asks for, before rounding: one factor, or one a side for fill.
-function askedFactors(width, height, size) {
-  if (size.mode === "width") return [size.width / width];
-  if (size.mode === "height") return [size.height / height];
-  const factors = [size.width / width, size.height / height];
-  if (size.fit === "fill") return factors;
-  return [size.fit === "cover" ? Math.max(...factors) : Math.min(...factors)];
+// A size field left empty or holding no number: the server would take it for a field not sent (its default), so
+// the page names it. The server's answer names every other problem with a size.
+function emptyFields(size) {
+  return ["scale", "width", "height"].filter((name) => Number.isNaN(size[name]))
+    .map((name) => `${name} must be ${state.options[name].allowed}, and the field is empty or not a number`);
 }
 
 // The form fields a size choice sends.
@@ -222,56 +191,11 @@ function sizeFields(size) {
   return Object.entries(fields).map(([name, value]) => [name, String(value)]);
 }
 
-// The input enlarged to ``scaled``, then cut to ``output``, as the server computes them (core/geometry.py):
-// round half up, the other side by the input's ratio; with both sides, fit decides.
-function plannedSize(width, height, size) {
-  const round = (value) => Math.max(1, Math.round(value));
-  let scaled;
-  if (size.mode === "scale") scaled = [timesDecimal(width, size.scale), timesDecimal(height, size.scale)];
-  else if (size.mode === "width") scaled = [size.width, round(height * size.width / width)];
-  else if (size.mode === "height") scaled = [round(width * size.height / height), size.height];
-  else if (size.fit === "fill") scaled = [size.width, size.height];
-  else {
-    const widthDecides = (size.width / width <= size.height / height) !== (size.fit === "cover");
-    scaled = widthDecides ? [size.width, round(height * size.width / width)]
-      : [round(width * size.height / height), size.height];
-  }
-  const output = size.mode === "box" && size.fit === "cover" ? [size.width, size.height] : scaled;
-  return { scaled, output };
-}
-
-// ``length`` x ``scale`` rounded half up and never below 1, from the scale's decimal as sent (String gives the
-// shortest decimal that reads back as the number, as the server's repr does), in whole numbers: in floats
-// 50 x 1.13 is 56.4999..., which rounds to 56 where the server answers 57.
-function timesDecimal(length, scale) {
-  if (!Number.isFinite(scale)) return NaN;  // an empty field: sizeProblems names it
-  const [digits, exponent = "0"] = String(scale).split("e");
-  const [whole, fraction = ""] = digits.split(".");
-  const shift = Number(exponent) - fraction.length;
-  const numerator = BigInt(length) * BigInt(whole + fraction) * 10n ** BigInt(Math.max(shift, 0));
-  const denominator = 10n ** BigInt(Math.max(-shift, 0));
-  return Math.max(1, Number((2n * numerator + denominator) / (2n * denominator)));
-}
-
-function outputSize(width, height, size) {
-  return plannedSize(width, height, size).output;
-}
-
-// The denoise levels the chosen model offers for this request: those of the native scale it will run
-// (the smallest that reaches the enlargement, as core/models/levels.py chooses), or, before the input's
-// size is known, those of any of its scales.
+// The denoise levels the chosen model offers for this request: those of the native scale it will run, as the
+// server's last answer on the sizes for this model gave them, or, until one comes, those of any of its scales.
 function denoiseLevels(model) {
-  const anyScale = state.options.denoise.choices_by_model?.[model.id] ?? [state.options.denoise.default];
-  if (!state.inputWidth) {
-    return chosenSize().mode === "scale" ? levelsAt(model, chosenSize().scale) ?? anyScale : anyScale;
-  }
-  const [width, height] = plannedSize(state.inputWidth, state.inputHeight, chosenSize()).scaled;
-  return levelsAt(model, Math.max(width / state.inputWidth, height / state.inputHeight)) ?? anyScale;
-}
-
-function levelsAt(model, enlargement) {
-  const native = model.scales.find((scale) => scale >= enlargement) ?? model.scales[model.scales.length - 1];
-  return model.denoise?.[String(native)];
+  if (state.inputWidth && state.denoise.model === model.id) return state.denoise.levels;
+  return state.options.denoise.choices_by_model?.[model.id] ?? [state.options.denoise.default];
 }
 
 // Denoise is offered for a model with levels to choose from; the choice is kept while the model has it.
@@ -327,39 +251,47 @@ function limitWarnings() {
   if (pixels > limits.max_input_pixels) {
     warnings.push(`The image has ${pixels.toLocaleString("en")} pixels; the limit is ${limits.max_input_pixels.toLocaleString("en")} input pixels.`);
   }
-  const size = chosenSize();
-  const problems = sizeProblems(size);
-  warnings.push(...problems);
-  if (problems.length) return warnings;
-  if (state.sizes.query === sizesQuery() && state.sizes.refusal) warnings.push(state.sizes.refusal);
+  warnings.push(...emptyFields(chosenSize()));
+  const { answer, failure } = state.sizes;
+  if (failure) warnings.push(failure);
+  else if (answer?.refusal) warnings.push(answer.refusal);
   return warnings;
 }
 
-// The sizes the request would make, asked of the server (GET /app/sizes) for the image's size alone: whether
-// the output, or a model pass's result (above the native scale, or of the part of the input fit=cover needs),
-// would pass MAX_OUTPUT_PIXELS, and the ensemble's pixels (that part too) MAX_ENSEMBLE_PIXELS, depends on the
-// model's passes and margin, which the server's arithmetic decides.
-function sizesQuery() {
+// The question for GET /app/sizes, or null where there is none to ask: the image's size (known once the browser
+// decodes it) and the options the upscale would send. The server answers the output's size, whether the output, a
+// model pass's result (above the native scale, or of the part of the input fit=cover needs) or the ensemble's
+// pixels would pass its limits, and the model's denoise levels at the native scale: its arithmetic decides them.
+function sizesQuery(model) {
+  if (!state.inputWidth || !state.limits || model?.state !== "ready" || emptyFields(chosenSize()).length) return null;
   // The page's route runs the model at any strength: the slider changes no size.
   const fields = [["input_width", String(state.inputWidth)], ["input_height", String(state.inputHeight)],
     ...optionFields().filter(([name]) => name !== "strength")];
   return new URLSearchParams(fields).toString();
 }
 
-// Asks for the sizes of ``query`` unless they are known or asked; shows the answer while it is still the question.
-async function checkSizes(query) {
-  if (state.sizes.query === query) return;
-  state.sizes = { query, refusal: null, answered: false };
-  let refusal = null;
+// Asks for the sizes of ``query`` once the choices rest; an earlier question's answer, come later, is dropped.
+function askSizes(query) {
+  clearTimeout(state.sizes.timer);
+  state.sizes = { query, answer: null, failure: null, pending: query !== null, timer: null };
+  if (query !== null) state.sizes.timer = setTimeout(() => fetchSizes(query), SIZES_DELAY_MS);
+}
+
+async function fetchSizes(query) {
+  let answer = null;
+  let failure = null;
   try {
     const response = await fetch(`/app/sizes?${query}`);
-    if (response.ok) refusal = (await response.json()).refusal;
-  } catch {
-    // No answer, no warning: the upscale's own refusal still says it.
+    const body = await response.json().catch(() => ({ message: `${response.status} ${response.statusText}` }));
+    if (response.ok) answer = body;
+    else failure = body.message;
+  } catch (error) {
+    failure = `Could not ask the server for the output's size: ${error.message}`;
   }
   if (state.sizes.query !== query) return;
-  state.sizes = { query, refusal, answered: true };
-  update();
+  state.sizes = { ...state.sizes, answer, failure, pending: false };
+  if (answer) state.denoise = { model: $("model").value, levels: answer.denoise_levels };
+  update();  // the levels may change the denoise choice, and so the question
 }
 
 // Everything that depends on the file and the options: sizes, warnings, buttons.
@@ -367,21 +299,23 @@ function update() {
   const format = $("format").value;
   const known = state.inputWidth > 0 && state.options.scale !== undefined;
   $("input-size").textContent = !state.file ? "–" : known ? formatSize(state.inputWidth, state.inputHeight) : "size shown after upscaling";
-  const sized = known && sizeProblems(chosenSize()).length === 0;
-  $("output-size").textContent = sized ? formatSize(...outputSize(state.inputWidth, state.inputHeight, chosenSize())) : "–";
   $("quality-field").hidden = !(format === "jpeg" || format === "webp");
   const model = state.models.find((m) => m.id === $("model").value);
   $("model-hint").textContent = model ? model.use_when : "";
   showDenoise(model);
 
-  const asks = sized && state.limits && state.file;
-  if (asks) checkSizes(sizesQuery());
+  const query = known ? sizesQuery(model) : null;
+  if (query !== state.sizes.query) askSizes(query);
+  const { answer, pending } = state.sizes;
+  $("output-size").textContent = pending ? "checking…" : answer?.width ? formatSize(answer.width, answer.height) : "–";
   const warnings = limitWarnings();
   $("warnings").replaceChildren(...warnings.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
   // Busy while the server's answer on the sizes is awaited: a warning may still come.
-  $("warnings").setAttribute("aria-busy", String(Boolean(asks) && !state.sizes.answered));
+  $("warnings").setAttribute("aria-busy", String(pending));
+  // Not before the server has answered on the sizes asked for these choices: it has checked them then.
+  const unchecked = query !== null && answer === null;
   const running = state.controller !== null;
-  $("run").disabled = running || !state.file || warnings.length > 0 || !model || model.state !== "ready";
+  $("run").disabled = running || !state.file || unchecked || warnings.length > 0 || !model || model.state !== "ready";
   // Another image while one runs would become the "before" of the running one's result.
   $("file").disabled = running;
 }

@@ -13,15 +13,27 @@ Key = tuple[int, str]  # a network of a model: (native scale, denoise level)
 
 
 def choose(model: str, keys: Iterable[Key], scale: float, denoise: str) -> Key:
-    """The network for an asked enlargement and denoise level: the smallest native scale that reaches
-    ``scale`` (the largest where none does); 400 for a level the model lacks at that scale."""
+    """The network for an asked enlargement and denoise level, at the ``native_scale`` that runs it; 400 for a level
+    the model lacks at that scale."""
     keys = set(keys)
-    scales = sorted({native for native, _ in keys})
-    native = next((native for native in scales if native >= scale), scales[-1])
+    native = native_scale(keys, scale)
     if (native, denoise) in keys:
         return native, denoise
     raise InvalidInput(f"model {model!r} has no denoise level {denoise!r} at scale {scale:g} "
                        f"(it runs its {native}x network); its levels there: {', '.join(levels_at(keys, native))}")
+
+
+def native_scale(keys: Iterable[Key], scale: float) -> int:
+    """The native scale that runs an asked enlargement: the smallest that reaches ``scale``, the largest where none
+    does."""
+    scales = sorted({native for native, _ in keys})
+    return next((native for native in scales if native >= scale), scales[-1])
+
+
+def levels_for(keys: Iterable[Key], scale: float) -> tuple[str, ...]:
+    """The denoise levels offered for an asked enlargement: those at the native scale that runs it."""
+    keys = set(keys)
+    return levels_at(keys, native_scale(keys, scale))
 
 
 def levels_at(keys: Iterable[Key], scale: int) -> tuple[str, ...]:

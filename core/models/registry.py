@@ -14,7 +14,7 @@ from core.backends import Choice
 from core.errors import ModelLoadError, NotReady, UnknownModel
 from core.models import speed
 from core.models.card import LoadedModel, ModelCard
-from core.models.levels import NO_DENOISE, Key, all_levels, choose, describe_scales
+from core.models.levels import NO_DENOISE, Key, all_levels, choose, describe_scales, levels_for
 from core.models.specs import SPECS, UNMEASURED_WINDOW_BYTES, ModelSpec, Variant, window_bytes
 
 if TYPE_CHECKING:
@@ -179,6 +179,10 @@ class ModelRegistry:
     def denoise_levels(self) -> dict[str, tuple[str, ...]]:
         """Each offered model's denoise levels at any of its scales (MODELS_DIR's too)."""
         return {name: all_levels(self.keys(name)) for name in self.names}
+
+    def levels_for(self, name: str, scale: float) -> tuple[str, ...]:
+        """Model ``name``'s denoise levels for an enlargement of ``scale`` (those of the network ``get`` chooses)."""
+        return levels_for(self.keys(name), scale)
 
     def keys(self, name: str) -> tuple[Key, ...]:
         """The networks model ``name`` has once loaded, or its card says it will have until then."""

@@ -290,7 +290,7 @@ def test_the_pages_sizes_refuse_as_the_upscale_does_in_its_words(client, service
     monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"max_output_pixels": 10 ** 6}))
     served = ok(predict(client, data, **fields))
     assert sizes(client, size, **fields).json == {"width": served.shape[1], "height": served.shape[0],
-                                                           "refusal": None}
+                                                           "refusal": None, "denoise_levels": ["none"]}
 
 
 @pytest.mark.parametrize("fields", [{"height": "80"}, {"width": "80", "height": "80", "fit": "cover"}],

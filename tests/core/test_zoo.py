@@ -14,6 +14,7 @@ from PIL import Image
 from config import load_settings
 from core.errors import InvalidInput
 from core.metrics import psnr
+from core.models.levels import levels_for, native_scale
 from core.models.ncnn_graph import build_from_ncnn
 from core.models.specs import REALCUGAN_SUFFIXES, SPECS
 from core.backends.tensorflow import from_keras
@@ -90,6 +91,14 @@ def test_realcugan_offers_the_levels_its_files_have():
     assert spec.variant(2, "2").scale == 2 and spec.variant(3, "conservative").scale == 3
     with pytest.raises(InvalidInput, match="no denoise level '1' at scale 4 .* levels there: none, conservative, 3"):
         spec.variant(4, "1")
+
+
+def test_an_enlargement_offers_the_levels_of_the_native_scale_that_runs_it():
+    """What GET /app/sizes answers the page for its denoise choice: the levels of the network ``choose`` picks."""
+    keys = SPECS["realcugan"].keys
+    assert levels_for(keys, 1.2) == levels_for(keys, 2) == ("none", "conservative", "1", "2", "3")
+    assert levels_for(keys, 2.01) == levels_for(keys, 4) == levels_for(keys, 8) == ("none", "conservative", "3")
+    assert [native_scale(keys, scale) for scale in (1, 2, 2.5, 3, 3.5, 8)] == [2, 2, 3, 3, 4, 4]
 
 
 def test_the_smallest_native_scale_that_reaches_the_asked_one_runs():
