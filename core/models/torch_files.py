@@ -60,6 +60,8 @@ CONVERSION_TIMEOUT_S = 600
 CONVERTER = (sys.executable, "-m", __name__)
 # The 16-bit arithmetics on CUDA, in the order tried: fp16 is the faster on most GPUs.
 CUDA_CANDIDATES = ("fp16", "bf16")
+# The record that makes torch.load take a zip for a TorchScript archive, which it loads with torch.jit.load.
+TORCHSCRIPT_RECORD = "constants.pkl"
 UNPICKLER_REFUSAL = re.compile(r"Global '(.{1,120})' is forbidden")
 # The most parameters a model file may hold, so that a file cannot have the worker build more than its memory
 # budget allows: HAT-L, among the largest super-resolution models, has about 40 M; 200 M (800 MB in f32) leaves
@@ -180,7 +182,7 @@ def read(path: Path) -> TorchWeights:
 def _state_dict(path: Path) -> dict:
     _check_file_size(path)
     if path.suffix == ".pth":
-        _check_stored(path)
+        _check_archive(path)
     try:
         # spandrel reads a .pth with torch.load(..., pickle_module=RestrictedUnpickle), never a full unpickler.
         return ModelLoader("cpu").load_state_dict_from_file(path)
@@ -205,19 +207,26 @@ def _check_file_size(path: Path) -> None:
                              f"({MAX_PARAMETERS:,} parameters in f32, twice over)")
 
 
-def _check_stored(path: Path) -> None:
-    """A zip .pth must hold its entries stored, as torch.save writes them: torch.load inflates a compressed one
-    in memory, unchecked (150 KB of deflated zeros make 155 MB). A .pth of PyTorch before 1.6 is no zip, and
-    is read as it is."""
+def _check_archive(path: Path) -> None:
+    """A zip .pth must be what torch.save writes. Not a TorchScript archive: torch.load hands one to
+    torch.jit.load, past any unpickler, and that compiles the archive's code and runs its ``__setstate__``
+    methods as it loads (a loop that never ends, a tensor of terabytes). And its entries stored: torch.load
+    inflates a compressed one in memory, unchecked (150 KB of deflated zeros make 155 MB). A .pth of PyTorch
+    before 1.6 is no zip, and is read as it is."""
     try:
         if not zipfile.is_zipfile(path):
             return
         with zipfile.ZipFile(path) as archive:
-            compressed = [entry.filename for entry in archive.infolist() if entry.compress_type != zipfile.ZIP_STORED]
+            entries = archive.infolist()
     except Exception as error:
         # A zip directory that zipfile cannot read: the log has its words.
         raise TorchFileError(f"{path.name} is not a PyTorch model file, or it is damaged "
                              f"(details in the log)") from error
+    # torch.load's own test of a TorchScript archive, on the names below the archive's top folder.
+    if any(entry.filename.partition("/")[2] == TORCHSCRIPT_RECORD for entry in entries):
+        raise TorchFileError(f"{path.name} is a TorchScript archive, a program, which is refused before it is "
+                             f"read: only a state dict saved by torch.save is read as NAME.pth")
+    compressed = [entry.filename for entry in entries if entry.compress_type != zipfile.ZIP_STORED]
     if compressed:
         raise TorchFileError(f"{path.name} holds {len(compressed)} compressed zip entries "
                              f"({_shown_key(compressed[0])} ...), which torch.save never writes: only stored "

@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import sys
+import warnings
 import zipfile
 from functools import cache
 from pathlib import Path
@@ -430,6 +431,42 @@ def test_nan_weights_fail_where_openvino_runs_the_model_too(tmp_path):
 def test_a_pickle_that_imports_os_system_runs_nothing(broken_registry, broken_folder):
     assert broken_registry.states()["evil"].startswith("failed: evil.pth asks to import posix.system")
     assert not (broken_folder / "owned-zip").exists() and not (broken_folder / "owned-raw").exists()
+
+
+class Loud(torch.nn.Module):
+    """A TorchScript module whose code runs as it loads: its __setstate__ prints a marker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(2))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[bool, bool]:
+        return (self.training, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[bool, bool]) -> None:
+        print("TorchScript ran at load")
+        self.weight = torch.zeros(2)
+        self.training = state[0]
+
+
+def test_a_torchscript_archive_named_pth_is_refused_before_any_of_its_code_runs(tmp_path, capfd):
+    """torch.load hands a zip holding constants.pkl to torch.jit.load, past any unpickler, which runs the
+    archive's __setstate__. Its entries are rewritten stored, as torch.save writes a .pth's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated, not gone
+        torch.jit.save(torch.jit.script(Loud()), tmp_path / "saved.zip")
+    with zipfile.ZipFile(tmp_path / "saved.zip") as source, zipfile.ZipFile(tmp_path / "script.pth", "w") as out:
+        for entry in source.infolist():
+            out.writestr(entry.filename, source.read(entry))
+    with pytest.raises(torch_files.TorchFileError, match="^script.pth is a TorchScript archive, a program, which is "
+                                                         "refused before it is read"):
+        torch_files.read(tmp_path / "script.pth")
+    assert "TorchScript ran" not in capfd.readouterr().out
 
 
 def test_a_file_of_more_parameters_than_the_cap_is_refused_before_it_is_built(tmp_path, monkeypatch):
