@@ -4,9 +4,11 @@ whichever backend the worker has.
 - Reading: spandrel's main package (MIT; never spandrel-extra-arches, whose architectures carry
   non-commercial licences) detects the architecture, scale and channels from the state dict alone. A
   ``.pth`` is a pickle: it is read only through spandrel's restricted unpickler, which refuses any global
-  but tensors' storages and dicts before it is imported; a ``.safetensors`` holds nothing but tensors. A file
-  larger than MAX_FILE_BYTES is refused before it is read; one that would make the worker hold far more than
-  it stores (``read``), or more than MAX_PARAMETERS, is refused before spandrel builds its model.
+  but tensors' storages and dicts before it is imported, and never as a TorchScript archive; a
+  ``.safetensors`` holds nothing but tensors. A file larger than MAX_FILE_BYTES is refused before it is read;
+  one of more than MAX_TENSORS tensors, or that spends more than MAX_INDEX_BYTES describing them, as it is
+  read; one that would make the worker hold far more than it stores (``read``), or more than MAX_PARAMETERS,
+  before spandrel builds its model.
 - The pytorch backend runs the module on the worker's device: on CUDA in fp16 or bf16 where spandrel says
   the architecture allows it and the output on the probe photos stays within
   ``precision.MIN_BF16_PSNR_DB`` of f32's, else in f32; on the CPU in f32.
@@ -21,10 +23,12 @@ Messages of ``TorchFileError`` name the file, never its folder: they are shown o
 """
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import re
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -32,10 +36,12 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
-from spandrel import MAIN_REGISTRY, ImageModelDescriptor, ModelLoader, SizeRequirements
+from spandrel import MAIN_REGISTRY, ImageModelDescriptor, ModelLoader, SizeRequirements, canonicalize_state_dict
+from spandrel.__helpers.unpickler import RestrictedUnpickler
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -70,6 +76,16 @@ MAX_PARAMETERS = 200_000_000
 # The largest model file read: MAX_PARAMETERS f32 parameters twice over, as BasicSR's files hold the weights as
 # params and params_ema. torch.load reads a .pth whole into memory before its parameters can be counted.
 MAX_FILE_BYTES = 2 * 4 * MAX_PARAMETERS
+# The most tensors a model file may hold, counted before they are made: each costs about 1.4 KB of memory however
+# few values it holds (1.7 M empty tensors, a 99 MB .safetensors, took 2.3 GB). HAT-L has 1,710; BasicSR's files
+# hold them twice over.
+MAX_TENSORS = 20_000
+# The most bytes a file may spend describing its tensors (a .safetensors' JSON header, each pickle of a .pth), read
+# before any tensor is made: HAT-L's pickle takes 227 bytes a tensor, and a pickle's objects take up to about 20
+# times its bytes in memory.
+MAX_INDEX_BYTES = 4 * 1024 * 1024
+# A .safetensors file opens with its header's length, a little-endian 64-bit number.
+SAFETENSORS_LENGTH = struct.Struct("<Q")
 # load_state_dict's own words where a state dict does not fit the module built for it (missing, unexpected or
 # misshapen tensors): on the meta device as in memory.
 MISFIT = "Error(s) in loading state_dict"
@@ -183,9 +199,15 @@ def _state_dict(path: Path) -> dict:
     _check_file_size(path)
     if path.suffix == ".pth":
         _check_archive(path)
+    else:
+        _check_header(path)
     try:
-        # spandrel reads a .pth with torch.load(..., pickle_module=RestrictedUnpickle), never a full unpickler.
+        if path.suffix == ".pth":
+            return canonicalize_state_dict(torch.load(path, map_location="cpu", pickle_module=BOUNDED_UNPICKLE,
+                                                      weights_only=False))
         return ModelLoader("cpu").load_state_dict_from_file(path)
+    except IndexTooLarge as error:
+        raise TorchFileError(f"{path.name} {error}") from error
     except pickle.UnpicklingError as error:
         refused = UNPICKLER_REFUSAL.search(str(error))
         if refused is None:
@@ -231,6 +253,89 @@ def _check_archive(path: Path) -> None:
         raise TorchFileError(f"{path.name} holds {len(compressed)} compressed zip entries "
                              f"({_shown_key(compressed[0])} ...), which torch.save never writes: only stored "
                              f"entries are read, as torch.load would inflate the others in memory unchecked")
+
+
+def _check_header(path: Path) -> None:
+    """A .safetensors' header may not make the worker hold far more than the file stores: its length is read
+    first, and its tensors counted, before safetensors makes them. A header that cannot be read so (longer than
+    the file: a file of another kind) is left to safetensors, which refuses it with its own words."""
+    with path.open("rb") as file:
+        prefix = file.read(SAFETENSORS_LENGTH.size)
+        if len(prefix) < SAFETENSORS_LENGTH.size:
+            return
+        (length,) = SAFETENSORS_LENGTH.unpack(prefix)
+        if length > path.stat().st_size - SAFETENSORS_LENGTH.size:
+            return
+        if length > MAX_INDEX_BYTES:
+            raise TorchFileError(f"{path.name} {_index_too_large(f'a header of {length:,} bytes')}")
+        text = file.read(length)
+    try:
+        header = json.loads(text)
+    except ValueError:
+        return
+    if isinstance(header, dict) and len(header.keys() - {"__metadata__"}) > MAX_TENSORS:
+        raise TorchFileError(f"{path.name} {_too_many_tensors()}")
+
+
+def _index_too_large(what: str) -> str:
+    return f"has {what}: {MAX_INDEX_BYTES:,} bytes are the most a model file may spend describing its tensors"
+
+
+def _too_many_tensors() -> str:
+    return f"holds more than {MAX_TENSORS:,} tensors, the most a model file may hold (HAT-L has 1,710)"
+
+
+class IndexTooLarge(pickle.UnpicklingError):
+    """A pickle past MAX_INDEX_BYTES or MAX_TENSORS, in words completing "NAME.pth ..."."""
+
+
+class _Budget:
+    """A file as an unpickler reads it: through at most ``left`` bytes. It has no ``peek``, so that the unpickler
+    reads only what it takes and leaves the file where the pickle ends: there a .pth of PyTorch before 1.6
+    holds its storages, which torch reads next."""
+
+    def __init__(self, file: object, left: int) -> None:
+        self.file, self.left = file, left
+
+    def read(self, size: int = -1) -> bytes:
+        return self._spent(self.file.read(self.left + 1 if size < 0 else min(size, self.left + 1)))
+
+    def readline(self) -> bytes:
+        return self._spent(self.file.readline(self.left + 1))
+
+    def readinto(self, buffer: memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def _spent(self, data: bytes) -> bytes:
+        self.left -= len(data)
+        if self.left < 0:
+            raise IndexTooLarge(_index_too_large("a longer pickle"))
+        return data
+
+
+class BoundedUnpickler(RestrictedUnpickler):
+    """spandrel's restricted unpickler, reading at most MAX_INDEX_BYTES and making at most MAX_TENSORS tensors."""
+
+    def __init__(self, file: object, **kwargs: object) -> None:
+        super().__init__(_Budget(file, MAX_INDEX_BYTES), **kwargs)
+        self.tensors = 0
+
+    def find_class(self, module: str, name: str) -> object:
+        found = super().find_class(module, name)
+        return self._counted if found is torch._utils._rebuild_tensor_v2 else found
+
+    def _counted(self, *args: object) -> torch.Tensor:
+        self.tensors += 1
+        if self.tensors > MAX_TENSORS:
+            raise IndexTooLarge(_too_many_tensors())
+        return torch._utils._rebuild_tensor_v2(*args)
+
+
+# torch.load's pickle_module: it takes the unpickler class, and load() for the small pickles of an old .pth.
+BOUNDED_UNPICKLE = SimpleNamespace(Unpickler=BoundedUnpickler, __name__="pickle",
+                                   load=lambda file, **kwargs: BoundedUnpickler(file, **kwargs).load())
 
 
 def _check_size(state: dict, name: str) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import re
+import struct
 import sys
 import warnings
 import zipfile
@@ -476,6 +477,63 @@ def test_a_file_of_more_parameters_than_the_cap_is_refused_before_it_is_built(tm
     with pytest.raises(torch_files.TorchFileError, match="^compact.safetensors holds 621,424 parameters, more than "
                                                          "the 600,000 a model file may hold$"):
         torch_files.read(tmp_path / "compact.safetensors")
+
+
+def write_pth(path: Path, state: dict, form: str) -> None:
+    """A .pth as torch.save writes it: a zip, or (``legacy``) the single file of PyTorch before 1.6."""
+    torch.save(state, path, _use_new_zipfile_serialization=form == "zip")
+
+
+def padded_safetensors(path: Path, state: dict[str, torch.Tensor], header_bytes: int) -> None:
+    """A .safetensors whose header is padded with spaces, as the format allows, to ``header_bytes``."""
+    save_file(state, path)
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    path.write_bytes(struct.pack("<Q", header_bytes) + data[8:8 + length] + b" " * (header_bytes - length)
+                     + data[8 + length:])
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth zip", ".pth legacy"])
+def test_a_file_of_more_tensors_than_the_cap_is_refused_as_it_is_read(tmp_path, suffix):
+    """Each tensor takes about 1.4 KB however few values it holds: 1.7 M empty ones, a 99 MB .safetensors, took
+    2.3 GB. One more than MAX_TENSORS, each of one value, is refused before spandrel sees them."""
+    tensors = {f"t{index}": torch.zeros(1) for index in range(20_001)}  # MAX_TENSORS + 1
+    path = tmp_path / f"many{suffix.split()[0]}"
+    if suffix == ".safetensors":
+        save_file(tensors, path)
+    else:
+        write_pth(path, tensors, suffix.split()[1])
+    with pytest.raises(torch_files.TorchFileError, match=f"^{path.name} holds more than 20,000 tensors, the most a "
+                                                         r"model file may hold \(HAT-L has 1,710\)$"):
+        torch_files.read(path)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth zip", ".pth legacy"])
+def test_a_file_that_spends_more_than_the_cap_describing_its_tensors_is_refused_as_it_is_read(tmp_path, suffix):
+    """A pickle's objects take up to about 20 times its bytes in memory; a .safetensors' header, parsed, about as
+    much. anime's weights beside 2 M numbers, or behind a header padded to past MAX_INDEX_BYTES."""
+    anime = upstream_state("anime")
+    path = tmp_path / f"long{suffix.split()[0]}"
+    if suffix == ".safetensors":
+        padded_safetensors(path, anime, 4 * 1024 * 1024 + 1)  # MAX_INDEX_BYTES + 1
+        said = "has a header of 4,194,305 bytes"
+    else:
+        write_pth(path, {"params_ema": anime, "log": list(range(2_000_000))}, suffix.split()[1])
+        said = "has a longer pickle"
+    with pytest.raises(torch_files.TorchFileError, match=f"^{path.name} {said}: 4,194,304 bytes are the most a "
+                                                         "model file may spend describing its tensors$"):
+        torch_files.read(path)
+
+
+@pytest.mark.parametrize("form", ["zip", "legacy"])
+def test_a_pth_of_either_form_is_read_within_the_caps(tmp_path, form):
+    """The bounded unpickler leaves an old single-file .pth where its pickle ends, where its storages follow."""
+    anime = upstream_state("anime")
+    write_pth(tmp_path / "anime.pth", {"params_ema": anime}, form)
+    weights = torch_files.read(tmp_path / "anime.pth")
+    assert (weights.architecture, weights.scale) == ("RealESRGAN Compact", 4)
+    read = dict(weights.module.model.state_dict())
+    assert all(torch.equal(read[key], tensor) for key, tensor in anime.items())
 
 
 def test_tensors_that_do_not_fit_are_found_without_building_the_model_in_memory(tmp_path, monkeypatch):
