@@ -27,7 +27,9 @@ import json
 import logging
 import pickle
 import re
+import os
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -37,10 +39,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import BinaryIO
 
 import numpy as np
 import torch
-from spandrel import MAIN_REGISTRY, ImageModelDescriptor, ModelLoader, SizeRequirements, canonicalize_state_dict
+from safetensors.torch import load_file as load_safetensors
+from spandrel import MAIN_REGISTRY, ImageModelDescriptor, SizeRequirements, canonicalize_state_dict
 from spandrel.__helpers.unpickler import RestrictedUnpickler
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -196,16 +200,39 @@ def read(path: Path) -> TorchWeights:
 
 
 def _state_dict(path: Path) -> dict:
-    _check_file_size(path)
-    if path.suffix == ".pth":
-        _check_archive(path)
-    else:
-        _check_header(path)
+    # Opened once: every check and the reading itself see one file, whatever the name holds by then (the operator
+    # may replace it while it loads).
+    with _opened(path) as file:
+        _check_file_size(file, path.name)
+        if path.suffix == ".pth":
+            _check_archive(file, path.name)
+        else:
+            _check_header(file, path.name)
+        file.seek(0)
+        return _loaded(file, path)
+
+
+def _opened(path: Path) -> BinaryIO:
+    """``path`` opened for reading, refused unless it is a regular file: not blocking, as a FIFO put in its place
+    would hold up the load for good."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise TorchFileError(f"{path.name} cannot be read ({error.strerror or type(error).__name__})") from error
+    file = os.fdopen(descriptor, "rb")
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        file.close()
+        raise TorchFileError(f"{path.name} is not a regular file, not a model file")
+    return file
+
+
+def _loaded(file: BinaryIO, path: Path) -> dict:
     try:
         if path.suffix == ".pth":
-            return canonicalize_state_dict(torch.load(path, map_location="cpu", pickle_module=BOUNDED_UNPICKLE,
+            return canonicalize_state_dict(torch.load(file, map_location="cpu", pickle_module=BOUNDED_UNPICKLE,
                                                       weights_only=False))
-        return ModelLoader("cpu").load_state_dict_from_file(path)
+        # safetensors reads by name only: the name of the file held open (Linux, as the images are).
+        return canonicalize_state_dict(load_safetensors(f"/proc/self/fd/{file.fileno()}", device="cpu"))
     except IndexTooLarge as error:
         raise TorchFileError(f"{path.name} {error}") from error
     except pickle.UnpicklingError as error:
@@ -220,61 +247,60 @@ def _state_dict(path: Path) -> dict:
                              f"(details in the log)") from error
 
 
-def _check_file_size(path: Path) -> None:
+def _check_file_size(file: BinaryIO, name: str) -> None:
     """A file larger than MAX_FILE_BYTES is refused before it is read: its size on disk may be far smaller (a sparse
     file), and a .pth is read whole into memory, which would take the worker past its memory budget."""
-    size = path.stat().st_size
+    size = os.fstat(file.fileno()).st_size
     if size > MAX_FILE_BYTES:
-        raise TorchFileError(f"{path.name} is {size:,} bytes, more than the {MAX_FILE_BYTES:,} a model file may be "
+        raise TorchFileError(f"{name} is {size:,} bytes, more than the {MAX_FILE_BYTES:,} a model file may be "
                              f"({MAX_PARAMETERS:,} parameters in f32, twice over)")
 
 
-def _check_archive(path: Path) -> None:
+def _check_archive(file: BinaryIO, name: str) -> None:
     """A zip .pth must be what torch.save writes. Not a TorchScript archive: torch.load hands one to
     torch.jit.load, past any unpickler, and that compiles the archive's code and runs its ``__setstate__``
     methods as it loads (a loop that never ends, a tensor of terabytes). And its entries stored: torch.load
     inflates a compressed one in memory, unchecked (150 KB of deflated zeros make 155 MB). A .pth of PyTorch
     before 1.6 is no zip, and is read as it is."""
     try:
-        if not zipfile.is_zipfile(path):
+        if not zipfile.is_zipfile(file):
             return
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(file) as archive:
             entries = archive.infolist()
     except Exception as error:
         # A zip directory that zipfile cannot read: the log has its words.
-        raise TorchFileError(f"{path.name} is not a PyTorch model file, or it is damaged "
+        raise TorchFileError(f"{name} is not a PyTorch model file, or it is damaged "
                              f"(details in the log)") from error
     # torch.load's own test of a TorchScript archive, on the names below the archive's top folder.
     if any(entry.filename.partition("/")[2] == TORCHSCRIPT_RECORD for entry in entries):
-        raise TorchFileError(f"{path.name} is a TorchScript archive, a program, which is refused before it is "
+        raise TorchFileError(f"{name} is a TorchScript archive, a program, which is refused before it is "
                              f"read: only a state dict saved by torch.save is read as NAME.pth")
     compressed = [entry.filename for entry in entries if entry.compress_type != zipfile.ZIP_STORED]
     if compressed:
-        raise TorchFileError(f"{path.name} holds {len(compressed)} compressed zip entries "
+        raise TorchFileError(f"{name} holds {len(compressed)} compressed zip entries "
                              f"({_shown_key(compressed[0])} ...), which torch.save never writes: only stored "
                              f"entries are read, as torch.load would inflate the others in memory unchecked")
 
 
-def _check_header(path: Path) -> None:
+def _check_header(file: BinaryIO, name: str) -> None:
     """A .safetensors' header may not make the worker hold far more than the file stores: its length is read
     first, and its tensors counted, before safetensors makes them. A header that cannot be read so (longer than
     the file: a file of another kind) is left to safetensors, which refuses it with its own words."""
-    with path.open("rb") as file:
-        prefix = file.read(SAFETENSORS_LENGTH.size)
-        if len(prefix) < SAFETENSORS_LENGTH.size:
-            return
-        (length,) = SAFETENSORS_LENGTH.unpack(prefix)
-        if length > path.stat().st_size - SAFETENSORS_LENGTH.size:
-            return
-        if length > MAX_INDEX_BYTES:
-            raise TorchFileError(f"{path.name} {_index_too_large(f'a header of {length:,} bytes')}")
-        text = file.read(length)
+    prefix = file.read(SAFETENSORS_LENGTH.size)
+    if len(prefix) < SAFETENSORS_LENGTH.size:
+        return
+    (length,) = SAFETENSORS_LENGTH.unpack(prefix)
+    if length > os.fstat(file.fileno()).st_size - SAFETENSORS_LENGTH.size:
+        return
+    if length > MAX_INDEX_BYTES:
+        raise TorchFileError(f"{name} {_index_too_large(f'a header of {length:,} bytes')}")
+    text = file.read(length)
     try:
         header = json.loads(text)
     except ValueError:
         return
     if isinstance(header, dict) and len(header.keys() - {"__metadata__"}) > MAX_TENSORS:
-        raise TorchFileError(f"{path.name} {_too_many_tensors()}")
+        raise TorchFileError(f"{name} {_too_many_tensors()}")
 
 
 def _index_too_large(what: str) -> str:

@@ -455,15 +455,20 @@ class Loud(torch.nn.Module):
         self.training = state[0]
 
 
-def test_a_torchscript_archive_named_pth_is_refused_before_any_of_its_code_runs(tmp_path, capfd):
-    """torch.load hands a zip holding constants.pkl to torch.jit.load, past any unpickler, which runs the
-    archive's __setstate__. Its entries are rewritten stored, as torch.save writes a .pth's."""
+def write_loud_archive(path: Path) -> None:
+    """Loud as a TorchScript archive, its entries rewritten stored, as torch.save writes a .pth's."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated, not gone
-        torch.jit.save(torch.jit.script(Loud()), tmp_path / "saved.zip")
-    with zipfile.ZipFile(tmp_path / "saved.zip") as source, zipfile.ZipFile(tmp_path / "script.pth", "w") as out:
+        torch.jit.save(torch.jit.script(Loud()), path.with_suffix(".zip"))
+    with zipfile.ZipFile(path.with_suffix(".zip")) as source, zipfile.ZipFile(path, "w") as out:
         for entry in source.infolist():
             out.writestr(entry.filename, source.read(entry))
+
+
+def test_a_torchscript_archive_named_pth_is_refused_before_any_of_its_code_runs(tmp_path, capfd):
+    """torch.load hands a zip holding constants.pkl to torch.jit.load, past any unpickler, which runs the
+    archive's __setstate__."""
+    write_loud_archive(tmp_path / "script.pth")
     with pytest.raises(torch_files.TorchFileError, match="^script.pth is a TorchScript archive, a program, which is "
                                                          "refused before it is read"):
         torch_files.read(tmp_path / "script.pth")
@@ -477,6 +482,22 @@ def test_a_file_of_more_parameters_than_the_cap_is_refused_before_it_is_built(tm
     with pytest.raises(torch_files.TorchFileError, match="^compact.safetensors holds 621,424 parameters, more than "
                                                          "the 600,000 a model file may hold$"):
         torch_files.read(tmp_path / "compact.safetensors")
+
+
+def test_a_file_replaced_after_its_checks_is_read_as_it_was_checked(tmp_path, monkeypatch, capfd):
+    """The operator may replace a file while it loads: what torch.load reads is the file the checks read, opened
+    once, not whatever the name holds by then (here a TorchScript archive, put in place right after the checks)."""
+    write(tmp_path, "swapped", upstream_state("anime"), ".pth")
+    write_loud_archive(tmp_path / "script.pth")
+    check = torch_files._check_archive
+
+    def check_then_replace(*args: object) -> None:
+        check(*args)
+        os.replace(tmp_path / "script.pth", tmp_path / "swapped.pth")
+
+    monkeypatch.setattr(torch_files, "_check_archive", check_then_replace)
+    assert torch_files.read(tmp_path / "swapped.pth").architecture == "RealESRGAN Compact"
+    assert "TorchScript ran" not in capfd.readouterr().out
 
 
 def write_pth(path: Path, state: dict, form: str) -> None:
