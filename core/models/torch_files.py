@@ -417,11 +417,11 @@ def _check_fits(support: object, state: dict, name: str) -> None:
     """``state`` fits the architecture it looks like, checked by building the architecture on the meta device,
     which allocates nothing: spandrel sizes the layers it builds by the shapes of a few tensors, and finds that
     the others do not fit only once all are built (one 4096-wide convolution makes 151 M parameters of
-    each). The few schedules that architectures read back as numbers while they are built are made in memory
-    (``_SchedulesInMemory``); an architecture that still cannot be built there is built in memory unchecked but by
-    ``_check_size``."""
+    each). The few schedules that architectures read back as numbers while they are built are made in memory,
+    and the constants they set from tensors made in memory are taken onto the meta device (``_MetaBuild``); an
+    architecture that still cannot be built there is built in memory unchecked but by ``_check_size``."""
     try:
-        with torch.device("meta"), _SchedulesInMemory(), warnings.catch_warnings():
+        with torch.device("meta"), _MetaBuild(), warnings.catch_warnings():
             # torch warns of each tensor that loading it into the meta device's module copies nothing: that is the aim.
             warnings.filterwarnings("ignore", "for .*: copying from a non-meta parameter", UserWarning)
             # A copy: some architectures rename or add keys of the state dict as they load it (SwinIR, SPAN), and
@@ -433,14 +433,24 @@ def _check_fits(support: object, state: dict, name: str) -> None:
         log.debug("%s: %s cannot be built on the meta device", name, support.architecture.name, exc_info=True)
 
 
-class _SchedulesInMemory(TorchFunctionMode):
-    """Makes ``torch.linspace`` on the CPU inside a meta-device build: HAT, DAT, DRCT and SwinIR read their
-    drop-path schedule (one number per block) back with ``.item()``, which a meta tensor cannot answer."""
+class _MetaBuild(TorchFunctionMode):
+    """What an architecture's build needs on the meta device. ``torch.linspace`` is made on the CPU: HAT, DAT,
+    DRCT and SwinIR read their drop-path schedule (one number per block) back with ``.item()``, which a meta
+    tensor cannot answer. An operation on meta tensors and tensors made on the CPU (``torch.Tensor(...)`` ignores
+    the default device), which torch refuses, takes them all onto the meta device: RCAN and IPT set their
+    mean-shift layers' constants so."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's signature
         if func is torch.linspace:
             kwargs = {**(kwargs or {}), "device": "cpu"}
+        elif _mixes_devices(args):
+            args = tuple(arg.to("meta") if isinstance(arg, torch.Tensor) else arg for arg in args)
         return func(*args, **(kwargs or {}))
+
+
+def _mixes_devices(args: tuple) -> bool:
+    meta = [arg.is_meta for arg in args if isinstance(arg, torch.Tensor)]
+    return any(meta) and not all(meta)
 
 
 def _misfit(support: object, name: str) -> TorchFileError:

@@ -597,6 +597,28 @@ def test_an_architecture_that_reads_its_drop_path_schedule_as_it_is_built_is_che
     assert devices == ["meta"]
 
 
+def test_an_architecture_that_sets_constants_as_it_is_built_is_checked_on_the_meta_device(tmp_path, monkeypatch):
+    """RCAN sets its mean-shift layers' weights from tensors made on the CPU while it is built. Its layers'
+    count comes from the keys' numbers: one key numbering a 41st block of each group would have spandrel build
+    them all in memory before it finds no tensors for them, were the meta device not used."""
+    (rcan,) = (support.architecture for support in MAIN_REGISTRY.architectures("detection")
+               if support.architecture.id == "RCAN")
+    devices = []
+    build = rcan.load
+    monkeypatch.setattr(rcan, "load", lambda state: devices.append(torch.empty(0).device.type) or build(state))
+    torch.manual_seed(0)
+    state = RCAN(scale=4, n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4).state_dict()
+    write(tmp_path, "fits", state, ".safetensors")
+    assert torch_files.read(tmp_path / "fits.safetensors").architecture == "RCAN"
+    assert devices == ["meta", "cpu"]
+    devices.clear()
+    write(tmp_path, "deep", {**state, "body.0.body.40.body.0.weight": torch.zeros(16, 16, 3, 3)}, ".safetensors")
+    with pytest.raises(torch_files.TorchFileError, match="^deep.safetensors looks like a RCAN model, but its tensors "
+                                                         "do not fit that architecture"):
+        torch_files.read(tmp_path / "deep.safetensors")
+    assert devices == ["meta"]
+
+
 def test_an_architecture_that_renames_keys_as_it_loads_reads_after_the_check_on_the_meta_device(tmp_path):
     """spandrel's SwinIR renames conv_first.1.* (a pixel-unshuffling first layer) in the state dict it loads: the
     build in memory must still find the keys as the file gave them."""
