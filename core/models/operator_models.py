@@ -52,8 +52,9 @@ from core.models.window_memory import MEASUREMENT_SPREAD_PERCENT, bytes_per_wind
 
 log = logging.getLogger(__name__)
 
-# A model id goes into form fields, URLs and metric labels: plain characters only.
-MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# A model id goes into form fields, URLs and metric labels: plain characters only, and in lower case, as a
+# request's model is read (core.options: choices are matched in any case).
+MODEL_ID = re.compile(r"[a-z0-9][a-z0-9_-]*")
 Kind = Literal["ncnn", "onnx", "safetensors", "pth"]
 # The kinds that are PyTorch files, which say their architecture and scale themselves.
 TORCH_KINDS = ("safetensors", "pth")
@@ -198,7 +199,8 @@ def _examine(stem: Path, files: dict[str, str | None], reserved: frozenset[str],
     if clash:
         problem = f"{name} is the id of a built-in model; rename the files"
     elif unusable:
-        problem = f"{ascii(name)} cannot be a model id: use letters, digits, '-' and '_'"
+        problem = (f"{ascii(name)} cannot be a model id: use lower-case letters, digits, '-' and '_' (a request's "
+                   f"model is read in lower case)")
     # A model that cannot have its own id is listed under a file name, which no model id can be.
     model_id = shown(name + _main_suffix(kind, suffixes)) if clash or unusable else name
     return OperatorModel(model_id, stem, _files(name, kind), kind, sidecar, problem)

@@ -4,9 +4,11 @@ whichever backend the worker has.
 - Reading: spandrel's main package (MIT; never spandrel-extra-arches, whose architectures carry
   non-commercial licences) detects the architecture, scale and channels from the state dict alone. A
   ``.pth`` is a pickle: it is read only through spandrel's restricted unpickler, which refuses any global
-  but tensors' storages and dicts before it is imported; a ``.safetensors`` holds nothing but tensors. A file
-  larger than MAX_FILE_BYTES is refused before it is read; one that would make the worker hold far more than
-  it stores (``read``), or more than MAX_PARAMETERS, is refused before spandrel builds its model.
+  but tensors' storages and dicts before it is imported, and never as a TorchScript archive; a
+  ``.safetensors`` holds nothing but tensors. A file larger than MAX_FILE_BYTES is refused before it is read;
+  one of more than MAX_TENSORS tensors, or that spends more than MAX_INDEX_BYTES describing them, as it is
+  read; one that would make the worker hold far more than it stores (``read``), or more than MAX_PARAMETERS,
+  before spandrel builds its model.
 - The pytorch backend runs the module on the worker's device: on CUDA in fp16 or bf16 where spandrel says
   the architecture allows it and the output on the probe photos stays within
   ``precision.MIN_BF16_PSNR_DB`` of f32's, else in f32; on the CPU in f32.
@@ -21,10 +23,14 @@ Messages of ``TorchFileError`` name the file, never its folder: they are shown o
 """
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import re
+import os
 import signal
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -32,10 +38,14 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import BinaryIO
 
 import numpy as np
 import torch
-from spandrel import MAIN_REGISTRY, ImageModelDescriptor, ModelLoader, SizeRequirements
+from safetensors.torch import load_file as load_safetensors
+from spandrel import MAIN_REGISTRY, ImageModelDescriptor, SizeRequirements, canonicalize_state_dict
+from spandrel.__helpers.unpickler import RestrictedUnpickler
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -61,6 +71,8 @@ CONVERSION_TIMEOUT_S = 600
 CONVERTER = (sys.executable, "-m", __name__)
 # The 16-bit arithmetics on CUDA, in the order tried: fp16 is the faster on most GPUs.
 CUDA_CANDIDATES = ("fp16", "bf16")
+# The record that makes torch.load take a zip for a TorchScript archive, which it loads with torch.jit.load.
+TORCHSCRIPT_RECORD = "constants.pkl"
 UNPICKLER_REFUSAL = re.compile(r"Global '(.{1,120})' is forbidden")
 # The most parameters a model file may hold, so that a file cannot have the worker build more than its memory
 # budget allows: HAT-L, among the largest super-resolution models, has about 40 M; 200 M (800 MB in f32) leaves
@@ -69,6 +81,16 @@ MAX_PARAMETERS = 200_000_000
 # The largest model file read: MAX_PARAMETERS f32 parameters twice over, as BasicSR's files hold the weights as
 # params and params_ema. torch.load reads a .pth whole into memory before its parameters can be counted.
 MAX_FILE_BYTES = 2 * 4 * MAX_PARAMETERS
+# The most tensors a model file may hold, counted before they are made: each costs about 1.4 KB of memory however
+# few values it holds (1.7 M empty tensors, a 99 MB .safetensors, took 2.3 GB). HAT-L has 1,710; BasicSR's files
+# hold them twice over.
+MAX_TENSORS = 20_000
+# The most bytes a file may spend describing its tensors (a .safetensors' JSON header, each pickle of a .pth), read
+# before any tensor is made: HAT-L's pickle takes 227 bytes a tensor, and a pickle's objects take up to about 20
+# times its bytes in memory.
+MAX_INDEX_BYTES = 4 * 1024 * 1024
+# A .safetensors file opens with its header's length, a little-endian 64-bit number.
+SAFETENSORS_LENGTH = struct.Struct("<Q")
 # load_state_dict's own words where a state dict does not fit the module built for it (missing, unexpected or
 # misshapen tensors): on the meta device as in memory.
 MISFIT = "Error(s) in loading state_dict"
@@ -186,12 +208,41 @@ def read(path: Path) -> TorchWeights:
 
 
 def _state_dict(path: Path) -> dict:
-    _check_file_size(path)
-    if path.suffix == ".pth":
-        _check_stored(path)
+    # Opened once: every check and the reading itself see one file, whatever the name holds by then (the operator
+    # may replace it while it loads).
+    with _opened(path) as file:
+        _check_file_size(file, path.name)
+        if path.suffix == ".pth":
+            _check_archive(file, path.name)
+        else:
+            _check_header(file, path.name)
+        file.seek(0)
+        return _loaded(file, path)
+
+
+def _opened(path: Path) -> BinaryIO:
+    """``path`` opened for reading, refused unless it is a regular file: not blocking, as a FIFO put in its place
+    would hold up the load for good."""
     try:
-        # spandrel reads a .pth with torch.load(..., pickle_module=RestrictedUnpickle), never a full unpickler.
-        return ModelLoader("cpu").load_state_dict_from_file(path)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise TorchFileError(f"{path.name} cannot be read ({error.strerror or type(error).__name__})") from error
+    file = os.fdopen(descriptor, "rb")
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        file.close()
+        raise TorchFileError(f"{path.name} is not a regular file, not a model file")
+    return file
+
+
+def _loaded(file: BinaryIO, path: Path) -> dict:
+    try:
+        if path.suffix == ".pth":
+            return canonicalize_state_dict(torch.load(file, map_location="cpu", pickle_module=BOUNDED_UNPICKLE,
+                                                      weights_only=False))
+        # safetensors reads by name only: the name of the file held open (Linux, as the images are).
+        return canonicalize_state_dict(load_safetensors(f"/proc/self/fd/{file.fileno()}", device="cpu"))
+    except IndexTooLarge as error:
+        raise TorchFileError(f"{path.name} {error}") from error
     except pickle.UnpicklingError as error:
         refused = UNPICKLER_REFUSAL.search(str(error))
         if refused is None:
@@ -204,32 +255,121 @@ def _state_dict(path: Path) -> dict:
                              f"(details in the log)") from error
 
 
-def _check_file_size(path: Path) -> None:
+def _check_file_size(file: BinaryIO, name: str) -> None:
     """A file larger than MAX_FILE_BYTES is refused before it is read: its size on disk may be far smaller (a sparse
     file), and a .pth is read whole into memory, which would take the worker past its memory budget."""
-    size = path.stat().st_size
+    size = os.fstat(file.fileno()).st_size
     if size > MAX_FILE_BYTES:
-        raise TorchFileError(f"{path.name} is {size:,} bytes, more than the {MAX_FILE_BYTES:,} a model file may be "
+        raise TorchFileError(f"{name} is {size:,} bytes, more than the {MAX_FILE_BYTES:,} a model file may be "
                              f"({MAX_PARAMETERS:,} parameters in f32, twice over)")
 
 
-def _check_stored(path: Path) -> None:
-    """A zip .pth must hold its entries stored, as torch.save writes them: torch.load inflates a compressed one
-    in memory, unchecked (150 KB of deflated zeros make 155 MB). A .pth of PyTorch before 1.6 is no zip, and
-    is read as it is."""
+def _check_archive(file: BinaryIO, name: str) -> None:
+    """A zip .pth must be what torch.save writes. Not a TorchScript archive: torch.load hands one to
+    torch.jit.load, past any unpickler, and that compiles the archive's code and runs its ``__setstate__``
+    methods as it loads (a loop that never ends, a tensor of terabytes). And its entries stored: torch.load
+    inflates a compressed one in memory, unchecked (150 KB of deflated zeros make 155 MB). A .pth of PyTorch
+    before 1.6 is no zip, and is read as it is."""
     try:
-        if not zipfile.is_zipfile(path):
+        if not zipfile.is_zipfile(file):
             return
-        with zipfile.ZipFile(path) as archive:
-            compressed = [entry.filename for entry in archive.infolist() if entry.compress_type != zipfile.ZIP_STORED]
+        with zipfile.ZipFile(file) as archive:
+            entries = archive.infolist()
     except Exception as error:
         # A zip directory that zipfile cannot read: the log has its words.
-        raise TorchFileError(f"{path.name} is not a PyTorch model file, or it is damaged "
+        raise TorchFileError(f"{name} is not a PyTorch model file, or it is damaged "
                              f"(details in the log)") from error
+    # torch.load's own test of a TorchScript archive, on the names below the archive's top folder.
+    if any(entry.filename.partition("/")[2] == TORCHSCRIPT_RECORD for entry in entries):
+        raise TorchFileError(f"{name} is a TorchScript archive, a program, which is refused before it is "
+                             f"read: only a state dict saved by torch.save is read as NAME.pth")
+    compressed = [entry.filename for entry in entries if entry.compress_type != zipfile.ZIP_STORED]
     if compressed:
-        raise TorchFileError(f"{path.name} holds {len(compressed)} compressed zip entries "
+        raise TorchFileError(f"{name} holds {len(compressed)} compressed zip entries "
                              f"({_shown_key(compressed[0])} ...), which torch.save never writes: only stored "
                              f"entries are read, as torch.load would inflate the others in memory unchecked")
+
+
+def _check_header(file: BinaryIO, name: str) -> None:
+    """A .safetensors' header may not make the worker hold far more than the file stores: its length is read
+    first, and its tensors counted, before safetensors makes them. A header that cannot be read so (longer than
+    the file: a file of another kind) is left to safetensors, which refuses it with its own words."""
+    prefix = file.read(SAFETENSORS_LENGTH.size)
+    if len(prefix) < SAFETENSORS_LENGTH.size:
+        return
+    (length,) = SAFETENSORS_LENGTH.unpack(prefix)
+    if length > os.fstat(file.fileno()).st_size - SAFETENSORS_LENGTH.size:
+        return
+    if length > MAX_INDEX_BYTES:
+        raise TorchFileError(f"{name} {_index_too_large(f'a header of {length:,} bytes')}")
+    text = file.read(length)
+    try:
+        header = json.loads(text)
+    except ValueError:
+        return
+    if isinstance(header, dict) and len(header.keys() - {"__metadata__"}) > MAX_TENSORS:
+        raise TorchFileError(f"{name} {_too_many_tensors()}")
+
+
+def _index_too_large(what: str) -> str:
+    return f"has {what}: {MAX_INDEX_BYTES:,} bytes are the most a model file may spend describing its tensors"
+
+
+def _too_many_tensors() -> str:
+    return f"holds more than {MAX_TENSORS:,} tensors, the most a model file may hold (HAT-L has 1,710)"
+
+
+class IndexTooLarge(pickle.UnpicklingError):
+    """A pickle past MAX_INDEX_BYTES or MAX_TENSORS, in words completing "NAME.pth ..."."""
+
+
+class _Budget:
+    """A file as an unpickler reads it: through at most ``left`` bytes. It has no ``peek``, so that the unpickler
+    reads only what it takes and leaves the file where the pickle ends: there a .pth of PyTorch before 1.6
+    holds its storages, which torch reads next."""
+
+    def __init__(self, file: object, left: int) -> None:
+        self.file, self.left = file, left
+
+    def read(self, size: int = -1) -> bytes:
+        return self._spent(self.file.read(self.left + 1 if size < 0 else min(size, self.left + 1)))
+
+    def readline(self) -> bytes:
+        return self._spent(self.file.readline(self.left + 1))
+
+    def readinto(self, buffer: memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def _spent(self, data: bytes) -> bytes:
+        self.left -= len(data)
+        if self.left < 0:
+            raise IndexTooLarge(_index_too_large("a longer pickle"))
+        return data
+
+
+class BoundedUnpickler(RestrictedUnpickler):
+    """spandrel's restricted unpickler, reading at most MAX_INDEX_BYTES and making at most MAX_TENSORS tensors."""
+
+    def __init__(self, file: object, **kwargs: object) -> None:
+        super().__init__(_Budget(file, MAX_INDEX_BYTES), **kwargs)
+        self.tensors = 0
+
+    def find_class(self, module: str, name: str) -> object:
+        found = super().find_class(module, name)
+        return self._counted if found is torch._utils._rebuild_tensor_v2 else found
+
+    def _counted(self, *args: object) -> torch.Tensor:
+        self.tensors += 1
+        if self.tensors > MAX_TENSORS:
+            raise IndexTooLarge(_too_many_tensors())
+        return torch._utils._rebuild_tensor_v2(*args)
+
+
+# torch.load's pickle_module: it takes the unpickler class, and load() for the small pickles of an old .pth.
+BOUNDED_UNPICKLE = SimpleNamespace(Unpickler=BoundedUnpickler, __name__="pickle",
+                                   load=lambda file, **kwargs: BoundedUnpickler(file, **kwargs).load())
 
 
 def _check_size(state: dict, name: str) -> None:
@@ -285,11 +425,11 @@ def _check_fits(support: object, state: dict, name: str) -> None:
     """``state`` fits the architecture it looks like, checked by building the architecture on the meta device,
     which allocates nothing: spandrel sizes the layers it builds by the shapes of a few tensors, and finds that
     the others do not fit only once all are built (one 4096-wide convolution makes 151 M parameters of
-    each). The few schedules that architectures read back as numbers while they are built are made in memory
-    (``_SchedulesInMemory``); an architecture that still cannot be built there is built in memory unchecked but by
-    ``_check_size``."""
+    each). The few schedules that architectures read back as numbers while they are built are made in memory,
+    and the constants they set from tensors made in memory are taken onto the meta device (``_MetaBuild``); an
+    architecture that still cannot be built there is built in memory unchecked but by ``_check_size``."""
     try:
-        with torch.device("meta"), _SchedulesInMemory(), warnings.catch_warnings():
+        with torch.device("meta"), _MetaBuild(), warnings.catch_warnings():
             # torch warns of each tensor that loading it into the meta device's module copies nothing: that is the aim.
             warnings.filterwarnings("ignore", "for .*: copying from a non-meta parameter", UserWarning)
             # A copy: some architectures rename or add keys of the state dict as they load it (SwinIR, SPAN), and
@@ -301,14 +441,24 @@ def _check_fits(support: object, state: dict, name: str) -> None:
         log.debug("%s: %s cannot be built on the meta device", name, support.architecture.name, exc_info=True)
 
 
-class _SchedulesInMemory(TorchFunctionMode):
-    """Makes ``torch.linspace`` on the CPU inside a meta-device build: HAT, DAT, DRCT and SwinIR read their
-    drop-path schedule (one number per block) back with ``.item()``, which a meta tensor cannot answer."""
+class _MetaBuild(TorchFunctionMode):
+    """What an architecture's build needs on the meta device. ``torch.linspace`` is made on the CPU: HAT, DAT,
+    DRCT and SwinIR read their drop-path schedule (one number per block) back with ``.item()``, which a meta
+    tensor cannot answer. An operation on meta tensors and tensors made on the CPU (``torch.Tensor(...)`` ignores
+    the default device), which torch refuses, takes them all onto the meta device: RCAN and IPT set their
+    mean-shift layers' constants so."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's signature
         if func is torch.linspace:
             kwargs = {**(kwargs or {}), "device": "cpu"}
+        elif _mixes_devices(args):
+            args = tuple(arg.to("meta") if isinstance(arg, torch.Tensor) else arg for arg in args)
         return func(*args, **(kwargs or {}))
+
+
+def _mixes_devices(args: tuple) -> bool:
+    meta = [arg.is_meta for arg in args if isinstance(arg, torch.Tensor)]
+    return any(meta) and not all(meta)
 
 
 def _misfit(support: object, name: str) -> TorchFileError:

@@ -39,7 +39,8 @@ BROKEN = {
     "script.pt": "script.pt is not served (a .pt is TorchScript, a program, which is refused: a state dict saved as "
                  ".pt is read as NAME.pth); served are NAME.safetensors and NAME.pth (PyTorch weights), NAME.onnx, and "
                  "NAME.param with NAME.bin (ncnn), each with NAME.json beside it where needed",
-    "'nl\\nname.onnx'": "'nl\\nname' cannot be a model id: use letters, digits, '-' and '_'",
+    "'nl\\nname.onnx'": "'nl\\nname' cannot be a model id: use lower-case letters, digits, '-' and '_' "
+                        "(a request's model is read in lower case)",
 }
 
 

@@ -18,6 +18,7 @@ from core.models.operator_models import OperatorModelError
 from core.models.registry import ModelRegistry
 from core.models.specs import SPECS
 from core.tiling import plan_tiles
+from core.options import BY_NAME, OptionContext
 from core.models.margin_probe import MARGIN_CANDIDATES, PROBE_TILE, probe_tiles, seam_free_margin
 from tests.conftest import SAMPLES
 from tests.onnx_nets import SubpixelNet
@@ -126,7 +127,8 @@ def test_every_file_of_a_model_format_is_listed_and_links_out_of_the_folder_are_
         "dirmodel": "dirmodel.pth is a folder, not a model file",
         "fifo": "fifo.json is not a regular file, not a model file",
         # A name no model id can be is shown as ascii() writes it, in its id and its reason.
-        "'nl\\nname.onnx'": "'nl\\nname' cannot be a model id: use letters, digits, '-' and '_'",
+        "'nl\\nname.onnx'": "'nl\\nname' cannot be a model id: use lower-case letters, digits, '-' and '_' "
+                            "(a request's model is read in lower case)",
         "script.pt": "script.pt is not served (a .pt is TorchScript, a program, which is refused: a state dict saved "
                      f"as .pt is read as NAME.pth); {served}",
         "trained.ckpt": "trained.ckpt is not served (a training checkpoint: one that holds only tensors is read as "
@@ -176,7 +178,8 @@ def test_each_incomplete_or_clashing_model_has_its_own_problem(tmp_path):
     write_sidecar(tmp_path, "half")
     assert problems(tmp_path) == {
         "alone": "no sidecar alone.json (title, scale and license are required)",
-        "bad.name.onnx": "'bad.name' cannot be a model id: use letters, digits, '-' and '_'",
+        "bad.name.onnx": "'bad.name' cannot be a model id: use lower-case letters, digits, '-' and '_' "
+                         "(a request's model is read in lower case)",
         "both": "both both.onnx and both.param are there: keep one model per name",
         "half": "half.param has no half.bin",
         "orphan": "orphan.json describes no model: orphan.onnx, orphan.safetensors, orphan.pth "
@@ -184,6 +187,19 @@ def test_each_incomplete_or_clashing_model_has_its_own_problem(tmp_path):
         # A built-in id stays the built-in model's; the file is listed under its file name.
         "srgan.onnx": "srgan is the id of a built-in model; rename the files",
     }
+
+
+def test_every_id_offered_can_be_asked_for_and_one_in_capitals_is_refused(tmp_path):
+    """A request's model is matched in lower case: a file named in capitals would be listed, load, and never run."""
+    for name in ("lower", "Upper"):
+        SubpixelNet.random(2).save(tmp_path / f"{name}.onnx")
+        write_sidecar(tmp_path, name)
+    found = operator_models.scan(tmp_path, SPECS)
+    offered = tuple(model_id for model_id, model in found.items() if model.problem is None)
+    context = OptionContext(offered, offered[0])
+    assert [BY_NAME["model"].read(model_id, context, None) for model_id in offered] == list(offered)
+    assert found["Upper.onnx"].problem == ("'Upper' cannot be a model id: use lower-case letters, digits, '-' and '_' "
+                                           "(a request's model is read in lower case)")
 
 
 def test_models_dir_that_is_not_a_folder_stops_the_start(tmp_path):

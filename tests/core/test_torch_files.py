@@ -7,7 +7,9 @@ import json
 import os
 import pickle
 import re
+import struct
 import sys
+import warnings
 import zipfile
 from functools import cache
 from pathlib import Path
@@ -432,6 +434,47 @@ def test_a_pickle_that_imports_os_system_runs_nothing(broken_registry, broken_fo
     assert not (broken_folder / "owned-zip").exists() and not (broken_folder / "owned-raw").exists()
 
 
+class Loud(torch.nn.Module):
+    """A TorchScript module whose code runs as it loads: its __setstate__ prints a marker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(2))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[bool, bool]:
+        return (self.training, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[bool, bool]) -> None:
+        print("TorchScript ran at load")
+        self.weight = torch.zeros(2)
+        self.training = state[0]
+
+
+def write_loud_archive(path: Path) -> None:
+    """Loud as a TorchScript archive, its entries rewritten stored, as torch.save writes a .pth's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated, not gone
+        torch.jit.save(torch.jit.script(Loud()), path.with_suffix(".zip"))
+    with zipfile.ZipFile(path.with_suffix(".zip")) as source, zipfile.ZipFile(path, "w") as out:
+        for entry in source.infolist():
+            out.writestr(entry.filename, source.read(entry))
+
+
+def test_a_torchscript_archive_named_pth_is_refused_before_any_of_its_code_runs(tmp_path, capfd):
+    """torch.load hands a zip holding constants.pkl to torch.jit.load, past any unpickler, which runs the
+    archive's __setstate__."""
+    write_loud_archive(tmp_path / "script.pth")
+    with pytest.raises(torch_files.TorchFileError, match="^script.pth is a TorchScript archive, a program, which is "
+                                                         "refused before it is read"):
+        torch_files.read(tmp_path / "script.pth")
+    assert "TorchScript ran" not in capfd.readouterr().out
+
+
 def test_a_file_of_more_parameters_than_the_cap_is_refused_before_it_is_built(tmp_path, monkeypatch):
     anime = upstream_state("anime")
     write(tmp_path, "compact", anime, ".safetensors")
@@ -439,6 +482,79 @@ def test_a_file_of_more_parameters_than_the_cap_is_refused_before_it_is_built(tm
     with pytest.raises(torch_files.TorchFileError, match="^compact.safetensors holds 621,424 parameters, more than "
                                                          "the 600,000 a model file may hold$"):
         torch_files.read(tmp_path / "compact.safetensors")
+
+
+def test_a_file_replaced_after_its_checks_is_read_as_it_was_checked(tmp_path, monkeypatch, capfd):
+    """The operator may replace a file while it loads: what torch.load reads is the file the checks read, opened
+    once, not whatever the name holds by then (here a TorchScript archive, put in place right after the checks)."""
+    write(tmp_path, "swapped", upstream_state("anime"), ".pth")
+    write_loud_archive(tmp_path / "script.pth")
+    check = torch_files._check_archive
+
+    def check_then_replace(*args: object) -> None:
+        check(*args)
+        os.replace(tmp_path / "script.pth", tmp_path / "swapped.pth")
+
+    monkeypatch.setattr(torch_files, "_check_archive", check_then_replace)
+    assert torch_files.read(tmp_path / "swapped.pth").architecture == "RealESRGAN Compact"
+    assert "TorchScript ran" not in capfd.readouterr().out
+
+
+def write_pth(path: Path, state: dict, form: str) -> None:
+    """A .pth as torch.save writes it: a zip, or (``legacy``) the single file of PyTorch before 1.6."""
+    torch.save(state, path, _use_new_zipfile_serialization=form == "zip")
+
+
+def padded_safetensors(path: Path, state: dict[str, torch.Tensor], header_bytes: int) -> None:
+    """A .safetensors whose header is padded with spaces, as the format allows, to ``header_bytes``."""
+    save_file(state, path)
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    path.write_bytes(struct.pack("<Q", header_bytes) + data[8:8 + length] + b" " * (header_bytes - length)
+                     + data[8 + length:])
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth zip", ".pth legacy"])
+def test_a_file_of_more_tensors_than_the_cap_is_refused_as_it_is_read(tmp_path, suffix):
+    """Each tensor takes about 1.4 KB however few values it holds: 1.7 M empty ones, a 99 MB .safetensors, took
+    2.3 GB. One more than MAX_TENSORS, each of one value, is refused before spandrel sees them."""
+    tensors = {f"t{index}": torch.zeros(1) for index in range(20_001)}  # MAX_TENSORS + 1
+    path = tmp_path / f"many{suffix.split()[0]}"
+    if suffix == ".safetensors":
+        save_file(tensors, path)
+    else:
+        write_pth(path, tensors, suffix.split()[1])
+    with pytest.raises(torch_files.TorchFileError, match=f"^{path.name} holds more than 20,000 tensors, the most a "
+                                                         r"model file may hold \(HAT-L has 1,710\)$"):
+        torch_files.read(path)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth zip", ".pth legacy"])
+def test_a_file_that_spends_more_than_the_cap_describing_its_tensors_is_refused_as_it_is_read(tmp_path, suffix):
+    """A pickle's objects take up to about 20 times its bytes in memory; a .safetensors' header, parsed, about as
+    much. anime's weights beside 2 M numbers, or behind a header padded to past MAX_INDEX_BYTES."""
+    anime = upstream_state("anime")
+    path = tmp_path / f"long{suffix.split()[0]}"
+    if suffix == ".safetensors":
+        padded_safetensors(path, anime, 4 * 1024 * 1024 + 1)  # MAX_INDEX_BYTES + 1
+        said = "has a header of 4,194,305 bytes"
+    else:
+        write_pth(path, {"params_ema": anime, "log": list(range(2_000_000))}, suffix.split()[1])
+        said = "has a longer pickle"
+    with pytest.raises(torch_files.TorchFileError, match=f"^{path.name} {said}: 4,194,304 bytes are the most a "
+                                                         "model file may spend describing its tensors$"):
+        torch_files.read(path)
+
+
+@pytest.mark.parametrize("form", ["zip", "legacy"])
+def test_a_pth_of_either_form_is_read_within_the_caps(tmp_path, form):
+    """The bounded unpickler leaves an old single-file .pth where its pickle ends, where its storages follow."""
+    anime = upstream_state("anime")
+    write_pth(tmp_path / "anime.pth", {"params_ema": anime}, form)
+    weights = torch_files.read(tmp_path / "anime.pth")
+    assert (weights.architecture, weights.scale) == ("RealESRGAN Compact", 4)
+    read = dict(weights.module.model.state_dict())
+    assert all(torch.equal(read[key], tensor) for key, tensor in anime.items())
 
 
 def test_tensors_that_do_not_fit_are_found_without_building_the_model_in_memory(tmp_path, monkeypatch):
@@ -478,6 +594,28 @@ def test_an_architecture_that_reads_its_drop_path_schedule_as_it_is_built_is_che
     with pytest.raises(torch_files.TorchFileError, match="^wide.safetensors looks like a HAT model, but its tensors "
                                                          "do not fit that architecture"):
         torch_files.read(tmp_path / "wide.safetensors")
+    assert devices == ["meta"]
+
+
+def test_an_architecture_that_sets_constants_as_it_is_built_is_checked_on_the_meta_device(tmp_path, monkeypatch):
+    """RCAN sets its mean-shift layers' weights from tensors made on the CPU while it is built. Its layers'
+    count comes from the keys' numbers: one key numbering a 41st block of each group would have spandrel build
+    them all in memory before it finds no tensors for them, were the meta device not used."""
+    (rcan,) = (support.architecture for support in MAIN_REGISTRY.architectures("detection")
+               if support.architecture.id == "RCAN")
+    devices = []
+    build = rcan.load
+    monkeypatch.setattr(rcan, "load", lambda state: devices.append(torch.empty(0).device.type) or build(state))
+    torch.manual_seed(0)
+    state = RCAN(scale=4, n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4).state_dict()
+    write(tmp_path, "fits", state, ".safetensors")
+    assert torch_files.read(tmp_path / "fits.safetensors").architecture == "RCAN"
+    assert devices == ["meta", "cpu"]
+    devices.clear()
+    write(tmp_path, "deep", {**state, "body.0.body.40.body.0.weight": torch.zeros(16, 16, 3, 3)}, ".safetensors")
+    with pytest.raises(torch_files.TorchFileError, match="^deep.safetensors looks like a RCAN model, but its tensors "
+                                                         "do not fit that architecture"):
+        torch_files.read(tmp_path / "deep.safetensors")
     assert devices == ["meta"]
 
 
