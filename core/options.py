@@ -16,6 +16,7 @@ import argparse
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from core.errors import InvalidInput
 from core.formats import JPEG_FULL_COLOUR_QUALITY, MAX_SIDE, OUTPUT_FORMATS
@@ -93,10 +94,10 @@ class Option:
             return word
         if not (DECIMAL if self.kind == "number" else WHOLE).fullmatch(text):
             raise ValueError(text)
-        value = float(text) if self.kind == "number" else int(text)
-        if not self.minimum <= value <= self.maximum:
+        # The range is checked on the decimal as written: a float would round 8.0000000000000000001 onto 8.
+        if not self.minimum <= Decimal(text) <= self.maximum:
             raise ValueError(text)
-        return value
+        return float(text) if self.kind == "number" else int(text)
 
     def describe(self, context: OptionContext) -> dict[str, object]:
         """This option for /model/metadata: type, range or choices, default, help."""
