@@ -74,7 +74,7 @@ def read_form(request: FormRequest) -> Form:
 
 def _image(request: FormRequest, problems: list[str]) -> bytes:
     files = request.files.getlist(IMAGE_FIELD)
-    if request.form_error is not None and "boundary" in request.mimetype_params:  # without one, _no_image says so
+    if request.form_error is not None and request.mimetype_params.get("boundary"):  # without one, _no_image says so
         problems.append(_unreadable_body(request))
     if IMAGE_FIELD in request.args:
         problems.append(f"{IMAGE_FIELD} was sent in the query string; send the image as the multipart file "
@@ -103,8 +103,8 @@ def _no_image(request: Request) -> str:
     if request.mimetype != MULTIPART:
         sent = f"is {request.mimetype}" if request.mimetype else "has no Content-Type"
         return f"{missing} ({MULTIPART}); the request's body {sent}"
-    if "boundary" not in request.mimetype_params:
-        return f"{missing}; the Content-Type {MULTIPART} has no boundary parameter"
+    if not request.mimetype_params.get("boundary"):
+        return f"{missing}; the Content-Type {MULTIPART} has no boundary parameter, or an empty one"
     return missing
 
 

@@ -71,6 +71,8 @@ def test_an_image_named_in_the_query_is_refused(client, route):
      "the request's body is application/x-www-form-urlencoded"),
     ({}, TINY, "the request's body has no Content-Type"),
     ({"Content-Type": "multipart/form-data"}, b"--b\r\n", "the Content-Type multipart/form-data has no boundary"),
+    ({"Content-Type": 'multipart/form-data; boundary=""'}, b"--\r\n", "multipart/form-data has no boundary parameter, "
+                                                                       "or an empty one"),
 ])
 def test_a_body_that_is_not_a_multipart_form_is_named(client, headers, data, fragment):
     for route in ROUTES:
