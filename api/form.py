@@ -31,7 +31,7 @@ class KeepingFormDataParser(FormDataParser):
 
     def parse(self, stream: IO[bytes], mimetype: str, content_length: int | None,
               options: dict[str, str] | None = None) -> tuple[IO[bytes], object, object]:
-        self.silent = False
+        self.silent = False  # silent, Werkzeug's default, drops the error with the form; it is kept here instead
         try:
             return super().parse(stream, mimetype, content_length, options)
         except ValueError as error:  # a body cut off, never closed, with another boundary, or headers not UTF-8
