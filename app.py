@@ -6,6 +6,7 @@ from flask import Flask
 import monitoring
 from api import build_api, observability, ops
 from api.errors import register_error_handlers
+from api.form import FormRequest
 from api.web import blueprint as web_blueprint
 from config import Settings, load_settings
 from core.logs import configure_logging
@@ -17,6 +18,7 @@ def create_app(settings: Settings | None = None, load_models: bool = True) -> Fl
     settings = settings or load_settings()
     configure_logging(settings.log_level)
     flask_app = Flask(__name__)
+    flask_app.request_class = FormRequest
     flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     flask_app.config["RESTX_MASK_SWAGGER"] = False
     flask_app.extensions["super_resolution"] = service = Service.create(settings)

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from types import FrameType
 
+from gunicorn import util
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker
 from pydantic import ValidationError
@@ -44,6 +47,20 @@ control_socket_disable = True
 preload_app = False
 accesslog = None
 loglevel = _settings.log_level.lower()
+
+
+
+def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it cannot parse (raw UTF-8 in the path, a control byte in a header, which
+    nginx passes on as they came), as JSON ``{"message": ...}`` like every other answer, not gunicorn's HTML page."""
+    body = json.dumps({"message": mesg}).encode() + b"\n"  # ASCII: the request's bytes it quotes are escaped
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# gunicorn's workers call util.write_error for these answers, with no setting to change what it writes.
+util.write_error = write_json_error
 
 # Metric folders this master created (and removes on exit).
 _created_folders: list[str] = []

@@ -12,15 +12,17 @@ import logging
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 from flask.typing import ResponseReturnValue
 from flask_restx import Api
+from flask_restx.mask import MaskError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import RequestRedirect
 
 from config import Settings
 from api import observability
-from core.errors import Reason, ServiceError, TooLarge, Unavailable, UploadTooLarge
+from core.errors import InvalidInput, Reason, ServiceError, TooLarge, Unavailable, UploadTooLarge
+from core.options import quoted
 
 log = logging.getLogger(__name__)
 UNSUPPORTED_MEDIA_TYPE = 415
@@ -82,9 +84,22 @@ def upload_too_large(error: RequestEntityTooLarge) -> UploadTooLarge | FormTooLa
                         f"send the image in the file field 'image' and the options as short fields")
 
 
+def unreadable_field_mask(error: MaskError) -> InvalidInput:
+    """400 for an X-Fields header that Flask-RESTX cannot parse or apply: it would otherwise be a 500.
+
+    /model/metadata honours the header, as IBM's MAX did, to return only the fields it names.
+    """
+    header = current_app.config["RESTX_MASK_HEADER"]
+    return InvalidInput(f"the {header} header {quoted(request.headers.get(header, ''))} is not a field mask of "
+                        f"this answer ({error}): name fields of /model/metadata, e.g. {header}: id,models{{id}}, "
+                        f"or send no {header}")
+
+
 def _answer(error: Exception):
     if isinstance(error, RequestEntityTooLarge):
         error = upload_too_large(error)
+    if isinstance(error, MaskError):
+        error = unreadable_field_mask(error)
     body, status, headers = error_body(error)
     g.error_message = body["message"]  # for the access line
     if isinstance(error, ServiceError) and error.reason:

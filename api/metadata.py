@@ -53,6 +53,8 @@ metadata = namespace.model("ModelMetadata", {
 @namespace.route("/metadata")
 class Metadata(Resource):
     @namespace.marshal_with(metadata)
+    @namespace.response(400, "An X-Fields header (the fields to return, e.g. id,models{id}) that is not a field "
+                             "mask of this answer")
     def get(self) -> dict[str, object]:
         """Return the model's metadata and the models this server offers."""
         current = service()

@@ -11,6 +11,7 @@ from flask_restx.reqparse import RequestParser
 from werkzeug.datastructures import FileStorage
 
 from api import namespace, service
+from api.errors import UNSUPPORTED_MEDIA_TYPE
 from api.form import IMAGE_FIELD, read_form
 from api.observability import note_model, note_result
 from core.errors import Cancelled
@@ -60,8 +61,9 @@ class Predict(Resource):
     @namespace.expect(parser)
     @namespace.produces(["image/png", "image/jpeg", "image/webp"])
     @namespace.response(200, "The upscaled image")
-    @namespace.response(400, "No image, an unreadable image, or an invalid option")
+    @namespace.response(400, "No image, a form or an image that cannot be read, or an invalid option")
     @namespace.response(413, "The upload, the image or the output exceeds a limit")
+    @namespace.response(UNSUPPORTED_MEDIA_TYPE, "A compressed request body (any Content-Encoding but identity)")
     @namespace.response(503, "Busy or still loading; see Retry-After")
     def post(self) -> Response:
         """Upscale an image 4x (any scale from 1 to 8, or to a width and height) and return it."""

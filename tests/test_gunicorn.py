@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
+import socket
 from types import SimpleNamespace
 
 import pytest
@@ -35,6 +37,30 @@ def test_gunicorn_serves_predict_and_errors():
         assert "message" in corrupt.json()
         assert requests.get(f"{server.url}/model/metadata", timeout=10).status_code == 200
 
+
+
+def raw_answer(url: str, request: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """The status line, headers and body gunicorn answers to ``request``, bytes the HTTP clients would not send."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(request)
+        answer = b"".join(iter(lambda: connection.recv(65536), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    return status, dict(line.lower().split(b": ", 1) for line in lines), body
+
+
+@pytest.mark.parametrize("request_bytes, problem", [
+    # Raw UTF-8 in the path, as a client that does not percent-encode sends it (nginx passes it on as it came).
+    (b"GET /model/metad\xc3\xa9ta HTTP/1.1\r\nHost: x\r\n\r\n", "Invalid Request Line"),
+    (b"GET /model/metadata HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n", "Invalid HTTP Header: 'X-A'"),
+])
+def test_a_request_gunicorn_cannot_parse_is_answered_in_json(request_bytes, problem):
+    with live_server() as server:
+        status, headers, body = raw_answer(server.url, request_bytes)
+    assert status.startswith(b"HTTP/1.1 400 ")
+    assert headers[b"content-type"] == b"application/json"
+    assert problem in json.loads(body)["message"]
 
 
 class ConfigOnly(Application):

@@ -168,6 +168,23 @@ def test_a_compressed_body_is_refused_with_415(client):
     assert "encoded (gzip)" in response.json["message"]
 
 
+@pytest.mark.parametrize("mask, problem", [("{id", "Missing closing bracket"), ("id}", "Unexpected closing bracket"),
+                                           ("id,,name", "Unexpected comma"), ("id{name}", "inconsistent with model")])
+def test_a_field_mask_that_cannot_be_read_is_a_400_naming_the_header(client, mask, problem):
+    # Flask-RESTX reads X-Fields on /model/metadata (as IBM's MAX did); its parse errors went out as 500s.
+    response = client.get("/model/metadata", headers={"X-Fields": mask})
+    assert response.status_code == 400, response.data[:200]
+    message = response.json["message"]
+    assert f"the X-Fields header {mask!r}" in message and problem in message, message
+
+
+def test_a_field_mask_that_can_be_read_selects_the_metadatas_fields(client):
+    response = client.get("/model/metadata", headers={"X-Fields": "id,models{id}"})
+    assert response.status_code == 200
+    assert response.json["id"] == "max-image-super-resolution-generator"
+    assert set(response.json) == {"id", "models"} and all(set(entry) == {"id"} for entry in response.json["models"])
+
+
 def test_werkzeugs_form_limits_are_named_not_taken_for_the_upload_size(client, app):
     fields = {f"f{i}": "x" for i in range(app.config.get("MAX_FORM_PARTS") or 1000)}
     response = post_image(client, **fields)

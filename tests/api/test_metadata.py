@@ -1,6 +1,8 @@
 """GET /model/metadata and the Swagger document."""
 from __future__ import annotations
 
+from flask_restx.schemas import validate
+
 from core.containers import ACCEPTED_FORMATS
 from core.models import precision
 from core.models.specs import SPECS
@@ -48,6 +50,16 @@ def test_swagger_ui_and_document(client):
     assert not any(parameters[option.name].get("required") for option in OPTIONS)
     assert parameters["scale"]["maximum"] == 8  # each option's range and default: tests/api/test_inputs.py
 
+
+def test_the_swagger_document_is_valid_openapi_2_and_lists_each_status_a_route_answers(client):
+    document = client.get("/swagger.json").json
+    assert validate(document)  # raises naming the first error against the OpenAPI 2.0 schema
+    predict = document["paths"]["/model/predict"]["post"]["responses"]
+    compressed = client.post("/model/predict", data=b"x", headers={"Content-Encoding": "gzip"})
+    assert str(compressed.status_code) in predict and {"200", "400", "413", "415", "503"} <= set(predict)
+    metadata = document["paths"]["/model/metadata"]["get"]["responses"]
+    unreadable_mask = client.get("/model/metadata", headers={"X-Fields": "{id"})
+    assert {"200", str(unreadable_mask.status_code)} <= set(metadata)
 
 def test_metadata_publishes_the_accepted_upload_formats(client):
     """The page's file chooser reads them here: every format the server sniffs, with its media type."""

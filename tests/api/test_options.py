@@ -331,6 +331,10 @@ BAD_VALUES = [
     ("width", str(10**400), "a whole number from 1 to 2147483647"),
     ("height", str(10**400), "a whole number from 1 to 2147483647"),
     ("strength", "1.5", "a number from 0 to 1"),
+    # Just past a bound, where a float rounds back onto it: the range is checked on the decimal as written.
+    ("scale", "8.0000000000000000001", "a number from 1 to 8"),
+    ("scale", "0.99999999999999999999", "a number from 1 to 8"),
+    ("strength", "1.00000000000000000001", "a number from 0 to 1"),
     ("strength", "-0.1", "a number from 0 to 1"),
     ("strength", "half", "a number from 0 to 1"),
     ("format", "gif", "one of png, jpeg, webp (jpg for jpeg)"),
