@@ -88,24 +88,16 @@ class Option:
                 raise ValueError(text)
             return word in TRUE_WORDS
         if self.kind == "choice":
-            return self._choice(text, self.allowed_choices(context, model))
+            word = self.aliases.get(text.lower(), text.lower())
+            if word not in self.allowed_choices(context, model):
+                raise ValueError(text)
+            return word
         if not (DECIMAL if self.kind == "number" else WHOLE).fullmatch(text):
             raise ValueError(text)
         # The range is checked on the decimal as written: a float would round 8.0000000000000000001 onto 8.
         if not self.minimum <= Decimal(text) <= self.maximum:
             raise ValueError(text)
         return float(text) if self.kind == "number" else int(text)
-
-    def _choice(self, text: str, choices: tuple[str, ...]) -> str:
-        """The choice ``text`` names in any case. The choices are not all lower case: a MODELS_DIR model's id is its
-        file's name (MyNet), and two ids may differ only in case, where the one spelt as sent is meant."""
-        word = self.aliases.get(text.lower(), text)
-        if word in choices:
-            return word
-        same = [choice for choice in choices if choice.lower() == word.lower()]
-        if len(same) != 1:
-            raise ValueError(text)
-        return same[0]
 
     def describe(self, context: OptionContext) -> dict[str, object]:
         """This option for /model/metadata: type, range or choices, default, help."""

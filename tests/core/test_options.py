@@ -29,17 +29,6 @@ def test_text_becomes_typed_values():
         model="srgan", width=300, height=200, fit="cover")
 
 
-def test_a_model_id_with_capitals_is_taken_in_any_case():
-    # MODELS_DIR's MyNet.onnx is offered as MyNet: lowering what was sent could never match it.
-    context = OptionContext(("srgan", "MyNet"), "srgan")
-    assert parse_options({"model": "MyNet"}, context).model == "MyNet"
-    assert parse_options({"model": "mynet"}, context).model == "MyNet"
-    both = OptionContext(("mynet", "MyNet"), "mynet")  # ids that differ only in case: only the exact one is meant
-    assert parse_options({"model": "MyNet"}, both).model == "MyNet"
-    assert parse_options({"model": "mynet"}, both).model == "mynet"
-    with pytest.raises(InvalidInput, match="model must be one of mynet, MyNet, not 'MYNET'"):
-        parse_options({"model": "MYNET"}, both)
-
 def test_a_target_side_stops_at_the_longest_side_an_output_format_holds():
     assert (BY_NAME["width"].maximum, BY_NAME["height"].maximum) == (MAX_TARGET_SIDE, MAX_TARGET_SIDE)
     assert parse_options({"width": str(MAX_TARGET_SIDE)}, CONTEXT).width == MAX_TARGET_SIDE
