@@ -3,7 +3,9 @@
 The first bytes decide the one decoder that may read the upload. Before it runs, the container is walked
 for what decoders do not refuse: a PNG's sizes, checksums and inflated size, bytes appended after a GIF's,
 PNG's or WebP's end (where a polyglot hides its script), a JPEG's scan count (each scan a full decoding pass).
-The walk of a PNG also notes where its text chunks lie, so that the decoder is shown the file without them.
+The walk also notes where the metadata lies that decoders would keep and the result does not carry (a PNG's text
+and private chunks, a JPEG's comments and application segments, a GIF's comments), so that the decoder is shown the
+file without it.
 """
 from __future__ import annotations
 
@@ -41,10 +43,13 @@ PNG_CRITICAL_CHUNKS = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
 # before the pixel data.
 PNG_COLOUR_CHUNKS = (b"gAMA", b"cHRM", b"sRGB", b"cICP", b"mDCV", b"cLLI")
 MAX_PNG_PROFILE_NAME = 79  # an iCCP chunk's name, before its NUL
-# Text chunks, which the result does not carry (docs/inputs.md, "Metadata"). Pillow keeps each as a string, inflated
-# up to 1 MiB (MAX_TEXT_CHUNK) and refusing the file past that or past 64 MiB in all: 60 zTXt chunks of a 62 kB
-# upload held 61 MiB that the memory budget does not count. The decoder is not shown them (``without_spans``).
-PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+# The ancillary chunks the decoder is shown: transparency, the ICC profile (whose copies the memory budget counts),
+# the resolution, and an animation's control and frames (to refuse an animation). The others the result does not carry
+# (docs/inputs.md, "Metadata"), or takes from this walk (the orientation, the colour chunks), and Pillow would keep
+# some outside the memory budget: text inflated up to 1 MiB a chunk (60 zTXt chunks of a 62 kB upload held 61 MiB)
+# and private chunks (a lower-case second letter) as they stand, up to the upload's size again. The decoder is not
+# shown them (``WithoutSpans``).
+PNG_DECODER_CHUNKS = (b"tRNS", b"iCCP", b"pHYs", b"acTL", b"fcTL", b"fdAT")
 
 # What decoders raise on corrupt data: Pillow's plugins and pypng use all of these.
 CORRUPT_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
@@ -65,6 +70,9 @@ MAX_JPEG_SEGMENTS = 10_000
 # Fill bytes (0xFF) and stray bytes between a JPEG's segments, which decoders skip one at a time.
 MAX_JPEG_PADDING_BYTES = 65_536
 MAX_GIF_SUB_BLOCKS = 500_000
+# A WebP's chunks, which libwebp keeps a record of each of: 3 million empty ones, a 22 MiB upload, took 137 MiB to open.
+# Encoders write a few, and one a frame in an animation (which is refused, whatever its length).
+MAX_WEBP_CHUNKS = 10_000
 # A BMP's run-length compressions (RLE8, RLE4). The most bytes a pixel takes in them is 4 (a delta escape moving
 # one pixel); an escape that moves no pixel costs Pillow's decoder, written in Python, a step all the same.
 # A TIFF's strips or tiles (Pillow makes an object of each as it opens the file, before our checks could run on
@@ -79,6 +87,24 @@ BMP_RLE_BYTES_PER_PIXEL = 4
 # Pixels described by bit masks, and where the alpha mask lies in an info header long enough to hold one.
 BMP_BITFIELDS = 3
 BMP_HEADER_WITH_ALPHA_MASK, BMP_ALPHA_MASK_AT = 56, 66
+# A JPEG's application segments (APP0 to APP15) and comments (COM). Pillow keeps every one, up to the upload's size,
+# outside the memory budget, and joins the EXIF ones; the decoder is shown only those the picture is read from: the
+# last JFIF and Adobe segments (the colour space and resolution libjpeg and Pillow take from them), the first EXIF
+# segment (Pillow's orientation and resolution) and the ICC profile's segments (whose copies the budget counts).
+JPEG_APPLICATION_MARKERS = frozenset(range(0xE0, 0xF0))
+JPEG_COMMENT_MARKER = 0xFE
+JPEG_LAST_KEPT = ((0xE0, b"JFIF"), (0xEE, b"Adobe"))
+JPEG_FIRST_KEPT = ((0xE1, b"Exif\x00\x00"),)
+JPEG_ALL_KEPT = ((0xE2, b"ICC_PROFILE\x00"),)
+# A GIF's comment extension, which Pillow joins whole into the image's info; the decoder is not shown it.
+GIF_COMMENT_LABEL = 0xFE
+# What decoders copy of the metadata they must be shown (a WebP's length and a TIFF's offsets do not allow hiding
+# any), which the memory budget counts (core/memory.py): a WebP's first EXIF and XMP chunks, and the values a TIFF's
+# first directory holds apart from its entries, but for its ICC profile (whose copies are counted apart). Pillow reads
+# no more of a directory's values than the file's length.
+WEBP_METADATA_CHUNKS = (b"EXIF", b"XMP ")
+TIFF_ICC_PROFILE = 34675
+TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 # Start-of-frame markers (SOF0 to SOF15 but DHT, JPG and DAC), whose segment gives the sample precision, and the one
 # precision Pillow reads.
 JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -94,9 +120,18 @@ class PngHeader:
     width: int
     height: int
     bit_depth: int
-    exif: bytes | None
+    exif: memoryview | None  # the eXIf chunk's body, in place: it may be as long as the upload
     colour_chunks: tuple[bytes, ...] = ()  # whole chunks, as the file holds them
-    text_spans: tuple[tuple[int, int], ...] = ()  # where each text chunk lies, from its length to its CRC
+
+
+@dataclass(frozen=True)
+class Container:
+    """What the walk of an upload's container found: a PNG's header, and where the metadata lies that the decoder is
+    not shown (each span from its first byte to past its last)."""
+
+    png: PngHeader | None = None
+    hidden: tuple[tuple[int, int], ...] = ()
+    metadata_bytes: int = 0  # the metadata the decoder is shown and copies (WEBP_METADATA_CHUNKS, TIFF_TYPE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -164,29 +199,31 @@ def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
                             f"the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
 
 
-def check(data: bytes, image_format: str, max_pixels: int) -> PngHeader | None:
-    """The container checks of ``image_format``: a PNG's header (413 past ``max_pixels``) where it is one."""
+def check(data: bytes, image_format: str, max_pixels: int) -> Container:
+    """The container checks of ``image_format`` (a PNG's 413 past ``max_pixels``), and what they found."""
     if image_format == "GIF":
-        _check_gif(data)
+        return Container(hidden=_check_gif(data))
     if image_format == "WEBP":
         _check_riff_end(data)
+        return Container(metadata_bytes=_walk_webp(data))
     if image_format == "JPEG":
-        _check_jpeg_scans(data)
+        return Container(hidden=_check_jpeg_scans(data))
     if image_format == "BMP":
         _check_bmp_runs(data)
         _check_bmp_alpha(data)
     if image_format == "TIFF":
         _check_tiff_pieces(data, max_pixels)
-    return _check_png(data, max_pixels) if image_format == "PNG" else None
+        return Container(metadata_bytes=_tiff_metadata_bytes(data))
+    return _check_png(data, max_pixels) if image_format == "PNG" else Container()
 
 
-def _check_png(data: bytes, max_pixels: int) -> PngHeader:
+def _check_png(data: bytes, max_pixels: int) -> Container:
     """Walk the chunks: sizes from IHDR before any pixel, CRCs of critical chunks, nothing after IEND."""
     view = memoryview(data)
     header: PngHeader | None = None
     exif = None
     colour_chunks: list[bytes] = []
-    text_spans: list[tuple[int, int]] = []
+    hidden: list[tuple[int, int]] = []
     pixel_data: list[memoryview] = []
     position = len(PNG_SIGNATURE)
     for chunks in range(1, MAX_PNG_CHUNKS + 2):
@@ -208,15 +245,15 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
             check_pixels((width, height), max_pixels)
             header = PngHeader(width, height, bit_depth, None)
         elif kind == b"eXIf":
-            exif = bytes(body)
+            exif = body
         elif kind == b"iCCP":
             _check_png_profile(body)
         elif kind == b"IDAT":
             pixel_data.append(body)
         elif kind in PNG_COLOUR_CHUNKS and not pixel_data:
             colour_chunks.append(bytes(view[position:end]))
-        elif kind in PNG_TEXT_CHUNKS:
-            text_spans.append((position, end))
+        if kind not in PNG_CRITICAL_CHUNKS and kind not in PNG_DECODER_CHUNKS:
+            hidden.append((position, end))
         position = end
         if kind == b"IEND":
             break
@@ -225,7 +262,8 @@ def _check_png(data: bytes, max_pixels: int) -> PngHeader:
                            f"(another file appended to it, e.g. a polyglot); only a plain PNG is accepted")
     if header.bit_depth == 16:
         _check_inflated_size(pixel_data, header, colour_type)
-    return PngHeader(header.width, header.height, header.bit_depth, exif, tuple(colour_chunks), tuple(text_spans))
+    return Container(PngHeader(header.width, header.height, header.bit_depth, exif, tuple(colour_chunks)),
+                     tuple(hidden))
 
 
 class WithoutSpans(io.RawIOBase):
@@ -316,8 +354,9 @@ def _check_png_chunk(kind: bytes, body: memoryview, crc: memoryview, first: bool
         raise InvalidImage(f"the PNG image is corrupt: the checksum of its {kind.decode()} chunk is wrong")
 
 
-def _check_gif(data: bytes) -> None:
-    """Reject an empty logical screen, and bytes after the trailer (where a GIF/JavaScript polyglot hides its script).
+def _check_gif(data: bytes) -> tuple[tuple[int, int], ...]:
+    """Reject an empty logical screen, and bytes after the trailer (where a GIF/JavaScript polyglot hides its script);
+    where the comments lie.
 
     Pillow would quietly size a 0x0 screen from its first frame; viewers show nothing.
     """
@@ -325,31 +364,36 @@ def _check_gif(data: bytes) -> None:
         width, height = struct.unpack("<HH", data[6:10])
         if not width or not height:
             raise InvalidImage(f"the GIF image has no pixels: its logical screen is {width}x{height}")
-    end = _gif_end(data)
+    end, comments = _gif_blocks(data)
     if end is not None and end < len(data):
         raise InvalidImage(f"the GIF image has {len(data) - end} bytes after its trailer "
                            f"(another file appended to it, e.g. a polyglot); only a plain GIF is accepted")
+    return comments
 
 
-def _gif_end(data: bytes) -> int | None:
-    """Offset just past the GIF trailer; None when the blocks end early (the decoder judges those). 400 past
-    MAX_GIF_SUB_BLOCKS sub-blocks."""
+def _gif_blocks(data: bytes) -> tuple[int | None, tuple[tuple[int, int], ...]]:
+    """Offset just past the GIF trailer, None when the blocks end early (the decoder judges those); and where each
+    comment extension lies before that. 400 past MAX_GIF_SUB_BLOCKS sub-blocks."""
+    comments: list[tuple[int, int]] = []
     if len(data) < 13:
-        return None
+        return None, ()
     position = 13 + _colour_table_size(data[10])
     sub_blocks = 0
     while position < len(data):
         block = data[position]
         if block == 0x3B:
-            return position + 1
+            return position + 1, tuple(comments)
         if block == 0x21:
             first = position + 2
         elif block == 0x2C and position + 10 <= len(data):
             first = position + 11 + _colour_table_size(data[position + 9])
         else:
-            return None
-        position, sub_blocks = _skip_sub_blocks(data, first, sub_blocks)
-    return None
+            return None, tuple(comments)
+        end, sub_blocks = _skip_sub_blocks(data, first, sub_blocks)
+        if block == 0x21 and data[position + 1:position + 2] == bytes((GIF_COMMENT_LABEL,)) and end <= len(data):
+            comments.append((position, end))
+        position = end
+    return None, tuple(comments)
 
 
 def _colour_table_size(flags: int) -> int:
@@ -370,9 +414,42 @@ def _skip_sub_blocks(data: bytes, position: int, counted: int) -> tuple[int, int
     return len(data) + 1, counted
 
 
-def _check_jpeg_scans(data: bytes) -> None:
+def _check_jpeg_scans(data: bytes) -> tuple[tuple[int, int], ...]:
+    """Refuse a file with more scans, segments or padding than any encoder writes, or of a sample precision Pillow
+    does not read (``_walk_jpeg``); where the application and comment segments lie that the decoder is not shown."""
+    metadata: list[tuple[int, int]] = []
+    _walk_jpeg(data, metadata)
+    return _jpeg_hidden(data, metadata)
+
+
+def _jpeg_hidden(data: bytes, metadata: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Of the application and comment segments at ``metadata``, all but the last of each kind in JPEG_LAST_KEPT, the
+    first of each in JPEG_FIRST_KEPT and every one in JPEG_ALL_KEPT; and the segment after the SOI marker only where
+    a marker follows what is hidden there, since Pillow reads no JPEG whose SOI stray bytes follow."""
+    kinds = JPEG_LAST_KEPT + JPEG_FIRST_KEPT + JPEG_ALL_KEPT
+    found: dict[tuple[int, bytes], list[int]] = {kind: [] for kind in kinds}
+    for index, (start, _) in enumerate(metadata):
+        for marker, identifier in kinds:
+            if data[start + 1] == marker and data.startswith(identifier, start + 4):
+                found[marker, identifier].append(index)
+    kept = {index for kind in JPEG_ALL_KEPT for index in found[kind]}
+    kept |= {found[kind][-1] for kind in JPEG_LAST_KEPT if found[kind]}
+    kept |= {found[kind][0] for kind in JPEG_FIRST_KEPT if found[kind]}
+    hidden = [span for index, span in enumerate(metadata) if index not in kept]
+    after_soi = 2
+    for start, end in hidden:
+        if start != after_soi:
+            break
+        after_soi = end
+    if after_soi != 2 and data[after_soi:after_soi + 1] != b"\xff":
+        hidden.pop(0)
+    return tuple(hidden)
+
+
+def _walk_jpeg(data: bytes, metadata: list[tuple[int, int]]) -> None:
     """Count the scans, the segments and the padding between them from the markers alone, and refuse a file with
-    more than any encoder writes, or of a sample precision Pillow does not read.
+    more than any encoder writes, or of a sample precision Pillow does not read; add where each whole application
+    or comment segment lies to ``metadata``.
 
     Segments before and between scans are skipped by their length (an EXIF thumbnail's markers are not
     counted); the entropy-coded data after a scan header, and fill or stray bytes before a marker, are skipped to
@@ -402,7 +479,10 @@ def _check_jpeg_scans(data: bytes) -> None:
                                f"dozen, and each costs the decoder a step")
         if marker in JPEG_FRAME_MARKERS:
             _check_jpeg_precision(data[position + 4:position + 5])
-        position += 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
+        end = position + 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
+        if (marker in JPEG_APPLICATION_MARKERS or marker == JPEG_COMMENT_MARKER) and end <= len(data):
+            metadata.append((position, end))
+        position = end
         if marker == 0xDA:
             scans += 1
             if scans > MAX_JPEG_SCANS:
@@ -470,7 +550,7 @@ def _check_tiff_pieces(data: bytes, max_pixels: int) -> None:
                             f"decoded whole; the limit is {max_pixels} input pixels (MAX_INPUT_PIXELS)")
 
 
-def tiff_first_directory(data: bytes) -> dict[int, TiffEntry]:
+def tiff_first_directory(data: bytes | memoryview) -> dict[int, TiffEntry]:
     """Each tag of a TIFF's first directory, where the file holds it. Empty, or cut short, where the directory runs
     past the end: the decoder judges that."""
     if len(data) < 16:
@@ -500,3 +580,31 @@ def _check_riff_end(data: bytes) -> None:
     if len(data) > end:
         raise InvalidImage(f"the WEBP image has {len(data) - end} bytes after its RIFF chunk "
                            f"(another file appended to it, e.g. a polyglot); only a plain WebP is accepted")
+
+
+def _walk_webp(data: bytes) -> int:
+    """The bytes of the first chunk of each kind in WEBP_METADATA_CHUNKS, from a walk of the RIFF chunks that stops
+    where they run past the end (the decoder judges that); 400 past MAX_WEBP_CHUNKS chunks."""
+    found: dict[bytes, int] = {}
+    position, chunks = 12, 0
+    while position + 8 <= len(data):
+        chunks += 1
+        if chunks > MAX_WEBP_CHUNKS:
+            raise InvalidImage(f"the WEBP image has more than {MAX_WEBP_CHUNKS} chunks; encoders write a few (and one "
+                               f"a frame of an animation), and the decoder keeps a record of each")
+        kind, size = struct.unpack_from("<4sI", data, position)
+        if kind in WEBP_METADATA_CHUNKS:
+            found.setdefault(kind, min(size, len(data) - position - 8))
+        position += 8 + size + (size & 1)
+    return sum(found.values())
+
+
+def _tiff_metadata_bytes(data: bytes) -> int:
+    """The bytes of the values the first directory holds apart from its entries (but for the ICC profile's), at most
+    the file's length."""
+    total = 0
+    for tag, entry in tiff_first_directory(data).items():
+        size = entry.count * TIFF_TYPE_BYTES.get(entry.kind, 0)
+        if tag != TIFF_ICC_PROFILE and size > len(entry.stored):
+            total += size
+    return min(total, len(data))

@@ -81,6 +81,10 @@ class Header:
     profile_space: bytes | None = None
     # The ICC profile the upload stores, whatever its colour space: decoding copies it (core/memory.py)
     stored_profile_bytes: int = 0
+    # Where the metadata lies that the decoder is not shown, and the bytes of what it is shown and copies
+    # (core/containers.py)
+    hidden: tuple[tuple[int, int], ...] = ()
+    metadata_bytes: int = 0
 
     @property
     def size(self) -> tuple[int, int]:
@@ -116,10 +120,11 @@ def read_header(data: bytes, max_pixels: int) -> Header:
     if not data:
         raise InvalidImage(f"the upload is empty; send an image ({describe_accepted()})")
     image_format = sniff_format(data)
-    png_header = check(data, image_format, max_pixels)
+    container = check(data, image_format, max_pixels)
+    png_header = container.png
     with _reading(image_format, max_pixels):
         layout = tiff16.check(data) if image_format == "TIFF" else None
-    with _reading(image_format, max_pixels), _open(data, image_format, layout, png_header) as image:
+    with _reading(image_format, max_pixels), _open(data, image_format, layout, container.hidden) as image:
         stored = tiff16.stored_size(image, layout) if layout else image.size
         check_pixels(stored, max_pixels)
         _check_one_picture(image)
@@ -134,17 +139,17 @@ def read_header(data: bytes, max_pixels: int) -> Header:
         space = _profile_space(profile)
         carried = len(profile) if space in CARRIED_PROFILE_SPACES else 0
     return Header(image_format, width, height, turn, png_header, layout, max_pixels, samples, sample_bytes,
-                  carried, space if carried else None, len(profile))
+                  carried, space if carried else None, len(profile), container.hidden,
+                  container.metadata_bytes)
 
 
 def _open(data: bytes, image_format: str, layout: tiff16.Layout | None,
-          png_header: PngHeader | None = None) -> Image.Image:
-    """The upload opened by the one decoder its first bytes name, its header read and no pixel; a PNG without its
-    text chunks, which the decoder would hold and the result does not carry (core/containers.py)."""
+          hidden: tuple[tuple[int, int], ...]) -> Image.Image:
+    """The upload opened by the one decoder its first bytes name, its header read and no pixel; without the
+    ``hidden`` metadata, which the decoder would hold and the result does not carry (core/containers.py)."""
     if layout:
         return tiff16.open_as_grey(data, layout)
-    spans = png_header.text_spans if png_header else ()
-    return Image.open(WithoutSpans(data, spans) if spans else io.BytesIO(data), formats=(image_format,))
+    return Image.open(WithoutSpans(data, hidden) if hidden else io.BytesIO(data), formats=(image_format,))
 
 
 def _turn_to_apply(image: Image.Image, png_header: PngHeader | None) -> int:
@@ -189,7 +194,7 @@ def _samples_at_most(image: Image.Image) -> int:
 def decode_pixels(data: bytes, header: Header) -> DecodedImage:
     """The pixels of ``data`` whose ``header`` has been read; 400 where they turn out corrupt."""
     with _reading(header.image_format, header.max_pixels):
-        image = _open(data, header.image_format, header.tiff16, header.png)
+        image = _open(data, header.image_format, header.tiff16, header.hidden)
         # Pillow turns a TIFF's pixels itself (the header's turn is then 1, but for core/tiff16.py's), not its
         # resolution
         pillow_turns = image.format == "TIFF" and not header.tiff16
@@ -198,7 +203,7 @@ def decode_pixels(data: bytes, header: Header) -> DecodedImage:
             colour, alpha = tiff16.pixels(image, header.tiff16)
             icc = image.info.get("icc_profile")
         elif header.png16:
-            colour, alpha = _png16_pixels(data)
+            colour, alpha = _png16_pixels(data, header.hidden)
             icc = image.info.get("icc_profile")
         else:
             image.load()
@@ -246,9 +251,10 @@ def _reading(image_format: str, max_pixels: int) -> Iterator[None]:
         raise InvalidImage(f"the {image_format} image is corrupt or truncated ({error})") from error
 
 
-def _png16_pixels(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
-    """16-bit PNG (grey, grey+alpha, RGB, RGBA) with every level kept; Pillow would cut colour to 8 bits."""
-    width, height, rows, info = png.Reader(bytes=data).read()
+def _png16_pixels(data: bytes, hidden: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, np.ndarray | None]:
+    """16-bit PNG (grey, grey+alpha, RGB, RGBA) with every level kept; Pillow would cut colour to 8 bits. pypng too
+    is not shown the ``hidden`` chunks, each of which it would read whole."""
+    width, height, rows, info = png.Reader(file=WithoutSpans(data, hidden)).read()
     planes = info["planes"]
     pixels = np.vstack([np.frombuffer(row, np.uint16) for row in rows]).reshape(height, width, planes)
     if info["alpha"]:

@@ -33,6 +33,14 @@ REQUEST_BYTES_PER_INPUT_PIXEL = 24
 RESULT_COPIES = 3
 # The upload, which the request holds from the form's read to its answer (Plan.data).
 UPLOAD_COPIES = 1
+# What a decoder copies of the upload as it opens it, beside the upload, by format: Pillow's WebP reader joins the
+# upload's bytes again, and libwebp copies them. (Other formats' decoders read it in place, and are not shown the
+# metadata they would keep: core/containers.py.)
+DECODER_UPLOAD_COPIES = {"WEBP": 2}
+# The copies decoding holds at its peak of the metadata a decoder must be shown (``Container.metadata_bytes``), by
+# format: a WebP's EXIF and XMP in the image's info; a TIFF's directory values, read as the file is opened and again
+# for its orientation (tracemalloc's peak, decoding a 6 MB XMP tag, is 3 times it: tests/core/test_images.py).
+DECODER_METADATA_COPIES = {"WEBP": 1, "TIFF": 3}
 # An ICC profile the upload stores, as decoding holds it at its peak, whatever its colour space: the bytes Pillow reads
 # it from, its copy in the image's info, and the decoded image's (peak RSS 2.99 to 3.00 times the profile above the
 # upload, for 15 to 30 MiB profiles in JPEG, TIFF and WebP).
@@ -122,12 +130,15 @@ def result_bytes(pixels: int, pixel_bytes: int, lanczos: bool, blended: bool, la
 
 
 def sent_bytes(upload_bytes: int, stored_profile_bytes: int, carried_profile_bytes: int, output_format: str,
-               layers: bool) -> int:
-    """What a request holds of the bytes it was sent, beside its pixels' buffers: the upload, and the copies of its
-    ICC profile at the larger of decoding's peak (a profile of any colour space, ``stored``) and encoding's (one
-    the result carries, in ``output_format`` and, with the web page's ``layers``, in theirs)."""
+               layers: bool, image_format: str, metadata_bytes: int) -> int:
+    """What a request holds of the bytes it was sent, beside its pixels' buffers: the upload, the copies the decoder
+    of its ``image_format`` makes of it and of the ``metadata_bytes`` it is shown, and the copies of its ICC profile
+    at the larger of decoding's peak (a profile of any colour space, ``stored``) and encoding's (one the result
+    carries, in ``output_format`` and, with the web page's ``layers``, in theirs)."""
     carried = carried_profile_bytes * (ENCODED_PROFILE_COPIES[output_format] + LAYER_PROFILE_COPIES * layers)
-    return upload_bytes * UPLOAD_COPIES + max(stored_profile_bytes * DECODED_PROFILE_COPIES, carried)
+    decoder = (upload_bytes * DECODER_UPLOAD_COPIES.get(image_format, 0)
+               + metadata_bytes * DECODER_METADATA_COPIES.get(image_format, 0))
+    return upload_bytes * UPLOAD_COPIES + decoder + max(stored_profile_bytes * DECODED_PROFILE_COPIES, carried)
 
 
 def window_host_bytes(window_pixels: int, device: str, bytes_per_window_pixel: int, scale: int, batch: int,

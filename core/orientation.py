@@ -4,10 +4,13 @@ from __future__ import annotations
 import numpy as np
 from PIL import ExifTags, Image
 
-from core.containers import CORRUPT_DATA_ERRORS
+from core.containers import CORRUPT_DATA_ERRORS, tiff_first_directory
 
 # Orientations that turn the image a quarter: the displayed width is the stored height.
 QUARTER_TURNS = (5, 6, 7, 8)
+# What a raw EXIF block may start with, and the TIFF headers (little- and big-endian) its tags then start with.
+EXIF_PREFIX = b"Exif\x00\x00"
+EXIF_TIFF_HEADERS = (b"II*\x00", b"MM\x00*")
 
 
 def of_image(image: Image.Image) -> int:
@@ -18,16 +21,17 @@ def of_image(image: Image.Image) -> int:
         return 1  # unreadable EXIF: viewers show such images unrotated, and so do we
 
 
-def from_exif(exif: bytes | None) -> int:
-    """The orientation in a raw EXIF block (a PNG's eXIf chunk)."""
-    if not exif:
+def from_exif(exif: memoryview | None) -> int:
+    """The orientation in a raw EXIF block (a PNG's eXIf chunk), read in place from its first directory: the block
+    may be as long as the upload, and Pillow's reader would copy it, and every value of that directory, outside the
+    memory budget."""
+    if exif is None:
         return 1
-    try:
-        tags = Image.Exif()
-        tags.load(exif if exif.startswith(b"Exif") else b"Exif\x00\x00" + exif)
-        return _valid_orientation(tags.get(ExifTags.Base.Orientation, 1))
-    except CORRUPT_DATA_ERRORS:
+    tags = exif[len(EXIF_PREFIX):] if exif[:len(EXIF_PREFIX)] == EXIF_PREFIX else exif
+    if bytes(tags[:4]) not in EXIF_TIFF_HEADERS:
         return 1
+    entry = tiff_first_directory(tags).get(ExifTags.Base.Orientation)
+    return _valid_orientation(entry.value) if entry and entry.count == 1 else 1
 
 
 def _valid_orientation(value: object) -> int:

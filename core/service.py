@@ -195,7 +195,7 @@ class Service:
         runs_network = runs_model(options.strength, with_layers)
         self.check_pixels(output, options, with_layers)
         sent = memory.sent_bytes(len(data), header.stored_profile_bytes, header.profile_bytes, options.output_format,
-                                 with_layers)
+                                 with_layers, header.image_format, header.metadata_bytes)
         held = self.result_bytes(header, output, options, with_layers) + sent
         room = worker_room(self.settings, self.registry)
         # First what it holds whatever its tiles: a refusal for a long ICC profile says so, not that no tile fits.

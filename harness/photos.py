@@ -14,6 +14,7 @@ from PIL import Image
 from core import tiff16
 from harness.tiff_writer import tiff
 
+TIFF_XMP = 700
 PHOTO = Path(__file__).resolve().parent.parent / "assets" / "test_examples" / "low_resolution" / "astronaut.png"
 
 
@@ -83,7 +84,72 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
+# The metadata of the probes' pictures that carry some in each format: near the most a 32 MiB upload
+# (MAX_UPLOAD_BYTES) can carry, random (nothing for a compressor to save), in pieces as large as the format allows.
+METADATA_BYTES = 30 * 1024 * 1024
+JPEG_SEGMENT_BYTES = 65_533  # a segment's length field counts itself: 65535 in all
+EXIF_EMPTY_DIRECTORY = b"MM\x00*\x00\x00\x00\x08\x00\x00\x00\x00\x00\x00"  # a TIFF header, a directory of no tags
+
+
+def metadata(size: int) -> bytes:
+    return np.random.default_rng(size).integers(0, 256, size, np.uint8).tobytes()
+
+
+def photo_chunked_png(side: int) -> bytes:
+    """The photo as PNG with half the metadata in private chunks (an editor's own, kept as they stand by a decoder
+    that keeps unknown chunks) of 1 MiB each and half in its EXIF chunk (eXIf), before its pixel data."""
+    data = photo_png(side)
+    half = METADATA_BYTES // 2
+    private = b"".join(_png_chunk(b"prVt", piece) for piece in _pieces(metadata(half), 1024 * 1024))
+    exif = _png_chunk(b"eXIf", EXIF_EMPTY_DIRECTORY + metadata(half))
+    return data[:33] + private + exif + data[33:]
+
+
+def photo_segmented_jpeg(side: int) -> bytes:
+    """The photo as JPEG with the metadata in application segments (APP1, APP3, APP13) and comments of 64 kB each,
+    where editors and cameras write theirs."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(photo_png(side))).save(buffer, "JPEG", quality=95)
+    data = buffer.getvalue()
+    markers = (b"\xff\xe1", b"\xff\xe3", b"\xff\xed", b"\xff\xfe")
+    segments = b"".join(markers[index % len(markers)] + struct.pack(">H", len(piece) + 2) + piece
+                        for index, piece in enumerate(_pieces(metadata(METADATA_BYTES), JPEG_SEGMENT_BYTES)))
+    return data[:2] + segments + data[2:]
+
+
+def photo_annotated_webp(side: int) -> bytes:
+    """The photo as lossless WebP with half the metadata as its EXIF chunk and half as its XMP chunk."""
+    buffer = io.BytesIO()
+    half = METADATA_BYTES // 2
+    Image.open(io.BytesIO(photo_png(side))).save(buffer, "WEBP", lossless=True, exif=b"Exif\x00\x00" + metadata(half),
+                                                 xmp=metadata(half + 1))
+    return buffer.getvalue()
+
+
+def photo_tagged_tiff(side: int) -> bytes:
+    """The photo as TIFF with the metadata as its XMP tag (700), as a decoder reads every tag's value."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(photo_png(side))).save(buffer, "TIFF", tiffinfo={TIFF_XMP: metadata(METADATA_BYTES)})
+    return buffer.getvalue()
+
+
+def photo_commented_gif(side: int) -> bytes:
+    """The photo as GIF with the metadata as its comment (in sub-blocks of 255 bytes)."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(photo_png(side))).save(buffer, "GIF", comment=metadata(METADATA_BYTES))
+    return buffer.getvalue()
+
+
+def _pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[start:start + size] for start in range(0, len(data), size)]
+
+
 # The pictures a memory probe can upscale, by name.
 PICTURES: dict[str, Callable[[int], bytes]] = {"photo": photo_png, "photo16-rgba": photo16_rgba_png,
                                                "photo16-rgba-tiff": photo16_rgba_tiff,
-                                               "photo-profiled": photo_profiled_tiff, "photo-texted": photo_texted_png}
+                                               "photo-profiled": photo_profiled_tiff, "photo-texted": photo_texted_png,
+                                               "photo-chunked": photo_chunked_png,
+                                               "photo-segmented": photo_segmented_jpeg,
+                                               "photo-annotated-webp": photo_annotated_webp,
+                                               "photo-tagged-tiff": photo_tagged_tiff,
+                                               "photo-commented-gif": photo_commented_gif}

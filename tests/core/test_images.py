@@ -12,7 +12,7 @@ import png
 import pytest
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
-from core import containers, encoding, images
+from core import containers, encoding, images, memory
 from core.formats import MAX_JPEG_ICC_PROFILE_BYTES, OUTPUT_FORMATS
 from core.resize import BLEED_REACH, bleed_into_transparency, resize
 from core.errors import InvalidImage, InvalidInput, TooLarge
@@ -826,6 +826,13 @@ def gif_with_comment(sub_blocks: int) -> bytes:
     return data[:header] + b"\x21\xfe" + b"\x01x" * sub_blocks + b"\x00" + data[header:]
 
 
+def webp_with(chunk: bytes, copies: int) -> bytes:
+    """A 16x16 WebP (VP8X, with an EXIF chunk) with ``copies`` of ``chunk`` at its end, its RIFF length grown alike."""
+    data = save(Image.new("RGB", (16, 16)), "WEBP", lossless=True, exif=exif_orientation(1))
+    body = data[12:] + chunk * copies
+    return b"RIFF" + struct.pack("<I", len(body) + 4) + b"WEBP" + body
+
+
 def rle_bmp(side: int, runs: bytes) -> bytes:
     """A ``side`` x ``side`` grey BMP whose RLE8 data is ``runs`` (Pillow writes no run-length BMP)."""
     palette = b"".join(bytes([level, level, level, 0]) for level in range(256))
@@ -841,6 +848,7 @@ def rows_of_grey(side: int) -> bytes:
 
 EMPTY_CHUNK = png_chunk(b"abCd", b"")
 EMPTY_SEGMENT = b"\xff\xe5\x00\x02"  # an APP5 segment holding nothing
+EMPTY_WEBP_CHUNK = b"ABCD\x00\x00\x00\x00"
 
 
 @pytest.mark.parametrize("build, message", [
@@ -852,12 +860,14 @@ EMPTY_SEGMENT = b"\xff\xe5\x00\x02"  # an APP5 segment holding nothing
     (lambda: jpeg_with(EMPTY_SEGMENT + bytes(containers.MAX_JPEG_PADDING_BYTES + 1)),
      f"more than {containers.MAX_JPEG_PADDING_BYTES} fill or stray bytes"),
     (lambda: gif_with_comment(containers.MAX_GIF_SUB_BLOCKS), f"more than {containers.MAX_GIF_SUB_BLOCKS} sub-blocks"),
+    (lambda: webp_with(EMPTY_WEBP_CHUNK, containers.MAX_WEBP_CHUNKS), f"more than {containers.MAX_WEBP_CHUNKS} chunks"),
     # Delta escapes that move no pixel, before the rows.
     (lambda: rle_bmp(16, b"\x00\x02\x00\x00" * 300 + rows_of_grey(16)),
      "run-length data is 1266 bytes, more than the 1058 that 16x16 pixels can take"),
     (lambda: striped_tiff(16, containers.MAX_TIFF_STRIPS + 1),
      f"{containers.MAX_TIFF_STRIPS + 1} strips or tiles, more than {containers.MAX_TIFF_STRIPS}"),
-], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks", "bmp-runs", "tiff-strips"])
+], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks", "webp-chunks", "bmp-runs",
+        "tiff-strips"])
 def test_a_container_of_more_empty_pieces_than_encoders_write_is_refused_before_decoding(build, message):
     # Decoders read each piece in Python: 30 MB of them held a worker for 10 to 50 s, up to 1.4 GB for 16x16 pixels.
     with pytest.raises(InvalidImage, match=message):
@@ -867,9 +877,10 @@ def test_a_container_of_more_empty_pieces_than_encoders_write_is_refused_before_
 @pytest.mark.parametrize("build", [
     lambda: png_with(EMPTY_CHUNK, 100), lambda: jpeg_with(EMPTY_SEGMENT * 100),
     lambda: jpeg_with(b"\xff" * 16 + EMPTY_SEGMENT), lambda: jpeg_with(EMPTY_SEGMENT + bytes(16)),
-    lambda: gif_with_comment(1000), lambda: rle_bmp(16, b"\x00\x02\x00\x00" * 10 + rows_of_grey(16)),
-    lambda: striped_tiff(16, 16),
-], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks", "bmp-runs", "tiff-strips"])
+    lambda: gif_with_comment(1000), lambda: webp_with(EMPTY_WEBP_CHUNK, 100),
+    lambda: rle_bmp(16, b"\x00\x02\x00\x00" * 10 + rows_of_grey(16)), lambda: striped_tiff(16, 16),
+], ids=["png-chunks", "jpeg-segments", "jpeg-fill", "jpeg-stray-bytes", "gif-sub-blocks", "webp-chunks", "bmp-runs",
+        "tiff-strips"])
 def test_a_few_empty_pieces_as_files_in_the_wild_have_decode(build):
     assert images.decode(build(), LIMIT).width == 16
 
@@ -939,3 +950,92 @@ def test_decoding_a_png_holds_none_of_its_text():
         tracemalloc.stop()
     assert np.array_equal(decoded.colour, pattern())
     assert peak < megabyte
+
+
+# Metadata of 6 MB in pieces as large as each format allows (a JPEG segment holds at most 65533 bytes).
+METADATA_BYTES, METADATA_PIECE = 6_000_000, 60_000
+
+
+def random_bytes(size: int) -> bytes:
+    return np.random.default_rng(size).integers(0, 256, size, np.uint8).tobytes()
+
+
+def metadata_pieces() -> list[bytes]:
+    data = random_bytes(METADATA_BYTES)
+    return [data[start:start + METADATA_PIECE] for start in range(0, METADATA_BYTES, METADATA_PIECE)]
+
+
+def png_with_private_chunks(plain: bytes) -> tuple[bytes, bytes]:
+    """The PNG ``plain`` with private chunks (a lower-case second letter, which Pillow keeps as they stand) around its
+    pixel data."""
+    chunks = [png_chunk(b"prVt", piece) for piece in metadata_pieces()]
+    half = len(chunks) // 2
+    return with_chunks_around_pixel_data(plain, b"".join(chunks[:half]), b"".join(chunks[half:])), plain
+
+
+def jpeg_with_segments() -> tuple[bytes, bytes]:
+    """A JPEG with application segments (APP1 but EXIF, APP3, APP13) and comments after its start marker, and its
+    EXIF orientation among them."""
+    plain = save(Image.fromarray(pattern()), "JPEG", exif=exif_orientation(6))
+    markers = (b"\xff\xe1", b"\xff\xe3", b"\xff\xed", b"\xff\xfe")
+    segments = b"".join(markers[index % len(markers)] + struct.pack(">H", len(piece) + 2) + piece
+                        for index, piece in enumerate(metadata_pieces()))
+    return plain[:2] + segments + plain[2:], plain
+
+
+def gif_with_a_long_comment() -> tuple[bytes, bytes]:
+    image = Image.fromarray(pattern()).quantize()
+    return save(image, "GIF", comment=random_bytes(METADATA_BYTES)), save(image, "GIF")
+
+
+@pytest.mark.parametrize("build", [
+    lambda: png_with_private_chunks(save(Image.fromarray(pattern()))),
+    lambda: png_with_private_chunks(png16(levels16(3))),  # read by pypng
+    jpeg_with_segments, gif_with_a_long_comment,
+], ids=["png-private-chunks", "png16-private-chunks", "jpeg-segments", "gif-comment"])
+def test_decoding_holds_none_of_the_metadata_the_result_does_not_carry(build):
+    """Pillow kept a PNG's private chunks (also opening a 16-bit one, which pypng reads), a JPEG's application segments and comments and a GIF's comment (joined,
+    6 MB each here, up to the upload's size), outside the memory budget; the decoder is not shown them, and the
+    pixels, orientation and all, are those of the file without them."""
+    data, plain = build()
+    decoded, peak = traced_decode(data)
+    assert np.array_equal(decoded.colour, images.decode(plain, LIMIT).colour)
+    assert peak < METADATA_BYTES // 6
+
+
+def test_decoding_a_png_holds_no_copy_of_its_exif_chunk():
+    """The orientation is read from the EXIF chunk in place: it was copied five times (30 MB for 6 MB of EXIF)."""
+    data = with_chunk_after_header(save(Image.fromarray(pattern())),
+                                   png_chunk(b"eXIf", exif_orientation(6) + random_bytes(METADATA_BYTES)))
+    decoded, peak = traced_decode(data)
+    assert np.array_equal(decoded.colour, np.rot90(pattern(), -1))
+    assert peak < METADATA_BYTES // 6
+
+
+@pytest.mark.parametrize("image_format, options", [
+    ("TIFF", {"tiffinfo": {700: random_bytes(METADATA_BYTES)}}),  # an XMP tag
+    ("WEBP", {"lossless": True, "exif": b"Exif\x00\x00" + random_bytes(METADATA_BYTES // 2),
+              "xmp": random_bytes(METADATA_BYTES // 2)}),
+], ids=["tiff-xmp-tag", "webp-exif-xmp"])
+def test_decoding_holds_at_most_the_copies_of_the_metadata_that_the_memory_budget_counts(image_format, options):
+    """A TIFF's offsets and a WebP's length leave its decoder to be shown the metadata, whose copies the request's
+    reservation counts (``memory.sent_bytes``), where none were: decoding 6 MB of XMP in a TIFF peaked at 18 MB
+    traced, and a WebP's copies (the upload joined again, its EXIF and XMP) at twice its metadata. libwebp's copy of
+    the upload, which tracemalloc does not see, is counted beside them."""
+    plain, data = (save(Image.fromarray(pattern()), image_format, **given) for given in ({}, options))
+    header = images.read_header(data, LIMIT)
+    (_, peak), (_, pixels_peak) = traced_decode(data), traced_decode(plain)
+    assert header.metadata_bytes >= METADATA_BYTES
+    beside_upload = memory.sent_bytes(len(data), 0, 0, "png", False, image_format, header.metadata_bytes) - len(data)
+    assert METADATA_BYTES < peak <= beside_upload + pixels_peak
+
+
+def traced_decode(data: bytes) -> tuple[images.DecodedImage, int]:
+    """The image ``data`` decodes to, and the peak that tracemalloc saw while it did."""
+    tracemalloc.start()
+    try:
+        decoded = images.decode(data, LIMIT)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return decoded, peak

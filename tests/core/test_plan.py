@@ -147,7 +147,7 @@ def test_a_cut_plan_reserves_the_decoded_image_whole_beside_its_parts_buffers(se
     assert plan.output.pass_inputs == ((52, 20),)
     result = service.result_bytes(plan.header, plan.output, plan.options, False)
     decoded = 200 * 20 * plan.header.pixel_bytes
-    sent = memory.sent_bytes(len(strip), 0, 0, "png", False)
+    sent = memory.sent_bytes(len(strip), 0, 0, "png", False, "PNG", 0)
     assert plan.host_bytes == result + sent + decoded + service.host_bytes(plan.network, plan.passes)
     whole = service.prepare(strip, UpscaleOptions(model="srgan", height=80))
     assert whole.host_bytes == (service.result_bytes(whole.header, whole.output, whole.options, False) + sent
