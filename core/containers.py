@@ -40,8 +40,10 @@ SIGNATURES = (
 PNG_CRITICAL_CHUNKS = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
 # Chunks that say how a PNG's levels map to colour, apart from its ICC profile: gamma, primaries, sRGB intent,
 # and the coding-independent code points and mastering volume and light levels of an HDR image. They come
-# before the pixel data.
-PNG_COLOUR_CHUNKS = (b"gAMA", b"cHRM", b"sRGB", b"cICP", b"mDCV", b"cLLI")
+# before the pixel data, each once and of its one length (PNG 3rd edition): viewers ignore a copy of another length
+# or a second copy, so only the first well-formed one is carried into the answer, and a chunk padded to megabytes is
+# neither copied out of the upload nor written.
+PNG_COLOUR_CHUNK_LENGTHS = {b"gAMA": 4, b"cHRM": 32, b"sRGB": 1, b"cICP": 4, b"mDCV": 24, b"cLLI": 8}
 MAX_PNG_PROFILE_NAME = 79  # an iCCP chunk's name, before its NUL
 # The ancillary chunks the decoder is shown: transparency, the ICC profile (whose copies the memory budget counts),
 # the resolution, and an animation's control and frames (to refuse an animation). The others the result does not carry
@@ -223,6 +225,7 @@ def _check_png(data: bytes, max_pixels: int) -> Container:
     header: PngHeader | None = None
     exif = None
     colour_chunks: list[bytes] = []
+    carried: set[bytes] = set()
     hidden: list[tuple[int, int]] = []
     pixel_data: list[memoryview] = []
     position = len(PNG_SIGNATURE)
@@ -250,7 +253,8 @@ def _check_png(data: bytes, max_pixels: int) -> Container:
             _check_png_profile(body)
         elif kind == b"IDAT":
             pixel_data.append(body)
-        elif kind in PNG_COLOUR_CHUNKS and not pixel_data:
+        elif PNG_COLOUR_CHUNK_LENGTHS.get(kind) == length and not pixel_data and kind not in carried:
+            carried.add(kind)
             colour_chunks.append(bytes(view[position:end]))
         if kind not in PNG_CRITICAL_CHUNKS and kind not in PNG_DECODER_CHUNKS:
             hidden.append((position, end))

@@ -51,7 +51,7 @@ def check_profile_fits(output_format: str, profile_bytes: int, profile_space: by
 def check_colour_fits(output_format: str, png_colour_chunks: tuple[bytes, ...], profile_bytes: int) -> None:
     """400 when ``output_format`` is jpeg or webp, which hold no PNG colour chunks, and a PNG's chunks say its
     levels are other than sRGB, the colours those formats are read as: its levels written as they are would
-    show other colours. An ICC profile (``profile_bytes``), which both formats hold, takes precedence over gAMA
+    show other colours. The chunks are those the PNG walk carries, each of its one length. An ICC profile (``profile_bytes``), which both formats hold, takes precedence over gAMA
     and cHRM, as an sRGB chunk does."""
     if output_format == "png":
         return
@@ -63,20 +63,19 @@ def check_colour_fits(output_format: str, png_colour_chunks: tuple[bytes, ...], 
 
 
 def _not_srgb(chunks: tuple[bytes, ...], has_profile: bool) -> list[str]:
-    """The names of the colour chunks, in the order PNG ranks them, that map levels to colours other than sRGB's.
-    A chunk of the wrong length is ignored, as viewers ignore it."""
+    """The names of the colour chunks, in the order PNG ranks them, that map levels to colours other than sRGB's."""
     bodies = {chunk[4:8]: chunk[8:-4] for chunk in chunks}
     cicp = bodies.get(b"cICP")
-    if cicp is not None and len(cicp) == 4:
+    if cicp is not None:
         return [] if tuple(cicp) == SRGB_CICP else ["cICP"]  # ranks above all the others
     if b"sRGB" in bodies or has_profile:
         return []
     named = []
     gamma = bodies.get(b"gAMA")
-    if gamma is not None and len(gamma) == 4 and abs(int.from_bytes(gamma, "big") / SRGB_GAMMA - 1) > GAMMA_TOLERANCE:
+    if gamma is not None and abs(int.from_bytes(gamma, "big") / SRGB_GAMMA - 1) > GAMMA_TOLERANCE:
         named.append("gAMA")
     primaries = bodies.get(b"cHRM")
-    if primaries is not None and len(primaries) == 32 and any(
+    if primaries is not None and any(
             abs(value - srgb) > CHROMATICITY_TOLERANCE
             for value, srgb in zip(struct.unpack(">8I", primaries), SRGB_CHROMATICITIES)):
         named.append("cHRM")

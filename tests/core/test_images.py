@@ -483,10 +483,20 @@ def test_a_png_whose_colour_chunks_are_not_srgb_is_refused_for_jpeg_and_webp(chu
     pytest.param((GAMMA["linear"], SRGB_CHUNK), 0, id="an sRGB chunk, which ranks above gAMA"),
     pytest.param((GAMMA["linear"],), 3144, id="an ICC profile, carried and ranking above gAMA"),
     pytest.param((png_chunk(b"cICP", bytes([1, 13, 0, 1])), GAMMA["linear"]), 0, id="cICP of sRGB"),
-    pytest.param((png_chunk(b"gAMA", b"\x00\x01"),), 0, id="a gAMA of the wrong length, which viewers ignore"),
 ])
 def test_a_png_whose_colour_chunks_say_srgb_goes_to_jpeg(chunks, profile_bytes):
     encoding.check_colour_fits("jpeg", chunks, profile_bytes)
+
+
+def test_only_the_first_well_formed_colour_chunk_of_each_kind_is_carried():
+    """Viewers ignore a colour chunk of another length than its own and a second copy, so neither is copied out of
+    the upload nor written into the answer: a gAMA padded to a megabyte is neither held nor sent back."""
+    padded = png_chunk(b"gAMA", bytes(1 << 20))
+    primaries = png_chunk(b"cHRM", ADOBE_RGB_PRIMARIES)
+    data = save(Image.fromarray(pattern()))
+    for chunk in (GAMMA["1/2.2"], primaries, GAMMA["linear"], padded):  # each goes right after IHDR: reversed order
+        data = with_chunk_after_header(data, chunk)
+    assert images.read_header(data, LIMIT).png.colour_chunks == (GAMMA["linear"], primaries)
 
 
 # --- Resolution (DPI) ---------------------------------------------------------------------------
