@@ -559,22 +559,50 @@ def tiff_first_directory(data: bytes | memoryview) -> dict[int, TiffEntry]:
     past the end: the decoder judges that."""
     if len(data) < 16:
         return {}
-    order = "<" if data[:2] == b"II" else ">"
-    big = data[2:4] in (b"+\x00", b"\x00+")  # BigTIFF: 8-byte counts and offsets
-    offset_format, count_format, entry_format = ("Q", "Q", "HHQ8s") if big else ("I", "H", "HHI4s")
-    (offset,) = struct.unpack_from(order + offset_format, data, 8 if big else 4)
+    order, big = _tiff_layout(data)
+    (offset,) = struct.unpack_from(order + ("Q" if big else "I"), data, 8 if big else 4)
+    return _tiff_directory(data, offset, "first")[0]
+
+
+def tiff_second_directory(data: bytes | memoryview) -> dict[int, TiffEntry] | None:
+    """Each tag of a TIFF's second directory, None where the first is the last (its next offset 0, back at itself,
+    or past the end), read here rather than by the decoder's seek, which holds every value of the directory (two
+    copies of a 20 MiB tag) outside the memory budget."""
+    if len(data) < 16:
+        return None
+    order, big = _tiff_layout(data)
+    (first,) = struct.unpack_from(order + ("Q" if big else "I"), data, 8 if big else 4)
+    following = _tiff_directory(data, first, "first")[1]
+    if not following or following == first or following >= len(data):
+        return None
+    return _tiff_directory(data, following, "second")[0]
+
+
+def _tiff_layout(data: bytes | memoryview) -> tuple[str, bool]:
+    """The byte order's struct prefix, and whether the file is a BigTIFF (8-byte counts and offsets)."""
+    return "<" if data[:2] == b"II" else ">", data[2:4] in (b"+\x00", b"\x00+")
+
+
+def _tiff_directory(data: bytes | memoryview, offset: int, which: str) -> tuple[dict[int, TiffEntry], int]:
+    """The tags of the directory at ``offset`` (cut short where it runs past the end), and the next directory's
+    offset (0 where the file does not hold it)."""
+    order, big = _tiff_layout(data)
+    count_format, entry_format, next_format = ("Q", "HHQ8s", "Q") if big else ("H", "HHI4s", "I")
     first = offset + struct.calcsize(count_format)
     if first > len(data):
-        return {}
+        return {}, 0
     (count,) = struct.unpack_from(order + count_format, data, offset)
     if count > MAX_TIFF_ENTRIES:
-        raise InvalidImage(f"the TIFF image's first directory has {count} entries, more than {MAX_TIFF_ENTRIES}")
+        raise InvalidImage(f"the TIFF image's {which} directory has {count} entries, more than {MAX_TIFF_ENTRIES}")
     entry_bytes = struct.calcsize(order + entry_format)
     entries: dict[int, TiffEntry] = {}
     for at in range(first, min(first + count * entry_bytes, len(data) - entry_bytes + 1), entry_bytes):
         tag, kind, values, stored = struct.unpack_from(order + entry_format, data, at)
         entries.setdefault(tag, TiffEntry(kind, values, stored, at, order, big))
-    return entries
+    after = first + count * entry_bytes
+    if after + struct.calcsize(next_format) > len(data):
+        return entries, 0
+    return entries, struct.unpack_from(order + next_format, data, after)[0]
 
 
 def _check_riff_end(data: bytes) -> None:

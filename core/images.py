@@ -26,7 +26,7 @@ from PIL import Image, ImageCms, UnidentifiedImageError
 
 from core import orientation, tiff16
 from core.containers import (ACCEPTED_FORMATS, CORRUPT_DATA_ERRORS, PngHeader, WithoutSpans, check, check_pixels,
-                             describe_accepted, sniff_format)
+                             describe_accepted, sniff_format, tiff_second_directory)
 from core.errors import InvalidImage, TooManyPixels
 
 
@@ -127,7 +127,7 @@ def read_header(data: bytes, max_pixels: int) -> Header:
     with _reading(image_format, max_pixels), _open(data, image_format, layout, container.hidden) as image:
         stored = tiff16.stored_size(image, layout) if layout else image.size
         check_pixels(stored, max_pixels)
-        _check_one_picture(image)
+        _check_one_picture(image, data)
         if image.mode == "F":
             raise InvalidImage("32-bit floating-point images are not supported; save the image with 8 or 16 bits")
         turn = layout.orientation if layout else _turn_to_apply(image, png_header)
@@ -162,7 +162,7 @@ def _turn_to_apply(image: Image.Image, png_header: PngHeader | None) -> int:
     return orientation.of_image(image)
 
 
-def _check_one_picture(image: Image.Image) -> None:
+def _check_one_picture(image: Image.Image, data: bytes) -> None:
     """400 for an animation (GIF, WebP, APNG) or a TIFF of several pages: the answer would be its first frame or
     page, the others dropped without a word. A JPEG's further pictures (MPO: a phone's preview or depth map, a
     stereo camera's other eye) and a TIFF's reduced-resolution copy or transparency mask are not the picture, and
@@ -170,10 +170,9 @@ def _check_one_picture(image: Image.Image) -> None:
     if image.format in ANIMATION_FORMATS and getattr(image, "is_animated", False):
         raise InvalidImage(f"the {image.format} image is an animation of more than one frame, and only still "
                            f"images are upscaled; send one frame (as PNG, say)")
-    if image.format == "TIFF" and image.is_animated:
-        image.seek(1)
-        kind = image.tag_v2.get(TIFF_NEW_SUBFILE_TYPE, 0)
-        image.seek(0)
+    second = tiff_second_directory(data) if image.format == "TIFF" else None
+    if second is not None:
+        kind = second[TIFF_NEW_SUBFILE_TYPE].value if TIFF_NEW_SUBFILE_TYPE in second else 0
         if not kind & (TIFF_REDUCED_RESOLUTION | TIFF_TRANSPARENCY_MASK):
             raise InvalidImage("the TIFF image has more than one page, and only single images are upscaled; "
                                "send one page")

@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import png
 import pytest
-from PIL import Image, ImageCms, ImageOps, PngImagePlugin
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin, TiffImagePlugin
 
 from core import containers, encoding, images, memory
 from core.formats import MAX_JPEG_ICC_PROFILE_BYTES, OUTPUT_FORMATS
@@ -209,6 +209,21 @@ def test_an_animation_is_refused_rather_than_cut_to_its_first_frame(image_format
 def test_a_tiff_of_several_pages_is_refused_rather_than_cut_to_its_first():
     with pytest.raises(InvalidImage, match="the TIFF image has more than one page.*send one page"):
         images.read_header(red_then_blue("TIFF"), LIMIT)
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["tiff", "bigtiff"])
+def test_a_tiff_of_several_pages_is_refused_in_either_layout(big):
+    with pytest.raises(InvalidImage, match="the TIFF image has more than one page.*send one page"):
+        images.read_header(red_then_blue("TIFF", big_tiff=big), LIMIT)
+
+
+def test_a_tiff_whose_next_directory_is_itself_is_one_page():
+    """A first directory whose next offset points back at it is one page, as Pillow's seek ends such a loop."""
+    data = bytearray(save(Image.fromarray(pattern()), "TIFF"))
+    first = struct.unpack_from("<I", data, 4)[0]
+    (count,) = struct.unpack_from("<H", data, first)
+    struct.pack_into("<I", data, first + 2 + count * 12, first)
+    assert images.decode(bytes(data), LIMIT).colour.shape == (16, 16, 3)
 
 
 def test_a_tiff_whose_second_directory_is_a_reduced_copy_gives_its_first_page():
@@ -1008,6 +1023,27 @@ def test_decoding_holds_none_of_the_metadata_the_result_does_not_carry(build):
     6 MB each here, up to the upload's size), outside the memory budget; the decoder is not shown them, and the
     pixels, orientation and all, are those of the file without them."""
     data, plain = build()
+    decoded, peak = traced_decode(data)
+    assert np.array_equal(decoded.colour, images.decode(plain, LIMIT).colour)
+    assert peak < METADATA_BYTES // 6
+
+
+def tiff_with_a_tagged_reduced_copy() -> tuple[bytes, bytes]:
+    """A TIFF whose second directory, a reduced-resolution copy (left out of the answer), holds an XMP tag."""
+    first, copy = Image.fromarray(pattern()), Image.fromarray(pattern(8, 8))
+    buffer = io.BytesIO()
+    with TiffImagePlugin.AppendingTiffWriter(buffer) as tiff:
+        first.save(tiff, "TIFF")
+        tiff.newFrame()
+        copy.save(tiff, "TIFF", tiffinfo={images.TIFF_NEW_SUBFILE_TYPE: 1, 700: random_bytes(METADATA_BYTES)})
+        tiff.newFrame()
+    return buffer.getvalue(), save(first, "TIFF")
+
+
+def test_a_tiffs_second_directory_is_read_without_holding_its_values():
+    """Whether the second directory is a page was asked of Pillow's seek, which held each of its values twice (40
+    MiB for a 20 MiB tag) outside the memory budget; the directory walk reads the one tag it needs in place."""
+    data, plain = tiff_with_a_tagged_reduced_copy()
     decoded, peak = traced_decode(data)
     assert np.array_equal(decoded.colour, images.decode(plain, LIMIT).colour)
     assert peak < METADATA_BYTES // 6
