@@ -13,6 +13,7 @@ from flask import Request
 
 from core.errors import InvalidInput
 from core.options import OPTIONS, quoted
+from core.upload import SpooledUpload, Upload
 
 IMAGE_FIELD = "image"
 OPTION_NAMES = tuple(option.name for option in OPTIONS)
@@ -23,9 +24,10 @@ NAMED_FIELDS = 10
 
 @dataclass(frozen=True)
 class Form:
-    """The image's bytes and each option's text as sent (an option not sent is absent)."""
+    """The image, in the file werkzeug spooled it to (core/upload.py), and each option's text as sent (an option not
+    sent is absent)."""
 
-    image: bytes
+    image: Upload
     options: dict[str, str]
 
 
@@ -38,7 +40,7 @@ def read_form(request: Request) -> Form:
     return Form(image, {name: values[0] for name in OPTION_NAMES if (values := _given(request, name))})
 
 
-def _image(request: Request, problems: list[str]) -> bytes:
+def _image(request: Request, problems: list[str]) -> Upload:
     files = request.files.getlist(IMAGE_FIELD)
     if IMAGE_FIELD in request.args:
         problems.append(f"{IMAGE_FIELD} was sent in the query string; send the image as the multipart file "
@@ -51,7 +53,7 @@ def _image(request: Request, problems: list[str]) -> bytes:
         problems.append(f"{len(files)} files were sent in the field '{IMAGE_FIELD}'; send one image per request")
     if not files and not problems:
         problems.append(_no_image(request))
-    return files[0].read() if len(files) == 1 else b""
+    return SpooledUpload(files[0].stream) if len(files) == 1 else b""
 
 
 def _no_image(request: Request) -> str:
