@@ -16,6 +16,7 @@ from werkzeug.formparser import FormDataParser
 
 from core.errors import InvalidInput
 from core.options import OPTIONS, quoted
+from core.upload import SpooledUpload, Upload
 
 IMAGE_FIELD = "image"
 OPTION_NAMES = tuple(option.name for option in OPTIONS)
@@ -57,9 +58,10 @@ class FormRequest(Request):
 
 @dataclass(frozen=True)
 class Form:
-    """The image's bytes and each option's text as sent (an option not sent is absent)."""
+    """The image, in the file werkzeug spooled it to (core/upload.py), and each option's text as sent (an option not
+    sent is absent)."""
 
-    image: bytes
+    image: Upload
     options: dict[str, str]
 
 
@@ -72,7 +74,7 @@ def read_form(request: FormRequest) -> Form:
     return Form(image, {name: values[0] for name in OPTION_NAMES if (values := _given(request, name))})
 
 
-def _image(request: FormRequest, problems: list[str]) -> bytes:
+def _image(request: FormRequest, problems: list[str]) -> Upload:
     files = request.files.getlist(IMAGE_FIELD)
     if request.form_error is not None and request.mimetype_params.get("boundary"):  # without one, _no_image says so
         problems.append(_unreadable_body(request))
@@ -87,7 +89,7 @@ def _image(request: FormRequest, problems: list[str]) -> bytes:
         problems.append(f"{len(files)} files were sent in the field '{IMAGE_FIELD}'; send one image per request")
     if not files and not problems:
         problems.append(_no_image(request))
-    return files[0].read() if len(files) == 1 else b""
+    return SpooledUpload(files[0].stream) if len(files) == 1 else b""
 
 
 def _unreadable_body(request: FormRequest) -> str:

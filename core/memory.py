@@ -4,7 +4,9 @@ A worker's peak RSS is what it holds anyway (TensorFlow, OpenVINO and the loaded
 *resident* size, read once the models are loaded), plus the buffers of the request being served
 (decoded input, float input, output, the encoder's copy and the encoded bytes, the upload itself and the copies
 of an ICC profile, which may be nearly as long as the upload and outweigh the pixels), plus the network's
-working set on one window, which grows with the window's pixels. Each model's bytes per window pixel
+working set on one window, which grows with the window's pixels, plus what reading one upload's header holds
+(``header_read_bytes``: one at a time, before its request's share is known; a request waiting in the queue holds
+none of its upload's bytes, core/upload.py). Each model's bytes per window pixel
 are measured (``python -m bench.memory windows``, docs/speed.md) and kept in its spec; the tile is
 the largest whose window fits what is left. Only one model's windows count: after each request the
 backend gives its buffers back (``Network.release_memory``). Where a worker runs several images at once
@@ -13,8 +15,12 @@ next starts only where its share fits beside theirs (core/admission.py).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 from config import MEBIBYTE
@@ -31,7 +37,8 @@ REQUEST_BYTES_PER_INPUT_PIXEL = 24
 # The result, per byte of its pixels (Header.pixel_bytes): the pixels, the encoded bytes as the encoder's
 # pieces, and the pieces joined; an image that does not compress encodes to as many bytes as its pixels.
 RESULT_COPIES = 3
-# The upload, which the request holds from the form's read to its answer (Plan.data).
+# The upload, which the request holds from its run's start to its answer, read from the file it waited in while
+# queued (Plan.upload, core/upload.py).
 UPLOAD_COPIES = 1
 # What a decoder copies of the upload as it opens it, beside the upload, by format: Pillow's WebP reader joins the
 # upload's bytes again, and libwebp copies them. (Other formats' decoders read it in place, and are not shown the
@@ -45,6 +52,11 @@ DECODER_METADATA_COPIES = {"WEBP": 1, "TIFF": 3}
 # it from, its copy in the image's info, and the decoded image's (peak RSS 2.99 to 3.00 times the profile above the
 # upload, for 15 to 30 MiB profiles in JPEG, TIFF and WebP).
 DECODED_PROFILE_COPIES = 3
+# What reading an upload's header (before the request's plan exists, outside every reservation) holds beside the
+# upload, per byte of the ICC profile or other chunk the decoder reads as it opens the image: Pillow reads it in
+# blocks and joins them (tracemalloc's peak above the upload: 2.00 times a 30 MiB profile in TIFF and WebP, 1.00
+# times a 16 MiB one in JPEG, 2.00 times a PNG's 31 MiB private chunk).
+HEADER_CHUNK_COPIES = 2
 # A profile the result carries, as encoding holds it at its peak, by output format: the decoded image's copy, and the
 # encoder's with the encoded bytes. png: the iCCP chunk (zlib cannot shrink a profile of random bytes) and the bytes
 # joined; webp: libwebp's copy and its output; jpeg: Pillow's markers cut from it, their join grown a marker at a
@@ -141,6 +153,28 @@ def sent_bytes(upload_bytes: int, stored_profile_bytes: int, carried_profile_byt
     return upload_bytes * UPLOAD_COPIES + decoder + max(stored_profile_bytes * DECODED_PROFILE_COPIES, carried)
 
 
+def header_read_bytes(max_upload_bytes: int) -> int:
+    """What reading an upload's header holds at most, outside every reservation: the upload read from its spool file
+    and the copies of an ICC profile or chunk nearly as long. A worker reads one header at a time
+    (``Service.read_header``), and its room sets this aside for it; a request waiting in the queue holds no bytes
+    (core/upload.py)."""
+    return max_upload_bytes * (UPLOAD_COPIES + HEADER_CHUNK_COPIES)
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system: glibc keeps what a thread freed resident in that thread's
+    arena, where another thread's allocations cannot use it (under musl, which has no malloc_trim, they stay)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim; None under another C library (musl)."""
+    return getattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim", None)
+
+
 def window_host_bytes(window_pixels: int, device: str, bytes_per_window_pixel: int, scale: int, batch: int,
                       ensemble: bool = False) -> int:
     """What a batch of windows of ``window_pixels`` each, as the network runs them (``run_pixels``), holds in the
@@ -174,7 +208,7 @@ def check_worker_room(budget_bytes: int, room: int, need: int, width: int, heigh
         raise OverMemoryBudget(f"a {width}x{height} image needs {mib_up(need)} MiB of this worker's memory "
                                f"({mib_up(sent)} MiB of it for its upload{profile}), and MEMORY_BUDGET_MB="
                                f"{budget_bytes // MEBIBYTE} leaves {max(room, 0) // MEBIBYTE} MiB beside the loaded "
-                               f"models")
+                               f"models and the header being read")
 
 
 def run_side(side: int, border: Border | None) -> int:
@@ -203,12 +237,13 @@ def largest_window(available_bytes: int, bytes_per_window_pixel: int, border: Bo
 
 
 def tile_for_budget(budget_bytes: int, resident: int, request: int, bytes_per_window_pixel: int, margin: int,
-                    height: int, width: int, batch: int = 1, border: Border | None = None) -> int:
-    """The tile side for this image and model within the budget, beside the loaded models (``resident``) and the
-    request's own buffers (``request``); 413 when not even the smallest fits. An image that one window covers at
-    the tile one window a call would get runs as that window: ``batch`` windows a call only share the memory where
-    there are several."""
-    available = budget_bytes - resident - request
+                    height: int, width: int, batch: int = 1, border: Border | None = None, header_read: int = 0) -> int:
+    """The tile side for this image and model within the budget, beside the loaded models (``resident``), the
+    ``header_read`` bytes set aside for the header another request reads (``header_read_bytes``) and the request's
+    own buffers (``request``); 413 when not even the smallest fits. An image that one window covers at the tile one
+    window a call would get runs as that window: ``batch`` windows a call only share the memory where there are
+    several."""
+    available = budget_bytes - resident - header_read - request
     alone = _budget_tile(available, bytes_per_window_pixel, margin, border)
     tile = alone if max(height, width) <= alone else _budget_tile(available // batch, bytes_per_window_pixel,
                                                                     margin, border)
@@ -216,6 +251,7 @@ def tile_for_budget(budget_bytes: int, resident: int, request: int, bytes_per_wi
         raise OverMemoryBudget(
             f"a {width}x{height} image needs more memory than this worker's MEMORY_BUDGET_MB="
             f"{budget_bytes // MEBIBYTE} leaves: {resident // MEBIBYTE} MiB are the loaded models, "
+            f"{mib_up(header_read)} MiB kept for reading an upload's header, "
             f"{request // MEBIBYTE} MiB this image's buffers and upload, and the smallest tile's window needs "
             f"{mib_up(smallest_window_bytes(bytes_per_window_pixel, margin, batch, border))} MiB")
     return tile

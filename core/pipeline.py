@@ -21,6 +21,7 @@ from core.plan import Pass, Plan, plan_pass
 from core.resize import bleed_into_transparency, resize
 from core.tiling import Predict, run_tiles
 from core.timing import Stages
+from core.upload import upload_bytes
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def run(plan: Plan, settings: Settings, on_progress: Progress | None = None, sta
     progress = _deadline(settings, on_progress, work.next_call)
     progress(0, 0)
     with work.stages.time("decode"):
-        image = images.decode_pixels(plan.data, plan.header)
+        image = images.decode_pixels(upload_bytes(plan.upload), plan.header)
     image = replace(image, alpha=encoding.alpha_for(options.output_format, image.alpha))
     image = replace(image, colour=bleed_into_transparency(image.colour, image.alpha))
     try:

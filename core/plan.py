@@ -15,6 +15,7 @@ from core.memory import STATISTICS_WINDOW
 from core.models.runtime import Network
 from core.options import UpscaleOptions
 from core.tiling import Tile, plan_tiles
+from core.upload import Upload
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ def plan_pass(network: Network, width: int, height: int, tile: int, averages_win
 
 @dataclass(frozen=True)
 class Plan:
-    data: bytes = field(repr=False)
+    # Read whole only once the request runs, inside its reservation: in the queue it waits in its spool file.
+    upload: Upload = field(repr=False)
     options: UpscaleOptions
     header: Header
     network: Network

@@ -18,6 +18,7 @@ from core.options import OptionContext, UpscaleOptions, runs_model
 from core.pipeline import Progress, Result
 from core.plan import Pass, Plan, check_sizes, network_reach, plan_pass
 from core.timing import Stages
+from core.upload import Upload, upload_bytes, upload_size
 
 log = logging.getLogger(__name__)
 # What GPU_MEMORY_BUDGET_MB=0 leaves to the networks: the rest is the CUDA context's and other processes'.
@@ -25,10 +26,11 @@ GPU_MEMORY_SHARE = 0.9
 
 
 def worker_room(settings: Settings, registry: ModelRegistry) -> int:
-    """What MEMORY_BUDGET_MB leaves to the images in flight: less the loaded models and, on a GPU, the pinned
-    blocks torch keeps for the copies back."""
+    """What MEMORY_BUDGET_MB leaves to the images in flight: less the loaded models, the header being read (one at a
+    time, before its request reserves) and, on a GPU, the pinned blocks torch keeps for the copies back."""
     device = registry.choice.device
     return (settings.memory_budget_bytes(device) - registry.resident
+            - memory.header_read_bytes(settings.max_upload_bytes)
             - memory.pinned_cache_bytes(device, settings.inference_slots_for(device)))
 
 
@@ -50,6 +52,7 @@ class Service:
     _stopped: bool = field(default=False, repr=False)
     _failed_loading: bool = field(default=False, repr=False)
     _stopping: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _reading_header: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def create(cls, settings: Settings, only: str | None = None) -> "Service":
@@ -179,12 +182,12 @@ class Service:
         """What the options' allowed values depend on here: the models this server offers."""
         return OptionContext(self.registry.names, self.settings.default_model, self.registry.denoise_levels())
 
-    def prepare(self, data: bytes, options: UpscaleOptions, with_layers: bool = False) -> Plan:
+    def prepare(self, upload: Upload, options: UpscaleOptions, with_layers: bool = False) -> Plan:
         """The plan of an upscale, from the image's header alone (read here, once), with every check that needs
         no pixels: the input's and every output's pixels, what the output format holds, the ensemble's limit,
         the memory, the time limit and room in the queue (400, 413 or 503 before any work). ``with_layers``: the
         web page's answer, with the layers strength mixes."""
-        header = images.read_header(data, self.settings.max_input_pixels)
+        header = self.read_header(upload)
         network, output = self.plan_sizes(*header.size, options)
         encoding.check_output_size(options.output_format, output.output)
         encoding.check_profile_fits(options.output_format, header.profile_bytes, header.profile_space)
@@ -194,8 +197,8 @@ class Service:
         # network's limits, time and memory are not its to meet
         runs_network = runs_model(options.strength, with_layers)
         self.check_pixels(output, options, with_layers)
-        sent = memory.sent_bytes(len(data), header.stored_profile_bytes, header.profile_bytes, options.output_format,
-                                 with_layers, header.image_format, header.metadata_bytes)
+        sent = memory.sent_bytes(upload_size(upload), header.stored_profile_bytes, header.profile_bytes,
+                                 options.output_format, with_layers, header.image_format, header.metadata_bytes)
         held = self.result_bytes(header, output, options, with_layers) + sent
         room = worker_room(self.settings, self.registry)
         # First what it holds whatever its tiles: a refusal for a long ICC profile says so, not that no tile fits.
@@ -210,7 +213,18 @@ class Service:
         seconds = self.estimate_seconds(network, passes, options.ensemble)
         cost.check_fits(seconds, self.settings.request_time_limit_s, network.name, *header.size, options.ensemble)
         self.slot.check_room()
-        return Plan(data, options, header, network, output, passes, seconds, host_bytes, with_layers)
+        return Plan(upload, options, header, network, output, passes, seconds, host_bytes, with_layers)
+
+    def read_header(self, upload: Upload) -> images.Header:
+        """The header of ``upload``, read by one request at a time: meanwhile its bytes and its ICC profile's copies
+        are held outside every reservation, and the worker's room sets aside what one such read holds
+        (``memory.header_read_bytes``)."""
+        with self._reading_header:
+            try:
+                return images.read_header(upload_bytes(upload), self.settings.max_input_pixels)
+            finally:
+                # What the read freed would stay resident in this thread's arena while the request waits in the queue.
+                memory.trim_heap()
 
     def plan_sizes(self, width: int, height: int, options: UpscaleOptions) -> tuple[Network, OutputPlan]:
         """The network an image of ``width`` x ``height`` runs with ``options``, and every size the work makes (400
@@ -251,7 +265,7 @@ class Service:
             self._stop_if_failed()
             raise
 
-    def upscale(self, data: bytes, options: UpscaleOptions, on_progress: Progress | None = None,
+    def upscale(self, data: Upload, options: UpscaleOptions, on_progress: Progress | None = None,
                 stages: Stages | None = None) -> Result:
         """``prepare`` then ``run``, for callers that need nothing from the plan in between."""
         return self.run(self.prepare(data, options), on_progress, stages=stages)
@@ -278,9 +292,9 @@ class Service:
 
     def tile_size(self, network: Network, height: int, width: int, held: int, ensemble: bool = False) -> int:
         """The tile side for an image of this size on ``network``: TILE_SIZE when set, else the largest
-        that MEMORY_BUDGET_MB leaves room for beside the loaded models, the ``held`` bytes and the pass's buffers
-        (413 when none does); on the CPU a window's cost includes the ``ensemble``'s float sums, which sit in the
-        same memory."""
+        that MEMORY_BUDGET_MB leaves room for beside the loaded models, the header being read, the ``held`` bytes and
+        the pass's buffers (413 when none does); on the CPU a window's cost includes the ``ensemble``'s float sums,
+        which sit in the same memory."""
         if self.settings.tile_size is not None:
             return self.settings.tile_size
         device = self.registry.choice.device
@@ -293,7 +307,8 @@ class Service:
             bytes_per_pixel += memory.ensemble_bytes_per_window_pixel(network.scale)
         return memory.tile_for_budget(self.memory_budget(), self.registry.resident,
                                       held + memory.pass_bytes(height, width), bytes_per_pixel, network.margin,
-                                      height, width, self.settings.tile_batch, network.border)
+                                      height, width, self.settings.tile_batch, network.border,
+                                      memory.header_read_bytes(self.settings.max_upload_bytes))
 
     def result_bytes(self, header: images.Header, output: OutputPlan, options: UpscaleOptions,
                      with_layers: bool) -> int:

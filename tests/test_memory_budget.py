@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
+from config import MEBIBYTE
+from core import memory
 from harness.live_server import live_server
-from harness.photos import photo_png
+from harness.photos import photo_png, photo_profiled_tiff
 from harness.process import gunicorn_worker, peak_rss_mb
+from harness.raw_http import gauge, wait_for
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -56,3 +60,29 @@ def test_a_request_stays_within_what_its_plan_reserves(picture, side, strength, 
                           cwd=ROOT, capture_output=True, text=True, check=True)
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert 0 < measured["peak_above_mb"] <= measured["reserved_mb"]
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident set now (VmRSS), in MiB."""
+    for line in open(f"/proc/{pid}/status").read().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+
+
+def test_requests_waiting_in_the_queue_hold_no_copy_of_their_uploads():
+    """QUEUE_SIZE requests with uploads of MAX_UPLOAD_BYTES (TIFFs whose ICC profile is nearly all of it, the most a
+    header read holds) wait for a slot that an image holds for ever: their uploads wait in their spool files, so the
+    worker's RSS stays within what its room sets aside for one header read (``memory.header_read_bytes``) of what it
+    was before they came. Each used to hold its upload in memory, and the freed profile copies of its header read:
+    187 MiB above the loaded worker for two 31 MiB uploads, where 96 are set aside."""
+    queue, upload = 2, photo_profiled_tiff(64, 31 * MEBIBYTE)
+    with ThreadPoolExecutor(queue) as pool, live_server(served="tests.slot_taken:app", models="srgan", workers=1,
+                                                        queue_size=queue, max_upload_bytes=32 * MEBIBYTE) as server:
+        worker = gunicorn_worker(server.process.pid)
+        before = rss_mb(worker)
+        for _ in range(queue):
+            pool.submit(requests.post, f"{server.url}/model/predict", files={"image": ("photo.tiff", upload)},
+                        timeout=600)
+        wait_for(lambda: gauge(server.url, "superres_inference_queued") == queue, 120)
+        assert rss_mb(worker) - before <= memory.header_read_bytes(32 * MEBIBYTE) / MEBIBYTE

@@ -13,10 +13,7 @@ the base. VmHWM is the process's peak: after a probe it counts from the probe's 
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-from collections.abc import Callable, Iterable
-from functools import cache
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -47,7 +44,9 @@ def bytes_per_window_pixel(network: Network, device: str, sides: Iterable[int] =
 
 
 def _host_peak_above(predict: Predict, window: np.ndarray) -> int:
-    _trim_heap()
+    # Pages that earlier runs freed but glibc kept resident would take the window's allocations without raising the
+    # RSS, and hide them from the measurement.
+    memory.trim_heap()
     before = memory.rss_bytes()
     memory.reset_peak_rss()
     predict(window)
@@ -63,18 +62,3 @@ def _cuda_peak_above(predict: Predict, window: np.ndarray) -> int:
     predict(window)
     torch.cuda.synchronize()
     return max(torch.cuda.max_memory_allocated() - min(before, torch.cuda.memory_allocated()), 0)
-
-
-def _trim_heap() -> None:
-    """Give the C heap's free pages back to the system: pages that earlier runs freed but glibc keeps resident
-    would take the window's allocations without raising the RSS, and hide them from the measurement."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim; None under another C library (musl), whose free pages then count as the window's."""
-    return getattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim", None)
-

@@ -452,11 +452,12 @@ def test_a_request_reserves_its_buffers_and_the_windows_host_share(service, monk
 
 def test_on_a_gpu_the_room_sets_aside_the_cached_pinned_blocks(service, monkeypatch):
     on_cpu = worker_room(service.settings, service.registry)
-    assert on_cpu == service.settings.memory_budget_bytes("cpu") - service.registry.resident
+    header_read = memory.header_read_bytes(service.settings.max_upload_bytes)
+    assert on_cpu == service.settings.memory_budget_bytes("cpu") - service.registry.resident - header_read
     monkeypatch.setattr(service.registry, "choice", dataclasses.replace(service.registry.choice, device="cuda"))
     slots = service.settings.inference_slots_for("cuda")
     assert worker_room(service.settings, service.registry) == (
-        service.settings.memory_budget_bytes("cuda") - service.registry.resident
+        service.settings.memory_budget_bytes("cuda") - service.registry.resident - header_read
         - 2 * slots * memory.PINNED_COPY_MAX_BYTES)
 
 
@@ -782,8 +783,9 @@ def test_the_gpu_script_times_real_cugan_alone_through_its_runner():
 def test_on_the_cpu_an_ensemble_tile_leaves_room_for_its_sums(service, monkeypatch):
     """The CPU sizes its tile to fill the budget: the ensemble's float sums must be part of a window's cost
     there, or the plan that counts them does not fit the budget it was sized by (a 413 for a 200² image with
-    24 MiB beside the models, which smaller tiles serve)."""
-    budget_mb = service.registry.resident // memory.MEBIBYTE + 24
+    24 MiB beside the models and the header being read, which smaller tiles serve)."""
+    budget_mb = (service.registry.resident + memory.header_read_bytes(service.settings.max_upload_bytes)
+                 ) // memory.MEBIBYTE + 24
     monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"memory_budget_mb": budget_mb}))
     plan = service.prepare(encode(photo(200, 200)), UpscaleOptions(ensemble=True))
     assert plan.host_bytes <= worker_room(service.settings, service.registry)

@@ -149,7 +149,8 @@ def test_a_budget_that_holds_the_pixels_but_not_the_profile_is_a_413_naming_the_
     """Where MEMORY_BUDGET_MB leaves room for a 64² image but not for its 30 MiB profile, the image with the profile
     is refused before any work, as one whose pixels do not fit is; the same pixels without it are served."""
     plain = photo_profiled_tiff(64, 128)  # an ICC profile's header alone
-    budget_mb = (service.registry.resident + service.prepare(plain, UpscaleOptions(model="srgan")).host_bytes) // MIB + 8
+    beside = service.registry.resident + memory.header_read_bytes(service.settings.max_upload_bytes)
+    budget_mb = (beside + service.prepare(plain, UpscaleOptions(model="srgan")).host_bytes) // MIB + 8
     monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"memory_budget_mb": budget_mb}))
     with pytest.raises(OverMemoryBudget) as refused:
         service.prepare(photo_profiled_tiff(64), UpscaleOptions(model="srgan"))
