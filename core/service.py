@@ -136,7 +136,8 @@ class Service:
             window = memory.smallest_window_bytes(bytes_per_pixel, network.margin, self.settings.tile_batch,
                                                   network.border)
             if network.measure is not None:  # measured alone, before the tiles
-                window = max(window, memory.smallest_averages_window_bytes(bytes_per_pixel, network.border))
+                averages_per_pixel = self.registry.cards[name].averages_bytes_per_pixel(network.precision, "cuda")
+                window = max(window, memory.smallest_averages_window_bytes(averages_per_pixel, network.border))
             if resident + window > budget:
                 short[name] = (f"GPU_MEMORY_BUDGET_MB={budget // memory.MEBIBYTE} leaves no room for its smallest "
                                f"window ({memory.mib_up(window)} MiB) beside the {resident // memory.MEBIBYTE} "
@@ -234,7 +235,7 @@ class Service:
         device = self.registry.choice.device
         if device != "cuda" or network.measure is None:
             return memory.STATISTICS_WINDOW
-        bytes_per_pixel = self.registry.cards[network.name].window_bytes_per_pixel(network.precision, device)
+        bytes_per_pixel = self.registry.cards[network.name].averages_bytes_per_pixel(network.precision, device)
         return memory.averages_window(self.device_budget() - self.registry.device_resident, bytes_per_pixel,
                                       network.border)
 
@@ -253,9 +254,13 @@ class Service:
                                                  network.border)
         if ensemble:
             bytes_per_pixel += memory.ensemble_bytes_per_window_pixel(network.scale)
-        return memory.tile_for_budget(self.memory_budget(), self.registry.resident,
-                                      held + memory.pass_bytes(height, width), bytes_per_pixel, network.margin,
-                                      height, width, self.settings.tile_batch, network.border)
+        request = held + memory.pass_bytes(height, width)
+        tile = memory.tile_for_budget(self.memory_budget(), self.registry.resident, request, bytes_per_pixel,
+                                      network.margin, height, width, self.settings.tile_batch, network.border)
+        memory.check_averages_fit(self.memory_budget(), self.registry.resident, request,
+                                  self.averages_host_bytes(network, height, width, self.averages_window(network)),
+                                  height, width)
+        return tile
 
     def result_bytes(self, header: images.Header, output: OutputPlan, options: UpscaleOptions,
                      with_layers: bool) -> int:
@@ -267,15 +272,28 @@ class Service:
 
     def host_bytes(self, network: Network, passes: tuple[Pass, ...], ensemble: bool = False) -> int:
         """What the request's passes hold in this worker's memory beside the loaded models and the result, at
-        its largest pass: its input buffers and a batch of windows (with the ``ensemble``'s sums), each as the
-        network runs it, with its border."""
+        its largest pass: its input buffers and the larger of a batch of windows (with the ``ensemble``'s sums)
+        and a window of its whole-image averages, which run before the tiles, each as the network runs it, with
+        its border."""
         device = self.registry.choice.device
         bytes_per_pixel = self.registry.cards[network.name].window_bytes_per_pixel(network.precision, device)
         return max(memory.pass_bytes(step.height, step.width)
-                   + memory.window_host_bytes(memory.run_pixels(*step.window_shape, network.border), device,
-                                              bytes_per_pixel, network.scale,
-                                              min(self.settings.tile_batch, len(step.tiles)), ensemble)
+                   + max(memory.window_host_bytes(memory.run_pixels(*step.window_shape, network.border), device,
+                                                  bytes_per_pixel, network.scale,
+                                                  min(self.settings.tile_batch, len(step.tiles)), ensemble),
+                         self.averages_host_bytes(network, step.height, step.width, step.averages_window))
                    for step in passes)
+
+    def averages_host_bytes(self, network: Network, height: int, width: int, window: int) -> int:
+        """What measuring the whole-image averages of a pass over ``height`` x ``width`` in windows of ``window``
+        holds in this worker's memory, before its tiles: on the CPU one window of them as run; nothing for a network
+        without them, nor on a GPU, whose windows of them the card holds (``averages_window``)."""
+        device = self.registry.choice.device
+        if network.measure is None or device == "cuda":
+            return 0
+        return memory.averages_host_bytes(height, width, window,
+                                          self.registry.cards[network.name].averages_bytes_per_pixel(
+                                              network.precision, device), network.border)
 
     def memory_budget(self) -> int:
         """This worker's MEMORY_BUDGET_MB in bytes (its default for the device where unset)."""
