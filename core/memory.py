@@ -4,9 +4,10 @@ A worker's peak RSS is what it holds anyway (TensorFlow, OpenVINO and the loaded
 *resident* size, read once the models are loaded), plus the buffers of the request being served
 (decoded input, float input, output, the encoder's copy and the encoded bytes, the upload itself and the copies
 of an ICC profile, which may be nearly as long as the upload and outweigh the pixels), plus the network's
-working set on one window, which grows with the window's pixels, plus what reading one upload's header holds
-(``header_read_bytes``: one at a time, before its request's share is known; a request waiting in the queue holds
-none of its upload's bytes, core/upload.py). Each model's bytes per window pixel
+working set on one window, which grows with the window's pixels (for a network with whole-image averages, the larger
+of a tile's window and the window they are measured in, which runs alone before the tiles), plus what reading one
+upload's header holds (``header_read_bytes``: one at a time, before its request's share is known; a request waiting in
+the queue holds none of its upload's bytes, core/upload.py). Each model's bytes per window pixel
 are measured (``python -m bench.memory windows``, docs/speed.md) and kept in its spec; the tile is
 the largest whose window fits what is left. Only one model's windows count: after each request the
 backend gives its buffers back (``Network.release_memory``). Where a worker runs several images at once
@@ -304,6 +305,30 @@ def averages_window(available_bytes: int, bytes_per_window_pixel: int, border: B
     STATISTICS_WINDOW, and no less than MIN_RETRY_TILE, which the start-up check holds the budget to
     (``smallest_averages_window_bytes``)."""
     return max(MIN_RETRY_TILE, min(STATISTICS_WINDOW, largest_window(available_bytes, bytes_per_window_pixel, border)))
+
+
+def averages_host_bytes(height: int, width: int, window: int, bytes_per_window_pixel: int,
+                        border: Border | None = None) -> int:
+    """What measuring the averages of a ``height`` x ``width`` image in windows of ``window`` holds in the worker's
+    memory on the CPU: one window at a time, at most the image, as the network runs it (with its ``border``). They
+    are measured before the tiles and their buffers given back first (core/models/runtime.py), so a pass holds the
+    larger of this and its tiles' windows."""
+    return run_pixels(min(height, window), min(width, window), border) * bytes_per_window_pixel
+
+
+def check_averages_fit(budget_bytes: int, resident: int, request: int, averages_bytes: int, height: int,
+                       width: int, header_read: int = 0) -> None:
+    """413 for an image whose averages' window (``averages_host_bytes``) does not fit beside the loaded models
+    (``resident``), the ``header_read`` bytes set aside for the header another request reads and the request's own
+    buffers (``request``). On the CPU that window is STATISTICS_WINDOW whatever the budget: a smaller one would give
+    other averages, and so another output, than a roomier budget does."""
+    if resident + header_read + request + averages_bytes > budget_bytes:
+        raise OverMemoryBudget(
+            f"a {width}x{height} image needs more memory than this worker's MEMORY_BUDGET_MB="
+            f"{budget_bytes // MEBIBYTE} leaves: {resident // MEBIBYTE} MiB are the loaded models, "
+            f"{mib_up(header_read)} MiB kept for reading an upload's header, "
+            f"{request // MEBIBYTE} MiB this image's buffers and upload, and the windows its whole-image averages "
+            f"are measured in need {mib_up(averages_bytes)} MiB")
 
 
 def smallest_averages_window_bytes(bytes_per_window_pixel: int, border: Border | None = None) -> int:

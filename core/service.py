@@ -142,7 +142,8 @@ class Service:
             window = memory.smallest_window_bytes(bytes_per_pixel, network.margin, self.settings.tile_batch,
                                                   network.border)
             if network.measure is not None:  # measured alone, before the tiles
-                window = max(window, memory.smallest_averages_window_bytes(bytes_per_pixel, network.border))
+                averages_per_pixel = self.registry.cards[name].averages_bytes_per_pixel(network.precision, "cuda")
+                window = max(window, memory.smallest_averages_window_bytes(averages_per_pixel, network.border))
             rerun = self.smallest_rerun_bytes(network)
             if resident + max(window, rerun) > budget:
                 what = "window" if window >= rerun else "window's f32 rerun (its 16-bit output not finite)"
@@ -286,7 +287,7 @@ class Service:
         device = self.registry.choice.device
         if device != "cuda" or network.measure is None:
             return memory.STATISTICS_WINDOW
-        bytes_per_pixel = self.registry.cards[network.name].window_bytes_per_pixel(network.precision, device)
+        bytes_per_pixel = self.registry.cards[network.name].averages_bytes_per_pixel(network.precision, device)
         return memory.averages_window(self.device_budget() - self.registry.device_resident, bytes_per_pixel,
                                       network.border)
 
@@ -305,10 +306,15 @@ class Service:
                                                  network.border)
         if ensemble:
             bytes_per_pixel += memory.ensemble_bytes_per_window_pixel(network.scale)
-        return memory.tile_for_budget(self.memory_budget(), self.registry.resident,
-                                      held + memory.pass_bytes(height, width), bytes_per_pixel, network.margin,
-                                      height, width, self.settings.tile_batch, network.border,
-                                      memory.header_read_bytes(self.settings.max_upload_bytes))
+        request = held + memory.pass_bytes(height, width)
+        header_read = memory.header_read_bytes(self.settings.max_upload_bytes)
+        tile = memory.tile_for_budget(self.memory_budget(), self.registry.resident, request, bytes_per_pixel,
+                                      network.margin, height, width, self.settings.tile_batch, network.border,
+                                      header_read)
+        memory.check_averages_fit(self.memory_budget(), self.registry.resident, request,
+                                  self.averages_host_bytes(network, height, width, self.averages_window(network)),
+                                  height, width, header_read)
+        return tile
 
     def result_bytes(self, header: images.Header, output: OutputPlan, options: UpscaleOptions,
                      with_layers: bool) -> int:
@@ -320,15 +326,28 @@ class Service:
 
     def host_bytes(self, network: Network, passes: tuple[Pass, ...], ensemble: bool = False) -> int:
         """What the request's passes hold in this worker's memory beside the loaded models and the result, at
-        its largest pass: its input buffers and a batch of windows (with the ``ensemble``'s sums), each as the
-        network runs it, with its border."""
+        its largest pass: its input buffers and the larger of a batch of windows (with the ``ensemble``'s sums)
+        and a window of its whole-image averages, which run before the tiles, each as the network runs it, with
+        its border."""
         device = self.registry.choice.device
         bytes_per_pixel = self.registry.cards[network.name].window_bytes_per_pixel(network.precision, device)
         return max(memory.pass_bytes(step.height, step.width)
-                   + memory.window_host_bytes(memory.run_pixels(*step.window_shape, network.border), device,
-                                              bytes_per_pixel, network.scale,
-                                              min(self.settings.tile_batch, len(step.tiles)), ensemble)
+                   + max(memory.window_host_bytes(memory.run_pixels(*step.window_shape, network.border), device,
+                                                  bytes_per_pixel, network.scale,
+                                                  min(self.settings.tile_batch, len(step.tiles)), ensemble),
+                         self.averages_host_bytes(network, step.height, step.width, step.averages_window))
                    for step in passes)
+
+    def averages_host_bytes(self, network: Network, height: int, width: int, window: int) -> int:
+        """What measuring the whole-image averages of a pass over ``height`` x ``width`` in windows of ``window``
+        holds in this worker's memory, before its tiles: on the CPU one window of them as run; nothing for a network
+        without them, nor on a GPU, whose windows of them the card holds (``averages_window``)."""
+        device = self.registry.choice.device
+        if network.measure is None or device == "cuda":
+            return 0
+        return memory.averages_host_bytes(height, width, window,
+                                          self.registry.cards[network.name].averages_bytes_per_pixel(
+                                              network.precision, device), network.border)
 
     def memory_budget(self) -> int:
         """This worker's MEMORY_BUDGET_MB in bytes (its default for the device where unset)."""

@@ -1,15 +1,21 @@
 """One memory measurement in this (fresh) process, printed as a JSON line; bench.memory and the tests run it.
 
     python -m harness.memory_probe windows MODEL PRECISION SIDE [SIDE ...]
+    python -m harness.memory_probe averages MODEL PRECISION SCALE SIDE [SIDE ...]
     python -m harness.memory_probe request TILE SIDE [SIDE ...]
     python -m harness.memory_probe reserve PICTURE SIDE STRENGTH ROUTE
+    python -m harness.memory_probe reserve-averages SCALE TILE SIDE
 
 *windows*: load MODEL in PRECISION, give the backend's buffers back, then run one window of each SIDE
-in increasing order: the peak RSS above the loaded process after each. *request*: srgan with tiles of
+in increasing order: the peak RSS above the loaded process after each. *averages*: the same for the whole-image
+averages (Real-CUGAN's) of an image of each SIDE, measured alone as a request measures them before its tiles (in
+windows of STATISTICS_WINDOW), their buffers given back after each. *request*: srgan with tiles of
 TILE on whole photos of each SIDE: the peak above the loaded process, and the share of one window.
 *reserve*: srgan with 64-px tiles on one PICTURE (``harness.photos.PICTURES``) of SIDE at STRENGTH, through ROUTE
 (``/model/predict``, or ``/app/upscale`` with the page's layers, its answer read to the end): the peak above the
-loaded process, and what the request's plan reserved for it (``Plan.host_bytes``).
+loaded process, and what the request's plan reserved for it (``Plan.host_bytes``). *reserve-averages*: the same for
+realcugan at SCALE with TILE-px tiles on a photo of SIDE, through the core: its whole-image averages' windows, which
+are measured before the tiles, may be larger than them.
 """
 from __future__ import annotations
 
@@ -60,6 +66,18 @@ def probe_windows(model: str, arithmetic: str, scale: int, sides: list[int]) -> 
     return {"precision": network.precision, "baseline_mb": baseline, "peak_above_mb": peaks}
 
 
+def probe_averages(model: str, arithmetic: str, scale: int, sides: list[int]) -> dict:
+    network = loaded_service(model, precision=arithmetic).registry.get(model, scale)
+    network.release_memory()
+    reset_peak_rss()  # the peak of loading (converting every network) is not the averages'
+    baseline = rss_mb()
+    peaks = {}
+    for side in sides:
+        network.predictor(np.random.default_rng(0).random((side, side, 3), np.float32))
+        peaks[side] = peak_rss_mb() - baseline
+    return {"precision": network.precision, "baseline_mb": baseline, "peak_above_mb": peaks}
+
+
 def probe_request(sides: list[int], tile: int) -> dict:
     from core.options import UpscaleOptions
 
@@ -99,10 +117,26 @@ def probe_reserve(picture: str, side: int, strength: str, route: str) -> dict:
     return {"peak_above_mb": peak_rss_mb() - baseline, "reserved_mb": reserved / MEBIBYTE}
 
 
+def probe_reserve_averages(scale: int, tile: int, side: int) -> dict:
+    from core.options import UpscaleOptions
+
+    service = loaded_service("realcugan", tile_size=tile)
+    plan = service.prepare(photo_png(side), UpscaleOptions(model="realcugan", scale=scale))
+    baseline = rss_mb()
+    reset_peak_rss()
+    service.run(plan)
+    return {"peak_above_mb": peak_rss_mb() - baseline, "reserved_mb": plan.host_bytes / MEBIBYTE,
+            "tile": plan.passes[0].tile, "averages_window": plan.passes[0].averages_window}
+
+
 def main(argv: list[str]) -> None:
     kind, *rest = argv
     if kind == "windows":
         print(json.dumps(probe_windows(rest[0], rest[1], int(rest[2]), [int(side) for side in rest[3:]])))
+    elif kind == "averages":
+        print(json.dumps(probe_averages(rest[0], rest[1], int(rest[2]), [int(side) for side in rest[3:]])))
+    elif kind == "reserve-averages":
+        print(json.dumps(probe_reserve_averages(*(int(argument) for argument in rest))))
     elif kind == "reserve":
         print(json.dumps(probe_reserve(rest[0], int(rest[1]), rest[2], rest[3])))
     else:

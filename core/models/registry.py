@@ -209,7 +209,8 @@ class ModelRegistry:
 def spec_card(spec: ModelSpec) -> ModelCard:
     """A built-in model's card, from its spec."""
     return ModelCard(**spec.words, keys=spec.keys, margin=spec.margin, window_bytes=window_bytes(spec),
-                     load=lambda choice, settings: _load_spec(spec, choice, settings))
+                     load=lambda choice, settings: _load_spec(spec, choice, settings),
+                     averages_bytes=spec.averages_bytes_per_pixel)
 
 
 def _load_spec(spec: ModelSpec, choice: Choice, settings: Settings) -> LoadedModel:

@@ -84,8 +84,11 @@ class Network:
         return run([batch, *averages] if averages else batch)[:, :height * self.scale, :width * self.scale]
 
     def _averages_of(self, image: np.ndarray, window: int) -> list[np.ndarray]:
+        # The memory budget counts the larger of the averages' window and the tiles' (core/memory.py), never both:
+        # an earlier pass's tiles' buffers are given back before the averages, and theirs before the tiles.
+        _release(self.run)
         averages = self._image_averages(image, window)
-        _release(self.measure)  # its buffers would otherwise sit beside the tiles', outside the memory budget
+        _release(self.measure)
         return averages
 
     def _measure_windows(self, batch: np.ndarray) -> list[np.ndarray]:

@@ -63,6 +63,9 @@ class ModelSpec(Described):
     # Peak memory of the network per window input pixel in each precision, the largest measured by
     # `python -m bench.memory windows` rounded up (docs/speed.md); absent: sized as the hungriest model.
     window_bytes_per_pixel: dict[str, int] | None = None
+    # For a network with whole-image averages, their peak memory on the CPU per window input pixel as run (with its
+    # border), in each precision: `python -m harness.memory_probe averages` (docs/speed.md); absent: the windows'.
+    averages_bytes_per_pixel: dict[str, int] | None = None
 
     @property
     def keys(self) -> tuple[Key, ...]:
@@ -199,10 +202,15 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         # they crop), so with the averages shared, tiles equal the whole image (Set14, tiles of 32 px:
         # inf dB at 3x with margin 16; 89 dB at 2x with 16, below its 18).
         # Window memory of its 3x networks, the hungriest (f32: 2x 14,000, 3x 23,500, 4x 17,000 B/px), and
-        # 15 % more: its whole-image averages run 256-px windows of their own beside the tiles (3110 MiB
-        # peak at 500² against a 3072 MiB budget with 24,000).
+        # 15 % more (3110 MiB peak at 500² against a 3072 MiB budget with 24,000, when its whole-image averages
+        # still held their buffers beside the tiles').
+        # Those averages, measured in 256-px windows before the tiles (`python -m harness.memory_probe averages`,
+        # 256 px after smaller windows in one process): the 3x networks' again the hungriest (f32: 2x 4,700, 3x
+        # 8,500, 4x 5,900 B per pixel as run, with the border), rounded up; bf16, not measured (this CPU has no
+        # native bf16), counted as f32.
         "MIT", 20, _realcugan_variants(), cuda_precision=FP16_ON_GPU, window_bytes_per_pixel={"f32": 27000, "bf16": 14000},
-        cuda_window_bytes_per_pixel={"f32": 10100, "fp16": 5100, "bf16": 5100}),
+        cuda_window_bytes_per_pixel={"f32": 10100, "fp16": 5100, "bf16": 5100},
+        averages_bytes_per_pixel={"f32": 9000, "bf16": 9000}),
     ModelSpec(
         "max-srgan", "MAX SRGAN (original checkpoint)",
         "The original MAX model's own weights, for users who have its checkpoint.",

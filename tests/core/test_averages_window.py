@@ -1,5 +1,6 @@
 """The windows a whole image's averages (Real-CUGAN's) are measured in: sized from the GPU budget as the tiles are,
-and counted in the time estimates at the side actually run (proven on the CPU with a fake device)."""
+counted in the time estimates at the side actually run (proven on the CPU with a fake device), and on the CPU
+counted in the memory a request reserves."""
 from __future__ import annotations
 
 import io
@@ -11,7 +12,7 @@ from PIL import Image
 
 from core import cost, memory
 from core.admission import InferenceSlot
-from core.errors import Busy
+from core.errors import Busy, OverMemoryBudget, Reason
 from core.models.speed import Throughput
 from core.models.weights import REALCUGAN_BORDERS
 from core.options import UpscaleOptions
@@ -116,3 +117,74 @@ def test_a_model_whose_smallest_averages_window_has_no_room_on_the_gpu_is_named(
     assert service.short_of_device_memory()["srgan"] == (
         f"GPU_MEMORY_BUDGET_MB={budget_mb} leaves no room for its smallest window "
         f"({memory.mib_up(102 * 102 * per_pixel)} MiB) beside the {RESIDENT_MIB} MiB the loaded models hold on the GPU")
+
+
+def planned_on_the_cpu(service, monkeypatch, **settings):
+    """The plan of the SIDE² pattern on the CPU with the padded network, and the network's averages' bytes per pixel
+    (a card without a figure of its own for them: its windows')."""
+    network = padded_network(service, _left_to_right)
+    monkeypatch.setattr(service.registry, "get", lambda *args, **kwargs: network)
+    # srgan's speed prices the fake network's 16-px tiles past the default time limit
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"request_time_limit_s": 3600.0,
+                                                                                 **settings}))
+    per_pixel = service.registry.cards["srgan"].averages_bytes_per_pixel(network.precision, "cpu")
+    return service.prepare(save(Image.fromarray(pattern(SIDE, SIDE))), UpscaleOptions(model="srgan")), per_pixel
+
+
+def test_a_cpu_pass_reserves_the_larger_of_its_tiles_windows_and_its_averages_window(service, monkeypatch):
+    """On the CPU the averages are measured in 256-px windows (294 px as run) whatever the tile, before the tiles:
+    with 16-px tiles (a 48-px window, 86 px as run) the reservation counted the tiles' windows alone, a twelfth of
+    what the averages hold. They do not run at once, so a pass counts the larger of the two, not both."""
+    small, per_pixel = planned_on_the_cpu(service, monkeypatch, tile_size=16)
+    averages = BORDER.padded(memory.STATISTICS_WINDOW) ** 2 * per_pixel
+    assert service.host_bytes(small.network, small.passes) == memory.pass_bytes(SIDE, SIDE) + averages
+    whole, _ = planned_on_the_cpu(service, monkeypatch, tile_size=SIDE)  # one window of 300 px, 338 as run
+    assert service.host_bytes(whole.network, whole.passes) == memory.pass_bytes(SIDE, SIDE) + 338 ** 2 * per_pixel
+
+
+def test_a_cpu_budget_that_holds_the_tiles_but_not_the_averages_window_is_a_413_naming_it(service, monkeypatch):
+    """A budget 1 MiB short of the averages' 294-px window still held tiles of more than 128 px: the request ran past
+    it.
+    The averages' window stays 256 px on the CPU (a smaller one would change the output), so it is a 413."""
+    roomy, per_pixel = planned_on_the_cpu(service, monkeypatch)
+    request = roomy.host_bytes - service.host_bytes(roomy.network, roomy.passes) + memory.pass_bytes(SIDE, SIDE)
+    averages = BORDER.padded(memory.STATISTICS_WINDOW) ** 2 * per_pixel
+    budget_mb = (service.registry.resident + request + averages) // memory.MEBIBYTE - 1
+    per_window_pixel = service.registry.cards["srgan"].window_bytes_per_pixel(roomy.network.precision, "cpu")
+    assert memory.tile_for_budget(budget_mb * memory.MEBIBYTE, service.registry.resident, request, per_window_pixel,
+                                  roomy.network.margin, SIDE, SIDE, border=BORDER) > 128  # the tiles alone fit
+    with pytest.raises(OverMemoryBudget) as refused:
+        planned_on_the_cpu(service, monkeypatch, memory_budget_mb=budget_mb)
+    assert refused.value.status == 413 and refused.value.reason is Reason.MEMORY_BUDGET
+    assert f"MEMORY_BUDGET_MB={budget_mb}" in refused.value.message
+    assert f"the windows its whole-image averages are measured in need {memory.mib_up(averages)} MiB" in (
+        refused.value.message)
+    assert planned_on_the_cpu(service, monkeypatch, memory_budget_mb=budget_mb + 2)[0].host_bytes <= (
+        (budget_mb + 2) * memory.MEBIBYTE - service.registry.resident)
+
+
+class Recorded:
+    """A backend's function that records its calls and the return of its buffers in ``events``."""
+
+    def __init__(self, name: str, function, events: list[str]) -> None:
+        self.name, self.function, self.events = name, function, events
+
+    def __call__(self, inputs):
+        self.events.append(self.name)
+        return self.function(inputs)
+
+    def release_memory(self) -> None:
+        self.events.append(f"{self.name} released")
+
+
+def test_a_later_passs_averages_run_after_the_earlier_tiles_buffers_are_given_back(service):
+    """A second pass measured its averages while OpenVINO still held the first pass's tiles' buffers (kept until
+    told): the reservation counts the larger of the two windows, so each is given back before the other runs."""
+    events: list[str] = []
+    network = padded_network(service, Recorded("averages", _left_to_right, events))
+    network = replace(network, run=Recorded("tiles", network.run, events))
+    image = np.zeros((64, 64, 3), np.float32)
+    network.predictor(image)(image[None])  # the first pass
+    del events[:]
+    network.predictor(image)  # the second pass's averages
+    assert events == ["tiles released", "averages", "averages released"]
