@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Real
 
 import numpy as np
@@ -138,6 +138,9 @@ def read_header(data: bytes, max_pixels: int) -> Header:
         profile = image.info.get("icc_profile") or b""
         space = _profile_space(profile)
         carried = len(profile) if space in CARRIED_PROFILE_SPACES else 0
+    # Its eXIf chunk is a view into the upload, read for the orientation above: kept, it would hold the upload's
+    # bytes while the request waits in the queue and beside the ones its run reads again (core/upload.py).
+    png_header = replace(png_header, exif=None) if png_header else None
     return Header(image_format, width, height, turn, png_header, layout, max_pixels, samples, sample_bytes,
                   carried, space if carried else None, len(profile), container.hidden,
                   container.metadata_bytes)
