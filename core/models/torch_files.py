@@ -426,8 +426,10 @@ def _check_fits(support: object, state: dict, name: str) -> None:
     which allocates nothing: spandrel sizes the layers it builds by the shapes of a few tensors, and finds that
     the others do not fit only once all are built (one 4096-wide convolution makes 151 M parameters of
     each). The few schedules that architectures read back as numbers while they are built are made in memory,
-    and the constants they set from tensors made in memory are taken onto the meta device (``_MetaBuild``); an
-    architecture that still cannot be built there is built in memory unchecked but by ``_check_size``."""
+    and the constants they set from tensors made in memory are taken onto the meta device (``_MetaBuild``): so
+    every architecture of spandrel's main package builds there. A file whose build fails there for another
+    reason is refused, never built in memory: that build would be unchecked, and spandrel may size it by the
+    file's key names and shapes (RCAN counts its blocks by the keys' numbers)."""
     try:
         with torch.device("meta"), _MetaBuild(), warnings.catch_warnings():
             # torch warns of each tensor that loading it into the meta device's module copies nothing: that is the aim.
@@ -435,10 +437,14 @@ def _check_fits(support: object, state: dict, name: str) -> None:
             # A copy: some architectures rename or add keys of the state dict as they load it (SwinIR, SPAN), and
             # the build in memory must find it as the file gave it.
             support.architecture.load(dict(state))
-    except Exception as error:  # noqa: BLE001 - where the meta device is the trouble, the build in memory decides
+    except Exception as error:
         if str(error).startswith(MISFIT):
             raise _misfit(support, name) from error
-        log.debug("%s: %s cannot be built on the meta device", name, support.architecture.name, exc_info=True)
+        log.warning("%s: %s cannot be built on the meta device", name, support.architecture.name, exc_info=True)
+        raise TorchFileError(f"{name} looks like a {support.architecture.name} model, but it cannot be checked: its "
+                             f"build on PyTorch's meta device, which checks a file before it takes any memory, failed "
+                             f"({type(error).__name__}, details in the log), and it is not built in memory "
+                             f"unchecked") from error
 
 
 class _MetaBuild(TorchFunctionMode):

@@ -619,6 +619,31 @@ def test_an_architecture_that_sets_constants_as_it_is_built_is_checked_on_the_me
     assert devices == ["meta"]
 
 
+def test_an_architecture_that_cannot_be_built_on_the_meta_device_is_refused_before_it_is_built_in_memory(
+        tmp_path, monkeypatch):
+    """Where the meta device cannot build an architecture (here RCAN, were its constants made on the CPU left
+    there, as before they were taken onto the meta device), its file is refused, naming the architecture: built in
+    memory unchecked, a file naming blocks it holds no tensors for would have every block built first."""
+    monkeypatch.setattr(torch_files, "_mixes_devices", lambda args: False)
+    (rcan,) = (support.architecture for support in MAIN_REGISTRY.architectures("detection")
+               if support.architecture.id == "RCAN")
+    devices = []
+    build = rcan.load
+    monkeypatch.setattr(rcan, "load", lambda state: devices.append(torch.empty(0).device.type) or build(state))
+    torch.manual_seed(0)
+    state = RCAN(scale=4, n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4).state_dict()
+    for name, file_state in (("fits", state),
+                             ("deep", {**state, "body.0.body.40.body.0.weight": torch.zeros(16, 16, 3, 3)})):
+        write(tmp_path, name, file_state, ".safetensors")
+        with pytest.raises(torch_files.TorchFileError, match=f"^{name}.safetensors looks like a RCAN model, but it "
+                                                             f"cannot be checked: its build on PyTorch's meta device, "
+                                                             f"which checks a file before it takes any memory, failed "
+                                                             f"\\(RuntimeError, details in the log\\)"):
+            torch_files.read(tmp_path / f"{name}.safetensors")
+        assert devices == ["meta"]
+        devices.clear()
+
+
 def test_an_architecture_that_renames_keys_as_it_loads_reads_after_the_check_on_the_meta_device(tmp_path):
     """spandrel's SwinIR renames conv_first.1.* (a pixel-unshuffling first layer) in the state dict it loads: the
     build in memory must still find the keys as the file gave them."""
