@@ -23,6 +23,7 @@ Messages of ``TorchFileError`` name the file, never its folder: they are shown o
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import pickle
@@ -81,6 +82,10 @@ MAX_PARAMETERS = 200_000_000
 # The largest model file read: MAX_PARAMETERS f32 parameters twice over, as BasicSR's files hold the weights as
 # params and params_ema. torch.load reads a .pth whole into memory before its parameters can be counted.
 MAX_FILE_BYTES = 2 * 4 * MAX_PARAMETERS
+# The most memory a model's module may hold once built, its parameters and its buffers together: MAX_PARAMETERS in
+# f32. Buffers need not be in the file: GRL makes its attention masks and indices as it is built, sized by the
+# window its tables' shapes name (a 1 MB file asks for 1.0 GB of them).
+MAX_MODULE_BYTES = 4 * MAX_PARAMETERS
 # The most tensors a model file may hold, counted before they are made: each costs about 1.4 KB of memory however
 # few values it holds (1.7 M empty tensors, a 99 MB .safetensors, took 2.3 GB). HAT-L has 1,710; BasicSR's files
 # hold them twice over.
@@ -192,8 +197,9 @@ def read(path: Path) -> TorchWeights:
 
     A file may not make the worker hold far more than it stores: a zip .pth with compressed entries, a tensor
     viewing more values than the file stores, a layer numbered past the tensors there are, more than
-    MAX_PARAMETERS parameters, and tensors that do not fit the architecture they look like are refused before
-    the architecture is built in memory."""
+    MAX_PARAMETERS parameters, tensors that do not fit the architecture they look like, an architecture that
+    cannot be checked so, and a module that would hold more than MAX_MODULE_BYTES are refused before the
+    architecture is built in memory."""
     state = _state_dict(path)
     if not isinstance(state, dict) or not state:
         raise TorchFileError(f"{path.name} holds no state dict")
@@ -426,19 +432,38 @@ def _check_fits(support: object, state: dict, name: str) -> None:
     which allocates nothing: spandrel sizes the layers it builds by the shapes of a few tensors, and finds that
     the others do not fit only once all are built (one 4096-wide convolution makes 151 M parameters of
     each). The few schedules that architectures read back as numbers while they are built are made in memory,
-    and the constants they set from tensors made in memory are taken onto the meta device (``_MetaBuild``); an
-    architecture that still cannot be built there is built in memory unchecked but by ``_check_size``."""
+    and the constants they set from tensors made in memory are taken onto the meta device (``_MetaBuild``): so
+    every architecture of spandrel's main package builds there. A file whose build fails there for another
+    reason is refused, never built in memory: that build would be unchecked, and spandrel may size it by the
+    file's key names and shapes (RCAN counts its blocks by the keys' numbers). The module built there is held to
+    MAX_MODULE_BYTES."""
     try:
         with torch.device("meta"), _MetaBuild(), warnings.catch_warnings():
             # torch warns of each tensor that loading it into the meta device's module copies nothing: that is the aim.
             warnings.filterwarnings("ignore", "for .*: copying from a non-meta parameter", UserWarning)
             # A copy: some architectures rename or add keys of the state dict as they load it (SwinIR, SPAN), and
             # the build in memory must find it as the file gave it.
-            support.architecture.load(dict(state))
-    except Exception as error:  # noqa: BLE001 - where the meta device is the trouble, the build in memory decides
+            module = support.architecture.load(dict(state)).model
+    except Exception as error:
         if str(error).startswith(MISFIT):
             raise _misfit(support, name) from error
-        log.debug("%s: %s cannot be built on the meta device", name, support.architecture.name, exc_info=True)
+        log.warning("%s: %s cannot be built on the meta device", name, support.architecture.name, exc_info=True)
+        raise TorchFileError(f"{name} looks like a {support.architecture.name} model, but it cannot be checked: its "
+                             f"build on PyTorch's meta device, which checks a file before it takes any memory, failed "
+                             f"({type(error).__name__}, details in the log), and it is not built in memory "
+                             f"unchecked") from error
+    _check_module_size(module, support, name)
+
+
+def _check_module_size(module: nn.Module, support: object, name: str) -> None:
+    """The module built on the meta device holds no more than MAX_MODULE_BYTES, its buffers counted: some are made
+    as it is built, sized by the file's shapes but held nowhere in it (``_check_size`` counts the file's)."""
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    held = sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+    if held > MAX_MODULE_BYTES:
+        raise TorchFileError(f"{name} looks like a {support.architecture.name} model whose parameters and buffers "
+                             f"would take {held:,} bytes once built, more than the {MAX_MODULE_BYTES:,} a model may "
+                             f"take ({MAX_PARAMETERS:,} parameters in f32)")
 
 
 class _MetaBuild(TorchFunctionMode):

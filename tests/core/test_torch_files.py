@@ -21,6 +21,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from spandrel import MAIN_REGISTRY, SizeRequirements
 from spandrel.architectures.Compact import Compact
+from spandrel.architectures.GRL import GRL
 from spandrel.architectures.HAT import HAT
 from spandrel.architectures.RCAN import RCAN
 from spandrel.architectures.SwinIR import SwinIR
@@ -616,6 +617,68 @@ def test_an_architecture_that_sets_constants_as_it_is_built_is_checked_on_the_me
     with pytest.raises(torch_files.TorchFileError, match="^deep.safetensors looks like a RCAN model, but its tensors "
                                                          "do not fit that architecture"):
         torch_files.read(tmp_path / "deep.safetensors")
+    assert devices == ["meta"]
+
+
+def test_an_architecture_that_cannot_be_built_on_the_meta_device_is_refused_before_it_is_built_in_memory(
+        tmp_path, monkeypatch):
+    """Where the meta device cannot build an architecture (here RCAN, were its constants made on the CPU left
+    there, as before they were taken onto the meta device), its file is refused, naming the architecture: built in
+    memory unchecked, a file naming blocks it holds no tensors for would have every block built first."""
+    monkeypatch.setattr(torch_files, "_mixes_devices", lambda args: False)
+    (rcan,) = (support.architecture for support in MAIN_REGISTRY.architectures("detection")
+               if support.architecture.id == "RCAN")
+    devices = []
+    build = rcan.load
+    monkeypatch.setattr(rcan, "load", lambda state: devices.append(torch.empty(0).device.type) or build(state))
+    torch.manual_seed(0)
+    state = RCAN(scale=4, n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4).state_dict()
+    for name, file_state in (("fits", state),
+                             ("deep", {**state, "body.0.body.40.body.0.weight": torch.zeros(16, 16, 3, 3)})):
+        write(tmp_path, name, file_state, ".safetensors")
+        with pytest.raises(torch_files.TorchFileError, match=f"^{name}.safetensors looks like a RCAN model, but it "
+                                                             f"cannot be checked: its build on PyTorch's meta device, "
+                                                             f"which checks a file before it takes any memory, failed "
+                                                             f"\\(RuntimeError, details in the log\\)"):
+            torch_files.read(tmp_path / f"{name}.safetensors")
+        assert devices == ["meta"]
+        devices.clear()
+
+
+def grl_state(window: int) -> dict[str, torch.Tensor]:
+    """A small GRL's tensors with the tables from which spandrel reads its window and stripe sizes: ``window``."""
+    torch.manual_seed(0)
+    state = GRL(upscale=2, embed_dim=16, depths=[2], num_heads_window=[2], num_heads_stripe=[2], window_size=8,
+                stripe_size=[8, 8], img_size=16, upsampler="pixelshuffle").state_dict()
+    table = torch.zeros(1, 2 * window - 1, 2 * window - 1, 2)
+    index = torch.zeros(64, 64, dtype=torch.int64)
+    return {**state, "table_w": table, "table_sh": table.clone(), "index_sh_a2w": index}
+
+
+def test_buffers_an_architecture_makes_as_it_is_built_are_counted_before_it_is_built_in_memory(tmp_path,
+                                                                                                monkeypatch):
+    """GRL makes its attention masks and indices as it is built, sized by the windows its tables' shapes name and
+    held nowhere in the file: 64-wide windows make 1.0 GB of them from a file of 1 MB."""
+    write(tmp_path, "fits", grl_state(8), ".safetensors")
+    assert torch_files.read(tmp_path / "fits.safetensors").architecture == "GRL"
+    (grl,) = (support.architecture for support in MAIN_REGISTRY.architectures("detection")
+              if support.architecture.id == "GRL")
+    devices = []
+    build = grl.load
+
+    def on_meta_only(state: dict) -> object:
+        devices.append(torch.empty(0).device.type)
+        assert devices[-1] == "meta", "built in memory"
+        return build(state)
+
+    monkeypatch.setattr(grl, "load", on_meta_only)
+    path = write(tmp_path, "wide", grl_state(64), ".safetensors")
+    assert path.stat().st_size < 1_100_000
+    with pytest.raises(torch_files.TorchFileError, match=r"^wide.safetensors looks like a GRL model whose parameters "
+                                                         r"and buffers would take 1,[0-9,]{11} bytes once built, more "
+                                                         r"than the 800,000,000 a model may take \(200,000,000 "
+                                                         r"parameters in f32\)$"):
+        torch_files.read(path)
     assert devices == ["meta"]
 
 
