@@ -558,14 +558,20 @@ def test_a_pth_of_either_form_is_read_within_the_caps(tmp_path, form):
     assert all(torch.equal(read[key], tensor) for key, tensor in anime.items())
 
 
+def recorded_builds(monkeypatch: pytest.MonkeyPatch, architecture: str) -> list[str]:
+    """The device (meta or cpu) each build of spandrel's ``architecture`` runs on, as it runs."""
+    (detected,) = (support.architecture for support in MAIN_REGISTRY.architectures("detection")
+                   if support.architecture.id == architecture)
+    devices: list[str] = []
+    build = detected.load
+    monkeypatch.setattr(detected, "load", lambda state: devices.append(torch.empty(0).device.type) or build(state))
+    return devices
+
+
 def test_tensors_that_do_not_fit_are_found_without_building_the_model_in_memory(tmp_path, monkeypatch):
     """A 1024-wide first convolution has spandrel size each of the 16 convolutions after it 1024 wide: 150 M
     parameters built before it finds that their tensors are 64 wide. The build on the meta device finds it."""
-    (compact,) = (support.architecture for support in MAIN_REGISTRY.architectures("detection")
-                  if support.architecture.id == "Compact")
-    devices = []
-    build = compact.load
-    monkeypatch.setattr(compact, "load", lambda state: devices.append(torch.empty(0).device.type) or build(state))
+    devices = recorded_builds(monkeypatch, "Compact")
     state = {**upstream_state("anime"), "body.0.weight": torch.zeros(1024, 3, 3, 3), "body.0.bias": torch.zeros(1024)}
     write(tmp_path, "wide", state, ".safetensors")
     with pytest.raises(torch_files.TorchFileError, match="^wide.safetensors looks like a RealESRGAN Compact model, "
@@ -578,11 +584,7 @@ def test_an_architecture_that_reads_its_drop_path_schedule_as_it_is_built_is_che
         tmp_path, monkeypatch):
     """HAT reads its drop-path schedule back with .item() while it is built; the check still finds a misfit
     without a build in memory."""
-    (hat,) = (support.architecture for support in MAIN_REGISTRY.architectures("detection")
-              if support.architecture.id == "HAT")
-    devices = []
-    build = hat.load
-    monkeypatch.setattr(hat, "load", lambda state: devices.append(torch.empty(0).device.type) or build(state))
+    devices = recorded_builds(monkeypatch, "HAT")
     torch.manual_seed(0)
     state = HAT(upscale=4, img_size=16, window_size=8, embed_dim=60, depths=[1], num_heads=[2], mlp_ratio=1,
                 num_feat=16, upsampler="pixelshuffle").state_dict()
@@ -602,11 +604,7 @@ def test_an_architecture_that_sets_constants_as_it_is_built_is_checked_on_the_me
     """RCAN sets its mean-shift layers' weights from tensors made on the CPU while it is built. Its layers'
     count comes from the keys' numbers: one key numbering a 41st block of each group would have spandrel build
     them all in memory before it finds no tensors for them, were the meta device not used."""
-    (rcan,) = (support.architecture for support in MAIN_REGISTRY.architectures("detection")
-               if support.architecture.id == "RCAN")
-    devices = []
-    build = rcan.load
-    monkeypatch.setattr(rcan, "load", lambda state: devices.append(torch.empty(0).device.type) or build(state))
+    devices = recorded_builds(monkeypatch, "RCAN")
     torch.manual_seed(0)
     state = RCAN(scale=4, n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4).state_dict()
     write(tmp_path, "fits", state, ".safetensors")
@@ -626,11 +624,7 @@ def test_an_architecture_that_cannot_be_built_on_the_meta_device_is_refused_befo
     there, as before they were taken onto the meta device), its file is refused, naming the architecture: built in
     memory unchecked, a file naming blocks it holds no tensors for would have every block built first."""
     monkeypatch.setattr(torch_files, "_mixes_devices", lambda args: False)
-    (rcan,) = (support.architecture for support in MAIN_REGISTRY.architectures("detection")
-               if support.architecture.id == "RCAN")
-    devices = []
-    build = rcan.load
-    monkeypatch.setattr(rcan, "load", lambda state: devices.append(torch.empty(0).device.type) or build(state))
+    devices = recorded_builds(monkeypatch, "RCAN")
     torch.manual_seed(0)
     state = RCAN(scale=4, n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4).state_dict()
     for name, file_state in (("fits", state),
