@@ -9,8 +9,8 @@ of a tile's window and the window they are measured in, which runs alone before 
 upload's header holds (``header_read_bytes``: one at a time, before its request's share is known; a request waiting in
 the queue holds none of its upload's bytes, core/upload.py). Each model's bytes per window pixel
 are measured (``python -m bench.memory windows``, docs/speed.md) and kept in its spec; the tile is
-the largest whose window fits what is left. Only one model's windows count: after each request the
-backend gives its buffers back (``Network.release_memory``). Where a worker runs several images at once
+the largest whose window fits what is left. Only one model's windows count, one pass at a time: after each
+request, and each pass but the last, the backend gives its buffers back (``Network.release_memory``). Where a worker runs several images at once
 (a GPU's INFERENCE_SLOTS), each reserves what it holds beside the loaded models while it runs, and the
 next starts only where its share fits beside theirs (core/admission.py).
 """

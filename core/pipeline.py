@@ -219,7 +219,12 @@ def _model_colour(image: images.DecodedImage, work: Work, progress: Progress) ->
 
     def run_pass(colour: np.ndarray) -> np.ndarray:
         index, step = next(steps)
-        return _run_network(colour, image.max_value, work, step, count.in_pass(len(step.tiles)), passes[index + 1:])
+        result = _run_network(colour, image.max_value, work, step, count.in_pass(len(step.tiles)), passes[index + 1:])
+        if index + 1 < len(passes):
+            # The backend keeps the buffers of the largest window it ran until told (OpenVINO): the next pass, on a
+            # larger input with smaller tiles, would run beside them, where the plan reserves one pass at a time.
+            work.plan.network.release_memory()
+        return result
     return through_passes(image.colour, work.plan.output, run_pass, work.stages)
 
 

@@ -14,13 +14,14 @@ from PIL import Image
 
 import core.plan
 from config import MEBIBYTE
-from core import images, memory, tiling
+from core import images, memory, pipeline, tiling
 from core.errors import Busy, TooLarge
 from core.models.weights import REALCUGAN_BORDERS
 from core.models.speed import Throughput
 from core.options import UpscaleOptions
 from core.geometry import Reach, plan_output
 from core.plan import check_sizes, network_reach, plan_pass
+from tests.core.test_averages_window import Recorded
 from tests.core.test_images import pattern, save
 
 # 33 x 7 at scale 5: two passes of the 4x network (the second on the first's result resized to 42 x 9).
@@ -152,3 +153,16 @@ def test_a_cut_plan_reserves_the_decoded_image_whole_beside_its_parts_buffers(se
     whole = service.prepare(strip, UpscaleOptions(model="srgan", height=80))
     assert whole.host_bytes == (service.result_bytes(whole.header, whole.output, whole.options, False) + sent
                                 + service.host_bytes(whole.network, whole.passes))
+
+
+def test_each_pass_gives_its_windows_buffers_back_before_the_next_pass_runs(service):
+    """OpenVINO keeps the buffers of the largest window it ran until told: a second pass, on a larger input whose
+    tiles may be smaller, ran beside the first pass's buffers, where the plan reserves its largest pass alone."""
+    events: list[str] = []
+    plan = service.prepare(save(Image.fromarray(pattern(7, 33))), UpscaleOptions(model="srgan", scale=5.0))
+    recorded = replace(plan.network, run=Recorded("window", plan.network.run, events))
+    first, second = plan.passes
+    pipeline.run(replace(plan, network=recorded), service.settings)
+    assert events == (["window"] * len(first.tiles) + ["window released"]
+                      + ["window"] * len(second.tiles) + ["window released"])
+
