@@ -162,18 +162,38 @@ def header_read_bytes(max_upload_bytes: int) -> int:
     return max_upload_bytes * (UPLOAD_COPIES + HEADER_CHUNK_COPIES)
 
 
+# glibc's heap thresholds, pinned (``pin_heap_thresholds``): an allocation from this size up is its own mapping, given
+# back when freed, and a thread's arena keeps at most this much free at its top. Left to itself, glibc raises both
+# after each large free (up to 32 MiB and 64 MiB) and keeps what a header read freed resident in the thread's arena,
+# where ``malloc_trim`` does not reach: two queued 31 MiB uploads' header reads left 62 to 120 MiB there
+# (tests/test_memory_budget.py), outside every reservation.
+HEAP_MMAP_THRESHOLD_BYTES = MEBIBYTE
+HEAP_TRIM_THRESHOLD_BYTES = MEBIBYTE
+# mallopt's parameter numbers (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def pin_heap_thresholds() -> None:
+    """Hold glibc's heap to fixed thresholds (``HEAP_MMAP_THRESHOLD_BYTES``) for the whole process, so that what a
+    request frees leaves its RSS (under musl, which has no mallopt, nothing changes)."""
+    mallopt = _libc_function("mallopt")
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD_BYTES)
+        mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD_BYTES)
+
+
 def trim_heap() -> None:
     """Give the C heap's free pages back to the system: glibc keeps what a thread freed resident in that thread's
     arena, where another thread's allocations cannot use it (under musl, which has no malloc_trim, they stay)."""
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)
 
 
 @cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim; None under another C library (musl)."""
-    return getattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim", None)
+def _libc_function(name: str) -> Callable[..., int] | None:
+    """glibc's function ``name``; None under a C library without it (musl)."""
+    return getattr(ctypes.CDLL(ctypes.util.find_library("c")), name, None)
 
 
 def window_host_bytes(window_pixels: int, device: str, bytes_per_window_pixel: int, scale: int, batch: int,

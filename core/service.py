@@ -58,7 +58,8 @@ class Service:
     def create(cls, settings: Settings, only: str | None = None) -> "Service":
         """The service of this process on the backend and device that DEVICE and BACKEND choose
         (``backends.DeviceError`` where they cannot be had), offering every model or ``only`` that one; also sets
-        the backend's thread counts and Pillow's bomb guard."""
+        the backend's thread counts, Pillow's bomb guard and the C heap's thresholds."""
+        memory.pin_heap_thresholds()
         images.guard_decompression_bombs(settings.max_input_pixels)
         choice = backends.choose(settings)
         choice.module.start(settings, choice.device)
