@@ -60,6 +60,12 @@ JSON_ERRORS = {
     "transfer_encoding": (501, "the request's Transfer-Encoding is not supported: send the body as it is, with a "
                                "Content-Length, or chunked"),
     "http_version": (505, "the request's HTTP version is not supported: send HTTP/1.0 or HTTP/1.1"),
+    # The 500s nginx gives itself here: a body it could not write to its temporary folder, or a lack of memory or
+    # of open files (an upstream connection it could not open); its error log (stderr, at crit or alert) says which.
+    "front_error": (500, "nginx, in front of the workers, failed on this request before any worker saw it: it could "
+                         "not write the request's body to its temporary folder (the disk full or not writable), or "
+                         "ran out of memory or open files; retry later, and if it lasts tell the operator, whose "
+                         "nginx error log names the cause (image requests may take SPOOL_MB of that disk)"),
 }
 # A work request gunicorn did not take (502), by the upstream address nginx tried: every slot taken
 # (max_conns) leaves the upstream's name there; a socket no worker listens on, its own address.
@@ -72,7 +78,7 @@ OTHER_ROUTE = "other"
 # nginx's own refusals that superres_refusals_total counts beside the workers' (docs/deployment.md), by the JSON
 # location that answers them: its reason. An upload over MAX_UPLOAD_BYTES is the workers' own reason.
 FRONT_REASONS = {"too_large": Reason.UPLOAD_TOO_LARGE.value, "body_too_large": "body_too_large",
-                 "spool_full": "spool_full", "no_answer": "worker_timeout"}
+                 "spool_full": "spool_full", "no_answer": "worker_timeout", "front_error": "front_error"}
 # A request gunicorn did not take (answered 503 by WORK_REFUSED or "unavailable"), by why.
 UPSTREAM_REASONS = {"slots": "request_slots_taken", "no_worker": "no_worker"}
 # A client too slow (its headers, or a pause in its body, past CLIENT_TIMEOUT_S) is cut off with no answer: nginx
@@ -93,8 +99,8 @@ NO_REQUEST_LINE = re.compile(r" \[info\] \d+#\d+: \*\d+ client timed out \([^)]*
 NO_REQUEST = "no_request"
 # nginx's own refusals, by nginx's status, each answered by the JSON location of that name.
 FRONT_ERROR_PAGES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
-                     413: "too_large", 414: "uri_too_long", 494: "header_too_large", 501: "transfer_encoding",
-                     504: "no_answer", 505: "http_version"}
+                     413: "too_large", 414: "uri_too_long", 494: "header_too_large", 500: "front_error",
+                     501: "transfer_encoding", 504: "no_answer", 505: "http_version"}
 # Refusals that can come before nginx has read a request line's URI (a TLS handshake sent to the plain port, a
 # lowercase method, a path above the root, a line too long). A named location needs that URI (nginx answers its
 # own HTML 500 instead), so these go to an internal location by path, under this prefix.
@@ -440,15 +446,16 @@ def main() -> int:
 def front_series() -> list[tuple[str, int, str]]:
     """Every (route, status, reason) of nginx's own refusals: on the image routes, an upload over MAX_UPLOAD_BYTES,
     a full spool and any request gunicorn did not take; on the others, a body too large and no worker (their
-    upstream has no slot limit); on every route, a worker's answer not in time and a client too slow; and a
-    connection that sent no request, which has no route."""
+    upstream has no slot limit); on every route, a worker's answer not in time, nginx's own failure (500) and a
+    client too slow; and a connection that sent no request, which has no route."""
     unavailable = JSON_ERRORS["unavailable"][0]
     late = (JSON_ERRORS["no_answer"][0], FRONT_REASONS["no_answer"])
+    failed = (JSON_ERRORS["front_error"][0], FRONT_REASONS["front_error"])
     slow = (CLIENT_TIMEOUT, CLIENT_TIMEOUT_REASON)
     work = [*((JSON_ERRORS[name][0], FRONT_REASONS[name]) for name in ("too_large", "spool_full")),
-            *((unavailable, reason) for reason in UPSTREAM_REASONS.values()), late, slow]
+            *((unavailable, reason) for reason in UPSTREAM_REASONS.values()), late, failed, slow]
     other = [(JSON_ERRORS["body_too_large"][0], FRONT_REASONS["body_too_large"]),
-             (unavailable, UPSTREAM_REASONS["no_worker"]), late, slow]
+             (unavailable, UPSTREAM_REASONS["no_worker"]), late, failed, slow]
     return ([(route, status, reason) for route in WORK_ROUTES for status, reason in work]
             + [(OTHER_ROUTE, status, reason) for status, reason in (*other, (CLIENT_TIMEOUT, NO_REQUEST))])
 

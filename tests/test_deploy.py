@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -13,7 +14,7 @@ import socketserver
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -381,16 +382,18 @@ FRONT_UPLOAD_LIMIT = 1000
 
 
 @contextmanager
-def front_alone(settings: Settings, runtime: Path, upstream: Path | None = None,
-                threads: int = 4) -> Iterator[subprocess.Popen]:
+def front_alone(settings: Settings, runtime: Path, upstream: Path | None = None, threads: int = 4,
+                launcher: Sequence[str] = (), preexec_fn: Callable[[], None] | None = None
+                ) -> Iterator[subprocess.Popen]:
     """nginx run with serve.py's configuration for ``settings``, and no gunicorn behind it: ``upstream`` is a
-    socket the test holds, or none. Yields nginx's master process."""
+    socket the test holds, or none. ``launcher`` is a command that runs nginx's (its arguments after it), and
+    ``preexec_fn`` runs in nginx's process before it starts. Yields nginx's master process."""
     if NGINX is None:
         pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
     upstream = upstream or runtime / "absent.sock"
     (runtime / "nginx.conf").write_text(serve.nginx_config(settings, runtime, str(upstream), threads))
-    front = subprocess.Popen([NGINX, "-e", "stderr", "-p", str(runtime), "-c", str(runtime / "nginx.conf")],
-                             stderr=subprocess.PIPE, text=True)
+    front = subprocess.Popen([*launcher, NGINX, "-e", "stderr", "-p", str(runtime), "-c", str(runtime / "nginx.conf")],
+                             stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
     try:
         wait_for(lambda: _accepts("127.0.0.1", settings.port) or front.poll() is not None, 30)
         assert front.poll() is None, f"nginx did not start: {front.stderr.read()}"
@@ -566,12 +569,13 @@ FRONT_SERIES = {(route, str(status), reason) for route, status, reason in serve.
 
 
 @contextmanager
-def counting_front(settings: Settings, runtime: Path, upstream: Path | None = None,
-                   threads: int = 4) -> Iterator[subprocess.Popen]:
-    """front_alone, with serve.py's counter of its refusals listening as under serve.py."""
+def counting_front(settings: Settings, runtime: Path, upstream: Path | None = None, threads: int = 4,
+                   **launch: object) -> Iterator[subprocess.Popen]:
+    """front_alone (``launch`` its launcher and preexec_fn), with serve.py's counter of its refusals listening as
+    under serve.py."""
     counter = serve.FrontRefusalCounter(runtime)
     try:
-        with front_alone(settings, runtime, upstream, threads) as front:
+        with front_alone(settings, runtime, upstream, threads, **launch) as front:
             yield front
     finally:
         counter.close()
@@ -646,6 +650,74 @@ def test_front_answers_504_naming_the_wait_when_the_worker_given_a_request_does_
                                                   "longest an answer may take (QUEUE_WAIT_S + REQUEST_TIME_LIMIT_S + 0 s)")
         wait_for(lambda: grew_by(before, {("/model/predict", "504", "worker_timeout"): 1,
                                           ("other", "504", "worker_timeout"): 1}), 30)
+
+
+# nginx's 500 for a body it cannot write to client_body_temp_path: a real failure of the kernel's each way, with
+# no mount on the machine itself (CI's container may not allow one). The tmpfs is nginx's own, in a mount namespace
+# of its own, so nothing outlives it; the other two need no privilege at all.
+SPOOL_DISK_BYTES = 256 * 1024  # less than the 1 MiB nginx writes of a body at a time
+
+
+def full_disk(runtime: Path) -> dict:
+    """nginx with a small tmpfs of its own as its body folder: the write of a larger body fails (ENOSPC)."""
+    mount = ["unshare", "--mount", "--propagation", "private", *([] if os.geteuid() == 0 else ["--map-root-user"])]
+    (runtime / "body").mkdir()
+    probe = subprocess.run([*mount, "mount", "-t", "tmpfs", "tmpfs", str(runtime / "body")], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no mount namespace here for a tmpfs: {probe.stderr.decode().strip()}")
+    script = f'mount -t tmpfs -o size={SPOOL_DISK_BYTES} tmpfs "$0" && exec "$@"'
+    return {"launcher": [*mount, "--", "sh", "-c", script, str(runtime / "body")]}
+
+
+def file_size_limit(_runtime: Path) -> dict:
+    """nginx limited to files smaller than a body's (RLIMIT_FSIZE): the write past it fails (EFBIG), SIGXFSZ
+    ignored as a shell's ulimit -f leaves nginx to see the error."""
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (SPOOL_DISK_BYTES, resource.RLIM_INFINITY))
+    return {"preexec_fn": limit}
+
+
+def folder_gone(runtime: Path) -> dict:
+    """The body folder replaced by a file once nginx has started (a cleaner emptying /tmp, then something taking
+    the name): opening a body's file fails (ENOTDIR)."""
+    def replace() -> None:
+        wait_for((runtime / "body").is_dir, 30)
+        (runtime / "body").rmdir()
+        (runtime / "body").write_bytes(b"")
+    return {"after_start": replace}
+
+
+# nginx's error log for each: a write cut short at the limit (pwritev), or the next write's error (pwrite).
+WRITE_STOPPED = f"has written only {SPOOL_DISK_BYTES} of"
+
+
+@pytest.mark.parametrize("break_spool, logged", [
+    (full_disk, rf"{WRITE_STOPPED}|failed \(28: No space left on device\)"),
+    (file_size_limit, rf"{WRITE_STOPPED}|failed \(27: File too large\)"),
+    (folder_gone, r"open\(\) \S+ failed \(20: Not a directory\)")], ids=["full-disk", "file-size-limit", "folder-gone"])
+@pytest.mark.parametrize("path", ["/model/predict", "/app/upscale"])
+def test_front_answers_json_500_and_counts_it_when_it_cannot_write_a_body_to_its_temporary_folder(
+        tmp_path, break_spool, logged, path):
+    """A body past nginx's 1 MiB in memory goes to a file: where that fails, nginx answered its own HTML 500,
+    counted nowhere. It answers JSON naming the causes and the way out, and counts front_error on the route."""
+    settings = Settings(host="127.0.0.1", port=free_port())
+    launch = break_spool(tmp_path)
+    after_start = launch.pop("after_start", None)
+    with stub_worker(tmp_path / "worker.sock") as worker, \
+            counting_front(settings, tmp_path, tmp_path / "worker.sock", **launch) as front:
+        if after_start:
+            after_start()
+        before = front_refusals()
+        response = requests.post(f"http://127.0.0.1:{settings.port}{path}", data=bytes(3 * MEBIBYTE // 2), timeout=30)
+        assert response.status_code == 500 and response.headers["Content-Type"] == "application/json"
+        assert response.json() == {"message": serve.JSON_ERRORS["front_error"][1]}
+        assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Request-ID"])
+        wait_for(lambda: grew_by(before, {(path, "500", "front_error"): 1}), 30)
+        # A body that stays in memory still goes through.
+        assert requests.post(f"http://127.0.0.1:{settings.port}{path}", data=b"x", timeout=30).status_code == 200
+        assert worker.received == [(path, 1)]
+    assert re.search(logged, front.stderr.read())  # the kernel's failure each way, as nginx's error log tells it
 
 
 def test_front_counts_a_connection_that_sends_nothing_but_not_one_idle_after_its_request_nor_a_probe(tmp_path, caplog):
