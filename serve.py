@@ -131,6 +131,12 @@ BODY_BUFFER_BYTES = MEBIBYTE
 # An answer nginx holds in memory (proxy_buffers), before it spools the rest to disk; nginx refuses a spool file
 # limit below one buffer (other than 0, none).
 ANSWER_BUFFERS, ANSWER_BUFFER_BYTES = 64, 64 * 1024
+# The most of an answer's status line and headers nginx takes from a worker (proxy_buffer_size); past it nginx
+# answers 502 itself (which the client gets as "starting, restarting or stopping"). nginx's default, one memory
+# page (4 KiB), is less than a redirect's Location (api/errors.py), which echoes the request line (up to gunicorn's
+# limit_request_line, 4094 bytes), beside the app's own headers; this holds the longest line a client may send
+# echoed once and as much again for the app's own headers.
+ANSWER_HEAD_BYTES = 2 * HEADER_BYTES
 
 
 class FrontMisfit(ValueError):
@@ -272,6 +278,7 @@ http {{
     proxy_request_buffering on;
     proxy_buffering on;
     proxy_buffers {ANSWER_BUFFERS} {ANSWER_BUFFER_BYTES};
+    proxy_buffer_size {ANSWER_HEAD_BYTES};
     # A worker whose threads are all busy takes a request's connection and reads it only when one is free: waiting
     # on it to read is waiting on it to answer, and a 504 either way says that it did not answer within answer_s.
     proxy_read_timeout {nginx_time(answer_s)};

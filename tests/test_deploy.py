@@ -720,6 +720,20 @@ def test_front_answers_json_500_and_counts_it_when_it_cannot_write_a_body_to_its
     assert re.search(logged, front.stderr.read())  # the kernel's failure each way, as nginx's error log tells it
 
 
+def test_front_passes_an_answer_whose_headers_echo_a_whole_request_line(tmp_path):
+    """A redirect's Location echoes the path and query (api/errors.py), up to gunicorn's 4094-byte request line:
+    past nginx's default 4 KiB for an answer's head, nginx answered 503 "the server is starting, restarting or
+    stopping" itself and counted no_worker."""
+    location = "/model/metadata?q=" + "a" * (serve.HEADER_BYTES - 100)
+    answer = (f"HTTP/1.1 308 PERMANENT REDIRECT\r\nContent-Type: application/json\r\nLocation: {location}\r\n"
+              f"Content-Length: 3\r\nConnection: close\r\n\r\nok\n").encode()
+    settings = Settings(host="127.0.0.1", port=free_port())
+    with stub_worker(tmp_path / "worker.sock", answer), front_alone(settings, tmp_path, tmp_path / "worker.sock"):
+        response = requests.get(f"http://127.0.0.1:{settings.port}/model//metadata", allow_redirects=False,
+                                timeout=30)
+    assert response.status_code == 308 and response.headers["Location"] == location
+
+
 def test_front_counts_a_connection_that_sends_nothing_but_not_one_idle_after_its_request_nor_a_probe(tmp_path, caplog):
     """A connection that sends no byte before CLIENT_TIMEOUT_S has no request, so no access log line: it went
     uncounted and unlogged. It counts as no_request (from nginx's error log); a connection left open after a whole

@@ -104,3 +104,18 @@ def test_a_progressive_jpeg_scan_bomb_is_refused_from_its_structure(impatient_se
                              files={"image": ("bomb.jpg", bomb, "image/jpeg")}, timeout=120)
     assert response.status_code == 400
     assert "more than 100 scans" in response.json()["message"]
+
+
+# gunicorn's longest request line (its limit_request_line), which a redirect's Location echoes all but a few bytes of.
+GUNICORN_REQUEST_LINE = 4094
+
+
+def test_a_redirect_echoing_the_longest_request_line_gunicorn_takes_reaches_the_client(impatient_server):
+    """The app's redirect of /model//metadata?... names the route with the query in Location (api/errors.py): its
+    head outgrew nginx's default 4 KiB for an answer's head, and the client got nginx's own 503 "the server is
+    starting, restarting or stopping" instead."""
+    empty = len("GET /model//metadata?q= HTTP/1.1")
+    query = "q=" + "a" * (GUNICORN_REQUEST_LINE - empty)
+    response = requests.get(f"{impatient_server.url}/model//metadata?{query}", allow_redirects=False, timeout=30)
+    assert response.status_code == 308 and response.headers["Content-Type"] == "application/json"
+    assert response.headers["Location"] == f"/model/metadata?{query}"
