@@ -126,6 +126,10 @@ GUNICORN_EXITS = {Arbiter.WORKER_BOOT_ERROR: " (a worker failed to boot; the lin
 HEADER_BYTES, HEADER_BUFFERS = 8192, 4
 # Connections nginx's one worker process holds, clients' and gunicorn's together (worker_connections).
 WORKER_CONNECTIONS = 4096
+# Files nginx's worker may hold open (worker_rlimit_nofile): each connection, and a request's body and its answer
+# each spooled to a file. A container's soft limit is often 1024, which would fail new connections under load as
+# nginx's 500 (front_error) long before worker_connections.
+OPEN_FILES = 3 * WORKER_CONNECTIONS
 # A request body up to this size stays in nginx's memory (client_body_buffer_size); a larger one goes whole to disk.
 BODY_BUFFER_BYTES = MEBIBYTE
 # An answer nginx holds in memory (proxy_buffers), before it spools the rest to disk; nginx refuses a spool file
@@ -233,6 +237,7 @@ def nginx_config(settings: Settings, runtime: Path, upstream: str, threads: int)
     user = "user root;\n" if os.geteuid() == 0 else ""
     return f"""# Written by serve.py from the settings; see config.py.
 {user}worker_processes 1;
+worker_rlimit_nofile {OPEN_FILES};
 daemon off;
 pid {runtime}/nginx.pid;
 error_log stderr warn;

@@ -720,6 +720,21 @@ def test_front_answers_json_500_and_counts_it_when_it_cannot_write_a_body_to_its
     assert re.search(logged, front.stderr.read())  # the kernel's failure each way, as nginx's error log tells it
 
 
+def test_front_raises_a_containers_soft_open_files_limit_for_its_connections_and_spool_files(tmp_path):
+    """Started under a soft limit of 1024 open files (a container's usual one), nginx's worker kept it: 4096
+    connections with their spool files would have failed new connections, as 500s, from about 1024 on."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < serve.OPEN_FILES:
+        pytest.skip(f"this machine's hard limit on open files ({hard}) is below nginx's {serve.OPEN_FILES}")
+    settings = Settings(host="127.0.0.1", port=free_port())
+    with front_alone(settings, tmp_path, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+                     ) as front:
+        worker = Path(f"/proc/{front.pid}/task/{front.pid}/children").read_text().split()[0]
+        limits = Path(f"/proc/{worker}/limits").read_text()
+    soft = re.search(r"^Max open files\s+(\d+)", limits, re.MULTILINE)
+    assert soft and int(soft.group(1)) == serve.OPEN_FILES
+
+
 def test_front_passes_an_answer_whose_headers_echo_a_whole_request_line(tmp_path):
     """A redirect's Location echoes the path and query (api/errors.py), up to gunicorn's 4094-byte request line:
     past nginx's default 4 KiB for an answer's head, nginx answered 503 "the server is starting, restarting or
