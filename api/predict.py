@@ -72,7 +72,7 @@ class Predict(Resource):
             form = read_form(request)
         context = service().option_context
         note_model(context)
-        plan = service().prepare(form.image, parse_options(form.options, context))
+        plan = service().prepare(form.image, parse_options(form.options, context), stages=stages)
         try:
             result = service().run(plan, on_progress=stop_when_client_leaves(request.environ), stages=stages)
         except Cancelled as cancelled:

@@ -3,10 +3,12 @@
     python -m bench.stages [--model srgan] [--side 500] [--runs 3] [--levels 0 1 2 3 6 9]
 
 *stages*: one gunicorn worker with the default settings serves a side x side photo ``--runs`` times;
-each stage is the median of the worker's Server-Timing values (upload parse, queue, decode, float
+each stage is the median of the worker's Server-Timing values (upload parse, header read, queue, decode, float
 conversion, network, assembly, resize, encode), and *transfer and framework* is the client's
-wall-clock time less their sum. *png*: the model's real output of that photo encoded at each
-PNG_COMPRESSION_LEVEL: median seconds, CPU seconds (all threads) and bytes. *cmyk*: the photo as a CMYK
+wall-clock time less their sum. *header*: what a worker's header lock holds per request (``Service.read_header``,
+one request at a time): the header of each of ``header_uploads`` read from its spool file, median seconds.
+*png*: the model's real output of that photo encoded at each PNG_COMPRESSION_LEVEL: median seconds, CPU seconds
+(all threads) and bytes. *cmyk*: the photo as a CMYK
 JPEG decoded without and with a CMYK ICC profile (converted to sRGB by Pillow's plain formula, or through the
 profile by LittleCMS): median seconds. Run it under
 ``flock -x /tmp/cpu.lock``; the figures go to docs/speed.md with the CPU they ran on.
@@ -96,6 +98,50 @@ def cmyk_decode(side: int, runs: int) -> tuple[float, float]:
     return medians[0], medians[1]
 
 
+def header_uploads() -> dict[str, bytes]:
+    """Typical uploads, the photo as PNG and JPEG at 500² and 2000², and the worst case for the header lock: a TIFF
+    of 31 MiB (near the default ``MAX_UPLOAD_BYTES``, 32 MiB) whose ICC profile, which the read copies, is nearly all
+    of it."""
+    import io
+
+    from PIL import Image
+
+    from config import MEBIBYTE
+    from harness.photos import photo_profiled_tiff
+
+    uploads = {}
+    for side in (500, 2000):
+        png = photo_png(side)
+        jpeg = io.BytesIO()
+        Image.open(io.BytesIO(png)).save(jpeg, "JPEG", quality=95)
+        uploads |= {f"PNG {side}²": png, f"JPEG {side}²": jpeg.getvalue()}
+    uploads["TIFF 64², 31 MiB ICC profile"] = photo_profiled_tiff(64, 31 * MEBIBYTE)
+    return uploads
+
+
+def header_reads(runs: int) -> list[tuple[str, int, float]]:
+    """Each of ``header_uploads``: its bytes and the median seconds of reading its header as a worker does, from
+    the file its upload waits in."""
+    import tempfile
+
+    from config import Settings
+    from core import images
+    from core.upload import SpooledUpload, upload_bytes
+
+    rows, max_pixels = [], Settings().max_input_pixels
+    for name, data in header_uploads().items():
+        with tempfile.TemporaryFile() as spooled:
+            spooled.write(data)
+            spooled.flush()
+            upload, times = SpooledUpload(spooled), []
+            for _ in range(runs):
+                started = time.perf_counter()
+                images.read_header(upload_bytes(upload), max_pixels)
+                times.append(time.perf_counter() - started)
+        rows.append((name, len(data), statistics.median(times)))
+    return rows
+
+
 def main() -> None:
     from bench.machine import ceiling_in_fresh_process, cpu_description
 
@@ -111,12 +157,15 @@ def main() -> None:
     print("| stage | seconds | share |\n|---|---:|---:|")
     rest = total - sum(medians.values())
     for name, seconds in [*medians.items(), ("transfer and framework", rest)]:
-        print(f"| {name} | {seconds:.3f} | {100 * seconds / total:.1f} % |")
+        print(f"| {name} | {seconds:.4f} | {100 * seconds / total:.1f} % |")
     outside = total - medians["network"]
     print(f"outside the network: {outside:.3f} s = {100 * outside / total:.1f} % of the request")
     print("| level | encode seconds | CPU seconds | bytes |\n|---|---:|---:|---:|")
     for level, seconds, cpu_seconds, size in png_levels(output, args.levels, args.runs):
         print(f"| {level} | {seconds:.3f} | {cpu_seconds:.3f} | {size} |")
+    print(f"| upload | bytes | header read, median of {args.runs} (s) |\n|---|---:|---:|")
+    for name, size, seconds in header_reads(args.runs):
+        print(f"| {name} | {size} | {seconds:.4f} |")
     plain, profiled = cmyk_decode(args.side, args.runs)
     print(f"CMYK JPEG {args.side}² decoded, median of {args.runs}: {plain:.3f} s plain, {profiled:.3f} s through "
           f"its ICC profile ({profiled / plain:.1f}x)")

@@ -184,12 +184,13 @@ class Service:
         """What the options' allowed values depend on here: the models this server offers."""
         return OptionContext(self.registry.names, self.settings.default_model, self.registry.denoise_levels())
 
-    def prepare(self, upload: Upload, options: UpscaleOptions, with_layers: bool = False) -> Plan:
+    def prepare(self, upload: Upload, options: UpscaleOptions, with_layers: bool = False,
+                stages: Stages | None = None) -> Plan:
         """The plan of an upscale, from the image's header alone (read here, once), with every check that needs
         no pixels: the input's and every output's pixels, what the output format holds, the ensemble's limit,
         the memory, the time limit and room in the queue (400, 413 or 503 before any work). ``with_layers``: the
-        web page's answer, with the layers strength mixes."""
-        header = self.read_header(upload)
+        web page's answer, with the layers strength mixes; ``stages``, the header read's seconds."""
+        header = self.read_header(upload, stages)
         network, output = self.plan_sizes(*header.size, options)
         encoding.check_output_size(options.output_format, output.output)
         encoding.check_profile_fits(options.output_format, header.profile_bytes, header.profile_space)
@@ -217,16 +218,19 @@ class Service:
         self.slot.check_room()
         return Plan(upload, options, header, network, output, passes, seconds, host_bytes, with_layers)
 
-    def read_header(self, upload: Upload) -> images.Header:
+    def read_header(self, upload: Upload, stages: Stages | None = None) -> images.Header:
         """The header of ``upload``, read by one request at a time: meanwhile its bytes and its ICC profile's copies
         are held outside every reservation, and the worker's room sets aside what one such read holds
-        (``memory.header_read_bytes``)."""
-        with self._reading_header:
-            try:
+        (``memory.header_read_bytes``). ``stages`` receives its seconds, its wait for its turn included, as
+        ``header``."""
+        try:
+            with (stages or Stages()).time("header"), self._reading_header:
                 return images.read_header(upload_bytes(upload), self.settings.max_input_pixels)
-            finally:
-                # What the read freed would stay resident in this thread's arena while the request waits in the queue.
-                memory.trim_heap()
+        finally:
+            # The serving path's one trim: each request's thread gives back what earlier runs freed in the arenas
+            # (a few MiB each, which the pinned thresholds leave there: docs/gpu.md), before its share is held.
+            # Outside the lock: the read's own copies left as they were freed (``memory.pin_heap_thresholds``).
+            memory.trim_heap()
 
     def plan_sizes(self, width: int, height: int, options: UpscaleOptions) -> tuple[Network, OutputPlan]:
         """The network an image of ``width`` x ``height`` runs with ``options``, and every size the work makes (400

@@ -48,7 +48,7 @@ def test_server_timing_names_every_stage(client):
     for entry in response.headers["Server-Timing"].split(", "):
         name, duration = entry.split(";dur=")
         stages[name] = float(duration)
-    assert set(stages) == {"upload", "queue", "decode", "convert", "network", "assembly", "resize", "encode"}
+    assert set(stages) == {"upload", "header", "queue", "decode", "convert", "network", "assembly", "resize", "encode"}
     assert all(milliseconds >= 0 for milliseconds in stages.values())
     assert stages["network"] > 0
 
