@@ -45,7 +45,8 @@ def test_an_image_the_budget_cannot_hold_is_a_413_naming_the_setting():
     ("photo16-rgba-tiff", "400", "0.5", "/model/predict"),
     ("photo-profiled", "64", "1", "/model/predict"), ("photo-profiled", "64", "1", "/app/upscale"),
     ("photo-texted", "64", "1", "/model/predict"), ("photo-chunked", "64", "1", "/model/predict"),
-    ("photo-tagged-tiff", "64", "1", "/model/predict"), ("photo-commented-gif", "64", "1", "/model/predict")])
+    ("photo-tagged-tiff", "64", "1", "/model/predict"), ("photo-commented-gif", "64", "1", "/model/predict"),
+    ("photo-segmented", "64", "1", "/model/predict"), ("photo-annotated-webp", "64", "1", "/model/predict")])
 def test_a_request_stays_within_what_its_plan_reserves(picture, side, strength, route):
     """16-bit RGBA that deflate cannot shrink (as PNG, and as a TIFF read through a copy of the file), mixed with
     Lanczos or answered with the page's layers, and a 64²
@@ -53,7 +54,9 @@ def test_a_request_stays_within_what_its_plan_reserves(picture, side, strength, 
     27 and 29), and a 64² PNG with 60 MiB of text (zTXt), which the decoder held (a peak of 50 MiB where 27 were
     reserved), and 64² photos with 30 MiB of other metadata, which decoders held or copied (docs/inputs.md,
     "Metadata"): a PNG's private and EXIF chunks, a TIFF's XMP tag, a GIF's comment (peaks of 93, 60 and 63 MiB
-    where 57, 57 and 58 were reserved): the
+    where 57, 57 and 58 were reserved), a JPEG's application segments and a WebP's EXIF and XMP chunks (measurable
+    since the heap's thresholds are pinned: no freed buffer of 1 MiB or more stays for their copies to reuse
+    unseen, ``memory.pin_heap_thresholds``): the
     peak above the loaded process (a fresh one) is within ``Plan.host_bytes``, which the inference slots hold."""
     done = subprocess.run([sys.executable, "-m", "harness.memory_probe", "reserve", picture, side, strength, route],
                           cwd=ROOT, capture_output=True, text=True, check=True)
