@@ -1,12 +1,17 @@
 """What memory each model needs, and whether a worker stays within MEMORY_BUDGET_MB.
 
     python -m bench.memory windows [--models srgan,realsr] [--sides 128 192 256]
+    python -m bench.memory averages [--sides 64 128 256]
     python -m bench.memory request [--sides 500 1000]
     python -m bench.memory worker [--models ...] [--sides 500 1000 2000]
 
 *windows*: for each model and native scale in f32 (and in bf16 on a CPU with native bf16), a fresh process
 loads the model, gives the backend's buffers back, and runs one window of each side in increasing order; the peak RSS (VmHWM) above the loaded process's RSS, per window
 pixel, is what the model's spec records as ``window_bytes_per_pixel`` (the largest over the sides).
+*averages*: for each native scale of each model with whole-image averages (Real-CUGAN), in f32 (and bf16 where
+native), a fresh process measures the averages of an image of each side in increasing order (``harness.memory_probe
+averages``): the peak above the loaded process per pixel of the largest window as the network runs it (with its
+border), what the spec records as ``averages_bytes_per_pixel`` at that scale.
 *request*: srgan with small fixed tiles on whole images: the peak above the loaded process and the
 windows, per input and per output pixel (core/memory.py's REQUEST_BYTES_PER_INPUT_PIXEL and RESULT_COPIES).
 *worker*: one gunicorn worker with the default settings serves each model at each side; the worker's
@@ -24,6 +29,8 @@ import requests
 
 from bench.report import ROOT
 from config import MEBIBYTE
+from core.memory import STATISTICS_WINDOW, run_pixels
+from core.models.levels import NO_DENOISE
 from harness.photos import photo_png
 from core.models.specs import PACKAGED
 from harness.process import gunicorn_worker, peak_rss_mb
@@ -50,6 +57,25 @@ def windows(models: list[str], sides: list[int]) -> None:
             per_pixel = {side: mb * MEBIBYTE / int(side) ** 2 for side, mb in result["peak_above_mb"].items()}
             print(f"{model:10} {scale}x {result['precision']:4}: loaded {result['baseline_mb']:.0f} MiB; "
                   + ", ".join(f"{side}² +{result['peak_above_mb'][side]:.0f} MiB = {per_pixel[side]:.0f} B/px"
+                              for side in per_pixel)
+                  + f"; largest {max(per_pixel.values()):.0f} B/px", flush=True)
+
+
+def averages(models: list[str], sides: list[int]) -> None:
+    from core.models import precision
+    from core.models.specs import SPECS
+
+    for model in models:
+        spec = SPECS[model]
+        if spec.averages_bytes_per_pixel is None:
+            continue
+        for arithmetic, scale in product(("f32", "bf16") if precision.native_bf16() else ("f32",), spec.scales):
+            border = spec.variant(scale, NO_DENOISE).border
+            result = fresh("averages", model, arithmetic, str(scale), *map(str, sides))
+            per_pixel = {side: mb * MEBIBYTE / run_pixels(int(side), int(side), border)
+                         for side, mb in result["peak_above_mb"].items()}
+            print(f"{model:10} {scale}x {result['precision']:4}: loaded {result['baseline_mb']:.0f} MiB; "
+                  + ", ".join(f"{side}² +{result['peak_above_mb'][side]:.0f} MiB = {per_pixel[side]:.0f} B/px as run"
                               for side in per_pixel)
                   + f"; largest {max(per_pixel.values()):.0f} B/px", flush=True)
 
@@ -86,7 +112,7 @@ def worker(models: list[str], sides: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("windows", "request", "worker"))
+    parser.add_argument("what", choices=("windows", "averages", "request", "worker"))
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--sides", type=int, nargs="+")
     parser.add_argument("--tile", type=int, default=64, help="request: the fixed tile size")
@@ -94,6 +120,8 @@ def main() -> None:
     models = args.models.split(",")
     if args.what == "windows":
         windows(models, args.sides or [128, 192, 256])
+    elif args.what == "averages":
+        averages(models, args.sides or [64, 128, STATISTICS_WINDOW])
     elif args.what == "request":
         request(args.sides or [500, 1000], args.tile)
     else:

@@ -143,7 +143,8 @@ class Service:
             window = memory.smallest_window_bytes(bytes_per_pixel, network.margin, self.settings.tile_batch,
                                                   network.border)
             if network.measure is not None:  # measured alone, before the tiles
-                averages_per_pixel = self.registry.cards[name].averages_bytes_per_pixel(network.precision, "cuda")
+                averages_per_pixel = self.registry.cards[name].averages_bytes_per_pixel(network.precision, "cuda",
+                                                                                         network.scale)
                 window = max(window, memory.smallest_averages_window_bytes(averages_per_pixel, network.border))
             rerun = self.smallest_rerun_bytes(network)
             if resident + max(window, rerun) > budget:
@@ -292,7 +293,8 @@ class Service:
         device = self.registry.choice.device
         if device != "cuda" or network.measure is None:
             return memory.STATISTICS_WINDOW
-        bytes_per_pixel = self.registry.cards[network.name].averages_bytes_per_pixel(network.precision, device)
+        bytes_per_pixel = self.registry.cards[network.name].averages_bytes_per_pixel(network.precision, device,
+                                                                                   network.scale)
         return memory.averages_window(self.device_budget() - self.registry.device_resident, bytes_per_pixel,
                                       network.border)
 
@@ -352,7 +354,7 @@ class Service:
             return 0
         return memory.averages_host_bytes(height, width, window,
                                           self.registry.cards[network.name].averages_bytes_per_pixel(
-                                              network.precision, device), network.border)
+                                              network.precision, device, network.scale), network.border)
 
     def memory_budget(self) -> int:
         """This worker's MEMORY_BUDGET_MB in bytes (its default for the device where unset)."""

@@ -91,11 +91,13 @@ def test_requests_waiting_in_the_queue_hold_no_copy_of_their_uploads():
         assert rss_mb(worker) - before < len(upload) / MEBIBYTE
 
 
-def test_a_realcugan_request_reserves_its_whole_image_averages_window():
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_a_realcugan_request_reserves_its_whole_image_averages_window(scale):
     """Real-CUGAN measures a whole image's averages in 256-px windows (284 px as its 3x networks run them) before
     its tiles, whatever the tile: with 24-px tiles (92 px as run) its plan counted the tiles' windows alone, and a
-    fresh process's peak went past what it reserved. It now counts the larger of the two windows."""
-    done = subprocess.run([sys.executable, "-m", "harness.memory_probe", "reserve-averages", "3", "24", "256"],
+    fresh process's peak went past what it reserved. It now counts the larger of the two windows, at the figure of
+    the native scale that runs (the 3x networks' figure counted for all of them before)."""
+    done = subprocess.run([sys.executable, "-m", "harness.memory_probe", "reserve-averages", str(scale), "24", "256"],
                           cwd=ROOT, capture_output=True, text=True, check=True)
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert (measured["tile"], measured["averages_window"]) == (24, 256)

