@@ -660,6 +660,8 @@ SPOOL_DISK_BYTES = 256 * 1024  # less than the 1 MiB nginx writes of a body at a
 
 def full_disk(runtime: Path) -> dict:
     """nginx with a small tmpfs of its own as its body folder: the write of a larger body fails (ENOSPC)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare (util-linux) here for a mount namespace")
     mount = ["unshare", "--mount", "--propagation", "private", *([] if os.geteuid() == 0 else ["--map-root-user"])]
     (runtime / "body").mkdir()
     probe = subprocess.run([*mount, "mount", "-t", "tmpfs", "tmpfs", str(runtime / "body")], capture_output=True)
