@@ -5,6 +5,7 @@
     python -m harness.memory_probe request TILE SIDE [SIDE ...]
     python -m harness.memory_probe reserve PICTURE SIDE STRENGTH ROUTE
     python -m harness.memory_probe reserve-averages SCALE TILE SIDE
+    python -m harness.memory_probe shapes MODEL SCALE COUNT
 
 *windows*: load MODEL in PRECISION, give the backend's buffers back, then run one window of each SIDE
 in increasing order: the peak RSS above the loaded process after each. *averages*: the same for the whole-image
@@ -15,12 +16,15 @@ TILE on whole photos of each SIDE: the peak above the loaded process, and the sh
 (``/model/predict``, or ``/app/upscale`` with the page's layers, its answer read to the end): the peak above the
 loaded process, and what the request's plan reserved for it (``Plan.host_bytes``). *reserve-averages*: the same for
 realcugan at SCALE with TILE-px tiles on a photo of SIDE, through the core: its whole-image averages' windows, which
-are measured before the tiles, may be larger than them.
+are measured before the tiles, may be larger than them. *shapes*: MODEL at SCALE (f32) runs windows of COUNT
+different shapes (sides multiples of ``WINDOW_QUANTUM``, the smallest first), each given back and the heap trimmed as
+serving does: the RSS above the loaded process after each, as a long-running worker holds it between requests.
 """
 from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 from typing import TYPE_CHECKING
 
@@ -29,6 +33,7 @@ import numpy as np
 from config import MEBIBYTE
 from core.memory import reset_peak_rss
 from harness.photos import PICTURES, photo_png
+from core.tiling import WINDOW_QUANTUM
 from harness.process import peak_rss_mb
 
 if TYPE_CHECKING:
@@ -76,6 +81,24 @@ def probe_averages(model: str, arithmetic: str, scale: int, sides: list[int]) ->
         network.predictor(np.random.default_rng(0).random((side, side, 3), np.float32))
         peaks[side] = peak_rss_mb() - baseline
     return {"precision": network.precision, "baseline_mb": baseline, "peak_above_mb": peaks}
+
+
+def probe_shapes(model: str, scale: int, count: int) -> dict:
+    from core import memory
+
+    network = loaded_service(model, precision="f32").registry.get(model, scale)
+    network.release_memory()
+    memory.trim_heap()
+    baseline = rss_mb()
+    sides = [WINDOW_QUANTUM * step for step in range(1, math.isqrt(count - 1) + 2)]
+    shapes = sorted(((height, width) for height in sides for width in sides), key=lambda shape: shape[0] * shape[1])
+    kept = []
+    for height, width in shapes[:count]:
+        network.predict(np.random.default_rng(height * width).random((1, height, width, 3), np.float32))
+        network.release_memory()
+        memory.trim_heap()
+        kept.append(rss_mb() - baseline)
+    return {"kept_above_mb": kept}
 
 
 def probe_request(sides: list[int], tile: int) -> dict:
@@ -137,6 +160,8 @@ def main(argv: list[str]) -> None:
         print(json.dumps(probe_averages(rest[0], rest[1], int(rest[2]), [int(side) for side in rest[3:]])))
     elif kind == "reserve-averages":
         print(json.dumps(probe_reserve_averages(*(int(argument) for argument in rest))))
+    elif kind == "shapes":
+        print(json.dumps(probe_shapes(rest[0], int(rest[1]), int(rest[2]))))
     elif kind == "reserve":
         print(json.dumps(probe_reserve(rest[0], int(rest[1]), rest[2], rest[3])))
     else:
